@@ -1,0 +1,264 @@
+//! Benefit claims: caps per visitor and budgets per benefit, behind a
+//! [`ClaimLedger`] interface so that a durable ledger can replace the
+//! in-memory one without touching decisions.
+//!
+//! Decide only *peeks* at usage (to offer or skip a benefit); Claim consumes,
+//! and does so atomically: the check of cap and budget, the grant and the
+//! record of a `claim_id` happen under one lock per benefit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ahash::RandomState;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+/// The answer to a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClaimOutcome {
+    /// Granted: the benefit is the visitor's.
+    Granted,
+    /// The visitor has had the benefit `per_visitor` times within the cap window.
+    CapReached,
+    /// The benefit's budget is spent.
+    BudgetExhausted,
+    /// The visitor is not in the benefit's audience right now.
+    NotEligible,
+    /// The visitor is in the benefit's control group.
+    HeldOut,
+    /// Now is outside the benefit's `starts`/`ends`.
+    OutsideWindow,
+}
+
+impl ClaimOutcome {
+    /// Every outcome, for pre-registering metrics.
+    pub const ALL: [ClaimOutcome; 6] = [
+        ClaimOutcome::Granted,
+        ClaimOutcome::CapReached,
+        ClaimOutcome::BudgetExhausted,
+        ClaimOutcome::NotEligible,
+        ClaimOutcome::HeldOut,
+        ClaimOutcome::OutsideWindow,
+    ];
+
+    /// The wire name (`GRANTED`, `CAP_REACHED`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimOutcome::Granted => "GRANTED",
+            ClaimOutcome::CapReached => "CAP_REACHED",
+            ClaimOutcome::BudgetExhausted => "BUDGET_EXHAUSTED",
+            ClaimOutcome::NotEligible => "NOT_ELIGIBLE",
+            ClaimOutcome::HeldOut => "HELD_OUT",
+            ClaimOutcome::OutsideWindow => "OUTSIDE_WINDOW",
+        }
+    }
+}
+
+/// What a claim asks the ledger to do.
+#[derive(Debug, Clone, Copy)]
+pub struct LedgerClaim<'a> {
+    /// Storefront.
+    pub shop: &'a str,
+    /// Benefit id.
+    pub benefit: &'a str,
+    /// Visitor id.
+    pub visitor: &'a str,
+    /// The claim's instant (ms).
+    pub now_ms: i64,
+    /// Makes retries idempotent: a known id gets its first answer back.
+    pub claim_id: Option<&'a str>,
+    /// (per visitor, window in ms), if capped.
+    pub cap: Option<(u32, i64)>,
+    /// Total grants allowed, if budgeted.
+    pub budget: Option<u64>,
+    /// Set when eligibility already failed: recorded (for `claim_id`) and returned.
+    pub denied: Option<ClaimOutcome>,
+}
+
+/// What the ledger reports for a visitor and benefit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Grants of the benefit to anybody, ever.
+    pub total: u64,
+    /// Grants to this visitor within the window asked for.
+    pub visitor_in_window: u32,
+}
+
+/// A ledger failure (I/O in a durable ledger): the claim was not granted.
+#[derive(Debug, thiserror::Error)]
+#[error("claim ledger failed: {0}")]
+pub struct LedgerError(pub String);
+
+/// Where grants are counted.
+pub trait ClaimLedger: Send + Sync {
+    /// Current usage, without changing anything.
+    fn usage(&self, shop: &str, benefit: &str, visitor: &str, since_ms: Option<i64>) -> Usage;
+    /// Decides and records a claim atomically.
+    fn claim(&self, claim: &LedgerClaim<'_>) -> Result<ClaimOutcome, LedgerError>;
+}
+
+#[derive(Debug, Default)]
+struct BenefitLedger {
+    total: u64,
+    grants: HashMap<Box<str>, Vec<i64>, RandomState>,
+    answers: HashMap<Box<str>, ClaimOutcome, RandomState>,
+}
+
+impl BenefitLedger {
+    fn in_window(&self, visitor: &str, since_ms: Option<i64>) -> u32 {
+        self.grants.get(visitor).map_or(0, |ts| {
+            ts.iter().filter(|&&t| since_ms.is_none_or(|s| t > s)).count() as u32
+        })
+    }
+}
+
+/// A correct, non-durable ledger: one mutex per (shop, benefit).
+#[derive(Debug, Default)]
+pub struct MemoryLedger {
+    shops: DashMap<Box<str>, Arc<ShopLedger>, RandomState>,
+}
+
+type ShopLedger = DashMap<Box<str>, Mutex<BenefitLedger>, RandomState>;
+
+impl MemoryLedger {
+    /// An empty ledger.
+    pub fn new() -> MemoryLedger {
+        MemoryLedger::default()
+    }
+
+    fn with<R>(&self, shop: &str, benefit: &str, f: impl FnOnce(&mut BenefitLedger) -> R) -> R {
+        let ledgers = match self.shops.get(shop) {
+            Some(l) => l.value().clone(),
+            None => self.shops.entry(shop.into()).or_default().value().clone(),
+        };
+        if let Some(ledger) = ledgers.get(benefit) {
+            return f(&mut ledger.lock());
+        }
+        let ledger = ledgers.entry(benefit.into()).or_default();
+        let mut guard = ledger.lock();
+        f(&mut guard)
+    }
+}
+
+impl ClaimLedger for MemoryLedger {
+    fn usage(&self, shop: &str, benefit: &str, visitor: &str, since_ms: Option<i64>) -> Usage {
+        let Some(ledgers) = self.shops.get(shop) else {
+            return Usage::default();
+        };
+        let usage = match ledgers.get(benefit) {
+            Some(ledger) => {
+                let ledger = ledger.lock();
+                Usage {
+                    total: ledger.total,
+                    visitor_in_window: ledger.in_window(visitor, since_ms),
+                }
+            }
+            None => Usage::default(),
+        };
+        usage
+    }
+
+    fn claim(&self, claim: &LedgerClaim<'_>) -> Result<ClaimOutcome, LedgerError> {
+        Ok(self.with(claim.shop, claim.benefit, |ledger| {
+            if let Some(first) = claim.claim_id.and_then(|id| ledger.answers.get(id)) {
+                return *first;
+            }
+            let outcome = if let Some(denied) = claim.denied {
+                denied
+            } else if claim
+                .cap
+                .is_some_and(|(max, window)| ledger.in_window(claim.visitor, Some(claim.now_ms - window)) >= max)
+            {
+                ClaimOutcome::CapReached
+            } else if claim.budget.is_some_and(|b| ledger.total >= b) {
+                ClaimOutcome::BudgetExhausted
+            } else {
+                ledger.total += 1;
+                ledger
+                    .grants
+                    .entry(claim.visitor.into())
+                    .or_default()
+                    .push(claim.now_ms);
+                ClaimOutcome::Granted
+            };
+            if let Some(id) = claim.claim_id {
+                ledger.answers.insert(id.into(), outcome);
+            }
+            outcome
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim<'a>(visitor: &'a str, id: Option<&'a str>) -> LedgerClaim<'a> {
+        LedgerClaim {
+            shop: "s",
+            benefit: "b",
+            visitor,
+            now_ms: 1_000,
+            claim_id: id,
+            cap: Some((1, 100)),
+            budget: Some(2),
+            denied: None,
+        }
+    }
+
+    #[test]
+    fn cap_budget_and_idempotent_retries() {
+        let ledger = MemoryLedger::new();
+        assert_eq!(ledger.claim(&claim("a", Some("c1"))).unwrap(), ClaimOutcome::Granted);
+        assert_eq!(
+            ledger.claim(&claim("a", Some("c1"))).unwrap(),
+            ClaimOutcome::Granted,
+            "retry gets the first answer"
+        );
+        assert_eq!(ledger.claim(&claim("a", None)).unwrap(), ClaimOutcome::CapReached);
+        assert_eq!(ledger.claim(&claim("b", None)).unwrap(), ClaimOutcome::Granted);
+        assert_eq!(ledger.claim(&claim("c", None)).unwrap(), ClaimOutcome::BudgetExhausted);
+        let later = LedgerClaim {
+            now_ms: 1_200,
+            budget: None,
+            ..claim("a", None)
+        };
+        assert_eq!(
+            ledger.claim(&later).unwrap(),
+            ClaimOutcome::Granted,
+            "cap window has passed"
+        );
+        assert_eq!(
+            ledger.usage("s", "b", "a", None),
+            Usage {
+                total: 3,
+                visitor_in_window: 2
+            }
+        );
+    }
+
+    #[test]
+    fn concurrent_claims_never_exceed_the_budget() {
+        let ledger = Arc::new(MemoryLedger::new());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let ledger = ledger.clone();
+                std::thread::spawn(move || {
+                    (0..100)
+                        .filter(|i| {
+                            let visitor = format!("v{t}-{i}");
+                            let c = LedgerClaim {
+                                cap: None,
+                                budget: Some(37),
+                                ..claim(&visitor, None)
+                            };
+                            ledger.claim(&c).unwrap() == ClaimOutcome::Granted
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let granted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(granted, 37);
+    }
+}

@@ -1,0 +1,425 @@
+//! Behavior events (CONTRACT section 3): decoding and validation.
+//!
+//! One JSON object per event. Decoding borrows from the input where it can,
+//! so the Kafka consumer can decode without copying strings. Unknown fields
+//! are ignored, so producers may add fields without breaking ingest.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+
+/// A behavior or profile action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Action {
+    /// The visitor viewed an item.
+    View = 0,
+    /// The visitor added an item to the cart.
+    Cart = 1,
+    /// The visitor favorited an item.
+    Favorite = 2,
+    /// The visitor bought an item.
+    Purchase = 3,
+    /// A tag was set on the visitor.
+    Tag = 4,
+    /// A tag was removed from the visitor.
+    Untag = 5,
+    /// The visitor's member tier changed.
+    Member = 6,
+}
+
+impl Action {
+    /// The four item actions, in index order.
+    pub const BEHAVIORS: [Action; 4] = [Action::View, Action::Cart, Action::Favorite, Action::Purchase];
+
+    /// Parses the `action` field.
+    pub fn parse(name: &str) -> Option<Action> {
+        Some(match name {
+            "view" => Action::View,
+            "cart" => Action::Cart,
+            "favorite" => Action::Favorite,
+            "purchase" => Action::Purchase,
+            "tag" => Action::Tag,
+            "untag" => Action::Untag,
+            "member" => Action::Member,
+            _ => return None,
+        })
+    }
+
+    /// The name used in events and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::View => "view",
+            Action::Cart => "cart",
+            Action::Favorite => "favorite",
+            Action::Purchase => "purchase",
+            Action::Tag => "tag",
+            Action::Untag => "untag",
+            Action::Member => "member",
+        }
+    }
+
+    /// Whether the action is about an item (view, cart, favorite, purchase).
+    pub fn is_behavior(self) -> bool {
+        (self as u8) < 4
+    }
+}
+
+/// A set of item actions, as a bit mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ActionSet(u8);
+
+impl ActionSet {
+    /// All four item actions (`visited`).
+    pub const ALL: ActionSet = ActionSet(0b1111);
+
+    /// Just one action.
+    pub const fn one(action: Action) -> ActionSet {
+        ActionSet(1 << action as u8)
+    }
+
+    /// Whether the set holds the action.
+    #[inline]
+    pub fn contains(self, action: Action) -> bool {
+        self.0 & (1 << action as u8) != 0
+    }
+
+    /// The item actions in the set.
+    pub fn iter(self) -> impl Iterator<Item = Action> {
+        Action::BEHAVIORS.into_iter().filter(move |a| self.contains(*a))
+    }
+}
+
+/// A validated behavior event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event<'a> {
+    /// Storefront.
+    pub shop: Cow<'a, str>,
+    /// Visitor id (never empty).
+    pub visitor: Cow<'a, str>,
+    /// What happened.
+    pub action: Action,
+    /// Item, for view, cart, favorite and purchase.
+    pub item: Option<Cow<'a, str>>,
+    /// Category of the item, when known.
+    pub category: Option<Cow<'a, str>>,
+    /// Unit price, for purchases (>= 0).
+    pub price: f64,
+    /// Quantity, for purchases (>= 1).
+    pub quantity: u32,
+    /// Tag, for tag and untag.
+    pub tag: Option<Cow<'a, str>>,
+    /// Member tier, for member.
+    pub tier: u32,
+    /// Event time, milliseconds since the Unix epoch.
+    pub ts: i64,
+    /// Optional event id (de-duplicates purchases).
+    pub id: Option<Cow<'a, str>>,
+}
+
+/// Why an event was rejected; bounded, so usable as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// Not a JSON object.
+    InvalidJson,
+    /// A required field is absent or null.
+    MissingField,
+    /// A field has the wrong JSON type.
+    WrongType,
+    /// `action` is not one of the seven actions.
+    UnknownAction,
+    /// A field has a value outside its range (empty visitor, negative price, ...).
+    InvalidValue,
+}
+
+impl RejectReason {
+    /// Every reason, for pre-registering metrics.
+    pub const ALL: [RejectReason; 5] = [
+        RejectReason::InvalidJson,
+        RejectReason::MissingField,
+        RejectReason::WrongType,
+        RejectReason::UnknownAction,
+        RejectReason::InvalidValue,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::InvalidJson => "invalid_json",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::WrongType => "wrong_type",
+            RejectReason::UnknownAction => "unknown_action",
+            RejectReason::InvalidValue => "invalid_value",
+        }
+    }
+}
+
+/// A rejected event: the reason and a precise message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", reason.as_str())]
+pub struct EventError {
+    /// The bounded reason.
+    pub reason: RejectReason,
+    /// What exactly was wrong.
+    pub message: String,
+}
+
+impl EventError {
+    fn new(reason: RejectReason, message: impl Into<String>) -> EventError {
+        EventError {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn missing(field: &str) -> EventError {
+        EventError::new(RejectReason::MissingField, format!("missing field `{field}`"))
+    }
+}
+
+/// A JSON string that borrows from the input unless it holds escapes.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(borrow, default)]
+    shop: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    visitor: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    action: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    item: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    category: Option<Text<'a>>,
+    #[serde(default)]
+    price: Option<f64>,
+    #[serde(default)]
+    quantity: Option<i64>,
+    #[serde(borrow, default)]
+    tag: Option<Text<'a>>,
+    #[serde(default)]
+    tier: Option<i64>,
+    #[serde(default)]
+    ts: Option<i64>,
+    #[serde(borrow, default)]
+    id: Option<Text<'a>>,
+}
+
+impl<'a> Event<'a> {
+    /// Decodes and validates one JSON event.
+    pub fn from_json(bytes: &'a [u8]) -> Result<Event<'a>, EventError> {
+        let raw: Raw<'a> = serde_json::from_slice(bytes).map_err(|e| {
+            let reason = match e.classify() {
+                serde_json::error::Category::Data => RejectReason::WrongType,
+                _ => RejectReason::InvalidJson,
+            };
+            EventError::new(reason, e.to_string())
+        })?;
+        Event::validate(Fields {
+            shop: raw.shop.map(|t| t.0),
+            visitor: raw.visitor.map(|t| t.0),
+            action: raw.action.map(|t| t.0),
+            item: raw.item.map(|t| t.0),
+            category: raw.category.map(|t| t.0),
+            price: raw.price,
+            quantity: raw.quantity,
+            tag: raw.tag.map(|t| t.0),
+            tier: raw.tier,
+            ts: raw.ts,
+            id: raw.id.map(|t| t.0),
+        })
+    }
+
+    /// Validates an event given field by field (as the Track RPC does).
+    pub fn validate(f: Fields<'a>) -> Result<Event<'a>, EventError> {
+        let shop = f.shop.ok_or_else(|| EventError::missing("shop"))?;
+        let visitor = f.visitor.ok_or_else(|| EventError::missing("visitor"))?;
+        let action_name = f.action.ok_or_else(|| EventError::missing("action"))?;
+        let ts = f.ts.ok_or_else(|| EventError::missing("ts"))?;
+        if shop.is_empty() {
+            return Err(EventError::new(RejectReason::InvalidValue, "`shop` must not be empty"));
+        }
+        if visitor.is_empty() {
+            return Err(EventError::new(
+                RejectReason::InvalidValue,
+                "`visitor` must not be empty",
+            ));
+        }
+        let action = Action::parse(&action_name).ok_or_else(|| {
+            EventError::new(
+                RejectReason::UnknownAction,
+                format!(
+                    "unknown action `{action_name}`; expected view, cart, favorite, purchase, tag, untag or member"
+                ),
+            )
+        })?;
+        if ts < 0 {
+            return Err(EventError::new(RejectReason::InvalidValue, "`ts` must be >= 0"));
+        }
+        let mut event = Event {
+            shop,
+            visitor,
+            action,
+            item: None,
+            category: None,
+            price: 0.0,
+            quantity: 1,
+            tag: None,
+            tier: 0,
+            ts,
+            id: f.id,
+        };
+        match action {
+            Action::View | Action::Cart | Action::Favorite | Action::Purchase => {
+                let item = f.item.ok_or_else(|| EventError::missing("item"))?;
+                if item.is_empty() {
+                    return Err(EventError::new(RejectReason::InvalidValue, "`item` must not be empty"));
+                }
+                event.item = Some(item);
+                event.category = f.category.filter(|c| !c.is_empty());
+                if action == Action::Purchase {
+                    let price = f.price.ok_or_else(|| EventError::missing("price"))?;
+                    if !(price >= 0.0 && price.is_finite()) {
+                        return Err(EventError::new(RejectReason::InvalidValue, "`price` must be >= 0"));
+                    }
+                    let quantity = f.quantity.unwrap_or(1);
+                    if !(1..=i64::from(u32::MAX)).contains(&quantity) {
+                        return Err(EventError::new(RejectReason::InvalidValue, "`quantity` must be >= 1"));
+                    }
+                    event.price = price;
+                    event.quantity = quantity as u32;
+                }
+            }
+            Action::Tag | Action::Untag => {
+                let tag = f.tag.ok_or_else(|| EventError::missing("tag"))?;
+                if tag.is_empty() {
+                    return Err(EventError::new(RejectReason::InvalidValue, "`tag` must not be empty"));
+                }
+                event.tag = Some(tag);
+            }
+            Action::Member => {
+                let tier = f.tier.ok_or_else(|| EventError::missing("tier"))?;
+                if !(0..=i64::from(u32::MAX)).contains(&tier) {
+                    return Err(EventError::new(RejectReason::InvalidValue, "`tier` must be >= 0"));
+                }
+                event.tier = tier as u32;
+            }
+        }
+        Ok(event)
+    }
+
+    /// The purchase amount, `price * quantity`.
+    pub fn amount(&self) -> f64 {
+        self.price * f64::from(self.quantity)
+    }
+}
+
+/// Event fields before validation; `None` means absent.
+#[derive(Debug, Clone, Default)]
+pub struct Fields<'a> {
+    /// `shop`
+    pub shop: Option<Cow<'a, str>>,
+    /// `visitor`
+    pub visitor: Option<Cow<'a, str>>,
+    /// `action`
+    pub action: Option<Cow<'a, str>>,
+    /// `item`
+    pub item: Option<Cow<'a, str>>,
+    /// `category`
+    pub category: Option<Cow<'a, str>>,
+    /// `price`
+    pub price: Option<f64>,
+    /// `quantity`
+    pub quantity: Option<i64>,
+    /// `tag`
+    pub tag: Option<Cow<'a, str>>,
+    /// `tier`
+    pub tier: Option<i64>,
+    /// `ts`
+    pub ts: Option<i64>,
+    /// `id`
+    pub id: Option<Cow<'a, str>>,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reject(json: &str) -> (RejectReason, String) {
+        let e = Event::from_json(json.as_bytes()).unwrap_err();
+        (e.reason, e.message)
+    }
+
+    #[test]
+    fn decodes_the_contract_examples() {
+        let e = Event::from_json(br#"{"shop":"demo-apparel","visitor":"v-1","action":"purchase","item":"sku-101","category":"tops","price":129.0,"quantity":2,"ts":1794000900000}"#).unwrap();
+        assert_eq!(e.action, Action::Purchase);
+        assert_eq!(e.amount(), 258.0);
+        assert!(matches!(e.shop, Cow::Borrowed(_)));
+        let e =
+            Event::from_json(br#"{"shop":"s","visitor":"v","action":"member","tier":4,"ts":1,"extra":[1,2]}"#).unwrap();
+        assert_eq!(e.tier, 4);
+        let e =
+            Event::from_json(br#"{"shop":"s","visitor":"v","action":"tag","tag":"price_sensitive","ts":1}"#).unwrap();
+        assert_eq!(e.tag.as_deref(), Some("price_sensitive"));
+    }
+
+    #[test]
+    fn rejects_with_reasons() {
+        assert_eq!(reject("not json").0, RejectReason::InvalidJson);
+        assert_eq!(reject("[1]").0, RejectReason::WrongType);
+        assert_eq!(
+            reject(r#"{"shop":"s","visitor":"v","action":"view","item":"i"}"#),
+            (RejectReason::MissingField, "missing field `ts`".into())
+        );
+        assert_eq!(
+            reject(r#"{"shop":"s","visitor":"v","action":"view","ts":1}"#),
+            (RejectReason::MissingField, "missing field `item`".into())
+        );
+        assert_eq!(
+            reject(r#"{"shop":"s","visitor":"v","action":"view","item":"i","ts":"1"}"#).0,
+            RejectReason::WrongType
+        );
+        assert_eq!(
+            reject(r#"{"shop":"s","visitor":"v","action":"view","item":7,"ts":1}"#).0,
+            RejectReason::WrongType
+        );
+        assert_eq!(
+            reject(r#"{"shop":"s","visitor":"v","action":"buy","item":"i","ts":1}"#).0,
+            RejectReason::UnknownAction
+        );
+        assert_eq!(
+            reject(r#"{"shop":"s","visitor":"v","action":"purchase","item":"i","ts":1}"#).1,
+            "missing field `price`"
+        );
+        assert_eq!(
+            reject(r#"{"shop":"s","visitor":"v","action":"purchase","item":"i","price":-1,"ts":1}"#),
+            (RejectReason::InvalidValue, "`price` must be >= 0".into())
+        );
+        assert_eq!(
+            reject(r#"{"shop":"s","visitor":"v","action":"purchase","item":"i","price":1,"quantity":0,"ts":1}"#).1,
+            "`quantity` must be >= 1"
+        );
+        assert_eq!(
+            reject(r#"{"shop":"s","visitor":"","action":"view","item":"i","ts":1}"#).0,
+            RejectReason::InvalidValue
+        );
+        assert_eq!(
+            reject(r#"{"shop":"s","visitor":"v","action":"member","tier":-1,"ts":1}"#).0,
+            RejectReason::InvalidValue
+        );
+        assert_eq!(
+            reject(r#"{"shop":"s","visitor":"v","action":"view","item":"i","ts":1"#).0,
+            RejectReason::InvalidJson
+        );
+    }
+}

@@ -1,0 +1,733 @@
+//! The audience expression language: lexer, parser and syntax tree.
+//!
+//! ```text
+//! expr       := or
+//! or         := and ("or" and)*
+//! and        := unary ("and" unary)*
+//! unary      := "not" unary | primary
+//! primary    := "(" expr ")" | "true" | "false" | behavior | metric | tag | member | context | NAME
+//! behavior   := ("visited" | "viewed" | "carted" | "favorited" | "purchased")
+//!               "(" WINDOW [ "," ("item" | "category") "=" STRING ] ")"
+//! metric     := ("purchase_count" | "spend") "(" WINDOW ")" CMP NUMBER
+//! member     := "member_tier" CMP NUMBER
+//! tag        := "tag" "(" STRING ")"
+//! context    := "ctx." IDENT ( CMP STRING | "in" "[" STRING ("," STRING)* "]" )
+//! WINDOW     := INTEGER ("h" | "d")              e.g. 12h, 7d, 365d (at most 400d)
+//! CMP        := "==" | "!=" | "<" | "<=" | ">" | ">="
+//! NAME       := another audience of the same file
+//! STRING     := '"' ( any character but '"' and '\' | '\"' | '\\' )* '"'
+//! ```
+//!
+//! Keywords (`and`, `or`, `not`, `true`, `false`) are lower case. The parser
+//! knows nothing of audiences or the index: it returns a tree whose nodes
+//! carry byte spans into the expression text, so that the rule loader can
+//! turn any error into a `line:column` of the file.
+
+use std::ops::Range;
+
+use crate::time::Window;
+
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cmp {
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+}
+
+impl Cmp {
+    /// Applies the operator.
+    #[inline]
+    pub fn test<T: PartialOrd>(self, left: T, right: T) -> bool {
+        match self {
+            Cmp::Eq => left == right,
+            Cmp::Ne => left != right,
+            Cmp::Lt => left < right,
+            Cmp::Le => left <= right,
+            Cmp::Gt => left > right,
+            Cmp::Ge => left >= right,
+        }
+    }
+}
+
+/// What a behavior atom looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Behavior {
+    /// `visited`: any of the four actions.
+    Visited,
+    /// `viewed`: `view` events.
+    Viewed,
+    /// `carted`: `cart` events.
+    Carted,
+    /// `favorited`: `favorite` events.
+    Favorited,
+    /// `purchased`: `purchase` events.
+    Purchased,
+}
+
+/// A per-visitor purchase metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    /// Number of distinct purchases.
+    PurchaseCount,
+    /// Sum of `price * quantity` over distinct purchases.
+    Spend,
+}
+
+/// An optional filter of a behavior atom.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Filter {
+    /// `item="x"`
+    Item(String),
+    /// `category="c"`
+    Category(String),
+}
+
+/// The test a context atom applies.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CtxTest {
+    /// `ctx.k CMP "v"`
+    Cmp(Cmp, String),
+    /// `ctx.k in ["a", "b"]`
+    In(Vec<String>),
+}
+
+/// A parsed audience expression.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    /// `true` / `false`
+    Const(bool),
+    /// `a and b and ...`
+    And(Vec<Expr>),
+    /// `a or b or ...`
+    Or(Vec<Expr>),
+    /// `not a`
+    Not(Box<Expr>),
+    /// `viewed(7d, item="x")`
+    Behavior {
+        behavior: Behavior,
+        window: Window,
+        filter: Option<Filter>,
+    },
+    /// `spend(365d) >= 2000`
+    Metric {
+        metric: Metric,
+        window: Window,
+        cmp: Cmp,
+        value: f64,
+    },
+    /// `member_tier >= 4`
+    Tier { cmp: Cmp, value: f64 },
+    /// `tag("x")`
+    Tag(String),
+    /// `ctx.region in ["south"]`
+    Ctx {
+        key: String,
+        test: CtxTest,
+        span: Range<usize>,
+    },
+    /// Another audience of the same file.
+    Ref { name: String, span: Range<usize> },
+}
+
+impl Expr {
+    /// Calls `f` on every node, depth first.
+    pub fn walk<'a>(&'a self, f: &mut impl FnMut(&'a Expr)) {
+        f(self);
+        match self {
+            Expr::And(xs) | Expr::Or(xs) => xs.iter().for_each(|x| x.walk(f)),
+            Expr::Not(x) => x.walk(f),
+            _ => {}
+        }
+    }
+}
+
+/// A syntax error at a byte span of the expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// Byte offset where the problem starts.
+    pub offset: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Whether `name` is a keyword that cannot name an audience.
+pub fn is_keyword(name: &str) -> bool {
+    matches!(name, "and" | "or" | "not" | "true" | "false" | "in")
+}
+
+/// Whether `name` is a valid audience name.
+pub fn is_audience_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !is_keyword(name)
+}
+
+/// Parses an audience expression.
+pub fn parse(text: &str) -> Result<Expr, ParseError> {
+    let tokens = lex(text)?;
+    let mut parser = Parser {
+        tokens,
+        at: 0,
+        end: text.len(),
+    };
+    let expr = parser.or()?;
+    match parser.peek() {
+        None => Ok(expr),
+        Some(t) => Err(parser.error_at(t, format!("unexpected {}", t.describe()))),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    /// A number, possibly with a unit suffix (`7d`, `7x`).
+    Number(String),
+    Str(String),
+    LParen,
+    RParen,
+    LBracket,
+    RBracket,
+    Comma,
+    Dot,
+    Assign,
+    Cmp(Cmp),
+}
+
+#[derive(Debug, Clone)]
+struct Token {
+    tok: Tok,
+    span: Range<usize>,
+}
+
+impl Token {
+    fn describe(&self) -> String {
+        match &self.tok {
+            Tok::Ident(s) | Tok::Number(s) => format!("`{s}`"),
+            Tok::Str(s) => format!("string \"{s}\""),
+            Tok::LParen => "`(`".into(),
+            Tok::RParen => "`)`".into(),
+            Tok::LBracket => "`[`".into(),
+            Tok::RBracket => "`]`".into(),
+            Tok::Comma => "`,`".into(),
+            Tok::Dot => "`.`".into(),
+            Tok::Assign => "`=`".into(),
+            Tok::Cmp(c) => format!("`{}`", cmp_text(*c)),
+        }
+    }
+}
+
+fn cmp_text(c: Cmp) -> &'static str {
+    match c {
+        Cmp::Eq => "==",
+        Cmp::Ne => "!=",
+        Cmp::Lt => "<",
+        Cmp::Le => "<=",
+        Cmp::Gt => ">",
+        Cmp::Ge => ">=",
+    }
+}
+
+fn lex(text: &str) -> Result<Vec<Token>, ParseError> {
+    let bytes = text.as_bytes();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        let start = i;
+        let two = |next: u8| bytes.get(i + 1) == Some(&next);
+        let (tok, len) = match c {
+            b' ' | b'\t' | b'\n' | b'\r' => {
+                i += 1;
+                continue;
+            }
+            b'(' => (Tok::LParen, 1),
+            b')' => (Tok::RParen, 1),
+            b'[' => (Tok::LBracket, 1),
+            b']' => (Tok::RBracket, 1),
+            b',' => (Tok::Comma, 1),
+            b'.' => (Tok::Dot, 1),
+            b'=' if two(b'=') => (Tok::Cmp(Cmp::Eq), 2),
+            b'=' => (Tok::Assign, 1),
+            b'!' if two(b'=') => (Tok::Cmp(Cmp::Ne), 2),
+            b'<' if two(b'=') => (Tok::Cmp(Cmp::Le), 2),
+            b'<' => (Tok::Cmp(Cmp::Lt), 1),
+            b'>' if two(b'=') => (Tok::Cmp(Cmp::Ge), 2),
+            b'>' => (Tok::Cmp(Cmp::Gt), 1),
+            b'"' => {
+                let mut value = String::new();
+                let mut j = i + 1;
+                loop {
+                    match text[j..].chars().next() {
+                        None => {
+                            return Err(ParseError {
+                                offset: start,
+                                message: "unterminated string".into(),
+                            })
+                        }
+                        Some('"') => break,
+                        Some('\\') => match bytes.get(j + 1) {
+                            Some(b'"') => {
+                                value.push('"');
+                                j += 2;
+                            }
+                            Some(b'\\') => {
+                                value.push('\\');
+                                j += 2;
+                            }
+                            _ => {
+                                return Err(ParseError {
+                                    offset: j,
+                                    message: "invalid escape: only \\\" and \\\\ are allowed in strings".into(),
+                                })
+                            }
+                        },
+                        Some(ch) => {
+                            value.push(ch);
+                            j += ch.len_utf8();
+                        }
+                    }
+                }
+                (Tok::Str(value), j + 1 - i)
+            }
+            b'0'..=b'9' | b'-' => {
+                let mut j = i + 1;
+                while j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'.' || bytes[j] == b'_') {
+                    j += 1;
+                }
+                (Tok::Number(text[i..j].to_string()), j - i)
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let mut j = i + 1;
+                while j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_') {
+                    j += 1;
+                }
+                (Tok::Ident(text[i..j].to_string()), j - i)
+            }
+            _ => {
+                let ch = text[i..].chars().next().unwrap_or('?');
+                return Err(ParseError {
+                    offset: i,
+                    message: format!("unexpected character `{ch}`"),
+                });
+            }
+        };
+        i += len;
+        tokens.push(Token { tok, span: start..i });
+    }
+    Ok(tokens)
+}
+
+struct Parser {
+    tokens: Vec<Token>,
+    at: usize,
+    end: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.at)
+    }
+
+    fn next(&mut self) -> Option<Token> {
+        let t = self.tokens.get(self.at).cloned();
+        self.at += 1;
+        t
+    }
+
+    fn error_at(&self, t: &Token, message: String) -> ParseError {
+        ParseError {
+            offset: t.span.start,
+            message,
+        }
+    }
+
+    /// An error at the next token, or at the end of the text.
+    fn expected(&self, what: &str) -> ParseError {
+        match self.peek() {
+            Some(t) => self.error_at(t, format!("expected {what}, found {}", t.describe())),
+            None => ParseError {
+                offset: self.end,
+                message: format!("expected {what}, found the end of the expression"),
+            },
+        }
+    }
+
+    fn eat(&mut self, tok: &Tok) -> bool {
+        if self.peek().is_some_and(|t| &t.tok == tok) {
+            self.at += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, tok: Tok, what: &str) -> Result<(), ParseError> {
+        if self.eat(&tok) {
+            Ok(())
+        } else {
+            Err(self.expected(what))
+        }
+    }
+
+    fn eat_keyword(&mut self, word: &str) -> bool {
+        if matches!(self.peek(), Some(Token { tok: Tok::Ident(w), .. }) if w == word) {
+            self.at += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn or(&mut self) -> Result<Expr, ParseError> {
+        let mut parts = vec![self.and()?];
+        while self.eat_keyword("or") {
+            parts.push(self.and()?);
+        }
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Expr::Or(parts)
+        })
+    }
+
+    fn and(&mut self) -> Result<Expr, ParseError> {
+        let mut parts = vec![self.unary()?];
+        while self.eat_keyword("and") {
+            parts.push(self.unary()?);
+        }
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Expr::And(parts)
+        })
+    }
+
+    fn unary(&mut self) -> Result<Expr, ParseError> {
+        if self.eat_keyword("not") {
+            return Ok(Expr::Not(Box::new(self.unary()?)));
+        }
+        self.primary()
+    }
+
+    fn primary(&mut self) -> Result<Expr, ParseError> {
+        let Some(token) = self.next() else {
+            self.at -= 1;
+            return Err(self.expected("an audience expression"));
+        };
+        let name = match &token.tok {
+            Tok::LParen => {
+                let inner = self.or()?;
+                self.expect(Tok::RParen, "`)`")?;
+                return Ok(inner);
+            }
+            Tok::Ident(name) => name.clone(),
+            _ => {
+                self.at -= 1;
+                return Err(self.expected("an audience expression"));
+            }
+        };
+        let behavior = match name.as_str() {
+            "true" => return Ok(Expr::Const(true)),
+            "false" => return Ok(Expr::Const(false)),
+            "visited" => Some(Behavior::Visited),
+            "viewed" => Some(Behavior::Viewed),
+            "carted" => Some(Behavior::Carted),
+            "favorited" => Some(Behavior::Favorited),
+            "purchased" => Some(Behavior::Purchased),
+            "purchase_count" | "spend" => {
+                let metric = if name == "spend" {
+                    Metric::Spend
+                } else {
+                    Metric::PurchaseCount
+                };
+                self.expect(Tok::LParen, &format!("`(` after `{name}`"))?;
+                let window = self.window()?;
+                self.expect(Tok::RParen, "`)`")?;
+                let cmp = self.cmp()?;
+                let value = self.number()?;
+                return Ok(Expr::Metric {
+                    metric,
+                    window,
+                    cmp,
+                    value,
+                });
+            }
+            "member_tier" => {
+                let cmp = self.cmp()?;
+                let value = self.number()?;
+                return Ok(Expr::Tier { cmp, value });
+            }
+            "tag" => {
+                self.expect(Tok::LParen, "`(` after `tag`")?;
+                let tag = self.string()?;
+                self.expect(Tok::RParen, "`)`")?;
+                return Ok(Expr::Tag(tag));
+            }
+            "ctx" => return self.context(token.span.start),
+            "and" | "or" | "not" | "in" => {
+                self.at -= 1;
+                return Err(self.expected("an audience expression"));
+            }
+            _ => None,
+        };
+        if let Some(behavior) = behavior {
+            self.expect(Tok::LParen, &format!("`(` after `{name}`"))?;
+            let window = self.window()?;
+            let mut filter = None;
+            if self.eat(&Tok::Comma) {
+                let key = self.next();
+                let kind = match key.as_ref().map(|t| &t.tok) {
+                    Some(Tok::Ident(k)) if k == "item" || k == "category" => k.clone(),
+                    _ => {
+                        self.at -= 1;
+                        return Err(self.expected("`item` or `category`"));
+                    }
+                };
+                self.expect(Tok::Assign, "`=`")?;
+                let value = self.string()?;
+                filter = Some(if kind == "item" {
+                    Filter::Item(value)
+                } else {
+                    Filter::Category(value)
+                });
+            }
+            self.expect(Tok::RParen, "`)`")?;
+            return Ok(Expr::Behavior {
+                behavior,
+                window,
+                filter,
+            });
+        }
+        if self.peek().is_some_and(|t| t.tok == Tok::LParen) {
+            return Err(self.error_at(&token, format!("unknown function `{name}`")));
+        }
+        Ok(Expr::Ref { name, span: token.span })
+    }
+
+    fn context(&mut self, start: usize) -> Result<Expr, ParseError> {
+        self.expect(Tok::Dot, "`.` after `ctx`")?;
+        let key = match self.next() {
+            Some(Token { tok: Tok::Ident(k), .. }) => k,
+            _ => {
+                self.at -= 1;
+                return Err(self.expected("a context key such as `region`"));
+            }
+        };
+        let end = self.tokens[self.at - 1].span.end;
+        let test = if self.eat_keyword("in") {
+            self.expect(Tok::LBracket, "`[`")?;
+            let mut values = vec![self.string()?];
+            while self.eat(&Tok::Comma) {
+                values.push(self.string()?);
+            }
+            self.expect(Tok::RBracket, "`]`")?;
+            CtxTest::In(values)
+        } else {
+            let cmp = match self.peek() {
+                Some(Token { tok: Tok::Cmp(c), .. }) => *c,
+                _ => return Err(self.expected("a comparison or `in` after the context key")),
+            };
+            self.at += 1;
+            CtxTest::Cmp(cmp, self.string()?)
+        };
+        Ok(Expr::Ctx {
+            key,
+            test,
+            span: start..end,
+        })
+    }
+
+    fn window(&mut self) -> Result<Window, ParseError> {
+        match self.next() {
+            Some(Token {
+                tok: Tok::Number(text) | Tok::Ident(text),
+                span,
+            }) => Window::parse(&text).map_err(|message| ParseError {
+                offset: span.start,
+                message,
+            }),
+            _ => {
+                self.at -= 1;
+                Err(self.expected("a window such as 7d or 12h"))
+            }
+        }
+    }
+
+    fn cmp(&mut self) -> Result<Cmp, ParseError> {
+        match self.peek() {
+            Some(Token { tok: Tok::Cmp(c), .. }) => {
+                let c = *c;
+                self.at += 1;
+                Ok(c)
+            }
+            _ => Err(self.expected("a comparison (==, !=, <, <=, >, >=)")),
+        }
+    }
+
+    fn number(&mut self) -> Result<f64, ParseError> {
+        match self.next() {
+            Some(Token {
+                tok: Tok::Number(text),
+                span,
+            }) => text.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or(ParseError {
+                offset: span.start,
+                message: format!("invalid number `{text}`"),
+            }),
+            _ => {
+                self.at -= 1;
+                Err(self.expected("a number"))
+            }
+        }
+    }
+
+    fn string(&mut self) -> Result<String, ParseError> {
+        match self.next() {
+            Some(Token { tok: Tok::Str(s), .. }) => Ok(s),
+            _ => {
+                self.at -= 1;
+                Err(self.expected("a string in double quotes"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Unit;
+
+    fn err(text: &str) -> (usize, String) {
+        let e = parse(text).unwrap_err();
+        (e.offset, e.message)
+    }
+
+    #[test]
+    fn precedence_and_atoms() {
+        let e = parse("not a and (b or c) or viewed(7d, item=\"x\")").unwrap();
+        let Expr::Or(parts) = e else { panic!("{e:?}") };
+        assert_eq!(parts.len(), 2);
+        assert!(matches!(&parts[0], Expr::And(xs) if matches!(xs[0], Expr::Not(_)) && matches!(xs[1], Expr::Or(_))));
+        assert_eq!(
+            parts[1],
+            Expr::Behavior {
+                behavior: Behavior::Viewed,
+                window: Window {
+                    amount: 7,
+                    unit: Unit::Days
+                },
+                filter: Some(Filter::Item("x".into())),
+            }
+        );
+        assert_eq!(
+            parse("spend(365d) >= 2000.5").unwrap(),
+            Expr::Metric {
+                metric: Metric::Spend,
+                window: Window {
+                    amount: 365,
+                    unit: Unit::Days
+                },
+                cmp: Cmp::Ge,
+                value: 2000.5
+            }
+        );
+        assert_eq!(
+            parse("member_tier >= 4").unwrap(),
+            Expr::Tier {
+                cmp: Cmp::Ge,
+                value: 4.0
+            }
+        );
+        assert_eq!(parse("tag(\"a\\\"b\")").unwrap(), Expr::Tag("a\"b".into()));
+        assert_eq!(
+            parse("ctx.region in [\"south\", \"southwest\"]").unwrap(),
+            Expr::Ctx {
+                key: "region".into(),
+                test: CtxTest::In(vec!["south".into(), "southwest".into()]),
+                span: 0..10,
+            }
+        );
+        assert!(matches!(
+            parse("ctx.page == \"item\"").unwrap(),
+            Expr::Ctx {
+                test: CtxTest::Cmp(Cmp::Eq, _),
+                ..
+            }
+        ));
+        assert_eq!(parse("true").unwrap(), Expr::Const(true));
+    }
+
+    #[test]
+    fn errors_point_at_the_problem() {
+        assert_eq!(
+            err("viewed(7x)"),
+            (
+                7,
+                "invalid window `7x`: expected a whole number followed by h or d, e.g. 7d or 12h".into()
+            )
+        );
+        assert_eq!(
+            err("carted(0d)"),
+            (7, "invalid window `0d`: must be at least 1h".into())
+        );
+        assert_eq!(
+            err("carted(401d)"),
+            (7, "invalid window `401d`: longer than the maximum of 400d".into())
+        );
+        assert_eq!(
+            err("a and"),
+            (
+                5,
+                "expected an audience expression, found the end of the expression".into()
+            )
+        );
+        assert_eq!(
+            err("(a or b"),
+            (7, "expected `)`, found the end of the expression".into())
+        );
+        assert_eq!(err("a b"), (2, "unexpected `b`".into()));
+        assert_eq!(err("viewd(7d)"), (0, "unknown function `viewd`".into()));
+        assert_eq!(
+            err("viewed(7d, sku=\"x\")"),
+            (11, "expected `item` or `category`, found `sku`".into())
+        );
+        assert_eq!(
+            err("member_tier 4"),
+            (12, "expected a comparison (==, !=, <, <=, >, >=), found `4`".into())
+        );
+        assert_eq!(
+            err("tag(x)"),
+            (4, "expected a string in double quotes, found `x`".into())
+        );
+        assert_eq!(err("tag(\"x)"), (4, "unterminated string".into()));
+        assert_eq!(err("a & b"), (2, "unexpected character `&`".into()));
+        assert_eq!(
+            err("ctx.region"),
+            (
+                10,
+                "expected a comparison or `in` after the context key, found the end of the expression".into()
+            )
+        );
+        assert_eq!(err("spend(30d) > abc"), (13, "expected a number, found `abc`".into()));
+    }
+
+    #[test]
+    fn audience_names() {
+        assert!(is_audience_name("cart_abandoner"));
+        assert!(is_audience_name("_x1"));
+        assert!(!is_audience_name("and"));
+        assert!(!is_audience_name("Vip"));
+        assert!(!is_audience_name("1x"));
+        assert!(!is_audience_name(""));
+    }
+}

@@ -1,0 +1,699 @@
+//! The audience index: per shop, every visitor's behavior in two shapes.
+//!
+//! * **Columns** answer population questions (audience sizes): roaring
+//!   bitmaps of dense visitor ids per action and UTC day, per tag, per member
+//!   tier, and per item and category (any action) as candidate filters.
+//! * **Rows** answer one-visitor questions (decisions): a compact profile per
+//!   visitor holding its de-duplicated (hour, action, item, category) entries,
+//!   its distinct purchases, tags and tier, so one decision reads one small
+//!   record under one shard lock instead of probing hundreds of bitmaps.
+//!
+//! Both are updated by the same `apply`, idempotently: entries and bitmap
+//! bits are sets, purchases are de-duplicated by event id (or by item and
+//! timestamp), and tags and tiers keep the value with the latest timestamp,
+//! so events may arrive out of order and more than once.
+//!
+//! Concurrency: visitor profiles live in 256 shards, each behind its own
+//! `RwLock`; bitmaps sit behind per-action locks and sharded maps. A decision
+//! takes one shared shard lock; nothing on the read path is global. Writers
+//! take a profile shard lock first and bitmap locks second; readers never
+//! hold a bitmap lock while they take a profile lock.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use ahash::RandomState;
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use roaring::RoaringBitmap;
+
+use crate::event::{Action, ActionSet, Event};
+use crate::hash::stable_hash;
+use crate::time::{day_of, hour_of, HourRange, Window, MAX_WINDOW_HOURS};
+
+/// Marks "no category" in an entry.
+pub(crate) const NONE: u32 = u32::MAX;
+pub(crate) const SHARD_BITS: u32 = 8;
+pub(crate) const SHARDS: usize = 1 << SHARD_BITS;
+/// Days of purchase counts kept per item for popularity.
+const POPULARITY_DAYS: usize = 8;
+
+/// Strings to dense `u32` ids.
+#[derive(Debug, Default)]
+pub(crate) struct Interner {
+    ids: DashMap<Box<str>, u32, RandomState>,
+    next: AtomicU32,
+}
+
+impl Interner {
+    pub(crate) fn get(&self, key: &str) -> Option<u32> {
+        self.ids.get(key).map(|id| *id)
+    }
+
+    /// The id of `key`, assigning the next one if it is new.
+    pub(crate) fn intern(&self, key: &str) -> u32 {
+        if let Some(id) = self.get(key) {
+            return id;
+        }
+        *self
+            .ids
+            .entry(key.into())
+            .or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn len(&self) -> u32 {
+        self.next.load(Ordering::Acquire)
+    }
+}
+
+/// One de-duplicated behavior fact of a visitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Entry {
+    pub(crate) hour: u32,
+    pub(crate) action: u8,
+    pub(crate) item: u32,
+    pub(crate) category: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Purchase {
+    key: u64,
+    pub(crate) hour: u32,
+    pub(crate) item: u32,
+    pub(crate) amount: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TagState {
+    tag: u32,
+    ts: i64,
+    present: bool,
+}
+
+/// Everything the index knows about one visitor of one shop.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Profile {
+    /// Sorted, unique.
+    pub(crate) entries: Vec<Entry>,
+    /// Unique by key.
+    pub(crate) purchases: Vec<Purchase>,
+    tags: Vec<TagState>,
+    /// (ts, tier) of the latest member event; tier 0 when none.
+    tier: Option<(i64, u32)>,
+    /// Per item action: 1 + the hour of its latest entry, 0 when none.
+    latest: [u32; 4],
+}
+
+impl Profile {
+    /// Inserts an entry; false when it was already there.
+    fn insert(&mut self, entry: Entry) -> bool {
+        let latest = &mut self.latest[entry.action as usize];
+        *latest = (*latest).max(entry.hour + 1);
+        // Events mostly arrive in time order: check the end first.
+        match self.entries.last() {
+            Some(last) if *last < entry => {
+                self.entries.push(entry);
+                true
+            }
+            None => {
+                self.entries.push(entry);
+                true
+            }
+            _ => match self.entries.binary_search(&entry) {
+                Ok(_) => false,
+                Err(at) => {
+                    self.entries.insert(at, entry);
+                    true
+                }
+            },
+        }
+    }
+
+    fn add_purchase(&mut self, purchase: Purchase) -> bool {
+        if self.purchases.iter().any(|p| p.key == purchase.key) {
+            return false;
+        }
+        self.purchases.push(purchase);
+        true
+    }
+
+    /// Applies a tag or untag; returns the new presence when it changed.
+    fn set_tag(&mut self, tag: u32, ts: i64, present: bool) -> Option<bool> {
+        // At equal timestamps the removal wins, whatever the arrival order.
+        let newer = |old: &TagState| (ts, !present) > (old.ts, !old.present);
+        match self.tags.iter_mut().find(|t| t.tag == tag) {
+            Some(state) if newer(state) => {
+                let was = state.present;
+                state.ts = ts;
+                state.present = present;
+                (was != present).then_some(present)
+            }
+            Some(_) => None,
+            None => {
+                self.tags.push(TagState { tag, ts, present });
+                present.then_some(true)
+            }
+        }
+    }
+
+    /// Applies a member event; returns (old tier, new tier) when the tier changed.
+    fn set_tier(&mut self, ts: i64, tier: u32) -> Option<(u32, u32)> {
+        let old = self.tier.map_or(0, |(_, t)| t);
+        // At equal timestamps the higher tier wins, whatever the arrival order.
+        if self.tier.is_none_or(|cur| (ts, tier) > cur) {
+            self.tier = Some((ts, tier));
+            return (old != tier).then_some((old, tier));
+        }
+        None
+    }
+
+    pub(crate) fn tier(&self) -> u32 {
+        self.tier.map_or(0, |(_, t)| t)
+    }
+
+    pub(crate) fn has_tag(&self, tag: u32) -> bool {
+        self.tags.iter().any(|t| t.tag == tag && t.present)
+    }
+
+    /// Whether an entry of `actions` lies in `range` and passes `keep`.
+    #[inline]
+    pub(crate) fn any_entry(&self, range: HourRange, keep: impl FnMut(&Entry) -> bool) -> bool {
+        self.entries
+            .iter()
+            .rev()
+            .skip_while(|e| e.hour > range.last)
+            .take_while(|e| e.hour >= range.first)
+            .any(keep)
+    }
+
+    /// Distinct purchases in `range`: (count, spend).
+    pub(crate) fn purchases_in(&self, range: HourRange) -> (u32, f64) {
+        self.purchases
+            .iter()
+            .filter(|p| range.contains(p.hour))
+            .fold((0, 0.0), |(n, s), p| (n + 1, s + p.amount))
+    }
+
+    /// Whether any entry of `actions` lies in `range`: O(1) when the latest
+    /// entry of each action settles it, a scan otherwise.
+    #[inline]
+    pub(crate) fn has_action_in(&self, actions: ActionSet, range: HourRange) -> bool {
+        let mut maybe = false;
+        for action in actions.iter() {
+            match self.latest[action as usize] {
+                0 => {}
+                l if range.contains(l - 1) => return true,
+                l => maybe |= l - 1 > range.last,
+            }
+        }
+        maybe && self.any_entry(range, |e| actions.contains(Action::BEHAVIORS[e.action as usize]))
+    }
+
+    fn expire(&mut self, first_hour: u32) {
+        self.entries.retain(|e| e.hour >= first_hour);
+        self.purchases.retain(|p| p.hour >= first_hour);
+        self.latest = [0; 4];
+        for e in &self.entries {
+            let latest = &mut self.latest[e.action as usize];
+            *latest = (*latest).max(e.hour + 1);
+        }
+    }
+}
+
+/// Per item action (view, cart, favorite, purchase): day -> visitors.
+pub(crate) type DayBitmaps = [BTreeMap<u32, RoaringBitmap>; 4];
+
+/// Catalog facts about one item, learned from events.
+#[derive(Debug, Clone)]
+pub(crate) struct ItemInfo {
+    pub(crate) id: u32,
+    /// (ts, category) of the newest event that named a category.
+    category: Option<(i64, u32)>,
+    /// (day, distinct purchases) ring, one slot per day.
+    buys: [(u32, u32); POPULARITY_DAYS],
+}
+
+impl ItemInfo {
+    pub(crate) fn category(&self) -> u32 {
+        self.category.map_or(NONE, |(_, c)| c)
+    }
+
+    /// Distinct purchases of the item over the 7 days ending with `today`.
+    pub(crate) fn popularity(&self, today: u32) -> u32 {
+        self.buys
+            .iter()
+            .filter(|(day, _)| *day <= today && day + 7 > today)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    fn add_buy(&mut self, day: u32) {
+        let slot = &mut self.buys[day as usize % POPULARITY_DAYS];
+        if slot.0 == day {
+            slot.1 += 1;
+        } else if slot.0 < day {
+            *slot = (day, 1);
+        }
+    }
+}
+
+/// Memory and size figures of one shop's index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Interned visitors.
+    pub visitors: u64,
+    /// (visitor, action, day) bits set in the day bitmaps.
+    pub day_entries: u64,
+    /// Profile entries (visitor, hour, action, item, category).
+    pub profile_entries: u64,
+    /// Serialized bytes of every bitmap.
+    pub bitmap_bytes: u64,
+}
+
+/// The audience index of one shop.
+#[derive(Debug)]
+pub struct ShopIndex {
+    name: Arc<str>,
+    pub(crate) visitors: Interner,
+    pub(crate) items: DashMap<Box<str>, ItemInfo, RandomState>,
+    next_item: AtomicU32,
+    pub(crate) categories: Interner,
+    pub(crate) tags: Interner,
+    profiles: Box<[RwLock<Vec<Profile>>]>,
+    /// Per item action: day -> visitors with that action that day.
+    pub(crate) days: [RwLock<BTreeMap<u32, RoaringBitmap>>; 4],
+    /// Visitors with any event for the item (a superset filter; not expired).
+    pub(crate) item_visitors: DashMap<u32, RoaringBitmap, RandomState>,
+    /// Per category and item action: day -> visitors with that action in the category that day.
+    pub(crate) category_days: DashMap<u32, DayBitmaps, RandomState>,
+    /// Visitors carrying each tag.
+    pub(crate) tag_visitors: DashMap<u32, RoaringBitmap, RandomState>,
+    /// Visitors per member tier above 0.
+    pub(crate) tier_visitors: RwLock<BTreeMap<u32, RoaringBitmap>>,
+}
+
+impl ShopIndex {
+    /// An empty index for `name`.
+    pub fn new(name: &str) -> ShopIndex {
+        ShopIndex {
+            name: name.into(),
+            visitors: Interner::default(),
+            items: DashMap::default(),
+            next_item: AtomicU32::new(0),
+            categories: Interner::default(),
+            tags: Interner::default(),
+            profiles: (0..SHARDS).map(|_| RwLock::new(Vec::new())).collect(),
+            days: Default::default(),
+            item_visitors: DashMap::default(),
+            category_days: DashMap::default(),
+            tag_visitors: DashMap::default(),
+            tier_visitors: RwLock::default(),
+        }
+    }
+
+    /// The shop's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How many visitors the shop knows (ids `0..n`).
+    pub fn visitor_count(&self) -> u32 {
+        self.visitors.len()
+    }
+
+    /// The dense id of a known visitor.
+    pub fn visitor_id(&self, visitor: &str) -> Option<u32> {
+        self.visitors.get(visitor)
+    }
+
+    /// Every known visitor.
+    pub fn universe(&self) -> RoaringBitmap {
+        let mut all = RoaringBitmap::new();
+        all.insert_range(0..self.visitor_count());
+        all
+    }
+
+    /// Runs `f` on the visitor's profile under its shard's read lock
+    /// (`None` for an id without events yet).
+    #[inline]
+    pub(crate) fn with_profile<R>(&self, id: u32, f: impl FnOnce(Option<&Profile>) -> R) -> R {
+        let shard = self.profiles[id as usize & (SHARDS - 1)].read();
+        f(shard.get((id >> SHARD_BITS) as usize))
+    }
+
+    /// Runs `f` on one shard's profiles (slot = id >> 8) under its read lock.
+    pub(crate) fn with_shard<R>(&self, shard: usize, f: impl FnOnce(&[Profile]) -> R) -> R {
+        f(&self.profiles[shard].read())
+    }
+
+    fn with_profile_mut<R>(&self, id: u32, f: impl FnOnce(&mut Profile) -> R) -> R {
+        let mut shard = self.profiles[id as usize & (SHARDS - 1)].write();
+        let slot = (id >> SHARD_BITS) as usize;
+        if shard.len() <= slot {
+            shard.resize_with(slot + 1, Profile::default);
+        }
+        f(&mut shard[slot])
+    }
+
+    /// The id and facts of an item seen in events.
+    pub(crate) fn item(&self, item: &str) -> Option<dashmap::mapref::one::Ref<'_, Box<str>, ItemInfo>> {
+        self.items.get(item)
+    }
+
+    fn intern_item(&self, item: &str, category: Option<(u32, i64)>) -> u32 {
+        let update = |info: &mut ItemInfo| {
+            if let Some((cat, ts)) = category {
+                if info.category.is_none_or(|cur| (ts, cat) > cur) {
+                    info.category = Some((ts, cat));
+                }
+            }
+            info.id
+        };
+        if let Some(mut info) = self.items.get_mut(item) {
+            return update(&mut info);
+        }
+        let mut info = self.items.entry(item.into()).or_insert_with(|| ItemInfo {
+            id: self.next_item.fetch_add(1, Ordering::Relaxed),
+            category: None,
+            buys: [(0, 0); POPULARITY_DAYS],
+        });
+        update(&mut info)
+    }
+
+    /// Applies one validated event of this shop. Idempotent.
+    pub fn apply(&self, event: &Event<'_>) {
+        let vid = self.visitors.intern(&event.visitor);
+        match event.action {
+            Action::View | Action::Cart | Action::Favorite | Action::Purchase => {
+                let Some(item_name) = event.item.as_deref() else { return };
+                let category = event.category.as_deref().map(|c| self.categories.intern(c));
+                let item = self.intern_item(item_name, category.map(|c| (c, event.ts)));
+                let hour = hour_of(event.ts);
+                let entry = Entry {
+                    hour,
+                    action: event.action as u8,
+                    item,
+                    category: category.unwrap_or(NONE),
+                };
+                let (new_entry, new_purchase) = self.with_profile_mut(vid, |profile| {
+                    let new_entry = profile.insert(entry);
+                    let new_purchase = event.action == Action::Purchase
+                        && profile.add_purchase(Purchase {
+                            key: purchase_key(event),
+                            hour,
+                            item,
+                            amount: event.amount(),
+                        });
+                    (new_entry, new_purchase)
+                });
+                // A known entry means every bit below is already set.
+                if new_entry {
+                    let (action, day) = (event.action as usize, hour / 24);
+                    self.days[action].write().entry(day).or_default().insert(vid);
+                    self.item_visitors.entry(item).or_default().insert(vid);
+                    if let Some(category) = category {
+                        let mut days = self.category_days.entry(category).or_default();
+                        days[action].entry(day).or_default().insert(vid);
+                    }
+                }
+                if new_purchase {
+                    if let Some(mut info) = self.items.get_mut(item_name) {
+                        info.add_buy(hour / 24);
+                    }
+                }
+            }
+            Action::Tag | Action::Untag => {
+                let Some(tag_name) = event.tag.as_deref() else { return };
+                let tag = self.tags.intern(tag_name);
+                let present = event.action == Action::Tag;
+                self.with_profile_mut(vid, |profile| {
+                    // Bitmaps change under the profile lock so they follow its order.
+                    match profile.set_tag(tag, event.ts, present) {
+                        Some(true) => {
+                            self.tag_visitors.entry(tag).or_default().insert(vid);
+                        }
+                        Some(false) => {
+                            if let Some(mut set) = self.tag_visitors.get_mut(&tag) {
+                                set.remove(vid);
+                            }
+                        }
+                        None => {}
+                    }
+                });
+            }
+            Action::Member => {
+                self.with_profile_mut(vid, |profile| {
+                    if let Some((old, new)) = profile.set_tier(event.ts, event.tier) {
+                        let mut tiers = self.tier_visitors.write();
+                        if old > 0 {
+                            if let Some(set) = tiers.get_mut(&old) {
+                                set.remove(vid);
+                            }
+                        }
+                        if new > 0 {
+                            tiers.entry(new).or_default().insert(vid);
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// Drops what lies beyond the 400-day retention at `now_ms`: day bitmaps
+    /// and profile entries and purchases older than the longest window.
+    pub fn expire(&self, now_ms: i64) {
+        let keep = Window {
+            amount: MAX_WINDOW_HOURS / 24,
+            unit: crate::time::Unit::Days,
+        }
+        .range(now_ms);
+        let first_day = keep.first / 24;
+        for days in &self.days {
+            let mut days = days.write();
+            let kept = days.split_off(&first_day);
+            *days = kept;
+        }
+        for mut category in self.category_days.iter_mut() {
+            for days in category.value_mut().iter_mut() {
+                let kept = days.split_off(&first_day);
+                *days = kept;
+            }
+        }
+        for shard in self.profiles.iter() {
+            for profile in shard.write().iter_mut() {
+                profile.expire(keep.first);
+            }
+        }
+    }
+
+    /// Sizes of the index, for metrics and benches.
+    pub fn stats(&self) -> IndexStats {
+        let mut stats = IndexStats {
+            visitors: u64::from(self.visitor_count()),
+            ..IndexStats::default()
+        };
+        let mut add = |b: &RoaringBitmap| stats.bitmap_bytes += b.serialized_size() as u64;
+        for days in &self.days {
+            for b in days.read().values() {
+                add(b);
+                stats.day_entries += b.len();
+            }
+        }
+        for map in [&self.item_visitors, &self.tag_visitors] {
+            for b in map.iter() {
+                add(b.value());
+            }
+        }
+        for category in self.category_days.iter() {
+            for b in category.value().iter().flat_map(|days| days.values()) {
+                add(b);
+            }
+        }
+        for b in self.tier_visitors.read().values() {
+            add(b);
+        }
+        for shard in self.profiles.iter() {
+            stats.profile_entries += shard.read().iter().map(|p| p.entries.len() as u64).sum::<u64>();
+        }
+        stats
+    }
+
+    /// Today's day number at `now_ms` (for popularity).
+    pub(crate) fn today(now_ms: i64) -> u32 {
+        day_of(now_ms)
+    }
+}
+
+/// The de-duplication key of a purchase: its id, else its item and timestamp.
+fn purchase_key(event: &Event<'_>) -> u64 {
+    match event.id.as_deref() {
+        Some(id) => stable_hash(&[b"id", id.as_bytes()]),
+        None => stable_hash(&[
+            b"item",
+            event.item.as_deref().unwrap_or_default().as_bytes(),
+            &event.ts.to_le_bytes(),
+        ]),
+    }
+}
+
+/// Every shop's index.
+#[derive(Debug, Default)]
+pub struct Index {
+    shops: DashMap<Box<str>, Arc<ShopIndex>, RandomState>,
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new() -> Index {
+        Index::default()
+    }
+
+    /// The shop's index, if it has seen events.
+    pub fn shop(&self, shop: &str) -> Option<Arc<ShopIndex>> {
+        self.shops.get(shop).map(|s| s.value().clone())
+    }
+
+    /// The shop's index, created empty when new.
+    pub fn shop_or_create(&self, shop: &str) -> Arc<ShopIndex> {
+        if let Some(s) = self.shop(shop) {
+            return s;
+        }
+        self.shops
+            .entry(shop.into())
+            .or_insert_with(|| Arc::new(ShopIndex::new(shop)))
+            .clone()
+    }
+
+    /// Applies one validated event. Idempotent.
+    pub fn apply(&self, event: &Event<'_>) {
+        self.shop_or_create(&event.shop).apply(event);
+    }
+
+    /// Every shop's index.
+    pub fn shops(&self) -> Vec<Arc<ShopIndex>> {
+        self.shops.iter().map(|s| s.value().clone()).collect()
+    }
+
+    /// Drops data beyond retention in every shop.
+    pub fn expire(&self, now_ms: i64) {
+        for shop in self.shops() {
+            shop.expire(now_ms);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Fields;
+    use crate::time::DAY_MS;
+
+    fn ev(visitor: &str, action: &str, ts: i64) -> Fields<'static> {
+        Fields {
+            shop: Some("s".into()),
+            visitor: Some(visitor.to_string().into()),
+            action: Some(action.to_string().into()),
+            item: Some("i".into()),
+            category: Some("c".into()),
+            price: Some(5.0),
+            tag: Some("t".into()),
+            tier: Some(0),
+            ts: Some(ts),
+            ..Fields::default()
+        }
+    }
+
+    fn apply(shop: &ShopIndex, f: Fields<'static>) {
+        shop.apply(&Event::validate(f).unwrap());
+    }
+
+    fn tagged(shop: &ShopIndex) -> u64 {
+        shop.tags
+            .get("t")
+            .and_then(|t| shop.tag_visitors.get(&t).map(|b| b.len()))
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn applying_twice_changes_nothing() {
+        let shop = ShopIndex::new("s");
+        let events = [ev("a", "view", 10), ev("a", "purchase", 20), ev("b", "cart", DAY_MS)];
+        for f in events.iter().chain(events.iter()) {
+            apply(&shop, f.clone());
+        }
+        let stats = shop.stats();
+        assert_eq!(stats.visitors, 2);
+        assert_eq!(stats.day_entries, 3);
+        assert_eq!(stats.profile_entries, 3);
+        let vid = shop.visitor_id("a").unwrap();
+        let (count, spend) = shop.with_profile(vid, |p| p.unwrap().purchases_in(HourRange { first: 0, last: 100 }));
+        assert_eq!((count, spend), (1, 5.0));
+    }
+
+    #[test]
+    fn purchases_dedupe_by_id_else_item_and_ts() {
+        let shop = ShopIndex::new("s");
+        let with_id = |id: &str, ts| Fields {
+            id: Some(id.to_string().into()),
+            ..ev("a", "purchase", ts)
+        };
+        apply(&shop, with_id("p1", 10));
+        apply(&shop, with_id("p1", 10));
+        apply(&shop, with_id("p2", 10));
+        apply(&shop, ev("a", "purchase", 30));
+        apply(&shop, ev("a", "purchase", 30));
+        let vid = shop.visitor_id("a").unwrap();
+        let (count, _) = shop.with_profile(vid, |p| p.unwrap().purchases_in(HourRange { first: 0, last: 1 }));
+        assert_eq!(count, 3);
+    }
+
+    #[test]
+    fn latest_tag_and_tier_win_in_any_order() {
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+            let shop = ShopIndex::new("s");
+            let events = [ev("a", "tag", 10), ev("a", "untag", 20), ev("a", "tag", 20)];
+            for i in order {
+                apply(&shop, events[i].clone());
+            }
+            assert_eq!(tagged(&shop), 0, "untag wins the tie at ts 20, order {order:?}");
+        }
+        let shop = ShopIndex::new("s");
+        let tier = |t: i64, ts| Fields {
+            tier: Some(t),
+            ..ev("a", "member", ts)
+        };
+        apply(&shop, tier(3, 30));
+        apply(&shop, tier(5, 10));
+        apply(&shop, tier(2, 30));
+        let tiers = shop.tier_visitors.read();
+        assert_eq!(tiers.get(&3).map(|b| b.len()), Some(1));
+        assert_eq!(tiers.get(&5).map(|b| b.len()), None);
+    }
+
+    #[test]
+    fn expire_drops_what_is_older_than_400_days() {
+        let shop = ShopIndex::new("s");
+        let now = 1_000 * DAY_MS;
+        apply(&shop, ev("a", "view", now - 401 * DAY_MS));
+        apply(&shop, ev("a", "purchase", now - 401 * DAY_MS));
+        apply(&shop, ev("a", "view", now - 399 * DAY_MS));
+        shop.expire(now);
+        let stats = shop.stats();
+        assert_eq!(stats.day_entries, 1);
+        assert_eq!(stats.profile_entries, 1);
+        let vid = shop.visitor_id("a").unwrap();
+        assert!(shop.with_profile(vid, |p| p.unwrap().purchases.is_empty()));
+        assert_eq!(stats.visitors, 1, "visitors stay known");
+    }
+
+    #[test]
+    fn popularity_counts_distinct_purchases_over_seven_days() {
+        let shop = ShopIndex::new("s");
+        let now = 100 * DAY_MS;
+        for (v, days_ago) in [("a", 0), ("b", 6), ("c", 7), ("a", 0)] {
+            apply(&shop, ev(v, "purchase", now - days_ago * DAY_MS));
+        }
+        assert_eq!(shop.item("i").unwrap().popularity(ShopIndex::today(now)), 2);
+    }
+}

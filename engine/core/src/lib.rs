@@ -1,0 +1,34 @@
+//! Vitrine's engine core: the rule language, the audience index and decisions.
+//!
+//! Data flows one way: rule files are parsed ([`expr`], [`yaml`]), validated
+//! and compiled ([`rules`], [`plan`]) into an immutable [`RuleSet`]; behavior
+//! events are validated ([`event`]) and applied to a per-shop [`ShopIndex`]
+//! ([`index`]); a decision ([`decide`]) evaluates the compiled plan for one
+//! visitor against that visitor's profile, while audience sizes ([`size`])
+//! evaluate the same plan as bitmap algebra over the whole shop.
+//!
+//! The key design choice: the index keeps every event in two shapes, columns
+//! (roaring bitmaps of visitors per action and day, tag and tier) for
+//! population questions, and rows (one compact profile per visitor) for
+//! one-visitor questions. A decision reads one profile under one shard lock
+//! and never scans bitmaps; an audience size never loops over all visitors
+//! unless the expression forces it. The crate is pure: no async, no I/O.
+
+pub mod claims;
+pub mod decide;
+pub mod event;
+pub mod expr;
+pub mod hash;
+pub mod index;
+pub mod plan;
+pub mod rules;
+pub mod size;
+pub mod time;
+pub mod yaml;
+
+pub use claims::{ClaimLedger, ClaimOutcome, MemoryLedger};
+pub use decide::{claim, decide, ClaimRequest, Context, DecideRequest, Decision};
+pub use event::{Action, Event, EventError, RejectReason};
+pub use index::{Index, IndexStats, ShopIndex};
+pub use rules::{RuleError, RuleErrors, RuleSet};
+pub use size::{audience_sizes, size_of, SizeError};

@@ -1,0 +1,709 @@
+//! Rule files (CONTRACT section 1): YAML text in, a validated and compiled
+//! [`RuleSet`] out, or every error of the file with its `line:column`.
+//!
+//! Loading goes parse (YAML to positioned nodes) -> validate (shape, ids,
+//! windows, timestamps, audience references and cycles, collecting every
+//! error) -> compile (expressions into one [`Plan`]). A file is accepted or
+//! rejected whole.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::expr::{self, Expr};
+use crate::plan::{NodeId, Plan};
+use crate::time::{parse_rfc3339, Window};
+use crate::yaml::{self, Node, Pos};
+
+/// One problem in a rule file.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RuleError {
+    /// Where, in the file.
+    pub pos: Pos,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.pos, self.message)
+    }
+}
+
+/// Every problem of a rejected rule file, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct RuleErrors(pub Vec<RuleError>);
+
+impl fmt::Display for RuleErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A banner entry: the first whose `when` holds wins.
+#[derive(Debug, Clone)]
+pub struct Banner {
+    /// Condition; `None` always matches.
+    pub when: Option<NodeId>,
+    /// The banner id handed to the renderer.
+    pub id: Arc<str>,
+}
+
+/// A pool of candidate items.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// Condition; `None` always matches.
+    pub when: Option<NodeId>,
+    /// Items, in the author's order.
+    pub items: Vec<Arc<str>>,
+}
+
+/// The `items` section.
+#[derive(Debug, Clone)]
+pub struct ItemRules {
+    /// At most this many items in a decision.
+    pub limit: u32,
+    /// Never show what the visitor bought within this window.
+    pub exclude_purchased: Option<Window>,
+    /// Candidate pools.
+    pub pools: Vec<Pool>,
+    /// Cross-sell items per context item.
+    pub complements: HashMap<Box<str>, Vec<Arc<str>>>,
+}
+
+/// The per-visitor cap of a benefit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cap {
+    /// At most this many grants per visitor...
+    pub per_visitor: u32,
+    /// ...within this window (milliseconds, exact).
+    pub window: Window,
+}
+
+/// A benefit that may be offered and claimed.
+#[derive(Debug, Clone)]
+pub struct Benefit {
+    /// Id, unique in the file.
+    pub id: Arc<str>,
+    /// Condition; `None` always matches.
+    pub when: Option<NodeId>,
+    /// Free text: coupon, points, gift, ticket, ...
+    pub kind: Arc<str>,
+    /// Passed through to the renderer untouched, in file order.
+    pub params: Vec<(Arc<str>, Arc<str>)>,
+    /// Offered from this instant (ms), inclusive.
+    pub starts: Option<i64>,
+    /// Offered until this instant (ms), exclusive.
+    pub ends: Option<i64>,
+    /// At most this many grants in total.
+    pub budget: Option<u64>,
+    /// At most this many grants per visitor per window.
+    pub cap: Option<Cap>,
+    /// Share of the audience held out, in basis points (0..=10000).
+    pub holdout_bp: u32,
+}
+
+impl Benefit {
+    /// Whether `now_ms` lies in `[starts, ends)`.
+    pub fn in_window(&self, now_ms: i64) -> bool {
+        self.starts.is_none_or(|s| now_ms >= s) && self.ends.is_none_or(|e| now_ms < e)
+    }
+}
+
+/// A validated, compiled rule file.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    /// The storefront it governs.
+    pub shop: Arc<str>,
+    /// Every compiled expression.
+    pub plan: Plan,
+    /// Banner entries, in order.
+    pub banners: Vec<Banner>,
+    /// The items section.
+    pub items: ItemRules,
+    /// Benefits, by priority.
+    pub benefits: Vec<Benefit>,
+}
+
+/// The item limit when a file sets none.
+pub const DEFAULT_ITEM_LIMIT: u32 = 10;
+/// The largest item limit a file or request may ask for.
+pub const MAX_ITEM_LIMIT: u32 = 100;
+
+impl RuleSet {
+    /// Parses, validates and compiles a rule file.
+    pub fn load(source: &str) -> Result<RuleSet, RuleErrors> {
+        let mut loader = Loader {
+            source,
+            errors: Vec::new(),
+        };
+        let result = loader.load();
+        let mut errors = loader.errors;
+        match result {
+            Some(rules) if errors.is_empty() => Ok(rules),
+            _ => {
+                errors.sort();
+                errors.dedup();
+                Err(RuleErrors(errors))
+            }
+        }
+    }
+
+    /// The benefit with this id.
+    pub fn benefit(&self, id: &str) -> Option<&Benefit> {
+        self.benefits.iter().find(|b| &*b.id == id)
+    }
+}
+
+struct Loader<'s> {
+    source: &'s str,
+    errors: Vec<RuleError>,
+}
+
+/// An expression as written, with where it stands.
+struct Written<'n> {
+    expr: Expr,
+    value: &'n str,
+    pos: Pos,
+}
+
+const TOP_KEYS: &[&str] = &["shop", "audiences", "banners", "items", "benefits"];
+const BANNER_KEYS: &[&str] = &["when", "banner"];
+const ITEMS_KEYS: &[&str] = &["limit", "exclude_purchased", "pools", "complements"];
+const POOL_KEYS: &[&str] = &["when", "items"];
+const BENEFIT_KEYS: &[&str] = &[
+    "id", "when", "kind", "params", "starts", "ends", "budget", "cap", "holdout",
+];
+const CAP_KEYS: &[&str] = &["per_visitor", "window"];
+
+type Fields<'n> = HashMap<&'n str, &'n Node>;
+
+impl<'s> Loader<'s> {
+    fn error(&mut self, pos: Pos, message: impl Into<String>) {
+        self.errors.push(RuleError {
+            pos,
+            message: message.into(),
+        });
+    }
+
+    /// The entries of a mapping, reporting unknown and duplicate keys.
+    fn fields<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str]) -> Option<Fields<'n>> {
+        let Node::Map { entries, .. } = node else {
+            self.error(node.pos(), format!("{what} must be a mapping, found {}", node.kind()));
+            return None;
+        };
+        let mut fields: Fields<'n> = HashMap::new();
+        let mut seen: HashMap<&str, Pos> = HashMap::new();
+        for (key, value) in entries {
+            let Some(name) = key.as_str() else {
+                self.error(key.pos(), format!("keys of {what} must be plain names"));
+                continue;
+            };
+            if let Some(first) = seen.get(name) {
+                self.error(
+                    key.pos(),
+                    format!("duplicate key `{name}` in {what} (first at {first})"),
+                );
+                continue;
+            }
+            seen.insert(name, key.pos());
+            if !allowed.contains(&name) {
+                self.error(
+                    key.pos(),
+                    format!(
+                        "unknown key `{name}` in {what}; expected one of: {}",
+                        allowed.join(", ")
+                    ),
+                );
+                continue;
+            }
+            fields.insert(name, value);
+        }
+        Some(fields)
+    }
+
+    fn string<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n str> {
+        match node {
+            Node::Scalar { value, .. } if !node.is_null() && !value.is_empty() => Some(value),
+            Node::Scalar { .. } => {
+                self.error(node.pos(), format!("{what} must not be empty"));
+                None
+            }
+            _ => {
+                self.error(node.pos(), format!("{what} must be a string, found {}", node.kind()));
+                None
+            }
+        }
+    }
+
+    fn list<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n [Node]> {
+        match node {
+            Node::Seq { items, .. } => Some(items),
+            _ => {
+                self.error(node.pos(), format!("{what} must be a list, found {}", node.kind()));
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, node: &Node, what: &str, min: u64, max: u64) -> Option<u64> {
+        let text = self.string(node, what)?;
+        match text.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                self.error(
+                    node.pos(),
+                    format!("{what} must be a whole number from {min} to {max}, found `{text}`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn window(&mut self, node: &Node, what: &str) -> Option<Window> {
+        let text = self.string(node, what)?;
+        match Window::parse(text) {
+            Ok(w) => Some(w),
+            Err(message) => {
+                self.error(node.pos(), message);
+                None
+            }
+        }
+    }
+
+    fn timestamp(&mut self, node: &Node, what: &str) -> Option<(i64, Pos)> {
+        let text = self.string(node, what)?;
+        match parse_rfc3339(text) {
+            Some(ms) => Some((ms, node.pos())),
+            None => {
+                self.error(
+                    node.pos(),
+                    format!("invalid timestamp `{text}`: expected RFC 3339, e.g. 2026-11-10T23:30:00+08:00"),
+                );
+                None
+            }
+        }
+    }
+
+    fn percentage(&mut self, node: &Node, what: &str) -> Option<u32> {
+        let text = self.string(node, what)?;
+        let bp = text
+            .strip_suffix('%')
+            .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit() || c == '.'))
+            .and_then(|n| n.parse::<f64>().ok())
+            .filter(|p| (0.0..=100.0).contains(p))
+            .map(|p| (p * 100.0).round() as u32);
+        if bp.is_none() {
+            self.error(
+                node.pos(),
+                format!("invalid percentage `{text}`: expected 0% to 100%, e.g. 10%"),
+            );
+        }
+        bp
+    }
+
+    /// Parses an expression, mapping a syntax error into the file.
+    fn expression<'n>(&mut self, node: &'n Node, what: &str) -> Option<Written<'n>> {
+        let value = self.string(node, what)?;
+        match expr::parse(value) {
+            Ok(expr) => Some(Written {
+                expr,
+                value,
+                pos: node.pos(),
+            }),
+            Err(e) => {
+                let pos = yaml::pos_in_scalar(self.source, node.pos(), value, e.offset);
+                self.error(pos, e.message);
+                None
+            }
+        }
+    }
+
+    fn pos_in(&self, written: &Written<'_>, offset: usize) -> Pos {
+        yaml::pos_in_scalar(self.source, written.pos, written.value, offset)
+    }
+
+    /// Reports references to audiences that do not exist.
+    fn check_refs(&mut self, written: &Written<'_>, defined: &HashMap<&str, usize>) {
+        let mut missing = Vec::new();
+        written.expr.walk(&mut |e| {
+            if let Expr::Ref { name, span } = e {
+                if !defined.contains_key(name.as_str()) {
+                    missing.push((name.clone(), span.start));
+                }
+            }
+        });
+        for (name, offset) in missing {
+            let pos = self.pos_in(written, offset);
+            self.error(pos, format!("undefined audience `{name}`"));
+        }
+    }
+
+    fn load(&mut self) -> Option<RuleSet> {
+        let root = match yaml::parse(self.source) {
+            Ok(Some(root)) => root,
+            Ok(None) => {
+                self.error(
+                    Pos { line: 1, column: 1 },
+                    "empty rule file: expected a mapping with at least `shop`",
+                );
+                return None;
+            }
+            Err(e) => {
+                self.error(e.pos, e.message);
+                return None;
+            }
+        };
+        self.check_no_aliases(&root);
+        let top = self.fields(&root, "the rule file", TOP_KEYS)?;
+
+        let shop = match top.get("shop") {
+            Some(node) => self.string(node, "`shop`"),
+            None => {
+                self.error(root.pos(), "missing required key `shop`");
+                None
+            }
+        };
+
+        // Audiences: names first, so that references in any order resolve.
+        let mut names: Vec<Arc<str>> = Vec::new();
+        let mut defined: HashMap<&str, usize> = HashMap::new();
+        let mut written: Vec<Option<Written<'_>>> = Vec::new();
+        if let Some(node) = top.get("audiences") {
+            if let Node::Map { entries, .. } = node {
+                let mut first_at: HashMap<&str, Pos> = HashMap::new();
+                for (key, value) in entries {
+                    let Some(name) = key.as_str() else {
+                        self.error(key.pos(), "audience names must be plain names");
+                        continue;
+                    };
+                    if let Some(first) = first_at.get(name) {
+                        self.error(
+                            key.pos(),
+                            format!("duplicate audience `{name}` (first defined at {first})"),
+                        );
+                        continue;
+                    }
+                    first_at.insert(name, key.pos());
+                    if !expr::is_audience_name(name) {
+                        self.error(
+                            key.pos(),
+                            format!("invalid audience name `{name}`: use lower-case letters, digits and `_`, not starting with a digit, and not a keyword"),
+                        );
+                        continue;
+                    }
+                    defined.insert(name, names.len());
+                    names.push(name.into());
+                    written.push(self.expression(value, &format!("audience `{name}`")));
+                }
+            } else if !node.is_null() {
+                self.error(
+                    node.pos(),
+                    format!("`audiences` must be a mapping, found {}", node.kind()),
+                );
+            }
+        }
+        for w in written.iter().flatten() {
+            self.check_refs(w, &defined);
+        }
+        self.check_cycles(&names, &written, &defined);
+
+        let mut plan = Plan::default();
+        plan.declare_audiences(&names);
+        for (slot, w) in written.iter().enumerate() {
+            if let Some(w) = w {
+                let root = plan.compile(&w.expr);
+                plan.define_audience(slot as u32, root);
+            }
+        }
+        if self.errors.is_empty() {
+            plan.finish();
+        }
+
+        let banners = top
+            .get("banners")
+            .map(|node| self.banners(node, &defined, &mut plan))
+            .unwrap_or_default();
+        let items = match top.get("items") {
+            Some(node) if !node.is_null() => self.items(node, &defined, &mut plan),
+            _ => None,
+        };
+        let benefits = top
+            .get("benefits")
+            .map(|node| self.benefits(node, &defined, &mut plan))
+            .unwrap_or_default();
+
+        Some(RuleSet {
+            shop: shop?.into(),
+            plan,
+            banners,
+            items: items.unwrap_or(ItemRules {
+                limit: DEFAULT_ITEM_LIMIT,
+                exclude_purchased: None,
+                pools: Vec::new(),
+                complements: HashMap::new(),
+            }),
+            benefits,
+        })
+    }
+
+    fn check_no_aliases(&mut self, node: &Node) {
+        match node {
+            Node::Alias { pos } => self.error(*pos, "YAML aliases are not supported in rule files"),
+            Node::Seq { items, .. } => items.iter().for_each(|n| self.check_no_aliases(n)),
+            Node::Map { entries, .. } => entries.iter().for_each(|(k, v)| {
+                self.check_no_aliases(k);
+                self.check_no_aliases(v);
+            }),
+            Node::Scalar { .. } => {}
+        }
+    }
+
+    /// Reports each reference cycle once, at the reference that closes it.
+    fn check_cycles(&mut self, names: &[Arc<str>], written: &[Option<Written<'_>>], defined: &HashMap<&str, usize>) {
+        // Edges: audience -> (referenced audience, byte offset of the reference).
+        let edges: Vec<Vec<(usize, usize)>> = written
+            .iter()
+            .map(|w| {
+                let mut out = Vec::new();
+                if let Some(w) = w {
+                    w.expr.walk(&mut |e| {
+                        if let Expr::Ref { name, span } = e {
+                            if let Some(&to) = defined.get(name.as_str()) {
+                                out.push((to, span.start));
+                            }
+                        }
+                    });
+                }
+                out
+            })
+            .collect();
+        // Iterative DFS with colors: 0 new, 1 on the stack, 2 done.
+        let mut color = vec![0u8; names.len()];
+        for start in 0..names.len() {
+            if color[start] != 0 {
+                continue;
+            }
+            let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+            color[start] = 1;
+            while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+                if let Some(&(to, offset)) = edges[node].get(*next) {
+                    *next += 1;
+                    match color[to] {
+                        0 => {
+                            color[to] = 1;
+                            stack.push((to, 0));
+                        }
+                        1 => {
+                            let from = stack.iter().position(|&(n, _)| n == to).unwrap_or(0);
+                            let mut path: Vec<&str> = stack[from..].iter().map(|&(n, _)| &*names[n]).collect();
+                            path.push(&names[to]);
+                            let message = format!("audience reference cycle: {}", path.join(" -> "));
+                            if let Some(w) = &written[node] {
+                                let pos = self.pos_in(w, offset);
+                                self.error(pos, message);
+                            }
+                        }
+                        _ => {}
+                    }
+                } else {
+                    color[node] = 2;
+                    stack.pop();
+                }
+            }
+        }
+    }
+
+    fn when(&mut self, fields: &Fields<'_>, defined: &HashMap<&str, usize>, plan: &mut Plan) -> Option<NodeId> {
+        let node = fields.get("when")?;
+        let written = self.expression(node, "`when`")?;
+        self.check_refs(&written, defined);
+        Some(plan.compile(&written.expr))
+    }
+
+    fn banners(&mut self, node: &Node, defined: &HashMap<&str, usize>, plan: &mut Plan) -> Vec<Banner> {
+        let mut banners = Vec::new();
+        for entry in self.list(node, "`banners`").unwrap_or_default() {
+            let Some(fields) = self.fields(entry, "a banner", BANNER_KEYS) else {
+                continue;
+            };
+            let when = self.when(&fields, defined, plan);
+            let id = match fields.get("banner") {
+                Some(n) => self.string(n, "`banner`"),
+                None => {
+                    self.error(entry.pos(), "banner entry is missing required key `banner`");
+                    None
+                }
+            };
+            if let Some(id) = id {
+                banners.push(Banner { when, id: id.into() });
+            }
+        }
+        banners
+    }
+
+    fn item_list(&mut self, node: &Node, what: &str) -> Vec<Arc<str>> {
+        let mut items = Vec::new();
+        for n in self.list(node, what).unwrap_or_default() {
+            if let Some(id) = self.string(n, "an item id") {
+                items.push(Arc::from(id));
+            }
+        }
+        items
+    }
+
+    fn items(&mut self, node: &Node, defined: &HashMap<&str, usize>, plan: &mut Plan) -> Option<ItemRules> {
+        let fields = self.fields(node, "`items`", ITEMS_KEYS)?;
+        let limit = match fields.get("limit") {
+            Some(n) => self
+                .integer(n, "`limit`", 1, u64::from(MAX_ITEM_LIMIT))
+                .map(|v| v as u32),
+            None => Some(DEFAULT_ITEM_LIMIT),
+        };
+        let exclude_purchased = fields
+            .get("exclude_purchased")
+            .and_then(|n| self.window(n, "`exclude_purchased`"));
+        let mut pools = Vec::new();
+        if let Some(n) = fields.get("pools") {
+            for entry in self.list(n, "`pools`").unwrap_or_default() {
+                let Some(pool) = self.fields(entry, "a pool", POOL_KEYS) else {
+                    continue;
+                };
+                let when = self.when(&pool, defined, plan);
+                match pool.get("items") {
+                    Some(n) => {
+                        let items = self.item_list(n, "`items` of a pool");
+                        pools.push(Pool { when, items });
+                    }
+                    None => self.error(entry.pos(), "pool is missing required key `items`"),
+                }
+            }
+        }
+        let mut complements = HashMap::new();
+        if let Some(n) = fields.get("complements") {
+            if let Node::Map { entries, .. } = n {
+                for (key, value) in entries {
+                    let Some(item) = self.string(key, "an item id") else {
+                        continue;
+                    };
+                    let list = self.item_list(value, "complements");
+                    if complements.insert(Box::from(item), list).is_some() {
+                        self.error(key.pos(), format!("duplicate key `{item}` in `complements`"));
+                    }
+                }
+            } else {
+                self.error(n.pos(), format!("`complements` must be a mapping, found {}", n.kind()));
+            }
+        }
+        Some(ItemRules {
+            limit: limit?,
+            exclude_purchased,
+            pools,
+            complements,
+        })
+    }
+
+    fn benefits(&mut self, node: &Node, defined: &HashMap<&str, usize>, plan: &mut Plan) -> Vec<Benefit> {
+        let mut benefits = Vec::new();
+        let mut first_at: HashMap<&str, Pos> = HashMap::new();
+        for entry in self.list(node, "`benefits`").unwrap_or_default() {
+            let Some(fields) = self.fields(entry, "a benefit", BENEFIT_KEYS) else {
+                continue;
+            };
+            let id = match fields.get("id") {
+                Some(n) => self.string(n, "`id`").map(|id| (id, n.pos())),
+                None => {
+                    self.error(entry.pos(), "benefit is missing required key `id`");
+                    None
+                }
+            };
+            if let Some((id, pos)) = id {
+                if let Some(first) = first_at.get(id) {
+                    self.error(pos, format!("duplicate benefit id `{id}` (first defined at {first})"));
+                } else {
+                    first_at.insert(id, pos);
+                }
+            }
+            let when = self.when(&fields, defined, plan);
+            let kind = match fields.get("kind") {
+                Some(n) => self.string(n, "`kind`"),
+                None => {
+                    self.error(entry.pos(), "benefit is missing required key `kind`");
+                    None
+                }
+            };
+            let mut params = Vec::new();
+            if let Some(n) = fields.get("params") {
+                match n {
+                    Node::Map { entries, .. } => {
+                        for (k, v) in entries {
+                            match (k.as_str(), v) {
+                                (Some(k), Node::Scalar { value, .. }) => {
+                                    params.push((Arc::from(k), Arc::from(value.as_str())))
+                                }
+                                _ => self.error(v.pos(), "`params` must map names to strings"),
+                            }
+                        }
+                    }
+                    _ if n.is_null() => {}
+                    _ => self.error(n.pos(), format!("`params` must be a mapping, found {}", n.kind())),
+                }
+            }
+            let starts = fields.get("starts").and_then(|n| self.timestamp(n, "`starts`"));
+            let ends = fields.get("ends").and_then(|n| self.timestamp(n, "`ends`"));
+            if let (Some((s, _)), Some((e, end_pos))) = (starts, ends) {
+                if s >= e {
+                    self.error(end_pos, "`ends` must be after `starts`");
+                }
+            }
+            let budget = fields
+                .get("budget")
+                .and_then(|n| self.integer(n, "`budget`", 0, u64::MAX));
+            let cap = fields.get("cap").and_then(|n| {
+                let cap = self.fields(n, "`cap`", CAP_KEYS)?;
+                let per_visitor = match cap.get("per_visitor") {
+                    Some(v) => self.integer(v, "`per_visitor`", 1, u64::from(u32::MAX)),
+                    None => {
+                        self.error(n.pos(), "`cap` is missing required key `per_visitor`");
+                        None
+                    }
+                };
+                let window = match cap.get("window") {
+                    Some(v) => self.window(v, "`window`"),
+                    None => {
+                        self.error(n.pos(), "`cap` is missing required key `window`");
+                        None
+                    }
+                };
+                Some(Cap {
+                    per_visitor: per_visitor? as u32,
+                    window: window?,
+                })
+            });
+            let holdout_bp = fields
+                .get("holdout")
+                .and_then(|n| self.percentage(n, "`holdout`"))
+                .unwrap_or(0);
+            if let (Some((id, _)), Some(kind)) = (id, kind) {
+                benefits.push(Benefit {
+                    id: id.into(),
+                    when,
+                    kind: kind.into(),
+                    params,
+                    starts: starts.map(|(ms, _)| ms),
+                    ends: ends.map(|(ms, _)| ms),
+                    budget,
+                    cap,
+                    holdout_bp,
+                });
+            }
+        }
+        benefits
+    }
+}

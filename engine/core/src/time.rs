@@ -1,0 +1,290 @@
+//! Time in the engine: event-time hours, audience windows and RFC 3339 timestamps.
+//!
+//! Every window is evaluated on whole UTC buckets: `Nd` covers today (UTC) and
+//! the `N - 1` days before it, `Nh` the current hour and the `N - 1` hours
+//! before it. Both reduce to an inclusive range of hour numbers, which is what
+//! the index stores per event.
+
+use std::fmt;
+
+/// Milliseconds in one hour.
+pub const HOUR_MS: i64 = 3_600_000;
+/// Milliseconds in one day.
+pub const DAY_MS: i64 = 24 * HOUR_MS;
+/// The longest window a rule may use, in hours (400 days).
+pub const MAX_WINDOW_HOURS: u32 = 400 * 24;
+
+/// Hours since the Unix epoch of a millisecond timestamp (0 before the epoch).
+pub fn hour_of(ts_ms: i64) -> u32 {
+    (ts_ms.max(0) / HOUR_MS).min(u32::MAX as i64) as u32
+}
+
+/// Days since the Unix epoch of a millisecond timestamp (0 before the epoch).
+pub fn day_of(ts_ms: i64) -> u32 {
+    hour_of(ts_ms) / 24
+}
+
+/// The unit a window is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unit {
+    /// `h`: exact to the hour.
+    Hours,
+    /// `d`: exact to the (UTC) day.
+    Days,
+}
+
+/// A look-back window such as `7d` or `12h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Window {
+    /// How many units.
+    pub amount: u32,
+    /// Hours or days.
+    pub unit: Unit,
+}
+
+/// An inclusive range of event hours that a window covers at some instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HourRange {
+    /// First hour inside the window.
+    pub first: u32,
+    /// Last hour inside the window (the hour of `now`, or the end of today).
+    pub last: u32,
+}
+
+impl HourRange {
+    /// Whether an event in hour `h` falls inside.
+    #[inline]
+    pub fn contains(&self, h: u32) -> bool {
+        self.first <= h && h <= self.last
+    }
+
+    /// First and last day touched by the range.
+    pub fn days(&self) -> (u32, u32) {
+        (self.first / 24, self.last / 24)
+    }
+
+    /// Whether the range is made of whole days only.
+    pub fn whole_days(&self) -> bool {
+        self.first.is_multiple_of(24) && self.last % 24 == 23
+    }
+}
+
+impl Window {
+    /// Parses `7d`, `12h`: a whole number of 1h up to 400d.
+    pub fn parse(text: &str) -> Result<Window, String> {
+        let bad = || format!("invalid window `{text}`: expected a whole number followed by h or d, e.g. 7d or 12h");
+        let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (digits, unit) = text.split_at(split);
+        let unit = match unit {
+            "h" => Unit::Hours,
+            "d" => Unit::Days,
+            _ => return Err(bad()),
+        };
+        if digits.is_empty() {
+            return Err(bad());
+        }
+        let too_long = || format!("invalid window `{text}`: longer than the maximum of 400d");
+        let amount: u32 = digits.parse().map_err(|_| too_long())?;
+        if amount == 0 {
+            return Err(format!("invalid window `{text}`: must be at least 1h"));
+        }
+        let window = Window { amount, unit };
+        if window.hours() > u64::from(MAX_WINDOW_HOURS) {
+            return Err(too_long());
+        }
+        Ok(window)
+    }
+
+    /// Length in hours.
+    pub fn hours(&self) -> u64 {
+        match self.unit {
+            Unit::Hours => u64::from(self.amount),
+            Unit::Days => u64::from(self.amount) * 24,
+        }
+    }
+
+    /// Length in milliseconds.
+    pub fn millis(&self) -> i64 {
+        self.hours() as i64 * HOUR_MS
+    }
+
+    /// The hours this window covers at `now_ms`.
+    pub fn range(&self, now_ms: i64) -> HourRange {
+        let now_hour = hour_of(now_ms);
+        match self.unit {
+            Unit::Hours => HourRange {
+                first: (now_hour + 1).saturating_sub(self.amount),
+                last: now_hour,
+            },
+            Unit::Days => {
+                let today = now_hour / 24;
+                HourRange {
+                    first: (today + 1).saturating_sub(self.amount) * 24,
+                    last: today * 24 + 23,
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.unit {
+            Unit::Hours => 'h',
+            Unit::Days => 'd',
+        };
+        write!(f, "{}{unit}", self.amount)
+    }
+}
+
+/// Parses an RFC 3339 timestamp (`2026-11-10T23:30:00+08:00`, `...Z`,
+/// optional fractional seconds) into milliseconds since the Unix epoch.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(range)?;
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(part.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    let sep = |i: usize, c: &[u8]| b.get(i).is_some_and(|x| c.contains(x));
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis = 0;
+    if b[i] == b'.' {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        let frac = &text[start..i];
+        let first3: String = frac.chars().chain("000".chars()).take(3).collect();
+        millis = first3.parse::<i64>().ok()?;
+    }
+    let offset_min = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let m = oh * 60 + om;
+            if *sign == b'-' {
+                -m
+            } else {
+                m
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_min * 60;
+    Some(secs * 1000 + millis)
+}
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if is_leap(y) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_parse_and_reject() {
+        assert_eq!(Window::parse("7d").map(|w| w.hours()), Ok(168));
+        assert_eq!(Window::parse("12h").map(|w| w.hours()), Ok(12));
+        assert_eq!(Window::parse("400d").map(|w| w.hours()), Ok(9600));
+        assert_eq!(
+            Window::parse("7x"),
+            Err("invalid window `7x`: expected a whole number followed by h or d, e.g. 7d or 12h".into())
+        );
+        assert_eq!(
+            Window::parse("0d"),
+            Err("invalid window `0d`: must be at least 1h".into())
+        );
+        assert_eq!(
+            Window::parse("401d"),
+            Err("invalid window `401d`: longer than the maximum of 400d".into())
+        );
+        assert_eq!(
+            Window::parse("9601h"),
+            Err("invalid window `9601h`: longer than the maximum of 400d".into())
+        );
+        assert!(Window::parse("d").is_err());
+        assert!(Window::parse("-1d").is_err());
+        assert!(Window::parse("99999999999d").is_err());
+    }
+
+    #[test]
+    fn window_ranges_cover_whole_buckets() {
+        let now = 20_000 * DAY_MS + 5 * HOUR_MS + 17;
+        let day = Window::parse("7d").unwrap_or(Window {
+            amount: 0,
+            unit: Unit::Days,
+        });
+        let r = day.range(now);
+        assert_eq!(r.days(), (19_994, 20_000));
+        assert!(r.whole_days());
+        let hours = Window {
+            amount: 12,
+            unit: Unit::Hours,
+        }
+        .range(now);
+        assert_eq!(hours.last, hour_of(now));
+        assert_eq!(hours.last - hours.first + 1, 12);
+        assert!(!hours.whole_days());
+    }
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("1970-01-01T08:00:00+08:00"), Some(0));
+        assert_eq!(parse_rfc3339("2026-11-10T23:30:00+08:00"), Some(1_794_324_600_000));
+        assert_eq!(parse_rfc3339("2024-02-29T00:00:00.250Z"), Some(1_709_164_800_250));
+        assert_eq!(parse_rfc3339("2023-02-29T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2026-11-10 23:30"), None);
+        assert_eq!(parse_rfc3339("2026-11-10T23:30:00"), None);
+        assert_eq!(parse_rfc3339("2026-13-10T23:30:00Z"), None);
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests of vitrine-core: one binary, one module per concern.
+
+// Tests may panic on what they did not expect: that is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod concurrent;
+mod decide;
+mod model;
+mod rules;

@@ -1,0 +1,6 @@
+//! Integration tests of the `vitrine` binary.
+
+// Tests may panic on what they did not expect: that is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod validate;
