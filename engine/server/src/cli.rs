@@ -1,8 +1,12 @@
-//! The command line.
+//! The command line: `serve`, `demo`, `rules validate`, `rules push`.
+//!
+//! Every `serve` flag has a `VITRINE_*` environment variable. Values are
+//! taken as text here and checked together by [`crate::config`], so that a
+//! misconfigured start reports every problem at once.
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// Vitrine: real-time personalization decisions for storefronts.
 #[derive(Debug, Parser)]
@@ -14,8 +18,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the engine on the rule files with a generated stream of behavior,
-    /// and print audience sizes and explained decisions.
+    /// Run the engine: gRPC on --grpc-addr, metrics on --metrics-addr.
+    Serve(Box<ServeArgs>),
+    /// Run the engine offline on the rule files with a generated stream of
+    /// behavior, and print audience sizes and explained decisions.
     Demo {
         /// Rule files to load (every *.yaml).
         #[arg(long, env = "VITRINE_RULES_DIR", default_value = "rules")]
@@ -31,6 +37,56 @@ pub enum Command {
     },
 }
 
+/// `vitrine serve` flags (CONTRACT section 5).
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// gRPC listen address.
+    #[arg(long, env = "VITRINE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: String,
+    /// HTTP listen address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "VITRINE_METRICS_ADDR", default_value = "127.0.0.1:9898")]
+    pub metrics_addr: String,
+    /// Rule files loaded at start-up, watched for edits, and kept in sync with pushes.
+    #[arg(long, env = "VITRINE_RULES_DIR", default_value = "rules")]
+    pub rules_dir: PathBuf,
+    /// Where durable state lives (rule revisions; claims and snapshots later).
+    #[arg(long, env = "VITRINE_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Kafka bootstrap servers; none = embedded mode (events through Ingest/Track).
+    #[arg(long, env = "VITRINE_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Behavior topic.
+    #[arg(long, env = "VITRINE_KAFKA_TOPIC", default_value = "vitrine.behavior")]
+    pub kafka_topic: String,
+    /// Kafka consumer group id.
+    #[arg(long, env = "VITRINE_KAFKA_GROUP", default_value = "vitrine")]
+    pub kafka_group: String,
+    /// Bearer token required by Rules/Push, Rules/Rollback and Ingest/Track when set.
+    #[arg(long, env = "VITRINE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Calls served at once; beyond it calls fail fast with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "VITRINE_MAX_IN_FLIGHT", default_value = "1024")]
+    pub max_in_flight: String,
+    /// Longest time a call may take (a client's shorter grpc-timeout wins), e.g. 5s, 500ms.
+    #[arg(long, env = "VITRINE_REQUEST_TIMEOUT", default_value = "10s")]
+    pub request_timeout: String,
+    /// Largest request accepted, in bytes.
+    #[arg(long, env = "VITRINE_MAX_REQUEST_BYTES", default_value = "4194304")]
+    pub max_request_bytes: String,
+    /// On SIGTERM: how long health reports NOT_SERVING before the listener closes.
+    #[arg(long, env = "VITRINE_SHUTDOWN_GRACE", default_value = "1s")]
+    pub shutdown_grace: String,
+    /// How often --rules-dir is checked for edited files.
+    #[arg(long, env = "VITRINE_RULES_POLL", default_value = "2s")]
+    pub rules_poll: String,
+    /// Seed every shop of --rules-dir with a generated demo stream of behavior.
+    #[arg(long, env = "VITRINE_DEMO")]
+    pub demo: bool,
+    /// Demo visitors per shop (with --demo).
+    #[arg(long, env = "VITRINE_DEMO_VISITORS", default_value = "2000")]
+    pub demo_visitors: String,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum RulesCommand {
     /// Check rule files offline, with the same errors as Rules/Push.
@@ -41,5 +97,23 @@ pub enum RulesCommand {
         /// Rule files (YAML), one storefront each.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+    },
+    /// Push a rule file to a running server (Rules/Push).
+    ///
+    /// Prints the new revision and each audience's size; on a rejected file,
+    /// `FILE:LINE:COLUMN: message` for every error and exit code 1.
+    Push {
+        /// The rule file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The server.
+        #[arg(long, env = "VITRINE_ADDR", default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// Bearer token for the admin RPCs.
+        #[arg(long, env = "VITRINE_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Validate and size the audiences without swapping.
+        #[arg(long)]
+        dry_run: bool,
     },
 }

@@ -1,21 +1,34 @@
 //! `vitrine`: the Vitrine binary. This file only wires the command line to
 //! the subcommands.
 
-mod cli;
-mod demo;
-mod validate;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use vitrine::cli::{Cli, Command, RulesCommand};
+use vitrine::config::Config;
+use vitrine::{demo, engine, push, serve, validate};
 
 fn main() -> ExitCode {
-    match cli::Cli::parse().command {
-        cli::Command::Demo { rules_dir, visitors } => {
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            match demo::run(&rules_dir, visitors, now_ms, &mut std::io::stdout()) {
+    match Cli::parse().command {
+        Command::Serve(args) => {
+            init_logging();
+            let config = match Config::from_args(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("vitrine serve: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match runtime().and_then(|rt| rt.block_on(run_server(config))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vitrine serve: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo { rules_dir, visitors } => {
+            match demo::run(&rules_dir, visitors, engine::now_ms(), &mut std::io::stdout()) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {
@@ -24,8 +37,64 @@ fn main() -> ExitCode {
                 }
             }
         }
-        cli::Command::Rules {
-            command: cli::RulesCommand::Validate { files },
+        Command::Rules {
+            command: RulesCommand::Validate { files },
         } => validate::run(&files, &mut std::io::stdout(), &mut std::io::stderr()),
+        Command::Rules {
+            command:
+                RulesCommand::Push {
+                    file,
+                    addr,
+                    admin_token,
+                    dry_run,
+                },
+        } => match runtime() {
+            Ok(rt) => rt.block_on(push::run(&file, &addr, admin_token.as_deref(), dry_run)),
+            Err(e) => {
+                eprintln!("vitrine rules push: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VITRINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run_server(config: Config) -> anyhow::Result<()> {
+    let server = serve::start(config).await?;
+    println!("{}", demo::hints(&server));
+    server.run_until(shutdown_signal()).await
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
     }
 }

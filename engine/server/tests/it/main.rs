@@ -3,4 +3,5 @@
 // Tests may panic on what they did not expect: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod grpc;
 mod validate;

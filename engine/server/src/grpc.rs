@@ -1,0 +1,487 @@
+//! The gRPC services of CONTRACT section 4: request validation, status codes,
+//! admin authorization, load shedding, and the mapping between the wire
+//! messages and the engine core.
+//!
+//! Status codes: user errors (a missing field, a broken rule file, a bad
+//! expression) are INVALID_ARGUMENT with a precise message; unknown shops,
+//! benefits and revisions are NOT_FOUND; internal failures are INTERNAL with
+//! no panic text; a full server answers RESOURCE_EXHAUSTED at once instead
+//! of queueing.
+
+use std::borrow::Cow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::{Request, Response, Status};
+use vitrine_core::decide::{ClaimError, Slot};
+use vitrine_core::event::Fields;
+use vitrine_core::{audience_sizes, size_of, ClaimRequest, Context, DecideRequest, SizeError};
+use vitrine_proto::v1 as pb;
+
+use crate::engine::{at, Engine};
+use crate::metrics;
+use crate::store::{Origin, StoreError};
+
+/// The longest shop, visitor, benefit or claim id accepted.
+pub const MAX_ID_BYTES: usize = 512;
+/// The most events one Track call may carry.
+pub const MAX_TRACK_EVENTS: usize = 10_000;
+
+/// All of Vitrine's services over one engine.
+#[derive(Debug, Clone)]
+pub struct Service {
+    engine: Arc<Engine>,
+    gate: Arc<Semaphore>,
+    admin_token: Option<Arc<str>>,
+}
+
+impl Service {
+    /// Services over `engine`, admitting at most `max_in_flight` calls at once.
+    pub fn new(engine: Arc<Engine>, max_in_flight: usize, admin_token: Option<String>) -> Service {
+        Service {
+            engine,
+            gate: Arc::new(Semaphore::new(max_in_flight)),
+            admin_token: admin_token.map(Into::into),
+        }
+    }
+
+    /// Admits a call or sheds it.
+    fn enter(&self, method: &'static str) -> Result<OwnedSemaphorePermit, Status> {
+        self.gate.clone().try_acquire_owned().map_err(|_| {
+            metrics::shed(method);
+            Status::resource_exhausted("the server is at its concurrency limit; retry with backoff")
+        })
+    }
+
+    /// Checks the bearer token of an admin call, when one is configured.
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(token) = &self.admin_token else {
+            return Ok(());
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(
+                "this call needs `authorization: Bearer <admin token>`",
+            ))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Runs synchronous engine work; a panic becomes INTERNAL without its text.
+fn guarded<R>(what: &str, f: impl FnOnce() -> Result<R, Status>) -> Result<R, Status> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        tracing::error!("{what} panicked");
+        Err(Status::internal(format!("internal error in {what}")))
+    })
+}
+
+/// Runs engine work on the blocking pool (file I/O, bitmap algebra, batches).
+async fn blocking<R: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<R, Status> + Send + 'static,
+) -> Result<R, Status> {
+    tokio::task::spawn_blocking(move || guarded(what, f))
+        .await
+        .unwrap_or_else(|_| Err(Status::internal(format!("internal error in {what}"))))
+}
+
+fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("`{field}` is required")));
+    }
+    bounded(field, value)
+}
+
+fn bounded<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+    if value.len() > MAX_ID_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "`{field}` is longer than {MAX_ID_BYTES} bytes"
+        )));
+    }
+    Ok(value)
+}
+
+fn instant(now_ms: i64) -> Result<i64, Status> {
+    if now_ms < 0 {
+        return Err(Status::invalid_argument("`now_ms` must be >= 0 (0 = the server clock)"));
+    }
+    Ok(at(now_ms))
+}
+
+fn context(c: Option<&pb::Context>) -> Context<'_> {
+    match c {
+        None => Context::default(),
+        Some(c) => Context {
+            page: &c.page,
+            item: &c.item,
+            region: &c.region,
+            device: &c.device,
+            channel: &c.channel,
+            attributes: Some(&c.attributes),
+        },
+    }
+}
+
+fn unknown_shop(shop: &str) -> Status {
+    Status::not_found(format!("unknown shop `{shop}`: no rule set has been pushed for it"))
+}
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::Invalid(errors) => Status::invalid_argument(errors.to_string()),
+        StoreError::UnknownShop(shop) => unknown_shop(&shop),
+        e @ StoreError::UnknownRevision { .. } => Status::not_found(e.to_string()),
+        StoreError::Io(e) => {
+            tracing::error!("rule store I/O failed: {e}");
+            Status::internal(format!("cannot persist the rule file, nothing changed: {e}"))
+        }
+    }
+}
+
+fn slot_name(slot: Slot) -> &'static str {
+    match slot {
+        Slot::Banner => "banner",
+        Slot::Items => "items",
+        Slot::Benefit => "benefit",
+    }
+}
+
+fn decision_response(d: &vitrine_core::Decision<'_>, revision: u64) -> pb::DecideResponse {
+    pb::DecideResponse {
+        banner: d.banner.map(|id| pb::Banner { id: id.to_string() }),
+        items: d
+            .items
+            .iter()
+            .map(|p| pb::Item {
+                id: p.id.to_string(),
+                reason: p.reason.as_str().to_string(),
+            })
+            .collect(),
+        benefit: d.benefit.map(|b| pb::Benefit {
+            id: b.id.to_string(),
+            kind: b.kind.to_string(),
+            params: b.params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }),
+        rule_revision: revision,
+        explanation: d.explanation.as_ref().map(|e| pb::Explanation {
+            audiences: e.audiences.clone(),
+            steps: e
+                .steps
+                .iter()
+                .map(|s| pb::ExplainStep {
+                    slot: slot_name(s.slot).to_string(),
+                    entry: s.entry.clone(),
+                    outcome: s.outcome.as_str().to_string(),
+                })
+                .collect(),
+        }),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::decision_server::Decision for Service {
+    async fn decide(&self, request: Request<pb::DecideRequest>) -> Result<Response<pb::DecideResponse>, Status> {
+        let _permit = self.enter("Decide")?;
+        let start = Instant::now();
+        let req = request.get_ref();
+        let shop = required("shop", &req.shop)?;
+        let visitor = bounded("visitor", &req.visitor)?;
+        let now_ms = instant(req.now_ms)?;
+        let engine = &self.engine;
+        let response = guarded("Decide", || {
+            let index = engine.index.shop(shop);
+            engine
+                .rules
+                .with_serving(shop, |served| {
+                    let d = vitrine_core::decide(
+                        &served.rules,
+                        index.as_deref(),
+                        &*engine.ledger,
+                        &DecideRequest {
+                            visitor,
+                            context: context(req.context.as_ref()),
+                            item_limit: req.item_limit,
+                            explain: req.explain,
+                            now_ms,
+                        },
+                    );
+                    decision_response(&d, served.revision)
+                })
+                .ok_or_else(|| unknown_shop(shop))
+        })?;
+        let m = &engine.metrics;
+        m.banner.record(response.banner.is_some());
+        m.items.record(!response.items.is_empty());
+        m.benefit.record(response.benefit.is_some());
+        m.decide_duration.record(start.elapsed().as_secs_f64());
+        Ok(Response::new(response))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::benefits_server::Benefits for Service {
+    async fn claim(&self, request: Request<pb::ClaimRequest>) -> Result<Response<pb::ClaimResponse>, Status> {
+        let _permit = self.enter("Claim")?;
+        let req = request.into_inner();
+        let engine = self.engine.clone();
+        blocking("Claim", move || {
+            let shop = required("shop", &req.shop)?;
+            let visitor = required("visitor", &req.visitor)?;
+            let benefit = required("benefit_id", &req.benefit_id)?;
+            let claim_id = bounded("claim_id", &req.claim_id)?;
+            let now_ms = instant(req.now_ms)?;
+            let served = engine.rules.serving(shop).ok_or_else(|| unknown_shop(shop))?;
+            let index = engine.index.shop(shop);
+            let outcome = vitrine_core::claim(
+                &served.rules,
+                index.as_deref(),
+                &*engine.ledger,
+                &ClaimRequest {
+                    visitor,
+                    benefit,
+                    now_ms,
+                    claim_id: (!claim_id.is_empty()).then_some(claim_id),
+                    context: context(req.context.as_ref()),
+                },
+            )
+            .map_err(|e| match e {
+                ClaimError::UnknownBenefit(id) => Status::not_found(format!(
+                    "shop `{shop}` has no benefit `{id}` (revision {})",
+                    served.revision
+                )),
+                ClaimError::MissingVisitor => Status::invalid_argument("`visitor` is required"),
+                ClaimError::Ledger(e) => {
+                    tracing::error!("claim ledger failed: {e}");
+                    Status::internal("the claim ledger failed; nothing was granted")
+                }
+            })?;
+            engine.metrics.claim(outcome);
+            Ok(Response::new(pb::ClaimResponse {
+                granted: outcome == vitrine_core::ClaimOutcome::Granted,
+                reason: outcome.as_str().to_string(),
+                rule_revision: served.revision,
+            }))
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::rules_server::Rules for Service {
+    async fn push(&self, request: Request<pb::PushRequest>) -> Result<Response<pb::PushResponse>, Status> {
+        let _permit = self.enter("Push")?;
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        if req.content.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "`content` is required: the YAML text of a rule file",
+            ));
+        }
+        let engine = self.engine.clone();
+        blocking("Push", move || {
+            let now_ms = at(0);
+            let served = match engine.rules.push(&req.content, Origin::Push, req.dry_run, now_ms) {
+                Ok(s) => s,
+                Err(e) => {
+                    let result = if matches!(e, StoreError::Invalid(_)) {
+                        "rejected"
+                    } else {
+                        "failed"
+                    };
+                    metrics::rule_push("push", result);
+                    return Err(store_status(e));
+                }
+            };
+            let shop = served.rules.shop.to_string();
+            if req.dry_run {
+                metrics::rule_push("push", "dry_run");
+            } else {
+                metrics::rule_push("push", "accepted");
+                metrics::rule_revision(&shop, served.revision);
+                tracing::info!(shop, revision = served.revision, "rule set pushed");
+            }
+            let index = engine.index.shop(&shop);
+            let audiences = audience_sizes(&served.rules, index.as_deref(), now_ms)
+                .into_iter()
+                .map(|(name, size)| pb::AudienceSize {
+                    name,
+                    size: size.unwrap_or(0),
+                    sizable: size.is_some(),
+                })
+                .collect();
+            Ok(Response::new(pb::PushResponse {
+                shop,
+                revision: served.revision,
+                audiences,
+                dry_run: req.dry_run,
+            }))
+        })
+        .await
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let _permit = self.enter("Get")?;
+        let req = request.get_ref();
+        let shop = required("shop", &req.shop)?;
+        let (revision, serving) = self.engine.rules.get(shop, req.revision).map_err(store_status)?;
+        Ok(Response::new(pb::GetResponse {
+            shop: shop.to_string(),
+            revision: revision.revision,
+            content: revision.content.to_string(),
+            serving,
+        }))
+    }
+
+    async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let _permit = self.enter("List")?;
+        let req = request.get_ref();
+        let shop = required("shop", &req.shop)?;
+        let (revisions, serving) = self.engine.rules.list(shop).map_err(store_status)?;
+        Ok(Response::new(pb::ListResponse {
+            shop: shop.to_string(),
+            revisions: revisions
+                .iter()
+                .map(|r| pb::RevisionInfo {
+                    revision: r.revision,
+                    created_ms: r.created_ms,
+                    origin: r.origin.as_str().to_string(),
+                    serving: r.revision == serving,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn rollback(&self, request: Request<pb::RollbackRequest>) -> Result<Response<pb::RollbackResponse>, Status> {
+        let _permit = self.enter("Rollback")?;
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        required("shop", &req.shop)?;
+        if req.revision == 0 {
+            return Err(Status::invalid_argument(
+                "`revision` is required: the revision to serve again",
+            ));
+        }
+        let engine = self.engine.clone();
+        blocking("Rollback", move || {
+            let revision = match engine.rules.rollback(&req.shop, req.revision, at(0)) {
+                Ok(r) => r,
+                Err(e) => {
+                    metrics::rule_push("rollback", "failed");
+                    return Err(store_status(e));
+                }
+            };
+            metrics::rule_push("rollback", "accepted");
+            metrics::rule_revision(&req.shop, revision);
+            tracing::info!(
+                shop = req.shop,
+                revision,
+                restored_from = req.revision,
+                "rule set rolled back"
+            );
+            Ok(Response::new(pb::RollbackResponse {
+                shop: req.shop,
+                revision,
+                restored_from: req.revision,
+            }))
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::audiences_server::Audiences for Service {
+    async fn size(&self, request: Request<pb::SizeRequest>) -> Result<Response<pb::SizeResponse>, Status> {
+        let _permit = self.enter("Size")?;
+        let req = request.into_inner();
+        let engine = self.engine.clone();
+        blocking("Size", move || {
+            let shop = required("shop", &req.shop)?;
+            if req.expression.trim().is_empty() {
+                return Err(Status::invalid_argument(
+                    "`expression` is required: an audience name or an expression",
+                ));
+            }
+            let now_ms = instant(req.now_ms)?;
+            let served = engine.rules.serving(shop);
+            let index = engine.index.shop(shop);
+            if served.is_none() && index.is_none() {
+                return Err(unknown_shop(shop));
+            }
+            let size = size_of(
+                served.as_deref().map(|s| &s.rules),
+                index.as_deref(),
+                &req.expression,
+                now_ms,
+            )
+            .map_err(|e: SizeError| Status::invalid_argument(format!("expression {e}")))?;
+            Ok(Response::new(pb::SizeResponse {
+                size,
+                known_visitors: index.map_or(0, |i| u64::from(i.visitor_count())),
+                rule_revision: served.map_or(0, |s| s.revision),
+            }))
+        })
+        .await
+    }
+}
+
+/// A wire event as event fields: empty strings are absent (proto3).
+fn fields(e: pb::Event) -> Fields<'static> {
+    let text = |s: String| (!s.is_empty()).then_some(Cow::Owned(s));
+    Fields {
+        shop: text(e.shop),
+        visitor: text(e.visitor),
+        action: text(e.action),
+        item: text(e.item),
+        category: text(e.category),
+        price: e.price,
+        quantity: e.quantity,
+        tag: text(e.tag),
+        tier: e.tier,
+        ts: e.ts,
+        id: text(e.id),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::ingest_server::Ingest for Service {
+    async fn track(&self, request: Request<pb::TrackRequest>) -> Result<Response<pb::TrackResponse>, Status> {
+        let _permit = self.enter("Track")?;
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        if req.events.len() > MAX_TRACK_EVENTS {
+            return Err(Status::invalid_argument(format!(
+                "{} events in one call; send at most {MAX_TRACK_EVENTS}",
+                req.events.len()
+            )));
+        }
+        let engine = self.engine.clone();
+        blocking("Track", move || {
+            let (accepted, rejected) = engine.track(req.events.into_iter().map(fields));
+            Ok(Response::new(pb::TrackResponse {
+                accepted,
+                rejected: rejected
+                    .into_iter()
+                    .map(|r| pb::RejectedEvent {
+                        index: r.index,
+                        reason: r.error.reason.as_str().to_string(),
+                        message: r.error.message,
+                    })
+                    .collect(),
+            }))
+        })
+        .await
+    }
+}

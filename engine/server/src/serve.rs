@@ -1,0 +1,256 @@
+//! `vitrine serve`: wires the engine to its listeners and background tasks,
+//! and shuts down in order (health NOT_SERVING, grace period, drain).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context as _;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use vitrine_proto::v1 as pb;
+
+use crate::config::Config;
+use crate::engine::{now_ms, Engine};
+use crate::grpc::Service;
+use crate::http::{self, Probes};
+use crate::metrics::{self, Metrics};
+use crate::store::{RuleStore, SyncReport};
+
+/// The process-wide Prometheus recorder (installed once, shared by every
+/// server a test process starts).
+fn recorder() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = metrics::install().context("installing the Prometheus recorder")?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    /// Where gRPC listens.
+    pub grpc_addr: SocketAddr,
+    /// Where /metrics, /healthz and /readyz listen.
+    pub metrics_addr: SocketAddr,
+    /// The engine, for in-process tests and tools.
+    pub engine: Arc<Engine>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+fn log_sync(report: &SyncReport) {
+    for (shop, revision) in &report.swapped {
+        tracing::info!(shop, revision, "rule file loaded");
+        metrics::rule_push("file", "accepted");
+        metrics::rule_revision(shop, *revision);
+    }
+    for p in &report.problems {
+        metrics::rule_push("file", "rejected");
+        for line in p.message.lines() {
+            tracing::error!("{}:{line}", p.path.display());
+        }
+    }
+}
+
+/// Starts everything; returns once both listeners are bound and the rules
+/// (and the demo stream, with `--demo`) are loaded.
+pub async fn start(config: Config) -> anyhow::Result<Server> {
+    let handle = recorder()?;
+    std::fs::create_dir_all(&config.rules_dir)
+        .with_context(|| format!("creating --rules-dir {}", config.rules_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating --data-dir {}", config.data_dir.display()))?;
+    let store = RuleStore::new(&config.rules_dir, &config.data_dir);
+    log_sync(&store.sync_dir(now_ms()));
+    let engine = Arc::new(Engine::new(store, Metrics::new()));
+    if let Some(visitors) = config.demo_visitors {
+        let now = now_ms();
+        for (shop, _) in engine.rules.shops() {
+            if let Some(served) = engine.rules.serving(&shop) {
+                for event in crate::demo::events(&served.rules, visitors, now) {
+                    engine.apply(&event);
+                }
+            }
+        }
+    }
+
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding --grpc-addr {}", config.grpc_addr))?;
+    let metrics_listener = TcpListener::bind(config.metrics_addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {}", config.metrics_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let metrics_addr = metrics_listener.local_addr()?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vitrine_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vitrine_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let service = Service::new(engine.clone(), config.max_in_flight, config.admin_token.clone());
+    let limit = config.max_request_bytes;
+    let decision = pb::decision_server::DecisionServer::new(service.clone()).max_decoding_message_size(limit);
+    let benefits = pb::benefits_server::BenefitsServer::new(service.clone()).max_decoding_message_size(limit);
+    let rules = pb::rules_server::RulesServer::new(service.clone()).max_decoding_message_size(limit);
+    let audiences = pb::audiences_server::AudiencesServer::new(service.clone()).max_decoding_message_size(limit);
+    let ingest = pb::ingest_server::IngestServer::new(service).max_decoding_message_size(limit);
+    health_reporter
+        .set_serving::<pb::decision_server::DecisionServer<Service>>()
+        .await;
+    for name in [
+        "vitrine.v1.Benefits",
+        "vitrine.v1.Rules",
+        "vitrine.v1.Audiences",
+        "vitrine.v1.Ingest",
+    ] {
+        health_reporter
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+
+    let ready = Arc::new(AtomicBool::new(true));
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    // gRPC: on stop, report NOT_SERVING, wait the grace period, then drain.
+    let grace = config.shutdown_grace;
+    let mut grpc_stop = stopped.clone();
+    let draining = {
+        let ready = ready.clone();
+        async move {
+            let _ = grpc_stop.wait_for(|s| *s).await;
+            ready.store(false, Ordering::Release);
+            health_reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            health_reporter
+                .set_not_serving::<pb::decision_server::DecisionServer<Service>>()
+                .await;
+            for name in [
+                "vitrine.v1.Benefits",
+                "vitrine.v1.Rules",
+                "vitrine.v1.Audiences",
+                "vitrine.v1.Ingest",
+            ] {
+                health_reporter
+                    .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+            tracing::info!("shutting down: health is NOT_SERVING, draining in {grace:?}");
+            tokio::time::sleep(grace).await;
+        }
+    };
+    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let router = tonic::transport::Server::builder()
+        .timeout(config.request_timeout)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(decision)
+        .add_service(benefits)
+        .add_service(rules)
+        .add_service(audiences)
+        .add_service(ingest);
+    tasks.push(tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, draining)
+            .await
+            .context("gRPC server")
+    }));
+
+    let probes = Probes {
+        ready: ready.clone(),
+        metrics: handle.clone(),
+    };
+    let mut http_stop = stopped.clone();
+    tasks.push(tokio::spawn(async move {
+        axum::serve(metrics_listener, http::router(probes))
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await
+            .context("metrics server")
+    }));
+
+    tasks.push(tokio::spawn(background(
+        engine.clone(),
+        handle,
+        config.rules_poll,
+        stopped,
+    )));
+
+    tracing::info!(%grpc_addr, %metrics_addr, "vitrine serving");
+    Ok(Server {
+        grpc_addr,
+        metrics_addr,
+        engine,
+        stop,
+        tasks,
+    })
+}
+
+/// Periodic work: pick up edited rule files, refresh index gauges, and run
+/// the exporter's upkeep.
+async fn background(
+    engine: Arc<Engine>,
+    handle: PrometheusHandle,
+    poll: std::time::Duration,
+    mut stopped: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut ticker = tokio::time::interval(poll);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopped.wait_for(|s| *s) => return Ok(()),
+        }
+        let e = engine.clone();
+        let refresh_stats = ticks.is_multiple_of(5);
+        ticks += 1;
+        let report = tokio::task::spawn_blocking(move || {
+            let report = e.rules.sync_dir(now_ms());
+            if refresh_stats {
+                for shop in e.index.shops() {
+                    metrics::index_stats(shop.name(), &shop.stats());
+                }
+            }
+            report
+        })
+        .await?;
+        log_sync(&report);
+        handle.run_upkeep();
+    }
+}
+
+impl Server {
+    /// Stops: NOT_SERVING, grace period, drain in-flight calls, close.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            task.await??;
+        }
+        Ok(())
+    }
+
+    /// Serves until `signal` resolves, then shuts down.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        signal.await;
+        self.shutdown().await
+    }
+}
