@@ -191,43 +191,52 @@ fn decision_response(d: &vitrine_core::Decision<'_>, revision: u64) -> pb::Decid
     }
 }
 
+/// The synchronous part of Decide: request checked, decision made, response
+/// built. No metrics (see [`decide_measured`]).
+pub fn decide(engine: &Engine, req: &pb::DecideRequest) -> Result<pb::DecideResponse, Status> {
+    let shop = required("shop", &req.shop)?;
+    let visitor = bounded("visitor", &req.visitor)?;
+    let now_ms = instant(req.now_ms)?;
+    let index = engine.index.shop(shop);
+    engine
+        .rules
+        .with_serving(shop, |served| {
+            let d = vitrine_core::decide(
+                &served.rules,
+                index.as_deref(),
+                &*engine.ledger,
+                &DecideRequest {
+                    visitor,
+                    context: context(req.context.as_ref()),
+                    item_limit: req.item_limit,
+                    explain: req.explain,
+                    now_ms,
+                },
+            );
+            decision_response(&d, served.revision)
+        })
+        .ok_or_else(|| unknown_shop(shop))
+}
+
+/// [`decide`] with its latency and slot outcomes recorded: what the Decide
+/// RPC runs between decoding the request and encoding the response.
+#[inline]
+pub fn decide_measured(engine: &Engine, req: &pb::DecideRequest) -> Result<pb::DecideResponse, Status> {
+    let start = Instant::now();
+    let response = guarded("Decide", || decide(engine, req))?;
+    let m = &engine.metrics;
+    m.banner.record(response.banner.is_some());
+    m.items.record(!response.items.is_empty());
+    m.benefit.record(response.benefit.is_some());
+    m.decide_duration.record(start.elapsed().as_secs_f64());
+    Ok(response)
+}
+
 #[tonic::async_trait]
 impl pb::decision_server::Decision for Service {
     async fn decide(&self, request: Request<pb::DecideRequest>) -> Result<Response<pb::DecideResponse>, Status> {
         let _permit = self.enter("Decide")?;
-        let start = Instant::now();
-        let req = request.get_ref();
-        let shop = required("shop", &req.shop)?;
-        let visitor = bounded("visitor", &req.visitor)?;
-        let now_ms = instant(req.now_ms)?;
-        let engine = &self.engine;
-        let response = guarded("Decide", || {
-            let index = engine.index.shop(shop);
-            engine
-                .rules
-                .with_serving(shop, |served| {
-                    let d = vitrine_core::decide(
-                        &served.rules,
-                        index.as_deref(),
-                        &*engine.ledger,
-                        &DecideRequest {
-                            visitor,
-                            context: context(req.context.as_ref()),
-                            item_limit: req.item_limit,
-                            explain: req.explain,
-                            now_ms,
-                        },
-                    );
-                    decision_response(&d, served.revision)
-                })
-                .ok_or_else(|| unknown_shop(shop))
-        })?;
-        let m = &engine.metrics;
-        m.banner.record(response.banner.is_some());
-        m.items.record(!response.items.is_empty());
-        m.benefit.record(response.benefit.is_some());
-        m.decide_duration.record(start.elapsed().as_secs_f64());
-        Ok(Response::new(response))
+        decide_measured(&self.engine, request.get_ref()).map(Response::new)
     }
 }
 
