@@ -1,1 +1,387 @@
-fn main() {}
+//! `vitrine-loadtest`: a dataset generator and an open-loop gRPC load
+//! generator for Vitrine.
+//!
+//! - `seed` pushes a generated rule file per shop (`load-0`, `load-1`, ..)
+//!   and streams Zipf-skewed behavior of `v-0..` through Ingest/Track;
+//! - `run` sends Decide at a constant rate and, as the baseline, the same
+//!   schedule of `grpc.health.v1.Health/Check`, and prints both latency
+//!   distributions;
+//! - `sweep` repeats the decide phase at increasing rates to find the
+//!   highest one whose p99 stays under 1 ms.
+//!
+//! The key design choice is the open loop: requests go out on a fixed
+//! schedule kept by a dedicated thread whether or not earlier ones have
+//! returned, and each latency is measured from the request's *intended*
+//! send time, so a server stall shows up in the percentiles instead of
+//! silently slowing the generator down (see `pacer`). This file only wires
+//! the command line to the modules.
+
+mod client;
+mod dataset;
+mod pacer;
+mod report;
+mod run;
+mod seed;
+mod sweep;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::client::Auth;
+use crate::dataset::DatasetConfig;
+use crate::run::{LoadConfig, Mode, RunConfig};
+use crate::seed::SeedConfig;
+use crate::sweep::SweepConfig;
+
+/// Dataset generator and open-loop gRPC load generator for Vitrine.
+#[derive(Debug, Parser)]
+#[command(name = "vitrine-loadtest", version, about)]
+struct Cli {
+    /// Tokio worker threads (the pacer has its own thread besides).
+    #[arg(long, global = true, env = "VITRINE_LOADTEST_WORKERS", default_value_t = 2)]
+    workers: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Push a generated rule file per shop and ingest generated behavior.
+    Seed(SeedArgs),
+    /// Open-loop Decide at a constant rate against a Health/Check baseline.
+    Run(RunArgs),
+    /// The decide phase at increasing rates: the highest with p99 < 1 ms.
+    Sweep(SweepArgs),
+}
+
+/// Flags every command shares.
+#[derive(Debug, Args)]
+struct Common {
+    /// The server's gRPC address, HOST:PORT.
+    #[arg(long, env = "VITRINE_ADDR", default_value = "127.0.0.1:50051")]
+    addr: String,
+    /// Bearer token for Rules/Push and Ingest/Track.
+    #[arg(long, env = "VITRINE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Seed of the dataset (and of the request mix): same seed, same data.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Items per shop catalog.
+    #[arg(long, default_value_t = 2000)]
+    items: usize,
+    /// Categories the items are spread over.
+    #[arg(long, default_value_t = 20)]
+    categories: usize,
+    /// Zipf exponent of item popularity.
+    #[arg(long, default_value_t = 1.0)]
+    zipf: f64,
+    /// Do not draw progress bars.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+impl Common {
+    fn dataset(&self) -> anyhow::Result<DatasetConfig> {
+        if self.items == 0 || self.categories == 0 || self.categories > self.items {
+            bail!("need 1 <= --categories <= --items");
+        }
+        if !(self.zipf >= 0.0 && self.zipf <= 10.0) {
+            bail!("--zipf must be between 0 and 10");
+        }
+        Ok(DatasetConfig {
+            seed: self.seed,
+            items: self.items,
+            categories: self.categories,
+            zipf_s: self.zipf,
+        })
+    }
+
+    fn auth(&self) -> anyhow::Result<Auth> {
+        Auth::new(self.admin_token.as_deref())
+    }
+}
+
+#[derive(Debug, Args)]
+struct SeedArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Shops to create: load-0, load-1, ...
+    #[arg(long, default_value_t = 3)]
+    shops: usize,
+    /// Visitors per shop: v-0, v-1, ...
+    #[arg(long, default_value_t = 100_000)]
+    visitors: u64,
+    /// Spread events over this many days before now.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    /// Events per Track call (at most 10000).
+    #[arg(long, default_value_t = 2000)]
+    batch: usize,
+    /// Track calls in flight at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// The clock events are spread back from, ms since the epoch (default:
+    /// now); pin it to reproduce a dataset exactly.
+    #[arg(long)]
+    now_ms: Option<i64>,
+    /// Also write the generated rule files into this directory.
+    #[arg(long, value_name = "DIR")]
+    write_rules: Option<PathBuf>,
+}
+
+/// Flags of the measured phases (run and sweep).
+#[derive(Debug, Args)]
+struct LoadArgs {
+    #[command(flatten)]
+    common: Common,
+    /// HTTP/2 connections, used round-robin.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Shops load-0.. to spread Decide calls over (as seeded).
+    #[arg(long, default_value_t = 3)]
+    shops: usize,
+    /// Visitors v-0.. per shop to pick from (as seeded).
+    #[arg(long, default_value_t = 100_000)]
+    visitors: u64,
+    /// Warm-up at the start of each phase, sent but not measured.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Longest wait for one answer; later ones count as DeadlineExceeded.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Calls outstanding at once; beyond it requests are not sent and count as ClientOverload.
+    #[arg(long, default_value_t = 50_000)]
+    max_in_flight: usize,
+    /// Background behavior events per second (Ingest/Track) during the decide phase.
+    #[arg(long, default_value_t = 0.0)]
+    events_rate: f64,
+    /// Push one of the shops' rule files (Rules/Push) this often during the decide phase.
+    #[arg(long, value_parser = parse_duration)]
+    push_every: Option<Duration>,
+}
+
+impl LoadArgs {
+    fn config(&self) -> anyhow::Result<LoadConfig> {
+        if !(self.events_rate >= 0.0 && self.events_rate.is_finite()) {
+            bail!("--events-rate must be >= 0");
+        }
+        if self.max_in_flight == 0 || self.timeout.is_zero() {
+            bail!("--max-in-flight and --timeout must be positive");
+        }
+        Ok(LoadConfig {
+            addr: self.common.addr.clone(),
+            connections: self.connections.max(1),
+            shops: self.shops,
+            visitors: self.visitors,
+            dataset: self.common.dataset()?,
+            warmup: self.warmup,
+            timeout: self.timeout,
+            max_in_flight: self.max_in_flight,
+            events_rate: self.events_rate,
+            push_every: self.push_every,
+            auth: self.common.auth()?,
+            progress: !self.common.no_progress,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModeArg {
+    /// Baseline phase first, then the decide phase.
+    Sequential,
+    /// One schedule alternating baseline and decide requests.
+    Interleaved,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Requests per second (of each kind).
+    #[arg(long, default_value_t = 10_000.0)]
+    rate: f64,
+    /// Measured duration of each phase, e.g. 30s, 500ms, 2m.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// How the baseline and decide phases share the run.
+    #[arg(long, value_enum, default_value = "sequential")]
+    mode: ModeArg,
+    /// Print exactly one JSON object on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct SweepArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// First rate, requests per second.
+    #[arg(long, default_value_t = 1000)]
+    start: u64,
+    /// Increment between steps.
+    #[arg(long, default_value_t = 1000)]
+    step: u64,
+    /// Highest rate tried.
+    #[arg(long, default_value_t = 50_000)]
+    max: u64,
+    /// Measured duration of each step.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// A step passes when Decide's p99 is below this many µs (and nothing failed).
+    #[arg(long, default_value_t = 1000)]
+    p99_limit_us: u64,
+    /// Also measure the Health/Check baseline at each rate.
+    #[arg(long)]
+    baseline: bool,
+    /// Go on after a failing step (the result still stops at the first failure).
+    #[arg(long)]
+    keep_going: bool,
+    /// Quiet time between steps.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pause: Duration,
+    /// Print one JSON object on stdout (the per-rate lines go to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+/// `30s`, `500ms`, `2m`, `1h`, `1.5s` or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, unit) = match t.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 30s, 500ms or 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("`{text}`: unit must be ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
+}
+
+fn main() {
+    if let Err(e) = run_cli(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_cli(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.workers.max(1))
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Seed(a) => {
+                let now_ms = match a.now_ms {
+                    Some(ms) => ms,
+                    None => i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis())?,
+                };
+                seed::seed(SeedConfig {
+                    addr: a.common.addr.clone(),
+                    shops: a.shops,
+                    visitors: a.visitors,
+                    days: a.days,
+                    now_ms,
+                    dataset: a.common.dataset()?,
+                    batch: a.batch,
+                    concurrency: a.concurrency,
+                    auth: a.common.auth()?,
+                    write_rules: a.write_rules,
+                    progress: !a.common.no_progress,
+                })
+                .await
+            }
+            Command::Run(a) => {
+                let report = run::run(RunConfig {
+                    load: a.load.config()?,
+                    rate: a.rate,
+                    duration: a.duration,
+                    mode: match a.mode {
+                        ModeArg::Sequential => Mode::Sequential,
+                        ModeArg::Interleaved => Mode::Interleaved,
+                    },
+                })
+                .await?;
+                if a.json {
+                    println!("{}", report.json());
+                } else {
+                    print!("{}", report.text());
+                }
+                Ok(())
+            }
+            Command::Sweep(a) => {
+                let report = sweep::sweep(SweepConfig {
+                    load: a.load.config()?,
+                    start: a.start,
+                    step: a.step,
+                    max: a.max,
+                    duration: a.duration,
+                    p99_limit_us: a.p99_limit_us,
+                    baseline: a.baseline,
+                    keep_going: a.keep_going,
+                    pause: a.pause,
+                    json: a.json,
+                })
+                .await?;
+                if a.json {
+                    println!("{report}");
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn command_line_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "vitrine-loadtest",
+            "run",
+            "--addr",
+            "127.0.0.1:1",
+            "--rate",
+            "500",
+            "--duration",
+            "5s",
+            "--json",
+            "--push-every",
+            "5s",
+        ])
+        .unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(a.duration, Duration::from_secs(5));
+        assert_eq!(a.load.config().unwrap().push_every, Some(Duration::from_secs(5)));
+    }
+}
