@@ -97,19 +97,86 @@ pub trait ClaimLedger: Send + Sync {
     fn claim(&self, claim: &LedgerClaim<'_>) -> Result<ClaimOutcome, LedgerError>;
 }
 
-#[derive(Debug, Default)]
-struct BenefitLedger {
+/// The grants of one benefit, and the cap and budget rules every ledger
+/// applies to them.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
     total: u64,
-    grants: HashMap<Box<str>, Vec<i64>, RandomState>,
-    answers: HashMap<Box<str>, ClaimOutcome, RandomState>,
+    by_visitor: HashMap<Box<str>, Vec<i64>, RandomState>,
 }
 
-impl BenefitLedger {
-    fn in_window(&self, visitor: &str, since_ms: Option<i64>) -> u32 {
-        self.grants.get(visitor).map_or(0, |ts| {
+impl Grants {
+    /// Grants to anybody, ever.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Grants to `visitor` after `since_ms` (all of them with `None`).
+    pub fn in_window(&self, visitor: &str, since_ms: Option<i64>) -> u32 {
+        self.by_visitor.get(visitor).map_or(0, |ts| {
             ts.iter().filter(|&&t| since_ms.is_none_or(|s| t > s)).count() as u32
         })
     }
+
+    /// Usage as [`ClaimLedger::usage`] reports it.
+    pub fn usage(&self, visitor: &str, since_ms: Option<i64>) -> Usage {
+        Usage {
+            total: self.total,
+            visitor_in_window: self.in_window(visitor, since_ms),
+        }
+    }
+
+    /// The answer `claim` gets now, recording nothing: its `denied` outcome,
+    /// else `CapReached`, `BudgetExhausted` or `Granted`. (`claim_id` is the
+    /// caller's business.)
+    pub fn check(&self, claim: &LedgerClaim<'_>) -> ClaimOutcome {
+        if let Some(denied) = claim.denied {
+            denied
+        } else if claim
+            .cap
+            .is_some_and(|(max, window)| self.in_window(claim.visitor, Some(claim.now_ms - window)) >= max)
+        {
+            ClaimOutcome::CapReached
+        } else if claim.budget.is_some_and(|b| self.total >= b) {
+            ClaimOutcome::BudgetExhausted
+        } else {
+            ClaimOutcome::Granted
+        }
+    }
+
+    /// Records a grant to `visitor` at `at_ms`.
+    pub fn grant(&mut self, visitor: &str, at_ms: i64) {
+        self.total += 1;
+        match self.by_visitor.get_mut(visitor) {
+            Some(times) => times.push(at_ms),
+            None => {
+                self.by_visitor.insert(visitor.into(), vec![at_ms]);
+            }
+        }
+    }
+
+    /// Takes back one grant made by [`Grants::grant`] (when it could not be
+    /// made durable); false when there is no such grant.
+    pub fn revoke(&mut self, visitor: &str, at_ms: i64) -> bool {
+        let Some(times) = self.by_visitor.get_mut(visitor) else {
+            return false;
+        };
+        let Some(at) = times.iter().rposition(|&t| t == at_ms) else {
+            return false;
+        };
+        times.remove(at);
+        if times.is_empty() {
+            self.by_visitor.remove(visitor);
+        }
+        self.total -= 1;
+        true
+    }
+}
+
+#[derive(Debug, Default)]
+struct BenefitLedger {
+    grants: Grants,
+    answers: HashMap<Box<str>, ClaimOutcome, RandomState>,
 }
 
 /// A correct, non-durable ledger: one mutex per (shop, benefit).
@@ -146,13 +213,7 @@ impl ClaimLedger for MemoryLedger {
             return Usage::default();
         };
         let usage = match ledgers.get(benefit) {
-            Some(ledger) => {
-                let ledger = ledger.lock();
-                Usage {
-                    total: ledger.total,
-                    visitor_in_window: ledger.in_window(visitor, since_ms),
-                }
-            }
+            Some(ledger) => ledger.lock().grants.usage(visitor, since_ms),
             None => Usage::default(),
         };
         usage
@@ -163,24 +224,10 @@ impl ClaimLedger for MemoryLedger {
             if let Some(first) = claim.claim_id.and_then(|id| ledger.answers.get(id)) {
                 return *first;
             }
-            let outcome = if let Some(denied) = claim.denied {
-                denied
-            } else if claim
-                .cap
-                .is_some_and(|(max, window)| ledger.in_window(claim.visitor, Some(claim.now_ms - window)) >= max)
-            {
-                ClaimOutcome::CapReached
-            } else if claim.budget.is_some_and(|b| ledger.total >= b) {
-                ClaimOutcome::BudgetExhausted
-            } else {
-                ledger.total += 1;
-                ledger
-                    .grants
-                    .entry(claim.visitor.into())
-                    .or_default()
-                    .push(claim.now_ms);
-                ClaimOutcome::Granted
-            };
+            let outcome = ledger.grants.check(claim);
+            if outcome == ClaimOutcome::Granted {
+                ledger.grants.grant(claim.visitor, claim.now_ms);
+            }
             if let Some(id) = claim.claim_id {
                 ledger.answers.insert(id.into(), outcome);
             }
@@ -233,6 +280,26 @@ mod tests {
             Usage {
                 total: 3,
                 visitor_in_window: 2
+            }
+        );
+    }
+
+    #[test]
+    fn revoke_takes_back_exactly_one_grant() {
+        let mut grants = Grants::default();
+        grants.grant("a", 10);
+        grants.grant("a", 20);
+        grants.grant("b", 10);
+        assert!(grants.revoke("a", 10));
+        assert!(!grants.revoke("a", 10), "only one grant at 10");
+        assert!(!grants.revoke("c", 10));
+        assert_eq!((grants.total(), grants.in_window("a", None)), (2, 1));
+        assert!(grants.revoke("a", 20));
+        assert_eq!(
+            grants.usage("a", None),
+            Usage {
+                total: 1,
+                visitor_in_window: 0
             }
         );
     }

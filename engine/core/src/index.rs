@@ -37,13 +37,13 @@ pub(crate) const NONE: u32 = u32::MAX;
 pub(crate) const SHARD_BITS: u32 = 8;
 pub(crate) const SHARDS: usize = 1 << SHARD_BITS;
 /// Days of purchase counts kept per item for popularity.
-const POPULARITY_DAYS: usize = 8;
+pub(crate) const POPULARITY_DAYS: usize = 8;
 
 /// Strings to dense `u32` ids.
 #[derive(Debug, Default)]
 pub(crate) struct Interner {
-    ids: DashMap<Box<str>, u32, RandomState>,
-    next: AtomicU32,
+    pub(crate) ids: DashMap<Box<str>, u32, RandomState>,
+    pub(crate) next: AtomicU32,
 }
 
 impl Interner {
@@ -65,6 +65,23 @@ impl Interner {
     pub(crate) fn len(&self) -> u32 {
         self.next.load(Ordering::Acquire)
     }
+
+    /// An interner holding `names` under ids `0..n` in order; `Err(i)` when
+    /// name `i` repeats an earlier one.
+    pub(crate) fn from_names<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> Result<Interner, u32> {
+        let ids = DashMap::with_capacity_and_hasher(names.len(), RandomState::default());
+        let mut next = 0u32;
+        for name in names {
+            if ids.insert(name.into(), next).is_some() {
+                return Err(next);
+            }
+            next += 1;
+        }
+        Ok(Interner {
+            ids,
+            next: AtomicU32::new(next),
+        })
+    }
 }
 
 /// One de-duplicated behavior fact of a visitor.
@@ -78,17 +95,17 @@ pub(crate) struct Entry {
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Purchase {
-    key: u64,
+    pub(crate) key: u64,
     pub(crate) hour: u32,
     pub(crate) item: u32,
     pub(crate) amount: f64,
 }
 
 #[derive(Debug, Clone, Copy)]
-struct TagState {
-    tag: u32,
-    ts: i64,
-    present: bool,
+pub(crate) struct TagState {
+    pub(crate) tag: u32,
+    pub(crate) ts: i64,
+    pub(crate) present: bool,
 }
 
 /// Everything the index knows about one visitor of one shop.
@@ -98,9 +115,9 @@ pub(crate) struct Profile {
     pub(crate) entries: Vec<Entry>,
     /// Unique by key.
     pub(crate) purchases: Vec<Purchase>,
-    tags: Vec<TagState>,
+    pub(crate) tags: Vec<TagState>,
     /// (ts, tier) of the latest member event; tier 0 when none.
-    tier: Option<(i64, u32)>,
+    pub(crate) tier: Option<(i64, u32)>,
     /// Per item action: 1 + the hour of its latest entry, 0 when none.
     latest: [u32; 4],
 }
@@ -213,10 +230,15 @@ impl Profile {
     fn expire(&mut self, first_hour: u32) {
         self.entries.retain(|e| e.hour >= first_hour);
         self.purchases.retain(|p| p.hour >= first_hour);
+        self.refresh_latest();
+    }
+
+    /// Recomputes the latest hour of each action from the entries.
+    pub(crate) fn refresh_latest(&mut self) {
         self.latest = [0; 4];
         for e in &self.entries {
             let latest = &mut self.latest[e.action as usize];
-            *latest = (*latest).max(e.hour + 1);
+            *latest = (*latest).max(e.hour.saturating_add(1));
         }
     }
 }
@@ -229,9 +251,9 @@ pub(crate) type DayBitmaps = [BTreeMap<u32, RoaringBitmap>; 4];
 pub(crate) struct ItemInfo {
     pub(crate) id: u32,
     /// (ts, category) of the newest event that named a category.
-    category: Option<(i64, u32)>,
+    pub(crate) category: Option<(i64, u32)>,
     /// (day, distinct purchases) ring, one slot per day.
-    buys: [(u32, u32); POPULARITY_DAYS],
+    pub(crate) buys: [(u32, u32); POPULARITY_DAYS],
 }
 
 impl ItemInfo {
@@ -248,7 +270,9 @@ impl ItemInfo {
             .sum()
     }
 
-    fn add_buy(&mut self, day: u32) {
+    /// Counts one distinct purchase on `day`. The ring ends up holding, per
+    /// slot, the latest day seen and its count, whatever the arrival order.
+    pub(crate) fn add_buy(&mut self, day: u32) {
         let slot = &mut self.buys[day as usize % POPULARITY_DAYS];
         if slot.0 == day {
             slot.1 += 1;
@@ -277,10 +301,11 @@ pub struct ShopIndex {
     name: Arc<str>,
     pub(crate) visitors: Interner,
     pub(crate) items: DashMap<Box<str>, ItemInfo, RandomState>,
-    next_item: AtomicU32,
+    pub(crate) next_item: AtomicU32,
     pub(crate) categories: Interner,
     pub(crate) tags: Interner,
-    profiles: Box<[RwLock<Vec<Profile>>]>,
+    /// Shard `id & (SHARDS - 1)`, slot `id >> SHARD_BITS`.
+    pub(crate) profiles: Box<[RwLock<Vec<Profile>>]>,
     /// Per item action: day -> visitors with that action that day.
     pub(crate) days: [RwLock<BTreeMap<u32, RoaringBitmap>>; 4],
     /// Visitors with any event for the item (a superset filter; not expired).
@@ -493,7 +518,13 @@ impl ShopIndex {
             visitors: u64::from(self.visitor_count()),
             ..IndexStats::default()
         };
-        let mut add = |b: &RoaringBitmap| stats.bitmap_bytes += b.serialized_size() as u64;
+        // Empty bitmaps (left behind by untag and tier changes) hold nothing and
+        // a snapshot does not restore them: they do not count.
+        let mut add = |b: &RoaringBitmap| {
+            if !b.is_empty() {
+                stats.bitmap_bytes += b.serialized_size() as u64;
+            }
+        };
         for days in &self.days {
             for b in days.read().values() {
                 add(b);
@@ -540,7 +571,7 @@ fn purchase_key(event: &Event<'_>) -> u64 {
 /// Every shop's index.
 #[derive(Debug, Default)]
 pub struct Index {
-    shops: DashMap<Box<str>, Arc<ShopIndex>, RandomState>,
+    pub(crate) shops: DashMap<Box<str>, Arc<ShopIndex>, RandomState>,
 }
 
 impl Index {

@@ -23,12 +23,14 @@ pub mod index;
 pub mod plan;
 pub mod rules;
 pub mod size;
+pub mod snapshot;
 pub mod time;
 pub mod yaml;
 
-pub use claims::{ClaimLedger, ClaimOutcome, MemoryLedger};
+pub use claims::{ClaimLedger, ClaimOutcome, Grants, LedgerClaim, LedgerError, MemoryLedger};
 pub use decide::{claim, decide, ClaimRequest, Context, DecideRequest, Decision};
 pub use event::{Action, Event, EventError, RejectReason};
 pub use index::{Index, IndexStats, ShopIndex};
 pub use rules::{RuleError, RuleErrors, RuleSet};
 pub use size::{audience_sizes, size_of, SizeError};
+pub use snapshot::{Snapshot, SnapshotError};

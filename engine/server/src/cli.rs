@@ -35,6 +35,32 @@ pub enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Kafka tools for tests and demos.
+    #[command(hide = true)]
+    Kafka {
+        #[command(subcommand)]
+        command: KafkaCommand,
+    },
+}
+
+/// `vitrine kafka ...` (hidden: a test and demo aid, not an operator surface).
+#[derive(Debug, Subcommand)]
+pub enum KafkaCommand {
+    /// Produce JSON events, one per line, to a topic, keyed by their visitor.
+    ///
+    /// Reads FILE, or standard input when none; waits for every delivery and
+    /// exits 1 if any failed.
+    Produce {
+        /// Bootstrap servers.
+        #[arg(long, env = "VITRINE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// The topic.
+        #[arg(long, env = "VITRINE_KAFKA_TOPIC", default_value = "vitrine.behavior")]
+        topic: String,
+        /// JSON lines; standard input when absent.
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
 }
 
 /// `vitrine serve` flags (CONTRACT section 5).
@@ -58,9 +84,21 @@ pub struct ServeArgs {
     /// Behavior topic.
     #[arg(long, env = "VITRINE_KAFKA_TOPIC", default_value = "vitrine.behavior")]
     pub kafka_topic: String,
-    /// Kafka consumer group id.
+    /// Kafka consumer group id: the name this replica commits its offsets under.
     #[arg(long, env = "VITRINE_KAFKA_GROUP", default_value = "vitrine")]
     pub kafka_group: String,
+    /// Topic that rejected Kafka messages are forwarded to (original key and
+    /// payload, the reason in the `vitrine-reject-reason` header); none = drop them.
+    #[arg(long, env = "VITRINE_KAFKA_DEAD_LETTER_TOPIC")]
+    pub kafka_dead_letter_topic: Option<String>,
+    /// Kafka messages larger than this many bytes are rejected as `oversized`.
+    #[arg(long, env = "VITRINE_KAFKA_MAX_MESSAGE_BYTES", default_value = "65536")]
+    pub kafka_max_message_bytes: String,
+    /// Where a starting replica reads each partition from: `earliest` rebuilds
+    /// the in-memory index from the retained log; `committed` resumes from the
+    /// group's committed offsets (earliest where none).
+    #[arg(long, env = "VITRINE_KAFKA_START", default_value = "earliest")]
+    pub kafka_start: String,
     /// Bearer token required by Rules/Push, Rules/Rollback and Ingest/Track when set.
     #[arg(long, env = "VITRINE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

@@ -81,7 +81,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Runs synchronous engine work; a panic becomes INTERNAL without its text.
-fn guarded<R>(what: &str, f: impl FnOnce() -> Result<R, Status>) -> Result<R, Status> {
+pub fn guarded<R>(what: &str, f: impl FnOnce() -> Result<R, Status>) -> Result<R, Status> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
         tracing::error!("{what} panicked");
         Err(Status::internal(format!("internal error in {what}")))
@@ -224,12 +224,17 @@ pub fn decide(engine: &Engine, req: &pb::DecideRequest) -> Result<pb::DecideResp
 pub fn decide_measured(engine: &Engine, req: &pb::DecideRequest) -> Result<pb::DecideResponse, Status> {
     let start = Instant::now();
     let response = guarded("Decide", || decide(engine, req))?;
-    let m = &engine.metrics;
+    record_decision(&engine.metrics, start, &response);
+    Ok(response)
+}
+
+/// Records one decision's slot outcomes and its latency since `start`.
+#[inline]
+pub fn record_decision(m: &crate::metrics::Metrics, start: Instant, response: &pb::DecideResponse) {
     m.banner.record(response.banner.is_some());
     m.items.record(!response.items.is_empty());
     m.benefit.record(response.benefit.is_some());
-    m.decide_duration.record(start.elapsed().as_secs_f64());
-    Ok(response)
+    m.decide_duration.record(start.elapsed());
 }
 
 #[tonic::async_trait]

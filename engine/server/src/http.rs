@@ -11,6 +11,8 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::metrics::{self, LatencyHistogram};
+
 /// What the probes read.
 #[derive(Debug, Clone)]
 pub struct Probes {
@@ -18,6 +20,8 @@ pub struct Probes {
     pub ready: Arc<AtomicBool>,
     /// The Prometheus recorder's handle.
     pub metrics: PrometheusHandle,
+    /// Decide latency, kept outside the recorder (see `LatencyHistogram`).
+    pub decide_latency: Arc<LatencyHistogram>,
 }
 
 /// The router of the metrics address.
@@ -30,9 +34,15 @@ pub fn router(probes: Probes) -> Router {
 }
 
 async fn metrics(State(p): State<Probes>) -> impl IntoResponse {
+    let mut body = p.metrics.render();
+    if !body.is_empty() && !body.ends_with("\n\n") {
+        body.push('\n');
+    }
+    p.decide_latency
+        .render(metrics::DECIDE_DURATION, metrics::DECIDE_DURATION_HELP, &mut body);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        p.metrics.render(),
+        body,
     )
 }
 

@@ -12,6 +12,8 @@ pub mod demo;
 pub mod engine;
 pub mod grpc;
 pub mod http;
+pub mod journal;
+pub mod kafka;
 pub mod metrics;
 pub mod push;
 pub mod serve;

@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use vitrine::cli::{Cli, Command, RulesCommand};
+use vitrine::cli::{Cli, Command, KafkaCommand, RulesCommand};
 use vitrine::config::Config;
-use vitrine::{demo, engine, push, serve, validate};
+use vitrine::{demo, engine, kafka, push, serve, validate};
 
 fn main() -> ExitCode {
     match Cli::parse().command {
@@ -55,6 +55,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Kafka {
+            command: KafkaCommand::Produce { brokers, topic, file },
+        } => kafka::produce::run(&brokers, &topic, file.as_deref(), &mut std::io::stdout()),
     }
 }
 

@@ -12,12 +12,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::server::HealthReporter;
 use vitrine_proto::v1 as pb;
 
 use crate::config::Config;
 use crate::engine::{now_ms, Engine};
 use crate::grpc::Service;
 use crate::http::{self, Probes};
+use crate::kafka::Ingest;
 use crate::metrics::{self, Metrics};
 use crate::store::{RuleStore, SyncReport};
 
@@ -25,6 +27,12 @@ use crate::store::{RuleStore, SyncReport};
 /// server a test process starts).
 fn recorder() -> anyhow::Result<PrometheusHandle> {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    // Servers starting at once (tests) must not both try to install it.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let _installing = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }
@@ -43,6 +51,31 @@ pub struct Server {
     pub engine: Arc<Engine>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// How long a shutdown waits for the Kafka consumer's final commit and close.
+const INGEST_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Every service whose health is reported, with "" (the server as a whole).
+const HEALTH_SERVICES: [&str; 6] = [
+    "",
+    "vitrine.v1.Decision",
+    "vitrine.v1.Benefits",
+    "vitrine.v1.Rules",
+    "vitrine.v1.Audiences",
+    "vitrine.v1.Ingest",
+];
+
+/// Reports every service SERVING or NOT_SERVING.
+async fn set_health(reporter: &HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for name in HEALTH_SERVICES {
+        reporter.set_service_status(name, status).await;
+    }
 }
 
 fn log_sync(report: &SyncReport) {
@@ -106,51 +139,44 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let rules = pb::rules_server::RulesServer::new(service.clone()).max_decoding_message_size(limit);
     let audiences = pb::audiences_server::AudiencesServer::new(service.clone()).max_decoding_message_size(limit);
     let ingest = pb::ingest_server::IngestServer::new(service).max_decoding_message_size(limit);
-    health_reporter
-        .set_serving::<pb::decision_server::DecisionServer<Service>>()
-        .await;
-    for name in [
-        "vitrine.v1.Benefits",
-        "vitrine.v1.Rules",
-        "vitrine.v1.Audiences",
-        "vitrine.v1.Ingest",
-    ] {
-        health_reporter
-            .set_service_status(name, tonic_health::ServingStatus::Serving)
-            .await;
-    }
-    health_reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    // Embedded, the engine is ready now; with Kafka, once the consumer has
+    // caught up with the topic (until then decisions would miss behavior).
+    let kafka = match &config.kafka {
+        Some(k) => Some(Ingest::start(engine.clone(), k).context("starting Kafka ingest")?),
+        None => None,
+    };
+    let ready_now = kafka.is_none();
+    set_health(&health_reporter, ready_now).await;
+    let health = Arc::new(tokio::sync::Mutex::new(health_reporter));
 
-    let ready = Arc::new(AtomicBool::new(true));
+    let ready = Arc::new(AtomicBool::new(ready_now));
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
+
+    if let Some(kafka) = kafka {
+        tracing::info!("NOT_SERVING until the Kafka consumer has caught up with the topic");
+        tasks.push(tokio::spawn(run_ingest(
+            kafka,
+            ready.clone(),
+            health.clone(),
+            stopped.clone(),
+        )));
+    }
 
     // gRPC: on stop, report NOT_SERVING, wait the grace period, then drain.
     let grace = config.shutdown_grace;
     let mut grpc_stop = stopped.clone();
     let draining = {
         let ready = ready.clone();
+        let health = health.clone();
         async move {
             let _ = grpc_stop.wait_for(|s| *s).await;
+            // Under the lock, so a consumer catching up right now cannot
+            // turn the server back to SERVING.
+            let health = health.lock().await;
             ready.store(false, Ordering::Release);
-            health_reporter
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
-            health_reporter
-                .set_not_serving::<pb::decision_server::DecisionServer<Service>>()
-                .await;
-            for name in [
-                "vitrine.v1.Benefits",
-                "vitrine.v1.Rules",
-                "vitrine.v1.Audiences",
-                "vitrine.v1.Ingest",
-            ] {
-                health_reporter
-                    .set_service_status(name, tonic_health::ServingStatus::NotServing)
-                    .await;
-            }
+            set_health(&health, false).await;
+            drop(health);
             tracing::info!("shutting down: health is NOT_SERVING, draining in {grace:?}");
             tokio::time::sleep(grace).await;
         }
@@ -176,6 +202,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let probes = Probes {
         ready: ready.clone(),
         metrics: handle.clone(),
+        decide_latency: engine.metrics.decide_duration.clone(),
     };
     let mut http_stop = stopped.clone();
     tasks.push(tokio::spawn(async move {
@@ -202,6 +229,35 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         stop,
         tasks,
     })
+}
+
+/// The Kafka consumer's life beside the server: SERVING once it has caught
+/// up (unless shutdown began first), and stopped (final commit) on shutdown.
+async fn run_ingest(
+    kafka: Ingest,
+    ready: Arc<AtomicBool>,
+    health: Arc<tokio::sync::Mutex<HealthReporter>>,
+    mut stopped: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut caught_up = kafka.caught_up();
+    let mut stopping = stopped.clone();
+    // false: shutdown began first, or the consumer thread ended before
+    // catching up (logged).
+    let caught = tokio::select! {
+        up = async { caught_up.wait_for(|c| *c).await.is_ok() } => up,
+        _ = async { stopping.wait_for(|s| *s).await.is_ok() } => false,
+    };
+    if caught {
+        let health = health.lock().await;
+        if !*stopped.borrow() {
+            ready.store(true, Ordering::Release);
+            set_health(&health, true).await;
+            tracing::info!("SERVING: the index holds the topic up to its high watermarks at start");
+        }
+    }
+    let _ = stopped.wait_for(|s| *s).await;
+    tokio::task::spawn_blocking(move || kafka.stop(INGEST_STOP_TIMEOUT)).await?;
+    Ok(())
 }
 
 /// Periodic work: pick up edited rule files, refresh index gauges, and run

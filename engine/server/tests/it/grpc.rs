@@ -78,6 +78,7 @@ fn config(dir: &Path, token: Option<&str>) -> Config {
         shutdown_grace: Duration::ZERO,
         rules_poll: Duration::from_millis(100),
         demo_visitors: None,
+        kafka: None,
     }
 }
 

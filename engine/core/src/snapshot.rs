@@ -1,0 +1,1493 @@
+//! Index snapshots: the whole [`Index`] as one checksummed byte string, and back.
+//!
+//! A snapshot stores the *rows* of every shop — interned visitor ids, the
+//! item table, categories, tags and every visitor profile — and nothing that
+//! can be derived from them: the roaring bitmaps (per action and day, per
+//! item, per category, per tag, per tier), the items' popularity rings and
+//! the profiles' latest-entry hours are rebuilt on load in one pass over the
+//! visitors in id order, where every bitmap insertion is an append. That
+//! choice was measured (`cargo bench -p vitrine-benches --bench snapshot`):
+//! rebuilding costs about as much as deserializing the bitmaps would, the
+//! file is smaller, and the bitmaps are then by construction exactly what
+//! the profiles say, even for a snapshot taken while writers were applying
+//! events (a serialized bitmap taken a moment before or after its profiles
+//! would disagree with them, and idempotent replay could not repair it).
+//!
+//! # Format (version 1)
+//!
+//! Integers are little-endian; `varint` is unsigned LEB128 (at most 10
+//! bytes); `str` is a varint byte length and UTF-8 bytes.
+//!
+//! ```text
+//! snapshot := header payload
+//! header   := "VTRNSNAP" | version u32 | flags u32 (0) | payload_len u64
+//!             | payload_crc32 u32 | header_crc32 u32          (32 bytes; the last
+//!                                                             field covers the 28 before it)
+//! payload  := section(META) section(SHOP)*                    (shops in name order)
+//! section  := kind u8 | len u64 | body[len]                   (META = 1, SHOP = 2)
+//! META     := the caller's opaque bytes (Kafka offsets, rule revisions, ...)
+//! SHOP     := name str | visitors u32 | categories u32 | tags u32 | items u32 | shard_bits u8
+//!             | block(names) | block(names) | block(names) | block(items) | block(profiles)
+//! block    := len u64 | bytes[len]
+//! names    := str*                                             (in id order)
+//! items    := (name str | category varint (0 = none, else id + 1) | [category_ts i64])*
+//! profiles := (slots varint | profile*)*                       (2^shard_bits shards, in order;
+//!                                                             visitor id = slot << bits | shard)
+//! profile  := entries varint | (hour_delta << 2 | action varint | item varint | category + 1 varint)*
+//!             | purchases varint | (key u64 | hour varint | item varint | amount f64)*
+//!             | tags varint | (tag varint | ts i64 | present u8)*
+//!             | tier_flag u8 | [ts i64 | tier varint]
+//! ```
+//!
+//! Entries are stored sorted, their hours as deltas from the previous entry,
+//! so an entry takes about five bytes.
+//!
+//! # Decoding untrusted bytes
+//!
+//! [`decode`] checks the header, the length and the CRC-32 of the payload
+//! first, then validates everything it reads: every count against the bytes
+//! left (so no allocation is larger than a small multiple of the input),
+//! every id against its dictionary, names for UTF-8 and uniqueness, entries
+//! for order, purchase keys and tags for uniqueness. It never panics; any
+//! defect is a [`SnapshotError`].
+//!
+//! # Consistency while writers apply events
+//!
+//! [`encode`] does not stop writers. Per shop it first copies the
+//! dictionaries (visitor ids, categories, tags, items; each cut at its first
+//! id not yet visible, so ids stay dense), then encodes the profiles shard by
+//! shard, each under its shard's read lock: **every shard is consistent at
+//! one instant**, different shards at different instants. A profile's
+//! references to ids beyond the copied dictionaries (and the profiles of
+//! visitors beyond them) are left out: such ids were assigned after the
+//! snapshot started, so the events that produced those facts were applied
+//! after it started too. Shops created after it started are left out whole.
+//!
+//! So a snapshot holds every event applied before [`encode`] was called and
+//! any subset of those applied while it ran. Since applying an event is
+//! idempotent and order-insensitive (sets of entries, purchases de-duplicated
+//! by key, latest-timestamp-wins tags, tiers and categories), **loading it and
+//! replaying the log from offsets taken before `encode` started gives the
+//! state of applying the whole log**: the snapshot plus the rest of the log.
+//!
+//! Derived state is rebuilt from the rows, with two visible consequences:
+//! empty bitmaps (left behind by untag and tier changes) are not restored,
+//! and the per-item visitor bitmaps (candidate filters, never expired in a
+//! live index) only hold the visitors whose entries survived `expire`.
+//! Neither changes a decision or an audience size.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+
+use ahash::RandomState;
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use roaring::RoaringBitmap;
+
+use crate::index::{
+    DayBitmaps, Entry, Index, Interner, ItemInfo, Profile, Purchase, ShopIndex, TagState, NONE, POPULARITY_DAYS,
+    SHARDS, SHARD_BITS,
+};
+
+/// The first eight bytes of every snapshot.
+pub const MAGIC: [u8; 8] = *b"VTRNSNAP";
+/// The format version this build writes and reads.
+pub const VERSION: u32 = 1;
+/// Bytes of the fixed header.
+pub const HEADER_LEN: usize = 32;
+
+const SECTION_META: u8 = 1;
+const SECTION_SHOP: u8 = 2;
+
+/// Why a byte string is not a valid snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// Shorter than the fixed header.
+    #[error("not a snapshot: {len} bytes, shorter than the {HEADER_LEN}-byte header")]
+    TooShort {
+        /// Bytes given.
+        len: usize,
+    },
+    /// The magic bytes are wrong.
+    #[error("not a snapshot: bad magic bytes")]
+    BadMagic,
+    /// The header's own checksum does not match.
+    #[error("snapshot header is damaged: checksum mismatch")]
+    HeaderChecksum,
+    /// Written by another version of the format.
+    #[error("snapshot format version {found} is not supported (this build reads version {VERSION})")]
+    UnsupportedVersion {
+        /// The version in the header.
+        found: u32,
+    },
+    /// The payload is not as long as the header says.
+    #[error("snapshot is truncated or extended: header says {expected} payload bytes, found {found}")]
+    Length {
+        /// Payload bytes the header announces.
+        expected: u64,
+        /// Payload bytes present.
+        found: u64,
+    },
+    /// The payload's checksum does not match.
+    #[error("snapshot payload is damaged: CRC-32 {found:#010x}, header says {expected:#010x}")]
+    Checksum {
+        /// The checksum in the header.
+        expected: u32,
+        /// The checksum of the bytes present.
+        found: u32,
+    },
+    /// Checksums match but the content breaks the format (a bug or a forgery).
+    #[error("snapshot is malformed at payload offset {offset}: {what}")]
+    Malformed {
+        /// Offset in the payload (after the header).
+        offset: usize,
+        /// What is wrong.
+        what: &'static str,
+    },
+}
+
+/// A decoded snapshot.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Every shop's index, as it was encoded.
+    pub index: Index,
+    /// The bytes given to [`encode`] as `meta`.
+    pub meta: Vec<u8>,
+}
+
+/// Encodes every shop of `index`, with the caller's `meta` bytes (what the
+/// index reflects: Kafka offsets, rule revisions, ...), into a snapshot.
+/// Writers may keep applying events meanwhile (see the module docs).
+pub fn encode(index: &Index, meta: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + meta.len() + 64);
+    out.resize(HEADER_LEN, 0);
+    let at = begin_section(&mut out, SECTION_META);
+    out.extend_from_slice(meta);
+    end_len(&mut out, at);
+    let mut shops = index.shops();
+    shops.sort_by(|a, b| a.name().cmp(b.name()));
+    for shop in &shops {
+        let at = begin_section(&mut out, SECTION_SHOP);
+        encode_shop(shop, &mut out);
+        end_len(&mut out, at);
+    }
+    seal(&mut out);
+    out
+}
+
+/// Decodes a snapshot made by [`encode`], validating every byte.
+pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+    let payload = open(bytes)?;
+    let mut r = Reader::new(payload, 0);
+    let (kind, mut meta) = r.section()?;
+    if kind != SECTION_META {
+        return Err(r.malformed("the first section is not META"));
+    }
+    let meta = meta.rest().to_vec();
+    let index = Index::new();
+    while !r.is_empty() {
+        let (kind, body) = r.section()?;
+        if kind != SECTION_SHOP {
+            return Err(r.malformed("unknown section kind"));
+        }
+        let at = body.offset();
+        let shop = decode_shop(body)?;
+        let name: Box<str> = shop.name().into();
+        if index.shops.insert(name, Arc::new(shop)).is_some() {
+            return Err(SnapshotError::Malformed {
+                offset: at,
+                what: "duplicate shop",
+            });
+        }
+    }
+    Ok(Snapshot { index, meta })
+}
+
+// ------------------------------------------------------------------ header
+
+fn seal(out: &mut [u8]) {
+    let payload = &out[HEADER_LEN..];
+    let crc = crc32fast::hash(payload);
+    let len = payload.len() as u64;
+    let header = &mut out[..HEADER_LEN];
+    header[0..8].copy_from_slice(&MAGIC);
+    header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&0u32.to_le_bytes());
+    header[16..24].copy_from_slice(&len.to_le_bytes());
+    header[24..28].copy_from_slice(&crc.to_le_bytes());
+    let header_crc = crc32fast::hash(&header[..28]);
+    header[28..32].copy_from_slice(&header_crc.to_le_bytes());
+}
+
+/// Checks the header and the payload's length and checksum; returns the payload.
+fn open(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
+    let Some((header, payload)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+        return Err(SnapshotError::TooShort { len: bytes.len() });
+    };
+    let u32_at = |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    if header[0..8] != MAGIC {
+        return Err(SnapshotError::BadMagic);
+    }
+    if crc32fast::hash(&header[..28]) != u32_at(28) {
+        return Err(SnapshotError::HeaderChecksum);
+    }
+    let version = u32_at(8);
+    if version != VERSION || u32_at(12) != 0 {
+        return Err(SnapshotError::UnsupportedVersion { found: version });
+    }
+    let expected = u64::from(u32_at(16)) | u64::from(u32_at(20)) << 32;
+    if expected != payload.len() as u64 {
+        return Err(SnapshotError::Length {
+            expected,
+            found: payload.len() as u64,
+        });
+    }
+    let (stored, computed) = (u32_at(24), crc32fast::hash(payload));
+    if stored != computed {
+        return Err(SnapshotError::Checksum {
+            expected: stored,
+            found: computed,
+        });
+    }
+    Ok(payload)
+}
+
+// ---------------------------------------------------------------- encoding
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn begin_section(out: &mut Vec<u8>, kind: u8) -> usize {
+    out.push(kind);
+    begin_len(out)
+}
+
+/// Reserves a u64 length to be filled in by [`end_len`].
+fn begin_len(out: &mut Vec<u8>) -> usize {
+    out.extend_from_slice(&[0; 8]);
+    out.len()
+}
+
+fn end_len(out: &mut [u8], start: usize) {
+    let len = (out.len() - start) as u64;
+    out[start - 8..start].copy_from_slice(&len.to_le_bytes());
+}
+
+/// The names of an interner in id order, cut at the first id not visible
+/// yet: `text[spans[i].0..spans[i].1]` is the name of id `i`.
+struct Names {
+    text: String,
+    spans: Vec<(usize, usize)>,
+}
+
+impl Names {
+    fn capture(interner: &Interner) -> Names {
+        let mut slots = vec![(0, usize::MAX); interner.len() as usize];
+        let mut text = String::new();
+        for pair in interner.ids.iter() {
+            let id = *pair.value() as usize;
+            if id >= slots.len() {
+                slots.resize(id + 1, (0, usize::MAX));
+            }
+            let start = text.len();
+            text.push_str(pair.key());
+            slots[id] = (start, text.len());
+        }
+        let visible = slots.iter().position(|s| s.1 == usize::MAX).unwrap_or(slots.len());
+        slots.truncate(visible);
+        Names { text, spans: slots }
+    }
+
+    fn len(&self) -> u32 {
+        self.spans.len() as u32
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        for &(start, end) in &self.spans {
+            put_str(out, &self.text[start..end]);
+        }
+    }
+}
+
+/// An item's name and its (ts, category), as captured.
+type CapturedItem = (Box<str>, Option<(i64, u32)>);
+
+/// The item table in id order, cut at the first id not visible yet.
+fn capture_items(shop: &ShopIndex) -> Vec<CapturedItem> {
+    let mut slots: Vec<Option<CapturedItem>> = Vec::new();
+    for pair in shop.items.iter() {
+        let id = pair.value().id as usize;
+        if id >= slots.len() {
+            slots.resize_with(id + 1, || None);
+        }
+        slots[id] = Some((pair.key().clone(), pair.value().category));
+    }
+    slots.into_iter().map_while(|s| s).collect()
+}
+
+/// How many of a shard's slots belong to visitors `0..visitors`.
+fn slots_below(shard: usize, visitors: u32) -> usize {
+    let visitors = visitors as usize;
+    if visitors <= shard {
+        0
+    } else {
+        ((visitors - 1 - shard) >> SHARD_BITS) + 1
+    }
+}
+
+/// Dictionary sizes a profile's ids must stay below.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    visitors: u32,
+    items: u32,
+    categories: u32,
+    tags: u32,
+}
+
+impl Limits {
+    fn keeps_entry(&self, e: &Entry) -> bool {
+        e.item < self.items && (e.category == NONE || e.category < self.categories)
+    }
+}
+
+fn encode_shop(shop: &ShopIndex, out: &mut Vec<u8>) {
+    // Dictionaries first: anything they do not hold is newer than the snapshot.
+    let visitors = Names::capture(&shop.visitors);
+    let categories = Names::capture(&shop.categories);
+    let tags = Names::capture(&shop.tags);
+    let items = capture_items(shop);
+    let limits = Limits {
+        visitors: visitors.len(),
+        items: items.len() as u32,
+        categories: categories.len(),
+        tags: tags.len(),
+    };
+    put_str(out, shop.name());
+    for n in [limits.visitors, limits.categories, limits.tags, limits.items] {
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+    out.push(SHARD_BITS as u8);
+    for names in [&visitors, &categories, &tags] {
+        let at = begin_len(out);
+        names.encode(out);
+        end_len(out, at);
+    }
+    let at = begin_len(out);
+    for (name, category) in &items {
+        put_str(out, name);
+        match category {
+            Some((ts, cat)) if *cat < limits.categories => {
+                put_varint(out, u64::from(*cat) + 1);
+                out.extend_from_slice(&ts.to_le_bytes());
+            }
+            _ => put_varint(out, 0),
+        }
+    }
+    end_len(out, at);
+    let at = begin_len(out);
+    for shard in 0..SHARDS {
+        shop.with_shard(shard, |profiles| {
+            let slots = profiles.len().min(slots_below(shard, limits.visitors));
+            put_varint(out, slots as u64);
+            for profile in &profiles[..slots] {
+                encode_profile(profile, &limits, out);
+            }
+        });
+    }
+    end_len(out, at);
+}
+
+fn encode_profile(p: &Profile, limits: &Limits, out: &mut Vec<u8>) {
+    put_varint(out, p.entries.iter().filter(|e| limits.keeps_entry(e)).count() as u64);
+    let mut hour = 0;
+    for e in p.entries.iter().filter(|e| limits.keeps_entry(e)) {
+        put_varint(out, u64::from(e.hour - hour) << 2 | u64::from(e.action));
+        put_varint(out, u64::from(e.item));
+        put_varint(
+            out,
+            if e.category == NONE {
+                0
+            } else {
+                u64::from(e.category) + 1
+            },
+        );
+        hour = e.hour;
+    }
+    let purchases = || p.purchases.iter().filter(|b| b.item < limits.items);
+    put_varint(out, purchases().count() as u64);
+    for b in purchases() {
+        out.extend_from_slice(&b.key.to_le_bytes());
+        put_varint(out, u64::from(b.hour));
+        put_varint(out, u64::from(b.item));
+        out.extend_from_slice(&b.amount.to_le_bytes());
+    }
+    let tags = || p.tags.iter().filter(|t| t.tag < limits.tags);
+    put_varint(out, tags().count() as u64);
+    for t in tags() {
+        put_varint(out, u64::from(t.tag));
+        out.extend_from_slice(&t.ts.to_le_bytes());
+        out.push(u8::from(t.present));
+    }
+    match p.tier {
+        Some((ts, tier)) => {
+            out.push(1);
+            out.extend_from_slice(&ts.to_le_bytes());
+            put_varint(out, u64::from(tier));
+        }
+        None => out.push(0),
+    }
+}
+
+// ---------------------------------------------------------------- decoding
+
+/// A cursor over part of the payload that never reads past its end.
+#[derive(Clone, Copy)]
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    /// Offset of `buf` in the payload, for error messages.
+    base: usize,
+}
+
+type Decoded<T> = Result<T, SnapshotError>;
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8], base: usize) -> Reader<'a> {
+        Reader { buf, pos: 0, base }
+    }
+
+    fn offset(&self) -> usize {
+        self.base + self.pos
+    }
+
+    fn malformed(&self, what: &'static str) -> SnapshotError {
+        SnapshotError::Malformed {
+            offset: self.offset(),
+            what,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+
+    fn left(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn bytes(&mut self, n: usize) -> Decoded<&'a [u8]> {
+        if n > self.left() {
+            return Err(self.malformed("length runs past the end of its block"));
+        }
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self) -> Decoded<[u8; N]> {
+        let mut out = [0; N];
+        out.copy_from_slice(self.bytes(N)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Decoded<u8> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u32(&mut self) -> Decoded<u32> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Decoded<u64> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn i64(&mut self) -> Decoded<i64> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+
+    fn f64(&mut self) -> Decoded<f64> {
+        Ok(f64::from_le_bytes(self.array()?))
+    }
+
+    fn varint(&mut self) -> Decoded<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = self.u8()?;
+            if i == 9 && b > 1 {
+                return Err(self.malformed("varint overflows 64 bits"));
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(self.malformed("varint longer than 10 bytes"))
+    }
+
+    /// A varint that fits a `u32`.
+    fn u32v(&mut self, what: &'static str) -> Decoded<u32> {
+        u32::try_from(self.varint()?).map_err(|_| self.malformed(what))
+    }
+
+    /// A varint that must be below `limit`.
+    fn id(&mut self, limit: u32, what: &'static str) -> Decoded<u32> {
+        match self.varint()? {
+            v if v < u64::from(limit) => Ok(v as u32),
+            _ => Err(self.malformed(what)),
+        }
+    }
+
+    /// An element count, each element taking at least `min_bytes`.
+    fn count(&mut self, min_bytes: usize) -> Decoded<usize> {
+        let n = self.varint()?;
+        if n > (self.left() / min_bytes) as u64 {
+            return Err(self.malformed("count exceeds the bytes left"));
+        }
+        Ok(n as usize)
+    }
+
+    fn str(&mut self) -> Decoded<&'a str> {
+        let n = self.count(1)?;
+        let at = self.offset();
+        std::str::from_utf8(self.bytes(n)?).map_err(|_| SnapshotError::Malformed {
+            offset: at,
+            what: "name is not UTF-8",
+        })
+    }
+
+    /// A u64-length-prefixed block, as a reader of its own.
+    fn block(&mut self) -> Decoded<Reader<'a>> {
+        let n = self.u64()?;
+        if n > self.left() as u64 {
+            return Err(self.malformed("block runs past the end of the payload"));
+        }
+        let base = self.offset();
+        Ok(Reader::new(self.bytes(n as usize)?, base))
+    }
+
+    fn section(&mut self) -> Decoded<(u8, Reader<'a>)> {
+        let kind = self.u8()?;
+        Ok((kind, self.block()?))
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        let out = &self.buf[self.pos..];
+        self.pos = self.buf.len();
+        out
+    }
+
+    fn finish(&self) -> Decoded<()> {
+        if self.is_empty() {
+            Ok(())
+        } else {
+            Err(self.malformed("trailing bytes"))
+        }
+    }
+}
+
+fn decode_names(mut r: Reader<'_>, count: u32, duplicate: &'static str) -> Decoded<Interner> {
+    let mut names = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        names.push(r.str()?);
+    }
+    r.finish()?;
+    Interner::from_names(names.into_iter()).map_err(|_| r.malformed(duplicate))
+}
+
+fn decode_items<'a>(mut r: Reader<'a>, limits: &Limits) -> Decoded<(Vec<&'a str>, Vec<ItemInfo>)> {
+    let mut names = Vec::with_capacity(limits.items as usize);
+    let mut infos = Vec::with_capacity(limits.items as usize);
+    for id in 0..limits.items {
+        names.push(r.str()?);
+        let category = match r.varint()? {
+            0 => None,
+            c if c <= u64::from(limits.categories) => Some((r.i64()?, (c - 1) as u32)),
+            _ => return Err(r.malformed("item category out of range")),
+        };
+        infos.push(ItemInfo {
+            id,
+            category,
+            buys: [(0, 0); POPULARITY_DAYS],
+        });
+    }
+    r.finish()?;
+    Ok((names, infos))
+}
+
+fn decode_profiles(mut r: Reader<'_>, limits: &Limits) -> Decoded<Vec<Vec<Profile>>> {
+    let mut shards = Vec::with_capacity(SHARDS);
+    let mut scratch = Vec::new();
+    for shard in 0..SHARDS {
+        // An empty profile takes 4 bytes.
+        let slots = r.count(4)?;
+        if slots > slots_below(shard, limits.visitors) {
+            return Err(r.malformed("profile of an unknown visitor"));
+        }
+        let mut profiles = Vec::with_capacity(slots);
+        for _ in 0..slots {
+            profiles.push(decode_profile(&mut r, limits, &mut scratch)?);
+        }
+        shards.push(profiles);
+    }
+    r.finish()?;
+    Ok(shards)
+}
+
+/// Whether `keys`, sorted in place, are all distinct.
+fn distinct(keys: &mut [u64]) -> bool {
+    keys.sort_unstable();
+    keys.windows(2).all(|w| w[0] != w[1])
+}
+
+fn decode_profile(r: &mut Reader<'_>, limits: &Limits, scratch: &mut Vec<u64>) -> Decoded<Profile> {
+    let mut profile = Profile::default();
+    let n = r.count(3)?;
+    profile.entries.reserve_exact(n);
+    let mut hour = 0u64;
+    let mut previous: Option<Entry> = None;
+    for _ in 0..n {
+        let head = r.varint()?;
+        hour += head >> 2;
+        if hour > u64::from(u32::MAX) {
+            return Err(r.malformed("entry hour out of range"));
+        }
+        let entry = Entry {
+            hour: hour as u32,
+            action: (head & 3) as u8,
+            item: r.id(limits.items, "entry item out of range")?,
+            category: match r.varint()? {
+                0 => NONE,
+                c if c <= u64::from(limits.categories) => (c - 1) as u32,
+                _ => return Err(r.malformed("entry category out of range")),
+            },
+        };
+        if previous.is_some_and(|p| p >= entry) {
+            return Err(r.malformed("entries not sorted or repeated"));
+        }
+        previous = Some(entry);
+        profile.entries.push(entry);
+    }
+    let n = r.count(18)?;
+    profile.purchases.reserve_exact(n);
+    for _ in 0..n {
+        let key = r.u64()?;
+        let hour = r.u32v("purchase hour out of range")?;
+        let item = r.id(limits.items, "purchase item out of range")?;
+        let amount = r.f64()?;
+        if !(amount.is_finite() && amount >= 0.0) {
+            return Err(r.malformed("purchase amount is not a finite non-negative number"));
+        }
+        profile.purchases.push(Purchase {
+            key,
+            hour,
+            item,
+            amount,
+        });
+    }
+    scratch.clear();
+    scratch.extend(profile.purchases.iter().map(|p| p.key));
+    if !distinct(scratch) {
+        return Err(r.malformed("purchase key repeated"));
+    }
+    let n = r.count(10)?;
+    profile.tags.reserve_exact(n);
+    for _ in 0..n {
+        let tag = r.id(limits.tags, "tag out of range")?;
+        let ts = r.i64()?;
+        let present = match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(r.malformed("tag presence is not 0 or 1")),
+        };
+        profile.tags.push(TagState { tag, ts, present });
+    }
+    scratch.clear();
+    scratch.extend(profile.tags.iter().map(|t| u64::from(t.tag)));
+    if !distinct(scratch) {
+        return Err(r.malformed("tag repeated"));
+    }
+    profile.tier = match r.u8()? {
+        0 => None,
+        1 => {
+            let ts = r.i64()?;
+            Some((ts, r.u32v("tier out of range")?))
+        }
+        _ => return Err(r.malformed("tier flag is not 0 or 1")),
+    };
+    profile.refresh_latest();
+    Ok(profile)
+}
+
+fn decode_shop(mut r: Reader<'_>) -> Decoded<ShopIndex> {
+    let name = r.str()?;
+    let visitors = r.u32()?;
+    let categories = r.u32()?;
+    let tags = r.u32()?;
+    let items = r.u32()?;
+    if u32::from(r.u8()?) != SHARD_BITS {
+        return Err(r.malformed("profile shard layout differs from this build's"));
+    }
+    let limits = Limits {
+        visitors,
+        items,
+        categories,
+        tags,
+    };
+    let (visitor_block, category_block, tag_block) = (r.block()?, r.block()?, r.block()?);
+    let (item_block, profile_block) = (r.block()?, r.block()?);
+    r.finish()?;
+    // Every name takes at least a byte, every item two: bound the counts
+    // before anything is sized by them.
+    for (count, block, per) in [
+        (visitors, &visitor_block, 1),
+        (categories, &category_block, 1),
+        (tags, &tag_block, 1),
+        (items, &item_block, 2),
+    ] {
+        if count as usize > block.left() / per {
+            return Err(block.malformed("count exceeds the bytes of its block"));
+        }
+    }
+
+    let mut shop = ShopIndex::new(name);
+    shop.categories = decode_names(category_block, categories, "duplicate category")?;
+    shop.tags = decode_names(tag_block, tags, "duplicate tag")?;
+    let item_at = item_block.offset();
+    let (item_names, mut item_infos) = decode_items(item_block, &limits)?;
+    // The two largest parts on two threads: the visitor dictionary (a hash
+    // map of every visitor id) and the profiles with everything derived.
+    let (interned, decoded) = std::thread::scope(|s| {
+        let names = move || { let t = std::time::Instant::now(); let r = decode_names(visitor_block, visitors, "duplicate visitor"); eprintln!("T names {:?}", t.elapsed()); r };
+        let interned = std::thread::Builder::new()
+            .name("snapshot-visitors".into())
+            .spawn_scoped(s, names);
+        let t = std::time::Instant::now();
+        let decoded = decode_profiles(profile_block, &limits).map(|profiles| {
+            eprintln!("T profiles {:?}", t.elapsed());
+            let t = std::time::Instant::now();
+            let derived = Derived::rebuild(&profiles, &mut item_infos, &limits);
+            eprintln!("T rebuild {:?}", t.elapsed());
+            (profiles, derived)
+        });
+        let interned = match interned {
+            Ok(thread) => thread.join().unwrap_or_else(|_| {
+                Err(SnapshotError::Malformed {
+                    offset: 0,
+                    what: "visitor dictionary decoder panicked",
+                })
+            }),
+            // No thread to be had: do it here.
+            Err(_) => names(),
+        };
+        (interned, decoded)
+    });
+    eprintln!("T scope done");
+    let t = std::time::Instant::now();
+    shop.visitors = interned?;
+    let (profiles, derived) = decoded?;
+
+    let item_map = DashMap::with_capacity_and_hasher(item_infos.len(), RandomState::default());
+    for (name, info) in item_names.into_iter().zip(item_infos) {
+        if item_map.insert(Box::<str>::from(name), info).is_some() {
+            return Err(SnapshotError::Malformed {
+                offset: item_at,
+                what: "duplicate item",
+            });
+        }
+    }
+    shop.items = item_map;
+    shop.next_item = AtomicU32::new(items);
+    for (lock, shard) in shop.profiles.iter_mut().zip(profiles) {
+        *lock.get_mut() = shard;
+    }
+    derived.install(&mut shop);
+    eprintln!("T tail {:?}", t.elapsed());
+    Ok(shop)
+}
+
+/// Everything an index derives from its profiles.
+struct Derived {
+    days: [BTreeMap<u32, RoaringBitmap>; 4],
+    items: Vec<RoaringBitmap>,
+    categories: Vec<DayBitmaps>,
+    tags: Vec<RoaringBitmap>,
+    tiers: BTreeMap<u32, RoaringBitmap>,
+}
+
+impl Derived {
+    /// Bitmaps from the profiles, visited in visitor id order so that every
+    /// insertion appends; popularity rings from the purchases.
+    fn rebuild(shards: &[Vec<Profile>], items: &mut [ItemInfo], limits: &Limits) -> Derived {
+        let mut d = Derived {
+            days: Default::default(),
+            items: vec![RoaringBitmap::new(); limits.items as usize],
+            categories: vec![DayBitmaps::default(); limits.categories as usize],
+            tags: vec![RoaringBitmap::new(); limits.tags as usize],
+            tiers: BTreeMap::new(),
+        };
+        for vid in 0..limits.visitors {
+            let Some(p) = shards[vid as usize & (SHARDS - 1)].get((vid >> SHARD_BITS) as usize) else {
+                continue;
+            };
+            // Pushing an id that is already the largest is a no-op returning false.
+            for e in &p.entries {
+                let (action, day) = (e.action as usize, e.hour / 24);
+                d.days[action].entry(day).or_default().push_last(vid);
+                d.items[e.item as usize].push_last(vid);
+                if e.category != NONE {
+                    d.categories[e.category as usize][action]
+                        .entry(day)
+                        .or_default()
+                        .push_last(vid);
+                }
+            }
+            for b in &p.purchases {
+                items[b.item as usize].add_buy(b.hour / 24);
+            }
+            for t in p.tags.iter().filter(|t| t.present) {
+                d.tags[t.tag as usize].push_last(vid);
+            }
+            if p.tier() > 0 {
+                d.tiers.entry(p.tier()).or_default().push_last(vid);
+            }
+        }
+        d
+    }
+
+    fn install(self, shop: &mut ShopIndex) {
+        shop.days = self.days.map(RwLock::new);
+        shop.item_visitors = non_empty(self.items);
+        shop.tag_visitors = non_empty(self.tags);
+        let categories = DashMap::with_hasher(RandomState::default());
+        for (id, days) in self.categories.into_iter().enumerate() {
+            if days.iter().any(|d| !d.is_empty()) {
+                categories.insert(id as u32, days);
+            }
+        }
+        shop.category_days = categories;
+        shop.tier_visitors = RwLock::new(self.tiers);
+    }
+}
+
+/// Appends the largest id so far to a bitmap (a repeat is a no-op).
+trait PushLast {
+    fn push_last(&mut self, id: u32);
+}
+
+impl PushLast for RoaringBitmap {
+    #[inline]
+    fn push_last(&mut self, id: u32) {
+        // Visitors come in id order: only a repeat of the last id is refused.
+        let _ = self.try_push(id);
+    }
+}
+
+fn non_empty(bitmaps: Vec<RoaringBitmap>) -> DashMap<u32, RoaringBitmap, RandomState> {
+    let map = DashMap::with_hasher(RandomState::default());
+    for (id, b) in bitmaps.into_iter().enumerate() {
+        if !b.is_empty() {
+            map.insert(id as u32, b);
+        }
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::atomic::Ordering;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::event::{Action, Event};
+    use crate::time::hour_of;
+    use crate::{audience_sizes, decide, size_of, DecideRequest, IndexStats, MemoryLedger, RuleSet};
+
+    const HOUR: i64 = 3_600_000;
+    const DAY: i64 = 24 * HOUR;
+    /// Noon UTC, 2026-11-10.
+    const T0: i64 = 20_767 * DAY + 12 * HOUR;
+
+    /// splitmix64, so streams are reproducible.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// A random stream over two shops: every action, purchases with and
+    /// without ids, events without a category, out of order (45 days around
+    /// `T0`, a few older than the 400-day retention), one in ten re-delivered.
+    /// With `unique_ids`, purchase ids never collide, so the final state does
+    /// not depend on the order events are applied in.
+    fn stream(seed: u64, n: usize, visitors: u64, items: u64, unique_ids: bool) -> Vec<Event<'static>> {
+        let mut rng = Rng(seed);
+        let mut events: Vec<Event<'static>> = Vec::with_capacity(n + n / 10);
+        for i in 0..n {
+            let action = match rng.below(20) {
+                0..=9 => Action::View,
+                10 | 11 => Action::Cart,
+                12 => Action::Favorite,
+                13 | 14 => Action::Purchase,
+                15 => Action::Tag,
+                16 => Action::Untag,
+                _ => Action::Member,
+            };
+            let ts = if rng.below(40) == 0 {
+                T0 - 410 * DAY - rng.below(DAY as u64) as i64
+            } else {
+                T0 - rng.below(45 * DAY as u64) as i64 + 2 * HOUR
+            };
+            let item = rng.below(items);
+            let mut e = Event {
+                shop: Cow::Borrowed(if rng.below(4) == 0 { "b" } else { "a" }),
+                visitor: Cow::Owned(format!("v{}", rng.below(visitors))),
+                action,
+                item: None,
+                category: None,
+                price: 0.0,
+                quantity: 1,
+                tag: None,
+                tier: 0,
+                ts,
+                id: None,
+            };
+            match action {
+                Action::View | Action::Cart | Action::Favorite | Action::Purchase => {
+                    e.item = Some(Cow::Owned(format!("i{item}")));
+                    if rng.below(6) != 0 {
+                        e.category = Some(Cow::Owned(format!("c{}", (item + rng.below(2)) % (4 + items / 6))));
+                    }
+                    if action == Action::Purchase {
+                        e.price = rng.below(20_000) as f64 / 100.0;
+                        e.quantity = 1 + rng.below(3) as u32;
+                        if rng.below(2) == 0 {
+                            let id = if unique_ids {
+                                format!("p{seed}-{i}")
+                            } else {
+                                format!("p{}", rng.below(40))
+                            };
+                            e.id = Some(Cow::Owned(id));
+                        }
+                    }
+                }
+                Action::Tag | Action::Untag => {
+                    e.tag = Some(Cow::Owned(format!("t{}", rng.below(3 + items / 12))));
+                    // Coarse timestamps, so that tag and untag tie now and then.
+                    e.ts = ts - ts % DAY;
+                }
+                Action::Member => {
+                    e.tier = rng.below(6) as u32;
+                    e.ts = ts - ts % DAY;
+                }
+            }
+            if rng.below(10) == 0 && !events.is_empty() {
+                let again = events[rng.below(events.len() as u64) as usize].clone();
+                events.push(again);
+            }
+            events.push(e);
+        }
+        events
+    }
+
+    fn build(events: &[Event<'_>]) -> Index {
+        let index = Index::new();
+        for e in events {
+            index.apply(e);
+        }
+        index
+    }
+
+    fn rules(shop: &str) -> RuleSet {
+        let text = format!(
+            r#"shop: {shop}
+audiences:
+  viewers: viewed(7d)
+  recent_cart: carted(12h)
+  cat_fan: viewed(30d, category="c1") and not purchased(30d)
+  item_fan: favorited(30d, item="i2") or carted(20h, item="i3")
+  buyer: purchase_count(30d) >= 2 or spend(30d) >= 100
+  non_buyer: spend(45d) < 50
+  vip: member_tier >= 3
+  tagged: tag("t0") and not tag("t1")
+  lapsed: visited(400d) and not visited(30d)
+banners:
+  - when: vip
+    banner: b-vip
+  - when: cat_fan
+    banner: b-cat
+  - when: item_fan or recent_cart
+    banner: b-item
+  - banner: default
+items:
+  limit: 5
+  exclude_purchased: 30d
+  pools:
+    - when: buyer
+      items: [i0, i1, i2, i3]
+    - items: [i4, i5, i6, i7, i8, i9, i10, i11]
+benefits:
+  - id: coupon
+    when: tagged
+    kind: coupon
+    params: {{ amount: "5" }}
+"#
+        );
+        RuleSet::load(&text).unwrap()
+    }
+
+    /// Every fact of a shop, keyed by names instead of ids, bitmaps included
+    /// (empty ones left out): equal models mean equal indexes up to ids.
+    #[derive(Debug, PartialEq)]
+    struct Model {
+        profiles: BTreeMap<String, ProfileModel>,
+        items: BTreeMap<String, ItemModel>,
+        days: BTreeMap<(usize, u32), BTreeSet<String>>,
+        item_visitors: BTreeMap<String, BTreeSet<String>>,
+        category_days: BTreeMap<(String, usize, u32), BTreeSet<String>>,
+        tags: BTreeMap<String, BTreeSet<String>>,
+        tiers: BTreeMap<u32, BTreeSet<String>>,
+    }
+
+    /// (ts, category) and popularity ring.
+    type ItemModel = (Option<(i64, String)>, [(u32, u32); POPULARITY_DAYS]);
+
+    #[derive(Debug, Default, PartialEq)]
+    struct ProfileModel {
+        entries: BTreeSet<(u32, u8, String, Option<String>)>,
+        purchases: BTreeMap<u64, (u32, String, u64)>,
+        tags: BTreeMap<String, (i64, bool)>,
+        tier: Option<(i64, u32)>,
+    }
+
+    fn names(interner: &Interner) -> BTreeMap<u32, String> {
+        interner.ids.iter().map(|p| (*p.value(), p.key().to_string())).collect()
+    }
+
+    fn model(shop: &ShopIndex) -> Model {
+        let visitors = names(&shop.visitors);
+        let categories = names(&shop.categories);
+        let tags = names(&shop.tags);
+        let items: BTreeMap<u32, String> = shop.items.iter().map(|p| (p.value().id, p.key().to_string())).collect();
+        let set = |b: &RoaringBitmap| b.iter().map(|v| visitors[&v].clone()).collect::<BTreeSet<_>>();
+        let mut profiles = BTreeMap::new();
+        for (&id, name) in &visitors {
+            let p = shop.with_profile(id, |p| {
+                let Some(p) = p else { return ProfileModel::default() };
+                ProfileModel {
+                    entries: p
+                        .entries
+                        .iter()
+                        .map(|e| {
+                            let cat = (e.category != NONE).then(|| categories[&e.category].clone());
+                            (e.hour, e.action, items[&e.item].clone(), cat)
+                        })
+                        .collect(),
+                    purchases: p
+                        .purchases
+                        .iter()
+                        .map(|b| (b.key, (b.hour, items[&b.item].clone(), b.amount.to_bits())))
+                        .collect(),
+                    tags: p
+                        .tags
+                        .iter()
+                        .map(|t| (tags[&t.tag].clone(), (t.ts, t.present)))
+                        .collect(),
+                    tier: p.tier,
+                }
+            });
+            profiles.insert(name.clone(), p);
+        }
+        let mut m = Model {
+            profiles,
+            items: shop
+                .items
+                .iter()
+                .map(|p| {
+                    let info = p.value();
+                    let cat = info.category.map(|(ts, c)| (ts, categories[&c].clone()));
+                    (p.key().to_string(), (cat, info.buys))
+                })
+                .collect(),
+            days: BTreeMap::new(),
+            item_visitors: BTreeMap::new(),
+            category_days: BTreeMap::new(),
+            tags: BTreeMap::new(),
+            tiers: BTreeMap::new(),
+        };
+        for (action, days) in shop.days.iter().enumerate() {
+            for (day, b) in days.read().iter().filter(|(_, b)| !b.is_empty()) {
+                m.days.insert((action, *day), set(b));
+            }
+        }
+        for p in shop.item_visitors.iter().filter(|p| !p.value().is_empty()) {
+            m.item_visitors.insert(items[p.key()].clone(), set(p.value()));
+        }
+        for p in shop.category_days.iter() {
+            for (action, days) in p.value().iter().enumerate() {
+                for (day, b) in days.iter().filter(|(_, b)| !b.is_empty()) {
+                    m.category_days
+                        .insert((categories[p.key()].clone(), action, *day), set(b));
+                }
+            }
+        }
+        for p in shop.tag_visitors.iter().filter(|p| !p.value().is_empty()) {
+            m.tags.insert(tags[p.key()].clone(), set(p.value()));
+        }
+        for (tier, b) in shop.tier_visitors.read().iter().filter(|(_, b)| !b.is_empty()) {
+            m.tiers.insert(*tier, set(b));
+        }
+        m
+    }
+
+    /// Decisions (explained) for every visitor, an unknown and an anonymous
+    /// one, and every audience size, at several instants.
+    fn answers(index: &Index, shop: &str, visitors: u64) -> Vec<String> {
+        let rules = rules(shop);
+        let s = index.shop(shop);
+        let ledger = MemoryLedger::new();
+        let mut out = Vec::new();
+        for now in [T0, T0 + 5 * HOUR, T0 + 20 * DAY, T0 + 400 * DAY] {
+            let mut names: Vec<String> = (0..visitors).map(|v| format!("v{v}")).collect();
+            names.extend(["nobody".to_string(), String::new()]);
+            for visitor in &names {
+                let req = DecideRequest {
+                    visitor,
+                    explain: true,
+                    now_ms: now,
+                    ..DecideRequest::default()
+                };
+                out.push(format!(
+                    "{visitor}@{now}: {:?}",
+                    decide(&rules, s.as_deref(), &ledger, &req)
+                ));
+            }
+            out.push(format!("{:?}", audience_sizes(&rules, s.as_deref(), now)));
+            for expr in [
+                "viewed(3h, item=\"i1\")",
+                "purchased(10d, category=\"c2\")",
+                "not tag(\"t2\")",
+            ] {
+                out.push(format!("{expr}: {:?}", size_of(Some(&rules), s.as_deref(), expr, now)));
+            }
+        }
+        out
+    }
+
+    fn shops(index: &Index) -> Vec<String> {
+        let mut names: Vec<String> = index.shops().iter().map(|s| s.name().to_string()).collect();
+        names.sort();
+        names
+    }
+
+    fn assert_same(a: &Index, b: &Index, visitors: u64) {
+        assert_eq!(shops(a), shops(b));
+        for name in shops(a) {
+            let (sa, sb) = (a.shop(&name).unwrap(), b.shop(&name).unwrap());
+            assert_eq!(sa.stats(), sb.stats(), "stats of shop {name}");
+            assert_eq!(model(&sa), model(&sb), "shop {name}");
+            assert_eq!(answers(a, &name, visitors), answers(b, &name, visitors), "shop {name}");
+        }
+    }
+
+    #[test]
+    fn roundtrip_restores_every_fact_decision_size_and_stat() {
+        for seed in 1..=3 {
+            let index = build(&stream(seed, 4_000, 80, 12, false));
+            let bytes = encode(&index, b"offsets");
+            let snapshot = decode(&bytes).unwrap();
+            assert_eq!(snapshot.meta, b"offsets");
+            assert_same(&index, &snapshot.index, 80);
+            // Ids too: the encoding of the decoded index is byte for byte the same.
+            assert_eq!(encode(&snapshot.index, b"offsets"), bytes, "seed {seed}");
+            // And the decoded index keeps working: new events intern new ids.
+            let more = stream(seed + 100, 500, 120, 16, false);
+            for e in &more {
+                index.apply(e);
+                snapshot.index.apply(e);
+            }
+            assert_same(&index, &snapshot.index, 120);
+        }
+    }
+
+    #[test]
+    fn roundtrip_after_expire_keeps_decisions_and_sizes() {
+        let index = build(&stream(7, 4_000, 80, 12, false));
+        index.expire(T0 + 30 * DAY);
+        let snapshot = decode(&encode(&index, &[])).unwrap();
+        assert_eq!(encode(&snapshot.index, &[]), encode(&index, &[]));
+        for name in shops(&index) {
+            let (live, loaded) = (index.shop(&name).unwrap(), snapshot.index.shop(&name).unwrap());
+            let (mut live_model, loaded_model) = (model(&live), model(&loaded));
+            // Item bitmaps are candidate filters a live index never expires;
+            // rebuilt, they only hold visitors with surviving entries.
+            for (item, visitors) in &loaded_model.item_visitors {
+                assert!(visitors.is_subset(&live_model.item_visitors[item]), "{item}");
+            }
+            live_model.item_visitors = loaded_model.item_visitors.clone();
+            assert_eq!(live_model, loaded_model, "shop {name}");
+            assert_eq!(answers(&index, &name, 80), answers(&snapshot.index, &name, 80));
+        }
+    }
+
+    #[test]
+    fn empty_index_roundtrips() {
+        let bytes = encode(&Index::new(), b"m");
+        assert_eq!(bytes.len(), HEADER_LEN + 1 + 8 + 1);
+        let snapshot = decode(&bytes).unwrap();
+        assert!(snapshot.index.shops().is_empty());
+        assert_eq!(snapshot.meta, b"m");
+        let shop_only = Index::new();
+        shop_only.shop_or_create("empty");
+        let snapshot = decode(&encode(&shop_only, &[])).unwrap();
+        assert_eq!(snapshot.index.shop("empty").unwrap().stats(), IndexStats::default());
+    }
+
+    /// Ids assigned after the dictionaries were copied (here: an id reserved
+    /// but not yet visible) cut the dictionary there, and every fact that
+    /// refers to a later id is left out: it came from an event applied after
+    /// the snapshot started, which replay applies again.
+    #[test]
+    fn facts_about_ids_newer_than_the_snapshot_are_left_out() {
+        let index = Index::new();
+        let ev = |visitor: &str, item: &str, category: &str| Event {
+            shop: Cow::Borrowed("a"),
+            visitor: Cow::Owned(visitor.into()),
+            action: Action::View,
+            item: Some(Cow::Owned(item.into())),
+            category: Some(Cow::Owned(category.into())),
+            price: 0.0,
+            quantity: 1,
+            tag: None,
+            tier: 0,
+            ts: T0,
+            id: None,
+        };
+        index.apply(&ev("v0", "i0", "c0"));
+        index.apply(&ev("v1", "i0", "c0"));
+        let shop = index.shop("a").unwrap();
+        // A writer has taken id 2 of each dictionary but not published it yet.
+        shop.visitors.next.fetch_add(1, Ordering::Relaxed);
+        shop.categories.next.fetch_add(1, Ordering::Relaxed);
+        shop.next_item.fetch_add(1, Ordering::Relaxed);
+        index.apply(&ev("v0", "i3", "c0")); // a newer item in an old profile
+        index.apply(&ev("v1", "i0", "c3")); // a newer category in an old profile
+        index.apply(&ev("v3", "i0", "c0")); // a newer visitor
+        let loaded = decode(&encode(&index, &[])).unwrap().index;
+        let loaded = loaded.shop("a").unwrap();
+        assert_eq!(loaded.visitor_count(), 2);
+        assert_eq!(loaded.visitor_id("v3"), None);
+        assert!(loaded.item("i3").is_none());
+        assert_eq!(loaded.categories.get("c3"), None);
+        let m = model(&loaded);
+        let entry = |item: &str| (hour_of(T0), 0, item.to_string(), Some("c0".to_string()));
+        assert_eq!(m.profiles["v0"].entries, BTreeSet::from([entry("i0")]));
+        assert_eq!(m.profiles["v1"].entries, BTreeSet::from([entry("i0")]));
+        assert_eq!(loaded.stats().day_entries, 2);
+    }
+
+    /// The documented guarantee: a snapshot encoded while writers apply the
+    /// rest of the log, loaded and followed by a replay of that rest (from
+    /// the offset taken before encoding), equals applying the whole log.
+    #[test]
+    fn snapshot_during_writes_plus_replay_equals_the_whole_log() {
+        // The rest of the log brings new visitors, items, categories and tags too.
+        let before = stream(11, 8_000, 200, 12, true);
+        let rest = stream(12, 16_000, 400, 36, true);
+        let events: Vec<Event<'_>> = before.iter().chain(&rest).cloned().collect();
+        let whole = build(&events);
+        let live = build(&before);
+        let snapshots = std::thread::scope(|s| {
+            let (a, b) = rest.split_at(rest.len() / 2);
+            for half in [a, b] {
+                let live = &live;
+                s.spawn(move || {
+                    for e in half {
+                        live.apply(e);
+                    }
+                });
+            }
+            (0..4).map(|_| encode(&live, &[])).collect::<Vec<_>>()
+        });
+        assert_same(&live, &whole, 400);
+        for bytes in &snapshots {
+            let loaded = decode(bytes).unwrap().index;
+            for e in &rest {
+                loaded.apply(e);
+            }
+            assert_same(&loaded, &whole, 400);
+        }
+    }
+
+    // ------------------------------------------------------------ damage
+
+    fn small() -> Vec<u8> {
+        encode(&build(&stream(5, 300, 20, 12, false)), b"meta")
+    }
+
+    #[test]
+    fn every_truncation_and_extension_is_rejected() {
+        let bytes = small();
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len]).is_err(), "truncated to {len}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(
+            decode(&longer).unwrap_err(),
+            SnapshotError::Length {
+                expected: (bytes.len() - HEADER_LEN) as u64,
+                found: (bytes.len() + 1 - HEADER_LEN) as u64
+            }
+        );
+    }
+
+    #[test]
+    fn every_bit_flip_is_rejected() {
+        let mut bytes = small();
+        for i in 0..bytes.len() * 8 {
+            bytes[i / 8] ^= 1 << (i % 8);
+            assert!(decode(&bytes).is_err(), "bit {i} flipped");
+            bytes[i / 8] ^= 1 << (i % 8);
+        }
+        assert!(decode(&bytes).is_ok());
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        let msg = |bytes: &[u8]| decode(bytes).unwrap_err().to_string();
+        assert_eq!(msg(b"VTRN"), "not a snapshot: 4 bytes, shorter than the 32-byte header");
+        let mut bytes = small();
+        bytes[0] = b'X';
+        assert_eq!(msg(&bytes), "not a snapshot: bad magic bytes");
+        let mut bytes = small();
+        bytes[20] ^= 1;
+        assert_eq!(msg(&bytes), "snapshot header is damaged: checksum mismatch");
+        let mut bytes = small();
+        bytes[8] = 2;
+        let crc = crc32fast::hash(&bytes[..28]);
+        bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            msg(&bytes),
+            "snapshot format version 2 is not supported (this build reads version 1)"
+        );
+        let mut bytes = small();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x10;
+        assert!(
+            msg(&bytes).starts_with("snapshot payload is damaged: CRC-32 0x"),
+            "{}",
+            msg(&bytes)
+        );
+    }
+
+    /// Offset in the payload of the first shop's visitor count.
+    fn visitor_count_at(bytes: &[u8]) -> usize {
+        let meta_len = u64::from_le_bytes(bytes[HEADER_LEN + 1..HEADER_LEN + 9].try_into().unwrap()) as usize;
+        let shop = HEADER_LEN + 9 + meta_len + 9;
+        shop + 1 + bytes[shop] as usize
+    }
+
+    #[test]
+    fn absurd_counts_are_refused_before_allocating() {
+        let bytes = small();
+        let at = visitor_count_at(&bytes);
+        for (offset, value) in [(0, u32::MAX), (4, u32::MAX - 1), (8, 1 << 30), (12, u32::MAX)] {
+            let mut forged = bytes.clone();
+            forged[at + offset..at + offset + 4].copy_from_slice(&value.to_le_bytes());
+            seal(&mut forged);
+            assert!(
+                matches!(decode(&forged), Err(SnapshotError::Malformed { .. })),
+                "count at +{offset}"
+            );
+        }
+        // A block length near u64::MAX.
+        let mut forged = bytes.clone();
+        forged[at + 17..at + 25].copy_from_slice(&(u64::MAX - 3).to_le_bytes());
+        seal(&mut forged);
+        assert_eq!(
+            decode(&forged).unwrap_err(),
+            SnapshotError::Malformed {
+                offset: at + 17 - HEADER_LEN + 8,
+                what: "block runs past the end of the payload"
+            }
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Random bit flips, with or without a truncation: always an error, never a panic.
+        #[test]
+        fn damaged_snapshots_are_rejected(
+            flips in prop::collection::vec((any::<prop::sample::Index>(), 0..8u8), 0..6),
+            cut in prop::option::of(any::<prop::sample::Index>()),
+        ) {
+            let mut bytes = small();
+            for (at, bit) in &flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= 1 << bit;
+            }
+            let changed = bytes != small();
+            if let Some(cut) = cut {
+                let len = cut.index(bytes.len());
+                bytes.truncate(len);
+            }
+            if changed || cut.is_some() {
+                prop_assert!(decode(&bytes).is_err());
+            }
+        }
+
+        /// Damage with the checksums recomputed (a forgery, or a bug on the
+        /// writing side): the structural checks alone never panic, and
+        /// whatever they accept is a working index.
+        #[test]
+        fn forged_payloads_never_panic(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in prop::option::of(any::<prop::sample::Index>()),
+        ) {
+            let mut bytes = small();
+            for (at, value) in &edits {
+                let i = HEADER_LEN + at.index(bytes.len() - HEADER_LEN);
+                bytes[i] = *value;
+            }
+            if let Some(cut) = cut {
+                let len = HEADER_LEN + cut.index(bytes.len() - HEADER_LEN);
+                bytes.truncate(len);
+            }
+            seal(&mut bytes);
+            if let Ok(snapshot) = decode(&bytes) {
+                for shop in snapshot.index.shops() {
+                    let _ = shop.stats();
+                    let _ = answers(&snapshot.index, shop.name(), 20);
+                }
+                let again = encode(&snapshot.index, &snapshot.meta);
+                prop_assert!(decode(&again).is_ok());
+            }
+        }
+    }
+}

@@ -1,0 +1,590 @@
+//! Measures Kafka ingest (issue 4); reports, asserts nothing.
+//!
+//! * `throughput`: pre-fills a fresh 4-partition topic with `--events` JSON
+//!   events (the benches' synthetic shop history, about 10 events per
+//!   visitor, ~112 bytes each), waits for the broker to settle, then,
+//!   alternating for `--rounds`, times a consumer that reads the topic and
+//!   does nothing (the same librdkafka settings and batch poll loop, payloads
+//!   only touched) and Vitrine's ingest (copy to its apply thread, decode,
+//!   validate, apply, store offsets) until each has read every event.
+//!   Reports events/s of both and their ratio.
+//! * `freshness`: Vitrine's ingest on a fresh topic while a producer
+//!   (`linger.ms` 5, acks 1) sends `--rate` events/s for `--seconds`; one
+//!   event in 50 tags a new visitor, and a prober runs the Decide RPC's
+//!   synchronous path (`vitrine::grpc::decide`) every 0.5 ms for each pending
+//!   probe until the decision shows the tag's banner. Reports p50/p99/max of
+//!   produce -> first Decide reflecting the event.
+//! * `apply`: decode and apply alone, from payloads in memory, on one thread:
+//!   the ceiling of one apply thread.
+//!
+//! Without `--brokers` both run against librdkafka's in-process mock
+//! cluster (which then shares the CPU with the measured code); with
+//! `--brokers 127.0.0.1:9092` against a running broker, e.g. Tansu:
+//! `tansu broker --storage-engine memory://tansu/ --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092`.
+//! `--kafka-option KEY=VALUE` overrides a librdkafka property of Vitrine's
+//! consumer (e.g. `fetch.wait.max.ms=500`, librdkafka's default), and
+//! `--apply-threads N` its apply threads. `VITRINE_LOG=info` shows its logs.
+//!
+//! ```sh
+//! cargo run --release -p vitrine --example kafka_ingest -- --brokers 127.0.0.1:9092 throughput --events 2000000 --rounds 3
+//! cargo run --release -p vitrine --example kafka_ingest -- --brokers 127.0.0.1:9092 freshness --rate 10000 --seconds 20
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use vitrine::config::KafkaConfig;
+use vitrine::engine::{now_ms, Engine};
+use vitrine::kafka::produce::Deliveries;
+use vitrine::kafka::{Ingest, BATCH};
+use vitrine::metrics::Metrics;
+use vitrine::store::{Origin, RuleStore};
+use vitrine_benches::Dataset;
+use vitrine_core::{Action, Event};
+use vitrine_proto::v1 as pb;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// A running broker; none = librdkafka's in-process mock cluster.
+    #[arg(long, global = true)]
+    brokers: Option<String>,
+    /// Apply threads of Vitrine's ingest (default: as `vitrine serve`).
+    #[arg(long, global = true)]
+    apply_threads: Option<usize>,
+    /// A librdkafka property for Vitrine's consumer, e.g. `fetch.wait.max.ms=500`.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", global = true)]
+    kafka_options: Vec<String>,
+    #[command(subcommand)]
+    what: What,
+}
+
+/// How Vitrine's consumer is configured beyond the defaults.
+#[derive(Debug, Clone, Default)]
+struct Tuning {
+    apply_threads: Option<usize>,
+    options: Vec<(String, String)>,
+}
+
+#[derive(Debug, Subcommand)]
+enum What {
+    /// Consume-and-apply rate against a do-nothing consumer.
+    Throughput {
+        #[arg(long, default_value_t = 2_000_000)]
+        events: usize,
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+    },
+    /// Decode and apply alone, from payloads in memory (no Kafka): the ceiling.
+    Apply {
+        #[arg(long, default_value_t = 2_000_000)]
+        events: usize,
+    },
+    /// Produce -> first Decide that reflects the event.
+    Freshness {
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+}
+
+/// Partitions of the measured topics on a real broker.
+const PARTITIONS: i32 = 4;
+
+/// The broker: a mock cluster kept alive, or an address.
+struct Broker {
+    _mock: Option<MockCluster<'static, DefaultProducerContext>>,
+    brokers: String,
+    /// Partitions per topic: the mock cluster keeps at most 5 MB per
+    /// partition (it trims older messages), so it gets enough of them.
+    partitions: i32,
+}
+
+impl Broker {
+    fn new(brokers: Option<String>, events: usize) -> Broker {
+        match brokers {
+            Some(b) => Broker {
+                _mock: None,
+                brokers: b,
+                partitions: PARTITIONS,
+            },
+            None => {
+                let mock = MockCluster::new(1).unwrap();
+                let brokers = mock.bootstrap_servers();
+                Broker {
+                    _mock: Some(mock),
+                    brokers,
+                    partitions: PARTITIONS.max((events * 200 / (4 << 20)) as i32 + 1),
+                }
+            }
+        }
+    }
+
+    fn create_topic(&self, name: &str) {
+        if let Some(mock) = &self._mock {
+            mock.create_topic(name, self.partitions, 1).unwrap();
+            return;
+        }
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .unwrap();
+        let topic = NewTopic::new(name, self.partitions, TopicReplication::Fixed(1));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let results = rt
+            .block_on(admin.create_topics([&topic], &AdminOptions::new()))
+            .unwrap();
+        for r in results {
+            if let Err((t, e)) = r {
+                assert_eq!(e, RDKafkaErrorCode::TopicAlreadyExists, "creating {t}: {e}");
+            }
+        }
+        // Let metadata settle.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn producer(brokers: &str, linger_ms: &str) -> BaseProducer<Deliveries> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", linger_ms)
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("acks", "1")
+        .create_with_context(Deliveries::default())
+        .unwrap()
+}
+
+/// Panics unless every message was acknowledged.
+fn flush(p: &BaseProducer<Deliveries>, sent: u64) {
+    p.flush(Duration::from_secs(300)).unwrap();
+    let failed = p.context().failed.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(failed, 0, "{failed} of {sent} messages not delivered");
+}
+
+fn send(p: &BaseProducer<Deliveries>, topic: &str, key: &str, payload: &[u8]) {
+    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match p.send(record) {
+            Ok(()) => return,
+            Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                p.poll(Duration::from_millis(5));
+            }
+            Err((e, _)) => panic!("produce: {e}"),
+        }
+    }
+}
+
+/// CONTRACT section 3 JSON of an event.
+fn json(e: &Event<'_>, out: &mut String) {
+    out.clear();
+    let _ = write!(
+        out,
+        r#"{{"shop":"{}","visitor":"{}","action":"{}","ts":{}"#,
+        e.shop, e.visitor, e.action, e.ts
+    );
+    if let Some(item) = &e.item {
+        let _ = write!(out, r#","item":"{item}""#);
+    }
+    if let Some(category) = &e.category {
+        let _ = write!(out, r#","category":"{category}""#);
+    }
+    match e.action {
+        Action::Purchase => {
+            let _ = write!(out, r#","price":{},"quantity":{}"#, e.price, e.quantity);
+        }
+        Action::Tag | Action::Untag => {
+            let _ = write!(out, r#","tag":"{}""#, e.tag.as_deref().unwrap_or_default());
+        }
+        Action::Member => {
+            let _ = write!(out, r#","tier":{}"#, e.tier);
+        }
+        _ => {}
+    }
+    out.push('}');
+}
+
+/// This run's scratch directory (rule store of the measured engines).
+fn scratch() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("vitrine-kafka-ingest-{}", std::process::id()))
+}
+
+fn engine(name: &str, rules: Option<&str>) -> Arc<Engine> {
+    let dir = scratch().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = RuleStore::new(&dir.join("rules"), &dir.join("data"));
+    if let Some(rules) = rules {
+        store.push(rules, Origin::Push, false, now_ms()).unwrap();
+    }
+    Arc::new(Engine::new(store, Metrics::new()))
+}
+
+fn config(brokers: &str, topic: &str, group: &str, tuning: &Tuning) -> KafkaConfig {
+    let defaults = KafkaConfig::new(brokers);
+    KafkaConfig {
+        topic: topic.to_string(),
+        group: group.to_string(),
+        options: tuning.options.clone(),
+        apply_threads: tuning.apply_threads.unwrap_or(defaults.apply_threads),
+        ..defaults
+    }
+}
+
+/// Reads `n` messages and does nothing with them: Vitrine's consumer
+/// settings and poll loop, without decoding, applying or storing offsets.
+fn noop_consume(broker: &Broker, topic: &str, n: usize) -> Duration {
+    let start = Instant::now();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.brokers)
+        .set("group.id", format!("noop-{}", now_ms()))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "10")
+        .set("statistics.interval.ms", "1000")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..broker.partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.incremental_assign(&tpl).unwrap();
+    let (mut seen, mut bytes) = (0usize, 0usize);
+    while seen < n {
+        let mut batch = 0;
+        while batch < BATCH {
+            let wait = if batch == 0 {
+                Duration::from_millis(100)
+            } else {
+                Duration::ZERO
+            };
+            match consumer.poll(wait) {
+                Some(Ok(m)) => {
+                    bytes += m.payload().map_or(0, |p| p.len() + usize::from(p[0]));
+                    batch += 1;
+                }
+                Some(Err(_)) | None => break,
+            }
+        }
+        seen += batch;
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "noop consumer stuck at {seen}"
+        );
+    }
+    black_box(bytes);
+    start.elapsed()
+}
+
+fn vitrine_consume(broker: &Broker, topic: &str, n: usize, round: usize, tuning: &Tuning) -> Duration {
+    let engine = engine(&format!("throughput-{round}"), None);
+    let start = Instant::now();
+    let group = format!("bench-{}-{round}", now_ms());
+    let ingest = Ingest::start(engine, &config(&broker.brokers, topic, &group, tuning)).unwrap();
+    while (ingest.progress().messages as usize) < n {
+        std::thread::sleep(Duration::from_millis(1));
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "ingest stuck: {:?}",
+            ingest.progress()
+        );
+    }
+    let took = start.elapsed();
+    let p = ingest.progress();
+    assert_eq!((p.messages as usize, p.applied as usize), (n, n), "{p:?}");
+    ingest.stop(Duration::from_secs(10));
+    took
+}
+
+fn throughput(broker: &Broker, events: usize, rounds: usize, tuning: &Tuning) {
+    let topic = format!("bench.throughput.{}", now_ms());
+    broker.create_topic(&topic);
+    let t = Instant::now();
+    let dataset = dataset(events);
+    eprintln!("dataset: {} events ({:.1}s)", events, t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let p = producer(&broker.brokers, "50");
+    let mut buf = String::new();
+    let mut bytes = 0;
+    for r in &dataset.records()[..events] {
+        let e = dataset.event(r);
+        json(&e, &mut buf);
+        bytes += buf.len();
+        send(&p, &topic, &e.visitor, buf.as_bytes());
+        p.poll(Duration::ZERO);
+    }
+    flush(&p, events as u64);
+    eprintln!(
+        "pre-filled {topic}: {events} events, {:.0} bytes each on average ({:.1}s)",
+        bytes as f64 / events as f64,
+        t.elapsed().as_secs_f64()
+    );
+    drop(dataset);
+    // Let the broker settle: its high watermarks stop moving. (Tansu 0.6
+    // reports the last batch's base offset + 1 as the high watermark, so
+    // they may stay below the event count.)
+    let t = Instant::now();
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.brokers)
+        .create()
+        .unwrap();
+    let mut last = (-1, Instant::now());
+    loop {
+        let end: i64 = (0..broker.partitions)
+            .map(|p| {
+                probe
+                    .fetch_watermarks(&topic, p, Duration::from_secs(5))
+                    .map_or(0, |(lo, hi)| hi - lo)
+            })
+            .sum();
+        if end != last.0 {
+            last = (end, Instant::now());
+        } else if last.1.elapsed() >= Duration::from_secs(2) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(300), "the broker does not settle");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(probe);
+    let mut noop = Vec::new();
+    let mut vitrine = Vec::new();
+    for round in 0..rounds {
+        let d = noop_consume(broker, &topic, events);
+        noop.push(events as f64 / d.as_secs_f64());
+        let d = vitrine_consume(broker, &topic, events, round, tuning);
+        vitrine.push(events as f64 / d.as_secs_f64());
+        println!(
+            "round {}: do-nothing consumer {:>9.0} events/s, Vitrine ingest {:>9.0} events/s, ratio {:.2}",
+            round + 1,
+            noop[round],
+            vitrine[round],
+            vitrine[round] / noop[round]
+        );
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let mut ratios: Vec<f64> = vitrine.iter().zip(&noop).map(|(v, n)| v / n).collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "best of {rounds}: do-nothing {:.0} events/s, Vitrine {:.0} events/s, ratio of bests {:.2}, median ratio per round {:.2}",
+        best(&noop),
+        best(&vitrine),
+        best(&vitrine) / best(&noop),
+        ratios[ratios.len() / 2]
+    );
+}
+
+fn dataset(events: usize) -> Dataset {
+    let visitors = (events / 10).max(1) as u32;
+    let mut dataset = Dataset::generate(visitors);
+    while dataset.len() < events {
+        dataset = Dataset::generate(visitors * 2);
+    }
+    dataset
+}
+
+fn apply(events: usize) {
+    let dataset = dataset(events);
+    let mut buf = String::new();
+    let payloads: Vec<Vec<u8>> = dataset.records()[..events]
+        .iter()
+        .map(|r| {
+            json(&dataset.event(r), &mut buf);
+            buf.clone().into_bytes()
+        })
+        .collect();
+    drop(dataset);
+    let engine = engine("apply", None);
+    let start = Instant::now();
+    for p in &payloads {
+        engine.apply(&Event::from_json(p).unwrap());
+    }
+    let took = start.elapsed();
+    println!(
+        "decode + apply, one thread, no Kafka: {:.0} events/s",
+        events as f64 / took.as_secs_f64()
+    );
+    let start = Instant::now();
+    for p in &payloads {
+        black_box(Event::from_json(p).unwrap());
+    }
+    println!(
+        "decode alone: {:.0} events/s",
+        events as f64 / start.elapsed().as_secs_f64()
+    );
+}
+
+const FRESH_RULES: &str = "shop: bench-fresh
+audiences:
+  probe: tag(\"probe\")
+banners:
+  - when: probe
+    banner: probe
+  - banner: default
+";
+
+fn freshness(broker: &Broker, rate: u64, seconds: u64, tuning: &Tuning) {
+    let topic = format!("bench.freshness.{}", now_ms());
+    broker.create_topic(&topic);
+    let engine = engine("freshness", Some(FRESH_RULES));
+    let group = format!("fresh-{}", now_ms());
+    let ingest = Ingest::start(engine.clone(), &config(&broker.brokers, &topic, &group, tuning)).unwrap();
+    let ready = ingest.caught_up();
+    while !*ready.borrow() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let (tx, rx) = mpsc::channel::<(u64, Instant)>();
+    let prober = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            let mut pending: Vec<(u64, Instant, pb::DecideRequest)> = Vec::new();
+            let mut latencies = Vec::new();
+            let mut open = true;
+            while open || !pending.is_empty() {
+                loop {
+                    match rx.try_recv() {
+                        Ok((i, at)) => pending.push((
+                            i,
+                            at,
+                            pb::DecideRequest {
+                                shop: "bench-fresh".into(),
+                                visitor: format!("p-{i}"),
+                                ..Default::default()
+                            },
+                        )),
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        Err(mpsc::TryRecvError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
+                    }
+                }
+                pending.retain(|(_, at, req)| {
+                    let d = vitrine::grpc::decide(&engine, req).unwrap();
+                    if d.banner.is_some_and(|b| b.id == "probe") {
+                        latencies.push(at.elapsed());
+                        false
+                    } else {
+                        at.elapsed() < Duration::from_secs(30)
+                    }
+                });
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            latencies
+        })
+    };
+
+    let p = producer(&broker.brokers, "5");
+    let total = rate * seconds;
+    let start = Instant::now();
+    let mut buf = String::new();
+    let mut probes = 0u64;
+    for k in 0..total {
+        let due = start + Duration::from_secs_f64(k as f64 / rate as f64);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let ts = now_ms();
+        if k % 50 == 0 {
+            let visitor = format!("p-{probes}");
+            buf.clear();
+            let _ = write!(
+                buf,
+                r#"{{"shop":"bench-fresh","visitor":"{visitor}","action":"tag","tag":"probe","ts":{ts}}}"#
+            );
+            let at = Instant::now();
+            send(&p, &topic, &visitor, buf.as_bytes());
+            tx.send((probes, at)).unwrap();
+            probes += 1;
+        } else {
+            let visitor = format!("f-{}", k % 100_000);
+            buf.clear();
+            let _ = write!(
+                buf,
+                r#"{{"shop":"bench-fresh","visitor":"{visitor}","action":"view","item":"sku-{}","ts":{ts}}}"#,
+                k % 1000
+            );
+            send(&p, &topic, &visitor, buf.as_bytes());
+        }
+        p.poll(Duration::ZERO);
+    }
+    let sent_in = start.elapsed();
+    flush(&p, total);
+    drop(tx);
+    let mut latencies = prober.join().unwrap();
+    latencies.sort();
+    let pct = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+    };
+    println!(
+        "freshness at {:.0} events/s for {:.1}s: {} of {probes} probes seen; produce -> first Decide reflecting it: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        total as f64 / sent_in.as_secs_f64(),
+        sent_in.as_secs_f64(),
+        latencies.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    ingest.stop(Duration::from_secs(10));
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("VITRINE_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let _ = vitrine::metrics::install();
+    let events = match args.what {
+        What::Throughput { events, .. } => events,
+        What::Freshness { .. } | What::Apply { .. } => 0,
+    };
+    let tuning = Tuning {
+        apply_threads: args.apply_threads,
+        options: args
+            .kafka_options
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').expect("--kafka-option KEY=VALUE");
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
+    };
+    let broker = Broker::new(args.brokers, events);
+    println!(
+        "broker: {}, {} partitions per topic",
+        if broker._mock.is_some() {
+            "librdkafka mock cluster (in-process)".to_string()
+        } else {
+            broker.brokers.clone()
+        },
+        broker.partitions
+    );
+    match args.what {
+        What::Throughput { events, rounds } => throughput(&broker, events, rounds, &tuning),
+        What::Freshness { rate, seconds } => freshness(&broker, rate, seconds, &tuning),
+        What::Apply { events } => apply(events),
+    }
+    let _ = std::fs::remove_dir_all(scratch());
+}

@@ -1,0 +1,213 @@
+//! The apply threads: decode (borrowing from the batch's bytes), validate and
+//! apply events to the index; and rejections, shared with the poll thread.
+//!
+//! The poll thread copies each message's key and payload into a
+//! [`SubBatch`] (one memcpy; the decoded event then borrows from it) for the
+//! apply thread that owns the message's partition (`partition % threads`),
+//! so a partition's messages are applied in offset order by one thread. An
+//! [`Ack`] returns each sub-batch, with the next offset of every partition in
+//! it, once all of it is applied: only then are those offsets stored.
+
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use vitrine_core::{Event, RejectReason};
+
+use super::dead_letter::DeadLetter;
+use super::RateLimited;
+use crate::engine::Engine;
+use crate::metrics::KafkaMetrics;
+
+/// Why a message was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reject {
+    /// The core's validation said no.
+    Event(RejectReason),
+    /// Larger than `--kafka-max-message-bytes`.
+    Oversized,
+    /// No payload.
+    Tombstone,
+}
+
+impl Reject {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Reject::Event(r) => r.as_str(),
+            Reject::Oversized => "oversized",
+            Reject::Tombstone => "tombstone",
+        }
+    }
+}
+
+/// Where a message came from, for logs and dead letters.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Source<'a> {
+    pub(super) topic: &'a str,
+    pub(super) partition: i32,
+    pub(super) offset: i64,
+    pub(super) key: Option<&'a [u8]>,
+    pub(super) payload: Option<&'a [u8]>,
+}
+
+/// Counting, logging (rate-limited) and dead-lettering rejected messages.
+#[derive(Debug)]
+pub(super) struct Rejects {
+    pub(super) engine: Arc<Engine>,
+    pub(super) dead_letter: Option<DeadLetter>,
+    pub(super) log: Mutex<RateLimited>,
+}
+
+impl Rejects {
+    pub(super) fn reject(&self, source: Source<'_>, reason: Reject, detail: &str) {
+        let m = &self.engine.metrics;
+        match reason {
+            Reject::Event(r) => m.reject(r),
+            Reject::Oversized => m.rejected_kafka[0].increment(1),
+            Reject::Tombstone => m.rejected_kafka[1].increment(1),
+        }
+        if self.log.lock().allow() {
+            tracing::warn!(
+                topic = source.topic,
+                partition = source.partition,
+                offset = source.offset,
+                reason = reason.as_str(),
+                "Kafka: message rejected, skipped: {detail}"
+            );
+        }
+        if let Some(dl) = &self.dead_letter {
+            dl.forward(source, reason.as_str(), detail);
+        }
+    }
+}
+
+/// One message of a sub-batch: byte ranges into [`SubBatch::bytes`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Item {
+    pub(super) partition: i32,
+    pub(super) offset: i64,
+    key: Option<(u32, u32)>,
+    /// `None`: already rejected by the poll thread; only its offset counts.
+    payload: Option<(u32, u32)>,
+}
+
+/// Messages for one apply thread.
+#[derive(Debug, Default)]
+pub(super) struct SubBatch {
+    bytes: Vec<u8>,
+    items: Vec<Item>,
+    /// Per partition in the sub-batch: the offset after its last message.
+    pub(super) next: Vec<(i32, i64)>,
+    /// Server clock when the batch was polled (for event ages).
+    pub(super) now_ms: i64,
+}
+
+impl SubBatch {
+    pub(super) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Empties it for reuse, keeping its allocations.
+    pub(super) fn clear(&mut self) {
+        self.bytes.clear();
+        self.items.clear();
+        self.next.clear();
+    }
+
+    fn span(&mut self, data: &[u8]) -> (u32, u32) {
+        let start = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(data);
+        (start, self.bytes.len() as u32)
+    }
+
+    /// Adds a message to decode and apply.
+    pub(super) fn push(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: &[u8]) {
+        let key = key.map(|k| self.span(k));
+        let payload = Some(self.span(payload));
+        self.push_item(Item {
+            partition,
+            offset,
+            key,
+            payload,
+        });
+    }
+
+    /// Adds a message the poll thread already rejected: its offset counts.
+    pub(super) fn push_rejected(&mut self, partition: i32, offset: i64) {
+        self.push_item(Item {
+            partition,
+            offset,
+            key: None,
+            payload: None,
+        });
+    }
+
+    fn push_item(&mut self, item: Item) {
+        match self.next.iter_mut().find(|(p, _)| *p == item.partition) {
+            Some((_, next)) => *next = (*next).max(item.offset + 1),
+            None => self.next.push((item.partition, item.offset + 1)),
+        }
+        self.items.push(item);
+    }
+
+    fn slice(&self, range: Option<(u32, u32)>) -> Option<&[u8]> {
+        range.map(|(s, e)| &self.bytes[s as usize..e as usize])
+    }
+}
+
+/// A sub-batch applied: returned to the poll thread with its counts.
+#[derive(Debug)]
+pub(super) struct Ack {
+    pub(super) batch: SubBatch,
+    pub(super) applied: u64,
+    pub(super) rejected: u64,
+}
+
+/// An apply thread's loop: until the poll thread hangs up.
+pub(super) fn run(
+    topic: Arc<str>,
+    engine: Arc<Engine>,
+    metrics: KafkaMetrics,
+    rejects: Arc<Rejects>,
+    batches: Receiver<SubBatch>,
+    acks: Sender<Ack>,
+) {
+    while let Ok(batch) = batches.recv() {
+        let (mut applied, mut rejected) = (0, 0);
+        for item in &batch.items {
+            let Some(payload) = batch.slice(item.payload) else {
+                rejected += 1;
+                continue;
+            };
+            match Event::from_json(payload) {
+                Ok(event) => {
+                    engine.apply(&event);
+                    let age_ms = batch.now_ms.saturating_sub(event.ts).max(0);
+                    metrics.event_age.record(age_ms as f64 / 1000.0);
+                    applied += 1;
+                }
+                Err(e) => {
+                    rejected += 1;
+                    let source = Source {
+                        topic: &topic,
+                        partition: item.partition,
+                        offset: item.offset,
+                        key: batch.slice(item.key),
+                        payload: Some(payload),
+                    };
+                    rejects.reject(source, Reject::Event(e.reason), &e.message);
+                }
+            }
+        }
+        if acks
+            .send(Ack {
+                batch,
+                applied,
+                rejected,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! `vitrine kafka produce`: JSON lines to a topic, keyed by visitor (a test
+//! and demo aid; producers in production are the storefronts' own).
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rdkafka::client::ClientContext;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+use vitrine_core::Event;
+
+/// Counts deliveries that failed.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    /// Messages the broker never acknowledged.
+    pub failed: AtomicU64,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            if self.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                eprintln!("vitrine kafka produce: delivery failed: {e}");
+            }
+        }
+    }
+}
+
+/// A producer tuned like the storefront producers the freshness figures
+/// assume: `linger.ms` 5, every message acknowledged by the leader.
+pub fn producer(brokers: &str) -> Result<BaseProducer<Deliveries>, rdkafka::error::KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("client.id", "vitrine-produce")
+        .set("linger.ms", "5")
+        .set("acks", "1")
+        .set("message.timeout.ms", "30000")
+        .create_with_context(Deliveries::default())
+}
+
+/// Sends `payload` keyed by its visitor (unkeyed when it is not a valid
+/// event, so malformed test input goes through too), waiting while the
+/// local queue is full.
+pub fn send(producer: &BaseProducer<Deliveries>, topic: &str, payload: &[u8]) -> Result<(), String> {
+    let event = Event::from_json(payload).ok();
+    let key = event.as_ref().map(|e| e.visitor.as_bytes());
+    let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Runs the subcommand; exit 1 on any failed delivery, 2 on bad input.
+pub fn run(brokers: &str, topic: &str, file: Option<&Path>, out: &mut impl Write) -> ExitCode {
+    let input: Box<dyn BufRead> = match file {
+        Some(path) => match std::fs::File::open(path) {
+            Ok(f) => Box::new(std::io::BufReader::new(f)),
+            Err(e) => {
+                eprintln!("vitrine kafka produce: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let producer = match producer(brokers) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("vitrine kafka produce: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut sent = 0u64;
+    for line in input.lines() {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("vitrine kafka produce: reading input: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Err(e) = send(&producer, topic, line.as_bytes()) {
+            eprintln!("vitrine kafka produce: {e}");
+            return ExitCode::FAILURE;
+        }
+        sent += 1;
+        producer.poll(Duration::ZERO);
+    }
+    if let Err(e) = producer.flush(Duration::from_secs(30)) {
+        eprintln!(
+            "vitrine kafka produce: {e}: {} of {sent} not delivered",
+            producer.in_flight_count()
+        );
+        return ExitCode::FAILURE;
+    }
+    let failed = producer.context().failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        eprintln!("vitrine kafka produce: {failed} of {sent} messages not delivered");
+        return ExitCode::FAILURE;
+    }
+    let _ = writeln!(out, "produced {sent} messages to {topic}");
+    ExitCode::SUCCESS
+}
