@@ -9,6 +9,10 @@ use std::fmt;
 
 use serde::Deserialize;
 
+/// The latest event time accepted: 9999-12-31T23:59:59.999Z. Keeps hour
+/// numbers far from `u32::MAX`, so the index's hour arithmetic cannot overflow.
+pub const MAX_TS: i64 = 253_402_300_799_999;
+
 /// A behavior or profile action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
@@ -259,6 +263,12 @@ impl<'a> Event<'a> {
         if ts < 0 {
             return Err(EventError::new(RejectReason::InvalidValue, "`ts` must be >= 0"));
         }
+        if ts > MAX_TS {
+            return Err(EventError::new(
+                RejectReason::InvalidValue,
+                "`ts` must be at most 253402300799999 (9999-12-31T23:59:59.999Z) in milliseconds",
+            ));
+        }
         let mut event = Event {
             shop,
             visitor,
@@ -416,6 +426,14 @@ mod tests {
         assert_eq!(
             reject(r#"{"shop":"s","visitor":"v","action":"member","tier":-1,"ts":1}"#).0,
             RejectReason::InvalidValue
+        );
+        // A ts in the far future would overflow hour arithmetic in the index.
+        assert_eq!(
+            reject(r#"{"shop":"s","visitor":"v","action":"view","item":"i","ts":9223372036854775807}"#).0,
+            RejectReason::InvalidValue
+        );
+        assert!(
+            Event::from_json(br#"{"shop":"s","visitor":"v","action":"view","item":"i","ts":253402300799999}"#).is_ok()
         );
         assert_eq!(
             reject(r#"{"shop":"s","visitor":"v","action":"view","item":"i","ts":1"#).0,

@@ -1184,22 +1184,23 @@ mod tests {
 
     /// A batch frame, valid UTF-8, holding one grant with sequence number `seq`.
     fn batch_shaped_text(seq: u64) -> String {
-        (0..).find_map(|i: i64| {
-            let mut records = Vec::new();
-            Record {
-                outcome: ClaimOutcome::Granted,
-                now_ms: i,
-                shop: "s",
-                benefit: "b",
-                visitor: "forged",
-                claim_id: None,
-            }
-            .encode(&mut records);
-            let mut frame = Vec::new();
-            frame_batch(&mut frame, &records, 1, seq);
-            String::from_utf8(frame).ok()
-        })
-        .unwrap()
+        (0..)
+            .find_map(|i: i64| {
+                let mut records = Vec::new();
+                Record {
+                    outcome: ClaimOutcome::Granted,
+                    now_ms: i,
+                    shop: "s",
+                    benefit: "b",
+                    visitor: "forged",
+                    claim_id: None,
+                }
+                .encode(&mut records);
+                let mut frame = Vec::new();
+                frame_batch(&mut frame, &records, 1, seq);
+                String::from_utf8(frame).ok()
+            })
+            .unwrap()
     }
 
     #[test]
@@ -1222,7 +1223,10 @@ mod tests {
             let opened = DurableLedger::open(&dir.0);
             if refused {
                 // Documented: a forger who knows the record count makes open refuse.
-                assert!(matches!(opened, Err(JournalError::Corrupt { .. })), "seq {seq}: {opened:?}");
+                assert!(
+                    matches!(opened, Err(JournalError::Corrupt { .. })),
+                    "seq {seq}: {opened:?}"
+                );
             } else {
                 let ledger = opened.unwrap();
                 assert_eq!(ledger.recovery().records, 2, "seq {seq}");
