@@ -1,16 +1,19 @@
 //! The gRPC service end to end: a server started in-process on ephemeral
 //! ports, called through the generated clients.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::transport::Channel;
 use tonic::{Code, Request};
+use tonic_health::pb::health_check_response::ServingStatus;
 use vitrine::config::Config;
 use vitrine::serve::{self, Server};
 use vitrine_proto::v1 as pb;
+
+use crate::support::TempDir;
 
 const APPAREL: &str = "shop: apparel
 audiences:
@@ -38,32 +41,6 @@ benefits:
 
 /// 2026-11-20T00:00:00Z.
 const NOW: i64 = 1_795_132_800_000;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "vitrine-it-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("rules")).unwrap();
-        TempDir(dir)
-    }
-
-    fn rules(&self) -> PathBuf {
-        self.0.join("rules")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn config(dir: &Path, token: Option<&str>) -> Config {
     Config {
@@ -146,7 +123,7 @@ fn with_token<T>(message: T, token: &str) -> Request<T> {
 #[tokio::test]
 async fn every_rpc_answers_and_fails_with_the_contract_codes() {
     let dir = TempDir::new("rpcs");
-    let server = serve::start(config(&dir.0, None)).await.unwrap();
+    let server = serve::start(config(dir.path(), None)).await.unwrap();
     let mut c = connect(&server).await;
 
     // Decide before any rule set: NOT_FOUND; without a shop: INVALID_ARGUMENT.
@@ -291,16 +268,7 @@ async fn every_rpc_answers_and_fails_with_the_contract_codes() {
     );
 
     // Health.
-    let h = c
-        .health
-        .check(tonic_health::pb::HealthCheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        h.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
+    assert_eq!(health(&mut c).await, ServingStatus::Serving);
 
     // Metrics and probes.
     let metrics = http_get(server.metrics_addr, "/metrics").await;
@@ -322,6 +290,17 @@ async fn every_rpc_answers_and_fails_with_the_contract_codes() {
     server.shutdown().await.unwrap();
 }
 
+/// The server's overall health status.
+async fn health(c: &mut Clients) -> ServingStatus {
+    let h = c
+        .health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    ServingStatus::try_from(h.status).unwrap()
+}
+
 /// A bare HTTP/1.1 GET; returns status line, headers and body.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -337,7 +316,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 #[tokio::test]
 async fn push_validates_dry_runs_lists_and_rolls_back() {
     let dir = TempDir::new("push");
-    let server = serve::start(config(&dir.0, None)).await.unwrap();
+    let server = serve::start(config(dir.path(), None)).await.unwrap();
     let mut c = connect(&server).await;
     c.rules.push(push(APPAREL)).await.unwrap();
 
@@ -416,7 +395,7 @@ async fn push_validates_dry_runs_lists_and_rolls_back() {
     server.shutdown().await.unwrap();
 
     // A restart serves what was last pushed, with its revision and history.
-    let server = serve::start(config(&dir.0, None)).await.unwrap();
+    let server = serve::start(config(dir.path(), None)).await.unwrap();
     let mut c = connect(&server).await;
     let d = c.decision.decide(decide("v")).await.unwrap().into_inner();
     assert_eq!((d.banner.unwrap().id.as_str(), d.rule_revision), ("default", 3));
@@ -434,7 +413,7 @@ async fn push_validates_dry_runs_lists_and_rolls_back() {
 async fn files_edited_in_the_rules_dir_are_picked_up_and_broken_ones_ignored() {
     let dir = TempDir::new("watch");
     std::fs::write(dir.rules().join("apparel.yaml"), APPAREL).unwrap();
-    let server = serve::start(config(&dir.0, None)).await.unwrap();
+    let server = serve::start(config(dir.path(), None)).await.unwrap();
     let mut c = connect(&server).await;
     assert_eq!(
         c.decision.decide(decide("v")).await.unwrap().into_inner().rule_revision,
@@ -474,7 +453,7 @@ async fn files_edited_in_the_rules_dir_are_picked_up_and_broken_ones_ignored() {
 #[tokio::test]
 async fn the_admin_token_guards_push_rollback_and_track() {
     let dir = TempDir::new("auth");
-    let server = serve::start(config(&dir.0, Some("s3cret"))).await.unwrap();
+    let server = serve::start(config(dir.path(), Some("s3cret"))).await.unwrap();
     let mut c = connect(&server).await;
     let e = c.rules.push(push(APPAREL)).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
@@ -514,7 +493,7 @@ async fn oversized_requests_are_refused() {
     let dir = TempDir::new("size");
     let server = serve::start(Config {
         max_request_bytes: 1024,
-        ..config(&dir.0, None)
+        ..config(dir.path(), None)
     })
     .await
     .unwrap();
@@ -527,7 +506,7 @@ async fn oversized_requests_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_under_decide_load_never_fail_a_decision() {
     let dir = TempDir::new("swap");
-    let server = serve::start(config(&dir.0, None)).await.unwrap();
+    let server = serve::start(config(dir.path(), None)).await.unwrap();
     let c = connect(&server).await;
     let mut rules = c.rules.clone();
     rules.push(push(APPAREL)).await.unwrap();
@@ -583,24 +562,13 @@ async fn shutdown_turns_health_not_serving_before_closing() {
     let dir = TempDir::new("drain");
     let server = serve::start(Config {
         shutdown_grace: Duration::from_millis(500),
-        ..config(&dir.0, None)
+        ..config(dir.path(), None)
     })
     .await
     .unwrap();
     let mut c = connect(&server).await;
-    let metrics_addr = server.metrics_addr;
     let stopping = tokio::spawn(server.shutdown());
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let h = c
-        .health
-        .check(tonic_health::pb::HealthCheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        h.status,
-        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
-    );
-    let _ = metrics_addr;
+    assert_eq!(health(&mut c).await, ServingStatus::NotServing);
     stopping.await.unwrap().unwrap();
 }

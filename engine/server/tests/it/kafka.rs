@@ -2,8 +2,6 @@
 //! real Kafka protocol, no set-up. Every wait is bounded.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,34 +19,14 @@ use vitrine::metrics::Metrics;
 use vitrine::store::RuleStore;
 use vitrine_core::{size_of, Event, Index, ShopIndex};
 
+use crate::support::TempDir;
+
 const TOPIC: &str = "vitrine.behavior";
 const DEAD: &str = "vitrine.dead";
 /// 2026-11-20T00:00:00Z.
 const NOW: i64 = 1_795_132_800_000;
 const WAIT: Duration = Duration::from_secs(30);
 const MAX_BYTES: usize = 1024;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "vitrine-kafka-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("rules")).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Waits until `done` holds, polling; panics with `what` after [`WAIT`].
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -242,7 +220,7 @@ impl Harness {
         let handle = recorder.handle();
         let metrics = metrics::with_local_recorder(&recorder, Metrics::new);
         let engine = Arc::new(Engine::new(
-            RuleStore::new(&dir.0.join("rules"), &dir.0.join("data")),
+            RuleStore::new(&dir.path().join("rules"), &dir.path().join("data")),
             metrics,
         ));
         Harness {
@@ -645,12 +623,12 @@ async fn readiness_waits_until_the_consumer_caught_up_and_decisions_are_served_m
     // The broker is down at start: the server serves, but is not ready.
     cluster.broker_down(1).unwrap();
     let dir = TempDir::new("ready");
-    std::fs::write(dir.0.join("rules/apparel.yaml"), RULES).unwrap();
+    std::fs::write(dir.path().join("rules/apparel.yaml"), RULES).unwrap();
     let config = Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        rules_dir: dir.0.join("rules"),
-        data_dir: dir.0.join("data"),
+        rules_dir: dir.path().join("rules"),
+        data_dir: dir.path().join("data"),
         admin_token: None,
         max_in_flight: 64,
         request_timeout: Duration::from_secs(10),

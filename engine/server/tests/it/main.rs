@@ -5,4 +5,5 @@
 
 mod grpc;
 mod kafka;
+mod support;
 mod validate;
