@@ -65,6 +65,19 @@ fn raw_fdatasync(dir: &Path) -> Option<Percentiles> {
     Percentiles::of(&mut samples)
 }
 
+/// The bytes of the files in `dir` (the journal's segments).
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// `claimers` threads claiming for `run`; returns (claims, elapsed, latencies).
 fn drive(ledger: &DurableLedger, claimers: usize, run: Duration) -> (usize, Duration, Vec<u64>) {
     let barrier = Barrier::new(claimers + 1);
@@ -153,7 +166,7 @@ fn main() {
             "    reopen: {} records ({} batches, {:.1} MiB) replayed in {:.3} s",
             r.records,
             r.batches,
-            std::fs::metadata(reopened.path()).map_or(0, |m| m.len()) as f64 / (1024.0 * 1024.0),
+            dir_bytes(reopened.path()) as f64 / (1024.0 * 1024.0),
             replay.as_secs_f64()
         );
     }

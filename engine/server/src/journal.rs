@@ -31,111 +31,43 @@
 //! still in flight stands even if that grant then fails (a conservative
 //! answer; the ledger never over-grants).
 //!
-//! # File format
+//! # Files
 //!
-//! `claims.journal` in the data directory; integers little-endian.
+//! The journal is a [`crate::wal`] log in the directory given to
+//! [`DurableLedger::open`] (segments, batches, checksums, torn-tail repair
+//! and corruption checks are described there), with kind [`KIND`]. Claims
+//! are never compacted: every replay starts at the first record. A record,
+//! integers little-endian:
 //!
 //! ```text
-//! file    := "VTRNCLMJ" | version u32 (1) | reserved u32 (0)      16 bytes
-//!            batch*
-//! batch   := "VTRNBTCH" | len u32 | count u32 | seq u64 | crc32 u32 | record{count}   (len bytes)
-//!            crc32 covers len, count, seq and the records; seq is the number of
-//!            records before the batch in the file
-//! record  := len u32 | outcome u8 | flags u8 (1 = has claim_id) | now_ms i64
+//! record  := outcome u8 | flags u8 (1 = has claim_id) | now_ms i64
 //!            | shop s16 | benefit s16 | visitor s16 | [claim_id s16]
 //! s16     := u16 length | UTF-8 bytes
 //! ```
 //!
-//! A batch is the unit of a write and of an `fdatasync`, so it is the unit
-//! of validity: a batch whose checksum fails at the end of the file is a
-//! write the crash interrupted (none of its claims was answered) and is cut
-//! off on open, however its pages reached the disk. A damaged batch
-//! *followed by a valid one* means acknowledged claims would be lost: open
+//! A damaged batch at the end of the last segment is a write a crash
+//! interrupted (none of its claims was answered) and is cut off on open;
+//! damage anywhere else means acknowledged claims would be lost, and open
 //! refuses with [`JournalError::Corrupt`] instead of skipping it.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use ahash::RandomState;
 use dashmap::DashMap;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use vitrine_core::claims::Usage;
 use vitrine_core::{ClaimLedger, ClaimOutcome, Grants, LedgerClaim, LedgerError};
 
-/// The journal's file name in the data directory.
-pub const FILE_NAME: &str = "claims.journal";
-/// The first eight bytes of the journal file.
-pub const FILE_MAGIC: [u8; 8] = *b"VTRNCLMJ";
-/// The journal format version this build writes and reads.
-pub const VERSION: u32 = 1;
-const FILE_HEADER_LEN: usize = 16;
-const BATCH_MAGIC: [u8; 8] = *b"VTRNBTCH";
-const BATCH_HEADER_LEN: usize = 28;
-/// The largest batch accepted on replay; the writer never makes larger ones.
-const MAX_BATCH_BYTES: usize = 16 << 20;
-/// Claimers wait for room when this much is queued.
-const MAX_QUEUED_BYTES: usize = 8 << 20;
-/// A record's fixed part: len, outcome, flags, now_ms, three s16 lengths.
-const MIN_RECORD_BYTES: usize = 4 + 1 + 1 + 8 + 3 * 2;
+use crate::wal::{Options, Wal, WalError};
 
-/// Why the journal could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    /// Reading, writing or locking the file failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The error.
-        source: io::Error,
-    },
-    /// Another ledger (this process or another) has the journal open.
-    #[error("{path}: the claims journal is in use by another process")]
-    Locked {
-        /// The journal file.
-        path: PathBuf,
-    },
-    /// The file does not start like a claims journal.
-    #[error("{path}: not a claims journal")]
-    NotAJournal {
-        /// The journal file.
-        path: PathBuf,
-    },
-    /// Written by another version of the format.
-    #[error("{path}: claims journal version {found} is not supported (this build reads version {VERSION})")]
-    UnsupportedVersion {
-        /// The journal file.
-        path: PathBuf,
-        /// The version in the file.
-        found: u32,
-    },
-    /// A damaged batch with valid batches after it: acknowledged claims would be lost.
-    #[error(
-        "{path}: damaged batch at byte {offset} followed by a valid batch at byte {next}; \
-         refusing to drop acknowledged claims (restore the file or move it aside)"
-    )]
-    Corrupt {
-        /// The journal file.
-        path: PathBuf,
-        /// Where the damaged batch starts.
-        offset: u64,
-        /// Where the next valid batch starts.
-        next: u64,
-    },
-    /// A batch whose checksum holds but whose content breaks the format.
-    #[error("{path}: malformed batch at byte {offset}: {what}")]
-    Malformed {
-        /// The journal file.
-        path: PathBuf,
-        /// Where the batch starts.
-        offset: u64,
-        /// What is wrong.
-        what: &'static str,
-    },
-}
+/// The record format of the claims journal, in its segments' headers.
+pub const KIND: [u8; 4] = *b"CLM1";
+/// A record's fixed part: outcome, flags, now_ms, three s16 lengths.
+const MIN_RECORD_BYTES: usize = 1 + 1 + 8 + 3 * 2;
+
+/// Why the journal could not be opened (see [`crate::wal::OpenError`]).
+pub type JournalError = crate::wal::OpenError;
 
 /// What opening the journal found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -205,7 +137,6 @@ impl<'a> Record<'a> {
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&(self.encoded_len() as u32).to_le_bytes());
         let code = OUTCOMES.iter().find(|(o, _)| *o == self.outcome).map_or(0, |(_, c)| *c);
         out.push(code);
         out.push(u8::from(self.claim_id.is_some()));
@@ -219,17 +150,9 @@ impl<'a> Record<'a> {
         }
     }
 
-    /// Decodes the record at the start of `buf`; returns it and its length.
-    fn decode(buf: &'a [u8]) -> Result<(Record<'a>, usize), &'static str> {
+    /// Decodes a whole record (the log frames records, so `buf` is exactly one).
+    fn decode(buf: &'a [u8]) -> Result<Record<'a>, &'static str> {
         let mut r = Cursor { buf, pos: 0 };
-        let len = r.u32()? as usize;
-        if len < MIN_RECORD_BYTES || len > buf.len() {
-            return Err("record length out of range");
-        }
-        let mut r = Cursor {
-            buf: &buf[..len],
-            pos: 4,
-        };
         let code = r.u8()?;
         let outcome = OUTCOMES
             .iter()
@@ -243,21 +166,20 @@ impl<'a> Record<'a> {
         let now_ms = i64::from_le_bytes(r.array()?);
         let (shop, benefit, visitor) = (r.str()?, r.str()?, r.str()?);
         let claim_id = if flags == 1 { Some(r.str()?) } else { None };
-        if r.pos != len {
+        if r.pos != buf.len() {
             return Err("record length does not match its fields");
         }
         if outcome != ClaimOutcome::Granted && claim_id.is_none() {
             return Err("a denial without a claim_id");
         }
-        let record = Record {
+        Ok(Record {
             outcome,
             now_ms,
             shop,
             benefit,
             visitor,
             claim_id,
-        };
-        Ok((record, len))
+        })
     }
 }
 
@@ -286,297 +208,9 @@ impl<'a> Cursor<'a> {
         Ok(self.array::<1>()?[0])
     }
 
-    fn u32(&mut self) -> Result<u32, &'static str> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-
     fn str(&mut self) -> Result<&'a str, &'static str> {
         let n = u16::from_le_bytes(self.array()?);
         std::str::from_utf8(self.take(usize::from(n))?).map_err(|_| "a field is not UTF-8")
-    }
-}
-
-// ------------------------------------------------------------------ batches
-
-fn u32_at(buf: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
-}
-
-/// Frames `records` (`count` of them) as one batch into `out`.
-fn frame_batch(out: &mut Vec<u8>, records: &[u8], count: u32, seq: u64) {
-    out.extend_from_slice(&BATCH_MAGIC);
-    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
-    out.extend_from_slice(&count.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&out[out.len() - 16..]);
-    crc.update(records);
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.extend_from_slice(records);
-}
-
-/// A batch that checks out.
-struct Batch<'a> {
-    count: u32,
-    seq: u64,
-    records: &'a [u8],
-}
-
-/// The valid batch at `pos`, if there is one.
-fn batch_at(data: &[u8], pos: usize) -> Option<Batch<'_>> {
-    let header = data.get(pos..pos + BATCH_HEADER_LEN)?;
-    if header[..8] != BATCH_MAGIC {
-        return None;
-    }
-    let len = u32_at(header, 8) as usize;
-    let count = u32_at(header, 12);
-    if len > MAX_BATCH_BYTES || count == 0 || count as usize > len / MIN_RECORD_BYTES {
-        return None;
-    }
-    let records = data.get(pos + BATCH_HEADER_LEN..pos + BATCH_HEADER_LEN + len)?;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&header[8..24]);
-    crc.update(records);
-    if crc.finalize() != u32_at(header, 24) {
-        return None;
-    }
-    let seq = u64::from(u32_at(header, 16)) | u64::from(u32_at(header, 20)) << 32;
-    Some(Batch { count, seq, records })
-}
-
-/// The first valid batch starting after `from` that could follow a damaged
-/// batch holding record `seq` onwards: its own first record comes later.
-/// (Checking the sequence keeps a batch-shaped claim id inside a torn batch
-/// from passing for one; a forger who knows the record count could still
-/// make such an id, and would make open refuse, not lose claims.)
-fn next_valid_batch(data: &[u8], from: usize, seq: u64) -> Option<usize> {
-    let mut at = from;
-    while at + BATCH_HEADER_LEN <= data.len() {
-        let found = data[at..].windows(BATCH_MAGIC.len()).position(|w| w == BATCH_MAGIC)?;
-        at += found;
-        if batch_at(data, at).is_some_and(|b| b.seq > seq) {
-            return Some(at);
-        }
-        at += 1;
-    }
-    None
-}
-
-/// What replaying a journal's batches gives.
-struct Replayed {
-    /// Where the valid batches end (the file is cut there).
-    end: usize,
-    records: u64,
-    recovery: Recovery,
-}
-
-/// Replays the batches of `data` (the file without its header; `base` is
-/// the header's length), calling `apply` for every record in order.
-fn replay<'a>(
-    data: &'a [u8],
-    base: usize,
-    path: &Path,
-    mut apply: impl FnMut(Record<'a>),
-) -> Result<Replayed, JournalError> {
-    let mut pos = 0;
-    let mut recovery = Recovery::default();
-    let mut seq = 0u64;
-    while pos < data.len() {
-        let Some(batch) = batch_at(data, pos) else {
-            if let Some(next) = next_valid_batch(data, pos + 1, seq) {
-                return Err(JournalError::Corrupt {
-                    path: path.to_owned(),
-                    offset: (base + pos) as u64,
-                    next: (base + next) as u64,
-                });
-            }
-            recovery.truncated_bytes = (data.len() - pos) as u64;
-            recovery.dropped_records = data
-                .get(pos..pos + 16)
-                .filter(|h| h[..8] == BATCH_MAGIC)
-                .map(|h| u32_at(h, 12))
-                .filter(|&n| n > 0);
-            break;
-        };
-        let malformed = |what| JournalError::Malformed {
-            path: path.to_owned(),
-            offset: (base + pos) as u64,
-            what,
-        };
-        if batch.seq != seq {
-            return Err(malformed("batch out of sequence (a copy from another journal?)"));
-        }
-        let mut at = 0;
-        for _ in 0..batch.count {
-            let (record, len) = Record::decode(&batch.records[at..]).map_err(malformed)?;
-            recovery.grants += u64::from(record.outcome == ClaimOutcome::Granted);
-            apply(record);
-            at += len;
-        }
-        if at != batch.records.len() {
-            return Err(malformed("batch length does not match its records"));
-        }
-        seq += u64::from(batch.count);
-        recovery.batches += 1;
-        pos += BATCH_HEADER_LEN + batch.records.len();
-    }
-    recovery.records = seq;
-    Ok(Replayed {
-        end: base + pos,
-        records: seq,
-        recovery,
-    })
-}
-
-// ------------------------------------------------------------- group commit
-
-/// Records queued for the writer and what became of them.
-#[derive(Debug, Default)]
-struct Queue {
-    /// Encoded records the writer has not taken yet.
-    pending: Vec<u8>,
-    pending_records: u32,
-    /// The sequence number the next queued record gets (the first is 1).
-    next_lsn: u64,
-    /// Every record up to this one is on disk.
-    durable_lsn: u64,
-    /// Set by the first I/O error: records from this one on failed, and
-    /// nothing more is accepted.
-    failed: Option<(u64, Arc<str>)>,
-    closing: bool,
-    stats: JournalStats,
-}
-
-#[derive(Debug, Default)]
-struct Shared {
-    queue: Mutex<Queue>,
-    /// The writer waits here for records.
-    work: Condvar,
-    /// Claimers wait here for their batch (and for room in the queue).
-    done: Condvar,
-    #[cfg(test)]
-    faults: tests::Faults,
-}
-
-impl Shared {
-    /// Queues a record; returns its sequence number.
-    fn append(&self, record: &Record<'_>) -> Result<u64, LedgerError> {
-        let len = record.encoded_len();
-        let mut q = self.queue.lock();
-        loop {
-            if let Some((_, why)) = &q.failed {
-                return Err(LedgerError(format!("claims journal failed earlier: {why}")));
-            }
-            if q.closing {
-                return Err(LedgerError("claims journal is closed".into()));
-            }
-            if q.pending.is_empty() || q.pending.len() + len <= MAX_QUEUED_BYTES {
-                break;
-            }
-            self.done.wait(&mut q);
-        }
-        record.encode(&mut q.pending);
-        q.pending_records += 1;
-        let lsn = q.next_lsn;
-        q.next_lsn += 1;
-        self.work.notify_one();
-        Ok(lsn)
-    }
-
-    /// Waits until record `lsn` is on disk, or failed.
-    fn wait(&self, lsn: u64) -> Result<(), LedgerError> {
-        let mut q = self.queue.lock();
-        loop {
-            match &q.failed {
-                Some((from, why)) if lsn >= *from => {
-                    return Err(LedgerError(format!("claims journal write failed: {why}")));
-                }
-                _ if q.durable_lsn >= lsn => return Ok(()),
-                _ => self.done.wait(&mut q),
-            }
-        }
-    }
-}
-
-/// The writer thread's side: the file and where it stands.
-struct Writer {
-    shared: Arc<Shared>,
-    file: File,
-    /// Bytes of the file that are durable.
-    len: u64,
-    /// Records in the file.
-    seq: u64,
-}
-
-impl Writer {
-    fn run(mut self) {
-        let mut taken = Vec::new();
-        let mut batch = Vec::new();
-        loop {
-            let (last, count) = {
-                let mut q = self.shared.queue.lock();
-                while q.pending.is_empty() && !q.closing {
-                    self.shared.work.wait(&mut q);
-                }
-                if q.pending.is_empty() {
-                    return;
-                }
-                std::mem::swap(&mut q.pending, &mut taken);
-                let count = std::mem::take(&mut q.pending_records);
-                // Room again for claimers waiting on a full queue.
-                self.shared.done.notify_all();
-                (q.next_lsn - 1, count)
-            };
-            batch.clear();
-            frame_batch(&mut batch, &taken, count, self.seq);
-            taken.clear();
-            let written = self.write(&batch);
-            let mut q = self.shared.queue.lock();
-            match written {
-                Ok(()) => {
-                    self.len += batch.len() as u64;
-                    self.seq += u64::from(count);
-                    q.durable_lsn = last;
-                    q.stats.batches += 1;
-                    q.stats.records += u64::from(count);
-                    q.stats.bytes += batch.len() as u64;
-                    self.shared.done.notify_all();
-                }
-                Err(e) => {
-                    // Best effort: cut the failed batch off, so that a
-                    // restart does not count claims answered with an error.
-                    let _ = self.file.set_len(self.len).and_then(|()| self.file.sync_all());
-                    tracing::error!(error = %e, "claims journal write failed; claims fail until restart");
-                    q.failed = Some((q.durable_lsn + 1, e.to_string().into()));
-                    q.pending.clear();
-                    self.shared.done.notify_all();
-                    return;
-                }
-            }
-        }
-    }
-
-    fn write(&mut self, batch: &[u8]) -> io::Result<()> {
-        #[cfg(test)]
-        if let Some(e) = self.shared.faults.inject(&mut self.file, batch) {
-            return Err(e);
-        }
-        self.file.write_all(batch)?;
-        self.file.sync_data()
-    }
-}
-
-/// Marks the journal failed if the writer thread ends without a clean
-/// close (a panic), so that no claimer waits forever.
-struct WriterGuard(Arc<Shared>);
-
-impl Drop for WriterGuard {
-    fn drop(&mut self) {
-        let mut q = self.0.queue.lock();
-        if q.failed.is_none() && !(q.closing && q.pending.is_empty()) {
-            q.failed = Some((q.durable_lsn + 1, "the journal writer stopped".into()));
-        }
-        self.0.done.notify_all();
     }
 }
 
@@ -594,118 +228,54 @@ type Benefits = DashMap<Box<str>, Mutex<BenefitState>, RandomState>;
 /// A claim ledger backed by an fsync'd, group-committed journal (see the module docs).
 pub struct DurableLedger {
     shops: DashMap<Box<str>, Arc<Benefits>, RandomState>,
-    shared: Arc<Shared>,
-    writer: Option<JoinHandle<()>>,
-    path: PathBuf,
+    wal: Wal,
     recovery: Recovery,
 }
 
 impl std::fmt::Debug for DurableLedger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DurableLedger")
-            .field("path", &self.path)
+            .field("dir", &self.wal.dir())
             .field("recovery", &self.recovery)
             .finish_non_exhaustive()
     }
 }
 
+/// A log error as the claim API reports it.
+fn ledger_error(e: WalError) -> LedgerError {
+    LedgerError(format!("claims journal: {e}"))
+}
+
 impl DurableLedger {
     /// Opens (or creates) the journal in `dir`, replays it and starts the
-    /// writer. A batch torn by a crash at the end of the file is cut off and
-    /// reported in [`DurableLedger::recovery`]; damage anywhere else is an error.
+    /// writer. A batch torn by a crash at the end of the journal is cut off
+    /// and reported in [`DurableLedger::recovery`]; damage anywhere else is
+    /// an error.
     pub fn open(dir: &Path) -> Result<DurableLedger, JournalError> {
-        let io_err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| JournalError::Io { path, source }
-        };
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let path = dir.join(FILE_NAME);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(JournalError::Locked { path }),
-            Err(fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
-        }
-        let mut data = Vec::new();
-        file.read_to_end(&mut data).map_err(io_err(&path))?;
-        let mut header = [0; FILE_HEADER_LEN];
-        header[..8].copy_from_slice(&FILE_MAGIC);
-        header[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        if data.len() < FILE_HEADER_LEN {
-            // New, or a creation the crash interrupted: (re)write the header.
-            if !header.starts_with(&data) {
-                return Err(JournalError::NotAJournal { path });
-            }
-            file.set_len(0).map_err(io_err(&path))?;
-            file.seek(SeekFrom::Start(0)).map_err(io_err(&path))?;
-            file.write_all(&header).map_err(io_err(&path))?;
-            file.sync_all().map_err(io_err(&path))?;
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-            data = header.to_vec();
-        }
-        if data[..8] != FILE_MAGIC || u32_at(&data, 12) != 0 {
-            return Err(JournalError::NotAJournal { path });
-        }
-        let version = u32_at(&data, 8);
-        if version != VERSION {
-            return Err(JournalError::UnsupportedVersion { path, found: version });
-        }
-
         let shops: DashMap<Box<str>, Arc<Benefits>, RandomState> = DashMap::default();
-        let replayed = replay(&data[FILE_HEADER_LEN..], FILE_HEADER_LEN, &path, |r| {
+        let mut grants = 0;
+        let (wal, found) = Wal::open(dir, Options::new("claims-journal", KIND), |_, bytes| {
+            let r = Record::decode(bytes)?;
             let benefits = shops.entry(r.shop.into()).or_default().clone();
             let state = benefits.entry(r.benefit.into()).or_default();
             let mut state = state.lock();
             if r.outcome == ClaimOutcome::Granted {
                 state.grants.grant(r.visitor, r.now_ms);
+                grants += 1;
             }
             if let Some(id) = r.claim_id {
                 state.answers.entry(id.into()).or_insert((r.outcome, 0));
             }
+            Ok(())
         })?;
-        if replayed.end < data.len() {
-            file.set_len(replayed.end as u64).map_err(io_err(&path))?;
-            file.sync_all().map_err(io_err(&path))?;
-            tracing::warn!(
-                path = %path.display(),
-                bytes = replayed.recovery.truncated_bytes,
-                records = ?replayed.recovery.dropped_records,
-                "claims journal: cut off a batch whose write a crash interrupted"
-            );
-        }
-        file.seek(SeekFrom::Start(replayed.end as u64)).map_err(io_err(&path))?;
-
-        let shared = Arc::new(Shared::default());
-        shared.queue.lock().next_lsn = 1;
-        let writer = Writer {
-            shared: shared.clone(),
-            file,
-            len: replayed.end as u64,
-            seq: replayed.records,
+        let recovery = Recovery {
+            batches: found.batches,
+            records: found.records,
+            grants,
+            truncated_bytes: found.truncated_bytes,
+            dropped_records: found.dropped_records,
         };
-        let guard = WriterGuard(shared.clone());
-        let writer = std::thread::Builder::new()
-            .name("claims-journal".into())
-            .spawn(move || {
-                let _guard = guard;
-                writer.run();
-            })
-            .map_err(io_err(&path))?;
-        Ok(DurableLedger {
-            shops,
-            shared,
-            writer: Some(writer),
-            path,
-            recovery: replayed.recovery,
-        })
+        Ok(DurableLedger { shops, wal, recovery })
     }
 
     /// What opening the journal found.
@@ -713,14 +283,19 @@ impl DurableLedger {
         self.recovery
     }
 
-    /// The journal file.
+    /// The journal's directory.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.wal.dir()
     }
 
     /// Batches, records and bytes written since open.
     pub fn stats(&self) -> JournalStats {
-        self.shared.queue.lock().stats
+        let s = self.wal.stats();
+        JournalStats {
+            batches: s.batches,
+            records: s.records,
+            bytes: s.bytes,
+        }
     }
 
     fn benefits(&self, shop: &str) -> Arc<Benefits> {
@@ -738,16 +313,6 @@ impl DurableLedger {
         let state = benefits.entry(benefit.into()).or_default();
         let mut guard = state.lock();
         f(&mut guard)
-    }
-}
-
-impl Drop for DurableLedger {
-    fn drop(&mut self) {
-        self.shared.queue.lock().closing = true;
-        self.shared.work.notify_all();
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
     }
 }
 
@@ -782,7 +347,10 @@ impl ClaimLedger for DurableLedger {
                 claim_id: claim.claim_id,
             };
             record.check()?;
-            let lsn = self.shared.append(&record)?;
+            let lsn = self
+                .wal
+                .append(record.encoded_len(), |out| record.encode(out))
+                .map_err(ledger_error)?;
             if outcome == ClaimOutcome::Granted {
                 state.grants.grant(claim.visitor, claim.now_ms);
             }
@@ -795,7 +363,7 @@ impl ClaimLedger for DurableLedger {
             return Ok(outcome);
         }
         // Answer only once the record is on disk.
-        match self.shared.wait(lsn) {
+        match self.wal.wait(lsn).map_err(ledger_error) {
             Ok(()) => Ok(outcome),
             Err(e) => {
                 if reserved {
@@ -818,27 +386,13 @@ impl ClaimLedger for DurableLedger {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::fs;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Barrier;
 
     use super::*;
-
-    /// Failures the writer injects on request.
-    #[derive(Debug, Default)]
-    pub(super) struct Faults {
-        /// Fail the next writes after writing half of the batch.
-        fail_writes: AtomicBool,
-    }
-
-    impl Faults {
-        pub(super) fn inject(&self, file: &mut File, batch: &[u8]) -> Option<io::Error> {
-            if !self.fail_writes.load(Ordering::SeqCst) {
-                return None;
-            }
-            let _ = file.write_all(&batch[..batch.len() / 2]);
-            Some(io::Error::other("injected write failure"))
-        }
-    }
+    use crate::wal::{segment_name, test_batch, SEGMENT_HEADER_LEN};
 
     /// A fresh directory under the system temp dir, removed on drop.
     struct TempDir(PathBuf);
@@ -853,8 +407,9 @@ mod tests {
             TempDir(dir)
         }
 
+        /// The first (and, in these tests, only) segment.
         fn file(&self) -> PathBuf {
-            self.0.join(FILE_NAME)
+            self.0.join(segment_name(1))
         }
     }
 
@@ -1066,7 +621,7 @@ mod tests {
                 ..claim(&visitor, Some(&id))
             };
             assert_eq!(ledger.claim(&c).unwrap(), ClaimOutcome::Granted);
-            ends.push(fs::metadata(ledger.path()).unwrap().len());
+            ends.push(fs::metadata(ledger.path().join(segment_name(1))).unwrap().len());
         }
         ends
     }
@@ -1104,8 +659,8 @@ mod tests {
             let ledger = DurableLedger::open(&dir.0).unwrap();
             assert_eq!((ledger.recovery().records, ledger.recovery().truncated_bytes), (4, 0));
         }
-        // A crash while the file was being created.
-        for cut in 0..FILE_HEADER_LEN {
+        // A crash while the segment was being created.
+        for cut in 0..SEGMENT_HEADER_LEN {
             let dir = TempDir::new("crash-new");
             fs::write(dir.file(), &bytes[..cut]).unwrap();
             let ledger = DurableLedger::open(&dir.0).unwrap();
@@ -1125,25 +680,27 @@ mod tests {
             fs::write(dir.file(), &damaged).unwrap();
             let at = bit / 8;
             let opened = DurableLedger::open(&dir.0);
-            if at < FILE_HEADER_LEN {
+            if at < SEGMENT_HEADER_LEN {
                 assert!(
                     matches!(
                         opened,
-                        Err(JournalError::NotAJournal { .. } | JournalError::UnsupportedVersion { .. })
+                        Err(JournalError::NotALog { .. }
+                            | JournalError::UnsupportedVersion { .. }
+                            | JournalError::Malformed { offset: 0, .. })
                     ),
                     "bit {bit}: {opened:?}"
                 );
             } else if (at as u64) < ends[1] {
                 // An acknowledged batch with a valid one after it.
                 let first_damaged = if (at as u64) < ends[0] {
-                    FILE_HEADER_LEN as u64
+                    SEGMENT_HEADER_LEN as u64
                 } else {
                     ends[0]
                 };
                 match opened {
                     Err(JournalError::Corrupt { offset, next, .. }) => {
                         assert_eq!(offset, first_damaged, "bit {bit}");
-                        assert!(next > offset, "bit {bit}");
+                        assert!(next.is_some_and(|n| n > offset), "bit {bit}");
                     }
                     other => panic!("bit {bit}: {other:?}"),
                 }
@@ -1161,15 +718,15 @@ mod tests {
         let source = TempDir::new("msg-src");
         let ends = write_claims(&source.0, 2);
         let mut bytes = fs::read(source.file()).unwrap();
-        bytes[FILE_HEADER_LEN + 30] ^= 1;
+        bytes[SEGMENT_HEADER_LEN + 30] ^= 1;
         let dir = TempDir::new("msg");
         fs::write(dir.file(), &bytes).unwrap();
         let err = DurableLedger::open(&dir.0).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
-                "{}: damaged batch at byte 16 followed by a valid batch at byte {}; \
-                 refusing to drop acknowledged claims (restore the file or move it aside)",
+                "{}: damaged batch at byte 40 followed by a valid batch at byte {}; \
+                 refusing to drop acknowledged records (restore the file or move it aside)",
                 dir.file().display(),
                 ends[0]
             )
@@ -1178,7 +735,7 @@ mod tests {
         let err = DurableLedger::open(&dir.0).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("{}: not a claims journal", dir.file().display())
+            format!("{}: not a write-ahead log segment", dir.file().display())
         );
     }
 
@@ -1196,9 +753,7 @@ mod tests {
                     claim_id: None,
                 }
                 .encode(&mut records);
-                let mut frame = Vec::new();
-                frame_batch(&mut frame, &records, 1, seq);
-                String::from_utf8(frame).ok()
+                String::from_utf8(test_batch(&[&records], seq)).ok()
             })
             .unwrap()
     }
@@ -1258,7 +813,7 @@ mod tests {
         let dir = TempDir::new("fail");
         let ledger = DurableLedger::open(&dir.0).unwrap();
         assert_eq!(ledger.claim(&budgeted("a", Some("c1"))).unwrap(), ClaimOutcome::Granted);
-        ledger.shared.faults.fail_writes.store(true, Ordering::SeqCst);
+        ledger.wal.faults().fail_writes.store(true, Ordering::SeqCst);
         let barrier = Barrier::new(6);
         let results: Vec<Result<ClaimOutcome, LedgerError>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..6)
@@ -1283,7 +838,7 @@ mod tests {
         assert_eq!(total(&ledger, "b"), 1, "reservations undone");
         // Fails closed until reopened, also for a retry of a failed claim;
         // answers already on disk are still given.
-        ledger.shared.faults.fail_writes.store(false, Ordering::SeqCst);
+        ledger.wal.faults().fail_writes.store(false, Ordering::SeqCst);
         assert!(ledger.claim(&budgeted("g", None)).is_err());
         assert!(ledger.claim(&budgeted("f0", Some("f0"))).is_err());
         assert_eq!(ledger.claim(&budgeted("a", Some("c1"))).unwrap(), ClaimOutcome::Granted);
@@ -1307,12 +862,12 @@ mod tests {
         let mut buf = Vec::new();
         record.encode(&mut buf);
         assert_eq!(buf.len(), record.encoded_len());
-        assert_eq!(Record::decode(&buf), Ok((record, buf.len())));
+        assert_eq!(Record::decode(&buf), Ok(record));
         for cut in 0..buf.len() {
             assert!(Record::decode(&buf[..cut]).is_err(), "cut at {cut}");
         }
         let mut bad = buf.clone();
-        bad[4] = 9;
+        bad[0] = 9;
         assert_eq!(Record::decode(&bad), Err("unknown claim outcome"));
         let long = "x".repeat(70_000);
         assert!(Record {

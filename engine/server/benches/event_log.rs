@@ -1,0 +1,175 @@
+//! The event log: throughput and latency of `EventLog::append` + `wait`
+//! (what `Ingest/Track` does in embedded mode) with calls of 10 events, at 1
+//! and 8 concurrent appenders, every call `fdatasync`'d before it returns.
+//!
+//! Events are purchase-shaped (every field set, the largest records) or
+//! views, 1 in 10 purchases, written to a log in the system temp directory
+//! (`VITRINE_BENCH_DIR` overrides; put it on the disk you mean to measure).
+//! Each appender runs for `VITRINE_BENCH_SECONDS` (3 by default). Printed per
+//! concurrency: events/s, latency percentiles of one append + wait, and
+//! records per `fdatasync`; then the time to reopen the log (replay every
+//! event through the decoder).
+//!
+//! `cargo bench -p vitrine --bench event_log`
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use vitrine::events_log::{EventLog, DEFAULT_SEGMENT_BYTES};
+use vitrine_benches::{benchmarking, Percentiles, NOW_MS, SHOP};
+use vitrine_core::{Action, Event};
+
+/// Events per append call.
+const PER_CALL: usize = 10;
+
+/// The value, or a panic naming what failed (benches stop on any error).
+fn or_die<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
+    match result {
+        Ok(value) => value,
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+fn seconds() -> Duration {
+    if !benchmarking() {
+        return Duration::from_millis(200);
+    }
+    let secs = std::env::var("VITRINE_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| *s > 0.0)
+        .unwrap_or(3.0);
+    Duration::from_secs_f64(secs)
+}
+
+fn base_dir() -> PathBuf {
+    std::env::var_os("VITRINE_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("vitrine-event-log-bench-{}", std::process::id()))
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The `i`th event of a visitor: a purchase 1 time in 10, else a view.
+fn event<'a>(visitor: &'a str, items: &'a [String], i: usize) -> Event<'a> {
+    let purchase = i % 10 == 9;
+    Event {
+        shop: Cow::Borrowed(SHOP),
+        visitor: Cow::Borrowed(visitor),
+        action: if purchase { Action::Purchase } else { Action::View },
+        item: Some(Cow::Borrowed(&items[i % items.len()])),
+        category: Some(Cow::Borrowed("cat-7")),
+        price: if purchase { 129.0 } else { 0.0 },
+        quantity: if purchase { 2 } else { 1 },
+        tag: None,
+        tier: 0,
+        ts: NOW_MS + i as i64,
+        id: purchase.then(|| Cow::Owned(format!("order-{visitor}-{i}"))),
+    }
+}
+
+/// `appenders` threads appending for `run`; returns (calls, elapsed, latencies).
+fn drive(log: &EventLog, appenders: usize, run: Duration) -> (usize, Duration, Vec<u64>) {
+    let items: Vec<String> = (0..100).map(|i| format!("sku-{i}")).collect();
+    let barrier = Barrier::new(appenders + 1);
+    let (lat, elapsed) = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..appenders)
+            .map(|t| {
+                let (barrier, items) = (&barrier, &items);
+                s.spawn(move || {
+                    let visitors: Vec<String> = (0..1000).map(|v| format!("visitor-{t}-{v}")).collect();
+                    let mut lat = Vec::with_capacity(1 << 16);
+                    let mut batch = Vec::with_capacity(PER_CALL);
+                    barrier.wait();
+                    let start = Instant::now();
+                    let mut call = 0usize;
+                    while start.elapsed() < run {
+                        let visitor = &visitors[call % visitors.len()];
+                        batch.clear();
+                        batch.extend((0..PER_CALL).map(|k| event(visitor, items, call * PER_CALL + k)));
+                        let t0 = Instant::now();
+                        let lsn = or_die(log.append(&batch), "append");
+                        or_die(log.wait(lsn), "wait");
+                        lat.push(t0.elapsed().as_nanos() as u64);
+                        call += 1;
+                    }
+                    lat
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        let lat: Vec<Vec<u64>> = handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(lat) => lat,
+                Err(_) => panic!("an appender panicked"),
+            })
+            .collect();
+        (lat, start.elapsed())
+    });
+    let lat: Vec<u64> = lat.into_iter().flatten().collect();
+    (lat.len(), elapsed, lat)
+}
+
+fn main() {
+    let dir = base_dir();
+    let _ = std::fs::remove_dir_all(&dir);
+    or_die(std::fs::create_dir_all(&dir), "create the bench directory");
+    let run = seconds();
+    println!("event log in {}: append of {PER_CALL} events + wait", dir.display());
+    for appenders in [1, 8] {
+        let log_dir = dir.join(format!("a{appenders}"));
+        let (log, _) = or_die(
+            EventLog::open(&log_dir, 0, DEFAULT_SEGMENT_BYTES, |_, _| {}),
+            "open the log",
+        );
+        let (calls, elapsed, mut lat) = drive(&log, appenders, run);
+        let stats = log.stats();
+        let Some(p) = Percentiles::of(&mut lat) else {
+            continue;
+        };
+        println!(
+            "{appenders} appender(s): {:>8.0} events/s ({:.0} calls/s); {:.1} records per fdatasync ({} batches, {:.1} bytes/event); latency {p}",
+            (calls * PER_CALL) as f64 / elapsed.as_secs_f64(),
+            calls as f64 / elapsed.as_secs_f64(),
+            stats.records as f64 / stats.batches.max(1) as f64,
+            stats.batches,
+            stats.bytes as f64 / stats.records.max(1) as f64,
+        );
+        drop(log);
+        let t = Instant::now();
+        let mut replayed = 0u64;
+        let (reopened, recovery) = or_die(
+            EventLog::open(&log_dir, 0, DEFAULT_SEGMENT_BYTES, |_, e| {
+                replayed += u64::from(e.action == Action::Purchase) + 1;
+            }),
+            "reopen the log",
+        );
+        let replay = t.elapsed();
+        assert_eq!(recovery.records, (calls * PER_CALL) as u64);
+        assert!(replayed >= recovery.records);
+        println!(
+            "    reopen: {} events ({} segments, {:.1} MiB) replayed in {:.3} s ({:.0} events/s)",
+            recovery.records,
+            recovery.segments,
+            dir_bytes(reopened.dir()) as f64 / (1024.0 * 1024.0),
+            replay.as_secs_f64(),
+            recovery.records as f64 / replay.as_secs_f64().max(1e-9),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,502 @@
+//! The event log: behavior events on disk before they are acknowledged.
+//!
+//! In embedded mode, `Ingest/Track` appends the validated events of a call
+//! with [`EventLog::append`] (one record per event, all in one batch, so they
+//! become durable together) and answers once [`EventLog::wait`] returns. A
+//! snapshot of the in-memory index records the LSN it covers; a restart loads
+//! the snapshot and replays the log after that LSN ([`EventLog::open`]), and
+//! once a snapshot is durable, [`EventLog::compact`] deletes the segments it
+//! covers. Segments, batches, checksums, repair and refusal are those of
+//! [`crate::wal`], with kind [`KIND`].
+//!
+//! # Record format
+//!
+//! One event per record; integers little-endian, varints LEB128.
+//!
+//! ```text
+//! event := action u8 | flags u8 | ts zigzag-varint | shop str | visitor str
+//!          | [item str] | [category str] | [tag str] | [id str]
+//!          | [price f64] | [quantity varint] | [tier varint]
+//! flags := 1 item | 2 category | 4 tag | 8 id
+//!          | 16 price (absent: 0.0) | 32 quantity (absent: 1) | 64 tier (absent: 0)
+//! str   := varint length | UTF-8 bytes
+//! action:  0 view, 1 cart, 2 favorite, 3 purchase, 4 tag, 5 untag, 6 member
+//! ```
+//!
+//! Absent fields take the defaults [`Event::validate`] gives, so a view costs
+//! no bytes for price, quantity or tier. The decoder checks the format (codes,
+//! flags, varints, UTF-8, exact length) and borrows every string from the
+//! record; it stores events as given and does not re-run the validation.
+
+use std::borrow::Cow;
+use std::io;
+use std::path::Path;
+
+use vitrine_core::{Action, Event};
+
+pub use crate::wal::{CompactReport, OpenError, Recovery, Stats, WalError, DEFAULT_SEGMENT_BYTES};
+use crate::wal::{Options, Wal};
+
+/// The record format of the event log, in its segments' headers.
+pub const KIND: [u8; 4] = *b"EVT1";
+
+const ITEM: u8 = 1;
+const CATEGORY: u8 = 2;
+const TAG: u8 = 4;
+const ID: u8 = 8;
+const PRICE: u8 = 16;
+const QUANTITY: u8 = 32;
+const TIER: u8 = 64;
+
+/// Action codes on disk (fixed here, not by the enum's order).
+const ACTIONS: [(Action, u8); 7] = [
+    (Action::View, 0),
+    (Action::Cart, 1),
+    (Action::Favorite, 2),
+    (Action::Purchase, 3),
+    (Action::Tag, 4),
+    (Action::Untag, 5),
+    (Action::Member, 6),
+];
+
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    (v >> 1) as i64 ^ -((v & 1) as i64)
+}
+
+fn flags_of(e: &Event<'_>) -> u8 {
+    let mut flags = 0;
+    for (field, flag) in [(&e.item, ITEM), (&e.category, CATEGORY), (&e.tag, TAG), (&e.id, ID)] {
+        if field.is_some() {
+            flags |= flag;
+        }
+    }
+    // By bits, so that -0.0 keeps its sign.
+    if e.price.to_bits() != 0 {
+        flags |= PRICE;
+    }
+    if e.quantity != 1 {
+        flags |= QUANTITY;
+    }
+    if e.tier != 0 {
+        flags |= TIER;
+    }
+    flags
+}
+
+fn strings<'e, 'a>(e: &'e Event<'a>) -> impl Iterator<Item = &'e str> {
+    [
+        Some(&e.shop),
+        Some(&e.visitor),
+        e.item.as_ref(),
+        e.category.as_ref(),
+        e.tag.as_ref(),
+        e.id.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|s| s.as_ref())
+}
+
+/// The length of `event`'s record.
+pub fn encoded_len(event: &Event<'_>) -> usize {
+    let flags = flags_of(event);
+    let mut len = 2 + varint_len(zigzag(event.ts));
+    len += strings(event)
+        .map(|s| varint_len(s.len() as u64) + s.len())
+        .sum::<usize>();
+    if flags & PRICE != 0 {
+        len += 8;
+    }
+    if flags & QUANTITY != 0 {
+        len += varint_len(event.quantity.into());
+    }
+    if flags & TIER != 0 {
+        len += varint_len(event.tier.into());
+    }
+    len
+}
+
+/// Appends `event`'s record to `out`.
+pub fn encode(event: &Event<'_>, out: &mut Vec<u8>) {
+    let flags = flags_of(event);
+    let code = ACTIONS.iter().find(|(a, _)| *a == event.action).map_or(0, |(_, c)| *c);
+    out.push(code);
+    out.push(flags);
+    put_varint(out, zigzag(event.ts));
+    for s in strings(event) {
+        put_varint(out, s.len() as u64);
+        out.extend_from_slice(s.as_bytes());
+    }
+    if flags & PRICE != 0 {
+        out.extend_from_slice(&event.price.to_le_bytes());
+    }
+    if flags & QUANTITY != 0 {
+        put_varint(out, event.quantity.into());
+    }
+    if flags & TIER != 0 {
+        put_varint(out, event.tier.into());
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
+        if n > self.buf.len() - self.pos {
+            return Err("event record runs past its end");
+        }
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, &'static str> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn varint(&mut self) -> Result<u64, &'static str> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = self.u8()?;
+            // The tenth byte holds the 64th bit only.
+            if i == 9 && b > 1 {
+                return Err("varint overflows 64 bits");
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("varint overflows 64 bits")
+    }
+
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        u32::try_from(self.varint()?).map_err(|_| "a number field overflows 32 bits")
+    }
+
+    fn str(&mut self) -> Result<Cow<'a, str>, &'static str> {
+        let n = usize::try_from(self.varint()?).map_err(|_| "string length out of range")?;
+        let bytes = self.take(n)?;
+        std::str::from_utf8(bytes)
+            .map(Cow::Borrowed)
+            .map_err(|_| "a string field is not UTF-8")
+    }
+
+    fn opt_str(&mut self, flags: u8, flag: u8) -> Result<Option<Cow<'a, str>>, &'static str> {
+        if flags & flag == 0 {
+            return Ok(None);
+        }
+        self.str().map(Some)
+    }
+}
+
+/// Decodes one event record (exactly `record`), borrowing its strings.
+/// Never panics: garbage gets an error.
+pub fn decode(record: &[u8]) -> Result<Event<'_>, &'static str> {
+    let mut r = Reader { buf: record, pos: 0 };
+    let code = r.u8()?;
+    let action = ACTIONS
+        .iter()
+        .find(|(_, c)| *c == code)
+        .map(|(a, _)| *a)
+        .ok_or("unknown action code")?;
+    let flags = r.u8()?;
+    if flags & 0x80 != 0 {
+        return Err("unknown event flags");
+    }
+    let ts = unzigzag(r.varint()?);
+    let shop = r.str()?;
+    let visitor = r.str()?;
+    let item = r.opt_str(flags, ITEM)?;
+    let category = r.opt_str(flags, CATEGORY)?;
+    let tag = r.opt_str(flags, TAG)?;
+    let id = r.opt_str(flags, ID)?;
+    let price = if flags & PRICE != 0 {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(r.take(8)?);
+        f64::from_le_bytes(bytes)
+    } else {
+        0.0
+    };
+    let quantity = if flags & QUANTITY != 0 { r.u32()? } else { 1 };
+    let tier = if flags & TIER != 0 { r.u32()? } else { 0 };
+    if r.pos != record.len() {
+        return Err("event record longer than its fields");
+    }
+    Ok(Event {
+        shop,
+        visitor,
+        action,
+        item,
+        category,
+        price,
+        quantity,
+        tag,
+        tier,
+        ts,
+        id,
+    })
+}
+
+/// The durable log of accepted events (see the module docs).
+#[derive(Debug)]
+pub struct EventLog {
+    wal: Wal,
+}
+
+impl EventLog {
+    /// Opens (or creates) the event log in `dir` and replays, in LSN order,
+    /// every event after `after_lsn` (the LSN the loaded snapshot covers; 0
+    /// for none) into `apply`. New segments start past `segment_bytes`
+    /// ([`DEFAULT_SEGMENT_BYTES`] is the usual choice). See
+    /// [`crate::wal::Wal::open`] for the recovery rules, notably
+    /// [`OpenError::Gap`] and [`Recovery::restarted_at`].
+    pub fn open(
+        dir: &Path,
+        after_lsn: u64,
+        segment_bytes: u64,
+        mut apply: impl FnMut(u64, Event<'_>),
+    ) -> Result<(EventLog, Recovery), OpenError> {
+        let options = Options {
+            segment_bytes,
+            start_after: after_lsn,
+            ..Options::new("event-log", KIND)
+        };
+        let (wal, recovery) = Wal::open(dir, options, |lsn, record| {
+            apply(lsn, decode(record)?);
+            Ok(())
+        })?;
+        Ok((EventLog { wal }, recovery))
+    }
+
+    /// Queues `events`, one record each, in order and in one batch; returns
+    /// the last one's LSN (0 if `events` is empty) without waiting.
+    pub fn append(&self, events: &[Event<'_>]) -> Result<u64, WalError> {
+        self.wal.append_many(events, encoded_len, encode)
+    }
+
+    /// Waits until the event with LSN `lsn` (and every one before it) is on disk.
+    pub fn wait(&self, lsn: u64) -> Result<(), WalError> {
+        self.wal.wait(lsn)
+    }
+
+    /// The LSN up to which every event is on disk.
+    pub fn durable_lsn(&self) -> u64 {
+        self.wal.durable_lsn()
+    }
+
+    /// The first LSN the log still holds.
+    pub fn first_lsn(&self) -> u64 {
+        self.wal.first_lsn()
+    }
+
+    /// Deletes the segments whose events all have an LSN of at most `upto_lsn`
+    /// (call it with the LSN of a snapshot once that snapshot is durable).
+    pub fn compact(&self, upto_lsn: u64) -> io::Result<CompactReport> {
+        self.wal.compact(upto_lsn)
+    }
+
+    /// Batches, records and bytes written since open; segments now.
+    pub fn stats(&self) -> Stats {
+        self.wal.stats()
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        self.wal.dir()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("vitrine-events-{name}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn event(action: Action, mask: u8, n: u64) -> Event<'static> {
+        let text = |name: &str| Cow::Owned(format!("{name}-{n}"));
+        Event {
+            shop: text("shop"),
+            visitor: text("visitör"),
+            action,
+            item: (mask & 1 != 0).then(|| text("item")),
+            category: (mask & 2 != 0).then(|| text("cat")),
+            price: [0.0, 129.5, -0.0, 1e300][(n % 4) as usize],
+            quantity: [1, 2, u32::MAX, 0][(n / 4 % 4) as usize],
+            tag: (mask & 4 != 0).then(|| text("tag")),
+            tier: [0, 5, u32::MAX][(n / 16 % 3) as usize],
+            ts: [1_794_000_900_000, 0, -1, i64::MAX, i64::MIN][(n % 5) as usize],
+            id: (mask & 8 != 0).then_some(Cow::Borrowed("")),
+        }
+    }
+
+    /// Every action, every combination of optional fields, and values at
+    /// the edges of every number.
+    fn all_events() -> Vec<Event<'static>> {
+        let mut out = Vec::new();
+        for (action, _) in ACTIONS {
+            for mask in 0..16u8 {
+                for n in 0..60 {
+                    out.push(event(action, mask, n));
+                }
+            }
+        }
+        out
+    }
+
+    /// Equal, and -0.0 kept apart from 0.0.
+    fn same(a: &Event<'_>, b: &Event<'_>) -> bool {
+        a == b && a.price.to_bits() == b.price.to_bits()
+    }
+
+    #[test]
+    fn events_roundtrip_exactly_and_borrow_from_the_record() {
+        for e in all_events() {
+            let mut buf = Vec::new();
+            encode(&e, &mut buf);
+            assert_eq!(buf.len(), encoded_len(&e), "{e:?}");
+            let back = decode(&buf).unwrap();
+            assert!(same(&back, &e), "{e:?} came back as {back:?}");
+            assert!(matches!(back.shop, Cow::Borrowed(_)));
+            // Every cut is refused, as is any trailing byte.
+            for cut in 0..buf.len() {
+                assert!(decode(&buf[..cut]).is_err(), "{e:?} cut at {cut}");
+            }
+            buf.push(0);
+            assert!(decode(&buf).is_err());
+        }
+        // A view costs nothing for its price, quantity and tier.
+        let view = Event::from_json(br#"{"shop":"s","visitor":"v","action":"view","item":"i","ts":1}"#).unwrap();
+        assert_eq!(encoded_len(&view), 2 + 1 + 2 + 2 + 2);
+    }
+
+    /// A small deterministic generator (xorshift64*).
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    #[test]
+    fn garbage_gets_an_error_never_a_panic() {
+        let mut state = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let len = (next(&mut state) % 64) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| next(&mut state) as u8).collect();
+            let _ = decode(&bytes);
+        }
+        // Mutations of valid records: decode or refuse, never panic.
+        let events = all_events();
+        for (i, e) in events.iter().enumerate().step_by(7) {
+            let mut buf = Vec::new();
+            encode(e, &mut buf);
+            let at = (next(&mut state) as usize) % buf.len();
+            buf[at] = next(&mut state) as u8;
+            if let Ok(d) = decode(&buf) {
+                // What decodes re-encodes stably (compared as bytes: a price may now be NaN).
+                let mut again = Vec::new();
+                encode(&d, &mut again);
+                let mut third = Vec::new();
+                encode(&decode(&again).unwrap(), &mut third);
+                assert_eq!(third, again, "event {i}");
+            }
+        }
+        assert_eq!(decode(&[7, 0, 0, 0, 0]), Err("unknown action code"));
+        assert_eq!(decode(&[0, 0x80, 0, 0, 0]), Err("unknown event flags"));
+        assert_eq!(decode(&[0, 0, 0, 1, 0xff, 0]), Err("a string field is not UTF-8"));
+        let overlong = [0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0, 0];
+        assert_eq!(decode(&overlong), Err("varint overflows 64 bits"));
+        let big_tier = [6, TIER, 0, 0, 0, 0x80, 0x80, 0x80, 0x80, 0x10];
+        assert_eq!(decode(&big_tier), Err("a number field overflows 32 bits"));
+    }
+
+    #[test]
+    fn the_log_replays_what_was_appended_after_the_snapshot() {
+        let dir = TempDir::new("replay");
+        let events = all_events();
+        let (log, recovery) = EventLog::open(&dir.0, 0, 64 << 10, |_, _| panic!("empty log")).unwrap();
+        assert_eq!((recovery.first_lsn, recovery.last_lsn, log.durable_lsn()), (1, 0, 0));
+        assert_eq!(log.append(&[]).unwrap(), 0);
+        let mut last = 0;
+        for chunk in events.chunks(10) {
+            last = log.append(chunk).unwrap();
+            log.wait(last).unwrap();
+        }
+        assert_eq!(last, events.len() as u64);
+        assert!(log.stats().segments > 2, "{:?}", log.stats());
+        drop(log);
+
+        for after in [0, 1, 555, 3_000, last - 1, last] {
+            let mut seen = Vec::new();
+            let (log, recovery) = EventLog::open(&dir.0, after, 64 << 10, |lsn, e| {
+                assert!(same(&e, &events[lsn as usize - 1]), "lsn {lsn}");
+                seen.push(lsn);
+            })
+            .unwrap();
+            assert_eq!(seen, (after + 1..=last).collect::<Vec<_>>());
+            assert_eq!(recovery.records, last - after);
+            assert_eq!(log.durable_lsn(), last);
+        }
+
+        // A snapshot past the end (the log lost its tail): the log continues after it.
+        let (log, recovery) = EventLog::open(&dir.0, last + 100, 64 << 10, |_, _| panic!("covered")).unwrap();
+        assert_eq!(recovery.restarted_at, Some(last + 101));
+        assert_eq!(log.append(&events[..1]).unwrap(), last + 101);
+        let report = log.compact(last + 100).unwrap();
+        assert_eq!(report.first_lsn, last + 101);
+        drop(log);
+        let mut seen = Vec::new();
+        let (_log, _) = EventLog::open(&dir.0, last + 100, 64 << 10, |lsn, _| seen.push(lsn)).unwrap();
+        assert_eq!(seen, [last + 101]);
+    }
+
+    #[test]
+    fn a_log_of_claims_is_not_taken_for_events() {
+        let dir = TempDir::new("kind");
+        drop(crate::journal::DurableLedger::open(&dir.0).unwrap());
+        let err = EventLog::open(&dir.0, 0, 1 << 20, |_, _| {}).unwrap_err();
+        assert!(matches!(err, OpenError::WrongKind { .. }), "{err}");
+        assert!(
+            err.to_string().ends_with("a log of `CLM1` records, not `EVT1`"),
+            "{err}"
+        );
+    }
+}

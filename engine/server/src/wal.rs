@@ -1,0 +1,1706 @@
+//! A write-ahead log: records are on disk, checksummed and `fdatasync`'d,
+//! before [`Wal::wait`] returns, and every record has a persistent number.
+//!
+//! The claims journal ([`crate::journal`]) and the event log
+//! ([`crate::events_log`]) are built on it; records are opaque bytes here.
+//!
+//! # Record numbers (LSNs)
+//!
+//! Every record gets a log sequence number: 1 for the first record the log
+//! ever held, then one more per record, across segments and restarts. LSNs
+//! are never reused for other records: a snapshot that covers "everything up
+//! to LSN n" stays meaningful whatever happens to the log afterwards.
+//!
+//! # Group commit
+//!
+//! [`Wal::append`] only queues (under one lock, so LSN order is queue order)
+//! and returns the record's LSN; [`Wal::wait`] blocks until it is durable.
+//! One writer thread takes everything queued, writes it as one batch with
+//! one `write` and one `fdatasync`, then wakes the waiters of that batch.
+//! Under concurrency a batch holds every record queued during the previous
+//! `fdatasync`. The records of one [`Wal::append_many`] call always land in
+//! one batch, so they become durable (or are lost to a crash) together.
+//!
+//! After an I/O error the log **fails closed**: that batch and everything
+//! queued after it fail, and every later append fails until the log is
+//! reopened (after a failed `fsync`, what reached the disk is unknown). The
+//! writer then tries to cut the failed batch off the file, so that a restart
+//! does not replay records that were answered with an error; if that fails
+//! too, a restart replays them.
+//!
+//! # Segments and compaction
+//!
+//! The log is a directory of segment files, each named by the LSN of its
+//! first record, zero-padded so that names sort (`00000000000000000001.wal`).
+//! The writer appends to the last one and, at a batch boundary, starts a new
+//! one when the next batch would take the current one past
+//! [`Options::segment_bytes`] (a segment always takes at least one batch, so
+//! a single batch larger than that makes a larger segment). A new segment is
+//! created, its header written and `fsync`'d, and the directory `fsync`'d,
+//! before any batch goes into it. [`Wal::compact`] deletes the segments all
+//! of whose records a snapshot covers, oldest first, never the current one.
+//!
+//! # Replay
+//!
+//! [`Wal::open`] checks the segments in order and calls back for every
+//! record after [`Options::start_after`] (the LSN a snapshot covers).
+//! Segments whose successor starts at or below `start_after + 1` hold only
+//! covered records: their header is checked, their body not read. Every batch
+//! that is read has its checksum verified, including the covered ones.
+//!
+//! * A batch whose checksum fails at the end of the last segment is a write
+//!   a crash interrupted (none of its records was acknowledged): it is cut
+//!   off, however its pages reached the disk, and reported in [`Recovery`].
+//!   A last segment shorter than its header is a creation a crash
+//!   interrupted: it holds no record and is removed.
+//! * A damaged batch anywhere else (followed by a valid batch, or in a
+//!   segment followed by another) would lose acknowledged records: open
+//!   refuses with [`OpenError::Corrupt`], naming the file and offset.
+//! * A segment that does not continue the one before it (a middle segment
+//!   was deleted or moved) is [`OpenError::MissingRecords`].
+//! * If the log ends before `start_after` (the snapshot covers records the
+//!   log lost, e.g. with its directory), open starts a new segment at
+//!   `start_after + 1` (its header records the jump) and reports it in
+//!   [`Recovery::restarted_at`]. If the log starts after `start_after + 1`
+//!   (records the snapshot does not cover were compacted away or never
+//!   existed), open fails with [`OpenError::Gap`].
+//!
+//! A lock file (`wal.lock`) keeps a second process, or a second open in
+//! this one, away from the directory while the log is open.
+//!
+//! # File format
+//!
+//! Integers little-endian.
+//!
+//! ```text
+//! segment := header batch*
+//! header  := "VTRNWALS" | version u32 (1) | kind [4] | first_lsn u64 | prev_lsn u64
+//!            | reserved u32 (0) | crc32 u32                                 40 bytes
+//!            kind names the record format (b"CLM1": claims, b"EVT1": events);
+//!            first_lsn must match the file name; prev_lsn is the LSN of the
+//!            log's last record before this segment: first_lsn - 1, or less
+//!            where open restarted the log after a snapshot; crc32 covers
+//!            version through reserved
+//! batch   := "VTRNBTCH" | len u32 | count u32 | seq u64 | crc32 u32 | record{count}
+//!            len = bytes of the records; seq = LSN of the batch's first
+//!            record - 1; crc32 covers len, count, seq and the records
+//! record  := len u32 | bytes
+//! ```
+//!
+//! A batch is the unit of a write and of an `fdatasync`, so it is the unit
+//! of validity.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+
+/// The segment size at which the writer starts a new segment, by default.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// The first eight bytes of every segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"VTRNWALS";
+/// The segment format version this build writes and reads.
+pub const VERSION: u32 = 1;
+/// The length of a segment's header.
+pub const SEGMENT_HEADER_LEN: usize = 40;
+/// The file name suffix of segments.
+pub const SEGMENT_SUFFIX: &str = ".wal";
+/// The lock file in the log's directory.
+pub const LOCK_FILE: &str = "wal.lock";
+/// The most bytes one append (all its records, with their lengths) may take.
+pub const MAX_APPEND_BYTES: usize = 4 << 20;
+const BATCH_MAGIC: [u8; 8] = *b"VTRNBTCH";
+const BATCH_HEADER_LEN: usize = 28;
+/// The largest batch accepted on replay. The writer never makes larger ones:
+/// appenders wait while [`MAX_QUEUED_BYTES`] are queued and one append takes
+/// at most [`MAX_APPEND_BYTES`], so a batch stays below 12 MiB.
+const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Appenders wait for room when this much is queued.
+const MAX_QUEUED_BYTES: usize = 8 << 20;
+/// The digits of a segment's name.
+const NAME_DIGITS: usize = 20;
+
+/// How to open a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// What the log holds, for log messages; also the writer thread's name (keep it under 16 bytes).
+    pub name: &'static str,
+    /// The record format, in every segment's header: a log of another kind is refused.
+    pub kind: [u8; 4],
+    /// The writer starts a new segment before a batch that would make the current one larger.
+    pub segment_bytes: u64,
+    /// The LSN the caller's snapshot covers: replay skips records up to it (0 = none).
+    pub start_after: u64,
+}
+
+impl Options {
+    /// Options for a log of `kind`, with [`DEFAULT_SEGMENT_BYTES`] and replay from the start.
+    pub fn new(name: &'static str, kind: [u8; 4]) -> Options {
+        Options {
+            name,
+            kind,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            start_after: 0,
+        }
+    }
+}
+
+/// Why a log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Reading, writing or locking a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// Another log (this process or another) has the directory open.
+    #[error("{path}: the log is in use by another process")]
+    Locked {
+        /// The log's directory.
+        path: PathBuf,
+    },
+    /// A segment file that does not start like one.
+    #[error("{path}: not a write-ahead log segment")]
+    NotALog {
+        /// The segment file.
+        path: PathBuf,
+    },
+    /// Written by another version of the format.
+    #[error("{path}: log segment version {found} is not supported (this build reads version {VERSION})")]
+    UnsupportedVersion {
+        /// The segment file.
+        path: PathBuf,
+        /// The version in the file.
+        found: u32,
+    },
+    /// A log of other records (claims where events are expected, say).
+    #[error("{path}: a log of `{}` records, not `{}`", kind_text(found), kind_text(expected))]
+    WrongKind {
+        /// The segment file.
+        path: PathBuf,
+        /// The kind in its header.
+        found: [u8; 4],
+        /// The kind this log holds.
+        expected: [u8; 4],
+    },
+    /// A damaged batch with acknowledged records after it.
+    #[error(
+        "{path}: damaged batch at byte {offset} followed by {}; \
+         refusing to drop acknowledged records (restore the file or move it aside)",
+        followed_by(*next)
+    )]
+    Corrupt {
+        /// The segment file.
+        path: PathBuf,
+        /// Where the damaged batch starts.
+        offset: u64,
+        /// Where the next valid batch of the same file starts; `None`: the next segment follows.
+        next: Option<u64>,
+    },
+    /// A header or batch whose checksum holds (or a header that is not
+    /// checksummed yet) but whose content breaks the format.
+    #[error("{path}: malformed at byte {offset}: {what}")]
+    Malformed {
+        /// The segment file.
+        path: PathBuf,
+        /// Where the header (0) or batch starts.
+        offset: u64,
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// A record the replay callback refused.
+    #[error("{path}: record {lsn} in the batch at byte {offset}: {what}")]
+    BadRecord {
+        /// The segment file.
+        path: PathBuf,
+        /// Where its batch starts.
+        offset: u64,
+        /// The record's LSN.
+        lsn: u64,
+        /// The callback's reason.
+        what: &'static str,
+    },
+    /// A segment does not continue the one before it.
+    #[error("{path}: records {from} to {to} before this segment are missing (a segment was deleted or moved?)")]
+    MissingRecords {
+        /// The segment after the hole.
+        path: PathBuf,
+        /// The first missing LSN.
+        from: u64,
+        /// The last missing LSN.
+        to: u64,
+    },
+    /// Replay needs records the log does not have (compacted away, or
+    /// skipped by a restart after a newer snapshot).
+    #[error(
+        "replay needs records from {needed_from} on, but the log continues only at {first_available} \
+         (compacted away, or lost: restore them or rebuild from an older source)"
+    )]
+    Gap {
+        /// The first record replay needs.
+        needed_from: u64,
+        /// The record the log has after the hole.
+        first_available: u64,
+    },
+}
+
+fn kind_text(kind: &[u8; 4]) -> String {
+    String::from_utf8_lossy(kind).into_owned()
+}
+
+fn followed_by(next: Option<u64>) -> String {
+    match next {
+        Some(at) => format!("a valid batch at byte {at}"),
+        None => "another segment".into(),
+    }
+}
+
+/// Why an append or a wait failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WalError {
+    /// A write or sync failed: the record is not durable, and the log
+    /// accepts nothing more until it is reopened.
+    #[error("log write failed (the log fails closed until reopened): {0}")]
+    Failed(Arc<str>),
+    /// One append larger than [`MAX_APPEND_BYTES`].
+    #[error("an append of {bytes} bytes is larger than the log's limit of {MAX_APPEND_BYTES}")]
+    TooLarge {
+        /// The append's size with its record lengths.
+        bytes: usize,
+    },
+    /// A wait for an LSN that no append has returned yet.
+    #[error("record {lsn} was never appended to the log")]
+    NotAppended {
+        /// The LSN.
+        lsn: u64,
+    },
+}
+
+/// What opening the log found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Segment files in the log after open.
+    pub segments: usize,
+    /// Segments read whole (the others hold only records `start_after` covers).
+    pub segments_read: usize,
+    /// Batches read and verified.
+    pub batches: u64,
+    /// Records passed to the callback: those after `start_after`.
+    pub records: u64,
+    /// The first LSN the log holds (the next one if it holds none).
+    pub first_lsn: u64,
+    /// Where the log ended on disk: the LSN of its last record, or the one
+    /// before its last segment's first.
+    pub last_lsn: u64,
+    /// Bytes cut off the end: a batch whose write a crash interrupted.
+    pub truncated_bytes: u64,
+    /// Records that batch announced, when its header was legible.
+    pub dropped_records: Option<u32>,
+    /// Set when the log ended before `start_after`: the LSN of the new segment's first record.
+    pub restarted_at: Option<u64>,
+}
+
+/// Counters of the log since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Batches written, each with one `fdatasync`.
+    pub batches: u64,
+    /// Records written.
+    pub records: u64,
+    /// Batch bytes written (segment headers not counted).
+    pub bytes: u64,
+    /// Segment files in the log now.
+    pub segments: u64,
+}
+
+/// What [`Wal::compact`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Segment files deleted.
+    pub segments_removed: usize,
+    /// Their bytes.
+    pub bytes_removed: u64,
+    /// The first LSN the log holds now.
+    pub first_lsn: u64,
+}
+
+// ------------------------------------------------------------------ format
+
+/// The file name of the segment whose first record is `first_lsn`.
+pub fn segment_name(first_lsn: u64) -> String {
+    format!("{first_lsn:0NAME_DIGITS$}{SEGMENT_SUFFIX}")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != NAME_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn u32_at(buf: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+}
+
+fn u64_at(buf: &[u8], at: usize) -> u64 {
+    u64::from(u32_at(buf, at)) | u64::from(u32_at(buf, at + 4)) << 32
+}
+
+fn segment_header(kind: [u8; 4], first_lsn: u64, prev_lsn: u64) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut h = [0; SEGMENT_HEADER_LEN];
+    h[..8].copy_from_slice(&SEGMENT_MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&kind);
+    h[16..24].copy_from_slice(&first_lsn.to_le_bytes());
+    h[24..32].copy_from_slice(&prev_lsn.to_le_bytes());
+    let crc = crc32fast::hash(&h[8..36]);
+    h[36..40].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// A segment as its header describes it.
+#[derive(Debug, Clone)]
+struct Segment {
+    first: u64,
+    prev: u64,
+    path: PathBuf,
+}
+
+/// Checks the header of the segment at `path`, named for `first`.
+fn check_header(bytes: &[u8], path: &Path, kind: [u8; 4], first: u64) -> Result<Segment, OpenError> {
+    let malformed = |what| OpenError::Malformed {
+        path: path.to_owned(),
+        offset: 0,
+        what,
+    };
+    if bytes.len() < SEGMENT_HEADER_LEN {
+        return Err(if bytes.starts_with(&SEGMENT_MAGIC) {
+            malformed("segment shorter than its header")
+        } else {
+            OpenError::NotALog { path: path.to_owned() }
+        });
+    }
+    if bytes[..8] != SEGMENT_MAGIC {
+        return Err(OpenError::NotALog { path: path.to_owned() });
+    }
+    let version = u32_at(bytes, 8);
+    if version != VERSION {
+        return Err(OpenError::UnsupportedVersion {
+            path: path.to_owned(),
+            found: version,
+        });
+    }
+    if crc32fast::hash(&bytes[8..36]) != u32_at(bytes, 36) {
+        return Err(malformed("segment header checksum mismatch"));
+    }
+    let found: [u8; 4] = [bytes[12], bytes[13], bytes[14], bytes[15]];
+    if found != kind {
+        return Err(OpenError::WrongKind {
+            path: path.to_owned(),
+            found,
+            expected: kind,
+        });
+    }
+    let (first_lsn, prev) = (u64_at(bytes, 16), u64_at(bytes, 24));
+    if first_lsn != first {
+        return Err(malformed(
+            "the segment's first LSN does not match its file name (renamed?)",
+        ));
+    }
+    if prev >= first || u32_at(bytes, 32) != 0 {
+        return Err(malformed("invalid segment header"));
+    }
+    Ok(Segment {
+        first,
+        prev,
+        path: path.to_owned(),
+    })
+}
+
+/// Whether the last segment's `bytes` are what a crash can leave of its
+/// creation: shorter than the header and agreeing with it as far as known,
+/// or nothing but zeros (a filesystem that grew the file before its data
+/// reached the disk).
+fn interrupted_creation(bytes: &[u8], kind: [u8; 4], first: u64) -> bool {
+    if bytes.len() > SEGMENT_HEADER_LEN {
+        return false;
+    }
+    if bytes.iter().all(|&b| b == 0) {
+        return true;
+    }
+    // prev_lsn and the checksum are unknown here: compare up to first_lsn.
+    let known = &segment_header(kind, first, 0)[..24];
+    bytes.len() < SEGMENT_HEADER_LEN && bytes.iter().zip(known).all(|(a, b)| a == b)
+}
+
+/// Frames `records` (`count` of them, each `len u32 | bytes`) as one batch into `out`.
+fn frame_batch(out: &mut Vec<u8>, records: &[u8], count: u32, seq: u64) {
+    out.extend_from_slice(&BATCH_MAGIC);
+    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[out.len() - 16..]);
+    crc.update(records);
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(records);
+}
+
+/// A batch that checks out.
+struct Batch<'a> {
+    count: u32,
+    seq: u64,
+    records: &'a [u8],
+}
+
+/// The valid batch at `pos`, if there is one.
+fn batch_at(data: &[u8], pos: usize) -> Option<Batch<'_>> {
+    let header = data.get(pos..pos.checked_add(BATCH_HEADER_LEN)?)?;
+    if header[..8] != BATCH_MAGIC {
+        return None;
+    }
+    let len = u32_at(header, 8) as usize;
+    let count = u32_at(header, 12);
+    if len > MAX_BATCH_BYTES || count == 0 || count as usize > len / 4 {
+        return None;
+    }
+    let records = data.get(pos + BATCH_HEADER_LEN..pos + BATCH_HEADER_LEN + len)?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header[8..24]);
+    crc.update(records);
+    if crc.finalize() != u32_at(header, 24) {
+        return None;
+    }
+    Some(Batch {
+        count,
+        seq: u64_at(header, 16),
+        records,
+    })
+}
+
+/// The first valid batch starting at or after `from` that could follow a
+/// damaged batch holding record `seq + 1` onwards: its own records come
+/// later. (Checking the sequence keeps a batch-shaped record inside a torn
+/// batch from passing for one; a forger who knows the record count could
+/// still make such a record, and would make open refuse, not lose records.)
+fn next_valid_batch(data: &[u8], from: usize, seq: u64) -> Option<usize> {
+    let mut at = from;
+    while at + BATCH_HEADER_LEN <= data.len() {
+        let found = data[at..].windows(BATCH_MAGIC.len()).position(|w| w == BATCH_MAGIC)?;
+        at += found;
+        if batch_at(data, at).is_some_and(|b| b.seq > seq) {
+            return Some(at);
+        }
+        at += 1;
+    }
+    None
+}
+
+/// How one segment's replay ended.
+struct SegmentEnd {
+    /// Where its valid batches end.
+    valid_len: usize,
+    /// The LSN of its last record (first - 1 if it has none).
+    last_lsn: u64,
+}
+
+/// Replays the batches of one segment (`data` is the whole file), calling
+/// `apply` for each record after `after`. A torn final batch is tolerated
+/// (and reported) only in the log's last segment.
+fn replay_segment(
+    data: &[u8],
+    seg: &Segment,
+    after: u64,
+    last: bool,
+    apply: &mut impl FnMut(u64, &[u8]) -> Result<(), &'static str>,
+    recovery: &mut Recovery,
+) -> Result<SegmentEnd, OpenError> {
+    let mut pos = SEGMENT_HEADER_LEN;
+    let mut seq = seg.first - 1;
+    while pos < data.len() {
+        let Some(batch) = batch_at(data, pos) else {
+            let next = next_valid_batch(data, pos + 1, seq);
+            if next.is_some() || !last {
+                return Err(OpenError::Corrupt {
+                    path: seg.path.clone(),
+                    offset: pos as u64,
+                    next: next.map(|n| n as u64),
+                });
+            }
+            recovery.truncated_bytes = (data.len() - pos) as u64;
+            recovery.dropped_records = data
+                .get(pos..pos + 16)
+                .filter(|h| h[..8] == BATCH_MAGIC)
+                .map(|h| u32_at(h, 12))
+                .filter(|&n| n > 0);
+            break;
+        };
+        let malformed = |what| OpenError::Malformed {
+            path: seg.path.clone(),
+            offset: pos as u64,
+            what,
+        };
+        if batch.seq != seq {
+            return Err(malformed("batch out of sequence (a copy from another log?)"));
+        }
+        let records = batch.records;
+        let mut at = 0;
+        for _ in 0..batch.count {
+            let Some(len) = records.get(at..at + 4).map(|b| u32_at(b, 0) as usize) else {
+                return Err(malformed("batch length does not match its records"));
+            };
+            let Some(record) = records.get(at + 4..at + 4 + len) else {
+                return Err(malformed("record runs past its batch"));
+            };
+            seq += 1;
+            if seq > after {
+                apply(seq, record).map_err(|what| OpenError::BadRecord {
+                    path: seg.path.clone(),
+                    offset: pos as u64,
+                    lsn: seq,
+                    what,
+                })?;
+                recovery.records += 1;
+            }
+            at += 4 + len;
+        }
+        if at != records.len() {
+            return Err(malformed("batch length does not match its records"));
+        }
+        recovery.batches += 1;
+        pos += BATCH_HEADER_LEN + records.len();
+    }
+    Ok(SegmentEnd {
+        valid_len: pos,
+        last_lsn: seq,
+    })
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates the segment starting at `first` (which follows record `prev`):
+/// header written and synced, directory synced. On failure, removes what it
+/// made (best effort: a leftover partial file is recognized on open).
+fn create_segment(
+    dir: &Path,
+    kind: [u8; 4],
+    first: u64,
+    prev: u64,
+    #[cfg(test)] faults: &Faults,
+) -> io::Result<(File, PathBuf)> {
+    let path = dir.join(segment_name(first));
+    let mut file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+    let header = segment_header(kind, first, prev);
+    let written = (|| {
+        #[cfg(test)]
+        if faults.fail_rolls.load(std::sync::atomic::Ordering::SeqCst) {
+            file.write_all(&header[..SEGMENT_HEADER_LEN / 2])?;
+            return Err(io::Error::other("injected segment creation failure"));
+        }
+        file.write_all(&header)?;
+        file.sync_all()?;
+        sync_dir(dir)
+    })();
+    match written {
+        Ok(()) => Ok((file, path)),
+        Err(e) => {
+            drop(file);
+            let _ = fs::remove_file(&path).and_then(|()| sync_dir(dir));
+            Err(e)
+        }
+    }
+}
+
+// ------------------------------------------------------------ group commit
+
+/// Records queued for the writer and what became of them.
+#[derive(Debug, Default)]
+struct Queue {
+    /// Framed records the writer has not taken yet.
+    pending: Vec<u8>,
+    pending_records: u32,
+    /// The LSN the next queued record gets.
+    next_lsn: u64,
+    /// Every record up to this one is on disk.
+    durable_lsn: u64,
+    /// Set by the first I/O error: records from this one on failed, and
+    /// nothing more is accepted.
+    failed: Option<(u64, Arc<str>)>,
+    closing: bool,
+    stats: Stats,
+}
+
+/// What the appenders, the writer and compaction share.
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// The writer waits here for records.
+    work: Condvar,
+    /// Appenders wait here for their batch (and for room in the queue).
+    done: Condvar,
+    /// First LSNs of the segments, oldest first; the last is the writer's.
+    segments: Mutex<VecDeque<u64>>,
+    dir: PathBuf,
+    #[cfg(test)]
+    faults: Faults,
+}
+
+/// Failures the writer injects on request (tests only).
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    /// Fail batch writes after writing half of the batch.
+    pub(crate) fail_writes: std::sync::atomic::AtomicBool,
+    /// Fail segment creation after writing half of the header.
+    pub(crate) fail_rolls: std::sync::atomic::AtomicBool,
+}
+
+/// Takes the appended bytes back out of the queue unless committed, so that
+/// a panicking encoder cannot leave a half-framed record for the writer.
+struct Rollback<'a> {
+    pending: &'a mut Vec<u8>,
+    start: usize,
+    committed: bool,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.pending.truncate(self.start);
+        }
+    }
+}
+
+/// The writer thread's side: the current segment and where it stands.
+struct Writer {
+    shared: Arc<Shared>,
+    name: &'static str,
+    kind: [u8; 4],
+    segment_bytes: u64,
+    file: File,
+    /// Bytes of the current segment that are durable.
+    len: u64,
+    /// The LSN of the last durable record.
+    last_lsn: u64,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut taken = Vec::new();
+        let mut batch = Vec::new();
+        loop {
+            let (last, count) = {
+                let mut q = self.shared.queue.lock();
+                while q.pending.is_empty() && !q.closing {
+                    self.shared.work.wait(&mut q);
+                }
+                if q.pending.is_empty() {
+                    return;
+                }
+                std::mem::swap(&mut q.pending, &mut taken);
+                let count = std::mem::take(&mut q.pending_records);
+                // Room again for appenders waiting on a full queue.
+                self.shared.done.notify_all();
+                (q.next_lsn - 1, count)
+            };
+            debug_assert_eq!(last, self.last_lsn + u64::from(count));
+            batch.clear();
+            frame_batch(&mut batch, &taken, count, self.last_lsn);
+            taken.clear();
+            let written = self.write(&batch);
+            let mut q = self.shared.queue.lock();
+            match written {
+                Ok(()) => {
+                    self.len += batch.len() as u64;
+                    self.last_lsn = last;
+                    q.durable_lsn = last;
+                    q.stats.batches += 1;
+                    q.stats.records += u64::from(count);
+                    q.stats.bytes += batch.len() as u64;
+                    self.shared.done.notify_all();
+                }
+                Err(e) => {
+                    // Best effort: cut the failed batch off, so that a
+                    // restart does not replay records answered with an error.
+                    let _ = self.file.set_len(self.len).and_then(|()| self.file.sync_all());
+                    tracing::error!(log = self.name, error = %e, "log write failed; appends fail until restart");
+                    q.failed = Some((q.durable_lsn + 1, e.to_string().into()));
+                    q.pending.clear();
+                    q.pending_records = 0;
+                    self.shared.done.notify_all();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, batch: &[u8]) -> io::Result<()> {
+        let has_batches = self.len > SEGMENT_HEADER_LEN as u64;
+        if has_batches && self.len + batch.len() as u64 > self.segment_bytes {
+            self.roll()?;
+        }
+        #[cfg(test)]
+        if self.shared.faults.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.file.write_all(&batch[..batch.len() / 2]);
+            return Err(io::Error::other("injected write failure"));
+        }
+        self.file.write_all(batch)?;
+        self.file.sync_data()
+    }
+
+    /// Starts a new segment after the last durable record.
+    fn roll(&mut self) -> io::Result<()> {
+        let first = self.last_lsn + 1;
+        let (file, _) = create_segment(
+            &self.shared.dir,
+            self.kind,
+            first,
+            self.last_lsn,
+            #[cfg(test)]
+            &self.shared.faults,
+        )?;
+        self.shared.segments.lock().push_back(first);
+        self.file = file;
+        self.len = SEGMENT_HEADER_LEN as u64;
+        Ok(())
+    }
+}
+
+/// Marks the log failed if the writer thread ends without a clean close
+/// (a panic), so that no appender waits forever.
+struct WriterGuard(Arc<Shared>);
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        let mut q = self.0.queue.lock();
+        if q.failed.is_none() && !(q.closing && q.pending.is_empty()) {
+            q.failed = Some((q.durable_lsn + 1, "the log writer stopped".into()));
+        }
+        self.0.done.notify_all();
+    }
+}
+
+// --------------------------------------------------------------------- log
+
+/// A write-ahead log in a directory (see the module docs).
+pub struct Wal {
+    shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+    name: &'static str,
+    /// Held for the log's lifetime: the directory's lock.
+    _lock: File,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("name", &self.name)
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OpenError {
+    let path = path.to_owned();
+    move |source| OpenError::Io { path, source }
+}
+
+/// The segment files in `dir`, by first LSN.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, OpenError> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        if let Some(first) = entry.file_name().to_str().and_then(parse_segment_name) {
+            segments.push((first, entry.path()));
+        }
+    }
+    segments.sort_unstable_by_key(|(first, _)| *first);
+    Ok(segments)
+}
+
+fn read_prefix(path: &Path, n: usize) -> Result<Vec<u8>, OpenError> {
+    let mut bytes = Vec::with_capacity(n);
+    File::open(path)
+        .and_then(|f| f.take(n as u64).read_to_end(&mut bytes))
+        .map_err(io_err(path))?;
+    Ok(bytes)
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, replays it (calling `apply` for
+    /// every record after `options.start_after`, in LSN order) and starts the
+    /// writer. See the module docs for what is repaired and what refused; an
+    /// error from `apply` stops the open with [`OpenError::BadRecord`].
+    pub fn open(
+        dir: &Path,
+        options: Options,
+        mut apply: impl FnMut(u64, &[u8]) -> Result<(), &'static str>,
+    ) -> Result<(Wal, Recovery), OpenError> {
+        let Options {
+            name,
+            kind,
+            segment_bytes,
+            start_after: after,
+        } = options;
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(OpenError::Locked { path: dir.to_owned() }),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        }
+
+        let mut found = list_segments(dir)?;
+        if let Some((first, path)) = found.last() {
+            let bytes = read_prefix(path, SEGMENT_HEADER_LEN + 1)?;
+            if interrupted_creation(&bytes, kind, *first) {
+                tracing::warn!(log = name, path = %path.display(), "removing a segment whose creation a crash interrupted");
+                fs::remove_file(path).map_err(io_err(path))?;
+                sync_dir(dir).map_err(io_err(dir))?;
+                found.pop();
+            }
+        }
+        let mut segments = Vec::with_capacity(found.len());
+        for (first, path) in &found {
+            let bytes = read_prefix(path, SEGMENT_HEADER_LEN)?;
+            let segment = check_header(&bytes, path, kind, *first)?;
+            if let Some(before) = segments.last().map(|s: &Segment| s.first) {
+                if segment.prev + 1 < before {
+                    return Err(OpenError::Malformed {
+                        path: path.clone(),
+                        offset: 0,
+                        what: "the segment overlaps the one before it",
+                    });
+                }
+            }
+            segments.push(segment);
+        }
+        // Records replay needs but the log does not have, found from the
+        // headers alone, before anything is applied.
+        if let Some(first) = segments.first().map(|s| s.first) {
+            if first > after + 1 {
+                return Err(OpenError::Gap {
+                    needed_from: after + 1,
+                    first_available: first,
+                });
+            }
+        }
+        for s in segments.iter().skip(1) {
+            if s.prev + 1 < s.first && after + 1 < s.first {
+                return Err(OpenError::Gap {
+                    needed_from: after.max(s.prev) + 1,
+                    first_available: s.first,
+                });
+            }
+        }
+
+        let mut recovery = Recovery::default();
+        let mut previous_end: Option<u64> = None;
+        let mut tail: Option<(File, u64, u64)> = None;
+        let mut data = Vec::new();
+        for (i, seg) in segments.iter().enumerate() {
+            let last = i + 1 == segments.len();
+            if !last && segments[i + 1].first <= after + 1 {
+                // Only covered records: the header was checked, that is enough.
+                previous_end = None;
+                continue;
+            }
+            if let Some(end) = previous_end {
+                if seg.prev > end {
+                    return Err(OpenError::MissingRecords {
+                        path: seg.path.clone(),
+                        from: end + 1,
+                        to: seg.prev,
+                    });
+                }
+                if seg.prev < end {
+                    return Err(OpenError::Malformed {
+                        path: seg.path.clone(),
+                        offset: 0,
+                        what: "the segment overlaps the one before it",
+                    });
+                }
+            }
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(last)
+                .open(&seg.path)
+                .map_err(io_err(&seg.path))?;
+            data.clear();
+            file.read_to_end(&mut data).map_err(io_err(&seg.path))?;
+            let end = replay_segment(&data, seg, after, last, &mut apply, &mut recovery)?;
+            recovery.segments_read += 1;
+            previous_end = Some(end.last_lsn);
+            if last {
+                if end.valid_len < data.len() {
+                    file.set_len(end.valid_len as u64).map_err(io_err(&seg.path))?;
+                    file.sync_all().map_err(io_err(&seg.path))?;
+                    tracing::warn!(
+                        log = name,
+                        path = %seg.path.display(),
+                        bytes = recovery.truncated_bytes,
+                        records = ?recovery.dropped_records,
+                        "cut off a batch whose write a crash interrupted"
+                    );
+                }
+                file.seek(SeekFrom::Start(end.valid_len as u64))
+                    .map_err(io_err(&seg.path))?;
+                tail = Some((file, end.valid_len as u64, end.last_lsn));
+            }
+        }
+        drop(data);
+
+        let mut firsts: VecDeque<u64> = segments.iter().map(|s| s.first).collect();
+        let last_lsn = tail.as_ref().map_or(0, |t| t.2);
+        recovery.last_lsn = last_lsn;
+        let (file, len, durable) = match tail {
+            Some(tail) if last_lsn >= after => tail,
+            _ => {
+                // A new log, or one that ends before the snapshot: continue
+                // after the snapshot, never reusing its LSNs.
+                let first = after + 1;
+                let (file, _) = create_segment(
+                    dir,
+                    kind,
+                    first,
+                    last_lsn,
+                    #[cfg(test)]
+                    &Faults::default(),
+                )
+                .map_err(io_err(&dir.join(segment_name(first))))?;
+                if last_lsn < after {
+                    tracing::warn!(
+                        log = name,
+                        last_lsn,
+                        start_after = after,
+                        "the log ends before the snapshot; continuing in a new segment after it"
+                    );
+                    recovery.restarted_at = Some(first);
+                }
+                firsts.push_back(first);
+                (file, SEGMENT_HEADER_LEN as u64, after)
+            }
+        };
+        recovery.segments = firsts.len();
+        recovery.first_lsn = firsts.front().copied().unwrap_or(after + 1);
+
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                next_lsn: durable + 1,
+                durable_lsn: durable,
+                ..Queue::default()
+            }),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            segments: Mutex::new(firsts),
+            dir: dir.to_owned(),
+            #[cfg(test)]
+            faults: Faults::default(),
+        });
+        let writer = Writer {
+            shared: shared.clone(),
+            name,
+            kind,
+            segment_bytes,
+            file,
+            len,
+            last_lsn: durable,
+        };
+        let guard = WriterGuard(shared.clone());
+        let writer = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let _guard = guard;
+                writer.run();
+            })
+            .map_err(io_err(dir))?;
+        let wal = Wal {
+            shared,
+            writer: Some(writer),
+            name,
+            _lock: lock,
+        };
+        Ok((wal, recovery))
+    }
+
+    /// Queues one record of `len` bytes, written by `encode`; returns its
+    /// LSN without waiting (see [`Wal::wait`]). `len` is used to wait for
+    /// room in the queue; the record's frame takes what `encode` wrote.
+    /// `encode` runs under the queue's lock: keep it short.
+    pub fn append(&self, len: usize, encode: impl FnOnce(&mut Vec<u8>)) -> Result<u64, WalError> {
+        let mut encode = Some(encode);
+        self.append_many(
+            std::slice::from_ref(&()),
+            |_| len,
+            |_, out| {
+                if let Some(encode) = encode.take() {
+                    encode(out);
+                }
+            },
+        )
+    }
+
+    /// Queues one record per item, consecutive and in order, each of
+    /// `len(item)` bytes written by `encode`; returns the last one's LSN (0
+    /// for no items). The records go into one batch: they become durable
+    /// together. `encode` runs under the queue's lock: keep it short.
+    pub fn append_many<T>(
+        &self,
+        items: &[T],
+        len: impl Fn(&T) -> usize,
+        mut encode: impl FnMut(&T, &mut Vec<u8>),
+    ) -> Result<u64, WalError> {
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let bytes: usize = items.iter().map(|item| 4 + len(item)).sum();
+        if bytes > MAX_APPEND_BYTES {
+            return Err(WalError::TooLarge { bytes });
+        }
+        let mut guard = self.shared.queue.lock();
+        loop {
+            if let Some((_, why)) = &guard.failed {
+                return Err(WalError::Failed(why.clone()));
+            }
+            if guard.pending.is_empty() || guard.pending.len() + bytes <= MAX_QUEUED_BYTES {
+                break;
+            }
+            self.shared.done.wait(&mut guard);
+        }
+        let q = &mut *guard;
+        let start = q.pending.len();
+        let mut rollback = Rollback {
+            pending: &mut q.pending,
+            start,
+            committed: false,
+        };
+        for item in items {
+            let pending = &mut *rollback.pending;
+            let at = pending.len();
+            pending.extend_from_slice(&[0; 4]);
+            encode(item, pending);
+            // Checked again: the frame takes what was written, not `len`.
+            if pending.len() - start > MAX_APPEND_BYTES {
+                return Err(WalError::TooLarge {
+                    bytes: pending.len() - start,
+                });
+            }
+            let n = (pending.len() - at - 4) as u32;
+            pending[at..at + 4].copy_from_slice(&n.to_le_bytes());
+        }
+        rollback.committed = true;
+        drop(rollback);
+        let count = items.len() as u64;
+        q.pending_records += count as u32;
+        q.next_lsn += count;
+        let last = q.next_lsn - 1;
+        drop(guard);
+        self.shared.work.notify_one();
+        Ok(last)
+    }
+
+    /// Waits until record `lsn` (and every one before it) is on disk; fails
+    /// if its write failed. Returns at once for LSNs already durable.
+    pub fn wait(&self, lsn: u64) -> Result<(), WalError> {
+        let mut q = self.shared.queue.lock();
+        if lsn >= q.next_lsn {
+            return Err(WalError::NotAppended { lsn });
+        }
+        loop {
+            match &q.failed {
+                Some((from, why)) if lsn >= *from => return Err(WalError::Failed(why.clone())),
+                _ if q.durable_lsn >= lsn => return Ok(()),
+                _ => self.shared.done.wait(&mut q),
+            }
+        }
+    }
+
+    /// The LSN up to which every record is on disk.
+    pub fn durable_lsn(&self) -> u64 {
+        self.shared.queue.lock().durable_lsn
+    }
+
+    /// The first LSN the log holds (the next one to be appended if it holds none).
+    pub fn first_lsn(&self) -> u64 {
+        self.shared.segments.lock().front().copied().unwrap_or(1)
+    }
+
+    /// Deletes, oldest first, the segments all of whose records have an LSN
+    /// of at most `upto_lsn` (the LSN a durable snapshot covers); never the
+    /// current segment. The directory is synced after each deletion, so a
+    /// crash leaves the oldest segments deleted, never a hole.
+    pub fn compact(&self, upto_lsn: u64) -> io::Result<CompactReport> {
+        let mut segments = self.shared.segments.lock();
+        let mut report = CompactReport::default();
+        while segments.len() > 1 && segments[1] - 1 <= upto_lsn {
+            let path = self.shared.dir.join(segment_name(segments[0]));
+            let bytes = fs::metadata(&path)?.len();
+            fs::remove_file(&path)?;
+            segments.pop_front();
+            sync_dir(&self.shared.dir)?;
+            report.segments_removed += 1;
+            report.bytes_removed += bytes;
+        }
+        report.first_lsn = segments.front().copied().unwrap_or(1);
+        if report.segments_removed > 0 {
+            tracing::info!(
+                log = self.name,
+                segments = report.segments_removed,
+                bytes = report.bytes_removed,
+                first_lsn = report.first_lsn,
+                "compacted the log"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Batches, records and bytes written since open; segments now.
+    pub fn stats(&self) -> Stats {
+        let segments = self.shared.segments.lock().len() as u64;
+        Stats {
+            segments,
+            ..self.shared.queue.lock().stats
+        }
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The writer's fault switches.
+    #[cfg(test)]
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+}
+
+impl Drop for Wal {
+    /// A clean close: the writer writes what is queued, then stops.
+    fn drop(&mut self) {
+        self.shared.queue.lock().closing = true;
+        self.shared.work.notify_all();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// A batch frame holding `records` (each framed `len u32 | bytes`) after record `seq`, as the writer makes it.
+#[cfg(test)]
+pub(crate) fn test_batch(records: &[&[u8]], seq: u64) -> Vec<u8> {
+    let mut framed = Vec::new();
+    for r in records {
+        framed.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        framed.extend_from_slice(r);
+    }
+    let mut out = Vec::new();
+    frame_batch(&mut out, &framed, records.len() as u32, seq);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Barrier;
+
+    use super::*;
+
+    const KIND: [u8; 4] = *b"TST1";
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("vitrine-wal-{name}-{}-{n}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn segment(&self, first: u64) -> PathBuf {
+            self.0.join(segment_name(first))
+        }
+
+        /// First LSNs of the segment files, in order.
+        fn segments(&self) -> Vec<u64> {
+            list_segments(&self.0)
+                .unwrap()
+                .into_iter()
+                .map(|(first, _)| first)
+                .collect()
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A record's content, given its LSN: "rec-0001", 8 bytes.
+    fn content(lsn: u64) -> Vec<u8> {
+        format!("rec-{lsn:04}").into_bytes()
+    }
+
+    /// Segments of two one-record batches for LSNs 1..=9 (a batch of one
+    /// record is 28 + 4 + 8 bytes).
+    const TWO_BATCHES: u64 = SEGMENT_HEADER_LEN as u64 + 2 * 40;
+
+    fn options(segment_bytes: u64, start_after: u64) -> Options {
+        Options {
+            segment_bytes,
+            start_after,
+            ..Options::new("test", KIND)
+        }
+    }
+
+    /// Records as replayed: (LSN, bytes).
+    type Records = Vec<(u64, Vec<u8>)>;
+
+    /// Opens with `start_after`, collecting the replayed records.
+    fn open(dir: &TempDir, segment_bytes: u64, after: u64) -> Result<(Wal, Recovery, Records), OpenError> {
+        let mut seen = Vec::new();
+        let (wal, recovery) = Wal::open(&dir.0, options(segment_bytes, after), |lsn, r| {
+            seen.push((lsn, r.to_vec()));
+            Ok(())
+        })?;
+        Ok((wal, recovery, seen))
+    }
+
+    /// Appends the records of LSNs `lsns` one batch each.
+    fn append_each(wal: &Wal, lsns: std::ops::RangeInclusive<u64>) {
+        for lsn in lsns {
+            let record = content(lsn);
+            assert_eq!(wal.append(record.len(), |out| out.extend_from_slice(&record)), Ok(lsn));
+            wal.wait(lsn).unwrap();
+        }
+    }
+
+    fn expected(lsns: std::ops::RangeInclusive<u64>) -> Records {
+        lsns.map(|lsn| (lsn, content(lsn))).collect()
+    }
+
+    /// A log of records 1..=n, two per segment.
+    fn log_of(name: &str, n: u64) -> TempDir {
+        let dir = TempDir::new(name);
+        let (wal, _, _) = open(&dir, TWO_BATCHES, 0).unwrap();
+        append_each(&wal, 1..=n);
+        dir
+    }
+
+    #[test]
+    fn lsns_continue_across_reopens_and_segment_rolls() {
+        let dir = TempDir::new("lsn");
+        let (wal, recovery, seen) = open(&dir, TWO_BATCHES, 0).unwrap();
+        assert!(seen.is_empty());
+        assert_eq!((recovery.first_lsn, recovery.last_lsn, recovery.segments), (1, 0, 1));
+        assert_eq!((wal.first_lsn(), wal.durable_lsn()), (1, 0));
+        append_each(&wal, 1..=3);
+        assert_eq!(dir.segments(), [1, 3]);
+        let stats = wal.stats();
+        assert_eq!(
+            (stats.batches, stats.records, stats.bytes, stats.segments),
+            (3, 3, 120, 2)
+        );
+        drop(wal);
+        for round in 0..3 {
+            let (wal, recovery, seen) = open(&dir, TWO_BATCHES, 0).unwrap();
+            let last = 3 + 2 * round;
+            assert_eq!(seen, expected(1..=last), "round {round}");
+            assert_eq!((recovery.last_lsn, wal.durable_lsn()), (last, last));
+            append_each(&wal, last + 1..=last + 2);
+        }
+        assert_eq!(dir.segments(), [1, 3, 5, 7, 9]);
+        // Every segment's header names its place in the log.
+        for first in dir.segments() {
+            let header = fs::read(dir.segment(first)).unwrap();
+            assert_eq!(header[..SEGMENT_HEADER_LEN], segment_header(KIND, first, first - 1));
+        }
+    }
+
+    #[test]
+    fn a_crash_at_any_byte_of_the_last_write_keeps_exactly_the_complete_records() {
+        // 4 records: the last write is the second batch of segment 3;
+        // 5 records: it is the first batch of segment 5, created for it.
+        for n in [4, 5] {
+            let source = log_of("crash-src", n);
+            let last_segment = if n == 4 { 3 } else { 5 };
+            let bytes = fs::read(source.segment(last_segment)).unwrap();
+            let last_start = bytes.len() - 40;
+            // With 5 records, the crash may also interrupt the segment's creation.
+            let first_cut = if n == 5 { 0 } else { last_start };
+            for cut in first_cut..bytes.len() {
+                let dir = TempDir::new("crash");
+                for first in source.segments() {
+                    fs::copy(source.segment(first), dir.segment(first)).unwrap();
+                }
+                fs::write(dir.segment(last_segment), &bytes[..cut]).unwrap();
+                let (wal, recovery, seen) = open(&dir, TWO_BATCHES, 0).unwrap();
+                assert_eq!(seen, expected(1..=n - 1), "n {n} cut at {cut}");
+                if cut < SEGMENT_HEADER_LEN {
+                    // The crash interrupted the segment's creation: no record in it.
+                    assert_eq!(dir.segments().last(), Some(&(n - 2)), "cut at {cut}");
+                    assert_eq!(recovery.truncated_bytes, 0);
+                } else {
+                    assert_eq!(recovery.truncated_bytes, (cut - last_start) as u64);
+                    let legible = cut >= last_start + 16;
+                    assert_eq!(recovery.dropped_records, legible.then_some(1), "cut at {cut}");
+                    let len = fs::metadata(dir.segment(last_segment)).unwrap().len();
+                    assert_eq!(len, last_start as u64, "cut back, at {cut}");
+                }
+                // The lost record was never acknowledged: its LSN goes to the next one.
+                append_each(&wal, n..=n + 1);
+                drop(wal);
+                let (_wal, recovery, seen) = open(&dir, TWO_BATCHES, 0).unwrap();
+                assert_eq!(seen, expected(1..=n + 1), "n {n} cut at {cut}, reopened");
+                assert_eq!(recovery.truncated_bytes, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_bit_flip_in_a_middle_segment_or_batch_is_corrupt_naming_file_and_offset() {
+        let source = log_of("flip-src", 6);
+        assert_eq!(source.segments(), [1, 3, 5]);
+        // Every bit of the middle segment, and of the last segment's first batch.
+        for (segment, range) in [(3, 0..120), (5, 40..80)] {
+            let bytes = fs::read(source.segment(segment)).unwrap();
+            for bit in range.start * 8..range.end * 8 {
+                let dir = TempDir::new("flip");
+                for first in source.segments() {
+                    fs::copy(source.segment(first), dir.segment(first)).unwrap();
+                }
+                let mut damaged = bytes.clone();
+                damaged[bit / 8] ^= 1 << (bit % 8);
+                fs::write(dir.segment(segment), &damaged).unwrap();
+                let at = bit / 8;
+                let err = open(&dir, TWO_BATCHES, 0).map(|_| ()).unwrap_err();
+                let path = dir.segment(segment);
+                match err {
+                    OpenError::NotALog { path: p }
+                    | OpenError::UnsupportedVersion { path: p, .. }
+                    | OpenError::Malformed { path: p, offset: 0, .. }
+                        if at < SEGMENT_HEADER_LEN =>
+                    {
+                        assert_eq!(p, path, "bit {bit}")
+                    }
+                    OpenError::Corrupt { path: p, offset, next } => {
+                        assert_eq!(p, path, "bit {bit}");
+                        let batch = if at < 80 { 40 } else { 80 };
+                        assert_eq!(offset, batch, "bit {bit}");
+                        // The last batch of a middle segment: the next segment follows.
+                        assert_eq!(next, (batch == 40).then_some(80), "bit {bit}");
+                    }
+                    other => panic!("segment {segment} bit {bit}: {other:?}"),
+                }
+            }
+        }
+        // The message names the file and the offsets.
+        let mut bytes = fs::read(source.segment(3)).unwrap();
+        bytes[90] ^= 1;
+        fs::write(source.segment(3), &bytes).unwrap();
+        let err = open(&source, TWO_BATCHES, 0).map(|_| ()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: damaged batch at byte 80 followed by another segment; \
+                 refusing to drop acknowledged records (restore the file or move it aside)",
+                source.segment(3).display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_missing_or_renamed_middle_segment_is_an_error_naming_the_gap() {
+        let dir = log_of("missing", 6);
+        fs::rename(dir.segment(3), dir.0.join("aside")).unwrap();
+        for after in [0, 2] {
+            let err = open(&dir, TWO_BATCHES, after).map(|_| ()).unwrap_err();
+            assert!(
+                matches!(&err, OpenError::MissingRecords { path, from: 3, to: 4 } if *path == dir.segment(5)),
+                "{err:?}"
+            );
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{}: records 3 to 4 before this segment are missing (a segment was deleted or moved?)",
+                    dir.segment(5).display()
+                )
+            );
+        }
+        // Renamed to look like another segment: its header says otherwise.
+        fs::rename(dir.0.join("aside"), dir.segment(4)).unwrap();
+        let err = open(&dir, TWO_BATCHES, 0).map(|_| ()).unwrap_err();
+        assert!(
+            matches!(&err, OpenError::Malformed { path, offset: 0, .. } if *path == dir.segment(4)),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn replay_after_a_snapshot_skips_exactly_the_covered_records() {
+        let dir = log_of("after", 10);
+        assert_eq!(dir.segments(), [1, 3, 5, 7, 9]);
+        // (after, segments read): from the start, at a boundary, mid-segment, at the end.
+        for (after, read) in [(0, 5), (4, 3), (5, 3), (9, 1), (10, 1)] {
+            let (wal, recovery, seen) = open(&dir, TWO_BATCHES, after).unwrap();
+            assert_eq!(seen, expected(after + 1..=10), "after {after}");
+            assert_eq!(
+                (recovery.records, recovery.segments_read),
+                (10 - after, read),
+                "after {after}"
+            );
+            assert_eq!((recovery.restarted_at, wal.durable_lsn()), (None, 10));
+        }
+        // Covered segments are not read: damage in their records goes unnoticed.
+        let mut bytes = fs::read(dir.segment(1)).unwrap();
+        bytes[50] ^= 1;
+        fs::write(dir.segment(1), &bytes).unwrap();
+        assert!(open(&dir, TWO_BATCHES, 2).is_ok());
+        assert!(matches!(
+            open(&dir, TWO_BATCHES, 1).map(|_| ()),
+            Err(OpenError::Corrupt { .. })
+        ));
+
+        // Beyond the end (the log lost records the snapshot has): a new segment at after + 1.
+        let (wal, recovery, seen) = open(&dir, TWO_BATCHES, 15).unwrap();
+        assert!(seen.is_empty());
+        assert_eq!((recovery.last_lsn, recovery.restarted_at), (10, Some(16)));
+        assert_eq!(wal.durable_lsn(), 15);
+        assert_eq!(wal.wait(15), Ok(()));
+        append_each(&wal, 16..=17);
+        drop(wal);
+        assert_eq!(dir.segments(), [1, 3, 5, 7, 9, 16]);
+        let header = fs::read(dir.segment(16)).unwrap();
+        assert_eq!(header[..SEGMENT_HEADER_LEN], segment_header(KIND, 16, 10));
+        let (_wal, recovery, seen) = open(&dir, TWO_BATCHES, 15).unwrap();
+        assert_eq!((seen, recovery.restarted_at), (expected(16..=17), None));
+        drop(_wal);
+        // An older snapshot needs records 11..=15, which never were in this log.
+        for (after, needed_from) in [(12, 13), (8, 11)] {
+            let err = open(&dir, TWO_BATCHES, after).map(|_| ()).unwrap_err();
+            assert!(
+                matches!(err, OpenError::Gap { needed_from: n, first_available: 16 } if n == needed_from),
+                "after {after}: {err:?}"
+            );
+        }
+        // A new log opened after a snapshot (its directory was lost) starts after it.
+        let fresh = TempDir::new("fresh");
+        let (wal, recovery, _) = open(&fresh, TWO_BATCHES, 41).unwrap();
+        assert_eq!((recovery.restarted_at, wal.first_lsn()), (Some(42), 42));
+        append_each(&wal, 42..=42);
+    }
+
+    #[test]
+    fn compaction_deletes_exactly_the_covered_segments() {
+        let dir = log_of("compact", 10);
+        let (wal, _, _) = open(&dir, TWO_BATCHES, 0).unwrap();
+        let report = wal.compact(4).unwrap();
+        assert_eq!(
+            (report.segments_removed, report.bytes_removed, report.first_lsn),
+            (2, 240, 5)
+        );
+        assert_eq!(dir.segments(), [5, 7, 9]);
+        assert_eq!(wal.compact(5).unwrap().segments_removed, 0, "segment 5 holds record 6");
+        // Never the current segment, though the snapshot covers all of it.
+        let report = wal.compact(100).unwrap();
+        assert_eq!((report.segments_removed, report.first_lsn), (2, 9));
+        assert_eq!((dir.segments(), wal.first_lsn(), wal.stats().segments), (vec![9], 9, 1));
+        append_each(&wal, 11..=12);
+        drop(wal);
+        let (wal, recovery, seen) = open(&dir, TWO_BATCHES, 8).unwrap();
+        assert_eq!((seen, recovery.first_lsn), (expected(9..=12), 9));
+        drop(wal);
+        let err = open(&dir, TWO_BATCHES, 7).map(|_| ()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OpenError::Gap {
+                    needed_from: 8,
+                    first_available: 9
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "replay needs records from 8 on, but the log continues only at 9 \
+             (compacted away, or lost: restore them or rebuild from an older source)"
+        );
+    }
+
+    #[test]
+    fn concurrent_appenders_get_distinct_lsns_and_replay_sees_each_record_once() {
+        let dir = TempDir::new("concurrent");
+        let (wal, _, _) = open(&dir, 4 << 10, 0).unwrap();
+        let barrier = Barrier::new(8);
+        let appended: Vec<(u64, Vec<u8>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|t| {
+                    let (wal, barrier) = (&wal, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        let mut mine = Vec::new();
+                        for i in 0..150 {
+                            // Alternately one record, and three in one call.
+                            let records: Vec<Vec<u8>> = (0..1 + 2 * (i % 2))
+                                .map(|k| format!("t{t}-i{i}-k{k}").into_bytes())
+                                .collect();
+                            let last = wal
+                                .append_many(&records, |r| r.len(), |r, out| out.extend_from_slice(r))
+                                .unwrap();
+                            wal.wait(last).unwrap();
+                            let first = last + 1 - records.len() as u64;
+                            mine.extend((first..=last).zip(records));
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let total = 8 * 75 * 4;
+        let by_lsn: HashMap<u64, Vec<u8>> = appended.iter().cloned().collect();
+        assert_eq!(by_lsn.len(), total, "distinct LSNs");
+        assert!(by_lsn.keys().all(|&lsn| (1..=total as u64).contains(&lsn)));
+        let stats = wal.stats();
+        assert!(stats.batches <= stats.records && stats.segments > 3, "{stats:?}");
+        drop(wal);
+        let (_wal, recovery, seen) = open(&dir, 4 << 10, 0).unwrap();
+        assert_eq!(recovery.records, total as u64);
+        let mut sorted = appended;
+        sorted.sort();
+        assert_eq!(seen, sorted, "every record once, in LSN order, as appended");
+    }
+
+    #[test]
+    fn records_of_one_call_share_a_batch_and_oversized_appends_are_refused() {
+        let dir = TempDir::new("many");
+        let (wal, _, _) = open(&dir, 1 << 20, 0).unwrap();
+        let records = [&b"a"[..], b"", b"ccc"];
+        let last = wal
+            .append_many(&records, |r| r.len(), |r, out| out.extend_from_slice(r))
+            .unwrap();
+        assert_eq!(last, 3);
+        assert_eq!(wal.wait(4), Err(WalError::NotAppended { lsn: 4 }));
+        wal.wait(last).unwrap();
+        assert_eq!((wal.stats().batches, wal.stats().records), (1, 3));
+        let empty: [&[u8]; 0] = [];
+        assert_eq!(
+            wal.append_many(&empty, |r| r.len(), |r, out| out.extend_from_slice(r)),
+            Ok(0)
+        );
+        // Refused by its announced length, or by what it wrote: nothing queued.
+        let big = MAX_APPEND_BYTES;
+        assert_eq!(wal.append(big, |_| {}), Err(WalError::TooLarge { bytes: big + 4 }));
+        let lied = wal.append(1, |out| out.resize(out.len() + big, 0));
+        assert!(matches!(lied, Err(WalError::TooLarge { .. })), "{lied:?}");
+        append_each(&wal, 4..=4);
+        drop(wal);
+        let (_wal, _, seen) = open(&dir, 1 << 20, 0).unwrap();
+        let want: Records = vec![(1, b"a".to_vec()), (2, vec![]), (3, b"ccc".to_vec()), (4, content(4))];
+        assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn a_failed_write_or_roll_fails_closed_and_a_reopen_continues() {
+        for roll in [false, true] {
+            let dir = TempDir::new("fail");
+            let (wal, _, _) = open(&dir, TWO_BATCHES, 0).unwrap();
+            // With two records, segment 1 is full: the next write starts segment 3.
+            let durable = if roll { 2 } else { 1 };
+            append_each(&wal, 1..=durable);
+            let fault = if roll {
+                &wal.faults().fail_rolls
+            } else {
+                &wal.faults().fail_writes
+            };
+            fault.store(true, Ordering::SeqCst);
+            let lsn = wal.append(1, |out| out.push(b'x')).unwrap();
+            assert!(matches!(wal.wait(lsn), Err(WalError::Failed(_))), "roll {roll}");
+            fault.store(false, Ordering::SeqCst);
+            // Closed until reopened; what was durable stays so.
+            assert!(matches!(wal.append(1, |out| out.push(b'y')), Err(WalError::Failed(_))));
+            assert_eq!((wal.wait(durable), wal.durable_lsn()), (Ok(()), durable));
+            drop(wal);
+            assert_eq!(dir.segments(), [1], "roll {roll}: no partial segment left");
+            let (wal, recovery, seen) = open(&dir, TWO_BATCHES, 0).unwrap();
+            assert_eq!(seen, expected(1..=durable), "roll {roll}");
+            assert_eq!(recovery.truncated_bytes, 0, "roll {roll}: the failed batch was cut off");
+            append_each(&wal, durable + 1..=3);
+            assert_eq!(dir.segments(), [1, 3]);
+        }
+    }
+
+    #[test]
+    fn a_zeroed_new_segment_is_an_interrupted_creation() {
+        let dir = log_of("zeroed", 2);
+        fs::write(dir.segment(3), [0; SEGMENT_HEADER_LEN]).unwrap();
+        let (wal, _, seen) = open(&dir, TWO_BATCHES, 0).unwrap();
+        assert_eq!(seen, expected(1..=2));
+        assert_eq!(dir.segments(), [1]);
+        append_each(&wal, 3..=3);
+        // Only the last segment: elsewhere, a short segment is damage.
+        drop(wal);
+        fs::write(dir.segment(1), [0; 8]).unwrap();
+        assert!(matches!(
+            open(&dir, TWO_BATCHES, 0).map(|_| ()),
+            Err(OpenError::NotALog { .. })
+        ));
+    }
+
+    #[test]
+    fn a_second_open_of_the_directory_is_refused() {
+        let dir = TempDir::new("lock");
+        let (wal, _, _) = open(&dir, TWO_BATCHES, 0).unwrap();
+        assert!(matches!(
+            open(&dir, TWO_BATCHES, 0).map(|_| ()),
+            Err(OpenError::Locked { .. })
+        ));
+        drop(wal);
+        assert!(open(&dir, TWO_BATCHES, 0).is_ok());
+    }
+
+    #[test]
+    fn a_record_the_callback_refuses_stops_the_open() {
+        let dir = log_of("refused", 3);
+        let err = Wal::open(&dir.0, options(TWO_BATCHES, 0), |lsn, _| {
+            if lsn == 3 {
+                Err("not a test record")
+            } else {
+                Ok(())
+            }
+        })
+        .map(|_| ())
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: record 3 in the batch at byte 40: not a test record",
+                dir.segment(3).display()
+            )
+        );
+    }
+}
