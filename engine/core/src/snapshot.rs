@@ -180,6 +180,35 @@ pub fn encode(index: &Index, meta: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The `meta` bytes of a snapshot from a prefix of its file, without
+/// reading or checking the rest: for listing snapshots cheaply (which Kafka
+/// offsets or journal position each one covers). The header's own checksum
+/// is checked, the payload's is not, so the answer may come from a snapshot
+/// that [`decode`] will refuse; callers use it only where a wrong value errs
+/// on the safe side, and load through [`decode`].
+pub fn peek_meta(prefix: &[u8]) -> Result<&[u8], SnapshotError> {
+    let Some((header, payload)) = prefix.split_first_chunk::<HEADER_LEN>() else {
+        return Err(SnapshotError::TooShort { len: prefix.len() });
+    };
+    let u32_at = |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    if header[0..8] != MAGIC {
+        return Err(SnapshotError::BadMagic);
+    }
+    if crc32fast::hash(&header[..28]) != u32_at(28) {
+        return Err(SnapshotError::HeaderChecksum);
+    }
+    let version = u32_at(8);
+    if version != VERSION || u32_at(12) != 0 {
+        return Err(SnapshotError::UnsupportedVersion { found: version });
+    }
+    let mut r = Reader::new(payload, 0);
+    let (kind, mut meta) = r.section()?;
+    if kind != SECTION_META {
+        return Err(r.malformed("the first section is not META"));
+    }
+    Ok(meta.rest())
+}
+
 /// Decodes a snapshot made by [`encode`], validating every byte.
 pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     let payload = open(bytes)?;
@@ -1286,6 +1315,20 @@ benefits:
             }
             assert_same(&index, &snapshot.index, 120);
         }
+    }
+
+    #[test]
+    fn peek_meta_reads_the_meta_from_a_prefix() {
+        let index = build(&stream(3, 2_000, 40, 8, false));
+        let bytes = encode(&index, b"position 42");
+        assert_eq!(peek_meta(&bytes[..HEADER_LEN + 9 + 11]).unwrap(), b"position 42");
+        assert_eq!(peek_meta(&bytes).unwrap(), b"position 42");
+        // Too short for the meta, a damaged header, not a snapshot: errors.
+        assert!(peek_meta(&bytes[..HEADER_LEN + 9 + 10]).is_err());
+        let mut flipped = bytes.clone();
+        flipped[17] ^= 1;
+        assert_eq!(peek_meta(&flipped), Err(SnapshotError::HeaderChecksum));
+        assert_eq!(peek_meta(b"VTRN"), Err(SnapshotError::TooShort { len: 4 }));
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub struct ServeArgs {
     /// Rule files loaded at start-up, watched for edits, and kept in sync with pushes.
     #[arg(long, env = "VITRINE_RULES_DIR", default_value = "rules")]
     pub rules_dir: PathBuf,
-    /// Where durable state lives (rule revisions; claims and snapshots later).
+    /// Where durable state lives: rule revisions, the claims and events journals, snapshots.
     #[arg(long, env = "VITRINE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
     /// Kafka bootstrap servers; none = embedded mode (events through Ingest/Track).
@@ -117,6 +117,15 @@ pub struct ServeArgs {
     /// How often --rules-dir is checked for edited files.
     #[arg(long, env = "VITRINE_RULES_POLL", default_value = "2s")]
     pub rules_poll: String,
+    /// How often the audience index is snapshotted to --data-dir/snapshots
+    /// (also at shutdown); 0 = only at shutdown. A restart replays the log
+    /// since the last snapshot, so this bounds restart time.
+    #[arg(long, env = "VITRINE_SNAPSHOT_INTERVAL", default_value = "5m")]
+    pub snapshot_interval: String,
+    /// Snapshots kept; older ones are deleted (and the events journal they
+    /// needed with them). A damaged newest snapshot falls back to an older one.
+    #[arg(long, env = "VITRINE_SNAPSHOT_KEEP", default_value = "3")]
+    pub snapshot_keep: String,
     /// Seed every shop of --rules-dir with a generated demo stream of behavior.
     #[arg(long, env = "VITRINE_DEMO")]
     pub demo: bool,

@@ -34,6 +34,10 @@ pub struct Config {
     pub demo_visitors: Option<usize>,
     /// Kafka ingest; `None` = embedded mode (events through Ingest/Track).
     pub kafka: Option<KafkaConfig>,
+    /// Periodic snapshots; `None` = only at shutdown.
+    pub snapshot_interval: Option<Duration>,
+    /// Snapshots kept.
+    pub snapshot_keep: usize,
 }
 
 /// Where a starting consumer begins reading each partition.
@@ -69,6 +73,11 @@ pub struct KafkaConfig {
     pub apply_threads: usize,
     /// Extra librdkafka properties, applied last (tests and tools).
     pub options: Vec<(String, String)>,
+    /// (partition, next offset) from the snapshot the index was loaded
+    /// from: those partitions resume there, whatever `start` says, and
+    /// partitions the snapshot does not list read from their beginning.
+    /// `None`: no snapshot of this topic; `start` decides.
+    pub resume: Option<Vec<(i32, i64)>>,
 }
 
 impl KafkaConfig {
@@ -89,6 +98,7 @@ impl KafkaConfig {
                 .map_or(1, |n| n.get().saturating_sub(1))
                 .clamp(1, 8),
             options: Vec::new(),
+            resume: None,
         }
     }
 }
@@ -185,6 +195,10 @@ impl Config {
         let request_timeout = duration("request-timeout", &args.request_timeout, Duration::from_millis(1));
         let shutdown_grace = duration("shutdown-grace", &args.shutdown_grace, Duration::ZERO);
         let rules_poll = duration("rules-poll", &args.rules_poll, Duration::from_millis(100));
+        let snapshot_interval = match args.snapshot_interval.as_str() {
+            "0" => Some(Duration::ZERO),
+            text => duration("snapshot-interval", text, Duration::ZERO),
+        };
         let mut positive = |flag: &str, value: &str| match value.parse::<usize>() {
             Ok(n) if n > 0 => Some(n),
             _ => {
@@ -196,6 +210,7 @@ impl Config {
         let max_request_bytes = positive("max-request-bytes", &args.max_request_bytes);
         let demo_visitors = positive("demo-visitors", &args.demo_visitors);
         let kafka_max_message_bytes = positive("kafka-max-message-bytes", &args.kafka_max_message_bytes);
+        let snapshot_keep = positive("snapshot-keep", &args.snapshot_keep);
         if args.admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             problems.push("--admin-token: must not be empty when set".to_string());
         }
@@ -242,33 +257,46 @@ impl Config {
             demo_visitors,
             kafka_max_message_bytes,
             kafka_start,
+            snapshot_interval,
+            snapshot_keep,
         ) {
-            (Some(g), Some(m), Some(mif), Some(rt), Some(mrb), Some(sg), Some(rp), Some(dv), Some(kmb), Some(ks))
-                if problems.is_empty() =>
-            {
-                Ok(Config {
-                    grpc_addr: g,
-                    metrics_addr: m,
-                    rules_dir: args.rules_dir.clone(),
-                    data_dir: args.data_dir.clone(),
-                    admin_token: args.admin_token.clone(),
-                    max_in_flight: mif,
-                    request_timeout: rt,
-                    max_request_bytes: mrb,
-                    shutdown_grace: sg,
-                    rules_poll: rp,
-                    demo_visitors: args.demo.then_some(dv),
-                    kafka: args.kafka_brokers.as_ref().map(|brokers| KafkaConfig {
-                        brokers: brokers.split(',').map(str::trim).collect::<Vec<_>>().join(","),
-                        topic: args.kafka_topic.clone(),
-                        group: args.kafka_group.clone(),
-                        dead_letter_topic: args.kafka_dead_letter_topic.clone(),
-                        max_message_bytes: kmb,
-                        start: ks,
-                        ..KafkaConfig::new("")
-                    }),
-                })
-            }
+            (
+                Some(g),
+                Some(m),
+                Some(mif),
+                Some(rt),
+                Some(mrb),
+                Some(sg),
+                Some(rp),
+                Some(dv),
+                Some(kmb),
+                Some(ks),
+                Some(si),
+                Some(sk),
+            ) if problems.is_empty() => Ok(Config {
+                grpc_addr: g,
+                metrics_addr: m,
+                rules_dir: args.rules_dir.clone(),
+                data_dir: args.data_dir.clone(),
+                admin_token: args.admin_token.clone(),
+                max_in_flight: mif,
+                request_timeout: rt,
+                max_request_bytes: mrb,
+                shutdown_grace: sg,
+                rules_poll: rp,
+                demo_visitors: args.demo.then_some(dv),
+                kafka: args.kafka_brokers.as_ref().map(|brokers| KafkaConfig {
+                    brokers: brokers.split(',').map(str::trim).collect::<Vec<_>>().join(","),
+                    topic: args.kafka_topic.clone(),
+                    group: args.kafka_group.clone(),
+                    dead_letter_topic: args.kafka_dead_letter_topic.clone(),
+                    max_message_bytes: kmb,
+                    start: ks,
+                    ..KafkaConfig::new("")
+                }),
+                snapshot_interval: (!si.is_zero()).then_some(si),
+                snapshot_keep: sk,
+            }),
             _ => Err(ConfigErrors(problems)),
         }
     }

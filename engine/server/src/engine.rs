@@ -1,15 +1,24 @@
 //! The engine as the service sees it: the audience index, the rule store and
 //! the claim ledger behind one handle, with the operations every surface
-//! (gRPC, the demo seeder, later Kafka) shares, so that an event applies the
-//! same way whichever door it came through.
+//! (gRPC, the demo seeder, Kafka) shares, so that an event applies the same
+//! way whichever door it came through.
+//!
+//! A durable engine also holds the events journal: `Ingest/Track` writes
+//! the accepted events to it, and waits for them to be on disk, before it
+//! applies them and answers. The journal position that a snapshot records
+//! must cover only applied events, which the track gate ensures: a Track
+//! holds it shared from journaling to applying, and [`Engine::events_position`]
+//! takes it exclusively for an instant.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use parking_lot::RwLock;
 use vitrine_core::event::Fields;
 use vitrine_core::{ClaimLedger, Event, EventError, Index, MemoryLedger};
 
-use crate::metrics::Metrics;
+use crate::events_log::EventLog;
+use crate::metrics::{self, Metrics};
 use crate::store::RuleStore;
 
 /// Shared state of a running engine.
@@ -22,12 +31,17 @@ pub struct Engine {
     pub ledger: Arc<dyn ClaimLedger>,
     /// Metric handles.
     pub metrics: Metrics,
+    /// Where Track journals events before applying them (`None`: in memory only).
+    events: Option<EventLog>,
+    /// Shared by Track from journaling to applying; see the module docs.
+    track_gate: RwLock<()>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("rules", &self.rules)
+            .field("durable", &self.events.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -41,41 +55,96 @@ pub struct Rejected {
     pub error: EventError,
 }
 
+/// A Track whose events could not be journaled: none of them was applied.
+#[derive(Debug, thiserror::Error)]
+#[error("the events journal failed; no event of the call was accepted: {0}")]
+pub struct TrackError(String);
+
 impl Engine {
-    /// An engine with an empty index and an in-memory claim ledger.
+    /// An engine with an empty index and an in-memory claim ledger, nothing
+    /// durable (tools, demos and tests).
     pub fn new(rules: RuleStore, metrics: Metrics) -> Engine {
+        Engine::with_parts(Index::new(), rules, Arc::new(MemoryLedger::new()), None, metrics)
+    }
+
+    /// An engine over restored state: `index` (from a snapshot and the
+    /// journal), `ledger`, and `events`, the journal Track writes to.
+    pub fn with_parts(
+        index: Index,
+        rules: RuleStore,
+        ledger: Arc<dyn ClaimLedger>,
+        events: Option<EventLog>,
+        metrics: Metrics,
+    ) -> Engine {
         Engine {
-            index: Index::new(),
+            index,
             rules,
-            ledger: Arc::new(MemoryLedger::new()),
+            ledger,
             metrics,
+            events,
+            track_gate: RwLock::new(()),
         }
     }
 
-    /// Validates and applies a batch of events; returns how many were
-    /// applied and each rejected one with its reason. Idempotent per event.
-    pub fn track<'a>(&self, events: impl IntoIterator<Item = Fields<'a>>) -> (u32, Vec<Rejected>) {
-        let mut accepted = 0;
+    /// Validates a batch of events, journals the valid ones (waiting until
+    /// they are on disk) and applies them; returns how many were applied
+    /// and each rejected one with its reason. Idempotent per event. On a
+    /// journal failure nothing is applied.
+    pub fn track<'a>(&self, events: impl IntoIterator<Item = Fields<'a>>) -> Result<(u32, Vec<Rejected>), TrackError> {
+        let mut valid = Vec::new();
         let mut rejected = Vec::new();
         for (i, fields) in events.into_iter().enumerate() {
             match Event::validate(fields) {
-                Ok(event) => {
-                    self.apply(&event);
-                    accepted += 1;
-                }
+                Ok(event) => valid.push(event),
                 Err(error) => {
                     self.metrics.reject(error.reason);
                     rejected.push(Rejected { index: i as u32, error });
                 }
             }
         }
-        (accepted, rejected)
+        let _gate = self.track_gate.read();
+        if let Some(log) = self.events.as_ref().filter(|_| !valid.is_empty()) {
+            let durable = log.append(&valid).and_then(|lsn| log.wait(lsn));
+            if let Err(e) = durable {
+                metrics::journal_failed("events");
+                return Err(TrackError(e.to_string()));
+            }
+        }
+        for event in &valid {
+            self.apply(event);
+        }
+        Ok((valid.len() as u32, rejected))
     }
 
-    /// Applies one validated event.
+    /// Applies one validated event (not journaled: Kafka and the demo
+    /// seeder have their own log).
     pub fn apply(&self, event: &Event<'_>) {
         self.index.apply(event);
         self.metrics.applied[event.action as usize].increment(1);
+    }
+
+    /// The events-journal LSN up to which every Track event is applied
+    /// (0 without a journal): what a snapshot taken now may record. Waits
+    /// for Track calls in flight to finish applying.
+    pub fn events_position(&self) -> u64 {
+        match &self.events {
+            Some(log) => {
+                let _gate = self.track_gate.write();
+                log.durable_lsn()
+            }
+            None => 0,
+        }
+    }
+
+    /// Deletes events-journal segments every record of which has an LSN of
+    /// at most `upto` (what every kept snapshot covers).
+    pub fn compact_events(&self, upto: u64) {
+        if let Some(log) = &self.events {
+            match log.compact(upto) {
+                Ok(report) => tracing::debug!(?report, upto, "events journal compacted"),
+                Err(e) => tracing::warn!(upto, "compacting the events journal failed: {e}"),
+            }
+        }
     }
 }
 

@@ -278,6 +278,7 @@ impl pb::benefits_server::Benefits for Service {
                 )),
                 ClaimError::MissingVisitor => Status::invalid_argument("`visitor` is required"),
                 ClaimError::Ledger(e) => {
+                    crate::metrics::journal_failed("claims");
                     tracing::error!("claim ledger failed: {e}");
                     Status::internal("the claim ledger failed; nothing was granted")
                 }
@@ -483,7 +484,10 @@ impl pb::ingest_server::Ingest for Service {
         }
         let engine = self.engine.clone();
         blocking("Track", move || {
-            let (accepted, rejected) = engine.track(req.events.into_iter().map(fields));
+            let (accepted, rejected) = engine.track(req.events.into_iter().map(fields)).map_err(|e| {
+                tracing::error!("{e}");
+                Status::unavailable(e.to_string())
+            })?;
             Ok(Response::new(pb::TrackResponse {
                 accepted,
                 rejected: rejected

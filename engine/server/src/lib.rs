@@ -18,6 +18,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod push;
 pub mod serve;
+pub mod snapshots;
 pub mod store;
 pub mod validate;
 pub mod wal;

@@ -46,6 +46,20 @@ pub const INGEST_DEAD_LETTERED: &str = "vitrine_ingest_dead_lettered_total";
 pub const KAFKA_UP: &str = "vitrine_kafka_up";
 /// `vitrine_kafka_errors_total{kind}`
 pub const KAFKA_ERRORS: &str = "vitrine_kafka_errors_total";
+/// `vitrine_snapshot_writes_total{result}`
+pub const SNAPSHOT_WRITES: &str = "vitrine_snapshot_writes_total";
+/// `vitrine_snapshot_last_duration_seconds`
+pub const SNAPSHOT_DURATION: &str = "vitrine_snapshot_last_duration_seconds";
+/// `vitrine_snapshot_last_bytes`
+pub const SNAPSHOT_BYTES: &str = "vitrine_snapshot_last_bytes";
+/// `vitrine_snapshot_last_success_timestamp_seconds`
+pub const SNAPSHOT_LAST_SUCCESS: &str = "vitrine_snapshot_last_success_timestamp_seconds";
+/// `vitrine_snapshot_load_failures_total`
+pub const SNAPSHOT_LOAD_FAILURES: &str = "vitrine_snapshot_load_failures_total";
+/// `vitrine_restore_duration_seconds`
+pub const RESTORE_DURATION: &str = "vitrine_restore_duration_seconds";
+/// `vitrine_journal_failures_total{journal}`
+pub const JOURNAL_FAILURES: &str = "vitrine_journal_failures_total";
 
 /// Rejection reasons of the Kafka path, beside the core's five
 /// (`RejectReason`): a message over `--kafka-max-message-bytes`, and a
@@ -130,6 +144,34 @@ fn describe() {
     describe_gauge!(
         KAFKA_UP,
         "Can this replica reach the Kafka cluster? 1 while a broker connection is up, 0 during an outage (decisions keep being served)."
+    );
+    describe_counter!(
+        SNAPSHOT_WRITES,
+        "Are snapshots being written? Snapshot writes by result (ok, failed); a restart replays the log since the last ok one."
+    );
+    describe_gauge!(
+        SNAPSHOT_DURATION,
+        Unit::Seconds,
+        "How long did the last snapshot take (encoding the index, writing, fsync)?"
+    );
+    describe_gauge!(SNAPSHOT_BYTES, Unit::Bytes, "How big was the last snapshot file?");
+    describe_gauge!(
+        SNAPSHOT_LAST_SUCCESS,
+        Unit::Seconds,
+        "When was the last snapshot written (Unix time)? Alert when it falls behind --snapshot-interval."
+    );
+    describe_counter!(
+        SNAPSHOT_LOAD_FAILURES,
+        "Were snapshots found damaged at start? Each one was set aside (*.damaged) and an older one, or a full replay, used instead."
+    );
+    describe_gauge!(
+        RESTORE_DURATION,
+        Unit::Seconds,
+        "How long did the last start take to restore state (snapshot load plus events-journal replay)?"
+    );
+    describe_counter!(
+        JOURNAL_FAILURES,
+        "Is durable storage failing? Claims or Track calls refused because their journal (claims, events) could not write; nothing was granted or accepted."
     );
     describe_counter!(
         KAFKA_ERRORS,
@@ -295,6 +337,37 @@ pub fn rule_push(origin: &'static str, result: &'static str) {
 /// Records the revision a shop serves.
 pub fn rule_revision(shop: &str, revision: u64) {
     metrics::gauge!(RULE_REVISION, "shop" => shop.to_string()).set(revision as f64);
+}
+
+/// A snapshot write that succeeded (`Some((seconds, bytes))`) or failed.
+pub fn snapshot_written(result: Option<(f64, u64)>) {
+    match result {
+        Some((seconds, bytes)) => {
+            metrics::counter!(SNAPSHOT_WRITES, "result" => "ok").increment(1);
+            metrics::gauge!(SNAPSHOT_DURATION).set(seconds);
+            metrics::gauge!(SNAPSHOT_BYTES).set(bytes as f64);
+            metrics::gauge!(SNAPSHOT_LAST_SUCCESS).set(crate::engine::now_ms() as f64 / 1000.0);
+        }
+        None => metrics::counter!(SNAPSHOT_WRITES, "result" => "failed").increment(1),
+    }
+}
+
+/// What a start restored: snapshots set aside as damaged, and how long it took.
+pub fn restored(damaged: usize, seconds: f64) {
+    metrics::counter!(SNAPSHOT_LOAD_FAILURES).increment(damaged as u64);
+    metrics::gauge!(RESTORE_DURATION).set(seconds);
+    // Registered at zero, so that dashboards and alerts see them from the start.
+    for result in ["ok", "failed"] {
+        metrics::counter!(SNAPSHOT_WRITES, "result" => result).increment(0);
+    }
+    for journal in ["claims", "events"] {
+        metrics::counter!(JOURNAL_FAILURES, "journal" => journal).increment(0);
+    }
+}
+
+/// A call refused because `journal` (`claims`, `events`) could not write.
+pub fn journal_failed(journal: &'static str) {
+    metrics::counter!(JOURNAL_FAILURES, "journal" => journal).increment(1);
 }
 
 /// A load-shed request of `method`.

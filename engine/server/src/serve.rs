@@ -3,8 +3,10 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -17,11 +19,15 @@ use vitrine_proto::v1 as pb;
 
 use crate::config::Config;
 use crate::engine::{now_ms, Engine};
+use crate::events_log::EventLog;
 use crate::grpc::Service;
 use crate::http::{self, Probes};
+use crate::journal::DurableLedger;
 use crate::kafka::Ingest;
 use crate::metrics::{self, Metrics};
+use crate::snapshots::{KafkaPosition, Position, SnapshotDir, Written};
 use crate::store::{RuleStore, SyncReport};
+use vitrine_core::Index;
 
 /// The process-wide Prometheus recorder (installed once, shared by every
 /// server a test process starts).
@@ -51,6 +57,15 @@ pub struct Server {
     pub engine: Arc<Engine>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    snapshotter: Arc<Snapshotter>,
+}
+
+impl std::fmt::Debug for Snapshotter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshotter")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long a shutdown waits for the Kafka consumer's final commit and close.
@@ -92,8 +107,131 @@ fn log_sync(report: &SyncReport) {
     }
 }
 
-/// Starts everything; returns once both listeners are bound and the rules
-/// (and the demo stream, with `--demo`) are loaded.
+/// The events journal's segment size.
+const EVENTS_SEGMENT_BYTES: u64 = 64 << 20;
+
+/// The durable state a start restores, and where it came from.
+struct Restored {
+    index: Index,
+    ledger: DurableLedger,
+    events: EventLog,
+    position: Position,
+}
+
+/// Restores the state `--data-dir` holds: the newest valid snapshot (damaged
+/// ones set aside), the events journal after its position, the claims
+/// journal. Blocking; fails on damage that would lose acknowledged claims
+/// or events (the error says which file and where).
+fn restore(data_dir: &Path, snapshots: &SnapshotDir) -> anyhow::Result<Restored> {
+    let started = Instant::now();
+    let (loaded, damaged) = snapshots
+        .load_newest()
+        .with_context(|| format!("reading snapshots in {}", snapshots.dir().display()))?;
+    for d in &damaged {
+        tracing::error!(path = %d.path.display(), reason = %d.reason, "snapshot is damaged: set aside as *.damaged, never loaded");
+    }
+    let (index, position) = match loaded {
+        Some(l) => {
+            tracing::info!(
+                path = %l.path.display(),
+                bytes = l.bytes,
+                seconds = l.took.as_secs_f64(),
+                events_lsn = l.position.events_lsn,
+                kafka = ?l.position.kafka,
+                revisions = ?l.position.revisions,
+                "snapshot loaded"
+            );
+            (l.index, l.position)
+        }
+        None if damaged.is_empty() => {
+            tracing::info!("no snapshot: starting from the journals (and the topic) alone");
+            (Index::new(), Position::default())
+        }
+        None => {
+            tracing::warn!("no valid snapshot: replaying everything the journals (and the topic) still hold");
+            (Index::new(), Position::default())
+        }
+    };
+    let replay_started = Instant::now();
+    let (events, recovery) = EventLog::open(
+        &data_dir.join("events"),
+        position.events_lsn,
+        EVENTS_SEGMENT_BYTES,
+        |_, event| index.apply(&event),
+    )
+    .context("opening the events journal")?;
+    tracing::info!(
+        ?recovery,
+        seconds = replay_started.elapsed().as_secs_f64(),
+        "events journal replayed"
+    );
+    let ledger = DurableLedger::open(&data_dir.join("claims")).context("opening the claims journal")?;
+    tracing::info!(recovery = ?ledger.recovery(), "claims journal replayed");
+    let seconds = started.elapsed().as_secs_f64();
+    metrics::restored(damaged.len(), seconds);
+    tracing::info!(seconds, "state restored");
+    Ok(Restored {
+        index,
+        ledger,
+        events,
+        position,
+    })
+}
+
+/// Takes snapshots: the position first, then the index.
+struct Snapshotter {
+    engine: Arc<Engine>,
+    dir: SnapshotDir,
+    /// The topic and a reader of the consumer's applied offsets.
+    kafka: Option<(String, KafkaPositions)>,
+}
+
+type KafkaPositions = Box<dyn Fn() -> Vec<(i32, i64)> + Send + Sync>;
+
+impl Snapshotter {
+    /// Writes one snapshot, then compacts the events journal to what every
+    /// kept snapshot covers. Blocking.
+    fn take(&self) -> std::io::Result<Written> {
+        let started = Instant::now();
+        // Positions before the index: see the snapshots module docs.
+        let position = Position {
+            created_ms: now_ms(),
+            events_lsn: self.engine.events_position(),
+            kafka: self.kafka.as_ref().map(|(topic, offsets)| KafkaPosition {
+                topic: topic.clone(),
+                offsets: offsets(),
+            }),
+            revisions: self.engine.rules.shops(),
+        };
+        let written = self.dir.write(&self.engine.index, &position);
+        match &written {
+            Ok(w) => {
+                metrics::snapshot_written(Some((started.elapsed().as_secs_f64(), w.bytes)));
+                tracing::info!(
+                    path = %w.path.display(),
+                    bytes = w.bytes,
+                    encode_seconds = w.encode.as_secs_f64(),
+                    write_seconds = w.write.as_secs_f64(),
+                    events_lsn = position.events_lsn,
+                    "snapshot written"
+                );
+                match self.dir.compactable_lsn() {
+                    Ok(Some(upto)) => self.engine.compact_events(upto),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("reading kept snapshots' positions failed: {e}"),
+                }
+            }
+            Err(e) => {
+                metrics::snapshot_written(None);
+                tracing::error!(dir = %self.dir.dir().display(), "writing a snapshot failed: {e}");
+            }
+        }
+        written
+    }
+}
+
+/// Starts everything; returns once the state is restored, both listeners
+/// are bound and the rules (and the demo stream, with `--demo`) are loaded.
 pub async fn start(config: Config) -> anyhow::Result<Server> {
     let handle = recorder()?;
     std::fs::create_dir_all(&config.rules_dir)
@@ -102,7 +240,32 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .with_context(|| format!("creating --data-dir {}", config.data_dir.display()))?;
     let store = RuleStore::new(&config.rules_dir, &config.data_dir);
     log_sync(&store.sync_dir(now_ms()));
-    let engine = Arc::new(Engine::new(store, Metrics::new()));
+    let snapshots = SnapshotDir::open(&config.data_dir, config.snapshot_keep)
+        .with_context(|| format!("opening {}/snapshots", config.data_dir.display()))?;
+    let data_dir = config.data_dir.clone();
+    let (restored, snapshots) =
+        tokio::task::spawn_blocking(move || restore(&data_dir, &snapshots).map(|r| (r, snapshots)))
+            .await
+            .context("restoring state")??;
+    let mut kafka_config = config.kafka.clone();
+    if let Some(k) = &mut kafka_config {
+        match &restored.position.kafka {
+            Some(p) if p.topic == k.topic => k.resume = Some(p.offsets.clone()),
+            Some(p) => tracing::warn!(
+                snapshot_topic = %p.topic,
+                topic = %k.topic,
+                "the snapshot was taken from another topic: its offsets are ignored"
+            ),
+            None => {}
+        }
+    }
+    let engine = Arc::new(Engine::with_parts(
+        restored.index,
+        store,
+        Arc::new(restored.ledger),
+        Some(restored.events),
+        Metrics::new(),
+    ));
     if let Some(visitors) = config.demo_visitors {
         let now = now_ms();
         for (shop, _) in engine.rules.shops() {
@@ -141,10 +304,18 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let ingest = pb::ingest_server::IngestServer::new(service).max_decoding_message_size(limit);
     // Embedded, the engine is ready now; with Kafka, once the consumer has
     // caught up with the topic (until then decisions would miss behavior).
-    let kafka = match &config.kafka {
+    let kafka = match &kafka_config {
         Some(k) => Some(Ingest::start(engine.clone(), k).context("starting Kafka ingest")?),
         None => None,
     };
+    let snapshotter = Arc::new(Snapshotter {
+        engine: engine.clone(),
+        dir: snapshots,
+        kafka: kafka_config
+            .as_ref()
+            .zip(kafka.as_ref())
+            .map(|(k, ingest)| (k.topic.clone(), Box::new(ingest.positions_reader()) as KafkaPositions)),
+    });
     let ready_now = kafka.is_none();
     set_health(&health_reporter, ready_now).await;
     let health = Arc::new(tokio::sync::Mutex::new(health_reporter));
@@ -214,6 +385,13 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             .context("metrics server")
     }));
 
+    if let Some(interval) = config.snapshot_interval {
+        tasks.push(tokio::spawn(snapshot_loop(
+            snapshotter.clone(),
+            interval,
+            stopped.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(background(
         engine.clone(),
         handle,
@@ -228,7 +406,28 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         engine,
         stop,
         tasks,
+        snapshotter,
     })
+}
+
+/// Writes a snapshot every `interval` until stopped (the final one is
+/// [`Server::shutdown`]'s).
+async fn snapshot_loop(
+    snapshotter: Arc<Snapshotter>,
+    interval: std::time::Duration,
+    mut stopped: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopped.wait_for(|s| *s) => return Ok(()),
+        }
+        let s = snapshotter.clone();
+        // A failed write is logged and counted; the next tick tries again.
+        let _ = tokio::task::spawn_blocking(move || s.take()).await?;
+    }
 }
 
 /// The Kafka consumer's life beside the server: SERVING once it has caught
@@ -296,12 +495,26 @@ async fn background(
 
 impl Server {
     /// Stops: NOT_SERVING, grace period, drain in-flight calls, close.
+    /// Then, with nothing left writing, takes the final snapshot.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
+        let mut result = Ok(());
         for task in self.tasks {
-            task.await??;
+            if let Err(e) = task.await.map_err(anyhow::Error::from).and_then(|r| r) {
+                result = result.and(Err(e));
+            }
         }
-        Ok(())
+        let snapshotter = self.snapshotter;
+        tokio::task::spawn_blocking(move || snapshotter.take())
+            .await?
+            .context("the final snapshot")?;
+        result
+    }
+
+    /// Writes a snapshot now (what the periodic task does); for tests and tools.
+    pub async fn snapshot(&self) -> anyhow::Result<Written> {
+        let snapshotter = self.snapshotter.clone();
+        Ok(tokio::task::spawn_blocking(move || snapshotter.take()).await??)
     }
 
     /// Serves until `signal` resolves, then shuts down.

@@ -73,6 +73,8 @@ struct State {
     topic: Arc<str>,
     max_message_bytes: usize,
     start: KafkaStart,
+    /// Next offsets per partition from the loaded snapshot.
+    resume: Option<Vec<(i32, i64)>>,
     partition_check: Duration,
     metrics: KafkaMetrics,
     rejects: Arc<Rejects>,
@@ -178,6 +180,7 @@ impl Worker {
                 topic,
                 max_message_bytes: config.max_message_bytes,
                 start: config.start,
+                resume: config.resume.clone(),
                 partition_check: config.partition_check,
                 metrics,
                 rejects,
@@ -351,11 +354,22 @@ impl State {
             return true;
         }
         let mut added = TopicPartitionList::with_capacity(count - known);
+        let mut resumed = Vec::with_capacity(count - known);
         for p in known..count {
-            // Partitions present at start begin where configured; partitions
-            // added while running are new to this index: from their beginning.
-            let offset = match (known, self.start) {
-                (0, KafkaStart::Committed) => Offset::Stored,
+            // A partition the loaded snapshot covers resumes where it
+            // stopped. Otherwise: with a snapshot, the partition is new to
+            // it, so from its beginning; without one, partitions present at
+            // start begin where configured; partitions added while running
+            // are new to this index: from their beginning.
+            let from_snapshot = self
+                .resume
+                .as_ref()
+                .map(|r| r.iter().find(|&&(rp, _)| rp as usize == p).map(|&(_, o)| o));
+            resumed.push(from_snapshot.flatten());
+            let offset = match (from_snapshot, known, self.start) {
+                (Some(Some(o)), _, _) => Offset::Offset(o),
+                (Some(None), _, _) => Offset::Beginning,
+                (None, 0, KafkaStart::Committed) => Offset::Stored,
                 _ => Offset::Beginning,
             };
             if let Err(e) = added.add_partition_offset(&self.topic, p as i32, offset) {
@@ -369,6 +383,14 @@ impl State {
             return false;
         }
         self.partitions.resize(count, PartitionState::new());
+        for (state, offset) in self.partitions[known..].iter_mut().zip(resumed) {
+            if let Some(o) = offset {
+                // Everything before it is in the index already.
+                state.next = o;
+                state.dispatched = o;
+            }
+        }
+        self.publish_positions();
         tracing::info!(topic = %self.topic, partitions = count, "Kafka: reading partitions {known}..{count}");
         true
     }
@@ -381,7 +403,24 @@ impl State {
                 continue;
             }
             match consumer.fetch_watermarks(&self.topic, p as i32, REQUEST_TIMEOUT) {
-                Ok(w) => self.partitions[p].start_watermarks = Some(w),
+                Ok(w) => {
+                    let state = &mut self.partitions[p];
+                    if state.next > w.1 {
+                        // The snapshot is ahead of the topic: it was
+                        // recreated, or the snapshot is another topic's.
+                        tracing::warn!(
+                            topic = %self.topic,
+                            partition = p,
+                            snapshot_offset = state.next,
+                            high_watermark = w.1,
+                            "Kafka: the snapshot's offset is beyond the partition's end (topic recreated?); \
+                             the index keeps the snapshot's events and reads the partition from its beginning"
+                        );
+                        state.next = -1;
+                        state.dispatched = -1;
+                    }
+                    state.start_watermarks = Some(w);
+                }
                 Err(e) => {
                     self.metrics.error(KafkaErrorKind::Client);
                     if self.error_log.allow() {
@@ -472,6 +511,7 @@ impl State {
                 }
             }
         }
+        self.publish_positions();
         let progress = &self.progress;
         progress.messages.fetch_add(batch.len() as u64, Ordering::Release);
         progress.applied.fetch_add(applied, Ordering::Release);
@@ -480,6 +520,13 @@ impl State {
         if self.pool.len() < 16 {
             self.pool.push(batch);
         }
+    }
+
+    /// Publishes each partition's `next` (what a snapshot may record).
+    fn publish_positions(&self) {
+        let mut positions = self.progress.positions.lock();
+        positions.clear();
+        positions.extend(self.partitions.iter().map(|s| s.next));
     }
 
     /// Stores the next offsets of partitions that moved: what auto-commit

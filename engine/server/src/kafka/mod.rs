@@ -21,10 +21,14 @@
 //!   from their beginning). The group id only names where this replica's
 //!   offsets are committed. With no rebalances there is no revoke; the final
 //!   commit happens at shutdown.
-//! * **Start.** The index lives in memory, so by default a starting replica
-//!   reads every partition from its earliest retained offset
-//!   ([`KafkaStart::Earliest`]); [`KafkaStart::Committed`] resumes from the
-//!   group's committed offsets instead (earliest where there are none).
+//! * **Start.** A replica that loaded a snapshot resumes each partition from
+//!   the offset the snapshot records (`KafkaConfig::resume`; partitions it
+//!   does not list from their beginning), so that state = snapshot + the
+//!   rest of the log. Without a snapshot of the topic, it reads every
+//!   partition from its earliest retained offset ([`KafkaStart::Earliest`],
+//!   the default), or from the group's committed offsets
+//!   ([`KafkaStart::Committed`]; earliest where there are none). Group
+//!   commits are kept for monitoring tools, never for resuming a snapshot.
 //! * **Readiness.** At start the consumer reads each partition's high
 //!   watermark; it is caught up once it has applied up to those (or reached
 //!   the end of a partition), and only then do `/readyz` and gRPC health
@@ -72,6 +76,9 @@ pub struct Progress {
     pub applied: AtomicU64,
     /// Messages rejected.
     pub rejected: AtomicU64,
+    /// Per partition, the offset after the last message applied or
+    /// rejected (-1: none yet): every message before it is in the index.
+    pub positions: parking_lot::Mutex<Vec<i64>>,
 }
 
 /// A snapshot of [`Progress`].
@@ -148,6 +155,18 @@ impl Ingest {
         }
     }
 
+    /// (partition, next offset) of every partition with one: everything
+    /// before it is in the index. Read before a snapshot encodes the index.
+    pub fn positions(&self) -> Vec<(i32, i64)> {
+        positions(&self.progress)
+    }
+
+    /// A handle that reads [`Ingest::positions`] after the ingest is moved away.
+    pub fn positions_reader(&self) -> impl Fn() -> Vec<(i32, i64)> + Send + Sync + 'static {
+        let progress = self.progress.clone();
+        move || positions(&progress)
+    }
+
     /// Stops the consumer: finishes the batch in hand, stores and commits
     /// its offsets, closes. Blocks up to `timeout`; false if the thread did
     /// not finish in time (it is left to finish on its own).
@@ -173,6 +192,16 @@ impl Drop for Ingest {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
     }
+}
+
+fn positions(progress: &Progress) -> Vec<(i32, i64)> {
+    let positions = progress.positions.lock();
+    positions
+        .iter()
+        .enumerate()
+        .filter(|&(_, &next)| next >= 0)
+        .map(|(p, &next)| (p as i32, next))
+        .collect()
 }
 
 /// A log gate: at most `max` lines per 10 s window, then one line saying how

@@ -56,6 +56,8 @@ fn config(dir: &Path, token: Option<&str>) -> Config {
         rules_poll: Duration::from_millis(100),
         demo_visitors: None,
         kafka: None,
+        snapshot_interval: None,
+        snapshot_keep: 3,
     }
 }
 

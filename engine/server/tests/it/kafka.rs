@@ -637,6 +637,8 @@ async fn readiness_waits_until_the_consumer_caught_up_and_decisions_are_served_m
         rules_poll: Duration::from_secs(1),
         demo_visitors: None,
         kafka: Some(kafka_config(&brokers, "ready")),
+        snapshot_interval: None,
+        snapshot_keep: 3,
     };
     let server = vitrine::serve::start(config).await.unwrap();
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr))
