@@ -1,7 +1,10 @@
 //! Measures durability's costs (issue 5); reports, asserts nothing.
 //!
 //! Builds the benches' synthetic shop history (`--visitors`, 1,000,000 by
-//! default: about 10 events per visitor over 30 days), writes it as a
+//! default: about 10 events per visitor over 30 days, which make 3.3M
+//! (visitor, action, day) entries since a visitor's events cluster in
+//! sessions), adds `--extra-days` (8) views per visitor on distinct days of
+//! the 30 (to reach the issue's 10M day entries), writes it as a
 //! snapshot into a fresh `--data-dir` the way the server does (timing the
 //! encode and the write: temp file, fsync, rename), then `--rounds` times
 //! starts the real binary on that data directory and times spawn -> the
@@ -26,8 +29,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vitrine::snapshots::{Position, SnapshotDir};
-use vitrine_benches::{Dataset, SHOP};
-use vitrine_core::Index;
+use vitrine_benches::{Dataset, DAY_MS, ITEMS, NOW_MS, SHOP};
+use vitrine_core::event::Fields;
+use vitrine_core::{Event, Index};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -58,6 +62,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let mut visitors = 1_000_000u32;
     let mut rounds = 3usize;
+    let mut extra_days = 8u32;
     let mut bin = PathBuf::from("target/release/vitrine");
     let mut base = std::env::temp_dir();
     let mut args = std::env::args().skip(1);
@@ -66,6 +71,7 @@ fn main() {
         match arg.as_str() {
             "--visitors" => visitors = value().parse().unwrap(),
             "--rounds" => rounds = value().parse().unwrap(),
+            "--extra-days" => extra_days = value().parse().unwrap(),
             "--bin" => bin = value().into(),
             "--dir" => base = value().into(),
             other => panic!("unknown argument {other}"),
@@ -83,11 +89,31 @@ fn main() {
     for event in dataset.events() {
         index.apply(&event);
     }
+    let mut events = dataset.len() as u64;
+    for v in 0..visitors {
+        let visitor = format!("v-{v}");
+        for j in 0..extra_days.min(30) {
+            // Distinct days per visitor: a visitor-dependent start, stepping by 1.
+            let day = i64::from((v.wrapping_mul(7) + j) % 30);
+            let item = format!("sku-{}", (v.wrapping_mul(31).wrapping_add(j * 17)) % ITEMS);
+            let event = Event::validate(Fields {
+                shop: Some(SHOP.into()),
+                visitor: Some(visitor.as_str().into()),
+                action: Some("view".into()),
+                item: Some(item.as_str().into()),
+                ts: Some(NOW_MS - day * DAY_MS - 3_600_000),
+                ..Fields::default()
+            })
+            .unwrap();
+            index.apply(&event);
+            events += 1;
+        }
+    }
     let stats = index.shop(SHOP).unwrap().stats();
     println!(
         "index: {} visitors, {} events, {} (visitor, action, day) entries, {} profile entries; built in {:.1} s",
         stats.visitors,
-        dataset.len(),
+        events,
         stats.day_entries,
         stats.profile_entries,
         t.elapsed().as_secs_f64()

@@ -58,6 +58,8 @@ pub struct Server {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     snapshotter: Arc<Snapshotter>,
+    /// `data-dir/vitrine.lock`, held while the server lives.
+    _data_lock: std::fs::File,
 }
 
 impl std::fmt::Debug for Snapshotter {
@@ -104,6 +106,28 @@ fn log_sync(report: &SyncReport) {
         for line in p.message.lines() {
             tracing::error!("{}:{line}", p.path.display());
         }
+    }
+}
+
+/// Takes `data-dir/vitrine.lock`, so that a second server on the same data
+/// directory stops before it reads (or sets aside) anything. Held until the
+/// returned file is dropped.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join("vitrine.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(anyhow::anyhow!(
+            "{} is locked: another vitrine server uses --data-dir {}",
+            path.display(),
+            data_dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
     }
 }
 
@@ -238,6 +262,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .with_context(|| format!("creating --rules-dir {}", config.rules_dir.display()))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating --data-dir {}", config.data_dir.display()))?;
+    let data_lock = lock_data_dir(&config.data_dir)?;
     let store = RuleStore::new(&config.rules_dir, &config.data_dir);
     log_sync(&store.sync_dir(now_ms()));
     let snapshots = SnapshotDir::open(&config.data_dir, config.snapshot_keep)
@@ -407,6 +432,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         stop,
         tasks,
         snapshotter,
+        _data_lock: data_lock,
     })
 }
 

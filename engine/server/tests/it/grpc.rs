@@ -574,3 +574,96 @@ async fn shutdown_turns_health_not_serving_before_closing() {
     assert_eq!(health(&mut c).await, ServingStatus::NotServing);
     stopping.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_restart_restores_tracked_events_claims_and_the_index_from_snapshot_and_journals() {
+    let dir = TempDir::new("restart-state");
+    let claim = |visitor: &str, id: &str| pb::ClaimRequest {
+        shop: "apparel".into(),
+        visitor: visitor.into(),
+        benefit_id: "coupon".into(),
+        now_ms: NOW,
+        claim_id: id.into(),
+        context: None,
+    };
+    let size = |expression: &str| pb::SizeRequest {
+        shop: "apparel".into(),
+        expression: expression.into(),
+        now_ms: NOW,
+    };
+    let server = serve::start(config(dir.path(), None)).await.unwrap();
+    let mut c = connect(&server).await;
+    c.rules.push(push(APPAREL)).await.unwrap();
+    // Before the snapshot: v-1 and v-2 carted; v-1 claims.
+    for v in ["v-1", "v-2"] {
+        let t = c.ingest.track(pb::TrackRequest {
+            events: vec![event(v, "cart", "sku-2", NOW - 3_600_000)],
+        });
+        assert_eq!(t.await.unwrap().into_inner().accepted, 1);
+    }
+    assert!(
+        c.benefits
+            .claim(claim("v-1", "c-1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .granted
+    );
+    let written = server.snapshot().await.unwrap();
+    assert!(written.path.exists());
+    // After it: only in the journals.
+    let t = c.ingest.track(pb::TrackRequest {
+        events: vec![event("v-3", "cart", "sku-2", NOW - 3_600_000)],
+    });
+    assert_eq!(t.await.unwrap().into_inner().accepted, 1);
+    assert!(
+        c.benefits
+            .claim(claim("v-2", "c-2"))
+            .await
+            .unwrap()
+            .into_inner()
+            .granted
+    );
+
+    // A second server on the same data directory is refused.
+    let second = serve::start(config(dir.path(), None)).await.unwrap_err();
+    assert!(format!("{second:#}").contains("locked"), "{second:#}");
+    drop(c);
+    server.shutdown().await.unwrap();
+
+    // Take away the shutdown snapshot: the periodic one + the journals must do.
+    let snapshots = dir.path().join("data/snapshots");
+    let mut files: Vec<_> = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    std::fs::remove_file(&files[1]).unwrap();
+
+    let server = serve::start(config(dir.path(), None)).await.unwrap();
+    let mut c = connect(&server).await;
+    let cart = c.audiences.size(size("cart_abandoner")).await.unwrap().into_inner();
+    assert_eq!(
+        cart.size, 3,
+        "two events from the snapshot, one from the events journal"
+    );
+    // Both grants survived: retries get the first answer, caps and the budget of 2 hold.
+    for (v, id) in [("v-1", "c-1"), ("v-2", "c-2")] {
+        let r = c.benefits.claim(claim(v, id)).await.unwrap().into_inner();
+        assert_eq!((r.granted, r.reason.as_str()), (true, "GRANTED"), "{id}");
+        let r = c
+            .benefits
+            .claim(claim(v, &format!("{id}-again")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.reason, "CAP_REACHED", "{id}");
+    }
+    let r = c.benefits.claim(claim("v-3", "c-3")).await.unwrap().into_inner();
+    assert_eq!(r.reason, "BUDGET_EXHAUSTED");
+    let metrics = http_get(server.metrics_addr, "/metrics").await;
+    assert!(metrics.contains("vitrine_restore_duration_seconds"), "{metrics}");
+    drop(c);
+    server.shutdown().await.unwrap();
+}
