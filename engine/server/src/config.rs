@@ -38,6 +38,8 @@ pub struct Config {
     pub snapshot_interval: Option<Duration>,
     /// Snapshots kept.
     pub snapshot_keep: usize,
+    /// Tokio worker threads; `None` = one per core.
+    pub worker_threads: Option<usize>,
 }
 
 /// Where a starting consumer begins reading each partition.
@@ -211,6 +213,17 @@ impl Config {
         let demo_visitors = positive("demo-visitors", &args.demo_visitors);
         let kafka_max_message_bytes = positive("kafka-max-message-bytes", &args.kafka_max_message_bytes);
         let snapshot_keep = positive("snapshot-keep", &args.snapshot_keep);
+        let worker_threads = match args.worker_threads.parse::<usize>() {
+            Ok(0) => Some(None),
+            Ok(n) if n <= 1024 => Some(Some(n)),
+            _ => {
+                problems.push(format!(
+                    "--worker-threads: `{}` is not a whole number from 0 (one per core) to 1024",
+                    args.worker_threads
+                ));
+                None
+            }
+        };
         if args.admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             problems.push("--admin-token: must not be empty when set".to_string());
         }
@@ -259,6 +272,7 @@ impl Config {
             kafka_start,
             snapshot_interval,
             snapshot_keep,
+            worker_threads,
         ) {
             (
                 Some(g),
@@ -273,6 +287,7 @@ impl Config {
                 Some(ks),
                 Some(si),
                 Some(sk),
+                Some(wt),
             ) if problems.is_empty() => Ok(Config {
                 grpc_addr: g,
                 metrics_addr: m,
@@ -296,6 +311,7 @@ impl Config {
                 }),
                 snapshot_interval: (!si.is_zero()).then_some(si),
                 snapshot_keep: sk,
+                worker_threads: wt,
             }),
             _ => Err(ConfigErrors(problems)),
         }

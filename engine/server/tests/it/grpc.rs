@@ -58,6 +58,7 @@ fn config(dir: &Path, token: Option<&str>) -> Config {
         kafka: None,
         snapshot_interval: None,
         snapshot_keep: 3,
+        worker_threads: None,
     }
 }
 
