@@ -21,6 +21,10 @@ RUN apt-get update \
     && useradd --system --uid 10001 --home-dir /var/lib/vitrine --create-home vitrine
 COPY --from=builder /src/target/release/vitrine /usr/local/bin/vitrine
 COPY --chown=vitrine:vitrine rules /var/lib/vitrine/rules
+# Durable state (claims and events journals, snapshots, rule revisions):
+# mount a volume here, or a restart loses it with the container.
+RUN mkdir -p /var/lib/vitrine/data && chown vitrine:vitrine /var/lib/vitrine/data
+VOLUME /var/lib/vitrine/data
 USER vitrine
 WORKDIR /var/lib/vitrine
 ENV VITRINE_GRPC_ADDR=0.0.0.0:50051 \

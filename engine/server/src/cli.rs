@@ -126,7 +126,9 @@ pub struct ServeArgs {
     /// needed with them). A damaged newest snapshot falls back to an older one.
     #[arg(long, env = "VITRINE_SNAPSHOT_KEEP", default_value = "3")]
     pub snapshot_keep: String,
-    /// Tokio worker threads serving gRPC and HTTP; 0 = one per core.
+    /// Tokio worker threads serving gRPC and HTTP; 0 = one per core but
+    /// one (at least 1), leaving a core to journal fsyncs, Kafka apply
+    /// threads, pushes and snapshots.
     #[arg(long, env = "VITRINE_WORKER_THREADS", default_value = "0")]
     pub worker_threads: String,
     /// Seed every shop of --rules-dir with a generated demo stream of behavior.

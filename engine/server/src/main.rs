@@ -19,7 +19,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match runtime_with(config.worker_threads).and_then(|rt| rt.block_on(run_server(config))) {
+            let workers = config
+                .worker_threads
+                .unwrap_or_else(vitrine::config::default_worker_threads);
+            match runtime_with(Some(workers)).and_then(|rt| rt.block_on(run_server(config))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("vitrine serve: {e:#}");
