@@ -413,8 +413,9 @@ impl State {
                             partition = p,
                             snapshot_offset = state.next,
                             high_watermark = w.1,
-                            "Kafka: the snapshot's offset is beyond the partition's end (topic recreated?); \
-                             the index keeps the snapshot's events and reads the partition from its beginning"
+                            "Kafka: the snapshot's offset is beyond the partition's high watermark (topic recreated? \
+                             Tansu 0.6 also under-reports watermarks); the index keeps the snapshot's events, and \
+                             this partition is left out of the next snapshot (so a restart re-reads it whole)"
                         );
                         state.next = -1;
                         state.dispatched = -1;
