@@ -109,6 +109,19 @@ impl Ingest {
         let metrics = KafkaMetrics::new();
         let stop = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(Progress::default());
+        if let Some(resume) = &config.resume {
+            // Until the partitions are assigned, a snapshot must still
+            // record where the loaded one stood (not "nothing yet", which
+            // would make the next start re-read every partition).
+            let mut positions = progress.positions.lock();
+            for &(p, offset) in resume {
+                let Ok(p) = usize::try_from(p) else { continue };
+                if positions.len() <= p {
+                    positions.resize(p + 1, -1);
+                }
+                positions[p] = offset;
+            }
+        }
         let (ready_tx, caught_up) = watch::channel(false);
         let worker = consumer::Worker::new(engine, config, metrics, stop.clone(), ready_tx, progress.clone())?;
         let (done_tx, done) = mpsc::channel();

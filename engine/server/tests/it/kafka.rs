@@ -732,3 +732,23 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+#[test]
+fn a_resumed_consumer_reports_the_snapshot_offsets_until_it_has_read_further() {
+    // A cluster whose only broker is down: the consumer cannot assign
+    // anything, and a snapshot taken meanwhile must still record where the
+    // loaded snapshot stood (an empty list would make the next start re-read
+    // every partition from its beginning).
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("vitrine.behavior", 4, 1).unwrap();
+    cluster.broker_down(1).unwrap();
+    let h = Harness::new("resume-positions");
+    let config = KafkaConfig {
+        resume: Some(vec![(0, 5), (2, 7)]),
+        ..kafka_config(&cluster.bootstrap_servers(), "resume-positions")
+    };
+    let ingest = h.start(&config);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ingest.positions(), [(0, 5), (2, 7)]);
+    assert!(ingest.stop(Duration::from_secs(10)));
+}
