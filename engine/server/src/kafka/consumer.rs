@@ -419,6 +419,9 @@ impl State {
                         );
                         state.next = -1;
                         state.dispatched = -1;
+                        self.partitions[p].start_watermarks = Some(w);
+                        self.publish_positions();
+                        continue;
                     }
                     state.start_watermarks = Some(w);
                 }
