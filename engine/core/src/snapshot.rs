@@ -187,21 +187,12 @@ pub fn encode(index: &Index, meta: &[u8]) -> Vec<u8> {
 /// that [`decode`] will refuse; callers use it only where a wrong value errs
 /// on the safe side, and load through [`decode`].
 pub fn peek_meta(prefix: &[u8]) -> Result<&[u8], SnapshotError> {
-    let Some((header, payload)) = prefix.split_first_chunk::<HEADER_LEN>() else {
-        return Err(SnapshotError::TooShort { len: prefix.len() });
-    };
-    let u32_at = |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
-    if header[0..8] != MAGIC {
-        return Err(SnapshotError::BadMagic);
-    }
-    if crc32fast::hash(&header[..28]) != u32_at(28) {
-        return Err(SnapshotError::HeaderChecksum);
-    }
-    let version = u32_at(8);
-    if version != VERSION || u32_at(12) != 0 {
-        return Err(SnapshotError::UnsupportedVersion { found: version });
-    }
-    let mut r = Reader::new(payload, 0);
+    let (_, payload) = check_header(prefix)?;
+    meta_section(&mut Reader::new(payload, 0))
+}
+
+/// Reads the META section that every payload starts with.
+fn meta_section<'a>(r: &mut Reader<'a>) -> Decoded<&'a [u8]> {
     let (kind, mut meta) = r.section()?;
     if kind != SECTION_META {
         return Err(r.malformed("the first section is not META"));
@@ -213,11 +204,7 @@ pub fn peek_meta(prefix: &[u8]) -> Result<&[u8], SnapshotError> {
 pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     let payload = open(bytes)?;
     let mut r = Reader::new(payload, 0);
-    let (kind, mut meta) = r.section()?;
-    if kind != SECTION_META {
-        return Err(r.malformed("the first section is not META"));
-    }
-    let meta = meta.rest().to_vec();
+    let meta = meta_section(&mut r)?.to_vec();
     let index = Index::new();
     while !r.is_empty() {
         let (kind, body) = r.section()?;
@@ -253,22 +240,33 @@ fn seal(out: &mut [u8]) {
     header[28..32].copy_from_slice(&header_crc.to_le_bytes());
 }
 
-/// Checks the header and the payload's length and checksum; returns the payload.
-fn open(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
+fn u32_at(header: &[u8; HEADER_LEN], at: usize) -> u32 {
+    u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+}
+
+/// Checks the header's magic, own checksum and version; returns the header
+/// and the bytes after it (the payload, or a prefix of it).
+fn check_header(bytes: &[u8]) -> Result<(&[u8; HEADER_LEN], &[u8]), SnapshotError> {
     let Some((header, payload)) = bytes.split_first_chunk::<HEADER_LEN>() else {
         return Err(SnapshotError::TooShort { len: bytes.len() });
     };
-    let u32_at = |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
     if header[0..8] != MAGIC {
         return Err(SnapshotError::BadMagic);
     }
-    if crc32fast::hash(&header[..28]) != u32_at(28) {
+    if crc32fast::hash(&header[..28]) != u32_at(header, 28) {
         return Err(SnapshotError::HeaderChecksum);
     }
-    let version = u32_at(8);
-    if version != VERSION || u32_at(12) != 0 {
+    let version = u32_at(header, 8);
+    if version != VERSION || u32_at(header, 12) != 0 {
         return Err(SnapshotError::UnsupportedVersion { found: version });
     }
+    Ok((header, payload))
+}
+
+/// Checks the header and the payload's length and checksum; returns the payload.
+fn open(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
+    let (header, payload) = check_header(bytes)?;
+    let u32_at = |at: usize| u32_at(header, at);
     let expected = u64::from(u32_at(16)) | u64::from(u32_at(20)) << 32;
     if expected != payload.len() as u64 {
         return Err(SnapshotError::Length {
