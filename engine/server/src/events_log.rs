@@ -328,27 +328,9 @@ impl EventLog {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
-
-    struct TempDir(std::path::PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!("vitrine-events-{name}-{}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_support::TempDir;
 
     fn event(action: Action, mask: u8, n: u64) -> Event<'static> {
         let text = |name: &str| Cow::Owned(format!("{name}-{n}"));
@@ -450,7 +432,7 @@ mod tests {
 
     #[test]
     fn the_log_replays_what_was_appended_after_the_snapshot() {
-        let dir = TempDir::new("replay");
+        let dir = TempDir::new("events-replay");
         let events = all_events();
         let (log, recovery) = EventLog::open(&dir.0, 0, 64 << 10, |_, _| panic!("empty log")).unwrap();
         assert_eq!((recovery.first_lsn, recovery.last_lsn, log.durable_lsn()), (1, 0, 0));
@@ -490,7 +472,7 @@ mod tests {
 
     #[test]
     fn a_log_of_claims_is_not_taken_for_events() {
-        let dir = TempDir::new("kind");
+        let dir = TempDir::new("events-kind");
         drop(crate::journal::DurableLedger::open(&dir.0).unwrap());
         let err = EventLog::open(&dir.0, 0, 1 << 20, |_, _| {}).unwrap_err();
         assert!(matches!(err, OpenError::WrongKind { .. }), "{err}");

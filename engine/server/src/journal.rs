@@ -388,34 +388,22 @@ impl ClaimLedger for DurableLedger {
 mod tests {
     use std::fs;
     use std::path::PathBuf;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::Ordering;
     use std::sync::Barrier;
 
     use super::*;
+    use crate::test_support::TempDir;
     use crate::wal::{segment_name, test_batch, SEGMENT_HEADER_LEN};
 
     /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!("vitrine-journal-{name}-{}-{n}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-
-        /// The first (and, in these tests, only) segment.
-        fn file(&self) -> PathBuf {
-            self.0.join(segment_name(1))
-        }
+    /// The first (and, in these tests, only) segment of a journal directory.
+    trait Segment {
+        fn file(&self) -> PathBuf;
     }
 
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
+    impl Segment for TempDir {
+        fn file(&self) -> PathBuf {
+            self.0.join(segment_name(1))
         }
     }
 
@@ -466,7 +454,7 @@ mod tests {
 
     #[test]
     fn concurrent_claims_grant_exactly_min_of_claims_and_budget() {
-        let dir = TempDir::new("race");
+        let dir = TempDir::new("journal-race");
         let ledger = DurableLedger::open(&dir.0).unwrap();
         for (benefit, threads, per_thread, budget) in [
             ("b1", 8, 5, 7),
@@ -494,7 +482,7 @@ mod tests {
 
     #[test]
     fn caps_hold_per_visitor_under_concurrency() {
-        let dir = TempDir::new("cap");
+        let dir = TempDir::new("journal-cap");
         let ledger = DurableLedger::open(&dir.0).unwrap();
         let barrier = Barrier::new(8);
         let granted: usize = std::thread::scope(|s| {
@@ -526,7 +514,7 @@ mod tests {
 
     #[test]
     fn claim_id_retries_get_the_first_answer_also_after_reopen() {
-        let dir = TempDir::new("retry");
+        let dir = TempDir::new("journal-retry");
         let ledger = DurableLedger::open(&dir.0).unwrap();
         let capped = |visitor, id| LedgerClaim {
             cap: Some((1, 10_000)),
@@ -584,7 +572,7 @@ mod tests {
 
     #[test]
     fn concurrent_retries_of_one_claim_id_grant_once() {
-        let dir = TempDir::new("retries");
+        let dir = TempDir::new("journal-retries");
         let ledger = DurableLedger::open(&dir.0).unwrap();
         let barrier = Barrier::new(8);
         let outcomes: Vec<ClaimOutcome> = std::thread::scope(|s| {
@@ -628,13 +616,13 @@ mod tests {
 
     #[test]
     fn a_crash_at_any_byte_of_the_last_write_keeps_exactly_the_complete_claims() {
-        let source = TempDir::new("crash-src");
+        let source = TempDir::new("journal-crash-src");
         let ends = write_claims(&source.0, 4);
         let bytes = fs::read(source.file()).unwrap();
         assert_eq!(bytes.len() as u64, ends[3]);
         let last_start = ends[2] as usize;
         for cut in last_start..bytes.len() {
-            let dir = TempDir::new("crash");
+            let dir = TempDir::new("journal-crash");
             fs::write(dir.file(), &bytes[..cut]).unwrap();
             let ledger = DurableLedger::open(&dir.0).unwrap();
             let r = ledger.recovery();
@@ -661,7 +649,7 @@ mod tests {
         }
         // A crash while the segment was being created.
         for cut in 0..SEGMENT_HEADER_LEN {
-            let dir = TempDir::new("crash-new");
+            let dir = TempDir::new("journal-crash-new");
             fs::write(dir.file(), &bytes[..cut]).unwrap();
             let ledger = DurableLedger::open(&dir.0).unwrap();
             assert_eq!(ledger.recovery(), Recovery::default(), "cut at {cut}");
@@ -670,13 +658,13 @@ mod tests {
 
     #[test]
     fn bit_flips_are_detected() {
-        let source = TempDir::new("flip-src");
+        let source = TempDir::new("journal-flip-src");
         let ends = write_claims(&source.0, 3);
         let bytes = fs::read(source.file()).unwrap();
         for bit in 0..bytes.len() * 8 {
             let mut damaged = bytes.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);
-            let dir = TempDir::new("flip");
+            let dir = TempDir::new("journal-flip");
             fs::write(dir.file(), &damaged).unwrap();
             let at = bit / 8;
             let opened = DurableLedger::open(&dir.0);
@@ -715,11 +703,11 @@ mod tests {
 
     #[test]
     fn corruption_messages_name_the_file_and_offsets() {
-        let source = TempDir::new("msg-src");
+        let source = TempDir::new("journal-msg-src");
         let ends = write_claims(&source.0, 2);
         let mut bytes = fs::read(source.file()).unwrap();
         bytes[SEGMENT_HEADER_LEN + 30] ^= 1;
-        let dir = TempDir::new("msg");
+        let dir = TempDir::new("journal-msg");
         fs::write(dir.file(), &bytes).unwrap();
         let err = DurableLedger::open(&dir.0).unwrap_err();
         assert_eq!(
@@ -760,10 +748,10 @@ mod tests {
 
     #[test]
     fn a_batch_shaped_claim_id_in_a_torn_batch_is_not_taken_for_a_batch() {
-        let source = TempDir::new("forged-src");
+        let source = TempDir::new("journal-forged-src");
         let ends = write_claims(&source.0, 2);
         for (seq, refused) in [(0, false), (2, false), (3, true)] {
-            let dir = TempDir::new("forged");
+            let dir = TempDir::new("journal-forged");
             fs::copy(source.file(), dir.file()).unwrap();
             let forged = batch_shaped_text(seq);
             {
@@ -794,7 +782,7 @@ mod tests {
 
     #[test]
     fn a_second_ledger_on_the_same_directory_is_refused() {
-        let dir = TempDir::new("lock");
+        let dir = TempDir::new("journal-lock");
         let ledger = DurableLedger::open(&dir.0).unwrap();
         assert!(matches!(DurableLedger::open(&dir.0), Err(JournalError::Locked { .. })));
         drop(ledger);
@@ -810,7 +798,7 @@ mod tests {
 
     #[test]
     fn a_failed_write_grants_nothing_and_undoes_its_reservations() {
-        let dir = TempDir::new("fail");
+        let dir = TempDir::new("journal-fail");
         let ledger = DurableLedger::open(&dir.0).unwrap();
         assert_eq!(ledger.claim(&budgeted("a", Some("c1"))).unwrap(), ClaimOutcome::Granted);
         ledger.wal.faults().fail_writes.store(true, Ordering::SeqCst);

@@ -20,5 +20,7 @@ pub mod push;
 pub mod serve;
 pub mod snapshots;
 pub mod store;
+#[cfg(test)]
+mod test_support;
 pub mod validate;
 pub mod wal;

@@ -384,26 +384,7 @@ mod tests {
     use vitrine_core::Event;
 
     use super::*;
-
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            use std::sync::atomic::{AtomicU64, Ordering};
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!("vitrine-snapshots-{name}-{}-{n}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_support::TempDir;
 
     fn index(visitors: usize) -> Index {
         let index = Index::new();
@@ -457,7 +438,7 @@ mod tests {
 
     #[test]
     fn newest_valid_snapshot_loads_and_old_ones_rotate_out() {
-        let tmp = TempDir::new("rotate");
+        let tmp = TempDir::new("snapshots-rotate");
         let dir = SnapshotDir::open(&tmp.0, 2).unwrap();
         assert!(dir.load_newest().unwrap().0.is_none());
         for n in 1..=4 {
@@ -476,7 +457,7 @@ mod tests {
 
     #[test]
     fn damaged_snapshots_are_set_aside_and_an_older_one_loads() {
-        let tmp = TempDir::new("damaged");
+        let tmp = TempDir::new("snapshots-damaged");
         let dir = SnapshotDir::open(&tmp.0, 5).unwrap();
         for n in 1..=4 {
             dir.write(&index(n * 10), &position(n as u64)).unwrap();
@@ -514,7 +495,7 @@ mod tests {
 
     #[test]
     fn no_valid_snapshot_means_none() {
-        let tmp = TempDir::new("none");
+        let tmp = TempDir::new("snapshots-none");
         let dir = SnapshotDir::open(&tmp.0, 3).unwrap();
         dir.write(&index(3), &position(7)).unwrap();
         let (_, path) = dir.list().unwrap().remove(0);

@@ -1219,43 +1219,33 @@ pub(crate) fn test_batch(records: &[&[u8]], seq: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::Ordering;
     use std::sync::Barrier;
 
     use super::*;
+    use crate::test_support::TempDir;
 
     const KIND: [u8; 4] = *b"TST1";
 
     /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
+    /// Segment files of a log directory.
+    trait Segments {
+        fn segment(&self, first: u64) -> PathBuf;
+        /// First LSNs of the segment files, in order.
+        fn segments(&self) -> Vec<u64>;
+    }
 
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!("vitrine-wal-{name}-{}-{n}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-
+    impl Segments for TempDir {
         fn segment(&self, first: u64) -> PathBuf {
             self.0.join(segment_name(first))
         }
 
-        /// First LSNs of the segment files, in order.
         fn segments(&self) -> Vec<u64> {
             list_segments(&self.0)
                 .unwrap()
                 .into_iter()
                 .map(|(first, _)| first)
                 .collect()
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
         }
     }
 
@@ -1312,7 +1302,7 @@ mod tests {
 
     #[test]
     fn lsns_continue_across_reopens_and_segment_rolls() {
-        let dir = TempDir::new("lsn");
+        let dir = TempDir::new("wal-lsn");
         let (wal, recovery, seen) = open(&dir, TWO_BATCHES, 0).unwrap();
         assert!(seen.is_empty());
         assert_eq!((recovery.first_lsn, recovery.last_lsn, recovery.segments), (1, 0, 1));
@@ -1352,7 +1342,7 @@ mod tests {
             // With 5 records, the crash may also interrupt the segment's creation.
             let first_cut = if n == 5 { 0 } else { last_start };
             for cut in first_cut..bytes.len() {
-                let dir = TempDir::new("crash");
+                let dir = TempDir::new("wal-crash");
                 for first in source.segments() {
                     fs::copy(source.segment(first), dir.segment(first)).unwrap();
                 }
@@ -1388,7 +1378,7 @@ mod tests {
         for (segment, range) in [(3, 0..120), (5, 40..80)] {
             let bytes = fs::read(source.segment(segment)).unwrap();
             for bit in range.start * 8..range.end * 8 {
-                let dir = TempDir::new("flip");
+                let dir = TempDir::new("wal-flip");
                 for first in source.segments() {
                     fs::copy(source.segment(first), dir.segment(first)).unwrap();
                 }
@@ -1507,7 +1497,7 @@ mod tests {
             );
         }
         // A new log opened after a snapshot (its directory was lost) starts after it.
-        let fresh = TempDir::new("fresh");
+        let fresh = TempDir::new("wal-fresh");
         let (wal, recovery, _) = open(&fresh, TWO_BATCHES, 41).unwrap();
         assert_eq!((recovery.restarted_at, wal.first_lsn()), (Some(42), 42));
         append_each(&wal, 42..=42);
@@ -1553,7 +1543,7 @@ mod tests {
 
     #[test]
     fn concurrent_appenders_get_distinct_lsns_and_replay_sees_each_record_once() {
-        let dir = TempDir::new("concurrent");
+        let dir = TempDir::new("wal-concurrent");
         let (wal, _, _) = open(&dir, 4 << 10, 0).unwrap();
         let barrier = Barrier::new(8);
         let appended: Vec<(u64, Vec<u8>)> = std::thread::scope(|s| {
@@ -1597,7 +1587,7 @@ mod tests {
 
     #[test]
     fn records_of_one_call_share_a_batch_and_oversized_appends_are_refused() {
-        let dir = TempDir::new("many");
+        let dir = TempDir::new("wal-many");
         let (wal, _, _) = open(&dir, 1 << 20, 0).unwrap();
         let records = [&b"a"[..], b"", b"ccc"];
         let last = wal
@@ -1627,7 +1617,7 @@ mod tests {
     #[test]
     fn a_failed_write_or_roll_fails_closed_and_a_reopen_continues() {
         for roll in [false, true] {
-            let dir = TempDir::new("fail");
+            let dir = TempDir::new("wal-fail");
             let (wal, _, _) = open(&dir, TWO_BATCHES, 0).unwrap();
             // With two records, segment 1 is full: the next write starts segment 3.
             let durable = if roll { 2 } else { 1 };
@@ -1673,7 +1663,7 @@ mod tests {
 
     #[test]
     fn a_second_open_of_the_directory_is_refused() {
-        let dir = TempDir::new("lock");
+        let dir = TempDir::new("wal-lock");
         let (wal, _, _) = open(&dir, TWO_BATCHES, 0).unwrap();
         assert!(matches!(
             open(&dir, TWO_BATCHES, 0).map(|_| ()),
