@@ -13,55 +13,17 @@
 //! `cargo bench -p vitrine --bench event_log`
 
 use std::borrow::Cow;
-use std::path::{Path, PathBuf};
-use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use vitrine::events_log::{EventLog, DEFAULT_SEGMENT_BYTES};
-use vitrine_benches::{benchmarking, Percentiles, NOW_MS, SHOP};
+use vitrine_benches::{Percentiles, NOW_MS, SHOP};
 use vitrine_core::{Action, Event};
+
+mod disk;
+use disk::{dir_bytes, drive, fresh_dir, or_die, seconds};
 
 /// Events per append call.
 const PER_CALL: usize = 10;
-
-/// The value, or a panic naming what failed (benches stop on any error).
-fn or_die<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
-    match result {
-        Ok(value) => value,
-        Err(e) => panic!("{what}: {e}"),
-    }
-}
-
-fn seconds() -> Duration {
-    if !benchmarking() {
-        return Duration::from_millis(200);
-    }
-    let secs = std::env::var("VITRINE_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .filter(|s| *s > 0.0)
-        .unwrap_or(3.0);
-    Duration::from_secs_f64(secs)
-}
-
-fn base_dir() -> PathBuf {
-    std::env::var_os("VITRINE_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-        .join(format!("vitrine-event-log-bench-{}", std::process::id()))
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
 
 /// The `i`th event of a visitor: a purchase 1 time in 10, else a view.
 fn event<'a>(visitor: &'a str, items: &'a [String], i: usize) -> Event<'a> {
@@ -82,53 +44,30 @@ fn event<'a>(visitor: &'a str, items: &'a [String], i: usize) -> Event<'a> {
 }
 
 /// `appenders` threads appending for `run`; returns (calls, elapsed, latencies).
-fn drive(log: &EventLog, appenders: usize, run: Duration) -> (usize, Duration, Vec<u64>) {
+fn append_for(log: &EventLog, appenders: usize, run: Duration) -> (usize, Duration, Vec<u64>) {
     let items: Vec<String> = (0..100).map(|i| format!("sku-{i}")).collect();
-    let barrier = Barrier::new(appenders + 1);
-    let (lat, elapsed) = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..appenders)
-            .map(|t| {
-                let (barrier, items) = (&barrier, &items);
-                s.spawn(move || {
-                    let visitors: Vec<String> = (0..1000).map(|v| format!("visitor-{t}-{v}")).collect();
-                    let mut lat = Vec::with_capacity(1 << 16);
-                    let mut batch = Vec::with_capacity(PER_CALL);
-                    barrier.wait();
-                    let start = Instant::now();
-                    let mut call = 0usize;
-                    while start.elapsed() < run {
-                        let visitor = &visitors[call % visitors.len()];
-                        batch.clear();
-                        batch.extend((0..PER_CALL).map(|k| event(visitor, items, call * PER_CALL + k)));
-                        let t0 = Instant::now();
-                        let lsn = or_die(log.append(&batch), "append");
-                        or_die(log.wait(lsn), "wait");
-                        lat.push(t0.elapsed().as_nanos() as u64);
-                        call += 1;
-                    }
-                    lat
-                })
-            })
-            .collect();
-        barrier.wait();
-        let start = Instant::now();
-        let lat: Vec<Vec<u64>> = handles
-            .into_iter()
-            .map(|h| match h.join() {
-                Ok(lat) => lat,
-                Err(_) => panic!("an appender panicked"),
-            })
-            .collect();
-        (lat, start.elapsed())
-    });
-    let lat: Vec<u64> = lat.into_iter().flatten().collect();
-    (lat.len(), elapsed, lat)
+    let visitors: Vec<Vec<String>> = (0..appenders)
+        .map(|t| (0..1000).map(|v| format!("visitor-{t}-{v}")).collect())
+        .collect();
+    drive(
+        appenders,
+        run,
+        |t| (&visitors[t], Vec::with_capacity(PER_CALL)),
+        |(visitors, batch), call| {
+            let call = call as usize;
+            let visitor = &visitors[call % visitors.len()];
+            batch.clear();
+            batch.extend((0..PER_CALL).map(|k| event(visitor, &items, call * PER_CALL + k)));
+            let t0 = Instant::now();
+            let lsn = or_die(log.append(batch), "append");
+            or_die(log.wait(lsn), "wait");
+            t0.elapsed().as_nanos() as u64
+        },
+    )
 }
 
 fn main() {
-    let dir = base_dir();
-    let _ = std::fs::remove_dir_all(&dir);
-    or_die(std::fs::create_dir_all(&dir), "create the bench directory");
+    let dir = fresh_dir("event-log-bench");
     let run = seconds();
     println!("event log in {}: append of {PER_CALL} events + wait", dir.display());
     for appenders in [1, 8] {
@@ -137,7 +76,7 @@ fn main() {
             EventLog::open(&log_dir, 0, DEFAULT_SEGMENT_BYTES, |_, _| {}),
             "open the log",
         );
-        let (calls, elapsed, mut lat) = drive(&log, appenders, run);
+        let (calls, elapsed, mut lat) = append_for(&log, appenders, run);
         let stats = log.stats();
         let Some(p) = Percentiles::of(&mut lat) else {
             continue;
