@@ -23,13 +23,12 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::ClientConfig;
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 use tonic::Status;
 use vitrine::engine::now_ms;
 use vitrine::wal::SEGMENT_HEADER_LEN;
 use vitrine_proto::v1 as pb;
 
-use crate::support::TempDir;
+use crate::support::{connect, Clients, TempDir};
 
 const SHOP: &str = "crash";
 /// The longest wait for a start, a catch-up or a snapshot; a timeout fails the test.
@@ -351,31 +350,9 @@ impl Vitrine {
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
             .map(|v| v.trim().parse().unwrap())
     }
-
-    async fn clients(&self) -> Clients {
-        let channel = Channel::from_shared(format!("http://{}", self.grpc))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        Clients {
-            decision: pb::decision_client::DecisionClient::new(channel.clone()),
-            ingest: pb::ingest_client::IngestClient::new(channel.clone()),
-            audiences: pb::audiences_client::AudiencesClient::new(channel.clone()),
-            benefits: pb::benefits_client::BenefitsClient::new(channel),
-        }
-    }
 }
 
 // ------------------------------------------------------------------- calls
-
-#[derive(Clone)]
-struct Clients {
-    decision: pb::decision_client::DecisionClient<Channel>,
-    ingest: pb::ingest_client::IngestClient<Channel>,
-    audiences: pb::audiences_client::AudiencesClient<Channel>,
-    benefits: pb::benefits_client::BenefitsClient<Channel>,
-}
 
 /// Awaits a call; a call that does not end in [`CALL_TIMEOUT`] fails the test.
 async fn call<T>(f: impl Future<Output = Result<tonic::Response<T>, Status>>) -> Result<T, Status> {
@@ -728,7 +705,7 @@ async fn claimer(
 /// One round: Track and Claim load on `server`, killed with SIGKILL at a
 /// random instant; returns what the clients saw.
 async fn load_and_kill(server: Vitrine, round: usize, rng: &mut Rng) -> (Seen, u64) {
-    let c = server.clients().await;
+    let c = connect(server.grpc).await;
     let pool = Arc::new(Mutex::new(Pool::default()));
     let killed = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
@@ -774,7 +751,7 @@ async fn kill_9_under_track_and_claim_loses_no_acknowledged_event_or_claim() {
                 "round {round}: no snapshot loaded"
             );
         }
-        let mut c = server.clients().await;
+        let mut c = connect(server.grpc).await;
         let benefit = format!("coupon-{round}");
         let budget = BUDGETS[round - 1];
         println!(
@@ -849,7 +826,7 @@ async fn kill_9_under_track_and_claim_loses_no_acknowledged_event_or_claim() {
         }
     }
     // Everything, over every round, once more on the last server.
-    let mut c = server.clients().await;
+    let mut c = connect(server.grpc).await;
     model.check_events(&mut c, None).await;
     assert_eq!(size(&mut c, "bought_once").await, model.sent.len() as u64);
     model.check_answers(&c).await;
@@ -1003,7 +980,7 @@ async fn kill_9_during_kafka_ingest_resumes_from_snapshots_with_nothing_lost_or_
 
     // Every visitor is in (the last ones mark the end of every partition),
     // and every redelivery counted once, across the kills.
-    let mut c = server.clients().await;
+    let mut c = connect(server.grpc).await;
     let start = Instant::now();
     let mut once = 0;
     while once != visitors {
@@ -1124,7 +1101,7 @@ async fn damaged_snapshots_are_set_aside_and_the_journals_restore_everything() {
     let flags = ["--snapshot-interval=0"];
     for phase in 0..3 {
         let server = scene.start(&flags);
-        let mut c = server.clients().await;
+        let mut c = connect(server.grpc).await;
         let prefix = format!("p{phase}");
         track_one_by_one(&mut model, &mut c, &prefix, 10).await;
         claim_some(&mut model, &mut c, "coupon-1", &prefix, 3).await;
@@ -1163,7 +1140,7 @@ async fn damaged_snapshots_are_set_aside_and_the_journals_restore_everything() {
         "20",
         "the journal replays the two phases the damaged snapshots held"
     );
-    let mut c = server.clients().await;
+    let mut c = connect(server.grpc).await;
     check_exactly(&mut model, &mut c, "coupon-1", SMALL_BUDGET).await;
 }
 
@@ -1177,7 +1154,7 @@ async fn a_torn_tail_of_the_claims_journal_is_cut_off_and_every_acknowledged_cla
 
     // (1) Garbage after the last batch.
     let server = scene.start(&[]);
-    let mut c = server.clients().await;
+    let mut c = connect(server.grpc).await;
     track_one_by_one(&mut model, &mut c, "a", 8).await;
     claim_some(&mut model, &mut c, "coupon-1", "a", 4).await;
     server.kill();
@@ -1195,7 +1172,7 @@ async fn a_torn_tail_of_the_claims_journal_is_cut_off_and_every_acknowledged_cla
     let log = server.log();
     assert_eq!(recovery_field(&log, "claims journal replayed", "truncated_bytes"), "37");
     assert_eq!(fs::read(&segment).unwrap(), whole, "cut back to its last whole batch");
-    let mut c = server.clients().await;
+    let mut c = connect(server.grpc).await;
     check_exactly(&mut model, &mut c, "coupon-1", SMALL_BUDGET).await;
 
     // (2) A batch cut short: what a crash in the middle of its write leaves.
@@ -1235,7 +1212,7 @@ async fn a_torn_tail_of_the_claims_journal_is_cut_off_and_every_acknowledged_cla
         "Some(1)"
     );
     assert_eq!(fs::read(&segment).unwrap(), whole, "cut back to its last whole batch");
-    let mut c = server.clients().await;
+    let mut c = connect(server.grpc).await;
     check_exactly(&mut model, &mut c, "coupon-2", SMALL_BUDGET).await;
     let reason = model.claim_acked(&mut c, "coupon-1", "b-0", "b-0-coupon-1").await;
     assert_eq!(reason, "BUDGET_EXHAUSTED", "coupon-1 stays exhausted");
@@ -1248,7 +1225,7 @@ async fn a_damaged_batch_inside_the_events_journal_refuses_the_start_naming_file
     // No snapshot at all: the journal alone holds the events.
     let flags = ["--snapshot-interval=0"];
     let server = scene.start(&flags);
-    let mut c = server.clients().await;
+    let mut c = connect(server.grpc).await;
     track_one_by_one(&mut model, &mut c, "e", 5).await;
     server.kill();
     assert!(files(&scene.data().join("snapshots"), ".vsnap").is_empty());
@@ -1280,7 +1257,7 @@ async fn a_damaged_batch_inside_the_events_journal_refuses_the_start_naming_file
     // Repaired, the journal serves every event again.
     fs::write(&segment, &whole).unwrap();
     let server = scene.start(&flags);
-    let mut c = server.clients().await;
+    let mut c = connect(server.grpc).await;
     model.check_events(&mut c, None).await;
     assert_eq!(size(&mut c, "bought_once").await, 5);
 }

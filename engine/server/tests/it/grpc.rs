@@ -6,14 +6,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tonic_health::pb::health_check_response::ServingStatus;
 use vitrine::config::Config;
-use vitrine::serve::{self, Server};
+use vitrine::serve;
 use vitrine_proto::v1 as pb;
 
-use crate::support::TempDir;
+use crate::support::{connect, Clients, TempDir};
 
 const APPAREL: &str = "shop: apparel
 audiences:
@@ -62,31 +61,6 @@ fn config(dir: &Path, token: Option<&str>) -> Config {
     }
 }
 
-struct Clients {
-    decision: pb::decision_client::DecisionClient<Channel>,
-    rules: pb::rules_client::RulesClient<Channel>,
-    ingest: pb::ingest_client::IngestClient<Channel>,
-    audiences: pb::audiences_client::AudiencesClient<Channel>,
-    benefits: pb::benefits_client::BenefitsClient<Channel>,
-    health: tonic_health::pb::health_client::HealthClient<Channel>,
-}
-
-async fn connect(server: &Server) -> Clients {
-    let channel = Channel::from_shared(format!("http://{}", server.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    Clients {
-        decision: pb::decision_client::DecisionClient::new(channel.clone()),
-        rules: pb::rules_client::RulesClient::new(channel.clone()),
-        ingest: pb::ingest_client::IngestClient::new(channel.clone()),
-        audiences: pb::audiences_client::AudiencesClient::new(channel.clone()),
-        benefits: pb::benefits_client::BenefitsClient::new(channel.clone()),
-        health: tonic_health::pb::health_client::HealthClient::new(channel),
-    }
-}
-
 fn push(content: &str) -> pb::PushRequest {
     pb::PushRequest {
         content: content.to_string(),
@@ -116,6 +90,17 @@ fn decide(visitor: &str) -> pb::DecideRequest {
     }
 }
 
+fn claim(visitor: &str, id: &str) -> pb::ClaimRequest {
+    pb::ClaimRequest {
+        shop: "apparel".into(),
+        visitor: visitor.into(),
+        benefit_id: "coupon".into(),
+        now_ms: NOW,
+        claim_id: id.into(),
+        context: None,
+    }
+}
+
 fn with_token<T>(message: T, token: &str) -> Request<T> {
     let mut r = Request::new(message);
     r.metadata_mut()
@@ -127,7 +112,7 @@ fn with_token<T>(message: T, token: &str) -> Request<T> {
 async fn every_rpc_answers_and_fails_with_the_contract_codes() {
     let dir = TempDir::new("rpcs");
     let server = serve::start(config(dir.path(), None)).await.unwrap();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.grpc_addr).await;
 
     // Decide before any rule set: NOT_FOUND; without a shop: INVALID_ARGUMENT.
     let e = c.decision.decide(decide("v-1")).await.unwrap_err();
@@ -227,14 +212,6 @@ async fn every_rpc_answers_and_fails_with_the_contract_codes() {
     assert_eq!(e.code(), Code::NotFound);
 
     // Claim: granted once, then the cap; unknown benefit NOT_FOUND; retries idempotent.
-    let claim = |visitor: &str, id: &str| pb::ClaimRequest {
-        shop: "apparel".into(),
-        visitor: visitor.into(),
-        benefit_id: "coupon".into(),
-        now_ms: NOW,
-        claim_id: id.into(),
-        context: None,
-    };
     let r = c.benefits.claim(claim("v-1", "c-1")).await.unwrap().into_inner();
     assert_eq!((r.granted, r.reason.as_str(), r.rule_revision), (true, "GRANTED", 1));
     let r = c.benefits.claim(claim("v-1", "c-1")).await.unwrap().into_inner();
@@ -320,7 +297,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 async fn push_validates_dry_runs_lists_and_rolls_back() {
     let dir = TempDir::new("push");
     let server = serve::start(config(dir.path(), None)).await.unwrap();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.grpc_addr).await;
     c.rules.push(push(APPAREL)).await.unwrap();
 
     // A broken file: every error with its line:column, nothing changes.
@@ -399,7 +376,7 @@ async fn push_validates_dry_runs_lists_and_rolls_back() {
 
     // A restart serves what was last pushed, with its revision and history.
     let server = serve::start(config(dir.path(), None)).await.unwrap();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.grpc_addr).await;
     let d = c.decision.decide(decide("v")).await.unwrap().into_inner();
     assert_eq!((d.banner.unwrap().id.as_str(), d.rule_revision), ("default", 3));
     let l = c.rules.list(list("apparel")).await.unwrap().into_inner();
@@ -417,7 +394,7 @@ async fn files_edited_in_the_rules_dir_are_picked_up_and_broken_ones_ignored() {
     let dir = TempDir::new("watch");
     std::fs::write(dir.rules().join("apparel.yaml"), APPAREL).unwrap();
     let server = serve::start(config(dir.path(), None)).await.unwrap();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.grpc_addr).await;
     assert_eq!(
         c.decision.decide(decide("v")).await.unwrap().into_inner().rule_revision,
         1
@@ -457,7 +434,7 @@ async fn files_edited_in_the_rules_dir_are_picked_up_and_broken_ones_ignored() {
 async fn the_admin_token_guards_push_rollback_and_track() {
     let dir = TempDir::new("auth");
     let server = serve::start(config(dir.path(), Some("s3cret"))).await.unwrap();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.grpc_addr).await;
     let e = c.rules.push(push(APPAREL)).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     let e = c.rules.push(with_token(push(APPAREL), "wrong")).await.unwrap_err();
@@ -500,7 +477,7 @@ async fn oversized_requests_are_refused() {
     })
     .await
     .unwrap();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.grpc_addr).await;
     let e = c.rules.push(push(&"#".repeat(4096))).await.unwrap_err();
     assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
     server.shutdown().await.unwrap();
@@ -510,7 +487,7 @@ async fn oversized_requests_are_refused() {
 async fn pushes_under_decide_load_never_fail_a_decision() {
     let dir = TempDir::new("swap");
     let server = serve::start(config(dir.path(), None)).await.unwrap();
-    let c = connect(&server).await;
+    let c = connect(server.grpc_addr).await;
     let mut rules = c.rules.clone();
     rules.push(push(APPAREL)).await.unwrap();
     const PUSHES: u64 = 30;
@@ -569,7 +546,7 @@ async fn shutdown_turns_health_not_serving_before_closing() {
     })
     .await
     .unwrap();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.grpc_addr).await;
     let stopping = tokio::spawn(server.shutdown());
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(health(&mut c).await, ServingStatus::NotServing);
@@ -579,21 +556,13 @@ async fn shutdown_turns_health_not_serving_before_closing() {
 #[tokio::test]
 async fn a_restart_restores_tracked_events_claims_and_the_index_from_snapshot_and_journals() {
     let dir = TempDir::new("restart-state");
-    let claim = |visitor: &str, id: &str| pb::ClaimRequest {
-        shop: "apparel".into(),
-        visitor: visitor.into(),
-        benefit_id: "coupon".into(),
-        now_ms: NOW,
-        claim_id: id.into(),
-        context: None,
-    };
     let size = |expression: &str| pb::SizeRequest {
         shop: "apparel".into(),
         expression: expression.into(),
         now_ms: NOW,
     };
     let server = serve::start(config(dir.path(), None)).await.unwrap();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.grpc_addr).await;
     c.rules.push(push(APPAREL)).await.unwrap();
     // Before the snapshot: v-1 and v-2 carted; v-1 claims.
     for v in ["v-1", "v-2"] {
@@ -643,7 +612,7 @@ async fn a_restart_restores_tracked_events_claims_and_the_index_from_snapshot_an
     std::fs::remove_file(&files[1]).unwrap();
 
     let server = serve::start(config(dir.path(), None)).await.unwrap();
-    let mut c = connect(&server).await;
+    let mut c = connect(server.grpc_addr).await;
     let cart = c.audiences.size(size("cart_abandoner")).await.unwrap().into_inner();
     assert_eq!(
         cart.size, 3,

@@ -1,7 +1,11 @@
 //! Helpers shared by the test modules.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tonic::transport::Channel;
+use vitrine_proto::v1 as pb;
 
 /// A fresh directory with an empty `rules/` inside, removed on drop.
 pub struct TempDir(PathBuf);
@@ -31,5 +35,33 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A client for every service of a server, over one HTTP/2 connection.
+#[derive(Clone)]
+pub struct Clients {
+    pub decision: pb::decision_client::DecisionClient<Channel>,
+    pub rules: pb::rules_client::RulesClient<Channel>,
+    pub ingest: pb::ingest_client::IngestClient<Channel>,
+    pub audiences: pb::audiences_client::AudiencesClient<Channel>,
+    pub benefits: pb::benefits_client::BenefitsClient<Channel>,
+    pub health: tonic_health::pb::health_client::HealthClient<Channel>,
+}
+
+/// Connects to the gRPC server at `addr`.
+pub async fn connect(addr: SocketAddr) -> Clients {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Clients {
+        decision: pb::decision_client::DecisionClient::new(channel.clone()),
+        rules: pb::rules_client::RulesClient::new(channel.clone()),
+        ingest: pb::ingest_client::IngestClient::new(channel.clone()),
+        audiences: pb::audiences_client::AudiencesClient::new(channel.clone()),
+        benefits: pb::benefits_client::BenefitsClient::new(channel.clone()),
+        health: tonic_health::pb::health_client::HealthClient::new(channel),
     }
 }
