@@ -102,9 +102,12 @@ pub struct ServeArgs {
     /// Bearer token required by Rules/Push, Rules/Rollback and Ingest/Track when set.
     #[arg(long, env = "VITRINE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Calls served at once; beyond it calls fail fast with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "VITRINE_MAX_IN_FLIGHT", default_value = "1024")]
+    /// Calls arrived and not yet answered; beyond it calls fail fast with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "VITRINE_MAX_IN_FLIGHT", default_value = "256")]
     pub max_in_flight: String,
+    /// Longest a call may wait for its turn before it is shed with RESOURCE_EXHAUSTED; 0 = no bound.
+    #[arg(long, env = "VITRINE_MAX_QUEUE_WAIT", default_value = "50ms")]
+    pub max_queue_wait: String,
     /// Longest time a call may take (a client's shorter grpc-timeout wins), e.g. 5s, 500ms.
     #[arg(long, env = "VITRINE_REQUEST_TIMEOUT", default_value = "10s")]
     pub request_timeout: String,

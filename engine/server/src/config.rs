@@ -24,6 +24,8 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Server-side call deadline.
     pub request_timeout: Duration,
+    /// The longest a call may wait for its turn before it is shed; `None` = no bound.
+    pub max_queue_wait: Option<Duration>,
     /// Largest request, in bytes.
     pub max_request_bytes: usize,
     /// NOT_SERVING time before closing on SIGTERM.
@@ -208,6 +210,10 @@ impl Config {
         let request_timeout = duration("request-timeout", &args.request_timeout, Duration::from_millis(1));
         let shutdown_grace = duration("shutdown-grace", &args.shutdown_grace, Duration::ZERO);
         let rules_poll = duration("rules-poll", &args.rules_poll, Duration::from_millis(100));
+        let max_queue_wait = match args.max_queue_wait.as_str() {
+            "0" => Some(Duration::ZERO),
+            text => duration("max-queue-wait", text, Duration::from_micros(100)),
+        };
         let snapshot_interval = match args.snapshot_interval.as_str() {
             "0" => Some(Duration::ZERO),
             text => duration("snapshot-interval", text, Duration::ZERO),
@@ -275,6 +281,7 @@ impl Config {
             metrics_addr,
             max_in_flight,
             request_timeout,
+            max_queue_wait,
             max_request_bytes,
             shutdown_grace,
             rules_poll,
@@ -290,6 +297,7 @@ impl Config {
                 Some(m),
                 Some(mif),
                 Some(rt),
+                Some(mqw),
                 Some(mrb),
                 Some(sg),
                 Some(rp),
@@ -307,6 +315,7 @@ impl Config {
                 admin_token: args.admin_token.clone(),
                 max_in_flight: mif,
                 request_timeout: rt,
+                max_queue_wait: (!mqw.is_zero()).then_some(mqw),
                 max_request_bytes: mrb,
                 shutdown_grace: sg,
                 rules_poll: rp,
@@ -351,6 +360,7 @@ mod tests {
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
         assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:9898");
         assert_eq!(c.request_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_queue_wait, Some(Duration::from_millis(50)));
         assert_eq!(c.demo_visitors, None);
     }
 

@@ -1,19 +1,17 @@
 //! The gRPC services of CONTRACT section 4: request validation, status codes,
-//! admin authorization, load shedding, and the mapping between the wire
-//! messages and the engine core.
+//! admin authorization, and the mapping between the wire messages and the
+//! engine core. Load shedding happens before a call gets here (`transport`).
 //!
 //! Status codes: user errors (a missing field, a broken rule file, a bad
 //! expression) are INVALID_ARGUMENT with a precise message; unknown shops,
 //! benefits and revisions are NOT_FOUND; internal failures are INTERNAL with
-//! no panic text; a full server answers RESOURCE_EXHAUSTED at once instead
-//! of queueing.
+//! no panic text.
 
 use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 use vitrine_core::decide::{ClaimError, Slot};
 use vitrine_core::event::Fields;
@@ -33,26 +31,16 @@ pub const MAX_TRACK_EVENTS: usize = 10_000;
 #[derive(Debug, Clone)]
 pub struct Service {
     engine: Arc<Engine>,
-    gate: Arc<Semaphore>,
     admin_token: Option<Arc<str>>,
 }
 
 impl Service {
-    /// Services over `engine`, admitting at most `max_in_flight` calls at once.
-    pub fn new(engine: Arc<Engine>, max_in_flight: usize, admin_token: Option<String>) -> Service {
+    /// Services over `engine`; admin calls need `admin_token` when one is set.
+    pub fn new(engine: Arc<Engine>, admin_token: Option<String>) -> Service {
         Service {
             engine,
-            gate: Arc::new(Semaphore::new(max_in_flight)),
             admin_token: admin_token.map(Into::into),
         }
-    }
-
-    /// Admits a call or sheds it.
-    fn enter(&self, method: &'static str) -> Result<OwnedSemaphorePermit, Status> {
-        self.gate.clone().try_acquire_owned().map_err(|_| {
-            metrics::shed(method);
-            Status::resource_exhausted("the server is at its concurrency limit; retry with backoff")
-        })
     }
 
     /// Checks the bearer token of an admin call, when one is configured.
@@ -240,7 +228,6 @@ pub fn record_decision(m: &crate::metrics::Metrics, start: Instant, response: &p
 #[tonic::async_trait]
 impl pb::decision_server::Decision for Service {
     async fn decide(&self, request: Request<pb::DecideRequest>) -> Result<Response<pb::DecideResponse>, Status> {
-        let _permit = self.enter("Decide")?;
         decide_measured(&self.engine, request.get_ref()).map(Response::new)
     }
 }
@@ -248,7 +235,6 @@ impl pb::decision_server::Decision for Service {
 #[tonic::async_trait]
 impl pb::benefits_server::Benefits for Service {
     async fn claim(&self, request: Request<pb::ClaimRequest>) -> Result<Response<pb::ClaimResponse>, Status> {
-        let _permit = self.enter("Claim")?;
         let req = request.into_inner();
         let engine = self.engine.clone();
         blocking("Claim", move || {
@@ -297,7 +283,6 @@ impl pb::benefits_server::Benefits for Service {
 #[tonic::async_trait]
 impl pb::rules_server::Rules for Service {
     async fn push(&self, request: Request<pb::PushRequest>) -> Result<Response<pb::PushResponse>, Status> {
-        let _permit = self.enter("Push")?;
         self.authorize(&request)?;
         let req = request.into_inner();
         if req.content.trim().is_empty() {
@@ -348,7 +333,6 @@ impl pb::rules_server::Rules for Service {
     }
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let _permit = self.enter("Get")?;
         let req = request.get_ref();
         let shop = required("shop", &req.shop)?;
         let (revision, serving) = self.engine.rules.get(shop, req.revision).map_err(store_status)?;
@@ -361,7 +345,6 @@ impl pb::rules_server::Rules for Service {
     }
 
     async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
-        let _permit = self.enter("List")?;
         let req = request.get_ref();
         let shop = required("shop", &req.shop)?;
         let (revisions, serving) = self.engine.rules.list(shop).map_err(store_status)?;
@@ -380,7 +363,6 @@ impl pb::rules_server::Rules for Service {
     }
 
     async fn rollback(&self, request: Request<pb::RollbackRequest>) -> Result<Response<pb::RollbackResponse>, Status> {
-        let _permit = self.enter("Rollback")?;
         self.authorize(&request)?;
         let req = request.into_inner();
         required("shop", &req.shop)?;
@@ -419,7 +401,6 @@ impl pb::rules_server::Rules for Service {
 #[tonic::async_trait]
 impl pb::audiences_server::Audiences for Service {
     async fn size(&self, request: Request<pb::SizeRequest>) -> Result<Response<pb::SizeResponse>, Status> {
-        let _permit = self.enter("Size")?;
         let req = request.into_inner();
         let engine = self.engine.clone();
         blocking("Size", move || {
@@ -473,7 +454,6 @@ fn fields(e: pb::Event) -> Fields<'static> {
 #[tonic::async_trait]
 impl pb::ingest_server::Ingest for Service {
     async fn track(&self, request: Request<pb::TrackRequest>) -> Result<Response<pb::TrackResponse>, Status> {
-        let _permit = self.enter("Track")?;
         self.authorize(&request)?;
         let req = request.into_inner();
         if req.events.len() > MAX_TRACK_EVENTS {

@@ -22,5 +22,6 @@ pub mod snapshots;
 pub mod store;
 #[cfg(test)]
 mod test_support;
+pub mod transport;
 pub mod validate;
 pub mod wal;

@@ -18,7 +18,7 @@ use vitrine_core::{ClaimOutcome, RejectReason};
 pub const DECIDE_DURATION: &str = "vitrine_decide_duration_seconds";
 /// `vitrine_decisions_total{slot, outcome}`
 pub const DECISIONS: &str = "vitrine_decisions_total";
-/// `vitrine_requests_shed_total{method}`
+/// `vitrine_requests_shed_total{method, reason}`
 pub const SHED: &str = "vitrine_requests_shed_total";
 /// `vitrine_rules_pushes_total{origin, result}`
 pub const RULE_PUSHES: &str = "vitrine_rules_pushes_total";
@@ -99,7 +99,7 @@ fn describe() {
     );
     describe_counter!(
         SHED,
-        "Is the server overloaded? Requests refused with RESOURCE_EXHAUSTED at the concurrency limit, by method."
+        "Is the server overloaded? Calls refused before their handler ran, by method and reason: in_flight (RESOURCE_EXHAUSTED at --max-in-flight), queue_wait (RESOURCE_EXHAUSTED after --max-queue-wait), deadline (DEADLINE_EXCEEDED while waiting)."
     );
     describe_counter!(
         RULE_PUSHES,
@@ -243,6 +243,11 @@ impl Metrics {
             Action::Untag,
             Action::Member,
         ];
+        // Decide's shedding counters exist from the start, so an alert on
+        // their rate has a series before the first overload.
+        for reason in crate::transport::ShedReason::ALL {
+            metrics::counter!(SHED, "method" => "Decide", "reason" => reason.as_str()).absolute(0);
+        }
         Metrics {
             decide_duration: Arc::new(LatencyHistogram::new(&DECIDE_BUCKETS)),
             banner: SlotCounters::new("banner"),
@@ -370,9 +375,9 @@ pub fn journal_failed(journal: &'static str) {
     metrics::counter!(JOURNAL_FAILURES, "journal" => journal).increment(1);
 }
 
-/// A load-shed request of `method`.
-pub fn shed(method: &'static str) {
-    metrics::counter!(SHED, "method" => method).increment(1);
+/// A call of `method` refused before its handler ran.
+pub fn shed(method: &'static str, reason: crate::transport::ShedReason) {
+    metrics::counter!(SHED, "method" => method, "reason" => reason.as_str()).increment(1);
 }
 
 /// Index size gauges of one shop.

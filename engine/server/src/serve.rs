@@ -13,7 +13,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
+use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 use vitrine_proto::v1 as pb;
 
@@ -27,6 +27,7 @@ use crate::kafka::Ingest;
 use crate::metrics::{self, Metrics};
 use crate::snapshots::{KafkaPosition, Position, SnapshotDir, Written};
 use crate::store::{RuleStore, SyncReport};
+use crate::transport::{self, Limits};
 use vitrine_core::Index;
 
 /// The process-wide Prometheus recorder (installed once, shared by every
@@ -320,7 +321,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .register_encoded_file_descriptor_set(vitrine_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let service = Service::new(engine.clone(), config.max_in_flight, config.admin_token.clone());
+    let service = Service::new(engine.clone(), config.admin_token.clone());
     let limit = config.max_request_bytes;
     let decision = pb::decision_server::DecisionServer::new(service.clone()).max_decoding_message_size(limit);
     let benefits = pb::benefits_server::BenefitsServer::new(service.clone()).max_decoding_message_size(limit);
@@ -377,10 +378,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             tokio::time::sleep(grace).await;
         }
     };
-    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-    let router = tonic::transport::Server::builder()
-        .timeout(config.request_timeout)
-        .add_service(health_service)
+    let routes = Routes::new(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(decision)
@@ -388,9 +386,13 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .add_service(rules)
         .add_service(audiences)
         .add_service(ingest);
+    let limits = Limits {
+        max_in_flight: config.max_in_flight,
+        max_queue_wait: config.max_queue_wait,
+        request_timeout: config.request_timeout,
+    };
     tasks.push(tokio::spawn(async move {
-        router
-            .serve_with_incoming_shutdown(incoming, draining)
+        transport::serve(grpc_listener, routes, limits, draining)
             .await
             .context("gRPC server")
     }));

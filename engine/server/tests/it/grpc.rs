@@ -50,6 +50,7 @@ fn config(dir: &Path, token: Option<&str>) -> Config {
         admin_token: token.map(String::from),
         max_in_flight: 1024,
         request_timeout: Duration::from_secs(10),
+        max_queue_wait: None,
         max_request_bytes: 4 << 20,
         shutdown_grace: Duration::ZERO,
         rules_poll: Duration::from_millis(100),

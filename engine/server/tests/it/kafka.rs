@@ -632,6 +632,7 @@ async fn readiness_waits_until_the_consumer_caught_up_and_decisions_are_served_m
         admin_token: None,
         max_in_flight: 64,
         request_timeout: Duration::from_secs(10),
+        max_queue_wait: None,
         max_request_bytes: 4 << 20,
         shutdown_grace: Duration::ZERO,
         rules_poll: Duration::from_secs(1),
