@@ -136,7 +136,8 @@ where
         let ticket = Ticket(gate.clone());
         let limits = gate.limits;
         let timeout = grpc_timeout(&request).map_or(limits.request_timeout, |t| t.min(limits.request_timeout));
-        let deadline = arrived + timeout;
+        // `None`: so far off that it cannot be represented, i.e. never.
+        let deadline = arrived.checked_add(timeout);
         let over = !exempt && in_flight >= limits.max_in_flight;
         let mut routes = self.routes.clone();
         Box::pin(async move {
@@ -146,7 +147,7 @@ where
             let waited = now.saturating_duration_since(arrived);
             let shed = if over {
                 Some(ShedReason::InFlight)
-            } else if now >= deadline {
+            } else if deadline.is_some_and(|d| now >= d) {
                 Some(ShedReason::Deadline)
             } else if !exempt && limits.max_queue_wait.is_some_and(|max| waited > max) {
                 Some(ShedReason::QueueWait)
@@ -157,6 +158,9 @@ where
                 metrics::shed(method, reason);
                 return Ok(reason.status(waited).into_http());
             }
+            let Some(deadline) = deadline else {
+                return routes.call(request).await;
+            };
             match tokio::time::timeout_at(deadline.into(), routes.call(request)).await {
                 Ok(response) => response,
                 Err(_) => Ok(Status::deadline_exceeded(format!(
@@ -335,6 +339,20 @@ mod tests {
         let waited = call(&unbounded, DECIDE, None);
         std::thread::sleep(Duration::from_millis(10));
         assert_eq!(status(waited).await, UNIMPLEMENTED);
+    }
+
+    #[tokio::test]
+    async fn a_deadline_too_far_to_represent_is_no_deadline() {
+        let mut admit = admit(100, None);
+        admit.gate = Arc::new(Gate {
+            limits: Limits {
+                request_timeout: Duration::MAX,
+                ..admit.gate.limits
+            },
+            in_flight: AtomicUsize::new(0),
+        });
+        assert_eq!(status(call(&admit, DECIDE, None)).await, UNIMPLEMENTED);
+        assert_eq!(status(call(&admit, DECIDE, Some("99999999H"))).await, UNIMPLEMENTED);
     }
 
     #[tokio::test]
