@@ -103,7 +103,7 @@ pub struct ServeArgs {
     #[arg(long, env = "VITRINE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Calls arrived and not yet answered; beyond it calls fail fast with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "VITRINE_MAX_IN_FLIGHT", default_value = "1024")]
+    #[arg(long, env = "VITRINE_MAX_IN_FLIGHT", default_value = "256")]
     pub max_in_flight: String,
     /// Longest a call may wait for its turn before it is shed with RESOURCE_EXHAUSTED; 0 = no bound.
     #[arg(long, env = "VITRINE_MAX_QUEUE_WAIT", default_value = "50ms")]
