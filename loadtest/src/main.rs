@@ -239,6 +239,10 @@ struct SweepArgs {
     /// Go on after a failing step (the result still stops at the first failure).
     #[arg(long)]
     keep_going: bool,
+    /// A failing step is run again, up to this many runs in all (odd), and
+    /// fails only when most of them fail: one stall must not end a sweep.
+    #[arg(long, default_value_t = 3)]
+    attempts: usize,
     /// Quiet time between steps.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pause: Duration,
@@ -330,6 +334,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                     p99_limit_us: a.p99_limit_us,
                     baseline: a.baseline,
                     keep_going: a.keep_going,
+                    attempts: a.attempts,
                     pause: a.pause,
                     json: a.json,
                 })

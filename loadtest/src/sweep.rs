@@ -5,8 +5,12 @@
 //! Each step is a full open-loop phase (warm-up discarded, latency from the
 //! intended send time), so a rate the server cannot sustain shows up as a
 //! p99 that grows with the step's duration rather than as a lower achieved
-//! rate with flattering percentiles. The sweep stops at the first failing
-//! step unless asked to keep going, and never goes past `--max`.
+//! rate with flattering percentiles. On a shared machine one stall can fail
+//! a 10 s step, so a failure is confirmed before it counts: the step is run
+//! again, up to `--attempts` runs in all, and fails only when most of those
+//! runs fail (every run is printed and kept in the JSON). The sweep stops
+//! at the first failing step unless asked to keep going, and never goes
+//! past `--max`.
 
 use std::time::Duration;
 
@@ -35,13 +39,15 @@ pub struct SweepConfig {
     pub baseline: bool,
     /// Go on after a failing step.
     pub keep_going: bool,
+    /// Runs of a failing step, at most, before it counts as failed (odd, >= 1).
+    pub attempts: usize,
     /// Quiet time between steps.
     pub pause: Duration,
     /// Write the lines to stderr (stdout gets the JSON).
     pub json: bool,
 }
 
-/// One rate of the sweep.
+/// One run at one rate.
 #[derive(Debug, Clone)]
 pub struct Step {
     /// Target requests per second.
@@ -89,7 +95,27 @@ impl Step {
     }
 }
 
-/// Whether a step's Decide summary passes.
+/// The verdict on a rate from its runs so far (`passed[i]`: run i passed),
+/// or `None` while more runs are needed. A first run that passes settles
+/// it; after a failure the rate passes when most of `attempts` runs pass.
+pub fn verdict(passed: &[bool], attempts: usize) -> Option<bool> {
+    let (&first, _) = passed.split_first()?;
+    if first {
+        return Some(true);
+    }
+    let need = attempts / 2 + 1;
+    let passes = passed.iter().filter(|p| **p).count();
+    let fails = passed.len() - passes;
+    if passes >= need {
+        Some(true)
+    } else if fails > attempts.saturating_sub(need) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Whether a run's Decide summary passes.
 pub fn passes(decide: &Summary, limit_us: u64) -> bool {
     decide.ok > 0 && decide.p99_us < limit_us && decide.errors_total() == 0
 }
@@ -112,6 +138,9 @@ pub async fn sweep(config: SweepConfig) -> anyhow::Result<Value> {
     if config.duration.is_zero() {
         bail!("--duration must be positive");
     }
+    if config.attempts.is_multiple_of(2) {
+        bail!("--attempts must be odd (1, 3, 5, ..), so that most runs decide");
+    }
     let limit = config.p99_limit_us;
     let json = config.json;
     let say = |line: String| {
@@ -121,7 +150,7 @@ pub async fn sweep(config: SweepConfig) -> anyhow::Result<Value> {
             println!("{line}");
         }
     };
-    let load = Load::connect(config.load).await?;
+    let load = Load::connect(config.load.clone()).await?;
     say(format!(
         "sweep: open-loop Decide at {}..={} req/s step {}, {:?} per step after a {:?} warm-up; \
          pass = p99 < {limit} µs and no errors",
@@ -131,73 +160,117 @@ pub async fn sweep(config: SweepConfig) -> anyhow::Result<Value> {
         config.duration,
         load.config().warmup
     ));
-    let mut steps: Vec<Step> = Vec::new();
-    for (i, &rate) in rates.iter().enumerate() {
-        if i > 0 && !config.pause.is_zero() {
-            tokio::time::sleep(config.pause).await;
+    // Per rate: its runs and the verdict.
+    let mut results: Vec<(Vec<Step>, bool)> = Vec::new();
+    let mut first = true;
+    for &rate in &rates {
+        let mut runs: Vec<Step> = Vec::new();
+        let passed = loop {
+            if !first && !config.pause.is_zero() {
+                tokio::time::sleep(config.pause).await;
+            }
+            first = false;
+            let step = measure(&load, &config, rate).await?;
+            let mut line = step.line(limit);
+            if !runs.is_empty() || !step.passed {
+                line.push_str(&format!("  [run {} of at most {}]", runs.len() + 1, config.attempts));
+            }
+            say(line);
+            runs.push(step);
+            let outcomes: Vec<bool> = runs.iter().map(|r| r.passed).collect();
+            if let Some(v) = verdict(&outcomes, config.attempts) {
+                break v;
+            }
+        };
+        if runs.len() > 1 {
+            say(format!(
+                "rate {rate:>6}/s  {} ({} of {} runs passed)",
+                if passed { "passes" } else { "fails" },
+                runs.iter().filter(|r| r.passed).count(),
+                runs.len()
+            ));
         }
-        let baseline = if config.baseline {
-            let b = load
-                .phase(
-                    &format!("baseline {rate}/s"),
-                    rate as f64,
-                    config.duration,
-                    &[Target::Health],
-                    false,
-                )
-                .await?;
-            b.summaries.into_iter().next()
-        } else {
-            None
-        };
-        let d = load
-            .phase(
-                &format!("decide {rate}/s"),
-                rate as f64,
-                config.duration,
-                &[Target::Decide],
-                true,
-            )
-            .await?;
-        let decide = d.summaries.into_iter().next().unwrap_or_default();
-        let passed = passes(&decide, limit);
-        let step = Step {
-            rate,
-            decide,
-            baseline,
-            passed,
-        };
-        say(step.line(limit));
-        steps.push(step);
+        results.push((runs, passed));
         if !passed && !config.keep_going {
             break;
         }
     }
-    let best = highest_passing(&steps);
+    let verdicts: Vec<(u64, bool)> = results
+        .iter()
+        .filter_map(|(runs, passed)| runs.first().map(|r| (r.rate, *passed)))
+        .collect();
+    let best = highest_passing(&verdicts);
     match best {
         Some(rate) => say(format!(
             "highest rate with decide p99 < {limit} µs and no errors: {rate} req/s"
         )),
         None => say(format!("no rate tried kept decide p99 < {limit} µs with no errors")),
     }
-    Ok(json!({
-        "p99_limit_us": limit,
-        "highest_passing_rps": best,
-        "steps": steps.iter().map(|s| json!({
-            "rate": s.rate,
+    let run_json = |s: &Step| {
+        json!({
             "passed": s.passed,
             "decide": s.decide.to_json(),
             "baseline": s.baseline.as_ref().map(Summary::to_json),
             "achieved_ratio": if s.rate > 0 { round2(s.decide.achieved_rps / s.rate as f64) } else { 0.0 },
-        })).collect::<Vec<_>>(),
+        })
+    };
+    Ok(json!({
+        "p99_limit_us": limit,
+        "attempts": config.attempts,
+        "highest_passing_rps": best,
+        "steps": results.iter().filter_map(|(runs, passed)| runs.first().map(|r| json!({
+            "rate": r.rate,
+            "passed": passed,
+            "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
+        }))).collect::<Vec<_>>(),
     }))
 }
 
-/// The highest rate among the steps that passed, below the first failure.
+/// One run at `rate`: the baseline phase if asked for, then Decide.
+async fn measure(load: &Load, config: &SweepConfig, rate: u64) -> anyhow::Result<Step> {
+    let baseline = if config.baseline {
+        let b = load
+            .phase(
+                &format!("baseline {rate}/s"),
+                rate as f64,
+                config.duration,
+                &[Target::Health],
+                false,
+            )
+            .await?;
+        b.summaries.into_iter().next()
+    } else {
+        None
+    };
+    let d = load
+        .phase(
+            &format!("decide {rate}/s"),
+            rate as f64,
+            config.duration,
+            &[Target::Decide],
+            true,
+        )
+        .await?;
+    let decide = d.summaries.into_iter().next().unwrap_or_default();
+    let passed = passes(&decide, config.p99_limit_us);
+    Ok(Step {
+        rate,
+        decide,
+        baseline,
+        passed,
+    })
+}
+
+/// The highest rate that passed, below the first rate that failed
+/// (`(rate, passed)` in sweep order).
 ///
 /// A rate that passes only after a lower one failed is noise, not capacity.
-pub fn highest_passing(steps: &[Step]) -> Option<u64> {
-    steps.iter().take_while(|s| s.passed).map(|s| s.rate).last()
+pub fn highest_passing(verdicts: &[(u64, bool)]) -> Option<u64> {
+    verdicts
+        .iter()
+        .take_while(|(_, passed)| *passed)
+        .map(|(rate, _)| *rate)
+        .last()
 }
 
 #[cfg(test)]
@@ -242,12 +315,28 @@ mod tests {
             baseline: None,
             passed,
         };
-        assert_eq!(
-            highest_passing(&[step(1, true), step(2, true), step(3, false), step(4, true)]),
-            Some(2)
-        );
-        assert_eq!(highest_passing(&[step(1, false), step(2, true)]), None);
+        assert_eq!(highest_passing(&[(1, true), (2, true), (3, false), (4, true)]), Some(2));
+        assert_eq!(highest_passing(&[(1, false), (2, true)]), None);
         assert_eq!(highest_passing(&[]), None);
         assert!(step(5, false).line(1000).ends_with("FAIL (p99 >= 1000 µs or errors)"));
+    }
+
+    #[test]
+    fn a_failure_counts_only_when_most_runs_fail() {
+        // One run: its result.
+        assert_eq!(verdict(&[true], 1), Some(true));
+        assert_eq!(verdict(&[false], 1), Some(false));
+        // Three runs at most: a pass settles it, a failure asks for more.
+        assert_eq!(verdict(&[], 3), None);
+        assert_eq!(verdict(&[true], 3), Some(true));
+        assert_eq!(verdict(&[false], 3), None);
+        assert_eq!(verdict(&[false, false], 3), Some(false));
+        assert_eq!(verdict(&[false, true], 3), None);
+        assert_eq!(verdict(&[false, true, true], 3), Some(true));
+        assert_eq!(verdict(&[false, true, false], 3), Some(false));
+        // Five: three passes needed after a failure.
+        assert_eq!(verdict(&[false, true, true], 5), None);
+        assert_eq!(verdict(&[false, true, true, true], 5), Some(true));
+        assert_eq!(verdict(&[false, false, true, false], 5), Some(false));
     }
 }
