@@ -169,13 +169,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("`{text}` is not a duration such as 500ms, 10s, 2m"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("`{text}` is not a duration such as 500ms, 10s, 2m")),
-    })
+    let seconds = |per: u64| {
+        n.checked_mul(per)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("`{text}` is too long a duration"))
+    };
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        _ => Err(format!("`{text}` is not a duration such as 500ms, 10s, 2m")),
+    }
 }
 
 impl Config {
@@ -212,7 +217,7 @@ impl Config {
         let rules_poll = duration("rules-poll", &args.rules_poll, Duration::from_millis(100));
         let max_queue_wait = match args.max_queue_wait.as_str() {
             "0" => Some(Duration::ZERO),
-            text => duration("max-queue-wait", text, Duration::from_micros(100)),
+            text => duration("max-queue-wait", text, Duration::from_millis(1)),
         };
         let snapshot_interval = match args.snapshot_interval.as_str() {
             "0" => Some(Duration::ZERO),
@@ -375,6 +380,8 @@ mod tests {
             "10 parsecs",
             "--max-in-flight",
             "0",
+            "--max-queue-wait",
+            "5us",
             "--admin-token",
             " ",
         ]))
@@ -385,6 +392,7 @@ mod tests {
                 "--grpc-addr: `nowhere` is not an address such as 127.0.0.1:50051",
                 "--metrics-addr: `127.0.0.1:x` is not an address such as 127.0.0.1:50051",
                 "--request-timeout: `10 parsecs` is not a duration such as 500ms, 10s, 2m",
+                "--max-queue-wait: `5us` is not a duration such as 500ms, 10s, 2m",
                 "--max-in-flight: `0` is not a whole number above 0",
                 "--admin-token: must not be empty when set",
             ]
@@ -455,5 +463,10 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("5").is_err());
+        assert!(
+            parse_duration("18446744073709551615h").is_err(),
+            "overflow is an error, not a panic"
+        );
+        assert!(parse_duration("99999999999999999999s").is_err());
     }
 }
