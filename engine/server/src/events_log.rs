@@ -35,7 +35,7 @@ use std::path::Path;
 use vitrine_core::{Action, Event};
 
 pub use crate::wal::{CompactReport, OpenError, Recovery, Stats, WalError, DEFAULT_SEGMENT_BYTES};
-use crate::wal::{Options, Wal};
+use crate::wal::{Options, RecordReader, Wal};
 
 /// The record format of the event log, in its segments' headers.
 pub const KIND: [u8; 4] = *b"EVT1";
@@ -154,25 +154,8 @@ pub fn encode(event: &Event<'_>, out: &mut Vec<u8>) {
     }
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
-        if n > self.buf.len() - self.pos {
-            return Err("event record runs past its end");
-        }
-        let out = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
-    }
-
-    fn u8(&mut self) -> Result<u8, &'static str> {
-        Ok(self.take(1)?[0])
-    }
-
+/// The event record's fields: varints and varint-length strings.
+impl<'a> RecordReader<'a> {
     fn varint(&mut self) -> Result<u64, &'static str> {
         let mut v = 0u64;
         for i in 0..10 {
@@ -212,7 +195,7 @@ impl<'a> Reader<'a> {
 /// Decodes one event record (exactly `record`), borrowing its strings.
 /// Never panics: garbage gets an error.
 pub fn decode(record: &[u8]) -> Result<Event<'_>, &'static str> {
-    let mut r = Reader { buf: record, pos: 0 };
+    let mut r = RecordReader::new(record);
     let code = r.u8()?;
     let action = ACTIONS
         .iter()
@@ -231,15 +214,13 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, &'static str> {
     let tag = r.opt_str(flags, TAG)?;
     let id = r.opt_str(flags, ID)?;
     let price = if flags & PRICE != 0 {
-        let mut bytes = [0; 8];
-        bytes.copy_from_slice(r.take(8)?);
-        f64::from_le_bytes(bytes)
+        f64::from_le_bytes(r.array()?)
     } else {
         0.0
     };
     let quantity = if flags & QUANTITY != 0 { r.u32()? } else { 1 };
     let tier = if flags & TIER != 0 { r.u32()? } else { 0 };
-    if r.pos != record.len() {
+    if !r.at_end() {
         return Err("event record longer than its fields");
     }
     Ok(Event {

@@ -59,7 +59,7 @@ use parking_lot::Mutex;
 use vitrine_core::claims::Usage;
 use vitrine_core::{ClaimLedger, ClaimOutcome, Grants, LedgerClaim, LedgerError};
 
-use crate::wal::{Options, Wal, WalError};
+use crate::wal::{Options, RecordReader, Wal, WalError};
 
 /// The record format of the claims journal, in its segments' headers.
 pub const KIND: [u8; 4] = *b"CLM1";
@@ -152,7 +152,7 @@ impl<'a> Record<'a> {
 
     /// Decodes a whole record (the log frames records, so `buf` is exactly one).
     fn decode(buf: &'a [u8]) -> Result<Record<'a>, &'static str> {
-        let mut r = Cursor { buf, pos: 0 };
+        let mut r = RecordReader::new(buf);
         let code = r.u8()?;
         let outcome = OUTCOMES
             .iter()
@@ -164,9 +164,9 @@ impl<'a> Record<'a> {
             return Err("unknown record flags");
         }
         let now_ms = i64::from_le_bytes(r.array()?);
-        let (shop, benefit, visitor) = (r.str()?, r.str()?, r.str()?);
-        let claim_id = if flags == 1 { Some(r.str()?) } else { None };
-        if r.pos != buf.len() {
+        let (shop, benefit, visitor) = (r.str16()?, r.str16()?, r.str16()?);
+        let claim_id = if flags == 1 { Some(r.str16()?) } else { None };
+        if !r.at_end() {
             return Err("record length does not match its fields");
         }
         if outcome != ClaimOutcome::Granted && claim_id.is_none() {
@@ -183,32 +183,9 @@ impl<'a> Record<'a> {
     }
 }
 
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
-        if n > self.buf.len() - self.pos {
-            return Err("record runs past its length");
-        }
-        let out = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], &'static str> {
-        let mut out = [0; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
-
-    fn u8(&mut self) -> Result<u8, &'static str> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn str(&mut self) -> Result<&'a str, &'static str> {
+/// The claim record's strings: a u16 length, then the bytes.
+impl<'a> RecordReader<'a> {
+    fn str16(&mut self) -> Result<&'a str, &'static str> {
         let n = u16::from_le_bytes(self.array()?);
         std::str::from_utf8(self.take(usize::from(n))?).map_err(|_| "a field is not UTF-8")
     }

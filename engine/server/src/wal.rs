@@ -333,6 +333,49 @@ pub struct CompactReport {
 
 // ------------------------------------------------------------------ format
 
+/// Reads the fields of one record (records are opaque here; the formats
+/// built on the log, `journal` and `events_log`, add their own field
+/// readers to it). Reading past the record's end is an error, never a panic.
+#[derive(Debug)]
+pub struct RecordReader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> RecordReader<'a> {
+    /// A reader at the start of `record`.
+    pub fn new(record: &'a [u8]) -> RecordReader<'a> {
+        RecordReader { buf: record, pos: 0 }
+    }
+
+    /// The next `n` bytes.
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
+        if n > self.buf.len() - self.pos {
+            return Err("record runs past its end");
+        }
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    /// The next `N` bytes, as an array.
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], &'static str> {
+        let mut out = [0; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    /// The next byte.
+    pub fn u8(&mut self) -> Result<u8, &'static str> {
+        Ok(self.take(1)?[0])
+    }
+
+    /// Whether every byte of the record has been read.
+    pub fn at_end(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+}
+
 /// The file name of the segment whose first record is `first_lsn`.
 pub fn segment_name(first_lsn: u64) -> String {
     format!("{first_lsn:0NAME_DIGITS$}{SEGMENT_SUFFIX}")
