@@ -228,30 +228,24 @@ pub async fn sweep(config: SweepConfig) -> anyhow::Result<Value> {
 
 /// One run at `rate`: the baseline phase if asked for, then Decide.
 async fn measure(load: &Load, config: &SweepConfig, rate: u64) -> anyhow::Result<Step> {
-    let baseline = if config.baseline {
-        let b = load
+    let phase = |name: &'static str, target: Target, background: bool| async move {
+        let report = load
             .phase(
-                &format!("baseline {rate}/s"),
+                &format!("{name} {rate}/s"),
                 rate as f64,
                 config.duration,
-                &[Target::Health],
-                false,
+                &[target],
+                background,
             )
             .await?;
-        b.summaries.into_iter().next()
+        anyhow::Ok(report.summaries.into_iter().next())
+    };
+    let baseline = if config.baseline {
+        phase("baseline", Target::Health, false).await?
     } else {
         None
     };
-    let d = load
-        .phase(
-            &format!("decide {rate}/s"),
-            rate as f64,
-            config.duration,
-            &[Target::Decide],
-            true,
-        )
-        .await?;
-    let decide = d.summaries.into_iter().next().unwrap_or_default();
+    let decide = phase("decide", Target::Decide, true).await?.unwrap_or_default();
     let passed = passes(&decide, config.p99_limit_us);
     Ok(Step {
         rate,
