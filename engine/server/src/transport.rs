@@ -133,9 +133,7 @@ where
     /// instant and the in-flight count are taken here, before any queueing.
     fn call(&self, request: Request<B>) -> ResponseFuture {
         let arrived = Instant::now();
-        let path = request.uri().path();
-        let method = method_name(path);
-        let exempt = path.starts_with("/grpc.health.v1.Health/");
+        let exempt = request.uri().path().starts_with("/grpc.health.v1.Health/");
         let gate = &self.gate;
         let in_flight = gate.in_flight.fetch_add(1, Ordering::Relaxed);
         let ticket = Ticket(gate.clone());
@@ -160,7 +158,7 @@ where
                 None
             };
             if let Some(reason) = shed {
-                metrics::shed(method, reason);
+                metrics::shed(method_name(request.uri().path()), reason);
                 return Ok(reason.status(waited).into_http());
             }
             let Some(deadline) = deadline else {
