@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = PathBuf::from(std::env::var("OUT_DIR")?).join("vitrine_descriptor.bin");
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptors)
+        .codec_path("crate::codec::VitrineCodec")
         .compile_protos(&[proto], &[root])?;
     Ok(())
 }

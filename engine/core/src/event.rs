@@ -13,6 +13,11 @@ use serde::Deserialize;
 /// numbers far from `u32::MAX`, so the index's hour arithmetic cannot overflow.
 pub const MAX_TS: i64 = 253_402_300_799_999;
 
+/// The longest id an event (or a request) may carry, in bytes: shop,
+/// visitor, item, category, tag and event id. Ids are keys of the index and
+/// the journals, so one long id costs memory and disk on every path it takes.
+pub const MAX_ID_BYTES: usize = 512;
+
 /// A behavior or profile action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
@@ -135,16 +140,23 @@ pub enum RejectReason {
     UnknownAction,
     /// A field has a value outside its range (empty visitor, negative price, ...).
     InvalidValue,
+    /// An id (shop, visitor, item, category, tag, event id) is longer than [`MAX_ID_BYTES`].
+    TooLong,
+    /// No rule set serves the event's shop: the server keeps no state for it
+    /// (decided by the server, which knows the rule sets; never by [`Event::validate`]).
+    UnknownShop,
 }
 
 impl RejectReason {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [RejectReason; 5] = [
+    pub const ALL: [RejectReason; 7] = [
         RejectReason::InvalidJson,
         RejectReason::MissingField,
         RejectReason::WrongType,
         RejectReason::UnknownAction,
         RejectReason::InvalidValue,
+        RejectReason::TooLong,
+        RejectReason::UnknownShop,
     ];
 
     /// The label value.
@@ -155,6 +167,8 @@ impl RejectReason {
             RejectReason::WrongType => "wrong_type",
             RejectReason::UnknownAction => "unknown_action",
             RejectReason::InvalidValue => "invalid_value",
+            RejectReason::TooLong => "too_long",
+            RejectReason::UnknownShop => "unknown_shop",
         }
     }
 }
@@ -177,8 +191,30 @@ impl EventError {
         }
     }
 
+    /// An event's error that the server, not the event, decides.
+    pub fn unknown_shop(shop: &str) -> EventError {
+        EventError::new(
+            RejectReason::UnknownShop,
+            format!("no rule set serves shop `{shop}`: push its rules before its events"),
+        )
+    }
+
     fn missing(field: &str) -> EventError {
         EventError::new(RejectReason::MissingField, format!("missing field `{field}`"))
+    }
+}
+
+/// Refuses an id longer than [`MAX_ID_BYTES`].
+fn bounded_id(field: &str, value: Option<&str>) -> Result<(), EventError> {
+    match value {
+        Some(v) if v.len() > MAX_ID_BYTES => Err(EventError::new(
+            RejectReason::TooLong,
+            format!(
+                "`{field}` is {} bytes long; at most {MAX_ID_BYTES} are accepted",
+                v.len()
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -243,6 +279,13 @@ impl<'a> Event<'a> {
         let visitor = f.visitor.ok_or_else(|| EventError::missing("visitor"))?;
         let action_name = f.action.ok_or_else(|| EventError::missing("action"))?;
         let ts = f.ts.ok_or_else(|| EventError::missing("ts"))?;
+        bounded_id("shop", Some(&shop))?;
+        bounded_id("action", Some(&action_name))?;
+        bounded_id("visitor", Some(&visitor))?;
+        bounded_id("item", f.item.as_deref())?;
+        bounded_id("category", f.category.as_deref())?;
+        bounded_id("tag", f.tag.as_deref())?;
+        bounded_id("id", f.id.as_deref())?;
         if shop.is_empty() {
             return Err(EventError::new(RejectReason::InvalidValue, "`shop` must not be empty"));
         }
@@ -381,6 +424,53 @@ mod tests {
         let e =
             Event::from_json(br#"{"shop":"s","visitor":"v","action":"tag","tag":"price_sensitive","ts":1}"#).unwrap();
         assert_eq!(e.tag.as_deref(), Some("price_sensitive"));
+    }
+
+    /// Regression (hardening #5): a 100 KB id was accepted and journaled by
+    /// Track and Kafka, though Decide, Claim and Size refuse such ids.
+    #[test]
+    fn ids_longer_than_the_limit_are_rejected_on_every_field() {
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        let fits = "x".repeat(MAX_ID_BYTES);
+        for (field, json) in [
+            (
+                "shop",
+                format!(r#"{{"shop":"{long}","visitor":"v","action":"view","item":"i","ts":1}}"#),
+            ),
+            (
+                "visitor",
+                format!(r#"{{"shop":"s","visitor":"{long}","action":"view","item":"i","ts":1}}"#),
+            ),
+            (
+                "action",
+                format!(r#"{{"shop":"s","visitor":"v","action":"{long}","item":"i","ts":1}}"#),
+            ),
+            (
+                "item",
+                format!(r#"{{"shop":"s","visitor":"v","action":"view","item":"{long}","ts":1}}"#),
+            ),
+            (
+                "category",
+                format!(r#"{{"shop":"s","visitor":"v","action":"view","item":"i","category":"{long}","ts":1}}"#),
+            ),
+            (
+                "tag",
+                format!(r#"{{"shop":"s","visitor":"v","action":"tag","tag":"{long}","ts":1}}"#),
+            ),
+            (
+                "id",
+                format!(r#"{{"shop":"s","visitor":"v","action":"view","item":"i","id":"{long}","ts":1}}"#),
+            ),
+        ] {
+            let (reason, message) = reject(&json);
+            assert_eq!(reason, RejectReason::TooLong, "{field}");
+            assert_eq!(
+                message,
+                format!("`{field}` is 513 bytes long; at most 512 are accepted"),
+                "{field}"
+            );
+            assert!(Event::from_json(json.replace(&long, &fits).as_bytes()).is_ok() || field == "action");
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! with tonic and prost: shared by the server, its tests and the load
 //! generator, so both sides of every call are compiled from one file.
 
+pub mod codec;
+
 /// Package `vitrine.v1`: messages, clients and servers.
 #[allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
 pub mod v1 {

@@ -409,7 +409,8 @@ fn apply(events: usize) {
         })
         .collect();
     drop(dataset);
-    let engine = engine("apply", None);
+    // The shop must be served: events of shops without rules are rejected.
+    let engine = engine("apply", Some(vitrine_benches::RULES_20));
     let start = Instant::now();
     for p in &payloads {
         engine.apply(&Event::from_json(p).unwrap());

@@ -102,6 +102,21 @@ pub struct ServeArgs {
     /// Bearer token required by Rules/Push, Rules/Rollback and Ingest/Track when set.
     #[arg(long, env = "VITRINE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// gRPC connections open at once; one more is closed on arrival (counted
+    /// in vitrine_connections_closed_total{reason="limit"}). Lowered at start
+    /// to fit the process's open-files limit.
+    #[arg(long, env = "VITRINE_MAX_CONNECTIONS", default_value = "1024")]
+    pub max_connections: String,
+    /// HTTP (metrics and probes) connections open at once.
+    #[arg(long, env = "VITRINE_MAX_HTTP_CONNECTIONS", default_value = "64")]
+    pub max_http_connections: String,
+    /// A connection (either port) with no call open for this long is closed.
+    #[arg(long, env = "VITRINE_IDLE_TIMEOUT", default_value = "120s")]
+    pub idle_timeout: String,
+    /// A connection (either port) that has not sent a complete first request
+    /// (HTTP/1: a request's headers) within this is closed.
+    #[arg(long, env = "VITRINE_HANDSHAKE_TIMEOUT", default_value = "10s")]
+    pub handshake_timeout: String,
     /// Calls arrived and not yet answered; beyond it calls fail fast with RESOURCE_EXHAUSTED.
     #[arg(long, env = "VITRINE_MAX_IN_FLIGHT", default_value = "256")]
     pub max_in_flight: String,

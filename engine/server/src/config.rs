@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::ServeArgs;
+use crate::connections::ConnectionLimits;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -20,6 +21,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Admin bearer token.
     pub admin_token: Option<String>,
+    /// Bounds on gRPC connections.
+    pub grpc_connections: ConnectionLimits,
+    /// Bounds on HTTP (metrics and probes) connections.
+    pub http_connections: ConnectionLimits,
     /// Concurrent calls admitted.
     pub max_in_flight: usize,
     /// Server-side call deadline.
@@ -53,6 +58,38 @@ pub struct Config {
 /// Kafka apply threads) has its own threads to run on.
 pub fn default_worker_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
+/// File descriptors kept free of connections: journals, snapshots, rule
+/// files, Kafka sockets, the listeners.
+pub const RESERVED_FILES: usize = 256;
+
+/// `max_grpc`, lowered (with a warning) so that both ports' connections and
+/// [`RESERVED_FILES`] fit in `open_files`, the process's soft open-files
+/// limit (at least 16 connections are kept).
+pub fn fit_open_files(max_grpc: usize, max_http: usize, open_files: Option<u64>) -> usize {
+    let Some(open_files) = open_files.and_then(|n| usize::try_from(n).ok()) else {
+        return max_grpc;
+    };
+    let room = open_files.saturating_sub(RESERVED_FILES + max_http).max(16);
+    if max_grpc > room {
+        tracing::warn!(
+            open_files,
+            max_connections = max_grpc,
+            lowered_to = room,
+            "--max-connections does not fit the open-files limit (ulimit -n) beside --max-http-connections and {RESERVED_FILES} files kept for the journals and snapshots; lowered"
+        );
+        return room;
+    }
+    max_grpc
+}
+
+/// The soft open-files limit of this process (`ulimit -n`), from
+/// `/proc/self/limits`; `None` when unknown or unlimited.
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
 }
 
 /// Where a starting consumer begins reading each partition.
@@ -184,6 +221,33 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 impl Config {
+    /// Every flag at its default, but listening on ephemeral loopback
+    /// ports over `dir/rules` and `dir/data` (tests, examples, tools), so
+    /// that a new flag never needs a new line where a configuration is made.
+    pub fn local(dir: &std::path::Path) -> Config {
+        use clap::Parser;
+        let rules = dir.join("rules");
+        let data = dir.join("data");
+        let argv = [
+            "vitrine".as_ref(),
+            "serve".as_ref(),
+            "--grpc-addr=127.0.0.1:0".as_ref(),
+            "--metrics-addr=127.0.0.1:0".as_ref(),
+            "--rules-dir".as_ref(),
+            rules.as_os_str(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+        ];
+        let args = match crate::cli::Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(crate::cli::Command::Serve(args)) => args,
+            other => unreachable!("the default serve flags parse: {other:?}"),
+        };
+        match Config::from_args(&args) {
+            Ok(config) => config,
+            Err(e) => unreachable!("the default configuration is valid: {e}"),
+        }
+    }
+
     /// Checks every flag; all problems at once.
     pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigErrors> {
         let mut problems = Vec::new();
@@ -215,6 +279,8 @@ impl Config {
         let request_timeout = duration("request-timeout", &args.request_timeout, Duration::from_millis(1));
         let shutdown_grace = duration("shutdown-grace", &args.shutdown_grace, Duration::ZERO);
         let rules_poll = duration("rules-poll", &args.rules_poll, Duration::from_millis(100));
+        let idle_timeout = duration("idle-timeout", &args.idle_timeout, Duration::from_secs(1));
+        let handshake_timeout = duration("handshake-timeout", &args.handshake_timeout, Duration::from_millis(100));
         let max_queue_wait = match args.max_queue_wait.as_str() {
             "0" => Some(Duration::ZERO),
             text => duration("max-queue-wait", text, Duration::from_millis(1)),
@@ -231,6 +297,24 @@ impl Config {
             }
         };
         let max_in_flight = positive("max-in-flight", &args.max_in_flight);
+        let connections = (
+            positive("max-connections", &args.max_connections),
+            positive("max-http-connections", &args.max_http_connections),
+            idle_timeout,
+            handshake_timeout,
+        );
+        let connections = match connections {
+            (Some(grpc), Some(http), Some(idle_timeout), Some(handshake_timeout)) => {
+                let limits = |max| ConnectionLimits {
+                    max,
+                    idle_timeout,
+                    handshake_timeout,
+                };
+                let grpc = fit_open_files(grpc, http, open_files_limit());
+                Some((limits(grpc), limits(http)))
+            }
+            _ => None,
+        };
         let max_request_bytes = positive("max-request-bytes", &args.max_request_bytes);
         let demo_visitors = positive("demo-visitors", &args.demo_visitors);
         let kafka_max_message_bytes = positive("kafka-max-message-bytes", &args.kafka_max_message_bytes);
@@ -296,6 +380,7 @@ impl Config {
             snapshot_interval,
             snapshot_keep,
             worker_threads,
+            connections,
         ) {
             (
                 Some(g),
@@ -312,12 +397,15 @@ impl Config {
                 Some(si),
                 Some(sk),
                 Some(wt),
+                Some((gc, hc)),
             ) if problems.is_empty() => Ok(Config {
                 grpc_addr: g,
                 metrics_addr: m,
                 rules_dir: args.rules_dir.clone(),
                 data_dir: args.data_dir.clone(),
                 admin_token: args.admin_token.clone(),
+                grpc_connections: gc,
+                http_connections: hc,
                 max_in_flight: mif,
                 request_timeout: rt,
                 max_queue_wait: (!mqw.is_zero()).then_some(mqw),

@@ -94,7 +94,7 @@ impl Engine {
         let mut valid = Vec::new();
         let mut rejected = Vec::new();
         for (i, fields) in events.into_iter().enumerate() {
-            match Event::validate(fields) {
+            match Event::validate(fields).and_then(|e| self.admit(e)) {
                 Ok(event) => valid.push(event),
                 Err(error) => {
                     self.metrics.reject(error.reason);
@@ -114,6 +114,19 @@ impl Engine {
             self.apply(event);
         }
         Ok((valid.len() as u32, rejected))
+    }
+
+    /// Passes an event whose shop a rule set serves; refuses the others
+    /// (`unknown_shop`). The server keeps index state only for shops it
+    /// serves, so made-up shops in Track or Kafka cost one lookup, not
+    /// memory, restart time or metric series; a new shop is onboarded by
+    /// pushing its rules first (README, Limits and protections).
+    pub fn admit<'a>(&self, event: Event<'a>) -> Result<Event<'a>, EventError> {
+        if self.rules.serves(&event.shop) {
+            Ok(event)
+        } else {
+            Err(EventError::unknown_shop(&event.shop))
+        }
     }
 
     /// Applies one validated event (not journaled: Kafka and the demo

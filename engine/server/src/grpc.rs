@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 use vitrine_core::decide::{ClaimError, Slot};
-use vitrine_core::event::Fields;
+use vitrine_core::event::{Fields, MAX_TS};
 use vitrine_core::{audience_sizes, size_of, ClaimRequest, Context, DecideRequest, SizeError};
 use vitrine_proto::v1 as pb;
 
@@ -22,8 +22,13 @@ use crate::engine::{at, Engine};
 use crate::metrics;
 use crate::store::{Origin, StoreError};
 
-/// The longest shop, visitor, benefit or claim id accepted.
-pub const MAX_ID_BYTES: usize = 512;
+/// The longest shop, visitor, benefit or claim id accepted (the same bound
+/// as every id of an event).
+pub use vitrine_core::event::MAX_ID_BYTES;
+/// The most bytes of a status message as sent: `grpc-message` is
+/// percent-encoded (a byte outside printable ASCII takes three), and
+/// clients refuse header lists past 16 KiB (h2 and grpc-go's default).
+pub const MAX_STATUS_MESSAGE_BYTES: usize = 8 * 1024;
 /// The most events one Track call may carry.
 pub const MAX_TRACK_EVENTS: usize = 10_000;
 
@@ -103,10 +108,54 @@ fn bounded<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
 }
 
 fn instant(now_ms: i64) -> Result<i64, Status> {
-    if now_ms < 0 {
-        return Err(Status::invalid_argument("`now_ms` must be >= 0 (0 = the server clock)"));
+    if !(0..=MAX_TS).contains(&now_ms) {
+        return Err(Status::invalid_argument(format!(
+            "`now_ms` must be between 0 (the server clock) and {MAX_TS} (9999-12-31T23:59:59.999Z)"
+        )));
     }
     Ok(at(now_ms))
+}
+
+/// INVALID_ARGUMENT with `message` cut, at a line where it can, to what a
+/// client accepts in one header ([`MAX_STATUS_MESSAGE_BYTES`] encoded).
+fn invalid(message: String) -> Status {
+    Status::invalid_argument(bounded_message(message))
+}
+
+/// `message`, whole when its percent-encoded size fits
+/// [`MAX_STATUS_MESSAGE_BYTES`], else its first lines that fit and a last
+/// line saying how much was left out.
+pub fn bounded_message(message: String) -> String {
+    fn encoded(c: char) -> usize {
+        if (' '..='~').contains(&c) && c != '%' {
+            1
+        } else {
+            3 * c.len_utf8()
+        }
+    }
+    // Room for the closing line, which is plain ASCII.
+    const ROOM: usize = 64;
+    let mut size = 0;
+    let mut cut = None;
+    let mut last_line_end = 0;
+    for (i, c) in message.char_indices() {
+        if c == '\n' {
+            last_line_end = i;
+        }
+        size += encoded(c);
+        if size > MAX_STATUS_MESSAGE_BYTES - ROOM && cut.is_none() {
+            cut = Some(if last_line_end > 0 { last_line_end } else { i });
+        }
+    }
+    if size <= MAX_STATUS_MESSAGE_BYTES {
+        return message;
+    }
+    let cut = cut.unwrap_or(message.len());
+    let left_out = message.len() - cut;
+    let mut message = message;
+    message.truncate(cut);
+    message.push_str(&format!("\n... message cut: {left_out} more bytes"));
+    message
 }
 
 fn context(c: Option<&pb::Context>) -> Context<'_> {
@@ -129,7 +178,7 @@ fn unknown_shop(shop: &str) -> Status {
 
 fn store_status(e: StoreError) -> Status {
     match e {
-        StoreError::Invalid(errors) => Status::invalid_argument(errors.to_string()),
+        StoreError::Invalid(errors) => invalid(errors.to_string()),
         StoreError::UnknownShop(shop) => unknown_shop(&shop),
         e @ StoreError::UnknownRevision { .. } => Status::not_found(e.to_string()),
         StoreError::Io(e) => {
@@ -422,7 +471,7 @@ impl pb::audiences_server::Audiences for Service {
                 &req.expression,
                 now_ms,
             )
-            .map_err(|e: SizeError| Status::invalid_argument(format!("expression {e}")))?;
+            .map_err(|e: SizeError| invalid(format!("expression {e}")))?;
             Ok(Response::new(pb::SizeResponse {
                 size,
                 known_visitors: index.map_or(0, |i| u64::from(i.visitor_count())),
@@ -481,5 +530,51 @@ impl pb::ingest_server::Ingest for Service {
             }))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded_len(message: &str) -> usize {
+        message
+            .chars()
+            .map(|c| {
+                if (' '..='~').contains(&c) && c != '%' {
+                    1
+                } else {
+                    3 * c.len_utf8()
+                }
+            })
+            .sum()
+    }
+
+    /// Regression (hardening #6): every rule error went into `grpc-message`;
+    /// with ~400 errors the header list passed what clients accept and the
+    /// project's own CLI failed with an HTTP/2 protocol error.
+    #[test]
+    fn status_messages_are_cut_at_a_line_to_what_a_header_can_carry() {
+        let short = "1:1: one error".to_string();
+        assert_eq!(bounded_message(short.clone()), short);
+
+        let lines: Vec<String> = (0..400).map(|i| format!("{i}:7: undefined audience `a{i}`")).collect();
+        let cut = bounded_message(lines.join("\n"));
+        assert!(encoded_len(&cut) <= MAX_STATUS_MESSAGE_BYTES, "{}", encoded_len(&cut));
+        let (kept, last) = cut.rsplit_once('\n').unwrap();
+        assert!(
+            last.starts_with("... message cut: ") && last.ends_with(" more bytes"),
+            "{last}"
+        );
+        assert!(
+            kept.lines().all(|l| lines.contains(&l.to_string())),
+            "only whole lines are kept"
+        );
+
+        // Non-ASCII text takes three bytes a byte once encoded.
+        let wide = "é".repeat(10_000);
+        let cut = bounded_message(wide);
+        assert!(encoded_len(&cut) <= MAX_STATUS_MESSAGE_BYTES);
+        assert!(cut.starts_with('é'));
     }
 }

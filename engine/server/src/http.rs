@@ -11,7 +11,10 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::metrics::{self, LatencyHistogram};
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use crate::connections::{accept_loop, ConnectionLimits};
+use crate::metrics::{self, LatencyHistogram, Port};
 
 /// What the probes read.
 #[derive(Debug, Clone)]
@@ -53,3 +56,45 @@ async fn readyz(State(p): State<Probes>) -> impl IntoResponse {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
 }
+
+/// Serves the probes router on `listener` (HTTP/1.1) until `shutdown`
+/// completes, with the connection bounds of `limits`; a request's headers
+/// must arrive within the handshake timeout.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    probes: Probes,
+    limits: ConnectionLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use tonic::codegen::Service as _;
+
+    let router = router(probes);
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout);
+    accept_loop(
+        listener,
+        Port::Http,
+        limits,
+        PROBE_DRAIN,
+        shutdown,
+        |stream, activity| {
+            let router = router.clone();
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let call = activity.begin();
+                let mut router = router.clone();
+                async move {
+                    let response = router.call(request).await;
+                    drop(call);
+                    response
+                }
+            });
+            http1.serve_connection(TokioIo::new(stream), service)
+        },
+    )
+    .await;
+}
+
+/// How long a scrape or probe in flight may take to finish at shutdown.
+const PROBE_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);

@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod demo;
 pub mod engine;
 pub mod events_log;

@@ -60,6 +60,10 @@ pub const SNAPSHOT_LOAD_FAILURES: &str = "vitrine_snapshot_load_failures_total";
 pub const RESTORE_DURATION: &str = "vitrine_restore_duration_seconds";
 /// `vitrine_journal_failures_total{journal}`
 pub const JOURNAL_FAILURES: &str = "vitrine_journal_failures_total";
+/// `vitrine_connections_open{port}`
+pub const CONNECTIONS_OPEN: &str = "vitrine_connections_open";
+/// `vitrine_connections_closed_total{port, reason}`
+pub const CONNECTIONS_CLOSED: &str = "vitrine_connections_closed_total";
 
 /// Rejection reasons of the Kafka path, beside the core's five
 /// (`RejectReason`): a message over `--kafka-max-message-bytes`, and a
@@ -93,6 +97,20 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 }
 
 fn describe() {
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        "How many TCP connections does each port (grpc, http) hold open, against --max-connections / --max-http-connections?"
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Why are connections closed? By port and reason: peer (the client closed), idle, handshake (no first request in time), limit (refused at the connection limit), shutdown."
+    );
+    for port in Port::ALL {
+        metrics::gauge!(CONNECTIONS_OPEN, "port" => port.as_str()).set(0.0);
+        for reason in ConnectionClose::ALL {
+            metrics::counter!(CONNECTIONS_CLOSED, "port" => port.as_str(), "reason" => reason.as_str()).absolute(0);
+        }
+    }
     describe_counter!(
         DECISIONS,
         "What do visitors get? Decisions by slot (banner, items, benefit) and outcome (shown, none)."
@@ -221,7 +239,7 @@ pub struct Metrics {
     /// Events applied, by action (index = `Action as usize`).
     pub applied: [Counter; 7],
     /// Events rejected, by reason (index = position in `RejectReason::ALL`).
-    pub rejected: [Counter; 5],
+    pub rejected: [Counter; RejectReason::ALL.len()],
     /// Kafka messages rejected before decoding, by reason (index = position
     /// in [`KAFKA_REJECT_REASONS`]).
     pub rejected_kafka: [Counter; 2],
@@ -463,4 +481,76 @@ mod tests {
             "# HELP x_seconds How long?\n# TYPE x_seconds histogram\nx_seconds_bucket{le=\"0.00001\"} 2\nx_seconds_bucket{le=\"0.001\"} 3\nx_seconds_bucket{le=\"+Inf\"} 4\nx_seconds_sum 2.000515\nx_seconds_count 4\n"
         );
     }
+}
+
+/// A listening port: the `port` label of the connection metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// `--grpc-addr`
+    Grpc,
+    /// `--metrics-addr` (metrics and probes)
+    Http,
+}
+
+impl Port {
+    /// Every port, for pre-registering metrics.
+    pub const ALL: [Port; 2] = [Port::Grpc, Port::Http];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Port::Grpc => "grpc",
+            Port::Http => "http",
+        }
+    }
+}
+
+/// Why a connection ended: the `reason` label of `vitrine_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionClose {
+    /// The peer closed it (or it failed).
+    Peer,
+    /// No call open for `--idle-timeout`.
+    Idle,
+    /// No complete first request within `--handshake-timeout`.
+    Handshake,
+    /// Refused on arrival: the port held its maximum of connections.
+    Limit,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl ConnectionClose {
+    /// Every reason, for pre-registering metrics.
+    pub const ALL: [ConnectionClose; 5] = [
+        ConnectionClose::Peer,
+        ConnectionClose::Idle,
+        ConnectionClose::Handshake,
+        ConnectionClose::Limit,
+        ConnectionClose::Shutdown,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionClose::Peer => "peer",
+            ConnectionClose::Idle => "idle",
+            ConnectionClose::Handshake => "handshake",
+            ConnectionClose::Limit => "limit",
+            ConnectionClose::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A connection was accepted on `port`.
+pub fn connection_opened(port: Port) {
+    metrics::gauge!(CONNECTIONS_OPEN, "port" => port.as_str()).increment(1.0);
+}
+
+/// A connection of `port` ended (or was refused: [`ConnectionClose::Limit`]).
+pub fn connection_closed(port: Port, reason: ConnectionClose) {
+    if reason != ConnectionClose::Limit {
+        metrics::gauge!(CONNECTIONS_OPEN, "port" => port.as_str()).decrement(1.0);
+    }
+    metrics::counter!(CONNECTIONS_CLOSED, "port" => port.as_str(), "reason" => reason.as_str()).increment(1);
 }

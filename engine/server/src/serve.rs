@@ -391,8 +391,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         max_queue_wait: config.max_queue_wait,
         request_timeout: config.request_timeout,
     };
+    let grpc_connections = config.grpc_connections;
     tasks.push(tokio::spawn(async move {
-        transport::serve(grpc_listener, routes, limits, draining)
+        transport::serve(grpc_listener, routes, limits, grpc_connections, draining)
             .await
             .context("gRPC server")
     }));
@@ -403,13 +404,13 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         decide_latency: engine.metrics.decide_duration.clone(),
     };
     let mut http_stop = stopped.clone();
+    let http_connections = config.http_connections;
     tasks.push(tokio::spawn(async move {
-        axum::serve(metrics_listener, http::router(probes))
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
-            .context("metrics server")
+        http::serve(metrics_listener, probes, http_connections, async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        })
+        .await;
+        Ok(())
     }));
 
     if let Some(interval) = config.snapshot_interval {

@@ -178,6 +178,11 @@ impl RuleStore {
         Some(f(&served))
     }
 
+    /// Whether a rule set serves `shop`.
+    pub fn serves(&self, shop: &str) -> bool {
+        self.shops.contains_key(shop)
+    }
+
     /// The serving rule set of a shop.
     pub fn serving(&self, shop: &str) -> Option<Arc<Served>> {
         self.shops.get(shop).map(|s| s.serving.load_full())

@@ -25,7 +25,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,14 +33,13 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tonic::body::Body;
 use tonic::codegen::Service as _;
 use tonic::service::Routes;
 use tonic::Status;
 
-use crate::metrics;
+use crate::connections::{accept_loop, Activity, ConnectionLimits};
+use crate::metrics::{self, Port};
 
 /// When a call is refused before its handler runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,11 +109,17 @@ impl Drop for Ticket {
     }
 }
 
+/// The largest header list a request may send, in bytes (h2's and
+/// grpc-go's default for what they accept).
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
 /// The per-connection hyper service in front of tonic's routes.
 #[derive(Debug, Clone)]
 struct Admit {
     routes: Routes,
     gate: Arc<Gate>,
+    /// The connection's activity, for its idle timeout (`None` in unit tests).
+    activity: Option<Arc<Activity>>,
 }
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
@@ -137,6 +142,7 @@ where
         let gate = &self.gate;
         let in_flight = gate.in_flight.fetch_add(1, Ordering::Relaxed);
         let ticket = Ticket(gate.clone());
+        let call = self.activity.as_ref().map(Activity::begin);
         let limits = gate.limits;
         let timeout = grpc_timeout(&request).map_or(limits.request_timeout, |t| t.min(limits.request_timeout));
         // `None`: so far off that it cannot be represented, i.e. never.
@@ -146,6 +152,7 @@ where
         Box::pin(async move {
             // First poll: the call's turn has come.
             let _ticket = ticket;
+            let _call = call;
             let now = Instant::now();
             let waited = now.saturating_duration_since(arrived);
             let shed = if over {
@@ -205,67 +212,42 @@ fn grpc_timeout<B>(request: &Request<B>) -> Option<Duration> {
 
 /// Serves `routes` on `listener` until `shutdown` completes, then stops
 /// accepting, lets every connection finish its calls (HTTP/2 GOAWAY) and
-/// returns.
+/// returns. Connections are bounded and timed out as `connections` says.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     limits: Limits,
+    connections: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let service = Admit {
-        routes: routes.prepare(),
-        gate: Arc::new(Gate {
-            limits,
-            in_flight: AtomicUsize::new(0),
-        }),
-    };
+    let routes = routes.prepare();
+    let gate = Arc::new(Gate {
+        limits,
+        in_flight: AtomicUsize::new(0),
+    });
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    // A client never needs more streams on one connection than the server admits.
+    // A client never needs more streams on one connection than the server
+    // admits; header lists are bounded as gRPC clients bound theirs.
     http2
         .timer(TokioTimer::new())
-        .max_concurrent_streams(u32::try_from(limits.max_in_flight).unwrap_or(u32::MAX));
-    let (stop, stopped) = watch::channel(false);
-    let mut connections = JoinSet::new();
-    let mut shutdown = pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of file descriptors and the like: say so, and
-                        // do not spin while it lasts.
-                        tracing::warn!("accepting a gRPC connection failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!("TCP_NODELAY: {e}");
-                }
-                let connection = http2.serve_connection(TokioIo::new(stream), service.clone());
-                let mut stopped = stopped.clone();
-                connections.spawn(async move {
-                    let mut connection = pin!(connection);
-                    let result = tokio::select! {
-                        result = connection.as_mut() => result,
-                        () = async { drop(stopped.wait_for(|s| *s).await) } => {
-                            connection.as_mut().graceful_shutdown();
-                            connection.await
-                        }
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!("gRPC connection ended: {e}");
-                    }
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    drop(listener);
-    let _ = stop.send(true);
-    while connections.join_next().await.is_some() {}
+        .max_concurrent_streams(u32::try_from(limits.max_in_flight).unwrap_or(u32::MAX))
+        .max_header_list_size(MAX_HEADER_LIST_BYTES);
+    accept_loop(
+        listener,
+        Port::Grpc,
+        connections,
+        limits.request_timeout,
+        shutdown,
+        |stream, activity| {
+            let service = Admit {
+                routes: routes.clone(),
+                gate: gate.clone(),
+                activity: Some(activity),
+            };
+            http2.serve_connection(TokioIo::new(stream), service)
+        },
+    )
+    .await;
     Ok(())
 }
 
@@ -288,6 +270,7 @@ mod tests {
                 },
                 in_flight: AtomicUsize::new(0),
             }),
+            activity: None,
         }
     }
 

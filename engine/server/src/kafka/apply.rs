@@ -179,7 +179,7 @@ pub(super) fn run(
                 rejected += 1;
                 continue;
             };
-            match Event::from_json(payload) {
+            match Event::from_json(payload).and_then(|e| engine.admit(e)) {
                 Ok(event) => {
                     engine.apply(&event);
                     let age_ms = batch.now_ms.saturating_sub(event.ts).max(0);

@@ -12,7 +12,7 @@ use vitrine::config::Config;
 use vitrine::serve;
 use vitrine_proto::v1 as pb;
 
-use crate::support::{connect, Clients, TempDir};
+use crate::support::{connect, http_get, Clients, TempDir};
 
 const APPAREL: &str = "shop: apparel
 audiences:
@@ -43,22 +43,13 @@ const NOW: i64 = 1_795_132_800_000;
 
 fn config(dir: &Path, token: Option<&str>) -> Config {
     Config {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        rules_dir: dir.join("rules"),
-        data_dir: dir.join("data"),
         admin_token: token.map(String::from),
         max_in_flight: 1024,
-        request_timeout: Duration::from_secs(10),
         max_queue_wait: None,
-        max_request_bytes: 4 << 20,
         shutdown_grace: Duration::ZERO,
         rules_poll: Duration::from_millis(100),
-        demo_visitors: None,
-        kafka: None,
         snapshot_interval: None,
-        snapshot_keep: 3,
-        worker_threads: None,
+        ..Config::local(dir)
     }
 }
 
@@ -280,18 +271,6 @@ async fn health(c: &mut Clients) -> ServingStatus {
         .unwrap()
         .into_inner();
     ServingStatus::try_from(h.status).unwrap()
-}
-
-/// A bare HTTP/1.1 GET; returns status line, headers and body.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 #[tokio::test]

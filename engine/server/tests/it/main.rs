@@ -5,6 +5,7 @@
 
 mod crash;
 mod grpc;
+mod hostile;
 mod kafka;
 mod support;
 mod validate;

@@ -65,3 +65,15 @@ pub async fn connect(addr: SocketAddr) -> Clients {
         health: tonic_health::pb::health_client::HealthClient::new(channel),
     }
 }
+
+/// A bare HTTP/1.1 GET; returns status line, headers and body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}

@@ -1,0 +1,295 @@
+//! Hostile clients against a running server: what one request, or many
+//! idle connections, must not be able to do (hardening issue).
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tonic::Code;
+use vitrine::config::Config;
+use vitrine::connections::ConnectionLimits;
+use vitrine::serve;
+use vitrine_proto::v1 as pb;
+
+use crate::support::{connect, http_get, TempDir};
+
+const RULES: &str = "shop: apparel
+audiences:
+  cart_abandoner: carted(7d)
+banners:
+  - when: cart_abandoner
+    banner: your-cart
+  - banner: default
+";
+
+/// 2026-11-20T00:00:00Z.
+const NOW: i64 = 1_795_132_800_000;
+
+fn config(dir: &TempDir) -> Config {
+    std::fs::write(dir.rules().join("apparel.yaml"), RULES).unwrap();
+    Config {
+        snapshot_interval: None,
+        shutdown_grace: Duration::ZERO,
+        ..Config::local(dir.path())
+    }
+}
+
+fn event(shop: &str, visitor: &str) -> pb::Event {
+    pb::Event {
+        shop: shop.into(),
+        visitor: visitor.into(),
+        action: "cart".into(),
+        item: "sku-1".into(),
+        ts: Some(NOW),
+        ..pb::Event::default()
+    }
+}
+
+/// Reads until the peer closes the connection; the signal that the server
+/// let it go. Fails the test (by the test's own timeout) if it never does.
+async fn closed_by_server(stream: &mut TcpStream) {
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Regression (hardening #10): idle or half-open connections were held
+/// forever, so a few hundred of them exhausted the descriptors that Push,
+/// snapshots, `/metrics` and `/readyz` need. Now a connection beyond the
+/// limit is closed on arrival, a silent one after the handshake timeout,
+/// and the port serves again once they are gone.
+#[tokio::test]
+async fn idle_and_excess_connections_are_closed_on_both_ports() {
+    let dir = TempDir::new("conns");
+    let limits = ConnectionLimits {
+        max: 3,
+        idle_timeout: Duration::from_secs(60),
+        handshake_timeout: Duration::from_millis(300),
+    };
+    let server = serve::start(Config {
+        grpc_connections: limits,
+        http_connections: limits,
+        ..config(&dir)
+    })
+    .await
+    .unwrap();
+    for addr in [server.grpc_addr, server.metrics_addr] {
+        let mut idle = Vec::new();
+        for _ in 0..3 {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Half a request: the server must not wait for the rest forever.
+        idle[0].write_all(b"GET /metr").await.unwrap();
+        let mut excess = TcpStream::connect(addr).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), closed_by_server(&mut excess))
+            .await
+            .expect("a connection past --max-connections is closed on arrival");
+        for stream in &mut idle {
+            tokio::time::timeout(Duration::from_secs(30), closed_by_server(stream))
+                .await
+                .expect("a connection that sends no complete request is closed");
+        }
+    }
+    // Both ports serve again.
+    let mut c = connect(server.grpc_addr).await;
+    let answer = c
+        .decision
+        .decide(pb::DecideRequest {
+            shop: "apparel".into(),
+            visitor: "v".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.banner.unwrap().id, "default");
+    let metrics = http_get(server.metrics_addr, "/metrics").await;
+    assert!(
+        metrics.contains("vitrine_connections_closed_total{port=\"grpc\",reason=\"limit\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vitrine_connections_closed_total{port=\"http\",reason=\"handshake\"} 3"),
+        "{metrics}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// Regression (hardening #4): events for shops without a rule set built
+/// full index state (100k made-up shops: +1.9 GB, 120k metric series).
+/// They are rejected as `unknown_shop` and leave nothing behind.
+#[tokio::test]
+async fn events_of_shops_without_rules_are_rejected_and_keep_no_state() {
+    let dir = TempDir::new("unknown-shops");
+    let server = serve::start(config(&dir)).await.unwrap();
+    let mut c = connect(server.grpc_addr).await;
+    let events = (0..1000)
+        .map(|i| event(&format!("made-up-{i}"), "v"))
+        .chain([event("apparel", "v")]);
+    let answer = c
+        .ingest
+        .track(pb::TrackRequest {
+            events: events.collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.accepted, 1);
+    assert_eq!(answer.rejected.len(), 1000);
+    assert_eq!(answer.rejected[0].reason, "unknown_shop");
+    assert_eq!(
+        answer.rejected[0].message,
+        "no rule set serves shop `made-up-0`: push its rules before its events"
+    );
+    assert!(server.engine.index.shop("made-up-0").is_none());
+    assert!(server.engine.index.shop("apparel").is_some());
+    let metrics = http_get(server.metrics_addr, "/metrics").await;
+    assert!(!metrics.contains("made-up"), "no series names a made-up shop");
+    assert!(metrics.contains("vitrine_ingest_rejected_total{reason=\"unknown_shop\"} 1000"));
+    server.shutdown().await.unwrap();
+}
+
+/// Regression (hardening #5): Track journaled 100 KB ids that Decide,
+/// Claim and Size refuse.
+#[tokio::test]
+async fn track_refuses_the_ids_decide_refuses() {
+    let dir = TempDir::new("long-ids");
+    let server = serve::start(config(&dir)).await.unwrap();
+    let mut c = connect(server.grpc_addr).await;
+    let long = "v".repeat(100_000);
+    let answer = c
+        .ingest
+        .track(pb::TrackRequest {
+            events: vec![event("apparel", &long)],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.accepted, 0);
+    assert_eq!(answer.rejected[0].reason, "too_long");
+    let decide = c
+        .decision
+        .decide(pb::DecideRequest {
+            shop: "apparel".into(),
+            visitor: long,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(decide.code(), Code::InvalidArgument);
+    assert_eq!(server.engine.index.shop("apparel").map(|s| s.visitor_count()), None);
+    server.shutdown().await.unwrap();
+}
+
+/// Regression (hardening #16): Size at `now_ms` >= 2^62 panicked (INTERNAL)
+/// and Decide at 2^63-1 gave wrong window answers; instants past year 9999
+/// are INVALID_ARGUMENT on every call that takes one.
+#[tokio::test]
+async fn instants_past_year_9999_are_invalid_arguments() {
+    let dir = TempDir::new("now-ms");
+    let server = serve::start(config(&dir)).await.unwrap();
+    let mut c = connect(server.grpc_addr).await;
+    for now_ms in [1 << 62, i64::MAX, -1] {
+        let size = c
+            .audiences
+            .size(pb::SizeRequest {
+                shop: "apparel".into(),
+                expression: "cart_abandoner".into(),
+                now_ms,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(size.code(), Code::InvalidArgument, "{size:?}");
+        let decide = c
+            .decision
+            .decide(pb::DecideRequest {
+                shop: "apparel".into(),
+                visitor: "v".into(),
+                now_ms,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(decide.code(), Code::InvalidArgument, "{decide:?}");
+        assert!(decide.message().contains("253402300799999"), "{}", decide.message());
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// Regression (hardening #15): a request that is not protobuf was answered
+/// INTERNAL, which reads as a server fault; it is the caller's mistake.
+#[tokio::test]
+async fn malformed_protobuf_is_an_invalid_argument() {
+    let dir = TempDir::new("bad-proto");
+    let server = serve::start(config(&dir)).await.unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    // Field 1 as a length-delimited string that claims 100 bytes and has 2.
+    let garbage = vec![0x0a, 100, b'x', b'y'];
+    let status = grpc
+        .unary::<Vec<u8>, Vec<u8>, _>(
+            tonic::Request::new(garbage),
+            http::uri::PathAndQuery::from_static("/vitrine.v1.Decision/Decide"),
+            RawCodec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with("malformed protobuf message"),
+        "{}",
+        status.message()
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// Sends and receives raw bytes, to put what no generated client would on the wire.
+#[derive(Debug, Clone, Copy)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
