@@ -1011,6 +1011,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         _ => Path::new("."),
     };
     // Not named after `path`: short whatever the target, never `*.yaml`.
+    // Unique within the process; one left by a crashed process with the
+    // same pid (pid 1 in a container) is overwritten, not an error.
     let tmp = dir.join(format!(
         ".vitrine-tmp-{}-{}",
         std::process::id(),
@@ -1018,7 +1020,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     ));
     let written = fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .open(&tmp)
         .and_then(|mut f| {
             f.write_all(bytes)?;

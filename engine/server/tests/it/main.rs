@@ -6,5 +6,6 @@
 mod crash;
 mod grpc;
 mod kafka;
+mod rules_store;
 mod support;
 mod validate;
