@@ -542,17 +542,18 @@ impl RuleStore {
             revisions,
             file: None,
         };
-        let same_as_last = history
-            .revisions
-            .last()
-            .and_then(|last| self.read_revision(shop, last).ok())
-            .is_some_and(|text| *text == *content);
-        let served = match (same_as_last, history.revisions.last()) {
-            (true, Some(last)) => {
-                if let Some(f) = file {
-                    history.file = Some(f.to_path_buf());
-                    self.note_written(f, shop, &content);
-                }
+        // A file equal to the last revision is a restart; a push always
+        // makes a revision (and writes the shop's file).
+        let same_as_last = file.is_some()
+            && history
+                .revisions
+                .last()
+                .and_then(|last| self.read_revision(shop, last).ok())
+                .is_some_and(|text| *text == *content);
+        let served = match (same_as_last, history.revisions.last(), file) {
+            (true, Some(last), Some(f)) => {
+                history.file = Some(f.to_path_buf());
+                self.note_written(f, shop, &content);
                 Arc::new(Served {
                     rules,
                     revision: last.revision,
