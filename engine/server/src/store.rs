@@ -261,6 +261,8 @@ struct SeenFile {
     owner: Option<Box<str>>,
     /// Already reported as a duplicate of an earlier file.
     reported_duplicate: bool,
+    /// Could not be read when last seen (reported then).
+    unreadable: bool,
 }
 
 /// Every shop's rule sets.
@@ -718,6 +720,7 @@ impl RuleStore {
                 shop: Some(shop.into()),
                 owner: Some(shop.into()),
                 reported_duplicate: false,
+                unreadable: false,
             },
         );
     }
@@ -834,10 +837,23 @@ impl RuleStore {
         let content: Arc<str> = match fs::read_to_string(path) {
             Ok(c) => c.into(),
             Err(e) => {
-                let changed = self.seen.lock().remove(path).is_some();
-                if changed {
-                    bump(&self.counters.files_rejected);
+                let mut seen = self.seen.lock();
+                if seen.get(path).is_some_and(|s| s.unreadable) {
+                    return; // Reported when it became unreadable.
                 }
+                let owner = seen.get(path).and_then(|s| s.owner.clone());
+                seen.insert(
+                    path.to_path_buf(),
+                    SeenFile {
+                        content: Arc::from(""),
+                        shop: None,
+                        owner,
+                        reported_duplicate: false,
+                        unreadable: true,
+                    },
+                );
+                drop(seen);
+                bump(&self.counters.files_rejected);
                 report.problem(ProblemKind::Unreadable, path, format!("cannot read: {e}"));
                 return;
             }
@@ -846,6 +862,7 @@ impl RuleStore {
             .seen
             .lock()
             .get(path)
+            .filter(|s| !s.unreadable)
             .and_then(|s| (*s.content == *content).then(|| (s.shop.clone(), s.reported_duplicate)));
         let (shop, rules, reported_duplicate) = match known {
             // Unchanged and broken: reported when it changed.
@@ -866,6 +883,7 @@ impl RuleStore {
                                 shop: Some(shop.clone()),
                                 owner: Some(shop.clone()),
                                 reported_duplicate: false,
+                                unreadable: false,
                             },
                         );
                         (shop, Some(rules), false)
@@ -878,6 +896,7 @@ impl RuleStore {
                                 shop: None,
                                 owner: previous_owner,
                                 reported_duplicate: false,
+                                unreadable: false,
                             },
                         );
                         bump(&self.counters.files_rejected);
@@ -982,6 +1001,7 @@ impl RuleStore {
                     self.rules_dir.display()
                 ),
             );
+            report.swapped.push((shop.clone(), revision));
             let history = ShopHistory {
                 next: revisions.last().map_or(1, |r| r.revision + 1),
                 revisions,
@@ -1163,6 +1183,7 @@ mod tests {
         let store = store(&dir);
         let report = store.sync_dir(NOW + 2);
         assert_eq!(kinds(&report), [ProblemKind::Invalid, ProblemKind::Restored]);
+        assert_eq!(report.swapped, [("s".to_string(), 2)]);
         assert!(
             report.problems[0].message.contains(':'),
             "{}",
@@ -1207,6 +1228,18 @@ mod tests {
             fs::read_to_string(dir.0.join("rules/s.yaml")).unwrap(),
             rules("s", "two")
         );
+    }
+
+    /// An unreadable file (here a directory named like a rule file) is
+    /// reported once, not at every poll.
+    #[test]
+    fn an_unreadable_file_is_reported_once() {
+        let dir = TempDir::new("store-unreadable");
+        fs::create_dir_all(dir.0.join("rules/x.yaml")).unwrap();
+        let store = store(&dir);
+        assert_eq!(kinds(&store.sync_dir(NOW)), [ProblemKind::Unreadable]);
+        assert!(store.sync_dir(NOW + 1).problems.is_empty());
+        assert_eq!(store.counters().files_rejected, 1);
     }
 
     /// Regression (hardening #8): a push of shop `foo` does not overwrite
