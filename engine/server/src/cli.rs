@@ -149,7 +149,9 @@ pub struct ServeArgs {
     /// threads, pushes and snapshots.
     #[arg(long, env = "VITRINE_WORKER_THREADS", default_value = "0")]
     pub worker_threads: String,
-    /// Seed every shop of --rules-dir with a generated demo stream of behavior.
+    /// Seed every shop of --rules-dir with a generated demo stream of behavior
+    /// (per shop at most the first 200 items, 50 categories and 32 tags its
+    /// rule file names).
     #[arg(long, env = "VITRINE_DEMO")]
     pub demo: bool,
     /// Demo visitors per shop (with --demo).

@@ -18,6 +18,16 @@ use vitrine_core::expr::Filter;
 use vitrine_core::plan::Atom;
 use vitrine_core::{audience_sizes, decide, Context, DecideRequest, Event, Index, MemoryLedger, RuleSet};
 
+/// The most items a shop's demo stream uses (the first by name of those its
+/// rule file names): what `--demo` seeds is bounded by visitors, not by the
+/// size of a rule file's vocabulary.
+pub const MAX_DEMO_ITEMS: usize = 200;
+/// The most categories a shop's demo stream uses.
+pub const MAX_DEMO_CATEGORIES: usize = 50;
+/// The most tags a shop's demo stream uses; each demo visitor carries about
+/// a quarter of them.
+pub const MAX_DEMO_TAGS: usize = 32;
+
 const DAY: i64 = 86_400_000;
 const HOUR: i64 = 3_600_000;
 
@@ -38,7 +48,9 @@ impl Rng {
     }
 }
 
-/// What a rule file talks about: the vocabulary of its demo stream.
+/// What a rule file talks about: the vocabulary of its demo stream, at most
+/// [`MAX_DEMO_ITEMS`] items, [`MAX_DEMO_CATEGORIES`] categories and
+/// [`MAX_DEMO_TAGS`] tags.
 struct Vocabulary {
     items: Vec<String>,
     categories: Vec<String>,
@@ -51,11 +63,15 @@ impl Vocabulary {
         let mut categories = BTreeSet::new();
         let mut tags = BTreeSet::new();
         for pool in &rules.items.pools {
-            items.extend(pool.items.iter().map(|i| i.to_string()));
+            for i in pool.items.iter() {
+                keep_first(&mut items, i.to_string(), MAX_DEMO_ITEMS);
+            }
         }
         for (item, complements) in &rules.items.complements {
-            items.insert(item.to_string());
-            items.extend(complements.iter().map(|i| i.to_string()));
+            keep_first(&mut items, item.to_string(), MAX_DEMO_ITEMS);
+            for i in complements.iter() {
+                keep_first(&mut items, i.to_string(), MAX_DEMO_ITEMS);
+            }
         }
         for atom in rules.plan.atoms() {
             match atom {
@@ -63,16 +79,16 @@ impl Vocabulary {
                     filter: Some(Filter::Item(i)),
                     ..
                 } => {
-                    items.insert(i.clone());
+                    keep_first(&mut items, i.clone(), MAX_DEMO_ITEMS);
                 }
                 Atom::Behavior {
                     filter: Some(Filter::Category(c)),
                     ..
                 } => {
-                    categories.insert(c.clone());
+                    keep_first(&mut categories, c.clone(), MAX_DEMO_CATEGORIES);
                 }
                 Atom::Tag(t) => {
-                    tags.insert(t.to_string());
+                    keep_first(&mut tags, t.to_string(), MAX_DEMO_TAGS);
                 }
                 _ => {}
             }
@@ -96,6 +112,15 @@ impl Vocabulary {
     }
 }
 
+/// Adds `value` to `set`, keeping only the `max` first values in order, so
+/// the set never grows past `max` whatever the rule file names.
+fn keep_first(set: &mut BTreeSet<String>, value: String, max: usize) {
+    set.insert(value);
+    if set.len() > max {
+        set.pop_last();
+    }
+}
+
 /// The lifecycle stages of demo visitors, cycled through by visitor number.
 const PERSONAS: [&str; 7] = [
     "browser",
@@ -107,7 +132,8 @@ const PERSONAS: [&str; 7] = [
     "window-shopper",
 ];
 
-/// Generates the demo stream of one shop ending at `now_ms`.
+/// Generates the demo stream of one shop ending at `now_ms`: at most
+/// `visitors * (13 + MAX_DEMO_TAGS)` events, whatever the rule file.
 pub fn events(rules: &RuleSet, visitors: usize, now_ms: i64) -> Vec<Event<'static>> {
     let vocab = Vocabulary::of(rules);
     let mut rng = Rng(0x5eed ^ u64::from(rules.shop.len() as u32));
@@ -312,4 +338,42 @@ pub fn hints(server: &crate::serve::Server) -> String {
         now = crate::engine::now_ms(),
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// Regression (hardening #18): `--demo` seeds a bounded vocabulary per
+    /// shop, so a rule file naming 3,000 tags and 3,000 items does not make
+    /// the demo stream (and the index it fills) grow with the file: the
+    /// stream stays linear in the visitors.
+    #[test]
+    fn the_demo_stream_is_bounded_by_visitors_not_by_the_rule_file() {
+        let mut source = String::from("shop: big\naudiences:\n");
+        for n in 0..3_000 {
+            source.push_str(&format!(
+                "  t{n}: tag(\"tag-{n:05}\") or visited(7d, item=\"sku-{n:05}\")\n"
+            ));
+        }
+        source.push_str("banners:\n  - banner: default\n");
+        let rules = RuleSet::load(&source).unwrap();
+        let visitors = 100;
+        let stream = events(&rules, visitors, 1_795_132_800_000);
+        assert!(
+            stream.len() <= visitors * (13 + MAX_DEMO_TAGS),
+            "{} events from {visitors} visitors",
+            stream.len()
+        );
+        let tags: HashSet<_> = stream.iter().filter_map(|e| e.tag.as_deref()).collect();
+        let items: HashSet<_> = stream.iter().filter_map(|e| e.item.as_deref()).collect();
+        assert!(tags.len() <= MAX_DEMO_TAGS, "{} tags", tags.len());
+        assert!(items.len() <= MAX_DEMO_ITEMS, "{} items", items.len());
+        // The first ones by name: the same stream at every start.
+        assert!(tags.contains("tag-00000"));
+    }
 }

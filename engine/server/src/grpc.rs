@@ -179,11 +179,16 @@ fn unknown_shop(shop: &str) -> Status {
 fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::Invalid(errors) => invalid(errors.to_string()),
+        StoreError::InvalidShop(message) => invalid(message),
         StoreError::UnknownShop(shop) => unknown_shop(&shop),
         e @ StoreError::UnknownRevision { .. } => Status::not_found(e.to_string()),
         StoreError::Io(e) => {
             tracing::error!("rule store I/O failed: {e}");
             Status::internal(format!("cannot persist the rule file, nothing changed: {e}"))
+        }
+        e @ StoreError::History { .. } => {
+            tracing::error!("rule store: {e}");
+            Status::internal(e.to_string())
         }
     }
 }

@@ -4,21 +4,38 @@
 //! Readers (Decide, Claim, Size) take one [`ArcSwap::load`] of the shop's
 //! serving revision and never wait for a writer. Writers (Push, Rollback, a
 //! file edited in `--rules-dir`) validate and compile first, outside any
-//! lock, then, under the shop's history mutex, assign the next revision,
+//! lock, then, under the store's writer mutex, assign the next revision,
 //! persist it and `store()` it once. A rejected file changes nothing.
 //!
 //! On disk:
-//! * `--rules-dir/<file>.yaml` holds each shop's serving file (pushes
-//!   rewrite the file the shop was loaded from, or `<shop>.yaml`), written
-//!   atomically (temp file, fsync, rename), so a restart serves the last push.
+//! * `--rules-dir/<file>.yaml` holds each shop's serving file. A push or a
+//!   rollback rewrites the file the shop serves from, and only when that file
+//!   still holds this shop; otherwise it writes a new file whose name no other
+//!   file has (`<shop>.yaml`, else `<shop>~N.yaml`: `~` never appears in a
+//!   shop's escaped name). Written atomically ([`write_atomically`]).
 //! * `--data-dir/revisions/<shop>/<revision>-<origin>-<created_ms>.yaml`
 //!   keeps every accepted revision, so `List`, `Get` and `Rollback` survive
-//!   restarts and a revision number never names two different files.
+//!   restarts and a revision number never names two different files. The
+//!   revision file is written first and removed again if the rule file cannot
+//!   be written: a failed push leaves nothing behind.
+//!
+//! In memory a shop holds the text of its serving revision only; older
+//! revisions are metadata, their text is read back from `data/revisions` by
+//! `Get` and `Rollback`.
+//!
+//! Which file serves a shop is decided the same way at start-up and at every
+//! poll: the files of `--rules-dir` in name order, the first valid file that
+//! names a shop wins; later files naming the same shop are reported and
+//! ignored. A shop whose file is broken, deleted or taken over by another
+//! shop keeps serving its last revision (at start-up: the newest one in
+//! `data/revisions`): a broken or deleted file is not an instruction to stop
+//! serving. Each such case is reported once (a log line and a counter).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ahash::RandomState;
@@ -26,6 +43,20 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use vitrine_core::{RuleErrors, RuleSet};
+
+/// The longest shop name a rule file may declare, in bytes. Fixed by the
+/// file system: a shop's escaped name (up to 3 bytes per byte) plus
+/// `~NN.yaml` must fit in a 255-byte file name.
+pub const MAX_SHOP_BYTES: usize = 80;
+
+/// How many alternative file names (`<shop>~1.yaml` ... ) a push tries
+/// when `<shop>.yaml` belongs to another shop.
+const MAX_FILE_NAME_TRIES: u32 = 99;
+
+/// How many of a shop's newest revisions are tried when restoring it from
+/// `data/revisions` (each is compiled; one that a newer engine rejects is
+/// skipped).
+const MAX_RESTORE_ATTEMPTS: usize = 8;
 
 /// How a revision came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,7 +100,43 @@ pub struct Served {
     pub content: Arc<str>,
 }
 
-/// One entry of a shop's history.
+/// One entry of a shop's history, without its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevisionInfo {
+    /// Revision number.
+    pub revision: u64,
+    /// When it was accepted (ms since the epoch).
+    pub created_ms: i64,
+    /// How it came to be.
+    pub origin: Origin,
+}
+
+impl RevisionInfo {
+    /// Its file name in `data/revisions/<shop>/`.
+    fn file_name(&self) -> String {
+        format!(
+            "{:010}-{}-{}.yaml",
+            self.revision,
+            self.origin.as_str(),
+            self.created_ms
+        )
+    }
+
+    fn parse_file_name(name: &str) -> Option<RevisionInfo> {
+        let stem = name.strip_suffix(".yaml")?;
+        let mut parts = stem.splitn(3, '-');
+        let revision = parts.next()?.parse().ok()?;
+        let origin = Origin::parse(parts.next()?)?;
+        let created_ms = parts.next()?.parse().ok()?;
+        Some(RevisionInfo {
+            revision,
+            created_ms,
+            origin,
+        })
+    }
+}
+
+/// One revision with its text (read from `data/revisions` unless serving).
 #[derive(Debug, Clone)]
 pub struct Revision {
     /// Revision number.
@@ -88,6 +155,9 @@ pub enum StoreError {
     /// The file is invalid: every error as `line:column: message`.
     #[error("{0}")]
     Invalid(RuleErrors),
+    /// The file is valid but names a shop the store cannot keep.
+    #[error("{0}")]
+    InvalidShop(String),
     /// The shop has no rule set.
     #[error("unknown shop `{0}`")]
     UnknownShop(String),
@@ -99,9 +169,71 @@ pub enum StoreError {
         /// The revision asked for.
         revision: u64,
     },
-    /// Persisting failed: nothing was swapped.
+    /// Persisting failed: nothing was swapped, nothing was left behind.
     #[error("cannot persist the rule file: {0}")]
     Io(#[from] std::io::Error),
+    /// A revision's text could not be read back from `data/revisions`.
+    #[error("cannot read revision {revision} of shop `{shop}`: {source}")]
+    History {
+        /// The shop.
+        shop: String,
+        /// The revision.
+        revision: u64,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Checks a shop name before it names files: 1 to [`MAX_SHOP_BYTES`] bytes,
+/// no control characters. The error is a user error (INVALID_ARGUMENT).
+pub fn check_shop_name(shop: &str) -> Result<(), StoreError> {
+    if shop.is_empty() {
+        return Err(StoreError::InvalidShop("`shop` must not be empty".into()));
+    }
+    if shop.len() > MAX_SHOP_BYTES {
+        let mut cut = 32;
+        while !shop.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        return Err(StoreError::InvalidShop(format!(
+            "shop `{}...` is {} bytes long; a shop name has at most {MAX_SHOP_BYTES} bytes",
+            &shop[..cut],
+            shop.len()
+        )));
+    }
+    if shop.chars().any(char::is_control) {
+        return Err(StoreError::InvalidShop(format!(
+            "shop \"{}\" contains a control character; a shop name cannot",
+            shop.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+/// What the store has noticed in `--rules-dir` since it started; each case
+/// is counted once, when first seen.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoreCounters {
+    /// Files that could not be read or compiled (each version of a file once).
+    pub files_rejected: u64,
+    /// Files ignored because an earlier file (by name) defines the same shop.
+    pub files_duplicate: u64,
+    /// Serving files deleted while their shop kept serving.
+    pub files_deleted: u64,
+    /// Shops served from `data/revisions` at start-up, their file broken or gone.
+    pub shops_restored: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    files_rejected: AtomicU64,
+    files_duplicate: AtomicU64,
+    files_deleted: AtomicU64,
+    shops_restored: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
 }
 
 struct ShopRules {
@@ -111,9 +243,26 @@ struct ShopRules {
 }
 
 struct ShopHistory {
-    revisions: Vec<Revision>,
-    /// The file in `--rules-dir` that holds the serving revision.
-    file: PathBuf,
+    revisions: Vec<RevisionInfo>,
+    /// The next revision number: never reused within a process, even after a
+    /// failed write whose revision file could not be removed.
+    next: u64,
+    /// The file in `--rules-dir` the shop serves from or was last written
+    /// to; `None` when it serves from `data/revisions` only.
+    file: Option<PathBuf>,
+}
+
+/// What the store last saw in one `--rules-dir` file.
+struct SeenFile {
+    content: Arc<str>,
+    /// The shop its current content defines (`None`: broken).
+    shop: Option<Box<str>>,
+    /// The last shop it held validly: a push of that shop may rewrite it.
+    owner: Option<Box<str>>,
+    /// Already reported as a duplicate of an earlier file.
+    reported_duplicate: bool,
+    /// Could not be read when last seen (reported then).
+    unreadable: bool,
 }
 
 /// Every shop's rule sets.
@@ -121,12 +270,15 @@ pub struct RuleStore {
     shops: DashMap<Box<str>, Arc<ShopRules>, RandomState>,
     rules_dir: PathBuf,
     revisions_dir: PathBuf,
-    /// Content last seen in each `--rules-dir` file (ours or a hand edit).
-    seen: Mutex<HashMap<PathBuf, Arc<str>>>,
-    /// Serializes every writer (push, rollback, a file sync): a file read
-    /// from `--rules-dir` and the revision it becomes cannot interleave with
-    /// a push of the same shop, so a sync never reverts a push.
+    /// What each `--rules-dir` file held when last seen (ours or a hand edit).
+    seen: Mutex<HashMap<PathBuf, SeenFile>>,
+    /// Serializes every writer (push, rollback, a sync of the directory): a
+    /// file read from `--rules-dir` and the revision it becomes cannot
+    /// interleave with a push of the same shop, so a sync never reverts a push.
     writing: Mutex<()>,
+    /// Whether the start-up sync (which restores shops from history) ran.
+    started: std::sync::atomic::AtomicBool,
+    counters: Counters,
 }
 
 impl std::fmt::Debug for RuleStore {
@@ -138,6 +290,23 @@ impl std::fmt::Debug for RuleStore {
     }
 }
 
+/// What kind of problem a [`FileProblem`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// The file or directory could not be read.
+    Unreadable,
+    /// The file does not compile, or names an invalid shop.
+    Invalid,
+    /// An earlier file (by name) defines the same shop: this one is ignored.
+    Duplicate,
+    /// A serving file was deleted; its shop keeps serving.
+    Deleted,
+    /// A shop serves from `data/revisions`: its file is broken or gone.
+    Restored,
+    /// A valid file could not be installed (persisting failed).
+    Failed,
+}
+
 /// A problem met while syncing `--rules-dir` (the rest of the files still load).
 #[derive(Debug)]
 pub struct FileProblem {
@@ -145,6 +314,8 @@ pub struct FileProblem {
     pub path: PathBuf,
     /// What is wrong, one line per error (`line:column: message` for rule errors).
     pub message: String,
+    /// What kind of problem.
+    pub kind: ProblemKind,
 }
 
 /// What a sync of `--rules-dir` did.
@@ -154,6 +325,16 @@ pub struct SyncReport {
     pub swapped: Vec<(String, u64)>,
     /// Files that could not be used.
     pub problems: Vec<FileProblem>,
+}
+
+impl SyncReport {
+    fn problem(&mut self, kind: ProblemKind, path: &Path, message: String) {
+        self.problems.push(FileProblem {
+            path: path.to_path_buf(),
+            message,
+            kind,
+        });
+    }
 }
 
 impl RuleStore {
@@ -166,6 +347,8 @@ impl RuleStore {
             revisions_dir: data_dir.join("revisions"),
             seen: Mutex::new(HashMap::new()),
             writing: Mutex::new(()),
+            started: std::sync::atomic::AtomicBool::new(false),
+            counters: Counters::default(),
         }
     }
 
@@ -199,16 +382,44 @@ impl RuleStore {
         all
     }
 
+    /// What the store has noticed in `--rules-dir` so far.
+    pub fn counters(&self) -> StoreCounters {
+        let c = &self.counters;
+        StoreCounters {
+            files_rejected: c.files_rejected.load(Ordering::Relaxed),
+            files_duplicate: c.files_duplicate.load(Ordering::Relaxed),
+            files_deleted: c.files_deleted.load(Ordering::Relaxed),
+            shops_restored: c.shops_restored.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Bytes of rule-file text the store holds: each shop's serving text and
+    /// the last-seen text of each `--rules-dir` file (shared text counted once).
+    pub fn text_bytes_held(&self) -> usize {
+        let mut counted: HashSet<*const u8> = HashSet::new();
+        let mut total = 0;
+        let mut add = |text: &Arc<str>| {
+            if counted.insert(text.as_ptr()) {
+                total += text.len();
+            }
+        };
+        for shop in &self.shops {
+            add(&shop.serving.load().content);
+        }
+        for seen in self.seen.lock().values() {
+            add(&seen.content);
+        }
+        total
+    }
+
     /// Validates and compiles `content`; unless `dry_run`, makes it the
     /// shop's serving rule set as a new revision. Returns the rule set with
     /// its (for a dry run: would-be) revision.
     pub fn push(&self, content: &str, origin: Origin, dry_run: bool, now_ms: i64) -> Result<Arc<Served>, StoreError> {
         let rules = RuleSet::load(content).map_err(StoreError::Invalid)?;
+        check_shop_name(&rules.shop)?;
         if dry_run {
-            let revision = self
-                .shops
-                .get(&*rules.shop)
-                .map_or(1, |s| s.history.lock().next_revision());
+            let revision = self.shops.get(&*rules.shop).map_or(1, |s| s.history.lock().next);
             return Ok(Arc::new(Served {
                 rules,
                 revision,
@@ -223,46 +434,70 @@ impl RuleStore {
     /// Serves an earlier revision again, as a new revision.
     pub fn rollback(&self, shop: &str, to: u64, now_ms: i64) -> Result<u64, StoreError> {
         let _writing = self.writing.lock();
-        let entry = self.entry(shop)?;
-        let content = {
-            let history = entry.history.lock();
-            history
-                .revisions
-                .iter()
-                .find(|r| r.revision == to)
-                .map(|r| r.content.clone())
-                .ok_or_else(|| StoreError::UnknownRevision {
-                    shop: shop.to_string(),
-                    revision: to,
-                })?
-        };
+        let (found, _) = self.get(shop, to)?;
         // An accepted revision compiles again; if a newer engine rejects it, say so.
-        let rules = RuleSet::load(&content).map_err(StoreError::Invalid)?;
+        let rules = RuleSet::load(&found.content).map_err(StoreError::Invalid)?;
         Ok(self
-            .install(shop, rules, content, Origin::Rollback, now_ms, None)?
+            .install(shop, rules, found.content, Origin::Rollback, now_ms, None)?
             .revision)
     }
 
     /// A revision of a shop (0 = the serving one) and whether it is serving.
+    /// The text of any but the serving revision is read from `data/revisions`.
     pub fn get(&self, shop: &str, revision: u64) -> Result<(Revision, bool), StoreError> {
         let entry = self.entry(shop)?;
-        let serving = entry.serving.load().revision;
-        let want = if revision == 0 { serving } else { revision };
-        let history = entry.history.lock();
-        let found = history
-            .revisions
-            .iter()
-            .find(|r| r.revision == want)
-            .cloned()
-            .ok_or_else(|| StoreError::UnknownRevision {
-                shop: shop.to_string(),
-                revision: want,
-            })?;
-        Ok((found, want == serving))
+        let serving = entry.serving.load_full();
+        let want = if revision == 0 { serving.revision } else { revision };
+        let info = {
+            let history = entry.history.lock();
+            history.revisions.iter().find(|r| r.revision == want).copied()
+        };
+        let info = match info {
+            Some(info) => info,
+            None if want == serving.revision => {
+                // Served without a history entry cannot happen; answer anyway.
+                return Ok((
+                    Revision {
+                        revision: want,
+                        created_ms: 0,
+                        origin: Origin::File,
+                        content: serving.content.clone(),
+                    },
+                    true,
+                ));
+            }
+            None => {
+                return Err(StoreError::UnknownRevision {
+                    shop: shop.to_string(),
+                    revision: want,
+                })
+            }
+        };
+        let content = if want == serving.revision {
+            serving.content.clone()
+        } else {
+            let path = self.revisions_dir.join(file_name_stem(shop)).join(info.file_name());
+            fs::read_to_string(&path)
+                .map_err(|source| StoreError::History {
+                    shop: shop.to_string(),
+                    revision: want,
+                    source,
+                })?
+                .into()
+        };
+        Ok((
+            Revision {
+                revision: info.revision,
+                created_ms: info.created_ms,
+                origin: info.origin,
+                content,
+            },
+            want == serving.revision,
+        ))
     }
 
     /// A shop's revisions, oldest first, and the serving one.
-    pub fn list(&self, shop: &str) -> Result<(Vec<Revision>, u64), StoreError> {
+    pub fn list(&self, shop: &str) -> Result<(Vec<RevisionInfo>, u64), StoreError> {
         let entry = self.entry(shop)?;
         let history = entry.history.lock();
         Ok((history.revisions.clone(), entry.serving.load().revision))
@@ -292,10 +527,7 @@ impl RuleStore {
             None => return self.create(shop, rules, content, origin, now_ms, file),
         };
         let mut history = entry.history.lock();
-        if let Some(f) = file {
-            history.file = f.to_path_buf();
-        }
-        let served = self.record(shop, &mut history, rules, content, origin, now_ms, file.is_none())?;
+        let served = self.record(shop, &mut history, rules, content, origin, now_ms, file)?;
         entry.serving.store(served.clone());
         Ok(served)
     }
@@ -311,17 +543,31 @@ impl RuleStore {
         now_ms: i64,
         file: Option<&Path>,
     ) -> Result<Arc<Served>, StoreError> {
+        let revisions = self.load_history(shop);
         let mut history = ShopHistory {
-            revisions: self.load_history(shop),
-            file: file.map_or_else(|| self.rules_dir.join(file_name(shop)), Path::to_path_buf),
+            next: revisions.last().map_or(1, |r| r.revision + 1),
+            revisions,
+            file: None,
         };
-        let served = match history.revisions.last() {
-            Some(last) if *last.content == *content => Arc::new(Served {
-                rules,
-                revision: last.revision,
-                content,
-            }),
-            _ => self.record(shop, &mut history, rules, content, origin, now_ms, file.is_none())?,
+        // A file equal to the last revision is a restart; a push always
+        // makes a revision (and writes the shop's file).
+        let same_as_last = file.is_some()
+            && history
+                .revisions
+                .last()
+                .and_then(|last| self.read_revision(shop, last).ok())
+                .is_some_and(|text| *text == *content);
+        let served = match (same_as_last, history.revisions.last(), file) {
+            (true, Some(last), Some(f)) => {
+                history.file = Some(f.to_path_buf());
+                self.note_written(f, shop, &content);
+                Arc::new(Served {
+                    rules,
+                    revision: last.revision,
+                    content,
+                })
+            }
+            _ => self.record(shop, &mut history, rules, content, origin, now_ms, file)?,
         };
         let entry = ShopRules {
             serving: ArcSwap::new(served.clone()),
@@ -329,6 +575,10 @@ impl RuleStore {
         };
         self.shops.insert(shop.into(), Arc::new(entry));
         Ok(served)
+    }
+
+    fn read_revision(&self, shop: &str, info: &RevisionInfo) -> std::io::Result<String> {
+        fs::read_to_string(self.revisions_dir.join(file_name_stem(shop)).join(info.file_name()))
     }
 
     /// Persists the next revision and appends it to the history.
@@ -341,178 +591,486 @@ impl RuleStore {
         content: Arc<str>,
         origin: Origin,
         now_ms: i64,
-        write_file: bool,
+        file: Option<&Path>,
     ) -> Result<Arc<Served>, StoreError> {
-        let record = Revision {
-            revision: history.next_revision(),
+        let info = RevisionInfo {
+            revision: history.next,
             created_ms: now_ms,
             origin,
-            content,
         };
-        self.persist(shop, &history.file, &record, write_file)?;
-        let served = Arc::new(Served {
+        let written = self.persist(shop, history, &info, &content, file)?;
+        history.file = Some(written);
+        history.next = info.revision + 1;
+        history.revisions.push(info);
+        Ok(Arc::new(Served {
             rules,
-            revision: record.revision,
-            content: record.content.clone(),
-        });
-        history.revisions.push(record);
-        Ok(served)
+            revision: info.revision,
+            content,
+        }))
     }
 
     /// Writes the revision record and, unless it came from that file, the
-    /// serving file. Both atomically.
-    fn persist(&self, shop: &str, file: &Path, record: &Revision, write_file: bool) -> std::io::Result<()> {
+    /// shop's rule file; returns the rule file. All or nothing: when the
+    /// rule file cannot be written, the revision file is removed again (and
+    /// if even that fails, its number is never reused by this process).
+    fn persist(
+        &self,
+        shop: &str,
+        history: &mut ShopHistory,
+        info: &RevisionInfo,
+        content: &Arc<str>,
+        file: Option<&Path>,
+    ) -> Result<PathBuf, StoreError> {
         let dir = self.revisions_dir.join(file_name_stem(shop));
         fs::create_dir_all(&dir)?;
-        let name = format!(
-            "{:010}-{}-{}.yaml",
-            record.revision,
-            record.origin.as_str(),
-            record.created_ms
-        );
-        write_atomically(&dir.join(name), record.content.as_bytes())?;
-        let mut seen = self.seen.lock();
-        if write_file {
-            fs::create_dir_all(&self.rules_dir)?;
-            write_atomically(file, record.content.as_bytes())?;
+        let revision_path = dir.join(info.file_name());
+        if let Err(e) = write_atomically(&revision_path, content.as_bytes()) {
+            self.undo_revision(history, &dir, &revision_path);
+            return Err(e.into());
         }
-        seen.insert(file.to_path_buf(), record.content.clone());
-        Ok(())
+        let target = match file {
+            Some(f) => f.to_path_buf(),
+            None => match self.write_rule_file(shop, history.file.as_deref(), content) {
+                Ok(target) => target,
+                Err(e) => {
+                    self.undo_revision(history, &dir, &revision_path);
+                    return Err(e.into());
+                }
+            },
+        };
+        self.note_written(&target, shop, content);
+        Ok(target)
     }
 
-    /// The persisted history of a shop, oldest first (empty when none).
-    fn load_history(&self, shop: &str) -> Vec<Revision> {
-        let dir = self.revisions_dir.join(file_name_stem(shop));
-        let Ok(entries) = fs::read_dir(&dir) else {
+    /// Removes a revision file whose rule file could not be written.
+    fn undo_revision(&self, history: &mut ShopHistory, dir: &Path, revision_path: &Path) {
+        let removed = match fs::remove_file(revision_path) {
+            Ok(()) => sync_dir(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = removed {
+            tracing::error!(
+                path = %revision_path.display(),
+                "cannot remove the revision file of a failed write: {e}"
+            );
+            history.next += 1;
+        }
+    }
+
+    /// Writes a shop's rule file (see [`RuleStore::target_file`]); on
+    /// failure, puts back what the file held before.
+    fn write_rule_file(&self, shop: &str, current: Option<&Path>, content: &str) -> std::io::Result<PathBuf> {
+        let target = self.target_file(shop, current)?;
+        let before = match fs::read(&target) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let written = fs::create_dir_all(&self.rules_dir).and_then(|()| write_atomically(&target, content.as_bytes()));
+        if let Err(e) = written {
+            // The rename may have happened before the directory fsync failed.
+            let restored = match &before {
+                Some(b) => write_atomically(&target, b),
+                None => match fs::remove_file(&target) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                },
+            };
+            if let Err(r) = restored {
+                tracing::error!(path = %target.display(), "cannot restore the rule file after a failed write: {r}");
+            }
+            return Err(e);
+        }
+        Ok(target)
+    }
+
+    /// The `--rules-dir` file a push or rollback of `shop` writes: the file it
+    /// serves from when that file last held this shop (or is gone), else the
+    /// first of `<shop>.yaml`, `<shop>~1.yaml`, ... that no file takes.
+    fn target_file(&self, shop: &str, current: Option<&Path>) -> std::io::Result<PathBuf> {
+        let seen = self.seen.lock();
+        let usable = |path: &Path| match seen.get(path) {
+            Some(s) => s.owner.as_deref() == Some(shop),
+            None => !path.exists(),
+        };
+        if let Some(p) = current {
+            if usable(p) {
+                return Ok(p.to_path_buf());
+            }
+        }
+        let stem = file_name_stem(shop);
+        for n in 0..=MAX_FILE_NAME_TRIES {
+            let path = self.rules_dir.join(if n == 0 {
+                format!("{stem}.yaml")
+            } else {
+                format!("{stem}~{n}.yaml")
+            });
+            if usable(&path) {
+                return Ok(path);
+            }
+        }
+        Err(std::io::Error::other(format!(
+            "every file name for shop `{shop}` in {} is taken by another file",
+            self.rules_dir.display()
+        )))
+    }
+
+    /// Remembers that `path` now holds `content`, a valid file of `shop`.
+    fn note_written(&self, path: &Path, shop: &str, content: &Arc<str>) {
+        self.seen.lock().insert(
+            path.to_path_buf(),
+            SeenFile {
+                content: content.clone(),
+                shop: Some(shop.into()),
+                owner: Some(shop.into()),
+                reported_duplicate: false,
+                unreadable: false,
+            },
+        );
+    }
+
+    /// The persisted history of a shop, oldest first (empty when none): file
+    /// names only, no text. Two files of one revision number (left by an
+    /// older version after a failed write) count once, the newest.
+    fn load_history(&self, shop: &str) -> Vec<RevisionInfo> {
+        self.history_in(&self.revisions_dir.join(file_name_stem(shop)))
+    }
+
+    fn history_in(&self, dir: &Path) -> Vec<RevisionInfo> {
+        let Ok(entries) = fs::read_dir(dir) else {
             return Vec::new();
         };
-        let mut revisions: Vec<Revision> = entries
+        let mut revisions: Vec<RevisionInfo> = entries
             .filter_map(Result::ok)
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let stem = name.strip_suffix(".yaml")?;
-                let mut parts = stem.splitn(3, '-');
-                let revision = parts.next()?.parse().ok()?;
-                let origin = Origin::parse(parts.next()?)?;
-                let created_ms = parts.next()?.parse().ok()?;
-                let content = fs::read_to_string(e.path()).ok()?;
-                Some(Revision {
-                    revision,
-                    created_ms,
-                    origin,
-                    content: content.into(),
-                })
-            })
+            .filter_map(|e| RevisionInfo::parse_file_name(e.file_name().to_str()?))
             .collect();
-        revisions.sort_by_key(|r| r.revision);
-        revisions
+        revisions.sort_by_key(|r| (r.revision, r.created_ms));
+        let mut deduped: Vec<RevisionInfo> = Vec::with_capacity(revisions.len());
+        for r in revisions {
+            match deduped.last_mut() {
+                Some(last) if last.revision == r.revision => *last = r,
+                _ => deduped.push(r),
+            }
+        }
+        deduped
     }
 
     /// Loads every `*.yaml` of `--rules-dir` whose content changed since the
     /// last sync (all of them at start-up). Invalid files are reported and
-    /// change nothing; a file equal to what its shop serves is a no-op.
+    /// change nothing; a file equal to what its shop serves is a no-op; the
+    /// first valid file (by name) of a shop serves it, later ones are
+    /// reported once and ignored. At start-up, a shop with history in
+    /// `data/revisions` but no valid file serves its newest revision.
     pub fn sync_dir(&self, now_ms: i64) -> SyncReport {
         let mut report = SyncReport::default();
-        let mut paths: Vec<PathBuf> = match fs::read_dir(&self.rules_dir) {
-            Ok(entries) => entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-                .collect(),
-            Err(e) => {
-                report.problems.push(FileProblem {
-                    path: self.rules_dir.clone(),
-                    message: format!("cannot read the rules directory: {e}"),
-                });
-                return report;
+        let _writing = self.writing.lock();
+        let listed = self.list_rules_dir(&mut report);
+        if let Some(paths) = &listed {
+            self.forget_deleted(paths, &mut report);
+            let mut claimed: HashMap<Box<str>, PathBuf> = HashMap::new();
+            for path in paths {
+                self.sync_file(path, &mut claimed, now_ms, &mut report);
             }
-        };
-        paths.sort();
-        // Which shop each file serves, to catch two files for one shop.
-        let mut claimed: HashMap<String, PathBuf> = HashMap::new();
-        for path in paths {
-            let _writing = self.writing.lock();
-            let content: Arc<str> = match fs::read_to_string(&path) {
-                Ok(c) => c.into(),
-                Err(e) => {
-                    report.problems.push(FileProblem {
-                        path,
-                        message: format!("cannot read: {e}"),
-                    });
-                    continue;
-                }
-            };
-            if self.seen.lock().get(&path).is_some_and(|c| **c == *content) {
-                continue;
-            }
-            let rules = match RuleSet::load(&content) {
-                Ok(r) => r,
-                Err(errors) => {
-                    self.seen.lock().insert(path.clone(), content);
-                    report.problems.push(FileProblem {
-                        path,
-                        message: errors.to_string(),
-                    });
-                    continue;
-                }
-            };
-            let shop = rules.shop.to_string();
-            if let Some(first) = claimed.get(&shop) {
-                report.problems.push(FileProblem {
-                    message: format!("shop `{shop}` is already defined by {}; file ignored", first.display()),
-                    path,
-                });
-                continue;
-            }
-            claimed.insert(shop.clone(), path.clone());
-            let unchanged = self.with_serving(&shop, |s| *s.content == *content).unwrap_or(false);
-            if unchanged {
-                self.seen.lock().insert(path, content);
-                continue;
-            }
-            match self.install(&shop, rules, content.clone(), Origin::File, now_ms, Some(&path)) {
-                Ok(served) => {
-                    let revision = served.revision;
-                    self.seen.lock().insert(path, content);
-                    report.swapped.push((shop, revision));
-                }
-                Err(e) => report.problems.push(FileProblem {
-                    path,
-                    message: e.to_string(),
-                }),
-            }
+        }
+        if !self.started.swap(true, Ordering::Relaxed) {
+            self.restore_from_history(&mut report);
         }
         report
     }
-}
 
-impl ShopHistory {
-    fn next_revision(&self) -> u64 {
-        self.revisions.last().map_or(1, |r| r.revision + 1)
+    fn list_rules_dir(&self, report: &mut SyncReport) -> Option<Vec<PathBuf>> {
+        match fs::read_dir(&self.rules_dir) {
+            Ok(entries) => {
+                let mut paths: Vec<PathBuf> = entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                    .collect();
+                paths.sort();
+                Some(paths)
+            }
+            Err(e) => {
+                bump(&self.counters.files_rejected);
+                report.problem(
+                    ProblemKind::Unreadable,
+                    &self.rules_dir,
+                    format!("cannot read the rules directory: {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Forgets files that are gone; a shop that served from one keeps
+    /// serving its last revision, and says so once.
+    fn forget_deleted(&self, paths: &[PathBuf], report: &mut SyncReport) {
+        let present: HashSet<&Path> = paths.iter().map(PathBuf::as_path).collect();
+        let gone: Vec<PathBuf> = {
+            let mut seen = self.seen.lock();
+            let gone: Vec<PathBuf> = seen
+                .keys()
+                .filter(|p| !present.contains(p.as_path()))
+                .cloned()
+                .collect();
+            for p in &gone {
+                seen.remove(p);
+            }
+            gone
+        };
+        for path in gone {
+            for shop in self.shops.iter() {
+                let history = shop.history.lock();
+                if history.file.as_deref() == Some(path.as_path()) {
+                    bump(&self.counters.files_deleted);
+                    report.problem(
+                        ProblemKind::Deleted,
+                        &path,
+                        format!(
+                            "deleted; shop `{}` keeps serving revision {} (a deleted file is not an instruction to stop serving: push or roll back to change it)",
+                            shop.key(),
+                            shop.serving.load().revision
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Syncs one file of the (sorted) listing.
+    fn sync_file(&self, path: &Path, claimed: &mut HashMap<Box<str>, PathBuf>, now_ms: i64, report: &mut SyncReport) {
+        let content: Arc<str> = match fs::read_to_string(path) {
+            Ok(c) => c.into(),
+            Err(e) => {
+                let mut seen = self.seen.lock();
+                if seen.get(path).is_some_and(|s| s.unreadable) {
+                    return; // Reported when it became unreadable.
+                }
+                let owner = seen.get(path).and_then(|s| s.owner.clone());
+                seen.insert(
+                    path.to_path_buf(),
+                    SeenFile {
+                        content: Arc::from(""),
+                        shop: None,
+                        owner,
+                        reported_duplicate: false,
+                        unreadable: true,
+                    },
+                );
+                drop(seen);
+                bump(&self.counters.files_rejected);
+                report.problem(ProblemKind::Unreadable, path, format!("cannot read: {e}"));
+                return;
+            }
+        };
+        let known = self
+            .seen
+            .lock()
+            .get(path)
+            .filter(|s| !s.unreadable)
+            .and_then(|s| (*s.content == *content).then(|| (s.shop.clone(), s.reported_duplicate)));
+        let (shop, rules, reported_duplicate) = match known {
+            // Unchanged and broken: reported when it changed.
+            Some((None, _)) => return,
+            Some((Some(shop), reported)) => (shop, None, reported),
+            None => {
+                let previous_owner = self.seen.lock().get(path).and_then(|s| s.owner.clone());
+                let loaded = RuleSet::load(&content)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| check_shop_name(&r.shop).map(|()| r).map_err(|e| e.to_string()));
+                match loaded {
+                    Ok(rules) => {
+                        let shop: Box<str> = (*rules.shop).into();
+                        self.seen.lock().insert(
+                            path.to_path_buf(),
+                            SeenFile {
+                                content: content.clone(),
+                                shop: Some(shop.clone()),
+                                owner: Some(shop.clone()),
+                                reported_duplicate: false,
+                                unreadable: false,
+                            },
+                        );
+                        (shop, Some(rules), false)
+                    }
+                    Err(message) => {
+                        self.seen.lock().insert(
+                            path.to_path_buf(),
+                            SeenFile {
+                                content,
+                                shop: None,
+                                owner: previous_owner,
+                                reported_duplicate: false,
+                                unreadable: false,
+                            },
+                        );
+                        bump(&self.counters.files_rejected);
+                        report.problem(ProblemKind::Invalid, path, message);
+                        return;
+                    }
+                }
+            }
+        };
+        if let Some(first) = claimed.get(&shop) {
+            if !reported_duplicate {
+                bump(&self.counters.files_duplicate);
+                report.problem(
+                    ProblemKind::Duplicate,
+                    path,
+                    format!("shop `{shop}` is already defined by {}; file ignored", first.display()),
+                );
+                if let Some(s) = self.seen.lock().get_mut(path) {
+                    s.reported_duplicate = true;
+                }
+            }
+            return;
+        }
+        claimed.insert(shop.clone(), path.to_path_buf());
+        if let Some(s) = self.seen.lock().get_mut(path) {
+            s.reported_duplicate = false;
+        }
+        if let Some(entry) = self.shops.get(&*shop).map(|e| e.value().clone()) {
+            if *entry.serving.load().content == *content {
+                // Serving already (a restart, our own write, a winner that
+                // equals what serves): it is the shop's file from now on.
+                entry.history.lock().file = Some(path.to_path_buf());
+                return;
+            }
+        }
+        let rules = match rules {
+            Some(r) => r,
+            None => match RuleSet::load(&content) {
+                Ok(r) => r,
+                Err(e) => {
+                    report.problem(ProblemKind::Invalid, path, e.to_string());
+                    return;
+                }
+            },
+        };
+        match self.install(&shop, rules, content, Origin::File, now_ms, Some(path)) {
+            Ok(served) => report.swapped.push((shop.to_string(), served.revision)),
+            Err(e) => report.problem(ProblemKind::Failed, path, e.to_string()),
+        }
+    }
+
+    /// Serves, for every shop with history in `data/revisions` but no valid
+    /// file in `--rules-dir`, its newest revision that compiles.
+    fn restore_from_history(&self, report: &mut SyncReport) {
+        let Ok(entries) = fs::read_dir(&self.revisions_dir) else {
+            return;
+        };
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        dirs.sort();
+        let loaded: HashSet<String> = self.shops.iter().map(|s| file_name_stem(s.key())).collect();
+        for dir in dirs {
+            let Some(stem) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+                continue;
+            };
+            if loaded.contains(&stem) {
+                continue;
+            }
+            let revisions = self.history_in(&dir);
+            let newest = revisions.iter().rev().take(MAX_RESTORE_ATTEMPTS).find_map(|info| {
+                let path = dir.join(info.file_name());
+                let content: Arc<str> = fs::read_to_string(&path).ok()?.into();
+                let rules = RuleSet::load(&content).ok()?;
+                (file_name_stem(&rules.shop) == stem && check_shop_name(&rules.shop).is_ok()).then_some((
+                    info.revision,
+                    rules,
+                    content,
+                    path,
+                ))
+            });
+            let Some((revision, rules, content, path)) = newest else {
+                report.problem(
+                    ProblemKind::Invalid,
+                    &dir,
+                    format!(
+                        "no file in {} defines this shop, and none of its newest revisions compiles: not served",
+                        self.rules_dir.display()
+                    ),
+                );
+                continue;
+            };
+            let shop = rules.shop.to_string();
+            bump(&self.counters.shops_restored);
+            report.problem(
+                ProblemKind::Restored,
+                &path,
+                format!(
+                    "shop `{shop}` has no valid file in {}: serving its last revision {revision}",
+                    self.rules_dir.display()
+                ),
+            );
+            report.swapped.push((shop.clone(), revision));
+            let history = ShopHistory {
+                next: revisions.last().map_or(1, |r| r.revision + 1),
+                revisions,
+                file: None,
+            };
+            let entry = ShopRules {
+                serving: ArcSwap::new(Arc::new(Served {
+                    rules,
+                    revision,
+                    content,
+                })),
+                history: Mutex::new(history),
+            };
+            self.shops.insert(shop.into(), Arc::new(entry));
+        }
     }
 }
 
-/// Writes a file so that readers see the old or the new content, never a mix.
+/// Writes a file so that readers see the old or the new content, never a
+/// mix: a temp file in the same directory, written and fsynced, renamed over
+/// `path`, then the directory fsynced. Any failure is an error (a rename
+/// that may not survive a crash is not a write), and a temp file is never
+/// left behind.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    // Not named after `path`: short whatever the target, never `*.yaml`.
+    // Unique within the process; one left by a crashed process with the
+    // same pid (pid 1 in a container) is overwritten, not an error.
+    let tmp = dir.join(format!(
+        ".vitrine-tmp-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    fs::rename(&tmp, path)?;
-    // Make the rename itself durable.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    sync_dir(dir)
+}
+
+/// Makes a directory's entries (a rename, a removal) durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
 }
 
 /// A file-name-safe form of a shop name: `[A-Za-z0-9_.-]` kept, anything
-/// else (and a leading dot) as `%XX`.
-fn file_name_stem(shop: &str) -> String {
+/// else (and a leading dot) as `%XX`. One-to-one, never contains `/`, `~`,
+/// NUL or starts with `.`; for a name that passes [`check_shop_name`] at most
+/// `3 * MAX_SHOP_BYTES` bytes.
+pub fn file_name_stem(shop: &str) -> String {
     let mut out = String::with_capacity(shop.len());
     for (i, b) in shop.bytes().enumerate() {
         let keep = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
@@ -525,6 +1083,347 @@ fn file_name_stem(shop: &str) -> String {
     out
 }
 
-fn file_name(shop: &str) -> String {
-    format!("{}.yaml", file_name_stem(shop))
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::test_support::TempDir;
+
+    const NOW: i64 = 1_795_132_800_000;
+
+    fn rules(shop: &str, banner: &str) -> String {
+        format!("shop: {shop}\nbanners:\n  - banner: {banner}\n")
+    }
+
+    fn store(dir: &TempDir) -> RuleStore {
+        RuleStore::new(&dir.0.join("rules"), &dir.0.join("data"))
+    }
+
+    fn banner_of(store: &RuleStore, shop: &str) -> String {
+        let served = store.serving(shop).expect("the shop serves");
+        let last = served.content.lines().last().unwrap();
+        last.trim().trim_start_matches("- ").to_string()
+    }
+
+    fn revisions(store: &RuleStore, shop: &str) -> Vec<u64> {
+        store.list(shop).unwrap().0.iter().map(|r| r.revision).collect()
+    }
+
+    fn kinds(report: &SyncReport) -> Vec<ProblemKind> {
+        report.problems.iter().map(|p| p.kind).collect()
+    }
+
+    /// Regression (hardening #15a): the pushed shop name becomes a file name
+    /// that is never too long and never a path: separators, `..`, NUL and a
+    /// leading dot are escaped, and the mapping is one-to-one.
+    #[test]
+    fn shop_names_map_to_safe_bounded_file_names() {
+        assert_eq!(file_name_stem("demo-apparel"), "demo-apparel");
+        assert_eq!(file_name_stem(".."), "%2E.");
+        assert_eq!(file_name_stem("a/b"), "a%2Fb");
+        assert_eq!(file_name_stem("a\\b"), "a%5Cb");
+        assert_eq!(file_name_stem("a\0b"), "a%00b");
+        assert_eq!(file_name_stem("a~1"), "a%7E1");
+        assert_eq!(file_name_stem("é"), "%C3%A9");
+        // One-to-one: an escape cannot be confused with a kept name.
+        assert_ne!(file_name_stem("%2F"), file_name_stem("/"));
+        // The longest accepted name, every byte escaped, still fits with the
+        // longest alternative suffix.
+        let worst = "é".repeat(MAX_SHOP_BYTES / 2);
+        check_shop_name(&worst).unwrap();
+        let name = format!("{}~{MAX_FILE_NAME_TRIES}.yaml", file_name_stem(&worst));
+        assert!(name.len() <= 255, "{} bytes", name.len());
+    }
+
+    /// Regression (hardening #15a): names the store cannot keep are user errors.
+    #[test]
+    fn invalid_shop_names_are_rejected_with_a_clear_message() {
+        let long = "s".repeat(300);
+        let e = check_shop_name(&long).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "shop `{}...` is 300 bytes long; a shop name has at most 80 bytes",
+                "s".repeat(32)
+            )
+        );
+        let e = check_shop_name("a\u{0}b").unwrap_err().to_string();
+        assert_eq!(e, "shop \"a\\0b\" contains a control character; a shop name cannot");
+        assert!(check_shop_name("").is_err());
+        check_shop_name(&"s".repeat(MAX_SHOP_BYTES)).unwrap();
+    }
+
+    /// Regression (hardening #15a): a push of a shop name longer than a file
+    /// name can be is INVALID_ARGUMENT (`InvalidShop`), not an I/O failure,
+    /// and writes nothing.
+    #[test]
+    fn a_push_with_an_overlong_shop_name_is_invalid_and_writes_nothing() {
+        let dir = TempDir::new("store-long-shop");
+        let store = store(&dir);
+        store.sync_dir(NOW);
+        let shop = "x".repeat(300);
+        let err = store.push(&rules(&shop, "b"), Origin::Push, false, NOW).unwrap_err();
+        assert!(matches!(err, StoreError::InvalidShop(_)), "{err:?}");
+        let err = store.push(&rules(&shop, "b"), Origin::Push, true, NOW).unwrap_err();
+        assert!(matches!(err, StoreError::InvalidShop(_)), "{err:?}");
+        assert!(store.shops().is_empty());
+        assert!(!dir.0.join("data/revisions").exists());
+    }
+
+    /// Regression (hardening #7): a shop whose file is broken at start-up
+    /// serves its newest revision from `data/revisions`; List, Get and
+    /// Rollback work; the broken file and the restore are reported.
+    #[test]
+    fn a_broken_file_at_start_up_serves_the_last_good_revision() {
+        let dir = TempDir::new("store-broken-restart");
+        {
+            let store = store(&dir);
+            store.sync_dir(NOW);
+            store.push(&rules("s", "one"), Origin::Push, false, NOW).unwrap();
+            store.push(&rules("s", "two"), Origin::Push, false, NOW + 1).unwrap();
+        }
+        fs::write(dir.0.join("rules/s.yaml"), "shop: s\nbanners: [oops\n").unwrap();
+
+        let store = store(&dir);
+        let report = store.sync_dir(NOW + 2);
+        assert_eq!(kinds(&report), [ProblemKind::Invalid, ProblemKind::Restored]);
+        assert_eq!(report.swapped, [("s".to_string(), 2)]);
+        assert!(
+            report.problems[0].message.contains(':'),
+            "{}",
+            report.problems[0].message
+        );
+        assert_eq!(banner_of(&store, "s"), "banner: two");
+        assert_eq!(store.shops(), [("s".to_string(), 2)]);
+        assert_eq!(revisions(&store, "s"), [1, 2]);
+        let (first, serving) = store.get("s", 1).unwrap();
+        assert_eq!((&*first.content, serving), (&*rules("s", "one"), false));
+        assert_eq!(store.rollback("s", 1, NOW + 3).unwrap(), 3);
+        assert_eq!(banner_of(&store, "s"), "banner: one");
+        let c = store.counters();
+        assert_eq!((c.files_rejected, c.shops_restored), (1, 1));
+        // The broken file is reported once, not at every poll.
+        assert!(store.sync_dir(NOW + 4).problems.is_empty());
+    }
+
+    /// Regression (hardening #7): a deleted file keeps its shop serving, at
+    /// run time (reported once) and after a restart (from `data/revisions`).
+    #[test]
+    fn a_deleted_file_keeps_its_shop_serving() {
+        let dir = TempDir::new("store-deleted");
+        {
+            let store = store(&dir);
+            store.sync_dir(NOW);
+            store.push(&rules("s", "one"), Origin::Push, false, NOW).unwrap();
+            fs::remove_file(dir.0.join("rules/s.yaml")).unwrap();
+            let report = store.sync_dir(NOW + 1);
+            assert_eq!(kinds(&report), [ProblemKind::Deleted]);
+            assert_eq!(store.counters().files_deleted, 1);
+            assert!(store.sync_dir(NOW + 2).problems.is_empty());
+            assert_eq!(banner_of(&store, "s"), "banner: one");
+        }
+        let store = store(&dir);
+        let report = store.sync_dir(NOW + 3);
+        assert_eq!(kinds(&report), [ProblemKind::Restored]);
+        assert_eq!(store.shops(), [("s".to_string(), 1)]);
+        // A push writes the file again.
+        store.push(&rules("s", "two"), Origin::Push, false, NOW + 4).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.0.join("rules/s.yaml")).unwrap(),
+            rules("s", "two")
+        );
+    }
+
+    /// An unreadable file (here a directory named like a rule file) is
+    /// reported once, not at every poll.
+    #[test]
+    fn an_unreadable_file_is_reported_once() {
+        let dir = TempDir::new("store-unreadable");
+        fs::create_dir_all(dir.0.join("rules/x.yaml")).unwrap();
+        let store = store(&dir);
+        assert_eq!(kinds(&store.sync_dir(NOW)), [ProblemKind::Unreadable]);
+        assert!(store.sync_dir(NOW + 1).problems.is_empty());
+        assert_eq!(store.counters().files_rejected, 1);
+    }
+
+    /// Regression (hardening #8): a push of shop `foo` does not overwrite
+    /// `foo.yaml` when that file holds shop `bar`; both survive a restart.
+    #[test]
+    fn a_push_never_overwrites_another_shops_file() {
+        let dir = TempDir::new("store-overwrite");
+        fs::create_dir_all(dir.0.join("rules")).unwrap();
+        fs::write(dir.0.join("rules/foo.yaml"), rules("bar", "bar")).unwrap();
+        {
+            let store = store(&dir);
+            store.sync_dir(NOW);
+            store.push(&rules("foo", "foo"), Origin::Push, false, NOW).unwrap();
+            assert_eq!(
+                fs::read_to_string(dir.0.join("rules/foo.yaml")).unwrap(),
+                rules("bar", "bar")
+            );
+            assert_eq!(
+                fs::read_to_string(dir.0.join("rules/foo~1.yaml")).unwrap(),
+                rules("foo", "foo")
+            );
+            // The next push of foo rewrites its own file.
+            store.push(&rules("foo", "foo2"), Origin::Push, false, NOW + 1).unwrap();
+            assert_eq!(
+                fs::read_to_string(dir.0.join("rules/foo~1.yaml")).unwrap(),
+                rules("foo", "foo2")
+            );
+        }
+        let store = store(&dir);
+        let report = store.sync_dir(NOW + 2);
+        assert!(report.problems.is_empty(), "{report:?}");
+        assert_eq!(store.shops(), [("bar".to_string(), 1), ("foo".to_string(), 2)]);
+        assert_eq!(banner_of(&store, "foo"), "banner: foo2");
+    }
+
+    /// Regression (hardening #8): a file edited to hold another shop is that
+    /// shop's file; a push of the shop it held before writes a new file.
+    #[test]
+    fn a_push_after_its_file_changed_shop_writes_a_new_file() {
+        let dir = TempDir::new("store-file-changed-shop");
+        let store = store(&dir);
+        store.sync_dir(NOW);
+        store.push(&rules("foo", "foo"), Origin::Push, false, NOW).unwrap();
+        fs::write(dir.0.join("rules/foo.yaml"), rules("bar", "bar")).unwrap();
+        store.sync_dir(NOW + 1);
+        store.push(&rules("foo", "foo2"), Origin::Push, false, NOW + 2).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.0.join("rules/foo.yaml")).unwrap(),
+            rules("bar", "bar")
+        );
+        assert_eq!(banner_of(&store, "bar"), "banner: bar");
+    }
+
+    /// Regression (hardening #9): the first file by name wins at start-up and
+    /// at every poll; a duplicate added at run time is reported once and
+    /// ignored, pushes keep going to the winner, and a restart serves the same.
+    #[test]
+    fn a_duplicate_file_added_at_run_time_does_not_take_the_shop_over() {
+        let dir = TempDir::new("store-duplicate");
+        fs::create_dir_all(dir.0.join("rules")).unwrap();
+        fs::write(dir.0.join("rules/b.yaml"), rules("s", "b")).unwrap();
+        let store = store(&dir);
+        store.sync_dir(NOW);
+        fs::write(dir.0.join("rules/c.yaml"), rules("s", "c")).unwrap();
+        let report = store.sync_dir(NOW + 1);
+        assert_eq!(kinds(&report), [ProblemKind::Duplicate]);
+        assert!(report.swapped.is_empty());
+        assert_eq!(banner_of(&store, "s"), "banner: b");
+        assert!(store.sync_dir(NOW + 2).problems.is_empty(), "reported once");
+        assert_eq!(store.counters().files_duplicate, 1);
+
+        store.push(&rules("s", "pushed"), Origin::Push, false, NOW + 3).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.0.join("rules/b.yaml")).unwrap(),
+            rules("s", "pushed")
+        );
+        assert_eq!(fs::read_to_string(dir.0.join("rules/c.yaml")).unwrap(), rules("s", "c"));
+        assert!(store.sync_dir(NOW + 4).swapped.is_empty());
+        assert_eq!(banner_of(&store, "s"), "banner: pushed");
+        drop(store);
+
+        let store = RuleStore::new(&dir.0.join("rules"), &dir.0.join("data"));
+        let report = store.sync_dir(NOW + 5);
+        assert_eq!(kinds(&report), [ProblemKind::Duplicate]);
+        assert_eq!(banner_of(&store, "s"), "banner: pushed");
+        assert_eq!(store.shops(), [("s".to_string(), 2)]);
+    }
+
+    /// Regression (hardening #9): a file that sorts first wins at the poll as
+    /// it would at a restart, and the former winner is the duplicate.
+    #[test]
+    fn a_file_sorting_first_wins_at_the_poll_as_at_a_restart() {
+        let dir = TempDir::new("store-duplicate-first");
+        fs::create_dir_all(dir.0.join("rules")).unwrap();
+        fs::write(dir.0.join("rules/b.yaml"), rules("s", "b")).unwrap();
+        let store = store(&dir);
+        store.sync_dir(NOW);
+        fs::write(dir.0.join("rules/a.yaml"), rules("s", "a")).unwrap();
+        let report = store.sync_dir(NOW + 1);
+        assert_eq!(kinds(&report), [ProblemKind::Duplicate]);
+        assert_eq!(report.problems[0].path, dir.0.join("rules/b.yaml"));
+        assert_eq!(banner_of(&store, "s"), "banner: a");
+        assert!(store.sync_dir(NOW + 2).problems.is_empty());
+        store.push(&rules("s", "pushed"), Origin::Push, false, NOW + 3).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.0.join("rules/a.yaml")).unwrap(),
+            rules("s", "pushed")
+        );
+    }
+
+    /// Regression (hardening #13): a push whose rule file cannot be written
+    /// leaves no revision file behind (the rules dir is replaced by a plain
+    /// file: a fault that stops root too); after a restart the history is
+    /// what was accepted, and the next push takes the next number.
+    #[test]
+    fn a_failed_push_leaves_no_revision_behind() {
+        let dir = TempDir::new("store-failed-push");
+        let rules_dir = dir.0.join("rules");
+        {
+            let store = store(&dir);
+            store.sync_dir(NOW);
+            store.push(&rules("s", "one"), Origin::Push, false, NOW).unwrap();
+            fs::remove_dir_all(&rules_dir).unwrap();
+            fs::write(&rules_dir, "not a directory").unwrap();
+            for n in 1..=2 {
+                let err = store
+                    .push(&rules("s", "two"), Origin::Push, false, NOW + n)
+                    .unwrap_err();
+                assert!(matches!(err, StoreError::Io(_)), "{err:?}");
+            }
+            assert_eq!(banner_of(&store, "s"), "banner: one");
+            assert_eq!(revisions(&store, "s"), [1]);
+        }
+        let files: Vec<_> = fs::read_dir(dir.0.join("data/revisions/s"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files, [format!("{:010}-push-{NOW}.yaml", 1)]);
+        fs::remove_file(&rules_dir).unwrap();
+        fs::create_dir_all(&rules_dir).unwrap();
+        let store = store(&dir);
+        store.sync_dir(NOW + 5);
+        assert_eq!(revisions(&store, "s"), [1]);
+        let served = store.push(&rules("s", "two"), Origin::Push, false, NOW + 6).unwrap();
+        assert_eq!(served.revision, 2);
+    }
+
+    /// Regression (hardening #18): only the serving revision's text stays in
+    /// memory; older revisions are read back from `data/revisions`.
+    #[test]
+    fn only_the_serving_revision_text_is_held_in_memory() {
+        let dir = TempDir::new("store-memory");
+        let store = store(&dir);
+        store.sync_dir(NOW);
+        let padding = format!("# {}\n", "x".repeat(100_000));
+        let text = |n: usize| format!("{padding}{}", rules("s", &format!("b{n}")));
+        for n in 0..20 {
+            store.push(&text(n), Origin::Push, false, NOW + n as i64).unwrap();
+        }
+        let held = store.text_bytes_held();
+        assert!(held <= text(19).len(), "{held} bytes held for 20 revisions");
+        assert_eq!(*store.get("s", 1).unwrap().0.content, *text(0));
+        assert_eq!(store.rollback("s", 1, NOW + 100).unwrap(), 21);
+        assert_eq!(*store.serving("s").unwrap().content, *text(0));
+    }
+
+    /// The atomic write leaves no temp file behind when it fails (here the
+    /// rename onto a directory), and replaces a file in one step.
+    #[test]
+    fn write_atomically_cleans_up_after_a_failure() {
+        let dir = TempDir::new("store-atomic");
+        let target = dir.0.join("t.yaml");
+        fs::create_dir_all(target.join("sub")).unwrap();
+        assert!(write_atomically(&target, b"x").is_err());
+        fs::remove_dir_all(&target).unwrap();
+        write_atomically(&target, b"one").unwrap();
+        write_atomically(&target, b"two").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [std::ffi::OsString::from("t.yaml")]);
+    }
 }

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 use vitrine_core::RuleSet;
 
-/// Validates every file; reports each error as `file:line:column: message`.
+use crate::store::check_shop_name;
+
+/// Validates every file; reports each error as `file:line:column: message`,
+/// and a shop name the server would refuse (see [`check_shop_name`]).
 pub fn run(files: &[PathBuf], out: &mut impl Write, err: &mut impl Write) -> ExitCode {
     let mut failed = false;
     for path in files {
@@ -21,6 +24,11 @@ pub fn run(files: &[PathBuf], out: &mut impl Write, err: &mut impl Write) -> Exi
         };
         match RuleSet::load(&source) {
             Ok(rules) => {
+                if let Err(e) = check_shop_name(&rules.shop) {
+                    failed = true;
+                    let _ = writeln!(err, "{name}: {e}");
+                    continue;
+                }
                 let _ = writeln!(
                     out,
                     "{name}: ok (shop {}, {} audiences, {} banners, {} pools, {} benefits)",
@@ -43,5 +51,34 @@ pub fn run(files: &[PathBuf], out: &mut impl Write, err: &mut impl Write) -> Exi
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::test_support::TempDir;
+
+    /// Regression (hardening #15a): validate refuses the shop names Push
+    /// refuses, with the same message.
+    #[test]
+    fn a_shop_name_push_would_refuse_is_an_error() {
+        let dir = TempDir::new("validate-shop");
+        let file = dir.0.join("long.yaml");
+        std::fs::write(&file, format!("shop: {}\n", "s".repeat(100))).unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run(std::slice::from_ref(&file), &mut out, &mut err);
+        assert_eq!(code, ExitCode::FAILURE);
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            format!(
+                "{}: shop `{}...` is 100 bytes long; a shop name has at most 80 bytes\n",
+                file.display(),
+                "s".repeat(32)
+            )
+        );
+        assert!(out.is_empty());
     }
 }

@@ -7,5 +7,6 @@ mod crash;
 mod grpc;
 mod hostile;
 mod kafka;
+mod rules_store;
 mod support;
 mod validate;
