@@ -5,5 +5,6 @@
 
 mod concurrent;
 mod decide;
+mod hardening;
 mod model;
 mod rules;
