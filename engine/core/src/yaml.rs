@@ -107,6 +107,18 @@ pub fn strip_bom(source: &str) -> &str {
 /// Parses one YAML document whose lists and mappings nest at most
 /// `max_depth` levels. An empty document is `None`.
 pub fn parse_with(source: &str, max_depth: usize) -> Result<Option<Node>, SyntaxError> {
+    parse_events(source, max_depth).map_err(|e| {
+        // The scanner may place an error at end of input on a line past
+        // the last one: keep every position inside the text.
+        let lines = Lines::new(source);
+        let pos = lines
+            .byte_index(e.pos)
+            .map_or(lines.position_of(source.len()), |b| lines.position_of(b));
+        SyntaxError { pos, ..e }
+    })
+}
+
+fn parse_events(source: &str, max_depth: usize) -> Result<Option<Node>, SyntaxError> {
     check_characters(source)?;
     let mut builder = Builder {
         stack: Vec::new(),
@@ -477,5 +489,7 @@ mod tests {
     fn syntax_errors_have_positions() {
         let err = parse("a: [1\nb: 2").unwrap_err();
         assert_eq!(err.pos, Pos { line: 2, column: 2 });
+        // At the end of input, not on a line past it.
+        assert_eq!(parse("{").unwrap_err().pos, Pos { line: 1, column: 2 });
     }
 }

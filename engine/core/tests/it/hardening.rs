@@ -163,6 +163,16 @@ fn audience_chains_are_bounded_at_validation() {
         ["4:7: audience `n1` is nested too deeply: 550 levels with its audience references inlined, more than the limit of 512"]
     );
 
+    // The deepest nesting allowed (511 plan nodes: 10 x (50 `not` + a
+    // reference) + an atom) sizes and decides within a test thread's stack.
+    let deepest = (0..10)
+        .map(|i| format!("n{i}: {}n{}", "not ".repeat(50), i + 1))
+        .chain(["n10: tag(\"x\")".to_string()]);
+    let shop = Shop::new(&file(deepest, "banners:\n  - when: n0\n    banner: b\n"));
+    assert_eq!(shop.sizes()[0], ("n0".to_string(), Some(2)));
+    assert_eq!(shop.size("not not n0", 1_000), Ok(2));
+    assert_eq!(shop.decide("v1", 1_000).1.as_deref(), Some("b"));
+
     // The longest chain allowed sizes and decides.
     let shop = Shop::new(&file(chain(64), "banners:\n  - when: a1\n    banner: b\n"));
     let sizes = shop.sizes();
