@@ -149,11 +149,18 @@ fn parse_events(source: &str, max_depth: usize) -> Result<Option<Node>, SyntaxEr
 }
 
 /// Refuses NUL (the scanner would stop there and ignore the rest), other
-/// control characters and a byte order mark past the start.
+/// control characters, a CR that is not part of CR LF (a line break to
+/// YAML, which would shift every position after it) and a byte order mark
+/// past the start.
 fn check_characters(source: &str) -> Result<(), SyntaxError> {
     let (mut line, mut column) = (1u32, 1u32);
-    for c in source.chars() {
+    let mut chars = source.chars().peekable();
+    while let Some(c) = chars.next() {
         let problem = match c {
+            // YAML reads a lone CR as a line break; positions here count LFs.
+            '\r' if chars.peek() != Some(&'\n') => {
+                Some("carriage return without a line feed: line breaks are LF or CR LF".to_string())
+            }
             '\n' => {
                 line = line.saturating_add(1);
                 column = 1;
@@ -441,6 +448,13 @@ mod tests {
         assert_eq!(error_of("a: b\u{feff}").0, "1:5");
         assert!(parse("a: \"x\ty\"\r\nc: d\n").is_ok());
         assert_eq!(strip_bom("\u{feff}a: b"), "a: b");
+        assert_eq!(
+            error_of("a: b\r\nc: d\re: f"),
+            (
+                "2:5".into(),
+                "carriage return without a line feed: line breaks are LF or CR LF".into()
+            )
+        );
     }
 
     /// Regression (hardening #14): a second YAML document, even a broken
