@@ -107,23 +107,22 @@ pub fn strip_bom(source: &str) -> &str {
 /// Parses one YAML document whose lists and mappings nest at most
 /// `max_depth` levels. An empty document is `None`.
 pub fn parse_with(source: &str, max_depth: usize) -> Result<Option<Node>, SyntaxError> {
-    parse_events(source, max_depth).map_err(|e| {
-        // The scanner may place an error at end of input on a line past
-        // the last one: keep every position inside the text.
-        let lines = Lines::new(source);
-        let pos = lines
-            .byte_index(e.pos)
-            .map_or(lines.position_of(source.len()), |b| lines.position_of(b));
-        SyntaxError { pos, ..e }
+    // The scanner places marks at the end of input on a line past the last
+    // one: every position is clamped into the text.
+    let lines = Lines::new(source);
+    parse_events(source, max_depth, &lines).map_err(|e| SyntaxError {
+        pos: lines.clamp(e.pos),
+        ..e
     })
 }
 
-fn parse_events(source: &str, max_depth: usize) -> Result<Option<Node>, SyntaxError> {
+fn parse_events(source: &str, max_depth: usize, lines: &Lines<'_>) -> Result<Option<Node>, SyntaxError> {
     check_characters(source)?;
     let mut builder = Builder {
         stack: Vec::new(),
         root: None,
         max_depth,
+        lines,
     };
     let mut parser = Parser::new_from_str(source);
     let mut documents = 0;
@@ -193,13 +192,14 @@ enum Frame {
     Map(Vec<(Node, Node)>, Option<Node>, Pos),
 }
 
-struct Builder {
+struct Builder<'l> {
     stack: Vec<Frame>,
     root: Option<Node>,
     max_depth: usize,
+    lines: &'l Lines<'l>,
 }
 
-impl Builder {
+impl Builder<'_> {
     fn push_value(&mut self, node: Node) {
         match self.stack.last_mut() {
             Some(Frame::Seq(items, _)) => items.push(node),
@@ -212,7 +212,7 @@ impl Builder {
     }
 }
 
-impl Builder {
+impl Builder<'_> {
     fn open(&mut self, frame: Frame, pos: Pos) -> Result<(), SyntaxError> {
         if self.stack.len() >= self.max_depth {
             return Err(SyntaxError {
@@ -228,7 +228,7 @@ impl Builder {
     }
 
     fn on_event(&mut self, event: Event, mark: Marker) -> Result<(), SyntaxError> {
-        let pos = pos_of(mark);
+        let pos = self.lines.clamp(pos_of(mark));
         match event {
             Event::Scalar(value, style, ..) => {
                 let plain = style == TScalarStyle::Plain;
@@ -265,6 +265,8 @@ pub struct Lines<'s> {
     starts: Vec<usize>,
     /// Whether each line is ASCII (a column is then a byte offset).
     ascii: Vec<bool>,
+    /// Characters on each line, its line break excluded.
+    chars: Vec<u32>,
 }
 
 impl<'s> Lines<'s> {
@@ -272,17 +274,42 @@ impl<'s> Lines<'s> {
     pub fn new(source: &'s str) -> Lines<'s> {
         let mut starts = vec![0];
         let mut ascii = Vec::new();
+        let mut chars = Vec::new();
         let mut line_ascii = true;
+        let mut line_chars = 0u32;
         for (i, b) in source.bytes().enumerate() {
             line_ascii &= b.is_ascii();
             if b == b'\n' {
                 starts.push(i + 1);
                 ascii.push(line_ascii);
+                chars.push(line_chars);
                 line_ascii = true;
+                line_chars = 0;
+            } else if b & 0xC0 != 0x80 {
+                line_chars = line_chars.saturating_add(1);
             }
         }
         ascii.push(line_ascii);
-        Lines { source, starts, ascii }
+        chars.push(line_chars);
+        Lines {
+            source,
+            starts,
+            ascii,
+            chars,
+        }
+    }
+
+    /// The position itself if it lies in the text (or just past the end of
+    /// a line); else the end of its line, or the end of the text.
+    pub fn clamp(&self, pos: Pos) -> Pos {
+        let line = (pos.line.max(1) - 1) as usize;
+        match self.chars.get(line) {
+            None => self.position_of(self.source.len()),
+            Some(&n) => Pos {
+                line: pos.line.max(1),
+                column: pos.column.clamp(1, n.saturating_add(1)),
+            },
+        }
     }
 
     /// The byte offset of a position (the end of its line if the column lies past it).
@@ -505,5 +532,9 @@ mod tests {
         assert_eq!(err.pos, Pos { line: 2, column: 2 });
         // At the end of input, not on a line past it.
         assert_eq!(parse("{").unwrap_err().pos, Pos { line: 1, column: 2 });
+        let Some(Node::Scalar { pos, .. }) = parse("&x ").unwrap() else {
+            panic!()
+        };
+        assert_eq!(pos, Pos { line: 1, column: 4 });
     }
 }

@@ -304,4 +304,10 @@ fn far_future_instants_do_not_panic_and_the_last_one_is_exact() {
     assert_eq!(shop.size("today", MAX_NOW_MS), Ok(4));
     let (audiences, _) = shop.decide("v1", MAX_NOW_MS);
     assert_eq!(audiences, ["two_hours", "today"]);
+
+    // A capped benefit looks back `now - window`, which overflowed at i64::MIN.
+    let capped = Shop::new("shop: s\nbenefits:\n  - id: b\n    kind: k\n    cap: { per_visitor: 1, window: 30d }\n");
+    for now in [i64::MIN, -1, 0, i64::MAX] {
+        let _ = capped.decide("v1", now);
+    }
 }
