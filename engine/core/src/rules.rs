@@ -721,6 +721,8 @@ impl<'s> Loader<'s> {
                             color[to] = 1;
                             stack.push((to, 0));
                         }
+                        // Past the error bound only counted: the path costs the stack's length.
+                        1 if self.full() => self.omitted += 1,
                         1 => {
                             let from = stack.iter().position(|&(n, _)| n == to).unwrap_or(0);
                             let mut path: Vec<&str> = stack[from..].iter().map(|&(n, _)| &*names[n]).collect();

@@ -311,3 +311,17 @@ fn far_future_instants_do_not_panic_and_the_last_one_is_exact() {
         let _ = capped.decide("v1", now);
     }
 }
+
+/// Hardening #6, cycles: past the error bound, cycles are counted (their
+/// paths, each as long as the DFS stack, are not even formatted).
+#[test]
+fn cycle_reports_are_bounded() {
+    let n = 999;
+    let audiences = (0..n).map(|i| format!("a{i}: a{} or a0", (i + 1) % n));
+    let Err(e) = RuleSet::load(&file(audiences, "")) else {
+        panic!("cycles loaded")
+    };
+    assert_eq!(e.0.len(), 100);
+    assert!(e.1 >= n - 100, "every back edge is a cycle: {}", e.1);
+    assert!(e.to_string().len() < 100 * 20_000);
+}
