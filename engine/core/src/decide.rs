@@ -425,7 +425,7 @@ fn offer(rules: &RuleSet, b: &Benefit, visitor: &str, now_ms: i64, ledger: &dyn 
         return StepOutcome::HeldOut;
     }
     if b.cap.is_some() || b.budget.is_some() {
-        let since = b.cap.map(|c| now_ms - c.window.millis());
+        let since = b.cap.map(|c| now_ms.saturating_sub(c.window.millis()));
         let usage = ledger.usage(&rules.shop, &b.id, visitor, since);
         if b.cap.is_some_and(|c| usage.visitor_in_window >= c.per_visitor) {
             return StepOutcome::CapReached;

@@ -18,7 +18,10 @@
 //! STRING     := '"' ( any character but '"' and '\' | '\"' | '\\' )* '"'
 //! ```
 //!
-//! Keywords (`and`, `or`, `not`, `true`, `false`) are lower case. The parser
+//! Keywords (`and`, `or`, `not`, `true`, `false`) are lower case. An
+//! expression is at most [`Limits::max_bytes`] long and nests at most
+//! [`Limits::max_depth`] levels of parentheses and `not`; the parser
+//! refuses more with an error at the offending token. The parser
 //! knows nothing of audiences or the index: it returns a tree whose nodes
 //! carry byte spans into the expression text, so that the rule loader can
 //! turn any error into a `line:column` of the file.
@@ -140,13 +143,41 @@ pub enum Expr {
 }
 
 impl Expr {
-    /// Calls `f` on every node, depth first.
+    /// Calls `f` on every node, depth first (pre-order, children in order).
+    ///
+    /// A loop over an explicit stack: no recursion, whatever the depth.
     pub fn walk<'a>(&'a self, f: &mut impl FnMut(&'a Expr)) {
-        f(self);
-        match self {
-            Expr::And(xs) | Expr::Or(xs) => xs.iter().for_each(|x| x.walk(f)),
-            Expr::Not(x) => x.walk(f),
-            _ => {}
+        let mut stack = vec![self];
+        while let Some(e) = stack.pop() {
+            f(e);
+            match e {
+                Expr::And(xs) | Expr::Or(xs) => stack.extend(xs.iter().rev()),
+                Expr::Not(x) => stack.push(x),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Bounds on one expression's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest expression, in bytes.
+    pub max_bytes: usize,
+    /// Deepest nesting of parentheses and `not` (`not (a)` is 2 levels).
+    pub max_depth: usize,
+}
+
+/// Default of [`Limits::max_bytes`]: 4 KiB.
+pub const DEFAULT_MAX_BYTES: usize = 4 << 10;
+/// Default of [`Limits::max_depth`].
+pub const DEFAULT_MAX_DEPTH: usize = 64;
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_depth: DEFAULT_MAX_DEPTH,
         }
     }
 }
@@ -173,13 +204,34 @@ pub fn is_audience_name(name: &str) -> bool {
         && !is_keyword(name)
 }
 
-/// Parses an audience expression.
+/// Parses an audience expression within the default [`Limits`].
 pub fn parse(text: &str) -> Result<Expr, ParseError> {
+    parse_with(text, &Limits::default())
+}
+
+/// Parses an audience expression within `limits`.
+pub fn parse_with(text: &str, limits: &Limits) -> Result<Expr, ParseError> {
+    if text.len() > limits.max_bytes {
+        let mut offset = limits.max_bytes;
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        return Err(ParseError {
+            offset,
+            message: format!(
+                "expression is {} bytes long, more than the limit of {} bytes",
+                text.len(),
+                limits.max_bytes
+            ),
+        });
+    }
     let tokens = lex(text)?;
     let mut parser = Parser {
         tokens,
         at: 0,
         end: text.len(),
+        depth: 0,
+        max_depth: limits.max_depth,
     };
     let expr = parser.or()?;
     match parser.peek() {
@@ -332,6 +384,9 @@ struct Parser {
     tokens: Vec<Token>,
     at: usize,
     end: usize,
+    /// Open parentheses and `not`s around the current position.
+    depth: usize,
+    max_depth: usize,
 }
 
 impl Parser {
@@ -413,9 +468,30 @@ impl Parser {
         })
     }
 
+    /// Enters one nesting level (a `(` or a `not` at token `at`), or refuses
+    /// past the limit: the parser recurses once per level.
+    fn enter(&mut self, at: usize) -> Result<(), ParseError> {
+        if self.depth >= self.max_depth {
+            let offset = self.tokens.get(at).map_or(self.end, |t| t.span.start);
+            return Err(ParseError {
+                offset,
+                message: format!(
+                    "expression nested too deeply: more than {} levels of parentheses and `not`",
+                    self.max_depth
+                ),
+            });
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
     fn unary(&mut self) -> Result<Expr, ParseError> {
+        let at = self.at;
         if self.eat_keyword("not") {
-            return Ok(Expr::Not(Box::new(self.unary()?)));
+            self.enter(at)?;
+            let inner = self.unary()?;
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(inner)));
         }
         self.primary()
     }
@@ -427,8 +503,10 @@ impl Parser {
         };
         let name = match &token.tok {
             Tok::LParen => {
+                self.enter(self.at - 1)?;
                 let inner = self.or()?;
                 self.expect(Tok::RParen, "`)`")?;
+                self.depth -= 1;
                 return Ok(inner);
             }
             Tok::Ident(name) => name.clone(),
@@ -719,6 +797,79 @@ mod tests {
             )
         );
         assert_eq!(err("spend(30d) > abc"), (13, "expected a number, found `abc`".into()));
+    }
+
+    /// Regression (hardening #1): ~3,000 nested parentheses (or `not`s)
+    /// overflowed the stack and aborted the process; past the depth limit
+    /// the parser now refuses at the offending token.
+    #[test]
+    fn nesting_is_bounded() {
+        let ok = format!("{}a{}", "(".repeat(64), ")".repeat(64));
+        assert!(parse(&ok).is_ok());
+        let deep = format!("{}a{}", "(".repeat(65), ")".repeat(65));
+        assert_eq!(
+            err(&deep),
+            (
+                64,
+                "expression nested too deeply: more than 64 levels of parentheses and `not`".into()
+            )
+        );
+        let nots = format!("{}a", "not ".repeat(65));
+        assert_eq!(err(&nots).0, 64 * 4);
+        let mixed = format!("{}a{}", "not (".repeat(40), ")".repeat(40));
+        assert_eq!(err(&mixed).0, 32 * 5);
+        // Far past the limit: an error, not a stack overflow.
+        for n in [3_000, 100_000] {
+            let limits = Limits {
+                max_bytes: usize::MAX,
+                ..Limits::default()
+            };
+            let parens = format!("{}a{}", "(".repeat(n), ")".repeat(n));
+            assert_eq!(parse_with(&parens, &limits).map_err(|e| e.offset), Err(64));
+            let nots = format!("{}a", "not ".repeat(n));
+            assert_eq!(parse_with(&nots, &limits).map_err(|e| e.offset), Err(256));
+        }
+    }
+
+    /// Regression (hardening #1): expressions are bounded in length.
+    #[test]
+    fn length_is_bounded() {
+        let long = format!("a{}", " or a".repeat(1_000));
+        assert_eq!(
+            err(&long),
+            (
+                4096,
+                "expression is 5001 bytes long, more than the limit of 4096 bytes".into()
+            )
+        );
+        let at_limit = format!("tag(\"{}\")", "x".repeat(4096 - 7));
+        assert!(parse(&at_limit).is_ok());
+        // The error offset stays on a character boundary.
+        let wide = format!("tag(\"{}\")", "é".repeat(3000));
+        assert_eq!(err(&wide).0, 4095);
+    }
+
+    #[test]
+    fn walk_visits_in_order_without_recursion() {
+        let e = parse("a and (b or not c) and d").unwrap();
+        let mut refs = Vec::new();
+        e.walk(&mut |x| {
+            if let Expr::Ref { name, .. } = x {
+                refs.push(name.clone());
+            }
+        });
+        assert_eq!(refs, ["a", "b", "c", "d"]);
+        let mut deep = Expr::Const(true);
+        for _ in 0..100_000 {
+            deep = Expr::And(vec![deep]);
+        }
+        let mut n = 0;
+        deep.walk(&mut |_| n += 1);
+        assert_eq!(n, 100_001);
+        // Dropping is recursive: unwind it by hand.
+        while let Expr::And(mut xs) = deep {
+            deep = xs.pop().unwrap_or(Expr::Const(true));
+        }
     }
 
     #[test]

@@ -31,6 +31,6 @@ pub use claims::{ClaimLedger, ClaimOutcome, Grants, LedgerClaim, LedgerError, Me
 pub use decide::{claim, decide, ClaimRequest, Context, DecideRequest, Decision};
 pub use event::{Action, Event, EventError, RejectReason};
 pub use index::{Index, IndexStats, ShopIndex};
-pub use rules::{RuleError, RuleErrors, RuleSet};
-pub use size::{audience_sizes, size_of, SizeError};
+pub use rules::{Limits, RuleError, RuleErrors, RuleSet};
+pub use size::{audience_sizes, size_of, size_of_with, SizeError};
 pub use snapshot::{Snapshot, SnapshotError};

@@ -187,24 +187,81 @@ impl Plan {
         self.audiences[slot as usize].root = root;
     }
 
-    /// Computes `uses_ctx` for every audience; call once all are defined (no cycles).
+    /// Computes `uses_ctx` for every audience; call once all are defined.
+    ///
+    /// Each audience is visited once (an iterative depth-first walk over the
+    /// references, memoized), so the work is linear in the plan; an audience
+    /// reached again while it is being visited (a cycle, which the loader
+    /// refuses anyway) counts as not reading the context.
     pub(crate) fn finish(&mut self) {
-        for slot in 0..self.audiences.len() {
-            let uses = self.uses_ctx(self.audiences[slot].root);
-            self.audiences[slot].uses_ctx = uses;
+        let n = self.audiences.len();
+        // Per audience: whether it reads `ctx.` itself, and the audiences it references.
+        let mut direct = vec![false; n];
+        let mut refs: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for slot in 0..n {
+            let mut stack = vec![self.audiences[slot].root];
+            while let Some(id) = stack.pop() {
+                match self.node(id) {
+                    Node::And(xs) | Node::Or(xs) => stack.extend(xs.iter().copied()),
+                    Node::Not(x) => stack.push(*x),
+                    Node::Audience(t) => refs[slot].push(*t),
+                    Node::Atom(Atom::Ctx { .. }) => direct[slot] = true,
+                    Node::Atom(_) | Node::Const(_) => {}
+                }
+            }
+        }
+        const NEW: u8 = 0;
+        const OPEN: u8 = 1;
+        const DONE: u8 = 2;
+        let mut state = vec![NEW; n];
+        let mut uses = direct;
+        for start in 0..n {
+            if state[start] != NEW {
+                continue;
+            }
+            state[start] = OPEN;
+            let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+            while let Some(&mut (slot, ref mut next)) = stack.last_mut() {
+                if let Some(&to) = refs[slot].get(*next) {
+                    *next += 1;
+                    let to = to as usize;
+                    if to < n && state[to] == NEW {
+                        state[to] = OPEN;
+                        stack.push((to, 0));
+                    }
+                } else {
+                    let via = refs[slot]
+                        .iter()
+                        .any(|&t| (t as usize) < n && state[t as usize] == DONE && uses[t as usize]);
+                    uses[slot] |= via;
+                    state[slot] = DONE;
+                    stack.pop();
+                }
+            }
+        }
+        for (a, u) in self.audiences.iter_mut().zip(uses) {
+            a.uses_ctx = u;
         }
     }
 
-    /// Whether the expression at `id` reads the request context.
+    /// Whether the expression at `id` reads the request context, directly or
+    /// through an audience (whose `uses_ctx` [`Plan::finish`] computed).
     pub fn uses_ctx(&self, id: NodeId) -> bool {
-        match self.node(id) {
-            Node::Const(_) => false,
-            Node::And(xs) | Node::Or(xs) => xs.iter().any(|&x| self.uses_ctx(x)),
-            Node::Not(x) => self.uses_ctx(*x),
-            Node::Audience(slot) => self.uses_ctx(self.audiences[*slot as usize].root),
-            Node::Atom(Atom::Ctx { .. }) => true,
-            Node::Atom(_) => false,
+        let mut stack = vec![id];
+        while let Some(id) = stack.pop() {
+            match self.node(id) {
+                Node::And(xs) | Node::Or(xs) => stack.extend(xs.iter().copied()),
+                Node::Not(x) => stack.push(*x),
+                Node::Audience(slot) => {
+                    if self.audiences.get(*slot as usize).is_some_and(|a| a.uses_ctx) {
+                        return true;
+                    }
+                }
+                Node::Atom(Atom::Ctx { .. }) => return true,
+                Node::Atom(_) | Node::Const(_) => {}
+            }
         }
+        false
     }
 
     fn push(&mut self, node: Node) -> NodeId {
@@ -213,13 +270,54 @@ impl Plan {
     }
 
     /// Compiles an expression whose audience references have been checked.
-    /// An unknown reference compiles to `false`.
+    /// An unknown reference compiles to `false`. A loop over an explicit
+    /// stack: children are pushed before their parent, as a recursive
+    /// compiler would, without recursion.
     pub fn compile(&mut self, expr: &Expr) -> NodeId {
-        let node = match expr {
+        enum Task<'e> {
+            Visit(&'e Expr),
+            And(usize),
+            Or(usize),
+            Not,
+        }
+        let mut tasks = vec![Task::Visit(expr)];
+        let mut done: Vec<NodeId> = Vec::new();
+        while let Some(task) = tasks.pop() {
+            let node = match task {
+                Task::Visit(Expr::And(xs)) => {
+                    tasks.push(Task::And(xs.len()));
+                    tasks.extend(xs.iter().rev().map(Task::Visit));
+                    continue;
+                }
+                Task::Visit(Expr::Or(xs)) => {
+                    tasks.push(Task::Or(xs.len()));
+                    tasks.extend(xs.iter().rev().map(Task::Visit));
+                    continue;
+                }
+                Task::Visit(Expr::Not(x)) => {
+                    tasks.push(Task::Not);
+                    tasks.push(Task::Visit(x));
+                    continue;
+                }
+                Task::And(n) => Node::And(done.split_off(done.len() - n).into()),
+                Task::Or(n) => Node::Or(done.split_off(done.len() - n).into()),
+                Task::Not => match done.pop() {
+                    Some(x) => Node::Not(x),
+                    None => Node::Const(true),
+                },
+                Task::Visit(leaf) => self.leaf(leaf),
+            };
+            let id = self.push(node);
+            done.push(id);
+        }
+        done.pop().unwrap_or_else(|| self.push(Node::Const(false)))
+    }
+
+    /// The node of an expression without children.
+    fn leaf(&self, expr: &Expr) -> Node {
+        match expr {
             Expr::Const(b) => Node::Const(*b),
-            Expr::And(xs) => Node::And(xs.iter().map(|x| self.compile(x)).collect()),
-            Expr::Or(xs) => Node::Or(xs.iter().map(|x| self.compile(x)).collect()),
-            Expr::Not(x) => Node::Not(self.compile(x)),
+            Expr::And(_) | Expr::Or(_) | Expr::Not(_) => Node::Const(false),
             Expr::Ref { name, .. } => match self.audience(name) {
                 Some(slot) => Node::Audience(slot),
                 None => Node::Const(false),
@@ -253,11 +351,14 @@ impl Plan {
                 key: CtxKey::from_name(key),
                 test: test.clone(),
             }),
-        };
-        self.push(node)
+        }
     }
 
     /// Evaluates the expression at `id` for one visitor.
+    ///
+    /// Recursive, which keeps the hot path lean: the loader bounds the
+    /// nesting depth of every expression with its audiences inlined
+    /// ([`crate::rules::Limits::max_inlined_depth`]), and so the stack.
     pub fn eval(&self, id: NodeId, facts: &impl Facts, memo: &mut Memo) -> bool {
         match self.node(id) {
             Node::Const(b) => *b,
@@ -315,6 +416,41 @@ mod tests {
             self.calls.set(self.calls.get() + 1);
             matches!(atom, Atom::Tag(t) if &**t == "yes")
         }
+    }
+
+    /// Regression (hardening #3): `finish` walked every path through the
+    /// audience references (`a_i: a_{i+1} or a_{i+1}`: 2^n paths); it now
+    /// visits each audience once. 200 levels would never finish otherwise.
+    #[test]
+    fn finish_is_linear_in_shared_references() {
+        let n = 200;
+        let names: Vec<Arc<str>> = (0..=n).map(|i| Arc::from(format!("a{i}"))).collect();
+        let mut plan = Plan::default();
+        plan.declare_audiences(&names);
+        for i in 0..n {
+            let e = crate::expr::parse(&format!("a{} or a{}", i + 1, i + 1)).unwrap();
+            let root = plan.compile(&e);
+            plan.define_audience(i, root);
+        }
+        let last = plan.compile(&crate::expr::parse("ctx.page == \"x\"").unwrap());
+        plan.define_audience(n, last);
+        plan.finish();
+        assert!(plan.audiences().iter().all(|a| a.uses_ctx));
+        let top = plan.compile(&crate::expr::parse("tag(\"t\") and a0").unwrap());
+        assert!(plan.uses_ctx(top));
+    }
+
+    #[test]
+    fn compile_keeps_children_before_parents() {
+        let mut plan = Plan::default();
+        let root = plan.compile(&crate::expr::parse("a or not (tag(\"x\") and true)").unwrap());
+        assert_eq!(root as usize, plan.nodes.len() - 1);
+        let Node::Or(xs) = plan.node(root) else { panic!() };
+        assert!(matches!(plan.node(xs[0]), Node::Const(false)));
+        let Node::Not(inner) = plan.node(xs[1]) else { panic!() };
+        let Node::And(ys) = plan.node(*inner) else { panic!() };
+        assert!(matches!(plan.node(ys[0]), Node::Atom(Atom::Tag(t)) if &**t == "x"));
+        assert!(matches!(plan.node(ys[1]), Node::Const(true)));
     }
 
     #[test]

@@ -30,9 +30,36 @@ impl fmt::Display for RuleError {
     }
 }
 
-/// Every problem of a rejected rule file, in file order.
+/// The problems of a rejected rule file: the first ones found (at most
+/// [`Limits::max_errors`]), in file order, and how many more there were.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct RuleErrors(pub Vec<RuleError>);
+pub struct RuleErrors(
+    /// The errors kept, sorted by position.
+    pub Vec<RuleError>,
+    /// How many more errors were found and only counted.
+    pub usize,
+);
+
+impl RuleErrors {
+    /// The errors kept, sorted by position.
+    pub fn errors(&self) -> &[RuleError] {
+        &self.0
+    }
+
+    /// How many more errors were found past the bound and only counted.
+    pub fn omitted(&self) -> usize {
+        self.1
+    }
+
+    /// The closing line of a truncated list: `... and K more errors`.
+    pub fn omitted_line(&self) -> Option<String> {
+        match self.1 {
+            0 => None,
+            1 => Some("... and 1 more error".into()),
+            k => Some(format!("... and {k} more errors")),
+        }
+    }
+}
 
 impl fmt::Display for RuleErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -42,7 +69,73 @@ impl fmt::Display for RuleErrors {
             }
             write!(f, "{e}")?;
         }
+        if let Some(line) = self.omitted_line() {
+            if !self.0.is_empty() {
+                f.write_str("\n")?;
+            }
+            f.write_str(&line)?;
+        }
         Ok(())
+    }
+}
+
+/// Bounds on a rule file, each with a default: what one file may cost to
+/// load, and how deep its evaluation may recurse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest rule file, in bytes.
+    pub max_file_bytes: usize,
+    /// Deepest nesting of YAML lists and mappings.
+    pub max_yaml_depth: usize,
+    /// Longest expression, in bytes.
+    pub max_expression_bytes: usize,
+    /// Deepest nesting of parentheses and `not` in one expression.
+    pub max_expression_depth: usize,
+    /// Most audiences in one file.
+    pub max_audiences: usize,
+    /// Longest chain of audience references (`a: b`, `b: c` is 2 from `a`).
+    pub max_reference_depth: usize,
+    /// Deepest nesting of an expression with every audience it references
+    /// inlined, counting each `and`, `or`, `not`, reference and atom on the
+    /// path: the recursion depth of a decision or a size.
+    pub max_inlined_depth: usize,
+    /// Errors reported; more are only counted.
+    pub max_errors: usize,
+}
+
+/// Default of [`Limits::max_file_bytes`]: 1 MiB.
+pub const DEFAULT_MAX_FILE_BYTES: usize = 1 << 20;
+/// Default of [`Limits::max_audiences`].
+pub const DEFAULT_MAX_AUDIENCES: usize = 1_000;
+/// Default of [`Limits::max_reference_depth`].
+pub const DEFAULT_MAX_REFERENCE_DEPTH: usize = 64;
+/// Default of [`Limits::max_inlined_depth`].
+pub const DEFAULT_MAX_INLINED_DEPTH: usize = 512;
+/// Default of [`Limits::max_errors`].
+pub const DEFAULT_MAX_ERRORS: usize = 100;
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            max_yaml_depth: yaml::DEFAULT_MAX_DEPTH,
+            max_expression_bytes: expr::DEFAULT_MAX_BYTES,
+            max_expression_depth: expr::DEFAULT_MAX_DEPTH,
+            max_audiences: DEFAULT_MAX_AUDIENCES,
+            max_reference_depth: DEFAULT_MAX_REFERENCE_DEPTH,
+            max_inlined_depth: DEFAULT_MAX_INLINED_DEPTH,
+            max_errors: DEFAULT_MAX_ERRORS,
+        }
+    }
+}
+
+impl Limits {
+    /// The bounds of one expression.
+    pub fn expression(&self) -> expr::Limits {
+        expr::Limits {
+            max_bytes: self.max_expression_bytes,
+            max_depth: self.max_expression_depth,
+        }
     }
 }
 
@@ -137,20 +230,30 @@ pub const DEFAULT_ITEM_LIMIT: u32 = 10;
 pub const MAX_ITEM_LIMIT: u32 = 100;
 
 impl RuleSet {
-    /// Parses, validates and compiles a rule file.
+    /// Parses, validates and compiles a rule file within the default [`Limits`].
     pub fn load(source: &str) -> Result<RuleSet, RuleErrors> {
+        RuleSet::load_with(source, &Limits::default())
+    }
+
+    /// Parses, validates and compiles a rule file within `limits`.
+    pub fn load_with(source: &str, limits: &Limits) -> Result<RuleSet, RuleErrors> {
+        let source = yaml::strip_bom(source);
         let mut loader = Loader {
             source,
+            lines: yaml::Lines::new(source),
+            limits: *limits,
             errors: Vec::new(),
+            omitted: 0,
+            depths: Vec::new(),
         };
         let result = loader.load();
         let mut errors = loader.errors;
         match result {
-            Some(rules) if errors.is_empty() => Ok(rules),
+            Some(rules) if errors.is_empty() && loader.omitted == 0 => Ok(rules),
             _ => {
                 errors.sort();
                 errors.dedup();
-                Err(RuleErrors(errors))
+                Err(RuleErrors(errors, loader.omitted))
             }
         }
     }
@@ -163,7 +266,24 @@ impl RuleSet {
 
 struct Loader<'s> {
     source: &'s str,
+    lines: yaml::Lines<'s>,
+    limits: Limits,
     errors: Vec<RuleError>,
+    /// Errors past `limits.max_errors`, counted only.
+    omitted: usize,
+    /// Each audience's nesting with its references inlined, once known.
+    depths: Vec<Option<Depth>>,
+}
+
+/// How deep an expression nests with its audience references inlined.
+#[derive(Debug, Clone, Copy, Default)]
+struct Depth {
+    /// Audience references along the deepest chain.
+    refs: usize,
+    /// Plan nodes along the deepest path.
+    nodes: usize,
+    /// Whether some audience it references is already over a limit (and reported).
+    inner_over: bool,
 }
 
 /// An expression as written, with where it stands.
@@ -185,11 +305,35 @@ const CAP_KEYS: &[&str] = &["per_visitor", "window"];
 type Fields<'n> = HashMap<&'n str, &'n Node>;
 
 impl<'s> Loader<'s> {
+    /// Whether the error list is full: further errors are only counted.
+    fn full(&self) -> bool {
+        self.errors.len() >= self.limits.max_errors
+    }
+
+    fn has_errors(&self) -> bool {
+        !self.errors.is_empty() || self.omitted > 0
+    }
+
     fn error(&mut self, pos: Pos, message: impl Into<String>) {
+        if self.full() {
+            self.omitted += 1;
+            return;
+        }
         self.errors.push(RuleError {
             pos,
             message: message.into(),
         });
+    }
+
+    /// An error at a byte offset of an expression; its position is only
+    /// computed when the error is kept.
+    fn error_in(&mut self, written: &Written<'_>, offset: usize, message: impl Into<String>) {
+        if self.full() {
+            self.omitted += 1;
+            return;
+        }
+        let pos = self.pos_in(written, offset);
+        self.error(pos, message);
     }
 
     /// The entries of a mapping, reporting unknown and duplicate keys.
@@ -311,22 +455,76 @@ impl<'s> Loader<'s> {
     /// Parses an expression, mapping a syntax error into the file.
     fn expression<'n>(&mut self, node: &'n Node, what: &str) -> Option<Written<'n>> {
         let value = self.string(node, what)?;
-        match expr::parse(value) {
+        match expr::parse_with(value, &self.limits.expression()) {
             Ok(expr) => Some(Written {
                 expr,
                 value,
                 pos: node.pos(),
             }),
             Err(e) => {
-                let pos = yaml::pos_in_scalar(self.source, node.pos(), value, e.offset);
-                self.error(pos, e.message);
+                if self.full() {
+                    self.omitted += 1;
+                } else {
+                    let pos = self.lines.pos_in_scalar(node.pos(), value, e.offset);
+                    self.error(pos, e.message);
+                }
                 None
             }
         }
     }
 
     fn pos_in(&self, written: &Written<'_>, offset: usize) -> Pos {
-        yaml::pos_in_scalar(self.source, written.pos, written.value, offset)
+        self.lines.pos_in_scalar(written.pos, written.value, offset)
+    }
+
+    /// How deep `expr` nests with the audiences it references inlined (those
+    /// whose depth is not known yet, in a cycle, count as leaves).
+    fn inlined_depth(&self, expr: &Expr, defined: &HashMap<&str, usize>) -> Depth {
+        let mut depth = Depth::default();
+        let mut stack = vec![(expr, 1usize)];
+        while let Some((e, level)) = stack.pop() {
+            match e {
+                Expr::And(xs) | Expr::Or(xs) => stack.extend(xs.iter().map(|x| (x, level + 1))),
+                Expr::Not(x) => stack.push((x, level + 1)),
+                Expr::Ref { name, .. } => {
+                    depth.nodes = depth.nodes.max(level);
+                    let inner = defined
+                        .get(name.as_str())
+                        .and_then(|&t| self.depths.get(t).copied().flatten());
+                    if let Some(inner) = inner {
+                        depth.refs = depth.refs.max(inner.refs.saturating_add(1));
+                        depth.nodes = depth.nodes.max(level.saturating_add(inner.nodes));
+                        depth.inner_over |= inner.inner_over || self.over(&inner);
+                    }
+                }
+                _ => depth.nodes = depth.nodes.max(level),
+            }
+        }
+        depth
+    }
+
+    fn over(&self, d: &Depth) -> bool {
+        d.refs > self.limits.max_reference_depth || d.nodes > self.limits.max_inlined_depth
+    }
+
+    /// Reports an expression nested too deeply once its references are
+    /// inlined, unless an audience it references already was.
+    fn check_depth(&mut self, d: &Depth, pos: Pos, what: &str) {
+        if d.inner_over || !self.over(d) {
+            return;
+        }
+        let message = if d.refs > self.limits.max_reference_depth {
+            format!(
+                "{what} is nested too deeply: a chain of {} audience references starts here, more than the limit of {}",
+                d.refs, self.limits.max_reference_depth
+            )
+        } else {
+            format!(
+                "{what} is nested too deeply: {} levels with its audience references inlined, more than the limit of {}",
+                d.nodes, self.limits.max_inlined_depth
+            )
+        };
+        self.error(pos, message);
     }
 
     /// Reports references to audiences that do not exist.
@@ -340,13 +538,24 @@ impl<'s> Loader<'s> {
             }
         });
         for (name, offset) in missing {
-            let pos = self.pos_in(written, offset);
-            self.error(pos, format!("undefined audience `{name}`"));
+            self.error_in(written, offset, format!("undefined audience `{name}`"));
         }
     }
 
     fn load(&mut self) -> Option<RuleSet> {
-        let root = match yaml::parse(self.source) {
+        if self.source.len() > self.limits.max_file_bytes {
+            let pos = self.lines.position_of(self.limits.max_file_bytes);
+            self.error(
+                pos,
+                format!(
+                    "rule file is {} bytes, more than the limit of {} bytes",
+                    self.source.len(),
+                    self.limits.max_file_bytes
+                ),
+            );
+            return None;
+        }
+        let root = match yaml::parse_with(self.source, self.limits.max_yaml_depth) {
             Ok(Some(root)) => root,
             Ok(None) => {
                 self.error(
@@ -378,7 +587,16 @@ impl<'s> Loader<'s> {
         if let Some(node) = top.get("audiences") {
             if let Node::Map { entries, .. } = node {
                 let mut first_at: HashMap<&str, Pos> = HashMap::new();
-                for (key, value) in entries {
+                if let Some((key, _)) = entries.get(self.limits.max_audiences) {
+                    self.error(
+                        key.pos(),
+                        format!(
+                            "too many audiences: more than the limit of {} in one file",
+                            self.limits.max_audiences
+                        ),
+                    );
+                }
+                for (key, value) in entries.iter().take(self.limits.max_audiences) {
                     let Some(name) = key.as_str() else {
                         self.error(key.pos(), "audience names must be plain names");
                         continue;
@@ -422,7 +640,7 @@ impl<'s> Loader<'s> {
                 plan.define_audience(slot as u32, root);
             }
         }
-        if self.errors.is_empty() {
+        if !self.has_errors() {
             plan.finish();
         }
 
@@ -484,7 +702,10 @@ impl<'s> Loader<'s> {
                 out
             })
             .collect();
-        // Iterative DFS with colors: 0 new, 1 on the stack, 2 done.
+        // Iterative DFS with colors: 0 new, 1 on the stack, 2 done. An
+        // audience is done once every audience it references is (or is on
+        // the stack: a cycle), which is when its inlined depth is known.
+        self.depths = vec![None; names.len()];
         let mut color = vec![0u8; names.len()];
         for start in 0..names.len() {
             if color[start] != 0 {
@@ -500,19 +721,27 @@ impl<'s> Loader<'s> {
                             color[to] = 1;
                             stack.push((to, 0));
                         }
+                        // Past the error bound only counted: the path costs the stack's length.
+                        1 if self.full() => self.omitted += 1,
                         1 => {
                             let from = stack.iter().position(|&(n, _)| n == to).unwrap_or(0);
                             let mut path: Vec<&str> = stack[from..].iter().map(|&(n, _)| &*names[n]).collect();
                             path.push(&names[to]);
                             let message = format!("audience reference cycle: {}", path.join(" -> "));
                             if let Some(w) = &written[node] {
-                                let pos = self.pos_in(w, offset);
-                                self.error(pos, message);
+                                self.error_in(w, offset, message);
                             }
                         }
                         _ => {}
                     }
                 } else {
+                    if let Some(w) = &written[node] {
+                        let depth = self.inlined_depth(&w.expr, defined);
+                        self.check_depth(&depth, w.pos, &format!("audience `{}`", names[node]));
+                        self.depths[node] = Some(depth);
+                    } else {
+                        self.depths[node] = Some(Depth::default());
+                    }
                     color[node] = 2;
                     stack.pop();
                 }
@@ -524,6 +753,8 @@ impl<'s> Loader<'s> {
         let node = fields.get("when")?;
         let written = self.expression(node, "`when`")?;
         self.check_refs(&written, defined);
+        let depth = self.inlined_depth(&written.expr, defined);
+        self.check_depth(&depth, written.pos, "`when`");
         Some(plan.compile(&written.expr))
     }
 

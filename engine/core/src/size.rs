@@ -23,7 +23,10 @@ pub struct SizeEval<'a> {
     shop: &'a ShopIndex,
     now_ms: i64,
     universe: RoaringBitmap,
+    /// Each audience over the whole universe, once computed.
     memo: Vec<Option<RoaringBitmap>>,
+    /// The cost of each audience's expression, once computed.
+    costs: Vec<Option<Cost>>,
 }
 
 /// How an operand is computed, cheapest first: `and` evaluates its operands
@@ -47,6 +50,7 @@ impl<'a> SizeEval<'a> {
             now_ms,
             universe: shop.universe(),
             memo: vec![None; plan.audiences().len()],
+            costs: vec![None; plan.audiences().len()],
         }
     }
 
@@ -64,11 +68,15 @@ impl<'a> SizeEval<'a> {
     }
 
     /// The visitors of `scope` matching the expression at `id`.
+    ///
+    /// Recursive: the loader bounds the nesting depth of every expression
+    /// with its audiences inlined, and so the stack.
     fn eval(&mut self, id: NodeId, scope: &RoaringBitmap) -> RoaringBitmap {
         if scope.is_empty() {
             return RoaringBitmap::new();
         }
-        match self.plan.node(id) {
+        let plan = self.plan;
+        match plan.node(id) {
             Node::Const(true) => scope.clone(),
             Node::Const(false) => RoaringBitmap::new(),
             Node::And(children) => {
@@ -93,29 +101,44 @@ impl<'a> SizeEval<'a> {
         }
     }
 
+    /// An audience is computed once, over every visitor, and then
+    /// intersected with each scope it is asked for: evaluating it within
+    /// each narrower scope would repeat the work once per path through the
+    /// references, which is exponential in a file like
+    /// `a_i: (tag("x") and a_{i+1}) or (tag("y") and a_{i+1})`.
     fn audience(&mut self, slot: u32, scope: &RoaringBitmap) -> RoaringBitmap {
         let s = slot as usize;
-        if let Some(b) = &self.memo[s] {
-            return b & scope;
+        if self.memo[s].is_none() {
+            let root = self.plan.audiences()[s].root;
+            let universe = self.universe.clone();
+            let b = self.eval(root, &universe);
+            self.memo[s] = Some(b);
         }
-        let root = self.plan.audiences()[s].root;
-        let b = self.eval(root, scope);
-        // Only a result over every visitor is the audience itself.
-        if scope.len() == self.universe.len() {
-            self.memo[s] = Some(b.clone());
+        match &self.memo[s] {
+            Some(b) => b & scope,
+            None => RoaringBitmap::new(),
         }
-        b
     }
 
-    fn cost(&self, id: NodeId) -> Cost {
-        match self.plan.node(id) {
+    /// How costly the expression at `id` is; each audience's cost is computed once.
+    fn cost(&mut self, id: NodeId) -> Cost {
+        let plan = self.plan;
+        match plan.node(id) {
             Node::Const(_) => Cost::Known,
             Node::And(xs) | Node::Or(xs) => xs.iter().map(|&x| self.cost(x)).max().unwrap_or(Cost::Known),
             Node::Not(x) => self.cost(*x),
-            Node::Audience(slot) => match &self.memo[*slot as usize] {
-                Some(_) => Cost::Known,
-                None => self.cost(self.plan.audiences()[*slot as usize].root),
-            },
+            Node::Audience(slot) => {
+                let s = *slot as usize;
+                if self.memo[s].is_some() {
+                    return Cost::Known;
+                }
+                if let Some(c) = self.costs[s] {
+                    return c;
+                }
+                let c = self.cost(plan.audiences()[s].root);
+                self.costs[s] = Some(c);
+                c
+            }
             Node::Atom(Atom::Behavior { window, filter, .. }) => {
                 let whole_days = window.range(self.now_ms).whole_days();
                 match filter {
@@ -288,19 +311,33 @@ pub enum SizeError {
     UsesContext,
 }
 
+/// The 1-based column (in characters) of a byte offset, on a character
+/// boundary or not.
 fn column(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].chars().count() + 1
+    text.char_indices().take_while(|&(i, _)| i < offset).count() + 1
 }
 
 /// How many known visitors of the shop match `expression` (an audience name
-/// or any expression without `ctx.` atoms) at `now_ms`.
+/// or any expression without `ctx.` atoms) at `now_ms`, the expression
+/// within the default [`crate::expr::Limits`].
 pub fn size_of(
     rules: Option<&crate::RuleSet>,
     shop: Option<&ShopIndex>,
     expression: &str,
     now_ms: i64,
 ) -> Result<u64, SizeError> {
-    let expr = crate::expr::parse(expression).map_err(|e| SizeError::Syntax {
+    size_of_with(rules, shop, expression, now_ms, &crate::expr::Limits::default())
+}
+
+/// [`size_of`] with the expression within `limits`.
+pub fn size_of_with(
+    rules: Option<&crate::RuleSet>,
+    shop: Option<&ShopIndex>,
+    expression: &str,
+    now_ms: i64,
+    limits: &crate::expr::Limits,
+) -> Result<u64, SizeError> {
+    let expr = crate::expr::parse_with(expression, limits).map_err(|e| SizeError::Syntax {
         column: column(expression, e.offset),
         message: e.message,
     })?;

@@ -14,6 +14,24 @@ pub const DAY_MS: i64 = 24 * HOUR_MS;
 /// The longest window a rule may use, in hours (400 days).
 pub const MAX_WINDOW_HOURS: u32 = 400 * 24;
 
+/// The latest instant the engine answers for: 9999-12-31T23:59:59.999Z.
+///
+/// Hours and days are `u32` in the index; instants past this bound would
+/// need clamping, and a clamped instant gives wrong window answers, so
+/// callers refuse them with [`check_instant`] instead.
+pub const MAX_NOW_MS: i64 = 253_402_300_799_999;
+
+/// Checks an instant a client sent (ms since the epoch): `0..=MAX_NOW_MS`.
+pub fn check_instant(now_ms: i64) -> Result<i64, String> {
+    if (0..=MAX_NOW_MS).contains(&now_ms) {
+        Ok(now_ms)
+    } else {
+        Err(format!(
+            "instant {now_ms} ms is outside 0..={MAX_NOW_MS} (1970-01-01 to 9999-12-31 UTC)"
+        ))
+    }
+}
+
 /// Hours since the Unix epoch of a millisecond timestamp (0 before the epoch).
 pub fn hour_of(ts_ms: i64) -> u32 {
     (ts_ms.max(0) / HOUR_MS).min(u32::MAX as i64) as u32
@@ -110,17 +128,19 @@ impl Window {
 
     /// The hours this window covers at `now_ms`.
     pub fn range(&self, now_ms: i64) -> HourRange {
+        // Saturating: `hour_of` clamps far-future instants to `u32::MAX`
+        // hours, where `+ 1` and `* 24 + 23` would overflow.
         let now_hour = hour_of(now_ms);
         match self.unit {
             Unit::Hours => HourRange {
-                first: (now_hour + 1).saturating_sub(self.amount),
+                first: now_hour.saturating_add(1).saturating_sub(self.amount),
                 last: now_hour,
             },
             Unit::Days => {
                 let today = now_hour / 24;
                 HourRange {
-                    first: (today + 1).saturating_sub(self.amount) * 24,
-                    last: today * 24 + 23,
+                    first: today.saturating_add(1).saturating_sub(self.amount).saturating_mul(24),
+                    last: today.saturating_mul(24).saturating_add(23),
                 }
             }
         }
@@ -274,6 +294,32 @@ mod tests {
         assert_eq!(hours.last, hour_of(now));
         assert_eq!(hours.last - hours.first + 1, 12);
         assert!(!hours.whole_days());
+    }
+
+    /// Regression (hardening #16): a window at a far-future instant
+    /// (`now_ms` >= 2^62, `i64::MAX`) overflowed `now_hour + 1` and
+    /// `today * 24 + 23`; the range saturates instead.
+    #[test]
+    fn window_ranges_at_far_future_instants_do_not_overflow() {
+        for now in [1_i64 << 62, i64::MAX, MAX_NOW_MS] {
+            for w in ["1h", "12h", "1d", "400d"] {
+                let r = Window::parse(w).map(|w| w.range(now));
+                let r = r.unwrap_or(HourRange { first: 1, last: 0 });
+                assert!(r.first <= r.last, "{w} at {now}: {r:?}");
+            }
+        }
+        let last_day = Window::parse("1d").map(|w| w.range(MAX_NOW_MS));
+        assert_eq!(last_day.map(|r| r.last), Ok(hour_of(MAX_NOW_MS)));
+    }
+
+    #[test]
+    fn instants_are_checked() {
+        assert_eq!(check_instant(0), Ok(0));
+        assert_eq!(check_instant(MAX_NOW_MS), Ok(MAX_NOW_MS));
+        assert!(check_instant(MAX_NOW_MS + 1).is_err());
+        assert!(check_instant(-1).is_err());
+        assert!(check_instant(i64::MAX).is_err());
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:59.999Z"), Some(MAX_NOW_MS));
     }
 
     #[test]

@@ -242,6 +242,9 @@ pub fn run(rules_dir: &Path, visitors: usize, now_ms: i64, out: &mut impl Write)
                 for e in &errors.0 {
                     writeln!(out, "{}:{e}", path.display())?;
                 }
+                if let Some(line) = errors.omitted_line() {
+                    writeln!(out, "{}: {line}", path.display())?;
+                }
                 continue;
             }
         };

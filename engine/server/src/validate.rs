@@ -44,6 +44,9 @@ pub fn run(files: &[PathBuf], out: &mut impl Write, err: &mut impl Write) -> Exi
                 for e in &errors.0 {
                     let _ = writeln!(err, "{name}:{e}");
                 }
+                if let Some(line) = errors.omitted_line() {
+                    let _ = writeln!(err, "{name}: {line}");
+                }
             }
         }
     }

@@ -5,5 +5,7 @@
 
 mod concurrent;
 mod decide;
+mod fuzz;
+mod hardening;
 mod model;
 mod rules;
