@@ -263,6 +263,10 @@ impl pb::benefits_server::Benefits for Service {
                     served.revision
                 )),
                 ClaimError::MissingVisitor => Status::invalid_argument("`visitor` is required"),
+                // Hardening #12: the id answers another visitor's claim.
+                ClaimError::Ledger(e @ vitrine_core::LedgerError::ClaimIdInUse { .. }) => {
+                    Status::already_exists(e.to_string())
+                }
                 ClaimError::Ledger(e) => {
                     crate::metrics::journal_failed("claims");
                     tracing::error!("claim ledger failed: {e}");

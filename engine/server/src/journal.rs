@@ -56,7 +56,7 @@ use std::sync::Arc;
 use ahash::RandomState;
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use vitrine_core::claims::Usage;
+use vitrine_core::claims::{Answer, Usage};
 use vitrine_core::{ClaimLedger, ClaimOutcome, Grants, LedgerClaim, LedgerError};
 
 use crate::wal::{Options, RecordReader, Wal, WalError};
@@ -131,7 +131,7 @@ impl<'a> Record<'a> {
     fn check(&self) -> Result<(), LedgerError> {
         let fields = [Some(self.shop), Some(self.benefit), Some(self.visitor), self.claim_id];
         if fields.iter().flatten().any(|f| f.len() > usize::from(u16::MAX)) {
-            return Err(LedgerError("a claim field is longer than 65535 bytes".into()));
+            return Err(LedgerError::Failed("a claim field is longer than 65535 bytes".into()));
         }
         Ok(())
     }
@@ -196,8 +196,8 @@ impl<'a> RecordReader<'a> {
 #[derive(Debug, Default)]
 struct BenefitState {
     grants: Grants,
-    /// claim_id -> (first answer, sequence number of its record; 0 = replayed).
-    answers: std::collections::HashMap<Box<str>, (ClaimOutcome, u64), RandomState>,
+    /// claim_id -> (first answer and its visitor, LSN of its record; 0 = replayed).
+    answers: std::collections::HashMap<Box<str>, (Answer, u64), RandomState>,
 }
 
 type Benefits = DashMap<Box<str>, Mutex<BenefitState>, RandomState>;
@@ -220,7 +220,7 @@ impl std::fmt::Debug for DurableLedger {
 
 /// A log error as the claim API reports it.
 fn ledger_error(e: WalError) -> LedgerError {
-    LedgerError(format!("claims journal: {e}"))
+    LedgerError::Failed(format!("claims journal: {e}"))
 }
 
 impl DurableLedger {
@@ -241,7 +241,11 @@ impl DurableLedger {
                 grants += 1;
             }
             if let Some(id) = r.claim_id {
-                state.answers.entry(id.into()).or_insert((r.outcome, 0));
+                let answer = Answer {
+                    outcome: r.outcome,
+                    visitor: r.visitor.into(),
+                };
+                state.answers.entry(id.into()).or_insert((answer, 0));
             }
             Ok(())
         })?;
@@ -308,8 +312,10 @@ impl ClaimLedger for DurableLedger {
     fn claim(&self, claim: &LedgerClaim<'_>) -> Result<ClaimOutcome, LedgerError> {
         // Decide, reserve and queue under the benefit's lock.
         let (outcome, lsn, reserved) = self.with(claim.shop, claim.benefit, |state| {
-            if let Some(&(first, lsn)) = claim.claim_id.and_then(|id| state.answers.get(id)) {
-                return Ok((first, lsn, false));
+            if let Some(id) = claim.claim_id {
+                if let Some((first, lsn)) = state.answers.get(id) {
+                    return Ok((first.for_visitor(claim.visitor, id)?, *lsn, false));
+                }
             }
             let outcome = state.grants.check(claim);
             if outcome != ClaimOutcome::Granted && claim.claim_id.is_none() {
@@ -332,7 +338,11 @@ impl ClaimLedger for DurableLedger {
                 state.grants.grant(claim.visitor, claim.now_ms);
             }
             if let Some(id) = claim.claim_id {
-                state.answers.insert(id.into(), (outcome, lsn));
+                let answer = Answer {
+                    outcome,
+                    visitor: claim.visitor.into(),
+                };
+                state.answers.insert(id.into(), (answer, lsn));
             }
             Ok::<_, LedgerError>((outcome, lsn, true))
         })?;
@@ -552,26 +562,60 @@ mod tests {
         let dir = TempDir::new("journal-retries");
         let ledger = DurableLedger::open(&dir.0).unwrap();
         let barrier = Barrier::new(8);
-        let outcomes: Vec<ClaimOutcome> = std::thread::scope(|s| {
+        let outcomes: Vec<Result<ClaimOutcome, LedgerError>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
                 .map(|i| {
                     let (ledger, barrier) = (&ledger, &barrier);
                     s.spawn(move || {
                         barrier.wait();
-                        // Different visitors: only the first answer counts.
-                        let visitor = format!("v{i}");
+                        // Retries of one visitor, and others trying the same id.
+                        let visitor = if i % 2 == 0 { "v".to_string() } else { format!("v{i}") };
                         let c = LedgerClaim {
                             budget: Some(5),
                             ..claim(&visitor, Some("order-1"))
                         };
-                        ledger.claim(&c).unwrap()
+                        (visitor == "v", ledger.claim(&c))
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+            let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            // Whoever came first owns the id; the rest are its retries or refused.
+            let owner_first = results.iter().filter(|(_, r)| r.is_ok()).all(|(same, _)| *same);
+            let owner_others = results.iter().filter(|(_, r)| r.is_ok()).all(|(same, _)| !*same);
+            assert!(owner_first || owner_others, "{results:?}");
+            results.into_iter().map(|(_, r)| r).collect()
         });
-        assert!(outcomes.iter().all(|&o| o == ClaimOutcome::Granted), "{outcomes:?}");
+        let granted = outcomes.iter().filter(|o| **o == Ok(ClaimOutcome::Granted)).count();
+        assert!(granted >= 1, "{outcomes:?}");
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, Ok(ClaimOutcome::Granted) | Err(LedgerError::ClaimIdInUse { .. }))),
+            "{outcomes:?}"
+        );
         assert_eq!(total(&ledger, "b"), 1);
+    }
+
+    /// Regression (hardening #12): a reused claim_id gave another visitor's
+    /// grant. It is bound to its visitor, also after a reopen (the journal
+    /// record holds the visitor: no format change).
+    #[test]
+    fn a_claim_id_is_bound_to_its_visitor_also_after_reopen() {
+        let dir = TempDir::new("journal-bound");
+        let ledger = DurableLedger::open(&dir.0).unwrap();
+        assert_eq!(ledger.claim(&claim("a", Some("c1"))).unwrap(), ClaimOutcome::Granted);
+        let intruder = LedgerClaim {
+            denied: Some(ClaimOutcome::NotEligible),
+            ..claim("b", Some("c1"))
+        };
+        let refused = Err(LedgerError::ClaimIdInUse { claim_id: "c1".into() });
+        assert_eq!(ledger.claim(&intruder), refused);
+        assert_eq!(ledger.stats().records, 1, "a refused reuse writes nothing");
+        drop(ledger);
+        let ledger = DurableLedger::open(&dir.0).unwrap();
+        assert_eq!(ledger.claim(&intruder), refused);
+        assert_eq!(ledger.claim(&claim("a", Some("c1"))).unwrap(), ClaimOutcome::Granted);
+        assert_eq!(ledger.usage("s", "b", "b", None).visitor_in_window, 0);
     }
 
     /// Claims made one at a time: one batch each.
