@@ -178,6 +178,34 @@ impl Grants {
         }
     }
 
+    /// Every visitor with grants, and the instants of their grants.
+    pub fn visitors(&self) -> impl Iterator<Item = (&str, &[i64])> {
+        self.by_visitor.iter().map(|(v, t)| (&**v, t.as_slice()))
+    }
+
+    /// Grants restored from a state snapshot: `total` grants to anybody, and
+    /// each visitor's grant instants. Refuses a total below the grants listed.
+    pub fn from_parts(
+        total: u64,
+        by_visitor: impl IntoIterator<Item = (Box<str>, Vec<i64>)>,
+    ) -> Result<Grants, &'static str> {
+        let mut grants = Grants {
+            total,
+            by_visitor: HashMap::default(),
+        };
+        let mut listed: u64 = 0;
+        for (visitor, times) in by_visitor {
+            listed = listed.saturating_add(times.len() as u64);
+            if !times.is_empty() {
+                grants.by_visitor.entry(visitor).or_default().extend(times);
+            }
+        }
+        if listed > total {
+            return Err("more grants listed than the total");
+        }
+        Ok(grants)
+    }
+
     /// Records a grant to `visitor` at `at_ms`.
     pub fn grant(&mut self, visitor: &str, at_ms: i64) {
         self.total += 1;

@@ -35,7 +35,7 @@ use std::path::Path;
 use vitrine_core::{Action, Event};
 
 pub use crate::wal::{CompactReport, OpenError, Recovery, Stats, WalError, DEFAULT_SEGMENT_BYTES};
-use crate::wal::{Options, RecordReader, Wal};
+use crate::wal::{Failpoints, FailureHook, Options, RecordReader, Wal};
 
 /// The record format of the event log, in its segments' headers.
 pub const KIND: [u8; 4] = *b"EVT1";
@@ -255,11 +255,23 @@ impl EventLog {
         dir: &Path,
         after_lsn: u64,
         segment_bytes: u64,
+        apply: impl FnMut(u64, Event<'_>),
+    ) -> Result<(EventLog, Recovery), OpenError> {
+        EventLog::open_with(dir, after_lsn, segment_bytes, None, apply)
+    }
+
+    /// [`EventLog::open`], with `on_failure` told when the log fails closed.
+    pub fn open_with(
+        dir: &Path,
+        after_lsn: u64,
+        segment_bytes: u64,
+        on_failure: Option<FailureHook>,
         mut apply: impl FnMut(u64, Event<'_>),
     ) -> Result<(EventLog, Recovery), OpenError> {
         let options = Options {
             segment_bytes,
             start_after: after_lsn,
+            on_failure,
             ..Options::new("event-log", KIND)
         };
         let (wal, recovery) = Wal::open(dir, options, |lsn, record| {
@@ -304,6 +316,11 @@ impl EventLog {
     /// The log's directory.
     pub fn dir(&self) -> &Path {
         self.wal.dir()
+    }
+
+    /// The writer's failpoints, for fault-injection tests.
+    pub fn failpoints(&self) -> std::sync::Arc<Failpoints> {
+        self.wal.failpoints()
     }
 }
 
