@@ -11,6 +11,7 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::engine::StorageHealth;
 use crate::metrics::{self, LatencyHistogram};
 
 /// What the probes read.
@@ -18,6 +19,8 @@ use crate::metrics::{self, LatencyHistogram};
 pub struct Probes {
     /// Set once start-up is done; cleared when shutdown begins.
     pub ready: Arc<AtomicBool>,
+    /// A storage fault makes the replica not ready for good (with its reason).
+    pub storage: StorageHealth,
     /// The Prometheus recorder's handle.
     pub metrics: PrometheusHandle,
     /// Decide latency, kept outside the recorder (see `LatencyHistogram`).
@@ -47,9 +50,14 @@ async fn metrics(State(p): State<Probes>) -> impl IntoResponse {
 }
 
 async fn readyz(State(p): State<Probes>) -> impl IntoResponse {
-    if p.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
+    if let Some(fault) = p.storage.fault() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: storage fault: {fault}\n"),
+        )
+    } else if p.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string())
     }
 }

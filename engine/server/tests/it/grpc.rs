@@ -58,6 +58,7 @@ fn config(dir: &Path, token: Option<&str>) -> Config {
         kafka: None,
         snapshot_interval: None,
         snapshot_keep: 3,
+        claims_segment_bytes: 64 << 20,
         worker_threads: None,
     }
 }

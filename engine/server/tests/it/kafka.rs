@@ -640,6 +640,7 @@ async fn readiness_waits_until_the_consumer_caught_up_and_decisions_are_served_m
         kafka: Some(kafka_config(&brokers, "ready")),
         snapshot_interval: None,
         snapshot_keep: 3,
+        claims_segment_bytes: 64 << 20,
         worker_threads: None,
     };
     let server = vitrine::serve::start(config).await.unwrap();
