@@ -1416,4 +1416,121 @@ mod tests {
         .check()
         .is_err());
     }
+
+    mod fuzz_decoders {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::wal::fuzz::{apply, config, mutations};
+
+        fn valid_record() -> Vec<u8> {
+            let mut buf = Vec::new();
+            Record {
+                outcome: ClaimOutcome::CapReached,
+                now_ms: 1_000,
+                shop: "shop",
+                benefit: "coupon",
+                visitor: "visitor-1",
+                claim_id: Some("order-1"),
+            }
+            .encode(&mut buf);
+            buf
+        }
+
+        /// A valid state file of a ledger with grants and answers.
+        fn valid_state() -> Vec<u8> {
+            let dir = TempDir::new("journal-fuzz-state");
+            let ledger = DurableLedger::open(&dir.0).unwrap();
+            for (visitor, id) in [("a", "c1"), ("b", "c2"), ("a", "c3")] {
+                let c = LedgerClaim {
+                    cap: Some((1, 10_000)),
+                    ..claim(visitor, Some(id))
+                };
+                ledger.claim(&c).unwrap();
+            }
+            ledger.compact().unwrap();
+            fs::read(dir.0.join(STATE_FILE)).unwrap()
+        }
+
+        /// Recomputes a state file's length and checksum for its body.
+        fn reseal(bytes: &mut [u8]) {
+            if bytes.len() < STATE_HEADER_LEN {
+                return;
+            }
+            let len = (bytes.len() - STATE_HEADER_LEN) as u64;
+            bytes[20..28].copy_from_slice(&len.to_le_bytes());
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&bytes[8..28]);
+            crc.update(&bytes[STATE_HEADER_LEN..]);
+            let crc = crc.finalize();
+            bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+        }
+
+        fn decode_any(bytes: &[u8]) {
+            let shops = DashMap::default();
+            let _ = decode_state(bytes, &shops);
+        }
+
+        #[test]
+        fn fuzz_inputs_start_valid() {
+            let state = valid_state();
+            let mut resealed = state.clone();
+            reseal(&mut resealed);
+            assert_eq!(resealed, state);
+            let shops = DashMap::default();
+            assert_eq!(decode_state(&state, &shops), Ok(3));
+            assert!(Record::decode(&valid_record()).is_ok());
+            // A count of 2^32 - 1 shops in a 4-byte body allocates nothing for them.
+            let mut huge = state[..STATE_HEADER_LEN].to_vec();
+            huge.extend_from_slice(&u32::MAX.to_le_bytes());
+            reseal(&mut huge);
+            let shops = DashMap::default();
+            assert_eq!(
+                decode_state(&huge, &shops),
+                Err((36, "a count larger than the bytes that follow"))
+            );
+        }
+
+        proptest! {
+            #![proptest_config(config(256))]
+
+            #[test]
+            fn fuzz_claim_record_arbitrary(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+                let _ = Record::decode(&bytes);
+            }
+
+            #[test]
+            fn fuzz_claim_record_mutated(muts in mutations()) {
+                let mut bytes = valid_record();
+                apply(&mut bytes, &muts, 0);
+                if let Ok(r) = Record::decode(&bytes) {
+                    let mut again = Vec::new();
+                    r.encode(&mut again);
+                    prop_assert_eq!(again, bytes);
+                }
+            }
+
+            #[test]
+            fn fuzz_ledger_state_arbitrary(bytes in proptest::collection::vec(any::<u8>(), 0..256), seal in any::<bool>()) {
+                let mut bytes = bytes;
+                if seal {
+                    let mut framed = valid_state()[..STATE_HEADER_LEN].to_vec();
+                    framed.extend_from_slice(&bytes);
+                    reseal(&mut framed);
+                    bytes = framed;
+                }
+                decode_any(&bytes);
+            }
+
+            #[test]
+            fn fuzz_ledger_state_mutated(muts in mutations(), seal in any::<bool>()) {
+                let mut bytes = valid_state();
+                apply(&mut bytes, &muts, 0);
+                if seal {
+                    reseal(&mut bytes);
+                }
+                decode_any(&bytes);
+            }
+        }
+    }
 }

@@ -1298,6 +1298,81 @@ pub(crate) fn test_batch(records: &[&[u8]], seq: u64) -> Vec<u8> {
     out
 }
 
+/// Random-input helpers shared by the decoders' `fuzz_*` tests (see each
+/// file's tests). A short run is part of `cargo test`; a long one:
+/// `PROPTEST_CASES=100000 cargo test --release -p vitrine --lib fuzz_`.
+#[cfg(test)]
+pub(crate) mod fuzz {
+    use proptest::prelude::*;
+
+    /// `short` cases, unless `PROPTEST_CASES` asks for another number.
+    pub(crate) fn config(short: u32) -> ProptestConfig {
+        let mut config = ProptestConfig::default();
+        if std::env::var_os("PROPTEST_CASES").is_none() {
+            config.cases = short;
+        }
+        config
+    }
+
+    /// One change to a valid encoding.
+    #[derive(Debug, Clone)]
+    pub(crate) enum Mutation {
+        /// XOR a byte (at a position taken modulo the length).
+        Flip(usize, u8),
+        /// Keep only a prefix.
+        Truncate(usize),
+        /// Append bytes.
+        Extend(Vec<u8>),
+        /// Overwrite eight bytes with a little-endian number (a length or
+        /// count of 2^60 must not allocate that much).
+        Length(usize, u64),
+    }
+
+    /// A mutation.
+    pub(crate) fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            (any::<usize>(), 1..=255u8).prop_map(|(at, x)| Mutation::Flip(at, x)),
+            any::<usize>().prop_map(Mutation::Truncate),
+            proptest::collection::vec(any::<u8>(), 1..64).prop_map(Mutation::Extend),
+            (
+                any::<usize>(),
+                prop_oneof![
+                    Just(1u64 << 60),
+                    Just(u64::MAX),
+                    Just(u64::from(u32::MAX)),
+                    any::<u64>()
+                ]
+            )
+                .prop_map(|(at, n)| Mutation::Length(at, n)),
+        ]
+    }
+
+    /// One to three mutations.
+    pub(crate) fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
+        proptest::collection::vec(mutation(), 1..4)
+    }
+
+    /// Applies `mutations` to `bytes`, skipping those `from` would put before the protected prefix.
+    pub(crate) fn apply(bytes: &mut Vec<u8>, mutations: &[Mutation], from: usize) {
+        for m in mutations {
+            let room = bytes.len().saturating_sub(from);
+            match m {
+                Mutation::Flip(at, x) if room > 0 => {
+                    let at = from + at % room;
+                    bytes[at] ^= x;
+                }
+                Mutation::Truncate(at) => bytes.truncate(from + at % (room + 1)),
+                Mutation::Extend(more) => bytes.extend_from_slice(more),
+                Mutation::Length(at, n) if room >= 8 => {
+                    let at = from + at % (room - 7);
+                    bytes[at..at + 8].copy_from_slice(&n.to_le_bytes());
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -1775,5 +1850,59 @@ mod tests {
                 dir.segment(3).display()
             )
         );
+    }
+
+    mod fuzz_segments {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::wal::fuzz::{apply, config, mutations};
+
+        /// Opens a log whose only segment holds `bytes`: records or an error, never a panic.
+        fn open_bytes(bytes: &[u8]) {
+            let dir = TempDir::new("wal-fuzz");
+            fs::write(dir.segment(1), bytes).unwrap();
+            if let Ok((wal, _, seen)) = open(&dir, TWO_BATCHES, 0) {
+                assert!(seen.iter().all(|(_, r)| r.len() <= MAX_BATCH_BYTES));
+                drop(wal);
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config(64))]
+
+            #[test]
+            fn fuzz_wal_arbitrary_segment(bytes in proptest::collection::vec(any::<u8>(), 0..256), header in any::<bool>()) {
+                let mut file = if header { segment_header(KIND, 1, 0).to_vec() } else { Vec::new() };
+                file.extend_from_slice(&bytes);
+                open_bytes(&file);
+            }
+
+            #[test]
+            fn fuzz_wal_mutated_segment(muts in mutations(), keep_header in any::<bool>()) {
+                let source = log_of("wal-fuzz-src", 2);
+                let mut bytes = fs::read(source.segment(1)).unwrap();
+                apply(&mut bytes, &muts, if keep_header { SEGMENT_HEADER_LEN } else { 0 });
+                open_bytes(&bytes);
+            }
+
+            #[test]
+            fn fuzz_wal_batch_with_any_header_fields(len in any::<u32>(), count in any::<u32>(), seq in any::<u64>(), body in proptest::collection::vec(any::<u8>(), 0..64)) {
+                // A batch whose checksum holds, whatever its fields say.
+                let mut file = segment_header(KIND, 1, 0).to_vec();
+                file.extend_from_slice(&BATCH_MAGIC);
+                let mut fields = Vec::new();
+                fields.extend_from_slice(&len.to_le_bytes());
+                fields.extend_from_slice(&count.to_le_bytes());
+                fields.extend_from_slice(&seq.to_le_bytes());
+                let mut crc = crc32fast::Hasher::new();
+                crc.update(&fields);
+                crc.update(&body);
+                file.extend_from_slice(&fields);
+                file.extend_from_slice(&crc.finalize().to_le_bytes());
+                file.extend_from_slice(&body);
+                open_bytes(&file);
+            }
+        }
     }
 }

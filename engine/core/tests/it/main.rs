@@ -5,5 +5,6 @@
 
 mod concurrent;
 mod decide;
+mod fuzz_decoders;
 mod model;
 mod rules;
