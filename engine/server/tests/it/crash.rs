@@ -1502,3 +1502,26 @@ async fn a_failed_journal_write_turns_the_server_not_serving() {
         let _ = server.shutdown().await;
     }
 }
+
+/// Regression (hardening #12): a claim_id reused by another (ineligible)
+/// visitor answered `granted: true` with the first visitor's grant. Now
+/// the owner's retry gets its answer and anyone else gets ALREADY_EXISTS,
+/// also after a restart (the journal record holds the visitor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_id_reused_by_another_visitor_is_refused() {
+    let dir = TempDir::new("claim-id-bound");
+    fs::write(dir.rules().join(format!("{SHOP}.yaml")), rules(&[SMALL_BUDGET])).unwrap();
+    for start in 0..2 {
+        let server = vitrine::serve::start(in_process_config(dir.path())).await.unwrap();
+        let mut c = connect(server.grpc_addr).await;
+        if start == 0 {
+            track(&mut c, vec![purchase("owner")]).await.unwrap();
+            assert_eq!(claim(&mut c, "coupon-1", "owner", "order-1").await.unwrap(), "GRANTED");
+        }
+        let err = claim(&mut c, "coupon-1", "intruder", "order-1").await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "start {start}: {err:?}");
+        assert!(err.message().contains("another visitor"), "{err:?}");
+        assert_eq!(claim(&mut c, "coupon-1", "owner", "order-1").await.unwrap(), "GRANTED");
+        server.shutdown().await.unwrap();
+    }
+}
