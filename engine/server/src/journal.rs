@@ -441,7 +441,7 @@ impl DurableLedger {
     }
 
     /// A copy of every benefit's state, sorted (so equal states encode alike).
-    fn image(&self) -> Vec<(Box<str>, Vec<(Box<str>, BenefitImage)>)> {
+    fn image(&self) -> Image {
         let mut shops: Vec<_> = self
             .shops
             .iter()
@@ -588,6 +588,9 @@ impl ClaimLedger for DurableLedger {
 
 // -------------------------------------------------------------- state file
 
+/// Every shop's benefits' state, sorted by name.
+type Image = Vec<(Box<str>, Vec<(Box<str>, BenefitImage)>)>;
+
 /// One benefit's state as the state file holds it.
 struct BenefitImage {
     grants: Grants,
@@ -610,7 +613,7 @@ fn outcome_code(outcome: ClaimOutcome) -> u8 {
 }
 
 /// Encodes the body of a state file.
-fn encode_state(shops: &[(Box<str>, Vec<(Box<str>, BenefitImage)>)], out: &mut Vec<u8>) {
+fn encode_state(shops: &Image, out: &mut Vec<u8>) {
     put_u32(out, shops.len());
     for (shop, benefits) in shops {
         put_s16(out, shop);

@@ -1334,7 +1334,8 @@ async fn claims_journal_compaction_survives_a_kill_at_any_step() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    type Crash<'a> = Box<dyn Fn(&Path) + 'a>;
+    let cases: Vec<(&str, Crash<'_>)> = vec![
         (
             "partial tmp",
             Box::new(|claims: &Path| {
