@@ -84,10 +84,44 @@ pub struct Usage {
     pub visitor_in_window: u32,
 }
 
-/// A ledger failure (I/O in a durable ledger): the claim was not granted.
-#[derive(Debug, thiserror::Error)]
-#[error("claim ledger failed: {0}")]
-pub struct LedgerError(pub String);
+/// Why the ledger gave no answer: the claim was not granted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    /// The ledger failed (I/O in a durable ledger).
+    #[error("claim ledger failed: {0}")]
+    Failed(String),
+    /// The `claim_id` already answers a claim of another visitor (of the
+    /// same shop and benefit). Its answer belongs to that visitor: it is
+    /// neither given to this one nor replaced (hardening #12).
+    #[error("claim_id `{claim_id}` is already used by a claim of another visitor; use a new claim_id")]
+    ClaimIdInUse {
+        /// The reused id.
+        claim_id: String,
+    },
+}
+
+/// A recorded answer to a `claim_id`, bound to the visitor who claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The first answer.
+    pub outcome: ClaimOutcome,
+    /// The visitor it was given to.
+    pub visitor: Box<str>,
+}
+
+impl Answer {
+    /// The answer a claim with this id gets: the recorded one for the same
+    /// visitor (a retry), [`LedgerError::ClaimIdInUse`] for another.
+    pub fn for_visitor(&self, visitor: &str, claim_id: &str) -> Result<ClaimOutcome, LedgerError> {
+        if *self.visitor == *visitor {
+            Ok(self.outcome)
+        } else {
+            Err(LedgerError::ClaimIdInUse {
+                claim_id: claim_id.to_string(),
+            })
+        }
+    }
+}
 
 /// Where grants are counted.
 pub trait ClaimLedger: Send + Sync {
@@ -144,6 +178,34 @@ impl Grants {
         }
     }
 
+    /// Every visitor with grants, and the instants of their grants.
+    pub fn visitors(&self) -> impl Iterator<Item = (&str, &[i64])> {
+        self.by_visitor.iter().map(|(v, t)| (&**v, t.as_slice()))
+    }
+
+    /// Grants restored from a state snapshot: `total` grants to anybody, and
+    /// each visitor's grant instants. Refuses a total below the grants listed.
+    pub fn from_parts(
+        total: u64,
+        by_visitor: impl IntoIterator<Item = (Box<str>, Vec<i64>)>,
+    ) -> Result<Grants, &'static str> {
+        let mut grants = Grants {
+            total,
+            by_visitor: HashMap::default(),
+        };
+        let mut listed: u64 = 0;
+        for (visitor, times) in by_visitor {
+            listed = listed.saturating_add(times.len() as u64);
+            if !times.is_empty() {
+                grants.by_visitor.entry(visitor).or_default().extend(times);
+            }
+        }
+        if listed > total {
+            return Err("more grants listed than the total");
+        }
+        Ok(grants)
+    }
+
     /// Records a grant to `visitor` at `at_ms`.
     pub fn grant(&mut self, visitor: &str, at_ms: i64) {
         self.total += 1;
@@ -176,7 +238,7 @@ impl Grants {
 #[derive(Debug, Default)]
 struct BenefitLedger {
     grants: Grants,
-    answers: HashMap<Box<str>, ClaimOutcome, RandomState>,
+    answers: HashMap<Box<str>, Answer, RandomState>,
 }
 
 /// A correct, non-durable ledger: one mutex per (shop, benefit).
@@ -220,19 +282,25 @@ impl ClaimLedger for MemoryLedger {
     }
 
     fn claim(&self, claim: &LedgerClaim<'_>) -> Result<ClaimOutcome, LedgerError> {
-        Ok(self.with(claim.shop, claim.benefit, |ledger| {
-            if let Some(first) = claim.claim_id.and_then(|id| ledger.answers.get(id)) {
-                return *first;
+        self.with(claim.shop, claim.benefit, |ledger| {
+            if let Some(id) = claim.claim_id {
+                if let Some(first) = ledger.answers.get(id) {
+                    return first.for_visitor(claim.visitor, id);
+                }
             }
             let outcome = ledger.grants.check(claim);
             if outcome == ClaimOutcome::Granted {
                 ledger.grants.grant(claim.visitor, claim.now_ms);
             }
             if let Some(id) = claim.claim_id {
-                ledger.answers.insert(id.into(), outcome);
+                let answer = Answer {
+                    outcome,
+                    visitor: claim.visitor.into(),
+                };
+                ledger.answers.insert(id.into(), answer);
             }
-            outcome
-        }))
+            Ok(outcome)
+        })
     }
 }
 
@@ -280,6 +348,31 @@ mod tests {
             Usage {
                 total: 3,
                 visitor_in_window: 2
+            }
+        );
+    }
+
+    /// Regression (hardening #12): a claim_id reused by another visitor got
+    /// the first visitor's grant; now it is refused, and the retry of the
+    /// visitor who owns it still gets its first answer.
+    #[test]
+    fn a_claim_id_is_bound_to_its_visitor() {
+        let ledger = MemoryLedger::new();
+        assert_eq!(ledger.claim(&claim("a", Some("c1"))).unwrap(), ClaimOutcome::Granted);
+        let ineligible = LedgerClaim {
+            denied: Some(ClaimOutcome::NotEligible),
+            ..claim("intruder", Some("c1"))
+        };
+        assert_eq!(
+            ledger.claim(&ineligible),
+            Err(LedgerError::ClaimIdInUse { claim_id: "c1".into() })
+        );
+        assert_eq!(ledger.claim(&claim("a", Some("c1"))).unwrap(), ClaimOutcome::Granted);
+        assert_eq!(
+            ledger.usage("s", "b", "intruder", None),
+            Usage {
+                total: 1,
+                visitor_in_window: 0
             }
         );
     }

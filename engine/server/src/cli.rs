@@ -144,6 +144,12 @@ pub struct ServeArgs {
     /// needed with them). A damaged newest snapshot falls back to an older one.
     #[arg(long, env = "VITRINE_SNAPSHOT_KEEP", default_value = "3")]
     pub snapshot_keep: String,
+    /// Size of a claims-journal segment file, in bytes. At each snapshot,
+    /// once the journal holds more than one segment, the claims ledger's
+    /// state is written to --data-dir/claims/ledger.state and the segments
+    /// it covers are deleted: a restart replays at most about this much.
+    #[arg(long, env = "VITRINE_CLAIMS_SEGMENT_BYTES", default_value = "67108864")]
+    pub claims_segment_bytes: String,
     /// Tokio worker threads serving gRPC and HTTP; 0 = one per core but
     /// one (at least 1), leaving a core to journal fsyncs, Kafka apply
     /// threads, pushes and snapshots.

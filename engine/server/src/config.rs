@@ -45,6 +45,8 @@ pub struct Config {
     pub snapshot_interval: Option<Duration>,
     /// Snapshots kept.
     pub snapshot_keep: usize,
+    /// Claims-journal segment size: compaction runs at a snapshot once the journal holds more.
+    pub claims_segment_bytes: u64,
     /// Tokio worker threads; `None` = [`default_worker_threads`].
     pub worker_threads: Option<usize>,
 }
@@ -319,6 +321,7 @@ impl Config {
         let demo_visitors = positive("demo-visitors", &args.demo_visitors);
         let kafka_max_message_bytes = positive("kafka-max-message-bytes", &args.kafka_max_message_bytes);
         let snapshot_keep = positive("snapshot-keep", &args.snapshot_keep);
+        let claims_segment_bytes = positive("claims-segment-bytes", &args.claims_segment_bytes);
         let worker_threads = match args.worker_threads.parse::<usize>() {
             Ok(0) => Some(None),
             Ok(n) if n <= 1024 => Some(Some(n)),
@@ -381,6 +384,7 @@ impl Config {
             snapshot_keep,
             worker_threads,
             connections,
+            claims_segment_bytes,
         ) {
             (
                 Some(g),
@@ -398,6 +402,7 @@ impl Config {
                 Some(sk),
                 Some(wt),
                 Some((gc, hc)),
+                Some(csb),
             ) if problems.is_empty() => Ok(Config {
                 grpc_addr: g,
                 metrics_addr: m,
@@ -425,6 +430,7 @@ impl Config {
                 snapshot_interval: (!si.is_zero()).then_some(si),
                 snapshot_keep: sk,
                 worker_threads: wt,
+                claims_segment_bytes: csb as u64,
             }),
             _ => Err(ConfigErrors(problems)),
         }

@@ -9,6 +9,21 @@
 //! must cover only applied events, which the track gate ensures: a Track
 //! holds it shared from journaling to applying, and [`Engine::events_position`]
 //! takes it exclusively for an instant.
+//!
+//! # Storage faults
+//!
+//! When a journal write or `fdatasync` fails, or the data directory is
+//! removed or replaced under the running server, the engine records a
+//! [`StorageHealth`] fault. From then on Track and Claim are refused with
+//! UNAVAILABLE and the server reports NOT_SERVING (gRPC health) and 503
+//! (`/readyz`, with the reason) until it is restarted (hardening #11, #17).
+//! The fault is never cleared in-process: after a failed `fsync` what reached
+//! the disk is unknown, so, as PostgreSQL does, the replica does not retry
+//! and trust the page cache; a restart replays what the disk really holds.
+//! We chose NOT_SERVING over a crash-only exit: reads (Decide, Size) keep
+//! answering for the clients already connected while the load balancer
+//! drains the replica, and the operator can read the reason at `/readyz`
+//! and in the metrics before restarting it.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -21,6 +36,59 @@ use crate::events_log::EventLog;
 use crate::metrics::{self, Metrics};
 use crate::store::RuleStore;
 
+/// The first storage fault of the process, if any (see the module docs).
+/// Cloning shares it.
+#[derive(Debug, Clone)]
+pub struct StorageHealth {
+    fault: Arc<tokio::sync::watch::Sender<Option<Arc<str>>>>,
+}
+
+impl Default for StorageHealth {
+    fn default() -> StorageHealth {
+        StorageHealth {
+            fault: Arc::new(tokio::sync::watch::Sender::new(None)),
+        }
+    }
+}
+
+impl StorageHealth {
+    /// Records a fault; the first one stands, later ones are only logged.
+    pub fn trip(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        let first = self.fault.send_if_modified(|fault| {
+            if fault.is_some() {
+                return false;
+            }
+            *fault = Some(reason.as_str().into());
+            true
+        });
+        if first {
+            metrics::storage_fault();
+            tracing::error!(%reason, "storage fault: refusing writes and reporting NOT_SERVING until restarted");
+        } else {
+            tracing::error!(%reason, "another storage fault");
+        }
+    }
+
+    /// The first fault's reason; `None` while storage is healthy.
+    pub fn fault(&self) -> Option<Arc<str>> {
+        self.fault.borrow().clone()
+    }
+
+    /// A receiver that sees the fault when it happens.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<Arc<str>>> {
+        self.fault.subscribe()
+    }
+
+    /// A hook for [`crate::wal::Options::on_failure`] that trips this.
+    pub fn wal_hook(&self) -> crate::wal::FailureHook {
+        let health = self.clone();
+        Arc::new(move |log, error| {
+            health.trip(format!("{log} write failed: {error}"));
+        })
+    }
+}
+
 /// Shared state of a running engine.
 pub struct Engine {
     /// Every shop's audience index.
@@ -31,6 +99,8 @@ pub struct Engine {
     pub ledger: Arc<dyn ClaimLedger>,
     /// Metric handles.
     pub metrics: Metrics,
+    /// Set when writes can no longer be trusted to reach the disk.
+    pub storage: StorageHealth,
     /// Where Track journals events before applying them (`None`: in memory only).
     events: Option<EventLog>,
     /// Shared by Track from journaling to applying; see the module docs.
@@ -81,6 +151,7 @@ impl Engine {
             rules,
             ledger,
             metrics,
+            storage: StorageHealth::default(),
             events,
             track_gate: RwLock::new(()),
         }
@@ -104,6 +175,9 @@ impl Engine {
         }
         let _gate = self.track_gate.read();
         if let Some(log) = self.events.as_ref().filter(|_| !valid.is_empty()) {
+            if let Some(fault) = self.storage.fault() {
+                return Err(TrackError(format!("storage fault, restart the server: {fault}")));
+            }
             let durable = log.append(&valid).and_then(|lsn| log.wait(lsn));
             if let Err(e) = durable {
                 metrics::journal_failed("events");

@@ -298,6 +298,12 @@ impl pb::benefits_server::Benefits for Service {
             let claim_id = bounded("claim_id", &req.claim_id)?;
             let now_ms = instant(req.now_ms)?;
             let served = engine.rules.serving(shop).ok_or_else(|| unknown_shop(shop))?;
+            // Hardening #11/#17: no claim while the disk cannot be trusted.
+            if let Some(fault) = engine.storage.fault() {
+                return Err(Status::unavailable(format!(
+                    "storage fault, nothing was granted; restart the server: {fault}"
+                )));
+            }
             let index = engine.index.shop(shop);
             let outcome = vitrine_core::claim(
                 &served.rules,
@@ -317,6 +323,10 @@ impl pb::benefits_server::Benefits for Service {
                     served.revision
                 )),
                 ClaimError::MissingVisitor => Status::invalid_argument("`visitor` is required"),
+                // Hardening #12: the id answers another visitor's claim.
+                ClaimError::Ledger(e @ vitrine_core::LedgerError::ClaimIdInUse { .. }) => {
+                    Status::already_exists(e.to_string())
+                }
                 ClaimError::Ledger(e) => {
                     crate::metrics::journal_failed("claims");
                     tracing::error!("claim ledger failed: {e}");

@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::connections::{accept_loop, ConnectionLimits};
+use crate::engine::StorageHealth;
 use crate::metrics::{self, LatencyHistogram, Port};
 
 /// What the probes read.
@@ -21,6 +22,8 @@ use crate::metrics::{self, LatencyHistogram, Port};
 pub struct Probes {
     /// Set once start-up is done; cleared when shutdown begins.
     pub ready: Arc<AtomicBool>,
+    /// A storage fault makes the replica not ready for good (with its reason).
+    pub storage: StorageHealth,
     /// The Prometheus recorder's handle.
     pub metrics: PrometheusHandle,
     /// Decide latency, kept outside the recorder (see `LatencyHistogram`).
@@ -50,10 +53,15 @@ async fn metrics(State(p): State<Probes>) -> impl IntoResponse {
 }
 
 async fn readyz(State(p): State<Probes>) -> impl IntoResponse {
-    if p.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
+    if let Some(fault) = p.storage.fault() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: storage fault: {fault}\n"),
+        )
+    } else if p.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string())
     }
 }
 

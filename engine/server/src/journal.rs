@@ -35,8 +35,7 @@
 //!
 //! The journal is a [`crate::wal`] log in the directory given to
 //! [`DurableLedger::open`] (segments, batches, checksums, torn-tail repair
-//! and corruption checks are described there), with kind [`KIND`]. Claims
-//! are never compacted: every replay starts at the first record. A record,
+//! and corruption checks are described there), with kind [`KIND`]. A record,
 //! integers little-endian:
 //!
 //! ```text
@@ -49,22 +48,91 @@
 //! interrupted (none of its claims was answered) and is cut off on open;
 //! damage anywhere else means acknowledged claims would be lost, and open
 //! refuses with [`JournalError::Corrupt`] instead of skipping it.
+//!
+//! # Compaction
+//!
+//! [`DurableLedger::compact`] writes the ledger's whole state (each
+//! benefit's grant total, each visitor's grant instants, each `claim_id`'s
+//! first answer with its visitor) as of journal LSN *n* to [`STATE_FILE`],
+//! then deletes the journal segments all of whose records are at most *n*.
+//! A start loads the state file and replays only the records after *n*.
+//!
+//! The state is taken under a gate that claims hold while they decide and
+//! queue their record, so it is exactly the replay of records 1..=n; it is
+//! written only once those records are durable. The write is crash-safe:
+//! `ledger.state.tmp`, `fsync`, rename over [`STATE_FILE`], directory
+//! `fsync`, and only then are segments deleted (oldest first). A kill at
+//! any point leaves the old state with every segment it needs, or the new
+//! one with perhaps some covered segments still there (skipped on replay),
+//! plus perhaps a `.tmp` file that the next open removes. A state file that
+//! fails its checks refuses the start, naming the file: the journal it
+//! covered may be gone, so it is never silently skipped.
+//!
+//! ```text
+//! state    := "VTRNCLMS" | version u32 (1) | lsn u64 | body_len u64 | crc32 u32 | body
+//!             crc32 covers version, lsn, body_len and the body
+//! body     := count u32 | shop{count}
+//! shop     := name s16 | count u32 | benefit{count}
+//! benefit  := name s16 | total u64 | count u32 | visitor{count} | count u32 | answer{count}
+//! visitor  := id s16 | count u32 | at_ms i64{count}
+//! answer   := claim_id s16 | outcome u8 | visitor s16
+//! ```
+//!
+//! Every count is checked against the bytes left before anything is
+//! allocated for it, so a damaged or hostile file costs at most its size.
 
+use std::fs::{self, File};
+use std::io::{self, Write as _};
 use std::path::Path;
 use std::sync::Arc;
 
 use ahash::RandomState;
 use dashmap::DashMap;
-use parking_lot::Mutex;
-use vitrine_core::claims::Usage;
+use parking_lot::{Mutex, RwLock};
+use vitrine_core::claims::{Answer, Usage};
 use vitrine_core::{ClaimLedger, ClaimOutcome, Grants, LedgerClaim, LedgerError};
 
-use crate::wal::{Options, RecordReader, Wal, WalError};
+use crate::wal::{CompactReport, Failpoints, FailureHook, Options, RecordReader, Wal, WalError};
 
 /// The record format of the claims journal, in its segments' headers.
 pub const KIND: [u8; 4] = *b"CLM1";
 /// A record's fixed part: outcome, flags, now_ms, three s16 lengths.
 const MIN_RECORD_BYTES: usize = 1 + 1 + 8 + 3 * 2;
+/// The ledger state file (see "Compaction" in the module docs).
+pub const STATE_FILE: &str = "ledger.state";
+const STATE_TMP: &str = "ledger.state.tmp";
+const STATE_MAGIC: [u8; 8] = *b"VTRNCLMS";
+const STATE_VERSION: u32 = 1;
+const STATE_HEADER_LEN: usize = 8 + 4 + 8 + 8 + 4;
+
+/// How to open the journal.
+#[derive(Clone, Default)]
+pub struct LedgerOptions {
+    /// New segments start past this size (0: [`crate::wal::DEFAULT_SEGMENT_BYTES`]).
+    pub segment_bytes: u64,
+    /// Told when the journal fails closed.
+    pub on_failure: Option<FailureHook>,
+}
+
+impl std::fmt::Debug for LedgerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerOptions")
+            .field("segment_bytes", &self.segment_bytes)
+            .field("on_failure", &self.on_failure.is_some())
+            .finish()
+    }
+}
+
+/// What [`DurableLedger::compact`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compaction {
+    /// The journal LSN the state file covers.
+    pub lsn: u64,
+    /// The state file's size.
+    pub state_bytes: u64,
+    /// The journal segments deleted.
+    pub removed: CompactReport,
+}
 
 /// Why the journal could not be opened (see [`crate::wal::OpenError`]).
 pub type JournalError = crate::wal::OpenError;
@@ -82,6 +150,8 @@ pub struct Recovery {
     pub truncated_bytes: u64,
     /// Records that batch announced, when its header was legible.
     pub dropped_records: Option<u32>,
+    /// The journal LSN the loaded state file covered (0: no state file).
+    pub state_lsn: u64,
 }
 
 /// Counters of the journal since it was opened.
@@ -131,7 +201,7 @@ impl<'a> Record<'a> {
     fn check(&self) -> Result<(), LedgerError> {
         let fields = [Some(self.shop), Some(self.benefit), Some(self.visitor), self.claim_id];
         if fields.iter().flatten().any(|f| f.len() > usize::from(u16::MAX)) {
-            return Err(LedgerError("a claim field is longer than 65535 bytes".into()));
+            return Err(LedgerError::Failed("a claim field is longer than 65535 bytes".into()));
         }
         Ok(())
     }
@@ -196,8 +266,8 @@ impl<'a> RecordReader<'a> {
 #[derive(Debug, Default)]
 struct BenefitState {
     grants: Grants,
-    /// claim_id -> (first answer, sequence number of its record; 0 = replayed).
-    answers: std::collections::HashMap<Box<str>, (ClaimOutcome, u64), RandomState>,
+    /// claim_id -> (first answer and its visitor, LSN of its record; 0 = replayed).
+    answers: std::collections::HashMap<Box<str>, (Answer, u64), RandomState>,
 }
 
 type Benefits = DashMap<Box<str>, Mutex<BenefitState>, RandomState>;
@@ -207,6 +277,11 @@ pub struct DurableLedger {
     shops: DashMap<Box<str>, Arc<Benefits>, RandomState>,
     wal: Wal,
     recovery: Recovery,
+    /// Held shared by a claim while it decides and queues its record, and
+    /// exclusively by compaction while it copies the state.
+    gate: RwLock<()>,
+    /// One compaction at a time.
+    compacting: Mutex<()>,
 }
 
 impl std::fmt::Debug for DurableLedger {
@@ -220,7 +295,7 @@ impl std::fmt::Debug for DurableLedger {
 
 /// A log error as the claim API reports it.
 fn ledger_error(e: WalError) -> LedgerError {
-    LedgerError(format!("claims journal: {e}"))
+    LedgerError::Failed(format!("claims journal: {e}"))
 }
 
 impl DurableLedger {
@@ -229,9 +304,40 @@ impl DurableLedger {
     /// and reported in [`DurableLedger::recovery`]; damage anywhere else is
     /// an error.
     pub fn open(dir: &Path) -> Result<DurableLedger, JournalError> {
+        DurableLedger::open_with(dir, LedgerOptions::default())
+    }
+
+    /// [`DurableLedger::open`] with `options`: loads the state file, if
+    /// any, then replays the journal records after it.
+    pub fn open_with(dir: &Path, options: LedgerOptions) -> Result<DurableLedger, JournalError> {
         let shops: DashMap<Box<str>, Arc<Benefits>, RandomState> = DashMap::default();
+        let state_path = dir.join(STATE_FILE);
+        let state_lsn = match fs::read(&state_path) {
+            Ok(bytes) => decode_state(&bytes, &shops).map_err(|(offset, what)| JournalError::Malformed {
+                path: state_path.clone(),
+                offset,
+                what,
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(source) => {
+                return Err(JournalError::Io {
+                    path: state_path,
+                    source,
+                })
+            }
+        };
         let mut grants = 0;
-        let (wal, found) = Wal::open(dir, Options::new("claims-journal", KIND), |_, bytes| {
+        let wal_options = Options {
+            start_after: state_lsn,
+            on_failure: options.on_failure,
+            segment_bytes: if options.segment_bytes == 0 {
+                crate::wal::DEFAULT_SEGMENT_BYTES
+            } else {
+                options.segment_bytes
+            },
+            ..Options::new("claims-journal", KIND)
+        };
+        let (wal, found) = Wal::open(dir, wal_options, |_, bytes| {
             let r = Record::decode(bytes)?;
             let benefits = shops.entry(r.shop.into()).or_default().clone();
             let state = benefits.entry(r.benefit.into()).or_default();
@@ -241,18 +347,127 @@ impl DurableLedger {
                 grants += 1;
             }
             if let Some(id) = r.claim_id {
-                state.answers.entry(id.into()).or_insert((r.outcome, 0));
+                let answer = Answer {
+                    outcome: r.outcome,
+                    visitor: r.visitor.into(),
+                };
+                state.answers.entry(id.into()).or_insert((answer, 0));
             }
             Ok(())
         })?;
+        // Under the lock now: a compaction a crash interrupted left this.
+        let tmp = dir.join(STATE_TMP);
+        match fs::remove_file(&tmp) {
+            Ok(()) => {
+                tracing::warn!(path = %tmp.display(), "removed a ledger state file whose write a crash interrupted")
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(JournalError::Io { path: tmp, source }),
+        }
         let recovery = Recovery {
             batches: found.batches,
             records: found.records,
             grants,
             truncated_bytes: found.truncated_bytes,
             dropped_records: found.dropped_records,
+            state_lsn,
         };
-        Ok(DurableLedger { shops, wal, recovery })
+        Ok(DurableLedger {
+            shops,
+            wal,
+            recovery,
+            gate: RwLock::new(()),
+            compacting: Mutex::new(()),
+        })
+    }
+
+    /// Writes the ledger's state to [`STATE_FILE`] and deletes the journal
+    /// segments it covers (see "Compaction" in the module docs). Blocking;
+    /// claims wait only while the state is copied in memory.
+    pub fn compact(&self) -> io::Result<Compaction> {
+        let _one = self.compacting.lock();
+        let (lsn, image) = {
+            let _gate = self.gate.write();
+            (self.wal.appended_lsn(), self.image())
+        };
+        // Every record the image reflects must be durable before the image is.
+        self.wal.wait(lsn).map_err(io::Error::other)?;
+        let mut body = Vec::new();
+        encode_state(&image, &mut body);
+        drop(image);
+        let mut file_bytes = Vec::with_capacity(STATE_HEADER_LEN + body.len());
+        file_bytes.extend_from_slice(&STATE_MAGIC);
+        let crc_from = file_bytes.len();
+        file_bytes.extend_from_slice(&STATE_VERSION.to_le_bytes());
+        file_bytes.extend_from_slice(&lsn.to_le_bytes());
+        file_bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&file_bytes[crc_from..]);
+        crc.update(&body);
+        file_bytes.extend_from_slice(&crc.finalize().to_le_bytes());
+        file_bytes.extend_from_slice(&body);
+        drop(body);
+        let dir = self.wal.dir();
+        let tmp = dir.join(STATE_TMP);
+        let written = (|| {
+            let mut file = File::create(&tmp)?;
+            file.write_all(&file_bytes)?;
+            file.sync_all()?;
+            drop(file);
+            fs::rename(&tmp, dir.join(STATE_FILE))?;
+            File::open(dir)?.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let removed = self.wal.compact(lsn)?;
+        Ok(Compaction {
+            lsn,
+            state_bytes: file_bytes.len() as u64,
+            removed,
+        })
+    }
+
+    /// Whether [`DurableLedger::compact`] would delete a segment now: the
+    /// journal has more than its current segment.
+    pub fn compaction_due(&self) -> bool {
+        self.wal.stats().segments > 1
+    }
+
+    /// The writer's failpoints, for fault-injection tests.
+    pub fn failpoints(&self) -> Arc<Failpoints> {
+        self.wal.failpoints()
+    }
+
+    /// A copy of every benefit's state, sorted (so equal states encode alike).
+    fn image(&self) -> Image {
+        let mut shops: Vec<_> = self
+            .shops
+            .iter()
+            .map(|shop| {
+                let mut benefits: Vec<_> = shop
+                    .value()
+                    .iter()
+                    .map(|b| {
+                        let state = b.value().lock();
+                        let image = BenefitImage {
+                            grants: state.grants.clone(),
+                            answers: state
+                                .answers
+                                .iter()
+                                .map(|(id, (answer, _))| (id.clone(), answer.clone()))
+                                .collect(),
+                        };
+                        (b.key().clone(), image)
+                    })
+                    .collect();
+                benefits.sort_by(|a, b| a.0.cmp(&b.0));
+                (shop.key().clone(), benefits)
+            })
+            .collect();
+        shops.sort_by(|a, b| a.0.cmp(&b.0));
+        shops
     }
 
     /// What opening the journal found.
@@ -306,10 +521,14 @@ impl ClaimLedger for DurableLedger {
     }
 
     fn claim(&self, claim: &LedgerClaim<'_>) -> Result<ClaimOutcome, LedgerError> {
-        // Decide, reserve and queue under the benefit's lock.
-        let (outcome, lsn, reserved) = self.with(claim.shop, claim.benefit, |state| {
-            if let Some(&(first, lsn)) = claim.claim_id.and_then(|id| state.answers.get(id)) {
-                return Ok((first, lsn, false));
+        // Decide, reserve and queue under the benefit's lock (and the
+        // compaction gate, so that a state copy sees whole claims).
+        let gate = self.gate.read();
+        let decided = self.with(claim.shop, claim.benefit, |state| {
+            if let Some(id) = claim.claim_id {
+                if let Some((first, lsn)) = state.answers.get(id) {
+                    return Ok((first.for_visitor(claim.visitor, id)?, *lsn, false));
+                }
             }
             let outcome = state.grants.check(claim);
             if outcome != ClaimOutcome::Granted && claim.claim_id.is_none() {
@@ -332,10 +551,16 @@ impl ClaimLedger for DurableLedger {
                 state.grants.grant(claim.visitor, claim.now_ms);
             }
             if let Some(id) = claim.claim_id {
-                state.answers.insert(id.into(), (outcome, lsn));
+                let answer = Answer {
+                    outcome,
+                    visitor: claim.visitor.into(),
+                };
+                state.answers.insert(id.into(), (answer, lsn));
             }
             Ok::<_, LedgerError>((outcome, lsn, true))
-        })?;
+        });
+        drop(gate);
+        let (outcome, lsn, reserved) = decided?;
         if lsn == 0 {
             return Ok(outcome);
         }
@@ -359,6 +584,162 @@ impl ClaimLedger for DurableLedger {
             }
         }
     }
+}
+
+// -------------------------------------------------------------- state file
+
+/// Every shop's benefits' state, sorted by name.
+type Image = Vec<(Box<str>, Vec<(Box<str>, BenefitImage)>)>;
+
+/// One benefit's state as the state file holds it.
+struct BenefitImage {
+    grants: Grants,
+    answers: Vec<(Box<str>, Answer)>,
+}
+
+fn put_s16(out: &mut Vec<u8>, s: &str) {
+    // Every string here came through `Record::check` or a state file: at most u16::MAX bytes.
+    let n = s.len().min(usize::from(u16::MAX));
+    out.extend_from_slice(&(n as u16).to_le_bytes());
+    out.extend_from_slice(&s.as_bytes()[..n]);
+}
+
+fn put_u32(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&(n as u32).to_le_bytes());
+}
+
+fn outcome_code(outcome: ClaimOutcome) -> u8 {
+    OUTCOMES.iter().find(|(o, _)| *o == outcome).map_or(0, |(_, c)| *c)
+}
+
+/// Encodes the body of a state file.
+fn encode_state(shops: &Image, out: &mut Vec<u8>) {
+    put_u32(out, shops.len());
+    for (shop, benefits) in shops {
+        put_s16(out, shop);
+        put_u32(out, benefits.len());
+        for (benefit, image) in benefits {
+            put_s16(out, benefit);
+            out.extend_from_slice(&image.grants.total().to_le_bytes());
+            let mut visitors: Vec<_> = image.grants.visitors().collect();
+            visitors.sort_unstable();
+            put_u32(out, visitors.len());
+            for (visitor, times) in visitors {
+                put_s16(out, visitor);
+                put_u32(out, times.len());
+                for t in times {
+                    out.extend_from_slice(&t.to_le_bytes());
+                }
+            }
+            let mut answers: Vec<_> = image.answers.iter().collect();
+            answers.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            put_u32(out, answers.len());
+            for (id, answer) in answers {
+                put_s16(out, id);
+                out.push(outcome_code(answer.outcome));
+                put_s16(out, &answer.visitor);
+            }
+        }
+    }
+}
+
+impl RecordReader<'_> {
+    fn u32_le(&mut self) -> Result<u32, &'static str> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    /// A count of items of at least `min_bytes` each, refused when the bytes
+    /// left cannot hold that many (so a count never drives an allocation).
+    fn count(&mut self, min_bytes: usize) -> Result<usize, &'static str> {
+        let n = self.u32_le()? as usize;
+        if n.saturating_mul(min_bytes) > self.remaining() {
+            return Err("a count larger than the bytes that follow");
+        }
+        Ok(n)
+    }
+}
+
+/// Decodes a state file into `shops`; returns the LSN it covers, or the
+/// byte offset and reason it is refused. Never panics; allocates at most
+/// in proportion to `bytes`.
+fn decode_state(
+    bytes: &[u8],
+    shops: &DashMap<Box<str>, Arc<Benefits>, RandomState>,
+) -> Result<u64, (u64, &'static str)> {
+    let mut r = RecordReader::new(bytes);
+    let at = |r: &RecordReader<'_>| (bytes.len() - r.remaining()) as u64;
+    let header = (|| {
+        if r.take(8)? != STATE_MAGIC {
+            return Err("not a claims ledger state file");
+        }
+        let version = r.u32_le()?;
+        if version != STATE_VERSION {
+            return Err("unsupported ledger state version");
+        }
+        let lsn = u64::from_le_bytes(r.array()?);
+        let len = u64::from_le_bytes(r.array()?);
+        let crc = r.u32_le()?;
+        Ok((lsn, len, crc))
+    })();
+    let (lsn, len, crc) = header.map_err(|what| (0, what))?;
+    if len != r.remaining() as u64 {
+        return Err((0, "ledger state length does not match the file (truncated?)"));
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[8..STATE_HEADER_LEN - 4]);
+    hasher.update(&bytes[STATE_HEADER_LEN..]);
+    if hasher.finalize() != crc {
+        return Err((0, "ledger state checksum mismatch"));
+    }
+    let body = (|| {
+        for _ in 0..r.count(2 + 4)? {
+            let shop = r.str16()?;
+            let benefits = shops.entry(shop.into()).or_default().clone();
+            for _ in 0..r.count(2 + 8 + 4 + 4)? {
+                let benefit = r.str16()?;
+                let total = u64::from_le_bytes(r.array()?);
+                let mut visitors = Vec::new();
+                for _ in 0..r.count(2 + 4)? {
+                    let visitor = r.str16()?;
+                    let n = r.count(8)?;
+                    let mut times = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        times.push(i64::from_le_bytes(r.array()?));
+                    }
+                    visitors.push((Box::<str>::from(visitor), times));
+                }
+                let grants = Grants::from_parts(total, visitors)?;
+                let mut answers = std::collections::HashMap::default();
+                for _ in 0..r.count(2 + 1 + 2)? {
+                    let id = r.str16()?;
+                    let code = r.u8()?;
+                    let outcome = OUTCOMES
+                        .iter()
+                        .find(|(_, c)| *c == code)
+                        .map(|(o, _)| *o)
+                        .ok_or("unknown claim outcome")?;
+                    let visitor = r.str16()?;
+                    let answer = Answer {
+                        outcome,
+                        visitor: visitor.into(),
+                    };
+                    answers.insert(Box::<str>::from(id), (answer, 0));
+                }
+                if benefits
+                    .insert(benefit.into(), Mutex::new(BenefitState { grants, answers }))
+                    .is_some()
+                {
+                    return Err("a benefit listed twice");
+                }
+            }
+        }
+        if !r.at_end() {
+            return Err("bytes after the ledger state");
+        }
+        Ok(())
+    })();
+    body.map_err(|what| (at(&r), what))?;
+    Ok(lsn)
 }
 
 #[cfg(test)]
@@ -525,7 +906,8 @@ mod tests {
                 records: 5,
                 grants: 2,
                 truncated_bytes: 0,
-                dropped_records: None
+                dropped_records: None,
+                state_lsn: 0,
             }
         );
         // Every retry gets its first answer, though the state has changed since.
@@ -552,26 +934,60 @@ mod tests {
         let dir = TempDir::new("journal-retries");
         let ledger = DurableLedger::open(&dir.0).unwrap();
         let barrier = Barrier::new(8);
-        let outcomes: Vec<ClaimOutcome> = std::thread::scope(|s| {
+        let outcomes: Vec<Result<ClaimOutcome, LedgerError>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
                 .map(|i| {
                     let (ledger, barrier) = (&ledger, &barrier);
                     s.spawn(move || {
                         barrier.wait();
-                        // Different visitors: only the first answer counts.
-                        let visitor = format!("v{i}");
+                        // Retries of one visitor, and others trying the same id.
+                        let visitor = if i % 2 == 0 { "v".to_string() } else { format!("v{i}") };
                         let c = LedgerClaim {
                             budget: Some(5),
                             ..claim(&visitor, Some("order-1"))
                         };
-                        ledger.claim(&c).unwrap()
+                        (visitor == "v", ledger.claim(&c))
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+            let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            // Whoever came first owns the id; the rest are its retries or refused.
+            let owner_first = results.iter().filter(|(_, r)| r.is_ok()).all(|(same, _)| *same);
+            let owner_others = results.iter().filter(|(_, r)| r.is_ok()).all(|(same, _)| !*same);
+            assert!(owner_first || owner_others, "{results:?}");
+            results.into_iter().map(|(_, r)| r).collect()
         });
-        assert!(outcomes.iter().all(|&o| o == ClaimOutcome::Granted), "{outcomes:?}");
+        let granted = outcomes.iter().filter(|o| **o == Ok(ClaimOutcome::Granted)).count();
+        assert!(granted >= 1, "{outcomes:?}");
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, Ok(ClaimOutcome::Granted) | Err(LedgerError::ClaimIdInUse { .. }))),
+            "{outcomes:?}"
+        );
         assert_eq!(total(&ledger, "b"), 1);
+    }
+
+    /// Regression (hardening #12): a reused claim_id gave another visitor's
+    /// grant. It is bound to its visitor, also after a reopen (the journal
+    /// record holds the visitor: no format change).
+    #[test]
+    fn a_claim_id_is_bound_to_its_visitor_also_after_reopen() {
+        let dir = TempDir::new("journal-bound");
+        let ledger = DurableLedger::open(&dir.0).unwrap();
+        assert_eq!(ledger.claim(&claim("a", Some("c1"))).unwrap(), ClaimOutcome::Granted);
+        let intruder = LedgerClaim {
+            denied: Some(ClaimOutcome::NotEligible),
+            ..claim("b", Some("c1"))
+        };
+        let refused = Err(LedgerError::ClaimIdInUse { claim_id: "c1".into() });
+        assert_eq!(ledger.claim(&intruder), refused);
+        assert_eq!(ledger.stats().records, 1, "a refused reuse writes nothing");
+        drop(ledger);
+        let ledger = DurableLedger::open(&dir.0).unwrap();
+        assert_eq!(ledger.claim(&intruder), refused);
+        assert_eq!(ledger.claim(&claim("a", Some("c1"))).unwrap(), ClaimOutcome::Granted);
+        assert_eq!(ledger.usage("s", "b", "b", None).visitor_in_window, 0);
     }
 
     /// Claims made one at a time: one batch each.
@@ -778,7 +1194,7 @@ mod tests {
         let dir = TempDir::new("journal-fail");
         let ledger = DurableLedger::open(&dir.0).unwrap();
         assert_eq!(ledger.claim(&budgeted("a", Some("c1"))).unwrap(), ClaimOutcome::Granted);
-        ledger.wal.faults().fail_writes.store(true, Ordering::SeqCst);
+        ledger.wal.failpoints().fail_writes.store(true, Ordering::SeqCst);
         let barrier = Barrier::new(6);
         let results: Vec<Result<ClaimOutcome, LedgerError>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..6)
@@ -803,7 +1219,7 @@ mod tests {
         assert_eq!(total(&ledger, "b"), 1, "reservations undone");
         // Fails closed until reopened, also for a retry of a failed claim;
         // answers already on disk are still given.
-        ledger.wal.faults().fail_writes.store(false, Ordering::SeqCst);
+        ledger.wal.failpoints().fail_writes.store(false, Ordering::SeqCst);
         assert!(ledger.claim(&budgeted("g", None)).is_err());
         assert!(ledger.claim(&budgeted("f0", Some("f0"))).is_err());
         assert_eq!(ledger.claim(&budgeted("a", Some("c1"))).unwrap(), ClaimOutcome::Granted);
@@ -812,6 +1228,167 @@ mod tests {
         assert_eq!(total(&ledger, "b"), 1);
         assert_eq!(ledger.recovery().truncated_bytes, 0, "the failed batch was cut off");
         assert_eq!(ledger.claim(&budgeted("g", None)).unwrap(), ClaimOutcome::Granted);
+    }
+
+    // ------------------------------------------------------------ compaction
+
+    fn small(dir: &Path) -> DurableLedger {
+        let options = LedgerOptions {
+            segment_bytes: 200,
+            on_failure: None,
+        };
+        DurableLedger::open_with(dir, options).unwrap()
+    }
+
+    fn wal_segments(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".wal"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Claims v0..n (granted, capped at one per visitor, budget 1000) with ids c0..n.
+    fn fill(ledger: &DurableLedger, range: std::ops::Range<usize>) {
+        for i in range {
+            let (visitor, id) = (format!("v{i}"), format!("c{i}"));
+            let c = LedgerClaim {
+                now_ms: 1_000 + i as i64,
+                cap: Some((1, 1 << 40)),
+                budget: Some(1_000),
+                ..claim(&visitor, Some(&id))
+            };
+            assert_eq!(ledger.claim(&c).unwrap(), ClaimOutcome::Granted, "{i}");
+        }
+        let denied = LedgerClaim {
+            denied: Some(ClaimOutcome::HeldOut),
+            ..claim("held", Some("held-id"))
+        };
+        let _ = ledger.claim(&denied);
+    }
+
+    /// What a reopened ledger must answer after claims 0..n (any compactions between).
+    fn check_filled(ledger: &DurableLedger, n: usize) {
+        assert_eq!(total(ledger, "b"), n as u64);
+        for i in [0, n / 2, n - 1] {
+            let (visitor, id) = (format!("v{i}"), format!("c{i}"));
+            assert_eq!(ledger.usage("s", "b", &visitor, None).visitor_in_window, 1, "{i}");
+            // The retry gets its answer; another visitor is refused the id.
+            assert_eq!(
+                ledger.claim(&claim(&visitor, Some(&id))).unwrap(),
+                ClaimOutcome::Granted
+            );
+            assert!(matches!(
+                ledger.claim(&claim("other", Some(&id))),
+                Err(LedgerError::ClaimIdInUse { .. })
+            ));
+            let again = LedgerClaim {
+                cap: Some((1, 1 << 40)),
+                ..claim(&visitor, None)
+            };
+            assert_eq!(ledger.claim(&again).unwrap(), ClaimOutcome::CapReached, "{i}");
+        }
+        assert_eq!(
+            ledger.claim(&claim("held", Some("held-id"))).unwrap(),
+            ClaimOutcome::HeldOut
+        );
+    }
+
+    #[test]
+    fn compaction_writes_the_state_deletes_covered_segments_and_a_reopen_restores_everything() {
+        let dir = TempDir::new("journal-compact");
+        let ledger = small(&dir.0);
+        fill(&ledger, 0..20);
+        assert!(ledger.compaction_due());
+        let before = wal_segments(&dir.0).len();
+        let done = ledger.compact().unwrap();
+        assert_eq!(done.lsn, 21);
+        assert_eq!(done.removed.segments_removed, before - 1);
+        assert!(done.removed.bytes_removed > 0 && done.state_bytes > 0);
+        assert_eq!(wal_segments(&dir.0).len(), 1);
+        assert!(!ledger.compaction_due());
+        fill(&ledger, 20..30);
+        drop(ledger);
+
+        let ledger = small(&dir.0);
+        assert_eq!(ledger.recovery().state_lsn, 21);
+        assert_eq!(
+            ledger.recovery().grants,
+            10,
+            "only the records after the state are replayed"
+        );
+        check_filled(&ledger, 30);
+        // Compacting again, and once more with nothing new, is fine.
+        ledger.compact().unwrap();
+        ledger.compact().unwrap();
+        drop(ledger);
+        let ledger = small(&dir.0);
+        check_filled(&ledger, 30);
+    }
+
+    /// Copies every file of `from` into a fresh directory.
+    fn copy_dir(from: &Path, name: &str) -> TempDir {
+        let to = TempDir::new(name);
+        for e in fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_name() != crate::wal::LOCK_FILE {
+                fs::copy(e.path(), to.0.join(e.file_name())).unwrap();
+            }
+        }
+        to
+    }
+
+    #[test]
+    fn a_crash_at_any_step_of_compaction_leaves_a_loadable_journal() {
+        let dir = TempDir::new("journal-compact-crash");
+        let ledger = small(&dir.0);
+        fill(&ledger, 0..20);
+        ledger.compact().unwrap();
+        fill(&ledger, 20..40);
+        // Before the second compaction: the old state and every segment it needs.
+        let before = copy_dir(&dir.0, "journal-compact-before");
+        ledger.compact().unwrap();
+        drop(ledger);
+        let state = fs::read(dir.0.join(STATE_FILE)).unwrap();
+
+        // 1. Killed while writing the new state: a partial .tmp beside the old state.
+        for cut in [0, 10, state.len() / 2, state.len()] {
+            let d = copy_dir(&before.0, "journal-compact-tmp");
+            fs::write(d.0.join(STATE_TMP), &state[..cut]).unwrap();
+            let ledger = small(&d.0);
+            check_filled(&ledger, 40);
+            assert!(!d.0.join(STATE_TMP).exists(), "the partial state is removed");
+        }
+        // 2. Killed after the rename, before (or while) deleting segments.
+        let mut segments = wal_segments(&before.0);
+        segments.pop();
+        for keep in 0..=segments.len() {
+            let d = copy_dir(&before.0, "journal-compact-renamed");
+            fs::write(d.0.join(STATE_FILE), &state).unwrap();
+            for name in &segments[..segments.len() - keep] {
+                fs::remove_file(d.0.join(name)).unwrap();
+            }
+            let ledger = small(&d.0);
+            assert_eq!(ledger.recovery().state_lsn, 41);
+            check_filled(&ledger, 40);
+        }
+        // 3. A damaged state file refuses the start, naming the file.
+        let mut damaged = state.clone();
+        damaged[STATE_HEADER_LEN + 3] ^= 1;
+        fs::write(dir.0.join(STATE_FILE), &damaged).unwrap();
+        let err = DurableLedger::open(&dir.0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: malformed at byte 0: ledger state checksum mismatch",
+                dir.0.join(STATE_FILE).display()
+            )
+        );
+        // 4. A missing state file, the journal compacted: a gap, not an empty ledger.
+        fs::remove_file(dir.0.join(STATE_FILE)).unwrap();
+        assert!(matches!(DurableLedger::open(&dir.0), Err(JournalError::Gap { .. })));
     }
 
     #[test]
@@ -841,5 +1418,122 @@ mod tests {
         }
         .check()
         .is_err());
+    }
+
+    mod fuzz_decoders {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::wal::fuzz::{apply, config, mutations};
+
+        fn valid_record() -> Vec<u8> {
+            let mut buf = Vec::new();
+            Record {
+                outcome: ClaimOutcome::CapReached,
+                now_ms: 1_000,
+                shop: "shop",
+                benefit: "coupon",
+                visitor: "visitor-1",
+                claim_id: Some("order-1"),
+            }
+            .encode(&mut buf);
+            buf
+        }
+
+        /// A valid state file of a ledger with grants and answers.
+        fn valid_state() -> Vec<u8> {
+            let dir = TempDir::new("journal-fuzz-state");
+            let ledger = DurableLedger::open(&dir.0).unwrap();
+            for (visitor, id) in [("a", "c1"), ("b", "c2"), ("a", "c3")] {
+                let c = LedgerClaim {
+                    cap: Some((1, 10_000)),
+                    ..claim(visitor, Some(id))
+                };
+                ledger.claim(&c).unwrap();
+            }
+            ledger.compact().unwrap();
+            fs::read(dir.0.join(STATE_FILE)).unwrap()
+        }
+
+        /// Recomputes a state file's length and checksum for its body.
+        fn reseal(bytes: &mut [u8]) {
+            if bytes.len() < STATE_HEADER_LEN {
+                return;
+            }
+            let len = (bytes.len() - STATE_HEADER_LEN) as u64;
+            bytes[20..28].copy_from_slice(&len.to_le_bytes());
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&bytes[8..28]);
+            crc.update(&bytes[STATE_HEADER_LEN..]);
+            let crc = crc.finalize();
+            bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+        }
+
+        fn decode_any(bytes: &[u8]) {
+            let shops = DashMap::default();
+            let _ = decode_state(bytes, &shops);
+        }
+
+        #[test]
+        fn fuzz_inputs_start_valid() {
+            let state = valid_state();
+            let mut resealed = state.clone();
+            reseal(&mut resealed);
+            assert_eq!(resealed, state);
+            let shops = DashMap::default();
+            assert_eq!(decode_state(&state, &shops), Ok(3));
+            assert!(Record::decode(&valid_record()).is_ok());
+            // A count of 2^32 - 1 shops in a 4-byte body allocates nothing for them.
+            let mut huge = state[..STATE_HEADER_LEN].to_vec();
+            huge.extend_from_slice(&u32::MAX.to_le_bytes());
+            reseal(&mut huge);
+            let shops = DashMap::default();
+            assert_eq!(
+                decode_state(&huge, &shops),
+                Err((36, "a count larger than the bytes that follow"))
+            );
+        }
+
+        proptest! {
+            #![proptest_config(config(256))]
+
+            #[test]
+            fn fuzz_claim_record_arbitrary(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+                let _ = Record::decode(&bytes);
+            }
+
+            #[test]
+            fn fuzz_claim_record_mutated(muts in mutations()) {
+                let mut bytes = valid_record();
+                apply(&mut bytes, &muts, 0);
+                if let Ok(r) = Record::decode(&bytes) {
+                    let mut again = Vec::new();
+                    r.encode(&mut again);
+                    prop_assert_eq!(again, bytes);
+                }
+            }
+
+            #[test]
+            fn fuzz_ledger_state_arbitrary(bytes in proptest::collection::vec(any::<u8>(), 0..256), seal in any::<bool>()) {
+                let mut bytes = bytes;
+                if seal {
+                    let mut framed = valid_state()[..STATE_HEADER_LEN].to_vec();
+                    framed.extend_from_slice(&bytes);
+                    reseal(&mut framed);
+                    bytes = framed;
+                }
+                decode_any(&bytes);
+            }
+
+            #[test]
+            fn fuzz_ledger_state_mutated(muts in mutations(), seal in any::<bool>()) {
+                let mut bytes = valid_state();
+                apply(&mut bytes, &muts, 0);
+                if seal {
+                    reseal(&mut bytes);
+                }
+                decode_any(&bytes);
+            }
+        }
     }
 }

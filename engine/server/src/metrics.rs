@@ -64,6 +64,14 @@ pub const JOURNAL_FAILURES: &str = "vitrine_journal_failures_total";
 pub const CONNECTIONS_OPEN: &str = "vitrine_connections_open";
 /// `vitrine_connections_closed_total{port, reason}`
 pub const CONNECTIONS_CLOSED: &str = "vitrine_connections_closed_total";
+/// `vitrine_storage_fault`
+pub const STORAGE_FAULT: &str = "vitrine_storage_fault";
+/// `vitrine_claims_compactions_total{result}`
+pub const CLAIMS_COMPACTIONS: &str = "vitrine_claims_compactions_total";
+/// `vitrine_claims_compacted_bytes_total`
+pub const CLAIMS_COMPACTED_BYTES: &str = "vitrine_claims_compacted_bytes_total";
+/// `vitrine_claims_state_bytes`
+pub const CLAIMS_STATE_BYTES: &str = "vitrine_claims_state_bytes";
 
 /// Rejection reasons of the Kafka path, beside the core's five
 /// (`RejectReason`): a message over `--kafka-max-message-bytes`, and a
@@ -190,6 +198,24 @@ fn describe() {
     describe_counter!(
         JOURNAL_FAILURES,
         "Is durable storage failing? Claims or Track calls refused because their journal (claims, events) could not write; nothing was granted or accepted."
+    );
+    describe_gauge!(
+        STORAGE_FAULT,
+        "Has this replica stopped trusting its disk? 1 after a journal write or fsync failed or the data directory was removed or replaced: Track and Claim are refused and health is NOT_SERVING until a restart (see /readyz for the reason)."
+    );
+    describe_counter!(
+        CLAIMS_COMPACTIONS,
+        "Is the claims journal being compacted? Ledger state snapshots written (with the journal segments they cover deleted), by result (ok, failed)."
+    );
+    describe_counter!(
+        CLAIMS_COMPACTED_BYTES,
+        Unit::Bytes,
+        "How much claims journal has compaction deleted?"
+    );
+    describe_gauge!(
+        CLAIMS_STATE_BYTES,
+        Unit::Bytes,
+        "How big is the last claims ledger state snapshot (what a restart loads before replaying the rest of the journal)?"
     );
     describe_counter!(
         KAFKA_ERRORS,
@@ -385,6 +411,28 @@ pub fn restored(damaged: usize, seconds: f64) {
     }
     for journal in ["claims", "events"] {
         metrics::counter!(JOURNAL_FAILURES, "journal" => journal).increment(0);
+    }
+    metrics::gauge!(STORAGE_FAULT).set(0.0);
+    for result in ["ok", "failed"] {
+        metrics::counter!(CLAIMS_COMPACTIONS, "result" => result).increment(0);
+    }
+    metrics::counter!(CLAIMS_COMPACTED_BYTES).increment(0);
+}
+
+/// The replica stopped trusting its storage (hardening #11, #17).
+pub fn storage_fault() {
+    metrics::gauge!(STORAGE_FAULT).set(1.0);
+}
+
+/// A claims-journal compaction that succeeded (`Some((state bytes, journal bytes deleted))`) or failed.
+pub fn claims_compacted(result: Option<(u64, u64)>) {
+    match result {
+        Some((state, deleted)) => {
+            metrics::counter!(CLAIMS_COMPACTIONS, "result" => "ok").increment(1);
+            metrics::counter!(CLAIMS_COMPACTED_BYTES).increment(deleted);
+            metrics::gauge!(CLAIMS_STATE_BYTES).set(state as f64);
+        }
+        None => metrics::counter!(CLAIMS_COMPACTIONS, "result" => "failed").increment(1),
     }
 }
 

@@ -18,11 +18,11 @@ use tonic_health::server::HealthReporter;
 use vitrine_proto::v1 as pb;
 
 use crate::config::Config;
-use crate::engine::{now_ms, Engine};
+use crate::engine::{now_ms, Engine, StorageHealth};
 use crate::events_log::EventLog;
 use crate::grpc::Service;
 use crate::http::{self, Probes};
-use crate::journal::DurableLedger;
+use crate::journal::{DurableLedger, LedgerOptions};
 use crate::kafka::Ingest;
 use crate::metrics::{self, Metrics};
 use crate::snapshots::{KafkaPosition, Position, SnapshotDir, Written};
@@ -59,9 +59,23 @@ pub struct Server {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     snapshotter: Arc<Snapshotter>,
+    failpoints: Failpoints,
     /// `data-dir/vitrine.lock`, held while the server lives.
-    _data_lock: std::fs::File,
+    _data_lock: Arc<std::fs::File>,
 }
+
+/// The journals' failpoints, for fault-injection tests.
+#[derive(Debug, Clone)]
+pub struct Failpoints {
+    /// The events journal's writer.
+    pub events: Arc<crate::wal::Failpoints>,
+    /// The claims journal's writer.
+    pub claims: Arc<crate::wal::Failpoints>,
+}
+
+/// How often the data directory and its lock file are checked to still be
+/// the ones the server opened (hardening #17).
+pub const DATA_DIR_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl std::fmt::Debug for Snapshotter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -138,7 +152,7 @@ const EVENTS_SEGMENT_BYTES: u64 = 64 << 20;
 /// The durable state a start restores, and where it came from.
 struct Restored {
     index: Index,
-    ledger: DurableLedger,
+    ledger: Arc<DurableLedger>,
     events: EventLog,
     position: Position,
 }
@@ -147,7 +161,12 @@ struct Restored {
 /// ones set aside), the events journal after its position, the claims
 /// journal. Blocking; fails on damage that would lose acknowledged claims
 /// or events (the error says which file and where).
-fn restore(data_dir: &Path, snapshots: &SnapshotDir) -> anyhow::Result<Restored> {
+fn restore(
+    data_dir: &Path,
+    snapshots: &SnapshotDir,
+    claims_segment_bytes: u64,
+    storage: &StorageHealth,
+) -> anyhow::Result<Restored> {
     let started = Instant::now();
     let (loaded, damaged) = snapshots
         .load_newest()
@@ -178,10 +197,11 @@ fn restore(data_dir: &Path, snapshots: &SnapshotDir) -> anyhow::Result<Restored>
         }
     };
     let replay_started = Instant::now();
-    let (events, recovery) = EventLog::open(
+    let (events, recovery) = EventLog::open_with(
         &data_dir.join("events"),
         position.events_lsn,
         EVENTS_SEGMENT_BYTES,
+        Some(storage.wal_hook()),
         |_, event| index.apply(&event),
     )
     .context("opening the events journal")?;
@@ -190,14 +210,19 @@ fn restore(data_dir: &Path, snapshots: &SnapshotDir) -> anyhow::Result<Restored>
         seconds = replay_started.elapsed().as_secs_f64(),
         "events journal replayed"
     );
-    let ledger = DurableLedger::open(&data_dir.join("claims")).context("opening the claims journal")?;
+    let ledger_options = LedgerOptions {
+        segment_bytes: claims_segment_bytes,
+        on_failure: Some(storage.wal_hook()),
+    };
+    let ledger =
+        DurableLedger::open_with(&data_dir.join("claims"), ledger_options).context("opening the claims journal")?;
     tracing::info!(recovery = ?ledger.recovery(), "claims journal replayed");
     let seconds = started.elapsed().as_secs_f64();
     metrics::restored(damaged.len(), seconds);
     tracing::info!(seconds, "state restored");
     Ok(Restored {
         index,
-        ledger,
+        ledger: Arc::new(ledger),
         events,
         position,
     })
@@ -206,6 +231,8 @@ fn restore(data_dir: &Path, snapshots: &SnapshotDir) -> anyhow::Result<Restored>
 /// Takes snapshots: the position first, then the index.
 struct Snapshotter {
     engine: Arc<Engine>,
+    /// The claims journal, compacted after snapshots.
+    ledger: Arc<DurableLedger>,
     dir: SnapshotDir,
     /// The topic and a reader of the consumer's applied offsets.
     kafka: Option<(String, KafkaPositions)>,
@@ -251,7 +278,33 @@ impl Snapshotter {
                 tracing::error!(dir = %self.dir.dir().display(), "writing a snapshot failed: {e}");
             }
         }
+        self.compact_claims();
         written
+    }
+
+    /// Compacts the claims journal when it has more than its current
+    /// segment (so at most once per `--claims-segment-bytes` of claims),
+    /// never after a storage fault.
+    fn compact_claims(&self) {
+        if self.engine.storage.fault().is_some() || !self.ledger.compaction_due() {
+            return;
+        }
+        match self.ledger.compact() {
+            Ok(c) => {
+                metrics::claims_compacted(Some((c.state_bytes, c.removed.bytes_removed)));
+                tracing::info!(
+                    lsn = c.lsn,
+                    state_bytes = c.state_bytes,
+                    segments_removed = c.removed.segments_removed,
+                    bytes_removed = c.removed.bytes_removed,
+                    "claims journal compacted"
+                );
+            }
+            Err(e) => {
+                metrics::claims_compacted(None);
+                tracing::error!("compacting the claims journal failed (the journal is kept whole): {e}");
+            }
+        }
     }
 }
 
@@ -263,16 +316,24 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .with_context(|| format!("creating --rules-dir {}", config.rules_dir.display()))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating --data-dir {}", config.data_dir.display()))?;
-    let data_lock = lock_data_dir(&config.data_dir)?;
+    let data_lock = Arc::new(lock_data_dir(&config.data_dir)?);
+    let storage = StorageHealth::default();
     let store = RuleStore::new(&config.rules_dir, &config.data_dir);
     log_sync(&store.sync_dir(now_ms()));
     let snapshots = SnapshotDir::open(&config.data_dir, config.snapshot_keep)
         .with_context(|| format!("opening {}/snapshots", config.data_dir.display()))?;
     let data_dir = config.data_dir.clone();
-    let (restored, snapshots) =
-        tokio::task::spawn_blocking(move || restore(&data_dir, &snapshots).map(|r| (r, snapshots)))
-            .await
-            .context("restoring state")??;
+    let (claims_segment_bytes, restore_storage) = (config.claims_segment_bytes, storage.clone());
+    let (restored, snapshots) = tokio::task::spawn_blocking(move || {
+        restore(&data_dir, &snapshots, claims_segment_bytes, &restore_storage).map(|r| (r, snapshots))
+    })
+    .await
+    .context("restoring state")??;
+    let failpoints = Failpoints {
+        events: restored.events.failpoints(),
+        claims: restored.ledger.failpoints(),
+    };
+    let ledger = restored.ledger.clone();
     let mut kafka_config = config.kafka.clone();
     if let Some(k) = &mut kafka_config {
         match &restored.position.kafka {
@@ -285,13 +346,15 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             None => {}
         }
     }
-    let engine = Arc::new(Engine::with_parts(
+    let mut engine = Engine::with_parts(
         restored.index,
         store,
-        Arc::new(restored.ledger),
+        restored.ledger,
         Some(restored.events),
         Metrics::new(),
-    ));
+    );
+    engine.storage = storage.clone();
+    let engine = Arc::new(engine);
     if let Some(visitors) = config.demo_visitors {
         let now = now_ms();
         for (shop, _) in engine.rules.shops() {
@@ -336,6 +399,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     };
     let snapshotter = Arc::new(Snapshotter {
         engine: engine.clone(),
+        ledger,
         dir: snapshots,
         kafka: kafka_config
             .as_ref()
@@ -356,9 +420,22 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             kafka,
             ready.clone(),
             health.clone(),
+            storage.clone(),
             stopped.clone(),
         )));
     }
+    tasks.push(tokio::spawn(not_serving_on_fault(
+        storage.clone(),
+        ready.clone(),
+        health.clone(),
+        stopped.clone(),
+    )));
+    tasks.push(tokio::spawn(watch_data_dir(
+        config.data_dir.clone(),
+        data_lock.clone(),
+        storage.clone(),
+        stopped.clone(),
+    )));
 
     // gRPC: on stop, report NOT_SERVING, wait the grace period, then drain.
     let grace = config.shutdown_grace;
@@ -400,6 +477,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 
     let probes = Probes {
         ready: ready.clone(),
+        storage: storage.clone(),
         metrics: handle.clone(),
         decide_latency: engine.metrics.decide_duration.clone(),
     };
@@ -435,6 +513,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         stop,
         tasks,
         snapshotter,
+        failpoints,
         _data_lock: data_lock,
     })
 }
@@ -459,12 +538,82 @@ async fn snapshot_loop(
     }
 }
 
+/// Turns health NOT_SERVING (gRPC) and not ready (`/readyz`) for good when
+/// storage faults (see [`crate::engine`]'s "Storage faults").
+async fn not_serving_on_fault(
+    storage: StorageHealth,
+    ready: Arc<AtomicBool>,
+    health: Arc<tokio::sync::Mutex<HealthReporter>>,
+    mut stopped: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut fault = storage.subscribe();
+    tokio::select! {
+        seen = fault.wait_for(|f| f.is_some()) => if seen.is_err() { return Ok(()) },
+        _ = stopped.wait_for(|s| *s) => return Ok(()),
+    }
+    // Under the lock, so that a consumer catching up now cannot turn it back.
+    let health = health.lock().await;
+    ready.store(false, Ordering::Release);
+    set_health(&health, false).await;
+    tracing::error!("NOT_SERVING: storage fault; restart the server once the disk is fixed");
+    Ok(())
+}
+
+/// The identity of a file: (device, inode).
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt as _;
+    (meta.dev(), meta.ino())
+}
+
+/// Checks every [`DATA_DIR_CHECK_INTERVAL`] that `--data-dir` and its lock
+/// file are still the ones the server opened; a removed or replaced one is
+/// a storage fault (hardening #17): writes would go to unlinked files,
+/// lost at restart, and the lock no longer keeps a second server away.
+async fn watch_data_dir(
+    data_dir: std::path::PathBuf,
+    lock: Arc<std::fs::File>,
+    storage: StorageHealth,
+    mut stopped: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let dir = std::fs::metadata(&data_dir)
+        .map(|m| identity(&m))
+        .with_context(|| format!("reading {}", data_dir.display()))?;
+    let held = lock
+        .metadata()
+        .map(|m| identity(&m))
+        .context("reading the data-dir lock")?;
+    let lock_path = data_dir.join("vitrine.lock");
+    let mut ticker = tokio::time::interval(DATA_DIR_CHECK_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopped.wait_for(|s| *s) => return Ok(()),
+        }
+        let check = |path: &Path, want: (u64, u64)| match std::fs::metadata(path) {
+            Ok(m) if identity(&m) == want => None,
+            Ok(_) => Some(format!(
+                "{} was replaced by another file while the server ran",
+                path.display()
+            )),
+            Err(e) => Some(format!("{} is gone ({e}) while the server ran", path.display())),
+        };
+        if let Some(problem) = check(&data_dir, dir).or_else(|| check(&lock_path, held)) {
+            storage.trip(format!(
+                "data directory lost: {problem}; acknowledged writes would not survive a restart"
+            ));
+            return Ok(());
+        }
+    }
+}
+
 /// The Kafka consumer's life beside the server: SERVING once it has caught
 /// up (unless shutdown began first), and stopped (final commit) on shutdown.
 async fn run_ingest(
     kafka: Ingest,
     ready: Arc<AtomicBool>,
     health: Arc<tokio::sync::Mutex<HealthReporter>>,
+    storage: StorageHealth,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut caught_up = kafka.caught_up();
@@ -477,7 +626,7 @@ async fn run_ingest(
     };
     if caught {
         let health = health.lock().await;
-        if !*stopped.borrow() {
+        if !*stopped.borrow() && storage.fault().is_none() {
             ready.store(true, Ordering::Release);
             set_health(&health, true).await;
             tracing::info!("SERVING: the index holds the topic up to its high watermarks at start");
@@ -538,6 +687,11 @@ impl Server {
             .await?
             .context("the final snapshot")?;
         result
+    }
+
+    /// The journals' failpoints (fault-injection tests).
+    pub fn failpoints(&self) -> &Failpoints {
+        &self.failpoints
     }
 
     /// Writes a snapshot now (what the periodic task does); for tests and tools.

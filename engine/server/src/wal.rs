@@ -124,8 +124,13 @@ const MAX_QUEUED_BYTES: usize = 8 << 20;
 /// The digits of a segment's name.
 const NAME_DIGITS: usize = 20;
 
+/// Called once, from the writer thread, when a write or sync fails and the
+/// log fails closed; gets the log's name and the error (the server turns it
+/// into NOT_SERVING, hardening #11).
+pub type FailureHook = Arc<dyn Fn(&'static str, &str) + Send + Sync>;
+
 /// How to open a log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Options {
     /// What the log holds, for log messages; also the writer thread's name (keep it under 16 bytes).
     pub name: &'static str,
@@ -135,6 +140,20 @@ pub struct Options {
     pub segment_bytes: u64,
     /// The LSN the caller's snapshot covers: replay skips records up to it (0 = none).
     pub start_after: u64,
+    /// Told when the log fails closed.
+    pub on_failure: Option<FailureHook>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("name", &self.name)
+            .field("kind", &kind_text(&self.kind))
+            .field("segment_bytes", &self.segment_bytes)
+            .field("start_after", &self.start_after)
+            .field("on_failure", &self.on_failure.is_some())
+            .finish()
+    }
 }
 
 impl Options {
@@ -145,6 +164,7 @@ impl Options {
             kind,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             start_after: 0,
+            on_failure: None,
         }
     }
 }
@@ -368,6 +388,11 @@ impl<'a> RecordReader<'a> {
     /// The next byte.
     pub fn u8(&mut self) -> Result<u8, &'static str> {
         Ok(self.take(1)?[0])
+    }
+
+    /// The bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
     }
 
     /// Whether every byte of the record has been read.
@@ -639,14 +664,13 @@ fn create_segment(
     kind: [u8; 4],
     first: u64,
     prev: u64,
-    #[cfg(test)] faults: &Faults,
+    failpoints: &Failpoints,
 ) -> io::Result<(File, PathBuf)> {
     let path = dir.join(segment_name(first));
     let mut file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
     let header = segment_header(kind, first, prev);
     let written = (|| {
-        #[cfg(test)]
-        if faults.fail_rolls.load(std::sync::atomic::Ordering::SeqCst) {
+        if failpoints.fail_rolls.load(std::sync::atomic::Ordering::Relaxed) {
             file.write_all(&header[..SEGMENT_HEADER_LEN / 2])?;
             return Err(io::Error::other("injected segment creation failure"));
         }
@@ -694,18 +718,28 @@ struct Shared {
     /// First LSNs of the segments, oldest first; the last is the writer's.
     segments: Mutex<VecDeque<u64>>,
     dir: PathBuf,
-    #[cfg(test)]
-    faults: Faults,
+    failpoints: Arc<Failpoints>,
+    on_failure: OnFailure,
 }
 
-/// Failures the writer injects on request (tests only).
-#[cfg(test)]
+/// [`Options::on_failure`], kept by the writer.
+struct OnFailure(Option<FailureHook>);
+
+impl std::fmt::Debug for OnFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
+}
+
+/// Failpoints of the writer: switches that make its next write fail as a
+/// full disk would, for fault-injection tests of everything above the log
+/// (the same code path as a real failure; one relaxed load per batch).
 #[derive(Debug, Default)]
-pub(crate) struct Faults {
+pub struct Failpoints {
     /// Fail batch writes after writing half of the batch.
-    pub(crate) fail_writes: std::sync::atomic::AtomicBool,
+    pub fail_writes: std::sync::atomic::AtomicBool,
     /// Fail segment creation after writing half of the header.
-    pub(crate) fail_rolls: std::sync::atomic::AtomicBool,
+    pub fail_rolls: std::sync::atomic::AtomicBool,
 }
 
 /// Takes the appended bytes back out of the queue unless committed, so that
@@ -781,6 +815,10 @@ impl Writer {
                     q.pending.clear();
                     q.pending_records = 0;
                     self.shared.done.notify_all();
+                    drop(q);
+                    if let Some(hook) = &self.shared.on_failure.0 {
+                        hook(self.name, &e.to_string());
+                    }
                     return;
                 }
             }
@@ -792,8 +830,12 @@ impl Writer {
         if has_batches && self.len + batch.len() as u64 > self.segment_bytes {
             self.roll()?;
         }
-        #[cfg(test)]
-        if self.shared.faults.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+        if self
+            .shared
+            .failpoints
+            .fail_writes
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             let _ = self.file.write_all(&batch[..batch.len() / 2]);
             return Err(io::Error::other("injected write failure"));
         }
@@ -809,8 +851,7 @@ impl Writer {
             self.kind,
             first,
             self.last_lsn,
-            #[cfg(test)]
-            &self.shared.faults,
+            &self.shared.failpoints,
         )?;
         self.shared.segments.lock().push_back(first);
         self.file = file;
@@ -894,6 +935,7 @@ impl Wal {
             kind,
             segment_bytes,
             start_after: after,
+            on_failure,
         } = options;
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock_path = dir.join(LOCK_FILE);
@@ -1019,15 +1061,8 @@ impl Wal {
                 // A new log, or one that ends before the snapshot: continue
                 // after the snapshot, never reusing its LSNs.
                 let first = after + 1;
-                let (file, _) = create_segment(
-                    dir,
-                    kind,
-                    first,
-                    last_lsn,
-                    #[cfg(test)]
-                    &Faults::default(),
-                )
-                .map_err(io_err(&dir.join(segment_name(first))))?;
+                let (file, _) = create_segment(dir, kind, first, last_lsn, &Failpoints::default())
+                    .map_err(io_err(&dir.join(segment_name(first))))?;
                 if last_lsn < after {
                     tracing::warn!(
                         log = name,
@@ -1054,8 +1089,8 @@ impl Wal {
             done: Condvar::new(),
             segments: Mutex::new(firsts),
             dir: dir.to_owned(),
-            #[cfg(test)]
-            faults: Faults::default(),
+            failpoints: Arc::default(),
+            on_failure: OnFailure(on_failure),
         });
         let writer = Writer {
             shared: shared.clone(),
@@ -1175,6 +1210,11 @@ impl Wal {
         }
     }
 
+    /// The LSN of the last record appended (durable or still queued).
+    pub fn appended_lsn(&self) -> u64 {
+        self.shared.queue.lock().next_lsn - 1
+    }
+
     /// The LSN up to which every record is on disk.
     pub fn durable_lsn(&self) -> u64 {
         self.shared.queue.lock().durable_lsn
@@ -1228,10 +1268,9 @@ impl Wal {
         &self.shared.dir
     }
 
-    /// The writer's fault switches.
-    #[cfg(test)]
-    pub(crate) fn faults(&self) -> &Faults {
-        &self.shared.faults
+    /// The writer's failpoints (see [`Failpoints`]).
+    pub fn failpoints(&self) -> Arc<Failpoints> {
+        self.shared.failpoints.clone()
     }
 }
 
@@ -1257,6 +1296,81 @@ pub(crate) fn test_batch(records: &[&[u8]], seq: u64) -> Vec<u8> {
     let mut out = Vec::new();
     frame_batch(&mut out, &framed, records.len() as u32, seq);
     out
+}
+
+/// Random-input helpers shared by the decoders' `fuzz_*` tests (see each
+/// file's tests). A short run is part of `cargo test`; a long one:
+/// `PROPTEST_CASES=100000 cargo test --release -p vitrine --lib fuzz_`.
+#[cfg(test)]
+pub(crate) mod fuzz {
+    use proptest::prelude::*;
+
+    /// `short` cases, unless `PROPTEST_CASES` asks for another number.
+    pub(crate) fn config(short: u32) -> ProptestConfig {
+        let mut config = ProptestConfig::default();
+        if std::env::var_os("PROPTEST_CASES").is_none() {
+            config.cases = short;
+        }
+        config
+    }
+
+    /// One change to a valid encoding.
+    #[derive(Debug, Clone)]
+    pub(crate) enum Mutation {
+        /// XOR a byte (at a position taken modulo the length).
+        Flip(usize, u8),
+        /// Keep only a prefix.
+        Truncate(usize),
+        /// Append bytes.
+        Extend(Vec<u8>),
+        /// Overwrite eight bytes with a little-endian number (a length or
+        /// count of 2^60 must not allocate that much).
+        Length(usize, u64),
+    }
+
+    /// A mutation.
+    pub(crate) fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            (any::<usize>(), 1..=255u8).prop_map(|(at, x)| Mutation::Flip(at, x)),
+            any::<usize>().prop_map(Mutation::Truncate),
+            proptest::collection::vec(any::<u8>(), 1..64).prop_map(Mutation::Extend),
+            (
+                any::<usize>(),
+                prop_oneof![
+                    Just(1u64 << 60),
+                    Just(u64::MAX),
+                    Just(u64::from(u32::MAX)),
+                    any::<u64>()
+                ]
+            )
+                .prop_map(|(at, n)| Mutation::Length(at, n)),
+        ]
+    }
+
+    /// One to three mutations.
+    pub(crate) fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
+        proptest::collection::vec(mutation(), 1..4)
+    }
+
+    /// Applies `mutations` to `bytes`, skipping those `from` would put before the protected prefix.
+    pub(crate) fn apply(bytes: &mut Vec<u8>, mutations: &[Mutation], from: usize) {
+        for m in mutations {
+            let room = bytes.len().saturating_sub(from);
+            match m {
+                Mutation::Flip(at, x) if room > 0 => {
+                    let at = from + at % room;
+                    bytes[at] ^= x;
+                }
+                Mutation::Truncate(at) => bytes.truncate(from + at % (room + 1)),
+                Mutation::Extend(more) => bytes.extend_from_slice(more),
+                Mutation::Length(at, n) if room >= 8 => {
+                    let at = from + at % (room - 7);
+                    bytes[at..at + 8].copy_from_slice(&n.to_le_bytes());
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1665,10 +1779,11 @@ mod tests {
             // With two records, segment 1 is full: the next write starts segment 3.
             let durable = if roll { 2 } else { 1 };
             append_each(&wal, 1..=durable);
+            let failpoints = wal.failpoints();
             let fault = if roll {
-                &wal.faults().fail_rolls
+                &failpoints.fail_rolls
             } else {
-                &wal.faults().fail_writes
+                &failpoints.fail_writes
             };
             fault.store(true, Ordering::SeqCst);
             let lsn = wal.append(1, |out| out.push(b'x')).unwrap();
@@ -1735,5 +1850,59 @@ mod tests {
                 dir.segment(3).display()
             )
         );
+    }
+
+    mod fuzz_segments {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::wal::fuzz::{apply, config, mutations};
+
+        /// Opens a log whose only segment holds `bytes`: records or an error, never a panic.
+        fn open_bytes(bytes: &[u8]) {
+            let dir = TempDir::new("wal-fuzz");
+            fs::write(dir.segment(1), bytes).unwrap();
+            if let Ok((wal, _, seen)) = open(&dir, TWO_BATCHES, 0) {
+                assert!(seen.iter().all(|(_, r)| r.len() <= MAX_BATCH_BYTES));
+                drop(wal);
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config(64))]
+
+            #[test]
+            fn fuzz_wal_arbitrary_segment(bytes in proptest::collection::vec(any::<u8>(), 0..256), header in any::<bool>()) {
+                let mut file = if header { segment_header(KIND, 1, 0).to_vec() } else { Vec::new() };
+                file.extend_from_slice(&bytes);
+                open_bytes(&file);
+            }
+
+            #[test]
+            fn fuzz_wal_mutated_segment(muts in mutations(), keep_header in any::<bool>()) {
+                let source = log_of("wal-fuzz-src", 2);
+                let mut bytes = fs::read(source.segment(1)).unwrap();
+                apply(&mut bytes, &muts, if keep_header { SEGMENT_HEADER_LEN } else { 0 });
+                open_bytes(&bytes);
+            }
+
+            #[test]
+            fn fuzz_wal_batch_with_any_header_fields(len in any::<u32>(), count in any::<u32>(), seq in any::<u64>(), body in proptest::collection::vec(any::<u8>(), 0..64)) {
+                // A batch whose checksum holds, whatever its fields say.
+                let mut file = segment_header(KIND, 1, 0).to_vec();
+                file.extend_from_slice(&BATCH_MAGIC);
+                let mut fields = Vec::new();
+                fields.extend_from_slice(&len.to_le_bytes());
+                fields.extend_from_slice(&count.to_le_bytes());
+                fields.extend_from_slice(&seq.to_le_bytes());
+                let mut crc = crc32fast::Hasher::new();
+                crc.update(&fields);
+                crc.update(&body);
+                file.extend_from_slice(&fields);
+                file.extend_from_slice(&crc.finalize().to_le_bytes());
+                file.extend_from_slice(&body);
+                open_bytes(&file);
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@
 mod concurrent;
 mod decide;
 mod fuzz;
+mod fuzz_decoders;
 mod hardening;
 mod model;
 mod rules;

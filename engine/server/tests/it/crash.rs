@@ -461,7 +461,7 @@ struct Answer {
 }
 
 /// What the server acknowledged, over every round and restart.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Model {
     /// Every purchase sent, each by a visitor of its own, acknowledged or not.
     sent: Vec<pb::Event>,
@@ -1260,4 +1260,258 @@ async fn a_damaged_batch_inside_the_events_journal_refuses_the_start_naming_file
     let mut c = connect(server.grpc).await;
     model.check_events(&mut c, None).await;
     assert_eq!(size(&mut c, "bought_once").await, 5);
+}
+
+// ------------------------------------------- 4. claims journal compaction
+
+/// Copies the tree `from` to `to` (which must not exist), leaving out lock files.
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else if !e.file_name().to_string_lossy().ends_with(".lock") {
+            fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Replaces the scene's data directory with a copy of `from`.
+fn restore_data(scene: &Scene, from: &Path) {
+    let data = scene.data();
+    fs::remove_dir_all(&data).unwrap();
+    copy_tree(from, &data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_journal_compaction_survives_a_kill_at_any_step() {
+    let scene = Scene::new("crash-compact", &rules(&[SMALL_BUDGET, 400]));
+    let mut model = Model::default();
+    // Snapshots (and so compactions) only at shutdown; tiny segments.
+    let flags = ["--snapshot-interval=0", "--claims-segment-bytes=512"];
+    let claims = scene.data().join("claims");
+    let state = claims.join("ledger.state");
+
+    // 1. Claims over several segments; the shutdown compacts them away.
+    let server = scene.start(&flags);
+    let mut c = connect(server.grpc).await;
+    track_one_by_one(&mut model, &mut c, "a", 30).await;
+    claim_some(&mut model, &mut c, "coupon-2", "a", 30).await;
+    assert!(files(&claims, ".wal").len() > 2, "{:?}", files(&claims, ".wal"));
+    let log = server.log.clone();
+    server.terminate();
+    let log = fs::read_to_string(log).unwrap();
+    assert!(log.contains("claims journal compacted"), "{log}");
+    assert_eq!(files(&claims, ".wal").len(), 1, "covered segments deleted");
+    assert!(state.exists());
+
+    // 2. More claims, then kill -9: the old state plus the segments after it.
+    let server = scene.start(&flags);
+    let log = server.log();
+    assert_ne!(recovery_field(&log, "claims journal replayed", "state_lsn"), "0");
+    let mut c = connect(server.grpc).await;
+    track_one_by_one(&mut model, &mut c, "b", 30).await;
+    claim_some(&mut model, &mut c, "coupon-2", "b", 30).await;
+    server.kill();
+    assert!(files(&claims, ".wal").len() > 2);
+    let before = scene.dir.path().join("before");
+    copy_tree(&scene.data(), &before);
+
+    // 3. A clean start and stop compacts again: the new state.
+    scene.start(&flags).terminate();
+    let new_state = fs::read(&state).unwrap();
+    assert_ne!(new_state, fs::read(before.join("claims/ledger.state")).unwrap());
+    let after = scene.dir.path().join("after");
+    copy_tree(&scene.data(), &after);
+
+    // 4. Every instant a kill can hit that compaction, rebuilt from `before`:
+    //    (a) while writing the new state (a partial .tmp beside the old one),
+    //    (b) after the rename, before any covered segment is deleted,
+    //    (c) after some of them are deleted.
+    let segments: Vec<String> = files(&before.join("claims"), ".wal")
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    type Crash<'a> = Box<dyn Fn(&Path) + 'a>;
+    let cases: Vec<(&str, Crash<'_>)> = vec![
+        (
+            "partial tmp",
+            Box::new(|claims: &Path| {
+                fs::write(claims.join("ledger.state.tmp"), &new_state[..new_state.len() / 2]).unwrap()
+            }),
+        ),
+        (
+            "renamed, nothing deleted",
+            Box::new(|claims: &Path| fs::write(claims.join("ledger.state"), &new_state).unwrap()),
+        ),
+        (
+            "renamed, oldest deleted",
+            Box::new(|claims: &Path| {
+                fs::write(claims.join("ledger.state"), &new_state).unwrap();
+                fs::remove_file(claims.join(&segments[0])).unwrap();
+            }),
+        ),
+    ];
+    for (name, crash) in &cases {
+        restore_data(&scene, &before);
+        crash(&claims);
+        let server = scene.start(&flags);
+        assert!(!claims.join("ledger.state.tmp").exists(), "{name}");
+        let mut c = connect(server.grpc).await;
+        let mut m = model.clone();
+        check_exactly(&mut m, &mut c, "coupon-1", SMALL_BUDGET).await;
+        m.check_caps(&mut c, "coupon-2", name).await;
+        server.kill();
+    }
+
+    // 5. A damaged state refuses the start, naming the file; repaired, all is back.
+    restore_data(&scene, &after);
+    let mut damaged = new_state.clone();
+    let at = damaged.len() - 3;
+    damaged[at] ^= 0x04;
+    fs::write(&state, &damaged).unwrap();
+    let (status, log) = scene.start_refused(&flags);
+    assert!(!status.success(), "{status}");
+    let expected = format!(
+        "{}: malformed at byte 0: ledger state checksum mismatch",
+        state.display()
+    );
+    assert!(log.contains(&expected), "`{expected}` missing from:\n{log}");
+    fs::write(&state, &new_state).unwrap();
+    let server = scene.start(&flags);
+    let mut c = connect(server.grpc).await;
+    check_exactly(&mut model, &mut c, "coupon-1", SMALL_BUDGET).await;
+    model.check_caps(&mut c, "coupon-2", "final").await;
+    assert_eq!(
+        server.metric("vitrine_claims_compactions_total{result=\"failed\"}"),
+        Some(0.0)
+    );
+}
+
+// ------------------------------------------------- 5. storage faults, health
+
+/// The gRPC health of the server as a whole.
+async fn serving(c: &mut Clients) -> i32 {
+    call(
+        c.health
+            .check(tonic_health::pb::HealthCheckRequest { service: String::new() }),
+    )
+    .await
+    .map_or(-1, |r| r.status)
+}
+
+const NOT_SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+
+/// Waits until gRPC health is NOT_SERVING and `/readyz` says 503 with a
+/// reason containing `why`; then Track and Claim must be UNAVAILABLE.
+async fn wait_not_serving(c: &mut Clients, metrics: SocketAddr, why: &str) {
+    let start = Instant::now();
+    while serving(c).await != NOT_SERVING {
+        assert!(start.elapsed() < WAIT, "still SERVING after {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ready = tokio::task::spawn_blocking(move || http_get(metrics, "/readyz"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(ready.contains("storage fault") && ready.contains(why), "{ready}");
+    let err = track(c, vec![purchase("after-fault")]).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let err = claim(c, "coupon-1", "a-0", "after-fault").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+}
+
+/// Regression (hardening #17): the data directory deleted under a running
+/// server went unnoticed: acknowledged writes went to unlinked files and
+/// readiness stayed green. Now the server notices within a check interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_data_directory_turns_the_server_not_serving_and_refuses_writes() {
+    let scene = Scene::new("crash-rmdir", &rules(&[SMALL_BUDGET]));
+    let mut model = Model::default();
+    let server = scene.start(&["--snapshot-interval=0"]);
+    let mut c = connect(server.grpc).await;
+    track_one_by_one(&mut model, &mut c, "a", 2).await;
+    claim_some(&mut model, &mut c, "coupon-1", "a", 1).await;
+    fs::remove_dir_all(scene.data()).unwrap();
+    wait_not_serving(&mut c, server.metrics, "data directory lost").await;
+    assert!(server.log().contains("storage fault"), "{}", server.log());
+    assert_eq!(server.metric("vitrine_storage_fault"), Some(1.0));
+    // Reads still answer.
+    assert_eq!(audiences_of(&mut c, "a-0").await, ["bought_once"]);
+}
+
+fn in_process_config(dir: &Path) -> vitrine::config::Config {
+    vitrine::config::Config {
+        max_in_flight: 64,
+        max_queue_wait: None,
+        shutdown_grace: Duration::ZERO,
+        rules_poll: Duration::from_millis(100),
+        snapshot_interval: None,
+        ..vitrine::config::Config::local(dir)
+    }
+}
+
+/// Regression (hardening #11): after a failed journal write (ENOSPC), Track
+/// and Claim failed until restart while health stayed SERVING. A failed
+/// write of either journal (injected at the writer's failpoint, the path a
+/// real failure takes) now turns the replica NOT_SERVING for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_journal_write_turns_the_server_not_serving() {
+    for journal in ["events", "claims"] {
+        let dir = TempDir::new(&format!("fault-{journal}"));
+        fs::write(dir.rules().join(format!("{SHOP}.yaml")), rules(&[SMALL_BUDGET])).unwrap();
+        let server = vitrine::serve::start(in_process_config(dir.path())).await.unwrap();
+        let mut c = connect(server.grpc_addr).await;
+        assert_eq!(serving(&mut c).await, 1, "SERVING at start");
+        track(&mut c, vec![purchase("a-0")]).await.unwrap();
+        let failpoints = server.failpoints();
+        let failed = if journal == "events" {
+            failpoints.events.fail_writes.store(true, Ordering::SeqCst);
+            track(&mut c, vec![purchase("a-1")]).await.unwrap_err()
+        } else {
+            failpoints.claims.fail_writes.store(true, Ordering::SeqCst);
+            claim(&mut c, "coupon-1", "a-0", "c0").await.unwrap_err()
+        };
+        assert!(
+            matches!(failed.code(), tonic::Code::Unavailable | tonic::Code::Internal),
+            "{journal}: {failed:?}"
+        );
+        // Even once the disk "recovers", the replica does not trust it again.
+        failpoints.events.fail_writes.store(false, Ordering::SeqCst);
+        failpoints.claims.fail_writes.store(false, Ordering::SeqCst);
+        let name = if journal == "events" {
+            "event-log"
+        } else {
+            "claims-journal"
+        };
+        wait_not_serving(&mut c, server.metrics_addr, name).await;
+        assert_eq!(audiences_of(&mut c, "a-0").await, ["bought_once"], "reads still answer");
+        let _ = server.shutdown().await;
+    }
+}
+
+/// Regression (hardening #12): a claim_id reused by another (ineligible)
+/// visitor answered `granted: true` with the first visitor's grant. Now
+/// the owner's retry gets its answer and anyone else gets ALREADY_EXISTS,
+/// also after a restart (the journal record holds the visitor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_id_reused_by_another_visitor_is_refused() {
+    let dir = TempDir::new("claim-id-bound");
+    fs::write(dir.rules().join(format!("{SHOP}.yaml")), rules(&[SMALL_BUDGET])).unwrap();
+    for start in 0..2 {
+        let server = vitrine::serve::start(in_process_config(dir.path())).await.unwrap();
+        let mut c = connect(server.grpc_addr).await;
+        if start == 0 {
+            track(&mut c, vec![purchase("owner")]).await.unwrap();
+            assert_eq!(claim(&mut c, "coupon-1", "owner", "order-1").await.unwrap(), "GRANTED");
+        }
+        let err = claim(&mut c, "coupon-1", "intruder", "order-1").await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "start {start}: {err:?}");
+        assert!(err.message().contains("another visitor"), "{err:?}");
+        assert_eq!(claim(&mut c, "coupon-1", "owner", "order-1").await.unwrap(), "GRANTED");
+        server.shutdown().await.unwrap();
+    }
 }

@@ -1,0 +1,176 @@
+//! Random-input tests of the core decoders a file or a message reaches:
+//! the snapshot decoder ([`snapshot::decode`], [`snapshot::peek_meta`]) and
+//! the JSON event decoder ([`Event::from_json`]). Arbitrary bytes and
+//! mutations of valid encodings (bytes flipped, cut, extended; snapshots
+//! also re-sealed with valid checksums, so that the mutation reaches the
+//! body decoder) must get a value or an error: never a panic, an abort or
+//! an allocation sized by a length field rather than by the input.
+//!
+//! `cargo test -p vitrine-core --test it fuzz_` runs a short round; a long
+//! one: `PROPTEST_CASES=200000 cargo test --release -p vitrine-core --test it fuzz_`.
+
+use proptest::prelude::*;
+use vitrine_core::{snapshot, Event, Index};
+
+/// `short` cases, unless `PROPTEST_CASES` asks for another number.
+fn config(short: u32) -> ProptestConfig {
+    let mut config = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = short;
+    }
+    config
+}
+
+const EVENTS: [&str; 6] = [
+    r#"{"shop":"s","visitor":"v1","action":"view","item":"sku-1","category":"tops","ts":1794000900000}"#,
+    r#"{"shop":"s","visitor":"v1","action":"purchase","item":"sku-2","price":12.5,"quantity":2,"id":"o1","ts":1794000960000}"#,
+    r#"{"shop":"s","visitor":"v2","action":"cart","item":"sku-1","ts":1794001000000}"#,
+    r#"{"shop":"s","visitor":"v2","action":"tag","tag":"vip","ts":1794001000001}"#,
+    r#"{"shop":"s","visitor":"v3","action":"member","tier":4,"ts":1794001000002}"#,
+    r#"{"shop":"t","visitor":"v1","action":"favorite","item":"sku-9","ts":1794001000003}"#,
+];
+
+/// A valid snapshot of a small index over two shops.
+fn valid_snapshot() -> Vec<u8> {
+    let index = Index::new();
+    for json in EVENTS {
+        index.apply(&Event::from_json(json.as_bytes()).unwrap());
+    }
+    snapshot::encode(&index, b"meta")
+}
+
+/// Recomputes a snapshot header's length and checksums for its payload.
+fn reseal(bytes: &mut [u8]) {
+    let header = snapshot::HEADER_LEN;
+    if bytes.len() < header {
+        return;
+    }
+    let len = (bytes.len() - header) as u64;
+    bytes[16..24].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[header..]);
+    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+    let header_crc = crc32fast::hash(&bytes[..28]);
+    bytes[28..32].copy_from_slice(&header_crc.to_le_bytes());
+}
+
+/// One change to a valid encoding.
+#[derive(Debug, Clone)]
+enum Mutation {
+    /// XOR a byte (at a position taken modulo the length).
+    Flip(usize, u8),
+    /// Keep only a prefix.
+    Truncate(usize),
+    /// Append bytes.
+    Extend(Vec<u8>),
+    /// Overwrite eight bytes with a little-endian number: a length prefix of
+    /// 2^60 or u64::MAX must not allocate that much.
+    Length(usize, u64),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<usize>(), 1..=255u8).prop_map(|(at, x)| Mutation::Flip(at, x)),
+        any::<usize>().prop_map(Mutation::Truncate),
+        proptest::collection::vec(any::<u8>(), 1..64).prop_map(Mutation::Extend),
+        (
+            any::<usize>(),
+            prop_oneof![
+                Just(1u64 << 60),
+                Just(u64::MAX),
+                Just(u64::from(u32::MAX)),
+                any::<u64>()
+            ]
+        )
+            .prop_map(|(at, n)| Mutation::Length(at, n)),
+    ]
+}
+
+fn apply(bytes: &mut Vec<u8>, mutations: &[Mutation]) {
+    for m in mutations {
+        match m {
+            Mutation::Flip(at, x) if !bytes.is_empty() => {
+                let at = at % bytes.len();
+                bytes[at] ^= x;
+            }
+            Mutation::Truncate(at) => bytes.truncate(at % (bytes.len() + 1)),
+            Mutation::Extend(more) => bytes.extend_from_slice(more),
+            Mutation::Length(at, n) if bytes.len() >= 8 => {
+                let at = at % (bytes.len() - 7);
+                bytes[at..at + 8].copy_from_slice(&n.to_le_bytes());
+            }
+            _ => {}
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn fuzz_snapshot_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512), seal in any::<bool>()) {
+        let mut bytes = bytes;
+        if seal {
+            // A valid header over garbage: the body decoder sees it all.
+            let mut framed = valid_snapshot()[..snapshot::HEADER_LEN].to_vec();
+            framed.extend_from_slice(&bytes);
+            reseal(&mut framed);
+            bytes = framed;
+        }
+        let _ = snapshot::peek_meta(&bytes);
+        let _ = snapshot::decode(&bytes);
+    }
+
+    #[test]
+    fn fuzz_snapshot_mutated_valid(mutations in proptest::collection::vec(mutation(), 1..4), seal in any::<bool>()) {
+        let mut bytes = valid_snapshot();
+        apply(&mut bytes, &mutations);
+        if seal {
+            reseal(&mut bytes);
+        }
+        let _ = snapshot::peek_meta(&bytes);
+        if let Ok(decoded) = snapshot::decode(&bytes) {
+            // What decodes encodes again, and that decodes too.
+            let again = snapshot::encode(&decoded.index, &decoded.meta);
+            prop_assert!(snapshot::decode(&again).is_ok());
+        }
+    }
+
+    #[test]
+    fn fuzz_event_json_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = Event::from_json(&bytes);
+    }
+
+    #[test]
+    fn fuzz_event_json_mutated_valid(which in 0..EVENTS.len(), mutations in proptest::collection::vec(mutation(), 1..4)) {
+        let mut bytes = EVENTS[which].as_bytes().to_vec();
+        apply(&mut bytes, &mutations);
+        let _ = Event::from_json(&bytes);
+    }
+
+    #[test]
+    fn fuzz_event_json_deep_nesting(depth in 1usize..20_000, open in prop_oneof![Just('['), Just('{')]) {
+        // Nesting inside a field: the JSON parser's own depth limit answers.
+        let mut text = String::from(r#"{"shop":"s","visitor":"v","action":"view","item":"#);
+        for _ in 0..depth {
+            text.push(open);
+            if open == '{' {
+                text.push_str(r#""k":"#);
+            }
+        }
+        text.push('1');
+        let _ = Event::from_json(text.as_bytes());
+    }
+}
+
+#[test]
+fn fuzz_inputs_start_valid() {
+    let bytes = valid_snapshot();
+    let mut resealed = bytes.clone();
+    reseal(&mut resealed);
+    assert_eq!(resealed, bytes, "reseal of a valid snapshot changes nothing");
+    let decoded = snapshot::decode(&bytes).unwrap();
+    assert_eq!(decoded.meta, b"meta");
+    for json in EVENTS {
+        Event::from_json(json.as_bytes()).unwrap();
+    }
+}
