@@ -280,7 +280,7 @@ struct SoakArgs {
     #[arg(long, default_value_t = 500.0)]
     rate: f64,
     /// Weights of Decide, Track and Claim calls, e.g. 80,15,5.
-    #[arg(long, value_delimiter = ',', num_args = 3, default_value = "80,15,5")]
+    #[arg(long, value_delimiter = ',', default_value = "80,15,5")]
     mix: Vec<u32>,
     /// How long to run, e.g. 30s, 5m, 1h.
     #[arg(long, default_value = "30m", value_parser = parse_duration)]
@@ -511,5 +511,31 @@ mod tests {
         };
         assert_eq!(a.duration, Duration::from_secs(5));
         assert_eq!(a.load.config().unwrap().push_every, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn soak_command_line() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["vitrine-loadtest", "soak", "--duration", "30m"];
+            argv.extend_from_slice(extra);
+            let Command::Soak(a) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not soak")
+            };
+            a.config()
+        };
+        let c = parse(&["--pid", "7", "--mix", "70,20,10"]).unwrap();
+        assert_eq!(c.mix, [70, 20, 10]);
+        assert_eq!(c.warmup, Duration::from_secs(300));
+        assert_eq!(c.sample_every, Duration::from_secs(30));
+        assert_eq!(c.max_rss_growth, 5.0);
+        assert_eq!(c.shops, ["demo-apparel", "demo-beauty", "demo-electronics"]);
+        assert!(matches!(c.rss, RssSource::Pid(7)));
+        let c = parse(&["--metrics-addr", "127.0.0.1:9898", "--warmup", "1m", "--shops", "a,b"]).unwrap();
+        assert!(matches!(c.rss, RssSource::Metrics(ref a) if a == "127.0.0.1:9898"));
+        assert_eq!((c.warmup, c.shops.len()), (Duration::from_secs(60), 2));
+        assert!(parse(&[]).is_err(), "no RSS source");
+        assert!(parse(&["--pid", "7", "--mix", "1,2"]).is_err());
+        assert!(parse(&["--pid", "7", "--max-rss-growth=-1"]).is_err());
+        assert!(parse(&["--pid", "7", "--max-rss-growth", "NaN"]).is_err());
     }
 }
