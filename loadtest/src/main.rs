@@ -184,6 +184,7 @@ impl LoadArgs {
             connections: self.connections.max(1),
             shops: self.shops,
             visitors: self.visitors,
+            visitor_digits: 0,
             dataset: self.common.dataset()?,
             warmup: self.warmup,
             timeout: self.timeout,
@@ -270,9 +271,15 @@ struct SoakArgs {
         default_value = "demo-apparel,demo-beauty,demo-electronics"
     )]
     shops: Vec<String>,
-    /// Visitors v-0.. to pick from.
-    #[arg(long, default_value_t = 10_000)]
+    /// Visitors v-0.. to pick from (as many as `vitrine serve --demo`
+    /// seeds: Track then adds behavior to known visitors instead of
+    /// creating new ones).
+    #[arg(long, default_value_t = 2000)]
     visitors: u64,
+    /// Visitor numbers zero-padded to this many digits: 4 names them as
+    /// `vitrine serve --demo` does (v-0007), 0 as `vitrine-loadtest seed` (v-7).
+    #[arg(long, default_value_t = 4)]
+    visitor_digits: usize,
     /// HTTP/2 connections, used round-robin.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -337,6 +344,7 @@ impl SoakArgs {
                 connections: self.connections.max(1),
                 shops: shops.len(),
                 visitors: self.visitors,
+                visitor_digits: self.visitor_digits,
                 dataset: self.common.dataset()?,
                 warmup: Duration::ZERO,
                 timeout: self.timeout,
@@ -530,6 +538,7 @@ mod tests {
         assert_eq!(c.max_rss_growth, 5.0);
         assert_eq!(c.shops, ["demo-apparel", "demo-beauty", "demo-electronics"]);
         assert!(matches!(c.rss, RssSource::Pid(7)));
+        assert_eq!((c.load.visitors, c.load.visitor_digits), (2000, 4));
         let c = parse(&["--metrics-addr", "127.0.0.1:9898", "--warmup", "1m", "--shops", "a,b"]).unwrap();
         assert!(matches!(c.rss, RssSource::Metrics(ref a) if a == "127.0.0.1:9898"));
         assert_eq!((c.warmup, c.shops.len()), (Duration::from_secs(60), 2));

@@ -36,7 +36,9 @@ use tonic_health::pb::HealthCheckRequest;
 use vitrine_proto::v1 as pb;
 
 use crate::client::{self, Auth};
-use crate::dataset::{item_id, rule_file, shop_name, visitor_id, Catalog, DatasetConfig, EventGenerator, Rng};
+use crate::dataset::{
+    item_id, rule_file, shop_name, visitor_id, visitor_id_padded, Catalog, DatasetConfig, EventGenerator, Rng,
+};
 use crate::pacer::{self, PacerStats, Schedule, Tick};
 use crate::report::{code_name, BackgroundStats, Recorder, RunReport, Summary, TIMEOUT};
 
@@ -70,6 +72,8 @@ pub struct LoadConfig {
     pub shops: usize,
     /// Visitors `v-0..` per shop to pick from.
     pub visitors: u64,
+    /// Their numbers zero-padded to this many digits (0: `v-7`, 4: `v-0007`).
+    pub visitor_digits: usize,
     /// The dataset the shops were seeded with (for pushes and events).
     pub dataset: DatasetConfig,
     /// Discarded warm-up at the start of every phase.
@@ -385,7 +389,7 @@ impl Load {
 
     fn decide_request(&self, rng: &mut Rng) -> pb::DecideRequest {
         let shop = self.shops[rng.index(self.shops.len())].clone();
-        let visitor = visitor_id(rng.below(self.config.visitors));
+        let visitor = visitor_id_padded(rng.below(self.config.visitors), self.config.visitor_digits);
         let item_page = rng.chance(0.5);
         pb::DecideRequest {
             shop,

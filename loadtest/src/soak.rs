@@ -30,7 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use vitrine_proto::v1 as pb;
 
-use crate::dataset::{visitor_id, EventGenerator, Rng};
+use crate::dataset::{visitor_id_padded, EventGenerator, Rng};
 use crate::pacer::Schedule;
 use crate::report::{code_name, Recorder, Summary, TIMEOUT};
 use crate::run::{lock, Load, LoadConfig, Sinks};
@@ -533,7 +533,7 @@ pub async fn soak_with(config: SoakConfig, mut out: impl FnMut(&str) + Send + 's
     let mut call_rng = Rng::derive(config.load.dataset.seed, u64::MAX - 4, 0);
     let generator = EventGenerator::new(load.catalog().clone(), 30, 0);
     let (mix, visitors, connections) = (config.mix, load.config().visitors, load.connections() as u64);
-    let seed = config.load.dataset.seed;
+    let (seed, digits) = (config.load.dataset.seed, load.config().visitor_digits.min(20));
     let driven = load
         .drive(
             "soak",
@@ -557,6 +557,7 @@ pub async fn soak_with(config: SoakConfig, mut out: impl FnMut(&str) + Send + 's
                     TRACK => {
                         let mut event = generator.live(&mut call_rng, 1, visitors, unix_ms());
                         event.shop = shops[call_rng.index(shops.len())].clone();
+                        event.visitor = visitor_id_padded(call_rng.below(visitors), digits);
                         load.track_call(conn, pb::TrackRequest { events: vec![event] })
                     }
                     CLAIM if !claimable.is_empty() => {
@@ -565,7 +566,7 @@ pub async fn soak_with(config: SoakConfig, mut out: impl FnMut(&str) + Send + 's
                             conn,
                             pb::ClaimRequest {
                                 shop: shop.clone(),
-                                visitor: visitor_id(call_rng.below(visitors)),
+                                visitor: visitor_id_padded(call_rng.below(visitors), digits),
                                 benefit_id: ids[call_rng.index(ids.len())].clone(),
                                 now_ms: 0,
                                 claim_id: format!("soak-{seed}-{}", tick.seq),
@@ -599,6 +600,13 @@ mod tests {
     use super::*;
 
     const FILE: &str = "shop: s\n# banners\nbanners:\n  - when: vip\n    banner: thank-you  # first\n  - banner: default\nbenefits:\n  - id: coupon-10\n    kind: coupon\n  - id: \"points\"\nitems:\n  - id: not-a-benefit\n";
+
+    #[test]
+    fn visitor_ids_as_the_demo_names_them() {
+        assert_eq!(visitor_id_padded(7, 4), "v-0007");
+        assert_eq!(visitor_id_padded(12345, 4), "v-12345");
+        assert_eq!(visitor_id_padded(7, 0), crate::dataset::visitor_id(7));
+    }
 
     #[test]
     fn benefits_of_a_file() {
@@ -708,6 +716,7 @@ mod server_tests {
                     connections: 2,
                     shops: 1,
                     visitors: 200,
+                    visitor_digits: 4,
                     dataset: DatasetConfig::default(),
                     warmup: Duration::ZERO,
                     timeout: Duration::from_secs(30),
