@@ -13,7 +13,10 @@
 //!
 //! A push takes the shop's serving file (Rules/Get) and toggles its first
 //! banner id (`x` <-> `x-soak`), so every push is a real change of a real
-//! file and the shop keeps its audiences, benefits and size.
+//! file and the shop keeps its audiences, benefits and size. The server
+//! writes pushed files into its `--rules-dir`: soak a server whose rules
+//! directory is a copy (`vitrine serve --demo` in a checkout would edit the
+//! repository's `rules/`).
 //!
 //! RSS comes from `/proc/PID/status` (`VmRSS`) with `--pid`, else from
 //! `process_resident_memory_bytes` on the server's `/metrics`
