@@ -154,6 +154,12 @@ pub fn visitor_id(n: u64) -> String {
     format!("v-{n}")
 }
 
+/// The id of visitor `n` with its number zero-padded to `digits`
+/// (`vitrine serve --demo` names its visitors `v-0000`..: 4 digits).
+pub fn visitor_id_padded(n: u64, digits: usize) -> String {
+    format!("v-{n:0digits$}")
+}
+
 /// The id of item `k`.
 pub fn item_id(k: usize) -> String {
     format!("sku-{k:04}")

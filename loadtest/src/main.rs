@@ -7,7 +7,9 @@
 //!   schedule of `grpc.health.v1.Health/Check`, and prints both latency
 //!   distributions;
 //! - `sweep` repeats the decide phase at increasing rates to find the
-//!   highest one whose p99 stays under 1 ms.
+//!   highest one whose p99 stays under 1 ms;
+//! - `soak` mixes Decide, Track, Claim and Rules/Push for a long time and
+//!   samples the server's RSS: 0 errors and bounded growth, or exit code 3.
 //!
 //! The key design choice is the open loop: requests go out on a fixed
 //! schedule kept by a dedicated thread whether or not earlier ones have
@@ -22,6 +24,7 @@ mod pacer;
 mod report;
 mod run;
 mod seed;
+mod soak;
 mod sweep;
 
 use std::path::PathBuf;
@@ -34,6 +37,7 @@ use crate::client::Auth;
 use crate::dataset::DatasetConfig;
 use crate::run::{LoadConfig, Mode, RunConfig};
 use crate::seed::SeedConfig;
+use crate::soak::{RssSource, SoakConfig};
 use crate::sweep::SweepConfig;
 
 /// Dataset generator and open-loop gRPC load generator for Vitrine.
@@ -55,6 +59,10 @@ enum Command {
     Run(RunArgs),
     /// The decide phase at increasing rates: the highest with p99 < 1 ms.
     Sweep(SweepArgs),
+    /// Decide, Track, Claim and Rules/Push mixed for a long time; errors and
+    /// the server's RSS over time. Exit code 3 when a call failed or RSS grew
+    /// more than --max-rss-growth after the warm-up.
+    Soak(SoakArgs),
 }
 
 /// Flags every command shares.
@@ -176,6 +184,7 @@ impl LoadArgs {
             connections: self.connections.max(1),
             shops: self.shops,
             visitors: self.visitors,
+            visitor_digits: 0,
             dataset: self.common.dataset()?,
             warmup: self.warmup,
             timeout: self.timeout,
@@ -251,6 +260,113 @@ struct SweepArgs {
     json: bool,
 }
 
+#[derive(Debug, Args)]
+struct SoakArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Shops to load (they must exist on the server), comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "demo-apparel,demo-beauty,demo-electronics"
+    )]
+    shops: Vec<String>,
+    /// Visitors v-0.. to pick from (as many as `vitrine serve --demo`
+    /// seeds: Track then adds behavior to known visitors instead of
+    /// creating new ones).
+    #[arg(long, default_value_t = 2000)]
+    visitors: u64,
+    /// Visitor numbers zero-padded to this many digits: 4 names them as
+    /// `vitrine serve --demo` does (v-0007), 0 as `vitrine-loadtest seed` (v-7).
+    #[arg(long, default_value_t = 4)]
+    visitor_digits: usize,
+    /// HTTP/2 connections, used round-robin.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Calls per second, all kinds together.
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Weights of Decide, Track and Claim calls, e.g. 80,15,5.
+    #[arg(long, value_delimiter = ',', default_value = "80,15,5")]
+    mix: Vec<u32>,
+    /// How long to run, e.g. 30s, 5m, 1h.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    duration: Duration,
+    /// RSS is compared from the first sample after this (default: a sixth of --duration).
+    #[arg(long, value_parser = parse_duration)]
+    warmup: Option<Duration>,
+    /// One line of figures this often.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    sample_every: Duration,
+    /// A Rules/Push (a banner id of the shop's own file toggled) this often; 0 = none.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    push_every: Duration,
+    /// The server's process id: RSS from /proc/PID/status.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Without --pid: RSS from process_resident_memory_bytes at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
+    /// The largest RSS growth after the warm-up that passes, percent.
+    #[arg(long, default_value_t = 5.0)]
+    max_rss_growth: f64,
+    /// Longest wait for one answer; later ones count as DeadlineExceeded.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Calls outstanding at once; beyond it calls are not sent and count as ClientOverload.
+    #[arg(long, default_value_t = 50_000)]
+    max_in_flight: usize,
+}
+
+impl SoakArgs {
+    fn config(&self) -> anyhow::Result<SoakConfig> {
+        let rss = match (self.pid, &self.metrics_addr) {
+            (Some(pid), _) => RssSource::Pid(pid),
+            (None, Some(addr)) => RssSource::Metrics(addr.clone()),
+            (None, None) => {
+                bail!("give --pid PID of the server (or --metrics-addr if it exports process_resident_memory_bytes)")
+            }
+        };
+        let mix = match self.mix[..] {
+            [d, t, c] => [d, t, c],
+            _ => bail!("--mix takes three weights: Decide,Track,Claim"),
+        };
+        if !(self.max_rss_growth.is_finite() && self.max_rss_growth >= 0.0) {
+            bail!("--max-rss-growth must be >= 0");
+        }
+        if self.max_in_flight == 0 || self.timeout.is_zero() {
+            bail!("--max-in-flight and --timeout must be positive");
+        }
+        let shops: Vec<String> = self.shops.iter().filter(|s| !s.is_empty()).cloned().collect();
+        Ok(SoakConfig {
+            load: LoadConfig {
+                addr: self.common.addr.clone(),
+                connections: self.connections.max(1),
+                shops: shops.len(),
+                visitors: self.visitors,
+                visitor_digits: self.visitor_digits,
+                dataset: self.common.dataset()?,
+                warmup: Duration::ZERO,
+                timeout: self.timeout,
+                max_in_flight: self.max_in_flight,
+                events_rate: 0.0,
+                push_every: None,
+                auth: self.common.auth()?,
+                progress: false,
+            },
+            shops,
+            rate: self.rate,
+            mix,
+            duration: self.duration,
+            warmup: self.warmup.unwrap_or(self.duration / 6),
+            sample_every: self.sample_every,
+            push_every: Some(self.push_every),
+            rss,
+            max_rss_growth: self.max_rss_growth,
+        })
+    }
+}
+
 /// `30s`, `500ms`, `2m`, `1h`, `1.5s` or a bare number of seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
@@ -272,13 +388,18 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn main() {
-    if let Err(e) = run_cli(Cli::parse()) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    match run_cli(Cli::parse()) {
+        Ok(0) => {}
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
     }
 }
 
-fn run_cli(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; `Ok` holds the exit code.
+fn run_cli(cli: Cli) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.workers.max(1))
         .enable_all()
@@ -304,7 +425,8 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                     write_rules: a.write_rules,
                     progress: !a.common.no_progress,
                 })
-                .await
+                .await?;
+                Ok(0)
             }
             Command::Run(a) => {
                 let report = run::run(RunConfig {
@@ -322,7 +444,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     print!("{}", report.text());
                 }
-                Ok(())
+                Ok(0)
             }
             Command::Sweep(a) => {
                 let report = sweep::sweep(SweepConfig {
@@ -342,7 +464,16 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 if a.json {
                     println!("{report}");
                 }
-                Ok(())
+                Ok(0)
+            }
+            Command::Soak(a) => {
+                let report = soak::soak(a.config()?).await?;
+                print!("{}", report.text());
+                Ok(if report.failures().is_empty() {
+                    0
+                } else {
+                    soak::EXIT_FAILED
+                })
             }
         }
     })
@@ -388,5 +519,32 @@ mod tests {
         };
         assert_eq!(a.duration, Duration::from_secs(5));
         assert_eq!(a.load.config().unwrap().push_every, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn soak_command_line() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["vitrine-loadtest", "soak", "--duration", "30m"];
+            argv.extend_from_slice(extra);
+            let Command::Soak(a) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not soak")
+            };
+            a.config()
+        };
+        let c = parse(&["--pid", "7", "--mix", "70,20,10"]).unwrap();
+        assert_eq!(c.mix, [70, 20, 10]);
+        assert_eq!(c.warmup, Duration::from_secs(300));
+        assert_eq!(c.sample_every, Duration::from_secs(30));
+        assert_eq!(c.max_rss_growth, 5.0);
+        assert_eq!(c.shops, ["demo-apparel", "demo-beauty", "demo-electronics"]);
+        assert!(matches!(c.rss, RssSource::Pid(7)));
+        assert_eq!((c.load.visitors, c.load.visitor_digits), (2000, 4));
+        let c = parse(&["--metrics-addr", "127.0.0.1:9898", "--warmup", "1m", "--shops", "a,b"]).unwrap();
+        assert!(matches!(c.rss, RssSource::Metrics(ref a) if a == "127.0.0.1:9898"));
+        assert_eq!((c.warmup, c.shops.len()), (Duration::from_secs(60), 2));
+        assert!(parse(&[]).is_err(), "no RSS source");
+        assert!(parse(&["--pid", "7", "--mix", "1,2"]).is_err());
+        assert!(parse(&["--pid", "7", "--max-rss-growth=-1"]).is_err());
+        assert!(parse(&["--pid", "7", "--max-rss-growth", "NaN"]).is_err());
     }
 }

@@ -127,6 +127,24 @@ impl Recorder {
         self.error(CLIENT_OVERLOAD, n);
     }
 
+    /// Adds what `other` recorded (same histogram bounds, so nothing is lost).
+    pub fn merge(&mut self, other: &Recorder) {
+        self.requests += other.requests;
+        // Both histograms have the bounds of `Recorder::new`: adding cannot fail.
+        let _ = self.latency_us.add(&other.latency_us);
+        for (name, n) in &other.errors {
+            *self.errors.entry(name.clone()).or_default() += n;
+        }
+        self.first_intended = match (self.first_intended, other.first_intended) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_done = match (self.last_done, other.last_done) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
     /// Percentiles, achieved rate and errors.
     pub fn summary(&self) -> Summary {
         let h = &self.latency_us;

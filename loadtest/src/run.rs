@@ -36,8 +36,10 @@ use tonic_health::pb::HealthCheckRequest;
 use vitrine_proto::v1 as pb;
 
 use crate::client::{self, Auth};
-use crate::dataset::{item_id, rule_file, shop_name, visitor_id, Catalog, DatasetConfig, EventGenerator, Rng};
-use crate::pacer::{self, PacerStats, Schedule};
+use crate::dataset::{
+    item_id, rule_file, shop_name, visitor_id, visitor_id_padded, Catalog, DatasetConfig, EventGenerator, Rng,
+};
+use crate::pacer::{self, PacerStats, Schedule, Tick};
 use crate::report::{code_name, BackgroundStats, Recorder, RunReport, Summary, TIMEOUT};
 
 /// How the baseline and decide phases share the run.
@@ -70,6 +72,8 @@ pub struct LoadConfig {
     pub shops: usize,
     /// Visitors `v-0..` per shop to pick from.
     pub visitors: u64,
+    /// Their numbers zero-padded to this many digits (0: `v-7`, 4: `v-0007`).
+    pub visitor_digits: usize,
     /// The dataset the shops were seeded with (for pushes and events).
     pub dataset: DatasetConfig,
     /// Discarded warm-up at the start of every phase.
@@ -128,6 +132,8 @@ pub struct Load {
     decide: Vec<pb::decision_client::DecisionClient<Channel>>,
     health: Vec<HealthClient<Channel>>,
     ingest: pb::ingest_client::IngestClient<Channel>,
+    track: Vec<pb::ingest_client::IngestClient<Channel>>,
+    benefits: Vec<pb::benefits_client::BenefitsClient<Channel>>,
     rules: pb::rules_client::RulesClient<Channel>,
     audiences: pb::audiences_client::AudiencesClient<Channel>,
     shops: Arc<Vec<String>>,
@@ -142,7 +148,7 @@ const CHANNELS: &[&str] = &["web", "app"];
 /// The largest batch the background load puts in one Track call.
 const MAX_BACKGROUND_BATCH: u64 = 5_000;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -152,15 +158,57 @@ fn unix_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// Where the outcomes of a schedule go: per kind of call, a recorder and
+/// the calls sent in the measured window and not answered yet.
+#[derive(Debug, Clone)]
+pub(crate) struct Sinks {
+    /// One recorder per kind.
+    pub recorders: Arc<Vec<Mutex<Recorder>>>,
+    /// Measured calls in flight, per kind.
+    pub pending: Arc<Vec<AtomicU64>>,
+}
+
+impl Sinks {
+    /// Empty sinks for `kinds` kinds of call.
+    pub fn new(kinds: usize) -> Sinks {
+        Sinks {
+            recorders: Arc::new((0..kinds).map(|_| Mutex::default()).collect()),
+            pending: Arc::new((0..kinds).map(|_| AtomicU64::new(0)).collect()),
+        }
+    }
+
+    /// What kind `i` recorded since the last take, leaving it empty.
+    pub fn take(&self, i: usize) -> Recorder {
+        std::mem::take(&mut *lock(&self.recorders[i]))
+    }
+
+    /// After the drain: what kind `i` recorded, with the calls still
+    /// unanswered counted as [`crate::report::UNFINISHED`].
+    pub fn finish(&self, i: usize) -> Recorder {
+        let mut r = self.take(i);
+        r.unfinished(self.pending[i].swap(0, Ordering::Relaxed));
+        r
+    }
+}
+
 /// A scheduled call, ready to go.
-enum Call {
+pub(crate) enum Call {
     Decide(pb::decision_client::DecisionClient<Channel>, Box<pb::DecideRequest>),
     Health(HealthClient<Channel>),
+    /// Ingest/Track with the admin header; events the server rejects count
+    /// as `Rejected` failures.
+    Track(pb::ingest_client::IngestClient<Channel>, Box<Request<pb::TrackRequest>>),
+    /// Benefits/Claim; a `granted: false` answer is a success (a cap, a
+    /// holdout, an ineligible visitor are answers, not failures).
+    Claim(pb::benefits_client::BenefitsClient<Channel>, Box<pb::ClaimRequest>),
 }
+
+/// The failure name of a Track call whose events were (some) rejected.
+pub const REJECTED: &str = "Rejected";
 
 impl Call {
     /// Makes the call; `Err` is the name its failure is counted under.
-    async fn execute(self, timeout: Duration) -> Result<(), &'static str> {
+    pub(crate) async fn execute(self, timeout: Duration) -> Result<(), &'static str> {
         let call = async move {
             match self {
                 Call::Decide(mut client, message) => {
@@ -179,6 +227,22 @@ impl Call {
                         }
                     })
                 }
+                Call::Track(mut client, request) => {
+                    let mut request = *request;
+                    request.set_timeout(timeout);
+                    client.track(request).await.map(|r| {
+                        if r.get_ref().rejected.is_empty() {
+                            Ok(())
+                        } else {
+                            Err(REJECTED)
+                        }
+                    })
+                }
+                Call::Claim(mut client, message) => {
+                    let mut request = Request::new(*message);
+                    request.set_timeout(timeout);
+                    client.claim(request).await.map(|_| Ok(()))
+                }
             }
         };
         match tokio::time::timeout(timeout, call).await {
@@ -190,8 +254,17 @@ impl Call {
 }
 
 impl Load {
-    /// Connects and checks that the server is serving and knows the shops.
+    /// Connects and checks that the server is serving and knows the shops
+    /// `load-0..`.
     pub async fn connect(config: LoadConfig) -> anyhow::Result<Load> {
+        let shops = (0..config.shops).map(shop_name).collect();
+        Load::connect_to(config, shops).await
+    }
+
+    /// Connects and checks that the server is serving and knows `shops`
+    /// (which replace `config.shops`).
+    pub async fn connect_to(mut config: LoadConfig, shops: Vec<String>) -> anyhow::Result<Load> {
+        config.shops = shops.len();
         if config.shops == 0 || config.visitors == 0 {
             bail!("--shops and --visitors must be at least 1");
         }
@@ -204,9 +277,17 @@ impl Load {
                 .collect(),
             health: channels.iter().map(|c| HealthClient::new(c.clone())).collect(),
             ingest: pb::ingest_client::IngestClient::new(first.clone()),
+            track: channels
+                .iter()
+                .map(|c| pb::ingest_client::IngestClient::new(c.clone()))
+                .collect(),
+            benefits: channels
+                .iter()
+                .map(|c| pb::benefits_client::BenefitsClient::new(c.clone()))
+                .collect(),
             rules: pb::rules_client::RulesClient::new(first.clone()),
             audiences: pb::audiences_client::AudiencesClient::new(first),
-            shops: Arc::new((0..config.shops).map(shop_name).collect()),
+            shops: Arc::new(shops),
             catalog: Catalog::new(&config.dataset),
             phases: AtomicU64::new(0),
             config,
@@ -218,6 +299,45 @@ impl Load {
     /// The settings.
     pub fn config(&self) -> &LoadConfig {
         &self.config
+    }
+
+    /// The shops calls are spread over.
+    pub fn shops(&self) -> &[String] {
+        &self.shops
+    }
+
+    /// The catalog of the dataset.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// A Rules client (on the first connection).
+    pub fn rules_client(&self) -> pb::rules_client::RulesClient<Channel> {
+        self.rules.clone()
+    }
+
+    /// Connections, numbered from 0.
+    pub fn connections(&self) -> usize {
+        self.decide.len()
+    }
+
+    /// A Decide call on connection `conn` for a random shop, visitor and context.
+    pub(crate) fn decide_call(&self, conn: usize, rng: &mut Rng) -> Call {
+        Call::Decide(
+            self.decide[conn % self.decide.len()].clone(),
+            Box::new(self.decide_request(rng)),
+        )
+    }
+
+    /// A Track call on connection `conn` with the admin header.
+    pub(crate) fn track_call(&self, conn: usize, message: pb::TrackRequest) -> Call {
+        let request = self.config.auth.request(message);
+        Call::Track(self.track[conn % self.track.len()].clone(), Box::new(request))
+    }
+
+    /// A Claim call on connection `conn`.
+    pub(crate) fn claim_call(&self, conn: usize, message: pb::ClaimRequest) -> Call {
+        Call::Claim(self.benefits[conn % self.benefits.len()].clone(), Box::new(message))
     }
 
     async fn preflight(&self) -> anyhow::Result<()> {
@@ -269,7 +389,7 @@ impl Load {
 
     fn decide_request(&self, rng: &mut Rng) -> pb::DecideRequest {
         let shop = self.shops[rng.index(self.shops.len())].clone();
-        let visitor = visitor_id(rng.below(self.config.visitors));
+        let visitor = visitor_id_padded(rng.below(self.config.visitors), self.config.visitor_digits);
         let item_page = rng.chance(0.5);
         pb::DecideRequest {
             shop,
@@ -314,22 +434,59 @@ impl Load {
         }
         let phase_no = self.phases.fetch_add(1, Ordering::Relaxed);
         let mut rng = Rng::derive(self.config.dataset.seed, u64::MAX - 1, phase_no);
-
-        let recorders: Arc<Vec<Mutex<Recorder>>> = Arc::new(targets.iter().map(|_| Mutex::default()).collect());
-        let pending: Arc<Vec<AtomicU64>> = Arc::new(targets.iter().map(|_| AtomicU64::new(0)).collect());
-        let bar = self.progress_bar(label, count);
-
+        let sinks = Sinks::new(targets.len());
         // A short lead so the pacer thread is up before tick 0 is due.
         let schedule = Schedule {
             start: Instant::now() + Duration::from_millis(20),
             rate: total_rate,
             count,
         };
+        let background = background.then(|| self.spawn_background(schedule.end(), phase_no));
+        let connections = self.decide.len() as u64;
+        let pacer = self
+            .drive(
+                label,
+                schedule,
+                warmup_ticks,
+                &sinks,
+                |tick| (tick.seq % kinds) as usize,
+                |which, tick| {
+                    let conn = ((tick.seq / kinds) % connections) as usize;
+                    match targets[which] {
+                        Target::Decide => self.decide_call(conn, &mut rng),
+                        Target::Health => Call::Health(self.health[conn].clone()),
+                    }
+                },
+            )
+            .await?;
+        let background = match background {
+            Some(handle) => Some(handle.await.context("background load task failed")?),
+            None => None,
+        };
+        let summaries = (0..targets.len()).map(|i| sinks.finish(i).summary()).collect();
+        Ok(PhaseResult {
+            summaries,
+            pacer,
+            background,
+        })
+    }
+
+    /// Sends the open-loop `schedule`: for each tick, `pick` chooses its
+    /// kind (an index into `sinks`) and `make` builds its call; outcomes of
+    /// the ticks from `warmup_ticks` on are recorded in `sinks`. Returns
+    /// once every call has answered or timed out (plus a second).
+    pub(crate) async fn drive(
+        &self,
+        label: &str,
+        schedule: Schedule,
+        warmup_ticks: u64,
+        sinks: &Sinks,
+        mut pick: impl FnMut(&Tick) -> usize,
+        mut make: impl FnMut(usize, &Tick) -> Call,
+    ) -> anyhow::Result<PacerStats> {
+        let bar = self.progress_bar(label, schedule.count);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let pacer = pacer::spawn(schedule, move |tick| tx.send(tick).is_ok()).context("starting the pacer thread")?;
-        let background = background.then(|| self.spawn_background(schedule.end(), phase_no));
-
-        let connections = self.decide.len() as u64;
         let timeout = self.config.timeout;
         let mut calls = JoinSet::new();
         while let Some(tick) = rx.recv().await {
@@ -337,23 +494,19 @@ impl Load {
             if tick.seq % 256 == 0 {
                 bar.set_position(tick.seq);
             }
-            let which = (tick.seq % kinds) as usize;
+            let which = pick(&tick).min(sinks.recorders.len().saturating_sub(1));
             let measured = tick.seq >= warmup_ticks;
             if calls.len() >= self.config.max_in_flight {
                 if measured {
-                    lock(&recorders[which]).overloaded(tick.intended, 1);
+                    lock(&sinks.recorders[which]).overloaded(tick.intended, 1);
                 }
                 continue;
             }
-            let conn = ((tick.seq / kinds) % connections) as usize;
-            let call = match targets[which] {
-                Target::Decide => Call::Decide(self.decide[conn].clone(), Box::new(self.decide_request(&mut rng))),
-                Target::Health => Call::Health(self.health[conn].clone()),
-            };
+            let call = make(which, &tick);
             if measured {
-                pending[which].fetch_add(1, Ordering::Relaxed);
+                sinks.pending[which].fetch_add(1, Ordering::Relaxed);
             }
-            let (recorders, pending) = (recorders.clone(), pending.clone());
+            let Sinks { recorders, pending } = sinks.clone();
             calls.spawn(async move {
                 let outcome = call.execute(timeout).await;
                 let done = Instant::now();
@@ -370,25 +523,7 @@ impl Load {
         let _ = tokio::time::timeout(timeout + Duration::from_secs(1), drain).await;
         calls.abort_all();
         bar.finish_and_clear();
-
-        let background = match background {
-            Some(handle) => Some(handle.await.context("background load task failed")?),
-            None => None,
-        };
-        let summaries = recorders
-            .iter()
-            .zip(pending.iter())
-            .map(|(r, p)| {
-                let mut r = lock(r);
-                r.unfinished(p.load(Ordering::Relaxed));
-                r.summary()
-            })
-            .collect();
-        Ok(PhaseResult {
-            summaries,
-            pacer,
-            background,
-        })
+        Ok(pacer)
     }
 
     fn progress_bar(&self, label: &str, len: u64) -> ProgressBar {
