@@ -102,6 +102,31 @@ pub struct ServeArgs {
     /// Bearer token required by Rules/Push, Rules/Rollback and Ingest/Track when set.
     #[arg(long, env = "VITRINE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Largest rule file (push, --rules-dir), in bytes.
+    #[arg(long, env = "VITRINE_MAX_RULE_FILE_BYTES", default_value = "1048576")]
+    pub max_rule_file_bytes: String,
+    /// Most audiences one rule file may define.
+    #[arg(long, env = "VITRINE_MAX_AUDIENCES", default_value = "1000")]
+    pub max_audiences: String,
+    /// Longest expression (a rule file's or Audiences/Size's), in bytes.
+    #[arg(long, env = "VITRINE_MAX_EXPRESSION_BYTES", default_value = "4096")]
+    pub max_expression_bytes: String,
+    /// Deepest nesting of parentheses and `not` in one expression.
+    #[arg(long, env = "VITRINE_MAX_EXPRESSION_DEPTH", default_value = "64")]
+    pub max_expression_depth: String,
+    /// Longest chain of audience references (`a: b`, `b: c`, ...).
+    #[arg(long, env = "VITRINE_MAX_REFERENCE_DEPTH", default_value = "64")]
+    pub max_reference_depth: String,
+    /// Deepest nesting of an expression with its audiences inlined: the
+    /// recursion depth of a decision or a size.
+    #[arg(long, env = "VITRINE_MAX_INLINED_DEPTH", default_value = "512")]
+    pub max_inlined_depth: String,
+    /// Deepest nesting of YAML lists and mappings in a rule file.
+    #[arg(long, env = "VITRINE_MAX_YAML_DEPTH", default_value = "64")]
+    pub max_yaml_depth: String,
+    /// Errors listed for a rejected rule file; more are counted ("... and K more errors").
+    #[arg(long, env = "VITRINE_MAX_RULE_ERRORS", default_value = "100")]
+    pub max_rule_errors: String,
     /// gRPC connections open at once; one more is closed on arrival (counted
     /// in vitrine_connections_closed_total{reason="limit"}). Lowered at start
     /// to fit the process's open-files limit.

@@ -21,6 +21,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Admin bearer token.
     pub admin_token: Option<String>,
+    /// Bounds on a rule file and its expressions.
+    pub rule_limits: vitrine_core::rules::Limits,
     /// Bounds on gRPC connections.
     pub grpc_connections: ConnectionLimits,
     /// Bounds on HTTP (metrics and probes) connections.
@@ -299,6 +301,31 @@ impl Config {
             }
         };
         let max_in_flight = positive("max-in-flight", &args.max_in_flight);
+        let rule_limits = (
+            positive("max-rule-file-bytes", &args.max_rule_file_bytes),
+            positive("max-audiences", &args.max_audiences),
+            positive("max-expression-bytes", &args.max_expression_bytes),
+            positive("max-expression-depth", &args.max_expression_depth),
+            positive("max-reference-depth", &args.max_reference_depth),
+            positive("max-inlined-depth", &args.max_inlined_depth),
+            positive("max-yaml-depth", &args.max_yaml_depth),
+            positive("max-rule-errors", &args.max_rule_errors),
+        );
+        let rule_limits = match rule_limits {
+            (Some(f), Some(a), Some(eb), Some(ed), Some(r), Some(i), Some(y), Some(e)) => {
+                Some(vitrine_core::rules::Limits {
+                    max_file_bytes: f,
+                    max_audiences: a,
+                    max_expression_bytes: eb,
+                    max_expression_depth: ed,
+                    max_reference_depth: r,
+                    max_inlined_depth: i,
+                    max_yaml_depth: y,
+                    max_errors: e,
+                })
+            }
+            _ => None,
+        };
         let connections = (
             positive("max-connections", &args.max_connections),
             positive("max-http-connections", &args.max_http_connections),
@@ -385,6 +412,7 @@ impl Config {
             worker_threads,
             connections,
             claims_segment_bytes,
+            rule_limits,
         ) {
             (
                 Some(g),
@@ -403,12 +431,14 @@ impl Config {
                 Some(wt),
                 Some((gc, hc)),
                 Some(csb),
+                Some(rl),
             ) if problems.is_empty() => Ok(Config {
                 grpc_addr: g,
                 metrics_addr: m,
                 rules_dir: args.rules_dir.clone(),
                 data_dir: args.data_dir.clone(),
                 admin_token: args.admin_token.clone(),
+                rule_limits: rl,
                 grpc_connections: gc,
                 http_connections: hc,
                 max_in_flight: mif,
@@ -461,6 +491,21 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_secs(10));
         assert_eq!(c.max_queue_wait, Some(Duration::from_millis(50)));
         assert_eq!(c.demo_visitors, None);
+        // The flags' defaults are the core's: `rules validate` (which has no
+        // flags) checks a file exactly as a default server loads it.
+        assert_eq!(c.rule_limits, vitrine_core::rules::Limits::default());
+        assert_eq!(c.grpc_connections.max.min(1024), c.grpc_connections.max);
+        assert_eq!(c.http_connections.max, 64);
+        assert_eq!(c.grpc_connections.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.grpc_connections.handshake_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn connections_are_fitted_to_the_open_files_limit() {
+        assert_eq!(fit_open_files(1024, 64, None), 1024);
+        assert_eq!(fit_open_files(1024, 64, Some(1 << 20)), 1024);
+        assert_eq!(fit_open_files(1024, 64, Some(1024)), 1024 - 64 - RESERVED_FILES);
+        assert_eq!(fit_open_files(1024, 64, Some(100)), 16, "at least 16");
     }
 
     #[test]

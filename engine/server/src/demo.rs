@@ -358,9 +358,11 @@ mod tests {
     #[test]
     fn the_demo_stream_is_bounded_by_visitors_not_by_the_rule_file() {
         let mut source = String::from("shop: big\naudiences:\n");
-        for n in 0..3_000 {
+        // 3,000 tags and items in 1,000 audiences (the most a file may have).
+        for n in 0..1_000 {
+            let [a, b, c] = [3 * n, 3 * n + 1, 3 * n + 2];
             source.push_str(&format!(
-                "  t{n}: tag(\"tag-{n:05}\") or visited(7d, item=\"sku-{n:05}\")\n"
+                "  t{n}: tag(\"tag-{a:05}\") or tag(\"tag-{b:05}\") or tag(\"tag-{c:05}\") or visited(7d, item=\"sku-{a:05}\") or visited(7d, item=\"sku-{b:05}\") or visited(7d, item=\"sku-{c:05}\")\n"
             ));
         }
         source.push_str("banners:\n  - banner: default\n");

@@ -15,7 +15,8 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 use vitrine_core::decide::{ClaimError, Slot};
 use vitrine_core::event::{Fields, MAX_TS};
-use vitrine_core::{audience_sizes, size_of, ClaimRequest, Context, DecideRequest, SizeError};
+use vitrine_core::size::size_of_with;
+use vitrine_core::{audience_sizes, ClaimRequest, Context, DecideRequest, SizeError};
 use vitrine_proto::v1 as pb;
 
 use crate::engine::{at, Engine};
@@ -480,11 +481,12 @@ impl pb::audiences_server::Audiences for Service {
             if served.is_none() && index.is_none() {
                 return Err(unknown_shop(shop));
             }
-            let size = size_of(
+            let size = size_of_with(
                 served.as_deref().map(|s| &s.rules),
                 index.as_deref(),
                 &req.expression,
                 now_ms,
+                &engine.rules.limits().expression(),
             )
             .map_err(|e: SizeError| invalid(format!("expression {e}")))?;
             Ok(Response::new(pb::SizeResponse {

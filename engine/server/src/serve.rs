@@ -318,7 +318,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .with_context(|| format!("creating --data-dir {}", config.data_dir.display()))?;
     let data_lock = Arc::new(lock_data_dir(&config.data_dir)?);
     let storage = StorageHealth::default();
-    let store = RuleStore::new(&config.rules_dir, &config.data_dir);
+    let store = RuleStore::new(&config.rules_dir, &config.data_dir).with_limits(config.rule_limits);
     log_sync(&store.sync_dir(now_ms()));
     let snapshots = SnapshotDir::open(&config.data_dir, config.snapshot_keep)
         .with_context(|| format!("opening {}/snapshots", config.data_dir.display()))?;

@@ -279,6 +279,8 @@ pub struct RuleStore {
     /// Whether the start-up sync (which restores shops from history) ran.
     started: std::sync::atomic::AtomicBool,
     counters: Counters,
+    /// Bounds on a rule file (`--max-rule-file-bytes` and friends).
+    limits: vitrine_core::rules::Limits,
 }
 
 impl std::fmt::Debug for RuleStore {
@@ -349,7 +351,19 @@ impl RuleStore {
             writing: Mutex::new(()),
             started: std::sync::atomic::AtomicBool::new(false),
             counters: Counters::default(),
+            limits: vitrine_core::rules::Limits::default(),
         }
+    }
+
+    /// The same store, holding every rule file to `limits`.
+    pub fn with_limits(mut self, limits: vitrine_core::rules::Limits) -> RuleStore {
+        self.limits = limits;
+        self
+    }
+
+    /// The bounds every rule file is held to.
+    pub fn limits(&self) -> &vitrine_core::rules::Limits {
+        &self.limits
     }
 
     /// Runs `f` on the shop's serving rule set, if it has one. One atomic
@@ -416,7 +430,7 @@ impl RuleStore {
     /// shop's serving rule set as a new revision. Returns the rule set with
     /// its (for a dry run: would-be) revision.
     pub fn push(&self, content: &str, origin: Origin, dry_run: bool, now_ms: i64) -> Result<Arc<Served>, StoreError> {
-        let rules = RuleSet::load(content).map_err(StoreError::Invalid)?;
+        let rules = RuleSet::load_with(content, &self.limits).map_err(StoreError::Invalid)?;
         check_shop_name(&rules.shop)?;
         if dry_run {
             let revision = self.shops.get(&*rules.shop).map_or(1, |s| s.history.lock().next);
@@ -436,7 +450,7 @@ impl RuleStore {
         let _writing = self.writing.lock();
         let (found, _) = self.get(shop, to)?;
         // An accepted revision compiles again; if a newer engine rejects it, say so.
-        let rules = RuleSet::load(&found.content).map_err(StoreError::Invalid)?;
+        let rules = RuleSet::load_with(&found.content, &self.limits).map_err(StoreError::Invalid)?;
         Ok(self
             .install(shop, rules, found.content, Origin::Rollback, now_ms, None)?
             .revision)
@@ -875,7 +889,7 @@ impl RuleStore {
             Some((Some(shop), reported)) => (shop, None, reported),
             None => {
                 let previous_owner = self.seen.lock().get(path).and_then(|s| s.owner.clone());
-                let loaded = RuleSet::load(&content)
+                let loaded = RuleSet::load_with(&content, &self.limits)
                     .map_err(|e| e.to_string())
                     .and_then(|r| check_shop_name(&r.shop).map(|()| r).map_err(|e| e.to_string()));
                 match loaded {
@@ -939,7 +953,7 @@ impl RuleStore {
         }
         let rules = match rules {
             Some(r) => r,
-            None => match RuleSet::load(&content) {
+            None => match RuleSet::load_with(&content, &self.limits) {
                 Ok(r) => r,
                 Err(e) => {
                     report.problem(ProblemKind::Invalid, path, e.to_string());
@@ -977,7 +991,7 @@ impl RuleStore {
             let newest = revisions.iter().rev().take(MAX_RESTORE_ATTEMPTS).find_map(|info| {
                 let path = dir.join(info.file_name());
                 let content: Arc<str> = fs::read_to_string(&path).ok()?.into();
-                let rules = RuleSet::load(&content).ok()?;
+                let rules = RuleSet::load_with(&content, &self.limits).ok()?;
                 (file_name_stem(&rules.shop) == stem && check_shop_name(&rules.shop).is_ok()).then_some((
                     info.revision,
                     rules,

@@ -293,3 +293,39 @@ impl tonic::codec::Decoder for RawCodec {
         Ok(Some(out))
     }
 }
+
+/// The rule-file limits are flags: a server told `--max-audiences 2`
+/// refuses a third audience with its line:column, and Size holds to
+/// `--max-expression-depth`.
+#[tokio::test]
+async fn rule_limits_come_from_the_configuration() {
+    let dir = TempDir::new("rule-limits");
+    let mut config = config(&dir);
+    config.rule_limits.max_audiences = 2;
+    config.rule_limits.max_expression_depth = 3;
+    let server = serve::start(config).await.unwrap();
+    let mut c = connect(server.grpc_addr).await;
+    let three = "shop: apparel\naudiences:\n  a: true\n  b: true\n  c: true\nbanners:\n  - banner: x\n";
+    let e = c
+        .rules
+        .push(pb::PushRequest {
+            content: three.into(),
+            dry_run: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("5:3: too many audiences"), "{}", e.message());
+    let e = c
+        .audiences
+        .size(pb::SizeRequest {
+            shop: "apparel".into(),
+            expression: "((((true))))".into(),
+            now_ms: NOW,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("nested too deeply"), "{}", e.message());
+    server.shutdown().await.unwrap();
+}
