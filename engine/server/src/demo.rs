@@ -321,10 +321,7 @@ pub fn run(rules_dir: &Path, visitors: usize, now_ms: i64, out: &mut impl Write)
 
 /// What a newcomer can try against a running server: real commands with the
 /// server's real addresses and shops.
-pub fn hints(server: &crate::serve::Server) -> String {
-    let grpc = server.grpc_addr;
-    let http = server.metrics_addr;
-    let shops = server.engine.rules.shops();
+pub fn hints(grpc: std::net::SocketAddr, http: std::net::SocketAddr, shops: &[(String, u64)]) -> String {
     let mut out = String::new();
     let listing: Vec<String> = shops.iter().map(|(s, r)| format!("{s} (revision {r})")).collect();
     out.push_str(&format!(
@@ -338,7 +335,7 @@ pub fn hints(server: &crate::serve::Server) -> String {
     let shop = shops.first().map_or("demo-apparel", |(s, _)| s.as_str());
     out.push_str(&format!(
         "\nWhat to try next:\n  grpcurl -plaintext {grpc} list\n  grpcurl -plaintext -d '{{\"shop\":\"{shop}\",\"visitor\":\"v-0001\",\"context\":{{\"page\":\"home\",\"region\":\"south\"}},\"explain\":true}}' {grpc} vitrine.v1.Decision/Decide\n  grpcurl -plaintext -d '{{\"shop\":\"{shop}\",\"expression\":\"visited(7d) and not purchased(30d)\"}}' {grpc} vitrine.v1.Audiences/Size\n  grpcurl -plaintext -d '{{\"events\":[{{\"shop\":\"{shop}\",\"visitor\":\"v-new\",\"action\":\"cart\",\"item\":\"sku-101\",\"ts\":{now}}}]}}' {grpc} vitrine.v1.Ingest/Track\n  grpcurl -plaintext -d '{{\"shop\":\"{shop}\"}}' {grpc} vitrine.v1.Rules/List\n  vitrine rules push rules/{shop}.yaml --addr {grpc}\n  curl -s http://{http}/metrics | grep ^vitrine_\n",
-        now = crate::engine::now_ms(),
+        now = crate::clock::now_ms(),
     ));
     out
 }

@@ -26,7 +26,6 @@
 //! and in the metrics before restarting it.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 use vitrine_core::event::Fields;
@@ -232,21 +231,5 @@ impl Engine {
                 Err(e) => tracing::warn!(upto, "compacting the events journal failed: {e}"),
             }
         }
-    }
-}
-
-/// Milliseconds since the Unix epoch by the server clock.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// `requested`, or the server clock when it is 0.
-pub fn at(requested: i64) -> i64 {
-    if requested == 0 {
-        now_ms()
-    } else {
-        requested
     }
 }

@@ -19,7 +19,8 @@ use vitrine_core::size::size_of_with;
 use vitrine_core::{audience_sizes, ClaimRequest, Context, DecideRequest, SizeError};
 use vitrine_proto::v1 as pb;
 
-use crate::engine::{at, Engine};
+use crate::clock::at;
+use crate::engine::Engine;
 use crate::metrics;
 use crate::store::{Origin, StoreError};
 

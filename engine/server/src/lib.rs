@@ -7,6 +7,7 @@
 //! and cached metric handles; pushes compile off that path and swap once.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod demo;

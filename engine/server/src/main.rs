@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use vitrine::cli::{Cli, Command, KafkaCommand, RulesCommand};
 use vitrine::config::Config;
-use vitrine::{demo, engine, kafka, push, serve, validate};
+use vitrine::{clock, demo, kafka, push, serve, validate};
 
 fn main() -> ExitCode {
     match Cli::parse().command {
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo { rules_dir, visitors } => {
-            match demo::run(&rules_dir, visitors, engine::now_ms(), &mut std::io::stdout()) {
+            match demo::run(&rules_dir, visitors, clock::now_ms(), &mut std::io::stdout()) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {
@@ -87,7 +87,10 @@ fn init_logging() {
 
 async fn run_server(config: Config) -> anyhow::Result<()> {
     let server = serve::start(config).await?;
-    println!("{}", demo::hints(&server));
+    println!(
+        "{}",
+        demo::hints(server.grpc_addr, server.metrics_addr, &server.engine.rules.shops())
+    );
     server.run_until(shutdown_signal()).await
 }
 

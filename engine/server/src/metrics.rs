@@ -289,7 +289,7 @@ impl Metrics {
         ];
         // Decide's shedding counters exist from the start, so an alert on
         // their rate has a series before the first overload.
-        for reason in crate::transport::ShedReason::ALL {
+        for reason in ShedReason::ALL {
             metrics::counter!(SHED, "method" => "Decide", "reason" => reason.as_str()).absolute(0);
         }
         Metrics {
@@ -395,7 +395,7 @@ pub fn snapshot_written(result: Option<(f64, u64)>) {
             metrics::counter!(SNAPSHOT_WRITES, "result" => "ok").increment(1);
             metrics::gauge!(SNAPSHOT_DURATION).set(seconds);
             metrics::gauge!(SNAPSHOT_BYTES).set(bytes as f64);
-            metrics::gauge!(SNAPSHOT_LAST_SUCCESS).set(crate::engine::now_ms() as f64 / 1000.0);
+            metrics::gauge!(SNAPSHOT_LAST_SUCCESS).set(crate::clock::now_ms() as f64 / 1000.0);
         }
         None => metrics::counter!(SNAPSHOT_WRITES, "result" => "failed").increment(1),
     }
@@ -442,7 +442,7 @@ pub fn journal_failed(journal: &'static str) {
 }
 
 /// A call of `method` refused before its handler ran.
-pub fn shed(method: &'static str, reason: crate::transport::ShedReason) {
+pub fn shed(method: &'static str, reason: ShedReason) {
     metrics::counter!(SHED, "method" => method, "reason" => reason.as_str()).increment(1);
 }
 
@@ -601,4 +601,29 @@ pub fn connection_closed(port: Port, reason: ConnectionClose) {
         metrics::gauge!(CONNECTIONS_OPEN, "port" => port.as_str()).decrement(1.0);
     }
     metrics::counter!(CONNECTIONS_CLOSED, "port" => port.as_str(), "reason" => reason.as_str()).increment(1);
+}
+
+/// Why a call was shed: the `reason` label of `vitrine_requests_shed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShedReason {
+    /// `--max-in-flight` calls were already admitted.
+    InFlight,
+    /// It waited longer than `--max-queue-wait`.
+    QueueWait,
+    /// Its deadline passed before its turn came.
+    Deadline,
+}
+
+impl ShedReason {
+    /// Every reason, for pre-registering metrics.
+    pub const ALL: [ShedReason; 3] = [ShedReason::InFlight, ShedReason::QueueWait, ShedReason::Deadline];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShedReason::InFlight => "in_flight",
+            ShedReason::QueueWait => "queue_wait",
+            ShedReason::Deadline => "deadline",
+        }
+    }
 }

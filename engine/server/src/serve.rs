@@ -17,8 +17,9 @@ use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 use vitrine_proto::v1 as pb;
 
+use crate::clock::now_ms;
 use crate::config::Config;
-use crate::engine::{now_ms, Engine, StorageHealth};
+use crate::engine::{Engine, StorageHealth};
 use crate::events_log::EventLog;
 use crate::grpc::Service;
 use crate::http::{self, Probes};

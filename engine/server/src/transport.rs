@@ -39,7 +39,7 @@ use tonic::service::Routes;
 use tonic::Status;
 
 use crate::connections::{accept_loop, Activity, ConnectionLimits};
-use crate::metrics::{self, Port};
+use crate::metrics::{self, Port, ShedReason};
 
 /// When a call is refused before its handler runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,44 +52,20 @@ pub struct Limits {
     pub request_timeout: Duration,
 }
 
-/// Why a call was shed: the `reason` label of `vitrine_requests_shed_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShedReason {
-    /// `--max-in-flight` calls were already admitted.
-    InFlight,
-    /// It waited longer than `--max-queue-wait`.
-    QueueWait,
-    /// Its deadline passed before its turn came.
-    Deadline,
-}
-
-impl ShedReason {
-    /// Every reason, for pre-registering metrics.
-    pub const ALL: [ShedReason; 3] = [ShedReason::InFlight, ShedReason::QueueWait, ShedReason::Deadline];
-
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ShedReason::InFlight => "in_flight",
-            ShedReason::QueueWait => "queue_wait",
-            ShedReason::Deadline => "deadline",
+/// The status a call shed for `reason` gets, after waiting `waited`.
+fn shed_status(reason: ShedReason, waited: Duration) -> Status {
+    match reason {
+        ShedReason::InFlight => {
+            Status::resource_exhausted("the server is at its concurrency limit (--max-in-flight); retry with backoff")
         }
-    }
-
-    fn status(self, waited: Duration) -> Status {
-        match self {
-            ShedReason::InFlight => Status::resource_exhausted(
-                "the server is at its concurrency limit (--max-in-flight); retry with backoff",
-            ),
-            ShedReason::QueueWait => Status::resource_exhausted(format!(
-                "the server is overloaded: this call waited {} us for its turn (--max-queue-wait); retry with backoff",
-                waited.as_micros()
-            )),
-            ShedReason::Deadline => Status::deadline_exceeded(format!(
-                "the call's deadline passed after {} us waiting for its turn",
-                waited.as_micros()
-            )),
-        }
+        ShedReason::QueueWait => Status::resource_exhausted(format!(
+            "the server is overloaded: this call waited {} us for its turn (--max-queue-wait); retry with backoff",
+            waited.as_micros()
+        )),
+        ShedReason::Deadline => Status::deadline_exceeded(format!(
+            "the call's deadline passed after {} us waiting for its turn",
+            waited.as_micros()
+        )),
     }
 }
 
@@ -166,7 +142,7 @@ where
             };
             if let Some(reason) = shed {
                 metrics::shed(method_name(request.uri().path()), reason);
-                return Ok(reason.status(waited).into_http());
+                return Ok(shed_status(reason, waited).into_http());
             }
             let Some(deadline) = deadline else {
                 return routes.call(request).await;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use vitrine_core::{Event, RejectReason};
 
-use super::dead_letter::DeadLetter;
+use super::dead_letter::{DeadLetter, Source};
 use super::RateLimited;
 use crate::engine::Engine;
 use crate::metrics::KafkaMetrics;
@@ -38,16 +38,6 @@ impl Reject {
             Reject::Tombstone => "tombstone",
         }
     }
-}
-
-/// Where a message came from, for logs and dead letters.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Source<'a> {
-    pub(super) topic: &'a str,
-    pub(super) partition: i32,
-    pub(super) offset: i64,
-    pub(super) key: Option<&'a [u8]>,
-    pub(super) payload: Option<&'a [u8]>,
 }
 
 /// Counting, logging (rate-limited) and dead-lettering rejected messages.

@@ -14,12 +14,14 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use super::apply::{self, Ack, Reject, Rejects, Source, SubBatch};
+use super::apply::{self, Ack, Reject, Rejects, SubBatch};
 use super::context::Context;
 use super::dead_letter::DeadLetter;
+use super::dead_letter::Source;
 use super::{Progress, RateLimited, BATCH};
+use crate::clock::now_ms;
 use crate::config::{KafkaConfig, KafkaStart};
-use crate::engine::{now_ms, Engine};
+use crate::engine::Engine;
 use crate::metrics::{KafkaErrorKind, KafkaMetrics};
 
 /// The longest a poll waits for the first message of a batch; also how

@@ -17,9 +17,18 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
-use super::apply::Source;
 use super::RateLimited;
 use crate::metrics::{KafkaErrorKind, KafkaMetrics};
+
+/// Where a message came from, for logs and dead letters.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Source<'a> {
+    pub(super) topic: &'a str,
+    pub(super) partition: i32,
+    pub(super) offset: i64,
+    pub(super) key: Option<&'a [u8]>,
+    pub(super) payload: Option<&'a [u8]>,
+}
 
 /// Header naming the rejection reason (a `vitrine_ingest_rejected_total` label value).
 pub const REASON_HEADER: &str = "vitrine-reject-reason";

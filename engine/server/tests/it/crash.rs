@@ -24,7 +24,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Produc
 use rdkafka::ClientConfig;
 use tokio::task::JoinSet;
 use tonic::Status;
-use vitrine::engine::now_ms;
+use vitrine::clock::now_ms;
 use vitrine::wal::SEGMENT_HEADER_LEN;
 use vitrine_proto::v1 as pb;
 

@@ -613,7 +613,7 @@ async fn readiness_waits_until_the_consumer_caught_up_and_decisions_are_served_m
 
     let cluster = cluster();
     let brokers = cluster.bootstrap_servers();
-    let now = vitrine::engine::now_ms();
+    let now = vitrine::clock::now_ms();
     let events: Vec<String> = (0..50)
         .map(|i| format!(r#"{{"shop":"apparel","visitor":"v-{i}","action":"view","item":"sku-1","ts":{now}}}"#))
         .chain([
