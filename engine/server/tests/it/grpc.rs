@@ -381,7 +381,11 @@ async fn files_edited_in_the_rules_dir_are_picked_up_and_broken_ones_ignored() {
     );
 
     std::fs::write(dir.rules().join("apparel.yaml"), "shop: apparel\nbanners: [oops\n").unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The signal: the store has seen the broken file and rejected it.
+    wait_for("the broken file to be rejected", || {
+        server.engine.rules.counters().files_rejected == 1
+    })
+    .await;
     let d = c.decision.decide(decide("v")).await.unwrap().into_inner();
     assert_eq!((d.rule_revision, d.banner.unwrap().id.as_str()), (1, "default"));
 
@@ -390,16 +394,12 @@ async fn files_edited_in_the_rules_dir_are_picked_up_and_broken_ones_ignored() {
         APPAREL.replace("banner: default", "banner: edited"),
     )
     .unwrap();
-    let mut seen = None;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let d = c.decision.decide(decide("v")).await.unwrap().into_inner();
-        if d.rule_revision == 2 {
-            seen = d.banner.map(|b| b.id);
-            break;
-        }
-    }
-    assert_eq!(seen.as_deref(), Some("edited"));
+    wait_for("the edited file to serve", || {
+        server.engine.rules.serving("apparel").is_some_and(|s| s.revision == 2)
+    })
+    .await;
+    let d = c.decision.decide(decide("v")).await.unwrap().into_inner();
+    assert_eq!((d.rule_revision, d.banner.unwrap().id.as_str()), (2, "edited"));
     let l = c
         .rules
         .list(pb::ListRequest { shop: "apparel".into() })
@@ -528,8 +528,15 @@ async fn shutdown_turns_health_not_serving_before_closing() {
     .unwrap();
     let mut c = connect(server.grpc_addr).await;
     let stopping = tokio::spawn(server.shutdown());
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(health(&mut c).await, ServingStatus::NotServing);
+    // The signal is health itself: it must turn NOT_SERVING while the
+    // grace runs and calls are still answered (a closed server would fail
+    // the call instead).
+    let mut status = health(&mut c).await;
+    while status == ServingStatus::Serving && !stopping.is_finished() {
+        tokio::task::yield_now().await;
+        status = health(&mut c).await;
+    }
+    assert_eq!(status, ServingStatus::NotServing);
     stopping.await.unwrap().unwrap();
 }
 
@@ -616,4 +623,15 @@ async fn a_restart_restores_tracked_events_claims_and_the_index_from_snapshot_an
     assert!(metrics.contains("vitrine_restore_duration_seconds"), "{metrics}");
     drop(c);
     server.shutdown().await.unwrap();
+}
+
+/// Waits until `done` holds, checking every few ms; fails after 30 s.
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(30), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting for {what}");
 }
