@@ -340,7 +340,10 @@ impl<'a> Event<'a> {
                     }
                     let quantity = f.quantity.unwrap_or(1);
                     if !(1..=i64::from(u32::MAX)).contains(&quantity) {
-                        return Err(EventError::new(RejectReason::InvalidValue, "`quantity` must be >= 1"));
+                        return Err(EventError::new(
+                            RejectReason::InvalidValue,
+                            "`quantity` must be between 1 and 4294967295",
+                        ));
                     }
                     event.price = price;
                     event.quantity = quantity as u32;
@@ -356,7 +359,10 @@ impl<'a> Event<'a> {
             Action::Member => {
                 let tier = f.tier.ok_or_else(|| EventError::missing("tier"))?;
                 if !(0..=i64::from(u32::MAX)).contains(&tier) {
-                    return Err(EventError::new(RejectReason::InvalidValue, "`tier` must be >= 0"));
+                    return Err(EventError::new(
+                        RejectReason::InvalidValue,
+                        "`tier` must be between 0 and 4294967295",
+                    ));
                 }
                 event.tier = tier as u32;
             }
@@ -507,7 +513,19 @@ mod tests {
         );
         assert_eq!(
             reject(r#"{"shop":"s","visitor":"v","action":"purchase","item":"i","price":1,"quantity":0,"ts":1}"#).1,
-            "`quantity` must be >= 1"
+            "`quantity` must be between 1 and 4294967295"
+        );
+        // The message names the bound that was crossed, above as below.
+        assert_eq!(
+            reject(
+                r#"{"shop":"s","visitor":"v","action":"purchase","item":"i","price":1,"quantity":4294967296,"ts":1}"#
+            )
+            .1,
+            "`quantity` must be between 1 and 4294967295"
+        );
+        assert_eq!(
+            reject(r#"{"shop":"s","visitor":"v","action":"member","tier":9223372036854775807,"ts":1}"#).1,
+            "`tier` must be between 0 and 4294967295"
         );
         assert_eq!(
             reject(r#"{"shop":"s","visitor":"","action":"view","item":"i","ts":1}"#).0,

@@ -12,9 +12,12 @@
 //! Closing is graceful first (HTTP/2 GOAWAY; HTTP/1 closes after the
 //! current response), bounded by [`CLOSE_GRACE`], after which the socket is
 //! dropped: a half-open peer never acknowledges a GOAWAY. A connection
-//! arriving when `max` are open is closed at once and counted, rather than
-//! left in the kernel's backlog where it would look accepted to the client.
+//! arriving when `max` are open first evicts the oldest connection that has
+//! not sent a request yet (so silent sockets cannot starve clients that
+//! talk); when every open connection has, it is closed at once and counted,
+//! rather than left in the kernel's backlog where it would look accepted.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -163,6 +166,8 @@ pub async fn accept_loop<C, F>(
     let mut connections = JoinSet::new();
     let mut shutdown = pin!(shutdown);
     let mut refused_logged: Option<Instant> = None;
+    // Open connections, oldest first, each with the signal that evicts it.
+    let mut live: VecDeque<(Arc<Activity>, Arc<tokio::sync::Notify>)> = VecDeque::new();
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -177,7 +182,15 @@ pub async fn accept_loop<C, F>(
                         continue;
                     }
                 };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                let mut slot = slots.clone().try_acquire_owned().ok();
+                if slot.is_none() && evict_silent(&mut live) {
+                    // The evicted connection frees its slot as its task ends.
+                    slot = tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned())
+                        .await
+                        .ok()
+                        .and_then(Result::ok);
+                }
+                let Some(slot) = slot else {
                     metrics::connection_closed(port, ConnectionClose::Limit);
                     if refused_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                         refused_logged = Some(Instant::now());
@@ -190,11 +203,14 @@ pub async fn accept_loop<C, F>(
                     tracing::debug!("TCP_NODELAY: {e}");
                 }
                 let activity = Arc::new(Activity::new());
+                live.retain(|(a, _)| Arc::strong_count(a) > 1);
+                let evict = Arc::new(tokio::sync::Notify::new());
+                live.push_back((activity.clone(), evict.clone()));
                 let connection = serve(stream, activity.clone());
                 let stopped = stopped.clone();
                 metrics::connection_opened(port);
                 connections.spawn(async move {
-                    let reason = drive(connection, &activity, limits, drain, stopped).await;
+                    let reason = drive(connection, &activity, limits, drain, stopped, &evict).await;
                     metrics::connection_closed(port, reason);
                     drop(slot);
                 });
@@ -207,6 +223,26 @@ pub async fn accept_loop<C, F>(
     while connections.join_next().await.is_some() {}
 }
 
+/// How long a connection arriving at the limit waits for the slot of the
+/// silent connection it evicted.
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
+
+/// At the connection limit: asks the oldest connection that has not sent a
+/// request yet to go, so that silent sockets (slowloris, a peer holding
+/// connections open) cannot starve clients that talk, such as readiness
+/// probes. Returns whether there was one.
+fn evict_silent(live: &mut VecDeque<(Arc<Activity>, Arc<tokio::sync::Notify>)>) -> bool {
+    live.retain(|(a, _)| Arc::strong_count(a) > 1);
+    let silent = live.iter().position(|(a, _)| !a.seen_call.load(Ordering::Relaxed));
+    match silent.and_then(|i| live.remove(i)) {
+        Some((_, evict)) => {
+            evict.notify_one();
+            true
+        }
+        None => false,
+    }
+}
+
 /// Runs one connection to its end; returns why it ended.
 async fn drive<C: Graceful>(
     connection: C,
@@ -214,9 +250,12 @@ async fn drive<C: Graceful>(
     limits: ConnectionLimits,
     drain: Duration,
     mut stopped: watch::Receiver<bool>,
+    evict: &tokio::sync::Notify,
 ) -> ConnectionClose {
     let mut connection = pin!(connection);
     let (result, reason, grace) = tokio::select! {
+        // Never sent a request: nothing to finish, the socket just goes.
+        () = evict.notified() => return ConnectionClose::Evicted,
         result = connection.as_mut() => (Some(result), ConnectionClose::Peer, Duration::ZERO),
         () = async { drop(stopped.wait_for(|s| *s).await) } => (None, ConnectionClose::Shutdown, drain + CLOSE_GRACE),
         reason = activity.expired(limits) => (None, reason, CLOSE_GRACE),

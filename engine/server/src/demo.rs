@@ -234,7 +234,7 @@ pub fn run(rules_dir: &Path, visitors: usize, now_ms: i64, out: &mut impl Write)
     let ledger = MemoryLedger::new();
     let mut ok = true;
     for path in &paths {
-        let source = std::fs::read_to_string(path)?;
+        let source = crate::store::read_rule_file(path, vitrine_core::rules::Limits::default().max_file_bytes)?;
         let rules = match RuleSet::load(&source) {
             Ok(r) => r,
             Err(errors) => {

@@ -111,7 +111,7 @@ fn describe() {
     );
     describe_counter!(
         CONNECTIONS_CLOSED,
-        "Why are connections closed? By port and reason: peer (the client closed), idle, handshake (no first request in time), limit (refused at the connection limit), shutdown."
+        "Why are connections closed? By port and reason: peer (the client closed), idle, handshake (no first request in time), limit (refused at the connection limit), evicted (silent, closed to make room), shutdown."
     );
     for port in Port::ALL {
         metrics::gauge!(CONNECTIONS_OPEN, "port" => port.as_str()).set(0.0);
@@ -564,14 +564,17 @@ pub enum ConnectionClose {
     Handshake,
     /// Refused on arrival: the port held its maximum of connections.
     Limit,
+    /// Closed, never having sent a request, to make room for a new one at the limit.
+    Evicted,
     /// The server is shutting down.
     Shutdown,
 }
 
 impl ConnectionClose {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [ConnectionClose; 5] = [
+    pub const ALL: [ConnectionClose; 6] = [
         ConnectionClose::Peer,
+        ConnectionClose::Evicted,
         ConnectionClose::Idle,
         ConnectionClose::Handshake,
         ConnectionClose::Limit,
@@ -585,6 +588,7 @@ impl ConnectionClose {
             ConnectionClose::Idle => "idle",
             ConnectionClose::Handshake => "handshake",
             ConnectionClose::Limit => "limit",
+            ConnectionClose::Evicted => "evicted",
             ConnectionClose::Shutdown => "shutdown",
         }
     }

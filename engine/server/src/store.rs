@@ -58,6 +58,32 @@ const MAX_FILE_NAME_TRIES: u32 = 99;
 /// skipped).
 const MAX_RESTORE_ATTEMPTS: usize = 8;
 
+/// Reads a rule file of at most `max_bytes`, refusing anything but a
+/// regular file before opening it: a FIFO would block the reader (and with
+/// it start-up, the poll and every push), and a link to `/dev/zero` would
+/// never end. Nothing past `max_bytes + 1` is read, whatever the file claims.
+pub fn read_rule_file(path: &Path, max_bytes: usize) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let not_regular = || Error::new(ErrorKind::InvalidInput, "not a regular file");
+    if !fs::metadata(path)?.is_file() {
+        return Err(not_regular());
+    }
+    let file = fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(not_regular());
+    }
+    let mut text = String::new();
+    let limit = u64::try_from(max_bytes).unwrap_or(u64::MAX).saturating_add(1);
+    file.take(limit).read_to_string(&mut text)?;
+    if text.len() > max_bytes {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than the limit of {max_bytes} bytes (--max-rule-file-bytes)"),
+        ));
+    }
+    Ok(text)
+}
+
 /// How a revision came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Origin {
@@ -491,7 +517,7 @@ impl RuleStore {
             serving.content.clone()
         } else {
             let path = self.revisions_dir.join(file_name_stem(shop)).join(info.file_name());
-            fs::read_to_string(&path)
+            read_rule_file(&path, self.limits.max_file_bytes)
                 .map_err(|source| StoreError::History {
                     shop: shop.to_string(),
                     revision: want,
@@ -676,8 +702,8 @@ impl RuleStore {
     /// failure, puts back what the file held before.
     fn write_rule_file(&self, shop: &str, current: Option<&Path>, content: &str) -> std::io::Result<PathBuf> {
         let target = self.target_file(shop, current)?;
-        let before = match fs::read(&target) {
-            Ok(b) => Some(b),
+        let before = match read_rule_file(&target, self.limits.max_file_bytes) {
+            Ok(b) => Some(b.into_bytes()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
@@ -853,7 +879,7 @@ impl RuleStore {
 
     /// Syncs one file of the (sorted) listing.
     fn sync_file(&self, path: &Path, claimed: &mut HashMap<Box<str>, PathBuf>, now_ms: i64, report: &mut SyncReport) {
-        let content: Arc<str> = match fs::read_to_string(path) {
+        let content: Arc<str> = match read_rule_file(path, self.limits.max_file_bytes) {
             Ok(c) => c.into(),
             Err(e) => {
                 let mut seen = self.seen.lock();
@@ -990,7 +1016,7 @@ impl RuleStore {
             let revisions = self.history_in(&dir);
             let newest = revisions.iter().rev().take(MAX_RESTORE_ATTEMPTS).find_map(|info| {
                 let path = dir.join(info.file_name());
-                let content: Arc<str> = fs::read_to_string(&path).ok()?.into();
+                let content: Arc<str> = read_rule_file(&path, self.limits.max_file_bytes).ok()?.into();
                 let rules = RuleSet::load_with(&content, &self.limits).ok()?;
                 (file_name_stem(&rules.shop) == stem && check_shop_name(&rules.shop).is_ok()).then_some((
                     info.revision,
@@ -1427,6 +1453,54 @@ mod tests {
 
     /// The atomic write leaves no temp file behind when it fails (here the
     /// rename onto a directory), and replaces a file in one step.
+    #[test]
+    fn read_rule_file_refuses_fifos_devices_and_oversized_files_without_reading_them() {
+        let dir = TempDir::new("read-rule-file");
+        let fifo = dir.0.join("fifo.yaml");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let e = read_rule_file(&fifo, 1024).unwrap_err();
+        assert_eq!(e.to_string(), "not a regular file");
+        let zero = dir.0.join("zero.yaml");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert_eq!(
+            read_rule_file(&zero, 1024).unwrap_err().to_string(),
+            "not a regular file"
+        );
+        let big = dir.0.join("big.yaml");
+        fs::write(&big, "x".repeat(1025)).unwrap();
+        assert_eq!(
+            read_rule_file(&big, 1024).unwrap_err().to_string(),
+            "larger than the limit of 1024 bytes (--max-rule-file-bytes)"
+        );
+        fs::write(&big, "x".repeat(1024)).unwrap();
+        assert_eq!(read_rule_file(&big, 1024).unwrap().len(), 1024);
+    }
+
+    /// Regression (attack on the hardened server): a FIFO in `--rules-dir`
+    /// blocked start-up, the poll and every push behind it; a link to
+    /// `/dev/zero` grew memory by gigabytes a second. Both are now a
+    /// rejected file, and the rest of the directory loads.
+    #[test]
+    fn a_fifo_or_a_device_in_the_rules_dir_is_a_rejected_file() {
+        let dir = TempDir::new("fifo-dir");
+        let store = store(&dir);
+        fs::create_dir_all(dir.0.join("rules")).unwrap();
+        fs::write(dir.0.join("rules/a.yaml"), rules("a", "x")).unwrap();
+        assert!(std::process::Command::new("mkfifo")
+            .arg(dir.0.join("rules/b.yaml"))
+            .status()
+            .unwrap()
+            .success());
+        std::os::unix::fs::symlink("/dev/zero", dir.0.join("rules/c.yaml")).unwrap();
+        store.sync_dir(NOW);
+        assert_eq!(banner_of(&store, "a"), "banner: x");
+        assert_eq!(store.counters().files_rejected, 2);
+    }
+
     #[test]
     fn write_atomically_cleans_up_after_a_failure() {
         let dir = TempDir::new("store-atomic");

@@ -14,7 +14,7 @@ pub fn run(files: &[PathBuf], out: &mut impl Write, err: &mut impl Write) -> Exi
     let mut failed = false;
     for path in files {
         let name = path.display();
-        let source = match std::fs::read_to_string(path) {
+        let source = match crate::store::read_rule_file(path, vitrine_core::rules::Limits::default().max_file_bytes) {
             Ok(s) => s,
             Err(e) => {
                 failed = true;
