@@ -207,7 +207,7 @@ impl<'a> Record<'a> {
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
-        let code = OUTCOMES.iter().find(|(o, _)| *o == self.outcome).map_or(0, |(_, c)| *c);
+        let code = outcome_code(self.outcome);
         out.push(code);
         out.push(u8::from(self.claim_id.is_some()));
         out.extend_from_slice(&self.now_ms.to_le_bytes());
@@ -224,11 +224,7 @@ impl<'a> Record<'a> {
     fn decode(buf: &'a [u8]) -> Result<Record<'a>, &'static str> {
         let mut r = RecordReader::new(buf);
         let code = r.u8()?;
-        let outcome = OUTCOMES
-            .iter()
-            .find(|(_, c)| *c == code)
-            .map(|(o, _)| *o)
-            .ok_or("unknown claim outcome")?;
+        let outcome = outcome_of(code)?;
         let flags = r.u8()?;
         if flags > 1 {
             return Err("unknown record flags");
@@ -612,6 +608,15 @@ fn outcome_code(outcome: ClaimOutcome) -> u8 {
     OUTCOMES.iter().find(|(o, _)| *o == outcome).map_or(0, |(_, c)| *c)
 }
 
+/// The outcome an on-disk code names.
+fn outcome_of(code: u8) -> Result<ClaimOutcome, &'static str> {
+    OUTCOMES
+        .iter()
+        .find(|(_, c)| *c == code)
+        .map(|(o, _)| *o)
+        .ok_or("unknown claim outcome")
+}
+
 /// Encodes the body of a state file.
 fn encode_state(shops: &Image, out: &mut Vec<u8>) {
     put_u32(out, shops.len());
@@ -713,11 +718,7 @@ fn decode_state(
                 for _ in 0..r.count(2 + 1 + 2)? {
                     let id = r.str16()?;
                     let code = r.u8()?;
-                    let outcome = OUTCOMES
-                        .iter()
-                        .find(|(_, c)| *c == code)
-                        .map(|(o, _)| *o)
-                        .ok_or("unknown claim outcome")?;
+                    let outcome = outcome_of(code)?;
                     let visitor = r.str16()?;
                     let answer = Answer {
                         outcome,

@@ -512,20 +512,6 @@ mod tests {
         use super::*;
         use crate::wal::fuzz::{apply, config, mutations};
 
-        /// Recomputes a snapshot header's length and checksums for its payload.
-        fn reseal(bytes: &mut [u8]) {
-            let header = snapshot::HEADER_LEN;
-            if bytes.len() < header {
-                return;
-            }
-            let len = (bytes.len() - header) as u64;
-            bytes[16..24].copy_from_slice(&len.to_le_bytes());
-            let crc = crc32fast::hash(&bytes[header..]);
-            bytes[24..28].copy_from_slice(&crc.to_le_bytes());
-            let header_crc = crc32fast::hash(&bytes[..28]);
-            bytes[28..32].copy_from_slice(&header_crc.to_le_bytes());
-        }
-
         proptest! {
             #![proptest_config(config(64))]
 
@@ -552,7 +538,7 @@ mod tests {
                 let mut bytes = fs::read(&written.path).unwrap();
                 apply(&mut bytes, &muts, 0);
                 if seal {
-                    reseal(&mut bytes);
+                    snapshot::reseal(&mut bytes);
                 }
                 fs::write(&written.path, &bytes).unwrap();
                 let _ = dir.positions();

@@ -39,20 +39,6 @@ fn valid_snapshot() -> Vec<u8> {
     snapshot::encode(&index, b"meta")
 }
 
-/// Recomputes a snapshot header's length and checksums for its payload.
-fn reseal(bytes: &mut [u8]) {
-    let header = snapshot::HEADER_LEN;
-    if bytes.len() < header {
-        return;
-    }
-    let len = (bytes.len() - header) as u64;
-    bytes[16..24].copy_from_slice(&len.to_le_bytes());
-    let crc = crc32fast::hash(&bytes[header..]);
-    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
-    let header_crc = crc32fast::hash(&bytes[..28]);
-    bytes[28..32].copy_from_slice(&header_crc.to_le_bytes());
-}
-
 /// One change to a valid encoding.
 #[derive(Debug, Clone)]
 enum Mutation {
@@ -113,7 +99,7 @@ proptest! {
             // A valid header over garbage: the body decoder sees it all.
             let mut framed = valid_snapshot()[..snapshot::HEADER_LEN].to_vec();
             framed.extend_from_slice(&bytes);
-            reseal(&mut framed);
+            snapshot::reseal(&mut framed);
             bytes = framed;
         }
         let _ = snapshot::peek_meta(&bytes);
@@ -125,7 +111,7 @@ proptest! {
         let mut bytes = valid_snapshot();
         apply(&mut bytes, &mutations);
         if seal {
-            reseal(&mut bytes);
+            snapshot::reseal(&mut bytes);
         }
         let _ = snapshot::peek_meta(&bytes);
         if let Ok(decoded) = snapshot::decode(&bytes) {
@@ -166,7 +152,7 @@ proptest! {
 fn fuzz_inputs_start_valid() {
     let bytes = valid_snapshot();
     let mut resealed = bytes.clone();
-    reseal(&mut resealed);
+    snapshot::reseal(&mut resealed);
     assert_eq!(resealed, bytes, "reseal of a valid snapshot changes nothing");
     let decoded = snapshot::decode(&bytes).unwrap();
     assert_eq!(decoded.meta, b"meta");
