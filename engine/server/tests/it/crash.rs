@@ -1446,11 +1446,7 @@ async fn a_deleted_data_directory_turns_the_server_not_serving_and_refuses_write
 fn in_process_config(dir: &Path) -> vitrine::config::Config {
     vitrine::config::Config {
         max_in_flight: 64,
-        max_queue_wait: None,
-        shutdown_grace: Duration::ZERO,
-        rules_poll: Duration::from_millis(100),
-        snapshot_interval: None,
-        ..vitrine::config::Config::local(dir)
+        ..crate::support::test_config(dir)
     }
 }
 

@@ -12,7 +12,7 @@ use vitrine::config::Config;
 use vitrine::serve;
 use vitrine_proto::v1 as pb;
 
-use crate::support::{connect, http_get, Clients, TempDir};
+use crate::support::{connect, http_get, test_config, Clients, TempDir};
 
 const APPAREL: &str = "shop: apparel
 audiences:
@@ -45,11 +45,7 @@ fn config(dir: &Path, token: Option<&str>) -> Config {
     Config {
         admin_token: token.map(String::from),
         max_in_flight: 1024,
-        max_queue_wait: None,
-        shutdown_grace: Duration::ZERO,
-        rules_poll: Duration::from_millis(100),
-        snapshot_interval: None,
-        ..Config::local(dir)
+        ..test_config(dir)
     }
 }
 

@@ -11,7 +11,7 @@ use vitrine::connections::ConnectionLimits;
 use vitrine::serve;
 use vitrine_proto::v1 as pb;
 
-use crate::support::{connect, http_get, TempDir};
+use crate::support::{connect, http_get, test_config, TempDir};
 
 const RULES: &str = "shop: apparel
 audiences:
@@ -27,11 +27,7 @@ const NOW: i64 = 1_795_132_800_000;
 
 fn config(dir: &TempDir) -> Config {
     std::fs::write(dir.rules().join("apparel.yaml"), RULES).unwrap();
-    Config {
-        snapshot_interval: None,
-        shutdown_grace: Duration::ZERO,
-        ..Config::local(dir.path())
-    }
+    test_config(dir.path())
 }
 
 fn event(shop: &str, visitor: &str) -> pb::Event {

@@ -21,11 +21,8 @@ fn rules(shop: &str, banner: &str) -> String {
 
 fn config(dir: &Path) -> Config {
     Config {
-        max_queue_wait: None,
-        shutdown_grace: Duration::ZERO,
         rules_poll: Duration::from_millis(20),
-        snapshot_interval: None,
-        ..Config::local(dir)
+        ..crate::support::test_config(dir)
     }
 }
 

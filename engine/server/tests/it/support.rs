@@ -77,3 +77,17 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// A server configuration for tests: the flag defaults on ephemeral ports
+/// over `dir`, without what makes a busy test machine flaky or slow: no
+/// queue-wait shedding, no shutdown grace, no periodic snapshots, a 100 ms
+/// rules poll.
+pub fn test_config(dir: &Path) -> vitrine::config::Config {
+    vitrine::config::Config {
+        max_queue_wait: None,
+        shutdown_grace: std::time::Duration::ZERO,
+        rules_poll: std::time::Duration::from_millis(100),
+        snapshot_interval: None,
+        ..vitrine::config::Config::local(dir)
+    }
+}
