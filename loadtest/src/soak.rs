@@ -706,7 +706,7 @@ mod server_tests {
         let vitrine::cli::Command::Serve(args) = cli.command else {
             panic!("not serve")
         };
-        let server = vitrine::serve::start(vitrine::config::Config::from_args(&args).unwrap())
+        let server = vitrine::commands::serve::start(vitrine::config::Config::from_args(&args).unwrap())
             .await
             .unwrap();
 

@@ -18,7 +18,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vitrine::journal::DurableLedger;
+use vitrine::storage::claims_journal::DurableLedger;
 use vitrine_benches::{benchmarking, Percentiles};
 use vitrine_core::{ClaimLedger, ClaimOutcome, LedgerClaim};
 

@@ -16,10 +16,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use vitrine::engine::Engine;
-use vitrine::grpc::{decide, decide_measured, guarded, record_decision};
+use vitrine::api::grpc::{decide, decide_measured, guarded, record_decision};
 use vitrine::metrics::{self, Metrics};
-use vitrine::store::{Origin, RuleStore};
+use vitrine::rules_store::{Origin, RuleStore};
+use vitrine::state::Engine;
 use vitrine_benches::{Dataset, NOW_MS, RULES_20};
 use vitrine_proto::v1 as pb;
 

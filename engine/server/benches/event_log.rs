@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
-use vitrine::events_log::{EventLog, DEFAULT_SEGMENT_BYTES};
+use vitrine::storage::event_log::{EventLog, DEFAULT_SEGMENT_BYTES};
 use vitrine_benches::{Percentiles, NOW_MS, SHOP};
 use vitrine_core::{Action, Event};
 

@@ -11,7 +11,7 @@
 //! * `freshness`: Vitrine's ingest on a fresh topic while a producer
 //!   (`linger.ms` 5, acks 1) sends `--rate` events/s for `--seconds`; one
 //!   event in 50 tags a new visitor, and a prober runs the Decide RPC's
-//!   synchronous path (`vitrine::grpc::decide`) every 0.5 ms for each pending
+//!   synchronous path (`vitrine::api::grpc::decide`) every 0.5 ms for each pending
 //!   probe until the decision shows the tag's banner. Reports p50/p99/max of
 //!   produce -> first Decide reflecting the event.
 //! * `apply`: decode and apply alone, from payloads in memory, on one thread:
@@ -47,12 +47,12 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Produc
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use vitrine::clock::now_ms;
+use vitrine::commands::produce::Deliveries;
 use vitrine::config::KafkaConfig;
-use vitrine::engine::Engine;
-use vitrine::kafka::produce::Deliveries;
-use vitrine::kafka::{Ingest, BATCH};
+use vitrine::ingest::{Ingest, BATCH};
 use vitrine::metrics::Metrics;
-use vitrine::store::{Origin, RuleStore};
+use vitrine::rules_store::{Origin, RuleStore};
+use vitrine::state::Engine;
 use vitrine_benches::Dataset;
 use vitrine_core::{Action, Event};
 use vitrine_proto::v1 as pb;
@@ -478,7 +478,7 @@ fn freshness(broker: &Broker, rate: u64, seconds: u64, tuning: &Tuning) {
                     }
                 }
                 pending.retain(|(_, at, req)| {
-                    let d = vitrine::grpc::decide(&engine, req).unwrap();
+                    let d = vitrine::api::grpc::decide(&engine, req).unwrap();
                     if d.banner.is_some_and(|b| b.id == "probe") {
                         latencies.push(at.elapsed());
                         false

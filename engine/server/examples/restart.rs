@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vitrine::snapshots::{Position, SnapshotDir};
+use vitrine::storage::snapshots::{Position, SnapshotDir};
 use vitrine_benches::{Dataset, DAY_MS, ITEMS, NOW_MS, SHOP};
 use vitrine_core::event::Fields;
 use vitrine_core::{Event, Index};

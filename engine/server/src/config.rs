@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::api::connections::ConnectionLimits;
 use crate::cli::ServeArgs;
-use crate::connections::ConnectionLimits;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]

@@ -1,29 +1,38 @@
 //! The `vitrine` service around the engine core: gRPC services, the rule
 //! store with hot swap, metrics and probes, configuration and the CLI.
 //!
+//! The folders draw the data flow (`docs/architecture.md` has the picture):
+//!
+//! * [`api`]: the request path. Connections are accepted and bounded
+//!   ([`api::connections`]), admitted or shed ([`api::transport`]), and
+//!   answered by the gRPC services ([`api::grpc`]) and the HTTP probes
+//!   ([`api::http`]).
+//! * [`ingest`]: the Kafka behavior stream applied to the index.
+//! * [`state`]: the one handle every door shares: index, rule store, claim
+//!   ledger, event log.
+//! * [`rules_store`]: rule sets per shop, revisions, hot swap, the rules
+//!   directory.
+//! * [`storage`]: what survives a restart: the write-ahead log under the
+//!   event log and the claims journal, snapshot files, and the restore at start.
+//! * [`commands`]: one module per CLI command (`serve`, `demo`, `rules
+//!   validate`, `rules push`, `kafka produce`).
+//! * [`cli`], [`config`], [`clock`], [`metrics`]: flags, their validated form,
+//!   the wall clock, and every metric the process exports.
+//!
 //! The key design choice: the request path touches no lock that a writer
 //! holds for long. A Decide is one `DashMap` lookup and one `ArcSwap::load`
 //! for the shop's rule set, one shard read lock for the visitor's profile,
 //! and cached metric handles; pushes compile off that path and swap once.
 
+pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod config;
-pub mod connections;
-pub mod demo;
-pub mod engine;
-pub mod events_log;
-pub mod grpc;
-pub mod http;
-pub mod journal;
-pub mod kafka;
+pub mod ingest;
 pub mod metrics;
-pub mod push;
-pub mod serve;
-pub mod snapshots;
-pub mod store;
+pub mod rules_store;
+pub mod state;
+pub mod storage;
 #[cfg(test)]
 mod test_support;
-pub mod transport;
-pub mod validate;
-pub mod wal;

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vitrine::cli::{Cli, Command, KafkaCommand, RulesCommand};
+use vitrine::clock;
+use vitrine::commands::{demo, produce, push, serve, validate};
 use vitrine::config::Config;
-use vitrine::{clock, demo, kafka, push, serve, validate};
 
 fn main() -> ExitCode {
     match Cli::parse().command {
@@ -60,7 +61,7 @@ fn main() -> ExitCode {
         },
         Command::Kafka {
             command: KafkaCommand::Produce { brokers, topic, file },
-        } => kafka::produce::run(&brokers, &topic, file.as_deref(), &mut std::io::stdout()),
+        } => produce::run(&brokers, &topic, file.as_deref(), &mut std::io::stdout()),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Decisions, claims and sizes end to end through the public API.
 
-use vitrine_core::decide::{ItemReason, Slot, Step, StepOutcome};
+use vitrine_core::eval::decide::{ItemReason, Slot, Step, StepOutcome};
 use vitrine_core::event::Fields;
 use vitrine_core::{
     audience_sizes, claim, decide, size_of, ClaimOutcome, ClaimRequest, Context, DecideRequest, Event, Index,

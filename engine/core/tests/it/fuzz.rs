@@ -12,8 +12,8 @@ use proptest::sample::select;
 use proptest::test_runner::FileFailurePersistence;
 
 use vitrine_core::event::Fields;
-use vitrine_core::expr;
-use vitrine_core::yaml::Pos;
+use vitrine_core::rules::expr;
+use vitrine_core::rules::yaml::Pos;
 use vitrine_core::{
     audience_sizes, decide, size_of, Context, DecideRequest, Event, Index, MemoryLedger, RuleSet, ShopIndex,
 };

@@ -43,7 +43,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::FileFailurePersistence;
 use vitrine_core::event::Fields;
-use vitrine_core::expr::{self, Behavior, Expr, Filter, Metric};
+use vitrine_core::rules::expr::{self, Behavior, Expr, Filter, Metric};
 use vitrine_core::time::{Unit, Window};
 use vitrine_core::{audience_sizes, decide, size_of, DecideRequest, Event, Index, MemoryLedger, RuleSet};
 

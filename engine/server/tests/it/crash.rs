@@ -25,7 +25,7 @@ use rdkafka::ClientConfig;
 use tokio::task::JoinSet;
 use tonic::Status;
 use vitrine::clock::now_ms;
-use vitrine::wal::SEGMENT_HEADER_LEN;
+use vitrine::storage::wal::SEGMENT_HEADER_LEN;
 use vitrine_proto::v1 as pb;
 
 use crate::support::{connect, Clients, TempDir};
@@ -1459,7 +1459,9 @@ async fn a_failed_journal_write_turns_the_server_not_serving() {
     for journal in ["events", "claims"] {
         let dir = TempDir::new(&format!("fault-{journal}"));
         fs::write(dir.rules().join(format!("{SHOP}.yaml")), rules(&[SMALL_BUDGET])).unwrap();
-        let server = vitrine::serve::start(in_process_config(dir.path())).await.unwrap();
+        let server = vitrine::commands::serve::start(in_process_config(dir.path()))
+            .await
+            .unwrap();
         let mut c = connect(server.grpc_addr).await;
         assert_eq!(serving(&mut c).await, 1, "SERVING at start");
         track(&mut c, vec![purchase("a-0")]).await.unwrap();
@@ -1498,7 +1500,9 @@ async fn a_claim_id_reused_by_another_visitor_is_refused() {
     let dir = TempDir::new("claim-id-bound");
     fs::write(dir.rules().join(format!("{SHOP}.yaml")), rules(&[SMALL_BUDGET])).unwrap();
     for start in 0..2 {
-        let server = vitrine::serve::start(in_process_config(dir.path())).await.unwrap();
+        let server = vitrine::commands::serve::start(in_process_config(dir.path()))
+            .await
+            .unwrap();
         let mut c = connect(server.grpc_addr).await;
         if start == 0 {
             track(&mut c, vec![purchase("owner")]).await.unwrap();

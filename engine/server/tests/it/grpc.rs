@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tonic::{Code, Request};
 use tonic_health::pb::health_check_response::ServingStatus;
+use vitrine::commands::serve;
 use vitrine::config::Config;
-use vitrine::serve;
 use vitrine_proto::v1 as pb;
 
 use crate::support::{connect, http_get, test_config, Clients, TempDir};

@@ -6,9 +6,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;
+use vitrine::api::connections::ConnectionLimits;
+use vitrine::commands::serve;
 use vitrine::config::Config;
-use vitrine::connections::ConnectionLimits;
-use vitrine::serve;
 use vitrine_proto::v1 as pb;
 
 use crate::support::{connect, http_get, test_config, TempDir};

@@ -13,10 +13,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Produc
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use vitrine::config::{Config, KafkaConfig, KafkaStart};
-use vitrine::engine::Engine;
-use vitrine::kafka::{Ingest, REASON_HEADER};
+use vitrine::ingest::{Ingest, REASON_HEADER};
 use vitrine::metrics::Metrics;
-use vitrine::store::{Origin, RuleStore};
+use vitrine::rules_store::{Origin, RuleStore};
+use vitrine::state::Engine;
 use vitrine_core::{size_of, Event, Index, ShopIndex};
 
 use crate::support::{http_get, TempDir};
@@ -638,7 +638,7 @@ async fn readiness_waits_until_the_consumer_caught_up_and_decisions_are_served_m
         snapshot_interval: None,
         ..Config::local(dir.path())
     };
-    let server = vitrine::serve::start(config).await.unwrap();
+    let server = vitrine::commands::serve::start(config).await.unwrap();
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr))
         .unwrap()
         .connect()

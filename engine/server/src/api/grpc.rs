@@ -13,16 +13,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tonic::{Request, Response, Status};
-use vitrine_core::decide::{ClaimError, Slot};
+use vitrine_core::eval::decide::{ClaimError, Slot};
+use vitrine_core::eval::size::size_of_with;
 use vitrine_core::event::{Fields, MAX_TS};
-use vitrine_core::size::size_of_with;
 use vitrine_core::{audience_sizes, ClaimRequest, Context, DecideRequest, SizeError};
 use vitrine_proto::v1 as pb;
 
 use crate::clock::at;
-use crate::engine::Engine;
 use crate::metrics;
-use crate::store::{Origin, StoreError};
+use crate::rules_store::{Origin, StoreError};
+use crate::state::Engine;
 
 /// The longest shop, visitor, benefit or claim id accepted (the same bound
 /// as every id of an event).

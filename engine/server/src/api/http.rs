@@ -13,9 +13,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 
-use crate::connections::{accept_loop, ConnectionLimits};
-use crate::engine::StorageHealth;
+use crate::api::connections::{accept_loop, ConnectionLimits};
 use crate::metrics::{self, LatencyHistogram, Port};
+use crate::state::StorageHealth;
 
 /// What the probes read.
 #[derive(Debug, Clone)]

@@ -6,14 +6,18 @@
 //! error) -> compile (expressions into one [`Plan`]). A file is accepted or
 //! rejected whole.
 
+pub mod expr;
+pub mod plan;
+pub mod yaml;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::expr::{self, Expr};
-use crate::plan::{NodeId, Plan};
 use crate::time::{parse_rfc3339, Window};
-use crate::yaml::{self, Node, Pos};
+use expr::Expr;
+use plan::{NodeId, Plan};
+use yaml::{Node, Pos};
 
 /// One problem in a rule file.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -12,10 +12,10 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
 
-use vitrine_core::decide::Explanation;
+use vitrine_core::eval::decide::Explanation;
 use vitrine_core::event::Fields;
-use vitrine_core::expr::Filter;
-use vitrine_core::plan::Atom;
+use vitrine_core::rules::expr::Filter;
+use vitrine_core::rules::plan::Atom;
 use vitrine_core::{audience_sizes, decide, Context, DecideRequest, Event, Index, MemoryLedger, RuleSet};
 
 /// The most items a shop's demo stream uses (the first by name of those its
@@ -234,7 +234,7 @@ pub fn run(rules_dir: &Path, visitors: usize, now_ms: i64, out: &mut impl Write)
     let ledger = MemoryLedger::new();
     let mut ok = true;
     for path in &paths {
-        let source = crate::store::read_rule_file(path, vitrine_core::rules::Limits::default().max_file_bytes)?;
+        let source = crate::rules_store::read_rule_file(path, vitrine_core::rules::Limits::default().max_file_bytes)?;
         let rules = match RuleSet::load(&source) {
             Ok(r) => r,
             Err(errors) => {

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use crate::event::ActionSet;
-use crate::expr::{Behavior, Cmp, CtxTest, Expr, Filter, Metric};
+use crate::rules::expr::{Behavior, Cmp, CtxTest, Expr, Filter, Metric};
 use crate::time::Window;
 
 /// Index of a node in a [`Plan`].
@@ -428,22 +428,22 @@ mod tests {
         let mut plan = Plan::default();
         plan.declare_audiences(&names);
         for i in 0..n {
-            let e = crate::expr::parse(&format!("a{} or a{}", i + 1, i + 1)).unwrap();
+            let e = crate::rules::expr::parse(&format!("a{} or a{}", i + 1, i + 1)).unwrap();
             let root = plan.compile(&e);
             plan.define_audience(i, root);
         }
-        let last = plan.compile(&crate::expr::parse("ctx.page == \"x\"").unwrap());
+        let last = plan.compile(&crate::rules::expr::parse("ctx.page == \"x\"").unwrap());
         plan.define_audience(n, last);
         plan.finish();
         assert!(plan.audiences().iter().all(|a| a.uses_ctx));
-        let top = plan.compile(&crate::expr::parse("tag(\"t\") and a0").unwrap());
+        let top = plan.compile(&crate::rules::expr::parse("tag(\"t\") and a0").unwrap());
         assert!(plan.uses_ctx(top));
     }
 
     #[test]
     fn compile_keeps_children_before_parents() {
         let mut plan = Plan::default();
-        let root = plan.compile(&crate::expr::parse("a or not (tag(\"x\") and true)").unwrap());
+        let root = plan.compile(&crate::rules::expr::parse("a or not (tag(\"x\") and true)").unwrap());
         assert_eq!(root as usize, plan.nodes.len() - 1);
         let Node::Or(xs) = plan.node(root) else { panic!() };
         assert!(matches!(plan.node(xs[0]), Node::Const(false)));
@@ -457,17 +457,17 @@ mod tests {
     fn audiences_are_evaluated_once_and_and_short_circuits() {
         let mut plan = Plan::default();
         plan.declare_audiences(&["a".into(), "b".into()]);
-        let a = plan.compile(&crate::expr::parse("tag(\"yes\")").unwrap());
+        let a = plan.compile(&crate::rules::expr::parse("tag(\"yes\")").unwrap());
         plan.define_audience(0, a);
-        let b = plan.compile(&crate::expr::parse("a and tag(\"no\")").unwrap());
+        let b = plan.compile(&crate::rules::expr::parse("a and tag(\"no\")").unwrap());
         plan.define_audience(1, b);
         plan.finish();
-        let when = plan.compile(&crate::expr::parse("a and a and b and b").unwrap());
+        let when = plan.compile(&crate::rules::expr::parse("a and a and b and b").unwrap());
         let calls = Cell::new(0);
         let mut memo = Memo::new(2);
         assert!(!plan.eval(when, &Counting { calls: &calls }, &mut memo));
         assert_eq!(calls.get(), 2, "tag(yes) once for a, tag(no) once for b");
-        let short = plan.compile(&crate::expr::parse("false and a").unwrap());
+        let short = plan.compile(&crate::rules::expr::parse("false and a").unwrap());
         let mut memo = Memo::new(2);
         calls.set(0);
         assert!(!plan.eval(short, &Counting { calls: &calls }, &mut memo));

@@ -38,7 +38,7 @@ use tonic::codegen::Service as _;
 use tonic::service::Routes;
 use tonic::Status;
 
-use crate::connections::{accept_loop, Activity, ConnectionLimits};
+use crate::api::connections::{accept_loop, Activity, ConnectionLimits};
 use crate::metrics::{self, Port, ShedReason};
 
 /// When a call is refused before its handler runs.

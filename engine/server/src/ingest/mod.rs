@@ -47,7 +47,6 @@ mod apply;
 mod consumer;
 mod context;
 mod dead_letter;
-pub mod produce;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,8 +60,8 @@ use tokio::sync::watch;
 pub use dead_letter::{MESSAGE_HEADER, REASON_HEADER, SOURCE_HEADER};
 
 use crate::config::{KafkaConfig, KafkaStart};
-use crate::engine::Engine;
 use crate::metrics::KafkaMetrics;
+use crate::state::Engine;
 
 /// The most messages applied between two offset stores.
 pub const BATCH: usize = 4096;

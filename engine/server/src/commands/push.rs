@@ -12,7 +12,8 @@ use vitrine_proto::v1 as pb;
 /// push could not be made (unreadable file, server unreachable, refused).
 pub async fn run(file: &Path, addr: &str, token: Option<&str>, dry_run: bool) -> ExitCode {
     let name = file.display();
-    let content = match crate::store::read_rule_file(file, vitrine_core::rules::Limits::default().max_file_bytes) {
+    let content = match crate::rules_store::read_rule_file(file, vitrine_core::rules::Limits::default().max_file_bytes)
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{name}: cannot read: {e}");

@@ -7,7 +7,7 @@
 //! the snapshot and replays the log after that LSN ([`EventLog::open`]), and
 //! once a snapshot is durable, [`EventLog::compact`] deletes the segments it
 //! covers. Segments, batches, checksums, repair and refusal are those of
-//! [`crate::wal`], with kind [`KIND`].
+//! [`crate::storage::wal`], with kind [`KIND`].
 //!
 //! # Record format
 //!
@@ -34,8 +34,8 @@ use std::path::Path;
 
 use vitrine_core::{Action, Event};
 
-pub use crate::wal::{CompactReport, OpenError, Recovery, Stats, WalError, DEFAULT_SEGMENT_BYTES};
-use crate::wal::{Failpoints, FailureHook, Options, RecordReader, Wal};
+pub use crate::storage::wal::{CompactReport, OpenError, Recovery, Stats, WalError, DEFAULT_SEGMENT_BYTES};
+use crate::storage::wal::{Failpoints, FailureHook, Options, RecordReader, Wal};
 
 /// The record format of the event log, in its segments' headers.
 pub const KIND: [u8; 4] = *b"EVT1";
@@ -249,7 +249,7 @@ impl EventLog {
     /// every event after `after_lsn` (the LSN the loaded snapshot covers; 0
     /// for none) into `apply`. New segments start past `segment_bytes`
     /// ([`DEFAULT_SEGMENT_BYTES`] is the usual choice). See
-    /// [`crate::wal::Wal::open`] for the recovery rules, notably
+    /// [`crate::storage::wal::Wal::open`] for the recovery rules, notably
     /// [`OpenError::Gap`] and [`Recovery::restarted_at`].
     pub fn open(
         dir: &Path,
@@ -402,7 +402,7 @@ mod tests {
         use proptest::prelude::*;
 
         use super::*;
-        use crate::wal::fuzz::{apply, config, mutations};
+        use crate::storage::wal::fuzz::{apply, config, mutations};
 
         proptest! {
             #![proptest_config(config(512))]
@@ -476,7 +476,7 @@ mod tests {
     #[test]
     fn a_log_of_claims_is_not_taken_for_events() {
         let dir = TempDir::new("events-kind");
-        drop(crate::journal::DurableLedger::open(&dir.0).unwrap());
+        drop(crate::storage::claims_journal::DurableLedger::open(&dir.0).unwrap());
         let err = EventLog::open(&dir.0, 0, 1 << 20, |_, _| {}).unwrap_err();
         assert!(matches!(err, OpenError::WrongKind { .. }), "{err}");
         assert!(

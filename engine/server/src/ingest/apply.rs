@@ -16,8 +16,8 @@ use vitrine_core::{Event, RejectReason};
 
 use super::dead_letter::{DeadLetter, Source};
 use super::RateLimited;
-use crate::engine::Engine;
 use crate::metrics::KafkaMetrics;
+use crate::state::Engine;
 
 /// Why a message was not applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

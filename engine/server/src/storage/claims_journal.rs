@@ -33,7 +33,7 @@
 //!
 //! # Files
 //!
-//! The journal is a [`crate::wal`] log in the directory given to
+//! The journal is a [`crate::storage::wal`] log in the directory given to
 //! [`DurableLedger::open`] (segments, batches, checksums, torn-tail repair
 //! and corruption checks are described there), with kind [`KIND`]. A record,
 //! integers little-endian:
@@ -92,7 +92,7 @@ use parking_lot::{Mutex, RwLock};
 use vitrine_core::claims::{Answer, Usage};
 use vitrine_core::{ClaimLedger, ClaimOutcome, Grants, LedgerClaim, LedgerError};
 
-use crate::wal::{CompactReport, Failpoints, FailureHook, Options, RecordReader, Wal, WalError};
+use crate::storage::wal::{CompactReport, Failpoints, FailureHook, Options, RecordReader, Wal, WalError};
 
 /// The record format of the claims journal, in its segments' headers.
 pub const KIND: [u8; 4] = *b"CLM1";
@@ -108,7 +108,7 @@ const STATE_HEADER_LEN: usize = 8 + 4 + 8 + 8 + 4;
 /// How to open the journal.
 #[derive(Clone, Default)]
 pub struct LedgerOptions {
-    /// New segments start past this size (0: [`crate::wal::DEFAULT_SEGMENT_BYTES`]).
+    /// New segments start past this size (0: [`crate::storage::wal::DEFAULT_SEGMENT_BYTES`]).
     pub segment_bytes: u64,
     /// Told when the journal fails closed.
     pub on_failure: Option<FailureHook>,
@@ -134,8 +134,8 @@ pub struct Compaction {
     pub removed: CompactReport,
 }
 
-/// Why the journal could not be opened (see [`crate::wal::OpenError`]).
-pub type JournalError = crate::wal::OpenError;
+/// Why the journal could not be opened (see [`crate::storage::wal::OpenError`]).
+pub type JournalError = crate::storage::wal::OpenError;
 
 /// What opening the journal found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -327,7 +327,7 @@ impl DurableLedger {
             start_after: state_lsn,
             on_failure: options.on_failure,
             segment_bytes: if options.segment_bytes == 0 {
-                crate::wal::DEFAULT_SEGMENT_BYTES
+                crate::storage::wal::DEFAULT_SEGMENT_BYTES
             } else {
                 options.segment_bytes
             },
@@ -751,8 +751,8 @@ mod tests {
     use std::sync::Barrier;
 
     use super::*;
+    use crate::storage::wal::{segment_name, test_batch, SEGMENT_HEADER_LEN};
     use crate::test_support::TempDir;
-    use crate::wal::{segment_name, test_batch, SEGMENT_HEADER_LEN};
 
     /// A fresh directory under the system temp dir, removed on drop.
     /// The first (and, in these tests, only) segment of a journal directory.
@@ -1334,7 +1334,7 @@ mod tests {
         let to = TempDir::new(name);
         for e in fs::read_dir(from).unwrap() {
             let e = e.unwrap();
-            if e.file_name() != crate::wal::LOCK_FILE {
+            if e.file_name() != crate::storage::wal::LOCK_FILE {
                 fs::copy(e.path(), to.0.join(e.file_name())).unwrap();
             }
         }
@@ -1425,7 +1425,7 @@ mod tests {
         use proptest::prelude::*;
 
         use super::*;
-        use crate::wal::fuzz::{apply, config, mutations};
+        use crate::storage::wal::fuzz::{apply, config, mutations};
 
         fn valid_record() -> Vec<u8> {
             let mut buf = Vec::new();

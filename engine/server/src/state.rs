@@ -31,9 +31,9 @@ use parking_lot::RwLock;
 use vitrine_core::event::Fields;
 use vitrine_core::{ClaimLedger, Event, EventError, Index, MemoryLedger};
 
-use crate::events_log::EventLog;
 use crate::metrics::{self, Metrics};
-use crate::store::RuleStore;
+use crate::rules_store::RuleStore;
+use crate::storage::event_log::EventLog;
 
 /// The first storage fault of the process, if any (see the module docs).
 /// Cloning shares it.
@@ -79,8 +79,8 @@ impl StorageHealth {
         self.fault.subscribe()
     }
 
-    /// A hook for [`crate::wal::Options::on_failure`] that trips this.
-    pub fn wal_hook(&self) -> crate::wal::FailureHook {
+    /// A hook for [`crate::storage::wal::Options::on_failure`] that trips this.
+    pub fn wal_hook(&self) -> crate::storage::wal::FailureHook {
         let health = self.clone();
         Arc::new(move |log, error| {
             health.trip(format!("{log} write failed: {error}"));

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use vitrine_core::RuleSet;
 
-use crate::store::check_shop_name;
+use crate::rules_store::check_shop_name;
 
 /// Validates every file; reports each error as `file:line:column: message`,
 /// and a shop name the server would refuse (see [`check_shop_name`]).
@@ -14,14 +14,15 @@ pub fn run(files: &[PathBuf], out: &mut impl Write, err: &mut impl Write) -> Exi
     let mut failed = false;
     for path in files {
         let name = path.display();
-        let source = match crate::store::read_rule_file(path, vitrine_core::rules::Limits::default().max_file_bytes) {
-            Ok(s) => s,
-            Err(e) => {
-                failed = true;
-                let _ = writeln!(err, "{name}: cannot read: {e}");
-                continue;
-            }
-        };
+        let source =
+            match crate::rules_store::read_rule_file(path, vitrine_core::rules::Limits::default().max_file_bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    failed = true;
+                    let _ = writeln!(err, "{name}: cannot read: {e}");
+                    continue;
+                }
+            };
         match RuleSet::load(&source) {
             Ok(rules) => {
                 if let Err(e) = check_shop_name(&rules.shop) {

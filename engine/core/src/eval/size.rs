@@ -11,9 +11,9 @@
 use roaring::{MultiOps, RoaringBitmap};
 
 use crate::event::{Action, ActionSet};
-use crate::expr::{Filter, Metric};
 use crate::index::{Entry, Profile, ShopIndex, SHARDS, SHARD_BITS};
-use crate::plan::{Atom, Node, NodeId, Plan};
+use crate::rules::expr::{Filter, Metric};
+use crate::rules::plan::{Atom, Node, NodeId, Plan};
 use crate::time::HourRange;
 
 /// Evaluates expressions of one plan to bitmaps at one instant.
@@ -319,14 +319,14 @@ fn column(text: &str, offset: usize) -> usize {
 
 /// How many known visitors of the shop match `expression` (an audience name
 /// or any expression without `ctx.` atoms) at `now_ms`, the expression
-/// within the default [`crate::expr::Limits`].
+/// within the default [`crate::rules::expr::Limits`].
 pub fn size_of(
     rules: Option<&crate::RuleSet>,
     shop: Option<&ShopIndex>,
     expression: &str,
     now_ms: i64,
 ) -> Result<u64, SizeError> {
-    size_of_with(rules, shop, expression, now_ms, &crate::expr::Limits::default())
+    size_of_with(rules, shop, expression, now_ms, &crate::rules::expr::Limits::default())
 }
 
 /// [`size_of`] with the expression within `limits`.
@@ -335,16 +335,16 @@ pub fn size_of_with(
     shop: Option<&ShopIndex>,
     expression: &str,
     now_ms: i64,
-    limits: &crate::expr::Limits,
+    limits: &crate::rules::expr::Limits,
 ) -> Result<u64, SizeError> {
-    let expr = crate::expr::parse_with(expression, limits).map_err(|e| SizeError::Syntax {
+    let expr = crate::rules::expr::parse_with(expression, limits).map_err(|e| SizeError::Syntax {
         column: column(expression, e.offset),
         message: e.message,
     })?;
     let mut plan = rules.map(|r| r.plan.clone()).unwrap_or_default();
     let mut undefined = None;
     expr.walk(&mut |e| {
-        if let crate::expr::Expr::Ref { name, span } = e {
+        if let crate::rules::expr::Expr::Ref { name, span } = e {
             if undefined.is_none() && plan.audience(name).is_none() {
                 undefined = Some(SizeError::UndefinedAudience {
                     column: column(expression, span.start),

@@ -21,8 +21,8 @@ use super::dead_letter::Source;
 use super::{Progress, RateLimited, BATCH};
 use crate::clock::now_ms;
 use crate::config::{KafkaConfig, KafkaStart};
-use crate::engine::Engine;
 use crate::metrics::{KafkaErrorKind, KafkaMetrics};
+use crate::state::Engine;
 
 /// The longest a poll waits for the first message of a batch; also how
 /// quickly a stop request is noticed.

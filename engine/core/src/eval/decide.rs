@@ -10,7 +10,7 @@ use crate::claims::{ClaimLedger, ClaimOutcome, LedgerClaim, LedgerError};
 use crate::event::Action;
 use crate::hash::held_out;
 use crate::index::{Profile, ShopIndex, NONE};
-use crate::plan::{Atom, CtxKey, Facts, Memo, NodeId};
+use crate::rules::plan::{Atom, CtxKey, Facts, Memo, NodeId};
 use crate::rules::{Benefit, RuleSet, MAX_ITEM_LIMIT};
 use crate::time::{Unit, Window};
 
@@ -209,7 +209,7 @@ struct VisitorFacts<'a> {
 
 impl Facts for VisitorFacts<'_> {
     fn atom(&self, atom: &Atom) -> bool {
-        use crate::expr::{Filter, Metric};
+        use crate::rules::expr::{Filter, Metric};
         match atom {
             Atom::Ctx { key, test } => test.test(self.context.get(key)),
             Atom::Tier { cmp, value } => {

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -17,19 +16,17 @@ use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 use vitrine_proto::v1 as pb;
 
+use crate::api::grpc::Service;
+use crate::api::http::{self, Probes};
+use crate::api::transport::{self, Limits};
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::engine::{Engine, StorageHealth};
-use crate::events_log::EventLog;
-use crate::grpc::Service;
-use crate::http::{self, Probes};
-use crate::journal::{DurableLedger, LedgerOptions};
-use crate::kafka::Ingest;
+use crate::ingest::Ingest;
 use crate::metrics::{self, Metrics};
-use crate::snapshots::{KafkaPosition, Position, SnapshotDir, Written};
-use crate::store::{RuleStore, SyncReport};
-use crate::transport::{self, Limits};
-use vitrine_core::Index;
+use crate::rules_store::{RuleStore, SyncReport};
+use crate::state::{Engine, StorageHealth};
+use crate::storage::restore::{lock_data_dir, restore, snapshot_loop, KafkaPositions, Snapshotter};
+use crate::storage::snapshots::{SnapshotDir, Written};
 
 /// The process-wide Prometheus recorder (installed once, shared by every
 /// server a test process starts).
@@ -69,22 +66,14 @@ pub struct Server {
 #[derive(Debug, Clone)]
 pub struct Failpoints {
     /// The events journal's writer.
-    pub events: Arc<crate::wal::Failpoints>,
+    pub events: Arc<crate::storage::wal::Failpoints>,
     /// The claims journal's writer.
-    pub claims: Arc<crate::wal::Failpoints>,
+    pub claims: Arc<crate::storage::wal::Failpoints>,
 }
 
 /// How often the data directory and its lock file are checked to still be
 /// the ones the server opened (hardening #17).
 pub const DATA_DIR_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
-impl std::fmt::Debug for Snapshotter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Snapshotter")
-            .field("dir", &self.dir)
-            .finish_non_exhaustive()
-    }
-}
 
 /// How long a shutdown waits for the Kafka consumer's final commit and close.
 const INGEST_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -121,190 +110,6 @@ fn log_sync(report: &SyncReport) {
         metrics::rule_push("file", "rejected");
         for line in p.message.lines() {
             tracing::error!("{}:{line}", p.path.display());
-        }
-    }
-}
-
-/// Takes `data-dir/vitrine.lock`, so that a second server on the same data
-/// directory stops before it reads (or sets aside) anything. Held until the
-/// returned file is dropped.
-fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
-    let path = data_dir.join("vitrine.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(anyhow::anyhow!(
-            "{} is locked: another vitrine server uses --data-dir {}",
-            path.display(),
-            data_dir.display()
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
-    }
-}
-
-/// The events journal's segment size.
-const EVENTS_SEGMENT_BYTES: u64 = 64 << 20;
-
-/// The durable state a start restores, and where it came from.
-struct Restored {
-    index: Index,
-    ledger: Arc<DurableLedger>,
-    events: EventLog,
-    position: Position,
-}
-
-/// Restores the state `--data-dir` holds: the newest valid snapshot (damaged
-/// ones set aside), the events journal after its position, the claims
-/// journal. Blocking; fails on damage that would lose acknowledged claims
-/// or events (the error says which file and where).
-fn restore(
-    data_dir: &Path,
-    snapshots: &SnapshotDir,
-    claims_segment_bytes: u64,
-    storage: &StorageHealth,
-) -> anyhow::Result<Restored> {
-    let started = Instant::now();
-    let (loaded, damaged) = snapshots
-        .load_newest()
-        .with_context(|| format!("reading snapshots in {}", snapshots.dir().display()))?;
-    for d in &damaged {
-        tracing::error!(path = %d.path.display(), reason = %d.reason, "snapshot is damaged: set aside as *.damaged, never loaded");
-    }
-    let (index, position) = match loaded {
-        Some(l) => {
-            tracing::info!(
-                path = %l.path.display(),
-                bytes = l.bytes,
-                seconds = l.took.as_secs_f64(),
-                events_lsn = l.position.events_lsn,
-                kafka = ?l.position.kafka,
-                revisions = ?l.position.revisions,
-                "snapshot loaded"
-            );
-            (l.index, l.position)
-        }
-        None if damaged.is_empty() => {
-            tracing::info!("no snapshot: starting from the journals (and the topic) alone");
-            (Index::new(), Position::default())
-        }
-        None => {
-            tracing::warn!("no valid snapshot: replaying everything the journals (and the topic) still hold");
-            (Index::new(), Position::default())
-        }
-    };
-    let replay_started = Instant::now();
-    let (events, recovery) = EventLog::open_with(
-        &data_dir.join("events"),
-        position.events_lsn,
-        EVENTS_SEGMENT_BYTES,
-        Some(storage.wal_hook()),
-        |_, event| index.apply(&event),
-    )
-    .context("opening the events journal")?;
-    tracing::info!(
-        ?recovery,
-        seconds = replay_started.elapsed().as_secs_f64(),
-        "events journal replayed"
-    );
-    let ledger_options = LedgerOptions {
-        segment_bytes: claims_segment_bytes,
-        on_failure: Some(storage.wal_hook()),
-    };
-    let ledger =
-        DurableLedger::open_with(&data_dir.join("claims"), ledger_options).context("opening the claims journal")?;
-    tracing::info!(recovery = ?ledger.recovery(), "claims journal replayed");
-    let seconds = started.elapsed().as_secs_f64();
-    metrics::restored(damaged.len(), seconds);
-    tracing::info!(seconds, "state restored");
-    Ok(Restored {
-        index,
-        ledger: Arc::new(ledger),
-        events,
-        position,
-    })
-}
-
-/// Takes snapshots: the position first, then the index.
-struct Snapshotter {
-    engine: Arc<Engine>,
-    /// The claims journal, compacted after snapshots.
-    ledger: Arc<DurableLedger>,
-    dir: SnapshotDir,
-    /// The topic and a reader of the consumer's applied offsets.
-    kafka: Option<(String, KafkaPositions)>,
-}
-
-type KafkaPositions = Box<dyn Fn() -> Vec<(i32, i64)> + Send + Sync>;
-
-impl Snapshotter {
-    /// Writes one snapshot, then compacts the events journal to what every
-    /// kept snapshot covers. Blocking.
-    fn take(&self) -> std::io::Result<Written> {
-        let started = Instant::now();
-        // Positions before the index: see the snapshots module docs.
-        let position = Position {
-            created_ms: now_ms(),
-            events_lsn: self.engine.events_position(),
-            kafka: self.kafka.as_ref().map(|(topic, offsets)| KafkaPosition {
-                topic: topic.clone(),
-                offsets: offsets(),
-            }),
-            revisions: self.engine.rules.shops(),
-        };
-        let written = self.dir.write(&self.engine.index, &position);
-        match &written {
-            Ok(w) => {
-                metrics::snapshot_written(Some((started.elapsed().as_secs_f64(), w.bytes)));
-                tracing::info!(
-                    path = %w.path.display(),
-                    bytes = w.bytes,
-                    encode_seconds = w.encode.as_secs_f64(),
-                    write_seconds = w.write.as_secs_f64(),
-                    events_lsn = position.events_lsn,
-                    "snapshot written"
-                );
-                match self.dir.compactable_lsn() {
-                    Ok(Some(upto)) => self.engine.compact_events(upto),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!("reading kept snapshots' positions failed: {e}"),
-                }
-            }
-            Err(e) => {
-                metrics::snapshot_written(None);
-                tracing::error!(dir = %self.dir.dir().display(), "writing a snapshot failed: {e}");
-            }
-        }
-        self.compact_claims();
-        written
-    }
-
-    /// Compacts the claims journal when it has more than its current
-    /// segment (so at most once per `--claims-segment-bytes` of claims),
-    /// never after a storage fault.
-    fn compact_claims(&self) {
-        if self.engine.storage.fault().is_some() || !self.ledger.compaction_due() {
-            return;
-        }
-        match self.ledger.compact() {
-            Ok(c) => {
-                metrics::claims_compacted(Some((c.state_bytes, c.removed.bytes_removed)));
-                tracing::info!(
-                    lsn = c.lsn,
-                    state_bytes = c.state_bytes,
-                    segments_removed = c.removed.segments_removed,
-                    bytes_removed = c.removed.bytes_removed,
-                    "claims journal compacted"
-                );
-            }
-            Err(e) => {
-                metrics::claims_compacted(None);
-                tracing::error!("compacting the claims journal failed (the journal is kept whole): {e}");
-            }
         }
     }
 }
@@ -360,7 +165,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         let now = now_ms();
         for (shop, _) in engine.rules.shops() {
             if let Some(served) = engine.rules.serving(&shop) {
-                for event in crate::demo::events(&served.rules, visitors, now) {
+                for event in crate::commands::demo::events(&served.rules, visitors, now) {
                     engine.apply(&event);
                 }
             }
@@ -519,28 +324,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     })
 }
 
-/// Writes a snapshot every `interval` until stopped (the final one is
-/// [`Server::shutdown`]'s).
-async fn snapshot_loop(
-    snapshotter: Arc<Snapshotter>,
-    interval: std::time::Duration,
-    mut stopped: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stopped.wait_for(|s| *s) => return Ok(()),
-        }
-        let s = snapshotter.clone();
-        // A failed write is logged and counted; the next tick tries again.
-        let _ = tokio::task::spawn_blocking(move || s.take()).await?;
-    }
-}
-
 /// Turns health NOT_SERVING (gRPC) and not ready (`/readyz`) for good when
-/// storage faults (see [`crate::engine`]'s "Storage faults").
+/// storage faults (see [`crate::state`]'s "Storage faults").
 async fn not_serving_on_fault(
     storage: StorageHealth,
     ready: Arc<AtomicBool>,

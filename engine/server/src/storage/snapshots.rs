@@ -510,7 +510,7 @@ mod tests {
         use proptest::prelude::*;
 
         use super::*;
-        use crate::wal::fuzz::{apply, config, mutations};
+        use crate::storage::wal::fuzz::{apply, config, mutations};
 
         proptest! {
             #![proptest_config(config(64))]

@@ -1,0 +1,8 @@
+//! The request path: TCP connections ([`connections`]), admission and load
+//! shedding on HTTP/2 ([`transport`]), the gRPC services ([`grpc`]) and the
+//! operational HTTP port ([`http`]).
+
+pub mod connections;
+pub mod grpc;
+pub mod http;
+pub mod transport;

@@ -1,0 +1,8 @@
+//! One module per CLI command; `main.rs` maps the parsed command line
+//! ([`crate::cli`]) to them.
+
+pub mod demo;
+pub mod produce;
+pub mod push;
+pub mod serve;
+pub mod validate;

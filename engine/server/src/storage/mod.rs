@@ -1,0 +1,15 @@
+//! What survives a restart, all under `--data-dir` (`docs/storage.md` has the
+//! file formats):
+//!
+//! * [`wal`]: the segmented, checksummed, group-committed write-ahead log.
+//! * [`event_log`]: `Ingest/Track` events on the WAL, acknowledged once durable.
+//! * [`claims_journal`]: the claims ledger on the WAL, with compaction.
+//! * [`snapshots`]: snapshot files of the index with the position they cover.
+//! * [`restore`]: the start (snapshot, then the journals after it) and the
+//!   periodic snapshots that keep the next start short.
+
+pub mod claims_journal;
+pub mod event_log;
+pub mod restore;
+pub mod snapshots;
+pub mod wal;
