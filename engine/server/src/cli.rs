@@ -99,6 +99,18 @@ pub struct ServeArgs {
     /// group's committed offsets (earliest where none).
     #[arg(long, env = "VITRINE_KAFKA_START", default_value = "earliest")]
     pub kafka_start: String,
+    /// Cluster topic of rule changes: with --kafka-brokers, every Push and
+    /// Rollback goes through it and every replica applies it in order.
+    #[arg(long, env = "VITRINE_KAFKA_RULES_TOPIC", default_value = "vitrine.rules")]
+    pub kafka_rules_topic: String,
+    /// Cluster topic of claims: with --kafka-brokers, caps and budgets hold
+    /// across every replica reading it.
+    #[arg(long, env = "VITRINE_KAFKA_CLAIMS_TOPIC", default_value = "vitrine.claims")]
+    pub kafka_claims_topic: String,
+    /// With --kafka-brokers: the longest a Push, Rollback or Claim waits for
+    /// its record to be written and applied; past it, UNAVAILABLE.
+    #[arg(long, env = "VITRINE_CLUSTER_TIMEOUT", default_value = "5s")]
+    pub cluster_timeout: String,
     /// Bearer token required by Rules/Push, Rules/Rollback and Ingest/Track when set.
     #[arg(long, env = "VITRINE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

@@ -127,6 +127,12 @@ pub struct KafkaConfig {
     /// Threads decoding and applying events (partition p goes to thread
     /// `p % apply_threads`).
     pub apply_threads: usize,
+    /// The cluster topic of rule changes.
+    pub rules_topic: String,
+    /// The cluster topic of claims.
+    pub claims_topic: String,
+    /// The longest a call through a cluster topic waits for its answer.
+    pub cluster_timeout: Duration,
     /// Extra librdkafka properties, applied last (tests and tools).
     pub options: Vec<(String, String)>,
     /// (partition, next offset) from the snapshot the index was loaded
@@ -153,6 +159,9 @@ impl KafkaConfig {
             apply_threads: std::thread::available_parallelism()
                 .map_or(1, |n| n.get().saturating_sub(1))
                 .clamp(1, 8),
+            rules_topic: "vitrine.rules".to_string(),
+            claims_topic: "vitrine.claims".to_string(),
+            cluster_timeout: Duration::from_secs(5),
             options: Vec::new(),
             resume: None,
         }
@@ -285,6 +294,7 @@ impl Config {
         let rules_poll = duration("rules-poll", &args.rules_poll, Duration::from_millis(100));
         let idle_timeout = duration("idle-timeout", &args.idle_timeout, Duration::from_secs(1));
         let handshake_timeout = duration("handshake-timeout", &args.handshake_timeout, Duration::from_millis(100));
+        let cluster_timeout = duration("cluster-timeout", &args.cluster_timeout, Duration::from_millis(1));
         let max_queue_wait = match args.max_queue_wait.as_str() {
             "0" => Some(Duration::ZERO),
             text => duration("max-queue-wait", text, Duration::from_millis(1)),
@@ -385,6 +395,23 @@ impl Config {
                 problems.push("--kafka-dead-letter-topic: needs --kafka-brokers".to_string());
             }
         }
+        problems.extend(topic_problem("kafka-rules-topic", &args.kafka_rules_topic));
+        problems.extend(topic_problem("kafka-claims-topic", &args.kafka_claims_topic));
+        let topics = [
+            ("kafka-topic", Some(&args.kafka_topic)),
+            ("kafka-dead-letter-topic", args.kafka_dead_letter_topic.as_ref()),
+            ("kafka-rules-topic", Some(&args.kafka_rules_topic)),
+            ("kafka-claims-topic", Some(&args.kafka_claims_topic)),
+        ];
+        for (i, (flag, name)) in topics.iter().enumerate() {
+            if let Some(name) = name {
+                if let Some((other, _)) = topics[..i].iter().find(|(_, n)| *n == Some(*name)) {
+                    if !(*flag == "kafka-dead-letter-topic" && *other == "kafka-topic") {
+                        problems.push(format!("--{flag}: must differ from --{other} (both `{name}`)"));
+                    }
+                }
+            }
+        }
         let kafka_start = match args.kafka_start.as_str() {
             "earliest" => Some(KafkaStart::Earliest),
             "committed" => Some(KafkaStart::Committed),
@@ -413,6 +440,7 @@ impl Config {
             connections,
             claims_segment_bytes,
             rule_limits,
+            cluster_timeout,
         ) {
             (
                 Some(g),
@@ -432,6 +460,7 @@ impl Config {
                 Some((gc, hc)),
                 Some(csb),
                 Some(rl),
+                Some(ct),
             ) if problems.is_empty() => Ok(Config {
                 grpc_addr: g,
                 metrics_addr: m,
@@ -455,6 +484,9 @@ impl Config {
                     dead_letter_topic: args.kafka_dead_letter_topic.clone(),
                     max_message_bytes: kmb,
                     start: ks,
+                    rules_topic: args.kafka_rules_topic.clone(),
+                    claims_topic: args.kafka_claims_topic.clone(),
+                    cluster_timeout: ct,
                     ..KafkaConfig::new("")
                 }),
                 snapshot_interval: (!si.is_zero()).then_some(si),

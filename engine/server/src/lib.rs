@@ -27,6 +27,7 @@
 pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod ingest;

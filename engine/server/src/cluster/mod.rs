@@ -1,0 +1,69 @@
+//! Replicas that agree: rule changes and claims go through Kafka topics that
+//! every replica reads in order and applies with the same deterministic
+//! rules (`docs/cluster.md`).
+//!
+//! * [`producer`]: the taking replica writes a record tagged with its
+//!   request id and waits until its own reader applies it.
+//! * [`log`]: one thread per topic reads every partition in order.
+//! * [`topics`]: missing topics are created at start where the broker allows.
+
+pub mod log;
+pub mod producer;
+pub mod topics;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use parking_lot::Mutex;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
+
+    use super::log::{LogReader, Start};
+    use super::producer::{call, LogProducer, Pending, Unavailable};
+
+    /// A call answers with what applying its own record decided, and records
+    /// of another replica reach the log but not the caller.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_gets_the_answer_its_record_applied_to() {
+        let cluster = MockCluster::<DefaultProducerContext>::new(1).unwrap();
+        cluster.create_topic("t", 3, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let seen = Arc::new(Mutex::new(Vec::<(i32, String)>::new()));
+        let pending = Arc::new(Pending::<String>::new(7));
+        let (s, p) = (seen.clone(), pending.clone());
+        let mut reader = LogReader::start(&brokers, &[], "t", Start::default(), move |r| {
+            let text = String::from_utf8_lossy(r.payload.unwrap_or_default()).to_string();
+            s.lock().push((r.partition, text.clone()));
+            p.complete(r.request, format!("applied {text}"));
+        })
+        .unwrap();
+        let failed = pending.clone();
+        let producer = LogProducer::new(&brokers, &[], "t", 1 << 20, Duration::from_secs(5), move |seq, why| {
+            failed.fail(seq, why)
+        })
+        .unwrap();
+        let answer = call(&pending, &producer, b"k", b"one", Duration::from_secs(20)).await;
+        assert_eq!(answer, Ok("applied one".to_string()));
+        // Another replica's record: applied, answered to nobody here.
+        let other = Pending::<String>::new(8);
+        let (id, _rx) = other.register();
+        producer.send(b"k", b"two", id).unwrap();
+        let answer = call(&pending, &producer, b"k", b"three", Duration::from_secs(20)).await;
+        assert_eq!(answer, Ok("applied three".to_string()));
+        let seen: Vec<String> = seen.lock().iter().map(|(_, t)| t.clone()).collect();
+        assert_eq!(seen, ["one", "two", "three"], "one key, one partition, log order");
+        assert!(pending.is_empty());
+        let mut caught_up = reader.caught_up();
+        caught_up.wait_for(|c| *c).await.unwrap();
+        reader.stop();
+        // Nobody reads: the call gives up at its bound with UNAVAILABLE.
+        let answer = call(&pending, &producer, b"k", b"four", Duration::from_millis(300)).await;
+        assert!(
+            matches!(answer, Err(Unavailable(ref m)) if m.contains("no answer")),
+            "{answer:?}"
+        );
+        assert!(pending.is_empty(), "a timed-out call is forgotten");
+    }
+}

@@ -1,0 +1,289 @@
+//! Writing to a cluster topic and waiting for the record to come back.
+//!
+//! A replica that takes a Push or a Claim does not apply it: it produces a
+//! record, tagged with a [`RequestId`], and waits until its own reader of the
+//! topic applies that record, exactly as every other replica does. The
+//! answer is what applying decided ([`Pending::complete`]), or UNAVAILABLE when
+//! the record cannot be written or does not come back within the bound.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rdkafka::client::ClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+use tokio::sync::oneshot;
+
+/// The header that carries a record's [`RequestId`].
+pub const REQUEST_HEADER: &str = "vitrine-request";
+
+/// Who wrote a record and which of its calls waits for it: the replica's
+/// random id (drawn at start) and a sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId {
+    /// The replica, random per process start.
+    pub replica: u64,
+    /// The call, counted from 1 per process.
+    pub seq: u64,
+}
+
+impl RequestId {
+    /// The header value: 16 bytes, big-endian replica then seq.
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut out = [0; 16];
+        out[..8].copy_from_slice(&self.replica.to_be_bytes());
+        out[8..].copy_from_slice(&self.seq.to_be_bytes());
+        out
+    }
+
+    /// Reads a header value; `None` unless it is exactly 16 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Option<RequestId> {
+        let bytes: &[u8; 16] = bytes.try_into().ok()?;
+        let (replica, seq) = bytes.split_at(8);
+        Some(RequestId {
+            replica: u64::from_be_bytes(replica.try_into().ok()?),
+            seq: u64::from_be_bytes(seq.try_into().ok()?),
+        })
+    }
+}
+
+/// Why a call through a cluster topic has no answer. Maps to UNAVAILABLE:
+/// nothing was applied on behalf of the caller, or it is unknown whether the
+/// record was written (a retry with the same `claim_id` is safe).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+type Waiter<T> = oneshot::Sender<Result<T, Unavailable>>;
+
+/// The calls of this replica waiting for their records, by sequence number.
+#[derive(Debug)]
+pub struct Pending<T> {
+    replica: u64,
+    next: AtomicU64,
+    waiting: Mutex<HashMap<u64, Waiter<T>>>,
+}
+
+impl<T> Pending<T> {
+    /// An empty table for the replica `replica`.
+    pub fn new(replica: u64) -> Pending<T> {
+        Pending {
+            replica,
+            next: AtomicU64::new(1),
+            waiting: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A new request id and the receiver of its answer.
+    pub fn register(&self) -> (RequestId, oneshot::Receiver<Result<T, Unavailable>>) {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().insert(seq, tx);
+        (
+            RequestId {
+                replica: self.replica,
+                seq,
+            },
+            rx,
+        )
+    }
+
+    /// Whether a record tagged `id` was written by this replica.
+    pub fn is_mine(&self, id: Option<RequestId>) -> bool {
+        id.is_some_and(|id| id.replica == self.replica)
+    }
+
+    /// Hands `value` to the call waiting for `id`, if it is this replica's
+    /// and still waiting (it may have timed out, or the record is a replay).
+    pub fn complete(&self, id: Option<RequestId>, value: T) {
+        let Some(id) = id.filter(|id| id.replica == self.replica) else {
+            return;
+        };
+        if let Some(tx) = self.waiting.lock().remove(&id.seq) {
+            let _ = tx.send(Ok(value));
+        }
+    }
+
+    /// Fails the call waiting for `seq` (its record was not written).
+    pub fn fail(&self, seq: u64, why: String) {
+        if let Some(tx) = self.waiting.lock().remove(&seq) {
+            let _ = tx.send(Err(Unavailable(why)));
+        }
+    }
+
+    /// Forgets a call that stopped waiting.
+    pub fn forget(&self, seq: u64) {
+        self.waiting.lock().remove(&seq);
+    }
+
+    /// Calls waiting now.
+    pub fn len(&self) -> usize {
+        self.waiting.lock().len()
+    }
+
+    /// Whether no call waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A random replica id: the process id and the clock through a randomly
+/// seeded hasher, so two processes started in the same nanosecond differ.
+pub fn replica_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    ahash::RandomState::new().hash_one((std::process::id(), nanos))
+}
+
+/// The producer's callbacks: failed deliveries fail their calls; statistics
+/// tell whether any broker is reachable.
+struct Hooks {
+    topic: String,
+    up: Arc<AtomicBool>,
+    failed: Box<dyn Fn(u64, String) + Send + Sync>,
+}
+
+impl ClientContext for Hooks {
+    fn stats(&self, stats: Statistics) {
+        self.up
+            .store(stats.brokers.values().any(|b| b.state == "UP"), Ordering::Release);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.up.store(false, Ordering::Release);
+        }
+        tracing::debug!(topic = %self.topic, "Kafka producer: {error}: {reason}");
+    }
+}
+
+impl ProducerContext for Hooks {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        match result {
+            Ok(_) => self.up.store(true, Ordering::Release),
+            Err((e, _)) => (self.failed)(seq as u64, format!("writing to topic {} failed: {e}", self.topic)),
+        }
+    }
+}
+
+/// Writes one cluster topic: the idempotent producer with `acks=all`, so a
+/// record is in every in-sync replica of the partition before it counts,
+/// and retries never duplicate or reorder it.
+pub struct LogProducer {
+    topic: String,
+    producer: ThreadedProducer<Hooks>,
+    up: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for LogProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogProducer")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogProducer {
+    /// A producer of `topic`; `failed(seq, why)` is called for each record
+    /// that could not be written within `timeout`.
+    pub fn new(
+        brokers: &str,
+        options: &[(String, String)],
+        topic: &str,
+        max_message_bytes: usize,
+        timeout: Duration,
+        failed: impl Fn(u64, String) + Send + Sync + 'static,
+    ) -> Result<LogProducer, KafkaError> {
+        let up = Arc::new(AtomicBool::new(false));
+        let hooks = Hooks {
+            topic: topic.to_string(),
+            up: up.clone(),
+            failed: Box::new(failed),
+        };
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", brokers)
+            .set("client.id", "vitrine-cluster")
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // A call waits for its record; batching would only add latency.
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", timeout.as_millis().max(1).to_string())
+            .set("message.max.bytes", max_message_bytes.max(1_000_000).to_string())
+            .set("statistics.interval.ms", "1000")
+            .set("reconnect.backoff.max.ms", "2000");
+        for (key, value) in options {
+            client.set(key, value);
+        }
+        Ok(LogProducer {
+            topic: topic.to_string(),
+            producer: client.create_with_context(hooks)?,
+            up,
+        })
+    }
+
+    /// Whether a broker was reachable at the last sign (statistics every
+    /// second, deliveries, errors).
+    pub fn up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Queues a record tagged `id`; an error means it was not queued.
+    pub fn send(&self, key: &[u8], payload: &[u8], id: RequestId) -> Result<(), Unavailable> {
+        let id_bytes = id.to_bytes();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: REQUEST_HEADER,
+            value: Some(&id_bytes[..]),
+        });
+        let record = BaseRecord::with_opaque_to(&self.topic, id.seq as usize)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        self.producer
+            .send(record)
+            .map_err(|(e, _)| Unavailable(format!("writing to topic {} failed: {e}", self.topic)))
+    }
+
+    /// Waits up to `timeout` for queued records to be delivered.
+    pub fn flush(&self, timeout: Duration) {
+        use rdkafka::producer::Producer;
+        let _ = self.producer.flush(timeout);
+    }
+}
+
+/// Produces a record and waits for the answer its application gives, at
+/// most `timeout`.
+pub async fn call<T>(
+    pending: &Pending<T>,
+    producer: &LogProducer,
+    key: &[u8],
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<T, Unavailable> {
+    let (id, answer) = pending.register();
+    if let Err(e) = producer.send(key, payload, id) {
+        pending.forget(id.seq);
+        return Err(e);
+    }
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err(Unavailable("the cluster log stopped".to_string())),
+        Err(_) => {
+            pending.forget(id.seq);
+            Err(Unavailable(format!(
+                "no answer from topic {} within {timeout:?}: the record may still be applied later (retry with the same claim_id, or check the revision)",
+                producer.topic
+            )))
+        }
+    }
+}
