@@ -99,6 +99,11 @@ pub struct ServeArgs {
     /// group's committed offsets (earliest where none).
     #[arg(long, env = "VITRINE_KAFKA_START", default_value = "earliest")]
     pub kafka_start: String,
+    /// Shops this replica holds and serves: comma-separated names or globs
+    /// (`*`, `?`); `*` = every shop. Events, rules and claims of other shops
+    /// are skipped; calls for them fail FAILED_PRECONDITION.
+    #[arg(long, env = "VITRINE_SHOPS", default_value = "*")]
+    pub shops: String,
     /// Cluster topic of rule changes: with --kafka-brokers, every Push and
     /// Rollback goes through it and every replica applies it in order.
     #[arg(long, env = "VITRINE_KAFKA_RULES_TOPIC", default_value = "vitrine.rules")]

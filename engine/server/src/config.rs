@@ -23,6 +23,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Bounds on a rule file and its expressions.
     pub rule_limits: vitrine_core::rules::Limits,
+    /// The shops this replica holds and serves (`--shops`).
+    pub shops: crate::cluster::shops::Shops,
     /// Bounds on gRPC connections.
     pub grpc_connections: ConnectionLimits,
     /// Bounds on HTTP (metrics and probes) connections.
@@ -412,6 +414,13 @@ impl Config {
                 }
             }
         }
+        let shops = match crate::cluster::shops::Shops::parse(&args.shops) {
+            Ok(shops) => Some(shops),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        };
         let kafka_start = match args.kafka_start.as_str() {
             "earliest" => Some(KafkaStart::Earliest),
             "committed" => Some(KafkaStart::Committed),
@@ -441,6 +450,7 @@ impl Config {
             claims_segment_bytes,
             rule_limits,
             cluster_timeout,
+            shops,
         ) {
             (
                 Some(g),
@@ -461,6 +471,7 @@ impl Config {
                 Some(csb),
                 Some(rl),
                 Some(ct),
+                Some(sh),
             ) if problems.is_empty() => Ok(Config {
                 grpc_addr: g,
                 metrics_addr: m,
@@ -468,6 +479,7 @@ impl Config {
                 data_dir: args.data_dir.clone(),
                 admin_token: args.admin_token.clone(),
                 rule_limits: rl,
+                shops: sh,
                 grpc_connections: gc,
                 http_connections: hc,
                 max_in_flight: mif,

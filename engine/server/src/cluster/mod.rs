@@ -6,9 +6,11 @@
 //!   request id and waits until its own reader applies it.
 //! * [`log`]: one thread per topic reads every partition in order.
 //! * [`topics`]: missing topics are created at start where the broker allows.
+//! * [`shops`]: `--shops`, the shops this replica holds and serves.
 
 pub mod log;
 pub mod producer;
+pub mod shops;
 pub mod topics;
 
 #[cfg(test)]
