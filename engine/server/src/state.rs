@@ -100,6 +100,8 @@ pub struct Engine {
     pub metrics: Metrics,
     /// Set when writes can no longer be trusted to reach the disk.
     pub storage: StorageHealth,
+    /// The shops this replica serves, and (with Kafka) the cluster topics.
+    pub cluster: crate::cluster::Cluster,
     /// Where Track journals events before applying them (`None`: in memory only).
     events: Option<EventLog>,
     /// Shared by Track from journaling to applying; see the module docs.
@@ -151,6 +153,7 @@ impl Engine {
             ledger,
             metrics,
             storage: StorageHealth::default(),
+            cluster: crate::cluster::Cluster::default(),
             events,
             track_gate: RwLock::new(()),
         }

@@ -13,6 +13,17 @@ pub mod producer;
 pub mod shops;
 pub mod topics;
 
+use shops::Shops;
+
+/// What the engine knows of the cluster: the shops this replica serves and,
+/// with Kafka, the logs that Push, Rollback and Claim go through (set once at
+/// start; unset = embedded, calls apply locally).
+#[derive(Debug, Default)]
+pub struct Cluster {
+    /// `--shops`.
+    pub shops: Shops,
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -160,6 +160,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         Metrics::new(),
     );
     engine.storage = storage.clone();
+    engine.cluster.shops = config.shops.clone();
     let engine = Arc::new(engine);
     if let Some(visitors) = config.demo_visitors {
         let now = now_ms();
