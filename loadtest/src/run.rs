@@ -652,6 +652,7 @@ async fn background_pushes(
         let request = auth.request(pb::PushRequest {
             content,
             dry_run: false,
+            expected_revision: 0,
         });
         match tokio::time::timeout(Duration::from_secs(30), rules.push(request)).await {
             Ok(Ok(_)) => {

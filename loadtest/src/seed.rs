@@ -200,6 +200,7 @@ async fn push_rules(config: &SeedConfig, catalog: &Catalog, channel: &Channel) -
         let request = config.auth.request(pb::PushRequest {
             content,
             dry_run: false,
+            expected_revision: 0,
         });
         match rules.push(request).await {
             Ok(r) => {
@@ -265,6 +266,7 @@ async fn print_sizes(config: &SeedConfig, catalog: &Catalog, channel: &Channel) 
         let request = config.auth.request(pb::PushRequest {
             content: rule_file(i, catalog),
             dry_run: true,
+            expected_revision: 0,
         });
         match rules.push(request).await {
             Ok(r) => columns.push(r.into_inner().audiences),

@@ -463,6 +463,7 @@ pub async fn soak_with(config: SoakConfig, mut out: impl FnMut(&str) + Send + 's
                         .push(auth.request(pb::PushRequest {
                             content,
                             dry_run: false,
+                            expected_revision: 0,
                         }))
                         .await
                 })

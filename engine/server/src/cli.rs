@@ -235,5 +235,9 @@ pub enum RulesCommand {
         /// Validate and size the audiences without swapping.
         #[arg(long)]
         dry_run: bool,
+        /// Push only if the shop serves this revision (0 = any); else the
+        /// push fails ABORTED and nothing changes.
+        #[arg(long, default_value_t = 0)]
+        expected_revision: u64,
     },
 }

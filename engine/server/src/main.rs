@@ -51,9 +51,16 @@ fn main() -> ExitCode {
                     addr,
                     admin_token,
                     dry_run,
+                    expected_revision,
                 },
         } => match runtime() {
-            Ok(rt) => rt.block_on(push::run(&file, &addr, admin_token.as_deref(), dry_run)),
+            Ok(rt) => rt.block_on(push::run(
+                &file,
+                &addr,
+                admin_token.as_deref(),
+                dry_run,
+                expected_revision,
+            )),
             Err(e) => {
                 eprintln!("vitrine rules push: {e:#}");
                 ExitCode::from(2)

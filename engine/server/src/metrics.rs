@@ -24,6 +24,10 @@ pub const SHED: &str = "vitrine_requests_shed_total";
 pub const RULE_PUSHES: &str = "vitrine_rules_pushes_total";
 /// `vitrine_rules_revision{shop}`
 pub const RULE_REVISION: &str = "vitrine_rules_revision";
+/// Counter: behavior events of shops outside `--shops`, skipped.
+pub const INGEST_SKIPPED: &str = "vitrine_ingest_skipped_total";
+/// Counter: cluster-topic records applied, by topic and result.
+pub const CLUSTER_RECORDS: &str = "vitrine_cluster_records_total";
 /// `vitrine_ingest_events_applied_total{action}`
 pub const EVENTS_APPLIED: &str = "vitrine_ingest_events_applied_total";
 /// `vitrine_ingest_rejected_total{reason}`
@@ -132,6 +136,20 @@ fn describe() {
         "Are rule changes landing? Rule files by origin (push, rollback, file) and result (accepted, rejected, dry_run, failed)."
     );
     describe_gauge!(RULE_REVISION, "Which rule revision is each shop serving right now?");
+    describe_counter!(
+        INGEST_SKIPPED,
+        "How many behavior events from Kafka belong to shops outside --shops (another replica group's), skipped without applying or rejecting them?"
+    );
+    metrics::counter!(INGEST_SKIPPED, "reason" => "other_shop").absolute(0);
+    describe_counter!(
+        CLUSTER_RECORDS,
+        "Do replicas apply the cluster topics alike? Records of the rules and claims topics by result: applied, unchanged (a seed for a shop that has rules), aborted (expected_revision did not match), refused (valid at the taker, not here: different limits or versions), unreadable (skipped), other_shop (not in --shops). Every replica should count the same."
+    );
+    for topic in ClusterTopic::ALL {
+        for result in RecordResult::ALL {
+            metrics::counter!(CLUSTER_RECORDS, "topic" => topic.as_str(), "result" => result.as_str()).absolute(0);
+        }
+    }
     describe_counter!(
         EVENTS_APPLIED,
         "Is behavior flowing in? Events applied to the audience index, by action."
@@ -381,6 +399,79 @@ impl Default for KafkaMetrics {
 /// Counts a rule file outcome (rare: a per-call lookup is fine).
 pub fn rule_push(origin: &'static str, result: &'static str) {
     metrics::counter!(RULE_PUSHES, "origin" => origin, "result" => result).increment(1);
+}
+
+/// A cluster topic, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterTopic {
+    /// The rules topic.
+    Rules,
+    /// The claims topic.
+    Claims,
+}
+
+impl ClusterTopic {
+    /// Every topic, for pre-registering series.
+    pub const ALL: [ClusterTopic; 2] = [ClusterTopic::Rules, ClusterTopic::Claims];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterTopic::Rules => "rules",
+            ClusterTopic::Claims => "claims",
+        }
+    }
+}
+
+/// What applying a cluster-topic record did, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordResult {
+    /// Applied: state changed (or a claim was answered).
+    Applied,
+    /// A seed for a shop that already has rules: nothing changed.
+    Unchanged,
+    /// `expected_revision` did not match: nothing changed.
+    Aborted,
+    /// Not valid here (another version or other limits than the taker's).
+    Refused,
+    /// Not a record this version can read: skipped.
+    Unreadable,
+    /// A shop outside `--shops`: skipped.
+    OtherShop,
+}
+
+impl RecordResult {
+    /// Every result, for pre-registering series.
+    pub const ALL: [RecordResult; 6] = [
+        RecordResult::Applied,
+        RecordResult::Unchanged,
+        RecordResult::Aborted,
+        RecordResult::Refused,
+        RecordResult::Unreadable,
+        RecordResult::OtherShop,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordResult::Applied => "applied",
+            RecordResult::Unchanged => "unchanged",
+            RecordResult::Aborted => "aborted",
+            RecordResult::Refused => "refused",
+            RecordResult::Unreadable => "unreadable",
+            RecordResult::OtherShop => "other_shop",
+        }
+    }
+}
+
+/// Counts one behavior event of another replica group's shop.
+pub fn ingest_skipped_other_shop() {
+    metrics::counter!(INGEST_SKIPPED, "reason" => "other_shop").increment(1);
+}
+
+/// Counts one applied cluster-topic record.
+pub fn cluster_record(topic: ClusterTopic, result: RecordResult) {
+    metrics::counter!(CLUSTER_RECORDS, "topic" => topic.as_str(), "result" => result.as_str()).increment(1);
 }
 
 /// Records the revision a shop serves.

@@ -105,7 +105,8 @@ impl Origin {
         }
     }
 
-    fn parse(s: &str) -> Option<Origin> {
+    /// Reads a name written by [`Origin::as_str`].
+    pub fn parse(s: &str) -> Option<Origin> {
         Some(match s {
             "push" => Origin::Push,
             "rollback" => Origin::Rollback,
@@ -175,6 +176,50 @@ pub struct Revision {
     pub content: Arc<str>,
 }
 
+/// One change of a shop's rules: what [`RuleStore::apply_change`] decides.
+#[derive(Debug, Clone, Copy)]
+pub struct Change<'a> {
+    /// The shop.
+    pub shop: &'a str,
+    /// A new file, or an earlier revision again.
+    pub kind: ChangeKind<'a>,
+    /// 0: any; else the revision the shop must serve for the change to apply.
+    pub expected: u64,
+    /// Only if the shop has no rules yet (a seed from `--rules-dir`).
+    pub if_absent: bool,
+    /// How the change came to be.
+    pub origin: Origin,
+    /// The new revision's creation time (ms).
+    pub created_ms: i64,
+}
+
+/// What a change installs.
+#[derive(Debug, Clone, Copy)]
+pub enum ChangeKind<'a> {
+    /// This rule file's text.
+    Push(&'a str),
+    /// The text of this earlier revision.
+    Rollback(u64),
+}
+
+/// What applying a change did.
+#[derive(Debug, Clone)]
+pub enum Applied {
+    /// A new revision serves.
+    Changed(Arc<Served>),
+    /// Nothing changed (`if_absent` and the shop has rules): what serves.
+    Unchanged(Arc<Served>),
+}
+
+impl Applied {
+    /// What serves now.
+    pub fn served(self) -> Arc<Served> {
+        match self {
+            Applied::Changed(s) | Applied::Unchanged(s) => s,
+        }
+    }
+}
+
 /// What a store operation failed on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -198,6 +243,25 @@ pub enum StoreError {
     /// Persisting failed: nothing was swapped, nothing was left behind.
     #[error("cannot persist the rule file: {0}")]
     Io(#[from] std::io::Error),
+    /// `expected_revision` was set and the shop serves another revision:
+    /// nothing changed (ABORTED).
+    #[error("shop `{shop}` serves revision {serving}, not the expected revision {expected}: nothing changed; read the current rules and push again")]
+    RevisionMismatch {
+        /// The shop.
+        shop: String,
+        /// The revision the caller expected.
+        expected: u64,
+        /// The revision serving (0: the shop has no rules).
+        serving: u64,
+    },
+    /// `--shops` leaves the shop to another replica group (FAILED_PRECONDITION).
+    #[error("shop `{shop}` is not served by this replica (--shops {shops}): send it to the replica group that serves it")]
+    NotServed {
+        /// The shop.
+        shop: String,
+        /// `--shops`.
+        shops: String,
+    },
     /// A revision's text could not be read back from `data/revisions`.
     #[error("cannot read revision {revision} of shop `{shop}`: {source}")]
     History {
@@ -307,6 +371,12 @@ pub struct RuleStore {
     counters: Counters,
     /// Bounds on a rule file (`--max-rule-file-bytes` and friends).
     limits: vitrine_core::rules::Limits,
+    /// The shops this replica serves; files of others are skipped.
+    served_shops: crate::cluster::shops::Shops,
+    /// Cluster mode: revisions come only from the rules topic
+    /// ([`RuleStore::apply_change`]); the rules directory proposes changes
+    /// ([`RuleStore::scan_dir`]) instead of installing them.
+    clustered: bool,
 }
 
 impl std::fmt::Debug for RuleStore {
@@ -353,6 +423,28 @@ pub struct SyncReport {
     pub swapped: Vec<(String, u64)>,
     /// Files that could not be used.
     pub problems: Vec<FileProblem>,
+    /// Cluster mode: the changes the directory asks for, to go through the
+    /// rules topic (nothing was installed).
+    pub proposals: Vec<Proposal>,
+    /// Cluster mode, first scan: files that differed from the serving
+    /// revision and were rewritten from it (the topic wins over a stale copy).
+    pub rewritten: Vec<PathBuf>,
+}
+
+/// Cluster mode: a change a `--rules-dir` file asks for.
+#[derive(Debug, Clone)]
+pub struct Proposal {
+    /// The file.
+    pub path: PathBuf,
+    /// The shop it defines.
+    pub shop: String,
+    /// Its text (valid).
+    pub content: Arc<str>,
+    /// The revision the shop served when the edit was seen (0: none), so
+    /// that an edit never overwrites a push it did not see.
+    pub expected: u64,
+    /// A seed: only if the shop has no rules yet.
+    pub if_absent: bool,
 }
 
 impl SyncReport {
@@ -378,7 +470,29 @@ impl RuleStore {
             started: std::sync::atomic::AtomicBool::new(false),
             counters: Counters::default(),
             limits: vitrine_core::rules::Limits::default(),
+            served_shops: crate::cluster::shops::Shops::all(),
+            clustered: false,
         }
+    }
+
+    /// The same store, holding only `shops` (`--shops`): rule files of
+    /// other shops are skipped.
+    pub fn with_shops(mut self, shops: crate::cluster::shops::Shops) -> RuleStore {
+        self.served_shops = shops;
+        self
+    }
+
+    /// The same store in cluster mode: it starts empty, takes revisions only
+    /// from [`RuleStore::apply_change`] (the rules topic, in log order), and
+    /// never reads history from `data/revisions` (the topic holds it).
+    pub fn clustered(mut self) -> RuleStore {
+        self.clustered = true;
+        self
+    }
+
+    /// Whether the store is in cluster mode.
+    pub fn is_clustered(&self) -> bool {
+        self.clustered
     }
 
     /// The same store, holding every rule file to `limits`.
@@ -456,8 +570,20 @@ impl RuleStore {
     /// shop's serving rule set as a new revision. Returns the rule set with
     /// its (for a dry run: would-be) revision.
     pub fn push(&self, content: &str, origin: Origin, dry_run: bool, now_ms: i64) -> Result<Arc<Served>, StoreError> {
-        let rules = RuleSet::load_with(content, &self.limits).map_err(StoreError::Invalid)?;
-        check_shop_name(&rules.shop)?;
+        self.push_expecting(content, origin, dry_run, now_ms, 0)
+    }
+
+    /// [`RuleStore::push`] as a compare-and-set: with `expected` (not 0), the
+    /// shop must serve that revision when the push applies.
+    pub fn push_expecting(
+        &self,
+        content: &str,
+        origin: Origin,
+        dry_run: bool,
+        now_ms: i64,
+        expected: u64,
+    ) -> Result<Arc<Served>, StoreError> {
+        let rules = self.compile(content)?;
         if dry_run {
             let revision = self.shops.get(&*rules.shop).map_or(1, |s| s.history.lock().next);
             return Ok(Arc::new(Served {
@@ -467,19 +593,94 @@ impl RuleStore {
             }));
         }
         let shop = rules.shop.to_string();
-        let _writing = self.writing.lock();
-        self.install(&shop, rules, content.into(), origin, now_ms, None)
+        let change = Change {
+            shop: &shop,
+            kind: ChangeKind::Push(content),
+            expected,
+            if_absent: false,
+            origin,
+            created_ms: now_ms,
+        };
+        self.apply_compiled(&change, Some(rules)).map(Applied::served)
     }
 
     /// Serves an earlier revision again, as a new revision.
     pub fn rollback(&self, shop: &str, to: u64, now_ms: i64) -> Result<u64, StoreError> {
+        self.rollback_expecting(shop, to, now_ms, 0)
+    }
+
+    /// [`RuleStore::rollback`] as a compare-and-set (see [`RuleStore::push_expecting`]).
+    pub fn rollback_expecting(&self, shop: &str, to: u64, now_ms: i64, expected: u64) -> Result<u64, StoreError> {
+        let change = Change {
+            shop,
+            kind: ChangeKind::Rollback(to),
+            expected,
+            if_absent: false,
+            origin: Origin::Rollback,
+            created_ms: now_ms,
+        };
+        Ok(self.apply_change(&change)?.served().revision)
+    }
+
+    /// Validates and compiles a rule file, and checks its shop name.
+    pub fn compile(&self, content: &str) -> Result<RuleSet, StoreError> {
+        let rules = RuleSet::load_with(content, &self.limits).map_err(StoreError::Invalid)?;
+        check_shop_name(&rules.shop)?;
+        Ok(rules)
+    }
+
+    /// Applies one change, deciding it against the shop's state right now
+    /// (under the store's write lock): the one way revisions are made, for a
+    /// local push or rollback and for a record of the rules topic alike, so
+    /// every replica that applies the same changes in the same order holds
+    /// the same revisions and history.
+    pub fn apply_change(&self, change: &Change<'_>) -> Result<Applied, StoreError> {
+        self.apply_compiled(change, None)
+    }
+
+    fn apply_compiled(&self, change: &Change<'_>, compiled: Option<RuleSet>) -> Result<Applied, StoreError> {
+        if !self.served_shops.serves(change.shop) {
+            return Err(StoreError::NotServed {
+                shop: change.shop.to_string(),
+                shops: self.served_shops.describe(),
+            });
+        }
         let _writing = self.writing.lock();
-        let (found, _) = self.get(shop, to)?;
-        // An accepted revision compiles again; if a newer engine rejects it, say so.
-        let rules = RuleSet::load_with(&found.content, &self.limits).map_err(StoreError::Invalid)?;
-        Ok(self
-            .install(shop, rules, found.content, Origin::Rollback, now_ms, None)?
-            .revision)
+        let serving = self.serving(change.shop);
+        let serving_revision = serving.as_ref().map_or(0, |s| s.revision);
+        if change.expected != 0 && change.expected != serving_revision {
+            return Err(StoreError::RevisionMismatch {
+                shop: change.shop.to_string(),
+                expected: change.expected,
+                serving: serving_revision,
+            });
+        }
+        if let (true, Some(serving)) = (change.if_absent, serving) {
+            return Ok(Applied::Unchanged(serving));
+        }
+        let (rules, content) = match change.kind {
+            ChangeKind::Push(content) => {
+                let rules = match compiled {
+                    Some(rules) => rules,
+                    None => self.compile(content)?,
+                };
+                if *rules.shop != *change.shop {
+                    return Err(StoreError::InvalidShop(format!(
+                        "the file defines shop `{}`, the change is for shop `{}`",
+                        rules.shop, change.shop
+                    )));
+                }
+                (rules, Arc::<str>::from(content))
+            }
+            ChangeKind::Rollback(to) => {
+                let (found, _) = self.get(change.shop, to)?;
+                // An accepted revision compiles again; if a newer engine rejects it, say so.
+                let rules = RuleSet::load_with(&found.content, &self.limits).map_err(StoreError::Invalid)?;
+                (rules, found.content)
+            }
+        };
+        self.install(change.shop, rules, content, change.origin, change.created_ms, None)
+            .map(Applied::Changed)
     }
 
     /// A revision of a shop (0 = the serving one) and whether it is serving.
@@ -583,7 +784,11 @@ impl RuleStore {
         now_ms: i64,
         file: Option<&Path>,
     ) -> Result<Arc<Served>, StoreError> {
-        let revisions = self.load_history(shop);
+        let revisions = if self.clustered {
+            Vec::new()
+        } else {
+            self.load_history(shop)
+        };
         let mut history = ShopHistory {
             next: revisions.last().map_or(1, |r| r.revision + 1),
             revisions,
@@ -809,11 +1014,12 @@ impl RuleStore {
         if let Some(paths) = &listed {
             self.forget_deleted(paths, &mut report);
             let mut claimed: HashMap<Box<str>, PathBuf> = HashMap::new();
+            let first = !self.started.load(Ordering::Relaxed);
             for path in paths {
-                self.sync_file(path, &mut claimed, now_ms, &mut report);
+                self.sync_file(path, &mut claimed, now_ms, first, &mut report);
             }
         }
-        if !self.started.swap(true, Ordering::Relaxed) {
+        if !self.started.swap(true, Ordering::Relaxed) && !self.clustered {
             self.restore_from_history(&mut report);
         }
         report
@@ -878,7 +1084,14 @@ impl RuleStore {
     }
 
     /// Syncs one file of the (sorted) listing.
-    fn sync_file(&self, path: &Path, claimed: &mut HashMap<Box<str>, PathBuf>, now_ms: i64, report: &mut SyncReport) {
+    fn sync_file(
+        &self,
+        path: &Path,
+        claimed: &mut HashMap<Box<str>, PathBuf>,
+        now_ms: i64,
+        first: bool,
+        report: &mut SyncReport,
+    ) {
         let content: Arc<str> = match read_rule_file(path, self.limits.max_file_bytes) {
             Ok(c) => c.into(),
             Err(e) => {
@@ -951,6 +1164,10 @@ impl RuleStore {
                 }
             }
         };
+        if !self.served_shops.serves(&shop) {
+            // Another replica group's shop (`--shops`): not an error.
+            return;
+        }
         if let Some(first) = claimed.get(&shop) {
             if !reported_duplicate {
                 bump(&self.counters.files_duplicate);
@@ -977,6 +1194,10 @@ impl RuleStore {
                 return;
             }
         }
+        if self.clustered {
+            self.propose(path, &shop, content, first, report);
+            return;
+        }
         let rules = match rules {
             Some(r) => r,
             None => match RuleSet::load_with(&content, &self.limits) {
@@ -990,6 +1211,50 @@ impl RuleStore {
         match self.install(&shop, rules, content, Origin::File, now_ms, Some(path)) {
             Ok(served) => report.swapped.push((shop.to_string(), served.revision)),
             Err(e) => report.problem(ProblemKind::Failed, path, e.to_string()),
+        }
+    }
+
+    /// Forgets what a `--rules-dir` file held, so the next scan looks at it
+    /// again (a proposal from it could not go through).
+    pub fn forget_file(&self, path: &Path) {
+        self.seen.lock().remove(path);
+    }
+
+    /// Cluster mode: a valid file that differs from what its shop serves.
+    /// A shop without rules gets a seed; at the first scan (start) a served
+    /// shop's file is a stale copy and is rewritten from the topic; later,
+    /// it is a hand edit and becomes a push expecting the serving revision.
+    fn propose(&self, path: &Path, shop: &str, content: Arc<str>, first: bool, report: &mut SyncReport) {
+        let serving = self.serving(shop);
+        match serving {
+            None => report.proposals.push(Proposal {
+                path: path.to_path_buf(),
+                shop: shop.to_string(),
+                content,
+                expected: 0,
+                if_absent: true,
+            }),
+            Some(served) if first => match write_atomically(path, served.content.as_bytes()) {
+                Ok(()) => {
+                    self.note_written(path, shop, &served.content);
+                    if let Some(entry) = self.shops.get(shop) {
+                        entry.history.lock().file = Some(path.to_path_buf());
+                    }
+                    report.rewritten.push(path.to_path_buf());
+                }
+                Err(e) => report.problem(
+                    ProblemKind::Failed,
+                    path,
+                    format!("differs from revision {} the rules topic serves, and cannot be rewritten: {e}", served.revision),
+                ),
+            },
+            Some(served) => report.proposals.push(Proposal {
+                path: path.to_path_buf(),
+                shop: shop.to_string(),
+                content,
+                expected: served.revision,
+                if_absent: false,
+            }),
         }
     }
 

@@ -21,7 +21,8 @@ use vitrine_proto::v1 as pb;
 
 use crate::clock::at;
 use crate::metrics;
-use crate::rules_store::{Origin, StoreError};
+use crate::cluster::{self, rules::Op, rules::Refusal, rules::RuleRecord};
+use crate::rules_store::{Applied, Origin, StoreError};
 use crate::state::Engine;
 
 /// The longest shop, visitor, benefit or claim id accepted (the same bound
@@ -48,6 +49,15 @@ impl Service {
             engine,
             admin_token: admin_token.map(Into::into),
         }
+    }
+
+    /// FAILED_PRECONDITION for a shop outside `--shops`: another replica
+    /// group serves it.
+    fn check_served(&self, shop: &str) -> Result<(), Status> {
+        if self.engine.cluster.shops.serves(shop) {
+            return Ok(());
+        }
+        Err(missing_shop(&self.engine, shop))
     }
 
     /// Checks the bearer token of an admin call, when one is configured.
@@ -178,12 +188,28 @@ fn unknown_shop(shop: &str) -> Status {
     Status::not_found(format!("unknown shop `{shop}`: no rule set has been pushed for it"))
 }
 
+/// A shop this replica does not know: FAILED_PRECONDITION when `--shops`
+/// leaves it to another replica group, else NOT_FOUND.
+fn missing_shop(engine: &Engine, shop: &str) -> Status {
+    let shops = &engine.cluster.shops;
+    if shops.serves(shop) {
+        unknown_shop(shop)
+    } else {
+        Status::failed_precondition(format!(
+            "shop `{shop}` is not served by this replica (--shops {}): send it to the replica group that serves it",
+            shops.describe()
+        ))
+    }
+}
+
 fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::Invalid(errors) => invalid(errors.to_string()),
         StoreError::InvalidShop(message) => invalid(message),
         StoreError::UnknownShop(shop) => unknown_shop(&shop),
         e @ StoreError::UnknownRevision { .. } => Status::not_found(e.to_string()),
+        e @ StoreError::RevisionMismatch { .. } => Status::aborted(e.to_string()),
+        e @ StoreError::NotServed { .. } => Status::failed_precondition(e.to_string()),
         StoreError::Io(e) => {
             tracing::error!("rule store I/O failed: {e}");
             Status::internal(format!("cannot persist the rule file, nothing changed: {e}"))
@@ -259,7 +285,7 @@ pub fn decide(engine: &Engine, req: &pb::DecideRequest) -> Result<pb::DecideResp
             );
             decision_response(&d, served.revision)
         })
-        .ok_or_else(|| unknown_shop(shop))
+        .ok_or_else(|| missing_shop(engine, shop))
 }
 
 /// [`decide`] with its latency and slot outcomes recorded: what the Decide
@@ -299,7 +325,7 @@ impl pb::benefits_server::Benefits for Service {
             let benefit = required("benefit_id", &req.benefit_id)?;
             let claim_id = bounded("claim_id", &req.claim_id)?;
             let now_ms = instant(req.now_ms)?;
-            let served = engine.rules.serving(shop).ok_or_else(|| unknown_shop(shop))?;
+            let served = engine.rules.serving(shop).ok_or_else(|| missing_shop(&engine, shop))?;
             // Hardening #11/#17: no claim while the disk cannot be trusted.
             if let Some(fault) = engine.storage.fault() {
                 return Err(Status::unavailable(format!(
@@ -357,28 +383,56 @@ impl pb::rules_server::Rules for Service {
             ));
         }
         let engine = self.engine.clone();
-        blocking("Push", move || {
-            let now_ms = at(0);
-            let served = match engine.rules.push(&req.content, Origin::Push, req.dry_run, now_ms) {
-                Ok(s) => s,
-                Err(e) => {
-                    let result = if matches!(e, StoreError::Invalid(_)) {
-                        "rejected"
-                    } else {
-                        "failed"
-                    };
-                    metrics::rule_push("push", result);
-                    return Err(store_status(e));
-                }
-            };
-            let shop = served.rules.shop.to_string();
-            if req.dry_run {
-                metrics::rule_push("push", "dry_run");
-            } else {
-                metrics::rule_push("push", "accepted");
-                metrics::rule_revision(&shop, served.revision);
-                tracing::info!(shop, revision = served.revision, "rule set pushed");
+        let now_ms = at(0);
+        let served = match (req.dry_run, engine.cluster.rules.get()) {
+            (false, Some(log)) => {
+                let (e, content) = (engine.clone(), req.content.clone());
+                let shop = blocking("Push", move || {
+                    e.rules.compile(&content).map(|r| r.shop.to_string()).map_err(|e| {
+                        metrics::rule_push("push", "rejected");
+                        store_status(e)
+                    })
+                })
+                .await?;
+                self.check_served(&shop)?;
+                let record = RuleRecord {
+                    v: cluster::rules::VERSION,
+                    op: Op::Push { content: req.content },
+                    shop,
+                    expected: req.expected_revision,
+                    if_absent: false,
+                    origin: Origin::Push.as_str().to_string(),
+                    at_ms: now_ms,
+                };
+                through_log(log, &record, "push").await?
             }
+            _ => blocking("Push", move || {
+                engine
+                    .rules
+                    .push_expecting(&req.content, Origin::Push, req.dry_run, now_ms, req.expected_revision)
+                    .map_err(|e| {
+                        let result = if matches!(e, StoreError::Invalid(_)) {
+                            "rejected"
+                        } else {
+                            "failed"
+                        };
+                        metrics::rule_push("push", result);
+                        store_status(e)
+                    })
+            })
+            .await?,
+        };
+        let shop = served.rules.shop.to_string();
+        if req.dry_run {
+            metrics::rule_push("push", "dry_run");
+        } else {
+            metrics::rule_push("push", "accepted");
+            metrics::rule_revision(&shop, served.revision);
+            tracing::info!(shop, revision = served.revision, "rule set pushed");
+        }
+        let engine = self.engine.clone();
+        let dry_run = req.dry_run;
+        blocking("Push", move || {
             let index = engine.index.shop(&shop);
             let audiences = audience_sizes(&served.rules, index.as_deref(), now_ms)
                 .into_iter()
@@ -392,7 +446,7 @@ impl pb::rules_server::Rules for Service {
                 shop,
                 revision: served.revision,
                 audiences,
-                dry_run: req.dry_run,
+                dry_run,
             }))
         })
         .await
@@ -401,6 +455,7 @@ impl pb::rules_server::Rules for Service {
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let req = request.get_ref();
         let shop = required("shop", &req.shop)?;
+        self.check_served(shop)?;
         let (revision, serving) = self.engine.rules.get(shop, req.revision).map_err(store_status)?;
         Ok(Response::new(pb::GetResponse {
             shop: shop.to_string(),
@@ -413,6 +468,7 @@ impl pb::rules_server::Rules for Service {
     async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
         let req = request.get_ref();
         let shop = required("shop", &req.shop)?;
+        self.check_served(shop)?;
         let (revisions, serving) = self.engine.rules.list(shop).map_err(store_status)?;
         Ok(Response::new(pb::ListResponse {
             shop: shop.to_string(),
@@ -438,30 +494,81 @@ impl pb::rules_server::Rules for Service {
             ));
         }
         let engine = self.engine.clone();
-        blocking("Rollback", move || {
-            let revision = match engine.rules.rollback(&req.shop, req.revision, at(0)) {
-                Ok(r) => r,
-                Err(e) => {
+        let now_ms = at(0);
+        let revision = match engine.cluster.rules.get() {
+            Some(log) => {
+                self.check_served(&req.shop)?;
+                // NOT_FOUND here, before anything is written.
+                engine.rules.list(&req.shop).map_err(|e| {
                     metrics::rule_push("rollback", "failed");
-                    return Err(store_status(e));
-                }
-            };
-            metrics::rule_push("rollback", "accepted");
-            metrics::rule_revision(&req.shop, revision);
-            tracing::info!(
-                shop = req.shop,
-                revision,
-                restored_from = req.revision,
-                "rule set rolled back"
-            );
-            Ok(Response::new(pb::RollbackResponse {
-                shop: req.shop,
-                revision,
-                restored_from: req.revision,
-            }))
-        })
-        .await
+                    store_status(e)
+                })?;
+                let record = RuleRecord {
+                    v: cluster::rules::VERSION,
+                    op: Op::Rollback { to: req.revision },
+                    shop: req.shop.clone(),
+                    expected: req.expected_revision,
+                    if_absent: false,
+                    origin: Origin::Rollback.as_str().to_string(),
+                    at_ms: now_ms,
+                };
+                through_log(log, &record, "rollback").await?.revision
+            }
+            None => {
+                let (shop, to, expected) = (req.shop.clone(), req.revision, req.expected_revision);
+                blocking("Rollback", move || {
+                    engine.rules.rollback_expecting(&shop, to, now_ms, expected).map_err(|e| {
+                        metrics::rule_push("rollback", "failed");
+                        store_status(e)
+                    })
+                })
+                .await?
+            }
+        };
+        metrics::rule_push("rollback", "accepted");
+        metrics::rule_revision(&req.shop, revision);
+        tracing::info!(
+            shop = req.shop,
+            revision,
+            restored_from = req.revision,
+            "rule set rolled back"
+        );
+        Ok(Response::new(pb::RollbackResponse {
+            shop: req.shop,
+            revision,
+            restored_from: req.revision,
+        }))
     }
+}
+
+/// Writes a rule change to the rules topic and maps what applying it
+/// decided (or why there is no answer) to the call's result.
+async fn through_log(
+    log: &cluster::rules::RulesLog,
+    record: &RuleRecord,
+    origin: &'static str,
+) -> Result<Arc<crate::rules_store::Served>, Status> {
+    let outcome = log.change(record).await.map_err(|e| {
+        metrics::rule_push(origin, "failed");
+        Status::unavailable(format!("the rule change did not go through the rules topic: {e}"))
+    })?;
+    outcome.map(Applied::served).map_err(|refusal| {
+        let result = if matches!(refusal, Refusal::Invalid(_)) {
+            "rejected"
+        } else {
+            "failed"
+        };
+        metrics::rule_push(origin, result);
+        match refusal {
+            e @ Refusal::Mismatch { .. } => Status::aborted(e.to_string()),
+            Refusal::NotFound(m) => Status::not_found(m),
+            Refusal::Invalid(m) => invalid(m),
+            Refusal::Failed(m) => {
+                tracing::error!("rule store I/O failed: {m}");
+                Status::internal(format!("the change is in the rules topic but could not be persisted here: {m}"))
+            }
+        }
+    })
 }
 
 #[tonic::async_trait]
@@ -480,7 +587,7 @@ impl pb::audiences_server::Audiences for Service {
             let served = engine.rules.serving(shop);
             let index = engine.index.shop(shop);
             if served.is_none() && index.is_none() {
-                return Err(unknown_shop(shop));
+                return Err(missing_shop(&engine, shop));
             }
             let size = size_of_with(
                 served.as_deref().map(|s| &s.rules),

@@ -7,9 +7,11 @@
 //! * [`log`]: one thread per topic reads every partition in order.
 //! * [`topics`]: missing topics are created at start where the broker allows.
 //! * [`shops`]: `--shops`, the shops this replica holds and serves.
+//! * [`rules`]: rule changes through the rules topic.
 
 pub mod log;
 pub mod producer;
+pub mod rules;
 pub mod shops;
 pub mod topics;
 
@@ -22,6 +24,8 @@ use shops::Shops;
 pub struct Cluster {
     /// `--shops`.
     pub shops: Shops,
+    /// The rules topic (Push and Rollback go through it when set).
+    pub rules: std::sync::OnceLock<rules::RulesLog>,
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use vitrine_proto::v1 as pb;
 /// Pushes `file`; prints the new revision and audience sizes, or every error
 /// as `FILE:line:column: message`. Exit 1 for a rejected file, 2 when the
 /// push could not be made (unreadable file, server unreachable, refused).
-pub async fn run(file: &Path, addr: &str, token: Option<&str>, dry_run: bool) -> ExitCode {
+pub async fn run(file: &Path, addr: &str, token: Option<&str>, dry_run: bool, expected_revision: u64) -> ExitCode {
     let name = file.display();
     let content = match crate::rules_store::read_rule_file(file, vitrine_core::rules::Limits::default().max_file_bytes)
     {
@@ -32,7 +32,11 @@ pub async fn run(file: &Path, addr: &str, token: Option<&str>, dry_run: bool) ->
             return ExitCode::from(2);
         }
     };
-    let mut request = tonic::Request::new(pb::PushRequest { content, dry_run });
+    let mut request = tonic::Request::new(pb::PushRequest {
+        content,
+        dry_run,
+        expected_revision,
+    });
     if let Some(token) = token {
         match MetadataValue::try_from(format!("Bearer {token}")) {
             Ok(v) => {

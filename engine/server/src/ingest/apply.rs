@@ -169,7 +169,13 @@ pub(super) fn run(
                 rejected += 1;
                 continue;
             };
-            match Event::from_json(payload).and_then(|e| engine.admit(e)) {
+            let decoded = Event::from_json(payload);
+            if decoded.as_ref().is_ok_and(|e| !engine.cluster.shops.serves(&e.shop)) {
+                // Another replica group's shop (`--shops`): not an error.
+                crate::metrics::ingest_skipped_other_shop();
+                continue;
+            }
+            match decoded.and_then(|e| engine.admit(e)) {
                 Ok(event) => {
                     engine.apply(&event);
                     let age_ms = batch.now_ms.saturating_sub(event.ts).max(0);

@@ -53,6 +53,7 @@ fn push(content: &str) -> pb::PushRequest {
     pb::PushRequest {
         content: content.to_string(),
         dry_run: false,
+        expected_revision: 0,
     }
 }
 
@@ -294,6 +295,7 @@ async fn push_validates_dry_runs_lists_and_rolls_back() {
         .push(pb::PushRequest {
             content: v2.clone(),
             dry_run: true,
+            expected_revision: 0,
         })
         .await
         .unwrap()
@@ -314,6 +316,7 @@ async fn push_validates_dry_runs_lists_and_rolls_back() {
     let get = |revision| pb::GetRequest {
         shop: "apparel".into(),
         revision,
+        expected_revision: 0,
     };
     let g = c.rules.get(get(0)).await.unwrap().into_inner();
     assert_eq!((g.revision, g.serving, g.content.as_str()), (2, true, v2.as_str()));
@@ -334,6 +337,7 @@ async fn push_validates_dry_runs_lists_and_rolls_back() {
     let rollback = |revision| pb::RollbackRequest {
         shop: "apparel".into(),
         revision,
+        expected_revision: 0,
     };
     let r = c.rules.rollback(rollback(1)).await.unwrap().into_inner();
     assert_eq!((r.revision, r.restored_from), (3, 1));
@@ -432,6 +436,7 @@ async fn the_admin_token_guards_push_rollback_and_track() {
     let rollback = pb::RollbackRequest {
         shop: "apparel".into(),
         revision: 1,
+        expected_revision: 0,
     };
     assert_eq!(
         c.rules.rollback(rollback.clone()).await.unwrap_err().code(),

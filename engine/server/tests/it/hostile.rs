@@ -337,6 +337,7 @@ async fn rule_limits_come_from_the_configuration() {
         .push(pb::PushRequest {
             content: three.into(),
             dry_run: true,
+            expected_revision: 0,
         })
         .await
         .unwrap_err();

@@ -30,6 +30,7 @@ fn push(content: &str) -> pb::PushRequest {
     pb::PushRequest {
         content: content.to_string(),
         dry_run: false,
+        expected_revision: 0,
     }
 }
 
@@ -102,6 +103,7 @@ async fn a_restart_after_a_broken_edit_serves_the_last_good_revision() {
         .get(pb::GetRequest {
             shop: "apparel".into(),
             revision: 1,
+            expected_revision: 0,
         })
         .await
         .unwrap()
@@ -112,6 +114,7 @@ async fn a_restart_after_a_broken_edit_serves_the_last_good_revision() {
         .rollback(pb::RollbackRequest {
             shop: "apparel".into(),
             revision: 1,
+            expected_revision: 0,
         })
         .await
         .unwrap()
