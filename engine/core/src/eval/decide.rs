@@ -20,7 +20,8 @@ pub const AFFINITY_WINDOW: Window = Window {
     unit: Unit::Days,
 };
 
-/// The request's context (CONTRACT section 4); a missing value is "".
+/// The request's context (the `Context` message of `proto/vitrine/v1/vitrine.proto`);
+/// a missing value is "".
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Context<'a> {
     /// Page type, e.g. `home`, `item`.

@@ -1,5 +1,6 @@
-//! Rule files (CONTRACT section 1): YAML text in, a validated and compiled
-//! [`RuleSet`] out, or every error of the file with its `line:column`.
+//! Rule files (`rules/README.md` teaches the language): YAML text in, a
+//! validated and compiled [`RuleSet`] out, or every error of the file with
+//! its `line:column`.
 //!
 //! Loading goes parse (YAML to positioned nodes) -> validate (shape, ids,
 //! windows, timestamps, audience references and cycles, collecting every

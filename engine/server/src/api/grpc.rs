@@ -1,6 +1,7 @@
-//! The gRPC services of CONTRACT section 4: request validation, status codes,
-//! admin authorization, and the mapping between the wire messages and the
-//! engine core. Load shedding happens before a call gets here (`transport`).
+//! The gRPC services of `proto/vitrine/v1/vitrine.proto`: request
+//! validation, status codes, admin authorization, and the mapping between
+//! the wire messages and the engine core. Load shedding happens before a
+//! call gets here (`transport`).
 //!
 //! Status codes: user errors (a missing field, a broken rule file, a bad
 //! expression) are INVALID_ARGUMENT with a precise message; unknown shops,

@@ -1,4 +1,4 @@
-//! Kafka ingest (CONTRACT section 3): the behavior topic applied to the
+//! Kafka ingest (`docs/events.md`): the behavior topic applied to the
 //! audience index, at least once, state first.
 //!
 //! The key design choice: one dedicated OS thread runs a librdkafka

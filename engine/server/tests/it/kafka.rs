@@ -279,7 +279,8 @@ fn wait_caught_up(ingest: &Ingest) {
     wait_until("the consumer to catch up", || *rx.borrow());
 }
 
-/// Purchase totals per (shop, visitor), de-duplicated as CONTRACT section 3 says.
+/// Purchase totals per (shop, visitor), de-duplicated as `docs/events.md` says
+/// (by event id, else by item and ts).
 fn purchase_model(events: &[String]) -> HashMap<(String, String), (u32, f64)> {
     let mut seen = HashSet::new();
     let mut totals: HashMap<(String, String), (u32, f64)> = HashMap::new();
