@@ -14,14 +14,14 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use super::apply::{self, Ack, Reject, Rejects, SubBatch};
+use super::apply::{self, Ack, Rejects, SubBatch};
 use super::context::Context;
 use super::dead_letter::DeadLetter;
 use super::dead_letter::Source;
 use super::{Progress, RateLimited, BATCH};
 use crate::clock::now_ms;
 use crate::config::{KafkaConfig, KafkaStart};
-use crate::metrics::{KafkaErrorKind, KafkaMetrics};
+use crate::metrics::{KafkaErrorKind, KafkaMetrics, Rejected};
 use crate::state::Engine;
 
 /// The longest a poll waits for the first message of a batch; also how
@@ -485,7 +485,7 @@ impl State {
         match message.payload() {
             None => {
                 self.rejects
-                    .reject(source, Reject::Tombstone, "the message has no payload");
+                    .reject(source, Rejected::Tombstone, "the message has no payload");
                 sub.push_rejected(p, offset);
             }
             Some(payload) if payload.len() > self.max_message_bytes => {
@@ -494,7 +494,7 @@ impl State {
                     payload.len(),
                     self.max_message_bytes
                 );
-                self.rejects.reject(source, Reject::Oversized, &detail);
+                self.rejects.reject(source, Rejected::Oversized, &detail);
                 sub.push_rejected(p, offset);
             }
             Some(payload) => sub.push(p, offset, message.key(), payload),
