@@ -242,7 +242,12 @@ impl Worker {
         while messages < BATCH {
             let wait = if messages == 0 { POLL_WAIT } else { Duration::ZERO };
             match self.consumer.poll(wait) {
-                None => break,
+                None => {
+                    if messages == 0 {
+                        self.state.progress.idle_polls.fetch_add(1, Ordering::Release);
+                    }
+                    break;
+                }
                 Some(Ok(message)) => {
                     if messages == 0 {
                         now = now_ms();
@@ -475,6 +480,7 @@ impl State {
         }
         let state = &mut self.partitions[index];
         state.dispatched = state.dispatched.max(offset + 1);
+        self.progress.dispatched.fetch_add(1, Ordering::Release);
         let source = Source {
             topic: &self.topic,
             partition: p,
