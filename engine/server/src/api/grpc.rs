@@ -21,7 +21,7 @@ use vitrine_core::{audience_sizes, ClaimRequest, Context, DecideRequest, SizeErr
 use vitrine_proto::v1 as pb;
 
 use crate::clock::at;
-use crate::metrics;
+use crate::metrics::{self, PushResult};
 use crate::rules_store::{Origin, StoreError};
 use crate::state::Engine;
 
@@ -331,7 +331,7 @@ impl pb::benefits_server::Benefits for Service {
                     Status::already_exists(e.to_string())
                 }
                 ClaimError::Ledger(e) => {
-                    crate::metrics::journal_failed("claims");
+                    metrics::journal_failed(metrics::Journal::Claims);
                     tracing::error!("claim ledger failed: {e}");
                     Status::internal("the claim ledger failed; nothing was granted")
                 }
@@ -364,19 +364,19 @@ impl pb::rules_server::Rules for Service {
                 Ok(s) => s,
                 Err(e) => {
                     let result = if matches!(e, StoreError::Invalid(_)) {
-                        "rejected"
+                        PushResult::Rejected
                     } else {
-                        "failed"
+                        PushResult::Failed
                     };
-                    metrics::rule_push("push", result);
+                    metrics::rule_push(Origin::Push, result);
                     return Err(store_status(e));
                 }
             };
             let shop = served.rules.shop.to_string();
             if req.dry_run {
-                metrics::rule_push("push", "dry_run");
+                metrics::rule_push(Origin::Push, PushResult::DryRun);
             } else {
-                metrics::rule_push("push", "accepted");
+                metrics::rule_push(Origin::Push, PushResult::Accepted);
                 metrics::rule_revision(&shop, served.revision);
                 tracing::info!(shop, revision = served.revision, "rule set pushed");
             }
@@ -443,11 +443,11 @@ impl pb::rules_server::Rules for Service {
             let revision = match engine.rules.rollback(&req.shop, req.revision, at(0)) {
                 Ok(r) => r,
                 Err(e) => {
-                    metrics::rule_push("rollback", "failed");
+                    metrics::rule_push(Origin::Rollback, PushResult::Failed);
                     return Err(store_status(e));
                 }
             };
-            metrics::rule_push("rollback", "accepted");
+            metrics::rule_push(Origin::Rollback, PushResult::Accepted);
             metrics::rule_revision(&req.shop, revision);
             tracing::info!(
                 shop = req.shop,
