@@ -430,7 +430,7 @@ impl Iterator for Batches {
 
 /// The rule file of load-test shop `shop`: about 25 audiences using every
 /// kind of atom, banners, item pools, complements and five benefits with
-/// caps, budgets, holdouts and a time window. Valid per CONTRACT section 1.
+/// caps, budgets, holdouts and a time window. Valid per `rules/README.md`.
 pub fn rule_file(shop: usize, catalog: &Catalog) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.

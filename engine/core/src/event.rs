@@ -1,4 +1,4 @@
-//! Behavior events (CONTRACT section 3): decoding and validation.
+//! Behavior events (`docs/events.md`): decoding and validation.
 //!
 //! One JSON object per event. Decoding borrows from the input where it can,
 //! so the Kafka consumer can decode without copying strings. Unknown fields

@@ -1,4 +1,4 @@
-//! Vitrine's gRPC contract, generated from `proto/vitrine/v1/vitrine.proto`
+//! Vitrine's gRPC API, generated from `proto/vitrine/v1/vitrine.proto`
 //! with tonic and prost: shared by the server, its tests and the load
 //! generator, so both sides of every call are compiled from one file.
 

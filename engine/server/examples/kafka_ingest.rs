@@ -193,7 +193,7 @@ fn send(p: &BaseProducer<Deliveries>, topic: &str, key: &str, payload: &[u8]) {
     }
 }
 
-/// CONTRACT section 3 JSON of an event.
+/// The JSON of an event (`docs/events.md`).
 fn json(e: &Event<'_>, out: &mut String) {
     out.clear();
     let _ = write!(

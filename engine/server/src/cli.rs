@@ -63,7 +63,7 @@ pub enum KafkaCommand {
     },
 }
 
-/// `vitrine serve` flags (CONTRACT section 5).
+/// `vitrine serve` flags (README, "Operational surface").
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// gRPC listen address.

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use vitrine_core::{ClaimOutcome, RejectReason};
+use vitrine_core::{Action, ClaimOutcome, RejectReason};
+
+use crate::rules_store::Origin;
 
 /// `vitrine_decide_duration_seconds`
 pub const DECIDE_DURATION: &str = "vitrine_decide_duration_seconds";
@@ -77,14 +79,17 @@ pub const CLAIMS_COMPACTED_BYTES: &str = "vitrine_claims_compacted_bytes_total";
 /// `vitrine_claims_state_bytes`
 pub const CLAIMS_STATE_BYTES: &str = "vitrine_claims_state_bytes";
 
-/// Rejection reasons of the Kafka path, beside the core's five
-/// (`RejectReason`): a message over `--kafka-max-message-bytes`, and a
-/// message with no payload (a tombstone).
-pub const KAFKA_REJECT_REASONS: [&str; 2] = ["oversized", "tombstone"];
-
-/// Kafka error kinds: the client's own (broker connections, metadata,
-/// fetches), a failed offset store or commit, a failed dead-letter delivery.
-pub const KAFKA_ERROR_KINDS: [&str; 3] = ["client", "commit", "dead_letter"];
+/// The actions of `vitrine_ingest_events_applied_total`: every [`Action`]
+/// (the exhaustive match in the tests fails to compile when one is added).
+pub const ACTIONS: [Action; 7] = [
+    Action::View,
+    Action::Cart,
+    Action::Favorite,
+    Action::Purchase,
+    Action::Tag,
+    Action::Untag,
+    Action::Member,
+];
 
 /// Decide latency buckets, in seconds: fine below 1 ms, where the promise is.
 pub const DECIDE_BUCKETS: [f64; 14] = [
@@ -280,31 +285,84 @@ pub struct Metrics {
     pub items: SlotCounters,
     /// Benefit outcomes.
     pub benefit: SlotCounters,
-    /// Events applied, by action (index = `Action as usize`).
-    pub applied: [Counter; 7],
-    /// Events rejected, by reason (index = position in `RejectReason::ALL`).
-    pub rejected: [Counter; RejectReason::ALL.len()],
-    /// Kafka messages rejected before decoding, by reason (index = position
-    /// in [`KAFKA_REJECT_REASONS`]).
-    pub rejected_kafka: [Counter; 2],
-    /// Claims, by outcome (index = position in `ClaimOutcome::ALL`).
-    pub claims: [Counter; 6],
+    /// Events applied, by action.
+    pub applied: ByLabel<Action, 7>,
+    /// Events rejected, by reason: the core's and the Kafka path's.
+    pub rejected: ByLabel<Rejected, { RejectReason::ALL.len() + 2 }>,
+    /// Claims, by outcome.
+    pub claims: ByLabel<ClaimOutcome, { ClaimOutcome::ALL.len() }>,
+}
+
+/// Counters of one metric, one per value of a label enum, found by the value
+/// itself (never by a position kept in step elsewhere), so reordering a list
+/// or an enum cannot count under another label.
+#[derive(Debug, Clone)]
+pub struct ByLabel<K, const N: usize> {
+    counters: [(K, Counter); N],
+}
+
+impl<K: Copy + Eq, const N: usize> ByLabel<K, N> {
+    /// Registers (at zero) the counter `name{key=label(v)}` of every value `v`.
+    fn new(name: &'static str, key: &'static str, values: [K; N], label: fn(K) -> &'static str) -> Self {
+        ByLabel {
+            counters: values.map(|v| (v, metrics::counter!(name, key => label(v)))),
+        }
+    }
+
+    /// The counter of `value` (`None` only for a value left out at creation).
+    #[inline]
+    pub fn get(&self, value: K) -> Option<&Counter> {
+        self.counters.iter().find(|(v, _)| *v == value).map(|(_, c)| c)
+    }
+
+    /// Counts one under `value`'s label.
+    #[inline]
+    pub fn increment(&self, value: K) {
+        if let Some(c) = self.get(value) {
+            c.increment(1);
+        }
+    }
+}
+
+/// Why an event was not applied: the `reason` label of
+/// `vitrine_ingest_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// The core's validation said no.
+    Event(RejectReason),
+    /// A Kafka message over `--kafka-max-message-bytes`.
+    Oversized,
+    /// A Kafka message with no payload (a tombstone).
+    Tombstone,
+}
+
+impl Rejected {
+    /// Every reason, for pre-registering metrics.
+    pub const ALL: [Rejected; RejectReason::ALL.len() + 2] = {
+        let mut all = [Rejected::Oversized; RejectReason::ALL.len() + 2];
+        let mut i = 0;
+        while i < RejectReason::ALL.len() {
+            all[i] = Rejected::Event(RejectReason::ALL[i]);
+            i += 1;
+        }
+        all[i + 1] = Rejected::Tombstone;
+        all
+    };
+
+    /// The label value (also the dead-letter reason header).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejected::Event(r) => r.as_str(),
+            Rejected::Oversized => "oversized",
+            Rejected::Tombstone => "tombstone",
+        }
+    }
 }
 
 impl Metrics {
     /// Creates (and so registers, at zero) every handle. With no recorder
     /// installed, the handles are no-ops.
     pub fn new() -> Metrics {
-        use vitrine_core::Action;
-        let actions = [
-            Action::View,
-            Action::Cart,
-            Action::Favorite,
-            Action::Purchase,
-            Action::Tag,
-            Action::Untag,
-            Action::Member,
-        ];
         // Decide's shedding counters exist from the start, so an alert on
         // their rate has a series before the first overload.
         for reason in ShedReason::ALL {
@@ -315,25 +373,26 @@ impl Metrics {
             banner: SlotCounters::new("banner"),
             items: SlotCounters::new("items"),
             benefit: SlotCounters::new("benefit"),
-            applied: actions.map(|a| metrics::counter!(EVENTS_APPLIED, "action" => a.as_str())),
-            rejected: RejectReason::ALL.map(|r| metrics::counter!(EVENTS_REJECTED, "reason" => r.as_str())),
-            rejected_kafka: KAFKA_REJECT_REASONS.map(|r| metrics::counter!(EVENTS_REJECTED, "reason" => r)),
-            claims: ClaimOutcome::ALL.map(|c| metrics::counter!(CLAIMS, "result" => c.as_str())),
+            applied: ByLabel::new(EVENTS_APPLIED, "action", ACTIONS, Action::as_str),
+            rejected: ByLabel::new(EVENTS_REJECTED, "reason", Rejected::ALL, Rejected::as_str),
+            claims: ByLabel::new(CLAIMS, "result", ClaimOutcome::ALL, ClaimOutcome::as_str),
         }
     }
 
     /// Counts a rejected event.
-    pub fn reject(&self, reason: RejectReason) {
-        if let Some(i) = RejectReason::ALL.iter().position(|r| *r == reason) {
-            self.rejected[i].increment(1);
-        }
+    pub fn reject(&self, reason: impl Into<Rejected>) {
+        self.rejected.increment(reason.into());
     }
 
     /// Counts a claim.
     pub fn claim(&self, outcome: ClaimOutcome) {
-        if let Some(i) = ClaimOutcome::ALL.iter().position(|c| *c == outcome) {
-            self.claims[i].increment(1);
-        }
+        self.claims.increment(outcome);
+    }
+}
+
+impl From<RejectReason> for Rejected {
+    fn from(reason: RejectReason) -> Rejected {
+        Rejected::Event(reason)
     }
 }
 
@@ -353,19 +412,37 @@ pub struct KafkaMetrics {
     pub dead_lettered: Counter,
     /// 1 while a broker connection is up.
     pub up: Gauge,
-    /// Errors, by kind (index = position in [`KAFKA_ERROR_KINDS`]).
-    pub errors: [Counter; 3],
+    /// Errors, by kind.
+    pub errors: ByLabel<KafkaErrorKind, 3>,
 }
 
 /// A Kafka error kind, for [`KafkaMetrics::error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KafkaErrorKind {
     /// The client's own: broker connections, metadata, fetches.
-    Client = 0,
+    Client,
     /// A failed offset store or commit.
-    Commit = 1,
+    Commit,
     /// A failed dead-letter delivery.
-    DeadLetter = 2,
+    DeadLetter,
+}
+
+impl KafkaErrorKind {
+    /// Every kind, for pre-registering metrics.
+    pub const ALL: [KafkaErrorKind; 3] = [
+        KafkaErrorKind::Client,
+        KafkaErrorKind::Commit,
+        KafkaErrorKind::DeadLetter,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KafkaErrorKind::Client => "client",
+            KafkaErrorKind::Commit => "commit",
+            KafkaErrorKind::DeadLetter => "dead_letter",
+        }
+    }
 }
 
 impl KafkaMetrics {
@@ -375,13 +452,13 @@ impl KafkaMetrics {
             event_age: metrics::histogram!(INGEST_EVENT_AGE),
             dead_lettered: metrics::counter!(INGEST_DEAD_LETTERED),
             up: metrics::gauge!(KAFKA_UP),
-            errors: KAFKA_ERROR_KINDS.map(|k| metrics::counter!(KAFKA_ERRORS, "kind" => k)),
+            errors: ByLabel::new(KAFKA_ERRORS, "kind", KafkaErrorKind::ALL, KafkaErrorKind::as_str),
         }
     }
 
     /// Counts an error.
     pub fn error(&self, kind: KafkaErrorKind) {
-        self.errors[kind as usize].increment(1);
+        self.errors.increment(kind);
     }
 
     /// The lag gauge of one partition (partitions are few and fixed per topic).
@@ -396,9 +473,34 @@ impl Default for KafkaMetrics {
     }
 }
 
+/// What became of a rule file: the `result` label of `vitrine_rules_pushes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushResult {
+    /// Validated, compiled and served.
+    Accepted,
+    /// Invalid: the old rule set stays.
+    Rejected,
+    /// Validated and compiled, not served (`dry_run`).
+    DryRun,
+    /// Valid, but storing or swapping it failed (or the revision to roll back to is unknown).
+    Failed,
+}
+
+impl PushResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushResult::Accepted => "accepted",
+            PushResult::Rejected => "rejected",
+            PushResult::DryRun => "dry_run",
+            PushResult::Failed => "failed",
+        }
+    }
+}
+
 /// Counts a rule file outcome (rare: a per-call lookup is fine).
-pub fn rule_push(origin: &'static str, result: &'static str) {
-    metrics::counter!(RULE_PUSHES, "origin" => origin, "result" => result).increment(1);
+pub fn rule_push(origin: Origin, result: PushResult) {
+    metrics::counter!(RULE_PUSHES, "origin" => origin.as_str(), "result" => result.as_str()).increment(1);
 }
 
 /// A cluster topic, as a metric label.
@@ -500,8 +602,8 @@ pub fn restored(damaged: usize, seconds: f64) {
     for result in ["ok", "failed"] {
         metrics::counter!(SNAPSHOT_WRITES, "result" => result).increment(0);
     }
-    for journal in ["claims", "events"] {
-        metrics::counter!(JOURNAL_FAILURES, "journal" => journal).increment(0);
+    for journal in [Journal::Claims, Journal::Events] {
+        metrics::counter!(JOURNAL_FAILURES, "journal" => journal.as_str()).increment(0);
     }
     metrics::gauge!(STORAGE_FAULT).set(0.0);
     for result in ["ok", "failed"] {
@@ -527,9 +629,28 @@ pub fn claims_compacted(result: Option<(u64, u64)>) {
     }
 }
 
-/// A call refused because `journal` (`claims`, `events`) could not write.
-pub fn journal_failed(journal: &'static str) {
-    metrics::counter!(JOURNAL_FAILURES, "journal" => journal).increment(1);
+/// A journal whose failures `vitrine_journal_failures_total` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Journal {
+    /// The claims journal (Claim calls).
+    Claims,
+    /// The events journal (Track calls).
+    Events,
+}
+
+impl Journal {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Journal::Claims => "claims",
+            Journal::Events => "events",
+        }
+    }
+}
+
+/// A call refused because `journal` could not write.
+pub fn journal_failed(journal: Journal) {
+    metrics::counter!(JOURNAL_FAILURES, "journal" => journal.as_str()).increment(1);
 }
 
 /// A call of `method` refused before its handler ran.
@@ -618,6 +739,108 @@ mod tests {
         assert_eq!(
             out,
             "# HELP x_seconds How long?\n# TYPE x_seconds histogram\nx_seconds_bucket{le=\"0.00001\"} 2\nx_seconds_bucket{le=\"0.001\"} 3\nx_seconds_bucket{le=\"+Inf\"} 4\nx_seconds_sum 2.000515\nx_seconds_count 4\n"
+        );
+    }
+
+    /// Fails to compile when an action is added, as a reminder to list it in [`ACTIONS`].
+    fn listed(action: Action) -> bool {
+        match action {
+            Action::View
+            | Action::Cart
+            | Action::Favorite
+            | Action::Purchase
+            | Action::Tag
+            | Action::Untag
+            | Action::Member => ACTIONS.contains(&action),
+        }
+    }
+
+    /// The value of one series in `text` (a Prometheus exposition).
+    fn series(text: &str, series: &str) -> Option<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .map(str::to_string)
+    }
+
+    /// Issue 12: labels found by the enum value, not by an array position.
+    /// Each value is counted a different number of times (its position + 1),
+    /// so a handle filed under another label shows up as a wrong count.
+    #[test]
+    fn each_label_value_counts_under_its_own_label() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let (m, k) = metrics::with_local_recorder(&recorder, || (Metrics::new(), KafkaMetrics::new()));
+        assert!(ACTIONS.iter().all(|a| listed(*a)));
+        for (n, a) in ACTIONS.iter().enumerate() {
+            (0..=n).for_each(|_| m.applied.increment(*a));
+        }
+        for (n, r) in Rejected::ALL.iter().enumerate() {
+            (0..=n).for_each(|_| m.reject(*r));
+        }
+        for (n, c) in ClaimOutcome::ALL.iter().enumerate() {
+            (0..=n).for_each(|_| m.claim(*c));
+        }
+        for (n, e) in KafkaErrorKind::ALL.iter().enumerate() {
+            (0..=n).for_each(|_| k.error(*e));
+        }
+        let text = handle.render();
+        let get = |s: &str| series(&text, s).unwrap_or_else(|| panic!("{s} missing from\n{text}"));
+        let applied: Vec<String> = ["view", "cart", "favorite", "purchase", "tag", "untag", "member"]
+            .iter()
+            .map(|a| get(&format!("{EVENTS_APPLIED}{{action=\"{a}\"}}")))
+            .collect();
+        assert_eq!(applied, ["1", "2", "3", "4", "5", "6", "7"]);
+        let rejected: Vec<String> = [
+            "invalid_json",
+            "missing_field",
+            "wrong_type",
+            "unknown_action",
+            "invalid_value",
+            "too_long",
+            "unknown_shop",
+            "oversized",
+            "tombstone",
+        ]
+        .iter()
+        .map(|r| get(&format!("{EVENTS_REJECTED}{{reason=\"{r}\"}}")))
+        .collect();
+        assert_eq!(rejected, ["1", "2", "3", "4", "5", "6", "7", "8", "9"]);
+        let claims: Vec<String> = ClaimOutcome::ALL
+            .iter()
+            .map(|c| get(&format!("{CLAIMS}{{result=\"{}\"}}", c.as_str())))
+            .collect();
+        assert_eq!(claims, ["1", "2", "3", "4", "5", "6"]);
+        let errors: Vec<String> = ["client", "commit", "dead_letter"]
+            .iter()
+            .map(|e| get(&format!("{KAFKA_ERRORS}{{kind=\"{e}\"}}")))
+            .collect();
+        assert_eq!(errors, ["1", "2", "3"]);
+    }
+
+    #[test]
+    fn rule_pushes_and_journal_failures_carry_their_label_values() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            rule_push(Origin::Push, PushResult::DryRun);
+            rule_push(Origin::Rollback, PushResult::Failed);
+            rule_push(Origin::Rollback, PushResult::Failed);
+            rule_push(Origin::File, PushResult::Rejected);
+            rule_push(Origin::Push, PushResult::Accepted);
+            journal_failed(Journal::Events);
+        });
+        let text = handle.render();
+        let mut lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
+        lines.sort_unstable();
+        assert_eq!(
+            lines,
+            [
+                "vitrine_journal_failures_total{journal=\"events\"} 1",
+                "vitrine_rules_pushes_total{origin=\"file\",result=\"rejected\"} 1",
+                "vitrine_rules_pushes_total{origin=\"push\",result=\"accepted\"} 1",
+                "vitrine_rules_pushes_total{origin=\"push\",result=\"dry_run\"} 1",
+                "vitrine_rules_pushes_total{origin=\"rollback\",result=\"failed\"} 2",
+            ]
         );
     }
 }

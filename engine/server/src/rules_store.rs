@@ -255,7 +255,9 @@ pub enum StoreError {
         serving: u64,
     },
     /// `--shops` leaves the shop to another replica group (FAILED_PRECONDITION).
-    #[error("shop `{shop}` is not served by this replica (--shops {shops}): send it to the replica group that serves it")]
+    #[error(
+        "shop `{shop}` is not served by this replica (--shops {shops}): send it to the replica group that serves it"
+    )]
     NotServed {
         /// The shop.
         shop: String,
@@ -1245,7 +1247,10 @@ impl RuleStore {
                 Err(e) => report.problem(
                     ProblemKind::Failed,
                     path,
-                    format!("differs from revision {} the rules topic serves, and cannot be rewritten: {e}", served.revision),
+                    format!(
+                        "differs from revision {} the rules topic serves, and cannot be rewritten: {e}",
+                        served.revision
+                    ),
                 ),
             },
             Some(served) => report.proposals.push(Proposal {
@@ -1778,5 +1783,242 @@ mod tests {
         assert_eq!(fs::read(&target).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, [std::ffi::OsString::from("t.yaml")]);
+    }
+
+    /// Decodes a stem (test only): proves the escaping one-to-one.
+    fn unescape(stem: &str) -> Vec<u8> {
+        let b = stem.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' {
+                out.push(u8::from_str_radix(&stem[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// Issue 12: names that differ only in case or punctuation, reserved
+    /// names and names with `/` or NUL map to distinct, safe, bounded stems.
+    #[test]
+    fn file_name_stems_never_collide_and_are_never_paths() {
+        let names = [
+            "shop", "Shop", "SHOP", "sh.op", "sh-op", "sh_op", "sh op", "sh%20op", "sh/op", "sh%2Fop", "sh\\op",
+            ".shop", "%2Eshop", ".", "..", "...", "a.", "a..b", "a\0", "a%00", "~", "a~1", "CON", "nul", "é",
+            "e\u{301}",
+        ];
+        let stems: Vec<String> = names.iter().map(|n| file_name_stem(n)).collect();
+        assert_eq!(
+            stems,
+            [
+                "shop",
+                "Shop",
+                "SHOP",
+                "sh.op",
+                "sh-op",
+                "sh_op",
+                "sh%20op",
+                "sh%2520op",
+                "sh%2Fop",
+                "sh%252Fop",
+                "sh%5Cop",
+                "%2Eshop",
+                "%252Eshop",
+                "%2E",
+                "%2E.",
+                "%2E..",
+                "a.",
+                "a..b",
+                "a%00",
+                "a%2500",
+                "%7E",
+                "a%7E1",
+                "CON",
+                "nul",
+                "%C3%A9",
+                "e%CC%81",
+            ]
+        );
+        let distinct: HashSet<&String> = stems.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "{stems:?}");
+        for (name, stem) in names.iter().zip(&stems) {
+            assert_eq!(unescape(stem), name.as_bytes(), "{stem} decodes back");
+            assert!(
+                stem.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-%".contains(&b)),
+                "{stem}: only [A-Za-z0-9_.-%]"
+            );
+            assert!(!stem.starts_with('.'), "{stem}: never hidden, never . or ..");
+            assert!(stem.len() <= 3 * name.len());
+        }
+        // Bounded: the worst accepted name (every byte escaped) is 3 bytes a byte.
+        let worst = "/".repeat(MAX_SHOP_BYTES);
+        check_shop_name(&worst).unwrap();
+        assert_eq!(file_name_stem(&worst).len(), 3 * MAX_SHOP_BYTES);
+    }
+
+    /// Shops whose names differ only in case or punctuation get files of
+    /// their own (on a case-insensitive file system `Shop` takes `~1`).
+    #[test]
+    fn shops_differing_in_case_or_punctuation_get_files_of_their_own() {
+        let dir = TempDir::new("store-case");
+        let store = store(&dir);
+        store.sync_dir(NOW);
+        for (i, shop) in ["shop", "Shop", "sh.op", "\"sh/op\"", "\"..\""].iter().enumerate() {
+            store
+                .push(&rules(shop, "b"), Origin::Push, false, NOW + i as i64)
+                .unwrap();
+        }
+        let mut files: Vec<String> = fs::read_dir(dir.0.join("rules"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        let case_insensitive = !files.contains(&"Shop.yaml".to_string());
+        let mut want = vec!["%2E..yaml", "sh%2Fop.yaml", "sh.op.yaml", "shop.yaml"];
+        want.push(if case_insensitive { "Shop~1.yaml" } else { "Shop.yaml" });
+        want.sort_unstable();
+        assert_eq!(files, want);
+        // A restart reads each back as its own shop.
+        let again = RuleStore::new(&dir.0.join("rules"), &dir.0.join("data"));
+        assert!(again.sync_dir(NOW + 9).problems.is_empty());
+        let mut shops: Vec<String> = again.shops().into_iter().map(|(s, _)| s).collect();
+        shops.sort();
+        assert_eq!(shops, ["..", "Shop", "sh.op", "sh/op", "shop"]);
+    }
+
+    #[test]
+    fn revision_file_names_round_trip_and_strangers_are_ignored() {
+        let info = RevisionInfo {
+            revision: 7,
+            created_ms: NOW,
+            origin: Origin::Rollback,
+        };
+        assert_eq!(info.file_name(), "0000000007-rollback-1795132800000.yaml");
+        assert_eq!(RevisionInfo::parse_file_name(&info.file_name()), Some(info));
+        let before_1970 = RevisionInfo {
+            revision: 1,
+            created_ms: -5,
+            origin: Origin::File,
+        };
+        assert_eq!(
+            RevisionInfo::parse_file_name(&before_1970.file_name()),
+            Some(before_1970)
+        );
+        for stranger in [
+            "notes.txt",
+            "0000000001-push-1.yml",
+            "0000000001-bogus-1.yaml",
+            "x-push-1.yaml",
+            "0000000001-push.yaml",
+            "0000000001-push-soon.yaml",
+            ".yaml",
+        ] {
+            assert_eq!(RevisionInfo::parse_file_name(stranger), None, "{stranger}");
+        }
+    }
+
+    /// Issue 12: history, get and rollback, across a restart.
+    #[test]
+    fn rollback_serves_an_old_text_as_a_new_revision_and_history_survives_a_restart() {
+        let dir = TempDir::new("store-rollback");
+        let store = store(&dir);
+        store.sync_dir(NOW);
+        let push = |store: &RuleStore, banner: &str, dry_run: bool, at: i64| {
+            store
+                .push(&rules("s", banner), Origin::Push, dry_run, at)
+                .unwrap()
+                .revision
+        };
+        assert_eq!(push(&store, "one", false, NOW), 1);
+        assert_eq!(push(&store, "two", false, NOW + 1), 2);
+        // A dry run answers the revision it would get, and changes nothing.
+        assert_eq!(push(&store, "dry", true, NOW + 2), 3);
+        assert_eq!(
+            (store.serving("s").unwrap().revision, banner_of(&store, "s")),
+            (2, "banner: two".into())
+        );
+        assert_eq!(store.rollback("s", 1, NOW + 3).unwrap(), 3);
+        assert_eq!(banner_of(&store, "s"), "banner: one");
+        assert_eq!(
+            fs::read_to_string(dir.0.join("rules/s.yaml")).unwrap(),
+            rules("s", "one")
+        );
+        let history = |store: &RuleStore| {
+            let (revisions, serving) = store.list("s").unwrap();
+            let list: Vec<(u64, Origin, i64)> =
+                revisions.iter().map(|r| (r.revision, r.origin, r.created_ms)).collect();
+            (list, serving)
+        };
+        let want = (
+            vec![
+                (1, Origin::Push, NOW),
+                (2, Origin::Push, NOW + 1),
+                (3, Origin::Rollback, NOW + 3),
+            ],
+            3,
+        );
+        assert_eq!(history(&store), want);
+        let (two, serving) = store.get("s", 2).unwrap();
+        assert_eq!((&*two.content, serving), (rules("s", "two").as_str(), false));
+        let (current, serving) = store.get("s", 0).unwrap();
+        assert_eq!(
+            (current.revision, &*current.content, serving),
+            (3, rules("s", "one").as_str(), true)
+        );
+        assert!(matches!(
+            store.rollback("s", 9, NOW + 4),
+            Err(StoreError::UnknownRevision { revision: 9, .. })
+        ));
+        assert!(matches!(store.rollback("t", 1, NOW + 4), Err(StoreError::UnknownShop(s)) if s == "t"));
+        assert!(matches!(
+            store.get("s", 4),
+            Err(StoreError::UnknownRevision { revision: 4, .. })
+        ));
+        drop(store);
+
+        // A restart: the same history, and numbering continues after it.
+        let again = RuleStore::new(&dir.0.join("rules"), &dir.0.join("data"));
+        again.sync_dir(NOW + 5);
+        assert_eq!(history(&again), want);
+        assert_eq!(&*again.get("s", 2).unwrap().0.content, rules("s", "two"));
+        assert_eq!(again.rollback("s", 2, NOW + 6).unwrap(), 4);
+        assert_eq!(banner_of(&again, "s"), "banner: two");
+    }
+
+    /// Issue 12: at start-up, of several files naming one shop, the first
+    /// by name serves; the others are reported once, as duplicates.
+    #[test]
+    fn the_rescan_at_start_up_lets_the_first_file_by_name_win() {
+        let dir = TempDir::new("store-rescan");
+        fs::create_dir_all(dir.0.join("rules")).unwrap();
+        for (file, banner) in [("c.yaml", "c"), ("a.yaml", "a"), ("b.yaml", "b")] {
+            fs::write(dir.0.join("rules").join(file), rules("s", banner)).unwrap();
+        }
+        fs::write(dir.0.join("rules/other.yaml"), rules("t", "t")).unwrap();
+        fs::write(dir.0.join("rules/notes.txt"), "not a rule file").unwrap();
+        let store = store(&dir);
+        let report = store.sync_dir(NOW);
+        assert_eq!(banner_of(&store, "s"), "banner: a");
+        assert_eq!(banner_of(&store, "t"), "banner: t");
+        let mut swapped = report.swapped.clone();
+        swapped.sort();
+        assert_eq!(swapped, [("s".to_string(), 1), ("t".to_string(), 1)]);
+        let problems: Vec<(ProblemKind, PathBuf)> = report.problems.iter().map(|p| (p.kind, p.path.clone())).collect();
+        assert_eq!(
+            problems,
+            [
+                (ProblemKind::Duplicate, dir.0.join("rules/b.yaml")),
+                (ProblemKind::Duplicate, dir.0.join("rules/c.yaml")),
+            ]
+        );
+        assert_eq!(store.counters().files_duplicate, 2);
+        // A rescan with nothing changed reports nothing and swaps nothing.
+        let quiet = store.sync_dir(NOW + 1);
+        assert_eq!((quiet.swapped.len(), quiet.problems.len()), (0, 0));
+        assert_eq!(store.counters().files_duplicate, 2);
     }
 }

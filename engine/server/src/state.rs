@@ -182,7 +182,7 @@ impl Engine {
             }
             let durable = log.append(&valid).and_then(|lsn| log.wait(lsn));
             if let Err(e) = durable {
-                metrics::journal_failed("events");
+                metrics::journal_failed(metrics::Journal::Events);
                 return Err(TrackError(e.to_string()));
             }
         }
@@ -209,7 +209,7 @@ impl Engine {
     /// seeder have their own log).
     pub fn apply(&self, event: &Event<'_>) {
         self.index.apply(event);
-        self.metrics.applied[event.action as usize].increment(1);
+        self.metrics.applied.increment(event.action);
     }
 
     /// The events-journal LSN up to which every Track event is applied

@@ -20,7 +20,8 @@ pub const AFFINITY_WINDOW: Window = Window {
     unit: Unit::Days,
 };
 
-/// The request's context (CONTRACT section 4); a missing value is "".
+/// The request's context (the `Context` message of `proto/vitrine/v1/vitrine.proto`);
+/// a missing value is "".
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Context<'a> {
     /// Page type, e.g. `home`, `item`.
@@ -609,4 +610,498 @@ pub fn claim(
         budget: b.budget,
         denied,
     })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::claims::{MemoryLedger, Usage};
+    use crate::event::{Event, Fields};
+
+    const DAY: i64 = 86_400_000;
+    /// 2026-11-10T15:45:00Z.
+    const NOW: i64 = 1_794_325_500_000;
+
+    const RULES: &str = r#"shop: s
+audiences:
+  carter: carted(7d)
+  vip: member_tier >= 4
+  south: ctx.region == "south"
+banners:
+  - when: vip
+    banner: vip-gold
+  - when: carter
+    banner: your-cart
+  - when: south
+    banner: welcome-south
+  - banner: default
+items:
+  limit: 4
+  exclude_purchased: 30d
+  pools:
+    - when: carter
+      items: [sku-c1, sku-c2]
+    - when: vip
+      items: [sku-v1]
+    - items: [sku-1, sku-2, sku-c1, sku-3, sku-4, sku-5]
+  complements:
+    sku-1: [sku-1, sku-9, sku-2]
+benefits:
+  - id: capped
+    when: carter
+    kind: coupon
+    cap: { per_visitor: 1, window: 30d }
+  - id: open
+    kind: points
+"#;
+
+    fn event(visitor: &str, action: &str, item: Option<&str>, category: Option<&str>, ts: i64) -> Event<'static> {
+        Event::validate(Fields {
+            shop: Some("s".into()),
+            visitor: Some(visitor.to_string().into()),
+            action: Some(action.to_string().into()),
+            item: item.map(|s| s.to_string().into()),
+            category: category.map(|s| s.to_string().into()),
+            price: (action == "purchase").then_some(10.0),
+            tier: (action == "member").then_some(5),
+            ts: Some(ts),
+            ..Fields::default()
+        })
+        .unwrap()
+    }
+
+    /// A ledger that reports fixed usage and remembers the window it was asked about.
+    struct FixedUsage {
+        usage: Usage,
+        asked_since: Mutex<Vec<Option<i64>>>,
+    }
+
+    impl FixedUsage {
+        fn new(total: u64, visitor_in_window: u32) -> FixedUsage {
+            FixedUsage {
+                usage: Usage {
+                    total,
+                    visitor_in_window,
+                },
+                asked_since: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    impl ClaimLedger for FixedUsage {
+        fn usage(&self, _: &str, _: &str, _: &str, since_ms: Option<i64>) -> Usage {
+            self.asked_since.lock().unwrap().push(since_ms);
+            self.usage
+        }
+        fn claim(&self, _: &LedgerClaim<'_>) -> Result<ClaimOutcome, LedgerError> {
+            unreachable!("decide never claims")
+        }
+    }
+
+    fn decide_at<'r>(
+        rules: &'r RuleSet,
+        shop: Option<&ShopIndex>,
+        visitor: &str,
+        context: Context<'_>,
+    ) -> Decision<'r> {
+        decide(
+            rules,
+            shop,
+            &MemoryLedger::new(),
+            &DecideRequest {
+                visitor,
+                context,
+                explain: true,
+                now_ms: NOW,
+                ..DecideRequest::default()
+            },
+        )
+    }
+
+    fn steps(d: &Decision<'_>, slot: Slot) -> Vec<(String, StepOutcome)> {
+        let e = d.explanation.as_ref().unwrap();
+        e.steps
+            .iter()
+            .filter(|s| s.slot == slot)
+            .map(|s| (s.entry.clone(), s.outcome))
+            .collect()
+    }
+
+    fn items<'r>(d: &Decision<'r>) -> Vec<(&'r str, ItemReason)> {
+        d.items.iter().map(|p| (p.id, p.reason)).collect()
+    }
+
+    #[test]
+    fn context_reads_each_key_and_a_missing_attribute_as_empty() {
+        let attributes: HashMap<String, String> = [("campaign".to_string(), "bf".to_string())].into();
+        let ctx = Context {
+            page: "item",
+            item: "sku-1",
+            region: "south",
+            device: "mobile",
+            channel: "email",
+            attributes: Some(&attributes),
+        };
+        let keys = [
+            CtxKey::Page,
+            CtxKey::Item,
+            CtxKey::Region,
+            CtxKey::Device,
+            CtxKey::Channel,
+            CtxKey::Attr("campaign".into()),
+            CtxKey::Attr("absent".into()),
+        ];
+        assert_eq!(
+            keys.iter().map(|k| ctx.get(k)).collect::<Vec<_>>(),
+            ["item", "sku-1", "south", "mobile", "email", "bf", ""]
+        );
+        assert_eq!(Context::default().get(&CtxKey::Attr("campaign".into())), "");
+    }
+
+    #[test]
+    fn the_first_matching_banner_wins_and_later_ones_are_not_looked_at() {
+        let rules = RuleSet::load(RULES).unwrap();
+        let shop = ShopIndex::new("s");
+        shop.apply(&event("v", "cart", Some("sku-c1"), None, NOW - DAY));
+        let south = Context {
+            region: "south",
+            ..Context::default()
+        };
+        // A carter in the south: `your-cart` comes first in the file.
+        let d = decide_at(&rules, Some(&shop), "v", south);
+        assert_eq!(d.banner, Some("your-cart"));
+        assert_eq!(
+            steps(&d, Slot::Banner),
+            [
+                ("banners[0] vip-gold".to_string(), StepOutcome::NotMatched),
+                ("banners[1] your-cart".to_string(), StepOutcome::Chosen),
+            ]
+        );
+        assert_eq!(d.explanation.unwrap().audiences, ["carter", "south"]);
+        // Becoming a VIP puts the first entry first.
+        shop.apply(&event("v", "member", None, None, NOW - DAY));
+        let d = decide_at(&rules, Some(&shop), "v", south);
+        assert_eq!(d.banner, Some("vip-gold"));
+        assert_eq!(
+            steps(&d, Slot::Banner),
+            [("banners[0] vip-gold".to_string(), StepOutcome::Chosen)]
+        );
+        assert_eq!(d.explanation.unwrap().audiences, ["carter", "vip", "south"]);
+    }
+
+    #[test]
+    fn anonymous_unknown_and_no_index_visitors_decide_alike() {
+        let rules = RuleSet::load(RULES).unwrap();
+        let shop = ShopIndex::new("s");
+        shop.apply(&event("known", "view", Some("sku-1"), Some("tops"), NOW - DAY));
+        let south = Context {
+            region: "south",
+            ..Context::default()
+        };
+        let answers: Vec<_> = [
+            decide_at(&rules, Some(&shop), "", south),
+            decide_at(&rules, Some(&shop), "stranger", south),
+            decide_at(&rules, None, "stranger", south),
+        ]
+        .iter()
+        .map(|d| {
+            (
+                d.banner,
+                items(d).into_iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>(),
+                d.benefit.map(|b| b.id.to_string()),
+                d.explanation.clone().unwrap().audiences,
+            )
+        })
+        .collect();
+        let expected = (
+            Some("welcome-south"),
+            vec!["sku-1".to_string(), "sku-2".into(), "sku-c1".into(), "sku-3".into()],
+            Some("open".to_string()),
+            vec!["south".to_string()],
+        );
+        assert_eq!(answers, [expected.clone(), expected.clone(), expected]);
+    }
+
+    #[test]
+    fn an_empty_profile_matches_nothing_behavioral() {
+        // A visitor known to the index (a tag event) with no behavior at all.
+        let rules = RuleSet::load(RULES).unwrap();
+        let shop = ShopIndex::new("s");
+        shop.apply(
+            &Event::validate(Fields {
+                shop: Some("s".into()),
+                visitor: Some("tagged".into()),
+                action: Some("tag".into()),
+                tag: Some("x".into()),
+                ts: Some(NOW - DAY),
+                ..Fields::default()
+            })
+            .unwrap(),
+        );
+        let d = decide_at(&rules, Some(&shop), "tagged", Context::default());
+        assert_eq!(d.banner, Some("default"));
+        assert_eq!(d.explanation.unwrap().audiences, Vec::<String>::new());
+        assert_eq!(
+            items(&decide_at(&rules, Some(&shop), "tagged", Context::default())),
+            [
+                ("sku-1", ItemReason::Pool),
+                ("sku-2", ItemReason::Pool),
+                ("sku-c1", ItemReason::Pool),
+                ("sku-3", ItemReason::Pool),
+            ]
+        );
+    }
+
+    #[test]
+    fn complements_come_first_without_the_context_item_or_duplicates() {
+        let rules = RuleSet::load(RULES).unwrap();
+        let ctx = Context {
+            item: "sku-1",
+            ..Context::default()
+        };
+        let d = decide_at(&rules, None, "", ctx);
+        // sku-1 is the page's item (skipped in complements and pools); sku-2
+        // is a complement, so the pool does not repeat it.
+        assert_eq!(
+            items(&d),
+            [
+                ("sku-9", ItemReason::Complement),
+                ("sku-2", ItemReason::Complement),
+                ("sku-c1", ItemReason::Pool),
+                ("sku-3", ItemReason::Pool),
+            ]
+        );
+        assert_eq!(
+            steps(&d, Slot::Items),
+            [
+                ("complements of sku-1".to_string(), StepOutcome::Contributed),
+                ("pools[0]".to_string(), StepOutcome::NotMatched),
+                ("pools[1]".to_string(), StepOutcome::NotMatched),
+                ("pools[2]".to_string(), StepOutcome::Contributed),
+            ]
+        );
+        // A smaller limit asked for cuts complements too; 0 means the file's.
+        let ask = |item_limit| {
+            decide(
+                &rules,
+                None,
+                &MemoryLedger::new(),
+                &DecideRequest {
+                    context: ctx,
+                    item_limit,
+                    now_ms: NOW,
+                    ..DecideRequest::default()
+                },
+            )
+            .items
+            .iter()
+            .map(|p| p.id)
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(ask(1), ["sku-9"]);
+        assert_eq!(ask(0).len(), 4);
+        assert_eq!(ask(100), ["sku-9", "sku-2", "sku-c1", "sku-3", "sku-4", "sku-5"]);
+    }
+
+    #[test]
+    fn matching_pools_rank_carts_first_and_skip_recent_purchases() {
+        let rules = RuleSet::load(RULES).unwrap();
+        let shop = ShopIndex::new("s");
+        shop.apply(&event("v", "cart", Some("sku-c2"), None, NOW - DAY));
+        shop.apply(&event("v", "purchase", Some("sku-1"), None, NOW - 2 * DAY));
+        // Bought 40 days ago: outside exclude_purchased (30d), shown again.
+        shop.apply(&event("v", "purchase", Some("sku-2"), None, NOW - 40 * DAY));
+        let d = decide_at(&rules, Some(&shop), "v", Context::default());
+        assert_eq!(
+            items(&d),
+            [
+                ("sku-c2", ItemReason::InCart),
+                ("sku-c1", ItemReason::Pool),
+                ("sku-2", ItemReason::Pool),
+                ("sku-3", ItemReason::Pool),
+            ]
+        );
+        assert_eq!(
+            steps(&d, Slot::Items),
+            [
+                ("pools[0]".to_string(), StepOutcome::Contributed),
+                ("pools[1]".to_string(), StepOutcome::NotMatched),
+                ("pools[2]".to_string(), StepOutcome::Contributed),
+            ]
+        );
+    }
+
+    #[test]
+    fn judge_orders_signals_cart_over_favorite_over_category_over_popularity() {
+        let shop = ShopIndex::new("s");
+        shop.apply(&event("v", "cart", Some("carted"), Some("c"), NOW - DAY));
+        shop.apply(&event("v", "favorite", Some("faved"), Some("c"), NOW - DAY));
+        // Carted and then bought (3 days ago, outside a 1-day exclusion): no longer "in cart".
+        shop.apply(&event("v", "cart", Some("bought"), Some("other"), NOW - 4 * DAY));
+        shop.apply(&event("v", "purchase", Some("bought"), Some("other"), NOW - 3 * DAY));
+        shop.apply(&event("v", "view", Some("seen"), Some("c"), NOW - DAY));
+        shop.apply(&event("v", "view", Some("seen2"), Some("c"), NOW - 2 * DAY));
+        shop.apply(&event("x", "view", Some("in-c"), Some("c"), NOW - 40 * DAY));
+        shop.apply(&event("x", "purchase", Some("hot"), None, NOW - DAY));
+        shop.apply(&event("y", "purchase", Some("hot"), None, NOW - DAY));
+        shop.apply(&event("x", "view", Some("cold"), None, NOW - DAY));
+        let id = shop.visitor_id("v").unwrap();
+        let exclude = Some(Window {
+            amount: 1,
+            unit: Unit::Days,
+        });
+        let judged = shop.with_profile(id, |p| {
+            let s = Signals::of(Some(&shop), p, exclude, NOW);
+            ["carted", "faved", "bought", "in-c", "hot", "cold", "never-seen"].map(|i| s.judge(i))
+        });
+        assert_eq!(
+            judged,
+            [
+                Some((ItemReason::InCart, 0)),
+                Some((ItemReason::Favorited, 0)),
+                // Carted, then bought: no longer in the cart; its category
+                // saw no views (carts and purchases are not views), and its
+                // one purchase in the last 7 days makes it popular.
+                Some((ItemReason::Popular, 1)),
+                // Two views of category `c` (seen, seen2).
+                Some((ItemReason::ViewedCategory, 2)),
+                Some((ItemReason::Popular, 2)),
+                Some((ItemReason::Pool, 0)),
+                Some((ItemReason::Pool, 0)),
+            ]
+        );
+        // Within the exclusion window, a purchase hides the item.
+        let exclude = Some(Window {
+            amount: 7,
+            unit: Unit::Days,
+        });
+        let bought = shop.with_profile(id, |p| Signals::of(Some(&shop), p, exclude, NOW).judge("bought"));
+        assert_eq!(bought, None);
+    }
+
+    fn benefit(rules: &RuleSet, id: &str) -> Benefit {
+        rules.benefit(id).unwrap().clone()
+    }
+
+    #[test]
+    fn a_benefit_window_includes_its_start_and_excludes_its_end() {
+        let rules = RuleSet::load(RULES).unwrap();
+        let b = Benefit {
+            starts: Some(NOW),
+            ends: Some(NOW + DAY),
+            ..benefit(&rules, "open")
+        };
+        let ledger = FixedUsage::new(0, 0);
+        let at = |t| offer(&rules, &b, "v", t, &ledger);
+        assert_eq!(
+            [at(NOW - 1), at(NOW), at(NOW + DAY - 1), at(NOW + DAY)],
+            [
+                StepOutcome::OutsideWindow,
+                StepOutcome::Chosen,
+                StepOutcome::Chosen,
+                StepOutcome::OutsideWindow
+            ]
+        );
+    }
+
+    #[test]
+    fn a_capped_benefit_needs_a_visitor_and_reads_usage_over_its_window() {
+        let rules = RuleSet::load(RULES).unwrap();
+        let capped = benefit(&rules, "capped");
+        let fresh = FixedUsage::new(0, 0);
+        assert_eq!(offer(&rules, &capped, "", NOW, &fresh), StepOutcome::NeedsVisitor);
+        assert_eq!(offer(&rules, &capped, "v", NOW, &fresh), StepOutcome::Chosen);
+        assert_eq!(*fresh.asked_since.lock().unwrap(), [Some(NOW - 30 * DAY)]);
+        assert_eq!(
+            offer(&rules, &capped, "v", NOW, &FixedUsage::new(1, 1)),
+            StepOutcome::CapReached
+        );
+        // A budget alone: anonymous visitors may see it, until it is spent.
+        let budgeted = Benefit {
+            budget: Some(3),
+            ..benefit(&rules, "open")
+        };
+        let used = FixedUsage::new(2, 0);
+        assert_eq!(offer(&rules, &budgeted, "", NOW, &used), StepOutcome::Chosen);
+        assert_eq!(*used.asked_since.lock().unwrap(), [None]);
+        assert_eq!(
+            offer(&rules, &budgeted, "", NOW, &FixedUsage::new(3, 0)),
+            StepOutcome::BudgetExhausted
+        );
+        // Neither: the ledger is not asked.
+        let open = FixedUsage::new(u64::MAX, u32::MAX);
+        assert_eq!(
+            offer(&rules, &benefit(&rules, "open"), "", NOW, &open),
+            StepOutcome::Chosen
+        );
+        assert!(open.asked_since.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn holdout_follows_the_stable_bucket_of_shop_benefit_and_visitor() {
+        let rules = RuleSet::load(RULES).unwrap();
+        let half = Benefit {
+            holdout_bp: 5_000,
+            ..benefit(&rules, "open")
+        };
+        let ledger = FixedUsage::new(0, 0);
+        let outcomes: Vec<StepOutcome> = (0..40)
+            .map(|i| offer(&rules, &half, &format!("v-{i}"), NOW, &ledger))
+            .collect();
+        let expected: Vec<StepOutcome> = (0..40)
+            .map(|i| match held_out("s", "open", &format!("v-{i}"), 5_000) {
+                true => StepOutcome::HeldOut,
+                false => StepOutcome::Chosen,
+            })
+            .collect();
+        assert_eq!(outcomes, expected);
+        // Deterministic, and both groups are present among 40 visitors.
+        let again: Vec<StepOutcome> = (0..40)
+            .map(|i| offer(&rules, &half, &format!("v-{i}"), NOW, &ledger))
+            .collect();
+        assert_eq!(outcomes, again);
+        assert!(outcomes.contains(&StepOutcome::HeldOut) && outcomes.contains(&StepOutcome::Chosen));
+        let all = Benefit {
+            holdout_bp: 10_000,
+            ..benefit(&rules, "open")
+        };
+        assert_eq!(offer(&rules, &all, "anyone", NOW, &ledger), StepOutcome::HeldOut);
+    }
+
+    #[test]
+    fn benefit_steps_stop_at_the_first_offered_one() {
+        let rules = RuleSet::load(RULES).unwrap();
+        let shop = ShopIndex::new("s");
+        shop.apply(&event("v", "cart", Some("sku-c1"), None, NOW - DAY));
+        let d = decide_at(&rules, Some(&shop), "v", Context::default());
+        assert_eq!(d.benefit.map(|b| &*b.id), Some("capped"));
+        assert_eq!(
+            steps(&d, Slot::Benefit),
+            [("benefits[0] capped".to_string(), StepOutcome::Chosen)]
+        );
+        let d = decide_at(&rules, Some(&shop), "", Context::default());
+        assert_eq!(d.benefit.map(|b| &*b.id), Some("open"));
+        assert_eq!(
+            steps(&d, Slot::Benefit),
+            [
+                ("benefits[0] capped".to_string(), StepOutcome::NotMatched),
+                ("benefits[1] open".to_string(), StepOutcome::Chosen),
+            ]
+        );
+        // Without `explain`, no explanation is built.
+        let quiet = decide(
+            &rules,
+            Some(&shop),
+            &MemoryLedger::new(),
+            &DecideRequest {
+                visitor: "v",
+                now_ms: NOW,
+                ..DecideRequest::default()
+            },
+        );
+        assert!(quiet.explanation.is_none());
+        assert_eq!(quiet.banner, Some("your-cart"));
+    }
 }

@@ -382,3 +382,247 @@ pub fn audience_sizes(rules: &crate::RuleSet, shop: Option<&ShopIndex>, now_ms: 
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claims::MemoryLedger;
+    use crate::eval::decide::{decide, DecideRequest};
+    use crate::event::{Event, Fields};
+    use crate::index::Index;
+    use crate::RuleSet;
+
+    const HOUR: i64 = 3_600_000;
+    const DAY: i64 = 24 * HOUR;
+    /// 2026-11-10T15:45:00Z: mid-hour, so partial windows have partial hours.
+    const NOW: i64 = 1_794_325_500_000;
+
+    fn fields(shop: &str, visitor: &str, action: &str, ts: i64) -> Fields<'static> {
+        Fields {
+            shop: Some(shop.to_string().into()),
+            visitor: Some(visitor.to_string().into()),
+            action: Some(action.to_string().into()),
+            ts: Some(ts),
+            ..Fields::default()
+        }
+    }
+
+    fn item(shop: &str, visitor: &str, action: &str, item: &str, category: &str, ts: i64) -> Fields<'static> {
+        Fields {
+            item: Some(item.to_string().into()),
+            category: Some(category.to_string().into()),
+            ..fields(shop, visitor, action, ts)
+        }
+    }
+
+    /// Six visitors of shop `s` (and one of shop `t`, who must never count):
+    /// a viewed tops an hour ago and is tagged vip; b carted shoes 2 days
+    /// ago and has tier 3; c bought tops (50) 3 days ago and sku-3 (200) 10
+    /// days ago and is tagged vip; d viewed shoes 20 days ago and has tier 5;
+    /// e favorited 40 days ago; f only has an `other` tag.
+    fn index() -> Index {
+        let index = Index::new();
+        let events = [
+            item("s", "a", "view", "sku-1", "tops", NOW - HOUR),
+            Fields {
+                tag: Some("vip".into()),
+                ..fields("s", "a", "tag", NOW - DAY)
+            },
+            item("s", "b", "cart", "sku-2", "shoes", NOW - 2 * DAY),
+            Fields {
+                tier: Some(3),
+                ..fields("s", "b", "member", NOW - DAY)
+            },
+            Fields {
+                price: Some(50.0),
+                ..item("s", "c", "purchase", "sku-1", "tops", NOW - 3 * DAY)
+            },
+            Fields {
+                price: Some(200.0),
+                ..item("s", "c", "purchase", "sku-3", "shoes", NOW - 10 * DAY)
+            },
+            Fields {
+                tag: Some("vip".into()),
+                ..fields("s", "c", "tag", NOW - DAY)
+            },
+            item("s", "d", "view", "sku-3", "shoes", NOW - 20 * DAY),
+            Fields {
+                tier: Some(5),
+                ..fields("s", "d", "member", NOW - DAY)
+            },
+            item("s", "e", "favorite", "sku-2", "shoes", NOW - 40 * DAY),
+            Fields {
+                tag: Some("other".into()),
+                ..fields("s", "f", "tag", NOW - DAY)
+            },
+            Fields {
+                tag: Some("vip".into()),
+                ..fields("t", "z", "tag", NOW - DAY)
+            },
+            item("t", "z", "view", "sku-1", "tops", NOW - HOUR),
+        ];
+        for f in events {
+            index.apply(&Event::validate(f).unwrap());
+        }
+        index
+    }
+
+    /// Brute force: one decision per known visitor, through the per-visitor
+    /// evaluator, with the expression as the only banner's `when`.
+    fn brute_force(shop: &ShopIndex, expression: &str) -> u64 {
+        let rules = RuleSet::load(&format!("shop: s\nbanners:\n  - when: {expression}\n    banner: yes\n")).unwrap();
+        ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .filter(|v| {
+                let req = DecideRequest {
+                    visitor: v,
+                    now_ms: NOW,
+                    ..DecideRequest::default()
+                };
+                decide(&rules, Some(shop), &MemoryLedger::new(), &req).banner == Some("yes")
+            })
+            .count() as u64
+    }
+
+    #[test]
+    fn each_operator_counts_what_a_visitor_by_visitor_check_counts() {
+        let index = index();
+        let shop = index.shop("s").unwrap();
+        assert_eq!(shop.visitor_count(), 6);
+        let cases: [(&str, u64); 24] = [
+            ("true", 6),
+            ("false", 0),
+            (r#"tag("vip")"#, 2),
+            (r#"tag("nobody")"#, 0),
+            (r#"not tag("vip")"#, 4),
+            (r#"not not tag("vip")"#, 2),
+            ("visited(1d)", 1),
+            ("visited(12h)", 1),
+            ("visited(7d)", 3),
+            ("visited(30d)", 4),
+            ("not visited(30d)", 2),
+            (r#"viewed(30d, category="shoes")"#, 1),
+            (r#"viewed(30d, category="tops")"#, 1),
+            (r#"visited(30d, category="shoes")"#, 3),
+            (r#"purchased(30d, item="sku-1")"#, 1),
+            (r#"viewed(30d, item="sku-1")"#, 1),
+            ("purchase_count(30d) >= 2", 1),
+            ("spend(30d) < 100", 5),
+            ("member_tier >= 4", 1),
+            ("member_tier < 4", 5),
+            (r#"tag("vip") and visited(1d)"#, 1),
+            (r#"tag("vip") or member_tier >= 4"#, 3),
+            (r#"tag("vip") and not visited(1d)"#, 1),
+            (
+                r#"not (tag("vip") or visited(7d)) and (carted(60d) or favorited(60d) or true)"#,
+                3,
+            ),
+        ];
+        for (expression, want) in cases {
+            let got = size_of(None, Some(&shop), expression, NOW).unwrap();
+            assert_eq!(
+                (got, brute_force(&shop, expression)),
+                (want, want),
+                "{expression}: (size, brute force)"
+            );
+        }
+    }
+
+    #[test]
+    fn not_is_the_complement_within_the_shops_known_visitors() {
+        let index = index();
+        let shop = index.shop("s").unwrap();
+        let mut plan = Plan::default();
+        let tag = plan.compile(&crate::rules::expr::parse(r#"tag("vip")"#).unwrap());
+        let not_tag = plan.compile(&crate::rules::expr::parse(r#"not tag("vip")"#).unwrap());
+        let mut eval = SizeEval::new(&plan, &shop, NOW);
+        let (yes, no) = (eval.bitmap(tag), eval.bitmap(not_tag));
+        assert!(yes.is_disjoint(&no));
+        assert_eq!(&yes | &no, shop.universe());
+        let ids = |names: &[&str]| -> RoaringBitmap { names.iter().map(|n| shop.visitor_id(n).unwrap()).collect() };
+        assert_eq!(no, ids(&["b", "d", "e", "f"]));
+        // Shop t's vip is not one of s's visitors, and t has its own universe.
+        let t = index.shop("t").unwrap();
+        assert_eq!(size_of(None, Some(&t), r#"not tag("vip")"#, NOW), Ok(0));
+        assert_eq!(size_of(None, None, r#"not tag("vip")"#, NOW), Ok(0));
+    }
+
+    #[test]
+    fn audiences_are_sized_by_name_and_inside_expressions() {
+        let index = index();
+        let shop = index.shop("s").unwrap();
+        let rules = RuleSet::load(
+            "shop: s\naudiences:\n  vip: tag(\"vip\")\n  recent: visited(7d)\n  both: vip and recent\n  south: ctx.region == \"south\"\n",
+        )
+        .unwrap();
+        assert_eq!(size_of(Some(&rules), Some(&shop), "both", NOW), Ok(2));
+        assert_eq!(size_of(Some(&rules), Some(&shop), "not both", NOW), Ok(4));
+        assert_eq!(size_of(Some(&rules), Some(&shop), "vip or recent", NOW), Ok(3));
+        assert_eq!(
+            audience_sizes(&rules, Some(&shop), NOW),
+            [
+                ("vip".to_string(), Some(2)),
+                ("recent".to_string(), Some(3)),
+                ("both".to_string(), Some(2)),
+                ("south".to_string(), None),
+            ]
+        );
+        assert_eq!(
+            size_of(Some(&rules), Some(&shop), "south", NOW),
+            Err(SizeError::UsesContext)
+        );
+        assert_eq!(
+            size_of(Some(&rules), Some(&shop), "vip and nope", NOW),
+            Err(SizeError::UndefinedAudience {
+                column: 9,
+                name: "nope".into()
+            })
+        );
+    }
+
+    #[test]
+    fn and_evaluates_exact_operands_before_checked_ones() {
+        let mut plan = Plan::default();
+        let mut cost_of = |text: &str| {
+            let id = plan.compile(&crate::rules::expr::parse(text).unwrap());
+            (id, text.to_string())
+        };
+        let cases = [
+            cost_of("true"),
+            cost_of(r#"tag("x")"#),
+            cost_of("visited(7d)"),
+            cost_of("visited(12h)"),
+            cost_of(r#"visited(7d, item="i")"#),
+            cost_of("spend(7d) > 1"),
+            cost_of(r#"not tag("x") or spend(7d) > 1"#),
+        ];
+        let shop = ShopIndex::new("s");
+        let mut eval = SizeEval::new(&plan, &shop, NOW);
+        let costs: Vec<Cost> = cases.iter().map(|(id, _)| eval.cost(*id)).collect();
+        assert_eq!(
+            costs,
+            [
+                Cost::Known,
+                Cost::Exact,
+                Cost::Exact,
+                Cost::Checked,
+                Cost::Checked,
+                Cost::Checked,
+                Cost::Checked
+            ]
+        );
+    }
+
+    #[test]
+    fn error_columns_count_characters_not_bytes() {
+        assert_eq!(column("abc", 0), 1);
+        assert_eq!(column("abc", 2), 3);
+        assert_eq!(column("éé x", 4), 3, "two 2-byte characters before byte 4");
+        assert_eq!(column("é", 1), 2, "inside a character: after it");
+        // `?` is the 14th character and the 15th byte.
+        match size_of(None, None, "tag(\"é\") and ?", NOW) {
+            Err(SizeError::Syntax { column, .. }) => assert_eq!(column, 14),
+            other => panic!("expected a syntax error, got {other:?}"),
+        }
+    }
+}

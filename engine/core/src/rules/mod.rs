@@ -1,5 +1,6 @@
-//! Rule files (CONTRACT section 1): YAML text in, a validated and compiled
-//! [`RuleSet`] out, or every error of the file with its `line:column`.
+//! Rule files (`rules/README.md` teaches the language): YAML text in, a
+//! validated and compiled [`RuleSet`] out, or every error of the file with
+//! its `line:column`.
 //!
 //! Loading goes parse (YAML to positioned nodes) -> validate (shape, ids,
 //! windows, timestamps, audience references and cycles, collecting every
@@ -940,5 +941,288 @@ impl<'s> Loader<'s> {
             }
         }
         benefits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The errors of a rejected file as `line:column: message` lines.
+    fn errors_with(source: &str, limits: &Limits) -> Vec<String> {
+        match RuleSet::load_with(source, limits) {
+            Ok(_) => panic!("expected errors, the file loaded:\n{source}"),
+            Err(e) => e.to_string().lines().map(str::to_string).collect(),
+        }
+    }
+
+    fn errors(source: &str) -> Vec<String> {
+        errors_with(source, &Limits::default())
+    }
+
+    /// Each kind of mistake, with its message at its `line:column`, sorted
+    /// by position, every one of the file at once.
+    #[test]
+    fn each_validation_error_has_its_message_at_its_position() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                r#"shop: s
+audiences:
+  a: visited(7d)
+  a: tag("x")
+"#,
+                &[r#"4:3: duplicate audience `a` (first defined at 3:3)"#],
+            ),
+            (
+                r#"shop: s
+audiences:
+  9lives: true
+  and: true
+"#,
+                &[
+                    r#"3:3: invalid audience name `9lives`: use lower-case letters, digits and `_`, not starting with a digit, and not a keyword"#,
+                    r#"4:3: invalid audience name `and`: use lower-case letters, digits and `_`, not starting with a digit, and not a keyword"#,
+                ],
+            ),
+            (
+                r#"shop: s
+audiences:
+  a: b
+"#,
+                &[r#"3:6: undefined audience `b`"#],
+            ),
+            (
+                r#"shop: s
+audiences:
+  a: b
+  b: c
+  c: a
+"#,
+                &[r#"5:6: audience reference cycle: a -> b -> c -> a"#],
+            ),
+            (
+                r#"shop: s
+audiences:
+  a: visited(7x)
+"#,
+                &[r#"3:14: invalid window `7x`: expected a whole number followed by h or d, e.g. 7d or 12h"#],
+            ),
+            (
+                r#"shop: s
+audiences:
+  a: visited(401d)
+"#,
+                &[r#"3:14: invalid window `401d`: longer than the maximum of 400d"#],
+            ),
+            (
+                r#"shop: s
+audiences:
+  a: ctx.region ==
+"#,
+                &[r#"3:19: expected a string in double quotes, found the end of the expression"#],
+            ),
+            (
+                r#"shop: s
+banners:
+  - when: true
+"#,
+                &[r#"3:5: banner entry is missing required key `banner`"#],
+            ),
+            (
+                r#"shop: s
+banners: {}
+"#,
+                &[r#"2:10: `banners` must be a list, found a mapping"#],
+            ),
+            (
+                r#"shop: s
+items:
+  limit: 0
+  pools:
+    - when: true
+"#,
+                &[
+                    r#"3:10: `limit` must be a whole number from 1 to 100, found `0`"#,
+                    r#"5:7: pool is missing required key `items`"#,
+                ],
+            ),
+            (
+                r#"shop: s
+items:
+  complements:
+    sku-1: [a]
+    sku-1: [b]
+"#,
+                &[r#"5:5: duplicate key `sku-1` in `complements`"#],
+            ),
+            (
+                r#"shop: s
+benefits:
+  - kind: coupon
+  - id: x
+  - id: y
+    kind: k
+  - id: y
+    kind: k
+"#,
+                &[
+                    r#"3:5: benefit is missing required key `id`"#,
+                    r#"4:5: benefit is missing required key `kind`"#,
+                    r#"7:9: duplicate benefit id `y` (first defined at 5:9)"#,
+                ],
+            ),
+            (
+                r#"shop: s
+benefits:
+  - id: x
+    kind: k
+    starts: 2026-11-11T00:00:00Z
+    ends: 2026-11-10T00:00:00Z
+    holdout: 120%
+    cap: {}
+    params: { a: [1] }
+"#,
+                &[
+                    r#"6:11: `ends` must be after `starts`"#,
+                    r#"7:14: invalid percentage `120%`: expected 0% to 100%, e.g. 10%"#,
+                    r#"8:10: `cap` is missing required key `per_visitor`"#,
+                    r#"8:10: `cap` is missing required key `window`"#,
+                    r#"9:18: `params` must map names to strings"#,
+                ],
+            ),
+            (
+                r#"shop: s
+benefits:
+  - id: x
+    kind: k
+    starts: yesterday
+    budget: -1
+"#,
+                &[
+                    r#"5:13: invalid timestamp `yesterday`: expected RFC 3339, e.g. 2026-11-10T23:30:00+08:00"#,
+                    r#"6:13: `budget` must be a whole number from 0 to 18446744073709551615, found `-1`"#,
+                ],
+            ),
+            (
+                r#"audiences:
+  a: true
+"#,
+                &[r#"1:1: missing required key `shop`"#],
+            ),
+            (
+                r#"shop: s
+shop: t
+colour: red
+"#,
+                &[
+                    r#"2:1: duplicate key `shop` in the rule file (first at 1:1)"#,
+                    r#"3:1: unknown key `colour` in the rule file; expected one of: shop, audiences, banners, items, benefits"#,
+                ],
+            ),
+            (
+                r#"shop: s
+audiences: &x
+  a: true
+banners: *x
+"#,
+                &[
+                    r#"4:10: YAML aliases are not supported in rule files"#,
+                    r#"4:10: `banners` must be a list, found an alias"#,
+                ],
+            ),
+            (
+                r#"shop: ""
+"#,
+                &[r#"1:7: `shop` must not be empty"#],
+            ),
+            (
+                r#"- a
+- b
+"#,
+                &[r#"1:1: the rule file must be a mapping, found a list"#],
+            ),
+        ];
+        for (source, want) in cases {
+            assert_eq!(errors(source), *want, "{source}");
+        }
+    }
+
+    fn chain(n: usize) -> String {
+        let mut s = String::from("shop: s\naudiences:\n");
+        for i in 0..n {
+            s.push_str(&format!("  a{i}: a{}\n", i + 1));
+        }
+        s.push_str(&format!("  a{n}: true\n"));
+        s
+    }
+
+    #[test]
+    fn reference_chains_are_bounded() {
+        let limits = Limits {
+            max_reference_depth: 3,
+            ..Limits::default()
+        };
+        assert!(RuleSet::load_with(&chain(3), &limits).is_ok());
+        assert_eq!(errors_with(&chain(4), &limits), ["3:7: audience `a0` is nested too deeply: a chain of 4 audience references starts here, more than the limit of 3"]);
+    }
+
+    #[test]
+    fn errors_past_max_errors_are_counted_in_a_closing_line() {
+        let source = "shop: s\nbanners:\n  - banner: a\n    x1: 1\n  - banner: b\n    x2: 2\n  - banner: c\n    x3: 3\n  - banner: d\n    x4: 4\n";
+        let all = errors(source);
+        assert_eq!(all.len(), 4, "{all:?}");
+        let capped = |max_errors| {
+            errors_with(
+                source,
+                &Limits {
+                    max_errors,
+                    ..Limits::default()
+                },
+            )
+        };
+        assert_eq!(capped(2), [all[0].as_str(), all[1].as_str(), "... and 2 more errors"]);
+        assert_eq!(
+            capped(3),
+            [
+                all[0].as_str(),
+                all[1].as_str(),
+                all[2].as_str(),
+                "... and 1 more error"
+            ]
+        );
+        assert_eq!(capped(4), all);
+        match RuleSet::load_with(
+            source,
+            &Limits {
+                max_errors: 1,
+                ..Limits::default()
+            },
+        ) {
+            Err(e) => assert_eq!((e.errors().len(), e.omitted()), (1, 3)),
+            Ok(_) => panic!("loaded"),
+        }
+        assert_eq!(RuleErrors(Vec::new(), 0).omitted_line(), None);
+        assert_eq!(RuleErrors(Vec::new(), 5).to_string(), "... and 5 more errors");
+    }
+
+    #[test]
+    fn a_file_is_accepted_whole_or_rejected_whole() {
+        let good = "shop: s\naudiences:\n  vip: member_tier >= 4\nbanners:\n  - when: vip\n    banner: gold\n  - banner: default\nitems:\n  limit: 3\n  pools:\n    - items: [a, b]\nbenefits:\n  - id: pts\n    kind: points\n    holdout: 10%\n    cap: { per_visitor: 2, window: 30d }\n";
+        let rules = RuleSet::load(good).unwrap();
+        assert_eq!(&*rules.shop, "s");
+        assert_eq!(
+            rules.banners.iter().map(|b| &*b.id).collect::<Vec<_>>(),
+            ["gold", "default"]
+        );
+        assert_eq!(rules.items.limit, 3);
+        let b = rules.benefit("pts").unwrap();
+        assert_eq!((b.holdout_bp, b.cap.map(|c| c.per_visitor)), (1_000, Some(2)));
+        // One mistake anywhere, even in the last benefit, rejects the file:
+        // there is no partial rule set to serve.
+        let bad = good.replace("window: 30d", "window: 30");
+        assert_eq!(
+            errors(&bad),
+            ["16:36: invalid window `30`: expected a whole number followed by h or d, e.g. 7d or 12h"]
+        );
     }
 }

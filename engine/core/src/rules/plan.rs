@@ -245,7 +245,7 @@ impl Plan {
     }
 
     /// Whether the expression at `id` reads the request context, directly or
-    /// through an audience (whose `uses_ctx` [`Plan::finish`] computed).
+    /// through an audience (whose `uses_ctx` `Plan::finish` computed).
     pub fn uses_ctx(&self, id: NodeId) -> bool {
         let mut stack = vec![id];
         while let Some(id) = stack.pop() {

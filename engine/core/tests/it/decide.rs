@@ -7,7 +7,7 @@ use vitrine_core::{
     MemoryLedger, RuleSet, SizeError,
 };
 
-use crate::rules::CONTRACT_EXAMPLE;
+use crate::rules::FULL_EXAMPLE;
 
 const DAY: i64 = 86_400_000;
 /// 2026-11-10T23:45:00+08:00: inside the example's early-access window.
@@ -122,7 +122,7 @@ fn items(d: &vitrine_core::Decision<'_>) -> Vec<(String, ItemReason)> {
 
 #[test]
 fn banners_follow_audiences_and_context() {
-    let shop = Shop::new(CONTRACT_EXAMPLE);
+    let shop = Shop::new(FULL_EXAMPLE);
     let south = Context {
         region: "southwest",
         ..Context::default()
@@ -154,7 +154,7 @@ fn banners_follow_audiences_and_context() {
 
 #[test]
 fn items_rank_carts_then_categories_then_popularity_and_skip_purchases() {
-    let rules = CONTRACT_EXAMPLE.replace(
+    let rules = FULL_EXAMPLE.replace(
         "    - items: [sku-001, sku-002, sku-003, sku-004, sku-005, sku-006, sku-007]",
         "    - items: [sku-001, sku-002, sku-003, sku-004, sku-005, sku-006, sku-007, sku-wallet]",
     );
@@ -205,7 +205,7 @@ fn items_rank_carts_then_categories_then_popularity_and_skip_purchases() {
 
 #[test]
 fn benefits_respect_window_holdout_cap_and_budget() {
-    let shop = Shop::new(CONTRACT_EXAMPLE);
+    let shop = Shop::new(FULL_EXAMPLE);
     // Cart abandoners who are price sensitive get the coupon unless held out.
     let mut held = None;
     let mut offered = None;
@@ -249,7 +249,7 @@ fn benefits_respect_window_holdout_cap_and_budget() {
     assert_eq!(shop.claim("nobody", "cart-coupon-10", None), ClaimOutcome::NotEligible);
 
     // VIP early access: inside its window, budget-limited.
-    let rules = CONTRACT_EXAMPLE.replace("budget: 500", "budget: 1");
+    let rules = FULL_EXAMPLE.replace("budget: 500", "budget: 1");
     let shop = Shop::new(&rules);
     shop.tier("a", 5, NOW - DAY);
     shop.tier("b", 4, NOW - DAY);
@@ -293,8 +293,8 @@ fn benefits_respect_window_holdout_cap_and_budget() {
 
 #[test]
 fn holdout_is_stable_across_revisions() {
-    let a = Shop::new(CONTRACT_EXAMPLE);
-    let b = Shop::new(&CONTRACT_EXAMPLE.replace("kind: coupon", "kind: voucher"));
+    let a = Shop::new(FULL_EXAMPLE);
+    let b = Shop::new(&FULL_EXAMPLE.replace("kind: coupon", "kind: voucher"));
     for i in 0..100 {
         let v = format!("v{i}");
         for shop in [&a, &b] {
@@ -310,7 +310,7 @@ fn holdout_is_stable_across_revisions() {
 
 #[test]
 fn audience_sizes_count_known_visitors() {
-    let shop = Shop::new(CONTRACT_EXAMPLE);
+    let shop = Shop::new(FULL_EXAMPLE);
     shop.view("a", "sku-001", "tops", NOW - DAY);
     shop.cart("b", "sku-101", NOW - 2 * DAY);
     shop.buy("c", "sku-101", 1000.0, NOW - 10 * DAY);

@@ -5,8 +5,8 @@
 //! `ts`) and a rule file of 1-4 random audiences `a0..a3` (expressions over
 //! every non-context atom, with `and`/`or`/`not`/parentheses, and references
 //! to earlier audiences), both of the engine's evaluators agree with a
-//! deliberately naive model written straight from the contract (CONTRACT
-//! sections 2-3 and the README's "Semantics the contract leaves open"):
+//! deliberately naive model written straight from the documentation
+//! (`rules/README.md`, "Audiences"; `docs/events.md`; the README's "How it works"):
 //!
 //! * `decide` (one visitor's profile under its shard lock) shows banner `b<i>`
 //!   for the first audience `a<i>` the model says the visitor is in (`none`
@@ -59,7 +59,7 @@ const CATEGORIES: usize = 2;
 const TAGS: usize = 2;
 const SHOP: &str = "s";
 
-/// The seven actions, in the contract's order.
+/// The seven actions, in the order of `docs/events.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Act {
     View,

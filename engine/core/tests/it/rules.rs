@@ -1,10 +1,10 @@
-//! Rule files: the contract's example loads, and every listed mistake is
+//! Rule files: the full example loads, and every listed mistake is
 //! reported with its exact message at its exact `line:column`.
 
 use vitrine_core::RuleSet;
 
-/// The full example of CONTRACT section 1.
-pub const CONTRACT_EXAMPLE: &str = r#"shop: demo-apparel              # required: the storefront this rule set governs
+/// A rule file using every key (`rules/README.md`, "The shape of a file").
+pub const FULL_EXAMPLE: &str = r#"shop: demo-apparel              # required: the storefront this rule set governs
 
 audiences:                      # name -> audience expression (section 2)
   new_visitor:     not visited(365d)
@@ -69,7 +69,7 @@ fn one_error(source: &str) -> String {
 
 #[test]
 fn the_contract_example_loads() {
-    let rules = RuleSet::load(CONTRACT_EXAMPLE).unwrap();
+    let rules = RuleSet::load(FULL_EXAMPLE).unwrap();
     assert_eq!(&*rules.shop, "demo-apparel");
     assert_eq!(rules.plan.audiences().len(), 8);
     assert_eq!(rules.banners.len(), 3);

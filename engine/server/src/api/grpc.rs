@@ -1,6 +1,7 @@
-//! The gRPC services of CONTRACT section 4: request validation, status codes,
-//! admin authorization, and the mapping between the wire messages and the
-//! engine core. Load shedding happens before a call gets here (`transport`).
+//! The gRPC services of `proto/vitrine/v1/vitrine.proto`: request
+//! validation, status codes, admin authorization, and the mapping between
+//! the wire messages and the engine core. Load shedding happens before a
+//! call gets here (`transport`).
 //!
 //! Status codes: user errors (a missing field, a broken rule file, a bad
 //! expression) are INVALID_ARGUMENT with a precise message; unknown shops,
@@ -20,8 +21,8 @@ use vitrine_core::{audience_sizes, ClaimRequest, Context, DecideRequest, SizeErr
 use vitrine_proto::v1 as pb;
 
 use crate::clock::at;
-use crate::metrics;
 use crate::cluster::{self, rules::Op, rules::Refusal, rules::RuleRecord};
+use crate::metrics::{self, PushResult};
 use crate::rules_store::{Applied, Origin, StoreError};
 use crate::state::Engine;
 
@@ -356,7 +357,7 @@ impl pb::benefits_server::Benefits for Service {
                     Status::already_exists(e.to_string())
                 }
                 ClaimError::Ledger(e) => {
-                    crate::metrics::journal_failed("claims");
+                    metrics::journal_failed(metrics::Journal::Claims);
                     tracing::error!("claim ledger failed: {e}");
                     Status::internal("the claim ledger failed; nothing was granted")
                 }
@@ -389,7 +390,7 @@ impl pb::rules_server::Rules for Service {
                 let (e, content) = (engine.clone(), req.content.clone());
                 let shop = blocking("Push", move || {
                     e.rules.compile(&content).map(|r| r.shop.to_string()).map_err(|e| {
-                        metrics::rule_push("push", "rejected");
+                        metrics::rule_push(Origin::Push, PushResult::Rejected);
                         store_status(e)
                     })
                 })
@@ -404,29 +405,31 @@ impl pb::rules_server::Rules for Service {
                     origin: Origin::Push.as_str().to_string(),
                     at_ms: now_ms,
                 };
-                through_log(log, &record, "push").await?
+                through_log(log, &record, Origin::Push).await?
             }
-            _ => blocking("Push", move || {
-                engine
-                    .rules
-                    .push_expecting(&req.content, Origin::Push, req.dry_run, now_ms, req.expected_revision)
-                    .map_err(|e| {
-                        let result = if matches!(e, StoreError::Invalid(_)) {
-                            "rejected"
-                        } else {
-                            "failed"
-                        };
-                        metrics::rule_push("push", result);
-                        store_status(e)
-                    })
-            })
-            .await?,
+            _ => {
+                blocking("Push", move || {
+                    engine
+                        .rules
+                        .push_expecting(&req.content, Origin::Push, req.dry_run, now_ms, req.expected_revision)
+                        .map_err(|e| {
+                            let result = if matches!(e, StoreError::Invalid(_)) {
+                                PushResult::Rejected
+                            } else {
+                                PushResult::Failed
+                            };
+                            metrics::rule_push(Origin::Push, result);
+                            store_status(e)
+                        })
+                })
+                .await?
+            }
         };
         let shop = served.rules.shop.to_string();
         if req.dry_run {
-            metrics::rule_push("push", "dry_run");
+            metrics::rule_push(Origin::Push, PushResult::DryRun);
         } else {
-            metrics::rule_push("push", "accepted");
+            metrics::rule_push(Origin::Push, PushResult::Accepted);
             metrics::rule_revision(&shop, served.revision);
             tracing::info!(shop, revision = served.revision, "rule set pushed");
         }
@@ -500,7 +503,7 @@ impl pb::rules_server::Rules for Service {
                 self.check_served(&req.shop)?;
                 // NOT_FOUND here, before anything is written.
                 engine.rules.list(&req.shop).map_err(|e| {
-                    metrics::rule_push("rollback", "failed");
+                    metrics::rule_push(Origin::Rollback, PushResult::Failed);
                     store_status(e)
                 })?;
                 let record = RuleRecord {
@@ -512,20 +515,23 @@ impl pb::rules_server::Rules for Service {
                     origin: Origin::Rollback.as_str().to_string(),
                     at_ms: now_ms,
                 };
-                through_log(log, &record, "rollback").await?.revision
+                through_log(log, &record, Origin::Rollback).await?.revision
             }
             None => {
                 let (shop, to, expected) = (req.shop.clone(), req.revision, req.expected_revision);
                 blocking("Rollback", move || {
-                    engine.rules.rollback_expecting(&shop, to, now_ms, expected).map_err(|e| {
-                        metrics::rule_push("rollback", "failed");
-                        store_status(e)
-                    })
+                    engine
+                        .rules
+                        .rollback_expecting(&shop, to, now_ms, expected)
+                        .map_err(|e| {
+                            metrics::rule_push(Origin::Rollback, PushResult::Failed);
+                            store_status(e)
+                        })
                 })
                 .await?
             }
         };
-        metrics::rule_push("rollback", "accepted");
+        metrics::rule_push(Origin::Rollback, PushResult::Accepted);
         metrics::rule_revision(&req.shop, revision);
         tracing::info!(
             shop = req.shop,
@@ -546,17 +552,17 @@ impl pb::rules_server::Rules for Service {
 async fn through_log(
     log: &cluster::rules::RulesLog,
     record: &RuleRecord,
-    origin: &'static str,
+    origin: Origin,
 ) -> Result<Arc<crate::rules_store::Served>, Status> {
     let outcome = log.change(record).await.map_err(|e| {
-        metrics::rule_push(origin, "failed");
+        metrics::rule_push(origin, PushResult::Failed);
         Status::unavailable(format!("the rule change did not go through the rules topic: {e}"))
     })?;
     outcome.map(Applied::served).map_err(|refusal| {
         let result = if matches!(refusal, Refusal::Invalid(_)) {
-            "rejected"
+            PushResult::Rejected
         } else {
-            "failed"
+            PushResult::Failed
         };
         metrics::rule_push(origin, result);
         match refusal {
@@ -565,7 +571,9 @@ async fn through_log(
             Refusal::Invalid(m) => invalid(m),
             Refusal::Failed(m) => {
                 tracing::error!("rule store I/O failed: {m}");
-                Status::internal(format!("the change is in the rules topic but could not be persisted here: {m}"))
+                Status::internal(format!(
+                    "the change is in the rules topic but could not be persisted here: {m}"
+                ))
             }
         }
     })

@@ -165,7 +165,14 @@ impl RulesLog {
     pub async fn change(&self, record: &RuleRecord) -> Result<Outcome, Unavailable> {
         let payload =
             serde_json::to_vec(record).map_err(|e| Unavailable(format!("encoding the rule change failed: {e}")))?;
-        call(&self.pending, &self.producer, record.shop.as_bytes(), &payload, self.timeout).await
+        call(
+            &self.pending,
+            &self.producer,
+            record.shop.as_bytes(),
+            &payload,
+            self.timeout,
+        )
+        .await
     }
 
     /// Stops reading (shutdown); waiting calls get UNAVAILABLE.

@@ -22,8 +22,8 @@ use crate::api::transport::{self, Limits};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::ingest::Ingest;
-use crate::metrics::{self, Metrics};
-use crate::rules_store::{RuleStore, SyncReport};
+use crate::metrics::{self, Metrics, PushResult};
+use crate::rules_store::{Origin, RuleStore, SyncReport};
 use crate::state::{Engine, StorageHealth};
 use crate::storage::restore::{lock_data_dir, restore, snapshot_loop, KafkaPositions, Snapshotter};
 use crate::storage::snapshots::{SnapshotDir, Written};
@@ -103,11 +103,11 @@ async fn set_health(reporter: &HealthReporter, serving: bool) {
 fn log_sync(report: &SyncReport) {
     for (shop, revision) in &report.swapped {
         tracing::info!(shop, revision, "rule file loaded");
-        metrics::rule_push("file", "accepted");
+        metrics::rule_push(Origin::File, PushResult::Accepted);
         metrics::rule_revision(shop, *revision);
     }
     for p in &report.problems {
-        metrics::rule_push("file", "rejected");
+        metrics::rule_push(Origin::File, PushResult::Rejected);
         for line in p.message.lines() {
             tracing::error!("{}:{line}", p.path.display());
         }

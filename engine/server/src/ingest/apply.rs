@@ -12,33 +12,12 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use vitrine_core::{Event, RejectReason};
+use vitrine_core::Event;
 
 use super::dead_letter::{DeadLetter, Source};
 use super::RateLimited;
-use crate::metrics::KafkaMetrics;
+use crate::metrics::{KafkaMetrics, Rejected};
 use crate::state::Engine;
-
-/// Why a message was not applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Reject {
-    /// The core's validation said no.
-    Event(RejectReason),
-    /// Larger than `--kafka-max-message-bytes`.
-    Oversized,
-    /// No payload.
-    Tombstone,
-}
-
-impl Reject {
-    pub(super) fn as_str(self) -> &'static str {
-        match self {
-            Reject::Event(r) => r.as_str(),
-            Reject::Oversized => "oversized",
-            Reject::Tombstone => "tombstone",
-        }
-    }
-}
 
 /// Counting, logging (rate-limited) and dead-lettering rejected messages.
 #[derive(Debug)]
@@ -49,13 +28,8 @@ pub(super) struct Rejects {
 }
 
 impl Rejects {
-    pub(super) fn reject(&self, source: Source<'_>, reason: Reject, detail: &str) {
-        let m = &self.engine.metrics;
-        match reason {
-            Reject::Event(r) => m.reject(r),
-            Reject::Oversized => m.rejected_kafka[0].increment(1),
-            Reject::Tombstone => m.rejected_kafka[1].increment(1),
-        }
+    pub(super) fn reject(&self, source: Source<'_>, reason: Rejected, detail: &str) {
+        self.engine.metrics.reject(reason);
         if self.log.lock().allow() {
             tracing::warn!(
                 topic = source.topic,
@@ -191,7 +165,7 @@ pub(super) fn run(
                         key: batch.slice(item.key),
                         payload: Some(payload),
                     };
-                    rejects.reject(source, Reject::Event(e.reason), &e.message);
+                    rejects.reject(source, Rejected::Event(e.reason), &e.message);
                 }
             }
         }

@@ -14,14 +14,14 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use super::apply::{self, Ack, Reject, Rejects, SubBatch};
+use super::apply::{self, Ack, Rejects, SubBatch};
 use super::context::Context;
 use super::dead_letter::DeadLetter;
 use super::dead_letter::Source;
 use super::{Progress, RateLimited, BATCH};
 use crate::clock::now_ms;
 use crate::config::{KafkaConfig, KafkaStart};
-use crate::metrics::{KafkaErrorKind, KafkaMetrics};
+use crate::metrics::{KafkaErrorKind, KafkaMetrics, Rejected};
 use crate::state::Engine;
 
 /// The longest a poll waits for the first message of a batch; also how
@@ -242,7 +242,12 @@ impl Worker {
         while messages < BATCH {
             let wait = if messages == 0 { POLL_WAIT } else { Duration::ZERO };
             match self.consumer.poll(wait) {
-                None => break,
+                None => {
+                    if messages == 0 {
+                        self.state.progress.idle_polls.fetch_add(1, Ordering::Release);
+                    }
+                    break;
+                }
                 Some(Ok(message)) => {
                     if messages == 0 {
                         now = now_ms();
@@ -475,6 +480,7 @@ impl State {
         }
         let state = &mut self.partitions[index];
         state.dispatched = state.dispatched.max(offset + 1);
+        self.progress.dispatched.fetch_add(1, Ordering::Release);
         let source = Source {
             topic: &self.topic,
             partition: p,
@@ -485,7 +491,7 @@ impl State {
         match message.payload() {
             None => {
                 self.rejects
-                    .reject(source, Reject::Tombstone, "the message has no payload");
+                    .reject(source, Rejected::Tombstone, "the message has no payload");
                 sub.push_rejected(p, offset);
             }
             Some(payload) if payload.len() > self.max_message_bytes => {
@@ -494,7 +500,7 @@ impl State {
                     payload.len(),
                     self.max_message_bytes
                 );
-                self.rejects.reject(source, Reject::Oversized, &detail);
+                self.rejects.reject(source, Rejected::Oversized, &detail);
                 sub.push_rejected(p, offset);
             }
             Some(payload) => sub.push(p, offset, message.key(), payload),

@@ -1,4 +1,4 @@
-//! Kafka ingest (CONTRACT section 3): the behavior topic applied to the
+//! Kafka ingest (`docs/events.md`): the behavior topic applied to the
 //! audience index, at least once, state first.
 //!
 //! The key design choice: one dedicated OS thread runs a librdkafka
@@ -75,6 +75,11 @@ pub struct Progress {
     pub applied: AtomicU64,
     /// Messages rejected.
     pub rejected: AtomicU64,
+    /// Messages handed to the apply threads (`messages` once they are done).
+    pub dispatched: AtomicU64,
+    /// Polls that waited and found no message: each one after the last
+    /// message read proves the consumer had nothing more to hand over.
+    pub idle_polls: AtomicU64,
     /// Per partition, the offset after the last message applied or
     /// rejected (-1: none yet): every message before it is in the index.
     pub positions: parking_lot::Mutex<Vec<i64>>,
@@ -89,6 +94,10 @@ pub struct ProgressCounts {
     pub applied: u64,
     /// Messages rejected.
     pub rejected: u64,
+    /// Messages handed to the apply threads.
+    pub dispatched: u64,
+    /// Polls that found no message.
+    pub idle_polls: u64,
 }
 
 /// A running Kafka ingest: the consumer thread and its signals.
@@ -164,6 +173,8 @@ impl Ingest {
             messages: self.progress.messages.load(Ordering::Acquire),
             applied: self.progress.applied.load(Ordering::Acquire),
             rejected: self.progress.rejected.load(Ordering::Acquire),
+            dispatched: self.progress.dispatched.load(Ordering::Acquire),
+            idle_polls: self.progress.idle_polls.load(Ordering::Acquire),
         }
     }
 

@@ -203,7 +203,7 @@ impl Snapshotter {
 }
 
 /// Writes a snapshot every `interval` until stopped (the final one is
-/// [`Server::shutdown`]'s).
+/// `Server::shutdown`'s in `commands/serve.rs`).
 pub async fn snapshot_loop(
     snapshotter: Arc<Snapshotter>,
     interval: std::time::Duration,

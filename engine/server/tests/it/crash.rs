@@ -1015,7 +1015,7 @@ async fn kill_9_during_kafka_ingest_resumes_from_snapshots_with_nothing_lost_or_
 
 // ------------------------------------------------ 3. damaged files on disk
 
-/// A batch of a write-ahead-log segment (format in `wal.rs`'s docs):
+/// A batch of a write-ahead-log segment (format in `storage/wal/mod.rs`'s docs and `docs/storage.md`):
 /// where it starts, its length with its 28-byte header, its first record's
 /// LSN - 1 and its record count.
 #[derive(Debug, Clone, Copy)]

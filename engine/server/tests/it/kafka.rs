@@ -279,7 +279,37 @@ fn wait_caught_up(ingest: &Ingest) {
     wait_until("the consumer to catch up", || *rx.borrow());
 }
 
-/// Purchase totals per (shop, visitor), de-duplicated as CONTRACT section 3 says.
+/// (partition, high watermark) of every non-empty partition of [`TOPIC`].
+fn high_watermarks(brokers: &str) -> Vec<(i32, i64)> {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "watermarks")
+        .create()
+        .unwrap();
+    (0..4)
+        .map(|p| (p, reader.fetch_watermarks(TOPIC, p, WAIT).unwrap().1))
+        .filter(|&(_, high)| high > 0)
+        .collect()
+}
+
+/// Waits until no message can arrive any more: the consumer stands at every
+/// partition's high watermark, has since polled and found nothing, and every
+/// message it handed to the apply threads is counted.
+fn wait_drained(ingest: &Ingest, brokers: &str) {
+    let highs = high_watermarks(brokers);
+    wait_until("the consumer at every high watermark", || ingest.positions() == highs);
+    let idle = ingest.progress().idle_polls;
+    wait_until("an empty poll after the last message", || {
+        ingest.progress().idle_polls > idle
+    });
+    let dispatched = ingest.progress().dispatched;
+    wait_until("every dispatched message to be counted", || {
+        ingest.progress().messages >= dispatched
+    });
+}
+
+/// Purchase totals per (shop, visitor), de-duplicated as `docs/events.md` says
+/// (by event id, else by item and ts).
 fn purchase_model(events: &[String]) -> HashMap<(String, String), (u32, f64)> {
     let mut seen = HashSet::new();
     let mut totals: HashMap<(String, String), (u32, f64)> = HashMap::new();
@@ -464,7 +494,12 @@ fn broker_outage_and_request_errors_lose_nothing_and_double_nothing() {
             .payload(m.payload.as_deref().unwrap());
         producer.send(record).map_err(|(e, _)| e).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // The consumer fails again after they were sent: the outage spans their
+    // production.
+    let errors = h.metric("vitrine_kafka_errors_total{kind=\"client\"}");
+    wait_until("another client error after producing", || {
+        h.metric("vitrine_kafka_errors_total{kind=\"client\"}") > errors
+    });
     cluster.broker_up(1).unwrap();
     producer.flush(WAIT).unwrap();
     wait_until("the events produced during the outage", || {
@@ -494,8 +529,9 @@ fn broker_outage_and_request_errors_lose_nothing_and_double_nothing() {
     produce(&producer, &valid(third));
     wait_until("every event", || ingest.progress().applied == events.len() as u64);
     // Nothing lost, nothing doubled: each message was handed over once and
-    // the index equals the one built from the events directly.
-    std::thread::sleep(Duration::from_millis(300));
+    // the index equals the one built from the events directly. Drained
+    // first, so a message handed over twice would be counted by now.
+    wait_drained(&ingest, &brokers);
     assert_eq!(ingest.progress().messages, events.len() as u64);
     assert_eq!(h.applied(), events.len() as f64);
     assert_index_matches(&h.engine.index, &events);
@@ -580,7 +616,11 @@ fn a_topic_created_after_start_is_picked_up() {
     let brokers = cluster.bootstrap_servers();
     let h = Harness::new("late");
     let ingest = h.start(&kafka_config(&brokers, "late"));
-    std::thread::sleep(Duration::from_millis(1500));
+    // Two empty polls: the loop has looked for the topic's partitions and
+    // checked whether it caught up at least once in between.
+    wait_until("the consumer to poll without a topic", || {
+        ingest.progress().idle_polls >= 2
+    });
     assert!(
         !*ingest.caught_up().borrow(),
         "not ready while the topic does not exist"
@@ -656,7 +696,21 @@ async fn readiness_waits_until_the_consumer_caught_up_and_decisions_are_served_m
         ..Default::default()
     };
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The consumer has met the outage (its client errors are counted)
+    // before readiness is checked.
+    let start = Instant::now();
+    loop {
+        let metrics = http_get(server.metrics_addr, "/metrics").await;
+        let errors = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("vitrine_kafka_errors_total{kind=\"client\"} "))
+            .and_then(|v| v.parse::<f64>().ok());
+        if errors.is_some_and(|n| n > 0.0) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "no client error counted in:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for svc in ["", "vitrine.v1.Decision"] {
         let s = health.check(status(svc)).await.unwrap().into_inner().status;
         assert_eq!(
@@ -733,7 +787,10 @@ fn a_resumed_consumer_reports_the_snapshot_offsets_until_it_has_read_further() {
         ..kafka_config(&cluster.bootstrap_servers(), "resume-positions")
     };
     let ingest = h.start(&config);
-    std::thread::sleep(Duration::from_millis(300));
+    // Two client errors: the consumer has polled, and met the outage, twice.
+    wait_until("the consumer to poll with the broker down", || {
+        h.metric("vitrine_kafka_errors_total{kind=\"client\"}") >= 2.0
+    });
     assert_eq!(ingest.positions(), [(0, 5), (2, 7)]);
     assert!(ingest.stop(Duration::from_secs(10)));
 }

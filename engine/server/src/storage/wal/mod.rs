@@ -354,7 +354,7 @@ pub struct CompactReport {
 // ------------------------------------------------------------------ format
 
 /// Reads the fields of one record (records are opaque here; the formats
-/// built on the log, `journal` and `events_log`, add their own field
+/// built on the log, `claims_journal` and `event_log`, add their own field
 /// readers to it). Reading past the record's end is an error, never a panic.
 #[derive(Debug)]
 pub struct RecordReader<'a> {
