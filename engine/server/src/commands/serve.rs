@@ -23,6 +23,7 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::ingest::Ingest;
 use crate::metrics::{self, Metrics, PushResult};
+use crate::cluster::rules::RulesLog;
 use crate::rules_store::{Origin, RuleStore, SyncReport};
 use crate::state::{Engine, StorageHealth};
 use crate::storage::restore::{lock_data_dir, restore, snapshot_loop, KafkaPositions, Snapshotter};
@@ -124,8 +125,16 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .with_context(|| format!("creating --data-dir {}", config.data_dir.display()))?;
     let data_lock = Arc::new(lock_data_dir(&config.data_dir)?);
     let storage = StorageHealth::default();
-    let store = RuleStore::new(&config.rules_dir, &config.data_dir).with_limits(config.rule_limits);
-    log_sync(&store.sync_dir(now_ms()));
+    let mut store = RuleStore::new(&config.rules_dir, &config.data_dir)
+        .with_limits(config.rule_limits)
+        .with_shops(config.shops.clone());
+    if config.kafka.is_some() {
+        // Cluster mode: the rules topic fills the store; the rules
+        // directory seeds it once the topic is read (`seed_rules`).
+        store = store.clustered();
+    } else {
+        log_sync(&store.sync_dir(now_ms()));
+    }
     let snapshots = SnapshotDir::open(&config.data_dir, config.snapshot_keep)
         .with_context(|| format!("opening {}/snapshots", config.data_dir.display()))?;
     let data_dir = config.data_dir.clone();
@@ -162,7 +171,19 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     engine.storage = storage.clone();
     engine.cluster.shops = config.shops.clone();
     let engine = Arc::new(engine);
-    if let Some(visitors) = config.demo_visitors {
+    // Cluster mode: topics, then the rules topic (read from its beginning).
+    let mut rules_seeded = None;
+    if let Some(k) = &kafka_config {
+        crate::cluster::ensure_topics(k, &engine.rules).await;
+        let log = RulesLog::start(&engine, k, crate::cluster::producer::replica_id())
+            .context("starting the rules topic reader")?;
+        let _ = engine.cluster.rules.set(log);
+        rules_seeded = Some(watch::channel(false));
+        if config.demo_visitors.is_some() {
+            tracing::warn!("--demo seeds its generated visitors only without --kafka-brokers: produce events to the topic instead");
+        }
+    }
+    if let (Some(visitors), None) = (config.demo_visitors, &kafka_config) {
         let now = now_ms();
         for (shop, _) in engine.rules.shops() {
             if let Some(served) = engine.rules.serving(&shop) {
@@ -221,10 +242,16 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
 
+    let mut also_ready = Vec::new();
+    if let Some((seeded_tx, seeded)) = rules_seeded {
+        also_ready.push(seeded.clone());
+        tasks.push(tokio::spawn(seed_rules(engine.clone(), seeded_tx, stopped.clone())));
+    }
     if let Some(kafka) = kafka {
-        tracing::info!("NOT_SERVING until the Kafka consumer has caught up with the topic");
+        tracing::info!("NOT_SERVING until the Kafka consumer has caught up with the topics");
         tasks.push(tokio::spawn(run_ingest(
             kafka,
+            also_ready.clone(),
             ready.clone(),
             health.clone(),
             storage.clone(),
@@ -398,6 +425,7 @@ async fn watch_data_dir(
 /// up (unless shutdown began first), and stopped (final commit) on shutdown.
 async fn run_ingest(
     kafka: Ingest,
+    also: Vec<watch::Receiver<bool>>,
     ready: Arc<AtomicBool>,
     health: Arc<tokio::sync::Mutex<HealthReporter>>,
     storage: StorageHealth,
@@ -407,8 +435,15 @@ async fn run_ingest(
     let mut stopping = stopped.clone();
     // false: shutdown began first, or the consumer thread ended before
     // catching up (logged).
+    let all_caught_up = async {
+        let mut up = caught_up.wait_for(|c| *c).await.is_ok();
+        for mut other in also {
+            up &= other.wait_for(|c| *c).await.is_ok();
+        }
+        up
+    };
     let caught = tokio::select! {
-        up = async { caught_up.wait_for(|c| *c).await.is_ok() } => up,
+        up = all_caught_up => up,
         _ = async { stopping.wait_for(|s| *s).await.is_ok() } => false,
     };
     if caught {
@@ -416,7 +451,7 @@ async fn run_ingest(
         if !*stopped.borrow() && storage.fault().is_none() {
             ready.store(true, Ordering::Release);
             set_health(&health, true).await;
-            tracing::info!("SERVING: the index holds the topic up to its high watermarks at start");
+            tracing::info!("SERVING: the index (and, in a cluster, the rules) hold the topics up to their high watermarks at start");
         }
     }
     let _ = stopped.wait_for(|s| *s).await;
@@ -443,8 +478,9 @@ async fn background(
         let e = engine.clone();
         let refresh_stats = ticks.is_multiple_of(5);
         ticks += 1;
+        let scan = !e.rules.is_clustered() || e.cluster.rules.get().is_some_and(|_| e.rules.scanned());
         let report = tokio::task::spawn_blocking(move || {
-            let report = e.rules.sync_dir(now_ms());
+            let report = if scan { e.rules.sync_dir(now_ms()) } else { SyncReport::default() };
             if refresh_stats {
                 for shop in e.index.shops() {
                     metrics::index_stats(shop.name(), &shop.stats());
@@ -454,8 +490,39 @@ async fn background(
         })
         .await?;
         log_sync(&report);
+        if let Some(log) = engine.cluster.rules.get() {
+            crate::cluster::rules::propose(&engine, log, report.proposals).await;
+        }
         handle.run_upkeep();
     }
+}
+
+/// Cluster mode: once the rules topic is read up to where it stood at
+/// start, the first scan of `--rules-dir` seeds the shops the topic lacks
+/// (and rewrites stale copies from the topic); then the replica may serve.
+async fn seed_rules(
+    engine: Arc<Engine>,
+    seeded: watch::Sender<bool>,
+    mut stopped: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let Some(log) = engine.cluster.rules.get() else {
+        return Ok(());
+    };
+    let mut caught_up = log.caught_up();
+    tokio::select! {
+        read = caught_up.wait_for(|c| *c) => if read.is_err() { return Ok(()) },
+        _ = stopped.wait_for(|s| *s) => return Ok(()),
+    }
+    let e = engine.clone();
+    let report = tokio::task::spawn_blocking(move || e.rules.sync_dir(now_ms())).await?;
+    log_sync(&report);
+    for path in &report.rewritten {
+        tracing::info!(file = %path.display(), "rule file differed from what the rules topic serves: rewritten from the topic (edits made while this replica was down are not pushed)");
+    }
+    crate::cluster::rules::propose(&engine, log, report.proposals).await;
+    tracing::info!(shops = engine.rules.shops().len(), "rules topic read and --rules-dir seeded");
+    let _ = seeded.send(true);
+    Ok(())
 }
 
 impl Server {
