@@ -169,13 +169,13 @@ pub struct JournalStats {
 
 /// One journaled claim: a grant, or a denial recorded for its `claim_id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Record<'a> {
-    outcome: ClaimOutcome,
-    now_ms: i64,
-    shop: &'a str,
-    benefit: &'a str,
-    visitor: &'a str,
-    claim_id: Option<&'a str>,
+pub(super) struct Record<'a> {
+    pub(super) outcome: ClaimOutcome,
+    pub(super) now_ms: i64,
+    pub(super) shop: &'a str,
+    pub(super) benefit: &'a str,
+    pub(super) visitor: &'a str,
+    pub(super) claim_id: Option<&'a str>,
 }
 
 /// Outcome codes on disk (fixed here, not by the enum's order).
@@ -206,7 +206,7 @@ impl<'a> Record<'a> {
         Ok(())
     }
 
-    fn encode(&self, out: &mut Vec<u8>) {
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
         let code = outcome_code(self.outcome);
         out.push(code);
         out.push(u8::from(self.claim_id.is_some()));
@@ -221,7 +221,7 @@ impl<'a> Record<'a> {
     }
 
     /// Decodes a whole record (the log frames records, so `buf` is exactly one).
-    fn decode(buf: &'a [u8]) -> Result<Record<'a>, &'static str> {
+    pub(super) fn decode(buf: &'a [u8]) -> Result<Record<'a>, &'static str> {
         let mut r = RecordReader::new(buf);
         let code = r.u8()?;
         let outcome = outcome_of(code)?;
@@ -260,17 +260,19 @@ impl<'a> RecordReader<'a> {
 // ------------------------------------------------------------------- ledger
 
 #[derive(Debug, Default)]
-struct BenefitState {
+pub(super) struct BenefitState {
     grants: Grants,
     /// claim_id -> (first answer and its visitor, LSN of its record; 0 = replayed).
     answers: std::collections::HashMap<Box<str>, (Answer, u64), RandomState>,
 }
 
-type Benefits = DashMap<Box<str>, Mutex<BenefitState>, RandomState>;
+pub(super) type Benefits = DashMap<Box<str>, Mutex<BenefitState>, RandomState>;
+/// Every shop's benefits.
+pub(super) type Shops = DashMap<Box<str>, Arc<Benefits>, RandomState>;
 
 /// A claim ledger backed by an fsync'd, group-committed journal (see the module docs).
 pub struct DurableLedger {
-    shops: DashMap<Box<str>, Arc<Benefits>, RandomState>,
+    shops: Shops,
     wal: Wal,
     recovery: Recovery,
     /// Held shared by a claim while it decides and queues its record, and
@@ -306,7 +308,7 @@ impl DurableLedger {
     /// [`DurableLedger::open`] with `options`: loads the state file, if
     /// any, then replays the journal records after it.
     pub fn open_with(dir: &Path, options: LedgerOptions) -> Result<DurableLedger, JournalError> {
-        let shops: DashMap<Box<str>, Arc<Benefits>, RandomState> = DashMap::default();
+        let shops: Shops = DashMap::default();
         let state_path = dir.join(STATE_FILE);
         let state_lsn = match fs::read(&state_path) {
             Ok(bytes) => decode_state(&bytes, &shops).map_err(|(offset, what)| JournalError::Malformed {
@@ -388,21 +390,8 @@ impl DurableLedger {
         };
         // Every record the image reflects must be durable before the image is.
         self.wal.wait(lsn).map_err(io::Error::other)?;
-        let mut body = Vec::new();
-        encode_state(&image, &mut body);
+        let file_bytes = encode_state_file(lsn, &image);
         drop(image);
-        let mut file_bytes = Vec::with_capacity(STATE_HEADER_LEN + body.len());
-        file_bytes.extend_from_slice(&STATE_MAGIC);
-        let crc_from = file_bytes.len();
-        file_bytes.extend_from_slice(&STATE_VERSION.to_le_bytes());
-        file_bytes.extend_from_slice(&lsn.to_le_bytes());
-        file_bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&file_bytes[crc_from..]);
-        crc.update(&body);
-        file_bytes.extend_from_slice(&crc.finalize().to_le_bytes());
-        file_bytes.extend_from_slice(&body);
-        drop(body);
         let dir = self.wal.dir();
         let tmp = dir.join(STATE_TMP);
         let written = (|| {
@@ -438,32 +427,7 @@ impl DurableLedger {
 
     /// A copy of every benefit's state, sorted (so equal states encode alike).
     fn image(&self) -> Image {
-        let mut shops: Vec<_> = self
-            .shops
-            .iter()
-            .map(|shop| {
-                let mut benefits: Vec<_> = shop
-                    .value()
-                    .iter()
-                    .map(|b| {
-                        let state = b.value().lock();
-                        let image = BenefitImage {
-                            grants: state.grants.clone(),
-                            answers: state
-                                .answers
-                                .iter()
-                                .map(|(id, (answer, _))| (id.clone(), answer.clone()))
-                                .collect(),
-                        };
-                        (b.key().clone(), image)
-                    })
-                    .collect();
-                benefits.sort_by(|a, b| a.0.cmp(&b.0));
-                (shop.key().clone(), benefits)
-            })
-            .collect();
-        shops.sort_by(|a, b| a.0.cmp(&b.0));
-        shops
+        image_of(&self.shops)
     }
 
     /// What opening the journal found.
@@ -585,12 +549,12 @@ impl ClaimLedger for DurableLedger {
 // -------------------------------------------------------------- state file
 
 /// Every shop's benefits' state, sorted by name.
-type Image = Vec<(Box<str>, Vec<(Box<str>, BenefitImage)>)>;
+pub(super) type Image = Vec<(Box<str>, Vec<(Box<str>, BenefitImage)>)>;
 
 /// One benefit's state as the state file holds it.
-struct BenefitImage {
-    grants: Grants,
-    answers: Vec<(Box<str>, Answer)>,
+pub(super) struct BenefitImage {
+    pub(super) grants: Grants,
+    pub(super) answers: Vec<(Box<str>, Answer)>,
 }
 
 fn put_s16(out: &mut Vec<u8>, s: &str) {
@@ -615,6 +579,53 @@ fn outcome_of(code: u8) -> Result<ClaimOutcome, &'static str> {
         .find(|(_, c)| *c == code)
         .map(|(o, _)| *o)
         .ok_or("unknown claim outcome")
+}
+
+/// Every shop's benefits' state, sorted by name, copied under each benefit's lock.
+pub(super) fn image_of(shops: &Shops) -> Image {
+    let mut shops: Vec<_> = shops
+        .iter()
+        .map(|shop| {
+            let mut benefits: Vec<_> = shop
+                .value()
+                .iter()
+                .map(|b| {
+                    let state = b.value().lock();
+                    let image = BenefitImage {
+                        grants: state.grants.clone(),
+                        answers: state
+                            .answers
+                            .iter()
+                            .map(|(id, (answer, _))| (id.clone(), answer.clone()))
+                            .collect(),
+                    };
+                    (b.key().clone(), image)
+                })
+                .collect();
+            benefits.sort_by(|a, b| a.0.cmp(&b.0));
+            (shop.key().clone(), benefits)
+        })
+        .collect();
+    shops.sort_by(|a, b| a.0.cmp(&b.0));
+    shops
+}
+
+/// A whole state file: header and body, the state as of journal LSN `lsn`.
+pub(super) fn encode_state_file(lsn: u64, image: &Image) -> Vec<u8> {
+    let mut body = Vec::new();
+    encode_state(image, &mut body);
+    let mut file_bytes = Vec::with_capacity(STATE_HEADER_LEN + body.len());
+    file_bytes.extend_from_slice(&STATE_MAGIC);
+    let crc_from = file_bytes.len();
+    file_bytes.extend_from_slice(&STATE_VERSION.to_le_bytes());
+    file_bytes.extend_from_slice(&lsn.to_le_bytes());
+    file_bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&file_bytes[crc_from..]);
+    crc.update(&body);
+    file_bytes.extend_from_slice(&crc.finalize().to_le_bytes());
+    file_bytes.extend_from_slice(&body);
+    file_bytes
 }
 
 /// Encodes the body of a state file.
@@ -667,10 +678,7 @@ impl RecordReader<'_> {
 /// Decodes a state file into `shops`; returns the LSN it covers, or the
 /// byte offset and reason it is refused. Never panics; allocates at most
 /// in proportion to `bytes`.
-fn decode_state(
-    bytes: &[u8],
-    shops: &DashMap<Box<str>, Arc<Benefits>, RandomState>,
-) -> Result<u64, (u64, &'static str)> {
+pub(super) fn decode_state(bytes: &[u8], shops: &Shops) -> Result<u64, (u64, &'static str)> {
     let mut r = RecordReader::new(bytes);
     let at = |r: &RecordReader<'_>| (bytes.len() - r.remaining()) as u64;
     let header = (|| {

@@ -13,3 +13,6 @@ pub mod event_log;
 pub mod restore;
 pub mod snapshots;
 pub mod wal;
+
+#[cfg(test)]
+mod golden;
