@@ -90,9 +90,10 @@ use ahash::RandomState;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use vitrine_core::claims::{Answer, Usage};
+use vitrine_core::codec::{self, Put, Reader};
 use vitrine_core::{ClaimLedger, ClaimOutcome, Grants, LedgerClaim, LedgerError};
 
-use crate::storage::wal::{CompactReport, Failpoints, FailureHook, Options, RecordReader, Wal, WalError};
+use crate::storage::wal::{CompactReport, Failpoints, FailureHook, Options, Wal, WalError};
 
 /// The record format of the claims journal, in its segments' headers.
 pub const KIND: [u8; 4] = *b"CLM1";
@@ -207,36 +208,37 @@ impl<'a> Record<'a> {
     }
 
     pub(super) fn encode(&self, out: &mut Vec<u8>) {
-        let code = outcome_code(self.outcome);
-        out.push(code);
-        out.push(u8::from(self.claim_id.is_some()));
-        out.extend_from_slice(&self.now_ms.to_le_bytes());
+        out.put_u8(outcome_code(self.outcome));
+        out.put_u8(u8::from(self.claim_id.is_some()));
+        out.put_i64(self.now_ms);
         for field in [Some(self.shop), Some(self.benefit), Some(self.visitor), self.claim_id]
             .into_iter()
             .flatten()
         {
-            out.extend_from_slice(&(field.len() as u16).to_le_bytes());
-            out.extend_from_slice(field.as_bytes());
+            // `check` refused fields longer than a u16 length can say.
+            out.put_str16(field);
         }
     }
 
     /// Decodes a whole record (the log frames records, so `buf` is exactly one).
     pub(super) fn decode(buf: &'a [u8]) -> Result<Record<'a>, &'static str> {
-        let mut r = RecordReader::new(buf);
-        let code = r.u8()?;
-        let outcome = outcome_of(code)?;
+        Record::read(&mut Reader::new(buf)).map_err(|e| e.what)
+    }
+
+    fn read(r: &mut Reader<'a>) -> codec::Result<Record<'a>> {
+        let outcome = read_outcome(r)?;
         let flags = r.u8()?;
         if flags > 1 {
-            return Err("unknown record flags");
+            return Err(r.error("unknown record flags"));
         }
-        let now_ms = i64::from_le_bytes(r.array()?);
+        let now_ms = r.i64()?;
         let (shop, benefit, visitor) = (r.str16()?, r.str16()?, r.str16()?);
         let claim_id = if flags == 1 { Some(r.str16()?) } else { None };
-        if !r.at_end() {
-            return Err("record length does not match its fields");
+        if !r.is_empty() {
+            return Err(r.error("record length does not match its fields"));
         }
         if outcome != ClaimOutcome::Granted && claim_id.is_none() {
-            return Err("a denial without a claim_id");
+            return Err(r.error("a denial without a claim_id"));
         }
         Ok(Record {
             outcome,
@@ -246,14 +248,6 @@ impl<'a> Record<'a> {
             visitor,
             claim_id,
         })
-    }
-}
-
-/// The claim record's strings: a u16 length, then the bytes.
-impl<'a> RecordReader<'a> {
-    fn str16(&mut self) -> Result<&'a str, &'static str> {
-        let n = u16::from_le_bytes(self.array()?);
-        std::str::from_utf8(self.take(usize::from(n))?).map_err(|_| "a field is not UTF-8")
     }
 }
 
@@ -557,15 +551,10 @@ pub(super) struct BenefitImage {
     pub(super) answers: Vec<(Box<str>, Answer)>,
 }
 
-fn put_s16(out: &mut Vec<u8>, s: &str) {
-    // Every string here came through `Record::check` or a state file: at most u16::MAX bytes.
-    let n = s.len().min(usize::from(u16::MAX));
-    out.extend_from_slice(&(n as u16).to_le_bytes());
-    out.extend_from_slice(&s.as_bytes()[..n]);
-}
-
-fn put_u32(out: &mut Vec<u8>, n: usize) {
-    out.extend_from_slice(&(n as u32).to_le_bytes());
+/// A count as the state file's `u32` (every count here is of strings that
+/// each came through `Record::check`, far below `u32::MAX`).
+fn put_count(out: &mut Vec<u8>, n: usize) {
+    out.put_u32(n as u32);
 }
 
 fn outcome_code(outcome: ClaimOutcome) -> u8 {
@@ -573,12 +562,13 @@ fn outcome_code(outcome: ClaimOutcome) -> u8 {
 }
 
 /// The outcome an on-disk code names.
-fn outcome_of(code: u8) -> Result<ClaimOutcome, &'static str> {
+fn read_outcome(r: &mut Reader<'_>) -> codec::Result<ClaimOutcome> {
+    let code = r.u8()?;
     OUTCOMES
         .iter()
         .find(|(_, c)| *c == code)
         .map(|(o, _)| *o)
-        .ok_or("unknown claim outcome")
+        .ok_or_else(|| r.error("unknown claim outcome"))
 }
 
 /// Every shop's benefits' state, sorted by name, copied under each benefit's lock.
@@ -615,63 +605,47 @@ pub(super) fn encode_state_file(lsn: u64, image: &Image) -> Vec<u8> {
     let mut body = Vec::new();
     encode_state(image, &mut body);
     let mut file_bytes = Vec::with_capacity(STATE_HEADER_LEN + body.len());
-    file_bytes.extend_from_slice(&STATE_MAGIC);
+    file_bytes.put_bytes(&STATE_MAGIC);
     let crc_from = file_bytes.len();
-    file_bytes.extend_from_slice(&STATE_VERSION.to_le_bytes());
-    file_bytes.extend_from_slice(&lsn.to_le_bytes());
-    file_bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    file_bytes.put_u32(STATE_VERSION);
+    file_bytes.put_u64(lsn);
+    file_bytes.put_u64(body.len() as u64);
     let mut crc = crc32fast::Hasher::new();
     crc.update(&file_bytes[crc_from..]);
     crc.update(&body);
-    file_bytes.extend_from_slice(&crc.finalize().to_le_bytes());
-    file_bytes.extend_from_slice(&body);
+    file_bytes.put_u32(crc.finalize());
+    file_bytes.put_bytes(&body);
     file_bytes
 }
 
 /// Encodes the body of a state file.
 fn encode_state(shops: &Image, out: &mut Vec<u8>) {
-    put_u32(out, shops.len());
+    put_count(out, shops.len());
     for (shop, benefits) in shops {
-        put_s16(out, shop);
-        put_u32(out, benefits.len());
+        out.put_str16(shop);
+        put_count(out, benefits.len());
         for (benefit, image) in benefits {
-            put_s16(out, benefit);
-            out.extend_from_slice(&image.grants.total().to_le_bytes());
+            out.put_str16(benefit);
+            out.put_u64(image.grants.total());
             let mut visitors: Vec<_> = image.grants.visitors().collect();
             visitors.sort_unstable();
-            put_u32(out, visitors.len());
+            put_count(out, visitors.len());
             for (visitor, times) in visitors {
-                put_s16(out, visitor);
-                put_u32(out, times.len());
+                out.put_str16(visitor);
+                put_count(out, times.len());
                 for t in times {
-                    out.extend_from_slice(&t.to_le_bytes());
+                    out.put_i64(*t);
                 }
             }
             let mut answers: Vec<_> = image.answers.iter().collect();
             answers.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            put_u32(out, answers.len());
+            put_count(out, answers.len());
             for (id, answer) in answers {
-                put_s16(out, id);
-                out.push(outcome_code(answer.outcome));
-                put_s16(out, &answer.visitor);
+                out.put_str16(id);
+                out.put_u8(outcome_code(answer.outcome));
+                out.put_str16(&answer.visitor);
             }
         }
-    }
-}
-
-impl RecordReader<'_> {
-    fn u32_le(&mut self) -> Result<u32, &'static str> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-
-    /// A count of items of at least `min_bytes` each, refused when the bytes
-    /// left cannot hold that many (so a count never drives an allocation).
-    fn count(&mut self, min_bytes: usize) -> Result<usize, &'static str> {
-        let n = self.u32_le()? as usize;
-        if n.saturating_mul(min_bytes) > self.remaining() {
-            return Err("a count larger than the bytes that follow");
-        }
-        Ok(n)
     }
 }
 
@@ -679,76 +653,74 @@ impl RecordReader<'_> {
 /// byte offset and reason it is refused. Never panics; allocates at most
 /// in proportion to `bytes`.
 pub(super) fn decode_state(bytes: &[u8], shops: &Shops) -> Result<u64, (u64, &'static str)> {
-    let mut r = RecordReader::new(bytes);
-    let at = |r: &RecordReader<'_>| (bytes.len() - r.remaining()) as u64;
+    let mut r = Reader::new(bytes);
     let header = (|| {
-        if r.take(8)? != STATE_MAGIC {
-            return Err("not a claims ledger state file");
+        if r.bytes(STATE_MAGIC.len())? != STATE_MAGIC {
+            return Err(r.error("not a claims ledger state file"));
         }
-        let version = r.u32_le()?;
-        if version != STATE_VERSION {
-            return Err("unsupported ledger state version");
+        if r.u32()? != STATE_VERSION {
+            return Err(r.error("unsupported ledger state version"));
         }
-        let lsn = u64::from_le_bytes(r.array()?);
-        let len = u64::from_le_bytes(r.array()?);
-        let crc = r.u32_le()?;
-        Ok((lsn, len, crc))
+        Ok((r.u64()?, r.u64()?, r.u32()?))
     })();
-    let (lsn, len, crc) = header.map_err(|what| (0, what))?;
+    // Header defects are reported at offset 0: the file as a whole is refused.
+    let (lsn, len, crc) = header.map_err(|e: codec::Error| (0, e.what))?;
     if len != r.remaining() as u64 {
         return Err((0, "ledger state length does not match the file (truncated?)"));
     }
     let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&bytes[8..STATE_HEADER_LEN - 4]);
-    hasher.update(&bytes[STATE_HEADER_LEN..]);
+    hasher.update(&bytes[STATE_MAGIC.len()..STATE_HEADER_LEN - 4]);
+    hasher.update(r.rest());
     if hasher.finalize() != crc {
         return Err((0, "ledger state checksum mismatch"));
     }
-    let body = (|| {
-        for _ in 0..r.count(2 + 4)? {
-            let shop = r.str16()?;
-            let benefits = shops.entry(shop.into()).or_default().clone();
-            for _ in 0..r.count(2 + 8 + 4 + 4)? {
-                let benefit = r.str16()?;
-                let total = u64::from_le_bytes(r.array()?);
-                let mut visitors = Vec::new();
-                for _ in 0..r.count(2 + 4)? {
-                    let visitor = r.str16()?;
-                    let n = r.count(8)?;
-                    let mut times = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        times.push(i64::from_le_bytes(r.array()?));
-                    }
-                    visitors.push((Box::<str>::from(visitor), times));
+    let mut r = Reader::with_base(&bytes[STATE_HEADER_LEN..], STATE_HEADER_LEN);
+    decode_state_body(&mut r, shops).map_err(|e| (e.offset as u64, e.what))?;
+    Ok(lsn)
+}
+
+/// The body of a state file (after its header), into `shops`.
+fn decode_state_body(r: &mut Reader<'_>, shops: &Shops) -> codec::Result<()> {
+    for _ in 0..r.count32(2 + 4)? {
+        let shop = r.str16()?;
+        let benefits = shops.entry(shop.into()).or_default().clone();
+        for _ in 0..r.count32(2 + 8 + 4 + 4)? {
+            let benefit = r.str16()?;
+            let total = r.u64()?;
+            let mut visitors = Vec::new();
+            for _ in 0..r.count32(2 + 4)? {
+                let visitor = r.str16()?;
+                let n = r.count32(8)?;
+                let mut times = Vec::with_capacity(n);
+                for _ in 0..n {
+                    times.push(r.i64()?);
                 }
-                let grants = Grants::from_parts(total, visitors)?;
-                let mut answers = std::collections::HashMap::default();
-                for _ in 0..r.count(2 + 1 + 2)? {
-                    let id = r.str16()?;
-                    let code = r.u8()?;
-                    let outcome = outcome_of(code)?;
-                    let visitor = r.str16()?;
-                    let answer = Answer {
-                        outcome,
-                        visitor: visitor.into(),
-                    };
-                    answers.insert(Box::<str>::from(id), (answer, 0));
-                }
-                if benefits
-                    .insert(benefit.into(), Mutex::new(BenefitState { grants, answers }))
-                    .is_some()
-                {
-                    return Err("a benefit listed twice");
-                }
+                visitors.push((Box::<str>::from(visitor), times));
+            }
+            let grants = Grants::from_parts(total, visitors).map_err(|what| r.error(what))?;
+            let mut answers = std::collections::HashMap::default();
+            for _ in 0..r.count32(2 + 1 + 2)? {
+                let id = r.str16()?;
+                let outcome = read_outcome(r)?;
+                let visitor = r.str16()?;
+                let answer = Answer {
+                    outcome,
+                    visitor: visitor.into(),
+                };
+                answers.insert(Box::<str>::from(id), (answer, 0));
+            }
+            if benefits
+                .insert(benefit.into(), Mutex::new(BenefitState { grants, answers }))
+                .is_some()
+            {
+                return Err(r.error("a benefit listed twice"));
             }
         }
-        if !r.at_end() {
-            return Err("bytes after the ledger state");
-        }
-        Ok(())
-    })();
-    body.map_err(|what| (at(&r), what))?;
-    Ok(lsn)
+    }
+    if !r.is_empty() {
+        return Err(r.error("bytes after the ledger state"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use vitrine_core::{Action, ClaimOutcome, Event, Grants};
 use crate::storage::claims_journal::{decode_state, encode_state_file, image_of, BenefitImage, Image, Record};
 use crate::storage::event_log;
 use crate::storage::snapshots::{KafkaPosition, Position};
+use crate::storage::wal::{segment_header, test_batch};
 
 /// Bytes from a hex string (whitespace ignored).
 fn unhex(s: &str) -> Vec<u8> {
@@ -195,3 +196,12 @@ fn snapshot_position_bytes_are_pinned() {
 }
 
 const POSITION_NONE: &str = "01000000000000000000000000000000000000000000";
+
+const SEGMENT_HEADER: &str = "5654524e57414c530100000045565431050000000000000004000000000000000000000073c32af2";
+const BATCH: &str = "5654524e425443480a00000002000000040000000000000088eed8ee02000000616200000000";
+
+#[test]
+fn wal_segment_header_and_batch_bytes_are_pinned() {
+    assert_golden(&segment_header(*b"EVT1", 5, 4), SEGMENT_HEADER);
+    assert_golden(&test_batch(&[b"ab", b""], 4), BATCH);
+}
