@@ -81,8 +81,8 @@
 //! Every count is checked against the bytes left before anything is
 //! allocated for it, so a damaged or hostile file costs at most its size.
 
-use std::fs::{self, File};
-use std::io::{self, Write as _};
+use std::fs;
+use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -93,6 +93,7 @@ use vitrine_core::claims::{Answer, Usage};
 use vitrine_core::codec::{self, Put, Reader};
 use vitrine_core::{ClaimLedger, ClaimOutcome, Grants, LedgerClaim, LedgerError};
 
+use crate::storage::fs::write_atomic_via;
 use crate::storage::wal::{CompactReport, Failpoints, FailureHook, Options, Wal, WalError};
 
 /// The record format of the claims journal, in its segments' headers.
@@ -387,19 +388,7 @@ impl DurableLedger {
         let file_bytes = encode_state_file(lsn, &image);
         drop(image);
         let dir = self.wal.dir();
-        let tmp = dir.join(STATE_TMP);
-        let written = (|| {
-            let mut file = File::create(&tmp)?;
-            file.write_all(&file_bytes)?;
-            file.sync_all()?;
-            drop(file);
-            fs::rename(&tmp, dir.join(STATE_FILE))?;
-            File::open(dir)?.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
+        write_atomic_via(&dir.join(STATE_FILE), STATE_TMP, &file_bytes)?;
         let removed = self.wal.compact(lsn)?;
         Ok(Compaction {
             lsn,

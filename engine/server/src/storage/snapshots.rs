@@ -25,13 +25,15 @@
 //! tried; with none left, the engine starts empty and replays the whole log.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use vitrine_core::codec::{self, Put, Reader};
 use vitrine_core::{snapshot, Index};
+
+use crate::storage::fs::{sync_dir, write_atomic_via};
 
 /// The subdirectory of `--data-dir` holding snapshots.
 pub const DIR_NAME: &str = "snapshots";
@@ -280,19 +282,7 @@ impl SnapshotDir {
         let started = Instant::now();
         let n = self.last_number()? + 1;
         let path = self.dir.join(format!("{PREFIX}{n:012}{SUFFIX}"));
-        let tmp = self.dir.join(format!("{PREFIX}{n:012}{SUFFIX}.tmp"));
-        let written = (|| {
-            let mut file = File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            drop(file);
-            fs::rename(&tmp, &path)?;
-            sync_dir(&self.dir)
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
+        write_atomic_via(&path, &format!("{PREFIX}{n:012}{SUFFIX}.tmp"), &bytes)?;
         let write = started.elapsed();
         let snapshots = self.list()?;
         if snapshots.len() > self.keep {
@@ -337,11 +327,6 @@ impl SnapshotDir {
         }
         Ok((!positions.is_empty()).then_some(lsn))
     }
-}
-
-/// Makes a rename or a removal in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

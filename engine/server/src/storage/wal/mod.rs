@@ -100,6 +100,8 @@ use std::thread::JoinHandle;
 use parking_lot::{Condvar, Mutex};
 use vitrine_core::codec::{self, Put, Reader};
 
+use crate::storage::fs::sync_dir;
+
 /// The segment size at which the writer starts a new segment, by default.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 /// The first eight bytes of every segment file.
@@ -628,10 +630,6 @@ fn replay_segment(
         valid_len: pos,
         last_lsn: seq,
     })
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Creates the segment starting at `first` (which follows record `prev`):
