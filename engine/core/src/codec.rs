@@ -396,6 +396,14 @@ mod tests {
         let mut max = vec![0xff; 9];
         max.push(1);
         assert_eq!(Reader::new(&max).varint(), Ok(u64::MAX));
+        max[9] = 2;
+        assert_eq!(
+            Reader::new(&max).varint(),
+            Err(Error {
+                offset: 10,
+                what: VARINT_OVERFLOW
+            })
+        );
         assert_eq!(
             Reader::new(&[0x80, 0x80, 0x80, 0x80, 0x10])
                 .varint_u32()
@@ -444,14 +452,9 @@ mod tests {
         exact.put_u32(4);
         exact.put_u64(0);
         assert_eq!(Reader::new(&exact).count32(2), Ok(4));
-        assert_eq!(
-            Reader::new(&exact)
-                .u32()
-                .and(Reader::new(&exact[..3]).u32())
-                .unwrap_err()
-                .offset,
-            0
-        );
+        // One element more than the bytes left hold.
+        exact[0] = 5;
+        assert_eq!(Reader::new(&exact).count32(2).unwrap_err().what, COUNT_TOO_LARGE);
     }
 
     #[test]
