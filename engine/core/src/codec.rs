@@ -60,6 +60,28 @@ pub fn unzigzag(v: u64) -> i64 {
     (v >> 1) as i64 ^ -((v & 1) as i64)
 }
 
+/// `bytes` as lowercase hex, two digits a byte (for golden tests and logs).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// The bytes of a hex string, whitespace ignored; `None` if it is not hex.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if !digits.len().is_multiple_of(2) {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
+        .collect()
+}
+
 /// Appends fields to a byte buffer.
 pub trait Put {
     /// One byte.
@@ -356,8 +378,10 @@ mod tests {
         out.put_str32("");
         let golden = "07 0201 06050403 feffffffffffffff feffffff 0000000000000080 \
                       0000000000000080 ac02 0368c3a9 02006162 00000000";
-        let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, golden.replace(' ', ""));
+        assert_eq!(hex(&out), golden.replace(' ', ""));
+        assert_eq!(unhex(golden), Some(out.clone()));
+        assert_eq!(unhex("0g"), None);
+        assert_eq!(unhex("123"), None);
 
         let mut r = Reader::new(&out);
         assert_eq!(r.u8(), Ok(7));

@@ -3,19 +3,8 @@
 //! format moved onto `vitrine_core::codec`, and those bytes decode back to an
 //! index that encodes to them again. A change here is a change of the disk format.
 
+use vitrine_core::codec::{hex, unhex};
 use vitrine_core::{snapshot, Event, Index};
-
-fn unhex(s: &str) -> Vec<u8> {
-    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    digits
-        .chunks(2)
-        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
-        .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// Two shops; views, a cart, purchases, a tag set and removed, a tier.
 fn golden_index() -> Index {
@@ -58,7 +47,7 @@ const SNAPSHOT: &str = "\
 #[test]
 fn snapshot_bytes_are_pinned() {
     let bytes = snapshot::encode(&golden_index(), b"meta");
-    assert_eq!(hex(&bytes), hex(&unhex(SNAPSHOT)), "golden bytes differ");
+    assert_eq!(hex(&bytes), hex(&unhex(SNAPSHOT).unwrap()), "golden bytes differ");
     let back = snapshot::decode(&bytes).unwrap();
     assert_eq!(back.meta, b"meta");
     assert_eq!(snapshot::encode(&back.index, &back.meta), bytes);

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 
 use dashmap::DashMap;
 use vitrine_core::claims::Answer;
+use vitrine_core::codec::hex;
 use vitrine_core::{Action, ClaimOutcome, Event, Grants};
 
 use crate::storage::claims_journal::{decode_state, encode_state_file, image_of, BenefitImage, Image, Record};
@@ -14,17 +15,8 @@ use crate::storage::event_log;
 use crate::storage::snapshots::{KafkaPosition, Position};
 use crate::storage::wal::{segment_header, test_batch};
 
-/// Bytes from a hex string (whitespace ignored).
 fn unhex(s: &str) -> Vec<u8> {
-    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    digits
-        .chunks(2)
-        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
-        .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    vitrine_core::codec::unhex(s).unwrap()
 }
 
 /// `bytes` are the golden `expected` (the message shows them as hex).
