@@ -125,7 +125,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let data_lock = Arc::new(lock_data_dir(&config.data_dir)?);
     let storage = StorageHealth::default();
     let store = RuleStore::new(&config.rules_dir, &config.data_dir).with_limits(config.rule_limits);
-    log_sync(&store.sync_dir(now_ms()));
+    log_sync(&store.rescan(now_ms()));
     let snapshots = SnapshotDir::open(&config.data_dir, config.snapshot_keep)
         .with_context(|| format!("opening {}/snapshots", config.data_dir.display()))?;
     let data_dir = config.data_dir.clone();
@@ -443,7 +443,7 @@ async fn background(
         let refresh_stats = ticks.is_multiple_of(5);
         ticks += 1;
         let report = tokio::task::spawn_blocking(move || {
-            let report = e.rules.sync_dir(now_ms());
+            let report = e.rules.rescan(now_ms());
             if refresh_stats {
                 for shop in e.index.shops() {
                     metrics::index_stats(shop.name(), &shop.stats());
