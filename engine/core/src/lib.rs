@@ -8,7 +8,9 @@
 //! against that visitor's profile, while audience sizes ([`eval::size`])
 //! evaluate the same plan as bitmap algebra over the whole shop. Claims
 //! ([`claims`]) count grants against caps and budgets; [`snapshot`] encodes
-//! the index for restarts; [`time`] and [`hash`] are the shared arithmetic.
+//! the index for restarts; [`codec`] is the byte codec of every on-disk
+//! format (here and in the server); [`time`] and [`hash`] are the shared
+//! arithmetic.
 //!
 //! The key design choice: the index keeps every event in two shapes, columns
 //! (roaring bitmaps of visitors per action and day, tag and tier) for
@@ -18,6 +20,7 @@
 //! unless the expression forces it. The crate is pure: no async, no I/O.
 
 pub mod claims;
+pub mod codec;
 pub mod eval;
 pub mod event;
 pub mod hash;

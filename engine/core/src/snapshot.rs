@@ -89,6 +89,7 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 use roaring::RoaringBitmap;
 
+use crate::codec::{self, begin_len, end_len, Put, Reader};
 use crate::index::{
     DayBitmaps, Entry, Index, Interner, ItemInfo, Profile, Purchase, ShopIndex, TagState, NONE, POPULARITY_DAYS,
     SHARDS, SHARD_BITS,
@@ -151,6 +152,15 @@ pub enum SnapshotError {
     },
 }
 
+impl From<codec::Error> for SnapshotError {
+    fn from(e: codec::Error) -> SnapshotError {
+        SnapshotError::Malformed {
+            offset: e.offset,
+            what: e.what,
+        }
+    }
+}
+
 /// A decoded snapshot.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -188,14 +198,14 @@ pub fn encode(index: &Index, meta: &[u8]) -> Vec<u8> {
 /// on the safe side, and load through [`decode`].
 pub fn peek_meta(prefix: &[u8]) -> Result<&[u8], SnapshotError> {
     let (_, payload) = check_header(prefix)?;
-    meta_section(&mut Reader::new(payload, 0))
+    meta_section(&mut Reader::new(payload))
 }
 
 /// Reads the META section that every payload starts with.
 fn meta_section<'a>(r: &mut Reader<'a>) -> Decoded<&'a [u8]> {
-    let (kind, mut meta) = r.section()?;
+    let (kind, mut meta) = section(r)?;
     if kind != SECTION_META {
-        return Err(r.malformed("the first section is not META"));
+        return Err(malformed(r, "the first section is not META"));
     }
     Ok(meta.rest())
 }
@@ -203,13 +213,13 @@ fn meta_section<'a>(r: &mut Reader<'a>) -> Decoded<&'a [u8]> {
 /// Decodes a snapshot made by [`encode`], validating every byte.
 pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     let payload = open(bytes)?;
-    let mut r = Reader::new(payload, 0);
+    let mut r = Reader::new(payload);
     let meta = meta_section(&mut r)?.to_vec();
     let index = Index::new();
     while !r.is_empty() {
-        let (kind, body) = r.section()?;
+        let (kind, body) = section(&mut r)?;
         if kind != SECTION_SHOP {
-            return Err(r.malformed("unknown section kind"));
+            return Err(malformed(&r, "unknown section kind"));
         }
         let at = body.offset();
         let shop = decode_shop(body)?;
@@ -247,41 +257,49 @@ pub fn reseal(bytes: &mut [u8]) {
     header[28..32].copy_from_slice(&header_crc.to_le_bytes());
 }
 
-fn u32_at(header: &[u8; HEADER_LEN], at: usize) -> u32 {
-    u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+/// The header's fields after the magic.
+struct Header {
+    payload_len: u64,
+    payload_crc: u32,
 }
 
 /// Checks the header's magic, own checksum and version; returns the header
 /// and the bytes after it (the payload, or a prefix of it).
-fn check_header(bytes: &[u8]) -> Result<(&[u8; HEADER_LEN], &[u8]), SnapshotError> {
+fn check_header(bytes: &[u8]) -> Result<(Header, &[u8]), SnapshotError> {
     let Some((header, payload)) = bytes.split_first_chunk::<HEADER_LEN>() else {
         return Err(SnapshotError::TooShort { len: bytes.len() });
     };
-    if header[0..8] != MAGIC {
+    let mut r = Reader::new(header);
+    if r.bytes(MAGIC.len())? != MAGIC {
         return Err(SnapshotError::BadMagic);
     }
-    if crc32fast::hash(&header[..28]) != u32_at(header, 28) {
+    let (version, flags, payload_len, payload_crc, header_crc) = (r.u32()?, r.u32()?, r.u64()?, r.u32()?, r.u32()?);
+    if crc32fast::hash(&header[..28]) != header_crc {
         return Err(SnapshotError::HeaderChecksum);
     }
-    let version = u32_at(header, 8);
-    if version != VERSION || u32_at(header, 12) != 0 {
+    if version != VERSION || flags != 0 {
         return Err(SnapshotError::UnsupportedVersion { found: version });
     }
-    Ok((header, payload))
+    Ok((
+        Header {
+            payload_len,
+            payload_crc,
+        },
+        payload,
+    ))
 }
 
 /// Checks the header and the payload's length and checksum; returns the payload.
 fn open(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
     let (header, payload) = check_header(bytes)?;
-    let u32_at = |at: usize| u32_at(header, at);
-    let expected = u64::from(u32_at(16)) | u64::from(u32_at(20)) << 32;
+    let expected = header.payload_len;
     if expected != payload.len() as u64 {
         return Err(SnapshotError::Length {
             expected,
             found: payload.len() as u64,
         });
     }
-    let (stored, computed) = (u32_at(24), crc32fast::hash(payload));
+    let (stored, computed) = (header.payload_crc, crc32fast::hash(payload));
     if stored != computed {
         return Err(SnapshotError::Checksum {
             expected: stored,
@@ -293,33 +311,9 @@ fn open(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
 
 // ---------------------------------------------------------------- encoding
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_varint(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-}
-
 fn begin_section(out: &mut Vec<u8>, kind: u8) -> usize {
-    out.push(kind);
+    out.put_u8(kind);
     begin_len(out)
-}
-
-/// Reserves a u64 length to be filled in by [`end_len`].
-fn begin_len(out: &mut Vec<u8>) -> usize {
-    out.extend_from_slice(&[0; 8]);
-    out.len()
-}
-
-fn end_len(out: &mut [u8], start: usize) {
-    let len = (out.len() - start) as u64;
-    out[start - 8..start].copy_from_slice(&len.to_le_bytes());
 }
 
 /// The names of an interner in id order, cut at the first id not visible
@@ -353,7 +347,7 @@ impl Names {
 
     fn encode(&self, out: &mut Vec<u8>) {
         for &(start, end) in &self.spans {
-            put_str(out, &self.text[start..end]);
+            out.put_str(&self.text[start..end]);
         }
     }
 }
@@ -411,11 +405,11 @@ fn encode_shop(shop: &ShopIndex, out: &mut Vec<u8>) {
         categories: categories.len(),
         tags: tags.len(),
     };
-    put_str(out, shop.name());
+    out.put_str(shop.name());
     for n in [limits.visitors, limits.categories, limits.tags, limits.items] {
-        out.extend_from_slice(&n.to_le_bytes());
+        out.put_u32(n);
     }
-    out.push(SHARD_BITS as u8);
+    out.put_u8(SHARD_BITS as u8);
     for names in [&visitors, &categories, &tags] {
         let at = begin_len(out);
         names.encode(out);
@@ -423,13 +417,13 @@ fn encode_shop(shop: &ShopIndex, out: &mut Vec<u8>) {
     }
     let at = begin_len(out);
     for (name, category) in &items {
-        put_str(out, name);
+        out.put_str(name);
         match category {
             Some((ts, cat)) if *cat < limits.categories => {
-                put_varint(out, u64::from(*cat) + 1);
-                out.extend_from_slice(&ts.to_le_bytes());
+                out.put_varint(u64::from(*cat) + 1);
+                out.put_i64(*ts);
             }
-            _ => put_varint(out, 0),
+            _ => out.put_varint(0),
         }
     }
     end_len(out, at);
@@ -437,7 +431,7 @@ fn encode_shop(shop: &ShopIndex, out: &mut Vec<u8>) {
     for shard in 0..SHARDS {
         shop.with_shard(shard, |profiles| {
             let slots = profiles.len().min(slots_below(shard, limits.visitors));
-            put_varint(out, slots as u64);
+            out.put_varint(slots as u64);
             for profile in &profiles[..slots] {
                 encode_profile(profile, &limits, out);
             }
@@ -447,192 +441,78 @@ fn encode_shop(shop: &ShopIndex, out: &mut Vec<u8>) {
 }
 
 fn encode_profile(p: &Profile, limits: &Limits, out: &mut Vec<u8>) {
-    put_varint(out, p.entries.iter().filter(|e| limits.keeps_entry(e)).count() as u64);
+    out.put_varint(p.entries.iter().filter(|e| limits.keeps_entry(e)).count() as u64);
     let mut hour = 0;
     for e in p.entries.iter().filter(|e| limits.keeps_entry(e)) {
-        put_varint(out, u64::from(e.hour - hour) << 2 | u64::from(e.action));
-        put_varint(out, u64::from(e.item));
-        put_varint(
-            out,
-            if e.category == NONE {
-                0
-            } else {
-                u64::from(e.category) + 1
-            },
-        );
+        out.put_varint(u64::from(e.hour - hour) << 2 | u64::from(e.action));
+        out.put_varint(u64::from(e.item));
+        out.put_varint(if e.category == NONE {
+            0
+        } else {
+            u64::from(e.category) + 1
+        });
         hour = e.hour;
     }
     let purchases = || p.purchases.iter().filter(|b| b.item < limits.items);
-    put_varint(out, purchases().count() as u64);
+    out.put_varint(purchases().count() as u64);
     for b in purchases() {
-        out.extend_from_slice(&b.key.to_le_bytes());
-        put_varint(out, u64::from(b.hour));
-        put_varint(out, u64::from(b.item));
-        out.extend_from_slice(&b.amount.to_le_bytes());
+        out.put_u64(b.key);
+        out.put_varint(u64::from(b.hour));
+        out.put_varint(u64::from(b.item));
+        out.put_f64(b.amount);
     }
     let tags = || p.tags.iter().filter(|t| t.tag < limits.tags);
-    put_varint(out, tags().count() as u64);
+    out.put_varint(tags().count() as u64);
     for t in tags() {
-        put_varint(out, u64::from(t.tag));
-        out.extend_from_slice(&t.ts.to_le_bytes());
-        out.push(u8::from(t.present));
+        out.put_varint(u64::from(t.tag));
+        out.put_i64(t.ts);
+        out.put_u8(u8::from(t.present));
     }
     match p.tier {
         Some((ts, tier)) => {
-            out.push(1);
-            out.extend_from_slice(&ts.to_le_bytes());
-            put_varint(out, u64::from(tier));
+            out.put_u8(1);
+            out.put_i64(ts);
+            out.put_varint(u64::from(tier));
         }
-        None => out.push(0),
+        None => out.put_u8(0),
     }
 }
 
 // ---------------------------------------------------------------- decoding
 
-/// A cursor over part of the payload that never reads past its end.
-#[derive(Clone, Copy)]
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    /// Offset of `buf` in the payload, for error messages.
-    base: usize,
-}
-
 type Decoded<T> = Result<T, SnapshotError>;
 
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8], base: usize) -> Reader<'a> {
-        Reader { buf, pos: 0, base }
-    }
+/// A format error at `r`'s offset in the payload.
+fn malformed(r: &Reader<'_>, what: &'static str) -> SnapshotError {
+    r.error(what).into()
+}
 
-    fn offset(&self) -> usize {
-        self.base + self.pos
-    }
+/// A varint that fits a `u32`, else `what`.
+fn u32v(r: &mut Reader<'_>, what: &'static str) -> Decoded<u32> {
+    let v = r.varint()?;
+    u32::try_from(v).map_err(|_| malformed(r, what))
+}
 
-    fn malformed(&self, what: &'static str) -> SnapshotError {
-        SnapshotError::Malformed {
-            offset: self.offset(),
-            what,
-        }
+/// A varint that must be below `limit`, else `what`.
+fn id(r: &mut Reader<'_>, limit: u32, what: &'static str) -> Decoded<u32> {
+    match r.varint()? {
+        v if v < u64::from(limit) => Ok(v as u32),
+        _ => Err(malformed(r, what)),
     }
+}
 
-    fn is_empty(&self) -> bool {
-        self.pos == self.buf.len()
+/// A u64-length-prefixed block, as a reader of its own.
+fn block<'a>(r: &mut Reader<'a>) -> Decoded<Reader<'a>> {
+    let n = r.u64()?;
+    if n > r.remaining() as u64 {
+        return Err(malformed(r, "block runs past the end of the payload"));
     }
+    Ok(r.sub(n as usize)?)
+}
 
-    fn left(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-
-    fn bytes(&mut self, n: usize) -> Decoded<&'a [u8]> {
-        if n > self.left() {
-            return Err(self.malformed("length runs past the end of its block"));
-        }
-        let out = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
-    }
-
-    fn array<const N: usize>(&mut self) -> Decoded<[u8; N]> {
-        let mut out = [0; N];
-        out.copy_from_slice(self.bytes(N)?);
-        Ok(out)
-    }
-
-    fn u8(&mut self) -> Decoded<u8> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn u32(&mut self) -> Decoded<u32> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> Decoded<u64> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-
-    fn i64(&mut self) -> Decoded<i64> {
-        Ok(i64::from_le_bytes(self.array()?))
-    }
-
-    fn f64(&mut self) -> Decoded<f64> {
-        Ok(f64::from_le_bytes(self.array()?))
-    }
-
-    fn varint(&mut self) -> Decoded<u64> {
-        let mut v = 0u64;
-        for i in 0..10 {
-            let b = self.u8()?;
-            if i == 9 && b > 1 {
-                return Err(self.malformed("varint overflows 64 bits"));
-            }
-            v |= u64::from(b & 0x7f) << (7 * i);
-            if b < 0x80 {
-                return Ok(v);
-            }
-        }
-        Err(self.malformed("varint longer than 10 bytes"))
-    }
-
-    /// A varint that fits a `u32`.
-    fn u32v(&mut self, what: &'static str) -> Decoded<u32> {
-        u32::try_from(self.varint()?).map_err(|_| self.malformed(what))
-    }
-
-    /// A varint that must be below `limit`.
-    fn id(&mut self, limit: u32, what: &'static str) -> Decoded<u32> {
-        match self.varint()? {
-            v if v < u64::from(limit) => Ok(v as u32),
-            _ => Err(self.malformed(what)),
-        }
-    }
-
-    /// An element count, each element taking at least `min_bytes`.
-    fn count(&mut self, min_bytes: usize) -> Decoded<usize> {
-        let n = self.varint()?;
-        if n > (self.left() / min_bytes) as u64 {
-            return Err(self.malformed("count exceeds the bytes left"));
-        }
-        Ok(n as usize)
-    }
-
-    fn str(&mut self) -> Decoded<&'a str> {
-        let n = self.count(1)?;
-        let at = self.offset();
-        std::str::from_utf8(self.bytes(n)?).map_err(|_| SnapshotError::Malformed {
-            offset: at,
-            what: "name is not UTF-8",
-        })
-    }
-
-    /// A u64-length-prefixed block, as a reader of its own.
-    fn block(&mut self) -> Decoded<Reader<'a>> {
-        let n = self.u64()?;
-        if n > self.left() as u64 {
-            return Err(self.malformed("block runs past the end of the payload"));
-        }
-        let base = self.offset();
-        Ok(Reader::new(self.bytes(n as usize)?, base))
-    }
-
-    fn section(&mut self) -> Decoded<(u8, Reader<'a>)> {
-        let kind = self.u8()?;
-        Ok((kind, self.block()?))
-    }
-
-    fn rest(&mut self) -> &'a [u8] {
-        let out = &self.buf[self.pos..];
-        self.pos = self.buf.len();
-        out
-    }
-
-    fn finish(&self) -> Decoded<()> {
-        if self.is_empty() {
-            Ok(())
-        } else {
-            Err(self.malformed("trailing bytes"))
-        }
-    }
+fn section<'a>(r: &mut Reader<'a>) -> Decoded<(u8, Reader<'a>)> {
+    let kind = r.u8()?;
+    Ok((kind, block(r)?))
 }
 
 fn decode_names(mut r: Reader<'_>, count: u32, duplicate: &'static str) -> Decoded<Interner> {
@@ -641,7 +521,7 @@ fn decode_names(mut r: Reader<'_>, count: u32, duplicate: &'static str) -> Decod
         names.push(r.str()?);
     }
     r.finish()?;
-    Interner::from_names(names.into_iter()).map_err(|_| r.malformed(duplicate))
+    Interner::from_names(names.into_iter()).map_err(|_| malformed(&r, duplicate))
 }
 
 fn decode_items<'a>(mut r: Reader<'a>, limits: &Limits) -> Decoded<(Vec<&'a str>, Vec<ItemInfo>)> {
@@ -652,7 +532,7 @@ fn decode_items<'a>(mut r: Reader<'a>, limits: &Limits) -> Decoded<(Vec<&'a str>
         let category = match r.varint()? {
             0 => None,
             c if c <= u64::from(limits.categories) => Some((r.i64()?, (c - 1) as u32)),
-            _ => return Err(r.malformed("item category out of range")),
+            _ => return Err(malformed(&r, "item category out of range")),
         };
         infos.push(ItemInfo {
             id,
@@ -671,7 +551,7 @@ fn decode_profiles(mut r: Reader<'_>, limits: &Limits) -> Decoded<Vec<Vec<Profil
         // An empty profile takes 4 bytes.
         let slots = r.count(4)?;
         if slots > slots_below(shard, limits.visitors) {
-            return Err(r.malformed("profile of an unknown visitor"));
+            return Err(malformed(&r, "profile of an unknown visitor"));
         }
         let mut profiles = Vec::with_capacity(slots);
         for _ in 0..slots {
@@ -699,20 +579,20 @@ fn decode_profile(r: &mut Reader<'_>, limits: &Limits, scratch: &mut Vec<u64>) -
         let head = r.varint()?;
         hour += head >> 2;
         if hour > u64::from(u32::MAX) {
-            return Err(r.malformed("entry hour out of range"));
+            return Err(malformed(r, "entry hour out of range"));
         }
         let entry = Entry {
             hour: hour as u32,
             action: (head & 3) as u8,
-            item: r.id(limits.items, "entry item out of range")?,
+            item: id(r, limits.items, "entry item out of range")?,
             category: match r.varint()? {
                 0 => NONE,
                 c if c <= u64::from(limits.categories) => (c - 1) as u32,
-                _ => return Err(r.malformed("entry category out of range")),
+                _ => return Err(malformed(r, "entry category out of range")),
             },
         };
         if previous.is_some_and(|p| p >= entry) {
-            return Err(r.malformed("entries not sorted or repeated"));
+            return Err(malformed(r, "entries not sorted or repeated"));
         }
         previous = Some(entry);
         profile.entries.push(entry);
@@ -721,11 +601,11 @@ fn decode_profile(r: &mut Reader<'_>, limits: &Limits, scratch: &mut Vec<u64>) -
     profile.purchases.reserve_exact(n);
     for _ in 0..n {
         let key = r.u64()?;
-        let hour = r.u32v("purchase hour out of range")?;
-        let item = r.id(limits.items, "purchase item out of range")?;
+        let hour = u32v(r, "purchase hour out of range")?;
+        let item = id(r, limits.items, "purchase item out of range")?;
         let amount = r.f64()?;
         if !(amount.is_finite() && amount >= 0.0) {
-            return Err(r.malformed("purchase amount is not a finite non-negative number"));
+            return Err(malformed(r, "purchase amount is not a finite non-negative number"));
         }
         profile.purchases.push(Purchase {
             key,
@@ -737,32 +617,32 @@ fn decode_profile(r: &mut Reader<'_>, limits: &Limits, scratch: &mut Vec<u64>) -
     scratch.clear();
     scratch.extend(profile.purchases.iter().map(|p| p.key));
     if !distinct(scratch) {
-        return Err(r.malformed("purchase key repeated"));
+        return Err(malformed(r, "purchase key repeated"));
     }
     let n = r.count(10)?;
     profile.tags.reserve_exact(n);
     for _ in 0..n {
-        let tag = r.id(limits.tags, "tag out of range")?;
+        let tag = id(r, limits.tags, "tag out of range")?;
         let ts = r.i64()?;
         let present = match r.u8()? {
             0 => false,
             1 => true,
-            _ => return Err(r.malformed("tag presence is not 0 or 1")),
+            _ => return Err(malformed(r, "tag presence is not 0 or 1")),
         };
         profile.tags.push(TagState { tag, ts, present });
     }
     scratch.clear();
     scratch.extend(profile.tags.iter().map(|t| u64::from(t.tag)));
     if !distinct(scratch) {
-        return Err(r.malformed("tag repeated"));
+        return Err(malformed(r, "tag repeated"));
     }
     profile.tier = match r.u8()? {
         0 => None,
         1 => {
             let ts = r.i64()?;
-            Some((ts, r.u32v("tier out of range")?))
+            Some((ts, u32v(r, "tier out of range")?))
         }
-        _ => return Err(r.malformed("tier flag is not 0 or 1")),
+        _ => return Err(malformed(r, "tier flag is not 0 or 1")),
     };
     profile.refresh_latest();
     Ok(profile)
@@ -775,7 +655,7 @@ fn decode_shop(mut r: Reader<'_>) -> Decoded<ShopIndex> {
     let tags = r.u32()?;
     let items = r.u32()?;
     if u32::from(r.u8()?) != SHARD_BITS {
-        return Err(r.malformed("profile shard layout differs from this build's"));
+        return Err(malformed(&r, "profile shard layout differs from this build's"));
     }
     let limits = Limits {
         visitors,
@@ -783,8 +663,8 @@ fn decode_shop(mut r: Reader<'_>) -> Decoded<ShopIndex> {
         categories,
         tags,
     };
-    let (visitor_block, category_block, tag_block) = (r.block()?, r.block()?, r.block()?);
-    let (item_block, profile_block) = (r.block()?, r.block()?);
+    let (visitor_block, category_block, tag_block) = (block(&mut r)?, block(&mut r)?, block(&mut r)?);
+    let (item_block, profile_block) = (block(&mut r)?, block(&mut r)?);
     r.finish()?;
     // Every name takes at least a byte, every item two: bound the counts
     // before anything is sized by them.
@@ -794,8 +674,8 @@ fn decode_shop(mut r: Reader<'_>) -> Decoded<ShopIndex> {
         (tags, &tag_block, 1),
         (items, &item_block, 2),
     ] {
-        if count as usize > block.left() / per {
-            return Err(block.malformed("count exceeds the bytes of its block"));
+        if count as usize > block.remaining() / per {
+            return Err(malformed(block, "count exceeds the bytes of its block"));
         }
     }
 

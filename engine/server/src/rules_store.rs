@@ -12,7 +12,7 @@
 //!   rollback rewrites the file the shop serves from, and only when that file
 //!   still holds this shop; otherwise it writes a new file whose name no other
 //!   file has (`<shop>.yaml`, else `<shop>~N.yaml`: `~` never appears in a
-//!   shop's escaped name). Written atomically ([`write_atomically`]).
+//!   shop's escaped name). Written atomically ([`write_atomic`]).
 //! * `--data-dir/revisions/<shop>/<revision>-<origin>-<created_ms>.yaml`
 //!   keeps every accepted revision, so `List`, `Get` and `Rollback` survive
 //!   restarts and a revision number never names two different files. The
@@ -33,7 +33,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,6 +42,8 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use vitrine_core::{RuleErrors, RuleSet};
+
+use crate::storage::fs::{sync_dir, write_atomic};
 
 /// The longest shop name a rule file may declare, in bytes. Fixed by the
 /// file system: a shop's escaped name (up to 3 bytes per byte) plus
@@ -461,7 +462,7 @@ impl SyncReport {
 
 impl RuleStore {
     /// A store persisting to `rules_dir` and `data_dir/revisions`; loads
-    /// nothing yet (see [`RuleStore::sync_dir`]).
+    /// nothing yet (see [`RuleStore::rescan`]).
     pub fn new(rules_dir: &Path, data_dir: &Path) -> RuleStore {
         RuleStore {
             shops: DashMap::default(),
@@ -490,6 +491,11 @@ impl RuleStore {
     pub fn clustered(mut self) -> RuleStore {
         self.clustered = true;
         self
+    }
+
+    /// Whether the first rescan of `--rules-dir` ran.
+    pub fn scanned(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
     }
 
     /// Whether the store is in cluster mode.
@@ -871,7 +877,7 @@ impl RuleStore {
         let dir = self.revisions_dir.join(file_name_stem(shop));
         fs::create_dir_all(&dir)?;
         let revision_path = dir.join(info.file_name());
-        if let Err(e) = write_atomically(&revision_path, content.as_bytes()) {
+        if let Err(e) = write_atomic(&revision_path, content.as_bytes()) {
             self.undo_revision(history, &dir, &revision_path);
             return Err(e.into());
         }
@@ -914,11 +920,11 @@ impl RuleStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        let written = fs::create_dir_all(&self.rules_dir).and_then(|()| write_atomically(&target, content.as_bytes()));
+        let written = fs::create_dir_all(&self.rules_dir).and_then(|()| write_atomic(&target, content.as_bytes()));
         if let Err(e) = written {
             // The rename may have happened before the directory fsync failed.
             let restored = match &before {
-                Some(b) => write_atomically(&target, b),
+                Some(b) => write_atomic(&target, b),
                 None => match fs::remove_file(&target) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                     _ => Ok(()),
@@ -1004,12 +1010,12 @@ impl RuleStore {
     }
 
     /// Loads every `*.yaml` of `--rules-dir` whose content changed since the
-    /// last sync (all of them at start-up). Invalid files are reported and
+    /// last rescan (all of them at start-up). Invalid files are reported and
     /// change nothing; a file equal to what its shop serves is a no-op; the
     /// first valid file (by name) of a shop serves it, later ones are
     /// reported once and ignored. At start-up, a shop with history in
     /// `data/revisions` but no valid file serves its newest revision.
-    pub fn sync_dir(&self, now_ms: i64) -> SyncReport {
+    pub fn rescan(&self, now_ms: i64) -> SyncReport {
         let mut report = SyncReport::default();
         let _writing = self.writing.lock();
         let listed = self.list_rules_dir(&mut report);
@@ -1236,7 +1242,7 @@ impl RuleStore {
                 expected: 0,
                 if_absent: true,
             }),
-            Some(served) if first => match write_atomically(path, served.content.as_bytes()) {
+            Some(served) if first => match write_atomic(path, served.content.as_bytes()) {
                 Ok(()) => {
                     self.note_written(path, shop, &served.content);
                     if let Some(entry) = self.shops.get(shop) {
@@ -1335,47 +1341,6 @@ impl RuleStore {
     }
 }
 
-/// Writes a file so that readers see the old or the new content, never a
-/// mix: a temp file in the same directory, written and fsynced, renamed over
-/// `path`, then the directory fsynced. Any failure is an error (a rename
-/// that may not survive a crash is not a write), and a temp file is never
-/// left behind.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    // Not named after `path`: short whatever the target, never `*.yaml`.
-    // Unique within the process; one left by a crashed process with the
-    // same pid (pid 1 in a container) is overwritten, not an error.
-    let tmp = dir.join(format!(
-        ".vitrine-tmp-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let written = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        })
-        .and_then(|()| fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    sync_dir(dir)
-}
-
-/// Makes a directory's entries (a rename, a removal) durable.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
-
 /// A file-name-safe form of a shop name: `[A-Za-z0-9_.-]` kept, anything
 /// else (and a leading dot) as `%XX`. One-to-one, never contains `/`, `~`,
 /// NUL or starts with `.`; for a name that passes [`check_shop_name`] at most
@@ -1471,7 +1436,7 @@ mod tests {
     fn a_push_with_an_overlong_shop_name_is_invalid_and_writes_nothing() {
         let dir = TempDir::new("store-long-shop");
         let store = store(&dir);
-        store.sync_dir(NOW);
+        store.rescan(NOW);
         let shop = "x".repeat(300);
         let err = store.push(&rules(&shop, "b"), Origin::Push, false, NOW).unwrap_err();
         assert!(matches!(err, StoreError::InvalidShop(_)), "{err:?}");
@@ -1489,14 +1454,14 @@ mod tests {
         let dir = TempDir::new("store-broken-restart");
         {
             let store = store(&dir);
-            store.sync_dir(NOW);
+            store.rescan(NOW);
             store.push(&rules("s", "one"), Origin::Push, false, NOW).unwrap();
             store.push(&rules("s", "two"), Origin::Push, false, NOW + 1).unwrap();
         }
         fs::write(dir.0.join("rules/s.yaml"), "shop: s\nbanners: [oops\n").unwrap();
 
         let store = store(&dir);
-        let report = store.sync_dir(NOW + 2);
+        let report = store.rescan(NOW + 2);
         assert_eq!(kinds(&report), [ProblemKind::Invalid, ProblemKind::Restored]);
         assert_eq!(report.swapped, [("s".to_string(), 2)]);
         assert!(
@@ -1514,7 +1479,7 @@ mod tests {
         let c = store.counters();
         assert_eq!((c.files_rejected, c.shops_restored), (1, 1));
         // The broken file is reported once, not at every poll.
-        assert!(store.sync_dir(NOW + 4).problems.is_empty());
+        assert!(store.rescan(NOW + 4).problems.is_empty());
     }
 
     /// Regression (hardening #7): a deleted file keeps its shop serving, at
@@ -1524,17 +1489,17 @@ mod tests {
         let dir = TempDir::new("store-deleted");
         {
             let store = store(&dir);
-            store.sync_dir(NOW);
+            store.rescan(NOW);
             store.push(&rules("s", "one"), Origin::Push, false, NOW).unwrap();
             fs::remove_file(dir.0.join("rules/s.yaml")).unwrap();
-            let report = store.sync_dir(NOW + 1);
+            let report = store.rescan(NOW + 1);
             assert_eq!(kinds(&report), [ProblemKind::Deleted]);
             assert_eq!(store.counters().files_deleted, 1);
-            assert!(store.sync_dir(NOW + 2).problems.is_empty());
+            assert!(store.rescan(NOW + 2).problems.is_empty());
             assert_eq!(banner_of(&store, "s"), "banner: one");
         }
         let store = store(&dir);
-        let report = store.sync_dir(NOW + 3);
+        let report = store.rescan(NOW + 3);
         assert_eq!(kinds(&report), [ProblemKind::Restored]);
         assert_eq!(store.shops(), [("s".to_string(), 1)]);
         // A push writes the file again.
@@ -1552,8 +1517,8 @@ mod tests {
         let dir = TempDir::new("store-unreadable");
         fs::create_dir_all(dir.0.join("rules/x.yaml")).unwrap();
         let store = store(&dir);
-        assert_eq!(kinds(&store.sync_dir(NOW)), [ProblemKind::Unreadable]);
-        assert!(store.sync_dir(NOW + 1).problems.is_empty());
+        assert_eq!(kinds(&store.rescan(NOW)), [ProblemKind::Unreadable]);
+        assert!(store.rescan(NOW + 1).problems.is_empty());
         assert_eq!(store.counters().files_rejected, 1);
     }
 
@@ -1566,7 +1531,7 @@ mod tests {
         fs::write(dir.0.join("rules/foo.yaml"), rules("bar", "bar")).unwrap();
         {
             let store = store(&dir);
-            store.sync_dir(NOW);
+            store.rescan(NOW);
             store.push(&rules("foo", "foo"), Origin::Push, false, NOW).unwrap();
             assert_eq!(
                 fs::read_to_string(dir.0.join("rules/foo.yaml")).unwrap(),
@@ -1584,7 +1549,7 @@ mod tests {
             );
         }
         let store = store(&dir);
-        let report = store.sync_dir(NOW + 2);
+        let report = store.rescan(NOW + 2);
         assert!(report.problems.is_empty(), "{report:?}");
         assert_eq!(store.shops(), [("bar".to_string(), 1), ("foo".to_string(), 2)]);
         assert_eq!(banner_of(&store, "foo"), "banner: foo2");
@@ -1596,10 +1561,10 @@ mod tests {
     fn a_push_after_its_file_changed_shop_writes_a_new_file() {
         let dir = TempDir::new("store-file-changed-shop");
         let store = store(&dir);
-        store.sync_dir(NOW);
+        store.rescan(NOW);
         store.push(&rules("foo", "foo"), Origin::Push, false, NOW).unwrap();
         fs::write(dir.0.join("rules/foo.yaml"), rules("bar", "bar")).unwrap();
-        store.sync_dir(NOW + 1);
+        store.rescan(NOW + 1);
         store.push(&rules("foo", "foo2"), Origin::Push, false, NOW + 2).unwrap();
         assert_eq!(
             fs::read_to_string(dir.0.join("rules/foo.yaml")).unwrap(),
@@ -1617,13 +1582,13 @@ mod tests {
         fs::create_dir_all(dir.0.join("rules")).unwrap();
         fs::write(dir.0.join("rules/b.yaml"), rules("s", "b")).unwrap();
         let store = store(&dir);
-        store.sync_dir(NOW);
+        store.rescan(NOW);
         fs::write(dir.0.join("rules/c.yaml"), rules("s", "c")).unwrap();
-        let report = store.sync_dir(NOW + 1);
+        let report = store.rescan(NOW + 1);
         assert_eq!(kinds(&report), [ProblemKind::Duplicate]);
         assert!(report.swapped.is_empty());
         assert_eq!(banner_of(&store, "s"), "banner: b");
-        assert!(store.sync_dir(NOW + 2).problems.is_empty(), "reported once");
+        assert!(store.rescan(NOW + 2).problems.is_empty(), "reported once");
         assert_eq!(store.counters().files_duplicate, 1);
 
         store.push(&rules("s", "pushed"), Origin::Push, false, NOW + 3).unwrap();
@@ -1632,12 +1597,12 @@ mod tests {
             rules("s", "pushed")
         );
         assert_eq!(fs::read_to_string(dir.0.join("rules/c.yaml")).unwrap(), rules("s", "c"));
-        assert!(store.sync_dir(NOW + 4).swapped.is_empty());
+        assert!(store.rescan(NOW + 4).swapped.is_empty());
         assert_eq!(banner_of(&store, "s"), "banner: pushed");
         drop(store);
 
         let store = RuleStore::new(&dir.0.join("rules"), &dir.0.join("data"));
-        let report = store.sync_dir(NOW + 5);
+        let report = store.rescan(NOW + 5);
         assert_eq!(kinds(&report), [ProblemKind::Duplicate]);
         assert_eq!(banner_of(&store, "s"), "banner: pushed");
         assert_eq!(store.shops(), [("s".to_string(), 2)]);
@@ -1651,13 +1616,13 @@ mod tests {
         fs::create_dir_all(dir.0.join("rules")).unwrap();
         fs::write(dir.0.join("rules/b.yaml"), rules("s", "b")).unwrap();
         let store = store(&dir);
-        store.sync_dir(NOW);
+        store.rescan(NOW);
         fs::write(dir.0.join("rules/a.yaml"), rules("s", "a")).unwrap();
-        let report = store.sync_dir(NOW + 1);
+        let report = store.rescan(NOW + 1);
         assert_eq!(kinds(&report), [ProblemKind::Duplicate]);
         assert_eq!(report.problems[0].path, dir.0.join("rules/b.yaml"));
         assert_eq!(banner_of(&store, "s"), "banner: a");
-        assert!(store.sync_dir(NOW + 2).problems.is_empty());
+        assert!(store.rescan(NOW + 2).problems.is_empty());
         store.push(&rules("s", "pushed"), Origin::Push, false, NOW + 3).unwrap();
         assert_eq!(
             fs::read_to_string(dir.0.join("rules/a.yaml")).unwrap(),
@@ -1675,7 +1640,7 @@ mod tests {
         let rules_dir = dir.0.join("rules");
         {
             let store = store(&dir);
-            store.sync_dir(NOW);
+            store.rescan(NOW);
             store.push(&rules("s", "one"), Origin::Push, false, NOW).unwrap();
             fs::remove_dir_all(&rules_dir).unwrap();
             fs::write(&rules_dir, "not a directory").unwrap();
@@ -1696,7 +1661,7 @@ mod tests {
         fs::remove_file(&rules_dir).unwrap();
         fs::create_dir_all(&rules_dir).unwrap();
         let store = store(&dir);
-        store.sync_dir(NOW + 5);
+        store.rescan(NOW + 5);
         assert_eq!(revisions(&store, "s"), [1]);
         let served = store.push(&rules("s", "two"), Origin::Push, false, NOW + 6).unwrap();
         assert_eq!(served.revision, 2);
@@ -1708,7 +1673,7 @@ mod tests {
     fn only_the_serving_revision_text_is_held_in_memory() {
         let dir = TempDir::new("store-memory");
         let store = store(&dir);
-        store.sync_dir(NOW);
+        store.rescan(NOW);
         let padding = format!("# {}\n", "x".repeat(100_000));
         let text = |n: usize| format!("{padding}{}", rules("s", &format!("b{n}")));
         for n in 0..20 {
@@ -1721,8 +1686,6 @@ mod tests {
         assert_eq!(*store.serving("s").unwrap().content, *text(0));
     }
 
-    /// The atomic write leaves no temp file behind when it fails (here the
-    /// rename onto a directory), and replaces a file in one step.
     #[test]
     fn read_rule_file_refuses_fifos_devices_and_oversized_files_without_reading_them() {
         let dir = TempDir::new("read-rule-file");
@@ -1766,23 +1729,9 @@ mod tests {
             .unwrap()
             .success());
         std::os::unix::fs::symlink("/dev/zero", dir.0.join("rules/c.yaml")).unwrap();
-        store.sync_dir(NOW);
+        store.rescan(NOW);
         assert_eq!(banner_of(&store, "a"), "banner: x");
         assert_eq!(store.counters().files_rejected, 2);
-    }
-
-    #[test]
-    fn write_atomically_cleans_up_after_a_failure() {
-        let dir = TempDir::new("store-atomic");
-        let target = dir.0.join("t.yaml");
-        fs::create_dir_all(target.join("sub")).unwrap();
-        assert!(write_atomically(&target, b"x").is_err());
-        fs::remove_dir_all(&target).unwrap();
-        write_atomically(&target, b"one").unwrap();
-        write_atomically(&target, b"two").unwrap();
-        assert_eq!(fs::read(&target).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, [std::ffi::OsString::from("t.yaml")]);
     }
 
     /// Decodes a stem (test only): proves the escaping one-to-one.
@@ -1866,7 +1815,7 @@ mod tests {
     fn shops_differing_in_case_or_punctuation_get_files_of_their_own() {
         let dir = TempDir::new("store-case");
         let store = store(&dir);
-        store.sync_dir(NOW);
+        store.rescan(NOW);
         for (i, shop) in ["shop", "Shop", "sh.op", "\"sh/op\"", "\"..\""].iter().enumerate() {
             store
                 .push(&rules(shop, "b"), Origin::Push, false, NOW + i as i64)
@@ -1884,7 +1833,7 @@ mod tests {
         assert_eq!(files, want);
         // A restart reads each back as its own shop.
         let again = RuleStore::new(&dir.0.join("rules"), &dir.0.join("data"));
-        assert!(again.sync_dir(NOW + 9).problems.is_empty());
+        assert!(again.rescan(NOW + 9).problems.is_empty());
         let mut shops: Vec<String> = again.shops().into_iter().map(|(s, _)| s).collect();
         shops.sort();
         assert_eq!(shops, ["..", "Shop", "sh.op", "sh/op", "shop"]);
@@ -1926,7 +1875,7 @@ mod tests {
     fn rollback_serves_an_old_text_as_a_new_revision_and_history_survives_a_restart() {
         let dir = TempDir::new("store-rollback");
         let store = store(&dir);
-        store.sync_dir(NOW);
+        store.rescan(NOW);
         let push = |store: &RuleStore, banner: &str, dry_run: bool, at: i64| {
             store
                 .push(&rules("s", banner), Origin::Push, dry_run, at)
@@ -1982,7 +1931,7 @@ mod tests {
 
         // A restart: the same history, and numbering continues after it.
         let again = RuleStore::new(&dir.0.join("rules"), &dir.0.join("data"));
-        again.sync_dir(NOW + 5);
+        again.rescan(NOW + 5);
         assert_eq!(history(&again), want);
         assert_eq!(&*again.get("s", 2).unwrap().0.content, rules("s", "two"));
         assert_eq!(again.rollback("s", 2, NOW + 6).unwrap(), 4);
@@ -2001,7 +1950,7 @@ mod tests {
         fs::write(dir.0.join("rules/other.yaml"), rules("t", "t")).unwrap();
         fs::write(dir.0.join("rules/notes.txt"), "not a rule file").unwrap();
         let store = store(&dir);
-        let report = store.sync_dir(NOW);
+        let report = store.rescan(NOW);
         assert_eq!(banner_of(&store, "s"), "banner: a");
         assert_eq!(banner_of(&store, "t"), "banner: t");
         let mut swapped = report.swapped.clone();
@@ -2017,7 +1966,7 @@ mod tests {
         );
         assert_eq!(store.counters().files_duplicate, 2);
         // A rescan with nothing changed reports nothing and swaps nothing.
-        let quiet = store.sync_dir(NOW + 1);
+        let quiet = store.rescan(NOW + 1);
         assert_eq!((quiet.swapped.len(), quiet.problems.len()), (0, 0));
         assert_eq!(store.counters().files_duplicate, 2);
     }

@@ -7,6 +7,7 @@ mod concurrent;
 mod decide;
 mod fuzz;
 mod fuzz_decoders;
+mod golden;
 mod hardening;
 mod model;
 mod rules;

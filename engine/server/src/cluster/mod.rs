@@ -15,7 +15,70 @@ pub mod rules;
 pub mod shops;
 pub mod topics;
 
+use std::time::Duration;
+
 use shops::Shops;
+use topics::{Ensured, TopicSpec};
+
+use crate::config::KafkaConfig;
+use crate::rules_store::RuleStore;
+
+/// Partitions of the behavior topic when Vitrine creates it.
+pub const BEHAVIOR_PARTITIONS: i32 = 6;
+/// Partitions of the claims topic when Vitrine creates it (a benefit's
+/// claims share one: the key is shop and benefit).
+pub const CLAIMS_PARTITIONS: i32 = 6;
+
+/// Creates the topics a cluster replica reads that are missing, where the
+/// broker allows it; logs what it did. The rules topic has one partition
+/// (one order for every change) and, like the claims topic, keeps records
+/// forever: a replica that starts without state rebuilds from them.
+pub async fn ensure_topics(kafka: &KafkaConfig, store: &RuleStore) {
+    let rule_bytes = rules::max_payload(store).to_string();
+    let forever = |extra: Vec<(String, String)>| {
+        let mut config = vec![
+            ("retention.ms".to_string(), "-1".to_string()),
+            ("retention.bytes".to_string(), "-1".to_string()),
+        ];
+        config.extend(extra);
+        config
+    };
+    let mut specs = vec![
+        TopicSpec {
+            name: kafka.topic.clone(),
+            partitions: BEHAVIOR_PARTITIONS,
+            config: Vec::new(),
+        },
+        TopicSpec {
+            name: kafka.rules_topic.clone(),
+            partitions: 1,
+            config: forever(vec![("max.message.bytes".to_string(), rule_bytes)]),
+        },
+        TopicSpec {
+            name: kafka.claims_topic.clone(),
+            partitions: CLAIMS_PARTITIONS,
+            config: forever(Vec::new()),
+        },
+    ];
+    if let Some(dead) = &kafka.dead_letter_topic {
+        specs.push(TopicSpec {
+            name: dead.clone(),
+            partitions: 1,
+            config: Vec::new(),
+        });
+    }
+    let timeout = kafka.cluster_timeout.max(Duration::from_secs(1));
+    for (topic, ensured) in topics::ensure(&kafka.brokers, &kafka.options, &specs, timeout).await {
+        match ensured {
+            Ensured::Created => tracing::info!(topic, "Kafka: topic created"),
+            Ensured::Existed => tracing::debug!(topic, "Kafka: topic exists"),
+            Ensured::Failed(why) => tracing::warn!(
+                topic,
+                "Kafka: could not create the topic ({why}); if it is missing, create it (see docs/cluster.md): readiness waits for it"
+            ),
+        }
+    }
+}
 
 /// What the engine knows of the cluster: the shops this replica serves and,
 /// with Kafka, the logs that Push, Rollback and Claim go through (set once at

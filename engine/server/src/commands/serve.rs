@@ -20,10 +20,10 @@ use crate::api::grpc::Service;
 use crate::api::http::{self, Probes};
 use crate::api::transport::{self, Limits};
 use crate::clock::now_ms;
+use crate::cluster::rules::RulesLog;
 use crate::config::Config;
 use crate::ingest::Ingest;
 use crate::metrics::{self, Metrics, PushResult};
-use crate::cluster::rules::RulesLog;
 use crate::rules_store::{Origin, RuleStore, SyncReport};
 use crate::state::{Engine, StorageHealth};
 use crate::storage::restore::{lock_data_dir, restore, snapshot_loop, KafkaPositions, Snapshotter};
@@ -133,7 +133,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         // directory seeds it once the topic is read (`seed_rules`).
         store = store.clustered();
     } else {
-        log_sync(&store.sync_dir(now_ms()));
+        log_sync(&store.rescan(now_ms()));
     }
     let snapshots = SnapshotDir::open(&config.data_dir, config.snapshot_keep)
         .with_context(|| format!("opening {}/snapshots", config.data_dir.display()))?;
@@ -180,7 +180,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         let _ = engine.cluster.rules.set(log);
         rules_seeded = Some(watch::channel(false));
         if config.demo_visitors.is_some() {
-            tracing::warn!("--demo seeds its generated visitors only without --kafka-brokers: produce events to the topic instead");
+            tracing::warn!(
+                "--demo seeds its generated visitors only without --kafka-brokers: produce events to the topic instead"
+            );
         }
     }
     if let (Some(visitors), None) = (config.demo_visitors, &kafka_config) {
@@ -480,7 +482,11 @@ async fn background(
         ticks += 1;
         let scan = !e.rules.is_clustered() || e.cluster.rules.get().is_some_and(|_| e.rules.scanned());
         let report = tokio::task::spawn_blocking(move || {
-            let report = if scan { e.rules.sync_dir(now_ms()) } else { SyncReport::default() };
+            let report = if scan {
+                e.rules.rescan(now_ms())
+            } else {
+                SyncReport::default()
+            };
             if refresh_stats {
                 for shop in e.index.shops() {
                     metrics::index_stats(shop.name(), &shop.stats());
@@ -514,13 +520,16 @@ async fn seed_rules(
         _ = stopped.wait_for(|s| *s) => return Ok(()),
     }
     let e = engine.clone();
-    let report = tokio::task::spawn_blocking(move || e.rules.sync_dir(now_ms())).await?;
+    let report = tokio::task::spawn_blocking(move || e.rules.rescan(now_ms())).await?;
     log_sync(&report);
     for path in &report.rewritten {
         tracing::info!(file = %path.display(), "rule file differed from what the rules topic serves: rewritten from the topic (edits made while this replica was down are not pushed)");
     }
     crate::cluster::rules::propose(&engine, log, report.proposals).await;
-    tracing::info!(shops = engine.rules.shops().len(), "rules topic read and --rules-dir seeded");
+    tracing::info!(
+        shops = engine.rules.shops().len(),
+        "rules topic read and --rules-dir seeded"
+    );
     let _ = seeded.send(true);
     Ok(())
 }
@@ -536,6 +545,13 @@ impl Server {
                 result = result.and(Err(e));
             }
         }
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(log) = engine.cluster.rules.get() {
+                log.stop();
+            }
+        })
+        .await?;
         let snapshotter = self.snapshotter;
         tokio::task::spawn_blocking(move || snapshotter.take())
             .await?

@@ -45,9 +45,10 @@ impl Rejects {
     }
 }
 
-/// One message of a sub-batch: byte ranges into [`SubBatch::bytes`].
+/// One message's slot in a sub-batch (not a catalog item): byte ranges
+/// into [`SubBatch::bytes`].
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Item {
+pub(super) struct Slot {
     pub(super) partition: i32,
     pub(super) offset: i64,
     key: Option<(u32, u32)>,
@@ -59,7 +60,7 @@ pub(super) struct Item {
 #[derive(Debug, Default)]
 pub(super) struct SubBatch {
     bytes: Vec<u8>,
-    items: Vec<Item>,
+    slots: Vec<Slot>,
     /// Per partition in the sub-batch: the offset after its last message.
     pub(super) next: Vec<(i32, i64)>,
     /// Server clock when the batch was polled (for event ages).
@@ -68,13 +69,13 @@ pub(super) struct SubBatch {
 
 impl SubBatch {
     pub(super) fn len(&self) -> usize {
-        self.items.len()
+        self.slots.len()
     }
 
     /// Empties it for reuse, keeping its allocations.
     pub(super) fn clear(&mut self) {
         self.bytes.clear();
-        self.items.clear();
+        self.slots.clear();
         self.next.clear();
     }
 
@@ -88,7 +89,7 @@ impl SubBatch {
     pub(super) fn push(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: &[u8]) {
         let key = key.map(|k| self.span(k));
         let payload = Some(self.span(payload));
-        self.push_item(Item {
+        self.push_slot(Slot {
             partition,
             offset,
             key,
@@ -98,7 +99,7 @@ impl SubBatch {
 
     /// Adds a message the poll thread already rejected: its offset counts.
     pub(super) fn push_rejected(&mut self, partition: i32, offset: i64) {
-        self.push_item(Item {
+        self.push_slot(Slot {
             partition,
             offset,
             key: None,
@@ -106,12 +107,12 @@ impl SubBatch {
         });
     }
 
-    fn push_item(&mut self, item: Item) {
-        match self.next.iter_mut().find(|(p, _)| *p == item.partition) {
-            Some((_, next)) => *next = (*next).max(item.offset + 1),
-            None => self.next.push((item.partition, item.offset + 1)),
+    fn push_slot(&mut self, slot: Slot) {
+        match self.next.iter_mut().find(|(p, _)| *p == slot.partition) {
+            Some((_, next)) => *next = (*next).max(slot.offset + 1),
+            None => self.next.push((slot.partition, slot.offset + 1)),
         }
-        self.items.push(item);
+        self.slots.push(slot);
     }
 
     fn slice(&self, range: Option<(u32, u32)>) -> Option<&[u8]> {
@@ -138,8 +139,8 @@ pub(super) fn run(
 ) {
     while let Ok(batch) = batches.recv() {
         let (mut applied, mut rejected) = (0, 0);
-        for item in &batch.items {
-            let Some(payload) = batch.slice(item.payload) else {
+        for slot in &batch.slots {
+            let Some(payload) = batch.slice(slot.payload) else {
                 rejected += 1;
                 continue;
             };
@@ -160,9 +161,9 @@ pub(super) fn run(
                     rejected += 1;
                     let source = Source {
                         topic: &topic,
-                        partition: item.partition,
-                        offset: item.offset,
-                        key: batch.slice(item.key),
+                        partition: slot.partition,
+                        offset: slot.offset,
+                        key: batch.slice(slot.key),
                         payload: Some(payload),
                     };
                     rejects.reject(source, Rejected::Event(e.reason), &e.message);

@@ -15,7 +15,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::apply::{self, Ack, Rejects, SubBatch};
-use super::context::Context;
+use super::context::ClientHooks;
 use super::dead_letter::DeadLetter;
 use super::dead_letter::Source;
 use super::{Progress, RateLimited, BATCH};
@@ -95,7 +95,7 @@ struct State {
 
 /// The consumer's threads: this one polls, the apply threads apply.
 pub(super) struct Worker {
-    consumer: BaseConsumer<Context>,
+    consumer: BaseConsumer<ClientHooks>,
     state: State,
     appliers: Vec<SyncSender<SubBatch>>,
     threads: Vec<JoinHandle<()>>,
@@ -145,8 +145,8 @@ impl Worker {
         for (key, value) in &config.options {
             client.set(key, value);
         }
-        let context = Context::new(&config.topic, metrics.clone());
-        let consumer: BaseConsumer<Context> = client.create_with_context(context)?;
+        let context = ClientHooks::new(&config.topic, metrics.clone());
+        let consumer: BaseConsumer<ClientHooks> = client.create_with_context(context)?;
         let dead_letter = match &config.dead_letter_topic {
             Some(topic) => Some(DeadLetter::new(&config.brokers, topic, metrics.clone())?),
             None => None,
@@ -331,7 +331,7 @@ impl Worker {
 impl State {
     /// Reads the topic's partition count and assigns partitions not yet
     /// assigned; false when the metadata could not be read.
-    fn check_partitions(&mut self, consumer: &BaseConsumer<Context>) -> bool {
+    fn check_partitions(&mut self, consumer: &BaseConsumer<ClientHooks>) -> bool {
         let count = match consumer.fetch_metadata(Some(&*self.topic), REQUEST_TIMEOUT) {
             Ok(metadata) => match metadata.topics().iter().find(|t| t.name() == &*self.topic) {
                 Some(t) if t.error().is_none() && !t.partitions().is_empty() => t.partitions().len(),
@@ -404,7 +404,7 @@ impl State {
 
     /// Reads the high watermarks that define "caught up", for partitions
     /// still missing them; stops at the first failure (retried later).
-    fn read_start_watermarks(&mut self, consumer: &BaseConsumer<Context>) {
+    fn read_start_watermarks(&mut self, consumer: &BaseConsumer<ClientHooks>) {
         for p in 0..self.partitions.len() {
             if self.partitions[p].start_watermarks.is_some() {
                 continue;
@@ -543,7 +543,7 @@ impl State {
 
     /// Stores the next offsets of partitions that moved: what auto-commit
     /// commits next.
-    fn store_offsets(&mut self, consumer: &BaseConsumer<Context>) {
+    fn store_offsets(&mut self, consumer: &BaseConsumer<ClientHooks>) {
         let mut tpl = TopicPartitionList::new();
         for (p, state) in self.partitions.iter_mut().enumerate() {
             if state.dirty {

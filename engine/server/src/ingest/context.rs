@@ -15,10 +15,11 @@ use rdkafka::TopicPartitionList;
 use super::RateLimited;
 use crate::metrics::{KafkaErrorKind, KafkaMetrics};
 
-/// The consumer's context: shared with librdkafka, called on the consumer
+/// The consumer's hooks (librdkafka's "client context"; named apart from
+/// the decision `Context`): shared with librdkafka, called on the consumer
 /// thread from inside `poll`.
 #[derive(Debug)]
-pub(super) struct Context {
+pub(super) struct ClientHooks {
     topic: String,
     metrics: KafkaMetrics,
     /// Whether a broker connection was up at the last statistics or error.
@@ -28,10 +29,10 @@ pub(super) struct Context {
     log: Mutex<RateLimited>,
 }
 
-impl Context {
-    pub(super) fn new(topic: &str, metrics: KafkaMetrics) -> Context {
+impl ClientHooks {
+    pub(super) fn new(topic: &str, metrics: KafkaMetrics) -> ClientHooks {
         metrics.up.set(0.0);
-        Context {
+        ClientHooks {
             topic: topic.to_string(),
             metrics,
             up: AtomicBool::new(false),
@@ -56,7 +57,7 @@ impl Context {
     }
 }
 
-impl ClientContext for Context {
+impl ClientContext for ClientHooks {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
@@ -117,7 +118,7 @@ impl ClientContext for Context {
     }
 }
 
-impl ConsumerContext for Context {
+impl ConsumerContext for ClientHooks {
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
             Ok(()) => {}

@@ -81,8 +81,8 @@
 //! Every count is checked against the bytes left before anything is
 //! allocated for it, so a damaged or hostile file costs at most its size.
 
-use std::fs::{self, File};
-use std::io::{self, Write as _};
+use std::fs;
+use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -90,9 +90,11 @@ use ahash::RandomState;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use vitrine_core::claims::{Answer, Usage};
+use vitrine_core::codec::{self, Put, Reader};
 use vitrine_core::{ClaimLedger, ClaimOutcome, Grants, LedgerClaim, LedgerError};
 
-use crate::storage::wal::{CompactReport, Failpoints, FailureHook, Options, RecordReader, Wal, WalError};
+use crate::storage::fs::write_atomic_via;
+use crate::storage::wal::{CompactReport, Failpoints, FailureHook, Options, Wal, WalError};
 
 /// The record format of the claims journal, in its segments' headers.
 pub const KIND: [u8; 4] = *b"CLM1";
@@ -169,13 +171,13 @@ pub struct JournalStats {
 
 /// One journaled claim: a grant, or a denial recorded for its `claim_id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Record<'a> {
-    outcome: ClaimOutcome,
-    now_ms: i64,
-    shop: &'a str,
-    benefit: &'a str,
-    visitor: &'a str,
-    claim_id: Option<&'a str>,
+pub(super) struct Record<'a> {
+    pub(super) outcome: ClaimOutcome,
+    pub(super) now_ms: i64,
+    pub(super) shop: &'a str,
+    pub(super) benefit: &'a str,
+    pub(super) visitor: &'a str,
+    pub(super) claim_id: Option<&'a str>,
 }
 
 /// Outcome codes on disk (fixed here, not by the enum's order).
@@ -206,37 +208,38 @@ impl<'a> Record<'a> {
         Ok(())
     }
 
-    fn encode(&self, out: &mut Vec<u8>) {
-        let code = outcome_code(self.outcome);
-        out.push(code);
-        out.push(u8::from(self.claim_id.is_some()));
-        out.extend_from_slice(&self.now_ms.to_le_bytes());
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        out.put_u8(outcome_code(self.outcome));
+        out.put_u8(u8::from(self.claim_id.is_some()));
+        out.put_i64(self.now_ms);
         for field in [Some(self.shop), Some(self.benefit), Some(self.visitor), self.claim_id]
             .into_iter()
             .flatten()
         {
-            out.extend_from_slice(&(field.len() as u16).to_le_bytes());
-            out.extend_from_slice(field.as_bytes());
+            // `check` refused fields longer than a u16 length can say.
+            out.put_str16(field);
         }
     }
 
     /// Decodes a whole record (the log frames records, so `buf` is exactly one).
-    fn decode(buf: &'a [u8]) -> Result<Record<'a>, &'static str> {
-        let mut r = RecordReader::new(buf);
-        let code = r.u8()?;
-        let outcome = outcome_of(code)?;
+    pub(super) fn decode(buf: &'a [u8]) -> Result<Record<'a>, &'static str> {
+        Record::read(&mut Reader::new(buf)).map_err(|e| e.what)
+    }
+
+    fn read(r: &mut Reader<'a>) -> codec::Result<Record<'a>> {
+        let outcome = read_outcome(r)?;
         let flags = r.u8()?;
         if flags > 1 {
-            return Err("unknown record flags");
+            return Err(r.error("unknown record flags"));
         }
-        let now_ms = i64::from_le_bytes(r.array()?);
+        let now_ms = r.i64()?;
         let (shop, benefit, visitor) = (r.str16()?, r.str16()?, r.str16()?);
         let claim_id = if flags == 1 { Some(r.str16()?) } else { None };
-        if !r.at_end() {
-            return Err("record length does not match its fields");
+        if !r.is_empty() {
+            return Err(r.error("record length does not match its fields"));
         }
         if outcome != ClaimOutcome::Granted && claim_id.is_none() {
-            return Err("a denial without a claim_id");
+            return Err(r.error("a denial without a claim_id"));
         }
         Ok(Record {
             outcome,
@@ -249,28 +252,22 @@ impl<'a> Record<'a> {
     }
 }
 
-/// The claim record's strings: a u16 length, then the bytes.
-impl<'a> RecordReader<'a> {
-    fn str16(&mut self) -> Result<&'a str, &'static str> {
-        let n = u16::from_le_bytes(self.array()?);
-        std::str::from_utf8(self.take(usize::from(n))?).map_err(|_| "a field is not UTF-8")
-    }
-}
-
 // ------------------------------------------------------------------- ledger
 
 #[derive(Debug, Default)]
-struct BenefitState {
+pub(super) struct BenefitState {
     grants: Grants,
     /// claim_id -> (first answer and its visitor, LSN of its record; 0 = replayed).
     answers: std::collections::HashMap<Box<str>, (Answer, u64), RandomState>,
 }
 
-type Benefits = DashMap<Box<str>, Mutex<BenefitState>, RandomState>;
+pub(super) type Benefits = DashMap<Box<str>, Mutex<BenefitState>, RandomState>;
+/// Every shop's benefits.
+pub(super) type Shops = DashMap<Box<str>, Arc<Benefits>, RandomState>;
 
 /// A claim ledger backed by an fsync'd, group-committed journal (see the module docs).
 pub struct DurableLedger {
-    shops: DashMap<Box<str>, Arc<Benefits>, RandomState>,
+    shops: Shops,
     wal: Wal,
     recovery: Recovery,
     /// Held shared by a claim while it decides and queues its record, and
@@ -306,7 +303,7 @@ impl DurableLedger {
     /// [`DurableLedger::open`] with `options`: loads the state file, if
     /// any, then replays the journal records after it.
     pub fn open_with(dir: &Path, options: LedgerOptions) -> Result<DurableLedger, JournalError> {
-        let shops: DashMap<Box<str>, Arc<Benefits>, RandomState> = DashMap::default();
+        let shops: Shops = DashMap::default();
         let state_path = dir.join(STATE_FILE);
         let state_lsn = match fs::read(&state_path) {
             Ok(bytes) => decode_state(&bytes, &shops).map_err(|(offset, what)| JournalError::Malformed {
@@ -388,35 +385,10 @@ impl DurableLedger {
         };
         // Every record the image reflects must be durable before the image is.
         self.wal.wait(lsn).map_err(io::Error::other)?;
-        let mut body = Vec::new();
-        encode_state(&image, &mut body);
+        let file_bytes = encode_state_file(lsn, &image);
         drop(image);
-        let mut file_bytes = Vec::with_capacity(STATE_HEADER_LEN + body.len());
-        file_bytes.extend_from_slice(&STATE_MAGIC);
-        let crc_from = file_bytes.len();
-        file_bytes.extend_from_slice(&STATE_VERSION.to_le_bytes());
-        file_bytes.extend_from_slice(&lsn.to_le_bytes());
-        file_bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&file_bytes[crc_from..]);
-        crc.update(&body);
-        file_bytes.extend_from_slice(&crc.finalize().to_le_bytes());
-        file_bytes.extend_from_slice(&body);
-        drop(body);
         let dir = self.wal.dir();
-        let tmp = dir.join(STATE_TMP);
-        let written = (|| {
-            let mut file = File::create(&tmp)?;
-            file.write_all(&file_bytes)?;
-            file.sync_all()?;
-            drop(file);
-            fs::rename(&tmp, dir.join(STATE_FILE))?;
-            File::open(dir)?.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
+        write_atomic_via(&dir.join(STATE_FILE), STATE_TMP, &file_bytes)?;
         let removed = self.wal.compact(lsn)?;
         Ok(Compaction {
             lsn,
@@ -438,32 +410,7 @@ impl DurableLedger {
 
     /// A copy of every benefit's state, sorted (so equal states encode alike).
     fn image(&self) -> Image {
-        let mut shops: Vec<_> = self
-            .shops
-            .iter()
-            .map(|shop| {
-                let mut benefits: Vec<_> = shop
-                    .value()
-                    .iter()
-                    .map(|b| {
-                        let state = b.value().lock();
-                        let image = BenefitImage {
-                            grants: state.grants.clone(),
-                            answers: state
-                                .answers
-                                .iter()
-                                .map(|(id, (answer, _))| (id.clone(), answer.clone()))
-                                .collect(),
-                        };
-                        (b.key().clone(), image)
-                    })
-                    .collect();
-                benefits.sort_by(|a, b| a.0.cmp(&b.0));
-                (shop.key().clone(), benefits)
-            })
-            .collect();
-        shops.sort_by(|a, b| a.0.cmp(&b.0));
-        shops
+        image_of(&self.shops)
     }
 
     /// What opening the journal found.
@@ -585,23 +532,18 @@ impl ClaimLedger for DurableLedger {
 // -------------------------------------------------------------- state file
 
 /// Every shop's benefits' state, sorted by name.
-type Image = Vec<(Box<str>, Vec<(Box<str>, BenefitImage)>)>;
+pub(super) type Image = Vec<(Box<str>, Vec<(Box<str>, BenefitImage)>)>;
 
 /// One benefit's state as the state file holds it.
-struct BenefitImage {
-    grants: Grants,
-    answers: Vec<(Box<str>, Answer)>,
+pub(super) struct BenefitImage {
+    pub(super) grants: Grants,
+    pub(super) answers: Vec<(Box<str>, Answer)>,
 }
 
-fn put_s16(out: &mut Vec<u8>, s: &str) {
-    // Every string here came through `Record::check` or a state file: at most u16::MAX bytes.
-    let n = s.len().min(usize::from(u16::MAX));
-    out.extend_from_slice(&(n as u16).to_le_bytes());
-    out.extend_from_slice(&s.as_bytes()[..n]);
-}
-
-fn put_u32(out: &mut Vec<u8>, n: usize) {
-    out.extend_from_slice(&(n as u32).to_le_bytes());
+/// A count as the state file's `u32` (every count here is of strings that
+/// each came through `Record::check`, far below `u32::MAX`).
+fn put_count(out: &mut Vec<u8>, n: usize) {
+    out.put_u32(n as u32);
 }
 
 fn outcome_code(outcome: ClaimOutcome) -> u8 {
@@ -609,138 +551,165 @@ fn outcome_code(outcome: ClaimOutcome) -> u8 {
 }
 
 /// The outcome an on-disk code names.
-fn outcome_of(code: u8) -> Result<ClaimOutcome, &'static str> {
+fn read_outcome(r: &mut Reader<'_>) -> codec::Result<ClaimOutcome> {
+    let code = r.u8()?;
     OUTCOMES
         .iter()
         .find(|(_, c)| *c == code)
         .map(|(o, _)| *o)
-        .ok_or("unknown claim outcome")
+        .ok_or_else(|| r.error("unknown claim outcome"))
+}
+
+/// Every shop's benefits' state, sorted by name, copied under each benefit's lock.
+pub(super) fn image_of(shops: &Shops) -> Image {
+    let mut shops: Vec<_> = shops
+        .iter()
+        .map(|shop| {
+            let mut benefits: Vec<_> = shop
+                .value()
+                .iter()
+                .map(|b| {
+                    let state = b.value().lock();
+                    let image = BenefitImage {
+                        grants: state.grants.clone(),
+                        answers: state
+                            .answers
+                            .iter()
+                            .map(|(id, (answer, _))| (id.clone(), answer.clone()))
+                            .collect(),
+                    };
+                    (b.key().clone(), image)
+                })
+                .collect();
+            benefits.sort_by(|a, b| a.0.cmp(&b.0));
+            (shop.key().clone(), benefits)
+        })
+        .collect();
+    shops.sort_by(|a, b| a.0.cmp(&b.0));
+    shops
+}
+
+/// A whole state file: header and body, the state as of journal LSN `lsn`.
+pub(super) fn encode_state_file(lsn: u64, image: &Image) -> Vec<u8> {
+    let mut body = Vec::new();
+    encode_state(image, &mut body);
+    let mut file_bytes = Vec::with_capacity(STATE_HEADER_LEN + body.len());
+    file_bytes.put_bytes(&STATE_MAGIC);
+    let crc_from = file_bytes.len();
+    file_bytes.put_u32(STATE_VERSION);
+    file_bytes.put_u64(lsn);
+    file_bytes.put_u64(body.len() as u64);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&file_bytes[crc_from..]);
+    crc.update(&body);
+    file_bytes.put_u32(crc.finalize());
+    file_bytes.put_bytes(&body);
+    file_bytes
 }
 
 /// Encodes the body of a state file.
 fn encode_state(shops: &Image, out: &mut Vec<u8>) {
-    put_u32(out, shops.len());
+    put_count(out, shops.len());
     for (shop, benefits) in shops {
-        put_s16(out, shop);
-        put_u32(out, benefits.len());
+        out.put_str16(shop);
+        put_count(out, benefits.len());
         for (benefit, image) in benefits {
-            put_s16(out, benefit);
-            out.extend_from_slice(&image.grants.total().to_le_bytes());
+            out.put_str16(benefit);
+            out.put_u64(image.grants.total());
             let mut visitors: Vec<_> = image.grants.visitors().collect();
             visitors.sort_unstable();
-            put_u32(out, visitors.len());
+            put_count(out, visitors.len());
             for (visitor, times) in visitors {
-                put_s16(out, visitor);
-                put_u32(out, times.len());
+                out.put_str16(visitor);
+                put_count(out, times.len());
                 for t in times {
-                    out.extend_from_slice(&t.to_le_bytes());
+                    out.put_i64(*t);
                 }
             }
             let mut answers: Vec<_> = image.answers.iter().collect();
             answers.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            put_u32(out, answers.len());
+            put_count(out, answers.len());
             for (id, answer) in answers {
-                put_s16(out, id);
-                out.push(outcome_code(answer.outcome));
-                put_s16(out, &answer.visitor);
+                out.put_str16(id);
+                out.put_u8(outcome_code(answer.outcome));
+                out.put_str16(&answer.visitor);
             }
         }
-    }
-}
-
-impl RecordReader<'_> {
-    fn u32_le(&mut self) -> Result<u32, &'static str> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-
-    /// A count of items of at least `min_bytes` each, refused when the bytes
-    /// left cannot hold that many (so a count never drives an allocation).
-    fn count(&mut self, min_bytes: usize) -> Result<usize, &'static str> {
-        let n = self.u32_le()? as usize;
-        if n.saturating_mul(min_bytes) > self.remaining() {
-            return Err("a count larger than the bytes that follow");
-        }
-        Ok(n)
     }
 }
 
 /// Decodes a state file into `shops`; returns the LSN it covers, or the
 /// byte offset and reason it is refused. Never panics; allocates at most
 /// in proportion to `bytes`.
-fn decode_state(
-    bytes: &[u8],
-    shops: &DashMap<Box<str>, Arc<Benefits>, RandomState>,
-) -> Result<u64, (u64, &'static str)> {
-    let mut r = RecordReader::new(bytes);
-    let at = |r: &RecordReader<'_>| (bytes.len() - r.remaining()) as u64;
+pub(super) fn decode_state(bytes: &[u8], shops: &Shops) -> Result<u64, (u64, &'static str)> {
+    let mut r = Reader::new(bytes);
     let header = (|| {
-        if r.take(8)? != STATE_MAGIC {
-            return Err("not a claims ledger state file");
+        if r.bytes(STATE_MAGIC.len())? != STATE_MAGIC {
+            return Err(r.error("not a claims ledger state file"));
         }
-        let version = r.u32_le()?;
-        if version != STATE_VERSION {
-            return Err("unsupported ledger state version");
+        if r.u32()? != STATE_VERSION {
+            return Err(r.error("unsupported ledger state version"));
         }
-        let lsn = u64::from_le_bytes(r.array()?);
-        let len = u64::from_le_bytes(r.array()?);
-        let crc = r.u32_le()?;
-        Ok((lsn, len, crc))
+        Ok((r.u64()?, r.u64()?, r.u32()?))
     })();
-    let (lsn, len, crc) = header.map_err(|what| (0, what))?;
+    // Header defects are reported at offset 0: the file as a whole is refused.
+    let (lsn, len, crc) = header.map_err(|e: codec::Error| (0, e.what))?;
     if len != r.remaining() as u64 {
         return Err((0, "ledger state length does not match the file (truncated?)"));
     }
     let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&bytes[8..STATE_HEADER_LEN - 4]);
-    hasher.update(&bytes[STATE_HEADER_LEN..]);
+    hasher.update(&bytes[STATE_MAGIC.len()..STATE_HEADER_LEN - 4]);
+    hasher.update(r.rest());
     if hasher.finalize() != crc {
         return Err((0, "ledger state checksum mismatch"));
     }
-    let body = (|| {
-        for _ in 0..r.count(2 + 4)? {
-            let shop = r.str16()?;
-            let benefits = shops.entry(shop.into()).or_default().clone();
-            for _ in 0..r.count(2 + 8 + 4 + 4)? {
-                let benefit = r.str16()?;
-                let total = u64::from_le_bytes(r.array()?);
-                let mut visitors = Vec::new();
-                for _ in 0..r.count(2 + 4)? {
-                    let visitor = r.str16()?;
-                    let n = r.count(8)?;
-                    let mut times = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        times.push(i64::from_le_bytes(r.array()?));
-                    }
-                    visitors.push((Box::<str>::from(visitor), times));
+    let mut r = Reader::with_base(&bytes[STATE_HEADER_LEN..], STATE_HEADER_LEN);
+    decode_state_body(&mut r, shops).map_err(|e| (e.offset as u64, e.what))?;
+    Ok(lsn)
+}
+
+/// The body of a state file (after its header), into `shops`.
+fn decode_state_body(r: &mut Reader<'_>, shops: &Shops) -> codec::Result<()> {
+    for _ in 0..r.count32(2 + 4)? {
+        let shop = r.str16()?;
+        let benefits = shops.entry(shop.into()).or_default().clone();
+        for _ in 0..r.count32(2 + 8 + 4 + 4)? {
+            let benefit = r.str16()?;
+            let total = r.u64()?;
+            let mut visitors = Vec::new();
+            for _ in 0..r.count32(2 + 4)? {
+                let visitor = r.str16()?;
+                let n = r.count32(8)?;
+                let mut times = Vec::with_capacity(n);
+                for _ in 0..n {
+                    times.push(r.i64()?);
                 }
-                let grants = Grants::from_parts(total, visitors)?;
-                let mut answers = std::collections::HashMap::default();
-                for _ in 0..r.count(2 + 1 + 2)? {
-                    let id = r.str16()?;
-                    let code = r.u8()?;
-                    let outcome = outcome_of(code)?;
-                    let visitor = r.str16()?;
-                    let answer = Answer {
-                        outcome,
-                        visitor: visitor.into(),
-                    };
-                    answers.insert(Box::<str>::from(id), (answer, 0));
-                }
-                if benefits
-                    .insert(benefit.into(), Mutex::new(BenefitState { grants, answers }))
-                    .is_some()
-                {
-                    return Err("a benefit listed twice");
-                }
+                visitors.push((Box::<str>::from(visitor), times));
+            }
+            let grants = Grants::from_parts(total, visitors).map_err(|what| r.error(what))?;
+            let mut answers = std::collections::HashMap::default();
+            for _ in 0..r.count32(2 + 1 + 2)? {
+                let id = r.str16()?;
+                let outcome = read_outcome(r)?;
+                let visitor = r.str16()?;
+                let answer = Answer {
+                    outcome,
+                    visitor: visitor.into(),
+                };
+                answers.insert(Box::<str>::from(id), (answer, 0));
+            }
+            if benefits
+                .insert(benefit.into(), Mutex::new(BenefitState { grants, answers }))
+                .is_some()
+            {
+                return Err(r.error("a benefit listed twice"));
             }
         }
-        if !r.at_end() {
-            return Err("bytes after the ledger state");
-        }
-        Ok(())
-    })();
-    body.map_err(|what| (at(&r), what))?;
-    Ok(lsn)
+    }
+    if !r.is_empty() {
+        return Err(r.error("bytes after the ledger state"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

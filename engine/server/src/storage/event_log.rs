@@ -32,10 +32,11 @@ use std::borrow::Cow;
 use std::io;
 use std::path::Path;
 
+use vitrine_core::codec::{unzigzag, varint_len, zigzag, Put, Reader};
 use vitrine_core::{Action, Event};
 
 pub use crate::storage::wal::{CompactReport, OpenError, Recovery, Stats, WalError, DEFAULT_SEGMENT_BYTES};
-use crate::storage::wal::{Failpoints, FailureHook, Options, RecordReader, Wal};
+use crate::storage::wal::{Failpoints, FailureHook, Options, Wal};
 
 /// The record format of the event log, in its segments' headers.
 pub const KIND: [u8; 4] = *b"EVT1";
@@ -58,26 +59,6 @@ const ACTIONS: [(Action, u8); 7] = [
     (Action::Untag, 5),
     (Action::Member, 6),
 ];
-
-fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
-}
-
-fn unzigzag(v: u64) -> i64 {
-    (v >> 1) as i64 ^ -((v & 1) as i64)
-}
 
 fn flags_of(e: &Event<'_>) -> u8 {
     let mut flags = 0;
@@ -136,92 +117,61 @@ pub fn encoded_len(event: &Event<'_>) -> usize {
 pub fn encode(event: &Event<'_>, out: &mut Vec<u8>) {
     let flags = flags_of(event);
     let code = ACTIONS.iter().find(|(a, _)| *a == event.action).map_or(0, |(_, c)| *c);
-    out.push(code);
-    out.push(flags);
-    put_varint(out, zigzag(event.ts));
+    out.put_u8(code);
+    out.put_u8(flags);
+    out.put_varint(zigzag(event.ts));
     for s in strings(event) {
-        put_varint(out, s.len() as u64);
-        out.extend_from_slice(s.as_bytes());
+        out.put_str(s);
     }
     if flags & PRICE != 0 {
-        out.extend_from_slice(&event.price.to_le_bytes());
+        out.put_f64(event.price);
     }
     if flags & QUANTITY != 0 {
-        put_varint(out, event.quantity.into());
+        out.put_varint(event.quantity.into());
     }
     if flags & TIER != 0 {
-        put_varint(out, event.tier.into());
+        out.put_varint(event.tier.into());
     }
 }
 
-/// The event record's fields: varints and varint-length strings.
-impl<'a> RecordReader<'a> {
-    fn varint(&mut self) -> Result<u64, &'static str> {
-        let mut v = 0u64;
-        for i in 0..10 {
-            let b = self.u8()?;
-            // The tenth byte holds the 64th bit only.
-            if i == 9 && b > 1 {
-                return Err("varint overflows 64 bits");
-            }
-            v |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err("varint overflows 64 bits")
+/// An optional string field, present when `flag` is set.
+fn opt_str<'a>(r: &mut Reader<'a>, flags: u8, flag: u8) -> vitrine_core::codec::Result<Option<Cow<'a, str>>> {
+    if flags & flag == 0 {
+        return Ok(None);
     }
-
-    fn u32(&mut self) -> Result<u32, &'static str> {
-        u32::try_from(self.varint()?).map_err(|_| "a number field overflows 32 bits")
-    }
-
-    fn str(&mut self) -> Result<Cow<'a, str>, &'static str> {
-        let n = usize::try_from(self.varint()?).map_err(|_| "string length out of range")?;
-        let bytes = self.take(n)?;
-        std::str::from_utf8(bytes)
-            .map(Cow::Borrowed)
-            .map_err(|_| "a string field is not UTF-8")
-    }
-
-    fn opt_str(&mut self, flags: u8, flag: u8) -> Result<Option<Cow<'a, str>>, &'static str> {
-        if flags & flag == 0 {
-            return Ok(None);
-        }
-        self.str().map(Some)
-    }
+    r.str().map(|s| Some(Cow::Borrowed(s)))
 }
 
 /// Decodes one event record (exactly `record`), borrowing its strings.
 /// Never panics: garbage gets an error.
 pub fn decode(record: &[u8]) -> Result<Event<'_>, &'static str> {
-    let mut r = RecordReader::new(record);
+    read_event(record).map_err(|e| e.what)
+}
+
+fn read_event(record: &[u8]) -> vitrine_core::codec::Result<Event<'_>> {
+    let mut r = Reader::new(record);
     let code = r.u8()?;
     let action = ACTIONS
         .iter()
         .find(|(_, c)| *c == code)
         .map(|(a, _)| *a)
-        .ok_or("unknown action code")?;
+        .ok_or_else(|| r.error("unknown action code"))?;
     let flags = r.u8()?;
     if flags & 0x80 != 0 {
-        return Err("unknown event flags");
+        return Err(r.error("unknown event flags"));
     }
     let ts = unzigzag(r.varint()?);
-    let shop = r.str()?;
-    let visitor = r.str()?;
-    let item = r.opt_str(flags, ITEM)?;
-    let category = r.opt_str(flags, CATEGORY)?;
-    let tag = r.opt_str(flags, TAG)?;
-    let id = r.opt_str(flags, ID)?;
-    let price = if flags & PRICE != 0 {
-        f64::from_le_bytes(r.array()?)
-    } else {
-        0.0
-    };
-    let quantity = if flags & QUANTITY != 0 { r.u32()? } else { 1 };
-    let tier = if flags & TIER != 0 { r.u32()? } else { 0 };
-    if !r.at_end() {
-        return Err("event record longer than its fields");
+    let shop = Cow::Borrowed(r.str()?);
+    let visitor = Cow::Borrowed(r.str()?);
+    let item = opt_str(&mut r, flags, ITEM)?;
+    let category = opt_str(&mut r, flags, CATEGORY)?;
+    let tag = opt_str(&mut r, flags, TAG)?;
+    let id = opt_str(&mut r, flags, ID)?;
+    let price = if flags & PRICE != 0 { r.f64()? } else { 0.0 };
+    let quantity = if flags & QUANTITY != 0 { r.varint_u32()? } else { 1 };
+    let tier = if flags & TIER != 0 { r.varint_u32()? } else { 0 };
+    if !r.is_empty() {
+        return Err(r.error("event record longer than its fields"));
     }
     Ok(Event {
         shop,

@@ -7,9 +7,15 @@
 //! * [`snapshots`]: snapshot files of the index with the position they cover.
 //! * [`restore`]: the start (snapshot, then the journals after it) and the
 //!   periodic snapshots that keep the next start short.
+//! * [`fs`]: the one atomic file write and directory fsync they (and the
+//!   rule store) use.
 
 pub mod claims_journal;
 pub mod event_log;
+pub mod fs;
 pub mod restore;
 pub mod snapshots;
 pub mod wal;
+
+#[cfg(test)]
+mod golden;

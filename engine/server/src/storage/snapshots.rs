@@ -25,12 +25,15 @@
 //! tried; with none left, the engine starts empty and replays the whole log.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use vitrine_core::codec::{self, Put, Reader};
 use vitrine_core::{snapshot, Index};
+
+use crate::storage::fs::{sync_dir, write_atomic_via};
 
 /// The subdirectory of `--data-dir` holding snapshots.
 pub const DIR_NAME: &str = "snapshots";
@@ -68,96 +71,61 @@ impl Position {
     /// n u32 | (shop str | revision u64)*`, with `str` = u32 length + UTF-8.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![META_VERSION];
-        out.extend_from_slice(&self.created_ms.to_le_bytes());
-        out.extend_from_slice(&self.events_lsn.to_le_bytes());
-        let put_str = |out: &mut Vec<u8>, s: &str| {
-            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            out.extend_from_slice(s.as_bytes());
-        };
+        out.put_i64(self.created_ms);
+        out.put_u64(self.events_lsn);
         match &self.kafka {
-            None => out.push(0),
+            None => out.put_u8(0),
             Some(k) => {
-                out.push(1);
-                put_str(&mut out, &k.topic);
-                out.extend_from_slice(&(k.offsets.len() as u32).to_le_bytes());
+                out.put_u8(1);
+                out.put_str32(&k.topic);
+                out.put_u32(k.offsets.len() as u32);
                 for &(p, o) in &k.offsets {
-                    out.extend_from_slice(&p.to_le_bytes());
-                    out.extend_from_slice(&o.to_le_bytes());
+                    out.put_i32(p);
+                    out.put_i64(o);
                 }
             }
         }
-        out.extend_from_slice(&(self.revisions.len() as u32).to_le_bytes());
+        out.put_u32(self.revisions.len() as u32);
         for (shop, revision) in &self.revisions {
-            put_str(&mut out, shop);
-            out.extend_from_slice(&revision.to_le_bytes());
+            out.put_str32(shop);
+            out.put_u64(*revision);
         }
         out
     }
 
     /// Reads [`Position::encode`]'s bytes; never panics on garbage.
-    pub fn decode(bytes: &[u8]) -> Result<Position, &'static str> {
-        let mut r = Bytes(bytes);
-        if r.take::<1>()?[0] != META_VERSION {
-            return Err("unknown snapshot meta version");
+    pub fn decode(bytes: &[u8]) -> Result<Position, codec::Error> {
+        let mut r = Reader::new(bytes);
+        if r.u8()? != META_VERSION {
+            return Err(r.error("unknown snapshot meta version"));
         }
-        let created_ms = i64::from_le_bytes(r.take()?);
-        let events_lsn = u64::from_le_bytes(r.take()?);
-        let kafka = match r.take::<1>()?[0] {
+        let created_ms = r.i64()?;
+        let events_lsn = r.u64()?;
+        let kafka = match r.u8()? {
             0 => None,
             1 => {
-                let topic = r.str()?;
-                let n = r.count(12)?;
+                let topic = r.str32()?.to_owned();
+                let n = r.count32(12)?;
                 let mut offsets = Vec::with_capacity(n);
                 for _ in 0..n {
-                    offsets.push((i32::from_le_bytes(r.take()?), i64::from_le_bytes(r.take()?)));
+                    offsets.push((r.i32()?, r.i64()?));
                 }
                 Some(KafkaPosition { topic, offsets })
             }
-            _ => return Err("bad Kafka flag in snapshot meta"),
+            _ => return Err(r.error("bad Kafka flag in snapshot meta")),
         };
-        let n = r.count(12)?;
+        let n = r.count32(12)?;
         let mut revisions = Vec::with_capacity(n);
         for _ in 0..n {
-            revisions.push((r.str()?, u64::from_le_bytes(r.take()?)));
+            revisions.push((r.str32()?.to_owned(), r.u64()?));
         }
-        if !r.0.is_empty() {
-            return Err("trailing bytes in snapshot meta");
-        }
+        r.finish()?;
         Ok(Position {
             created_ms,
             events_lsn,
             kafka,
             revisions,
         })
-    }
-}
-
-struct Bytes<'a>(&'a [u8]);
-
-impl Bytes<'_> {
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], &'static str> {
-        let (head, rest) = self.0.split_first_chunk::<N>().ok_or("snapshot meta is truncated")?;
-        self.0 = rest;
-        Ok(*head)
-    }
-
-    /// A u32 count of items of at least `min_bytes` each, checked against what is left.
-    fn count(&mut self, min_bytes: usize) -> Result<usize, &'static str> {
-        let n = u32::from_le_bytes(self.take()?) as usize;
-        if n.saturating_mul(min_bytes) > self.0.len() {
-            return Err("snapshot meta count runs past its end");
-        }
-        Ok(n)
-    }
-
-    fn str(&mut self) -> Result<String, &'static str> {
-        let n = u32::from_le_bytes(self.take()?) as usize;
-        if n > self.0.len() {
-            return Err("snapshot meta string runs past its end");
-        }
-        let (s, rest) = self.0.split_at(n);
-        self.0 = rest;
-        String::from_utf8(s.to_vec()).map_err(|_| "snapshot meta string is not UTF-8")
     }
 }
 
@@ -290,7 +258,7 @@ impl SnapshotDir {
                             damaged,
                         ))
                     }
-                    Err(e) => e.to_string(),
+                    Err(e) => format!("snapshot meta: {e}"),
                 },
                 Err(e) => e.to_string(),
             };
@@ -314,19 +282,7 @@ impl SnapshotDir {
         let started = Instant::now();
         let n = self.last_number()? + 1;
         let path = self.dir.join(format!("{PREFIX}{n:012}{SUFFIX}"));
-        let tmp = self.dir.join(format!("{PREFIX}{n:012}{SUFFIX}.tmp"));
-        let written = (|| {
-            let mut file = File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            drop(file);
-            fs::rename(&tmp, &path)?;
-            sync_dir(&self.dir)
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
+        write_atomic_via(&path, &format!("{PREFIX}{n:012}{SUFFIX}.tmp"), &bytes)?;
         let write = started.elapsed();
         let snapshots = self.list()?;
         if snapshots.len() > self.keep {
@@ -371,11 +327,6 @@ impl SnapshotDir {
         }
         Ok((!positions.is_empty()).then_some(lsn))
     }
-}
-
-/// Makes a rename or a removal in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

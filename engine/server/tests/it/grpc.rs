@@ -316,7 +316,6 @@ async fn push_validates_dry_runs_lists_and_rolls_back() {
     let get = |revision| pb::GetRequest {
         shop: "apparel".into(),
         revision,
-        expected_revision: 0,
     };
     let g = c.rules.get(get(0)).await.unwrap().into_inner();
     assert_eq!((g.revision, g.serving, g.content.as_str()), (2, true, v2.as_str()));

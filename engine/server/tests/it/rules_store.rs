@@ -103,7 +103,6 @@ async fn a_restart_after_a_broken_edit_serves_the_last_good_revision() {
         .get(pb::GetRequest {
             shop: "apparel".into(),
             revision: 1,
-            expected_revision: 0,
         })
         .await
         .unwrap()

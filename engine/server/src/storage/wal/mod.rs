@@ -98,6 +98,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
+use vitrine_core::codec::{self, Put, Reader};
+
+use crate::storage::fs::sync_dir;
 
 /// The segment size at which the writer starts a new segment, by default.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
@@ -353,54 +356,6 @@ pub struct CompactReport {
 
 // ------------------------------------------------------------------ format
 
-/// Reads the fields of one record (records are opaque here; the formats
-/// built on the log, `claims_journal` and `event_log`, add their own field
-/// readers to it). Reading past the record's end is an error, never a panic.
-#[derive(Debug)]
-pub struct RecordReader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> RecordReader<'a> {
-    /// A reader at the start of `record`.
-    pub fn new(record: &'a [u8]) -> RecordReader<'a> {
-        RecordReader { buf: record, pos: 0 }
-    }
-
-    /// The next `n` bytes.
-    pub fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
-        if n > self.buf.len() - self.pos {
-            return Err("record runs past its end");
-        }
-        let out = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
-    }
-
-    /// The next `N` bytes, as an array.
-    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], &'static str> {
-        let mut out = [0; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
-
-    /// The next byte.
-    pub fn u8(&mut self) -> Result<u8, &'static str> {
-        Ok(self.take(1)?[0])
-    }
-
-    /// The bytes not read yet.
-    pub fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-
-    /// Whether every byte of the record has been read.
-    pub fn at_end(&self) -> bool {
-        self.pos == self.buf.len()
-    }
-}
-
 /// The file name of the segment whose first record is `first_lsn`.
 pub fn segment_name(first_lsn: u64) -> String {
     format!("{first_lsn:0NAME_DIGITS$}{SEGMENT_SUFFIX}")
@@ -414,24 +369,44 @@ fn parse_segment_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn u32_at(buf: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+/// A segment's header bytes.
+pub(super) fn segment_header(kind: [u8; 4], first_lsn: u64, prev_lsn: u64) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut h = Vec::with_capacity(SEGMENT_HEADER_LEN);
+    h.put_bytes(&SEGMENT_MAGIC);
+    h.put_u32(VERSION);
+    h.put_bytes(&kind);
+    h.put_u64(first_lsn);
+    h.put_u64(prev_lsn);
+    h.put_u32(0);
+    h.put_u32(crc32fast::hash(&h[8..36]));
+    let mut out = [0; SEGMENT_HEADER_LEN];
+    out.copy_from_slice(&h);
+    out
 }
 
-fn u64_at(buf: &[u8], at: usize) -> u64 {
-    u64::from(u32_at(buf, at)) | u64::from(u32_at(buf, at + 4)) << 32
+/// A segment header's fields after the magic.
+struct HeaderFields {
+    version: u32,
+    kind: [u8; 4],
+    first_lsn: u64,
+    prev_lsn: u64,
+    reserved: u32,
+    crc: u32,
 }
 
-fn segment_header(kind: [u8; 4], first_lsn: u64, prev_lsn: u64) -> [u8; SEGMENT_HEADER_LEN] {
-    let mut h = [0; SEGMENT_HEADER_LEN];
-    h[..8].copy_from_slice(&SEGMENT_MAGIC);
-    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    h[12..16].copy_from_slice(&kind);
-    h[16..24].copy_from_slice(&first_lsn.to_le_bytes());
-    h[24..32].copy_from_slice(&prev_lsn.to_le_bytes());
-    let crc = crc32fast::hash(&h[8..36]);
-    h[36..40].copy_from_slice(&crc.to_le_bytes());
-    h
+impl HeaderFields {
+    fn read(header: &[u8]) -> codec::Result<HeaderFields> {
+        let mut r = Reader::new(header);
+        r.bytes(SEGMENT_MAGIC.len())?;
+        Ok(HeaderFields {
+            version: r.u32()?,
+            kind: r.array()?,
+            first_lsn: r.u64()?,
+            prev_lsn: r.u64()?,
+            reserved: r.u32()?,
+            crc: r.u32()?,
+        })
+    }
 }
 
 /// A segment as its header describes it.
@@ -459,17 +434,18 @@ fn check_header(bytes: &[u8], path: &Path, kind: [u8; 4], first: u64) -> Result<
     if bytes[..8] != SEGMENT_MAGIC {
         return Err(OpenError::NotALog { path: path.to_owned() });
     }
-    let version = u32_at(bytes, 8);
+    let fields = HeaderFields::read(bytes).map_err(|e| malformed(e.what))?;
+    let version = fields.version;
     if version != VERSION {
         return Err(OpenError::UnsupportedVersion {
             path: path.to_owned(),
             found: version,
         });
     }
-    if crc32fast::hash(&bytes[8..36]) != u32_at(bytes, 36) {
+    if crc32fast::hash(&bytes[8..36]) != fields.crc {
         return Err(malformed("segment header checksum mismatch"));
     }
-    let found: [u8; 4] = [bytes[12], bytes[13], bytes[14], bytes[15]];
+    let found = fields.kind;
     if found != kind {
         return Err(OpenError::WrongKind {
             path: path.to_owned(),
@@ -477,13 +453,13 @@ fn check_header(bytes: &[u8], path: &Path, kind: [u8; 4], first: u64) -> Result<
             expected: kind,
         });
     }
-    let (first_lsn, prev) = (u64_at(bytes, 16), u64_at(bytes, 24));
+    let (first_lsn, prev) = (fields.first_lsn, fields.prev_lsn);
     if first_lsn != first {
         return Err(malformed(
             "the segment's first LSN does not match its file name (renamed?)",
         ));
     }
-    if prev >= first || u32_at(bytes, 32) != 0 {
+    if prev >= first || fields.reserved != 0 {
         return Err(malformed("invalid segment header"));
     }
     Ok(Segment {
@@ -511,15 +487,22 @@ fn interrupted_creation(bytes: &[u8], kind: [u8; 4], first: u64) -> bool {
 
 /// Frames `records` (`count` of them, each `len u32 | bytes`) as one batch into `out`.
 fn frame_batch(out: &mut Vec<u8>, records: &[u8], count: u32, seq: u64) {
-    out.extend_from_slice(&BATCH_MAGIC);
-    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
-    out.extend_from_slice(&count.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
+    out.put_bytes(&BATCH_MAGIC);
+    out.put_u32(records.len() as u32);
+    out.put_u32(count);
+    out.put_u64(seq);
     let mut crc = crc32fast::Hasher::new();
     crc.update(&out[out.len() - 16..]);
     crc.update(records);
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.extend_from_slice(records);
+    out.put_u32(crc.finalize());
+    out.put_bytes(records);
+}
+
+/// A batch header's fields after the magic: records' length, count, seq, crc.
+fn batch_fields(header: &[u8]) -> codec::Result<(u32, u32, u64, u32)> {
+    let mut r = Reader::new(header);
+    r.bytes(BATCH_MAGIC.len())?;
+    Ok((r.u32()?, r.u32()?, r.u64()?, r.u32()?))
 }
 
 /// A batch that checks out.
@@ -535,8 +518,8 @@ fn batch_at(data: &[u8], pos: usize) -> Option<Batch<'_>> {
     if header[..8] != BATCH_MAGIC {
         return None;
     }
-    let len = u32_at(header, 8) as usize;
-    let count = u32_at(header, 12);
+    let (len, count, seq, stored_crc) = batch_fields(header).ok()?;
+    let len = len as usize;
     if len > MAX_BATCH_BYTES || count == 0 || count as usize > len / 4 {
         return None;
     }
@@ -544,14 +527,10 @@ fn batch_at(data: &[u8], pos: usize) -> Option<Batch<'_>> {
     let mut crc = crc32fast::Hasher::new();
     crc.update(&header[8..24]);
     crc.update(records);
-    if crc.finalize() != u32_at(header, 24) {
+    if crc.finalize() != stored_crc {
         return None;
     }
-    Some(Batch {
-        count,
-        seq: u64_at(header, 16),
-        records,
-    })
+    Some(Batch { count, seq, records })
 }
 
 /// The first valid batch starting at or after `from` that could follow a
@@ -607,7 +586,10 @@ fn replay_segment(
             recovery.dropped_records = data
                 .get(pos..pos + 16)
                 .filter(|h| h[..8] == BATCH_MAGIC)
-                .map(|h| u32_at(h, 12))
+                .and_then(|h| {
+                    let mut r = Reader::new(h);
+                    r.bytes(12).and_then(|_| r.u32()).ok()
+                })
                 .filter(|&n| n > 0);
             break;
         };
@@ -619,13 +601,12 @@ fn replay_segment(
         if batch.seq != seq {
             return Err(malformed("batch out of sequence (a copy from another log?)"));
         }
-        let records = batch.records;
-        let mut at = 0;
+        let mut records = Reader::new(batch.records);
         for _ in 0..batch.count {
-            let Some(len) = records.get(at..at + 4).map(|b| u32_at(b, 0) as usize) else {
+            let Ok(len) = records.u32() else {
                 return Err(malformed("batch length does not match its records"));
             };
-            let Some(record) = records.get(at + 4..at + 4 + len) else {
+            let Ok(record) = records.bytes(len as usize) else {
                 return Err(malformed("record runs past its batch"));
             };
             seq += 1;
@@ -638,22 +619,17 @@ fn replay_segment(
                 })?;
                 recovery.records += 1;
             }
-            at += 4 + len;
         }
-        if at != records.len() {
+        if !records.is_empty() {
             return Err(malformed("batch length does not match its records"));
         }
         recovery.batches += 1;
-        pos += BATCH_HEADER_LEN + records.len();
+        pos += BATCH_HEADER_LEN + batch.records.len();
     }
     Ok(SegmentEnd {
         valid_len: pos,
         last_lsn: seq,
     })
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Creates the segment starting at `first` (which follows record `prev`):
