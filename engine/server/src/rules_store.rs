@@ -1128,7 +1128,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::test_support::TempDir;
+    use tempfile::TempDir;
 
     const NOW: i64 = 1_795_132_800_000;
 
@@ -1137,7 +1137,7 @@ mod tests {
     }
 
     fn store(dir: &TempDir) -> RuleStore {
-        RuleStore::new(&dir.0.join("rules"), &dir.0.join("data"))
+        RuleStore::new(&dir.path().join("rules"), &dir.path().join("data"))
     }
 
     fn banner_of(store: &RuleStore, shop: &str) -> String {
@@ -1199,7 +1199,7 @@ mod tests {
     /// and writes nothing.
     #[test]
     fn a_push_with_an_overlong_shop_name_is_invalid_and_writes_nothing() {
-        let dir = TempDir::new("store-long-shop");
+        let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
         store.sync_dir(NOW);
         let shop = "x".repeat(300);
@@ -1208,7 +1208,7 @@ mod tests {
         let err = store.push(&rules(&shop, "b"), Origin::Push, true, NOW).unwrap_err();
         assert!(matches!(err, StoreError::InvalidShop(_)), "{err:?}");
         assert!(store.shops().is_empty());
-        assert!(!dir.0.join("data/revisions").exists());
+        assert!(!dir.path().join("data/revisions").exists());
     }
 
     /// Regression (hardening #7): a shop whose file is broken at start-up
@@ -1216,14 +1216,14 @@ mod tests {
     /// Rollback work; the broken file and the restore are reported.
     #[test]
     fn a_broken_file_at_start_up_serves_the_last_good_revision() {
-        let dir = TempDir::new("store-broken-restart");
+        let dir = tempfile::tempdir().unwrap();
         {
             let store = store(&dir);
             store.sync_dir(NOW);
             store.push(&rules("s", "one"), Origin::Push, false, NOW).unwrap();
             store.push(&rules("s", "two"), Origin::Push, false, NOW + 1).unwrap();
         }
-        fs::write(dir.0.join("rules/s.yaml"), "shop: s\nbanners: [oops\n").unwrap();
+        fs::write(dir.path().join("rules/s.yaml"), "shop: s\nbanners: [oops\n").unwrap();
 
         let store = store(&dir);
         let report = store.sync_dir(NOW + 2);
@@ -1251,12 +1251,12 @@ mod tests {
     /// run time (reported once) and after a restart (from `data/revisions`).
     #[test]
     fn a_deleted_file_keeps_its_shop_serving() {
-        let dir = TempDir::new("store-deleted");
+        let dir = tempfile::tempdir().unwrap();
         {
             let store = store(&dir);
             store.sync_dir(NOW);
             store.push(&rules("s", "one"), Origin::Push, false, NOW).unwrap();
-            fs::remove_file(dir.0.join("rules/s.yaml")).unwrap();
+            fs::remove_file(dir.path().join("rules/s.yaml")).unwrap();
             let report = store.sync_dir(NOW + 1);
             assert_eq!(kinds(&report), [ProblemKind::Deleted]);
             assert_eq!(store.counters().files_deleted, 1);
@@ -1270,7 +1270,7 @@ mod tests {
         // A push writes the file again.
         store.push(&rules("s", "two"), Origin::Push, false, NOW + 4).unwrap();
         assert_eq!(
-            fs::read_to_string(dir.0.join("rules/s.yaml")).unwrap(),
+            fs::read_to_string(dir.path().join("rules/s.yaml")).unwrap(),
             rules("s", "two")
         );
     }
@@ -1279,8 +1279,8 @@ mod tests {
     /// reported once, not at every poll.
     #[test]
     fn an_unreadable_file_is_reported_once() {
-        let dir = TempDir::new("store-unreadable");
-        fs::create_dir_all(dir.0.join("rules/x.yaml")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("rules/x.yaml")).unwrap();
         let store = store(&dir);
         assert_eq!(kinds(&store.sync_dir(NOW)), [ProblemKind::Unreadable]);
         assert!(store.sync_dir(NOW + 1).problems.is_empty());
@@ -1291,25 +1291,25 @@ mod tests {
     /// `foo.yaml` when that file holds shop `bar`; both survive a restart.
     #[test]
     fn a_push_never_overwrites_another_shops_file() {
-        let dir = TempDir::new("store-overwrite");
-        fs::create_dir_all(dir.0.join("rules")).unwrap();
-        fs::write(dir.0.join("rules/foo.yaml"), rules("bar", "bar")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("rules")).unwrap();
+        fs::write(dir.path().join("rules/foo.yaml"), rules("bar", "bar")).unwrap();
         {
             let store = store(&dir);
             store.sync_dir(NOW);
             store.push(&rules("foo", "foo"), Origin::Push, false, NOW).unwrap();
             assert_eq!(
-                fs::read_to_string(dir.0.join("rules/foo.yaml")).unwrap(),
+                fs::read_to_string(dir.path().join("rules/foo.yaml")).unwrap(),
                 rules("bar", "bar")
             );
             assert_eq!(
-                fs::read_to_string(dir.0.join("rules/foo~1.yaml")).unwrap(),
+                fs::read_to_string(dir.path().join("rules/foo~1.yaml")).unwrap(),
                 rules("foo", "foo")
             );
             // The next push of foo rewrites its own file.
             store.push(&rules("foo", "foo2"), Origin::Push, false, NOW + 1).unwrap();
             assert_eq!(
-                fs::read_to_string(dir.0.join("rules/foo~1.yaml")).unwrap(),
+                fs::read_to_string(dir.path().join("rules/foo~1.yaml")).unwrap(),
                 rules("foo", "foo2")
             );
         }
@@ -1324,15 +1324,15 @@ mod tests {
     /// shop's file; a push of the shop it held before writes a new file.
     #[test]
     fn a_push_after_its_file_changed_shop_writes_a_new_file() {
-        let dir = TempDir::new("store-file-changed-shop");
+        let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
         store.sync_dir(NOW);
         store.push(&rules("foo", "foo"), Origin::Push, false, NOW).unwrap();
-        fs::write(dir.0.join("rules/foo.yaml"), rules("bar", "bar")).unwrap();
+        fs::write(dir.path().join("rules/foo.yaml"), rules("bar", "bar")).unwrap();
         store.sync_dir(NOW + 1);
         store.push(&rules("foo", "foo2"), Origin::Push, false, NOW + 2).unwrap();
         assert_eq!(
-            fs::read_to_string(dir.0.join("rules/foo.yaml")).unwrap(),
+            fs::read_to_string(dir.path().join("rules/foo.yaml")).unwrap(),
             rules("bar", "bar")
         );
         assert_eq!(banner_of(&store, "bar"), "banner: bar");
@@ -1343,12 +1343,12 @@ mod tests {
     /// ignored, pushes keep going to the winner, and a restart serves the same.
     #[test]
     fn a_duplicate_file_added_at_run_time_does_not_take_the_shop_over() {
-        let dir = TempDir::new("store-duplicate");
-        fs::create_dir_all(dir.0.join("rules")).unwrap();
-        fs::write(dir.0.join("rules/b.yaml"), rules("s", "b")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("rules")).unwrap();
+        fs::write(dir.path().join("rules/b.yaml"), rules("s", "b")).unwrap();
         let store = store(&dir);
         store.sync_dir(NOW);
-        fs::write(dir.0.join("rules/c.yaml"), rules("s", "c")).unwrap();
+        fs::write(dir.path().join("rules/c.yaml"), rules("s", "c")).unwrap();
         let report = store.sync_dir(NOW + 1);
         assert_eq!(kinds(&report), [ProblemKind::Duplicate]);
         assert!(report.swapped.is_empty());
@@ -1358,15 +1358,18 @@ mod tests {
 
         store.push(&rules("s", "pushed"), Origin::Push, false, NOW + 3).unwrap();
         assert_eq!(
-            fs::read_to_string(dir.0.join("rules/b.yaml")).unwrap(),
+            fs::read_to_string(dir.path().join("rules/b.yaml")).unwrap(),
             rules("s", "pushed")
         );
-        assert_eq!(fs::read_to_string(dir.0.join("rules/c.yaml")).unwrap(), rules("s", "c"));
+        assert_eq!(
+            fs::read_to_string(dir.path().join("rules/c.yaml")).unwrap(),
+            rules("s", "c")
+        );
         assert!(store.sync_dir(NOW + 4).swapped.is_empty());
         assert_eq!(banner_of(&store, "s"), "banner: pushed");
         drop(store);
 
-        let store = RuleStore::new(&dir.0.join("rules"), &dir.0.join("data"));
+        let store = RuleStore::new(&dir.path().join("rules"), &dir.path().join("data"));
         let report = store.sync_dir(NOW + 5);
         assert_eq!(kinds(&report), [ProblemKind::Duplicate]);
         assert_eq!(banner_of(&store, "s"), "banner: pushed");
@@ -1377,20 +1380,20 @@ mod tests {
     /// it would at a restart, and the former winner is the duplicate.
     #[test]
     fn a_file_sorting_first_wins_at_the_poll_as_at_a_restart() {
-        let dir = TempDir::new("store-duplicate-first");
-        fs::create_dir_all(dir.0.join("rules")).unwrap();
-        fs::write(dir.0.join("rules/b.yaml"), rules("s", "b")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("rules")).unwrap();
+        fs::write(dir.path().join("rules/b.yaml"), rules("s", "b")).unwrap();
         let store = store(&dir);
         store.sync_dir(NOW);
-        fs::write(dir.0.join("rules/a.yaml"), rules("s", "a")).unwrap();
+        fs::write(dir.path().join("rules/a.yaml"), rules("s", "a")).unwrap();
         let report = store.sync_dir(NOW + 1);
         assert_eq!(kinds(&report), [ProblemKind::Duplicate]);
-        assert_eq!(report.problems[0].path, dir.0.join("rules/b.yaml"));
+        assert_eq!(report.problems[0].path, dir.path().join("rules/b.yaml"));
         assert_eq!(banner_of(&store, "s"), "banner: a");
         assert!(store.sync_dir(NOW + 2).problems.is_empty());
         store.push(&rules("s", "pushed"), Origin::Push, false, NOW + 3).unwrap();
         assert_eq!(
-            fs::read_to_string(dir.0.join("rules/a.yaml")).unwrap(),
+            fs::read_to_string(dir.path().join("rules/a.yaml")).unwrap(),
             rules("s", "pushed")
         );
     }
@@ -1401,8 +1404,8 @@ mod tests {
     /// what was accepted, and the next push takes the next number.
     #[test]
     fn a_failed_push_leaves_no_revision_behind() {
-        let dir = TempDir::new("store-failed-push");
-        let rules_dir = dir.0.join("rules");
+        let dir = tempfile::tempdir().unwrap();
+        let rules_dir = dir.path().join("rules");
         {
             let store = store(&dir);
             store.sync_dir(NOW);
@@ -1418,7 +1421,7 @@ mod tests {
             assert_eq!(banner_of(&store, "s"), "banner: one");
             assert_eq!(revisions(&store, "s"), [1]);
         }
-        let files: Vec<_> = fs::read_dir(dir.0.join("data/revisions/s"))
+        let files: Vec<_> = fs::read_dir(dir.path().join("data/revisions/s"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
@@ -1436,7 +1439,7 @@ mod tests {
     /// memory; older revisions are read back from `data/revisions`.
     #[test]
     fn only_the_serving_revision_text_is_held_in_memory() {
-        let dir = TempDir::new("store-memory");
+        let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
         store.sync_dir(NOW);
         let padding = format!("# {}\n", "x".repeat(100_000));
@@ -1455,8 +1458,8 @@ mod tests {
     /// rename onto a directory), and replaces a file in one step.
     #[test]
     fn read_rule_file_refuses_fifos_devices_and_oversized_files_without_reading_them() {
-        let dir = TempDir::new("read-rule-file");
-        let fifo = dir.0.join("fifo.yaml");
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.yaml");
         assert!(std::process::Command::new("mkfifo")
             .arg(&fifo)
             .status()
@@ -1464,13 +1467,13 @@ mod tests {
             .success());
         let e = read_rule_file(&fifo, 1024).unwrap_err();
         assert_eq!(e.to_string(), "not a regular file");
-        let zero = dir.0.join("zero.yaml");
+        let zero = dir.path().join("zero.yaml");
         std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
         assert_eq!(
             read_rule_file(&zero, 1024).unwrap_err().to_string(),
             "not a regular file"
         );
-        let big = dir.0.join("big.yaml");
+        let big = dir.path().join("big.yaml");
         fs::write(&big, "x".repeat(1025)).unwrap();
         assert_eq!(
             read_rule_file(&big, 1024).unwrap_err().to_string(),
@@ -1486,16 +1489,16 @@ mod tests {
     /// rejected file, and the rest of the directory loads.
     #[test]
     fn a_fifo_or_a_device_in_the_rules_dir_is_a_rejected_file() {
-        let dir = TempDir::new("fifo-dir");
+        let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
-        fs::create_dir_all(dir.0.join("rules")).unwrap();
-        fs::write(dir.0.join("rules/a.yaml"), rules("a", "x")).unwrap();
+        fs::create_dir_all(dir.path().join("rules")).unwrap();
+        fs::write(dir.path().join("rules/a.yaml"), rules("a", "x")).unwrap();
         assert!(std::process::Command::new("mkfifo")
-            .arg(dir.0.join("rules/b.yaml"))
+            .arg(dir.path().join("rules/b.yaml"))
             .status()
             .unwrap()
             .success());
-        std::os::unix::fs::symlink("/dev/zero", dir.0.join("rules/c.yaml")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("rules/c.yaml")).unwrap();
         store.sync_dir(NOW);
         assert_eq!(banner_of(&store, "a"), "banner: x");
         assert_eq!(store.counters().files_rejected, 2);
@@ -1503,15 +1506,18 @@ mod tests {
 
     #[test]
     fn write_atomically_cleans_up_after_a_failure() {
-        let dir = TempDir::new("store-atomic");
-        let target = dir.0.join("t.yaml");
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t.yaml");
         fs::create_dir_all(target.join("sub")).unwrap();
         assert!(write_atomically(&target, b"x").is_err());
         fs::remove_dir_all(&target).unwrap();
         write_atomically(&target, b"one").unwrap();
         write_atomically(&target, b"two").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, [std::ffi::OsString::from("t.yaml")]);
     }
 }
