@@ -1549,19 +1549,9 @@ benefits:
         /// writing side): the structural checks alone never panic, and
         /// whatever they accept is a working index.
         #[test]
-        fn forged_payloads_never_panic(
-            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
-            cut in prop::option::of(any::<prop::sample::Index>()),
-        ) {
+        fn forged_payloads_never_panic(muts in vitrine_testkit::mutations()) {
             let mut bytes = small();
-            for (at, value) in &edits {
-                let i = HEADER_LEN + at.index(bytes.len() - HEADER_LEN);
-                bytes[i] = *value;
-            }
-            if let Some(cut) = cut {
-                let len = HEADER_LEN + cut.index(bytes.len() - HEADER_LEN);
-                bytes.truncate(len);
-            }
+            vitrine_testkit::apply(&mut bytes, &muts, HEADER_LEN);
             seal(&mut bytes);
             if let Ok(snapshot) = decode(&bytes) {
                 for shop in snapshot.index.shops() {
