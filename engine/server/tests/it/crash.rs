@@ -181,7 +181,10 @@ impl Scene {
             .arg(format!("--metrics-addr={metrics}"))
             .arg(format!("--rules-dir={}", dir.join("rules").display()))
             .arg(format!("--data-dir={}", dir.join("data").display()))
-            .arg("--shutdown-grace=0s");
+            .arg("--shutdown-grace=0s")
+            // No queue-wait shedding (as in support::test_config): on a busy
+            // test machine the post-crash checks would be shed, not answered.
+            .arg("--max-queue-wait=0");
         if !extra.iter().any(|f| f.starts_with("--snapshot-interval")) {
             command.arg("--snapshot-interval=1s");
         }
