@@ -11,7 +11,6 @@
 //! `cargo bench -p vitrine-benches --bench memory`
 
 use std::alloc::System;
-use std::borrow::Cow;
 use std::time::Instant;
 
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
@@ -61,19 +60,7 @@ fn main() {
     let index = ShopIndex::new(SHOP);
     let empty = live() - base;
     for v in 0..dataset.visitor_count() {
-        index.apply(&Event {
-            shop: Cow::Borrowed(SHOP),
-            visitor: Cow::Borrowed(dataset.visitor(v)),
-            action: Action::Member,
-            item: None,
-            category: None,
-            price: 0.0,
-            quantity: 1,
-            tag: None,
-            tier: 0,
-            ts: NOW_MS - 1,
-            id: None,
-        });
+        index.apply(&Event::new(SHOP, dataset.visitor(v), Action::Member, NOW_MS - 1));
     }
     let visitor_part = live() - base - empty;
     let stats = index.stats();

@@ -24,6 +24,9 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Instant;
 
+// The workspace's one generator: bench datasets are the same bit for bit
+// as long as its reference-pinned stream is.
+pub use vitrine_core::hash::{mix64, SplitMix64};
 use vitrine_core::{Action, Context, DecideRequest, Event, RuleSet, ShopIndex};
 
 /// The one shop of the dataset.
@@ -81,56 +84,6 @@ pub fn run_visitors() -> u32 {
     } else {
         20_000
     }
-}
-
-/// SplitMix64: a tiny, fast, deterministic PRNG (good enough for synthetic data).
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    /// A generator from a seed.
-    pub fn new(seed: u64) -> SplitMix64 {
-        SplitMix64(seed)
-    }
-
-    /// The next 64 random bits.
-    #[inline]
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix64(self.0)
-    }
-
-    /// Uniform in `[0, 1)`.
-    #[inline]
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Uniform in `0..n` (`n > 0`), by multiply-shift.
-    #[inline]
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-
-    /// True with probability `p`.
-    #[inline]
-    pub fn chance(&mut self, p: f64) -> bool {
-        self.next_f64() < p
-    }
-
-    /// A uniformly chosen element.
-    #[inline]
-    pub fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
-        &from[self.below(from.len() as u64) as usize]
-    }
-}
-
-/// The SplitMix64 finalizer: a good 64-bit mixing function.
-#[inline]
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// A Zipf law over ranks `0..n` (rank 0 the most likely), sampled by
@@ -458,19 +411,7 @@ impl Dataset {
     /// The event of a record; every string borrows from the dataset.
     #[inline]
     pub fn event(&self, r: &Record) -> Event<'_> {
-        let mut event = Event {
-            shop: Cow::Borrowed(SHOP),
-            visitor: Cow::Borrowed(self.visitor(r.visitor)),
-            action: r.action,
-            item: None,
-            category: None,
-            price: 0.0,
-            quantity: 1,
-            tag: None,
-            tier: 0,
-            ts: r.ts,
-            id: None,
-        };
+        let mut event = Event::new(SHOP, self.visitor(r.visitor), r.action, r.ts);
         match r.action {
             Action::View | Action::Cart | Action::Favorite | Action::Purchase => {
                 event.item = Some(Cow::Borrowed(self.item(r.value)));
@@ -505,8 +446,8 @@ impl Dataset {
         (0..n)
             .map(|_| {
                 let visitor = (!anonymous).then(|| rng.below(u64::from(self.visitor_count())) as u32);
-                let region = *rng.pick(&REGIONS);
-                let page = *rng.pick(&PAGES);
+                let region = rng.pick(&REGIONS).copied().unwrap_or_default();
+                let page = rng.pick(&PAGES).copied().unwrap_or_default();
                 let item = (page == "item").then(|| zipf.sample(&mut rng));
                 RequestSpec {
                     visitor,

@@ -21,73 +21,27 @@
 
 use std::fmt::Write as _;
 
+use vitrine_core::hash::{mix64, SplitMix64};
 use vitrine_proto::v1 as pb;
 
-/// A small, fast, deterministic random number generator (SplitMix64).
-///
-/// Written out here rather than taken from a crate so that a seed means the
-/// same dataset whatever crate versions the lock file holds.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator started from `seed`.
-    #[cfg(test)]
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    /// An independent generator for the stream `(seed, a, b)`.
-    pub fn derive(seed: u64, a: u64, b: u64) -> Rng {
-        Rng(mix(mix(seed ^ mix(a.wrapping_add(0x517c_c1b7))) ^ b))
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix(self.0)
-    }
-
-    /// A uniform number in `0..n` (0 when `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-
-    /// A uniform index into a slice of length `len` (0 when `len` is 0).
-    pub fn index(&mut self, len: usize) -> usize {
-        self.below(len as u64) as usize
-    }
-
-    /// A uniform number in `[0, 1)`.
-    pub fn f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// True with probability `p`.
-    pub fn chance(&mut self, p: f64) -> bool {
-        self.f64() < p
-    }
-
-    /// A uniform element of a non-empty slice of constants.
-    pub fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-        xs.get(self.index(xs.len())).copied().unwrap_or("")
-    }
-
-    /// 1 + the number of failures before a success of probability `p`, at most `max`.
-    fn geometric(&mut self, p: f64, max: u32) -> u32 {
-        let mut n = 1;
-        while n < max && !self.chance(p) {
-            n += 1;
-        }
-        n
-    }
+/// The random stream for `(seed, a, b)`, independent of the others: the
+/// workspace's one generator ([`SplitMix64`]), started from a mix of the three.
+pub fn stream_rng(seed: u64, a: u64, b: u64) -> SplitMix64 {
+    SplitMix64::new(mix64(mix64(seed ^ mix64(a.wrapping_add(0x517c_c1b7))) ^ b))
 }
 
-/// The SplitMix64 finalizer: a bijective scramble of 64 bits.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// A uniform element of a slice of constants ("" for an empty one).
+pub fn pick_str<'a>(rng: &mut SplitMix64, xs: &[&'a str]) -> &'a str {
+    rng.pick(xs).copied().unwrap_or("")
+}
+
+/// 1 + the number of failures before a success of probability `p`, at most `max`.
+fn geometric(rng: &mut SplitMix64, p: f64, max: u32) -> u32 {
+    let mut n = 1;
+    while n < max && !rng.chance(p) {
+        n += 1;
+    }
+    n
 }
 
 /// Zipf-distributed ranks `0..n`: rank `k` is drawn with probability
@@ -114,8 +68,8 @@ impl Zipf {
     }
 
     /// One rank.
-    pub fn sample(&self, rng: &mut Rng) -> usize {
-        let u = rng.f64();
+    pub fn sample(&self, rng: &mut SplitMix64) -> usize {
+        let u = rng.next_f64();
         self.cdf.partition_point(|&c| c <= u).min(self.cdf.len() - 1)
     }
 }
@@ -211,18 +165,18 @@ impl Catalog {
     }
 
     /// A Zipf-popular item of the whole catalog.
-    pub fn popular_item(&self, rng: &mut Rng) -> usize {
+    pub fn popular_item(&self, rng: &mut SplitMix64) -> usize {
         self.popularity.sample(rng)
     }
 
     /// A Zipf-popular item of category `c`.
-    pub fn popular_item_in(&self, c: usize, rng: &mut Rng) -> usize {
+    pub fn popular_item_in(&self, c: usize, rng: &mut SplitMix64) -> usize {
         self.item_in_category(c, self.in_category.sample(rng))
     }
 
     /// The fixed price of item `k`, 5.00 to 499.99.
     pub fn price(&self, k: usize) -> f64 {
-        let cents = 500 + mix(self.config.seed ^ (k as u64).wrapping_mul(0x2545_f491_4f6c_dd1d)) % 49_500;
+        let cents = 500 + mix64(self.config.seed ^ (k as u64).wrapping_mul(0x2545_f491_4f6c_dd1d)) % 49_500;
         cents as f64 / 100.0
     }
 }
@@ -251,7 +205,7 @@ impl EventGenerator {
     /// Appends every event of visitor `n` of shop `shop` to `out`.
     pub fn visitor(&self, shop: usize, n: u64, out: &mut Vec<pb::Event>) {
         let catalog = &self.catalog;
-        let mut rng = Rng::derive(catalog.config.seed, shop as u64, n);
+        let mut rng = stream_rng(catalog.config.seed, shop as u64, n);
         let shop_name = shop_name(shop);
         let visitor = visitor_id(n);
         let event = |action: &str, ts: i64| pb::Event {
@@ -269,14 +223,15 @@ impl EventGenerator {
         // Attributes are set at least an hour before now; sessions start at
         // least three hours before now and last under two and a half.
         let span = i64::from(self.days) * DAY_MS;
-        let random_ts = |rng: &mut Rng| self.now_ms - HOUR_MS - rng.below((span - HOUR_MS) as u64) as i64;
-        let session_start = |rng: &mut Rng| self.now_ms - 3 * HOUR_MS - rng.below((span - 3 * HOUR_MS) as u64) as i64;
+        let random_ts = |rng: &mut SplitMix64| self.now_ms - HOUR_MS - rng.below((span - HOUR_MS) as u64) as i64;
+        let session_start =
+            |rng: &mut SplitMix64| self.now_ms - 3 * HOUR_MS - rng.below((span - 3 * HOUR_MS) as u64) as i64;
 
         let preferred = rng.index(catalog.config.categories);
-        let sessions = rng.geometric(0.5, 8);
+        let sessions = geometric(&mut rng, 0.5, 8);
         for _ in 0..sessions {
             let mut ts = session_start(&mut rng);
-            let views = rng.geometric(0.3, 30);
+            let views = geometric(&mut rng, 0.3, 30);
             for _ in 0..views {
                 let item = if rng.chance(0.6) {
                     catalog.popular_item_in(preferred, &mut rng)
@@ -284,7 +239,7 @@ impl EventGenerator {
                     catalog.popular_item(&mut rng)
                 };
                 out.push(item_event("view", item, ts));
-                let r = rng.f64();
+                let r = rng.next_f64();
                 if r < 0.10 {
                     ts += 5_000 + rng.below(60_000) as i64;
                     out.push(item_event("cart", item, ts));
@@ -341,7 +296,7 @@ impl EventGenerator {
 
     /// One event "happening now" for a random known visitor of a random
     /// shop, with the same action mix as the dataset (background load).
-    pub fn live(&self, rng: &mut Rng, shops: usize, visitors: u64, now_ms: i64) -> pb::Event {
+    pub fn live(&self, rng: &mut SplitMix64, shops: usize, visitors: u64, now_ms: i64) -> pb::Event {
         let catalog = &self.catalog;
         let item = catalog.popular_item(rng);
         let action = match rng.below(117) {
@@ -440,7 +395,7 @@ pub fn rule_file(shop: usize, catalog: &Catalog) -> String {
 
 fn write_rule_file(out: &mut String, shop: usize, catalog: &Catalog) -> std::fmt::Result {
     let config = catalog.config();
-    let mut rng = Rng::derive(config.seed, shop as u64, u64::MAX);
+    let mut rng = stream_rng(config.seed, shop as u64, u64::MAX);
     let categories = config.categories;
     let per_category = config.items / categories;
     let featured = rng.index(categories);
@@ -747,7 +702,7 @@ mod tests {
         let members = counts["member"] / 20_000.0;
         assert!((0.27..0.33).contains(&members), "members {members}");
         let live_gen = EventGenerator::new(catalog(), 30, NOW_MS);
-        let mut rng = Rng::new(3);
+        let mut rng = SplitMix64::new(3);
         let mut live: HashMap<String, f64> = HashMap::new();
         for _ in 0..50_000 {
             *live.entry(live_gen.live(&mut rng, 3, 100, NOW_MS).action).or_default() += 1.0;
@@ -759,7 +714,7 @@ mod tests {
     #[test]
     fn item_popularity_is_zipf_skewed() {
         let zipf = Zipf::new(2000, 1.0);
-        let mut rng = Rng::new(11);
+        let mut rng = SplitMix64::new(11);
         let mut hits = vec![0u32; 2000];
         let draws = 200_000;
         for _ in 0..draws {
@@ -808,13 +763,13 @@ mod tests {
 
     #[test]
     fn rng_is_uniform_enough() {
-        let mut rng = Rng::new(5);
+        let mut rng = SplitMix64::new(5);
         let mut buckets = [0u32; 10];
         for _ in 0..100_000 {
             buckets[rng.index(10)] += 1;
         }
         assert!(buckets.iter().all(|&b| (9_500..10_500).contains(&b)), "{buckets:?}");
-        assert!((0..1000).all(|_| rng.f64() < 1.0));
-        assert_eq!(Rng::new(1).below(0), 0);
+        assert!((0..1000).all(|_| rng.next_f64() < 1.0));
+        assert_eq!(SplitMix64::new(1).below(0), 0);
     }
 }

@@ -35,9 +35,12 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use vitrine_proto::v1 as pb;
 
+use vitrine_core::hash::SplitMix64;
+
 use crate::client::{self, Auth};
 use crate::dataset::{
-    item_id, rule_file, shop_name, visitor_id, visitor_id_padded, Catalog, DatasetConfig, EventGenerator, Rng,
+    item_id, pick_str, rule_file, shop_name, stream_rng, visitor_id, visitor_id_padded, Catalog, DatasetConfig,
+    EventGenerator,
 };
 use crate::pacer::{self, PacerStats, Schedule, Tick};
 use crate::report::{code_name, BackgroundStats, Recorder, RunReport, Summary, TIMEOUT};
@@ -322,7 +325,7 @@ impl Load {
     }
 
     /// A Decide call on connection `conn` for a random shop, visitor and context.
-    pub(crate) fn decide_call(&self, conn: usize, rng: &mut Rng) -> Call {
+    pub(crate) fn decide_call(&self, conn: usize, rng: &mut SplitMix64) -> Call {
         Call::Decide(
             self.decide[conn % self.decide.len()].clone(),
             Box::new(self.decide_request(rng)),
@@ -387,7 +390,7 @@ impl Load {
         Ok(())
     }
 
-    fn decide_request(&self, rng: &mut Rng) -> pb::DecideRequest {
+    fn decide_request(&self, rng: &mut SplitMix64) -> pb::DecideRequest {
         let shop = self.shops[rng.index(self.shops.len())].clone();
         let visitor = visitor_id_padded(rng.below(self.config.visitors), self.config.visitor_digits);
         let item_page = rng.chance(0.5);
@@ -401,9 +404,9 @@ impl Load {
                 } else {
                     String::new()
                 },
-                region: rng.pick(REGIONS).into(),
-                device: rng.pick(DEVICES).into(),
-                channel: rng.pick(CHANNELS).into(),
+                region: pick_str(rng, REGIONS).into(),
+                device: pick_str(rng, DEVICES).into(),
+                channel: pick_str(rng, CHANNELS).into(),
                 attributes: Default::default(),
             }),
             ..pb::DecideRequest::default()
@@ -433,7 +436,7 @@ impl Load {
             bail!("{count} requests in one phase is more than this tool is meant for; lower --rate or --duration");
         }
         let phase_no = self.phases.fetch_add(1, Ordering::Relaxed);
-        let mut rng = Rng::derive(self.config.dataset.seed, u64::MAX - 1, phase_no);
+        let mut rng = stream_rng(self.config.dataset.seed, u64::MAX - 1, phase_no);
         let sinks = Sinks::new(targets.len());
         // A short lead so the pacer thread is up before tick 0 is due.
         let schedule = Schedule {
@@ -551,7 +554,7 @@ impl Load {
                 (c.shops, c.visitors),
                 c.events_rate,
                 until,
-                Rng::derive(c.dataset.seed, u64::MAX - 2, phase_no),
+                stream_rng(c.dataset.seed, u64::MAX - 2, phase_no),
             )
         });
         let pushes = c.push_every.filter(|d| !d.is_zero()).map(|every| {
@@ -595,7 +598,7 @@ async fn background_events(
     (shops, visitors): (usize, u64),
     rate: f64,
     until: Instant,
-    mut rng: Rng,
+    mut rng: SplitMix64,
 ) -> BackgroundStats {
     let mut stats = BackgroundStats::default();
     let start = Instant::now();

@@ -33,7 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use vitrine_proto::v1 as pb;
 
-use crate::dataset::{visitor_id_padded, EventGenerator, Rng};
+use crate::dataset::{stream_rng, visitor_id_padded, EventGenerator};
 use crate::pacer::Schedule;
 use crate::report::{code_name, Recorder, Summary, TIMEOUT};
 use crate::run::{lock, Load, LoadConfig, Sinks};
@@ -533,8 +533,8 @@ pub async fn soak_with(config: SoakConfig, mut out: impl FnMut(&str) + Send + 's
     };
 
     // The schedule.
-    let mut pick_rng = Rng::derive(config.load.dataset.seed, u64::MAX - 3, 0);
-    let mut call_rng = Rng::derive(config.load.dataset.seed, u64::MAX - 4, 0);
+    let mut pick_rng = stream_rng(config.load.dataset.seed, u64::MAX - 3, 0);
+    let mut call_rng = stream_rng(config.load.dataset.seed, u64::MAX - 4, 0);
     let generator = EventGenerator::new(load.catalog().clone(), 30, 0);
     let (mix, visitors, connections) = (config.mix, load.config().visitors, load.connections() as u64);
     let (seed, digits) = (config.load.dataset.seed, load.config().visitor_digits.min(20));

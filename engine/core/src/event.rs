@@ -249,6 +249,27 @@ struct Raw<'a> {
 }
 
 impl<'a> Event<'a> {
+    /// An event with no item, category, tag or id and the neutral values
+    /// (price 0, quantity 1, tier 0): what parsers, generators and tests
+    /// start from before setting the fields the action carries, e.g.
+    /// `Event { item: Some("sku-1".into()), ..Event::new("s", "v", Action::View, ts) }`.
+    /// Unvalidated: [`Event::from_json`] is the checked way in.
+    pub fn new(shop: impl Into<Cow<'a, str>>, visitor: impl Into<Cow<'a, str>>, action: Action, ts: i64) -> Event<'a> {
+        Event {
+            shop: shop.into(),
+            visitor: visitor.into(),
+            action,
+            item: None,
+            category: None,
+            price: 0.0,
+            quantity: 1,
+            tag: None,
+            tier: 0,
+            ts,
+            id: None,
+        }
+    }
+
     /// Decodes and validates one JSON event.
     pub fn from_json(bytes: &'a [u8]) -> Result<Event<'a>, EventError> {
         let raw: Raw<'a> = serde_json::from_slice(bytes).map_err(|e| {
@@ -313,17 +334,8 @@ impl<'a> Event<'a> {
             ));
         }
         let mut event = Event {
-            shop,
-            visitor,
-            action,
-            item: None,
-            category: None,
-            price: 0.0,
-            quantity: 1,
-            tag: None,
-            tier: 0,
-            ts,
             id: f.id,
+            ..Event::new(shop, visitor, action, ts)
         };
         match action {
             Action::View | Action::Cart | Action::Favorite | Action::Purchase => {

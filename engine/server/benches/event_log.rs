@@ -28,18 +28,14 @@ const PER_CALL: usize = 10;
 /// The `i`th event of a visitor: a purchase 1 time in 10, else a view.
 fn event<'a>(visitor: &'a str, items: &'a [String], i: usize) -> Event<'a> {
     let purchase = i % 10 == 9;
+    let action = if purchase { Action::Purchase } else { Action::View };
     Event {
-        shop: Cow::Borrowed(SHOP),
-        visitor: Cow::Borrowed(visitor),
-        action: if purchase { Action::Purchase } else { Action::View },
         item: Some(Cow::Borrowed(&items[i % items.len()])),
         category: Some(Cow::Borrowed("cat-7")),
         price: if purchase { 129.0 } else { 0.0 },
         quantity: if purchase { 2 } else { 1 },
-        tag: None,
-        tier: 0,
-        ts: NOW_MS + i as i64,
         id: purchase.then(|| Cow::Owned(format!("order-{visitor}-{i}"))),
+        ..Event::new(SHOP, visitor, action, NOW_MS + i as i64)
     }
 }
 

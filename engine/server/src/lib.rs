@@ -35,5 +35,3 @@ pub mod metrics;
 pub mod rules_store;
 pub mod state;
 pub mod storage;
-#[cfg(test)]
-mod test_support;

@@ -1363,7 +1363,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::test_support::TempDir;
+    use tempfile::TempDir;
 
     const NOW: i64 = 1_795_132_800_000;
 
@@ -1372,7 +1372,7 @@ mod tests {
     }
 
     fn store(dir: &TempDir) -> RuleStore {
-        RuleStore::new(&dir.0.join("rules"), &dir.0.join("data"))
+        RuleStore::new(&dir.path().join("rules"), &dir.path().join("data"))
     }
 
     fn banner_of(store: &RuleStore, shop: &str) -> String {
@@ -1434,7 +1434,7 @@ mod tests {
     /// and writes nothing.
     #[test]
     fn a_push_with_an_overlong_shop_name_is_invalid_and_writes_nothing() {
-        let dir = TempDir::new("store-long-shop");
+        let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
         store.rescan(NOW);
         let shop = "x".repeat(300);
@@ -1443,7 +1443,7 @@ mod tests {
         let err = store.push(&rules(&shop, "b"), Origin::Push, true, NOW).unwrap_err();
         assert!(matches!(err, StoreError::InvalidShop(_)), "{err:?}");
         assert!(store.shops().is_empty());
-        assert!(!dir.0.join("data/revisions").exists());
+        assert!(!dir.path().join("data/revisions").exists());
     }
 
     /// Regression (hardening #7): a shop whose file is broken at start-up
@@ -1451,14 +1451,14 @@ mod tests {
     /// Rollback work; the broken file and the restore are reported.
     #[test]
     fn a_broken_file_at_start_up_serves_the_last_good_revision() {
-        let dir = TempDir::new("store-broken-restart");
+        let dir = tempfile::tempdir().unwrap();
         {
             let store = store(&dir);
             store.rescan(NOW);
             store.push(&rules("s", "one"), Origin::Push, false, NOW).unwrap();
             store.push(&rules("s", "two"), Origin::Push, false, NOW + 1).unwrap();
         }
-        fs::write(dir.0.join("rules/s.yaml"), "shop: s\nbanners: [oops\n").unwrap();
+        fs::write(dir.path().join("rules/s.yaml"), "shop: s\nbanners: [oops\n").unwrap();
 
         let store = store(&dir);
         let report = store.rescan(NOW + 2);
@@ -1486,12 +1486,12 @@ mod tests {
     /// run time (reported once) and after a restart (from `data/revisions`).
     #[test]
     fn a_deleted_file_keeps_its_shop_serving() {
-        let dir = TempDir::new("store-deleted");
+        let dir = tempfile::tempdir().unwrap();
         {
             let store = store(&dir);
             store.rescan(NOW);
             store.push(&rules("s", "one"), Origin::Push, false, NOW).unwrap();
-            fs::remove_file(dir.0.join("rules/s.yaml")).unwrap();
+            fs::remove_file(dir.path().join("rules/s.yaml")).unwrap();
             let report = store.rescan(NOW + 1);
             assert_eq!(kinds(&report), [ProblemKind::Deleted]);
             assert_eq!(store.counters().files_deleted, 1);
@@ -1505,7 +1505,7 @@ mod tests {
         // A push writes the file again.
         store.push(&rules("s", "two"), Origin::Push, false, NOW + 4).unwrap();
         assert_eq!(
-            fs::read_to_string(dir.0.join("rules/s.yaml")).unwrap(),
+            fs::read_to_string(dir.path().join("rules/s.yaml")).unwrap(),
             rules("s", "two")
         );
     }
@@ -1514,8 +1514,8 @@ mod tests {
     /// reported once, not at every poll.
     #[test]
     fn an_unreadable_file_is_reported_once() {
-        let dir = TempDir::new("store-unreadable");
-        fs::create_dir_all(dir.0.join("rules/x.yaml")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("rules/x.yaml")).unwrap();
         let store = store(&dir);
         assert_eq!(kinds(&store.rescan(NOW)), [ProblemKind::Unreadable]);
         assert!(store.rescan(NOW + 1).problems.is_empty());
@@ -1526,25 +1526,25 @@ mod tests {
     /// `foo.yaml` when that file holds shop `bar`; both survive a restart.
     #[test]
     fn a_push_never_overwrites_another_shops_file() {
-        let dir = TempDir::new("store-overwrite");
-        fs::create_dir_all(dir.0.join("rules")).unwrap();
-        fs::write(dir.0.join("rules/foo.yaml"), rules("bar", "bar")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("rules")).unwrap();
+        fs::write(dir.path().join("rules/foo.yaml"), rules("bar", "bar")).unwrap();
         {
             let store = store(&dir);
             store.rescan(NOW);
             store.push(&rules("foo", "foo"), Origin::Push, false, NOW).unwrap();
             assert_eq!(
-                fs::read_to_string(dir.0.join("rules/foo.yaml")).unwrap(),
+                fs::read_to_string(dir.path().join("rules/foo.yaml")).unwrap(),
                 rules("bar", "bar")
             );
             assert_eq!(
-                fs::read_to_string(dir.0.join("rules/foo~1.yaml")).unwrap(),
+                fs::read_to_string(dir.path().join("rules/foo~1.yaml")).unwrap(),
                 rules("foo", "foo")
             );
             // The next push of foo rewrites its own file.
             store.push(&rules("foo", "foo2"), Origin::Push, false, NOW + 1).unwrap();
             assert_eq!(
-                fs::read_to_string(dir.0.join("rules/foo~1.yaml")).unwrap(),
+                fs::read_to_string(dir.path().join("rules/foo~1.yaml")).unwrap(),
                 rules("foo", "foo2")
             );
         }
@@ -1559,15 +1559,15 @@ mod tests {
     /// shop's file; a push of the shop it held before writes a new file.
     #[test]
     fn a_push_after_its_file_changed_shop_writes_a_new_file() {
-        let dir = TempDir::new("store-file-changed-shop");
+        let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
         store.rescan(NOW);
         store.push(&rules("foo", "foo"), Origin::Push, false, NOW).unwrap();
-        fs::write(dir.0.join("rules/foo.yaml"), rules("bar", "bar")).unwrap();
+        fs::write(dir.path().join("rules/foo.yaml"), rules("bar", "bar")).unwrap();
         store.rescan(NOW + 1);
         store.push(&rules("foo", "foo2"), Origin::Push, false, NOW + 2).unwrap();
         assert_eq!(
-            fs::read_to_string(dir.0.join("rules/foo.yaml")).unwrap(),
+            fs::read_to_string(dir.path().join("rules/foo.yaml")).unwrap(),
             rules("bar", "bar")
         );
         assert_eq!(banner_of(&store, "bar"), "banner: bar");
@@ -1578,12 +1578,12 @@ mod tests {
     /// ignored, pushes keep going to the winner, and a restart serves the same.
     #[test]
     fn a_duplicate_file_added_at_run_time_does_not_take_the_shop_over() {
-        let dir = TempDir::new("store-duplicate");
-        fs::create_dir_all(dir.0.join("rules")).unwrap();
-        fs::write(dir.0.join("rules/b.yaml"), rules("s", "b")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("rules")).unwrap();
+        fs::write(dir.path().join("rules/b.yaml"), rules("s", "b")).unwrap();
         let store = store(&dir);
         store.rescan(NOW);
-        fs::write(dir.0.join("rules/c.yaml"), rules("s", "c")).unwrap();
+        fs::write(dir.path().join("rules/c.yaml"), rules("s", "c")).unwrap();
         let report = store.rescan(NOW + 1);
         assert_eq!(kinds(&report), [ProblemKind::Duplicate]);
         assert!(report.swapped.is_empty());
@@ -1593,15 +1593,18 @@ mod tests {
 
         store.push(&rules("s", "pushed"), Origin::Push, false, NOW + 3).unwrap();
         assert_eq!(
-            fs::read_to_string(dir.0.join("rules/b.yaml")).unwrap(),
+            fs::read_to_string(dir.path().join("rules/b.yaml")).unwrap(),
             rules("s", "pushed")
         );
-        assert_eq!(fs::read_to_string(dir.0.join("rules/c.yaml")).unwrap(), rules("s", "c"));
+        assert_eq!(
+            fs::read_to_string(dir.path().join("rules/c.yaml")).unwrap(),
+            rules("s", "c")
+        );
         assert!(store.rescan(NOW + 4).swapped.is_empty());
         assert_eq!(banner_of(&store, "s"), "banner: pushed");
         drop(store);
 
-        let store = RuleStore::new(&dir.0.join("rules"), &dir.0.join("data"));
+        let store = RuleStore::new(&dir.path().join("rules"), &dir.path().join("data"));
         let report = store.rescan(NOW + 5);
         assert_eq!(kinds(&report), [ProblemKind::Duplicate]);
         assert_eq!(banner_of(&store, "s"), "banner: pushed");
@@ -1612,20 +1615,20 @@ mod tests {
     /// it would at a restart, and the former winner is the duplicate.
     #[test]
     fn a_file_sorting_first_wins_at_the_poll_as_at_a_restart() {
-        let dir = TempDir::new("store-duplicate-first");
-        fs::create_dir_all(dir.0.join("rules")).unwrap();
-        fs::write(dir.0.join("rules/b.yaml"), rules("s", "b")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("rules")).unwrap();
+        fs::write(dir.path().join("rules/b.yaml"), rules("s", "b")).unwrap();
         let store = store(&dir);
         store.rescan(NOW);
-        fs::write(dir.0.join("rules/a.yaml"), rules("s", "a")).unwrap();
+        fs::write(dir.path().join("rules/a.yaml"), rules("s", "a")).unwrap();
         let report = store.rescan(NOW + 1);
         assert_eq!(kinds(&report), [ProblemKind::Duplicate]);
-        assert_eq!(report.problems[0].path, dir.0.join("rules/b.yaml"));
+        assert_eq!(report.problems[0].path, dir.path().join("rules/b.yaml"));
         assert_eq!(banner_of(&store, "s"), "banner: a");
         assert!(store.rescan(NOW + 2).problems.is_empty());
         store.push(&rules("s", "pushed"), Origin::Push, false, NOW + 3).unwrap();
         assert_eq!(
-            fs::read_to_string(dir.0.join("rules/a.yaml")).unwrap(),
+            fs::read_to_string(dir.path().join("rules/a.yaml")).unwrap(),
             rules("s", "pushed")
         );
     }
@@ -1636,8 +1639,8 @@ mod tests {
     /// what was accepted, and the next push takes the next number.
     #[test]
     fn a_failed_push_leaves_no_revision_behind() {
-        let dir = TempDir::new("store-failed-push");
-        let rules_dir = dir.0.join("rules");
+        let dir = tempfile::tempdir().unwrap();
+        let rules_dir = dir.path().join("rules");
         {
             let store = store(&dir);
             store.rescan(NOW);
@@ -1653,7 +1656,7 @@ mod tests {
             assert_eq!(banner_of(&store, "s"), "banner: one");
             assert_eq!(revisions(&store, "s"), [1]);
         }
-        let files: Vec<_> = fs::read_dir(dir.0.join("data/revisions/s"))
+        let files: Vec<_> = fs::read_dir(dir.path().join("data/revisions/s"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
@@ -1671,7 +1674,7 @@ mod tests {
     /// memory; older revisions are read back from `data/revisions`.
     #[test]
     fn only_the_serving_revision_text_is_held_in_memory() {
-        let dir = TempDir::new("store-memory");
+        let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
         store.rescan(NOW);
         let padding = format!("# {}\n", "x".repeat(100_000));
@@ -1688,8 +1691,8 @@ mod tests {
 
     #[test]
     fn read_rule_file_refuses_fifos_devices_and_oversized_files_without_reading_them() {
-        let dir = TempDir::new("read-rule-file");
-        let fifo = dir.0.join("fifo.yaml");
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.yaml");
         assert!(std::process::Command::new("mkfifo")
             .arg(&fifo)
             .status()
@@ -1697,13 +1700,13 @@ mod tests {
             .success());
         let e = read_rule_file(&fifo, 1024).unwrap_err();
         assert_eq!(e.to_string(), "not a regular file");
-        let zero = dir.0.join("zero.yaml");
+        let zero = dir.path().join("zero.yaml");
         std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
         assert_eq!(
             read_rule_file(&zero, 1024).unwrap_err().to_string(),
             "not a regular file"
         );
-        let big = dir.0.join("big.yaml");
+        let big = dir.path().join("big.yaml");
         fs::write(&big, "x".repeat(1025)).unwrap();
         assert_eq!(
             read_rule_file(&big, 1024).unwrap_err().to_string(),
@@ -1719,16 +1722,16 @@ mod tests {
     /// rejected file, and the rest of the directory loads.
     #[test]
     fn a_fifo_or_a_device_in_the_rules_dir_is_a_rejected_file() {
-        let dir = TempDir::new("fifo-dir");
+        let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
-        fs::create_dir_all(dir.0.join("rules")).unwrap();
-        fs::write(dir.0.join("rules/a.yaml"), rules("a", "x")).unwrap();
+        fs::create_dir_all(dir.path().join("rules")).unwrap();
+        fs::write(dir.path().join("rules/a.yaml"), rules("a", "x")).unwrap();
         assert!(std::process::Command::new("mkfifo")
-            .arg(dir.0.join("rules/b.yaml"))
+            .arg(dir.path().join("rules/b.yaml"))
             .status()
             .unwrap()
             .success());
-        std::os::unix::fs::symlink("/dev/zero", dir.0.join("rules/c.yaml")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("rules/c.yaml")).unwrap();
         store.rescan(NOW);
         assert_eq!(banner_of(&store, "a"), "banner: x");
         assert_eq!(store.counters().files_rejected, 2);
@@ -1813,7 +1816,7 @@ mod tests {
     /// their own (on a case-insensitive file system `Shop` takes `~1`).
     #[test]
     fn shops_differing_in_case_or_punctuation_get_files_of_their_own() {
-        let dir = TempDir::new("store-case");
+        let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
         store.rescan(NOW);
         for (i, shop) in ["shop", "Shop", "sh.op", "\"sh/op\"", "\"..\""].iter().enumerate() {
@@ -1821,7 +1824,7 @@ mod tests {
                 .push(&rules(shop, "b"), Origin::Push, false, NOW + i as i64)
                 .unwrap();
         }
-        let mut files: Vec<String> = fs::read_dir(dir.0.join("rules"))
+        let mut files: Vec<String> = fs::read_dir(dir.path().join("rules"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
@@ -1832,7 +1835,7 @@ mod tests {
         want.sort_unstable();
         assert_eq!(files, want);
         // A restart reads each back as its own shop.
-        let again = RuleStore::new(&dir.0.join("rules"), &dir.0.join("data"));
+        let again = RuleStore::new(&dir.path().join("rules"), &dir.path().join("data"));
         assert!(again.rescan(NOW + 9).problems.is_empty());
         let mut shops: Vec<String> = again.shops().into_iter().map(|(s, _)| s).collect();
         shops.sort();
@@ -1873,7 +1876,7 @@ mod tests {
     /// Issue 12: history, get and rollback, across a restart.
     #[test]
     fn rollback_serves_an_old_text_as_a_new_revision_and_history_survives_a_restart() {
-        let dir = TempDir::new("store-rollback");
+        let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
         store.rescan(NOW);
         let push = |store: &RuleStore, banner: &str, dry_run: bool, at: i64| {
@@ -1893,7 +1896,7 @@ mod tests {
         assert_eq!(store.rollback("s", 1, NOW + 3).unwrap(), 3);
         assert_eq!(banner_of(&store, "s"), "banner: one");
         assert_eq!(
-            fs::read_to_string(dir.0.join("rules/s.yaml")).unwrap(),
+            fs::read_to_string(dir.path().join("rules/s.yaml")).unwrap(),
             rules("s", "one")
         );
         let history = |store: &RuleStore| {
@@ -1930,7 +1933,7 @@ mod tests {
         drop(store);
 
         // A restart: the same history, and numbering continues after it.
-        let again = RuleStore::new(&dir.0.join("rules"), &dir.0.join("data"));
+        let again = RuleStore::new(&dir.path().join("rules"), &dir.path().join("data"));
         again.rescan(NOW + 5);
         assert_eq!(history(&again), want);
         assert_eq!(&*again.get("s", 2).unwrap().0.content, rules("s", "two"));
@@ -1942,13 +1945,13 @@ mod tests {
     /// by name serves; the others are reported once, as duplicates.
     #[test]
     fn the_rescan_at_start_up_lets_the_first_file_by_name_win() {
-        let dir = TempDir::new("store-rescan");
-        fs::create_dir_all(dir.0.join("rules")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("rules")).unwrap();
         for (file, banner) in [("c.yaml", "c"), ("a.yaml", "a"), ("b.yaml", "b")] {
-            fs::write(dir.0.join("rules").join(file), rules("s", banner)).unwrap();
+            fs::write(dir.path().join("rules").join(file), rules("s", banner)).unwrap();
         }
-        fs::write(dir.0.join("rules/other.yaml"), rules("t", "t")).unwrap();
-        fs::write(dir.0.join("rules/notes.txt"), "not a rule file").unwrap();
+        fs::write(dir.path().join("rules/other.yaml"), rules("t", "t")).unwrap();
+        fs::write(dir.path().join("rules/notes.txt"), "not a rule file").unwrap();
         let store = store(&dir);
         let report = store.rescan(NOW);
         assert_eq!(banner_of(&store, "s"), "banner: a");
@@ -1960,8 +1963,8 @@ mod tests {
         assert_eq!(
             problems,
             [
-                (ProblemKind::Duplicate, dir.0.join("rules/b.yaml")),
-                (ProblemKind::Duplicate, dir.0.join("rules/c.yaml")),
+                (ProblemKind::Duplicate, dir.path().join("rules/b.yaml")),
+                (ProblemKind::Duplicate, dir.path().join("rules/c.yaml")),
             ]
         );
         assert_eq!(store.counters().files_duplicate, 2);

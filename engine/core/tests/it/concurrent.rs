@@ -25,6 +25,7 @@ use std::sync::Barrier;
 use std::thread;
 
 use vitrine_core::event::Fields;
+use vitrine_core::hash::SplitMix64;
 use vitrine_core::{decide, size_of, DecideRequest, Decision, Event, Index, MemoryLedger, RuleSet};
 
 const SHOP: &str = "s";
@@ -32,30 +33,6 @@ const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
 /// Noon UTC, 2026-11-10.
 const NOW: i64 = 20_767 * DAY + 12 * HOUR;
-
-/// A small deterministic generator (splitmix64), so runs are reproducible
-/// up to thread scheduling.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn shuffle<T>(&mut self, xs: &mut [T]) {
-        for i in (1..xs.len()).rev() {
-            xs.swap(i, self.below(i + 1));
-        }
-    }
-}
 
 fn event(visitor: &str, action: &str, ts: i64) -> Fields<'static> {
     Fields {
@@ -253,14 +230,14 @@ fn readers_see_prefixes_of_each_visitors_events() {
                 let (rules, index, ledger, start) = (&rules, &index, &ledger, &start);
                 let (writers_done, readers_ready) = (&writers_done, &readers_ready);
                 s.spawn(move || {
-                    let mut rng = Rng(r as u64 + 1);
+                    let mut rng = SplitMix64::new(r as u64 + 1);
                     let mut seen = [0usize; LADDER_VISITORS];
                     let mut sizes = [0u64; MONOTONE.len()];
                     let mut climbs = 0;
                     start.wait();
                     let mut reads = 0;
                     while reads < MAX_READS && (reads < MIN_READS || writers_done.load(Ordering::Acquire) < WRITERS) {
-                        let v = rng.below(LADDER_VISITORS);
+                        let v = rng.index(LADDER_VISITORS);
                         let visitor = format!("v{v}");
                         let d = decide_at(rules, index, ledger, &visitor);
                         if reads == 0 {
@@ -346,33 +323,33 @@ const MIX_EVENTS: usize = 400;
 /// member events on a handful of timestamps (so ties are common), purchases
 /// with unique ids or none (and then a unique `ts`).
 fn mixed_events(seed: u64) -> Vec<Fields<'static>> {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let actions = ["view", "cart", "favorite", "purchase", "tag", "untag", "member"];
     (0..MIX_EVENTS)
         .map(|i| {
-            let visitor = format!("m{}", rng.below(MIX_VISITORS));
-            let action = actions[rng.below(actions.len())];
+            let visitor = format!("m{}", rng.index(MIX_VISITORS));
+            let action = actions[rng.index(actions.len())];
             // Spread over 10 days, unique to the millisecond.
-            let ts = NOW - rng.below(10 * 24) as i64 * HOUR + rng.below(3_600) as i64 * 1000 + i as i64;
+            let ts = NOW - rng.index(10 * 24) as i64 * HOUR + rng.index(3_600) as i64 * 1000 + i as i64;
             let mut f = event(&visitor, action, ts);
             match action {
                 "tag" | "untag" => {
-                    f.tag = Some(format!("t{}", rng.below(2)).into());
-                    f.ts = Some(NOW - rng.below(3) as i64 * HOUR);
+                    f.tag = Some(format!("t{}", rng.index(2)).into());
+                    f.ts = Some(NOW - rng.index(3) as i64 * HOUR);
                 }
                 "member" => {
-                    f.tier = Some(rng.below(6) as i64);
-                    f.ts = Some(NOW - rng.below(3) as i64 * HOUR);
+                    f.tier = Some(rng.index(6) as i64);
+                    f.ts = Some(NOW - rng.index(3) as i64 * HOUR);
                 }
                 _ => {
-                    f.item = Some(format!("i{}", rng.below(6)).into());
-                    if rng.below(4) > 0 {
-                        f.category = Some(format!("c{}", rng.below(2)).into());
+                    f.item = Some(format!("i{}", rng.index(6)).into());
+                    if rng.index(4) > 0 {
+                        f.category = Some(format!("c{}", rng.index(2)).into());
                     }
                     if action == "purchase" {
-                        f.price = Some(rng.below(40) as f64 / 2.0);
-                        f.quantity = Some(1 + rng.below(3) as i64);
-                        if rng.below(2) == 0 {
+                        f.price = Some(rng.index(40) as f64 / 2.0);
+                        f.quantity = Some(1 + rng.index(3) as i64);
+                        if rng.index(2) == 0 {
                             f.id = Some(format!("o{i}").into());
                         }
                     }
@@ -444,10 +421,10 @@ fn concurrent_writers_converge_to_the_sequential_state() {
         let start = Barrier::new(WRITERS + MIX_READERS);
         thread::scope(|s| {
             for w in 0..WRITERS {
-                let mut rng = Rng(seed * 100 + w as u64);
+                let mut rng = SplitMix64::new(seed * 100 + w as u64);
                 let mut mine: Vec<&Fields<'static>> = events.iter().collect();
                 for _ in 0..MIX_EVENTS / 4 {
-                    mine.push(&events[rng.below(events.len())]);
+                    mine.push(&events[rng.index(events.len())]);
                 }
                 rng.shuffle(&mut mine);
                 let (concurrent, start, done) = (&concurrent, &start, &done);
@@ -465,11 +442,11 @@ fn concurrent_writers_converge_to_the_sequential_state() {
             for r in 0..MIX_READERS {
                 let (rules, concurrent, ledger, start, done) = (&rules, &concurrent, &ledger, &start, &done);
                 s.spawn(move || {
-                    let mut rng = Rng(seed * 1000 + r as u64);
+                    let mut rng = SplitMix64::new(seed * 1000 + r as u64);
                     start.wait();
                     let mut reads = 0;
                     while reads < MAX_READS && (reads < MIN_READS || done.load(Ordering::Acquire) < WRITERS) {
-                        let visitor = format!("m{}", rng.below(MIX_VISITORS));
+                        let visitor = format!("m{}", rng.index(MIX_VISITORS));
                         let d = decide_at(rules, concurrent, ledger, &visitor);
                         assert!(d.banner.is_some(), "{visitor}: no banner despite the fallback");
                         assert_distinct(&d, 4, &format!("mixed reader {r}, {visitor}"));

@@ -11,15 +11,7 @@
 
 use proptest::prelude::*;
 use vitrine_core::{snapshot, Event, Index};
-
-/// `short` cases, unless `PROPTEST_CASES` asks for another number.
-fn config(short: u32) -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = short;
-    }
-    config
-}
+use vitrine_testkit::{apply, config, mutations};
 
 const EVENTS: [&str; 6] = [
     r#"{"shop":"s","visitor":"v1","action":"view","item":"sku-1","category":"tops","ts":1794000900000}"#,
@@ -37,56 +29,6 @@ fn valid_snapshot() -> Vec<u8> {
         index.apply(&Event::from_json(json.as_bytes()).unwrap());
     }
     snapshot::encode(&index, b"meta")
-}
-
-/// One change to a valid encoding.
-#[derive(Debug, Clone)]
-enum Mutation {
-    /// XOR a byte (at a position taken modulo the length).
-    Flip(usize, u8),
-    /// Keep only a prefix.
-    Truncate(usize),
-    /// Append bytes.
-    Extend(Vec<u8>),
-    /// Overwrite eight bytes with a little-endian number: a length prefix of
-    /// 2^60 or u64::MAX must not allocate that much.
-    Length(usize, u64),
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        (any::<usize>(), 1..=255u8).prop_map(|(at, x)| Mutation::Flip(at, x)),
-        any::<usize>().prop_map(Mutation::Truncate),
-        proptest::collection::vec(any::<u8>(), 1..64).prop_map(Mutation::Extend),
-        (
-            any::<usize>(),
-            prop_oneof![
-                Just(1u64 << 60),
-                Just(u64::MAX),
-                Just(u64::from(u32::MAX)),
-                any::<u64>()
-            ]
-        )
-            .prop_map(|(at, n)| Mutation::Length(at, n)),
-    ]
-}
-
-fn apply(bytes: &mut Vec<u8>, mutations: &[Mutation]) {
-    for m in mutations {
-        match m {
-            Mutation::Flip(at, x) if !bytes.is_empty() => {
-                let at = at % bytes.len();
-                bytes[at] ^= x;
-            }
-            Mutation::Truncate(at) => bytes.truncate(at % (bytes.len() + 1)),
-            Mutation::Extend(more) => bytes.extend_from_slice(more),
-            Mutation::Length(at, n) if bytes.len() >= 8 => {
-                let at = at % (bytes.len() - 7);
-                bytes[at..at + 8].copy_from_slice(&n.to_le_bytes());
-            }
-            _ => {}
-        }
-    }
 }
 
 proptest! {
@@ -107,9 +49,9 @@ proptest! {
     }
 
     #[test]
-    fn fuzz_snapshot_mutated_valid(mutations in proptest::collection::vec(mutation(), 1..4), seal in any::<bool>()) {
+    fn fuzz_snapshot_mutated_valid(mutations in mutations(), seal in any::<bool>()) {
         let mut bytes = valid_snapshot();
-        apply(&mut bytes, &mutations);
+        apply(&mut bytes, &mutations, 0);
         if seal {
             snapshot::reseal(&mut bytes);
         }
@@ -127,9 +69,9 @@ proptest! {
     }
 
     #[test]
-    fn fuzz_event_json_mutated_valid(which in 0..EVENTS.len(), mutations in proptest::collection::vec(mutation(), 1..4)) {
+    fn fuzz_event_json_mutated_valid(which in 0..EVENTS.len(), mutations in mutations()) {
         let mut bytes = EVENTS[which].as_bytes().to_vec();
-        apply(&mut bytes, &mutations);
+        apply(&mut bytes, &mutations, 0);
         let _ = Event::from_json(&bytes);
     }
 

@@ -365,19 +365,7 @@ fn stream(events: &[Ev], copies: &[(prop::sample::Index, u8)], seed: u64) -> Vec
             copy
         }));
     }
-    // Fisher-Yates driven by splitmix64.
-    let mut state = seed;
-    let mut next = || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    for i in (1..stream.len()).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
-        stream.swap(i, j);
-    }
+    vitrine_core::hash::SplitMix64::new(seed).shuffle(&mut stream);
     stream
 }
 

@@ -14,6 +14,7 @@ use std::path::Path;
 
 use vitrine_core::eval::decide::Explanation;
 use vitrine_core::event::Fields;
+use vitrine_core::hash::SplitMix64;
 use vitrine_core::rules::expr::Filter;
 use vitrine_core::rules::plan::Atom;
 use vitrine_core::{audience_sizes, decide, Context, DecideRequest, Event, Index, MemoryLedger, RuleSet};
@@ -31,20 +32,14 @@ pub const MAX_DEMO_TAGS: usize = 32;
 const DAY: i64 = 86_400_000;
 const HOUR: i64 = 3_600_000;
 
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
+/// The demo's random stream: the workspace's one generator, reduced by
+/// modulo rather than by [`SplitMix64::below`]'s multiply-shift, so that
+/// the demo data stays what it has always been for a given rule file.
+struct Rng(SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.0.next_u64() % n.max(1)
     }
 }
 
@@ -136,7 +131,7 @@ const PERSONAS: [&str; 7] = [
 /// `visitors * (13 + MAX_DEMO_TAGS)` events, whatever the rule file.
 pub fn events(rules: &RuleSet, visitors: usize, now_ms: i64) -> Vec<Event<'static>> {
     let vocab = Vocabulary::of(rules);
-    let mut rng = Rng(0x5eed ^ u64::from(rules.shop.len() as u32));
+    let mut rng = Rng(SplitMix64::new(0x5eed ^ u64::from(rules.shop.len() as u32)));
     let mut out = Vec::new();
     let shop = rules.shop.to_string();
     for n in 0..visitors {

@@ -63,14 +63,13 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::test_support::TempDir;
 
     /// Regression (hardening #15a): validate refuses the shop names Push
     /// refuses, with the same message.
     #[test]
     fn a_shop_name_push_would_refuse_is_an_error() {
-        let dir = TempDir::new("validate-shop");
-        let file = dir.0.join("long.yaml");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("long.yaml");
         std::fs::write(&file, format!("shop: {}\n", "s".repeat(100))).unwrap();
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let code = run(std::slice::from_ref(&file), &mut out, &mut err);

@@ -721,7 +721,7 @@ mod tests {
 
     use super::*;
     use crate::storage::wal::{segment_name, test_batch, SEGMENT_HEADER_LEN};
-    use crate::test_support::TempDir;
+    use tempfile::TempDir;
 
     /// A fresh directory under the system temp dir, removed on drop.
     /// The first (and, in these tests, only) segment of a journal directory.
@@ -731,7 +731,7 @@ mod tests {
 
     impl Segment for TempDir {
         fn file(&self) -> PathBuf {
-            self.0.join(segment_name(1))
+            self.path().join(segment_name(1))
         }
     }
 
@@ -782,8 +782,8 @@ mod tests {
 
     #[test]
     fn concurrent_claims_grant_exactly_min_of_claims_and_budget() {
-        let dir = TempDir::new("journal-race");
-        let ledger = DurableLedger::open(&dir.0).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = DurableLedger::open(dir.path()).unwrap();
         for (benefit, threads, per_thread, budget) in [
             ("b1", 8, 5, 7),
             ("b2", 16, 1, 16),
@@ -800,7 +800,7 @@ mod tests {
         assert!(stats.batches <= stats.records, "{stats:?}");
         drop(ledger);
         // And the journal says the same.
-        let ledger = DurableLedger::open(&dir.0).unwrap();
+        let ledger = DurableLedger::open(dir.path()).unwrap();
         for (benefit, want) in [("b1", 7), ("b2", 16), ("b3", 16), ("b4", 1), ("b5", 0)] {
             assert_eq!(total(&ledger, benefit), want, "{benefit} after reopen");
         }
@@ -810,8 +810,8 @@ mod tests {
 
     #[test]
     fn caps_hold_per_visitor_under_concurrency() {
-        let dir = TempDir::new("journal-cap");
-        let ledger = DurableLedger::open(&dir.0).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = DurableLedger::open(dir.path()).unwrap();
         let barrier = Barrier::new(8);
         let granted: usize = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
@@ -832,7 +832,7 @@ mod tests {
         });
         assert_eq!(granted, 2);
         drop(ledger);
-        let ledger = DurableLedger::open(&dir.0).unwrap();
+        let ledger = DurableLedger::open(dir.path()).unwrap();
         let c = LedgerClaim {
             cap: Some((2, 10_000)),
             ..claim("same", None)
@@ -842,8 +842,8 @@ mod tests {
 
     #[test]
     fn claim_id_retries_get_the_first_answer_also_after_reopen() {
-        let dir = TempDir::new("journal-retry");
-        let ledger = DurableLedger::open(&dir.0).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = DurableLedger::open(dir.path()).unwrap();
         let capped = |visitor, id| LedgerClaim {
             cap: Some((1, 10_000)),
             budget: Some(2),
@@ -868,7 +868,7 @@ mod tests {
         assert_eq!(ledger.stats().records, 5);
         drop(ledger);
 
-        let ledger = DurableLedger::open(&dir.0).unwrap();
+        let ledger = DurableLedger::open(dir.path()).unwrap();
         assert_eq!(
             ledger.recovery(),
             Recovery {
@@ -901,8 +901,8 @@ mod tests {
 
     #[test]
     fn concurrent_retries_of_one_claim_id_grant_once() {
-        let dir = TempDir::new("journal-retries");
-        let ledger = DurableLedger::open(&dir.0).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = DurableLedger::open(dir.path()).unwrap();
         let barrier = Barrier::new(8);
         let outcomes: Vec<Result<ClaimOutcome, LedgerError>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
@@ -943,8 +943,8 @@ mod tests {
     /// record holds the visitor: no format change).
     #[test]
     fn a_claim_id_is_bound_to_its_visitor_also_after_reopen() {
-        let dir = TempDir::new("journal-bound");
-        let ledger = DurableLedger::open(&dir.0).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = DurableLedger::open(dir.path()).unwrap();
         assert_eq!(ledger.claim(&claim("a", Some("c1"))).unwrap(), ClaimOutcome::Granted);
         let intruder = LedgerClaim {
             denied: Some(ClaimOutcome::NotEligible),
@@ -954,7 +954,7 @@ mod tests {
         assert_eq!(ledger.claim(&intruder), refused);
         assert_eq!(ledger.stats().records, 1, "a refused reuse writes nothing");
         drop(ledger);
-        let ledger = DurableLedger::open(&dir.0).unwrap();
+        let ledger = DurableLedger::open(dir.path()).unwrap();
         assert_eq!(ledger.claim(&intruder), refused);
         assert_eq!(ledger.claim(&claim("a", Some("c1"))).unwrap(), ClaimOutcome::Granted);
         assert_eq!(ledger.usage("s", "b", "b", None).visitor_in_window, 0);
@@ -979,15 +979,15 @@ mod tests {
 
     #[test]
     fn a_crash_at_any_byte_of_the_last_write_keeps_exactly_the_complete_claims() {
-        let source = TempDir::new("journal-crash-src");
-        let ends = write_claims(&source.0, 4);
+        let source = tempfile::tempdir().unwrap();
+        let ends = write_claims(source.path(), 4);
         let bytes = fs::read(source.file()).unwrap();
         assert_eq!(bytes.len() as u64, ends[3]);
         let last_start = ends[2] as usize;
         for cut in last_start..bytes.len() {
-            let dir = TempDir::new("journal-crash");
+            let dir = tempfile::tempdir().unwrap();
             fs::write(dir.file(), &bytes[..cut]).unwrap();
-            let ledger = DurableLedger::open(&dir.0).unwrap();
+            let ledger = DurableLedger::open(dir.path()).unwrap();
             let r = ledger.recovery();
             assert_eq!((r.records, r.grants, total(&ledger, "b")), (3, 3, 3), "cut at {cut}");
             assert_eq!(r.truncated_bytes, (cut - last_start) as u64, "cut at {cut}");
@@ -1007,30 +1007,30 @@ mod tests {
             assert_eq!(ledger.claim(&claim("v0", Some("c0"))).unwrap(), ClaimOutcome::Granted);
             assert_eq!(total(&ledger, "b"), 4);
             drop(ledger);
-            let ledger = DurableLedger::open(&dir.0).unwrap();
+            let ledger = DurableLedger::open(dir.path()).unwrap();
             assert_eq!((ledger.recovery().records, ledger.recovery().truncated_bytes), (4, 0));
         }
         // A crash while the segment was being created.
         for cut in 0..SEGMENT_HEADER_LEN {
-            let dir = TempDir::new("journal-crash-new");
+            let dir = tempfile::tempdir().unwrap();
             fs::write(dir.file(), &bytes[..cut]).unwrap();
-            let ledger = DurableLedger::open(&dir.0).unwrap();
+            let ledger = DurableLedger::open(dir.path()).unwrap();
             assert_eq!(ledger.recovery(), Recovery::default(), "cut at {cut}");
         }
     }
 
     #[test]
     fn bit_flips_are_detected() {
-        let source = TempDir::new("journal-flip-src");
-        let ends = write_claims(&source.0, 3);
+        let source = tempfile::tempdir().unwrap();
+        let ends = write_claims(source.path(), 3);
         let bytes = fs::read(source.file()).unwrap();
         for bit in 0..bytes.len() * 8 {
             let mut damaged = bytes.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);
-            let dir = TempDir::new("journal-flip");
+            let dir = tempfile::tempdir().unwrap();
             fs::write(dir.file(), &damaged).unwrap();
             let at = bit / 8;
-            let opened = DurableLedger::open(&dir.0);
+            let opened = DurableLedger::open(dir.path());
             if at < SEGMENT_HEADER_LEN {
                 assert!(
                     matches!(
@@ -1066,13 +1066,13 @@ mod tests {
 
     #[test]
     fn corruption_messages_name_the_file_and_offsets() {
-        let source = TempDir::new("journal-msg-src");
-        let ends = write_claims(&source.0, 2);
+        let source = tempfile::tempdir().unwrap();
+        let ends = write_claims(source.path(), 2);
         let mut bytes = fs::read(source.file()).unwrap();
         bytes[SEGMENT_HEADER_LEN + 30] ^= 1;
-        let dir = TempDir::new("journal-msg");
+        let dir = tempfile::tempdir().unwrap();
         fs::write(dir.file(), &bytes).unwrap();
-        let err = DurableLedger::open(&dir.0).unwrap_err();
+        let err = DurableLedger::open(dir.path()).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
@@ -1083,7 +1083,7 @@ mod tests {
             )
         );
         fs::write(dir.file(), b"hello, world, this is not it").unwrap();
-        let err = DurableLedger::open(&dir.0).unwrap_err();
+        let err = DurableLedger::open(dir.path()).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!("{}: not a write-ahead log segment", dir.file().display())
@@ -1111,14 +1111,14 @@ mod tests {
 
     #[test]
     fn a_batch_shaped_claim_id_in_a_torn_batch_is_not_taken_for_a_batch() {
-        let source = TempDir::new("journal-forged-src");
-        let ends = write_claims(&source.0, 2);
+        let source = tempfile::tempdir().unwrap();
+        let ends = write_claims(source.path(), 2);
         for (seq, refused) in [(0, false), (2, false), (3, true)] {
-            let dir = TempDir::new("journal-forged");
+            let dir = tempfile::tempdir().unwrap();
             fs::copy(source.file(), dir.file()).unwrap();
             let forged = batch_shaped_text(seq);
             {
-                let ledger = DurableLedger::open(&dir.0).unwrap();
+                let ledger = DurableLedger::open(dir.path()).unwrap();
                 let c = claim(&forged, Some("tail"));
                 assert_eq!(ledger.claim(&c).unwrap(), ClaimOutcome::Granted);
             }
@@ -1126,7 +1126,7 @@ mod tests {
             let bytes = fs::read(dir.file()).unwrap();
             let cut = bytes.len() - 1;
             fs::write(dir.file(), &bytes[..cut]).unwrap();
-            let opened = DurableLedger::open(&dir.0);
+            let opened = DurableLedger::open(dir.path());
             if refused {
                 // Documented: a forger who knows the record count makes open refuse.
                 assert!(
@@ -1145,11 +1145,14 @@ mod tests {
 
     #[test]
     fn a_second_ledger_on_the_same_directory_is_refused() {
-        let dir = TempDir::new("journal-lock");
-        let ledger = DurableLedger::open(&dir.0).unwrap();
-        assert!(matches!(DurableLedger::open(&dir.0), Err(JournalError::Locked { .. })));
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = DurableLedger::open(dir.path()).unwrap();
+        assert!(matches!(
+            DurableLedger::open(dir.path()),
+            Err(JournalError::Locked { .. })
+        ));
         drop(ledger);
-        assert!(DurableLedger::open(&dir.0).is_ok());
+        assert!(DurableLedger::open(dir.path()).is_ok());
     }
 
     fn budgeted<'a>(visitor: &'a str, id: Option<&'a str>) -> LedgerClaim<'a> {
@@ -1161,8 +1164,8 @@ mod tests {
 
     #[test]
     fn a_failed_write_grants_nothing_and_undoes_its_reservations() {
-        let dir = TempDir::new("journal-fail");
-        let ledger = DurableLedger::open(&dir.0).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = DurableLedger::open(dir.path()).unwrap();
         assert_eq!(ledger.claim(&budgeted("a", Some("c1"))).unwrap(), ClaimOutcome::Granted);
         ledger.wal.failpoints().fail_writes.store(true, Ordering::SeqCst);
         let barrier = Barrier::new(6);
@@ -1194,7 +1197,7 @@ mod tests {
         assert!(ledger.claim(&budgeted("f0", Some("f0"))).is_err());
         assert_eq!(ledger.claim(&budgeted("a", Some("c1"))).unwrap(), ClaimOutcome::Granted);
         drop(ledger);
-        let ledger = DurableLedger::open(&dir.0).unwrap();
+        let ledger = DurableLedger::open(dir.path()).unwrap();
         assert_eq!(total(&ledger, "b"), 1);
         assert_eq!(ledger.recovery().truncated_bytes, 0, "the failed batch was cut off");
         assert_eq!(ledger.claim(&budgeted("g", None)).unwrap(), ClaimOutcome::Granted);
@@ -1268,21 +1271,21 @@ mod tests {
 
     #[test]
     fn compaction_writes_the_state_deletes_covered_segments_and_a_reopen_restores_everything() {
-        let dir = TempDir::new("journal-compact");
-        let ledger = small(&dir.0);
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = small(dir.path());
         fill(&ledger, 0..20);
         assert!(ledger.compaction_due());
-        let before = wal_segments(&dir.0).len();
+        let before = wal_segments(dir.path()).len();
         let done = ledger.compact().unwrap();
         assert_eq!(done.lsn, 21);
         assert_eq!(done.removed.segments_removed, before - 1);
         assert!(done.removed.bytes_removed > 0 && done.state_bytes > 0);
-        assert_eq!(wal_segments(&dir.0).len(), 1);
+        assert_eq!(wal_segments(dir.path()).len(), 1);
         assert!(!ledger.compaction_due());
         fill(&ledger, 20..30);
         drop(ledger);
 
-        let ledger = small(&dir.0);
+        let ledger = small(dir.path());
         assert_eq!(ledger.recovery().state_lsn, 21);
         assert_eq!(
             ledger.recovery().grants,
@@ -1294,17 +1297,17 @@ mod tests {
         ledger.compact().unwrap();
         ledger.compact().unwrap();
         drop(ledger);
-        let ledger = small(&dir.0);
+        let ledger = small(dir.path());
         check_filled(&ledger, 30);
     }
 
     /// Copies every file of `from` into a fresh directory.
     fn copy_dir(from: &Path, name: &str) -> TempDir {
-        let to = TempDir::new(name);
+        let to = tempfile::Builder::new().prefix(name).tempdir().unwrap();
         for e in fs::read_dir(from).unwrap() {
             let e = e.unwrap();
             if e.file_name() != crate::storage::wal::LOCK_FILE {
-                fs::copy(e.path(), to.0.join(e.file_name())).unwrap();
+                fs::copy(e.path(), to.path().join(e.file_name())).unwrap();
             }
         }
         to
@@ -1312,53 +1315,53 @@ mod tests {
 
     #[test]
     fn a_crash_at_any_step_of_compaction_leaves_a_loadable_journal() {
-        let dir = TempDir::new("journal-compact-crash");
-        let ledger = small(&dir.0);
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = small(dir.path());
         fill(&ledger, 0..20);
         ledger.compact().unwrap();
         fill(&ledger, 20..40);
         // Before the second compaction: the old state and every segment it needs.
-        let before = copy_dir(&dir.0, "journal-compact-before");
+        let before = copy_dir(dir.path(), "journal-compact-before");
         ledger.compact().unwrap();
         drop(ledger);
-        let state = fs::read(dir.0.join(STATE_FILE)).unwrap();
+        let state = fs::read(dir.path().join(STATE_FILE)).unwrap();
 
         // 1. Killed while writing the new state: a partial .tmp beside the old state.
         for cut in [0, 10, state.len() / 2, state.len()] {
-            let d = copy_dir(&before.0, "journal-compact-tmp");
-            fs::write(d.0.join(STATE_TMP), &state[..cut]).unwrap();
-            let ledger = small(&d.0);
+            let d = copy_dir(before.path(), "journal-compact-tmp");
+            fs::write(d.path().join(STATE_TMP), &state[..cut]).unwrap();
+            let ledger = small(d.path());
             check_filled(&ledger, 40);
-            assert!(!d.0.join(STATE_TMP).exists(), "the partial state is removed");
+            assert!(!d.path().join(STATE_TMP).exists(), "the partial state is removed");
         }
         // 2. Killed after the rename, before (or while) deleting segments.
-        let mut segments = wal_segments(&before.0);
+        let mut segments = wal_segments(before.path());
         segments.pop();
         for keep in 0..=segments.len() {
-            let d = copy_dir(&before.0, "journal-compact-renamed");
-            fs::write(d.0.join(STATE_FILE), &state).unwrap();
+            let d = copy_dir(before.path(), "journal-compact-renamed");
+            fs::write(d.path().join(STATE_FILE), &state).unwrap();
             for name in &segments[..segments.len() - keep] {
-                fs::remove_file(d.0.join(name)).unwrap();
+                fs::remove_file(d.path().join(name)).unwrap();
             }
-            let ledger = small(&d.0);
+            let ledger = small(d.path());
             assert_eq!(ledger.recovery().state_lsn, 41);
             check_filled(&ledger, 40);
         }
         // 3. A damaged state file refuses the start, naming the file.
         let mut damaged = state.clone();
         damaged[STATE_HEADER_LEN + 3] ^= 1;
-        fs::write(dir.0.join(STATE_FILE), &damaged).unwrap();
-        let err = DurableLedger::open(&dir.0).unwrap_err();
+        fs::write(dir.path().join(STATE_FILE), &damaged).unwrap();
+        let err = DurableLedger::open(dir.path()).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
                 "{}: malformed at byte 0: ledger state checksum mismatch",
-                dir.0.join(STATE_FILE).display()
+                dir.path().join(STATE_FILE).display()
             )
         );
         // 4. A missing state file, the journal compacted: a gap, not an empty ledger.
-        fs::remove_file(dir.0.join(STATE_FILE)).unwrap();
-        assert!(matches!(DurableLedger::open(&dir.0), Err(JournalError::Gap { .. })));
+        fs::remove_file(dir.path().join(STATE_FILE)).unwrap();
+        assert!(matches!(DurableLedger::open(dir.path()), Err(JournalError::Gap { .. })));
     }
 
     #[test]
@@ -1394,7 +1397,7 @@ mod tests {
         use proptest::prelude::*;
 
         use super::*;
-        use crate::storage::wal::fuzz::{apply, config, mutations};
+        use vitrine_testkit::{apply, config, mutations};
 
         fn valid_record() -> Vec<u8> {
             let mut buf = Vec::new();
@@ -1412,8 +1415,8 @@ mod tests {
 
         /// A valid state file of a ledger with grants and answers.
         fn valid_state() -> Vec<u8> {
-            let dir = TempDir::new("journal-fuzz-state");
-            let ledger = DurableLedger::open(&dir.0).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let ledger = DurableLedger::open(dir.path()).unwrap();
             for (visitor, id) in [("a", "c1"), ("b", "c2"), ("a", "c3")] {
                 let c = LedgerClaim {
                     cap: Some((1, 10_000)),
@@ -1422,7 +1425,7 @@ mod tests {
                 ledger.claim(&c).unwrap();
             }
             ledger.compact().unwrap();
-            fs::read(dir.0.join(STATE_FILE)).unwrap()
+            fs::read(dir.path().join(STATE_FILE)).unwrap()
         }
 
         /// Recomputes a state file's length and checksum for its body.

@@ -69,7 +69,6 @@ fn parent(path: &Path) -> &Path {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::TempDir;
 
     fn names(dir: &Path) -> Vec<String> {
         let mut names: Vec<_> = fs::read_dir(dir)
@@ -84,35 +83,35 @@ mod tests {
     /// rename onto a directory), and replaces a file in one step.
     #[test]
     fn write_atomic_cleans_up_after_a_failure() {
-        let dir = TempDir::new("fs-atomic");
-        let target = dir.0.join("t.yaml");
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t.yaml");
         fs::create_dir_all(target.join("sub")).unwrap();
         assert!(write_atomic(&target, b"x").is_err());
         fs::remove_dir_all(&target).unwrap();
         write_atomic(&target, b"one").unwrap();
         write_atomic(&target, b"two").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"two");
-        assert_eq!(names(&dir.0), ["t.yaml"]);
+        assert_eq!(names(dir.path()), ["t.yaml"]);
     }
 
     /// A named temp file: the same, and a missing directory is an error.
     #[test]
     fn write_atomic_via_a_named_temp_replaces_or_fails_cleanly() {
-        let dir = TempDir::new("fs-atomic-via");
-        let target = dir.0.join("state");
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("state");
         write_atomic_via(&target, "state.tmp", b"one").unwrap();
         write_atomic_via(&target, "state.tmp", b"two").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"two");
-        fs::create_dir_all(dir.0.join("busy/sub")).unwrap();
-        assert!(write_atomic_via(&dir.0.join("busy"), "state.tmp", b"x").is_err());
-        assert_eq!(names(&dir.0), ["busy", "state"]);
-        let missing = dir.0.join("missing/state");
+        fs::create_dir_all(dir.path().join("busy/sub")).unwrap();
+        assert!(write_atomic_via(&dir.path().join("busy"), "state.tmp", b"x").is_err());
+        assert_eq!(names(dir.path()), ["busy", "state"]);
+        let missing = dir.path().join("missing/state");
         assert_eq!(
             write_atomic_via(&missing, "state.tmp", b"x").unwrap_err().kind(),
             io::ErrorKind::NotFound
         );
         assert_eq!(
-            sync_dir(&dir.0.join("missing")).unwrap_err().kind(),
+            sync_dir(&dir.path().join("missing")).unwrap_err().kind(),
             io::ErrorKind::NotFound
         );
     }

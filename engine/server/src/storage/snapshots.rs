@@ -335,7 +335,6 @@ mod tests {
     use vitrine_core::Event;
 
     use super::*;
-    use crate::test_support::TempDir;
 
     fn index(visitors: usize) -> Index {
         let index = Index::new();
@@ -389,8 +388,8 @@ mod tests {
 
     #[test]
     fn newest_valid_snapshot_loads_and_old_ones_rotate_out() {
-        let tmp = TempDir::new("snapshots-rotate");
-        let dir = SnapshotDir::open(&tmp.0, 2).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::open(tmp.path(), 2).unwrap();
         assert!(dir.load_newest().unwrap().0.is_none());
         for n in 1..=4 {
             dir.write(&index(n * 10), &position(n as u64)).unwrap();
@@ -408,8 +407,8 @@ mod tests {
 
     #[test]
     fn damaged_snapshots_are_set_aside_and_an_older_one_loads() {
-        let tmp = TempDir::new("snapshots-damaged");
-        let dir = SnapshotDir::open(&tmp.0, 5).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::open(tmp.path(), 5).unwrap();
         for n in 1..=4 {
             dir.write(&index(n * 10), &position(n as u64)).unwrap();
         }
@@ -425,7 +424,7 @@ mod tests {
         // And an unfinished write a crash left behind.
         fs::write(dir.dir().join("snapshot-000000000009.vsnap.tmp"), b"partial").unwrap();
 
-        let dir = SnapshotDir::open(&tmp.0, 5).unwrap();
+        let dir = SnapshotDir::open(tmp.path(), 5).unwrap();
         let (loaded, damaged) = dir.load_newest().unwrap();
         let loaded = loaded.unwrap();
         assert_eq!(loaded.position.events_lsn, 1);
@@ -446,8 +445,8 @@ mod tests {
 
     #[test]
     fn no_valid_snapshot_means_none() {
-        let tmp = TempDir::new("snapshots-none");
-        let dir = SnapshotDir::open(&tmp.0, 3).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::open(tmp.path(), 3).unwrap();
         dir.write(&index(3), &position(7)).unwrap();
         let (_, path) = dir.list().unwrap().remove(0);
         fs::write(&path, b"").unwrap();
@@ -461,7 +460,7 @@ mod tests {
         use proptest::prelude::*;
 
         use super::*;
-        use crate::storage::wal::fuzz::{apply, config, mutations};
+        use vitrine_testkit::{apply, config, mutations};
 
         proptest! {
             #![proptest_config(config(64))]
@@ -483,8 +482,8 @@ mod tests {
             /// A damaged snapshot file is set aside (or, if it still checks out, loaded): never a panic.
             #[test]
             fn fuzz_snapshot_file_mutated(muts in mutations(), seal in any::<bool>()) {
-                let tmp = TempDir::new("snapshots-fuzz");
-                let dir = SnapshotDir::open(&tmp.0, 2).unwrap();
+                let tmp = tempfile::tempdir().unwrap();
+                let dir = SnapshotDir::open(tmp.path(), 2).unwrap();
                 let written = dir.write(&index(3), &position(5)).unwrap();
                 let mut bytes = fs::read(&written.path).unwrap();
                 apply(&mut bytes, &muts, 0);

@@ -12,7 +12,7 @@ use vitrine::commands::serve::{self, Server};
 use vitrine::config::{Config, KafkaConfig};
 use vitrine_proto::v1 as pb;
 
-use crate::support::{connect, http_get, test_config, Clients, TempDir};
+use crate::support::{connect, http_get, temp_dir, test_config, Clients, TempDir};
 
 const RULES_TOPIC: &str = "vitrine.rules";
 /// The longest any wait of these tests takes before it fails.
@@ -60,7 +60,7 @@ async fn start(dir: TempDir, config: Config) -> Replica {
 }
 
 async fn replica(brokers: &str, name: &str) -> Replica {
-    let dir = TempDir::new(name);
+    let dir = temp_dir(name);
     let config = cluster_config(&dir, brokers, Duration::from_secs(10));
     start(dir, config).await
 }
@@ -186,7 +186,7 @@ async fn a_push_on_one_replica_is_served_by_all_under_one_revision() {
     for x in [&a, &b, &c] {
         assert_eq!(banner(x).await, "one");
         // Written back for humans to read.
-        let file = std::fs::read_to_string(x.dir.rules().join("apparel.yaml")).unwrap();
+        let file = std::fs::read_to_string(x.dir.path().join("rules").join("apparel.yaml")).unwrap();
         assert_eq!(file, rules("one"));
     }
     for x in [a, b, c] {
@@ -249,9 +249,9 @@ async fn racing_pushes_with_expected_revision_exactly_one_wins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_seeded_from_the_same_files_make_one_revision_and_restarts_agree() {
     let (_cluster, brokers) = mock_cluster();
-    let dirs: Vec<TempDir> = (0..3).map(|i| TempDir::new(&format!("seed-{i}"))).collect();
+    let dirs: Vec<TempDir> = (0..3).map(|i| temp_dir(&format!("seed-{i}"))).collect();
     for d in &dirs {
-        std::fs::write(d.rules().join("apparel.yaml"), rules("seeded")).unwrap();
+        std::fs::write(d.path().join("rules").join("apparel.yaml"), rules("seeded")).unwrap();
     }
     let starts = dirs.into_iter().map(|d| {
         let config = cluster_config(&d, &brokers, Duration::from_secs(10));
@@ -283,7 +283,7 @@ async fn replicas_seeded_from_the_same_files_make_one_revision_and_restarts_agre
     assert_eq!(history(&restarted).await, history(&replicas[0]).await);
     // Its stale file copy is rewritten from the topic, not pushed back.
     assert_eq!(
-        std::fs::read_to_string(restarted.dir.rules().join("apparel.yaml")).unwrap(),
+        std::fs::read_to_string(restarted.dir.path().join("rules").join("apparel.yaml")).unwrap(),
         rules("while-down")
     );
 
@@ -339,7 +339,7 @@ async fn an_unreadable_rules_record_is_skipped_and_counted_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_the_broker_down_push_fails_unavailable_and_decide_answers() {
     let (cluster, brokers) = mock_cluster();
-    let dir = TempDir::new("down");
+    let dir = temp_dir("down");
     let config = cluster_config(&dir, &brokers, Duration::from_secs(2));
     let a = start(dir, config).await;
     a.c.rules.clone().push(push(&rules("up"), 0)).await.unwrap();

@@ -26,9 +26,10 @@ use tokio::task::JoinSet;
 use tonic::Status;
 use vitrine::clock::now_ms;
 use vitrine::storage::wal::SEGMENT_HEADER_LEN;
+use vitrine_core::hash::SplitMix64;
 use vitrine_proto::v1 as pb;
 
-use crate::support::{connect, Clients, TempDir};
+use crate::support::{connect, temp_dir, Clients, TempDir};
 
 const SHOP: &str = "crash";
 /// The longest wait for a start, a catch-up or a snapshot; a timeout fails the test.
@@ -67,26 +68,6 @@ benefits:
 }
 
 // ------------------------------------------------------------------ helpers
-
-/// A small deterministic generator (xorshift64*), so that a seed repeats a run.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn seed() -> u64 {
     std::env::var("VITRINE_CRASH_SEED")
@@ -164,8 +145,8 @@ struct Scene {
 
 impl Scene {
     fn new(name: &str, rules: &str) -> Scene {
-        let dir = TempDir::new(name);
-        fs::write(dir.rules().join(format!("{SHOP}.yaml")), rules).unwrap();
+        let dir = temp_dir(name);
+        fs::write(dir.path().join("rules").join(format!("{SHOP}.yaml")), rules).unwrap();
         fs::create_dir_all(dir.path().join("logs")).unwrap();
         Scene {
             dir,
@@ -200,7 +181,10 @@ impl Scene {
             .arg(format!("--metrics-addr={metrics}"))
             .arg(format!("--rules-dir={}", dir.join("rules").display()))
             .arg(format!("--data-dir={}", dir.join("data").display()))
-            .arg("--shutdown-grace=0s");
+            .arg("--shutdown-grace=0s")
+            // No queue-wait shedding (as in support::test_config): on a busy
+            // test machine the post-crash checks would be shed, not answered.
+            .arg("--max-queue-wait=0");
         if !extra.iter().any(|f| f.starts_with("--snapshot-interval")) {
             command.arg("--snapshot-interval=1s");
         }
@@ -603,7 +587,7 @@ struct Pool {
 impl Pool {
     /// A visitor to claim for: mostly a fresh one, one time in four one
     /// already claimed for (a second claim_id, which the cap must refuse).
-    fn pick(&mut self, rng: &mut Rng) -> Option<String> {
+    fn pick(&mut self, rng: &mut SplitMix64) -> Option<String> {
         if rng.below(4) == 0 && !self.claimed.is_empty() {
             let i = rng.below(self.claimed.len() as u64) as usize;
             return Some(self.claimed[i].clone());
@@ -666,7 +650,7 @@ async fn claimer(
     pool: Arc<Mutex<Pool>>,
     killed: Arc<AtomicBool>,
 ) -> Seen {
-    let mut rng = Rng::new(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut seen = Seen::default();
     let benefit = format!("coupon-{round}");
     for i in 0.. {
@@ -704,7 +688,7 @@ async fn claimer(
 
 /// One round: Track and Claim load on `server`, killed with SIGKILL at a
 /// random instant; returns what the clients saw.
-async fn load_and_kill(server: Vitrine, round: usize, rng: &mut Rng) -> (Seen, u64) {
+async fn load_and_kill(server: Vitrine, round: usize, rng: &mut SplitMix64) -> (Seen, u64) {
     let c = connect(server.grpc).await;
     let pool = Arc::new(Mutex::new(Pool::default()));
     let killed = Arc::new(AtomicBool::new(false));
@@ -713,7 +697,14 @@ async fn load_and_kill(server: Vitrine, round: usize, rng: &mut Rng) -> (Seen, u
         tasks.spawn(tracker(c.clone(), round, t, pool.clone(), killed.clone()));
     }
     for n in 0..CLAIMERS {
-        tasks.spawn(claimer(c.clone(), round, n, rng.next(), pool.clone(), killed.clone()));
+        tasks.spawn(claimer(
+            c.clone(),
+            round,
+            n,
+            rng.next_u64(),
+            pool.clone(),
+            killed.clone(),
+        ));
     }
     let delay = 150 + rng.below(750);
     tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -734,7 +725,7 @@ async fn load_and_kill(server: Vitrine, round: usize, rng: &mut Rng) -> (Seen, u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_track_and_claim_loses_no_acknowledged_event_or_claim() {
     let scene = Scene::new("crash-embedded", &rules(&BUDGETS));
-    let mut rng = Rng::new(scene.seed);
+    let mut rng = SplitMix64::new(scene.seed);
     let mut model = Model::default();
     let mut server = scene.start(&[]);
     for round in 1..=ROUNDS {
@@ -864,7 +855,7 @@ fn produce_until(brokers: &str, seed: u64, stop: &AtomicBool, produced: &Produce
         .create()
         .unwrap();
     let ts = now_ms();
-    let mut rng = Rng::new(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut visitors = 0;
     let send = |n: u64, partition: Option<i32>| {
         let key = format!("k-{n}");
@@ -937,7 +928,7 @@ async fn kill_9_during_kafka_ingest_resumes_from_snapshots_with_nothing_lost_or_
     cluster.create_topic(TOPIC, PARTITIONS, 1).unwrap();
     let brokers = cluster.bootstrap_servers();
     let scene = Scene::new("crash-kafka", &rules(&[10]));
-    let mut rng = Rng::new(scene.seed);
+    let mut rng = SplitMix64::new(scene.seed);
     let flags = [
         format!("--kafka-brokers={brokers}"),
         format!("--kafka-topic={TOPIC}"),
@@ -948,7 +939,7 @@ async fn kill_9_during_kafka_ingest_resumes_from_snapshots_with_nothing_lost_or_
     let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
     let produced = Arc::new(Produced::default());
     let producer = {
-        let (brokers, seed, stop, produced) = (brokers.clone(), rng.next(), stop.0.clone(), produced.clone());
+        let (brokers, seed, stop, produced) = (brokers.clone(), rng.next_u64(), stop.0.clone(), produced.clone());
         std::thread::spawn(move || produce_until(&brokers, seed, &stop, &produced))
     };
     // The topic is not empty at the first start, so that every snapshot
@@ -1148,7 +1139,7 @@ async fn damaged_snapshots_are_set_aside_and_the_journals_restore_everything() {
 async fn a_torn_tail_of_the_claims_journal_is_cut_off_and_every_acknowledged_claim_counts() {
     // One benefit per part, so that each part can exhaust its own budget.
     let scene = Scene::new("crash-claims", &rules(&[SMALL_BUDGET, SMALL_BUDGET]));
-    let mut rng = Rng::new(scene.seed);
+    let mut rng = SplitMix64::new(scene.seed);
     let mut model = Model::default();
     let claims = scene.data().join("claims");
 
@@ -1160,7 +1151,7 @@ async fn a_torn_tail_of_the_claims_journal_is_cut_off_and_every_acknowledged_cla
     server.kill();
     let segment = only_segment(&claims);
     let whole = fs::read(&segment).unwrap();
-    let garbage: Vec<u8> = (0..37).map(|_| rng.next() as u8).collect();
+    let garbage: Vec<u8> = (0..37).map(|_| rng.next_u64() as u8).collect();
     fs::OpenOptions::new()
         .append(true)
         .open(&segment)
@@ -1184,7 +1175,7 @@ async fn a_torn_tail_of_the_claims_journal_is_cut_off_and_every_acknowledged_cla
     // One record of 40 bytes (its content does not matter: the batch ends
     // before it does), framed as the writer frames it.
     let mut records = 40u32.to_le_bytes().to_vec();
-    records.extend((0..40).map(|_| rng.next() as u8));
+    records.extend((0..40).map(|_| rng.next_u64() as u8));
     let mut batch = b"VTRNBTCH".to_vec();
     batch.extend((records.len() as u32).to_le_bytes());
     batch.extend(1u32.to_le_bytes());
@@ -1457,8 +1448,12 @@ fn in_process_config(dir: &Path) -> vitrine::config::Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_journal_write_turns_the_server_not_serving() {
     for journal in ["events", "claims"] {
-        let dir = TempDir::new(&format!("fault-{journal}"));
-        fs::write(dir.rules().join(format!("{SHOP}.yaml")), rules(&[SMALL_BUDGET])).unwrap();
+        let dir = temp_dir(&format!("fault-{journal}"));
+        fs::write(
+            dir.path().join("rules").join(format!("{SHOP}.yaml")),
+            rules(&[SMALL_BUDGET]),
+        )
+        .unwrap();
         let server = vitrine::commands::serve::start(in_process_config(dir.path()))
             .await
             .unwrap();
@@ -1497,8 +1492,12 @@ async fn a_failed_journal_write_turns_the_server_not_serving() {
 /// also after a restart (the journal record holds the visitor).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_id_reused_by_another_visitor_is_refused() {
-    let dir = TempDir::new("claim-id-bound");
-    fs::write(dir.rules().join(format!("{SHOP}.yaml")), rules(&[SMALL_BUDGET])).unwrap();
+    let dir = temp_dir("claim-id-bound");
+    fs::write(
+        dir.path().join("rules").join(format!("{SHOP}.yaml")),
+        rules(&[SMALL_BUDGET]),
+    )
+    .unwrap();
     for start in 0..2 {
         let server = vitrine::commands::serve::start(in_process_config(dir.path()))
             .await

@@ -12,7 +12,7 @@ use vitrine::commands::serve;
 use vitrine::config::Config;
 use vitrine_proto::v1 as pb;
 
-use crate::support::{connect, http_get, test_config, Clients, TempDir};
+use crate::support::{connect, http_get, temp_dir, test_config, Clients};
 
 const APPAREL: &str = "shop: apparel
 audiences:
@@ -99,7 +99,7 @@ fn with_token<T>(message: T, token: &str) -> Request<T> {
 
 #[tokio::test]
 async fn every_rpc_answers_and_fails_with_the_contract_codes() {
-    let dir = TempDir::new("rpcs");
+    let dir = temp_dir("rpcs");
     let server = serve::start(config(dir.path(), None)).await.unwrap();
     let mut c = connect(server.grpc_addr).await;
 
@@ -272,7 +272,7 @@ async fn health(c: &mut Clients) -> ServingStatus {
 
 #[tokio::test]
 async fn push_validates_dry_runs_lists_and_rolls_back() {
-    let dir = TempDir::new("push");
+    let dir = temp_dir("push");
     let server = serve::start(config(dir.path(), None)).await.unwrap();
     let mut c = connect(server.grpc_addr).await;
     c.rules.push(push(APPAREL)).await.unwrap();
@@ -310,7 +310,10 @@ async fn push_validates_dry_runs_lists_and_rolls_back() {
     assert_eq!(pushed.revision, 2);
     let d = c.decision.decide(decide("v")).await.unwrap().into_inner();
     assert_eq!((d.banner.unwrap().id.as_str(), d.rule_revision), ("default-v2", 2));
-    assert_eq!(std::fs::read_to_string(dir.rules().join("apparel.yaml")).unwrap(), v2);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("rules").join("apparel.yaml")).unwrap(),
+        v2
+    );
 
     // Get and List.
     let get = |revision| pb::GetRequest {
@@ -348,7 +351,7 @@ async fn push_validates_dry_runs_lists_and_rolls_back() {
         Code::InvalidArgument
     );
     assert_eq!(
-        std::fs::read_to_string(dir.rules().join("apparel.yaml")).unwrap(),
+        std::fs::read_to_string(dir.path().join("rules").join("apparel.yaml")).unwrap(),
         APPAREL
     );
     server.shutdown().await.unwrap();
@@ -370,8 +373,8 @@ async fn push_validates_dry_runs_lists_and_rolls_back() {
 
 #[tokio::test]
 async fn files_edited_in_the_rules_dir_are_picked_up_and_broken_ones_ignored() {
-    let dir = TempDir::new("watch");
-    std::fs::write(dir.rules().join("apparel.yaml"), APPAREL).unwrap();
+    let dir = temp_dir("watch");
+    std::fs::write(dir.path().join("rules").join("apparel.yaml"), APPAREL).unwrap();
     let server = serve::start(config(dir.path(), None)).await.unwrap();
     let mut c = connect(server.grpc_addr).await;
     assert_eq!(
@@ -379,7 +382,11 @@ async fn files_edited_in_the_rules_dir_are_picked_up_and_broken_ones_ignored() {
         1
     );
 
-    std::fs::write(dir.rules().join("apparel.yaml"), "shop: apparel\nbanners: [oops\n").unwrap();
+    std::fs::write(
+        dir.path().join("rules").join("apparel.yaml"),
+        "shop: apparel\nbanners: [oops\n",
+    )
+    .unwrap();
     // The signal: the store has seen the broken file and rejected it.
     wait_for("the broken file to be rejected", || {
         server.engine.rules.counters().files_rejected == 1
@@ -389,7 +396,7 @@ async fn files_edited_in_the_rules_dir_are_picked_up_and_broken_ones_ignored() {
     assert_eq!((d.rule_revision, d.banner.unwrap().id.as_str()), (1, "default"));
 
     std::fs::write(
-        dir.rules().join("apparel.yaml"),
+        dir.path().join("rules").join("apparel.yaml"),
         APPAREL.replace("banner: default", "banner: edited"),
     )
     .unwrap();
@@ -411,7 +418,7 @@ async fn files_edited_in_the_rules_dir_are_picked_up_and_broken_ones_ignored() {
 
 #[tokio::test]
 async fn the_admin_token_guards_push_rollback_and_track() {
-    let dir = TempDir::new("auth");
+    let dir = temp_dir("auth");
     let server = serve::start(config(dir.path(), Some("s3cret"))).await.unwrap();
     let mut c = connect(server.grpc_addr).await;
     let e = c.rules.push(push(APPAREL)).await.unwrap_err();
@@ -450,7 +457,7 @@ async fn the_admin_token_guards_push_rollback_and_track() {
 
 #[tokio::test]
 async fn oversized_requests_are_refused() {
-    let dir = TempDir::new("size");
+    let dir = temp_dir("size");
     let server = serve::start(Config {
         max_request_bytes: 1024,
         ..config(dir.path(), None)
@@ -465,7 +472,7 @@ async fn oversized_requests_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_under_decide_load_never_fail_a_decision() {
-    let dir = TempDir::new("swap");
+    let dir = temp_dir("swap");
     let server = serve::start(config(dir.path(), None)).await.unwrap();
     let c = connect(server.grpc_addr).await;
     let mut rules = c.rules.clone();
@@ -519,7 +526,7 @@ async fn pushes_under_decide_load_never_fail_a_decision() {
 
 #[tokio::test]
 async fn shutdown_turns_health_not_serving_before_closing() {
-    let dir = TempDir::new("drain");
+    let dir = temp_dir("drain");
     let server = serve::start(Config {
         shutdown_grace: Duration::from_millis(500),
         ..config(dir.path(), None)
@@ -542,7 +549,7 @@ async fn shutdown_turns_health_not_serving_before_closing() {
 
 #[tokio::test]
 async fn a_restart_restores_tracked_events_claims_and_the_index_from_snapshot_and_journals() {
-    let dir = TempDir::new("restart-state");
+    let dir = temp_dir("restart-state");
     let size = |expression: &str| pb::SizeRequest {
         shop: "apparel".into(),
         expression: expression.into(),

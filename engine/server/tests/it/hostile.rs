@@ -11,7 +11,7 @@ use vitrine::commands::serve;
 use vitrine::config::Config;
 use vitrine_proto::v1 as pb;
 
-use crate::support::{connect, http_get, test_config, TempDir};
+use crate::support::{connect, http_get, temp_dir, test_config, TempDir};
 
 const RULES: &str = "shop: apparel
 audiences:
@@ -26,7 +26,7 @@ banners:
 const NOW: i64 = 1_795_132_800_000;
 
 fn config(dir: &TempDir) -> Config {
-    std::fs::write(dir.rules().join("apparel.yaml"), RULES).unwrap();
+    std::fs::write(dir.path().join("rules").join("apparel.yaml"), RULES).unwrap();
     test_config(dir.path())
 }
 
@@ -68,7 +68,7 @@ async fn closed(stream: &mut TcpStream) {
 /// are closed after their timeouts; the ports serve again afterwards.
 #[tokio::test]
 async fn idle_and_excess_connections_are_closed_on_both_ports() {
-    let dir = TempDir::new("conns");
+    let dir = temp_dir("conns");
     let limits = ConnectionLimits {
         max: 3,
         idle_timeout: Duration::from_secs(1),
@@ -150,7 +150,7 @@ async fn idle_and_excess_connections_are_closed_on_both_ports() {
 /// They are rejected as `unknown_shop` and leave nothing behind.
 #[tokio::test]
 async fn events_of_shops_without_rules_are_rejected_and_keep_no_state() {
-    let dir = TempDir::new("unknown-shops");
+    let dir = temp_dir("unknown-shops");
     let server = serve::start(config(&dir)).await.unwrap();
     let mut c = connect(server.grpc_addr).await;
     let events = (0..1000)
@@ -183,7 +183,7 @@ async fn events_of_shops_without_rules_are_rejected_and_keep_no_state() {
 /// Claim and Size refuse.
 #[tokio::test]
 async fn track_refuses_the_ids_decide_refuses() {
-    let dir = TempDir::new("long-ids");
+    let dir = temp_dir("long-ids");
     let server = serve::start(config(&dir)).await.unwrap();
     let mut c = connect(server.grpc_addr).await;
     let long = "v".repeat(100_000);
@@ -216,7 +216,7 @@ async fn track_refuses_the_ids_decide_refuses() {
 /// are INVALID_ARGUMENT on every call that takes one.
 #[tokio::test]
 async fn instants_past_year_9999_are_invalid_arguments() {
-    let dir = TempDir::new("now-ms");
+    let dir = temp_dir("now-ms");
     let server = serve::start(config(&dir)).await.unwrap();
     let mut c = connect(server.grpc_addr).await;
     for now_ms in [1 << 62, i64::MAX, -1] {
@@ -250,7 +250,7 @@ async fn instants_past_year_9999_are_invalid_arguments() {
 /// INTERNAL, which reads as a server fault; it is the caller's mistake.
 #[tokio::test]
 async fn malformed_protobuf_is_an_invalid_argument() {
-    let dir = TempDir::new("bad-proto");
+    let dir = temp_dir("bad-proto");
     let server = serve::start(config(&dir)).await.unwrap();
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr))
         .unwrap()
@@ -325,7 +325,7 @@ impl tonic::codec::Decoder for RawCodec {
 /// `--max-expression-depth`.
 #[tokio::test]
 async fn rule_limits_come_from_the_configuration() {
-    let dir = TempDir::new("rule-limits");
+    let dir = temp_dir("rule-limits");
     let mut config = config(&dir);
     config.rule_limits.max_audiences = 2;
     config.rule_limits.max_expression_depth = 3;

@@ -19,7 +19,7 @@ use vitrine::rules_store::{Origin, RuleStore};
 use vitrine::state::Engine;
 use vitrine_core::{size_of, Event, Index, ShopIndex};
 
-use crate::support::{http_get, TempDir};
+use crate::support::{http_get, temp_dir, TempDir};
 
 const TOPIC: &str = "vitrine.behavior";
 const DEAD: &str = "vitrine.dead";
@@ -74,13 +74,8 @@ fn produce(producer: &BaseProducer, messages: &[Msg]) {
 /// A deterministic stream of valid events over two shops: every action,
 /// purchases with and without ids, repeated deliveries of some events.
 fn valid_events(n: usize, seed: u64) -> Vec<String> {
-    let mut x = seed;
-    let mut next = move |m: u64| {
-        x = x
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (x >> 33) % m
-    };
+    let mut rng = vitrine_core::hash::SplitMix64::new(seed);
+    let mut next = move |m: u64| rng.below(m);
     let mut out: Vec<String> = Vec::with_capacity(n);
     while out.len() < n {
         if out.len() > 10 && next(10) == 0 {
@@ -215,7 +210,7 @@ struct Harness {
 
 impl Harness {
     fn new(name: &str) -> Harness {
-        let dir = TempDir::new(name);
+        let dir = temp_dir(name);
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let metrics = metrics::with_local_recorder(&recorder, Metrics::new);
@@ -667,7 +662,7 @@ async fn readiness_waits_until_the_consumer_caught_up_and_decisions_are_served_m
 
     // The broker is down at start: the server serves, but is not ready.
     cluster.broker_down(1).unwrap();
-    let dir = TempDir::new("ready");
+    let dir = temp_dir("ready");
     std::fs::write(dir.path().join("rules/apparel.yaml"), RULES).unwrap();
     let config = Config {
         max_in_flight: 64,

@@ -10,7 +10,7 @@ use vitrine::commands::serve;
 use vitrine::config::Config;
 use vitrine_proto::v1 as pb;
 
-use crate::support::{connect, Clients, TempDir};
+use crate::support::{connect, temp_dir, Clients};
 
 /// 2026-11-20T00:00:00Z.
 const NOW: i64 = 1_795_132_800_000;
@@ -77,14 +77,18 @@ async fn until(done: impl Fn() -> bool) {
 /// List and Rollback too); List, Get and Rollback work; health is SERVING.
 #[tokio::test]
 async fn a_restart_after_a_broken_edit_serves_the_last_good_revision() {
-    let dir = TempDir::new("store-broken-restart");
-    std::fs::write(dir.rules().join("apparel.yaml"), rules("apparel", "one")).unwrap();
+    let dir = temp_dir("store-broken-restart");
+    std::fs::write(dir.path().join("rules").join("apparel.yaml"), rules("apparel", "one")).unwrap();
     let server = serve::start(config(dir.path())).await.unwrap();
     let mut c = connect(server.grpc_addr).await;
     c.rules.push(push(&rules("apparel", "two"))).await.unwrap();
     server.shutdown().await.unwrap();
 
-    std::fs::write(dir.rules().join("apparel.yaml"), "shop: apparel\nbanners: [oops\n").unwrap();
+    std::fs::write(
+        dir.path().join("rules").join("apparel.yaml"),
+        "shop: apparel\nbanners: [oops\n",
+    )
+    .unwrap();
     let server = serve::start(config(dir.path())).await.unwrap();
     let mut c = connect(server.grpc_addr).await;
     assert_eq!(served(&mut c, "apparel").await, ("two".to_string(), 2));
@@ -128,14 +132,14 @@ async fn a_restart_after_a_broken_edit_serves_the_last_good_revision() {
 /// holding shop `bar` alone; both shops serve after a restart.
 #[tokio::test]
 async fn a_push_does_not_overwrite_a_file_holding_another_shop() {
-    let dir = TempDir::new("store-overwrite");
-    std::fs::write(dir.rules().join("foo.yaml"), rules("bar", "bar")).unwrap();
+    let dir = temp_dir("store-overwrite");
+    std::fs::write(dir.path().join("rules").join("foo.yaml"), rules("bar", "bar")).unwrap();
     let server = serve::start(config(dir.path())).await.unwrap();
     let mut c = connect(server.grpc_addr).await;
     c.rules.push(push(&rules("foo", "foo"))).await.unwrap();
     server.shutdown().await.unwrap();
     assert_eq!(
-        std::fs::read_to_string(dir.rules().join("foo.yaml")).unwrap(),
+        std::fs::read_to_string(dir.path().join("rules").join("foo.yaml")).unwrap(),
         rules("bar", "bar")
     );
 
@@ -151,25 +155,25 @@ async fn a_push_does_not_overwrite_a_file_holding_another_shop() {
 /// going to the first file; a restart serves the same.
 #[tokio::test]
 async fn a_duplicate_shop_file_added_at_run_time_is_ignored() {
-    let dir = TempDir::new("store-duplicate");
-    std::fs::write(dir.rules().join("a.yaml"), rules("apparel", "a")).unwrap();
+    let dir = temp_dir("store-duplicate");
+    std::fs::write(dir.path().join("rules").join("a.yaml"), rules("apparel", "a")).unwrap();
     let server = serve::start(config(dir.path())).await.unwrap();
     let mut c = connect(server.grpc_addr).await;
-    std::fs::write(dir.rules().join("b.yaml"), rules("apparel", "b")).unwrap();
+    std::fs::write(dir.path().join("rules").join("b.yaml"), rules("apparel", "b")).unwrap();
     // Written after b.yaml and sorted after it: once zeta serves, the poll
     // that loaded it has seen b.yaml too.
-    std::fs::write(dir.rules().join("z.yaml"), rules("zeta", "z")).unwrap();
+    std::fs::write(dir.path().join("rules").join("z.yaml"), rules("zeta", "z")).unwrap();
     until(|| server.engine.rules.serving("zeta").is_some()).await;
     assert_eq!(served(&mut c, "apparel").await, ("a".to_string(), 1));
     assert_eq!(server.engine.rules.counters().files_duplicate, 1);
 
     c.rules.push(push(&rules("apparel", "pushed"))).await.unwrap();
     assert_eq!(
-        std::fs::read_to_string(dir.rules().join("a.yaml")).unwrap(),
+        std::fs::read_to_string(dir.path().join("rules").join("a.yaml")).unwrap(),
         rules("apparel", "pushed")
     );
     assert_eq!(
-        std::fs::read_to_string(dir.rules().join("b.yaml")).unwrap(),
+        std::fs::read_to_string(dir.path().join("rules").join("b.yaml")).unwrap(),
         rules("apparel", "b")
     );
     server.shutdown().await.unwrap();
@@ -185,7 +189,7 @@ async fn a_duplicate_shop_file_added_at_run_time_is_ignored() {
 /// was INTERNAL "File name too long"; it is INVALID_ARGUMENT naming the limit.
 #[tokio::test]
 async fn an_overlong_shop_name_is_invalid_argument() {
-    let dir = TempDir::new("store-long-shop");
+    let dir = temp_dir("store-long-shop");
     let server = serve::start(config(dir.path())).await.unwrap();
     let mut c = connect(server.grpc_addr).await;
     let shop = "s".repeat(300);

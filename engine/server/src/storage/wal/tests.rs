@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Barrier;
 
 use super::*;
-use crate::test_support::TempDir;
+use tempfile::TempDir;
 
 const KIND: [u8; 4] = *b"TST1";
 
@@ -19,11 +19,11 @@ trait Segments {
 
 impl Segments for TempDir {
     fn segment(&self, first: u64) -> PathBuf {
-        self.0.join(segment_name(first))
+        self.path().join(segment_name(first))
     }
 
     fn segments(&self) -> Vec<u64> {
-        list_segments(&self.0)
+        list_segments(self.path())
             .unwrap()
             .into_iter()
             .map(|(first, _)| first)
@@ -54,7 +54,7 @@ type Records = Vec<(u64, Vec<u8>)>;
 /// Opens with `start_after`, collecting the replayed records.
 fn open(dir: &TempDir, segment_bytes: u64, after: u64) -> Result<(Wal, Recovery, Records), OpenError> {
     let mut seen = Vec::new();
-    let (wal, recovery) = Wal::open(&dir.0, options(segment_bytes, after), |lsn, r| {
+    let (wal, recovery) = Wal::open(dir.path(), options(segment_bytes, after), |lsn, r| {
         seen.push((lsn, r.to_vec()));
         Ok(())
     })?;
@@ -76,7 +76,7 @@ fn expected(lsns: std::ops::RangeInclusive<u64>) -> Records {
 
 /// A log of records 1..=n, two per segment.
 fn log_of(name: &str, n: u64) -> TempDir {
-    let dir = TempDir::new(name);
+    let dir = tempfile::Builder::new().prefix(name).tempdir().unwrap();
     let (wal, _, _) = open(&dir, TWO_BATCHES, 0).unwrap();
     append_each(&wal, 1..=n);
     dir
@@ -84,7 +84,7 @@ fn log_of(name: &str, n: u64) -> TempDir {
 
 #[test]
 fn lsns_continue_across_reopens_and_segment_rolls() {
-    let dir = TempDir::new("wal-lsn");
+    let dir = tempfile::tempdir().unwrap();
     let (wal, recovery, seen) = open(&dir, TWO_BATCHES, 0).unwrap();
     assert!(seen.is_empty());
     assert_eq!((recovery.first_lsn, recovery.last_lsn, recovery.segments), (1, 0, 1));
@@ -124,7 +124,7 @@ fn a_crash_at_any_byte_of_the_last_write_keeps_exactly_the_complete_records() {
         // With 5 records, the crash may also interrupt the segment's creation.
         let first_cut = if n == 5 { 0 } else { last_start };
         for cut in first_cut..bytes.len() {
-            let dir = TempDir::new("wal-crash");
+            let dir = tempfile::tempdir().unwrap();
             for first in source.segments() {
                 fs::copy(source.segment(first), dir.segment(first)).unwrap();
             }
@@ -160,7 +160,7 @@ fn a_bit_flip_in_a_middle_segment_or_batch_is_corrupt_naming_file_and_offset() {
     for (segment, range) in [(3, 0..120), (5, 40..80)] {
         let bytes = fs::read(source.segment(segment)).unwrap();
         for bit in range.start * 8..range.end * 8 {
-            let dir = TempDir::new("wal-flip");
+            let dir = tempfile::tempdir().unwrap();
             for first in source.segments() {
                 fs::copy(source.segment(first), dir.segment(first)).unwrap();
             }
@@ -207,7 +207,7 @@ fn a_bit_flip_in_a_middle_segment_or_batch_is_corrupt_naming_file_and_offset() {
 #[test]
 fn a_missing_or_renamed_middle_segment_is_an_error_naming_the_gap() {
     let dir = log_of("missing", 6);
-    fs::rename(dir.segment(3), dir.0.join("aside")).unwrap();
+    fs::rename(dir.segment(3), dir.path().join("aside")).unwrap();
     for after in [0, 2] {
         let err = open(&dir, TWO_BATCHES, after).map(|_| ()).unwrap_err();
         assert!(
@@ -223,7 +223,7 @@ fn a_missing_or_renamed_middle_segment_is_an_error_naming_the_gap() {
         );
     }
     // Renamed to look like another segment: its header says otherwise.
-    fs::rename(dir.0.join("aside"), dir.segment(4)).unwrap();
+    fs::rename(dir.path().join("aside"), dir.segment(4)).unwrap();
     let err = open(&dir, TWO_BATCHES, 0).map(|_| ()).unwrap_err();
     assert!(
         matches!(&err, OpenError::Malformed { path, offset: 0, .. } if *path == dir.segment(4)),
@@ -279,7 +279,7 @@ fn replay_after_a_snapshot_skips_exactly_the_covered_records() {
         );
     }
     // A new log opened after a snapshot (its directory was lost) starts after it.
-    let fresh = TempDir::new("wal-fresh");
+    let fresh = tempfile::tempdir().unwrap();
     let (wal, recovery, _) = open(&fresh, TWO_BATCHES, 41).unwrap();
     assert_eq!((recovery.restarted_at, wal.first_lsn()), (Some(42), 42));
     append_each(&wal, 42..=42);
@@ -325,7 +325,7 @@ fn compaction_deletes_exactly_the_covered_segments() {
 
 #[test]
 fn concurrent_appenders_get_distinct_lsns_and_replay_sees_each_record_once() {
-    let dir = TempDir::new("wal-concurrent");
+    let dir = tempfile::tempdir().unwrap();
     let (wal, _, _) = open(&dir, 4 << 10, 0).unwrap();
     let barrier = Barrier::new(8);
     let appended: Vec<(u64, Vec<u8>)> = std::thread::scope(|s| {
@@ -369,7 +369,7 @@ fn concurrent_appenders_get_distinct_lsns_and_replay_sees_each_record_once() {
 
 #[test]
 fn records_of_one_call_share_a_batch_and_oversized_appends_are_refused() {
-    let dir = TempDir::new("wal-many");
+    let dir = tempfile::tempdir().unwrap();
     let (wal, _, _) = open(&dir, 1 << 20, 0).unwrap();
     let records = [&b"a"[..], b"", b"ccc"];
     let last = wal
@@ -399,7 +399,7 @@ fn records_of_one_call_share_a_batch_and_oversized_appends_are_refused() {
 #[test]
 fn a_failed_write_or_roll_fails_closed_and_a_reopen_continues() {
     for roll in [false, true] {
-        let dir = TempDir::new("wal-fail");
+        let dir = tempfile::tempdir().unwrap();
         let (wal, _, _) = open(&dir, TWO_BATCHES, 0).unwrap();
         // With two records, segment 1 is full: the next write starts segment 3.
         let durable = if roll { 2 } else { 1 };
@@ -446,7 +446,7 @@ fn a_zeroed_new_segment_is_an_interrupted_creation() {
 
 #[test]
 fn a_second_open_of_the_directory_is_refused() {
-    let dir = TempDir::new("wal-lock");
+    let dir = tempfile::tempdir().unwrap();
     let (wal, _, _) = open(&dir, TWO_BATCHES, 0).unwrap();
     assert!(matches!(
         open(&dir, TWO_BATCHES, 0).map(|_| ()),
@@ -459,7 +459,7 @@ fn a_second_open_of_the_directory_is_refused() {
 #[test]
 fn a_record_the_callback_refuses_stops_the_open() {
     let dir = log_of("refused", 3);
-    let err = Wal::open(&dir.0, options(TWO_BATCHES, 0), |lsn, _| {
+    let err = Wal::open(dir.path(), options(TWO_BATCHES, 0), |lsn, _| {
         if lsn == 3 {
             Err("not a test record")
         } else {
@@ -481,11 +481,11 @@ mod fuzz_segments {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::storage::wal::fuzz::{apply, config, mutations};
+    use vitrine_testkit::{apply, config, mutations};
 
     /// Opens a log whose only segment holds `bytes`: records or an error, never a panic.
     fn open_bytes(bytes: &[u8]) {
-        let dir = TempDir::new("wal-fuzz");
+        let dir = tempfile::tempdir().unwrap();
         fs::write(dir.segment(1), bytes).unwrap();
         if let Ok((wal, _, seen)) = open(&dir, TWO_BATCHES, 0) {
             assert!(seen.iter().all(|(_, r)| r.len() <= MAX_BATCH_BYTES));
