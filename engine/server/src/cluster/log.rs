@@ -89,6 +89,9 @@ impl LogReader {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
+            // Where the broker auto-creates topics (and librdkafka's mock
+            // cluster, which has no CreateTopics), reading creates them too.
+            .set("allow.auto.create.topics", "true")
             .set("enable.partition.eof", "true")
             // A record waits at most this long in a broker before a fetch
             // returns it (see the ingest consumer).

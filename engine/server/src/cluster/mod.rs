@@ -67,7 +67,7 @@ pub async fn ensure_topics(kafka: &KafkaConfig, store: &RuleStore) {
             config: Vec::new(),
         });
     }
-    let timeout = kafka.cluster_timeout.max(Duration::from_secs(1));
+    let timeout = kafka.cluster_timeout.min(Duration::from_secs(2));
     for (topic, ensured) in topics::ensure(&kafka.brokers, &kafka.options, &specs, timeout).await {
         match ensured {
             Ensured::Created => tracing::info!(topic, "Kafka: topic created"),

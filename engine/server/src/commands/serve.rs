@@ -221,22 +221,21 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let rules = pb::rules_server::RulesServer::new(service.clone()).max_decoding_message_size(limit);
     let audiences = pb::audiences_server::AudiencesServer::new(service.clone()).max_decoding_message_size(limit);
     let ingest = pb::ingest_server::IngestServer::new(service).max_decoding_message_size(limit);
-    // Embedded, the engine is ready now; with Kafka, once the consumer has
-    // caught up with the topic (until then decisions would miss behavior).
-    let kafka = match &kafka_config {
-        Some(k) => Some(Ingest::start(engine.clone(), k).context("starting Kafka ingest")?),
-        None => None,
-    };
+    // Embedded, the engine is ready now; with Kafka, once the rules topic is
+    // read and seeded (events of a shop are applied only once its rules are
+    // known) and then the behavior consumer has caught up.
+    let ingest_positions: Arc<OnceLock<KafkaPositions>> = Arc::new(OnceLock::new());
     let snapshotter = Arc::new(Snapshotter {
         engine: engine.clone(),
         ledger,
         dir: snapshots,
-        kafka: kafka_config
-            .as_ref()
-            .zip(kafka.as_ref())
-            .map(|(k, ingest)| (k.topic.clone(), Box::new(ingest.positions_reader()) as KafkaPositions)),
+        kafka: kafka_config.as_ref().map(|k| {
+            let (positions, resume) = (ingest_positions.clone(), k.resume.clone().unwrap_or_default());
+            let read: KafkaPositions = Box::new(move || positions.get().map_or_else(|| resume.clone(), |read| read()));
+            (k.topic.clone(), read)
+        }),
     });
-    let ready_now = kafka.is_none();
+    let ready_now = kafka_config.is_none();
     set_health(&health_reporter, ready_now).await;
     let health = Arc::new(tokio::sync::Mutex::new(health_reporter));
 
@@ -244,16 +243,17 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    let mut also_ready = Vec::new();
-    if let Some((seeded_tx, seeded)) = rules_seeded {
-        also_ready.push(seeded.clone());
+    if let Some(k) = kafka_config.clone() {
+        tracing::info!(
+            "NOT_SERVING until the rules topic is read and the Kafka consumer has caught up with the behavior topic"
+        );
+        let (seeded_tx, seeded) = rules_seeded.unwrap_or_else(|| watch::channel(true));
         tasks.push(tokio::spawn(seed_rules(engine.clone(), seeded_tx, stopped.clone())));
-    }
-    if let Some(kafka) = kafka {
-        tracing::info!("NOT_SERVING until the Kafka consumer has caught up with the topics");
         tasks.push(tokio::spawn(run_ingest(
-            kafka,
-            also_ready.clone(),
+            engine.clone(),
+            k,
+            seeded,
+            ingest_positions,
             ready.clone(),
             health.clone(),
             storage.clone(),
@@ -423,29 +423,32 @@ async fn watch_data_dir(
     }
 }
 
-/// The Kafka consumer's life beside the server: SERVING once it has caught
-/// up (unless shutdown began first), and stopped (final commit) on shutdown.
+/// The Kafka consumer's life beside the server: started once the rules are
+/// seeded, SERVING once it has caught up (unless shutdown began first), and
+/// stopped (final commit) on shutdown.
+#[allow(clippy::too_many_arguments)]
 async fn run_ingest(
-    kafka: Ingest,
-    also: Vec<watch::Receiver<bool>>,
+    engine: Arc<Engine>,
+    config: crate::config::KafkaConfig,
+    mut seeded: watch::Receiver<bool>,
+    positions: Arc<OnceLock<KafkaPositions>>,
     ready: Arc<AtomicBool>,
     health: Arc<tokio::sync::Mutex<HealthReporter>>,
     storage: StorageHealth,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut caught_up = kafka.caught_up();
     let mut stopping = stopped.clone();
+    tokio::select! {
+        done = seeded.wait_for(|s| *s) => if done.is_err() { return Ok(()) },
+        _ = stopping.wait_for(|s| *s) => return Ok(()),
+    }
+    let kafka = Ingest::start(engine, &config).context("starting Kafka ingest")?;
+    let _ = positions.set(Box::new(kafka.positions_reader()));
+    let mut caught_up = kafka.caught_up();
     // false: shutdown began first, or the consumer thread ended before
     // catching up (logged).
-    let all_caught_up = async {
-        let mut up = caught_up.wait_for(|c| *c).await.is_ok();
-        for mut other in also {
-            up &= other.wait_for(|c| *c).await.is_ok();
-        }
-        up
-    };
     let caught = tokio::select! {
-        up = all_caught_up => up,
+        up = async { caught_up.wait_for(|c| *c).await.is_ok() } => up,
         _ = async { stopping.wait_for(|s| *s).await.is_ok() } => false,
     };
     if caught {
@@ -453,7 +456,7 @@ async fn run_ingest(
         if !*stopped.borrow() && storage.fault().is_none() {
             ready.store(true, Ordering::Release);
             set_health(&health, true).await;
-            tracing::info!("SERVING: the index (and, in a cluster, the rules) hold the topics up to their high watermarks at start");
+            tracing::info!("SERVING: the rules topic is read and the index holds the behavior topic up to its high watermarks at start");
         }
     }
     let _ = stopped.wait_for(|s| *s).await;
