@@ -72,6 +72,8 @@ pub const CLAIMS_COMPACTIONS: &str = "vitrine_claims_compactions_total";
 pub const CLAIMS_COMPACTED_BYTES: &str = "vitrine_claims_compacted_bytes_total";
 /// `vitrine_claims_state_bytes`
 pub const CLAIMS_STATE_BYTES: &str = "vitrine_claims_state_bytes";
+/// Records of the cluster topics, by topic and result.
+pub const CLUSTER_RECORDS: &str = "vitrine_cluster_records_total";
 
 /// Rejection reasons of the Kafka path, beside the core's five
 /// (`RejectReason`): a message over `--kafka-max-message-bytes`, and a
@@ -216,6 +218,10 @@ fn describe() {
         CLAIMS_STATE_BYTES,
         Unit::Bytes,
         "How big is the last claims ledger state snapshot (what a restart loads before replaying the rest of the journal)?"
+    );
+    describe_counter!(
+        CLUSTER_RECORDS,
+        "Do the replicas apply the cluster topics? Records by topic (rules, claims) and result: applied, unreadable (this version cannot read it: skipped the same way on every replica; look for a newer or foreign producer), other_shop (outside --shops, skipped)."
     );
     describe_counter!(
         KAFKA_ERRORS,
@@ -630,4 +636,54 @@ impl ShedReason {
             ShedReason::Deadline => "deadline",
         }
     }
+}
+
+/// A cluster topic: the `topic` label of `vitrine_cluster_records_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterTopic {
+    /// `--kafka-rules-topic`.
+    Rules,
+    /// `--kafka-claims-topic`.
+    Claims,
+}
+
+impl ClusterTopic {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterTopic::Rules => "rules",
+            ClusterTopic::Claims => "claims",
+        }
+    }
+}
+
+/// What became of a cluster record: the `result` label of
+/// `vitrine_cluster_records_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordResult {
+    /// Applied to the state.
+    Applied,
+    /// Not readable by this version: skipped.
+    Unreadable,
+    /// Of a shop outside `--shops`: skipped.
+    OtherShop,
+}
+
+impl RecordResult {
+    /// Every result, for pre-registering metrics.
+    pub const ALL: [RecordResult; 3] = [RecordResult::Applied, RecordResult::Unreadable, RecordResult::OtherShop];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordResult::Applied => "applied",
+            RecordResult::Unreadable => "unreadable",
+            RecordResult::OtherShop => "other_shop",
+        }
+    }
+}
+
+/// The counters of one cluster topic's records, by result.
+pub fn cluster_records(topic: ClusterTopic) -> [Counter; 3] {
+    RecordResult::ALL.map(|r| metrics::counter!(CLUSTER_RECORDS, "topic" => topic.as_str(), "result" => r.as_str()))
 }

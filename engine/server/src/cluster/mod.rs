@@ -4,10 +4,12 @@
 //!
 //! * [`producer`]: the taking replica writes a record tagged with its
 //!   request id and waits until its own reader applies it.
+//! * [`claims`]: claims decided in the claims topic's order.
 //! * [`log`]: one thread per topic reads every partition in order.
 //! * [`topics`]: missing topics are created at start where the broker allows.
 //! * [`shops`]: `--shops`, the shops this replica holds and serves.
 
+pub mod claims;
 pub mod log;
 pub mod producer;
 pub mod shops;
@@ -22,6 +24,22 @@ use shops::Shops;
 pub struct Cluster {
     /// `--shops`.
     pub shops: Shops,
+    /// The claims topic (set once at start with Kafka; unset: claims go to
+    /// the local ledger).
+    pub claims: std::sync::OnceLock<std::sync::Arc<claims::ClaimsLog>>,
+}
+
+impl Cluster {
+    /// Waits until every cluster log set has read its topic up to where it
+    /// stood at start; false if a reader ended first.
+    pub async fn caught_up(&self) -> bool {
+        if let Some(claims) = self.claims.get() {
+            if claims.caught_up().wait_for(|c| *c).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 #[cfg(test)]

@@ -152,15 +152,23 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             None => {}
         }
     }
-    let mut engine = Engine::with_parts(
-        restored.index,
-        store,
-        restored.ledger,
-        Some(restored.events),
-        Metrics::new(),
-    );
+    // Cluster mode: the claims topic decides claims (docs/cluster.md).
+    let claims_log = match &kafka_config {
+        Some(k) => Some(Arc::new(
+            crate::cluster::claims::start(&config.data_dir, k, config.shops.clone()).await?,
+        )),
+        None => None,
+    };
+    let engine_ledger: Arc<dyn vitrine_core::ClaimLedger> = match &claims_log {
+        Some(log) => log.ledger(),
+        None => restored.ledger,
+    };
+    let mut engine = Engine::with_parts(restored.index, store, engine_ledger, Some(restored.events), Metrics::new());
     engine.storage = storage.clone();
     engine.cluster.shops = config.shops.clone();
+    if let Some(log) = claims_log {
+        let _ = engine.cluster.claims.set(log);
+    }
     let engine = Arc::new(engine);
     if let Some(visitors) = config.demo_visitors {
         let now = now_ms();
@@ -225,6 +233,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         tracing::info!("NOT_SERVING until the Kafka consumer has caught up with the topic");
         tasks.push(tokio::spawn(run_ingest(
             kafka,
+            engine.clone(),
             ready.clone(),
             health.clone(),
             storage.clone(),
@@ -398,6 +407,7 @@ async fn watch_data_dir(
 /// up (unless shutdown began first), and stopped (final commit) on shutdown.
 async fn run_ingest(
     kafka: Ingest,
+    engine: Arc<Engine>,
     ready: Arc<AtomicBool>,
     health: Arc<tokio::sync::Mutex<HealthReporter>>,
     storage: StorageHealth,
@@ -408,7 +418,7 @@ async fn run_ingest(
     // false: shutdown began first, or the consumer thread ended before
     // catching up (logged).
     let caught = tokio::select! {
-        up = async { caught_up.wait_for(|c| *c).await.is_ok() } => up,
+        up = async { caught_up.wait_for(|c| *c).await.is_ok() && engine.cluster.caught_up().await } => up,
         _ = async { stopping.wait_for(|s| *s).await.is_ok() } => false,
     };
     if caught {
@@ -470,9 +480,13 @@ impl Server {
             }
         }
         let snapshotter = self.snapshotter;
+        let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || snapshotter.take())
             .await?
             .context("the final snapshot")?;
+        if let Some(claims) = engine.cluster.claims.get().cloned() {
+            tokio::task::spawn_blocking(move || claims.stop()).await?;
+        }
         result
     }
 

@@ -89,7 +89,7 @@ use std::sync::Arc;
 use ahash::RandomState;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
-use vitrine_core::claims::{Answer, Usage};
+use vitrine_core::claims::{Answer, BenefitImage, LedgerImage, Usage};
 use vitrine_core::{ClaimLedger, ClaimOutcome, Grants, LedgerClaim, LedgerError};
 
 use crate::storage::wal::{CompactReport, Failpoints, FailureHook, Options, RecordReader, Wal, WalError};
@@ -585,13 +585,7 @@ impl ClaimLedger for DurableLedger {
 // -------------------------------------------------------------- state file
 
 /// Every shop's benefits' state, sorted by name.
-type Image = Vec<(Box<str>, Vec<(Box<str>, BenefitImage)>)>;
-
-/// One benefit's state as the state file holds it.
-struct BenefitImage {
-    grants: Grants,
-    answers: Vec<(Box<str>, Answer)>,
-}
+type Image = LedgerImage;
 
 fn put_s16(out: &mut Vec<u8>, s: &str) {
     // Every string here came through `Record::check` or a state file: at most u16::MAX bytes.
@@ -617,8 +611,9 @@ fn outcome_of(code: u8) -> Result<ClaimOutcome, &'static str> {
         .ok_or("unknown claim outcome")
 }
 
-/// Encodes the body of a state file.
-fn encode_state(shops: &Image, out: &mut Vec<u8>) {
+/// Encodes the body of a state file (`body` in the module docs); the
+/// claims topic's state file holds the same body.
+pub(crate) fn encode_state(shops: &Image, out: &mut Vec<u8>) {
     put_u32(out, shops.len());
     for (shop, benefits) in shops {
         put_s16(out, shop);
@@ -664,6 +659,50 @@ impl RecordReader<'_> {
     }
 }
 
+/// Decodes the body of a state file (`body` in the module docs), handing
+/// each benefit to `insert` (which may refuse it); the reader must then be
+/// at its end. Never panics; allocates at most in proportion to the bytes.
+pub(crate) fn decode_body(
+    r: &mut RecordReader<'_>,
+    mut insert: impl FnMut(&str, &str, Grants, Vec<(Box<str>, Answer)>) -> Result<(), &'static str>,
+) -> Result<(), &'static str> {
+    for _ in 0..r.count(2 + 4)? {
+        let shop = r.str16()?;
+        for _ in 0..r.count(2 + 8 + 4 + 4)? {
+            let benefit = r.str16()?;
+            let total = u64::from_le_bytes(r.array()?);
+            let mut visitors = Vec::new();
+            for _ in 0..r.count(2 + 4)? {
+                let visitor = r.str16()?;
+                let n = r.count(8)?;
+                let mut times = Vec::with_capacity(n);
+                for _ in 0..n {
+                    times.push(i64::from_le_bytes(r.array()?));
+                }
+                visitors.push((Box::<str>::from(visitor), times));
+            }
+            let grants = Grants::from_parts(total, visitors)?;
+            let mut answers = Vec::new();
+            for _ in 0..r.count(2 + 1 + 2)? {
+                let id = r.str16()?;
+                let code = r.u8()?;
+                let outcome = outcome_of(code)?;
+                let visitor = r.str16()?;
+                let answer = Answer {
+                    outcome,
+                    visitor: visitor.into(),
+                };
+                answers.push((Box::<str>::from(id), answer));
+            }
+            insert(shop, benefit, grants, answers)?;
+        }
+    }
+    if !r.at_end() {
+        return Err("bytes after the ledger state");
+    }
+    Ok(())
+}
+
 /// Decodes a state file into `shops`; returns the LSN it covers, or the
 /// byte offset and reason it is refused. Never panics; allocates at most
 /// in proportion to `bytes`.
@@ -696,49 +735,14 @@ fn decode_state(
     if hasher.finalize() != crc {
         return Err((0, "ledger state checksum mismatch"));
     }
-    let body = (|| {
-        for _ in 0..r.count(2 + 4)? {
-            let shop = r.str16()?;
-            let benefits = shops.entry(shop.into()).or_default().clone();
-            for _ in 0..r.count(2 + 8 + 4 + 4)? {
-                let benefit = r.str16()?;
-                let total = u64::from_le_bytes(r.array()?);
-                let mut visitors = Vec::new();
-                for _ in 0..r.count(2 + 4)? {
-                    let visitor = r.str16()?;
-                    let n = r.count(8)?;
-                    let mut times = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        times.push(i64::from_le_bytes(r.array()?));
-                    }
-                    visitors.push((Box::<str>::from(visitor), times));
-                }
-                let grants = Grants::from_parts(total, visitors)?;
-                let mut answers = std::collections::HashMap::default();
-                for _ in 0..r.count(2 + 1 + 2)? {
-                    let id = r.str16()?;
-                    let code = r.u8()?;
-                    let outcome = outcome_of(code)?;
-                    let visitor = r.str16()?;
-                    let answer = Answer {
-                        outcome,
-                        visitor: visitor.into(),
-                    };
-                    answers.insert(Box::<str>::from(id), (answer, 0));
-                }
-                if benefits
-                    .insert(benefit.into(), Mutex::new(BenefitState { grants, answers }))
-                    .is_some()
-                {
-                    return Err("a benefit listed twice");
-                }
-            }
+    let body = decode_body(&mut r, |shop, benefit, grants, answers| {
+        let benefits = shops.entry(shop.into()).or_default().clone();
+        let answers = answers.into_iter().map(|(id, answer)| (id, (answer, 0))).collect();
+        match benefits.insert(benefit.into(), Mutex::new(BenefitState { grants, answers })) {
+            Some(_) => Err("a benefit listed twice"),
+            None => Ok(()),
         }
-        if !r.at_end() {
-            return Err("bytes after the ledger state");
-        }
-        Ok(())
-    })();
+    });
     body.map_err(|what| (at(&r), what))?;
     Ok(lsn)
 }
