@@ -344,13 +344,11 @@ impl pb::benefits_server::Benefits for Service {
         let (outcome, revision) = match step {
             ClaimStep::Answered(outcome, revision) => (outcome, revision),
             ClaimStep::Log(log, record, revision) => {
-                let answer = log.claim(&record).await.map_err(|e| {
-                    Status::unavailable(format!(
-                        "the claim did not go through the claims topic: {e}"
-                    ))
-                })?;
-                let outcome =
-                    answer.map_err(|e| claim_status(&record.shop, revision, ClaimError::Ledger(e)))?;
+                let answer = log
+                    .claim(&record)
+                    .await
+                    .map_err(|e| Status::unavailable(format!("the claim did not go through the claims topic: {e}")))?;
+                let outcome = answer.map_err(|e| claim_status(&record.shop, revision, ClaimError::Ledger(e)))?;
                 (outcome, revision)
             }
         };
@@ -368,7 +366,11 @@ enum ClaimStep {
     /// Decided here: the outcome, under this revision.
     Answered(vitrine_core::ClaimOutcome, u64),
     /// To be decided by the claims topic.
-    Log(Arc<crate::cluster::claims::ClaimsLog>, crate::cluster::claims::ClaimRecord, u64),
+    Log(
+        Arc<crate::cluster::claims::ClaimsLog>,
+        crate::cluster::claims::ClaimRecord,
+        u64,
+    ),
 }
 
 fn claim_status(shop: &str, revision: u64, e: ClaimError) -> Status {

@@ -34,8 +34,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use ::metrics::Counter;
+use anyhow::Context as _;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -477,7 +477,8 @@ mod tests {
     fn unreadable_records_say_why() {
         let r = record();
         let key = r.key();
-        let decode = |key: Option<&str>, r: &ClaimRecord| ClaimRecord::decode(key.map(str::as_bytes), Some(&r.encode()));
+        let decode =
+            |key: Option<&str>, r: &ClaimRecord| ClaimRecord::decode(key.map(str::as_bytes), Some(&r.encode()));
         let with = |f: &dyn Fn(&mut ClaimRecord)| {
             let mut r = record();
             f(&mut r);
@@ -486,9 +487,18 @@ mod tests {
         let long = "x".repeat(MAX_ID_BYTES + 1);
         let cases: Vec<(ClaimRecord, &str)> = vec![
             (with(&|r| r.v = 2), "an unknown record version"),
-            (with(&|r| r.visitor.clear()), "an empty or too long shop, benefit or visitor"),
-            (with(&|r| r.visitor = long.clone()), "an empty or too long shop, benefit or visitor"),
-            (with(&|r| r.claim_id = Some(String::new())), "an empty or too long claim_id"),
+            (
+                with(&|r| r.visitor.clear()),
+                "an empty or too long shop, benefit or visitor",
+            ),
+            (
+                with(&|r| r.visitor = long.clone()),
+                "an empty or too long shop, benefit or visitor",
+            ),
+            (
+                with(&|r| r.claim_id = Some(String::new())),
+                "an empty or too long claim_id",
+            ),
             (with(&|r| r.now_ms = -1), "now_ms out of range"),
             (with(&|r| r.now_ms = MAX_TS + 1), "now_ms out of range"),
             (with(&|r| r.cap = Some((0, 10))), "a cap out of range"),
@@ -500,8 +510,14 @@ mod tests {
             assert_eq!(decode(Some(&key), &r), Err(why), "{r:?}");
         }
         assert_eq!(decode(None, &r), Err("no key"));
-        assert_eq!(decode(Some("s/x/c"), &r), Err("the key is not the record's shop/benefit"));
-        assert_eq!(decode(Some("s/xb"), &r), Err("the key is not the record's shop/benefit"));
+        assert_eq!(
+            decode(Some("s/x/c"), &r),
+            Err("the key is not the record's shop/benefit")
+        );
+        assert_eq!(
+            decode(Some("s/xb"), &r),
+            Err("the key is not the record's shop/benefit")
+        );
         assert_eq!(ClaimRecord::decode(Some(b"s/b"), None), Err("no payload"));
         assert_eq!(
             ClaimRecord::decode(Some(b"s/b"), Some(b"{\"v\":1")),

@@ -163,7 +163,13 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         Some(log) => log.ledger(),
         None => restored.ledger,
     };
-    let mut engine = Engine::with_parts(restored.index, store, engine_ledger, Some(restored.events), Metrics::new());
+    let mut engine = Engine::with_parts(
+        restored.index,
+        store,
+        engine_ledger,
+        Some(restored.events),
+        Metrics::new(),
+    );
     engine.storage = storage.clone();
     engine.cluster.shops = config.shops.clone();
     if let Some(log) = claims_log {

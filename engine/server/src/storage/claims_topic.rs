@@ -243,10 +243,7 @@ mod tests {
             denied: None,
         };
         assert_eq!(ledger.claim(&retry), Ok(ClaimOutcome::Granted));
-        assert!(
-            !dir.join(STATE_TMP).exists(),
-            "the temporary file is renamed away"
-        );
+        assert!(!dir.join(STATE_TMP).exists(), "the temporary file is renamed away");
     }
 
     /// Every truncation and every single bit flip is refused (CRC), never a

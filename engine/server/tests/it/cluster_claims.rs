@@ -157,7 +157,10 @@ async fn wait_applied_and_equal(replicas: &[&Replica], n: u64) {
     let first = replicas[0].log().ledger_bytes();
     for (i, r) in replicas.iter().enumerate() {
         assert_eq!(r.stats().applied, n, "replica {i} applied more than written");
-        assert!(r.log().ledger_bytes() == first, "replica {i}'s ledger differs from replica 0's");
+        assert!(
+            r.log().ledger_bytes() == first,
+            "replica {i}'s ledger differs from replica 0's"
+        );
     }
 }
 
@@ -182,14 +185,23 @@ async fn a_budget_holds_across_replicas() {
             other => panic!("unexpected outcome {other}"),
         }
     }
-    assert_eq!(granted, BUDGET, "exactly the budget is granted, wherever the claims arrive");
+    assert_eq!(
+        granted, BUDGET,
+        "exactly the budget is granted, wherever the claims arrive"
+    );
     let all: Vec<&Replica> = replicas.iter().collect();
     wait_applied_and_equal(&all, 200).await;
     for (i, r) in replicas.iter().enumerate() {
-        let usage = vitrine_core::ClaimLedger::usage(&*r.server.engine.ledger,SHOP, "early", "v-0", None);
+        let usage = vitrine_core::ClaimLedger::usage(&*r.server.engine.ledger, SHOP, "early", "v-0", None);
         assert_eq!(usage.total, BUDGET, "replica {i}");
         // Decide peeks at the same ledger: the budget is spent everywhere.
-        let d = r.c.clone().decision.decide(decide("newcomer")).await.unwrap().into_inner();
+        let d =
+            r.c.clone()
+                .decision
+                .decide(decide("newcomer"))
+                .await
+                .unwrap()
+                .into_inner();
         let steps = d.explanation.unwrap().steps;
         let early = steps.iter().find(|s| s.entry.contains("early")).unwrap();
         assert_eq!(early.outcome, "budget exhausted", "replica {i}");
@@ -208,12 +220,27 @@ async fn caps_and_claim_ids_hold_across_replicas() {
     let brokers = cluster.bootstrap_servers();
     let replicas = three(&brokers, "cap").await;
     let c = |replicas: &[Replica], i: usize| replicas[i].c.clone();
-    assert_eq!(reason(&mut c(&replicas, 0), claim("coupon", "v-1", "c-1")).await, "GRANTED");
-    assert_eq!(reason(&mut c(&replicas, 1), claim("coupon", "v-1", "")).await, "CAP_REACHED");
-    assert_eq!(reason(&mut c(&replicas, 2), claim("coupon", "v-1", "c-2")).await, "CAP_REACHED");
+    assert_eq!(
+        reason(&mut c(&replicas, 0), claim("coupon", "v-1", "c-1")).await,
+        "GRANTED"
+    );
+    assert_eq!(
+        reason(&mut c(&replicas, 1), claim("coupon", "v-1", "")).await,
+        "CAP_REACHED"
+    );
+    assert_eq!(
+        reason(&mut c(&replicas, 2), claim("coupon", "v-1", "c-2")).await,
+        "CAP_REACHED"
+    );
     // The retry of c-1, on other replicas: the first answer, no second grant.
-    assert_eq!(reason(&mut c(&replicas, 2), claim("coupon", "v-1", "c-1")).await, "GRANTED");
-    assert_eq!(reason(&mut c(&replicas, 1), claim("coupon", "v-1", "c-1")).await, "GRANTED");
+    assert_eq!(
+        reason(&mut c(&replicas, 2), claim("coupon", "v-1", "c-1")).await,
+        "GRANTED"
+    );
+    assert_eq!(
+        reason(&mut c(&replicas, 1), claim("coupon", "v-1", "c-1")).await,
+        "GRANTED"
+    );
     let err = c(&replicas, 1)
         .benefits
         .claim(claim("coupon", "intruder", "c-1"))
@@ -221,18 +248,30 @@ async fn caps_and_claim_ids_hold_across_replicas() {
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
     // Another visitor is not capped by v-1's grant.
-    assert_eq!(reason(&mut c(&replicas, 2), claim("coupon", "v-2", "")).await, "GRANTED");
+    assert_eq!(
+        reason(&mut c(&replicas, 2), claim("coupon", "v-2", "")).await,
+        "GRANTED"
+    );
     // Not in the audience, no claim_id: answered by the taker, no record.
-    assert_eq!(reason(&mut c(&replicas, 0), claim("gated", "v-1", "")).await, "NOT_ELIGIBLE");
+    assert_eq!(
+        reason(&mut c(&replicas, 0), claim("gated", "v-1", "")).await,
+        "NOT_ELIGIBLE"
+    );
     // With a claim_id the denial is recorded in the log: its retry elsewhere
     // gets it, and the id is bound to its visitor.
-    assert_eq!(reason(&mut c(&replicas, 0), claim("gated", "v-1", "g-1")).await, "NOT_ELIGIBLE");
-    assert_eq!(reason(&mut c(&replicas, 1), claim("gated", "v-1", "g-1")).await, "NOT_ELIGIBLE");
+    assert_eq!(
+        reason(&mut c(&replicas, 0), claim("gated", "v-1", "g-1")).await,
+        "NOT_ELIGIBLE"
+    );
+    assert_eq!(
+        reason(&mut c(&replicas, 1), claim("gated", "v-1", "g-1")).await,
+        "NOT_ELIGIBLE"
+    );
     let all: Vec<&Replica> = replicas.iter().collect();
     // 9 records: every call above but the answered-at-once denial.
     wait_applied_and_equal(&all, 9).await;
     for (i, r) in replicas.iter().enumerate() {
-        let usage = vitrine_core::ClaimLedger::usage(&*r.server.engine.ledger,SHOP, "coupon", "v-1", None);
+        let usage = vitrine_core::ClaimLedger::usage(&*r.server.engine.ledger, SHOP, "coupon", "v-1", None);
         assert_eq!((usage.total, usage.visitor_in_window), (2, 1), "replica {i}");
     }
     for r in replicas {
@@ -249,7 +288,10 @@ async fn a_restarted_replica_resumes_from_its_state_file() {
     let mut replicas = three(&brokers, "restart").await;
     for i in 0..20 {
         let mut c = replicas[i % 3].c.clone();
-        assert_eq!(reason(&mut c, claim("early", &format!("v-{i}"), &format!("c-{i}"))).await, "GRANTED");
+        assert_eq!(
+            reason(&mut c, claim("early", &format!("v-{i}"), &format!("c-{i}"))).await,
+            "GRANTED"
+        );
     }
     let all: Vec<&Replica> = replicas.iter().collect();
     wait_applied_and_equal(&all, 20).await;
@@ -266,8 +308,15 @@ async fn a_restarted_replica_resumes_from_its_state_file() {
     assert_eq!(granted, BUDGET - 20);
     let back = start(&brokers, dir, "restart-2", "*", Duration::from_secs(10)).await;
     // SERVING means caught up: exactly the 40 records written while it was down.
-    assert_eq!(back.stats().applied, 40, "only the records after its state file's offsets");
-    assert!(back.log().ledger_bytes() == replicas[0].log().ledger_bytes(), "the restarted replica agrees");
+    assert_eq!(
+        back.stats().applied,
+        40,
+        "only the records after its state file's offsets"
+    );
+    assert!(
+        back.log().ledger_bytes() == replicas[0].log().ledger_bytes(),
+        "the restarted replica agrees"
+    );
     // A retry on it gets the first answer, a new claim finds the budget spent.
     let mut c = back.c.clone();
     assert_eq!(reason(&mut c, claim("early", "v-3", "c-3")).await, "GRANTED");
@@ -278,7 +327,10 @@ async fn a_restarted_replica_resumes_from_its_state_file() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for (i, r) in replicas.iter().enumerate() {
-        assert!(r.log().ledger_bytes() == back.log().ledger_bytes(), "replica {i} differs");
+        assert!(
+            r.log().ledger_bytes() == back.log().ledger_bytes(),
+            "replica {i} differs"
+        );
     }
     replicas.push(back);
     for r in replicas {
@@ -292,14 +344,7 @@ async fn a_restarted_replica_resumes_from_its_state_file() {
 async fn a_claim_without_the_broker_is_unavailable_and_decide_answers() {
     let cluster = mock();
     let brokers = cluster.bootstrap_servers();
-    let replica = start(
-        &brokers,
-        TempDir::new("down"),
-        "down",
-        "*",
-        Duration::from_millis(1500),
-    )
-    .await;
+    let replica = start(&brokers, TempDir::new("down"), "down", "*", Duration::from_millis(1500)).await;
     let mut c = replica.c.clone();
     assert_eq!(reason(&mut c, claim("early", "v-0", "")).await, "GRANTED");
     cluster.broker_down(1).unwrap();
@@ -346,10 +391,7 @@ async fn unreadable_records_are_skipped_and_counted_everywhere() {
         Duration::from_secs(10),
     )
     .await;
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
     let future = r#"{"v":2,"shop":"tickets","benefit":"early","visitor":"v","now_ms":1,"claim_id":null,"cap":null,"budget":null,"denied":null}"#;
     let bad_key = r#"{"v":1,"shop":"tickets","benefit":"early","visitor":"v","now_ms":1,"claim_id":null,"cap":null,"budget":1,"denied":null}"#;
     for (key, payload) in [
@@ -363,9 +405,16 @@ async fn unreadable_records_are_skipped_and_counted_everywhere() {
             .unwrap();
     }
     producer.flush(WAIT).unwrap();
-    assert_eq!(reason(&mut replicas[0].c.clone(), claim("early", "v-1", "")).await, "GRANTED");
+    assert_eq!(
+        reason(&mut replicas[0].c.clone(), claim("early", "v-1", "")).await,
+        "GRANTED"
+    );
     let started = Instant::now();
-    while replicas.iter().any(|r| r.stats().unreadable < 3 || r.stats().applied < 1) || elsewhere.stats().other_shop < 4 {
+    while replicas
+        .iter()
+        .any(|r| r.stats().unreadable < 3 || r.stats().applied < 1)
+        || elsewhere.stats().other_shop < 4
+    {
         assert!(started.elapsed() < WAIT, "records not all seen");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
