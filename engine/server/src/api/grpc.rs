@@ -348,7 +348,11 @@ impl pb::benefits_server::Benefits for Service {
                     .claim(&record)
                     .await
                     .map_err(|e| Status::unavailable(format!("the claim did not go through the claims topic: {e}")))?;
-                let outcome = answer.map_err(|e| claim_status(&record.shop, revision, ClaimError::Ledger(e)))?;
+                let outcome = answer.map_err(|e| match e {
+                    // The record was written but could not be applied here.
+                    vitrine_core::LedgerError::Failed(why) => Status::internal(why),
+                    e => claim_status(&record.shop, revision, ClaimError::Ledger(e)),
+                })?;
                 (outcome, revision)
             }
         };

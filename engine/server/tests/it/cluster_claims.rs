@@ -333,9 +333,26 @@ async fn a_restarted_replica_resumes_from_its_state_file() {
         );
     }
     replicas.push(back);
+    let mut dirs = Vec::new();
     for r in replicas {
-        r.shutdown().await;
+        dirs.push(r.shutdown().await);
     }
+    // A damaged state file refuses the start, naming the file.
+    let dir = dirs.pop().unwrap();
+    let state = dir.path().join("data/claims-topic.state");
+    let mut bytes = std::fs::read(&state).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&state, bytes).unwrap();
+    let config = vitrine::config::Config {
+        kafka: Some(KafkaConfig::new(&brokers)),
+        ..test_config(dir.path())
+    };
+    let err = serve::start(config).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("claims-topic.state is damaged at byte 0: checksum mismatch"),
+        "{err:#}"
+    );
 }
 
 /// Broker down: Claim fails UNAVAILABLE within --cluster-timeout (never a
