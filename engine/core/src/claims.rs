@@ -269,6 +269,66 @@ impl MemoryLedger {
     }
 }
 
+/// One benefit's state as a state file holds it: its grants and each
+/// `claim_id`'s first answer.
+#[derive(Debug, Clone, Default)]
+pub struct BenefitImage {
+    /// Grants so far.
+    pub grants: Grants,
+    /// Recorded answers by `claim_id`, sorted by id in [`MemoryLedger::image`].
+    pub answers: Vec<(Box<str>, Answer)>,
+}
+
+/// Every shop's benefits' state, shops and benefits sorted by name.
+pub type LedgerImage = Vec<(Box<str>, Vec<(Box<str>, BenefitImage)>)>;
+
+impl MemoryLedger {
+    /// A copy of the whole state, sorted (equal ledgers give equal images
+    /// up to the order of visitors inside [`Grants`]).
+    pub fn image(&self) -> LedgerImage {
+        let mut shops: LedgerImage = self
+            .shops
+            .iter()
+            .map(|shop| {
+                let mut benefits: Vec<_> = shop
+                    .value()
+                    .iter()
+                    .map(|b| {
+                        let ledger = b.value().lock();
+                        let mut answers: Vec<_> = ledger.answers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                        answers.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                        let image = BenefitImage {
+                            grants: ledger.grants.clone(),
+                            answers,
+                        };
+                        (b.key().clone(), image)
+                    })
+                    .collect();
+                benefits.sort_by(|a, b| a.0.cmp(&b.0));
+                (shop.key().clone(), benefits)
+            })
+            .collect();
+        shops.sort_by(|a, b| a.0.cmp(&b.0));
+        shops
+    }
+
+    /// A ledger holding `image` (a benefit listed twice: the last one stands).
+    pub fn from_image(image: LedgerImage) -> MemoryLedger {
+        let ledger = MemoryLedger::new();
+        for (shop, benefits) in image {
+            let shop_ledger = ledger.shops.entry(shop).or_default().value().clone();
+            for (benefit, b) in benefits {
+                let state = BenefitLedger {
+                    grants: b.grants,
+                    answers: b.answers.into_iter().collect(),
+                };
+                shop_ledger.insert(benefit, Mutex::new(state));
+            }
+        }
+        ledger
+    }
+}
+
 impl ClaimLedger for MemoryLedger {
     fn usage(&self, shop: &str, benefit: &str, visitor: &str, since_ms: Option<i64>) -> Usage {
         let Some(ledgers) = self.shops.get(shop) else {
@@ -375,6 +435,18 @@ mod tests {
                 visitor_in_window: 0
             }
         );
+    }
+
+    #[test]
+    fn an_image_restores_the_same_answers() {
+        let ledger = MemoryLedger::new();
+        assert_eq!(ledger.claim(&claim("a", Some("c1"))).unwrap(), ClaimOutcome::Granted);
+        assert_eq!(ledger.claim(&claim("b", None)).unwrap(), ClaimOutcome::Granted);
+        let copy = MemoryLedger::from_image(ledger.image());
+        assert_eq!(copy.usage("s", "b", "a", None), ledger.usage("s", "b", "a", None));
+        assert_eq!(copy.claim(&claim("a", Some("c1"))).unwrap(), ClaimOutcome::Granted);
+        assert_eq!(copy.claim(&claim("c", None)).unwrap(), ClaimOutcome::BudgetExhausted);
+        assert_eq!(copy.image().len(), 1);
     }
 
     #[test]

@@ -29,8 +29,8 @@ pub mod rules;
 pub mod snapshot;
 pub mod time;
 
-pub use claims::{ClaimLedger, ClaimOutcome, Grants, LedgerClaim, LedgerError, MemoryLedger};
-pub use eval::decide::{claim, decide, ClaimRequest, Context, DecideRequest, Decision};
+pub use claims::{ClaimLedger, ClaimOutcome, Grants, LedgerClaim, LedgerError, LedgerImage, MemoryLedger};
+pub use eval::decide::{claim, decide, prepare_claim, ClaimRequest, Context, DecideRequest, Decision};
 pub use eval::size::{audience_sizes, size_of, size_of_with, SizeError};
 pub use event::{Action, Event, EventError, RejectReason};
 pub use index::{Index, IndexStats, ShopIndex};

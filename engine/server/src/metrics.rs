@@ -945,3 +945,8 @@ impl ShedReason {
         }
     }
 }
+
+/// The counters of one cluster topic's records, by result.
+pub fn cluster_records(topic: ClusterTopic) -> [Counter; 6] {
+    RecordResult::ALL.map(|r| metrics::counter!(CLUSTER_RECORDS, "topic" => topic.as_str(), "result" => r.as_str()))
+}

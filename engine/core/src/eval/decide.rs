@@ -563,13 +563,26 @@ pub enum ClaimError {
     Ledger(#[from] LedgerError),
 }
 
-/// Grants a benefit if the visitor is eligible now and cap and budget allow, atomically.
+/// Grants a benefit if the visitor is eligible now and cap and budget allow, atomically:
+/// [`prepare_claim`], then the ledger.
 pub fn claim(
     rules: &RuleSet,
     shop: Option<&ShopIndex>,
     ledger: &dyn ClaimLedger,
     req: &ClaimRequest<'_>,
 ) -> Result<ClaimOutcome, ClaimError> {
+    Ok(ledger.claim(&prepare_claim(rules, shop, req)?)?)
+}
+
+/// What only the replica that takes a claim can check (the benefit exists,
+/// the visitor is in its audience at the claim's instant, its window, the
+/// holdout), as the ledger call that decides the rest (cap, budget,
+/// `claim_id`). A failed check is the claim's `denied` outcome.
+pub fn prepare_claim<'a>(
+    rules: &'a RuleSet,
+    shop: Option<&ShopIndex>,
+    req: &ClaimRequest<'a>,
+) -> Result<LedgerClaim<'a>, ClaimError> {
     let b = rules
         .benefit(req.benefit)
         .ok_or_else(|| ClaimError::UnknownBenefit(req.benefit.to_string()))?;
@@ -600,7 +613,7 @@ pub fn claim(
     } else {
         None
     };
-    Ok(ledger.claim(&LedgerClaim {
+    Ok(LedgerClaim {
         shop: &rules.shop,
         benefit: &b.id,
         visitor: req.visitor,
@@ -609,7 +622,7 @@ pub fn claim(
         cap: b.cap.map(|c| (c.per_visitor, c.window.millis())),
         budget: b.budget,
         denied,
-    })?)
+    })
 }
 
 #[cfg(test)]

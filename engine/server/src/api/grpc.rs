@@ -320,7 +320,7 @@ impl pb::benefits_server::Benefits for Service {
     async fn claim(&self, request: Request<pb::ClaimRequest>) -> Result<Response<pb::ClaimResponse>, Status> {
         let req = request.into_inner();
         let engine = self.engine.clone();
-        blocking("Claim", move || {
+        let step = blocking("Claim", move || {
             let shop = required("shop", &req.shop)?;
             let visitor = required("visitor", &req.visitor)?;
             let benefit = required("benefit_id", &req.benefit_id)?;
@@ -334,42 +334,89 @@ impl pb::benefits_server::Benefits for Service {
                 )));
             }
             let index = engine.index.shop(shop);
-            let outcome = vitrine_core::claim(
-                &served.rules,
-                index.as_deref(),
-                &*engine.ledger,
-                &ClaimRequest {
-                    visitor,
-                    benefit,
-                    now_ms,
-                    claim_id: (!claim_id.is_empty()).then_some(claim_id),
-                    context: context(req.context.as_ref()),
-                },
-            )
-            .map_err(|e| match e {
-                ClaimError::UnknownBenefit(id) => Status::not_found(format!(
-                    "shop `{shop}` has no benefit `{id}` (revision {})",
-                    served.revision
+            let request = ClaimRequest {
+                visitor,
+                benefit,
+                now_ms,
+                claim_id: (!claim_id.is_empty()).then_some(claim_id),
+                context: context(req.context.as_ref()),
+            };
+            let revision = served.revision;
+            let claim_status = |e: ClaimError| claim_status(shop, revision, e);
+            let Some(log) = engine.cluster.claims.get() else {
+                let outcome = vitrine_core::claim(&served.rules, index.as_deref(), &*engine.ledger, &request)
+                    .map_err(claim_status)?;
+                return Ok(ClaimStep::Answered(outcome, revision));
+            };
+            // Cluster: the eligibility checks here, cap, budget and claim_id
+            // in the claims topic's order (docs/cluster.md, "Claims").
+            if !engine.cluster.shops.serves(shop) {
+                return Err(Status::failed_precondition(format!(
+                    "this replica serves the shops `{}`, not `{shop}`",
+                    engine.cluster.shops.describe()
+                )));
+            }
+            let claim = vitrine_core::prepare_claim(&served.rules, index.as_deref(), &request).map_err(claim_status)?;
+            match (claim.denied, claim.claim_id) {
+                // Nothing to record: answered at once, as a single replica does.
+                (Some(denied), None) => Ok(ClaimStep::Answered(denied, revision)),
+                _ => Ok(ClaimStep::Log(
+                    log.clone(),
+                    crate::cluster::claims::ClaimRecord::of(&claim),
+                    revision,
                 )),
-                ClaimError::MissingVisitor => Status::invalid_argument("`visitor` is required"),
-                // Hardening #12: the id answers another visitor's claim.
-                ClaimError::Ledger(e @ vitrine_core::LedgerError::ClaimIdInUse { .. }) => {
-                    Status::already_exists(e.to_string())
-                }
-                ClaimError::Ledger(e) => {
-                    metrics::journal_failed(metrics::Journal::Claims);
-                    tracing::error!("claim ledger failed: {e}");
-                    Status::internal("the claim ledger failed; nothing was granted")
-                }
-            })?;
-            engine.metrics.claim(outcome);
-            Ok(Response::new(pb::ClaimResponse {
-                granted: outcome == vitrine_core::ClaimOutcome::Granted,
-                reason: outcome.as_str().to_string(),
-                rule_revision: served.revision,
-            }))
+            }
         })
-        .await
+        .await?;
+        let (outcome, revision) = match step {
+            ClaimStep::Answered(outcome, revision) => (outcome, revision),
+            ClaimStep::Log(log, record, revision) => {
+                let answer = log
+                    .claim(&record)
+                    .await
+                    .map_err(|e| Status::unavailable(format!("the claim did not go through the claims topic: {e}")))?;
+                let outcome = answer.map_err(|e| match e {
+                    // The record was written but could not be applied here.
+                    vitrine_core::LedgerError::Failed(why) => Status::internal(why),
+                    e => claim_status(&record.shop, revision, ClaimError::Ledger(e)),
+                })?;
+                (outcome, revision)
+            }
+        };
+        self.engine.metrics.claim(outcome);
+        Ok(Response::new(pb::ClaimResponse {
+            granted: outcome == vitrine_core::ClaimOutcome::Granted,
+            reason: outcome.as_str().to_string(),
+            rule_revision: revision,
+        }))
+    }
+}
+
+/// Where a Claim stands after its local part.
+enum ClaimStep {
+    /// Decided here: the outcome, under this revision.
+    Answered(vitrine_core::ClaimOutcome, u64),
+    /// To be decided by the claims topic.
+    Log(
+        Arc<crate::cluster::claims::ClaimsLog>,
+        crate::cluster::claims::ClaimRecord,
+        u64,
+    ),
+}
+
+fn claim_status(shop: &str, revision: u64, e: ClaimError) -> Status {
+    match e {
+        ClaimError::UnknownBenefit(id) => {
+            Status::not_found(format!("shop `{shop}` has no benefit `{id}` (revision {revision})"))
+        }
+        ClaimError::MissingVisitor => Status::invalid_argument("`visitor` is required"),
+        // Hardening #12: the id answers another visitor's claim.
+        ClaimError::Ledger(e @ vitrine_core::LedgerError::ClaimIdInUse { .. }) => Status::already_exists(e.to_string()),
+        ClaimError::Ledger(e) => {
+            crate::metrics::journal_failed(crate::metrics::Journal::Claims);
+            tracing::error!("claim ledger failed: {e}");
+            Status::internal("the claim ledger failed; nothing was granted")
+        }
     }
 }
 

@@ -4,11 +4,13 @@
 //!
 //! * [`producer`]: the taking replica writes a record tagged with its
 //!   request id and waits until its own reader applies it.
+//! * [`claims`]: claims decided in the claims topic's order.
 //! * [`log`]: one thread per topic reads every partition in order.
 //! * [`topics`]: missing topics are created at start where the broker allows.
 //! * [`shops`]: `--shops`, the shops this replica holds and serves.
 //! * [`rules`]: rule changes through the rules topic.
 
+pub mod claims;
 pub mod log;
 pub mod producer;
 pub mod rules;
@@ -21,7 +23,6 @@ use shops::Shops;
 use topics::{Ensured, TopicSpec};
 
 use crate::config::KafkaConfig;
-use crate::rules_store::RuleStore;
 
 /// Partitions of the behavior topic when Vitrine creates it.
 pub const BEHAVIOR_PARTITIONS: i32 = 6;
@@ -33,8 +34,8 @@ pub const CLAIMS_PARTITIONS: i32 = 6;
 /// broker allows it; logs what it did. The rules topic has one partition
 /// (one order for every change) and, like the claims topic, keeps records
 /// forever: a replica that starts without state rebuilds from them.
-pub async fn ensure_topics(kafka: &KafkaConfig, store: &RuleStore) {
-    let rule_bytes = rules::max_payload(store).to_string();
+pub async fn ensure_topics(kafka: &KafkaConfig, limits: &vitrine_core::rules::Limits) {
+    let rule_bytes = rules::max_payload(limits).to_string();
     let forever = |extra: Vec<(String, String)>| {
         let mut config = vec![
             ("retention.ms".to_string(), "-1".to_string()),
@@ -89,6 +90,22 @@ pub struct Cluster {
     pub shops: Shops,
     /// The rules topic (Push and Rollback go through it when set).
     pub rules: std::sync::OnceLock<rules::RulesLog>,
+    /// The claims topic (set once at start with Kafka; unset: claims go to
+    /// the local ledger).
+    pub claims: std::sync::OnceLock<std::sync::Arc<claims::ClaimsLog>>,
+}
+
+impl Cluster {
+    /// Waits until every cluster log set has read its topic up to where it
+    /// stood at start; false if a reader ended first.
+    pub async fn caught_up(&self) -> bool {
+        if let Some(claims) = self.claims.get() {
+            if claims.caught_up().wait_for(|c| *c).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 #[cfg(test)]

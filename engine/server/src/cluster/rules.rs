@@ -119,8 +119,8 @@ impl std::fmt::Debug for RulesLog {
 /// The largest record payload: the rule file limit, doubled for JSON
 /// escapes (a rule file holds no control characters but `\n` and `\t`),
 /// plus room for the other fields.
-pub fn max_payload(store: &RuleStore) -> usize {
-    store.limits().max_file_bytes.saturating_mul(2).saturating_add(4096)
+pub fn max_payload(limits: &vitrine_core::rules::Limits) -> usize {
+    limits.max_file_bytes.saturating_mul(2).saturating_add(4096)
 }
 
 impl RulesLog {
@@ -128,7 +128,7 @@ impl RulesLog {
     /// record per change) and applying it to `engine`'s rule store.
     pub fn start(engine: &Arc<Engine>, kafka: &KafkaConfig, replica: u64) -> Result<RulesLog, KafkaError> {
         let pending = Arc::new(Pending::new(replica));
-        let max_payload = max_payload(&engine.rules);
+        let max_payload = max_payload(engine.rules.limits());
         let failed = pending.clone();
         let producer = LogProducer::new(
             &kafka.brokers,

@@ -161,20 +161,36 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             None => {}
         }
     }
+    // Cluster mode: the claims topic decides claims (docs/cluster.md).
+    if let Some(k) = &kafka_config {
+        crate::cluster::ensure_topics(k, &config.rule_limits).await;
+    }
+    let claims_log = match &kafka_config {
+        Some(k) => Some(Arc::new(
+            crate::cluster::claims::start(&config.data_dir, k, config.shops.clone()).await?,
+        )),
+        None => None,
+    };
+    let engine_ledger: Arc<dyn vitrine_core::ClaimLedger> = match &claims_log {
+        Some(log) => log.ledger(),
+        None => restored.ledger,
+    };
     let mut engine = Engine::with_parts(
         restored.index,
         store,
-        restored.ledger,
+        engine_ledger,
         Some(restored.events),
         Metrics::new(),
     );
     engine.storage = storage.clone();
     engine.cluster.shops = config.shops.clone();
+    if let Some(log) = claims_log {
+        let _ = engine.cluster.claims.set(log);
+    }
     let engine = Arc::new(engine);
-    // Cluster mode: topics, then the rules topic (read from its beginning).
+    // Cluster mode: the rules topic (read from its beginning).
     let mut rules_seeded = None;
     if let Some(k) = &kafka_config {
-        crate::cluster::ensure_topics(k, &engine.rules).await;
         let log = RulesLog::start(&engine, k, crate::cluster::producer::replica_id())
             .context("starting the rules topic reader")?;
         let _ = engine.cluster.rules.set(log);
@@ -442,13 +458,13 @@ async fn run_ingest(
         done = seeded.wait_for(|s| *s) => if done.is_err() { return Ok(()) },
         _ = stopping.wait_for(|s| *s) => return Ok(()),
     }
-    let kafka = Ingest::start(engine, &config).context("starting Kafka ingest")?;
+    let kafka = Ingest::start(engine.clone(), &config).context("starting Kafka ingest")?;
     let _ = positions.set(Box::new(kafka.positions_reader()));
     let mut caught_up = kafka.caught_up();
     // false: shutdown began first, or the consumer thread ended before
     // catching up (logged).
     let caught = tokio::select! {
-        up = async { caught_up.wait_for(|c| *c).await.is_ok() } => up,
+        up = async { caught_up.wait_for(|c| *c).await.is_ok() && engine.cluster.caught_up().await } => up,
         _ = async { stopping.wait_for(|s| *s).await.is_ok() } => false,
     };
     if caught {
@@ -556,9 +572,13 @@ impl Server {
         })
         .await?;
         let snapshotter = self.snapshotter;
+        let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || snapshotter.take())
             .await?
             .context("the final snapshot")?;
+        if let Some(claims) = engine.cluster.claims.get().cloned() {
+            tokio::task::spawn_blocking(move || claims.stop()).await?;
+        }
         result
     }
 

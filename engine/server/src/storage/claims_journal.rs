@@ -89,7 +89,7 @@ use std::sync::Arc;
 use ahash::RandomState;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
-use vitrine_core::claims::{Answer, Usage};
+use vitrine_core::claims::{Answer, BenefitImage, LedgerImage, Usage};
 use vitrine_core::codec::{self, Put, Reader};
 use vitrine_core::{ClaimLedger, ClaimOutcome, Grants, LedgerClaim, LedgerError};
 
@@ -532,13 +532,7 @@ impl ClaimLedger for DurableLedger {
 // -------------------------------------------------------------- state file
 
 /// Every shop's benefits' state, sorted by name.
-pub(super) type Image = Vec<(Box<str>, Vec<(Box<str>, BenefitImage)>)>;
-
-/// One benefit's state as the state file holds it.
-pub(super) struct BenefitImage {
-    pub(super) grants: Grants,
-    pub(super) answers: Vec<(Box<str>, Answer)>,
-}
+pub(super) type Image = LedgerImage;
 
 /// A count as the state file's `u32` (every count here is of strings that
 /// each came through `Record::check`, far below `u32::MAX`).
@@ -607,8 +601,9 @@ pub(super) fn encode_state_file(lsn: u64, image: &Image) -> Vec<u8> {
     file_bytes
 }
 
-/// Encodes the body of a state file.
-fn encode_state(shops: &Image, out: &mut Vec<u8>) {
+/// Encodes the body of a state file; the claims topic's state file
+/// (`claims_topic.rs`) holds the same body.
+pub(crate) fn encode_state(shops: &Image, out: &mut Vec<u8>) {
     put_count(out, shops.len());
     for (shop, benefits) in shops {
         out.put_str16(shop);
@@ -670,9 +665,25 @@ pub(super) fn decode_state(bytes: &[u8], shops: &Shops) -> Result<u64, (u64, &'s
 
 /// The body of a state file (after its header), into `shops`.
 fn decode_state_body(r: &mut Reader<'_>, shops: &Shops) -> codec::Result<()> {
+    decode_body(r, |shop, benefit, grants, answers| {
+        let benefits = shops.entry(shop.into()).or_default().clone();
+        let answers = answers.into_iter().map(|(id, answer)| (id, (answer, 0))).collect();
+        match benefits.insert(benefit.into(), Mutex::new(BenefitState { grants, answers })) {
+            Some(_) => Err("a benefit listed twice"),
+            None => Ok(()),
+        }
+    })
+}
+
+/// Decodes the body of a state file, handing each benefit to `insert`
+/// (which may refuse it); the reader must then be at its end. Never panics;
+/// allocates at most in proportion to the bytes.
+pub(crate) fn decode_body(
+    r: &mut Reader<'_>,
+    mut insert: impl FnMut(&str, &str, Grants, Vec<(Box<str>, Answer)>) -> Result<(), &'static str>,
+) -> codec::Result<()> {
     for _ in 0..r.count32(2 + 4)? {
         let shop = r.str16()?;
-        let benefits = shops.entry(shop.into()).or_default().clone();
         for _ in 0..r.count32(2 + 8 + 4 + 4)? {
             let benefit = r.str16()?;
             let total = r.u64()?;
@@ -687,7 +698,7 @@ fn decode_state_body(r: &mut Reader<'_>, shops: &Shops) -> codec::Result<()> {
                 visitors.push((Box::<str>::from(visitor), times));
             }
             let grants = Grants::from_parts(total, visitors).map_err(|what| r.error(what))?;
-            let mut answers = std::collections::HashMap::default();
+            let mut answers = Vec::new();
             for _ in 0..r.count32(2 + 1 + 2)? {
                 let id = r.str16()?;
                 let outcome = read_outcome(r)?;
@@ -696,14 +707,9 @@ fn decode_state_body(r: &mut Reader<'_>, shops: &Shops) -> codec::Result<()> {
                     outcome,
                     visitor: visitor.into(),
                 };
-                answers.insert(Box::<str>::from(id), (answer, 0));
+                answers.push((Box::<str>::from(id), answer));
             }
-            if benefits
-                .insert(benefit.into(), Mutex::new(BenefitState { grants, answers }))
-                .is_some()
-            {
-                return Err(r.error("a benefit listed twice"));
-            }
+            insert(shop, benefit, grants, answers).map_err(|what| r.error(what))?;
         }
     }
     if !r.is_empty() {

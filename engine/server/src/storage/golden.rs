@@ -10,10 +10,11 @@ use vitrine_core::claims::Answer;
 use vitrine_core::codec::hex;
 use vitrine_core::{Action, ClaimOutcome, Event, Grants};
 
-use crate::storage::claims_journal::{decode_state, encode_state_file, image_of, BenefitImage, Image, Record};
+use crate::storage::claims_journal::{decode_state, encode_state_file, image_of, Image, Record};
 use crate::storage::event_log;
 use crate::storage::snapshots::{KafkaPosition, Position};
 use crate::storage::wal::{segment_header, test_batch};
+use vitrine_core::claims::BenefitImage;
 
 fn unhex(s: &str) -> Vec<u8> {
     vitrine_core::codec::unhex(s).unwrap()

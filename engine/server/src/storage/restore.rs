@@ -173,7 +173,21 @@ impl Snapshotter {
             }
         }
         self.compact_claims();
+        self.save_claims_topic_state();
         written
+    }
+
+    /// In cluster mode, writes the claims ledger with the claims topic's
+    /// offsets (`data/claims-topic.state`). A failed write keeps the
+    /// previous file, which is consistent too (the next start reads more
+    /// of the topic).
+    fn save_claims_topic_state(&self) {
+        if let Some(claims) = self.engine.cluster.claims.get() {
+            match claims.save_state() {
+                Ok(bytes) => tracing::debug!(bytes, "claims topic state written"),
+                Err(e) => tracing::error!("writing the claims topic state failed (the previous one stands): {e}"),
+            }
+        }
     }
 
     /// Compacts the claims journal when it has more than its current

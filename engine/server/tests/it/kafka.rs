@@ -41,6 +41,8 @@ fn cluster() -> MockCluster<'static, DefaultProducerContext> {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic(TOPIC, 4, 1).unwrap();
     cluster.create_topic(DEAD, 1, 1).unwrap();
+    // Cluster mode reads the claims topic too (the mock has no CreateTopics).
+    cluster.create_topic("vitrine.claims", 6, 1).unwrap();
     cluster
 }
 
