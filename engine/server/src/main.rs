@@ -94,11 +94,19 @@ fn init_logging() {
 }
 
 async fn run_server(config: Config) -> anyhow::Result<()> {
+    let rules_topic = config.kafka.as_ref().map(|k| k.rules_topic.clone());
     let server = serve::start(config).await?;
-    println!(
-        "{}",
-        demo::hints(server.grpc_addr, server.metrics_addr, &server.engine.rules.shops())
-    );
+    match rules_topic {
+        // Cluster mode: the rules arrive from the topic after start.
+        Some(topic) => println!(
+            "\nVitrine (cluster mode) on {}; metrics on http://{}/metrics\nRules come from topic {topic} (seeded from --rules-dir); /readyz says 200 once the topics are read.\n",
+            server.grpc_addr, server.metrics_addr
+        ),
+        None => println!(
+            "{}",
+            demo::hints(server.grpc_addr, server.metrics_addr, &server.engine.rules.shops())
+        ),
+    }
     server.run_until(shutdown_signal()).await
 }
 
