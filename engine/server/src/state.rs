@@ -164,17 +164,7 @@ impl Engine {
     /// and each rejected one with its reason. Idempotent per event. On a
     /// journal failure nothing is applied.
     pub fn track<'a>(&self, events: impl IntoIterator<Item = Fields<'a>>) -> Result<(u32, Vec<Rejected>), TrackError> {
-        let mut valid = Vec::new();
-        let mut rejected = Vec::new();
-        for (i, fields) in events.into_iter().enumerate() {
-            match Event::validate(fields).and_then(|e| self.admit(e)) {
-                Ok(event) => valid.push(event),
-                Err(error) => {
-                    self.metrics.reject(error.reason);
-                    rejected.push(Rejected { index: i as u32, error });
-                }
-            }
-        }
+        let (valid, rejected) = self.validate_batch(events);
         let _gate = self.track_gate.read();
         if let Some(log) = self.events.as_ref().filter(|_| !valid.is_empty()) {
             if let Some(fault) = self.storage.fault() {
@@ -190,6 +180,23 @@ impl Engine {
             self.apply(event);
         }
         Ok((valid.len() as u32, rejected))
+    }
+
+    /// Validates and admits a batch of events: the valid ones, and each
+    /// rejected one with its index and reason (counted).
+    pub fn validate_batch<'a>(&self, events: impl IntoIterator<Item = Fields<'a>>) -> (Vec<Event<'a>>, Vec<Rejected>) {
+        let mut valid = Vec::new();
+        let mut rejected = Vec::new();
+        for (i, fields) in events.into_iter().enumerate() {
+            match Event::validate(fields).and_then(|e| self.admit(e)) {
+                Ok(event) => valid.push(event),
+                Err(error) => {
+                    self.metrics.reject(error.reason);
+                    rejected.push(Rejected { index: i as u32, error });
+                }
+            }
+        }
+        (valid, rejected)
     }
 
     /// Passes an event whose shop a rule set serves; refuses the others

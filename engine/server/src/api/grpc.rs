@@ -692,25 +692,41 @@ impl pb::ingest_server::Ingest for Service {
             )));
         }
         let engine = self.engine.clone();
-        blocking("Track", move || {
-            let (accepted, rejected) = engine.track(req.events.into_iter().map(fields)).map_err(|e| {
-                tracing::error!("{e}");
-                Status::unavailable(e.to_string())
-            })?;
-            Ok(Response::new(pb::TrackResponse {
-                accepted,
-                rejected: rejected
-                    .into_iter()
-                    .map(|r| pb::RejectedEvent {
-                        index: r.index,
-                        reason: r.error.reason.as_str().to_string(),
-                        message: r.error.message,
-                    })
-                    .collect(),
-            }))
+        let Some(log) = self.engine.cluster.track.get() else {
+            return blocking("Track", move || {
+                let (accepted, rejected) = engine.track(req.events.into_iter().map(fields)).map_err(|e| {
+                    tracing::error!("{e}");
+                    Status::unavailable(e.to_string())
+                })?;
+                Ok(track_response(accepted, rejected))
+            })
+            .await;
+        };
+        // Cluster: through the behavior topic, so every replica applies them.
+        let (records, rejected) = blocking("Track", move || {
+            let (valid, rejected) = engine.validate_batch(req.events.into_iter().map(fields));
+            Ok((valid.iter().map(cluster::track::record).collect::<Vec<_>>(), rejected))
         })
-        .await
+        .await?;
+        log.send(&records)
+            .await
+            .map_err(|e| Status::unavailable(format!("the events did not go through the behavior topic: {e}")))?;
+        Ok(track_response(records.len() as u32, rejected))
     }
+}
+
+fn track_response(accepted: u32, rejected: Vec<crate::state::Rejected>) -> Response<pb::TrackResponse> {
+    Response::new(pb::TrackResponse {
+        accepted,
+        rejected: rejected
+            .into_iter()
+            .map(|r| pb::RejectedEvent {
+                index: r.index,
+                reason: r.error.reason.as_str().to_string(),
+                message: r.error.message,
+            })
+            .collect(),
+    })
 }
 
 #[cfg(test)]

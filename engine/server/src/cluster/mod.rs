@@ -9,6 +9,7 @@
 //! * [`topics`]: missing topics are created at start where the broker allows.
 //! * [`shops`]: `--shops`, the shops this replica holds and serves.
 //! * [`rules`]: rule changes through the rules topic.
+//! * [`track`]: `Ingest/Track` events through the behavior topic.
 
 pub mod claims;
 pub mod log;
@@ -16,6 +17,7 @@ pub mod producer;
 pub mod rules;
 pub mod shops;
 pub mod topics;
+pub mod track;
 
 use std::time::Duration;
 
@@ -93,6 +95,8 @@ pub struct Cluster {
     /// The claims topic (set once at start with Kafka; unset: claims go to
     /// the local ledger).
     pub claims: std::sync::OnceLock<std::sync::Arc<claims::ClaimsLog>>,
+    /// The behavior topic as `Ingest/Track` writes to it (set with Kafka).
+    pub track: std::sync::OnceLock<track::TrackLog>,
 }
 
 impl Cluster {

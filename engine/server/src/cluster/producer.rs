@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
@@ -79,6 +79,11 @@ impl<T> Pending<T> {
             next: AtomicU64::new(1),
             waiting: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The replica these calls belong to.
+    pub fn replica(&self) -> u64 {
+        self.replica
     }
 
     /// A new request id and the receiver of its answer.
@@ -149,6 +154,8 @@ struct Hooks {
     topic: String,
     up: Arc<AtomicBool>,
     failed: Box<dyn Fn(u64, String) + Send + Sync>,
+    /// Called with the sequence number of each record the broker acknowledged.
+    delivered: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 impl ClientContext for Hooks {
@@ -170,7 +177,12 @@ impl ProducerContext for Hooks {
 
     fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
         match result {
-            Ok(_) => self.up.store(true, Ordering::Release),
+            Ok(_) => {
+                self.up.store(true, Ordering::Release);
+                if let Some(delivered) = self.delivered.get() {
+                    delivered(seq as u64);
+                }
+            }
             Err((e, _)) => (self.failed)(seq as u64, format!("writing to topic {} failed: {e}", self.topic)),
         }
     }
@@ -209,6 +221,7 @@ impl LogProducer {
             topic: topic.to_string(),
             up: up.clone(),
             failed: Box::new(failed),
+            delivered: std::sync::OnceLock::new(),
         };
         let mut client = ClientConfig::new();
         client
@@ -230,6 +243,12 @@ impl LogProducer {
             producer: client.create_with_context(hooks)?,
             up,
         })
+    }
+
+    /// Calls `delivered(seq)` for every record the broker acknowledges (set
+    /// once; later calls are ignored).
+    pub fn on_delivered(&self, delivered: impl Fn(u64) + Send + Sync + 'static) {
+        let _ = self.producer.client().context().delivered.set(Box::new(delivered));
     }
 
     /// Whether a broker was reachable at the last sign (statistics every
@@ -256,7 +275,6 @@ impl LogProducer {
 
     /// Waits up to `timeout` for queued records to be delivered.
     pub fn flush(&self, timeout: Duration) {
-        use rdkafka::producer::Producer;
         let _ = self.producer.flush(timeout);
     }
 }

@@ -194,6 +194,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         let log = RulesLog::start(&engine, k, crate::cluster::producer::replica_id())
             .context("starting the rules topic reader")?;
         let _ = engine.cluster.rules.set(log);
+        let track = crate::cluster::track::TrackLog::start(k, crate::cluster::producer::replica_id())
+            .context("starting the behavior topic writer")?;
+        let _ = engine.cluster.track.set(track);
         rules_seeded = Some(watch::channel(false));
         if config.demo_visitors.is_some() {
             tracing::warn!(

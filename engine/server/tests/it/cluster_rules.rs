@@ -362,9 +362,9 @@ async fn with_the_broker_down_push_fails_unavailable_and_decide_answers() {
 }
 
 /// Joins futures in order (no futures crate in the tree).
-async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
@@ -373,4 +373,54 @@ where
         out.push(h.await.unwrap());
     }
     out
+}
+
+/// `Ingest/Track` on one replica reaches every replica: in a cluster its
+/// events go through the behavior topic, not only into the taker's index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_track_on_one_replica_is_applied_by_every_replica() {
+    let (_cluster, brokers) = mock_cluster();
+    let a = replica(&brokers, "track-a").await;
+    let b = replica(&brokers, "track-b").await;
+    let vip = "shop: apparel\naudiences:\n  vip: member_tier >= 4\nbanners:\n  - when: vip\n    banner: vip-gold\n  - banner: default\n";
+    a.c.rules.clone().push(push(vip, 0)).await.unwrap();
+    all_serve(&[&a, &b], 1).await;
+    let r =
+        a.c.ingest
+            .clone()
+            .track(pb::TrackRequest {
+                events: vec![
+                    pb::Event {
+                        shop: "apparel".into(),
+                        visitor: "v".into(),
+                        action: "member".into(),
+                        tier: Some(5),
+                        ts: Some(vitrine::clock::now_ms()),
+                        ..Default::default()
+                    },
+                    pb::Event {
+                        shop: "nowhere".into(),
+                        visitor: "v".into(),
+                        action: "view".into(),
+                        item: "sku-1".into(),
+                        ts: Some(vitrine::clock::now_ms()),
+                        ..Default::default()
+                    },
+                ],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(r.accepted, 1);
+    assert_eq!(r.rejected.len(), 1);
+    assert_eq!(r.rejected[0].reason, "unknown_shop");
+    for x in [&a, &b] {
+        wait_for("the tracked event on every replica", || async {
+            banner(x).await == "vip-gold"
+        })
+        .await;
+    }
+    for x in [a, b] {
+        x.server.shutdown().await.unwrap();
+    }
 }
