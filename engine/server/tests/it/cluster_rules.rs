@@ -413,7 +413,8 @@ async fn a_track_on_one_replica_is_applied_by_every_replica() {
             .into_inner();
     assert_eq!(r.accepted, 1);
     assert_eq!(r.rejected.len(), 1);
-    assert_eq!(r.rejected[0].reason, "unknown_shop");
+    // Rejected at the taker, before the topic, with the reason embedded.
+    assert_eq!(r.rejected[0].reason, "invalid_value");
     for x in [&a, &b] {
         wait_for("the tracked event on every replica", || async {
             banner(x).await == "vip-gold"
