@@ -399,10 +399,11 @@ async fn a_track_on_one_replica_is_applied_by_every_replica() {
                         ..Default::default()
                     },
                     pb::Event {
-                        shop: "nowhere".into(),
+                        shop: "apparel".into(),
                         visitor: "v".into(),
-                        action: "view".into(),
+                        action: "purchase".into(),
                         item: "sku-1".into(),
+                        price: Some(-1.0),
                         ts: Some(vitrine::clock::now_ms()),
                         ..Default::default()
                     },
