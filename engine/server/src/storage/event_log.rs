@@ -387,15 +387,19 @@ mod tests {
         proptest! {
             #![proptest_config(config(512))]
 
-            /// Garbage gets an error, or an event whose encoding is exactly
-            /// the garbage: the codec has one encoding per event, so what a
-            /// damaged record decodes to is what it spells, nothing made up.
+            /// Garbage gets an error, or an event whose own encoding is no
+            /// longer than the garbage and decodes back to it: what a damaged
+            /// record decodes to is what it spells, nothing made up. (Not
+            /// byte-equal: a flag set for a default value, such as quantity
+            /// 1, or a varint with padding, spells the same event.)
             #[test]
             fn fuzz_event_record_arbitrary(bytes in prop_oneof![proptest::collection::vec(any::<u8>(), 0..96), near_record()]) {
                 if let Ok(e) = decode(&bytes) {
                     let mut again = Vec::new();
                     encode(&e, &mut again);
-                    prop_assert_eq!(again, bytes);
+                    prop_assert!(again.len() <= bytes.len(), "{again:?} longer than {bytes:?}");
+                    let back = decode(&again).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert_eq!(format!("{back:?}"), format!("{e:?}"));
                 }
             }
             /// Mutations of valid records decode or are refused, never panic;
