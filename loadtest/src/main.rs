@@ -9,7 +9,9 @@
 //! - `sweep` repeats the decide phase at increasing rates to find the
 //!   highest one whose p99 stays under 1 ms;
 //! - `soak` mixes Decide, Track, Claim and Rules/Push for a long time and
-//!   samples the server's RSS: 0 errors and bounded growth, or exit code 3.
+//!   samples the server's RSS: 0 errors and bounded growth, or exit code 3;
+//! - `cluster` measures replicas that agree through Kafka: push
+//!   propagation, claim latency and one partition's claims per second.
 //!
 //! The key design choice is the open loop: requests go out on a fixed
 //! schedule kept by a dedicated thread whether or not earlier ones have
@@ -19,6 +21,7 @@
 //! the command line to the modules.
 
 mod client;
+mod cluster;
 mod dataset;
 mod pacer;
 mod report;
@@ -63,6 +66,9 @@ enum Command {
     /// the server's RSS over time. Exit code 3 when a call failed or RSS grew
     /// more than --max-rss-growth after the warm-up.
     Soak(SoakArgs),
+    /// Measure a cluster (docs/cluster.md): push propagation, claims at a
+    /// rate, the claims/s one partition sustains.
+    Cluster(ClusterArgs),
 }
 
 /// Flags every command shares.
@@ -367,6 +373,72 @@ impl SoakArgs {
     }
 }
 
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    /// gRPC addresses of the replicas, HOST:PORT,HOST:PORT,...; the first
+    /// takes the pushes. One embedded server measures the local journal.
+    #[arg(long, value_delimiter = ',', required = true)]
+    replicas: Vec<String>,
+    /// The bench shop; its rule file is pushed by the tool.
+    #[arg(long, default_value = "bench-cluster")]
+    shop: String,
+    /// HTTP/2 connections per replica.
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Longest wait for one answer, and for a revision to be served everywhere.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Bearer token for Rules/Push.
+    #[arg(long, env = "VITRINE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    #[command(subcommand)]
+    command: ClusterCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Pushes to replica 0: the call's latency and the time until every
+    /// replica serves the new revision.
+    Push {
+        /// How many pushes, one after the other.
+        #[arg(long, default_value_t = 50)]
+        pushes: u64,
+    },
+    /// Open-loop claims at --rate, round robin over the replicas.
+    Claims {
+        /// Claims per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Measured duration.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Sent before the measured duration, not measured.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        warmup: Duration,
+    },
+    /// Closed loop: --concurrency callers on one benefit (one partition).
+    ClaimsMax {
+        /// Callers, each sending its next claim when the last answers.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// How long.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+    },
+}
+
+impl ClusterArgs {
+    fn config(&self) -> anyhow::Result<cluster::ClusterConfig> {
+        Ok(cluster::ClusterConfig {
+            replicas: cluster::check_replicas(&self.replicas).map_err(|e| anyhow::anyhow!("--replicas: {e}"))?,
+            shop: self.shop.clone(),
+            connections: self.connections.max(1),
+            timeout: self.timeout,
+            auth: Auth::new(self.admin_token.as_deref())?,
+        })
+    }
+}
+
 /// `30s`, `500ms`, `2m`, `1h`, `1.5s` or a bare number of seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
@@ -464,6 +536,20 @@ fn run_cli(cli: Cli) -> anyhow::Result<i32> {
                 if a.json {
                     println!("{report}");
                 }
+                Ok(0)
+            }
+            Command::Cluster(a) => {
+                let config = a.config()?;
+                let text = match a.command {
+                    ClusterCommand::Push { pushes } => cluster::push_propagation(&config, pushes).await?.text(),
+                    ClusterCommand::Claims { rate, duration, warmup } => {
+                        cluster::claims_open(&config, rate, duration, warmup).await?.text()
+                    }
+                    ClusterCommand::ClaimsMax { concurrency, duration } => {
+                        cluster::claims_closed(&config, concurrency, duration).await?.text()
+                    }
+                };
+                print!("{text}");
                 Ok(0)
             }
             Command::Soak(a) => {
