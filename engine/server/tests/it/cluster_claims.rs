@@ -16,9 +16,8 @@ use vitrine::commands::serve::{self, Server};
 use vitrine::config::KafkaConfig;
 use vitrine_proto::v1 as pb;
 
-use crate::support::{connect, http_get, temp_dir, test_config, Clients, TempDir};
+use crate::support::{connect, http_get, temp_dir, test_config, Clients, TempDir, WAIT};
 
-const WAIT: Duration = Duration::from_secs(60);
 /// 2026-11-20T00:00:00Z.
 const NOW: i64 = 1_795_132_800_000;
 const SHOP: &str = "tickets";

@@ -12,11 +12,9 @@ use vitrine::commands::serve::{self, Server};
 use vitrine::config::{Config, KafkaConfig};
 use vitrine_proto::v1 as pb;
 
-use crate::support::{connect, http_get, temp_dir, test_config, Clients, TempDir};
+use crate::support::{connect, http_get, temp_dir, test_config, wait_for, Clients, TempDir, WAIT};
 
 const RULES_TOPIC: &str = "vitrine.rules";
-/// The longest any wait of these tests takes before it fails.
-const WAIT: Duration = Duration::from_secs(60);
 
 fn rules(banner: &str) -> String {
     format!("shop: apparel\nbanners:\n  - banner: {banner}\n")
@@ -63,17 +61,6 @@ async fn replica(brokers: &str, name: &str) -> Replica {
     let dir = temp_dir(name);
     let config = cluster_config(&dir, brokers, Duration::from_secs(10));
     start(dir, config).await
-}
-
-/// Polls `done` until it holds; fails after [`WAIT`].
-async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
-    let waited = tokio::time::timeout(WAIT, async {
-        while !done().await {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "timed out waiting for {what}");
 }
 
 /// The history of `apparel` on a replica: (revision, created_ms, origin, serving).

@@ -29,11 +29,10 @@ use vitrine::storage::wal::SEGMENT_HEADER_LEN;
 use vitrine_core::hash::SplitMix64;
 use vitrine_proto::v1 as pb;
 
-use crate::support::{connect, temp_dir, Clients, TempDir};
+use crate::support::{connect, temp_dir, wait_until, Clients, TempDir, WAIT};
 
 const SHOP: &str = "crash";
 /// The longest wait for a start, a catch-up or a snapshot; a timeout fails the test.
-const WAIT: Duration = Duration::from_secs(60);
 /// A call that takes longer hangs: the test fails instead of waiting forever.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_SEED: u64 = 0x5eed_c0de;
@@ -74,17 +73,6 @@ fn seed() -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(DEFAULT_SEED)
-}
-
-/// Polls `done` until it holds; panics with `what` after [`WAIT`]. (It
-/// blocks: in the async tests it runs on the test's own thread, while no
-/// load runs, and the runtime's workers go on.)
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < WAIT, "timed out after {WAIT:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A port free right now (another process may take it before the server

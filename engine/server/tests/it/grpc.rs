@@ -12,7 +12,7 @@ use vitrine::commands::serve;
 use vitrine::config::Config;
 use vitrine_proto::v1 as pb;
 
-use crate::support::{connect, http_get, temp_dir, test_config, Clients};
+use crate::support::{connect, http_get, temp_dir, test_config, wait_for, Clients};
 
 const APPAREL: &str = "shop: apparel
 audiences:
@@ -388,7 +388,7 @@ async fn files_edited_in_the_rules_dir_are_picked_up_and_broken_ones_ignored() {
     )
     .unwrap();
     // The signal: the store has seen the broken file and rejected it.
-    wait_for("the broken file to be rejected", || {
+    wait_for("the broken file to be rejected", || async {
         server.engine.rules.counters().files_rejected == 1
     })
     .await;
@@ -400,7 +400,7 @@ async fn files_edited_in_the_rules_dir_are_picked_up_and_broken_ones_ignored() {
         APPAREL.replace("banner: default", "banner: edited"),
     )
     .unwrap();
-    wait_for("the edited file to serve", || {
+    wait_for("the edited file to serve", || async {
         server.engine.rules.serving("apparel").is_some_and(|s| s.revision == 2)
     })
     .await;
@@ -630,15 +630,4 @@ async fn a_restart_restores_tracked_events_claims_and_the_index_from_snapshot_an
     assert!(metrics.contains("vitrine_restore_duration_seconds"), "{metrics}");
     drop(c);
     server.shutdown().await.unwrap();
-}
-
-/// Waits until `done` holds, checking every few ms; fails after 30 s.
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let waited = tokio::time::timeout(Duration::from_secs(30), async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "timed out waiting for {what}");
 }

@@ -19,23 +19,13 @@ use vitrine::rules_store::{Origin, RuleStore};
 use vitrine::state::Engine;
 use vitrine_core::{size_of, Event, Index, ShopIndex};
 
-use crate::support::{http_get, temp_dir, TempDir};
+use crate::support::{http_get, temp_dir, wait_until, TempDir, WAIT};
 
 const TOPIC: &str = "vitrine.behavior";
 const DEAD: &str = "vitrine.dead";
 /// 2026-11-20T00:00:00Z.
 const NOW: i64 = 1_795_132_800_000;
-const WAIT: Duration = Duration::from_secs(30);
 const MAX_BYTES: usize = 1024;
-
-/// Waits until `done` holds, polling; panics with `what` after [`WAIT`].
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < WAIT, "timed out after {WAIT:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn cluster() -> MockCluster<'static, DefaultProducerContext> {
     let cluster = MockCluster::new(1).unwrap();

@@ -10,7 +10,7 @@ use vitrine::commands::serve;
 use vitrine::config::Config;
 use vitrine_proto::v1 as pb;
 
-use crate::support::{connect, temp_dir, Clients};
+use crate::support::{connect, temp_dir, wait_for, Clients};
 
 /// 2026-11-20T00:00:00Z.
 const NOW: i64 = 1_795_132_800_000;
@@ -58,18 +58,6 @@ async fn health(c: &mut Clients) -> ServingStatus {
         .unwrap()
         .into_inner();
     ServingStatus::try_from(h.status).unwrap()
-}
-
-/// Waits (bounded) until `done`: the signal that a poll of the rules dir
-/// has seen a change.
-async fn until(done: impl Fn() -> bool) {
-    for _ in 0..3_000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the rules dir poll never got there");
 }
 
 /// Regression (hardening #7): after a broken hand edit and a restart, the
@@ -163,7 +151,10 @@ async fn a_duplicate_shop_file_added_at_run_time_is_ignored() {
     // Written after b.yaml and sorted after it: once zeta serves, the poll
     // that loaded it has seen b.yaml too.
     std::fs::write(dir.path().join("rules").join("z.yaml"), rules("zeta", "z")).unwrap();
-    until(|| server.engine.rules.serving("zeta").is_some()).await;
+    wait_for("the rules dir poll to serve zeta", || async {
+        server.engine.rules.serving("zeta").is_some()
+    })
+    .await;
     assert_eq!(served(&mut c, "apparel").await, ("a".to_string(), 1));
     assert_eq!(server.engine.rules.counters().files_duplicate, 1);
 

@@ -1,7 +1,9 @@
 //! Helpers shared by the test modules.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 use vitrine_proto::v1 as pb;
@@ -71,4 +73,30 @@ pub fn test_config(dir: &Path) -> vitrine::config::Config {
         snapshot_interval: None,
         ..vitrine::config::Config::local(dir)
     }
+}
+
+/// The longest any wait of these tests takes before it fails (a busy CI
+/// machine is slow; a passing wait returns as soon as its signal holds).
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Polls `done` until it holds; panics naming `what` after [`WAIT`].
+/// Blocking: for plain tests and threads (in async tests it blocks the
+/// test's own thread while the runtime's workers go on).
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < WAIT, "timed out after {WAIT:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Awaits `done()` until it holds; panics naming `what` after [`WAIT`].
+pub async fn wait_for<F: Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
+    let waited = tokio::time::timeout(WAIT, async {
+        while !done().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out after {WAIT:?} waiting for {what}");
 }
