@@ -88,8 +88,9 @@ pub enum Refusal {
     /// taker, invalid here, means replicas run different limits or versions.
     #[error("{0}")]
     Invalid(String),
-    /// Persisting failed on the taking replica (INTERNAL); the others may
-    /// have applied it.
+    /// The store failed where it applied (INTERNAL). Not from the disk: a
+    /// revision that cannot be mirrored to disk is applied all the same, so
+    /// that a replica's disk never changes what the topic decides.
     #[error("{0}")]
     Failed(String),
 }
