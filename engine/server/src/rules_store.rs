@@ -1167,6 +1167,7 @@ impl RuleStore {
             .get(path)
             .filter(|s| !s.unreadable)
             .and_then(|s| (*s.content == *content).then(|| (s.shop.clone(), s.reported_duplicate)));
+        let changed = known.is_none();
         let (shop, rules, reported_duplicate) = match known {
             // Unchanged and broken: reported when it changed.
             Some((None, _)) => return,
@@ -1240,7 +1241,13 @@ impl RuleStore {
             }
         }
         if self.clustered {
-            self.propose(path, &shop, content, first, report);
+            // Only what changed since the last look is a hand edit. A file
+            // the store knows that differs from what serves is a mirror
+            // write that failed, or an edit the topic already refused: pushing
+            // it again would overwrite revisions it never saw.
+            if changed {
+                self.propose(path, &shop, content, first, report);
+            }
             return;
         }
         let rules = match rules {

@@ -1,11 +1,15 @@
 //! Attacks on replicas that agree (`docs/cluster.md`): what is local to one
-//! replica (its disk, its `data/revisions`) must not change what applying a
-//! record of the rules topic decides, or the replicas' histories part.
+//! replica (its disk, its `data/revisions`, a state file built under other
+//! flags) must not change what applying a topic's records decides, or the
+//! replicas part.
 
 use std::time::Duration;
 
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use rdkafka::ClientConfig;
+use vitrine::cluster::claims::ClaimsLog;
+use vitrine::cluster::shops::Shops;
 use vitrine::commands::serve::{self, Server};
 use vitrine::config::{Config, KafkaConfig};
 use vitrine_proto::v1 as pb;
@@ -91,7 +95,13 @@ async fn history(r: &Replica) -> Vec<(u64, i64, String, bool)> {
 }
 
 async fn pushed(r: &Replica, content: &str) -> u64 {
-    r.c.rules.clone().push(push(content)).await.unwrap().into_inner().revision
+    r.c.rules
+        .clone()
+        .push(push(content))
+        .await
+        .unwrap()
+        .into_inner()
+        .revision
 }
 
 /// A rollback whose revision file is gone from one replica's
@@ -133,6 +143,10 @@ async fn a_replica_whose_disk_differs_applies_the_same_revisions() {
     assert_eq!(pushed(&b, &rules("four")).await, 4, "b applies what a applied");
     wait_for("a to serve revision 4", || async { serving(&a) == 4 }).await;
     assert_eq!(history(&b).await, history(&a).await);
+    // b's rules/apparel.yaml still holds revision 3 (its mirror failed): a
+    // stale copy, not a hand edit to push over revision 4.
+    let scan = b.server.engine.rules.rescan(0);
+    assert!(scan.proposals.is_empty(), "{:?}", scan.proposals);
 
     // A rollback to 3 serves the same text on both.
     let rb =
@@ -154,5 +168,61 @@ async fn a_replica_whose_disk_differs_applies_the_same_revisions() {
     assert_eq!(history(&b).await, history(&a).await);
     for r in [a, b] {
         r.server.shutdown().await.unwrap();
+    }
+}
+
+/// Opens the claims side of a replica over `data` serving `shops`, and
+/// waits until it has read the claims topic up to where it stood.
+async fn claims_log(data: &std::path::Path, brokers: &str, shops: &str) -> ClaimsLog {
+    let log = ClaimsLog::open(data, &KafkaConfig::new(brokers), Shops::parse(shops).unwrap()).unwrap();
+    let mut caught_up = log.caught_up();
+    let read = tokio::time::timeout(WAIT, caught_up.wait_for(|c| *c)).await;
+    assert!(read.is_ok_and(|r| r.is_ok()), "timed out reading the claims topic");
+    log
+}
+
+/// A replica restarted with a wider `--shops` does not resume from a
+/// claims state built under the narrower one: that state's offsets are past
+/// the records it skipped, so the newly served shop's grants would be
+/// missing for good and its budget granted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_claims_state_of_other_shops_is_not_resumed() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("vitrine.claims", 6, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let grant = br#"{"v":1,"shop":"tickets","benefit":"early","visitor":"v-1","now_ms":1795132800000,"claim_id":"c-1","cap":null,"budget":1,"denied":null}"#;
+    producer
+        .send(
+            BaseRecord::<str, [u8]>::to("vitrine.claims")
+                .key("tickets/early")
+                .payload(grant),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(WAIT).unwrap();
+
+    let dir = temp_dir("shops-state");
+    let narrow = claims_log(dir.path(), &brokers, "beauty").await;
+    assert_eq!((narrow.stats().other_shop, narrow.stats().applied), (1, 0));
+    narrow.save_state().unwrap();
+    narrow.stop();
+    drop(narrow);
+
+    let wide = claims_log(dir.path(), &brokers, "*").await;
+    let fresh_dir = temp_dir("shops-fresh");
+    let fresh = claims_log(fresh_dir.path(), &brokers, "*").await;
+    assert_eq!(fresh.stats().applied, 1);
+    assert_eq!(wide.stats().applied, 1, "the grant of the newly served shop is applied");
+    assert_eq!(wide.ledger_bytes(), fresh.ledger_bytes());
+    // The same --shops again resumes from the state (nothing read twice).
+    wide.save_state().unwrap();
+    wide.stop();
+    drop(wide);
+    let again = claims_log(dir.path(), &brokers, "*").await;
+    assert_eq!(again.stats().applied, 0);
+    assert_eq!(again.ledger_bytes(), fresh.ledger_bytes());
+    for log in [again, fresh] {
+        log.stop();
     }
 }
