@@ -235,7 +235,7 @@ impl Applier {
         let i = RecordResult::ALL.iter().position(|r| *r == result).unwrap_or(0);
         self.counters[i].increment(1);
         self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.pending.complete(record.request, answer);
+        self.pending.complete(&record, answer);
     }
 
     fn decide(&self, record: &Record<'_>) -> (RecordResult, ClaimAnswer) {

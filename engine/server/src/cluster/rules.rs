@@ -253,7 +253,7 @@ fn apply_record(engine: &Weak<Engine>, pending: &Pending<Outcome>, max_payload: 
         );
         // The taker's own unreadable record cannot happen; answer anyway.
         pending.complete(
-            record.request,
+            &record,
             Err(Refusal::Invalid("the rule change could not be read back".to_string())),
         );
         return;
@@ -282,7 +282,7 @@ fn apply_record(engine: &Weak<Engine>, pending: &Pending<Outcome>, max_payload: 
         }
     };
     metrics::cluster_record(ClusterTopic::Rules, result);
-    pending.complete(record.request, outcome);
+    pending.complete(&record, outcome);
 }
 
 /// Applies a decoded change to the store, deciding it in log order.
