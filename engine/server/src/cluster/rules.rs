@@ -244,7 +244,10 @@ fn apply_record(engine: &Weak<Engine>, pending: &Pending<Outcome>, max_payload: 
     let Some(engine) = engine.upgrade() else {
         return;
     };
-    let Some(change) = record.payload.and_then(|p| decode(p, max_payload)) else {
+    // The key must be the shop: records of one shop share a partition, so
+    // their order is the same on every replica, whatever the partitions.
+    let decoded = record.payload.and_then(|p| decode(p, max_payload));
+    let Some(change) = decoded.filter(|c| record.key == Some(c.shop.as_bytes())) else {
         metrics::cluster_record(ClusterTopic::Rules, RecordResult::Unreadable);
         tracing::warn!(
             partition = record.partition,

@@ -226,3 +226,35 @@ async fn a_claims_state_of_other_shops_is_not_resumed() {
         log.stop();
     }
 }
+
+/// A rules record whose key is not its shop (a foreign producer) is
+/// skipped and counted: with a rules topic of several partitions, a shop's
+/// records under other keys would be applied in different orders by
+/// different replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rules_record_keyed_for_another_shop_is_skipped() {
+    let (_cluster, brokers) = mock_cluster();
+    let a = replica(&brokers, "rekey-a").await;
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let record = serde_json::json!({
+        "v": 1, "op": "push", "shop": "apparel", "content": rules("forged"),
+        "expected": 0, "if_absent": false, "origin": "push", "at_ms": 1_767_225_600_000_i64,
+    })
+    .to_string();
+    for key in [Some("beauty"), None] {
+        let mut r = BaseRecord::<str, str>::to("vitrine.rules").payload(&record);
+        if let Some(key) = key {
+            r = r.key(key);
+        }
+        producer.send(r).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(WAIT).unwrap();
+    // Taken by a after the two records: answered once a applied all three.
+    assert_eq!(
+        pushed(&a, &rules("real")).await,
+        1,
+        "the mis-keyed records made no revision"
+    );
+    assert_eq!(history(&a).await.len(), 1);
+    a.server.shutdown().await.unwrap();
+}
