@@ -315,6 +315,9 @@ pub struct StoreCounters {
     pub files_deleted: u64,
     /// Shops served from `data/revisions` at start-up, their file broken or gone.
     pub shops_restored: u64,
+    /// Cluster mode: revisions applied from the rules topic that could not be
+    /// mirrored to `data/revisions` or `--rules-dir` (they serve all the same).
+    pub mirror_failures: u64,
 }
 
 #[derive(Default)]
@@ -323,6 +326,7 @@ struct Counters {
     files_duplicate: AtomicU64,
     files_deleted: AtomicU64,
     shops_restored: AtomicU64,
+    mirror_failures: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -343,6 +347,10 @@ struct ShopHistory {
     /// The file in `--rules-dir` the shop serves from or was last written
     /// to; `None` when it serves from `data/revisions` only.
     file: Option<PathBuf>,
+    /// Cluster mode: every revision's text, by revision. A rollback applied
+    /// from the rules topic reads it here, never from this replica's disk,
+    /// so it decides the same on every replica (`docs/cluster.md`).
+    texts: HashMap<u64, Arc<str>>,
 }
 
 /// What the store last saw in one `--rules-dir` file.
@@ -552,6 +560,7 @@ impl RuleStore {
             files_duplicate: c.files_duplicate.load(Ordering::Relaxed),
             files_deleted: c.files_deleted.load(Ordering::Relaxed),
             shops_restored: c.shops_restored.load(Ordering::Relaxed),
+            mirror_failures: c.mirror_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -567,6 +576,9 @@ impl RuleStore {
         };
         for shop in &self.shops {
             add(&shop.serving.load().content);
+            for text in shop.history.lock().texts.values() {
+                add(text);
+            }
         }
         for seen in self.seen.lock().values() {
             add(&seen.content);
@@ -722,8 +734,16 @@ impl RuleStore {
                 })
             }
         };
+        let kept = self.clustered.then(|| entry.history.lock().texts.get(&want).cloned());
         let content = if want == serving.revision {
             serving.content.clone()
+        } else if let Some(kept) = kept {
+            // Cluster mode: held in memory (every replica has it), or none
+            // (cannot happen: every revision applied keeps its text).
+            kept.ok_or_else(|| StoreError::UnknownRevision {
+                shop: shop.to_string(),
+                revision: want,
+            })?
         } else {
             let path = self.revisions_dir.join(file_name_stem(shop)).join(info.file_name());
             read_rule_file(&path, self.limits.max_file_bytes)
@@ -801,6 +821,7 @@ impl RuleStore {
             next: revisions.last().map_or(1, |r| r.revision + 1),
             revisions,
             file: None,
+            texts: HashMap::new(),
         };
         // A file equal to the last revision is a restart; a push always
         // makes a revision (and writes the shop's file).
@@ -851,8 +872,24 @@ impl RuleStore {
             created_ms: now_ms,
             origin,
         };
-        let written = self.persist(shop, history, &info, &content, file)?;
-        history.file = Some(written);
+        match self.persist(shop, history, &info, &content, file) {
+            Ok(written) => history.file = Some(written),
+            // Cluster mode: the rules topic decides and every replica applies;
+            // the disk only mirrors it for humans. A replica that skipped the
+            // revision because of its disk would number the next ones apart.
+            Err(e) if self.clustered => {
+                bump(&self.counters.mirror_failures);
+                tracing::error!(
+                    shop,
+                    revision = info.revision,
+                    "revision applied from the rules topic but not mirrored to disk (it serves all the same): {e}"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        if self.clustered {
+            history.texts.insert(info.revision, content.clone());
+        }
         history.next = info.revision + 1;
         history.revisions.push(info);
         Ok(Arc::new(Served {
@@ -1130,6 +1167,7 @@ impl RuleStore {
             .get(path)
             .filter(|s| !s.unreadable)
             .and_then(|s| (*s.content == *content).then(|| (s.shop.clone(), s.reported_duplicate)));
+        let changed = known.is_none();
         let (shop, rules, reported_duplicate) = match known {
             // Unchanged and broken: reported when it changed.
             Some((None, _)) => return,
@@ -1203,7 +1241,13 @@ impl RuleStore {
             }
         }
         if self.clustered {
-            self.propose(path, &shop, content, first, report);
+            // Only what changed since the last look is a hand edit. A file
+            // the store knows that differs from what serves is a mirror
+            // write that failed, or an edit the topic already refused: pushing
+            // it again would overwrite revisions it never saw.
+            if changed {
+                self.propose(path, &shop, content, first, report);
+            }
             return;
         }
         let rules = match rules {
@@ -1327,6 +1371,7 @@ impl RuleStore {
                 next: revisions.last().map_or(1, |r| r.revision + 1),
                 revisions,
                 file: None,
+                texts: HashMap::new(),
             };
             let entry = ShopRules {
                 serving: ArcSwap::new(Arc::new(Served {

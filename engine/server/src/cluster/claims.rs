@@ -235,7 +235,7 @@ impl Applier {
         let i = RecordResult::ALL.iter().position(|r| *r == result).unwrap_or(0);
         self.counters[i].increment(1);
         self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.pending.complete(record.request, answer);
+        self.pending.complete(&record, answer);
     }
 
     fn decide(&self, record: &Record<'_>) -> (RecordResult, ClaimAnswer) {
@@ -289,7 +289,19 @@ impl ClaimsLog {
     pub fn open(data_dir: &Path, kafka: &KafkaConfig, shops: Shops) -> anyhow::Result<ClaimsLog> {
         let topic = kafka.claims_topic.clone();
         let loaded = claims_topic::read(data_dir)?;
+        let served = shops.describe();
         let state = match loaded {
+            Some(state) if state.topic == topic && state.shops.as_deref() != Some(served.as_str()) => {
+                // Its offsets are past records of shops it skipped: resuming
+                // would leave their grants out for good (over-granting).
+                tracing::warn!(
+                    state_shops = state.shops.as_deref().unwrap_or("unknown"),
+                    shops = %served,
+                    "{} was built under another --shops: ignored, the ledger is rebuilt from the topic's beginning",
+                    claims_topic::STATE_FILE
+                );
+                TopicState::default()
+            }
             Some(state) if state.topic == topic => {
                 tracing::info!(%topic, offsets = ?state.offsets, "claims ledger loaded from {}", claims_topic::STATE_FILE);
                 state
@@ -377,6 +389,7 @@ impl ClaimsLog {
             let offsets = self.applier.offsets.lock();
             TopicState {
                 topic: self.topic.clone(),
+                shops: Some(self.applier.shops.describe()),
                 offsets: offsets.iter().map(|(p, n)| (*p, *n)).collect(),
                 ledger: self.applier.ledger.image(),
             }

@@ -137,7 +137,7 @@ mod tests {
         let mut reader = LogReader::start(&brokers, &[], "t", Start::default(), move |r| {
             let text = String::from_utf8_lossy(r.payload.unwrap_or_default()).to_string();
             s.lock().push((r.partition, text.clone()));
-            p.complete(r.request, format!("applied {text}"));
+            p.complete(&r, format!("applied {text}"));
         })
         .unwrap();
         let failed = pending.clone();
@@ -149,7 +149,7 @@ mod tests {
         assert_eq!(answer, Ok("applied one".to_string()));
         // Another replica's record: applied, answered to nobody here.
         let other = Pending::<String>::new(8);
-        let (id, _rx) = other.register();
+        let (id, _rx) = other.register(b"k", b"two");
         producer.send(b"k", b"two", id).unwrap();
         let answer = call(&pending, &producer, b"k", b"three", Duration::from_secs(20)).await;
         assert_eq!(answer, Ok("applied three".to_string()));

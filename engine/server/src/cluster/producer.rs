@@ -21,6 +21,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use tokio::sync::oneshot;
 
+use super::log::Record;
+
 /// The header that carries a record's [`RequestId`].
 pub const REQUEST_HEADER: &str = "vitrine-request";
 
@@ -61,14 +63,22 @@ impl RequestId {
 #[error("{0}")]
 pub struct Unavailable(pub String);
 
-type Waiter<T> = oneshot::Sender<Result<T, Unavailable>>;
+/// A waiting call: the fingerprint of its record and where its answer goes.
+type Waiter<T> = (u64, oneshot::Sender<Result<T, Unavailable>>);
 
 /// The calls of this replica waiting for their records, by sequence number.
+///
+/// A call is answered only by a record carrying its request id *and* its
+/// key and payload: anyone can write to a cluster topic, and a record with
+/// a copied `vitrine-request` header but other content (another visitor's
+/// claim, another file) must not answer the call with its outcome.
 #[derive(Debug)]
 pub struct Pending<T> {
     replica: u64,
     next: AtomicU64,
     waiting: Mutex<HashMap<u64, Waiter<T>>>,
+    /// Keyed per process, so no writer can aim at a fingerprint.
+    hasher: ahash::RandomState,
 }
 
 impl<T> Pending<T> {
@@ -78,19 +88,21 @@ impl<T> Pending<T> {
             replica,
             next: AtomicU64::new(1),
             waiting: Mutex::new(HashMap::new()),
+            hasher: ahash::RandomState::new(),
         }
     }
 
-    /// The replica these calls belong to.
-    pub fn replica(&self) -> u64 {
-        self.replica
+    fn fingerprint(&self, key: Option<&[u8]>, payload: Option<&[u8]>) -> u64 {
+        self.hasher.hash_one((key, payload))
     }
 
-    /// A new request id and the receiver of its answer.
-    pub fn register(&self) -> (RequestId, oneshot::Receiver<Result<T, Unavailable>>) {
+    /// A new request id for a record of `key` and `payload`, and the
+    /// receiver of its answer.
+    pub fn register(&self, key: &[u8], payload: &[u8]) -> (RequestId, oneshot::Receiver<Result<T, Unavailable>>) {
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.waiting.lock().insert(seq, tx);
+        let fingerprint = self.fingerprint(Some(key), Some(payload));
+        self.waiting.lock().insert(seq, (fingerprint, tx));
         (
             RequestId {
                 replica: self.replica,
@@ -105,20 +117,44 @@ impl<T> Pending<T> {
         id.is_some_and(|id| id.replica == self.replica)
     }
 
-    /// Hands `value` to the call waiting for `id`, if it is this replica's
-    /// and still waiting (it may have timed out, or the record is a replay).
-    pub fn complete(&self, id: Option<RequestId>, value: T) {
-        let Some(id) = id.filter(|id| id.replica == self.replica) else {
+    /// Hands `value` to the call waiting for `record`, if it is this
+    /// replica's, still waiting (it may have timed out, or the record is a
+    /// replay) and the record is the one the call wrote (same key and
+    /// payload: not a forgery carrying a copied request id).
+    pub fn complete(&self, record: &Record<'_>, value: T) {
+        let Some(id) = record.request.filter(|id| id.replica == self.replica) else {
             return;
         };
-        if let Some(tx) = self.waiting.lock().remove(&id.seq) {
+        let mut waiting = self.waiting.lock();
+        let Some((fingerprint, _)) = waiting.get(&id.seq) else {
+            return;
+        };
+        if *fingerprint != self.fingerprint(record.key, record.payload) {
+            drop(waiting);
+            tracing::warn!(
+                partition = record.partition,
+                offset = record.offset,
+                "a cluster record carries this replica's request id but not its content: applied, answered to nobody"
+            );
+            return;
+        }
+        if let Some((_, tx)) = waiting.remove(&id.seq) {
+            let _ = tx.send(Ok(value));
+        }
+    }
+
+    /// Hands `value` to the call waiting for `seq` on this replica's own
+    /// delivery report (the broker holds the record; used where the answer
+    /// is the write itself, not what applying it decided).
+    pub fn delivered(&self, seq: u64, value: T) {
+        if let Some((_, tx)) = self.waiting.lock().remove(&seq) {
             let _ = tx.send(Ok(value));
         }
     }
 
     /// Fails the call waiting for `seq` (its record was not written).
     pub fn fail(&self, seq: u64, why: String) {
-        if let Some(tx) = self.waiting.lock().remove(&seq) {
+        if let Some((_, tx)) = self.waiting.lock().remove(&seq) {
             let _ = tx.send(Err(Unavailable(why)));
         }
     }
@@ -288,7 +324,7 @@ pub async fn call<T>(
     payload: &[u8],
     timeout: Duration,
 ) -> Result<T, Unavailable> {
-    let (id, answer) = pending.register();
+    let (id, answer) = pending.register(key, payload);
     if let Err(e) = producer.send(key, payload, id) {
         pending.forget(id.seq);
         return Err(e);
@@ -303,5 +339,37 @@ pub async fn call<T>(
                 producer.topic
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record<'a>(id: RequestId, key: &'a [u8], payload: Option<&'a [u8]>) -> Record<'a> {
+        Record {
+            partition: 0,
+            offset: 0,
+            key: Some(key),
+            payload,
+            request: Some(id),
+        }
+    }
+
+    /// A record with a copied request id but other content (a foreign
+    /// producer read the header off the topic) does not answer the call;
+    /// the call's own record does.
+    #[test]
+    fn a_forged_request_id_does_not_answer_the_call() {
+        let pending = Pending::<&str>::new(7);
+        let (id, mut answer) = pending.register(b"shop/benefit", b"mine");
+        pending.complete(&record(id, b"shop/benefit", Some(b"forged")), "the forgery's outcome");
+        pending.complete(&record(id, b"shop/other", Some(b"mine")), "the forgery's outcome");
+        pending.complete(&record(id, b"shop/benefit", None), "a tombstone's outcome");
+        assert!(answer.try_recv().is_err(), "still waiting");
+        assert_eq!(pending.len(), 1);
+        pending.complete(&record(id, b"shop/benefit", Some(b"mine")), "my outcome");
+        assert_eq!(answer.try_recv(), Ok(Ok("my outcome")));
+        assert!(pending.is_empty());
     }
 }

@@ -88,8 +88,9 @@ pub enum Refusal {
     /// taker, invalid here, means replicas run different limits or versions.
     #[error("{0}")]
     Invalid(String),
-    /// Persisting failed on the taking replica (INTERNAL); the others may
-    /// have applied it.
+    /// The store failed where it applied (INTERNAL). Not from the disk: a
+    /// revision that cannot be mirrored to disk is applied all the same, so
+    /// that a replica's disk never changes what the topic decides.
     #[error("{0}")]
     Failed(String),
 }
@@ -243,7 +244,10 @@ fn apply_record(engine: &Weak<Engine>, pending: &Pending<Outcome>, max_payload: 
     let Some(engine) = engine.upgrade() else {
         return;
     };
-    let Some(change) = record.payload.and_then(|p| decode(p, max_payload)) else {
+    // The key must be the shop: records of one shop share a partition, so
+    // their order is the same on every replica, whatever the partitions.
+    let decoded = record.payload.and_then(|p| decode(p, max_payload));
+    let Some(change) = decoded.filter(|c| record.key == Some(c.shop.as_bytes())) else {
         metrics::cluster_record(ClusterTopic::Rules, RecordResult::Unreadable);
         tracing::warn!(
             partition = record.partition,
@@ -252,7 +256,7 @@ fn apply_record(engine: &Weak<Engine>, pending: &Pending<Outcome>, max_payload: 
         );
         // The taker's own unreadable record cannot happen; answer anyway.
         pending.complete(
-            record.request,
+            &record,
             Err(Refusal::Invalid("the rule change could not be read back".to_string())),
         );
         return;
@@ -281,7 +285,7 @@ fn apply_record(engine: &Weak<Engine>, pending: &Pending<Outcome>, max_payload: 
         }
     };
     metrics::cluster_record(ClusterTopic::Rules, result);
-    pending.complete(record.request, outcome);
+    pending.complete(&record, outcome);
 }
 
 /// Applies a decoded change to the store, deciding it in log order.

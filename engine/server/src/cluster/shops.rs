@@ -69,7 +69,11 @@ impl Shops {
 
 /// Glob matching with `*` and `?`, by the classic two-pointer walk that
 /// remembers only the last `*`: O(pattern x text) at worst, no recursion.
+/// Both are UTF-8: `?` and each step of `*` take one whole character (a
+/// shop name may hold any character but controls), literals match bytes.
 fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    // The bytes of the character starting at `i` (continuation bytes follow).
+    let width = |i: usize| 1 + text[i + 1..].iter().take_while(|&&b| b & 0xC0 == 0x80).count();
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
@@ -78,15 +82,19 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
                 star = Some((p, t));
                 p += 1;
             }
-            Some(&c) if c == b'?' || c == text[t] => {
+            Some(b'?') => {
+                p += 1;
+                t += width(t);
+            }
+            Some(&c) if c == text[t] => {
                 p += 1;
                 t += 1;
             }
             _ => match star {
                 Some((sp, st)) => {
                     p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
+                    t = st + width(st);
+                    star = Some((sp, t));
                 }
                 None => return false,
             },
@@ -121,6 +129,20 @@ mod tests {
             assert!(shops.is_all(), "{text:?}");
             assert!(shops.serves("anything"));
         }
+    }
+
+    /// `?` is one character, not one byte (a shop name may be `café`).
+    #[test]
+    fn a_question_mark_is_one_character() {
+        let shops = Shops::parse("caf?,?-shop").unwrap();
+        assert!(shops.serves("café"));
+        assert!(shops.serves("cafe"));
+        assert!(!shops.serves("caféé"));
+        assert!(shops.serves("日-shop"));
+        assert!(!shops.serves("日日-shop"));
+        assert!(glob_match("*é".as_bytes(), "thé".as_bytes()));
+        assert!(glob_match("a*?c".as_bytes(), "aéc".as_bytes()));
+        assert!(!glob_match("a*?c".as_bytes(), "ac".as_bytes()));
     }
 
     #[test]

@@ -49,15 +49,7 @@ impl TrackLog {
             move |seq, why| failed.fail(seq, why),
         )?;
         let delivered = pending.clone();
-        producer.on_delivered(move |seq| {
-            delivered.complete(
-                Some(super::producer::RequestId {
-                    replica: delivered.replica(),
-                    seq,
-                }),
-                (),
-            )
-        });
+        producer.on_delivered(move |seq| delivered.delivered(seq, ()));
         Ok(TrackLog {
             topic: kafka.topic.clone(),
             producer,
@@ -73,7 +65,7 @@ impl TrackLog {
     pub async fn send(&self, events: &[(String, String)]) -> Result<(), Unavailable> {
         let mut answers = Vec::with_capacity(events.len());
         for (key, json) in events {
-            let (id, answer) = self.pending.register();
+            let (id, answer) = self.pending.register(key.as_bytes(), json.as_bytes());
             if let Err(e) = self.producer.send(key.as_bytes(), json.as_bytes(), id) {
                 self.pending.forget(id.seq);
                 for (seq, _) in answers {

@@ -11,14 +11,20 @@
 //! damaged file's half state would count grants twice.
 //!
 //! ```text
-//! file     := "VTRNCLTS" | version u32 (1) | body_len u64 | crc32 u32 | body
+//! file     := "VTRNCLTS" | version u32 (2) | body_len u64 | crc32 u32 | body
 //!             crc32 covers version, body_len and the body
-//! body     := topic s16 | count u32 | offset{count} | ledger
+//! body     := topic s16 | shops s16 | count u32 | offset{count} | ledger
+//!             (version 1, no `shops`, is read as "shops unknown")
 //! offset   := partition i32 | next i64
 //! ledger   := the body of the claims journal's state file (claims_journal.rs)
 //! ```
 //! Integers are little-endian; every count is checked against the bytes
 //! left before anything is allocated for it.
+//!
+//! `shops` is the `--shops` the state was built under: the reader skipped
+//! the records of other shops, so a start under another `--shops` must not
+//! resume from those offsets (the grants of a newly served shop would be
+//! missing for good).
 
 use std::collections::HashSet;
 use std::io;
@@ -35,7 +41,9 @@ use crate::storage::fs::write_atomic_via;
 pub const STATE_FILE: &str = "claims-topic.state";
 const STATE_TMP: &str = "claims-topic.state.tmp";
 const MAGIC: [u8; 8] = *b"VTRNCLTS";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The version without `shops`.
+const VERSION_1: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 
 /// What the file holds.
@@ -43,6 +51,9 @@ const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 pub struct TopicState {
     /// The claims topic the offsets belong to.
     pub topic: String,
+    /// The `--shops` it was built under (`Shops::describe`); `None`: not
+    /// known (a version 1 file).
+    pub shops: Option<String>,
     /// (partition, next offset to apply).
     pub offsets: Vec<(i32, i64)>,
     /// The ledger as of those offsets.
@@ -76,6 +87,7 @@ pub enum StateError {
 pub fn encode(state: &TopicState) -> Vec<u8> {
     let mut body = Vec::new();
     body.put_str16(truncated(&state.topic, usize::from(u16::MAX)));
+    body.put_str16(truncated(state.shops.as_deref().unwrap_or(""), usize::from(u16::MAX)));
     body.put_u32(state.offsets.len() as u32);
     for (partition, next) in &state.offsets {
         body.put_i32(*partition);
@@ -112,12 +124,13 @@ pub fn decode(bytes: &[u8]) -> Result<TopicState, (u64, &'static str)> {
         if r.bytes(MAGIC.len())? != MAGIC {
             return Err(r.error("not a claims topic state file"));
         }
-        if r.u32()? != VERSION {
+        let version = r.u32()?;
+        if version != VERSION && version != VERSION_1 {
             return Err(r.error("unsupported claims topic state version"));
         }
-        Ok((r.u64()?, r.u32()?))
+        Ok((version, r.u64()?, r.u32()?))
     })();
-    let (len, crc) = header.map_err(|e: codec::Error| (0, e.what))?;
+    let (version, len, crc) = header.map_err(|e: codec::Error| (0, e.what))?;
     if len != r.remaining() as u64 {
         return Err((0, "length does not match the file (truncated?)"));
     }
@@ -130,6 +143,9 @@ pub fn decode(bytes: &[u8]) -> Result<TopicState, (u64, &'static str)> {
     let mut state = TopicState::default();
     let body = (|| {
         state.topic = r.str16()?.to_string();
+        if version == VERSION {
+            state.shops = Some(r.str16()?.to_string());
+        }
         for _ in 0..r.count32(4 + 8)? {
             let partition = r.i32()?;
             let next = r.i64()?;
@@ -200,6 +216,7 @@ mod tests {
         }
         TopicState {
             topic: "vitrine.claims".into(),
+            shops: Some("s/*,t".into()),
             offsets: vec![(0, 3), (5, 0)],
             ledger: ledger.image(),
         }
@@ -214,6 +231,7 @@ mod tests {
         write(dir, &original).unwrap();
         let back = read(dir).unwrap().unwrap();
         assert_eq!(back.topic, original.topic);
+        assert_eq!(back.shops, original.shops);
         assert_eq!(back.offsets, original.offsets);
         assert_eq!(encode(&back), encode(&original));
         let ledger = MemoryLedger::from_image(back.ledger);

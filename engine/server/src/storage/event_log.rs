@@ -170,6 +170,14 @@ fn read_event(record: &[u8]) -> vitrine_core::codec::Result<Event<'_>> {
     let price = if flags & PRICE != 0 { r.f64()? } else { 0.0 };
     let quantity = if flags & QUANTITY != 0 { r.varint_u32()? } else { 1 };
     let tier = if flags & TIER != 0 { r.varint_u32()? } else { 0 };
+    // One encoding per event: a field present with its default is written
+    // by no encoder (see `flags_of`), so it is damage, not an event.
+    if (flags & PRICE != 0 && price.to_bits() == 0)
+        || (flags & QUANTITY != 0 && quantity == 1)
+        || (flags & TIER != 0 && tier == 0)
+    {
+        return Err(r.error("an event field present with its default value"));
+    }
     if !r.is_empty() {
         return Err(r.error("event record longer than its fields"));
     }
@@ -359,6 +367,17 @@ mod tests {
         assert_eq!(decode(&overlong), Err("varint overflows 64 bits"));
         let big_tier = [6, TIER, 0, 0, 0, 0x80, 0x80, 0x80, 0x80, 0x10];
         assert_eq!(decode(&big_tier), Err("a number field overflows 32 bits"));
+    }
+
+    /// A field present with its default (the proptest below found quantity
+    /// 1 spelled out) is not a second encoding of the same event.
+    #[test]
+    fn a_field_present_with_its_default_is_refused() {
+        let quantity_one = [0, 47, 0, 2, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1];
+        assert_eq!(
+            decode(&quantity_one).map(|_| ()),
+            Err("an event field present with its default value")
+        );
     }
 
     mod fuzz_records {
