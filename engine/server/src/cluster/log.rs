@@ -18,8 +18,6 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use super::producer::{RequestId, REQUEST_HEADER};
-
 /// The longest a poll waits; also how quickly a stop request is noticed.
 const POLL_WAIT: Duration = Duration::from_millis(50);
 /// How often metadata and watermarks are retried while they fail.
@@ -28,6 +26,39 @@ const RETRY: Duration = Duration::from_millis(500);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the partition count is read again (topics can grow).
 const PARTITION_CHECK: Duration = Duration::from_secs(30);
+
+/// The header that carries a record's [`RequestId`].
+pub const REQUEST_HEADER: &str = "vitrine-request";
+
+/// Who wrote a record and which of its calls waits for it: the replica's
+/// random id (drawn at start) and a sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId {
+    /// The replica, random per process start.
+    pub replica: u64,
+    /// The call, counted from 1 per process.
+    pub seq: u64,
+}
+
+impl RequestId {
+    /// The header value: 16 bytes, big-endian replica then seq.
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut out = [0; 16];
+        out[..8].copy_from_slice(&self.replica.to_be_bytes());
+        out[8..].copy_from_slice(&self.seq.to_be_bytes());
+        out
+    }
+
+    /// Reads a header value; `None` unless it is exactly 16 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Option<RequestId> {
+        let bytes: &[u8; 16] = bytes.try_into().ok()?;
+        let (replica, seq) = bytes.split_at(8);
+        Some(RequestId {
+            replica: u64::from_be_bytes(replica.try_into().ok()?),
+            seq: u64::from_be_bytes(seq.try_into().ok()?),
+        })
+    }
+}
 
 /// One record, as the apply function sees it.
 #[derive(Debug, Clone, Copy)]

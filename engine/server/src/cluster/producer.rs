@@ -21,40 +21,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use tokio::sync::oneshot;
 
-use super::log::Record;
-
-/// The header that carries a record's [`RequestId`].
-pub const REQUEST_HEADER: &str = "vitrine-request";
-
-/// Who wrote a record and which of its calls waits for it: the replica's
-/// random id (drawn at start) and a sequence number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RequestId {
-    /// The replica, random per process start.
-    pub replica: u64,
-    /// The call, counted from 1 per process.
-    pub seq: u64,
-}
-
-impl RequestId {
-    /// The header value: 16 bytes, big-endian replica then seq.
-    pub fn to_bytes(self) -> [u8; 16] {
-        let mut out = [0; 16];
-        out[..8].copy_from_slice(&self.replica.to_be_bytes());
-        out[8..].copy_from_slice(&self.seq.to_be_bytes());
-        out
-    }
-
-    /// Reads a header value; `None` unless it is exactly 16 bytes.
-    pub fn from_bytes(bytes: &[u8]) -> Option<RequestId> {
-        let bytes: &[u8; 16] = bytes.try_into().ok()?;
-        let (replica, seq) = bytes.split_at(8);
-        Some(RequestId {
-            replica: u64::from_be_bytes(replica.try_into().ok()?),
-            seq: u64::from_be_bytes(seq.try_into().ok()?),
-        })
-    }
-}
+use super::log::{Record, RequestId, REQUEST_HEADER};
 
 /// Why a call through a cluster topic has no answer. Maps to UNAVAILABLE:
 /// nothing was applied on behalf of the caller, or it is unknown whether the

@@ -3,101 +3,21 @@
 //! flags) must not change what applying a topic's records decides, or the
 //! replicas part.
 
-use std::time::Duration;
-
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use vitrine::cluster::claims::ClaimsLog;
 use vitrine::cluster::shops::Shops;
-use vitrine::commands::serve::{self, Server};
-use vitrine::config::{Config, KafkaConfig};
+use vitrine::config::KafkaConfig;
 use vitrine_proto::v1 as pb;
 
-use crate::support::{connect, http_get, temp_dir, test_config, Clients, TempDir};
-
-/// The longest any wait of these tests takes before it fails.
-const WAIT: Duration = Duration::from_secs(60);
-
-fn rules(banner: &str) -> String {
-    format!("shop: apparel\nbanners:\n  - banner: {banner}\n")
-}
-
-fn push(content: &str) -> pb::PushRequest {
-    pb::PushRequest {
-        content: content.to_string(),
-        dry_run: false,
-        expected_revision: 0,
-    }
-}
-
-struct Replica {
-    dir: TempDir,
-    server: Server,
-    c: Clients,
-}
-
-fn mock_cluster() -> (MockCluster<'static, DefaultProducerContext>, String) {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("vitrine.rules", 1, 1).unwrap();
-    cluster.create_topic("vitrine.claims", 6, 1).unwrap();
-    cluster.create_topic("vitrine.behavior", 2, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    (cluster, brokers)
-}
-
-async fn replica(brokers: &str, name: &str) -> Replica {
-    let dir = temp_dir(name);
-    let config = Config {
-        kafka: Some(KafkaConfig {
-            cluster_timeout: Duration::from_secs(10),
-            ..KafkaConfig::new(brokers)
-        }),
-        ..test_config(dir.path())
-    };
-    let server = serve::start(config).await.unwrap();
-    wait_for("the replica to be ready", || async {
-        http_get(server.metrics_addr, "/readyz")
-            .await
-            .starts_with("HTTP/1.1 200")
-    })
-    .await;
-    let c = connect(server.grpc_addr).await;
-    Replica { dir, server, c }
-}
-
-async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
-    let waited = tokio::time::timeout(WAIT, async {
-        while !done().await {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "timed out waiting for {what}");
-}
-
-fn serving(r: &Replica) -> u64 {
-    r.server.engine.rules.serving("apparel").map_or(0, |s| s.revision)
-}
-
-async fn history(r: &Replica) -> Vec<(u64, i64, String, bool)> {
-    let list =
-        r.c.rules
-            .clone()
-            .list(pb::ListRequest { shop: "apparel".into() })
-            .await
-            .unwrap()
-            .into_inner();
-    list.revisions
-        .into_iter()
-        .map(|i| (i.revision, i.created_ms, i.origin, i.serving))
-        .collect()
-}
+use crate::cluster_kit::{history, mock_cluster, push, replica, rules, serving, Replica};
+use crate::support::{temp_dir, wait_for, WAIT};
 
 async fn pushed(r: &Replica, content: &str) -> u64 {
     r.c.rules
         .clone()
-        .push(push(content))
+        .push(push(content, 0))
         .await
         .unwrap()
         .into_inner()

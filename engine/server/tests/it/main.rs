@@ -5,6 +5,7 @@
 
 mod cluster_attack;
 mod cluster_claims;
+mod cluster_kit;
 mod cluster_rules;
 mod crash;
 mod grpc;
