@@ -69,7 +69,7 @@ ROWS = [
          [(f"time() - vitrine_snapshot_last_success_timestamp_seconds{{{SEL}}}", "{{instance}}")]),
         ("Snapshot writes by result", "short",
          [(f"sum by (instance, result) (increase(vitrine_snapshot_writes_total{{{SEL}}}[$__range]))", "{{instance}} {{result}}")]),
-        ("Last snapshot: duration and size", "s",
+        ("Last snapshot duration (encode, write, fsync)", "s",
          [(f"vitrine_snapshot_last_duration_seconds{{{SEL}}}", "{{instance}} seconds")]),
         ("Last snapshot size", "bytes",
          [(f"vitrine_snapshot_last_bytes{{{SEL}}}", "{{instance}}")]),
