@@ -274,6 +274,22 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_sasl_settings_are_accepted() {
+        // librdkafka is built with OpenSSL (rdkafka's ssl-vendored): without
+        // it, `ssl` and `sasl_ssl` are refused at start-up.
+        for option in [
+            "security.protocol=sasl_ssl",
+            "security.protocol=ssl",
+            "sasl.mechanism=SCRAM-SHA-512",
+            "sasl.mechanism=PLAIN",
+            "ssl.ca.location=probe",
+            "ssl.endpoint.identification.algorithm=https",
+        ] {
+            assert!(parse(option).is_ok(), "{option}: {:?}", parse(option));
+        }
+    }
+
+    #[test]
     fn a_file_reports_every_bad_line_with_its_number() {
         let f = file("# SASL\n\nsecurity.protocol=sasl_plaintext\n  sasl.mechanism = PLAIN\nacks=0\nnonsense\n");
         let e = parse_file(f.path()).unwrap_err();
