@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Vitrine: real-time personalization decisions for storefronts.
 #[derive(Debug, Parser)]
@@ -14,6 +14,18 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines on standard error: `text` for people, `json` for a log
+    /// pipeline (one object per line: timestamp, level, target, message and
+    /// the event's fields). Colour only when standard error is a terminal.
+    #[arg(long, global = true, env = "VITRINE_LOG_FORMAT", default_value = "text", value_enum)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -35,6 +47,10 @@ pub enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Ask a server's gRPC health service whether it serves: exit 0 when
+    /// SERVING, 1 when NOT_SERVING or unknown, 2 when it cannot be reached
+    /// (a Docker HEALTHCHECK, a Kubernetes exec probe).
+    Health(HealthArgs),
     /// Kafka tools for tests and demos.
     #[command(hide = true)]
     Kafka {
@@ -57,10 +73,29 @@ pub enum KafkaCommand {
         /// The topic.
         #[arg(long, env = "VITRINE_KAFKA_TOPIC", default_value = "vitrine.behavior")]
         topic: String,
+        /// A librdkafka property, KEY=VALUE (repeatable), as `serve --kafka-option`.
+        #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+        kafka_options: Vec<String>,
         /// JSON lines; standard input when absent.
         #[arg(value_name = "FILE")]
         file: Option<PathBuf>,
     },
+}
+
+/// `vitrine health` flags.
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// The server's gRPC address, HOST:PORT; a wildcard host (0.0.0.0, [::])
+    /// is asked on loopback, so the address `serve` listens on works as is.
+    #[arg(long, env = "VITRINE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    /// The service asked about; `vitrine.v1.Decision` follows readiness, the
+    /// empty name is always SERVING while the process answers.
+    #[arg(long, default_value = "vitrine.v1.Decision")]
+    pub service: String,
+    /// Give up (exit 2) after this long, e.g. 2s, 500ms.
+    #[arg(long, default_value = "2s")]
+    pub timeout: String,
 }
 
 /// `vitrine serve` flags (README, "Operational surface").
@@ -104,6 +139,23 @@ pub struct ServeArgs {
     /// are skipped; calls for them fail FAILED_PRECONDITION.
     #[arg(long, env = "VITRINE_SHOPS", default_value = "*")]
     pub shops: String,
+    /// A librdkafka property for every Kafka client Vitrine makes (behavior
+    /// consumer, dead-letter and cluster producers, cluster readers, admin),
+    /// KEY=VALUE, repeatable, applied after Vitrine's own settings and after
+    /// --kafka-options-file: SASL, TLS, tuning. Keys Vitrine's guarantees
+    /// rest on are refused. In the environment: one KEY=VALUE per line.
+    #[arg(
+        long = "kafka-option",
+        value_name = "KEY=VALUE",
+        env = "VITRINE_KAFKA_OPTIONS",
+        value_delimiter = '\n',
+        hide_env_values = true
+    )]
+    pub kafka_options: Vec<String>,
+    /// A file of librdkafka properties, one KEY=VALUE per line (`#` starts a
+    /// comment line), applied like --kafka-option (which wins over it).
+    #[arg(long, env = "VITRINE_KAFKA_OPTIONS_FILE", value_name = "PATH")]
+    pub kafka_options_file: Option<PathBuf>,
     /// Cluster topic of rule changes: with --kafka-brokers, every Push and
     /// Rollback goes through it and every replica applies it in order.
     #[arg(long, env = "VITRINE_KAFKA_RULES_TOPIC", default_value = "vitrine.rules")]

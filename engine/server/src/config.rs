@@ -135,7 +135,8 @@ pub struct KafkaConfig {
     pub claims_topic: String,
     /// The longest a call through a cluster topic waits for its answer.
     pub cluster_timeout: Duration,
-    /// Extra librdkafka properties, applied last (tests and tools).
+    /// Extra librdkafka properties (`--kafka-option`, `--kafka-options-file`),
+    /// applied last to every client; checked by [`crate::kafka_options`].
     pub options: Vec<(String, String)>,
     /// (partition, next offset) from the snapshot the index was loaded
     /// from: those partitions resume there, whatever `start` says, and
@@ -421,6 +422,17 @@ impl Config {
                 None
             }
         };
+        let kafka_options = match crate::kafka_options::collect(args.kafka_options_file.as_deref(), &args.kafka_options)
+        {
+            Ok(o) => o,
+            Err(p) => {
+                problems.extend(p);
+                Vec::new()
+            }
+        };
+        if args.kafka_brokers.is_none() && (!kafka_options.is_empty() || args.kafka_options_file.is_some()) {
+            problems.push("--kafka-option, --kafka-options-file: need --kafka-brokers".to_string());
+        }
         let kafka_start = match args.kafka_start.as_str() {
             "earliest" => Some(KafkaStart::Earliest),
             "committed" => Some(KafkaStart::Committed),
@@ -499,6 +511,7 @@ impl Config {
                     rules_topic: args.kafka_rules_topic.clone(),
                     claims_topic: args.kafka_claims_topic.clone(),
                     cluster_timeout: ct,
+                    options: kafka_options,
                     ..KafkaConfig::new("")
                 }),
                 snapshot_interval: (!si.is_zero()).then_some(si),
@@ -638,6 +651,49 @@ mod tests {
         );
         let e = Config::from_args(&args(&["--kafka-dead-letter-topic", "vitrine.dead"])).unwrap_err();
         assert_eq!(e.0, ["--kafka-dead-letter-topic: needs --kafka-brokers"]);
+    }
+
+    #[test]
+    fn kafka_options_reach_every_client_through_the_kafka_config() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, b"# tuning\nclient.rack=a\nsocket.keepalive.enable=true\n").unwrap();
+        let path = file.path().to_str().unwrap();
+        let c = Config::from_args(&args(&[
+            "--kafka-brokers",
+            "127.0.0.1:9092",
+            "--kafka-options-file",
+            path,
+            // One KEY=VALUE per line, as VITRINE_KAFKA_OPTIONS holds them.
+            "--kafka-option",
+            "client.rack=b\nsocket.nagle.disable=true\n",
+        ]))
+        .unwrap();
+        let options = c.kafka.unwrap().options;
+        let pairs: Vec<(&str, &str)> = options.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("client.rack", "a"),
+                ("socket.keepalive.enable", "true"),
+                ("client.rack", "b"),
+                ("socket.nagle.disable", "true"),
+            ]
+        );
+        let e = Config::from_args(&args(&["--kafka-option", "client.rack=a"])).unwrap_err();
+        assert_eq!(e.0, ["--kafka-option, --kafka-options-file: need --kafka-brokers"]);
+        let e = Config::from_args(&args(&[
+            "--kafka-brokers",
+            "127.0.0.1:9092",
+            "--kafka-option",
+            "enable.auto.commit=false",
+            "--kafka-option",
+            "group.id=x",
+            "--kafka-option",
+            "sasl.password",
+        ]))
+        .unwrap_err();
+        assert_eq!(e.0.len(), 3, "every problem at once: {:?}", e.0);
+        assert!(e.0[0].starts_with("--kafka-option #1: `enable.auto.commit` is refused: "));
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod ingest;
+pub mod kafka_options;
 pub mod metrics;
 pub mod rules_store;
 pub mod state;

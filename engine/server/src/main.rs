@@ -4,15 +4,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use vitrine::cli::{Cli, Command, KafkaCommand, RulesCommand};
+use vitrine::cli::{Cli, Command, KafkaCommand, LogFormat, RulesCommand};
 use vitrine::clock;
-use vitrine::commands::{demo, produce, push, serve, validate};
+use vitrine::commands::{demo, health, produce, push, serve, validate};
 use vitrine::config::Config;
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
         Command::Serve(args) => {
-            init_logging();
             let config = match Config::from_args(&args) {
                 Ok(c) => c,
                 Err(e) => {
@@ -66,9 +67,24 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Health(args) => health::run(&args, &mut std::io::stdout()),
         Command::Kafka {
-            command: KafkaCommand::Produce { brokers, topic, file },
-        } => produce::run(&brokers, &topic, file.as_deref(), &mut std::io::stdout()),
+            command:
+                KafkaCommand::Produce {
+                    brokers,
+                    topic,
+                    kafka_options,
+                    file,
+                },
+        } => match vitrine::kafka_options::collect(None, &kafka_options) {
+            Ok(options) => produce::run(&brokers, &topic, &options, file.as_deref(), &mut std::io::stdout()),
+            Err(problems) => {
+                for p in problems {
+                    eprintln!("vitrine kafka produce: {p}");
+                }
+                ExitCode::from(2)
+            }
+        },
     }
 }
 
@@ -84,13 +100,30 @@ fn runtime_with(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtim
     Ok(builder.enable_all().build()?)
 }
 
-fn init_logging() {
+/// Log events to standard error, in `format`; `VITRINE_LOG` filters them
+/// (default `info`). ANSI colour only when standard error is a terminal
+/// (and `NO_COLOR` is unset), so a file or a pipe gets plain text.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("VITRINE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        // One object per line: timestamp, level, target, message and the
+        // event's own fields at the top level (no span context: Vitrine
+        // logs no spans).
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 async fn run_server(config: Config) -> anyhow::Result<()> {

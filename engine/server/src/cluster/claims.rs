@@ -303,7 +303,7 @@ impl ClaimsLog {
                 TopicState::default()
             }
             Some(state) if state.topic == topic => {
-                tracing::info!(%topic, offsets = ?state.offsets, "claims ledger loaded from {}", claims_topic::STATE_FILE);
+                tracing::info!(%topic, offsets = crate::storage::restore::offsets_field(&state.offsets), "claims ledger loaded from {}", claims_topic::STATE_FILE);
                 state
             }
             Some(state) => {

@@ -36,15 +36,21 @@ impl ProducerContext for Deliveries {
 }
 
 /// A producer tuned like the storefront producers the freshness figures
-/// assume: `linger.ms` 5, every message acknowledged by the leader.
-pub fn producer(brokers: &str) -> Result<BaseProducer<Deliveries>, rdkafka::error::KafkaError> {
-    ClientConfig::new()
+/// assume: `linger.ms` 5, every message acknowledged by the leader; then
+/// `options` (`--kafka-option`).
+pub fn producer(
+    brokers: &str,
+    options: &[(String, String)],
+) -> Result<BaseProducer<Deliveries>, rdkafka::error::KafkaError> {
+    let mut client = ClientConfig::new();
+    client
         .set("bootstrap.servers", brokers)
         .set("client.id", "vitrine-produce")
         .set("linger.ms", "5")
         .set("acks", "1")
-        .set("message.timeout.ms", "30000")
-        .create_with_context(Deliveries::default())
+        .set("message.timeout.ms", "30000");
+    crate::kafka_options::apply(&mut client, options);
+    client.create_with_context(Deliveries::default())
 }
 
 /// Sends `payload` keyed by its visitor (unkeyed when it is not a valid
@@ -70,7 +76,13 @@ pub fn send(producer: &BaseProducer<Deliveries>, topic: &str, payload: &[u8]) ->
 }
 
 /// Runs the subcommand; exit 1 on any failed delivery, 2 on bad input.
-pub fn run(brokers: &str, topic: &str, file: Option<&Path>, out: &mut impl Write) -> ExitCode {
+pub fn run(
+    brokers: &str,
+    topic: &str,
+    options: &[(String, String)],
+    file: Option<&Path>,
+    out: &mut impl Write,
+) -> ExitCode {
     let input: Box<dyn BufRead> = match file {
         Some(path) => match std::fs::File::open(path) {
             Ok(f) => Box::new(std::io::BufReader::new(f)),
@@ -81,7 +93,7 @@ pub fn run(brokers: &str, topic: &str, file: Option<&Path>, out: &mut impl Write
         },
         None => Box::new(std::io::stdin().lock()),
     };
-    let producer = match producer(brokers) {
+    let producer = match producer(brokers, options) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("vitrine kafka produce: {e}");

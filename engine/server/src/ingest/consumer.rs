@@ -148,7 +148,12 @@ impl Worker {
         let context = ClientHooks::new(&config.topic, metrics.clone());
         let consumer: BaseConsumer<ClientHooks> = client.create_with_context(context)?;
         let dead_letter = match &config.dead_letter_topic {
-            Some(topic) => Some(DeadLetter::new(&config.brokers, topic, metrics.clone())?),
+            Some(topic) => Some(DeadLetter::new(
+                &config.brokers,
+                topic,
+                &config.options,
+                metrics.clone(),
+            )?),
             None => None,
         };
         let topic: Arc<str> = config.topic.as_str().into();

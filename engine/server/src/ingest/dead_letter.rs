@@ -94,18 +94,25 @@ impl std::fmt::Debug for DeadLetter {
 }
 
 impl DeadLetter {
-    pub(super) fn new(brokers: &str, topic: &str, metrics: KafkaMetrics) -> Result<DeadLetter, KafkaError> {
-        let producer = ClientConfig::new()
+    pub(super) fn new(
+        brokers: &str,
+        topic: &str,
+        options: &[(String, String)],
+        metrics: KafkaMetrics,
+    ) -> Result<DeadLetter, KafkaError> {
+        let mut client = ClientConfig::new();
+        client
             .set("bootstrap.servers", brokers)
             .set("client.id", "vitrine-dead-letter")
             .set("linger.ms", "20")
             // Give up on a forward after 30 s rather than librdkafka's 5 min.
-            .set("message.timeout.ms", "30000")
-            .create_with_context(DeadLetterContext {
-                topic: topic.to_string(),
-                metrics: metrics.clone(),
-                log: Mutex::new(RateLimited::new(10)),
-            })?;
+            .set("message.timeout.ms", "30000");
+        crate::kafka_options::apply(&mut client, options);
+        let producer = client.create_with_context(DeadLetterContext {
+            topic: topic.to_string(),
+            metrics: metrics.clone(),
+            log: Mutex::new(RateLimited::new(10)),
+        })?;
         Ok(DeadLetter {
             producer,
             topic: topic.to_string(),

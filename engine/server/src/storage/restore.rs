@@ -75,8 +75,9 @@ pub fn restore(
                 bytes = l.bytes,
                 seconds = l.took.as_secs_f64(),
                 events_lsn = l.position.events_lsn,
-                kafka = ?l.position.kafka,
-                revisions = ?l.position.revisions,
+                kafka_topic = l.position.kafka.as_ref().map(|k| k.topic.as_str()),
+                kafka_offsets = l.position.kafka.as_ref().map(|k| offsets_field(&k.offsets)),
+                shops = l.position.revisions.len(),
                 "snapshot loaded"
             );
             (l.index, l.position)
@@ -100,7 +101,15 @@ pub fn restore(
     )
     .context("opening the events journal")?;
     tracing::info!(
-        ?recovery,
+        segments = recovery.segments,
+        segments_read = recovery.segments_read,
+        batches = recovery.batches,
+        records = recovery.records,
+        first_lsn = recovery.first_lsn,
+        last_lsn = recovery.last_lsn,
+        truncated_bytes = recovery.truncated_bytes,
+        dropped_records = recovery.dropped_records,
+        restarted_at = recovery.restarted_at,
         seconds = replay_started.elapsed().as_secs_f64(),
         "events journal replayed"
     );
@@ -110,7 +119,16 @@ pub fn restore(
     };
     let ledger =
         DurableLedger::open_with(&data_dir.join("claims"), ledger_options).context("opening the claims journal")?;
-    tracing::info!(recovery = ?ledger.recovery(), "claims journal replayed");
+    let claims = ledger.recovery();
+    tracing::info!(
+        batches = claims.batches,
+        records = claims.records,
+        grants = claims.grants,
+        truncated_bytes = claims.truncated_bytes,
+        dropped_records = claims.dropped_records,
+        state_lsn = claims.state_lsn,
+        "claims journal replayed"
+    );
     let seconds = started.elapsed().as_secs_f64();
     metrics::restored(damaged.len(), seconds);
     tracing::info!(seconds, "state restored");
@@ -120,6 +138,16 @@ pub fn restore(
         events,
         position,
     })
+}
+
+/// Per-partition offsets as one flat log field, `partition:offset,...`
+/// (a log pipeline indexes a string; a Rust `Debug` list it cannot parse).
+pub fn offsets_field(offsets: &[(i32, i64)]) -> String {
+    offsets
+        .iter()
+        .map(|(p, o)| format!("{p}:{o}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Takes snapshots: the position first, then the index.

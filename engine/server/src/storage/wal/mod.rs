@@ -1017,7 +1017,7 @@ impl Wal {
                         log = name,
                         path = %seg.path.display(),
                         bytes = recovery.truncated_bytes,
-                        records = ?recovery.dropped_records,
+                        records = recovery.dropped_records,
                         "cut off a batch whose write a crash interrupted"
                     );
                 }
