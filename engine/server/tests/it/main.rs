@@ -10,6 +10,7 @@ mod crash;
 mod grpc;
 mod hostile;
 mod kafka;
+mod labels;
 mod rules_store;
 mod support;
 mod validate;
