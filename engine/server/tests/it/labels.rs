@@ -219,13 +219,14 @@ async fn unknown_shops_visitors_and_benefits_add_no_series_and_entries_count_rig
 
     // Track counts its rejections before it answers.
     let text = metrics(server.metrics_addr).await;
-    assert_eq!(value(&text, rejected_other), other_before + FLOOD as f64);
     let after = series(&text);
     assert_eq!(
         after.difference(&before).collect::<Vec<_>>(),
         Vec::<&String>::new(),
         "series added by the flood"
     );
+    // At least: other tests of this process may count there too.
+    assert!(value(&text, rejected_other) >= other_before + FLOOD as f64);
     assert_eq!(value(&text, &decisions("banner", "none")), 1.0 + FLOOD as f64);
     server.shutdown().await.unwrap();
 }
