@@ -230,3 +230,89 @@ async fn unknown_shops_visitors_and_benefits_add_no_series_and_entries_count_rig
     assert_eq!(value(&text, &decisions("banner", "none")), 1.0 + FLOOD as f64);
     server.shutdown().await.unwrap();
 }
+
+/// Issue 16, the Kafka path: a behavior message rejected for a served shop
+/// counts under that shop, whatever the reason (here a made-up action and a
+/// wrong type, found before the event decodes); messages of shops no rule
+/// set serves, and unreadable ones, count under `shop="other"` and add no
+/// series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_rejections_count_per_served_shop_and_fold_the_rest_into_other() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::ClientConfig;
+
+    const KAFKA_SHOP: &str = "labels-kafka";
+    let cluster = MockCluster::new(1).unwrap();
+    for (topic, partitions) in [("vitrine.rules", 1), ("vitrine.claims", 6), ("vitrine.behavior", 2)] {
+        cluster.create_topic(topic, partitions, 1).unwrap();
+    }
+    let brokers = cluster.bootstrap_servers();
+    let dir = temp_dir("labels-kafka");
+    let server = serve::start(vitrine::config::Config {
+        kafka: Some(vitrine::config::KafkaConfig::new(&brokers)),
+        ..test_config(dir.path())
+    })
+    .await
+    .unwrap();
+    let addr = server.metrics_addr;
+    wait_for("the replica to be ready", || async move {
+        http_get(addr, "/readyz").await.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    let mut c = connect(server.grpc_addr).await;
+    let content = format!("shop: {KAFKA_SHOP}\nbanners:\n  - banner: default\n");
+    c.rules
+        .push(pb::PushRequest {
+            content,
+            ..pb::PushRequest::default()
+        })
+        .await
+        .unwrap();
+    let mine = format!("vitrine_ingest_rejected_by_shop_total{{shop=\"{KAFKA_SHOP}\"}}");
+    let other = "vitrine_ingest_rejected_by_shop_total{shop=\"other\"}";
+    let before = metrics(addr).await;
+    let other_before = value(&before, other);
+
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "1")
+        .create()
+        .unwrap();
+    let mut payloads = vec![
+        format!(r#"{{"shop":"{KAFKA_SHOP}","visitor":"v","action":"buy","item":"sku-1","ts":{NOW}}}"#),
+        format!(r#"{{"shop":"{KAFKA_SHOP}","visitor":"v","action":"view","item":7,"ts":{NOW}}}"#),
+        "not json".to_string(),
+    ];
+    for i in 0..200 {
+        payloads.push(format!(
+            r#"{{"shop":"ghost-kafka-{i}","visitor":"ghost-v-{i}","action":"view","item":"sku-1","ts":{NOW}}}"#
+        ));
+    }
+    for p in &payloads {
+        producer
+            .send(BaseRecord::<str, str>::to("vitrine.behavior").key("k").payload(p))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer.poll(std::time::Duration::ZERO);
+    }
+    producer.flush(crate::support::WAIT).unwrap();
+
+    let want_other = other_before + 201.0;
+    wait_for("every rejection counted", || async move {
+        let text = metrics(addr).await;
+        value(
+            &text,
+            &format!("vitrine_ingest_rejected_by_shop_total{{shop=\"{KAFKA_SHOP}\"}}"),
+        ) >= 2.0
+            && value(&text, other) >= want_other
+    })
+    .await;
+    let text = metrics(addr).await;
+    assert_eq!(value(&text, &mine), 2.0, "{mine}");
+    assert!(
+        !text.contains("ghost"),
+        "a made-up shop or visitor became a label:\n{text}"
+    );
+    server.shutdown().await.unwrap();
+}
