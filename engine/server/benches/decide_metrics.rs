@@ -4,6 +4,9 @@
 //! work on the same engine with nothing recorded (`decide` under the same
 //! panic guard).
 //!
+//! `decide_measured` also counts the shop's chosen entries
+//! (`vitrine_decisions_by_entry_total`), timed alone at the end.
+//!
 //! The engine holds 100,000 visitors by default (`VITRINE_BENCH_VISITORS`
 //! overrides, up to 100,000) and the 20-audience rule set. Besides
 //! criterion's means, 31 rounds of 20,000 calls alternate off/on (and which
@@ -128,6 +131,28 @@ fn main() {
         "recording one decision's metrics: {record_ns:.0} ns = {:.1}% of a {m_off:.0} ns decision (on/off = {:.3})",
         100.0 * record_ns / m_off,
         (m_off + record_ns) / m_off
+    );
+    // The per-shop, per-entry counters alone (issue 16): the cached
+    // handles' lookup and two atomic adds.
+    let served = match engine.rules.serving(vitrine_benches::SHOP) {
+        Some(s) => s,
+        None => panic!("the bench shop has no rules"),
+    };
+    let t = Instant::now();
+    for i in 0..calls {
+        let banner = (i % 2 == 0).then_some(0);
+        (engine.metrics.shops).decided(
+            vitrine_benches::SHOP,
+            served.revision,
+            &served.rules,
+            black_box(banner),
+            None,
+        );
+    }
+    let entry_ns = t.elapsed().as_nanos() as f64 / calls as f64;
+    println!(
+        "recording one decision's shop and entry counters: {entry_ns:.0} ns = {:.1}% of a {m_off:.0} ns decision",
+        100.0 * entry_ns / m_off
     );
 
     let mut c = Criterion::default()

@@ -16,6 +16,8 @@ use vitrine_core::{Action, ClaimOutcome, RejectReason};
 
 use crate::rules_store::Origin;
 
+pub mod labels;
+
 /// `vitrine_decide_duration_seconds`
 pub const DECIDE_DURATION: &str = "vitrine_decide_duration_seconds";
 /// `vitrine_decisions_total{slot, outcome}`
@@ -114,6 +116,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 }
 
 fn describe() {
+    labels::describe();
     describe_gauge!(
         CONNECTIONS_OPEN,
         "How many TCP connections does each port (grpc, http) hold open, against --max-connections / --max-http-connections?"
@@ -291,6 +294,8 @@ pub struct Metrics {
     pub rejected: ByLabel<Rejected, { RejectReason::ALL.len() + 2 }>,
     /// Claims, by outcome.
     pub claims: ByLabel<ClaimOutcome, { ClaimOutcome::ALL.len() }>,
+    /// Decisions, claims and rejected events by shop and rule entry.
+    pub shops: Arc<labels::ShopSeries>,
 }
 
 /// Counters of one metric, one per value of a label enum, found by the value
@@ -376,6 +381,7 @@ impl Metrics {
             applied: ByLabel::new(EVENTS_APPLIED, "action", ACTIONS, Action::as_str),
             rejected: ByLabel::new(EVENTS_REJECTED, "reason", Rejected::ALL, Rejected::as_str),
             claims: ByLabel::new(CLAIMS, "result", ClaimOutcome::ALL, ClaimOutcome::as_str),
+            shops: Arc::default(),
         }
     }
 

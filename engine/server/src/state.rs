@@ -188,10 +188,12 @@ impl Engine {
         let mut valid = Vec::new();
         let mut rejected = Vec::new();
         for (i, fields) in events.into_iter().enumerate() {
+            let shop = fields.shop.clone();
             match Event::validate(fields).and_then(|e| self.admit(e)) {
                 Ok(event) => valid.push(event),
                 Err(error) => {
                     self.metrics.reject(error.reason);
+                    (self.metrics.shops).rejected(shop.as_deref(), |s| self.rules.serving(s));
                     rejected.push(Rejected { index: i as u32, error });
                 }
             }

@@ -23,7 +23,7 @@ use vitrine_proto::v1 as pb;
 use crate::clock::at;
 use crate::cluster::{self, rules::Op, rules::Refusal, rules::RuleRecord};
 use crate::metrics::{self, PushResult};
-use crate::rules_store::{Applied, Origin, StoreError};
+use crate::rules_store::{Applied, Origin, Served, StoreError};
 use crate::state::Engine;
 
 /// The longest shop, visitor, benefit or claim id accepted (the same bound
@@ -265,6 +265,16 @@ fn decision_response(d: &vitrine_core::Decision<'_>, revision: u64) -> pb::Decid
 /// The synchronous part of Decide: request checked, decision made, response
 /// built. No metrics (see [`decide_measured`]).
 pub fn decide(engine: &Engine, req: &pb::DecideRequest) -> Result<pb::DecideResponse, Status> {
+    decide_with(engine, req, |_, _, _| {})
+}
+
+/// [`decide`], calling `decided` with the shop, its served rule set and the
+/// decision before the response is built.
+fn decide_with(
+    engine: &Engine,
+    req: &pb::DecideRequest,
+    decided: impl FnOnce(&str, &Served, &vitrine_core::Decision<'_>),
+) -> Result<pb::DecideResponse, Status> {
     let shop = required("shop", &req.shop)?;
     let visitor = bounded("visitor", &req.visitor)?;
     let now_ms = instant(req.now_ms)?;
@@ -284,17 +294,41 @@ pub fn decide(engine: &Engine, req: &pb::DecideRequest) -> Result<pb::DecideResp
                     now_ms,
                 },
             );
+            decided(shop, served, &d);
             decision_response(&d, served.revision)
         })
         .ok_or_else(|| missing_shop(engine, shop))
 }
 
-/// [`decide`] with its latency and slot outcomes recorded: what the Decide
-/// RPC runs between decoding the request and encoding the response.
+/// The entries (indices into the rule set) a decision chose: found by
+/// identity, as the decision borrows them from `rules`, so no string is
+/// compared or hashed.
+#[inline]
+fn entries(rules: &vitrine_core::RuleSet, d: &vitrine_core::Decision<'_>) -> (Option<usize>, Option<usize>) {
+    let banner = d.banner.and_then(|id| {
+        rules
+            .banners
+            .iter()
+            .position(|b| std::ptr::eq(b.id.as_ptr(), id.as_ptr()))
+    });
+    let benefit = d
+        .benefit
+        .and_then(|chosen| rules.benefits.iter().position(|b| std::ptr::eq(b, chosen)));
+    (banner, benefit)
+}
+
+/// [`decide`] with its latency, slot outcomes and chosen entries (per shop)
+/// recorded: what the Decide RPC runs between decoding the request and
+/// encoding the response.
 #[inline]
 pub fn decide_measured(engine: &Engine, req: &pb::DecideRequest) -> Result<pb::DecideResponse, Status> {
     let start = Instant::now();
-    let response = guarded("Decide", || decide(engine, req))?;
+    let response = guarded("Decide", || {
+        decide_with(engine, req, |shop, served, d| {
+            let (banner, benefit) = entries(&served.rules, d);
+            (engine.metrics.shops).decided(shop, served.revision, &served.rules, banner, benefit);
+        })
+    })?;
     record_decision(&engine.metrics, start, &response);
     Ok(response)
 }
@@ -319,6 +353,7 @@ impl pb::decision_server::Decision for Service {
 impl pb::benefits_server::Benefits for Service {
     async fn claim(&self, request: Request<pb::ClaimRequest>) -> Result<Response<pb::ClaimResponse>, Status> {
         let req = request.into_inner();
+        let (shop, benefit) = (req.shop.clone(), req.benefit_id.clone());
         let engine = self.engine.clone();
         let step = blocking("Claim", move || {
             let shop = required("shop", &req.shop)?;
@@ -384,6 +419,9 @@ impl pb::benefits_server::Benefits for Service {
             }
         };
         self.engine.metrics.claim(outcome);
+        if let Some(served) = self.engine.rules.serving(&shop) {
+            (self.engine.metrics.shops).claimed(&shop, served.revision, &served.rules, &benefit, outcome);
+        }
         Ok(Response::new(pb::ClaimResponse {
             granted: outcome == vitrine_core::ClaimOutcome::Granted,
             reason: outcome.as_str().to_string(),

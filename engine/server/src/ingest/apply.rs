@@ -30,6 +30,13 @@ pub(super) struct Rejects {
 impl Rejects {
     pub(super) fn reject(&self, source: Source<'_>, reason: Rejected, detail: &str) {
         self.engine.metrics.reject(reason);
+        // The shop label: read (bounded, as the event decoder bounds it)
+        // only from a payload that was parsed anyway, never an oversized one.
+        let shop = match reason {
+            Rejected::Event(_) => source.payload.and_then(crate::metrics::labels::shop_of),
+            Rejected::Oversized | Rejected::Tombstone => None,
+        };
+        (self.engine.metrics.shops).rejected(shop.as_deref(), |s| self.engine.rules.serving(s));
         if self.log.lock().allow() {
             tracing::warn!(
                 topic = source.topic,

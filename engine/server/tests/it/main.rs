@@ -11,6 +11,7 @@ mod crash;
 mod grpc;
 mod hostile;
 mod kafka;
+mod labels;
 mod logs;
 mod rules_store;
 mod support;
