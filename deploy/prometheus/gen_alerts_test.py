@@ -31,6 +31,10 @@ CASES = {
          (f'vitrine_storage_fault{{{J},instance="b"}}', "0x5")],
         [("2m", []), ("4m", [{"instance": "a", "job": "vitrine"}])],
     ),
+    "VitrineNotReadyLong": (
+        [(f'vitrine_ready{{{J},instance="a"}}', "0x20"), (f'vitrine_ready{{{J},instance="b"}}', "0 0 0 0 0 1x15")],
+        [("10m", []), ("17m", [{"instance": "a", "job": "vitrine"}])],
+    ),
     "VitrineKafkaDown": (
         [(f'vitrine_kafka_up{{{J},instance="a"}}', "0x5"), (f'vitrine_kafka_up{{{J},instance="b"}}', "1x5")],
         [("1m", []), ("3m", [{"instance": "a", "job": "vitrine"}])],

@@ -74,6 +74,8 @@ pub const CONNECTIONS_OPEN: &str = "vitrine_connections_open";
 pub const CONNECTIONS_CLOSED: &str = "vitrine_connections_closed_total";
 /// `vitrine_storage_fault`
 pub const STORAGE_FAULT: &str = "vitrine_storage_fault";
+/// Gauge: 1 while the replica reports ready (`/readyz` 200, health SERVING).
+pub const READY: &str = "vitrine_ready";
 /// `vitrine_claims_compactions_total{result}`
 pub const CLAIMS_COMPACTIONS: &str = "vitrine_claims_compactions_total";
 /// `vitrine_claims_compacted_bytes_total`
@@ -228,6 +230,10 @@ fn describe() {
     describe_gauge!(
         STORAGE_FAULT,
         "Has this replica stopped trusting its disk? 1 after a journal write or fsync failed or the data directory was removed or replaced: Track and Claim are refused and health is NOT_SERVING until a restart (see /readyz for the reason)."
+    );
+    describe_gauge!(
+        READY,
+        "Should this replica get traffic? 1 while /readyz says 200 and gRPC health SERVING; 0 while it catches up with Kafka (rules, claims and behavior topics), after a storage fault, and while shutting down."
     );
     describe_counter!(
         CLAIMS_COMPACTIONS,
@@ -616,6 +622,11 @@ pub fn restored(damaged: usize, seconds: f64) {
         metrics::counter!(CLAIMS_COMPACTIONS, "result" => result).increment(0);
     }
     metrics::counter!(CLAIMS_COMPACTED_BYTES).increment(0);
+}
+
+/// Whether the replica reports ready (`vitrine_ready`).
+pub fn ready(ready: bool) {
+    metrics::gauge!(READY).set(if ready { 1.0 } else { 0.0 });
 }
 
 /// The replica stopped trusting its storage (hardening #11, #17).

@@ -259,6 +259,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let health = Arc::new(tokio::sync::Mutex::new(health_reporter));
 
     let ready = Arc::new(AtomicBool::new(ready_now));
+    metrics::ready(ready_now);
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -304,6 +305,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             // turn the server back to SERVING.
             let health = health.lock().await;
             ready.store(false, Ordering::Release);
+            metrics::ready(false);
             set_health(&health, false).await;
             drop(health);
             tracing::info!("shutting down: health is NOT_SERVING, draining in {grace:?}");
@@ -389,6 +391,7 @@ async fn not_serving_on_fault(
     // Under the lock, so that a consumer catching up now cannot turn it back.
     let health = health.lock().await;
     ready.store(false, Ordering::Release);
+    metrics::ready(false);
     set_health(&health, false).await;
     tracing::error!("NOT_SERVING: storage fault; restart the server once the disk is fixed");
     Ok(())
@@ -474,6 +477,7 @@ async fn run_ingest(
         let health = health.lock().await;
         if !*stopped.borrow() && storage.fault().is_none() {
             ready.store(true, Ordering::Release);
+            metrics::ready(true);
             set_health(&health, true).await;
             tracing::info!("SERVING: the rules topic is read and the index holds the behavior topic up to its high watermarks at start");
         }

@@ -1409,6 +1409,7 @@ async fn a_deleted_data_directory_turns_the_server_not_serving_and_refuses_write
     let scene = Scene::new("crash-rmdir", &rules(&[SMALL_BUDGET]));
     let mut model = Model::default();
     let server = scene.start(&["--snapshot-interval=0"]);
+    assert_eq!(server.metric("vitrine_ready"), Some(1.0));
     let mut c = connect(server.grpc).await;
     track_one_by_one(&mut model, &mut c, "a", 2).await;
     claim_some(&mut model, &mut c, "coupon-1", "a", 1).await;
@@ -1416,6 +1417,11 @@ async fn a_deleted_data_directory_turns_the_server_not_serving_and_refuses_write
     wait_not_serving(&mut c, server.metrics, "data directory lost").await;
     assert!(server.log().contains("storage fault"), "{}", server.log());
     assert_eq!(server.metric("vitrine_storage_fault"), Some(1.0));
+    assert_eq!(
+        server.metric("vitrine_ready"),
+        Some(0.0),
+        "what /readyz says, as a metric"
+    );
     // Reads still answer.
     assert_eq!(audiences_of(&mut c, "a-0").await, ["bought_once"]);
 }
