@@ -96,6 +96,18 @@ pub struct HealthArgs {
     /// Give up (exit 2) after this long, e.g. 2s, 500ms.
     #[arg(long, default_value = "2s")]
     pub timeout: String,
+    /// Dial over TLS, trusting the CAs of this PEM file.
+    #[arg(long, env = "VITRINE_HEALTH_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host of --addr).
+    #[arg(long, value_name = "NAME")]
+    pub tls_name: Option<String>,
+    /// Client certificate (PEM), for a server with --tls-client-ca.
+    #[arg(long, env = "VITRINE_HEALTH_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "VITRINE_HEALTH_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `vitrine serve` flags (README, "Operational surface").
@@ -211,6 +223,19 @@ pub struct ServeArgs {
     /// (HTTP/1: a request's headers) within this is closed.
     #[arg(long, env = "VITRINE_HANDSHAKE_TIMEOUT", default_value = "10s")]
     pub handshake_timeout: String,
+    /// Certificate chain (PEM, leaf first): with --tls-key, both ports
+    /// (gRPC and HTTP) speak TLS only.
+    #[arg(long, env = "VITRINE_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "VITRINE_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM): clients must present a certificate signed by one (mutual TLS).
+    #[arg(long, env = "VITRINE_TLS_CLIENT_CA", value_name = "PEM")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// How often the TLS files are checked for a renewed certificate.
+    #[arg(long, env = "VITRINE_TLS_RELOAD", default_value = "5s")]
+    pub tls_reload: String,
     /// Calls arrived and not yet answered; beyond it calls fail fast with RESOURCE_EXHAUSTED.
     #[arg(long, env = "VITRINE_MAX_IN_FLIGHT", default_value = "256")]
     pub max_in_flight: String,

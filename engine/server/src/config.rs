@@ -53,6 +53,8 @@ pub struct Config {
     pub claims_segment_bytes: u64,
     /// Tokio worker threads; `None` = [`default_worker_threads`].
     pub worker_threads: Option<usize>,
+    /// TLS on both ports; `None` = plaintext.
+    pub tls: Option<crate::api::tls::TlsFiles>,
 }
 
 /// Tokio workers when `--worker-threads` is 0: one per core but one, at
@@ -443,6 +445,7 @@ impl Config {
                 None
             }
         };
+        let tls = crate::api::tls::TlsFiles::from_args(args, &mut problems);
         match (
             grpc_addr,
             metrics_addr,
@@ -518,6 +521,7 @@ impl Config {
                 snapshot_keep: sk,
                 worker_threads: wt,
                 claims_segment_bytes: csb as u64,
+                tls,
             }),
             _ => Err(ConfigErrors(problems)),
         }

@@ -72,6 +72,8 @@ pub const JOURNAL_FAILURES: &str = "vitrine_journal_failures_total";
 pub const CONNECTIONS_OPEN: &str = "vitrine_connections_open";
 /// `vitrine_connections_closed_total{port, reason}`
 pub const CONNECTIONS_CLOSED: &str = "vitrine_connections_closed_total";
+/// Counter: certificate reloads by result.
+pub const TLS_RELOADS: &str = "vitrine_tls_reloads_total";
 /// `vitrine_storage_fault`
 pub const STORAGE_FAULT: &str = "vitrine_storage_fault";
 /// Gauge: 1 while the replica reports ready (`/readyz` 200, health SERVING).
@@ -125,13 +127,20 @@ fn describe() {
     );
     describe_counter!(
         CONNECTIONS_CLOSED,
-        "Why are connections closed? By port and reason: peer (the client closed), idle, handshake (no first request in time), limit (refused at the connection limit), evicted (silent, closed to make room), shutdown."
+        "Why are connections closed? By port and reason: peer (the client closed), idle, handshake (no first request in time), limit (refused at the connection limit), evicted (silent, closed to make room), shutdown, tls (the TLS handshake failed: a plaintext client, an untrusted or missing client certificate)."
     );
     for port in Port::ALL {
         metrics::gauge!(CONNECTIONS_OPEN, "port" => port.as_str()).set(0.0);
         for reason in ConnectionClose::ALL {
             metrics::counter!(CONNECTIONS_CLOSED, "port" => port.as_str(), "reason" => reason.as_str()).absolute(0);
         }
+    }
+    describe_counter!(
+        TLS_RELOADS,
+        "Did the new certificate take? Reloads of --tls-cert/--tls-key/--tls-client-ca after the files changed, by result: applied, rejected (did not parse or match: the old pair keeps serving)."
+    );
+    for result in ["applied", "rejected"] {
+        metrics::counter!(TLS_RELOADS, "result" => result).absolute(0);
     }
     describe_counter!(
         DECISIONS,
@@ -899,17 +908,20 @@ pub enum ConnectionClose {
     Evicted,
     /// The server is shutting down.
     Shutdown,
+    /// The TLS handshake failed (a plaintext client, no or an untrusted client certificate).
+    Tls,
 }
 
 impl ConnectionClose {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [ConnectionClose; 6] = [
+    pub const ALL: [ConnectionClose; 7] = [
         ConnectionClose::Peer,
         ConnectionClose::Evicted,
         ConnectionClose::Idle,
         ConnectionClose::Handshake,
         ConnectionClose::Limit,
         ConnectionClose::Shutdown,
+        ConnectionClose::Tls,
     ];
 
     /// The label value.
@@ -921,6 +933,7 @@ impl ConnectionClose {
             ConnectionClose::Limit => "limit",
             ConnectionClose::Evicted => "evicted",
             ConnectionClose::Shutdown => "shutdown",
+            ConnectionClose::Tls => "tls",
         }
     }
 }
@@ -936,6 +949,12 @@ pub fn connection_closed(port: Port, reason: ConnectionClose) {
         metrics::gauge!(CONNECTIONS_OPEN, "port" => port.as_str()).decrement(1.0);
     }
     metrics::counter!(CONNECTIONS_CLOSED, "port" => port.as_str(), "reason" => reason.as_str()).increment(1);
+}
+
+/// A certificate reload after its files changed: applied or rejected.
+pub fn tls_reloaded(applied: bool) {
+    let result = if applied { "applied" } else { "rejected" };
+    metrics::counter!(TLS_RELOADS, "result" => result).increment(1);
 }
 
 /// Why a call was shed: the `reason` label of `vitrine_requests_shed_total`.

@@ -16,6 +16,11 @@
 //! not sent a request yet (so silent sockets cannot starve clients that
 //! talk); when every open connection has, it is closed at once and counted,
 //! rather than left in the kernel's backlog where it would look accepted.
+//!
+//! With TLS ([`crate::api::tls`]), the handshake runs first on the
+//! connection's task, under the same bounds as a connection that has sent
+//! nothing yet: `handshake_timeout` from the TCP accept, evictable at the
+//! limit. A failed handshake closes the connection with the `tls` reason.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -26,11 +31,12 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::HttpService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::api::tls::{Acceptor, Io};
 use crate::metrics::{self, ConnectionClose, Port};
 
 /// How long a connection being closed may take to say goodbye.
@@ -147,7 +153,8 @@ where
 }
 
 /// Accepts connections on `listener` until `shutdown` completes, serving
-/// each with the connection `serve` makes of it; then closes every
+/// each (after its TLS handshake, with `tls`) with the connection `serve`
+/// makes of it; then closes every
 /// connection gracefully, waiting at most `drain` (calls in flight finish
 /// within their deadline) plus [`CLOSE_GRACE`].
 pub async fn accept_loop<C, F>(
@@ -155,12 +162,14 @@ pub async fn accept_loop<C, F>(
     port: Port,
     limits: ConnectionLimits,
     drain: Duration,
+    tls: Option<Acceptor>,
     shutdown: impl Future<Output = ()>,
     serve: F,
 ) where
     C: Graceful + Send + 'static,
-    F: Fn(TcpStream, Arc<Activity>) -> C,
+    F: Fn(Io, Arc<Activity>) -> C + Send + Sync + 'static,
 {
+    let serve = Arc::new(serve);
     let slots = Arc::new(Semaphore::new(limits.max));
     let (stop, stopped) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -206,11 +215,22 @@ pub async fn accept_loop<C, F>(
                 live.retain(|(a, _)| Arc::strong_count(a) > 1);
                 let evict = Arc::new(tokio::sync::Notify::new());
                 live.push_back((activity.clone(), evict.clone()));
-                let connection = serve(stream, activity.clone());
                 let stopped = stopped.clone();
+                let serve = serve.clone();
+                let tls = tls.clone();
                 metrics::connection_opened(port);
                 connections.spawn(async move {
-                    let reason = drive(connection, &activity, limits, drain, stopped, &evict).await;
+                    let io = match tls {
+                        None => Ok(Io::Plain(stream)),
+                        Some(tls) => handshake(&tls, stream, &activity, limits, stopped.clone(), &evict).await,
+                    };
+                    let reason = match io {
+                        Ok(io) => {
+                            let connection = serve(io, activity.clone());
+                            drive(connection, &activity, limits, drain, stopped, &evict).await
+                        }
+                        Err(reason) => reason,
+                    };
                     metrics::connection_closed(port, reason);
                     drop(slot);
                 });
@@ -240,6 +260,31 @@ fn evict_silent(live: &mut VecDeque<(Arc<Activity>, Arc<tokio::sync::Notify>)>) 
             true
         }
         None => false,
+    }
+}
+
+/// Runs the TLS handshake of a connection that has sent nothing yet: it
+/// ends as such a connection would (handshake timeout, eviction, shutdown),
+/// or with [`ConnectionClose::Tls`] when the handshake fails.
+async fn handshake(
+    tls: &Acceptor,
+    stream: tokio::net::TcpStream,
+    activity: &Activity,
+    limits: ConnectionLimits,
+    mut stopped: watch::Receiver<bool>,
+    evict: &tokio::sync::Notify,
+) -> Result<Io, ConnectionClose> {
+    tokio::select! {
+        () = evict.notified() => Err(ConnectionClose::Evicted),
+        () = async { drop(stopped.wait_for(|s| *s).await) } => Err(ConnectionClose::Shutdown),
+        reason = activity.expired(limits) => Err(reason),
+        accepted = tls.accept(stream) => match accepted {
+            Ok(stream) => Ok(Io::Tls(Box::new(stream))),
+            Err(e) => {
+                tracing::debug!("TLS handshake failed: {e}");
+                Err(ConnectionClose::Tls)
+            }
+        },
     }
 }
 

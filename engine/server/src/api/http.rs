@@ -65,13 +65,14 @@ async fn readyz(State(p): State<Probes>) -> impl IntoResponse {
     }
 }
 
-/// Serves the probes router on `listener` (HTTP/1.1) until `shutdown`
+/// Serves the probes router on `listener` (HTTP/1.1, over TLS with `tls`) until `shutdown`
 /// completes, with the connection bounds of `limits`; a request's headers
 /// must arrive within the handshake timeout.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     probes: Probes,
     limits: ConnectionLimits,
+    tls: Option<crate::api::tls::Acceptor>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use tonic::codegen::Service as _;
@@ -86,8 +87,9 @@ pub async fn serve(
         Port::Http,
         limits,
         PROBE_DRAIN,
+        tls,
         shutdown,
-        |stream, activity| {
+        move |stream, activity| {
             let router = router.clone();
             let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 let call = activity.begin();

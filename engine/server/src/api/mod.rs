@@ -1,8 +1,9 @@
 //! The request path: TCP connections ([`connections`]), admission and load
 //! shedding on HTTP/2 ([`transport`]), the gRPC services ([`grpc`]) and the
-//! operational HTTP port ([`http`]).
+//! operational HTTP port ([`http`]), both optionally over TLS ([`tls`]).
 
 pub mod connections;
 pub mod grpc;
 pub mod http;
+pub mod tls;
 pub mod transport;

@@ -188,12 +188,14 @@ fn grpc_timeout<B>(request: &Request<B>) -> Option<Duration> {
 
 /// Serves `routes` on `listener` until `shutdown` completes, then stops
 /// accepting, lets every connection finish its calls (HTTP/2 GOAWAY) and
-/// returns. Connections are bounded and timed out as `connections` says.
+/// returns. Connections are bounded and timed out as `connections` says,
+/// and speak TLS with `tls`.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     limits: Limits,
     connections: ConnectionLimits,
+    tls: Option<crate::api::tls::Acceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let routes = routes.prepare();
@@ -213,8 +215,9 @@ pub async fn serve(
         Port::Grpc,
         connections,
         limits.request_timeout,
+        tls,
         shutdown,
-        |stream, activity| {
+        move |stream, activity| {
             let service = Admit {
                 routes: routes.clone(),
                 gate: gate.clone(),

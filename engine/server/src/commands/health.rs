@@ -2,6 +2,10 @@
 //! itself, for a Docker `HEALTHCHECK` or a Kubernetes exec probe where no
 //! curl or grpcurl is installed.
 //!
+//! With `--tls-ca` the port is dialled over TLS (a server with
+//! `--tls-cert`), and with `--tls-cert`/`--tls-key` it presents a client
+//! certificate (a server with `--tls-client-ca`).
+//!
 //! Exit codes: 0 SERVING; 1 NOT_SERVING, UNKNOWN or a service the server
 //! does not know; 2 unreachable (no connection, or no answer in time) or a
 //! bad flag.
@@ -10,7 +14,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -60,9 +64,27 @@ pub fn target(addr: &str) -> String {
 
 /// Asks `addr` about `service`, all within `timeout`.
 pub async fn check(addr: &str, service: &str, timeout: Duration) -> Outcome {
-    let endpoint = match Endpoint::from_shared(target(addr)) {
+    check_with(addr, service, timeout, None).await
+}
+
+/// [`check`], over TLS with `tls`.
+pub async fn check_with(addr: &str, service: &str, timeout: Duration, tls: Option<ClientTlsConfig>) -> Outcome {
+    let mut url = target(addr);
+    if tls.is_some() {
+        if let Some(rest) = url.strip_prefix("http://") {
+            url = format!("https://{rest}");
+        }
+    }
+    let endpoint = match Endpoint::from_shared(url) {
         Ok(e) => e.connect_timeout(timeout).timeout(timeout),
         Err(e) => return Outcome::Unreachable(format!("`{addr}`: {e}")),
+    };
+    let endpoint = match tls {
+        None => endpoint,
+        Some(tls) => match endpoint.tls_config(tls) {
+            Ok(e) => e,
+            Err(e) => return Outcome::Unreachable(format!("TLS: {}", describe(&e))),
+        },
     };
     let call = async {
         let channel = endpoint
@@ -105,6 +127,32 @@ fn describe(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The TLS client of `--tls-ca` (and `--tls-cert`/`--tls-key`), if asked for.
+fn client_tls(args: &HealthArgs) -> Result<Option<ClientTlsConfig>, String> {
+    let Some(ca) = &args.tls_ca else {
+        if args.tls_cert.is_some() {
+            return Err("--tls-cert: needs --tls-ca".to_string());
+        }
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+    let name = match &args.tls_name {
+        Some(name) => Some(name.clone()),
+        None => http::Uri::try_from(target(&args.addr)).ok().and_then(|u| {
+            u.host()
+                .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        }),
+    };
+    if let Some(name) = name {
+        tls = tls.domain_name(name);
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
+}
+
 /// Runs the command: one line on `out` (SERVING) or standard error.
 pub fn run(args: &HealthArgs, out: &mut impl Write) -> ExitCode {
     let timeout = match crate::config::parse_duration(&args.timeout) {
@@ -117,6 +165,13 @@ pub fn run(args: &HealthArgs, out: &mut impl Write) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match client_tls(args) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("vitrine health: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -124,7 +179,7 @@ pub fn run(args: &HealthArgs, out: &mut impl Write) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let outcome = runtime.block_on(check(&args.addr, &args.service, timeout));
+    let outcome = runtime.block_on(check_with(&args.addr, &args.service, timeout, tls));
     match &outcome {
         Outcome::Serving => {
             let _ = writeln!(out, "SERVING");

@@ -260,6 +260,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 
     let ready = Arc::new(AtomicBool::new(ready_now));
     metrics::ready(ready_now);
+    // TLS on both ports (README, "TLS"), its files watched for renewals.
+    let tls = match config.tls.clone() {
+        Some(files) => Some(Arc::new(crate::api::tls::Tls::load(files).context("TLS")?)),
+        None => None,
+    };
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -326,8 +331,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         request_timeout: config.request_timeout,
     };
     let grpc_connections = config.grpc_connections;
+    let grpc_tls = tls.as_ref().map(|t| t.grpc.clone());
     tasks.push(tokio::spawn(async move {
-        transport::serve(grpc_listener, routes, limits, grpc_connections, draining)
+        transport::serve(grpc_listener, routes, limits, grpc_connections, grpc_tls, draining)
             .await
             .context("gRPC server")
     }));
@@ -340,8 +346,16 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     };
     let mut http_stop = stopped.clone();
     let http_connections = config.http_connections;
+    let http_tls = tls.as_ref().map(|t| t.http.clone());
+    if let Some(tls) = tls {
+        let stopped = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            tls.watch(stopped).await;
+            Ok(())
+        }));
+    }
     tasks.push(tokio::spawn(async move {
-        http::serve(metrics_listener, probes, http_connections, async move {
+        http::serve(metrics_listener, probes, http_connections, http_tls, async move {
             let _ = http_stop.wait_for(|s| *s).await;
         })
         .await;

@@ -15,4 +15,5 @@ mod labels;
 mod logs;
 mod rules_store;
 mod support;
+mod tls;
 mod validate;
