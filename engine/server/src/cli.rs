@@ -316,5 +316,17 @@ pub enum RulesCommand {
         /// push fails ABORTED and nothing changes.
         #[arg(long, default_value_t = 0)]
         expected_revision: u64,
+        /// Dial over TLS (a server with --tls-cert), trusting the CAs of this PEM file.
+        #[arg(long, env = "VITRINE_PUSH_TLS_CA", value_name = "PEM")]
+        tls_ca: Option<PathBuf>,
+        /// The name the server's certificate must carry (default: the host of --addr).
+        #[arg(long, value_name = "NAME")]
+        tls_name: Option<String>,
+        /// Client certificate (PEM), for a server with --tls-client-ca.
+        #[arg(long, env = "VITRINE_PUSH_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The client certificate's key (PEM).
+        #[arg(long, env = "VITRINE_PUSH_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }

@@ -53,16 +53,33 @@ fn main() -> ExitCode {
                     admin_token,
                     dry_run,
                     expected_revision,
+                    tls_ca,
+                    tls_name,
+                    tls_cert,
+                    tls_key,
                 },
-        } => match runtime() {
-            Ok(rt) => rt.block_on(push::run(
+        } => match (
+            runtime(),
+            health::client_tls_config(
+                &addr,
+                tls_ca.as_deref(),
+                tls_name.as_deref(),
+                tls_cert.as_deref().zip(tls_key.as_deref()),
+            ),
+        ) {
+            (Ok(rt), Ok(tls)) => rt.block_on(push::run(
                 &file,
                 &addr,
                 admin_token.as_deref(),
                 dry_run,
                 expected_revision,
+                tls,
             )),
-            Err(e) => {
+            (_, Err(e)) => {
+                eprintln!("vitrine rules push: {e}");
+                ExitCode::from(2)
+            }
+            (Err(e), _) => {
                 eprintln!("vitrine rules push: {e:#}");
                 ExitCode::from(2)
             }

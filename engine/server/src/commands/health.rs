@@ -129,17 +129,35 @@ fn describe(e: &dyn std::error::Error) -> String {
 
 /// The TLS client of `--tls-ca` (and `--tls-cert`/`--tls-key`), if asked for.
 fn client_tls(args: &HealthArgs) -> Result<Option<ClientTlsConfig>, String> {
-    let Some(ca) = &args.tls_ca else {
-        if args.tls_cert.is_some() {
+    client_tls_config(
+        &args.addr,
+        args.tls_ca.as_deref(),
+        args.tls_name.as_deref(),
+        args.tls_cert.as_deref().zip(args.tls_key.as_deref()),
+    )
+}
+
+/// A TLS client trusting the CAs of `ca` (PEM), checking the server's name
+/// (`name`, else the host of `addr`), presenting `identity` (certificate and
+/// key PEM files) when given; `None` without `ca`. Shared by the commands
+/// that dial a server (`health`, `rules push`).
+pub fn client_tls_config(
+    addr: &str,
+    ca: Option<&std::path::Path>,
+    name: Option<&str>,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<Option<ClientTlsConfig>, String> {
+    let Some(ca) = ca else {
+        if identity.is_some() {
             return Err("--tls-cert: needs --tls-ca".to_string());
         }
         return Ok(None);
     };
     let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
-    let name = match &args.tls_name {
-        Some(name) => Some(name.clone()),
-        None => http::Uri::try_from(target(&args.addr)).ok().and_then(|u| {
+    let name = match name {
+        Some(name) => Some(name.to_string()),
+        None => http::Uri::try_from(target(addr)).ok().and_then(|u| {
             u.host()
                 .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
         }),
@@ -147,10 +165,25 @@ fn client_tls(args: &HealthArgs) -> Result<Option<ClientTlsConfig>, String> {
     if let Some(name) = name {
         tls = tls.domain_name(name);
     }
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+    if let Some((cert, key)) = identity {
         tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
     }
     Ok(Some(tls))
+}
+
+/// A channel to `addr`, over TLS when `tls` is set.
+pub async fn channel(addr: &str, tls: Option<ClientTlsConfig>) -> Result<tonic::transport::Channel, String> {
+    let mut url = target(addr);
+    if tls.is_some() {
+        if let Some(rest) = url.strip_prefix("http://") {
+            url = format!("https://{rest}");
+        }
+    }
+    let mut endpoint = Endpoint::from_shared(url).map_err(|e| format!("`{addr}`: {e}"))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {}", describe(&e)))?;
+    }
+    endpoint.connect().await.map_err(|e| describe(&e))
 }
 
 /// Runs the command: one line on `out` (SERVING) or standard error.

@@ -10,7 +10,14 @@ use vitrine_proto::v1 as pb;
 /// Pushes `file`; prints the new revision and audience sizes, or every error
 /// as `FILE:line:column: message`. Exit 1 for a rejected file, 2 when the
 /// push could not be made (unreadable file, server unreachable, refused).
-pub async fn run(file: &Path, addr: &str, token: Option<&str>, dry_run: bool, expected_revision: u64) -> ExitCode {
+pub async fn run(
+    file: &Path,
+    addr: &str,
+    token: Option<&str>,
+    dry_run: bool,
+    expected_revision: u64,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> ExitCode {
     let name = file.display();
     let content = match crate::rules_store::read_rule_file(file, vitrine_core::rules::Limits::default().max_file_bytes)
     {
@@ -20,13 +27,8 @@ pub async fn run(file: &Path, addr: &str, token: Option<&str>, dry_run: bool, ex
             return ExitCode::from(2);
         }
     };
-    let addr = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let mut client = match pb::rules_client::RulesClient::connect(addr.clone()).await {
-        Ok(c) => c,
+    let mut client = match crate::commands::health::channel(addr, tls).await {
+        Ok(channel) => pb::rules_client::RulesClient::new(channel),
         Err(e) => {
             eprintln!("vitrine rules push: cannot connect to {addr}: {e}");
             return ExitCode::from(2);

@@ -363,3 +363,27 @@ fn the_tls_flags_are_checked_with_the_others() {
     let config = parse(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]).unwrap();
     assert_eq!(config.tls.unwrap().reload, Duration::from_secs(5));
 }
+
+/// `vitrine rules push --tls-ca` reaches a TLS server (the admin token then
+/// never crosses the network in clear); without it the push cannot be made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_push_dials_tls_with_its_ca() {
+    let dir = temp_dir("tls-push");
+    let ca = Ca::new("vitrine push ca");
+    let server = serve::start(tls_config(dir.path(), &ca.sign("server"), None))
+        .await
+        .unwrap();
+    let file = dir.path().join("tls.yaml");
+    std::fs::write(&file, SHOP).unwrap();
+    let ca_file = dir.path().join("push-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let addr = server.grpc_addr.to_string();
+    let tls = health::client_tls_config(&addr, Some(&ca_file), Some("localhost"), None).unwrap();
+    let pushed = vitrine::commands::push::run(&file, &addr, None, false, 0, tls).await;
+    assert_eq!(pushed, std::process::ExitCode::SUCCESS);
+    assert_eq!(server.engine.rules.serving("tls").map(|s| s.revision), Some(1));
+    let plain = vitrine::commands::push::run(&file, &addr, None, false, 0, None).await;
+    assert_eq!(plain, std::process::ExitCode::from(2), "plaintext against a TLS port");
+    assert_eq!(server.engine.rules.serving("tls").map(|s| s.revision), Some(1));
+    server.shutdown().await.unwrap();
+}
