@@ -300,6 +300,7 @@ impl Config {
         let idle_timeout = duration("idle-timeout", &args.idle_timeout, Duration::from_secs(1));
         let handshake_timeout = duration("handshake-timeout", &args.handshake_timeout, Duration::from_millis(100));
         let cluster_timeout = duration("cluster-timeout", &args.cluster_timeout, Duration::from_millis(1));
+        let tls_reload = duration("tls-reload", &args.tls_reload, Duration::from_millis(100));
         let max_queue_wait = match args.max_queue_wait.as_str() {
             "0" => Some(Duration::ZERO),
             text => duration("max-queue-wait", text, Duration::from_millis(1)),
@@ -445,7 +446,13 @@ impl Config {
                 None
             }
         };
-        let tls = crate::api::tls::TlsFiles::from_args(args, &mut problems);
+        let tls = crate::api::tls::TlsFiles::from_flags(
+            args.tls_cert.as_deref(),
+            args.tls_key.as_deref(),
+            args.tls_client_ca.as_deref(),
+            tls_reload,
+            &mut problems,
+        );
         match (
             grpc_addr,
             metrics_addr,

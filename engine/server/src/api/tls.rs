@@ -38,9 +38,6 @@ use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::cli::ServeArgs;
-use crate::config::parse_duration;
-
 /// A PEM file larger than this is refused (a certificate chain is a few KiB).
 const MAX_PEM_BYTES: u64 = 1 << 20;
 
@@ -58,26 +55,22 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    /// The TLS flags of `serve`: `None` when TLS is off (or a flag is wrong:
-    /// then the problem is in `problems`).
-    pub fn from_args(args: &ServeArgs, problems: &mut Vec<String>) -> Option<TlsFiles> {
-        let reload = match parse_duration(&args.tls_reload) {
-            Ok(d) if d >= Duration::from_millis(100) => Some(d),
-            Ok(_) => {
-                problems.push("--tls-reload: must be at least 100ms".to_string());
-                None
-            }
-            Err(e) => {
-                problems.push(format!("--tls-reload: {e}"));
-                None
-            }
-        };
-        match (&args.tls_cert, &args.tls_key) {
+    /// The TLS flags of `serve` (`--tls-reload` already parsed by
+    /// [`crate::config`], `None` when it was wrong): `None` when TLS is off
+    /// (or a flag is wrong: then the problem is in `problems`).
+    pub fn from_flags(
+        cert: Option<&Path>,
+        key: Option<&Path>,
+        client_ca: Option<&Path>,
+        reload: Option<Duration>,
+        problems: &mut Vec<String>,
+    ) -> Option<TlsFiles> {
+        match (cert, key) {
             (Some(cert), Some(key)) => {
                 let files = TlsFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    client_ca: args.tls_client_ca.clone(),
+                    cert: cert.to_path_buf(),
+                    key: key.to_path_buf(),
+                    client_ca: client_ca.map(Path::to_path_buf),
                     reload: reload?,
                 };
                 // Read now, so that a wrong file is reported with every other problem.
@@ -90,7 +83,7 @@ impl TlsFiles {
                 }
             }
             (None, None) => {
-                if args.tls_client_ca.is_some() {
+                if client_ca.is_some() {
                     problems.push("--tls-client-ca: needs --tls-cert and --tls-key".to_string());
                 }
                 None
