@@ -282,34 +282,41 @@ pub struct BenefitImage {
 /// Every shop's benefits' state, shops and benefits sorted by name.
 pub type LedgerImage = Vec<(Box<str>, Vec<(Box<str>, BenefitImage)>)>;
 
+/// Every shop's benefits as a [`LedgerImage`], shops and benefits sorted by
+/// name, each benefit's state copied by `copy` under its lock: the one walk
+/// both ledgers (this one and the server's durable one) snapshot with.
+pub fn ledger_image<S>(
+    shops: &DashMap<Box<str>, Arc<DashMap<Box<str>, Mutex<S>, RandomState>>, RandomState>,
+    copy: impl Fn(&S) -> BenefitImage,
+) -> LedgerImage {
+    let mut image: LedgerImage = shops
+        .iter()
+        .map(|shop| {
+            let mut benefits: Vec<_> = shop
+                .value()
+                .iter()
+                .map(|b| (b.key().clone(), copy(&b.value().lock())))
+                .collect();
+            benefits.sort_by(|a, b| a.0.cmp(&b.0));
+            (shop.key().clone(), benefits)
+        })
+        .collect();
+    image.sort_by(|a, b| a.0.cmp(&b.0));
+    image
+}
+
 impl MemoryLedger {
     /// A copy of the whole state, sorted (equal ledgers give equal images
     /// up to the order of visitors inside [`Grants`]).
     pub fn image(&self) -> LedgerImage {
-        let mut shops: LedgerImage = self
-            .shops
-            .iter()
-            .map(|shop| {
-                let mut benefits: Vec<_> = shop
-                    .value()
-                    .iter()
-                    .map(|b| {
-                        let ledger = b.value().lock();
-                        let mut answers: Vec<_> = ledger.answers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                        answers.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                        let image = BenefitImage {
-                            grants: ledger.grants.clone(),
-                            answers,
-                        };
-                        (b.key().clone(), image)
-                    })
-                    .collect();
-                benefits.sort_by(|a, b| a.0.cmp(&b.0));
-                (shop.key().clone(), benefits)
-            })
-            .collect();
-        shops.sort_by(|a, b| a.0.cmp(&b.0));
-        shops
+        ledger_image(&self.shops, |ledger: &BenefitLedger| {
+            let mut answers: Vec<_> = ledger.answers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            answers.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            BenefitImage {
+                grants: ledger.grants.clone(),
+                answers,
+            }
+        })
     }
 
     /// A ledger holding `image` (a benefit listed twice: the last one stands).

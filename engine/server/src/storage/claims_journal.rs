@@ -556,31 +556,14 @@ fn read_outcome(r: &mut Reader<'_>) -> codec::Result<ClaimOutcome> {
 
 /// Every shop's benefits' state, sorted by name, copied under each benefit's lock.
 pub(super) fn image_of(shops: &Shops) -> Image {
-    let mut shops: Vec<_> = shops
-        .iter()
-        .map(|shop| {
-            let mut benefits: Vec<_> = shop
-                .value()
-                .iter()
-                .map(|b| {
-                    let state = b.value().lock();
-                    let image = BenefitImage {
-                        grants: state.grants.clone(),
-                        answers: state
-                            .answers
-                            .iter()
-                            .map(|(id, (answer, _))| (id.clone(), answer.clone()))
-                            .collect(),
-                    };
-                    (b.key().clone(), image)
-                })
-                .collect();
-            benefits.sort_by(|a, b| a.0.cmp(&b.0));
-            (shop.key().clone(), benefits)
-        })
-        .collect();
-    shops.sort_by(|a, b| a.0.cmp(&b.0));
-    shops
+    vitrine_core::claims::ledger_image(shops, |state: &BenefitState| BenefitImage {
+        grants: state.grants.clone(),
+        answers: state
+            .answers
+            .iter()
+            .map(|(id, (answer, _))| (id.clone(), answer.clone()))
+            .collect(),
+    })
 }
 
 /// A whole state file: header and body, the state as of journal LSN `lsn`.
