@@ -244,10 +244,9 @@ struct BenefitLedger {
 /// A correct, non-durable ledger: one mutex per (shop, benefit).
 #[derive(Debug, Default)]
 pub struct MemoryLedger {
-    shops: DashMap<Box<str>, Arc<ShopLedger>, RandomState>,
+    shops: ShopsOf<BenefitLedger>,
 }
 
-type ShopLedger = DashMap<Box<str>, Mutex<BenefitLedger>, RandomState>;
 
 impl MemoryLedger {
     /// An empty ledger.
@@ -282,13 +281,14 @@ pub struct BenefitImage {
 /// Every shop's benefits' state, shops and benefits sorted by name.
 pub type LedgerImage = Vec<(Box<str>, Vec<(Box<str>, BenefitImage)>)>;
 
+/// The shape both ledgers keep their state in: per shop, per benefit, the
+/// benefit's state `S` behind its own lock.
+pub type ShopsOf<S> = DashMap<Box<str>, Arc<DashMap<Box<str>, Mutex<S>, RandomState>>, RandomState>;
+
 /// Every shop's benefits as a [`LedgerImage`], shops and benefits sorted by
 /// name, each benefit's state copied by `copy` under its lock: the one walk
 /// both ledgers (this one and the server's durable one) snapshot with.
-pub fn ledger_image<S>(
-    shops: &DashMap<Box<str>, Arc<DashMap<Box<str>, Mutex<S>, RandomState>>, RandomState>,
-    copy: impl Fn(&S) -> BenefitImage,
-) -> LedgerImage {
+pub fn ledger_image<S>(shops: &ShopsOf<S>, copy: impl Fn(&S) -> BenefitImage) -> LedgerImage {
     let mut image: LedgerImage = shops
         .iter()
         .map(|shop| {

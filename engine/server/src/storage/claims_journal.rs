@@ -263,7 +263,7 @@ pub(super) struct BenefitState {
 
 pub(super) type Benefits = DashMap<Box<str>, Mutex<BenefitState>, RandomState>;
 /// Every shop's benefits.
-pub(super) type Shops = DashMap<Box<str>, Arc<Benefits>, RandomState>;
+pub(super) type Shops = vitrine_core::claims::ShopsOf<BenefitState>;
 
 /// A claim ledger backed by an fsync'd, group-committed journal (see the module docs).
 pub struct DurableLedger {
