@@ -247,7 +247,6 @@ pub struct MemoryLedger {
     shops: ShopsOf<BenefitLedger>,
 }
 
-
 impl MemoryLedger {
     /// An empty ledger.
     pub fn new() -> MemoryLedger {
