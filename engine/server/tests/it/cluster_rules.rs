@@ -12,7 +12,7 @@ use vitrine_proto::v1 as pb;
 use crate::cluster_kit::{
     all_serve, banner, cluster_config, history, mock_cluster, push, replica, rules, serving, start, RULES_TOPIC,
 };
-use crate::support::{http_get, temp_dir, wait_for, TempDir, WAIT};
+use crate::support::{http_get, metric_value, temp_dir, wait_for, TempDir, WAIT};
 
 /// A push on one replica is served by all under one revision, with one
 /// history; a rollback on another replica too.
@@ -187,9 +187,10 @@ async fn an_unreadable_rules_record_is_skipped_and_counted_everywhere() {
     let a = replica(&brokers, "junk-a").await;
     let b = replica(&brokers, "junk-b").await;
     let unreadable = |text: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix("vitrine_cluster_records_total{topic=\"rules\",result=\"unreadable\"} "))
-            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+        metric_value(
+            text,
+            "vitrine_cluster_records_total{topic=\"rules\",result=\"unreadable\"}",
+        )
     };
     let before = unreadable(&http_get(a.server.metrics_addr, "/metrics").await);
     let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();

@@ -11,7 +11,7 @@ use vitrine::commands::serve;
 use vitrine::config::Config;
 use vitrine_proto::v1 as pb;
 
-use crate::support::{connect, http_get, temp_dir, test_config, TempDir};
+use crate::support::{connect, http_get, metric_value, temp_dir, test_config, TempDir};
 
 const RULES: &str = "shop: apparel
 audiences:
@@ -155,12 +155,7 @@ async fn events_of_shops_without_rules_are_rejected_and_keep_no_state() {
     let mut c = connect(server.grpc_addr).await;
     // The process's metrics are shared with the tests running beside this
     // one (some reject unknown shops too): count what this call adds.
-    let unknown_shop = |metrics: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("vitrine_ingest_rejected_total{reason=\"unknown_shop\"} "))
-            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
-    };
+    let unknown_shop = |metrics: &str| metric_value(metrics, "vitrine_ingest_rejected_total{reason=\"unknown_shop\"}");
     let before = unknown_shop(&http_get(server.metrics_addr, "/metrics").await);
     let events = (0..1000)
         .map(|i| event(&format!("made-up-{i}"), "v"))

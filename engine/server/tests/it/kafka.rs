@@ -19,7 +19,7 @@ use vitrine::rules_store::{Origin, RuleStore};
 use vitrine::state::Engine;
 use vitrine_core::{size_of, Event, Index, ShopIndex};
 
-use crate::support::{http_get, temp_dir, wait_until, TempDir, WAIT};
+use crate::support::{http_get, metric_value, temp_dir, wait_until, TempDir, WAIT};
 
 const TOPIC: &str = "vitrine.behavior";
 const DEAD: &str = "vitrine.dead";
@@ -233,10 +233,7 @@ impl Harness {
 
     /// The value of one series, 0 when absent.
     fn metric(&self, series: &str) -> f64 {
-        let text = self.handle.render();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-            .map_or(0.0, |v| v.trim().parse().unwrap())
+        metric_value(&self.handle.render(), series)
     }
 
     fn rejected(&self, reason: &str) -> f64 {

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use vitrine::commands::serve;
 use vitrine_proto::v1 as pb;
 
-use crate::support::{connect, http_get, temp_dir, test_config, wait_for};
+use crate::support::{connect, http_get, metric_value, temp_dir, test_config, wait_for};
 
 /// A shop name no other test uses: the metrics registry is the process's.
 const SHOP: &str = "labels-shop";
@@ -84,14 +84,6 @@ fn series(text: &str) -> BTreeSet<String> {
         .filter(|l| l.contains(&format!("shop=\"{SHOP}\"")) || l.contains("\"other\"") || l.contains("ghost"))
         .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s.to_string()))
         .collect()
-}
-
-/// The value of one series, 0 when absent.
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn decisions(slot: &str, entry: &str) -> String {
@@ -181,7 +173,7 @@ async fn unknown_shops_visitors_and_benefits_add_no_series_and_entries_count_rig
         (format!("vitrine_ingest_rejected_by_shop_total{{shop=\"{SHOP}\"}}"), 1.0),
     ];
     for (s, want) in &counted {
-        assert_eq!(value(&text, s), *want, "{s} in\n{text}");
+        assert_eq!(metric_value(&text, s), *want, "{s} in\n{text}");
     }
     // Other tests of this process may be first to reject an unknown shop's
     // event (the `shop="other"` series): only the series this flood could
@@ -198,7 +190,7 @@ async fn unknown_shops_visitors_and_benefits_add_no_series_and_entries_count_rig
     // The flood: unknown shops in every call, unknown visitors of the shop,
     // made-up benefit ids, and events of unknown shops.
     let rejected_other = "vitrine_ingest_rejected_by_shop_total{shop=\"other\"}";
-    let other_before = value(&text, rejected_other);
+    let other_before = metric_value(&text, rejected_other);
     for i in 0..FLOOD {
         let ghost = format!("ghost-shop-{i}");
         c.decision.decide(decide(&ghost, "v-1", "north")).await.unwrap_err();
@@ -235,8 +227,8 @@ async fn unknown_shops_visitors_and_benefits_add_no_series_and_entries_count_rig
         "series added by the flood"
     );
     // At least: other tests of this process may count there too.
-    assert!(value(&text, rejected_other) >= other_before + FLOOD as f64);
-    assert_eq!(value(&text, &decisions("banner", "none")), 1.0 + FLOOD as f64);
+    assert!(metric_value(&text, rejected_other) >= other_before + FLOOD as f64);
+    assert_eq!(metric_value(&text, &decisions("banner", "none")), 1.0 + FLOOD as f64);
     server.shutdown().await.unwrap();
 }
 
@@ -281,7 +273,7 @@ async fn kafka_rejections_count_per_served_shop_and_fold_the_rest_into_other() {
     let mine = format!("vitrine_ingest_rejected_by_shop_total{{shop=\"{KAFKA_SHOP}\"}}");
     let other = "vitrine_ingest_rejected_by_shop_total{shop=\"other\"}";
     let before = metrics(addr).await;
-    let other_before = value(&before, other);
+    let other_before = metric_value(&before, other);
 
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -310,15 +302,15 @@ async fn kafka_rejections_count_per_served_shop_and_fold_the_rest_into_other() {
     let want_other = other_before + 201.0;
     wait_for("every rejection counted", || async move {
         let text = metrics(addr).await;
-        value(
+        metric_value(
             &text,
             &format!("vitrine_ingest_rejected_by_shop_total{{shop=\"{KAFKA_SHOP}\"}}"),
         ) >= 2.0
-            && value(&text, other) >= want_other
+            && metric_value(&text, other) >= want_other
     })
     .await;
     let text = metrics(addr).await;
-    assert_eq!(value(&text, &mine), 2.0, "{mine}");
+    assert_eq!(metric_value(&text, &mine), 2.0, "{mine}");
     assert!(
         !text.contains("ghost"),
         "a made-up shop or visitor became a label:\n{text}"

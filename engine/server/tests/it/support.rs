@@ -100,3 +100,15 @@ pub async fn wait_for<F: Future<Output = bool>>(what: &str, mut done: impl FnMut
     .await;
     assert!(waited.is_ok(), "timed out after {WAIT:?} waiting for {what}");
 }
+
+/// The value of one series (`name{labels}`, as exposed) in a Prometheus text
+/// exposition; 0 when the series is absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .map_or(0.0, |v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("{series}: `{v}` is not a number: {e}"))
+        })
+}

@@ -18,7 +18,7 @@ use vitrine::commands::{health, serve};
 use vitrine::config::Config;
 use vitrine_proto::v1 as pb;
 
-use crate::support::{http_get, temp_dir, test_config, wait_for};
+use crate::support::{http_get, metric_value, temp_dir, test_config, wait_for};
 
 /// A test CA, and what it signs.
 struct Ca {
@@ -135,9 +135,7 @@ async fn served(addr: SocketAddr, ca: &Ca) -> CertificateDer<'static> {
 /// One series of /metrics, read over TLS.
 async fn metric(addr: SocketAddr, ca: &Ca, series: &str) -> f64 {
     let (text, _) = https_get(addr, "/metrics", ca, None).await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
+    metric_value(&text, series)
 }
 
 async fn tls_channel(addr: SocketAddr, ca: &Ca, identity: Option<&Pair>) -> Result<Channel, tonic::transport::Error> {
