@@ -632,6 +632,45 @@ mod tests {
     }
 
     #[test]
+    fn cluster_flags_are_checked_with_the_others() {
+        let e = Config::from_args(&args(&[
+            "--kafka-brokers",
+            "127.0.0.1:9092",
+            "--kafka-rules-topic",
+            "rules topic",
+            "--kafka-claims-topic",
+            "vitrine.behavior",
+            "--cluster-timeout",
+            "0s",
+            "--shops",
+            "a\u{7}b",
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            e.0,
+            [
+                "--cluster-timeout: must be at least 1ms",
+                "--kafka-rules-topic: `rules topic` is not a Kafka topic name (at most 249 of a-z, A-Z, 0-9, `.`, `_`, `-`)",
+                "--kafka-claims-topic: must differ from --kafka-topic (both `vitrine.behavior`)",
+                "--shops: \"a\\u{7}b\" holds a control character",
+            ]
+        );
+        let c = Config::from_args(&args(&[
+            "--kafka-brokers",
+            "127.0.0.1:9092",
+            "--cluster-timeout",
+            "250ms",
+        ]))
+        .unwrap();
+        let k = c.kafka.unwrap();
+        assert_eq!(
+            (k.rules_topic.as_str(), k.claims_topic.as_str()),
+            ("vitrine.rules", "vitrine.claims")
+        );
+        assert_eq!(k.cluster_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
     fn every_kafka_problem_is_reported_at_once() {
         let e = Config::from_args(&args(&[
             "--kafka-brokers",
