@@ -232,7 +232,10 @@ fn slot_name(slot: Slot) -> &'static str {
 
 fn decision_response(d: &vitrine_core::Decision<'_>, revision: u64) -> pb::DecideResponse {
     pb::DecideResponse {
-        banner: d.banner.map(|id| pb::Banner { id: id.to_string() }),
+        banner: d.banner.map(|id| pb::Banner {
+            id: id.to_string(),
+            params: Default::default(),
+        }),
         items: d
             .items
             .iter()
@@ -245,8 +248,12 @@ fn decision_response(d: &vitrine_core::Decision<'_>, revision: u64) -> pb::Decid
             id: b.id.to_string(),
             kind: b.kind.to_string(),
             params: b.params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            remaining: None,
         }),
         rule_revision: revision,
+        decision_id: String::new(),
+        tier_preview: None,
+        add_on_gap: None,
         explanation: d.explanation.as_ref().map(|e| pb::Explanation {
             audiences: e.audiences.clone(),
             steps: e
@@ -426,6 +433,7 @@ impl pb::benefits_server::Benefits for Service {
             granted: outcome == vitrine_core::ClaimOutcome::Granted,
             reason: outcome.as_str().to_string(),
             rule_revision: revision,
+            remaining: None,
         }))
     }
 }
