@@ -1,7 +1,7 @@
 //! The audience index: per shop, every visitor's behavior in two shapes.
 //!
 //! * **Columns** answer population questions (audience sizes): roaring
-//!   bitmaps of dense visitor ids per action and UTC day, per tag, per member
+//!   bitmaps of dense visitor ids per action and day (of the shop's clock), per tag, per member
 //!   tier, and per item and category (any action) as candidate filters.
 //! * **Rows** answer one-visitor questions (decisions): a compact profile per
 //!   visitor holding its de-duplicated (hour, action, item, category) entries,
@@ -12,6 +12,14 @@
 //! bits are sets, purchases are de-duplicated by event id (or by item and
 //! timestamp), and tags and tiers keep the value with the latest timestamp,
 //! so events may arrive out of order and more than once.
+//!
+//! Hours and days are the shop's clock hours (`crate::time`, "The
+//! clock-hour frame"): a [`ShopIndex`] holds its time zone, fixed when it is
+//! created, buckets every event by the clock hour of its `ts`, and converts
+//! `now` the same way ([`ShopIndex::clock_ms`]) before a window's range is
+//! computed. A UTC shop's clock is the instant itself. Re-bucketing an index
+//! into another zone is not possible exactly (an hour bucket does not keep
+//! its events' minutes), which is why the zone cannot change after creation.
 //!
 //! Concurrency: visitor profiles live in 256 shards, each behind its own
 //! `RwLock`; bitmaps sit behind per-action locks and sharded maps. A decision
@@ -30,7 +38,7 @@ use roaring::RoaringBitmap;
 
 use crate::event::{Action, ActionSet, Event};
 use crate::hash::stable_hash;
-use crate::time::{day_of, hour_of, HourRange, Window, MAX_WINDOW_HOURS};
+use crate::time::{day_of, HourRange, Window, Zone, MAX_WINDOW_HOURS};
 
 /// Marks "no category" in an entry.
 pub(crate) const NONE: u32 = u32::MAX;
@@ -241,6 +249,31 @@ impl Profile {
             *latest = (*latest).max(e.hour.saturating_add(1));
         }
     }
+
+    /// The clock hour of the latest entry of `actions` at or before hour
+    /// `now_hour` (entries in later hours do not count): O(1) when the
+    /// latest entry of each action settles it, a scan from the end otherwise.
+    pub(crate) fn latest_until(&self, actions: ActionSet, now_hour: u32) -> Option<u32> {
+        let mut best: Option<u32> = None;
+        let mut later = false;
+        for action in actions.iter() {
+            match self.latest[action as usize] {
+                0 => {}
+                l if l - 1 <= now_hour => best = best.max(Some(l - 1)),
+                _ => later = true,
+            }
+        }
+        if later {
+            let found = self
+                .entries
+                .iter()
+                .rev()
+                .skip_while(|e| e.hour > now_hour)
+                .find(|e| actions.contains(Action::BEHAVIORS[e.action as usize]));
+            best = best.max(found.map(|e| e.hour));
+        }
+        best
+    }
 }
 
 /// Per item action (view, cart, favorite, purchase): day -> visitors.
@@ -299,6 +332,8 @@ pub struct IndexStats {
 #[derive(Debug)]
 pub struct ShopIndex {
     name: Arc<str>,
+    /// The zone whose clock hours the index counts; fixed at creation.
+    zone: Zone,
     pub(crate) visitors: Interner,
     pub(crate) items: DashMap<Box<str>, ItemInfo, RandomState>,
     pub(crate) next_item: AtomicU32,
@@ -319,10 +354,16 @@ pub struct ShopIndex {
 }
 
 impl ShopIndex {
-    /// An empty index for `name`.
+    /// An empty index for `name`, on UTC's clock.
     pub fn new(name: &str) -> ShopIndex {
+        ShopIndex::with_zone(name, Zone::utc())
+    }
+
+    /// An empty index for `name` that counts hours on `zone`'s clock.
+    pub fn with_zone(name: &str, zone: Zone) -> ShopIndex {
         ShopIndex {
             name: name.into(),
+            zone,
             visitors: Interner::default(),
             items: DashMap::default(),
             next_item: AtomicU32::new(0),
@@ -414,7 +455,7 @@ impl ShopIndex {
                 let Some(item_name) = event.item.as_deref() else { return };
                 let category = event.category.as_deref().map(|c| self.categories.intern(c));
                 let item = self.intern_item(item_name, category.map(|c| (c, event.ts)));
-                let hour = hour_of(event.ts);
+                let hour = self.zone.clock_hour(event.ts);
                 let entry = Entry {
                     hour,
                     action: event.action as u8,
@@ -492,7 +533,7 @@ impl ShopIndex {
             amount: MAX_WINDOW_HOURS / 24,
             unit: crate::time::Unit::Days,
         }
-        .range(now_ms);
+        .range(self.clock_ms(now_ms));
         let first_day = keep.first / 24;
         for days in &self.days {
             let mut days = days.write();
@@ -550,9 +591,27 @@ impl ShopIndex {
         stats
     }
 
-    /// Today's day number at `now_ms` (for popularity).
-    pub(crate) fn today(now_ms: i64) -> u32 {
-        day_of(now_ms)
+    /// Today's day number at clock reading `clock_ms` (for popularity).
+    pub(crate) fn today(clock_ms: i64) -> u32 {
+        day_of(clock_ms)
+    }
+
+    /// The zone whose clock the index counts hours on.
+    pub fn zone(&self) -> &Zone {
+        &self.zone
+    }
+
+    /// The shop's clock at an instant (`crate::time::Zone::clock_ms`): what
+    /// window ranges are computed from.
+    #[inline]
+    pub fn clock_ms(&self, now_ms: i64) -> i64 {
+        self.zone.clock_ms(now_ms)
+    }
+
+    /// Replaces the zone of an index nobody shares yet (a snapshot's ZONE
+    /// section, read after the shop's rows).
+    pub(crate) fn set_zone(&mut self, zone: Zone) {
+        self.zone = zone;
     }
 }
 
@@ -599,6 +658,24 @@ impl Index {
     /// Applies one validated event. Idempotent.
     pub fn apply(&self, event: &Event<'_>) {
         self.shop_or_create(&event.shop).apply(event);
+    }
+
+    /// The shop's index, created empty on `zone()`'s clock when new
+    /// (`zone` is only called then).
+    pub fn shop_or_create_in(&self, shop: &str, zone: impl FnOnce() -> Zone) -> Arc<ShopIndex> {
+        if let Some(s) = self.shop(shop) {
+            return s;
+        }
+        self.shops
+            .entry(shop.into())
+            .or_insert_with(|| Arc::new(ShopIndex::with_zone(shop, zone())))
+            .clone()
+    }
+
+    /// Applies one validated event, creating its shop's index on `zone()`'s
+    /// clock when new. Idempotent.
+    pub fn apply_in(&self, event: &Event<'_>, zone: impl FnOnce() -> Zone) {
+        self.shop_or_create_in(&event.shop, zone).apply(event);
     }
 
     /// Every shop's index.

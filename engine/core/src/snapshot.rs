@@ -27,8 +27,8 @@
 //! header   := "VTRNSNAP" | version u32 | flags u32 (0) | payload_len u64
 //!             | payload_crc32 u32 | header_crc32 u32          (32 bytes; the last
 //!                                                             field covers the 28 before it)
-//! payload  := section(META) section(SHOP)*                    (shops in name order)
-//! section  := kind u8 | len u64 | body[len]                   (META = 1, SHOP = 2)
+//! payload  := section(META) section(SHOP)* section(ZONE)*     (shops in name order)
+//! section  := kind u8 | len u64 | body[len]                   (META = 1, SHOP = 2, ZONE = 3)
 //! META     := the caller's opaque bytes (Kafka offsets, rule revisions, ...)
 //! SHOP     := name str | visitors u32 | categories u32 | tags u32 | items u32 | shard_bits u8
 //!             | block(names) | block(names) | block(names) | block(items) | block(profiles)
@@ -41,7 +41,17 @@
 //!             | purchases varint | (key u64 | hour varint | item varint | amount f64)*
 //!             | tags varint | (tag varint | ts i64 | present u8)*
 //!             | tier_flag u8 | [ts i64 | tier varint]
+//! ZONE     := shop str | zone str                              (IANA name; one per shop whose
+//!                                                             index is not on UTC's clock)
 //! ```
+//!
+//! A shop without a ZONE section is on UTC's clock: snapshots written
+//! before time zones existed load unchanged. The zone is the index's own
+//! (fixed when the shop's index was created), not its rule file's: the
+//! hours in its profiles are that zone's clock hours (`crate::time`). A ZONE
+//! section for a shop the snapshot does not hold, a second one for the same
+//! shop, a SHOP section after a ZONE section, or a zone this build's
+//! database does not know is a malformed snapshot.
 //!
 //! Entries are stored sorted, their hours as deltas from the previous entry,
 //! so an entry takes about five bytes.
@@ -104,6 +114,7 @@ pub const HEADER_LEN: usize = 32;
 
 const SECTION_META: u8 = 1;
 const SECTION_SHOP: u8 = 2;
+const SECTION_ZONE: u8 = 3;
 
 /// Why a byte string is not a valid snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -186,6 +197,12 @@ pub fn encode(index: &Index, meta: &[u8]) -> Vec<u8> {
         encode_shop(shop, &mut out);
         end_len(&mut out, at);
     }
+    for shop in shops.iter().filter(|s| !s.zone().is_utc()) {
+        let at = begin_section(&mut out, SECTION_ZONE);
+        out.put_str(shop.name());
+        out.put_str(shop.zone().name());
+        end_len(&mut out, at);
+    }
     seal(&mut out);
     out
 }
@@ -216,10 +233,18 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     let mut r = Reader::new(payload);
     let meta = meta_section(&mut r)?.to_vec();
     let index = Index::new();
+    let mut zoned = std::collections::HashSet::new();
     while !r.is_empty() {
         let (kind, body) = section(&mut r)?;
+        if kind == SECTION_ZONE {
+            decode_zone(body, &index, &mut zoned)?;
+            continue;
+        }
         if kind != SECTION_SHOP {
             return Err(malformed(&r, "unknown section kind"));
+        }
+        if !zoned.is_empty() {
+            return Err(malformed(&r, "SHOP section after a ZONE section"));
         }
         let at = body.offset();
         let shop = decode_shop(body)?;
@@ -232,6 +257,25 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
         }
     }
     Ok(Snapshot { index, meta })
+}
+
+/// Reads a ZONE section and gives its shop (already decoded, not shared
+/// yet) that zone.
+fn decode_zone(mut r: Reader<'_>, index: &Index, zoned: &mut std::collections::HashSet<Box<str>>) -> Decoded<()> {
+    let name = r.str()?;
+    let zone_name = r.str()?;
+    r.finish()?;
+    let zone = crate::time::Zone::get(zone_name).ok_or_else(|| malformed(&r, "unknown time zone"))?;
+    if !zoned.insert(name.into()) {
+        return Err(malformed(&r, "duplicate ZONE section"));
+    }
+    let mut entry = index
+        .shops
+        .get_mut(name)
+        .ok_or_else(|| malformed(&r, "ZONE section for a shop the snapshot does not hold"))?;
+    let shop = Arc::get_mut(entry.value_mut()).ok_or_else(|| malformed(&r, "shop index is shared"))?;
+    shop.set_zone(zone);
+    Ok(())
 }
 
 // ------------------------------------------------------------------ header

@@ -1,9 +1,23 @@
-//! Time in the engine: event-time hours, audience windows and RFC 3339 timestamps.
+//! Time in the engine: event-time hours, audience windows, RFC 3339
+//! timestamps and shop time zones.
 //!
-//! Every window is evaluated on whole UTC buckets: `Nd` covers today (UTC) and
-//! the `N - 1` days before it, `Nh` the current hour and the `N - 1` hours
-//! before it. Both reduce to an inclusive range of hour numbers, which is what
-//! the index stores per event.
+//! # The clock-hour frame
+//!
+//! Every window is evaluated on whole buckets of the shop's *clock*: a shop
+//! has a time zone ([`Zone`], `timezone:` in its rule file, UTC by default),
+//! and an instant `ts` falls in clock hour `floor((ts + offset(ts)) / 1h)`,
+//! where `offset(ts)` is the zone's UTC offset at that instant (minutes
+//! included: +05:45 works). The index stores these clock hours, and `now` is
+//! converted the same way ([`Zone::clock_ms`]) before a window's range is
+//! computed. So `Nd` covers today on the shop's calendar and the `N - 1`
+//! local days before it, exactly, DST included, and `Nh` the current clock
+//! hour and the `N - 1` before it. On the night the clocks change, clock
+//! hours are not real hours: spring forward skips one (`12h` then spans 11
+//! real hours), fall back folds two real hours into one (`12h` spans 13).
+//! With UTC the offset is 0 and the clock is the instant itself.
+//!
+//! Both kinds of window reduce to an inclusive range of clock-hour numbers,
+//! which is what the index stores per event.
 
 use std::fmt;
 
@@ -32,7 +46,8 @@ pub fn check_instant(now_ms: i64) -> Result<i64, String> {
     }
 }
 
-/// Hours since the Unix epoch of a millisecond timestamp (0 before the epoch).
+/// Hours since the Unix epoch of a millisecond timestamp (0 before the
+/// epoch); of a clock reading ([`Zone::clock_ms`]), the clock hour.
 pub fn hour_of(ts_ms: i64) -> u32 {
     (ts_ms.max(0) / HOUR_MS).min(u32::MAX as i64) as u32
 }
@@ -47,7 +62,7 @@ pub fn day_of(ts_ms: i64) -> u32 {
 pub enum Unit {
     /// `h`: exact to the hour.
     Hours,
-    /// `d`: exact to the (UTC) day.
+    /// `d`: exact to the day of the shop's clock.
     Days,
 }
 
@@ -126,7 +141,8 @@ impl Window {
         self.hours() as i64 * HOUR_MS
     }
 
-    /// The hours this window covers at `now_ms`.
+    /// The clock hours this window covers at clock reading `now_ms` (an
+    /// instant converted by [`Zone::clock_ms`]; with UTC, the instant).
     pub fn range(&self, now_ms: i64) -> HourRange {
         // Saturating: `hour_of` clamps far-future instants to `u32::MAX`
         // hours, where `+ 1` and `* 24 + 23` would overflow.
@@ -157,11 +173,178 @@ impl fmt::Display for Window {
     }
 }
 
+/// A shop's time zone: an IANA zone from the database built into the
+/// binary (no system files), and its name. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Zone {
+    name: std::sync::Arc<str>,
+    tz: jiff::tz::TimeZone,
+    /// UTC itself: the clock is the instant, no lookup.
+    utc: bool,
+}
+
+impl Zone {
+    /// UTC, the zone of a rule file without `timezone:`.
+    pub fn utc() -> Zone {
+        Zone {
+            name: "UTC".into(),
+            tz: jiff::tz::TimeZone::UTC,
+            utc: true,
+        }
+    }
+
+    /// The IANA zone with this name (`Asia/Shanghai`), `None` when the
+    /// database has none. The name is kept as the database spells it.
+    pub fn get(name: &str) -> Option<Zone> {
+        if name.is_empty() || name.len() > MAX_ZONE_NAME_BYTES {
+            return None;
+        }
+        let tz = jiff::tz::TimeZone::get(name).ok()?;
+        let name = tz.iana_name().unwrap_or(name).to_string();
+        if name == "UTC" {
+            return Some(Zone::utc());
+        }
+        Some(Zone {
+            name: name.into(),
+            tz,
+            utc: false,
+        })
+    }
+
+    /// The zone's IANA name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether this is UTC (the default).
+    pub fn is_utc(&self) -> bool {
+        self.utc
+    }
+
+    /// The zone's UTC offset at an instant, in milliseconds.
+    #[inline]
+    pub fn offset_ms(&self, ts_ms: i64) -> i64 {
+        if self.utc {
+            return 0;
+        }
+        match jiff::Timestamp::from_millisecond(ts_ms) {
+            Ok(ts) => i64::from(self.tz.to_offset(ts).seconds()) * 1000,
+            Err(_) => 0,
+        }
+    }
+
+    /// The shop's clock at an instant, as milliseconds since the epoch of
+    /// the clock (`ts + offset(ts)`): what windows and days are cut from.
+    #[inline]
+    pub fn clock_ms(&self, ts_ms: i64) -> i64 {
+        ts_ms.saturating_add(self.offset_ms(ts_ms))
+    }
+
+    /// The clock hour of an instant (see the module docs).
+    #[inline]
+    pub fn clock_hour(&self, ts_ms: i64) -> u32 {
+        hour_of(self.clock_ms(ts_ms))
+    }
+
+    /// The instant a wall-clock time of this zone names. A time the clocks
+    /// skip (spring forward) resolves to the later instant, one they repeat
+    /// (fall back) to the earlier: RFC 5545's rule.
+    fn instant_of(&self, wall: &Wall) -> Option<i64> {
+        let extra = i64::from(wall.second.saturating_sub(59).max(0)) * 1000 + wall.millis;
+        if self.utc {
+            return Some(wall.naive_ms());
+        }
+        let dt = jiff::civil::DateTime::new(
+            i16::try_from(wall.year).ok()?,
+            wall.month as i8,
+            wall.day as i8,
+            wall.hour as i8,
+            wall.minute as i8,
+            wall.second.min(59) as i8,
+            0,
+        )
+        .ok()?;
+        let ts = self.tz.to_ambiguous_timestamp(dt).compatible().ok()?;
+        Some(ts.as_millisecond() + extra)
+    }
+}
+
+/// The longest time zone name looked up (IANA names are at most 30 bytes).
+pub const MAX_ZONE_NAME_BYTES: usize = 64;
+
+impl fmt::Debug for Zone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Zone({})", self.name)
+    }
+}
+
+impl fmt::Display for Zone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// Zones are equal when their names are (`Asia/Shanghai` and its alias
+/// `PRC` are different zones here, which errs on the careful side).
+impl PartialEq for Zone {
+    fn eq(&self, other: &Zone) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Zone {}
+
+impl Default for Zone {
+    fn default() -> Zone {
+        Zone::utc()
+    }
+}
+
+/// A timestamp's fields as written, before its offset is applied.
+struct Wall {
+    year: i64,
+    month: i64,
+    day: i64,
+    hour: i64,
+    minute: i64,
+    second: i64,
+    millis: i64,
+}
+
+impl Wall {
+    /// The fields read as UTC.
+    fn naive_ms(&self) -> i64 {
+        let days = days_from_civil(self.year, self.month, self.day);
+        (days * 86_400 + self.hour * 3600 + self.minute * 60 + self.second) * 1000 + self.millis
+    }
+}
+
+/// Parses an RFC 3339 timestamp with its offset, or a local date-time
+/// without one (`2026-11-11T00:00:00`), which is a wall-clock time in
+/// `zone` (see [`Zone`] for gaps and folds), into milliseconds since the
+/// Unix epoch.
+pub fn parse_timestamp_in(text: &str, zone: &Zone) -> Option<i64> {
+    let (wall, offset_min) = parse_wall(text)?;
+    match offset_min {
+        Some(m) => Some(wall.naive_ms() - m * 60_000),
+        None => zone.instant_of(&wall),
+    }
+}
+
 /// Parses an RFC 3339 timestamp (`2026-11-10T23:30:00+08:00`, `...Z`,
 /// optional fractional seconds) into milliseconds since the Unix epoch.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    match parse_wall(text)? {
+        (wall, Some(m)) => Some(wall.naive_ms() - m * 60_000),
+        (_, None) => None,
+    }
+}
+
+/// The fields of `YYYY-MM-DDTHH:MM:SS[.fff]` and its offset in minutes
+/// (`None` when the text ends without one).
+fn parse_wall(text: &str) -> Option<(Wall, Option<i64>)> {
     let b = text.as_bytes();
-    if b.len() < 20 {
+    if b.len() < 19 {
         return None;
     }
     let num = |range: std::ops::Range<usize>| -> Option<i64> {
@@ -188,7 +371,7 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     }
     let mut i = 19;
     let mut millis = 0;
-    if b[i] == b'.' {
+    if b.get(i) == Some(&b'.') {
         let start = i + 1;
         i = start;
         while i < b.len() && b[i].is_ascii_digit() {
@@ -201,25 +384,29 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
         let first3: String = frac.chars().chain("000".chars()).take(3).collect();
         millis = first3.parse::<i64>().ok()?;
     }
-    let offset_min = match b.get(i)? {
-        b'Z' | b'z' if i + 1 == b.len() => 0,
-        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+    let offset_min = match b.get(i) {
+        None => None,
+        Some(b'Z' | b'z') if i + 1 == b.len() => Some(0),
+        Some(sign @ (b'+' | b'-')) if i + 6 == b.len() && b[i + 3] == b':' => {
             let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
             if oh > 23 || om > 59 {
                 return None;
             }
             let m = oh * 60 + om;
-            if *sign == b'-' {
-                -m
-            } else {
-                m
-            }
+            Some(if *sign == b'-' { -m } else { m })
         }
         _ => return None,
     };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_min * 60;
-    Some(secs * 1000 + millis)
+    let wall = Wall {
+        year,
+        month,
+        day,
+        hour,
+        minute,
+        second,
+        millis,
+    };
+    Some((wall, offset_min))
 }
 
 fn is_leap(y: i64) -> bool {

@@ -205,7 +205,19 @@ struct VisitorFacts<'a> {
     shop: Option<&'a ShopIndex>,
     profile: Option<&'a Profile>,
     context: &'a Context<'a>,
-    now_ms: i64,
+    /// The shop's clock at the request's instant (`ShopIndex::clock_ms`):
+    /// every window range is cut from it.
+    clock_ms: i64,
+}
+
+/// The shop's clock at `now_ms`: the index's zone (fixed when it was
+/// created), else, for a shop without an index yet, the rule set's.
+#[inline]
+fn clock_of(rules: &RuleSet, shop: Option<&ShopIndex>, now_ms: i64) -> i64 {
+    match shop {
+        Some(s) => s.clock_ms(now_ms),
+        None => rules.zone.clock_ms(now_ms),
+    }
 }
 
 impl Facts for VisitorFacts<'_> {
@@ -225,10 +237,12 @@ impl Facts for VisitorFacts<'_> {
             } => {
                 let (count, spend) = self
                     .profile
-                    .map_or((0, 0.0), |p| p.purchases_in(window.range(self.now_ms)));
+                    .map_or((0, 0.0), |p| p.purchases_in(window.range(self.clock_ms)));
                 let v = match metric {
                     Metric::PurchaseCount => f64::from(count),
                     Metric::Spend => spend,
+                    Metric::AvgOrder if count == 0 => return false,
+                    Metric::AvgOrder => spend / f64::from(count),
                 };
                 cmp.test(v, *value)
             }
@@ -244,7 +258,7 @@ impl Facts for VisitorFacts<'_> {
                 let (Some(p), Some(shop)) = (self.profile, self.shop) else {
                     return false;
                 };
-                let range = window.range(self.now_ms);
+                let range = window.range(self.clock_ms);
                 let actions = *actions;
                 let of_action = |e: &crate::index::Entry| actions.contains(Action::BEHAVIORS[e.action as usize]);
                 match filter {
@@ -257,6 +271,13 @@ impl Facts for VisitorFacts<'_> {
                         Some(id) => p.any_entry(range, |e| e.category == id && of_action(e)),
                         None => false,
                     },
+                }
+            }
+            Atom::DaysSince { actions, cmp, value } => {
+                let Some(p) = self.profile else { return false };
+                match days_since(p, *actions, self.clock_ms) {
+                    Some(days) => cmp.test(f64::from(days), *value),
+                    None => false,
                 }
             }
         }
@@ -290,11 +311,12 @@ fn decide_with<'r>(
     ledger: &dyn ClaimLedger,
     req: &DecideRequest<'_>,
 ) -> Decision<'r> {
+    let clock_ms = clock_of(rules, shop, req.now_ms);
     let facts = VisitorFacts {
         shop,
         profile,
         context: &req.context,
-        now_ms: req.now_ms,
+        clock_ms,
     };
     let plan = &rules.plan;
     let mut memo = Memo::new(plan.audiences().len());
@@ -331,7 +353,7 @@ fn decide_with<'r>(
         0 => items.limit,
         n => n.min(MAX_ITEM_LIMIT),
     } as usize;
-    let signals = Signals::of(shop, profile, items.exclude_purchased, req.now_ms);
+    let signals = Signals::of(shop, profile, items.exclude_purchased, clock_ms);
     let context_item = req.context.item;
     let mut picks: Vec<Pick<'r>> = Vec::with_capacity(limit);
     let taken = |picks: &[Pick<'_>], id: &str| picks.iter().any(|p| p.id == id);
@@ -456,6 +478,7 @@ const FAVORITED: u8 = 2;
 const BOUGHT: u8 = 4;
 
 impl<'a> Signals<'a> {
+    /// The signals at clock reading `now_ms` (the shop's clock, `clock_of`).
     fn of(shop: Option<&'a ShopIndex>, profile: Option<&Profile>, exclude: Option<Window>, now_ms: i64) -> Signals<'a> {
         let mut s = Signals {
             shop,
@@ -534,6 +557,14 @@ impl<'a> Signals<'a> {
     }
 }
 
+/// Whole days of the shop's calendar between clock reading `clock_ms` and
+/// the visitor's latest entry of `actions` at or before its hour; `None`
+/// without one.
+pub(crate) fn days_since(p: &Profile, actions: crate::event::ActionSet, clock_ms: i64) -> Option<u32> {
+    let now_hour = crate::time::hour_of(clock_ms);
+    p.latest_until(actions, now_hour).map(|h| now_hour / 24 - h / 24)
+}
+
 /// A claim of a benefit by a visitor.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ClaimRequest<'a> {
@@ -595,7 +626,7 @@ pub fn prepare_claim<'a>(
             shop,
             profile,
             context: &req.context,
-            now_ms: req.now_ms,
+            clock_ms: clock_of(rules, shop, req.now_ms),
         };
         b.when
             .is_none_or(|w| rules.plan.eval(w, &facts, &mut Memo::new(rules.plan.audiences().len())))

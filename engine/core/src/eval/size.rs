@@ -7,6 +7,9 @@
 //! tiers); otherwise a bitmap of candidates (the days the window touches, the
 //! item's or category's visitors, the window's purchasers) is narrowed by
 //! checking each candidate's profile.
+//!
+//! Ranges are cut from the shop's clock (`crate::time`, "The clock-hour
+//! frame"): `now` is converted once, when the evaluator is made.
 
 use roaring::{MultiOps, RoaringBitmap};
 
@@ -21,6 +24,7 @@ use crate::time::HourRange;
 pub struct SizeEval<'a> {
     plan: &'a Plan,
     shop: &'a ShopIndex,
+    /// The shop's clock at the instant sized for.
     now_ms: i64,
     universe: RoaringBitmap,
     /// Each audience over the whole universe, once computed.
@@ -47,7 +51,7 @@ impl<'a> SizeEval<'a> {
         SizeEval {
             plan,
             shop,
-            now_ms,
+            now_ms: shop.clock_ms(now_ms),
             universe: shop.universe(),
             memo: vec![None; plan.audiences().len()],
             costs: vec![None; plan.audiences().len()],
@@ -146,7 +150,7 @@ impl<'a> SizeEval<'a> {
                     _ => Cost::Checked,
                 }
             }
-            Node::Atom(Atom::Metric { .. }) => Cost::Checked,
+            Node::Atom(Atom::Metric { .. } | Atom::DaysSince { .. }) => Cost::Checked,
             Node::Atom(_) => Cost::Exact,
         }
     }
@@ -209,10 +213,13 @@ impl<'a> SizeEval<'a> {
                     let v = match metric {
                         Metric::PurchaseCount => f64::from(count),
                         Metric::Spend => spend,
+                        Metric::AvgOrder if count == 0 => return false,
+                        Metric::AvgOrder => spend / f64::from(count),
                     };
                     cmp.test(v, *value)
                 };
-                if cmp.test(0.0, *value) {
+                // `avg_order` is false without purchases, whatever it compares.
+                if *metric != Metric::AvgOrder && cmp.test(0.0, *value) {
                     // Everyone without purchases matches: subtract the buyers who fail.
                     let failing = self.retain(buyers, |p| !test(p));
                     scope - failing
@@ -239,6 +246,24 @@ impl<'a> SizeEval<'a> {
                 .and_then(|id| shop.tag_visitors.get(&id).map(|b| b.value() & scope))
                 .unwrap_or_default(),
             Atom::Ctx { .. } => RoaringBitmap::new(),
+            Atom::DaysSince { actions, cmp, value } => {
+                // Candidates: every visitor with an entry of the actions on
+                // some day up to today; each one's latest entry decides.
+                let today = crate::time::hour_of(self.now_ms) / 24;
+                let mut candidates = self.days(
+                    *actions,
+                    HourRange {
+                        first: 0,
+                        last: today.saturating_mul(24).saturating_add(23),
+                    },
+                    None,
+                );
+                candidates &= scope;
+                let now_ms = self.now_ms;
+                self.retain(candidates, |p| {
+                    crate::eval::decide::days_since(p, *actions, now_ms).is_some_and(|d| cmp.test(f64::from(d), *value))
+                })
+            }
         }
     }
 

@@ -5,14 +5,17 @@
 //! or         := and ("or" and)*
 //! and        := unary ("and" unary)*
 //! unary      := "not" unary | primary
-//! primary    := "(" expr ")" | "true" | "false" | behavior | metric | tag | member | context | NAME
+//! primary    := "(" expr ")" | "true" | "false" | behavior | metric | tag | member | context
+//!               | recency | NAME
 //! behavior   := ("visited" | "viewed" | "carted" | "favorited" | "purchased")
 //!               "(" WINDOW [ "," ("item" | "category") "=" STRING ] ")"
-//! metric     := ("purchase_count" | "spend") "(" WINDOW ")" CMP NUMBER
+//! metric     := ("purchase_count" | "spend" | "avg_order") "(" WINDOW ")" CMP NUMBER
+//! recency    := "days_since" "(" ACTION ")" CMP NUMBER
 //! member     := "member_tier" CMP NUMBER
 //! tag        := "tag" "(" STRING ")"
 //! context    := "ctx." IDENT ( CMP STRING | "in" "[" STRING ("," STRING)* "]" )
 //! WINDOW     := INTEGER ("h" | "d")              e.g. 12h, 7d, 365d (at most 400d)
+//! ACTION     := "visit" | "view" | "cart" | "favorite" | "purchase"   (visit: any of the four)
 //! CMP        := "==" | "!=" | "<" | "<=" | ">" | ">="
 //! NAME       := another audience of the same file
 //! STRING     := '"' ( any character but '"' and '\' | '\"' | '\\' )* '"'
@@ -84,6 +87,8 @@ pub enum Metric {
     PurchaseCount,
     /// Sum of `price * quantity` over distinct purchases.
     Spend,
+    /// `spend / purchase_count`; false when there is no purchase.
+    AvgOrder,
 }
 
 /// An optional filter of a behavior atom.
@@ -140,6 +145,9 @@ pub enum Expr {
     },
     /// Another audience of the same file.
     Ref { name: String, span: Range<usize> },
+    /// `days_since(purchase) >= 45`: whole days of the shop's calendar
+    /// since the visitor's latest event of the action (`Visited`: any).
+    DaysSince { action: Behavior, cmp: Cmp, value: f64 },
 }
 
 impl Expr {
@@ -523,11 +531,11 @@ impl Parser {
             "carted" => Some(Behavior::Carted),
             "favorited" => Some(Behavior::Favorited),
             "purchased" => Some(Behavior::Purchased),
-            "purchase_count" | "spend" => {
-                let metric = if name == "spend" {
-                    Metric::Spend
-                } else {
-                    Metric::PurchaseCount
+            "purchase_count" | "spend" | "avg_order" => {
+                let metric = match name.as_str() {
+                    "spend" => Metric::Spend,
+                    "avg_order" => Metric::AvgOrder,
+                    _ => Metric::PurchaseCount,
                 };
                 self.expect(Tok::LParen, &format!("`(` after `{name}`"))?;
                 let window = self.window()?;
@@ -553,6 +561,7 @@ impl Parser {
                 return Ok(Expr::Tag(tag));
             }
             "ctx" => return self.context(token.span.start),
+            "days_since" => return self.days_since(),
             "and" | "or" | "not" | "in" => {
                 self.at -= 1;
                 return Err(self.expected("an audience expression"));
@@ -626,6 +635,44 @@ impl Parser {
         })
     }
 
+    /// `days_since` after its name: `( ACTION ) CMP NUMBER`.
+    fn days_since(&mut self) -> Result<Expr, ParseError> {
+        self.expect(Tok::LParen, "`(` after `days_since`")?;
+        let action = match self.next() {
+            Some(Token {
+                tok: Tok::Ident(word),
+                span,
+            }) => match action_named(&word) {
+                Some(action) => action,
+                None => {
+                    return Err(ParseError {
+                        offset: span.start,
+                        message: format!(
+                            "unknown action `{word}` in `days_since`: expected visit, view, cart, favorite or purchase"
+                        ),
+                    })
+                }
+            },
+            Some(Token {
+                tok: Tok::Number(_),
+                span,
+            }) => {
+                return Err(ParseError {
+                    offset: span.start,
+                    message: "days_since takes an action, not a window".into(),
+                })
+            }
+            _ => {
+                self.at -= 1;
+                return Err(self.expected("an action (visit, view, cart, favorite or purchase)"));
+            }
+        };
+        self.expect(Tok::RParen, "`)`")?;
+        let cmp = self.cmp()?;
+        let value = self.number()?;
+        Ok(Expr::DaysSince { action, cmp, value })
+    }
+
     fn window(&mut self) -> Result<Window, ParseError> {
         match self.next() {
             Some(Token {
@@ -678,6 +725,18 @@ impl Parser {
             }
         }
     }
+}
+
+/// The behavior an action word of `days_since` names.
+fn action_named(word: &str) -> Option<Behavior> {
+    Some(match word {
+        "visit" => Behavior::Visited,
+        "view" => Behavior::Viewed,
+        "cart" => Behavior::Carted,
+        "favorite" => Behavior::Favorited,
+        "purchase" => Behavior::Purchased,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

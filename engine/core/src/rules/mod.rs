@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::time::{parse_rfc3339, Window};
+use crate::time::{parse_timestamp_in, Window, Zone};
 use expr::Expr;
 use plan::{NodeId, Plan};
 use yaml::{Node, Pos};
@@ -227,6 +227,9 @@ pub struct RuleSet {
     pub items: ItemRules,
     /// Benefits, by priority.
     pub benefits: Vec<Benefit>,
+    /// The shop's time zone (`timezone:`, UTC by default): day windows,
+    /// `days_since` and `starts`/`ends` without an offset follow its clock.
+    pub zone: Zone,
 }
 
 /// The item limit when a file sets none.
@@ -250,6 +253,7 @@ impl RuleSet {
             errors: Vec::new(),
             omitted: 0,
             depths: Vec::new(),
+            zone: Zone::utc(),
         };
         let result = loader.load();
         let mut errors = loader.errors;
@@ -278,6 +282,8 @@ struct Loader<'s> {
     omitted: usize,
     /// Each audience's nesting with its references inlined, once known.
     depths: Vec<Option<Depth>>,
+    /// The file's `timezone:`, read before anything that reads a timestamp.
+    zone: Zone,
 }
 
 /// How deep an expression nests with its audience references inlined.
@@ -298,7 +304,7 @@ struct Written<'n> {
     pos: Pos,
 }
 
-const TOP_KEYS: &[&str] = &["shop", "audiences", "banners", "items", "benefits"];
+const TOP_KEYS: &[&str] = &["shop", "audiences", "banners", "items", "benefits", "timezone"];
 const BANNER_KEYS: &[&str] = &["when", "banner"];
 const ITEMS_KEYS: &[&str] = &["limit", "exclude_purchased", "pools", "complements"];
 const POOL_KEYS: &[&str] = &["when", "items"];
@@ -426,9 +432,11 @@ impl<'s> Loader<'s> {
         }
     }
 
+    /// An RFC 3339 timestamp; without an offset, a wall-clock time of the
+    /// file's `timezone:` (read first, wherever the file writes it).
     fn timestamp(&mut self, node: &Node, what: &str) -> Option<(i64, Pos)> {
         let text = self.string(node, what)?;
-        match parse_rfc3339(text) {
+        match parse_timestamp_in(text, &self.zone) {
             Some(ms) => Some((ms, node.pos())),
             None => {
                 self.error(
@@ -438,6 +446,17 @@ impl<'s> Loader<'s> {
                 None
             }
         }
+    }
+
+    /// The `timezone:` of the file: an IANA name the built-in database knows.
+    fn timezone(&mut self, node: &Node) -> Option<Zone> {
+        let name = self.string(node, "`timezone`")?;
+        let zone = Zone::get(name);
+        if zone.is_none() {
+            let shown: String = name.chars().take(crate::time::MAX_ZONE_NAME_BYTES).collect();
+            self.error(node.pos(), format!("unknown time zone `{shown}`"));
+        }
+        zone
     }
 
     fn percentage(&mut self, node: &Node, what: &str) -> Option<u32> {
@@ -584,6 +603,10 @@ impl<'s> Loader<'s> {
                 None
             }
         };
+        // Before any timestamp: `starts`/`ends` without an offset read it.
+        if let Some(zone) = top.get("timezone").and_then(|node| self.timezone(node)) {
+            self.zone = zone;
+        }
 
         // Audiences: names first, so that references in any order resolve.
         let mut names: Vec<Arc<str>> = Vec::new();
@@ -673,6 +696,7 @@ impl<'s> Loader<'s> {
                 complements: HashMap::new(),
             }),
             benefits,
+            zone: self.zone.clone(),
         })
     }
 
@@ -1116,7 +1140,7 @@ colour: red
 "#,
                 &[
                     r#"2:1: duplicate key `shop` in the rule file (first at 1:1)"#,
-                    r#"3:1: unknown key `colour` in the rule file; expected one of: shop, audiences, banners, items, benefits"#,
+                    r#"3:1: unknown key `colour` in the rule file; expected one of: shop, audiences, banners, items, benefits, timezone"#,
                 ],
             ),
             (

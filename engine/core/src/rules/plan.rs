@@ -55,6 +55,9 @@ pub enum Atom {
     Tag(Box<str>),
     /// A test of the request context.
     Ctx { key: CtxKey, test: CtxTest },
+    /// Whole days of the shop's calendar since the latest event of one of
+    /// `actions` (at or before now), compared with `value`; false without one.
+    DaysSince { actions: ActionSet, cmp: Cmp, value: f64 },
 }
 
 /// Which request-context value a `ctx.` atom reads.
@@ -350,6 +353,11 @@ impl Plan {
             Expr::Ctx { key, test, .. } => Node::Atom(Atom::Ctx {
                 key: CtxKey::from_name(key),
                 test: test.clone(),
+            }),
+            Expr::DaysSince { action, cmp, value } => Node::Atom(Atom::DaysSince {
+                actions: ActionSet::of(*action),
+                cmp: *cmp,
+                value: *value,
             }),
         }
     }
