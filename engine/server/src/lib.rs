@@ -18,6 +18,8 @@
 //!   validate`, `rules push`, `kafka produce`).
 //! * [`cli`], [`config`], [`clock`], [`metrics`]: flags, their validated form,
 //!   the wall clock, and every metric the process exports.
+//! * [`zones`]: shop time zones: which zone a new index counts hours in, and
+//!   rule changes that would move an existing one.
 //!
 //! The key design choice: the request path touches no lock that a writer
 //! holds for long. A Decide is one `DashMap` lookup and one `ArcSwap::load`
@@ -36,3 +38,4 @@ pub mod metrics;
 pub mod rules_store;
 pub mod state;
 pub mod storage;
+pub mod zones;

@@ -84,6 +84,8 @@ pub const CLAIMS_COMPACTIONS: &str = "vitrine_claims_compactions_total";
 pub const CLAIMS_COMPACTED_BYTES: &str = "vitrine_claims_compacted_bytes_total";
 /// `vitrine_claims_state_bytes`
 pub const CLAIMS_STATE_BYTES: &str = "vitrine_claims_state_bytes";
+/// `vitrine_rules_zone_conflicts_total`
+pub const RULES_ZONE_CONFLICTS: &str = "vitrine_rules_zone_conflicts_total";
 
 /// The actions of `vitrine_ingest_events_applied_total`: every [`Action`]
 /// (the exhaustive match in the tests fails to compile when one is added).
@@ -262,6 +264,11 @@ fn describe() {
         KAFKA_ERRORS,
         "Is Kafka ingest failing? Errors by kind: client (broker connections, metadata, fetches), commit (offset store or commit), dead_letter (a forward that failed)."
     );
+    describe_counter!(
+        RULES_ZONE_CONFLICTS,
+        "Does a shop serve rules whose timezone differs from the zone its index counts hours in (a rules-topic record or a rule file changed it; windows keep the index's zone until the index is rebuilt)? Counted once per shop and new zone."
+    );
+    metrics::counter!(RULES_ZONE_CONFLICTS).absolute(0);
 }
 
 /// Per slot: (shown, none).
@@ -641,6 +648,11 @@ pub fn ready(ready: bool) {
 /// The replica stopped trusting its storage (hardening #11, #17).
 pub fn storage_fault() {
     metrics::gauge!(STORAGE_FAULT).set(1.0);
+}
+
+/// A shop whose serving rules set another zone than its index's (see `crate::zones`).
+pub fn zone_conflict() {
+    metrics::counter!(RULES_ZONE_CONFLICTS).increment(1);
 }
 
 /// A claims-journal compaction that succeeded (`Some((state bytes, journal bytes deleted))`) or failed.

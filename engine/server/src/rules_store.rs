@@ -275,6 +275,19 @@ pub enum StoreError {
         /// Why.
         source: std::io::Error,
     },
+    /// The rules move a shop whose index exists to another time zone
+    /// (FAILED_PRECONDITION; see `crate::zones`).
+    #[error(
+        "shop `{shop}` cannot move from timezone {index_zone} to {rules_zone}: its index counts hours on {index_zone}'s clock and cannot be re-bucketed exactly; nothing changed. Keep `timezone: {index_zone}`, or rebuild the shop's index under the new zone (rules/README.md, \"Time zone\")"
+    )]
+    ZoneChange {
+        /// The shop.
+        shop: String,
+        /// The zone its index counts hours in.
+        index_zone: String,
+        /// The zone the rules set.
+        rules_zone: String,
+    },
 }
 
 /// Checks a shop name before it names files: 1 to [`MAX_SHOP_BYTES`] bytes,
@@ -603,7 +616,23 @@ impl RuleStore {
         now_ms: i64,
         expected: u64,
     ) -> Result<Arc<Served>, StoreError> {
+        self.push_checked(content, origin, dry_run, now_ms, expected, &|_| Ok(()))
+    }
+
+    /// [`RuleStore::push_expecting`] with one more check of the compiled
+    /// rules before anything changes (a dry run runs it too): the engine's
+    /// refusal of a time-zone change (`crate::zones::check`).
+    pub fn push_checked(
+        &self,
+        content: &str,
+        origin: Origin,
+        dry_run: bool,
+        now_ms: i64,
+        expected: u64,
+        check: &dyn Fn(&RuleSet) -> Result<(), StoreError>,
+    ) -> Result<Arc<Served>, StoreError> {
         let rules = self.compile(content)?;
+        check(&rules)?;
         if dry_run {
             let revision = self.shops.get(&*rules.shop).map_or(1, |s| s.history.lock().next);
             return Ok(Arc::new(Served {

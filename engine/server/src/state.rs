@@ -106,6 +106,8 @@ pub struct Engine {
     events: Option<EventLog>,
     /// Shared by Track from journaling to applying; see the module docs.
     track_gate: RwLock<()>,
+    /// Shops whose serving rules set another zone than their index's, reported.
+    zone_conflicts: crate::zones::Conflicts,
 }
 
 impl std::fmt::Debug for Engine {
@@ -156,6 +158,7 @@ impl Engine {
             cluster: crate::cluster::Cluster::default(),
             events,
             track_gate: RwLock::new(()),
+            zone_conflicts: crate::zones::Conflicts::default(),
         }
     }
 
@@ -215,9 +218,11 @@ impl Engine {
     }
 
     /// Applies one validated event (not journaled: Kafka and the demo
-    /// seeder have their own log).
+    /// seeder have their own log). A shop's first event creates its index
+    /// on the clock of its serving rules' `timezone:` (`crate::zones`).
     pub fn apply(&self, event: &Event<'_>) {
-        self.index.apply(event);
+        self.index
+            .apply_in(event, || crate::zones::zone_for(&self.rules, &event.shop));
         self.metrics.applied.increment(event.action);
     }
 
@@ -232,6 +237,13 @@ impl Engine {
             }
             None => 0,
         }
+    }
+
+    /// Reports shops whose serving rules set another time zone than their
+    /// index counts hours in (`crate::zones::Conflicts::check`); returns how
+    /// many there are. For start-up, the rules poll and the rules topic.
+    pub fn check_zones(&self) -> usize {
+        self.zone_conflicts.check(&self.index, &self.rules)
     }
 
     /// Deletes events-journal segments every record of which has an LSN of

@@ -219,6 +219,23 @@ fn store_status(e: StoreError) -> Status {
             tracing::error!("rule store: {e}");
             Status::internal(e.to_string())
         }
+        e @ StoreError::ZoneChange { .. } => Status::failed_precondition(e.to_string()),
+    }
+}
+
+/// Refuses a rollback to a revision whose time zone differs from the zone
+/// of the shop's index (`crate::zones`). A revision that cannot be read or
+/// compiled passes: the rollback itself reports that.
+fn rollback_zone_check(engine: &Engine, shop: &str, to: u64) -> Result<(), StoreError> {
+    if engine.index.shop(shop).is_none() {
+        return Ok(());
+    }
+    let Ok((revision, _)) = engine.rules.get(shop, to) else {
+        return Ok(());
+    };
+    match engine.rules.compile(&revision.content) {
+        Ok(rules) => crate::zones::check(&engine.index, &rules),
+        Err(_) => Ok(()),
     }
 }
 
@@ -482,10 +499,15 @@ impl pb::rules_server::Rules for Service {
             (false, Some(log)) => {
                 let (e, content) = (engine.clone(), req.content.clone());
                 let shop = blocking("Push", move || {
-                    e.rules.compile(&content).map(|r| r.shop.to_string()).map_err(|e| {
+                    let compiled = e.rules.compile(&content).map_err(|e| {
                         metrics::rule_push(Origin::Push, PushResult::Rejected);
                         store_status(e)
-                    })
+                    })?;
+                    crate::zones::check(&e.index, &compiled).map_err(|e| {
+                        metrics::rule_push(Origin::Push, PushResult::Failed);
+                        store_status(e)
+                    })?;
+                    Ok(compiled.shop.to_string())
                 })
                 .await?;
                 self.check_served(&shop)?;
@@ -502,9 +524,17 @@ impl pb::rules_server::Rules for Service {
             }
             _ => {
                 blocking("Push", move || {
+                    let zone_check = |rules: &vitrine_core::RuleSet| crate::zones::check(&engine.index, rules);
                     engine
                         .rules
-                        .push_expecting(&req.content, Origin::Push, req.dry_run, now_ms, req.expected_revision)
+                        .push_checked(
+                            &req.content,
+                            Origin::Push,
+                            req.dry_run,
+                            now_ms,
+                            req.expected_revision,
+                            &zone_check,
+                        )
                         .map_err(|e| {
                             let result = if matches!(e, StoreError::Invalid(_)) {
                                 PushResult::Rejected
@@ -591,6 +621,14 @@ impl pb::rules_server::Rules for Service {
         }
         let engine = self.engine.clone();
         let now_ms = at(0);
+        let (e, shop, to) = (engine.clone(), req.shop.clone(), req.revision);
+        blocking("Rollback", move || {
+            rollback_zone_check(&e, &shop, to).map_err(|e| {
+                metrics::rule_push(Origin::Rollback, PushResult::Failed);
+                store_status(e)
+            })
+        })
+        .await?;
         let revision = match engine.cluster.rules.get() {
             Some(log) => {
                 self.check_served(&req.shop)?;

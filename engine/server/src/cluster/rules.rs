@@ -269,6 +269,8 @@ fn apply_record(engine: &Weak<Engine>, pending: &Pending<Outcome>, max_payload: 
     let result = match &outcome {
         Ok(Applied::Changed(served)) => {
             metrics::rule_revision(&change.shop, served.revision);
+            // A record cannot be refused here: a zone change is reported.
+            engine.check_zones();
             tracing::info!(
                 shop = change.shop,
                 revision = served.revision,
@@ -316,7 +318,9 @@ pub fn apply(store: &RuleStore, record: &RuleRecord) -> Outcome {
         e @ (StoreError::Invalid(_) | StoreError::InvalidShop(_) | StoreError::NotServed { .. }) => {
             Refusal::Invalid(e.to_string())
         }
-        e @ (StoreError::Io(_) | StoreError::History { .. }) => Refusal::Failed(e.to_string()),
+        e @ (StoreError::Io(_) | StoreError::History { .. } | StoreError::ZoneChange { .. }) => {
+            Refusal::Failed(e.to_string())
+        }
     })
 }
 

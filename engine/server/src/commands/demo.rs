@@ -245,7 +245,7 @@ pub fn run(rules_dir: &Path, visitors: usize, now_ms: i64, out: &mut impl Write)
         };
         let stream = events(&rules, visitors, now_ms);
         for event in &stream {
-            index.apply(event);
+            index.apply_in(event, || rules.zone.clone());
         }
         let shop = index.shop(&rules.shop);
         writeln!(

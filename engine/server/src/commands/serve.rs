@@ -139,8 +139,18 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .with_context(|| format!("opening {}/snapshots", config.data_dir.display()))?;
     let data_dir = config.data_dir.clone();
     let (claims_segment_bytes, restore_storage) = (config.claims_segment_bytes, storage.clone());
+    // Journal replay creates shops' indexes on their rules' zones (the
+    // rules directory is read above; in cluster mode the store is still empty).
+    let zones: std::collections::HashMap<String, vitrine_core::time::Zone> = store
+        .shops()
+        .into_iter()
+        .map(|(shop, _)| {
+            let zone = crate::zones::zone_for(&store, &shop);
+            (shop, zone)
+        })
+        .collect();
     let (restored, snapshots) = tokio::task::spawn_blocking(move || {
-        restore(&data_dir, &snapshots, claims_segment_bytes, &restore_storage).map(|r| (r, snapshots))
+        restore(&data_dir, &snapshots, claims_segment_bytes, &restore_storage, &zones).map(|r| (r, snapshots))
     })
     .await
     .context("restoring state")??;
@@ -214,6 +224,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             }
         }
     }
+
+    // The rule files were read before the restore: report zones they changed.
+    engine.check_zones();
 
     let grpc_listener = TcpListener::bind(config.grpc_addr)
         .await
@@ -527,6 +540,7 @@ async fn background(
             } else {
                 SyncReport::default()
             };
+            e.check_zones();
             if refresh_stats {
                 for shop in e.index.shops() {
                     metrics::index_stats(shop.name(), &shop.stats());

@@ -53,13 +53,15 @@ pub struct Restored {
 
 /// Restores the state `--data-dir` holds: the newest valid snapshot (damaged
 /// ones set aside), the events journal after its position, the claims
-/// journal. Blocking; fails on damage that would lose acknowledged claims
+/// journal. A shop whose index the journal creates counts hours on
+/// `zones[shop]` (UTC when absent). Blocking; fails on damage that would lose acknowledged claims
 /// or events (the error says which file and where).
 pub fn restore(
     data_dir: &Path,
     snapshots: &SnapshotDir,
     claims_segment_bytes: u64,
     storage: &StorageHealth,
+    zones: &std::collections::HashMap<String, vitrine_core::time::Zone>,
 ) -> anyhow::Result<Restored> {
     let started = Instant::now();
     let (loaded, damaged) = snapshots
@@ -97,7 +99,11 @@ pub fn restore(
         position.events_lsn,
         EVENTS_SEGMENT_BYTES,
         Some(storage.wal_hook()),
-        |_, event| index.apply(&event),
+        |_, event| {
+            // A shop new to the snapshot gets its rules' zone (`crate::zones`).
+            let zone = || zones.get(&*event.shop).cloned().unwrap_or_default();
+            index.apply_in(&event, zone)
+        },
     )
     .context("opening the events journal")?;
     tracing::info!(
