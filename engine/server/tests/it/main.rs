@@ -15,5 +15,6 @@ mod labels;
 mod logs;
 mod rules_store;
 mod support;
+mod timezone;
 mod tls;
 mod validate;
