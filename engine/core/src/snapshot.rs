@@ -1412,6 +1412,62 @@ benefits:
         );
     }
 
+    /// A shop's zone survives the round trip in its ZONE section; a UTC
+    /// shop has none, so an index of UTC shops encodes as before zones.
+    #[test]
+    fn zones_roundtrip_and_utc_needs_no_section() {
+        let events = stream(11, 2_000, 40, 8, false);
+        let (utc, zoned) = (Index::new(), Index::new());
+        let kathmandu = crate::time::Zone::get("Asia/Kathmandu").unwrap();
+        for e in &events {
+            utc.apply(e);
+            zoned.apply_in(e, || kathmandu.clone());
+        }
+        let plain = encode(&utc, b"m");
+        assert!(!plain.windows(14).any(|w| w == b"Asia/Kathmandu"));
+        let bytes = encode(&zoned, b"m");
+        assert!(bytes.windows(14).any(|w| w == b"Asia/Kathmandu"));
+        let loaded = decode(&bytes).unwrap();
+        for name in shops(&zoned) {
+            assert_eq!(loaded.index.shop(&name).unwrap().zone(), &kathmandu, "{name}");
+            assert!(decode(&plain).unwrap().index.shop(&name).unwrap().zone().is_utc());
+            assert_eq!(answers(&zoned, &name, 40), answers(&loaded.index, &name, 40));
+        }
+        assert_eq!(encode(&loaded.index, b"m"), bytes);
+    }
+
+    #[test]
+    fn zone_sections_are_checked() {
+        let index = Index::new();
+        index.shop_or_create_in("a", || crate::time::Zone::get("Asia/Shanghai").unwrap());
+        let bytes = encode(&index, &[]);
+        let with = |extra: &[(u8, &str, &str)]| {
+            let mut out = bytes.clone();
+            for (kind, shop, zone) in extra {
+                let at = begin_section(&mut out, *kind);
+                if *kind == SECTION_ZONE {
+                    out.put_str(shop);
+                    out.put_str(zone);
+                } else {
+                    encode_shop(&ShopIndex::new(shop), &mut out);
+                }
+                end_len(&mut out, at);
+            }
+            reseal(&mut out);
+            match decode(&out) {
+                Err(SnapshotError::Malformed { what, .. }) => what,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            with(&[(SECTION_ZONE, "b", "Asia/Shanghai")]),
+            "ZONE section for a shop the snapshot does not hold"
+        );
+        assert_eq!(with(&[(SECTION_ZONE, "a", "Mars/Base")]), "unknown time zone");
+        assert_eq!(with(&[(SECTION_ZONE, "a", "UTC")]), "duplicate ZONE section");
+        assert_eq!(with(&[(SECTION_SHOP, "c", "")]), "SHOP section after a ZONE section");
+    }
+
     /// Offset in the payload of the first shop's visitor count.
     fn visitor_count_at(bytes: &[u8]) -> usize {
         let meta_len = u64::from_le_bytes(bytes[HEADER_LEN + 1..HEADER_LEN + 9].try_into().unwrap()) as usize;

@@ -509,6 +509,73 @@ mod tests {
         assert_eq!(parse_rfc3339("9999-12-31T23:59:59.999Z"), Some(MAX_NOW_MS));
     }
 
+    fn zone(name: &str) -> Zone {
+        Zone::get(name).unwrap_or_else(|| panic!("zone {name}"))
+    }
+
+    #[test]
+    fn zones_are_looked_up_by_iana_name() {
+        assert_eq!(zone("Asia/Shanghai").name(), "Asia/Shanghai");
+        assert!(zone("UTC").is_utc());
+        assert_eq!(Zone::default(), Zone::utc());
+        assert!(!zone("Asia/Kathmandu").is_utc());
+        assert!(Zone::get("Mars/Base").is_none());
+        assert!(Zone::get("").is_none());
+        assert!(Zone::get(&"A/".repeat(100)).is_none());
+        assert_eq!(zone("Asia/Shanghai"), zone("Asia/Shanghai"));
+        assert_ne!(zone("Asia/Shanghai"), Zone::utc());
+    }
+
+    #[test]
+    fn clock_hours_follow_the_offset_minutes_included() {
+        // 2026-11-10T15:59:00Z is 23:59 in Shanghai, 21:44 in Kathmandu.
+        let ts = parse_rfc3339("2026-11-10T15:59:00Z").unwrap_or(0);
+        assert_eq!(zone("Asia/Shanghai").offset_ms(ts), 8 * HOUR_MS);
+        assert_eq!(zone("Asia/Kathmandu").offset_ms(ts), 5 * HOUR_MS + 45 * 60_000);
+        assert_eq!(Zone::utc().clock_ms(ts), ts);
+        let shanghai = zone("Asia/Shanghai");
+        assert_eq!(shanghai.clock_hour(ts) % 24, 23);
+        assert_eq!(shanghai.clock_hour(ts + 60_000) % 24, 0);
+        assert_eq!(zone("Asia/Kathmandu").clock_hour(ts) % 24, 21);
+        // New York across fall back (2026-11-01 06:00Z): two real hours, one clock hour.
+        let ny = zone("America/New_York");
+        let fold = parse_rfc3339("2026-11-01T05:30:00Z").unwrap_or(0);
+        assert_eq!(ny.clock_hour(fold), ny.clock_hour(fold + HOUR_MS));
+        assert_eq!(ny.offset_ms(fold + HOUR_MS), -5 * HOUR_MS);
+    }
+
+    #[test]
+    fn local_timestamps_resolve_gaps_late_and_folds_early() {
+        let ny = zone("America/New_York");
+        let at = |text: &str, zone: &Zone| parse_timestamp_in(text, zone);
+        assert_eq!(
+            at("2026-11-11T00:00:00", &zone("Asia/Shanghai")),
+            parse_rfc3339("2026-11-10T16:00:00Z")
+        );
+        assert_eq!(
+            at("2026-11-11T00:00:00.250", &Zone::utc()),
+            parse_rfc3339("2026-11-11T00:00:00.250Z")
+        );
+        // With an offset, the zone does not matter.
+        assert_eq!(
+            at("2026-11-11T00:00:00+01:00", &ny),
+            parse_rfc3339("2026-11-10T23:00:00Z")
+        );
+        // 02:30 on 2026-03-08 does not exist in New York: the later instant (03:30 EDT).
+        assert_eq!(at("2026-03-08T02:30:00", &ny), parse_rfc3339("2026-03-08T07:30:00Z"));
+        // 01:30 on 2026-11-01 happens twice: the earlier (EDT).
+        assert_eq!(at("2026-11-01T01:30:00", &ny), parse_rfc3339("2026-11-01T05:30:00Z"));
+        assert_eq!(at("2026-11-11T00:00", &ny), None);
+        assert_eq!(at("2026-11-31T00:00:00", &ny), None);
+        assert_eq!(at("2026-11-11T00:00:00+", &ny), None);
+        // A leap second is the next second, as with an offset.
+        assert_eq!(
+            at("2026-12-31T23:59:60", &Zone::utc()),
+            parse_rfc3339("2027-01-01T00:00:00Z")
+        );
+        assert_eq!(at("2026-12-31T23:59:60", &ny), parse_rfc3339("2027-01-01T05:00:00Z"));
+    }
+
     #[test]
     fn rfc3339() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));

@@ -940,4 +940,53 @@ mod tests {
         assert!(!is_audience_name("1x"));
         assert!(!is_audience_name(""));
     }
+
+    #[test]
+    fn recency_and_order_value_atoms() {
+        assert_eq!(
+            parse("days_since(purchase) >= 45").unwrap(),
+            Expr::DaysSince {
+                action: Behavior::Purchased,
+                cmp: Cmp::Ge,
+                value: 45.0
+            }
+        );
+        assert!(matches!(
+            parse("days_since(visit) < 1").unwrap(),
+            Expr::DaysSince {
+                action: Behavior::Visited,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse("avg_order(90d) > 120.5").unwrap(),
+            Expr::Metric {
+                metric: Metric::AvgOrder,
+                value,
+                ..
+            } if value == 120.5
+        ));
+        assert_eq!(
+            err("days_since(7d) > 1"),
+            (11, "days_since takes an action, not a window".into())
+        );
+        assert_eq!(
+            err("days_since(views) > 1"),
+            (
+                11,
+                "unknown action `views` in `days_since`: expected visit, view, cart, favorite or purchase".into()
+            )
+        );
+        assert_eq!(
+            err("days_since(\"view\") > 1"),
+            (
+                11,
+                "expected an action (visit, view, cart, favorite or purchase), found string \"view\"".into()
+            )
+        );
+        assert_eq!(
+            err("days_since > 1"),
+            (11, "expected `(` after `days_since`, found `>`".into())
+        );
+    }
 }

@@ -1249,4 +1249,51 @@ banners: *x
             ["16:36: invalid window `30`: expected a whole number followed by h or d, e.g. 7d or 12h"]
         );
     }
+
+    #[test]
+    fn time_zone_and_recency_errors_are_pinned() {
+        assert_eq!(
+            errors("shop: s\n# Mars has no IANA zone yet\ntimezone: Mars/Base\n"),
+            ["3:11: unknown time zone `Mars/Base`"]
+        );
+        assert_eq!(
+            errors("shop: s\ntimezone: [Asia/Shanghai]\n"),
+            ["2:11: `timezone` must be a string, found a list"]
+        );
+        assert_eq!(
+            errors("shop: s\naudiences:\n  a: days_since(7d) > 3\n  b: days_since(buy) > 3\n  c: avg_order(30d)\n  d: days_since(view\n"),
+            [
+                "3:17: days_since takes an action, not a window",
+                "4:17: unknown action `buy` in `days_since`: expected visit, view, cart, favorite or purchase",
+                "5:20: expected a comparison (==, !=, <, <=, >, >=), found the end of the expression",
+                "6:21: expected `)`, found the end of the expression",
+            ]
+        );
+        // A starts without an offset in a zone the file does not know is not
+        // reported a second time: it reads as UTC.
+        assert_eq!(
+            errors(
+                "shop: s\nbenefits:\n  - id: b\n    kind: k\n    starts: 2026-11-11T00:00:00\ntimezone: Mars/Base\n"
+            ),
+            ["6:11: unknown time zone `Mars/Base`"]
+        );
+    }
+
+    #[test]
+    fn timestamps_without_an_offset_are_wall_clock_times_of_the_file_zone() {
+        // `timezone:` written after the timestamps still applies to them.
+        let file = "shop: s\nbenefits:\n  - id: b\n    kind: k\n    starts: 2026-11-11T00:00:00\n    ends: 2026-11-12T00:00:00Z\ntimezone: Asia/Shanghai\n";
+        let rules = RuleSet::load(file).unwrap();
+        assert_eq!(rules.zone.name(), "Asia/Shanghai");
+        let b = rules.benefit("b").unwrap();
+        assert_eq!(b.starts, crate::time::parse_rfc3339("2026-11-10T16:00:00Z"));
+        assert_eq!(b.ends, crate::time::parse_rfc3339("2026-11-12T00:00:00Z"));
+        // Without `timezone:`, UTC.
+        let utc = RuleSet::load(&file.replace("timezone: Asia/Shanghai\n", "")).unwrap();
+        assert!(utc.zone.is_utc());
+        assert_eq!(
+            utc.benefit("b").unwrap().starts,
+            crate::time::parse_rfc3339("2026-11-11T00:00:00Z")
+        );
+    }
 }
