@@ -11,3 +11,4 @@ mod golden;
 mod hardening;
 mod model;
 mod rules;
+mod timezone;

@@ -23,9 +23,17 @@
 //! The model shares nothing with the index: it keeps each visitor's events
 //! as a plain list, de-duplicates purchases by `id` (else by item and `ts`),
 //! and computes window buckets, tiers and tags from the raw timestamps. `now`
-//! moves by a random number of hours around a fixed anchor, so day and hour
+//! moves by a random number of hours around an anchor, so day and hour
 //! boundaries fall at different places relative to the events in each case,
 //! and a few events lie after `now` (they must never count).
+//!
+//! Each case runs in a random shop time zone (`timezone:`): UTC,
+//! Asia/Shanghai, America/New_York (DST), Asia/Kathmandu (+05:45) or
+//! Australia/Lord_Howe (a 30-minute DST shift). The model reads each raw
+//! timestamp's UTC offset from jiff's zone database and cuts hours and days
+//! from `ts + offset`, the shop's clock (`rules/README.md`, "Time zone"). The
+//! anchor is sometimes moved next to a DST change of New York or Lord Howe,
+//! so `now` and the events straddle it.
 //!
 //! Every distinct generated event has its own `ts` (its index is added in
 //! milliseconds) and ids are unique, so de-duplication only ever merges true
@@ -44,6 +52,7 @@ use proptest::sample::select;
 use proptest::test_runner::FileFailurePersistence;
 use vitrine_core::event::Fields;
 use vitrine_core::rules::expr::{self, Behavior, Expr, Filter, Metric};
+use vitrine_core::time::Zone;
 use vitrine_core::time::{Unit, Window};
 use vitrine_core::{audience_sizes, decide, size_of, DecideRequest, Event, Index, MemoryLedger, RuleSet};
 
@@ -52,6 +61,20 @@ const DAY: i64 = 24 * HOUR;
 /// The anchor events are spread around: noon UTC of 2026-11-10, so that `now`
 /// (anchor +- 30h) crosses both neighbouring midnights.
 const T0: i64 = 20_767 * DAY + 12 * HOUR;
+
+/// The shop time zones of the cases.
+const ZONES: [&str; 5] = [
+    "UTC",
+    "Asia/Shanghai",
+    "America/New_York",
+    "Asia/Kathmandu",
+    "Australia/Lord_Howe",
+];
+
+/// Whole hours to move a case's anchor by: none, or next to a DST change
+/// (New York 2026-11-01T06:00Z and 2026-03-08T07:00Z, Lord Howe
+/// 2026-10-03T15:30Z and 2026-04-04T15:00Z).
+const SHIFTS: [i64; 5] = [0, -222, -5_933, -908, -5_277];
 
 const VISITORS: usize = 8;
 const ITEMS: usize = 4;
@@ -270,6 +293,14 @@ fn atom() -> impl Strategy<Value = String> {
     )
         .prop_map(|(w, c, n)| format!("purchase_count({w}) {c} {n}"));
     let spend = (window(), cmp(), 0u32..=160).prop_map(|(w, c, h)| format!("spend({w}) {c} {}", f64::from(h) / 2.0));
+    let avg_order =
+        (window(), cmp(), 0u32..=120).prop_map(|(w, c, h)| format!("avg_order({w}) {c} {}", f64::from(h) / 2.0));
+    let days_since = (
+        select(vec!["visit", "view", "cart", "favorite", "purchase"]),
+        cmp(),
+        prop_oneof![6 => (0u32..=3).prop_map(|n| n.to_string()), 3 => (0u32..=45).prop_map(|n| n.to_string()), 1 => select(vec!["1.5", "-1"]).prop_map(String::from)],
+    )
+        .prop_map(|(a, c, n)| format!("days_since({a}) {c} {n}"));
     let tier = (
         cmp(),
         prop_oneof![6 => (0u32..=6).prop_map(|n| n.to_string()), 1 => Just("2.5".to_string())],
@@ -278,7 +309,17 @@ fn atom() -> impl Strategy<Value = String> {
     let tag = (0..=TAGS).prop_map(|t| format!("tag(\"t{t}\")"));
     let constant = select(vec!["true", "false"]).prop_map(String::from);
     let reference = (0u32..10).prop_map(|k| format!("@{k}"));
-    prop_oneof![5 => behavior, 2 => count, 2 => spend, 2 => tier, 2 => tag, 1 => constant, 1 => reference]
+    prop_oneof![
+        5 => behavior,
+        2 => count,
+        2 => spend,
+        2 => avg_order,
+        3 => days_since,
+        2 => tier,
+        2 => tag,
+        1 => constant,
+        1 => reference
+    ]
 }
 
 /// A random expression as text: atoms joined by `and`/`or`, negated, parenthesized.
@@ -298,6 +339,8 @@ struct Scenario {
     /// What is applied: every distinct event, some twice or more, shuffled.
     stream: Vec<Ev>,
     now: i64,
+    /// The shop's `timezone:`.
+    zone: &'static str,
     /// Audiences `a0`, `a1`, ... of the rule file, in order.
     expressions: Vec<String>,
 }
@@ -312,10 +355,18 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         any::<u64>(),
         now,
         prop::collection::vec(expression(), 1..=4),
+        (select(ZONES.to_vec()), select(SHIFTS.to_vec())),
     )
-        .prop_map(|(raws, copies, seed, now, expressions)| Scenario {
-            stream: stream(&build(&raws), &copies, seed),
-            now,
+        .prop_map(|(raws, copies, seed, now, expressions, (zone, shift))| Scenario {
+            stream: stream(&build(&raws), &copies, seed)
+                .into_iter()
+                .map(|e| Ev {
+                    ts: e.ts + shift * HOUR,
+                    ..e
+                })
+                .collect(),
+            now: now + shift * HOUR,
+            zone,
             expressions: expressions
                 .iter()
                 .enumerate()
@@ -371,10 +422,34 @@ fn stream(events: &[Ev], copies: &[(prop::sample::Index, u8)], seed: u64) -> Vec
 
 // ---------------------------------------------------------------- the model
 
-/// Whether an event at `ts` falls in `window` at `now`: whole UTC hours for
-/// `h`, whole UTC days for `d`, never a later bucket than `now`'s.
-fn in_window(window: Window, now: i64, ts: i64) -> bool {
-    let (hour, now_hour) = (ts.div_euclid(HOUR), now.div_euclid(HOUR));
+/// The shop's clock: `ts` plus its zone's UTC offset at `ts`, from jiff.
+#[derive(Debug, Clone)]
+struct Clock(jiff::tz::TimeZone);
+
+impl Clock {
+    fn of(zone: &str) -> Clock {
+        Clock(jiff::tz::TimeZone::get(zone).unwrap_or_else(|e| panic!("{zone}: {e}")))
+    }
+
+    fn utc() -> Clock {
+        Clock(jiff::tz::TimeZone::UTC)
+    }
+
+    fn local(&self, ts: i64) -> i64 {
+        let at = jiff::Timestamp::from_millisecond(ts).unwrap_or_else(|e| panic!("{ts}: {e}"));
+        ts + i64::from(self.0.to_offset(at).seconds()) * 1000
+    }
+
+    /// The local hour of `ts` (hours since the epoch of the shop's clock).
+    fn hour(&self, ts: i64) -> i64 {
+        self.local(ts).div_euclid(HOUR)
+    }
+}
+
+/// Whether an event at `ts` falls in `window` at `now`: whole clock hours
+/// for `h`, whole local days for `d`, never a later bucket than `now`'s.
+fn in_window(window: Window, now: i64, ts: i64, clock: &Clock) -> bool {
+    let (hour, now_hour) = (clock.hour(ts), clock.hour(now));
     let n = i64::from(window.amount);
     match window.unit {
         Unit::Hours => now_hour - n < hour && hour <= now_hour,
@@ -417,20 +492,20 @@ fn behavior_acts(b: Behavior, act: Act) -> bool {
     }
 }
 
-/// The model's verdict for one visitor with de-duplicated `events` at `now`.
-/// `audiences[j]` is the parsed expression of audience `a<j>`.
-fn holds(e: &Expr, audiences: &[Expr], events: &[Ev], now: i64) -> bool {
+/// The model's verdict for one visitor with de-duplicated `events` at `now`
+/// on the shop's `clock`. `audiences[j]` is the parsed expression of audience `a<j>`.
+fn holds(e: &Expr, audiences: &[Expr], events: &[Ev], now: i64, clock: &Clock) -> bool {
     match e {
         Expr::Const(b) => *b,
-        Expr::And(xs) => xs.iter().all(|x| holds(x, audiences, events, now)),
-        Expr::Or(xs) => xs.iter().any(|x| holds(x, audiences, events, now)),
-        Expr::Not(x) => !holds(x, audiences, events, now),
+        Expr::And(xs) => xs.iter().all(|x| holds(x, audiences, events, now, clock)),
+        Expr::Or(xs) => xs.iter().any(|x| holds(x, audiences, events, now, clock)),
+        Expr::Not(x) => !holds(x, audiences, events, now, clock),
         Expr::Ref { name, .. } => {
             let j: usize = name
                 .strip_prefix('a')
                 .and_then(|j| j.parse().ok())
                 .unwrap_or_else(|| panic!("unexpected audience name {name}"));
-            holds(&audiences[j], audiences, events, now)
+            holds(&audiences[j], audiences, events, now, clock)
         }
         Expr::Behavior {
             behavior,
@@ -438,7 +513,7 @@ fn holds(e: &Expr, audiences: &[Expr], events: &[Ev], now: i64) -> bool {
             filter,
         } => events.iter().any(|ev| {
             behavior_acts(*behavior, ev.act)
-                && in_window(*window, now, ev.ts)
+                && in_window(*window, now, ev.ts, clock)
                 && match filter {
                     None => true,
                     Some(Filter::Item(item)) => ev.item.is_some_and(|i| format!("i{i}") == *item),
@@ -453,10 +528,13 @@ fn holds(e: &Expr, audiences: &[Expr], events: &[Ev], now: i64) -> bool {
         } => {
             let bought = events
                 .iter()
-                .filter(|ev| ev.act == Act::Purchase && in_window(*window, now, ev.ts));
+                .filter(|ev| ev.act == Act::Purchase && in_window(*window, now, ev.ts, clock));
+            let (count, halves) = bought.fold((0u32, 0u32), |(n, h), ev| (n + 1, h + ev.price_halves * ev.quantity));
             let v = match metric {
-                Metric::PurchaseCount => bought.count() as f64,
-                Metric::Spend => f64::from(bought.map(|ev| ev.price_halves * ev.quantity).sum::<u32>()) / 2.0,
+                Metric::PurchaseCount => f64::from(count),
+                Metric::Spend => f64::from(halves) / 2.0,
+                Metric::AvgOrder if count == 0 => return false,
+                Metric::AvgOrder => f64::from(halves) / 2.0 / f64::from(count),
             };
             cmp.test(v, *value)
         }
@@ -474,20 +552,39 @@ fn holds(e: &Expr, audiences: &[Expr], events: &[Ev], now: i64) -> bool {
             .max_by_key(|ev| (ev.ts, ev.act == Act::Untag))
             .is_some_and(|ev| ev.act == Act::Tag),
         Expr::Ctx { .. } => panic!("the generator never writes {e:?}"),
+        Expr::DaysSince { action, cmp, value } => {
+            // Local days since the latest such event up to now's clock hour.
+            let now_hour = clock.hour(now);
+            let latest = events
+                .iter()
+                .filter(|ev| behavior_acts(*action, ev.act) && clock.hour(ev.ts) <= now_hour)
+                .map(|ev| clock.hour(ev.ts))
+                .max();
+            match latest {
+                Some(hour) => cmp.test((now_hour.div_euclid(24) - hour.div_euclid(24)) as f64, *value),
+                None => false,
+            }
+        }
     }
 }
 
 // ---------------------------------------------------------------- the test
 
-fn describe_now(now: i64) -> String {
-    let hour = now.div_euclid(HOUR);
-    format!("{now} (hour {hour}, day {}, hour of day {})", hour / 24, hour % 24)
+fn describe_now(now: i64, clock: &Clock) -> String {
+    let hour = clock.hour(now);
+    format!(
+        "{now} in {:?} (local hour {hour}, day {}, hour of day {}; UTC offset {} min)",
+        clock.0.iana_name(),
+        hour / 24,
+        hour % 24,
+        (clock.local(now) - now) / 60_000
+    )
 }
 
 /// The rule file: audience `a<i>` is expression i; banner `b<i>` shows when
 /// `a<i>` is the first audience that holds, `none` when none does.
-fn rule_file(expressions: &[String]) -> String {
-    let mut file = format!("shop: {SHOP}\naudiences:\n");
+fn rule_file(expressions: &[String], zone: &str) -> String {
+    let mut file = format!("shop: {SHOP}\ntimezone: {zone}\naudiences:\n");
     for (i, text) in expressions.iter().enumerate() {
         file += &format!("  a{i}: '{text}'\n");
     }
@@ -505,14 +602,17 @@ fn check(sc: &Scenario) -> Result<(), TestCaseError> {
             .map_err(|e| TestCaseError::fail(format!("generated expression `{text}` does not parse: {e:?}")))?;
         parsed.push(e);
     }
-    let file = rule_file(&sc.expressions);
+    let file = rule_file(&sc.expressions, sc.zone);
+    let clock = Clock::of(sc.zone);
     let rules = RuleSet::load(&file).map_err(|e| TestCaseError::fail(format!("rule file rejected: {e}\n{file}")))?;
 
     let index = Index::new();
+    let zone = Zone::get(sc.zone).ok_or_else(|| TestCaseError::fail(format!("no zone {}", sc.zone)))?;
+    prop_assert_eq!(&rules.zone, &zone);
     for ev in &sc.stream {
         let event = Event::validate(ev.fields())
             .map_err(|e| TestCaseError::fail(format!("generated event {ev:?} rejected: {e}")))?;
-        index.apply(&event);
+        index.apply_in(&event, || zone.clone());
     }
     let shop = index.shop(SHOP);
     let ledger = MemoryLedger::new();
@@ -537,7 +637,7 @@ fn check(sc: &Scenario) -> Result<(), TestCaseError> {
             Vec::new()
         };
         let known = !events.is_empty();
-        let want: Vec<bool> = parsed.iter().map(|e| holds(e, &parsed, &events, now)).collect();
+        let want: Vec<bool> = parsed.iter().map(|e| holds(e, &parsed, &events, now, &clock)).collect();
         for (count, _) in counts.iter_mut().zip(&want).filter(|(_, w)| **w) {
             *count += u64::from(known);
         }
@@ -562,7 +662,7 @@ fn check(sc: &Scenario) -> Result<(), TestCaseError> {
                 sc.expressions[i],
                 parsed[i],
                 want[i],
-                describe_now(now)
+                describe_now(now, &clock)
             )
         };
         let first = want.iter().position(|w| *w);
@@ -592,7 +692,7 @@ fn check(sc: &Scenario) -> Result<(), TestCaseError> {
             "\nexpression a{i}: {}\nparsed: {:?}\nnow: {}\nmodel verdicts per visitor: {verdicts:?}\nstream: {:#?}",
             sc.expressions[i],
             parsed[i],
-            describe_now(now),
+            describe_now(now, &clock),
             sc.stream
         )
     };
@@ -655,22 +755,59 @@ proptest! {
 #[test]
 fn model_windows_follow_the_readme() {
     let w = |text: &str| Window::parse(text).unwrap();
+    let utc = Clock::utc();
     let now = T0 + 5 * HOUR + 30 * 60_000; // 17:30 UTC
     let today = T0 - 12 * HOUR; // 00:00 UTC of the same day
-    assert!(in_window(w("1h"), now, now - 30 * 60_000), "17:00 is the current hour");
-    assert!(!in_window(w("1h"), now, now - 31 * 60_000), "16:59 is not in 1h");
-    assert!(in_window(w("2h"), now, now - 31 * 60_000));
-    assert!(!in_window(w("1h"), now, now + 30 * 60_000), "18:00 is a later bucket");
-    assert!(in_window(w("1d"), now, today), "midnight today is in 1d");
-    assert!(!in_window(w("1d"), now, today - 1), "yesterday is not in 1d");
-    assert!(in_window(w("2d"), now, today - DAY));
-    assert!(!in_window(w("2d"), now, today - DAY - 1));
-    assert!(in_window(w("7d"), now, now + HOUR), "a day window covers all of today");
     assert!(
-        !in_window(w("12h"), now, now + HOUR),
+        in_window(w("1h"), now, now - 30 * 60_000, &utc),
+        "17:00 is the current hour"
+    );
+    assert!(!in_window(w("1h"), now, now - 31 * 60_000, &utc), "16:59 is not in 1h");
+    assert!(in_window(w("2h"), now, now - 31 * 60_000, &utc));
+    assert!(
+        !in_window(w("1h"), now, now + 30 * 60_000, &utc),
+        "18:00 is a later bucket"
+    );
+    assert!(in_window(w("1d"), now, today, &utc), "midnight today is in 1d");
+    assert!(!in_window(w("1d"), now, today - 1, &utc), "yesterday is not in 1d");
+    assert!(in_window(w("2d"), now, today - DAY, &utc));
+    assert!(!in_window(w("2d"), now, today - DAY - 1, &utc));
+    assert!(
+        in_window(w("7d"), now, now + HOUR, &utc),
+        "a day window covers all of today"
+    );
+    assert!(
+        !in_window(w("12h"), now, now + HOUR, &utc),
         "an hour window ends with the current hour"
     );
-    assert!(!in_window(w("7d"), now, today + DAY), "tomorrow is a later bucket");
-    assert!(in_window(w("24h"), now, now - 23 * HOUR));
-    assert!(!in_window(w("24h"), now, now - 24 * HOUR));
+    assert!(
+        !in_window(w("7d"), now, today + DAY, &utc),
+        "tomorrow is a later bucket"
+    );
+    assert!(in_window(w("24h"), now, now - 23 * HOUR, &utc));
+    assert!(!in_window(w("24h"), now, now - 24 * HOUR, &utc));
+}
+
+/// The model's clock, pinned on hand-made instants: Shanghai's midnight,
+/// Kathmandu's quarter hour, New York's 25-hour day.
+#[test]
+fn model_clock_follows_the_zone() {
+    let w = |text: &str| Window::parse(text).unwrap();
+    let at = |text: &str| vitrine_core::time::parse_rfc3339(text).unwrap();
+    let shanghai = Clock::of("Asia/Shanghai");
+    let now = at("2026-11-10T23:59:59+08:00");
+    assert!(in_window(w("1d"), now, at("2026-11-10T00:00:00+08:00"), &shanghai));
+    assert!(!in_window(w("1d"), now, at("2026-11-09T23:59:59+08:00"), &shanghai));
+    assert!(!in_window(w("1d"), at("2026-11-11T00:00:00+08:00"), now, &shanghai));
+    let kathmandu = Clock::of("Asia/Kathmandu");
+    let ts = at("2026-11-10T00:00:00Z");
+    assert_eq!(kathmandu.local(ts) - ts, (5 * 60 + 45) * 60_000);
+    let ny = Clock::of("America/New_York");
+    let late = at("2026-11-01T23:59:00-05:00");
+    assert!(in_window(w("1d"), late, at("2026-11-01T00:00:00-04:00"), &ny));
+    assert!(
+        in_window(w("24h"), late, at("2026-11-01T00:00:00-04:00"), &ny),
+        "25 real hours"
+    );
+    assert!(!in_window(w("1d"), late, at("2026-10-31T23:59:59-04:00"), &ny));
 }
