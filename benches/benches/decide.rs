@@ -6,6 +6,12 @@
 //! for a known visitor, with an explanation, for an activity-weighted visitor
 //! and for an anonymous visitor.
 //!
+//! The same run then measures [`vitrine_benches::rules_20_zoned`] (the shop
+//! on Asia/Shanghai's clock, `days_since` and `avg_order`) over a second
+//! index of the same events built on that clock: "known visitor" and
+//! "known visitor, Asia/Shanghai" compare the two rule sets (the second index
+//! doubles the bench's memory).
+//!
 //! `cargo bench -p vitrine-benches --bench decide`
 //! (`VITRINE_BENCH_VISITORS=100000` for a quicker run).
 
@@ -15,15 +21,27 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use vitrine_benches::{benchmarking, Fixture, Percentiles, RequestSpec};
-use vitrine_core::{decide, MemoryLedger};
+use vitrine_core::{decide, MemoryLedger, RuleSet, ShopIndex};
 
 /// Individually timed decisions of the latency report.
 const LATENCY_CALLS: usize = 200_000;
 
 fn latency(fx: &Fixture, ledger: &MemoryLedger, label: &str, specs: &[RequestSpec], explain: bool) {
+    latency_of(fx, &fx.rules, &fx.index, ledger, label, specs, explain);
+}
+
+fn latency_of(
+    fx: &Fixture,
+    rules: &RuleSet,
+    index: &ShopIndex,
+    ledger: &MemoryLedger,
+    label: &str,
+    specs: &[RequestSpec],
+    explain: bool,
+) {
     let run = |spec: &RequestSpec| {
         let req = fx.dataset.request(spec, explain);
-        black_box(decide(&fx.rules, Some(&fx.index), ledger, black_box(&req)));
+        black_box(decide(rules, Some(index), ledger, black_box(&req)));
     };
     // Warm caches and branch predictors on other requests first.
     specs.iter().rev().take(specs.len() / 10).for_each(run);
@@ -85,6 +103,18 @@ fn main() {
     );
     latency(&fx, &ledger, "anonymous", &fx.dataset.requests(calls, 4, true), false);
 
+    let zoned_rules = vitrine_benches::load_rules(&vitrine_benches::rules_20_zoned());
+    let zoned_index = fx.dataset.build_index_in(zoned_rules.zone.clone());
+    latency_of(
+        &fx,
+        &zoned_rules,
+        &zoned_index,
+        &ledger,
+        "known visitor, Asia/Shanghai",
+        &known,
+        false,
+    );
+
     let mut c = Criterion::default()
         .sample_size(30)
         .warm_up_time(Duration::from_secs(1))
@@ -108,6 +138,15 @@ fn main() {
             })
         });
     }
+    let specs = fx.dataset.requests(1 << 16, 11, false);
+    group.bench_function("known_visitor_asia_shanghai", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let req = fx.dataset.request(&specs[i % specs.len()], false);
+            i += 1;
+            decide(&zoned_rules, Some(&zoned_index), &ledger, &req)
+        })
+    });
     group.finish();
     c.final_summary();
 }

@@ -437,6 +437,15 @@ impl Dataset {
         build_index(self.events())
     }
 
+    /// The shop's index on `zone`'s clock with every event applied.
+    pub fn build_index_in(&self, zone: vitrine_core::time::Zone) -> ShopIndex {
+        let shop = ShopIndex::with_zone(SHOP, zone);
+        for event in self.events() {
+            shop.apply(&event);
+        }
+        shop
+    }
+
     /// `n` decision requests from a seed: a uniformly random known visitor
     /// (or an anonymous one with `anonymous`), a random region and page; item
     /// pages name a Zipf-random item.
@@ -602,6 +611,30 @@ benefits:
     kind: points
     params: { multiplier: "2" }
 "#;
+
+/// [`RULES_20`] in a shop on Asia/Shanghai's clock, with recency and order
+/// value: `loyal` reads `avg_order`, `win_back` is a `days_since` band, the
+/// early-access ticket starts at local midnight. Same shape, same audiences.
+pub fn rules_20_zoned() -> String {
+    let replace = [
+        ("shop: bench-shop\n", "shop: bench-shop\ntimezone: Asia/Shanghai\n"),
+        (
+            "loyal:            purchase_count(30d) >= 3 or spend(30d) >= 1000",
+            "loyal:            purchase_count(30d) >= 3 or avg_order(30d) >= 300",
+        ),
+        (
+            "win_back:         buyer and not purchased(7d) and not cart_abandoner and not new_visitor",
+            "win_back:         days_since(purchase) >= 7 and days_since(purchase) < 30 and not cart_abandoner",
+        ),
+        ("starts: 2026-11-10T00:00:00+08:00", "starts: 2026-11-10T00:00:00"),
+    ];
+    let mut text = RULES_20.to_string();
+    for (from, to) in replace {
+        assert!(text.contains(from), "RULES_20 no longer holds `{from}`");
+        text = text.replace(from, to);
+    }
+    text
+}
 
 /// A 50-audience rule file (about 5 KB, 150 lines) for the parse bench: every kind of
 /// atom, references to earlier audiences, 12 banners, 8 pools, 6 benefits.
@@ -852,6 +885,15 @@ mod tests {
             };
             assert_eq!(Event::validate(fields).as_ref(), Ok(&e));
         }
+    }
+
+    #[test]
+    fn the_zoned_rule_set_loads_and_reads_the_new_atoms() {
+        let rules = load_rules(&rules_20_zoned());
+        assert_eq!(rules.zone.name(), "Asia/Shanghai");
+        let atoms = format!("{:?}", rules.plan.atoms().collect::<Vec<_>>());
+        assert!(atoms.contains("DaysSince") && atoms.contains("AvgOrder"), "{atoms}");
+        assert_eq!(rules.plan.audiences().len(), load_rules(RULES_20).plan.audiences().len());
     }
 
     #[test]
