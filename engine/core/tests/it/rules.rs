@@ -92,7 +92,7 @@ fn the_contract_example_loads() {
 fn unknown_keys() {
     assert_eq!(
         one_error("shop: s\nbanner:\n  - banner: x\n"),
-        "2:1: unknown key `banner` in the rule file; expected one of: shop, audiences, banners, items, benefits"
+        "2:1: unknown key `banner` in the rule file; expected one of: shop, audiences, banners, items, benefits, timezone"
     );
     assert_eq!(
         one_error("shop: s\nbenefits:\n  - id: b\n    kind: coupon\n    budgett: 5\n"),
