@@ -893,7 +893,10 @@ mod tests {
         assert_eq!(rules.zone.name(), "Asia/Shanghai");
         let atoms = format!("{:?}", rules.plan.atoms().collect::<Vec<_>>());
         assert!(atoms.contains("DaysSince") && atoms.contains("AvgOrder"), "{atoms}");
-        assert_eq!(rules.plan.audiences().len(), load_rules(RULES_20).plan.audiences().len());
+        assert_eq!(
+            rules.plan.audiences().len(),
+            load_rules(RULES_20).plan.audiences().len()
+        );
     }
 
     #[test]

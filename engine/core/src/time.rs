@@ -250,7 +250,7 @@ impl Zone {
     /// skip (spring forward) resolves to the later instant, one they repeat
     /// (fall back) to the earlier: RFC 5545's rule.
     fn instant_of(&self, wall: &Wall) -> Option<i64> {
-        let extra = i64::from(wall.second.saturating_sub(59).max(0)) * 1000 + wall.millis;
+        let extra = (wall.second - 59).max(0) * 1000 + wall.millis;
         if self.utc {
             return Some(wall.naive_ms());
         }
