@@ -113,7 +113,9 @@ pub struct Event<'a> {
     pub item: Option<Cow<'a, str>>,
     /// Category of the item, when known.
     pub category: Option<Cow<'a, str>>,
-    /// Unit price, for purchases (>= 0).
+    /// Unit price (>= 0): required on purchases, optional on views, carts
+    /// and favorites, where 0 means none. The latest by `ts` is the item's
+    /// known price (the smart add-on reads it).
     pub price: f64,
     /// Quantity, for purchases (>= 1).
     pub quantity: u32,
@@ -297,6 +299,9 @@ impl<'a> Event<'a> {
             Action::Member => {
                 o.insert("tier".into(), self.tier.into());
             }
+            Action::View | Action::Cart | Action::Favorite if self.price.to_bits() != 0 => {
+                o.insert("price".into(), self.price.into());
+            }
             _ => {}
         }
         serde_json::Value::Object(o).to_string()
@@ -377,6 +382,15 @@ impl<'a> Event<'a> {
                 }
                 event.item = Some(item);
                 event.category = f.category.filter(|c| !c.is_empty());
+                if action != Action::Purchase {
+                    if let Some(price) = f.price {
+                        if !(price >= 0.0 && price.is_finite()) {
+                            return Err(EventError::new(RejectReason::InvalidValue, "`price` must be >= 0"));
+                        }
+                        // +0.0: a zero price is no price (the events journal stores none).
+                        event.price = price + 0.0;
+                    }
+                }
                 if action == Action::Purchase {
                     let price = f.price.ok_or_else(|| EventError::missing("price"))?;
                     if !(price >= 0.0 && price.is_finite()) {
@@ -412,6 +426,16 @@ impl<'a> Event<'a> {
             }
         }
         Ok(event)
+    }
+
+    /// The item price this event tells, if any: a purchase's price, or a
+    /// non-zero price on a view, cart or favorite.
+    pub fn item_price(&self) -> Option<f64> {
+        match self.action {
+            Action::Purchase => Some(self.price),
+            Action::View | Action::Cart | Action::Favorite if self.price > 0.0 => Some(self.price),
+            _ => None,
+        }
     }
 
     /// The purchase amount, `price * quantity`.

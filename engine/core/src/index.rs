@@ -254,9 +254,19 @@ pub(crate) struct ItemInfo {
     pub(crate) category: Option<(i64, u32)>,
     /// (day, distinct purchases) ring, one slot per day.
     pub(crate) buys: [(u32, u32); POPULARITY_DAYS],
+    /// (ts, price) of the newest event that told a price (ties: the higher price).
+    pub(crate) price: Option<(i64, f64)>,
 }
 
 impl ItemInfo {
+    /// Learns `price` told at `ts`: the newest wins, at equal `ts` the
+    /// higher, so the result does not depend on arrival order.
+    pub(crate) fn learn_price(&mut self, ts: i64, price: f64) {
+        if self.price.is_none_or(|(t, p)| ts > t || (ts == t && price > p)) {
+            self.price = Some((ts, price));
+        }
+    }
+
     pub(crate) fn category(&self) -> u32 {
         self.category.map_or(NONE, |(_, c)| c)
     }
@@ -386,12 +396,15 @@ impl ShopIndex {
         self.items.get(item)
     }
 
-    fn intern_item(&self, item: &str, category: Option<(u32, i64)>) -> u32 {
+    fn intern_item(&self, item: &str, category: Option<(u32, i64)>, price: Option<(i64, f64)>) -> u32 {
         let update = |info: &mut ItemInfo| {
             if let Some((cat, ts)) = category {
                 if info.category.is_none_or(|cur| (ts, cat) > cur) {
                     info.category = Some((ts, cat));
                 }
+            }
+            if let Some((ts, p)) = price {
+                info.learn_price(ts, p);
             }
             info.id
         };
@@ -402,6 +415,7 @@ impl ShopIndex {
             id: self.next_item.fetch_add(1, Ordering::Relaxed),
             category: None,
             buys: [(0, 0); POPULARITY_DAYS],
+            price: None,
         });
         update(&mut info)
     }
@@ -413,7 +427,8 @@ impl ShopIndex {
             Action::View | Action::Cart | Action::Favorite | Action::Purchase => {
                 let Some(item_name) = event.item.as_deref() else { return };
                 let category = event.category.as_deref().map(|c| self.categories.intern(c));
-                let item = self.intern_item(item_name, category.map(|c| (c, event.ts)));
+                let price = event.item_price().map(|p| (event.ts, p));
+                let item = self.intern_item(item_name, category.map(|c| (c, event.ts)), price);
                 let hour = hour_of(event.ts);
                 let entry = Entry {
                     hour,
@@ -548,6 +563,11 @@ impl ShopIndex {
             stats.profile_entries += shard.read().iter().map(|p| p.entries.len() as u64).sum::<u64>();
         }
         stats
+    }
+
+    /// The known price of an item: the latest `price` events told.
+    pub fn item_price(&self, item: &str) -> Option<f64> {
+        self.items.get(item).and_then(|info| info.price).map(|(_, p)| p)
     }
 
     /// Today's day number at `now_ms` (for popularity).

@@ -5,18 +5,24 @@
 //! or         := and ("or" and)*
 //! and        := unary ("and" unary)*
 //! unary      := "not" unary | primary
-//! primary    := "(" expr ")" | "true" | "false" | behavior | metric | tag | member | context | NAME
+//! primary    := "(" expr ")" | "true" | "false" | behavior | metric | tag | member | context | preview | NAME
 //! behavior   := ("visited" | "viewed" | "carted" | "favorited" | "purchased")
 //!               "(" WINDOW [ "," ("item" | "category") "=" STRING ] ")"
 //! metric     := ("purchase_count" | "spend") "(" WINDOW ")" CMP NUMBER
 //! member     := "member_tier" CMP NUMBER
 //! tag        := "tag" "(" STRING ")"
-//! context    := "ctx." IDENT ( CMP STRING | "in" "[" STRING ("," STRING)* "]" )
+//! context    := "ctx." IDENT ( CMP STRING | CMP NUMBER | "in" "[" STRING ("," STRING)* "]" )
+//! preview    := "preview_tier" CMP NUMBER
 //! WINDOW     := INTEGER ("h" | "d")              e.g. 12h, 7d, 365d (at most 400d)
 //! CMP        := "==" | "!=" | "<" | "<=" | ">" | ">="
 //! NAME       := another audience of the same file
 //! STRING     := '"' ( any character but '"' and '\' | '\"' | '\\' )* '"'
 //! ```
+//!
+//! `ctx.NAME CMP NUMBER` compares the context value as a number and is false
+//! when the value is missing or not a finite number; `ctx.NAME CMP STRING`
+//! compares text. `preview_tier` is the tier the visitor's history earns
+//! under the file's `tiers` block (0 without one; see [`super::tiers`]).
 //!
 //! Keywords (`and`, `or`, `not`, `true`, `false`) are lower case. An
 //! expression is at most [`Limits::max_bytes`] long and nests at most
@@ -102,6 +108,8 @@ pub enum CtxTest {
     Cmp(Cmp, String),
     /// `ctx.k in ["a", "b"]`
     In(Vec<String>),
+    /// `ctx.k CMP 99`: numeric; false when the value is not a finite number.
+    Num(Cmp, f64),
 }
 
 /// A parsed audience expression.
@@ -140,6 +148,8 @@ pub enum Expr {
     },
     /// Another audience of the same file.
     Ref { name: String, span: Range<usize> },
+    /// `preview_tier >= 2`
+    PreviewTier { cmp: Cmp, value: f64 },
 }
 
 impl Expr {
@@ -553,6 +563,11 @@ impl Parser {
                 return Ok(Expr::Tag(tag));
             }
             "ctx" => return self.context(token.span.start),
+            "preview_tier" => {
+                let cmp = self.cmp()?;
+                let value = self.number()?;
+                return Ok(Expr::PreviewTier { cmp, value });
+            }
             "and" | "or" | "not" | "in" => {
                 self.at -= 1;
                 return Err(self.expected("an audience expression"));
@@ -617,7 +632,12 @@ impl Parser {
                 _ => return Err(self.expected("a comparison or `in` after the context key")),
             };
             self.at += 1;
-            CtxTest::Cmp(cmp, self.string()?)
+            match self.peek() {
+                Some(Token {
+                    tok: Tok::Number(_), ..
+                }) => CtxTest::Num(cmp, self.number()?),
+                _ => CtxTest::Cmp(cmp, self.string()?),
+            }
         };
         Ok(Expr::Ctx {
             key,

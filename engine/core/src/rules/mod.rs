@@ -7,8 +7,10 @@
 //! error) -> compile (expressions into one [`Plan`]). A file is accepted or
 //! rejected whole.
 
+pub mod addon;
 pub mod expr;
 pub mod plan;
+pub mod tiers;
 pub mod yaml;
 
 use std::collections::HashMap;
@@ -151,6 +153,25 @@ pub struct Banner {
     pub when: Option<NodeId>,
     /// The banner id handed to the renderer.
     pub id: Arc<str>,
+    /// Passed through to the renderer untouched, in file order.
+    pub params: Vec<(Arc<str>, Arc<str>)>,
+    /// Shown from this instant (ms), inclusive.
+    pub starts: Option<i64>,
+    /// Shown until this instant (ms), exclusive.
+    pub ends: Option<i64>,
+}
+
+impl Banner {
+    /// Whether `now_ms` lies in `[starts, ends)`.
+    pub fn in_window(&self, now_ms: i64) -> bool {
+        in_window(self.starts, self.ends, now_ms)
+    }
+}
+
+/// Whether `now_ms` lies in `[starts, ends)` (an absent bound is open).
+#[inline]
+pub fn in_window(starts: Option<i64>, ends: Option<i64>, now_ms: i64) -> bool {
+    starts.is_none_or(|s| now_ms >= s) && ends.is_none_or(|e| now_ms < e)
 }
 
 /// A pool of candidate items.
@@ -160,6 +181,17 @@ pub struct Pool {
     pub when: Option<NodeId>,
     /// Items, in the author's order.
     pub items: Vec<Arc<str>>,
+    /// Contributes from this instant (ms), inclusive.
+    pub starts: Option<i64>,
+    /// Contributes until this instant (ms), exclusive.
+    pub ends: Option<i64>,
+}
+
+impl Pool {
+    /// Whether `now_ms` lies in `[starts, ends)`.
+    pub fn in_window(&self, now_ms: i64) -> bool {
+        in_window(self.starts, self.ends, now_ms)
+    }
 }
 
 /// The `items` section.
@@ -173,6 +205,8 @@ pub struct ItemRules {
     pub pools: Vec<Pool>,
     /// Cross-sell items per context item.
     pub complements: HashMap<Box<str>, Vec<Arc<str>>>,
+    /// The smart add-on, if the file has one.
+    pub add_on: Option<addon::AddOn>,
 }
 
 /// The per-visitor cap of a benefit.
@@ -298,10 +332,10 @@ struct Written<'n> {
     pos: Pos,
 }
 
-const TOP_KEYS: &[&str] = &["shop", "audiences", "banners", "items", "benefits"];
-const BANNER_KEYS: &[&str] = &["when", "banner"];
-const ITEMS_KEYS: &[&str] = &["limit", "exclude_purchased", "pools", "complements"];
-const POOL_KEYS: &[&str] = &["when", "items"];
+const TOP_KEYS: &[&str] = &["shop", "audiences", "banners", "items", "benefits", "tiers"];
+const BANNER_KEYS: &[&str] = &["when", "banner", "params", "starts", "ends"];
+const ITEMS_KEYS: &[&str] = &["limit", "exclude_purchased", "pools", "complements", "add_on"];
+const POOL_KEYS: &[&str] = &["when", "items", "starts", "ends"];
 const BENEFIT_KEYS: &[&str] = &[
     "id", "when", "kind", "params", "starts", "ends", "budget", "cap", "holdout",
 ];
@@ -648,6 +682,7 @@ impl<'s> Loader<'s> {
         if !self.has_errors() {
             plan.finish();
         }
+        plan.tiers = top.get("tiers").and_then(|node| self.tiers(node)).map(Arc::new);
 
         let banners = top
             .get("banners")
@@ -671,6 +706,7 @@ impl<'s> Loader<'s> {
                 exclude_purchased: None,
                 pools: Vec::new(),
                 complements: HashMap::new(),
+                add_on: None,
             }),
             benefits,
         })
@@ -777,8 +813,16 @@ impl<'s> Loader<'s> {
                     None
                 }
             };
+            let params = fields.get("params").map(|n| self.params(n)).unwrap_or_default();
+            let (starts, ends) = self.schedule(&fields);
             if let Some(id) = id {
-                banners.push(Banner { when, id: id.into() });
+                banners.push(Banner {
+                    when,
+                    id: id.into(),
+                    params,
+                    starts,
+                    ends,
+                });
             }
         }
         banners
@@ -812,10 +856,16 @@ impl<'s> Loader<'s> {
                     continue;
                 };
                 let when = self.when(&pool, defined, plan);
+                let (starts, ends) = self.schedule(&pool);
                 match pool.get("items") {
                     Some(n) => {
                         let items = self.item_list(n, "`items` of a pool");
-                        pools.push(Pool { when, items });
+                        pools.push(Pool {
+                            when,
+                            items,
+                            starts,
+                            ends,
+                        });
                     }
                     None => self.error(entry.pos(), "pool is missing required key `items`"),
                 }
@@ -837,11 +887,13 @@ impl<'s> Loader<'s> {
                 self.error(n.pos(), format!("`complements` must be a mapping, found {}", n.kind()));
             }
         }
+        let add_on = fields.get("add_on").and_then(|n| self.add_on(n));
         Some(ItemRules {
             limit: limit?,
             exclude_purchased,
             pools,
             complements,
+            add_on,
         })
     }
 
@@ -941,6 +993,36 @@ impl<'s> Loader<'s> {
             }
         }
         benefits
+    }
+
+    /// A `params` mapping of names to strings, in file order (`null` is none).
+    fn params(&mut self, n: &Node) -> Vec<(Arc<str>, Arc<str>)> {
+        let mut params = Vec::new();
+        match n {
+            Node::Map { entries, .. } => {
+                for (k, v) in entries {
+                    match (k.as_str(), v) {
+                        (Some(k), Node::Scalar { value, .. }) => params.push((Arc::from(k), Arc::from(value.as_str()))),
+                        _ => self.error(v.pos(), "`params` must map names to strings"),
+                    }
+                }
+            }
+            _ if n.is_null() => {}
+            _ => self.error(n.pos(), format!("`params` must be a mapping, found {}", n.kind())),
+        }
+        params
+    }
+
+    /// The optional `starts` / `ends` of an entry, `ends` after `starts`.
+    fn schedule(&mut self, fields: &Fields<'_>) -> (Option<i64>, Option<i64>) {
+        let starts = fields.get("starts").and_then(|n| self.timestamp(n, "`starts`"));
+        let ends = fields.get("ends").and_then(|n| self.timestamp(n, "`ends`"));
+        if let (Some((s, _)), Some((e, end_pos))) = (starts, ends) {
+            if s >= e {
+                self.error(end_pos, "`ends` must be after `starts`");
+            }
+        }
+        (starts.map(|(ms, _)| ms), ends.map(|(ms, _)| ms))
     }
 }
 
@@ -1116,7 +1198,7 @@ colour: red
 "#,
                 &[
                     r#"2:1: duplicate key `shop` in the rule file (first at 1:1)"#,
-                    r#"3:1: unknown key `colour` in the rule file; expected one of: shop, audiences, banners, items, benefits"#,
+                    r#"3:1: unknown key `colour` in the rule file; expected one of: shop, audiences, banners, items, benefits, tiers"#,
                 ],
             ),
             (
