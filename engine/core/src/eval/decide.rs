@@ -691,6 +691,16 @@ pub fn prepare_claim<'a>(
     })
 }
 
+/// Grants left of a budgeted benefit, as the ledger counts them now
+/// (`None` for a benefit without a budget, or one the rule set lacks).
+/// What a Claim reports after its answer: read after the grant, so with
+/// concurrent claims it may already count later grants too.
+pub fn remaining(rules: &RuleSet, benefit: &str, ledger: &dyn ClaimLedger) -> Option<u64> {
+    let b = rules.benefit(benefit)?;
+    let budget = b.budget?;
+    Some(budget.saturating_sub(ledger.usage(&rules.shop, &b.id, "", None).total))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
