@@ -521,6 +521,11 @@ mod tests {
                 ..Event::new("s", "v", Action::Favorite, 1)
             },
             Event {
+                item: Some("sku-1".into()),
+                price: 19.9,
+                ..Event::new("s", "v", Action::View, 1)
+            },
+            Event {
                 item: Some("sku-2".into()),
                 price: 129.5,
                 quantity: 3,
@@ -544,6 +549,30 @@ mod tests {
             let json = event.to_json();
             assert_eq!(Event::from_json(json.as_bytes()), Ok(event), "{json}");
         }
+    }
+
+    /// Views, carts and favorites may tell the item's price: checked as a
+    /// purchase's is; 0 (or -0) is no price.
+    #[test]
+    fn item_events_may_carry_a_price() {
+        let view = |price: &str| {
+            Event::from_json(
+                format!(r#"{{"shop":"s","visitor":"v","action":"view","item":"i","price":{price},"ts":1}}"#).as_bytes(),
+            )
+            .map(|e| (e.price.to_bits(), e.item_price()))
+        };
+        assert_eq!(view("12.5"), Ok((12.5f64.to_bits(), Some(12.5))));
+        assert_eq!(view("0"), Ok((0, None)));
+        assert_eq!(view("-0.0"), Ok((0, None)));
+        assert_eq!(
+            view("-1").map_err(|e| e.message),
+            Err("`price` must be >= 0".to_string())
+        );
+        let e =
+            Event::from_json(br#"{"shop":"s","visitor":"v","action":"purchase","item":"i","price":0,"ts":1}"#).unwrap();
+        assert_eq!(e.item_price(), Some(0.0), "a purchase always tells its price");
+        let e = Event::from_json(br#"{"shop":"s","visitor":"v","action":"tag","tag":"t","price":5,"ts":1}"#).unwrap();
+        assert_eq!(e.item_price(), None);
     }
 
     /// Regression (hardening #5): a 100 KB id was accepted and journaled by

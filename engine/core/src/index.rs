@@ -747,4 +747,37 @@ mod tests {
         }
         assert_eq!(shop.item("i").unwrap().popularity(ShopIndex::today(now)), 2);
     }
+
+    /// An item's known price is the latest by `ts`, the higher at equal
+    /// `ts`, whatever the order events arrive in; redelivery changes nothing.
+    #[test]
+    fn the_latest_price_wins_in_any_order() {
+        let told = [(5, 30.0), (9, 20.0), (9, 25.0), (1, 99.0), (7, 0.0)];
+        let event = |(ts, price): (i64, f64)| Event {
+            item: Some("i".into()),
+            price,
+            ..Event::new("s", "v", if price == 0.0 { Action::Purchase } else { Action::View }, ts)
+        };
+        let mut orders = vec![told.to_vec()];
+        orders.push(told.iter().rev().copied().collect());
+        orders.push(vec![told[2], told[0], told[1], told[2], told[4], told[3]]);
+        for order in orders {
+            let shop = ShopIndex::new("s");
+            for t in &order {
+                shop.apply(&event(*t));
+            }
+            assert_eq!(shop.item("i").unwrap().price, Some((9, 25.0)), "{order:?}");
+            assert_eq!(shop.item_price("i"), Some(25.0));
+        }
+        // A view without a price tells none; a later free purchase does.
+        let shop = ShopIndex::new("s");
+        shop.apply(&Event {
+            item: Some("i".into()),
+            ..Event::new("s", "v", Action::View, 1)
+        });
+        assert_eq!(shop.item_price("i"), None);
+        shop.apply(&event((2, 0.0)));
+        assert_eq!(shop.item_price("i"), Some(0.0));
+        assert_eq!(shop.item_price("unknown"), None);
+    }
 }

@@ -893,6 +893,41 @@ mod tests {
     }
 
     #[test]
+    fn preview_tier_and_numeric_context() {
+        assert_eq!(
+            parse("preview_tier >= 2").unwrap(),
+            Expr::PreviewTier {
+                cmp: Cmp::Ge,
+                value: 2.0
+            }
+        );
+        assert_eq!(
+            parse("ctx.cart_total < 99.5").unwrap(),
+            Expr::Ctx {
+                key: "cart_total".into(),
+                test: CtxTest::Num(Cmp::Lt, 99.5),
+                span: 0..14,
+            }
+        );
+        assert!(matches!(
+            parse("ctx.cart_total == \"99\"").unwrap(),
+            Expr::Ctx {
+                test: CtxTest::Cmp(Cmp::Eq, _),
+                ..
+            }
+        ));
+        assert_eq!(
+            err("preview_tier 2"),
+            (13, "expected a comparison (==, !=, <, <=, >, >=), found `2`".into())
+        );
+        assert_eq!(err("ctx.x > 1e999"), (8, "invalid number `1e999`".into()));
+        assert_eq!(
+            err("preview_tier(30d) > 1"),
+            (12, "expected a comparison (==, !=, <, <=, >, >=), found `(`".into())
+        );
+    }
+
+    #[test]
     fn audience_names() {
         assert!(is_audience_name("cart_abandoner"));
         assert!(is_audience_name("_x1"));

@@ -1229,6 +1229,189 @@ banners: *x
         }
     }
 
+    /// The second edition's mistakes (tiers, add-on, banner params and
+    /// schedules, pool schedules), each at its `line:column`.
+    #[test]
+    fn second_edition_errors_have_their_message_at_their_position() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                r#"shop: s
+tiers:
+  by: spend(365d)
+  levels:
+    - { tier: 1, name: silver, at: 500 }
+    - { tier: 1, name: gold, at: 400 }
+    - { tier: 3, name: silver, at: 0 }
+"#,
+                &[
+                    r#"6:15: `tier` must be greater than the previous level's (1)"#,
+                    r#"6:34: `at` must be greater than the previous level's (500)"#,
+                    r#"7:24: duplicate level name `silver` (first at 5:24)"#,
+                    r#"7:36: `at` must be a number greater than 0, found `0`"#,
+                ],
+            ),
+            (
+                r#"shop: s
+tiers:
+  by: sales(30d)
+  levels: []
+"#,
+                &[
+                    r#"3:7: `by` must be spend(W) or purchase_count(W), e.g. spend(365d), found `sales(30d)`"#,
+                    r#"4:11: `levels` must not be empty"#,
+                ],
+            ),
+            (
+                r#"shop: s
+tiers:
+  by: purchase_count(30x)
+  levels:
+    - { tier: 0, name: a, at: 1 }
+    - { name: b }
+"#,
+                &[
+                    r#"3:7: invalid window `30x`: expected a whole number followed by h or d, e.g. 7d or 12h"#,
+                    r#"5:15: `tier` must be a whole number from 1 to 4294967295, found `0`"#,
+                    r#"6:9: level is missing required key `at`"#,
+                    r#"6:9: level is missing required key `tier`"#,
+                ],
+            ),
+            (
+                r#"shop: s
+tiers:
+  levels: {}
+"#,
+                &[
+                    r#"3:3: `tiers` is missing required key `by`"#,
+                    r#"3:11: `levels` must be a list, found a mapping"#,
+                ],
+            ),
+            (
+                r#"shop: s
+items:
+  add_on:
+    cart_total: cart_total
+"#,
+                &[
+                    r#"4:5: add_on needs a threshold"#,
+                    r#"4:17: `cart_total` must name a request value as ctx.NAME, e.g. ctx.cart_total, found `cart_total`"#,
+                ],
+            ),
+            (
+                r#"shop: s
+items:
+  add_on:
+    threshold: 0
+    cart_total: ctx.cart-total
+"#,
+                &[
+                    r#"4:16: `threshold` must be a number greater than 0, found `0`"#,
+                    r#"5:17: `cart_total` must name a request value as ctx.NAME, e.g. ctx.cart_total, found `ctx.cart-total`"#,
+                ],
+            ),
+            (
+                r#"shop: s
+items:
+  add_on: 99
+"#,
+                &[r#"3:11: `add_on` must be a mapping, found a scalar"#],
+            ),
+            (
+                r#"shop: s
+banners:
+  - banner: gold
+    params: [a, b]
+    starts: 2026-11-12T00:00:00Z
+    ends: 2026-11-11T00:00:00Z
+  - banner: silver
+    params: { a: { b: c } }
+    ends: soon
+items:
+  pools:
+    - items: [a]
+      starts: 2026-11-12T00:00:00Z
+      ends: 2026-11-12T00:00:00Z
+"#,
+                &[
+                    r#"4:13: `params` must be a mapping, found a list"#,
+                    r#"6:11: `ends` must be after `starts`"#,
+                    r#"8:20: `params` must map names to strings"#,
+                    r#"9:11: invalid timestamp `soon`: expected RFC 3339, e.g. 2026-11-10T23:30:00+08:00"#,
+                    r#"14:13: `ends` must be after `starts`"#,
+                ],
+            ),
+            (
+                r#"shop: s
+audiences:
+  a: preview_tier >= x
+  b: ctx.cart_total > 9x
+"#,
+                &[r#"3:22: expected a number, found `x`"#, r#"4:23: invalid number `9x`"#],
+            ),
+        ];
+        for (source, want) in cases {
+            assert_eq!(errors(source), *want, "{source}");
+        }
+        let many: String = (1..=33)
+            .map(|i| format!("    - {{ tier: {i}, name: l{i}, at: {i} }}\n"))
+            .collect();
+        assert_eq!(
+            errors(&format!("shop: s\ntiers:\n  by: spend(30d)\n  levels:\n{many}")),
+            ["37:9: too many levels: more than the limit of 32"]
+        );
+    }
+
+    #[test]
+    fn the_second_edition_loads() {
+        let rules = RuleSet::load(
+            r#"shop: s
+tiers:
+  by: purchase_count(90d)
+  levels:
+    - { tier: 1, name: silver, at: 2 }
+    - { tier: 3, name: gold, at: 5.5 }
+audiences:
+  gold_soon: preview_tier == 1 and ctx.cart_total >= 50
+banners:
+  - when: gold_soon
+    banner: almost-gold
+    params: { image: "g.jpg" }
+    starts: 2026-11-10T00:00:00Z
+    ends: 2026-11-12T00:00:00Z
+items:
+  add_on: { threshold: 99.5 }
+  pools:
+    - items: [a]
+      starts: 2026-11-11T00:00:00Z
+"#,
+        )
+        .unwrap();
+        let tiers = rules.plan.tiers.as_deref().unwrap();
+        assert_eq!(tiers.metric, expr::Metric::PurchaseCount);
+        assert_eq!(
+            tiers
+                .levels
+                .iter()
+                .map(|l| (l.tier, &*l.name, l.at))
+                .collect::<Vec<_>>(),
+            [(1, "silver", 2.0), (3, "gold", 5.5)]
+        );
+        let b = &rules.banners[0];
+        assert_eq!(b.params, [(Arc::from("image"), Arc::from("g.jpg"))]);
+        assert_eq!((b.starts, b.ends), (Some(1_794_268_800_000), Some(1_794_441_600_000)));
+        assert!(!b.in_window(1_794_268_800_000 - 1) && b.in_window(1_794_268_800_000));
+        assert!(b.in_window(1_794_441_600_000 - 1) && !b.in_window(1_794_441_600_000));
+        let add_on = rules.items.add_on.as_ref().unwrap();
+        assert_eq!(
+            (add_on.threshold, &add_on.cart_total),
+            (99.5, &plan::CtxKey::Attr("cart_total".into()))
+        );
+        assert_eq!(
+            (rules.items.pools[0].starts, rules.items.pools[0].ends),
+            (Some(1_794_355_200_000), None)
+        );
+    }
+
     fn chain(n: usize) -> String {
         let mut s = String::from("shop: s\naudiences:\n");
         for i in 0..n {
