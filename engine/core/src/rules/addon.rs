@@ -33,7 +33,7 @@ impl AddOn {
     /// below the threshold; `None` when the add-on does not apply.
     pub fn gap(&self, cart_total: &str) -> Option<f64> {
         let total = super::plan::number(cart_total)?;
-        (total < self.threshold).then(|| self.threshold - total)
+        (total < self.threshold).then_some(self.threshold - total)
     }
 }
 
