@@ -83,7 +83,10 @@ async fn decide_returns_params_tier_preview_add_on_and_remaining() {
         .unwrap();
     let events = vec![
         // v-1 spent 2 x 1200 = 2400: gold, 2600 short of platinum.
-        event("v-1", "purchase", "sku-x", Some(1200.0), NOW - 48 * HOUR),
+        pb::Event {
+            quantity: Some(2),
+            ..event("v-1", "purchase", "sku-x", Some(1200.0), NOW - 48 * HOUR)
+        },
         // Prices told by another visitor's views; the newest one wins.
         event("v-2", "view", "sku-cheap", Some(20.0), NOW - 3 * HOUR),
         event("v-2", "view", "sku-mid", Some(60.0), NOW - 3 * HOUR),
@@ -91,9 +94,6 @@ async fn decide_returns_params_tier_preview_add_on_and_remaining() {
         event("v-2", "view", "sku-dear", Some(80.0), NOW - 3 * HOUR),
         event("v-2", "view", "sku-unpriced", None, NOW - 3 * HOUR),
     ];
-    let mut purchase = events[0].clone();
-    purchase.quantity = Some(2);
-    let events: Vec<_> = std::iter::once(purchase).chain(events.into_iter().skip(1)).collect();
     let tracked = c.ingest.track(pb::TrackRequest { events }).await.unwrap().into_inner();
     assert_eq!((tracked.accepted, tracked.rejected.len()), (6, 0));
 
@@ -157,4 +157,74 @@ async fn decide_returns_params_tier_preview_add_on_and_remaining() {
         assert_eq!(d.benefit.unwrap().remaining, Some(left));
     }
     server.shutdown().await.unwrap();
+}
+
+/// In a cluster, each Claim answers the budget left on the ledger the claims
+/// topic fills, wherever it arrives; every replica's Decide then agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remaining_agrees_across_replicas() {
+    use std::time::Duration;
+
+    use crate::cluster_kit::{cluster_config, mock_cluster, start};
+    use crate::support::wait_for;
+
+    let (_cluster, brokers) = mock_cluster();
+    let mut replicas = Vec::new();
+    for i in 0..2 {
+        let dir = temp_dir(&format!("language-cluster-{i}"));
+        std::fs::write(dir.path().join("rules").join("lang.yaml"), RULES).unwrap();
+        let config = cluster_config(&dir, &brokers, Duration::from_secs(10));
+        replicas.push(start(dir, config).await);
+    }
+    for r in &replicas {
+        let c = r.c.clone();
+        wait_for("the replica to serve `lang`", || {
+            let mut c = c.clone();
+            async move { c.decision.decide(decide("v-1", None)).await.is_ok() }
+        })
+        .await;
+    }
+    for (i, visitor) in ["a", "b", "c"].into_iter().enumerate() {
+        let r = replicas[i % 2]
+            .c
+            .clone()
+            .benefits
+            .claim(pb::ClaimRequest {
+                shop: "lang".into(),
+                visitor: visitor.into(),
+                benefit_id: "gift".into(),
+                now_ms: NOW,
+                claim_id: String::new(),
+                context: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (r.reason.as_str(), r.remaining),
+            ("GRANTED", Some(2 - i as u64)),
+            "claim {i} on replica {}",
+            i % 2
+        );
+    }
+    for (i, r) in replicas.iter().enumerate() {
+        let ledger = r.server.engine.ledger.clone();
+        use vitrine_core::ClaimLedger as _;
+        wait_for(&format!("replica {i} to apply the three grants"), || {
+            let ledger = ledger.clone();
+            async move { ledger.usage("lang", "gift", "", None).total == 3 }
+        })
+        .await;
+        let d =
+            r.c.clone()
+                .decision
+                .decide(decide("v-1", None))
+                .await
+                .unwrap()
+                .into_inner();
+        assert!(d.benefit.is_none(), "replica {i}: the budget of 3 is spent everywhere");
+    }
+    for r in replicas {
+        r.server.shutdown().await.unwrap();
+    }
 }
