@@ -209,7 +209,6 @@ async fn remaining_agrees_across_replicas() {
     }
     for (i, r) in replicas.iter().enumerate() {
         let ledger = r.server.engine.ledger.clone();
-        use vitrine_core::ClaimLedger as _;
         wait_for(&format!("replica {i} to apply the three grants"), || {
             let ledger = ledger.clone();
             async move { ledger.usage("lang", "gift", "", None).total == 3 }
