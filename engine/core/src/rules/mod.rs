@@ -6,6 +6,11 @@
 //! windows, timestamps, audience references and cycles, collecting every
 //! error) -> compile (expressions into one [`Plan`]). A file is accepted or
 //! rejected whole.
+//!
+//! The second edition's blocks live in their own modules: [`tiers`] (the
+//! `tiers` block the `preview_tier` atom and a decision's tier preview
+//! read, kept on the [`Plan`]) and [`addon`] (`items.add_on`); banners take
+//! `params`, `starts` and `ends`, pools `starts` and `ends`, as benefits do.
 
 pub mod addon;
 pub mod expr;
