@@ -113,7 +113,9 @@ pub struct Event<'a> {
     pub item: Option<Cow<'a, str>>,
     /// Category of the item, when known.
     pub category: Option<Cow<'a, str>>,
-    /// Unit price, for purchases (>= 0).
+    /// Unit price (>= 0): required on purchases, optional on views, carts
+    /// and favorites, where 0 means none. The latest by `ts` is the item's
+    /// known price (the smart add-on reads it).
     pub price: f64,
     /// Quantity, for purchases (>= 1).
     pub quantity: u32,
@@ -297,6 +299,9 @@ impl<'a> Event<'a> {
             Action::Member => {
                 o.insert("tier".into(), self.tier.into());
             }
+            Action::View | Action::Cart | Action::Favorite if self.price.to_bits() != 0 => {
+                o.insert("price".into(), self.price.into());
+            }
             _ => {}
         }
         serde_json::Value::Object(o).to_string()
@@ -377,6 +382,15 @@ impl<'a> Event<'a> {
                 }
                 event.item = Some(item);
                 event.category = f.category.filter(|c| !c.is_empty());
+                if action != Action::Purchase {
+                    if let Some(price) = f.price {
+                        if !(price >= 0.0 && price.is_finite()) {
+                            return Err(EventError::new(RejectReason::InvalidValue, "`price` must be >= 0"));
+                        }
+                        // +0.0: a zero price is no price (the events journal stores none).
+                        event.price = price + 0.0;
+                    }
+                }
                 if action == Action::Purchase {
                     let price = f.price.ok_or_else(|| EventError::missing("price"))?;
                     if !(price >= 0.0 && price.is_finite()) {
@@ -412,6 +426,16 @@ impl<'a> Event<'a> {
             }
         }
         Ok(event)
+    }
+
+    /// The item price this event tells, if any: a purchase's price, or a
+    /// non-zero price on a view, cart or favorite.
+    pub fn item_price(&self) -> Option<f64> {
+        match self.action {
+            Action::Purchase => Some(self.price),
+            Action::View | Action::Cart | Action::Favorite if self.price > 0.0 => Some(self.price),
+            _ => None,
+        }
     }
 
     /// The purchase amount, `price * quantity`.
@@ -497,6 +521,11 @@ mod tests {
                 ..Event::new("s", "v", Action::Favorite, 1)
             },
             Event {
+                item: Some("sku-1".into()),
+                price: 19.9,
+                ..Event::new("s", "v", Action::View, 1)
+            },
+            Event {
                 item: Some("sku-2".into()),
                 price: 129.5,
                 quantity: 3,
@@ -520,6 +549,30 @@ mod tests {
             let json = event.to_json();
             assert_eq!(Event::from_json(json.as_bytes()), Ok(event), "{json}");
         }
+    }
+
+    /// Views, carts and favorites may tell the item's price: checked as a
+    /// purchase's is; 0 (or -0) is no price.
+    #[test]
+    fn item_events_may_carry_a_price() {
+        let view = |price: &str| {
+            Event::from_json(
+                format!(r#"{{"shop":"s","visitor":"v","action":"view","item":"i","price":{price},"ts":1}}"#).as_bytes(),
+            )
+            .map(|e| (e.price.to_bits(), e.item_price()))
+        };
+        assert_eq!(view("12.5"), Ok((12.5f64.to_bits(), Some(12.5))));
+        assert_eq!(view("0"), Ok((0, None)));
+        assert_eq!(view("-0.0"), Ok((0, None)));
+        assert_eq!(
+            view("-1").map_err(|e| e.message),
+            Err("`price` must be >= 0".to_string())
+        );
+        let e =
+            Event::from_json(br#"{"shop":"s","visitor":"v","action":"purchase","item":"i","price":0,"ts":1}"#).unwrap();
+        assert_eq!(e.item_price(), Some(0.0), "a purchase always tells its price");
+        let e = Event::from_json(br#"{"shop":"s","visitor":"v","action":"tag","tag":"t","price":5,"ts":1}"#).unwrap();
+        assert_eq!(e.item_price(), None);
     }
 
     /// Regression (hardening #5): a 100 KB id was accepted and journaled by

@@ -287,9 +287,19 @@ pub(crate) struct ItemInfo {
     pub(crate) category: Option<(i64, u32)>,
     /// (day, distinct purchases) ring, one slot per day.
     pub(crate) buys: [(u32, u32); POPULARITY_DAYS],
+    /// (ts, price) of the newest event that told a price (ties: the higher price).
+    pub(crate) price: Option<(i64, f64)>,
 }
 
 impl ItemInfo {
+    /// Learns `price` told at `ts`: the newest wins, at equal `ts` the
+    /// higher, so the result does not depend on arrival order.
+    pub(crate) fn learn_price(&mut self, ts: i64, price: f64) {
+        if self.price.is_none_or(|(t, p)| ts > t || (ts == t && price > p)) {
+            self.price = Some((ts, price));
+        }
+    }
+
     pub(crate) fn category(&self) -> u32 {
         self.category.map_or(NONE, |(_, c)| c)
     }
@@ -427,12 +437,15 @@ impl ShopIndex {
         self.items.get(item)
     }
 
-    fn intern_item(&self, item: &str, category: Option<(u32, i64)>) -> u32 {
+    fn intern_item(&self, item: &str, category: Option<(u32, i64)>, price: Option<(i64, f64)>) -> u32 {
         let update = |info: &mut ItemInfo| {
             if let Some((cat, ts)) = category {
                 if info.category.is_none_or(|cur| (ts, cat) > cur) {
                     info.category = Some((ts, cat));
                 }
+            }
+            if let Some((ts, p)) = price {
+                info.learn_price(ts, p);
             }
             info.id
         };
@@ -443,6 +456,7 @@ impl ShopIndex {
             id: self.next_item.fetch_add(1, Ordering::Relaxed),
             category: None,
             buys: [(0, 0); POPULARITY_DAYS],
+            price: None,
         });
         update(&mut info)
     }
@@ -454,7 +468,8 @@ impl ShopIndex {
             Action::View | Action::Cart | Action::Favorite | Action::Purchase => {
                 let Some(item_name) = event.item.as_deref() else { return };
                 let category = event.category.as_deref().map(|c| self.categories.intern(c));
-                let item = self.intern_item(item_name, category.map(|c| (c, event.ts)));
+                let price = event.item_price().map(|p| (event.ts, p));
+                let item = self.intern_item(item_name, category.map(|c| (c, event.ts)), price);
                 let hour = self.zone.clock_hour(event.ts);
                 let entry = Entry {
                     hour,
@@ -589,6 +604,11 @@ impl ShopIndex {
             stats.profile_entries += shard.read().iter().map(|p| p.entries.len() as u64).sum::<u64>();
         }
         stats
+    }
+
+    /// The known price of an item: the latest `price` events told.
+    pub fn item_price(&self, item: &str) -> Option<f64> {
+        self.items.get(item).and_then(|info| info.price).map(|(_, p)| p)
     }
 
     /// Today's day number at clock reading `clock_ms` (for popularity).
@@ -803,5 +823,38 @@ mod tests {
             apply(&shop, ev(v, "purchase", now - days_ago * DAY_MS));
         }
         assert_eq!(shop.item("i").unwrap().popularity(ShopIndex::today(now)), 2);
+    }
+
+    /// An item's known price is the latest by `ts`, the higher at equal
+    /// `ts`, whatever the order events arrive in; redelivery changes nothing.
+    #[test]
+    fn the_latest_price_wins_in_any_order() {
+        let told = [(5, 30.0), (9, 20.0), (9, 25.0), (1, 99.0), (7, 0.0)];
+        let event = |(ts, price): (i64, f64)| Event {
+            item: Some("i".into()),
+            price,
+            ..Event::new("s", "v", if price == 0.0 { Action::Purchase } else { Action::View }, ts)
+        };
+        let mut orders = vec![told.to_vec()];
+        orders.push(told.iter().rev().copied().collect());
+        orders.push(vec![told[2], told[0], told[1], told[2], told[4], told[3]]);
+        for order in orders {
+            let shop = ShopIndex::new("s");
+            for t in &order {
+                shop.apply(&event(*t));
+            }
+            assert_eq!(shop.item("i").unwrap().price, Some((9, 25.0)), "{order:?}");
+            assert_eq!(shop.item_price("i"), Some(25.0));
+        }
+        // A view without a price tells none; a later free purchase does.
+        let shop = ShopIndex::new("s");
+        shop.apply(&Event {
+            item: Some("i".into()),
+            ..Event::new("s", "v", Action::View, 1)
+        });
+        assert_eq!(shop.item_price("i"), None);
+        shop.apply(&event((2, 0.0)));
+        assert_eq!(shop.item_price("i"), Some(0.0));
+        assert_eq!(shop.item_price("unknown"), None);
     }
 }

@@ -27,8 +27,10 @@
 //! header   := "VTRNSNAP" | version u32 | flags u32 (0) | payload_len u64
 //!             | payload_crc32 u32 | header_crc32 u32          (32 bytes; the last
 //!                                                             field covers the 28 before it)
-//! payload  := section(META) section(SHOP)* section(ZONE)*     (shops in name order)
-//! section  := kind u8 | len u64 | body[len]                   (META = 1, SHOP = 2, ZONE = 3)
+//! payload  := section(META) section(SHOP)* section(ZONE)* section(PRICES)*
+//!                                                             (shops in name order)
+//! section  := kind u8 | len u64 | body[len]                   (META = 1, SHOP = 2, ZONE = 3,
+//!                                                             PRICES = 4)
 //! META     := the caller's opaque bytes (Kafka offsets, rule revisions, ...)
 //! SHOP     := name str | visitors u32 | categories u32 | tags u32 | items u32 | shard_bits u8
 //!             | block(names) | block(names) | block(names) | block(items) | block(profiles)
@@ -43,6 +45,10 @@
 //!             | tier_flag u8 | [ts i64 | tier varint]
 //! ZONE     := shop str | zone str                              (IANA name; one per shop whose
 //!                                                             index is not on UTC's clock)
+//! PRICES   := name str | count varint | (item varint | ts i64 | price f64)*
+//!                                                             (a shop's known item prices, after
+//!                                                             every SHOP section; items ascending,
+//!                                                             only items with a price)
 //! ```
 //!
 //! A shop without a ZONE section is on UTC's clock: snapshots written
@@ -52,6 +58,10 @@
 //! section for a shop the snapshot does not hold, a second one for the same
 //! shop, a SHOP section after a ZONE section, or a zone this build's
 //! database does not know is a malformed snapshot.
+//!
+//! PRICES sections are optional: a snapshot without them (every snapshot
+//! written before item prices existed) loads with no known prices, so the
+//! format version stays 1.
 //!
 //! Entries are stored sorted, their hours as deltas from the previous entry,
 //! so an entry takes about five bytes.
@@ -115,6 +125,7 @@ pub const HEADER_LEN: usize = 32;
 const SECTION_META: u8 = 1;
 const SECTION_SHOP: u8 = 2;
 const SECTION_ZONE: u8 = 3;
+const SECTION_PRICES: u8 = 4;
 
 /// Why a byte string is not a valid snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -192,9 +203,10 @@ pub fn encode(index: &Index, meta: &[u8]) -> Vec<u8> {
     end_len(&mut out, at);
     let mut shops = index.shops();
     shops.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut item_counts = Vec::with_capacity(shops.len());
     for shop in &shops {
         let at = begin_section(&mut out, SECTION_SHOP);
-        encode_shop(shop, &mut out);
+        item_counts.push(encode_shop(shop, &mut out));
         end_len(&mut out, at);
     }
     for shop in shops.iter().filter(|s| !s.zone().is_utc()) {
@@ -202,6 +214,9 @@ pub fn encode(index: &Index, meta: &[u8]) -> Vec<u8> {
         out.put_str(shop.name());
         out.put_str(shop.zone().name());
         end_len(&mut out, at);
+    }
+    for (shop, items) in shops.iter().zip(item_counts) {
+        encode_prices(shop, items, &mut out);
     }
     seal(&mut out);
     out
@@ -234,10 +249,15 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     let meta = meta_section(&mut r)?.to_vec();
     let index = Index::new();
     let mut zoned = std::collections::HashSet::new();
+    let mut priced: std::collections::HashSet<&str> = Default::default();
     while !r.is_empty() {
         let (kind, body) = section(&mut r)?;
         if kind == SECTION_ZONE {
             decode_zone(body, &index, &mut zoned)?;
+            continue;
+        }
+        if kind == SECTION_PRICES {
+            decode_prices(body, &index, &mut priced)?;
             continue;
         }
         if kind != SECTION_SHOP {
@@ -245,6 +265,9 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
         }
         if !zoned.is_empty() {
             return Err(malformed(&r, "SHOP section after a ZONE section"));
+        }
+        if !priced.is_empty() {
+            return Err(malformed(&r, "a SHOP section after a PRICES section"));
         }
         let at = body.offset();
         let shop = decode_shop(body)?;
@@ -437,7 +460,8 @@ impl Limits {
     }
 }
 
-fn encode_shop(shop: &ShopIndex, out: &mut Vec<u8>) {
+/// Encodes one SHOP section's body; returns how many items it holds.
+fn encode_shop(shop: &ShopIndex, out: &mut Vec<u8>) -> u32 {
     // Dictionaries first: anything they do not hold is newer than the snapshot.
     let visitors = Names::capture(&shop.visitors);
     let categories = Names::capture(&shop.categories);
@@ -482,6 +506,7 @@ fn encode_shop(shop: &ShopIndex, out: &mut Vec<u8>) {
         });
     }
     end_len(out, at);
+    limits.items
 }
 
 fn encode_profile(p: &Profile, limits: &Limits, out: &mut Vec<u8>) {
@@ -582,6 +607,7 @@ fn decode_items<'a>(mut r: Reader<'a>, limits: &Limits) -> Decoded<(Vec<&'a str>
             id,
             category,
             buys: [(0, 0); POPULARITY_DAYS],
+            price: None,
         });
     }
     r.finish()?;
@@ -770,6 +796,70 @@ fn decode_shop(mut r: Reader<'_>) -> Decoded<ShopIndex> {
     }
     derived.install(&mut shop);
     Ok(shop)
+}
+
+/// The PRICES section of `shop`, for its first `items` items (those its
+/// SHOP section holds); nothing when none of them has a price.
+fn encode_prices(shop: &ShopIndex, items: u32, out: &mut Vec<u8>) {
+    let mut prices: Vec<(u32, i64, f64)> = shop
+        .items
+        .iter()
+        .filter(|pair| pair.value().id < items)
+        .filter_map(|pair| pair.value().price.map(|(ts, p)| (pair.value().id, ts, p)))
+        .collect();
+    if prices.is_empty() {
+        return;
+    }
+    prices.sort_unstable_by_key(|(id, _, _)| *id);
+    let at = begin_section(out, SECTION_PRICES);
+    out.put_str(shop.name());
+    out.put_varint(prices.len() as u64);
+    for (id, ts, price) in prices {
+        out.put_varint(u64::from(id));
+        out.put_i64(ts);
+        out.put_f64(price);
+    }
+    end_len(out, at);
+}
+
+/// Reads a PRICES section into its shop (decoded before it): items known
+/// and ascending, prices finite and >= 0, one section per shop.
+fn decode_prices<'a>(mut r: Reader<'a>, index: &Index, priced: &mut std::collections::HashSet<&'a str>) -> Decoded<()> {
+    let name = r.str()?;
+    let Some(shop) = index.shops.get(name).map(|s| s.value().clone()) else {
+        return Err(malformed(&r, "PRICES of a shop without a SHOP section"));
+    };
+    if !priced.insert(name) {
+        return Err(malformed(&r, "duplicate PRICES section"));
+    }
+    let items = shop.next_item.load(std::sync::atomic::Ordering::Acquire);
+    // Each price takes at least 17 bytes.
+    let count = r.count(17)?;
+    if count > items as usize {
+        return Err(malformed(&r, "more prices than items"));
+    }
+    let mut by_id: Vec<Option<(i64, f64)>> = vec![None; items as usize];
+    let mut next = 0u32;
+    for _ in 0..count {
+        let item = id(&mut r, items, "price of an unknown item")?;
+        if item < next {
+            return Err(malformed(&r, "prices not in ascending item order"));
+        }
+        next = item + 1;
+        let ts = r.i64()?;
+        let price = r.f64()?;
+        if !(price >= 0.0 && price.is_finite()) {
+            return Err(malformed(&r, "price not a finite number >= 0"));
+        }
+        by_id[item as usize] = Some((ts, price));
+    }
+    r.finish()?;
+    for mut info in shop.items.iter_mut() {
+        if let Some(price) = by_id.get(info.id as usize).copied().flatten() {
+            info.price = Some(price);
+        }
+    }
+    Ok(())
 }
 
 /// Everything an index derives from its profiles.
@@ -1069,6 +1159,8 @@ benefits:
         category_days: BTreeMap<(String, usize, u32), BTreeSet<String>>,
         tags: BTreeMap<String, BTreeSet<String>>,
         tiers: BTreeMap<u32, BTreeSet<String>>,
+        /// Item -> (ts, price bits) of its known price.
+        prices: BTreeMap<String, (i64, u64)>,
     }
 
     /// (ts, category) and popularity ring.
@@ -1136,6 +1228,11 @@ benefits:
             category_days: BTreeMap::new(),
             tags: BTreeMap::new(),
             tiers: BTreeMap::new(),
+            prices: shop
+                .items
+                .iter()
+                .filter_map(|p| p.value().price.map(|(ts, v)| (p.key().to_string(), (ts, v.to_bits()))))
+                .collect(),
         };
         for (action, days) in shop.days.iter().enumerate() {
             for (day, b) in days.read().iter().filter(|(_, b)| !b.is_empty()) {
@@ -1542,5 +1639,113 @@ benefits:
                 prop_assert!(decode(&again).is_ok());
             }
         }
+    }
+
+    /// A PRICES section (kind 4) with these prices for `shop`.
+    fn prices_section(shop: &str, prices: &[(u64, i64, f64)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.put_str(shop);
+        body.put_varint(prices.len() as u64);
+        for (item, ts, price) in prices {
+            body.put_varint(*item);
+            body.put_i64(*ts);
+            body.put_f64(*price);
+        }
+        let mut out = vec![SECTION_PRICES];
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Item prices survive a snapshot; a snapshot without PRICES loads with
+    /// none; every defect of a PRICES section is named.
+    #[test]
+    fn prices_roundtrip_and_damaged_prices_sections_are_refused() {
+        let index = Index::new();
+        for (item, action, price, ts) in [
+            ("i0", Action::View, 12.5, T0),
+            ("i0", Action::Cart, 11.0, T0 - HOUR),
+            ("i1", Action::View, 0.0, T0),
+            ("i2", Action::Purchase, 30.0, T0),
+        ] {
+            let e = Event {
+                item: Some(item.into()),
+                price,
+                ..Event::new("s", "v", action, ts)
+            };
+            index.apply(&e);
+        }
+        let shop = index.shop("s").unwrap();
+        assert_eq!(
+            ["i0", "i1", "i2"].map(|i| shop.item_price(i)),
+            [Some(12.5), None, Some(30.0)]
+        );
+        let bytes = encode(&index, b"");
+        let back = decode(&bytes).unwrap().index.shop("s").unwrap();
+        assert_eq!(
+            ["i0", "i1", "i2"].map(|i| back.item_price(i)),
+            [Some(12.5), None, Some(30.0)]
+        );
+        // Without its PRICES section (as every older snapshot): no prices.
+        let plain = {
+            let without = Index::new();
+            without.apply(&Event {
+                item: Some("i0".into()),
+                ..Event::new("s", "v", Action::View, T0)
+            });
+            encode(&without, b"")
+        };
+        assert_eq!(decode(&plain).unwrap().index.shop("s").unwrap().item_price("i0"), None);
+        let with = |sections: &[Vec<u8>]| {
+            let mut b = plain.clone();
+            for s in sections {
+                b.extend_from_slice(s);
+            }
+            reseal(&mut b);
+            b
+        };
+        let what = |bytes: &[u8]| match decode(bytes) {
+            Err(SnapshotError::Malformed { what, .. }) => what,
+            other => panic!("expected a malformed snapshot, got {other:?}"),
+        };
+        let ok = prices_section("s", &[(0, T0, 1.0)]);
+        assert_eq!(
+            decode(&with(std::slice::from_ref(&ok)))
+                .unwrap()
+                .index
+                .shop("s")
+                .unwrap()
+                .item_price("i0"),
+            Some(1.0)
+        );
+        assert_eq!(
+            what(&with(&[prices_section("t", &[])])),
+            "PRICES of a shop without a SHOP section"
+        );
+        assert_eq!(what(&with(&[ok.clone(), ok.clone()])), "duplicate PRICES section");
+        assert_eq!(
+            what(&with(&[prices_section("s", &[(1, T0, 1.0)])])),
+            "price of an unknown item"
+        );
+        assert_eq!(
+            what(&with(&[prices_section("s", &[(0, T0, -1.0)])])),
+            "price not a finite number >= 0"
+        );
+        assert_eq!(
+            what(&with(&[prices_section("s", &[(0, T0, f64::NAN)])])),
+            "price not a finite number >= 0"
+        );
+        assert_eq!(
+            what(&with(&[prices_section("s", &[(0, T0, 1.0), (0, T0, 2.0)])])),
+            "more prices than items"
+        );
+        let mut section = plain.clone();
+        section.drain(..HEADER_LEN);
+        let meta_len = 9;
+        let shop_section = section.split_off(meta_len);
+        assert_eq!(
+            what(&with(&[ok, shop_section])),
+            "a SHOP section after a PRICES section"
+        );
     }
 }

@@ -5,12 +5,15 @@
 //! explanation). Everything it returns borrows from the rule set.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::claims::{ClaimLedger, ClaimOutcome, LedgerClaim, LedgerError};
+use crate::eval::addon::add_on_picks;
 use crate::event::Action;
 use crate::hash::held_out;
 use crate::index::{Profile, ShopIndex, NONE};
 use crate::rules::plan::{Atom, CtxKey, Facts, Memo, NodeId};
+use crate::rules::tiers::{preview_tier, TierPreview, Tiers};
 use crate::rules::{Benefit, RuleSet, MAX_ITEM_LIMIT};
 use crate::time::{Unit, Window};
 
@@ -82,6 +85,8 @@ pub enum ItemReason {
     Popular,
     /// From a matching pool, in the author's order.
     Pool,
+    /// Its known price covers what the cart lacks to reach the add-on threshold.
+    AddOn,
 }
 
 impl ItemReason {
@@ -94,6 +99,7 @@ impl ItemReason {
             ItemReason::ViewedCategory => "viewed_category",
             ItemReason::Popular => "popular",
             ItemReason::Pool => "pool",
+            ItemReason::AddOn => "add_on",
         }
     }
 }
@@ -198,6 +204,14 @@ pub struct Decision<'r> {
     pub benefit: Option<&'r Benefit>,
     /// Present when asked for.
     pub explanation: Option<Explanation>,
+    /// The chosen banner entry's `params` (empty without a banner).
+    pub banner_params: &'r [(Arc<str>, Arc<str>)],
+    /// Grants left of the chosen benefit, when it has a budget.
+    pub remaining: Option<u64>,
+    /// The tier the visitor's history earns, when the file has `tiers` and the visitor is known.
+    pub tier_preview: Option<TierPreview<'r>>,
+    /// `threshold - cart total`, when the file's add-on applies to the request.
+    pub add_on_gap: Option<f64>,
 }
 
 /// The leaf tests for one visitor: their profile plus the request context.
@@ -208,6 +222,8 @@ struct VisitorFacts<'a> {
     /// The shop's clock at the request's instant (`ShopIndex::clock_ms`):
     /// every window range is cut from it.
     clock_ms: i64,
+    /// The file's tiers, for `preview_tier`.
+    tiers: Option<&'a Tiers>,
 }
 
 /// The shop's clock at `now_ms`: the index's zone (fixed when it was
@@ -225,6 +241,10 @@ impl Facts for VisitorFacts<'_> {
         use crate::rules::expr::{Filter, Metric};
         match atom {
             Atom::Ctx { key, test } => test.test(self.context.get(key)),
+            Atom::PreviewTier { cmp, value } => {
+                let tier = preview_tier(self.tiers, self.profile, self.clock_ms);
+                cmp.test(f64::from(tier), *value)
+            }
             Atom::Tier { cmp, value } => {
                 let tier = self.profile.map_or(0, Profile::tier);
                 cmp.test(f64::from(tier), *value)
@@ -317,6 +337,7 @@ fn decide_with<'r>(
         profile,
         context: &req.context,
         clock_ms,
+        tiers: rules.plan.tiers.as_deref(),
     };
     let plan = &rules.plan;
     let mut memo = Memo::new(plan.audiences().len());
@@ -334,9 +355,19 @@ fn decide_with<'r>(
 
     // Banner: the first entry whose `when` holds.
     let mut banner = None;
+    let mut banner_params: &'r [(Arc<str>, Arc<str>)] = &[];
     for (i, b) in rules.banners.iter().enumerate() {
+        if !b.in_window(req.now_ms) {
+            step(
+                Slot::Banner,
+                &|| format!("banners[{i}] {}", b.id),
+                StepOutcome::OutsideWindow,
+            );
+            continue;
+        }
         if matches(b.when, &mut memo) {
             banner = Some(&*b.id);
+            banner_params = &b.params;
             step(Slot::Banner, &|| format!("banners[{i}] {}", b.id), StepOutcome::Chosen);
             break;
         }
@@ -357,6 +388,18 @@ fn decide_with<'r>(
     let context_item = req.context.item;
     let mut picks: Vec<Pick<'r>> = Vec::with_capacity(limit);
     let taken = |picks: &[Pick<'_>], id: &str| picks.iter().any(|p| p.id == id);
+    let add_on_gap = items
+        .add_on
+        .as_ref()
+        .and_then(|a| a.gap(req.context.get(&a.cart_total)));
+    if let (Some(gap), Some(shop)) = (add_on_gap, shop) {
+        let pool_matches =
+            |pool: &crate::rules::Pool, memo: &mut Memo| pool.in_window(req.now_ms) && matches(pool.when, memo);
+        add_on_picks(rules, shop, &signals, context_item, gap, limit, &mut picks, |pool| {
+            pool_matches(pool, &mut memo)
+        });
+        step(Slot::Items, &|| "add_on".to_string(), StepOutcome::Contributed);
+    }
     if !context_item.is_empty() {
         if let Some(complements) = items.complements.get(context_item) {
             for id in complements {
@@ -380,6 +423,10 @@ fn decide_with<'r>(
     }
     let mut ranked: Vec<(ItemReason, u32, usize, &'r str)> = Vec::new();
     for (i, pool) in items.pools.iter().enumerate() {
+        if !pool.in_window(req.now_ms) {
+            step(Slot::Items, &|| format!("pools[{i}]"), StepOutcome::OutsideWindow);
+            continue;
+        }
         if !matches(pool.when, &mut memo) {
             step(Slot::Items, &|| format!("pools[{i}]"), StepOutcome::NotMatched);
             continue;
@@ -405,18 +452,24 @@ fn decide_with<'r>(
 
     // Benefit: the first eligible one.
     let mut benefit = None;
+    let mut remaining = None;
     for (i, b) in rules.benefits.iter().enumerate() {
-        let outcome = if !matches(b.when, &mut memo) {
-            StepOutcome::NotMatched
+        let (outcome, left) = if !matches(b.when, &mut memo) {
+            (StepOutcome::NotMatched, None)
         } else {
-            offer(rules, b, req.visitor, req.now_ms, ledger)
+            offer_with_remaining(rules, b, req.visitor, req.now_ms, ledger)
         };
         step(Slot::Benefit, &|| format!("benefits[{i}] {}", b.id), outcome);
         if outcome == StepOutcome::Chosen {
             benefit = Some(b);
+            remaining = left;
             break;
         }
     }
+    let tier_preview = match (plan.tiers.as_deref(), profile) {
+        (Some(tiers), Some(p)) => Some(tiers.preview(tiers.value(Some(p), clock_ms))),
+        _ => None,
+    };
 
     let explanation = steps.map(|steps| Explanation {
         audiences: plan
@@ -433,36 +486,49 @@ fn decide_with<'r>(
         items: picks,
         benefit,
         explanation,
+        banner_params,
+        remaining,
+        tier_preview,
+        add_on_gap,
     }
 }
 
-/// Whether a matching benefit can be offered now, short of its audience.
-fn offer(rules: &RuleSet, b: &Benefit, visitor: &str, now_ms: i64, ledger: &dyn ClaimLedger) -> StepOutcome {
+/// Whether a matching benefit can be offered now, short of its audience,
+/// and the grants left of its budget (when it has one and usage was read).
+fn offer_with_remaining(
+    rules: &RuleSet,
+    b: &Benefit,
+    visitor: &str,
+    now_ms: i64,
+    ledger: &dyn ClaimLedger,
+) -> (StepOutcome, Option<u64>) {
     if !b.in_window(now_ms) {
-        return StepOutcome::OutsideWindow;
+        return (StepOutcome::OutsideWindow, None);
     }
     if visitor.is_empty() && b.cap.is_some() {
-        return StepOutcome::NeedsVisitor;
+        return (StepOutcome::NeedsVisitor, None);
     }
     if held_out(&rules.shop, &b.id, visitor, b.holdout_bp) {
-        return StepOutcome::HeldOut;
+        return (StepOutcome::HeldOut, None);
     }
+    let mut remaining = None;
     if b.cap.is_some() || b.budget.is_some() {
         let since = b.cap.map(|c| now_ms.saturating_sub(c.window.millis()));
         let usage = ledger.usage(&rules.shop, &b.id, visitor, since);
         if b.cap.is_some_and(|c| usage.visitor_in_window >= c.per_visitor) {
-            return StepOutcome::CapReached;
+            return (StepOutcome::CapReached, None);
         }
         if b.budget.is_some_and(|budget| usage.total >= budget) {
-            return StepOutcome::BudgetExhausted;
+            return (StepOutcome::BudgetExhausted, None);
         }
+        remaining = b.budget.map(|budget| budget.saturating_sub(usage.total));
     }
-    StepOutcome::Chosen
+    (StepOutcome::Chosen, remaining)
 }
 
 /// What the visitor's recent history says about items.
 #[derive(Default)]
-struct Signals<'a> {
+pub(super) struct Signals<'a> {
     shop: Option<&'a ShopIndex>,
     today: u32,
     /// (item id, bit 0 carted, bit 1 favorited, bit 2 bought) within the affinity window.
@@ -527,7 +593,7 @@ impl<'a> Signals<'a> {
 
     /// The item's rank class and strength within the class, or `None` when
     /// the visitor bought it within `exclude_purchased`. One index lookup.
-    fn judge(&self, item: &str) -> Option<(ItemReason, u32)> {
+    pub(super) fn judge(&self, item: &str) -> Option<(ItemReason, u32)> {
         let Some(info) = self.shop.and_then(|s| s.item(item)) else {
             return Some((ItemReason::Pool, 0));
         };
@@ -627,6 +693,7 @@ pub fn prepare_claim<'a>(
             profile,
             context: &req.context,
             clock_ms: clock_of(rules, shop, req.now_ms),
+            tiers: rules.plan.tiers.as_deref(),
         };
         b.when
             .is_none_or(|w| rules.plan.eval(w, &facts, &mut Memo::new(rules.plan.audiences().len())))
@@ -656,6 +723,16 @@ pub fn prepare_claim<'a>(
     })
 }
 
+/// Grants left of a budgeted benefit, as the ledger counts them now
+/// (`None` for a benefit without a budget, or one the rule set lacks).
+/// What a Claim reports after its answer: read after the grant, so with
+/// concurrent claims it may already count later grants too.
+pub fn remaining(rules: &RuleSet, benefit: &str, ledger: &dyn ClaimLedger) -> Option<u64> {
+    let b = rules.benefit(benefit)?;
+    let budget = b.budget?;
+    Some(budget.saturating_sub(ledger.usage(&rules.shop, &b.id, "", None).total))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -667,6 +744,11 @@ mod tests {
     const DAY: i64 = 86_400_000;
     /// 2026-11-10T15:45:00Z.
     const NOW: i64 = 1_794_325_500_000;
+
+    /// Whether a matching benefit can be offered now (the outcome alone).
+    fn offer(rules: &RuleSet, b: &Benefit, visitor: &str, now_ms: i64, ledger: &dyn ClaimLedger) -> StepOutcome {
+        offer_with_remaining(rules, b, visitor, now_ms, ledger).0
+    }
 
     const RULES: &str = r#"shop: s
 audiences:

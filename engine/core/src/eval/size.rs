@@ -150,7 +150,7 @@ impl<'a> SizeEval<'a> {
                     _ => Cost::Checked,
                 }
             }
-            Node::Atom(Atom::Metric { .. } | Atom::DaysSince { .. }) => Cost::Checked,
+            Node::Atom(Atom::Metric { .. } | Atom::DaysSince { .. } | Atom::PreviewTier { .. }) => Cost::Checked,
             Node::Atom(_) => Cost::Exact,
         }
     }
@@ -264,6 +264,28 @@ impl<'a> SizeEval<'a> {
                     crate::eval::decide::days_since(p, *actions, now_ms).is_some_and(|d| cmp.test(f64::from(d), *value))
                 })
             }
+            Atom::PreviewTier { cmp, value } => self.preview_tier(*cmp, *value, scope),
+        }
+    }
+
+    /// `preview_tier CMP value`: the purchasers in the `by` window are
+    /// checked profile by profile; everyone else has the tier a value of 0
+    /// earns (tier 0), so matches as a whole or not at all.
+    fn preview_tier(&self, cmp: crate::rules::expr::Cmp, value: f64, scope: &RoaringBitmap) -> RoaringBitmap {
+        use crate::rules::tiers::preview_tier;
+        let tiers = self.plan.tiers.as_deref();
+        let now_ms = self.now_ms;
+        let test = |p: &Profile| cmp.test(f64::from(preview_tier(tiers, Some(p), now_ms)), value);
+        let zero = cmp.test(f64::from(preview_tier(tiers, None, now_ms)), value);
+        let Some(t) = tiers else {
+            return if zero { scope.clone() } else { RoaringBitmap::new() };
+        };
+        let mut buyers = self.days(ActionSet::one(Action::Purchase), t.window.range(now_ms), None);
+        buyers &= scope;
+        if zero {
+            scope - self.retain(buyers, |p| !test(p))
+        } else {
+            self.retain(buyers, test)
         }
     }
 

@@ -6,20 +6,26 @@
 //! and        := unary ("and" unary)*
 //! unary      := "not" unary | primary
 //! primary    := "(" expr ")" | "true" | "false" | behavior | metric | tag | member | context
-//!               | recency | NAME
+//!               | recency | preview | NAME
 //! behavior   := ("visited" | "viewed" | "carted" | "favorited" | "purchased")
 //!               "(" WINDOW [ "," ("item" | "category") "=" STRING ] ")"
 //! metric     := ("purchase_count" | "spend" | "avg_order") "(" WINDOW ")" CMP NUMBER
 //! recency    := "days_since" "(" ACTION ")" CMP NUMBER
 //! member     := "member_tier" CMP NUMBER
 //! tag        := "tag" "(" STRING ")"
-//! context    := "ctx." IDENT ( CMP STRING | "in" "[" STRING ("," STRING)* "]" )
+//! context    := "ctx." IDENT ( CMP STRING | CMP NUMBER | "in" "[" STRING ("," STRING)* "]" )
+//! preview    := "preview_tier" CMP NUMBER
 //! WINDOW     := INTEGER ("h" | "d")              e.g. 12h, 7d, 365d (at most 400d)
 //! ACTION     := "visit" | "view" | "cart" | "favorite" | "purchase"   (visit: any of the four)
 //! CMP        := "==" | "!=" | "<" | "<=" | ">" | ">="
 //! NAME       := another audience of the same file
 //! STRING     := '"' ( any character but '"' and '\' | '\"' | '\\' )* '"'
 //! ```
+//!
+//! `ctx.NAME CMP NUMBER` compares the context value as a number and is false
+//! when the value is missing or not a finite number; `ctx.NAME CMP STRING`
+//! compares text. `preview_tier` is the tier the visitor's history earns
+//! under the file's `tiers` block (0 without one; see [`super::tiers`]).
 //!
 //! Keywords (`and`, `or`, `not`, `true`, `false`) are lower case. An
 //! expression is at most [`Limits::max_bytes`] long and nests at most
@@ -107,6 +113,8 @@ pub enum CtxTest {
     Cmp(Cmp, String),
     /// `ctx.k in ["a", "b"]`
     In(Vec<String>),
+    /// `ctx.k CMP 99`: numeric; false when the value is not a finite number.
+    Num(Cmp, f64),
 }
 
 /// A parsed audience expression.
@@ -148,6 +156,8 @@ pub enum Expr {
     /// `days_since(purchase) >= 45`: whole days of the shop's calendar
     /// since the visitor's latest event of the action (`Visited`: any).
     DaysSince { action: Behavior, cmp: Cmp, value: f64 },
+    /// `preview_tier >= 2`
+    PreviewTier { cmp: Cmp, value: f64 },
 }
 
 impl Expr {
@@ -562,6 +572,11 @@ impl Parser {
             }
             "ctx" => return self.context(token.span.start),
             "days_since" => return self.days_since(),
+            "preview_tier" => {
+                let cmp = self.cmp()?;
+                let value = self.number()?;
+                return Ok(Expr::PreviewTier { cmp, value });
+            }
             "and" | "or" | "not" | "in" => {
                 self.at -= 1;
                 return Err(self.expected("an audience expression"));
@@ -626,7 +641,12 @@ impl Parser {
                 _ => return Err(self.expected("a comparison or `in` after the context key")),
             };
             self.at += 1;
-            CtxTest::Cmp(cmp, self.string()?)
+            match self.peek() {
+                Some(Token {
+                    tok: Tok::Number(_), ..
+                }) => CtxTest::Num(cmp, self.number()?),
+                _ => CtxTest::Cmp(cmp, self.string()?),
+            }
         };
         Ok(Expr::Ctx {
             key,
@@ -929,6 +949,41 @@ mod tests {
         while let Expr::And(mut xs) = deep {
             deep = xs.pop().unwrap_or(Expr::Const(true));
         }
+    }
+
+    #[test]
+    fn preview_tier_and_numeric_context() {
+        assert_eq!(
+            parse("preview_tier >= 2").unwrap(),
+            Expr::PreviewTier {
+                cmp: Cmp::Ge,
+                value: 2.0
+            }
+        );
+        assert_eq!(
+            parse("ctx.cart_total < 99.5").unwrap(),
+            Expr::Ctx {
+                key: "cart_total".into(),
+                test: CtxTest::Num(Cmp::Lt, 99.5),
+                span: 0..14,
+            }
+        );
+        assert!(matches!(
+            parse("ctx.cart_total == \"99\"").unwrap(),
+            Expr::Ctx {
+                test: CtxTest::Cmp(Cmp::Eq, _),
+                ..
+            }
+        ));
+        assert_eq!(
+            err("preview_tier 2"),
+            (13, "expected a comparison (==, !=, <, <=, >, >=), found `2`".into())
+        );
+        assert_eq!(err("ctx.x > 1e999"), (8, "invalid number `1e999`".into()));
+        assert_eq!(
+            err("preview_tier(30d) > 1"),
+            (12, "expected a comparison (==, !=, <, <=, >, >=), found `(`".into())
+        );
     }
 
     #[test]

@@ -6,9 +6,16 @@
 //! windows, timestamps, audience references and cycles, collecting every
 //! error) -> compile (expressions into one [`Plan`]). A file is accepted or
 //! rejected whole.
+//!
+//! The second edition's blocks live in their own modules: [`tiers`] (the
+//! `tiers` block the `preview_tier` atom and a decision's tier preview
+//! read, kept on the [`Plan`]) and [`addon`] (`items.add_on`); banners take
+//! `params`, `starts` and `ends`, pools `starts` and `ends`, as benefits do.
 
+pub mod addon;
 pub mod expr;
 pub mod plan;
+pub mod tiers;
 pub mod yaml;
 
 use std::collections::HashMap;
@@ -151,6 +158,25 @@ pub struct Banner {
     pub when: Option<NodeId>,
     /// The banner id handed to the renderer.
     pub id: Arc<str>,
+    /// Passed through to the renderer untouched, in file order.
+    pub params: Vec<(Arc<str>, Arc<str>)>,
+    /// Shown from this instant (ms), inclusive.
+    pub starts: Option<i64>,
+    /// Shown until this instant (ms), exclusive.
+    pub ends: Option<i64>,
+}
+
+impl Banner {
+    /// Whether `now_ms` lies in `[starts, ends)`.
+    pub fn in_window(&self, now_ms: i64) -> bool {
+        in_window(self.starts, self.ends, now_ms)
+    }
+}
+
+/// Whether `now_ms` lies in `[starts, ends)` (an absent bound is open).
+#[inline]
+pub fn in_window(starts: Option<i64>, ends: Option<i64>, now_ms: i64) -> bool {
+    starts.is_none_or(|s| now_ms >= s) && ends.is_none_or(|e| now_ms < e)
 }
 
 /// A pool of candidate items.
@@ -160,6 +186,17 @@ pub struct Pool {
     pub when: Option<NodeId>,
     /// Items, in the author's order.
     pub items: Vec<Arc<str>>,
+    /// Contributes from this instant (ms), inclusive.
+    pub starts: Option<i64>,
+    /// Contributes until this instant (ms), exclusive.
+    pub ends: Option<i64>,
+}
+
+impl Pool {
+    /// Whether `now_ms` lies in `[starts, ends)`.
+    pub fn in_window(&self, now_ms: i64) -> bool {
+        in_window(self.starts, self.ends, now_ms)
+    }
 }
 
 /// The `items` section.
@@ -173,6 +210,8 @@ pub struct ItemRules {
     pub pools: Vec<Pool>,
     /// Cross-sell items per context item.
     pub complements: HashMap<Box<str>, Vec<Arc<str>>>,
+    /// The smart add-on, if the file has one.
+    pub add_on: Option<addon::AddOn>,
 }
 
 /// The per-visitor cap of a benefit.
@@ -304,10 +343,10 @@ struct Written<'n> {
     pos: Pos,
 }
 
-const TOP_KEYS: &[&str] = &["shop", "audiences", "banners", "items", "benefits", "timezone"];
-const BANNER_KEYS: &[&str] = &["when", "banner"];
-const ITEMS_KEYS: &[&str] = &["limit", "exclude_purchased", "pools", "complements"];
-const POOL_KEYS: &[&str] = &["when", "items"];
+const TOP_KEYS: &[&str] = &["shop", "audiences", "banners", "items", "benefits", "timezone", "tiers"];
+const BANNER_KEYS: &[&str] = &["when", "banner", "params", "starts", "ends"];
+const ITEMS_KEYS: &[&str] = &["limit", "exclude_purchased", "pools", "complements", "add_on"];
+const POOL_KEYS: &[&str] = &["when", "items", "starts", "ends"];
 const BENEFIT_KEYS: &[&str] = &[
     "id", "when", "kind", "params", "starts", "ends", "budget", "cap", "holdout",
 ];
@@ -671,6 +710,7 @@ impl<'s> Loader<'s> {
         if !self.has_errors() {
             plan.finish();
         }
+        plan.tiers = top.get("tiers").and_then(|node| self.tiers(node)).map(Arc::new);
 
         let banners = top
             .get("banners")
@@ -694,6 +734,7 @@ impl<'s> Loader<'s> {
                 exclude_purchased: None,
                 pools: Vec::new(),
                 complements: HashMap::new(),
+                add_on: None,
             }),
             benefits,
             zone: self.zone.clone(),
@@ -801,8 +842,16 @@ impl<'s> Loader<'s> {
                     None
                 }
             };
+            let params = fields.get("params").map(|n| self.params(n)).unwrap_or_default();
+            let (starts, ends) = self.schedule(&fields);
             if let Some(id) = id {
-                banners.push(Banner { when, id: id.into() });
+                banners.push(Banner {
+                    when,
+                    id: id.into(),
+                    params,
+                    starts,
+                    ends,
+                });
             }
         }
         banners
@@ -836,10 +885,16 @@ impl<'s> Loader<'s> {
                     continue;
                 };
                 let when = self.when(&pool, defined, plan);
+                let (starts, ends) = self.schedule(&pool);
                 match pool.get("items") {
                     Some(n) => {
                         let items = self.item_list(n, "`items` of a pool");
-                        pools.push(Pool { when, items });
+                        pools.push(Pool {
+                            when,
+                            items,
+                            starts,
+                            ends,
+                        });
                     }
                     None => self.error(entry.pos(), "pool is missing required key `items`"),
                 }
@@ -861,11 +916,13 @@ impl<'s> Loader<'s> {
                 self.error(n.pos(), format!("`complements` must be a mapping, found {}", n.kind()));
             }
         }
+        let add_on = fields.get("add_on").and_then(|n| self.add_on(n));
         Some(ItemRules {
             limit: limit?,
             exclude_purchased,
             pools,
             complements,
+            add_on,
         })
     }
 
@@ -965,6 +1022,36 @@ impl<'s> Loader<'s> {
             }
         }
         benefits
+    }
+
+    /// A `params` mapping of names to strings, in file order (`null` is none).
+    fn params(&mut self, n: &Node) -> Vec<(Arc<str>, Arc<str>)> {
+        let mut params = Vec::new();
+        match n {
+            Node::Map { entries, .. } => {
+                for (k, v) in entries {
+                    match (k.as_str(), v) {
+                        (Some(k), Node::Scalar { value, .. }) => params.push((Arc::from(k), Arc::from(value.as_str()))),
+                        _ => self.error(v.pos(), "`params` must map names to strings"),
+                    }
+                }
+            }
+            _ if n.is_null() => {}
+            _ => self.error(n.pos(), format!("`params` must be a mapping, found {}", n.kind())),
+        }
+        params
+    }
+
+    /// The optional `starts` / `ends` of an entry, `ends` after `starts`.
+    fn schedule(&mut self, fields: &Fields<'_>) -> (Option<i64>, Option<i64>) {
+        let starts = fields.get("starts").and_then(|n| self.timestamp(n, "`starts`"));
+        let ends = fields.get("ends").and_then(|n| self.timestamp(n, "`ends`"));
+        if let (Some((s, _)), Some((e, end_pos))) = (starts, ends) {
+            if s >= e {
+                self.error(end_pos, "`ends` must be after `starts`");
+            }
+        }
+        (starts.map(|(ms, _)| ms), ends.map(|(ms, _)| ms))
     }
 }
 
@@ -1140,7 +1227,7 @@ colour: red
 "#,
                 &[
                     r#"2:1: duplicate key `shop` in the rule file (first at 1:1)"#,
-                    r#"3:1: unknown key `colour` in the rule file; expected one of: shop, audiences, banners, items, benefits, timezone"#,
+                    r#"3:1: unknown key `colour` in the rule file; expected one of: shop, audiences, banners, items, benefits, timezone, tiers"#,
                 ],
             ),
             (
@@ -1169,6 +1256,189 @@ banners: *x
         for (source, want) in cases {
             assert_eq!(errors(source), *want, "{source}");
         }
+    }
+
+    /// The second edition's mistakes (tiers, add-on, banner params and
+    /// schedules, pool schedules), each at its `line:column`.
+    #[test]
+    fn second_edition_errors_have_their_message_at_their_position() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                r#"shop: s
+tiers:
+  by: spend(365d)
+  levels:
+    - { tier: 1, name: silver, at: 500 }
+    - { tier: 1, name: gold, at: 400 }
+    - { tier: 3, name: silver, at: 0 }
+"#,
+                &[
+                    r#"6:15: `tier` must be greater than the previous level's (1)"#,
+                    r#"6:34: `at` must be greater than the previous level's (500)"#,
+                    r#"7:24: duplicate level name `silver` (first at 5:24)"#,
+                    r#"7:36: `at` must be a number greater than 0, found `0`"#,
+                ],
+            ),
+            (
+                r#"shop: s
+tiers:
+  by: sales(30d)
+  levels: []
+"#,
+                &[
+                    r#"3:7: `by` must be spend(W) or purchase_count(W), e.g. spend(365d), found `sales(30d)`"#,
+                    r#"4:11: `levels` must not be empty"#,
+                ],
+            ),
+            (
+                r#"shop: s
+tiers:
+  by: purchase_count(30x)
+  levels:
+    - { tier: 0, name: a, at: 1 }
+    - { name: b }
+"#,
+                &[
+                    r#"3:7: invalid window `30x`: expected a whole number followed by h or d, e.g. 7d or 12h"#,
+                    r#"5:15: `tier` must be a whole number from 1 to 4294967295, found `0`"#,
+                    r#"6:9: level is missing required key `at`"#,
+                    r#"6:9: level is missing required key `tier`"#,
+                ],
+            ),
+            (
+                r#"shop: s
+tiers:
+  levels: {}
+"#,
+                &[
+                    r#"3:3: `tiers` is missing required key `by`"#,
+                    r#"3:11: `levels` must be a list, found a mapping"#,
+                ],
+            ),
+            (
+                r#"shop: s
+items:
+  add_on:
+    cart_total: cart_total
+"#,
+                &[
+                    r#"4:5: add_on needs a threshold"#,
+                    r#"4:17: `cart_total` must name a request value as ctx.NAME, e.g. ctx.cart_total, found `cart_total`"#,
+                ],
+            ),
+            (
+                r#"shop: s
+items:
+  add_on:
+    threshold: 0
+    cart_total: ctx.cart-total
+"#,
+                &[
+                    r#"4:16: `threshold` must be a number greater than 0, found `0`"#,
+                    r#"5:17: `cart_total` must name a request value as ctx.NAME, e.g. ctx.cart_total, found `ctx.cart-total`"#,
+                ],
+            ),
+            (
+                r#"shop: s
+items:
+  add_on: 99
+"#,
+                &[r#"3:11: `add_on` must be a mapping, found a scalar"#],
+            ),
+            (
+                r#"shop: s
+banners:
+  - banner: gold
+    params: [a, b]
+    starts: 2026-11-12T00:00:00Z
+    ends: 2026-11-11T00:00:00Z
+  - banner: silver
+    params: { a: { b: c } }
+    ends: soon
+items:
+  pools:
+    - items: [a]
+      starts: 2026-11-12T00:00:00Z
+      ends: 2026-11-12T00:00:00Z
+"#,
+                &[
+                    r#"4:13: `params` must be a mapping, found a list"#,
+                    r#"6:11: `ends` must be after `starts`"#,
+                    r#"8:20: `params` must map names to strings"#,
+                    r#"9:11: invalid timestamp `soon`: expected RFC 3339, e.g. 2026-11-10T23:30:00+08:00"#,
+                    r#"14:13: `ends` must be after `starts`"#,
+                ],
+            ),
+            (
+                r#"shop: s
+audiences:
+  a: preview_tier >= x
+  b: ctx.cart_total > 9x
+"#,
+                &[r#"3:22: expected a number, found `x`"#, r#"4:23: invalid number `9x`"#],
+            ),
+        ];
+        for (source, want) in cases {
+            assert_eq!(errors(source), *want, "{source}");
+        }
+        let many: String = (1..=33)
+            .map(|i| format!("    - {{ tier: {i}, name: l{i}, at: {i} }}\n"))
+            .collect();
+        assert_eq!(
+            errors(&format!("shop: s\ntiers:\n  by: spend(30d)\n  levels:\n{many}")),
+            ["37:9: too many levels: more than the limit of 32"]
+        );
+    }
+
+    #[test]
+    fn the_second_edition_loads() {
+        let rules = RuleSet::load(
+            r#"shop: s
+tiers:
+  by: purchase_count(90d)
+  levels:
+    - { tier: 1, name: silver, at: 2 }
+    - { tier: 3, name: gold, at: 5.5 }
+audiences:
+  gold_soon: preview_tier == 1 and ctx.cart_total >= 50
+banners:
+  - when: gold_soon
+    banner: almost-gold
+    params: { image: "g.jpg" }
+    starts: 2026-11-10T00:00:00Z
+    ends: 2026-11-12T00:00:00Z
+items:
+  add_on: { threshold: 99.5 }
+  pools:
+    - items: [a]
+      starts: 2026-11-11T00:00:00Z
+"#,
+        )
+        .unwrap();
+        let tiers = rules.plan.tiers.as_deref().unwrap();
+        assert_eq!(tiers.metric, expr::Metric::PurchaseCount);
+        assert_eq!(
+            tiers
+                .levels
+                .iter()
+                .map(|l| (l.tier, &*l.name, l.at))
+                .collect::<Vec<_>>(),
+            [(1, "silver", 2.0), (3, "gold", 5.5)]
+        );
+        let b = &rules.banners[0];
+        assert_eq!(b.params, [(Arc::from("image"), Arc::from("g.jpg"))]);
+        assert_eq!((b.starts, b.ends), (Some(1_794_268_800_000), Some(1_794_441_600_000)));
+        assert!(!b.in_window(1_794_268_800_000 - 1) && b.in_window(1_794_268_800_000));
+        assert!(b.in_window(1_794_441_600_000 - 1) && !b.in_window(1_794_441_600_000));
+        let add_on = rules.items.add_on.as_ref().unwrap();
+        assert_eq!(
+            (add_on.threshold, &add_on.cart_total),
+            (99.5, &plan::CtxKey::Attr("cart_total".into()))
+        );
+        assert_eq!(
+            (rules.items.pools[0].starts, rules.items.pools[0].ends),
+            (Some(1_794_355_200_000), None)
+        );
     }
 
     fn chain(n: usize) -> String {

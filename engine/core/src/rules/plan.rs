@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::event::ActionSet;
 use crate::rules::expr::{Behavior, Cmp, CtxTest, Expr, Filter, Metric};
+use crate::rules::tiers::Tiers;
 use crate::time::Window;
 
 /// Index of a node in a [`Plan`].
@@ -58,6 +59,8 @@ pub enum Atom {
     /// Whole days of the shop's calendar since the latest event of one of
     /// `actions` (at or before now), compared with `value`; false without one.
     DaysSince { actions: ActionSet, cmp: Cmp, value: f64 },
+    /// The tier the visitor's history earns under the plan's `tiers`, compared with `value`.
+    PreviewTier { cmp: Cmp, value: f64 },
 }
 
 /// Which request-context value a `ctx.` atom reads.
@@ -78,7 +81,7 @@ pub enum CtxKey {
 }
 
 impl CtxKey {
-    fn from_name(name: &str) -> CtxKey {
+    pub(crate) fn from_name(name: &str) -> CtxKey {
         match name {
             "page" => CtxKey::Page,
             "item" => CtxKey::Item,
@@ -96,8 +99,15 @@ impl CtxTest {
         match self {
             CtxTest::Cmp(cmp, want) => cmp.test(value, want.as_str()),
             CtxTest::In(values) => values.iter().any(|v| v == value),
+            CtxTest::Num(cmp, want) => number(value).is_some_and(|v| cmp.test(v, *want)),
         }
     }
+}
+
+/// A context value read as a number: `None` when it is not a finite number
+/// (missing values are "", which is not one). Allocation-free.
+pub fn number(value: &str) -> Option<f64> {
+    value.parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
 /// A named audience of a rule set.
@@ -116,6 +126,8 @@ pub struct AudienceDef {
 pub struct Plan {
     nodes: Vec<Node>,
     audiences: Vec<AudienceDef>,
+    /// The file's `tiers` block, which `preview_tier` atoms read.
+    pub tiers: Option<Arc<Tiers>>,
 }
 
 /// Answers the leaf tests of an expression for one visitor and request.
@@ -356,6 +368,10 @@ impl Plan {
             }),
             Expr::DaysSince { action, cmp, value } => Node::Atom(Atom::DaysSince {
                 actions: ActionSet::of(*action),
+                cmp: *cmp,
+                value: *value,
+            }),
+            Expr::PreviewTier { cmp, value } => Node::Atom(Atom::PreviewTier {
                 cmp: *cmp,
                 value: *value,
             }),

@@ -44,11 +44,28 @@ const SNAPSHOT: &str = "\
     000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000\
     000000000000000000000000000000";
 
+/// The PRICES section (kind 4) the golden index adds after its SHOP
+/// sections: `b-shop`, one price, item 0 (`sku-1`) at ts 1794007200000, 129.5.
+const PRICES: &str = "04190000000000000006622d73686f700100007129b3a10100000000000000306040";
+
 #[test]
 fn snapshot_bytes_are_pinned() {
+    // The pinned bytes predate item prices: they load, without prices, and
+    // encode back to themselves.
+    let old = unhex(SNAPSHOT).unwrap();
+    let loaded = snapshot::decode(&old).unwrap();
+    assert_eq!(snapshot::encode(&loaded.index, &loaded.meta), old);
+    // Today's encoding is the same bytes plus a PRICES section.
+    let mut want = old.clone();
+    want.extend_from_slice(&unhex(PRICES).unwrap());
+    snapshot::reseal(&mut want);
     let bytes = snapshot::encode(&golden_index(), b"meta");
-    assert_eq!(hex(&bytes), hex(&unhex(SNAPSHOT).unwrap()), "golden bytes differ");
+    assert_eq!(hex(&bytes), hex(&want), "golden bytes differ");
     let back = snapshot::decode(&bytes).unwrap();
+    assert_eq!(
+        back.index.shop("b-shop").and_then(|s| s.item_price("sku-1")),
+        Some(129.5)
+    );
     assert_eq!(back.meta, b"meta");
     assert_eq!(snapshot::encode(&back.index, &back.meta), bytes);
     assert_eq!(snapshot::peek_meta(&bytes[..60]).unwrap(), b"meta");

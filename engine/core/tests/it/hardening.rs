@@ -255,7 +255,7 @@ fn one_text_document_per_file() {
     assert!(RuleSet::load("\u{feff}shop: s\n").is_ok());
     assert_eq!(
         errors("\u{feff}shop: s\nbogus: 1\n"),
-        ["2:1: unknown key `bogus` in the rule file; expected one of: shop, audiences, banners, items, benefits, timezone"]
+        ["2:1: unknown key `bogus` in the rule file; expected one of: shop, audiences, banners, items, benefits, timezone, tiers"]
     );
     // Deep YAML is an error, not a stack overflow (past 255 flow levels,
     // yaml-rust2's scanner refuses first).

@@ -318,8 +318,146 @@ fn atom() -> impl Strategy<Value = String> {
         2 => tier,
         2 => tag,
         1 => constant,
-        1 => reference
+        1 => reference,
+        3 => language_atom()
     ]
+}
+
+/// The second edition's atoms the model covers here: `preview_tier CMP N`
+/// and `ctx.n CMP NUMBER` (numeric context; the request's `n` is random).
+fn language_atom() -> impl Strategy<Value = String> {
+    let preview = (
+        cmp(),
+        prop_oneof![6 => (0u32..=7).prop_map(|n| n.to_string()), 1 => Just("1.5".to_string())],
+    )
+        .prop_map(|(c, n)| format!("preview_tier {c} {n}"));
+    let ctx = (cmp(), select(vec!["0", "1", "2.5", "3", "-1", "10"])).prop_map(|(c, n)| format!("ctx.n {c} {n}"));
+    prop_oneof![3 => preview, 1 => ctx]
+}
+
+/// A random `tiers` block: (by as text, levels as (tier, at)).
+#[derive(Debug, Clone)]
+struct TiersSpec {
+    metric: Metric,
+    window: String,
+    levels: Vec<(u32, f64)>,
+}
+
+impl TiersSpec {
+    fn yaml(&self) -> String {
+        let by = match self.metric {
+            Metric::Spend => "spend",
+            Metric::PurchaseCount => "purchase_count",
+            Metric::AvgOrder => unreachable!("tiers_spec draws spend or purchase_count"),
+        };
+        let mut out = format!("tiers:\n  by: {by}({})\n  levels:\n", self.window);
+        for (tier, at) in &self.levels {
+            out += &format!("    - {{ tier: {tier}, name: l{tier}, at: {at} }}\n");
+        }
+        out
+    }
+
+    /// The model's tier and gap for a value of `by`.
+    fn tier(&self, value: f64) -> (u32, f64) {
+        let tier = self
+            .levels
+            .iter()
+            .filter(|(_, at)| value >= *at)
+            .map(|(t, _)| *t)
+            .max()
+            .unwrap_or(0);
+        let gap = self
+            .levels
+            .iter()
+            .find(|(_, at)| value < *at)
+            .map_or(0.0, |(_, at)| at - value);
+        (tier, gap)
+    }
+}
+
+fn tiers_spec() -> impl Strategy<Value = Option<TiersSpec>> {
+    let spec = (
+        prop::bool::ANY,
+        window(),
+        prop::collection::vec((1u32..=2, 1u32..=40), 1..=3),
+    )
+        .prop_map(|(spend, window, steps)| {
+            let (mut tier, mut at) = (0u32, 0u32);
+            let levels = steps
+                .into_iter()
+                .map(|(dt, da)| {
+                    tier += dt;
+                    at += if spend { da } else { da.div_ceil(20) };
+                    (tier, if spend { f64::from(at) / 2.0 } else { f64::from(at) })
+                })
+                .collect();
+            TiersSpec {
+                metric: if spend { Metric::Spend } else { Metric::PurchaseCount },
+                window,
+                levels,
+            }
+        });
+    prop::option::weighted(0.75, spec)
+}
+
+/// The request's `ctx.n`: a number, text that is not one, or nothing.
+fn ctx_value() -> impl Strategy<Value = Option<String>> {
+    prop::option::weighted(
+        0.8,
+        select(vec![
+            "0", "1", "2.5", "3", "-1", "10", "1e1", "abc", "", " 3", "NaN", "inf",
+        ])
+        .prop_map(String::from),
+    )
+}
+
+/// The model's value of `by` (spend or purchase count in its window) for
+/// de-duplicated `events`.
+fn by_value(metric: Metric, window: Window, events: &[Ev], now: i64, clock: &Clock) -> f64 {
+    let bought = events
+        .iter()
+        .filter(|ev| ev.act == Act::Purchase && in_window(window, now, ev.ts, clock));
+    let bought: Vec<&Ev> = bought.collect();
+    let spend = f64::from(bought.iter().map(|ev| ev.price_halves * ev.quantity).sum::<u32>()) / 2.0;
+    match metric {
+        Metric::PurchaseCount => bought.len() as f64,
+        Metric::Spend => spend,
+        Metric::AvgOrder if bought.is_empty() => 0.0,
+        Metric::AvgOrder => spend / bought.len() as f64,
+    }
+}
+
+/// The model of `preview_tier`: 0 without a `tiers` block.
+fn model_preview_tier(tiers: Option<&TiersSpec>, events: &[Ev], now: i64, clock: &Clock) -> u32 {
+    tiers.map_or(0, |t| {
+        let w = Window::parse(&t.window).unwrap_or_else(|e| panic!("generated window: {e}"));
+        t.tier(by_value(t.metric, w, events, now, clock)).0
+    })
+}
+
+/// The model of `ctx.n CMP NUMBER`: false unless `n` is a finite number.
+fn model_ctx_number(cmp: expr::Cmp, want: f64, value: Option<&str>) -> bool {
+    value
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+        .is_some_and(|v| cmp.test(v, want))
+}
+
+/// Whether audience expression `e` reads `ctx.`, itself or through an audience.
+fn reads_ctx(e: &Expr, audiences: &[Expr]) -> bool {
+    let mut found = false;
+    e.walk(&mut |x| match x {
+        Expr::Ctx { .. } => found = true,
+        Expr::Ref { name, .. } => {
+            let j: usize = name
+                .strip_prefix('a')
+                .and_then(|j| j.parse().ok())
+                .unwrap_or(usize::MAX);
+            found |= audiences.get(j).is_some_and(|a| reads_ctx(a, audiences));
+        }
+        _ => {}
+    });
+    found
 }
 
 /// A random expression as text: atoms joined by `and`/`or`, negated, parenthesized.
@@ -343,6 +481,10 @@ struct Scenario {
     zone: &'static str,
     /// Audiences `a0`, `a1`, ... of the rule file, in order.
     expressions: Vec<String>,
+    /// The file's `tiers` block, if any.
+    tiers: Option<TiersSpec>,
+    /// The request's `ctx.n`.
+    ctx_n: Option<String>,
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
@@ -356,23 +498,28 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         now,
         prop::collection::vec(expression(), 1..=4),
         (select(ZONES.to_vec()), select(SHIFTS.to_vec())),
+        (tiers_spec(), ctx_value()),
     )
-        .prop_map(|(raws, copies, seed, now, expressions, (zone, shift))| Scenario {
-            stream: stream(&build(&raws), &copies, seed)
-                .into_iter()
-                .map(|e| Ev {
-                    ts: e.ts + shift * HOUR,
-                    ..e
-                })
-                .collect(),
-            now: now + shift * HOUR,
-            zone,
-            expressions: expressions
-                .iter()
-                .enumerate()
-                .map(|(i, e)| resolve_refs(e, i))
-                .collect(),
-        })
+        .prop_map(
+            |(raws, copies, seed, now, expressions, (zone, shift), (tiers, ctx_n))| Scenario {
+                tiers,
+                ctx_n,
+                stream: stream(&build(&raws), &copies, seed)
+                    .into_iter()
+                    .map(|e| Ev {
+                        ts: e.ts + shift * HOUR,
+                        ..e
+                    })
+                    .collect(),
+                now: now + shift * HOUR,
+                zone,
+                expressions: expressions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| resolve_refs(e, i))
+                    .collect(),
+            },
+        )
 }
 
 /// Turns each `@k` of audience `i`'s text into a reference to an earlier
@@ -494,18 +641,18 @@ fn behavior_acts(b: Behavior, act: Act) -> bool {
 
 /// The model's verdict for one visitor with de-duplicated `events` at `now`
 /// on the shop's `clock`. `audiences[j]` is the parsed expression of audience `a<j>`.
-fn holds(e: &Expr, audiences: &[Expr], events: &[Ev], now: i64, clock: &Clock) -> bool {
+fn holds(e: &Expr, audiences: &[Expr], events: &[Ev], now: i64, clock: &Clock, lang: &Lang<'_>) -> bool {
     match e {
         Expr::Const(b) => *b,
-        Expr::And(xs) => xs.iter().all(|x| holds(x, audiences, events, now, clock)),
-        Expr::Or(xs) => xs.iter().any(|x| holds(x, audiences, events, now, clock)),
-        Expr::Not(x) => !holds(x, audiences, events, now, clock),
+        Expr::And(xs) => xs.iter().all(|x| holds(x, audiences, events, now, clock, lang)),
+        Expr::Or(xs) => xs.iter().any(|x| holds(x, audiences, events, now, clock, lang)),
+        Expr::Not(x) => !holds(x, audiences, events, now, clock, lang),
         Expr::Ref { name, .. } => {
             let j: usize = name
                 .strip_prefix('a')
                 .and_then(|j| j.parse().ok())
                 .unwrap_or_else(|| panic!("unexpected audience name {name}"));
-            holds(&audiences[j], audiences, events, now, clock)
+            holds(&audiences[j], audiences, events, now, clock, lang)
         }
         Expr::Behavior {
             behavior,
@@ -551,6 +698,14 @@ fn holds(e: &Expr, audiences: &[Expr], events: &[Ev], now: i64, clock: &Clock) -
             .filter(|ev| matches!(ev.act, Act::Tag | Act::Untag) && ev.tag.is_some_and(|t| format!("t{t}") == *tag))
             .max_by_key(|ev| (ev.ts, ev.act == Act::Untag))
             .is_some_and(|ev| ev.act == Act::Tag),
+        Expr::Ctx {
+            key,
+            test: expr::CtxTest::Num(cmp, want),
+            ..
+        } if key == "n" => model_ctx_number(*cmp, *want, lang.ctx_n),
+        Expr::PreviewTier { cmp, value } => {
+            cmp.test(f64::from(model_preview_tier(lang.tiers, events, now, clock)), *value)
+        }
         Expr::Ctx { .. } => panic!("the generator never writes {e:?}"),
         Expr::DaysSince { action, cmp, value } => {
             // Local days since the latest such event up to now's clock hour.
@@ -568,6 +723,12 @@ fn holds(e: &Expr, audiences: &[Expr], events: &[Ev], now: i64, clock: &Clock) -
     }
 }
 
+/// What the second edition's atoms read besides the events.
+struct Lang<'a> {
+    tiers: Option<&'a TiersSpec>,
+    ctx_n: Option<&'a str>,
+}
+
 // ---------------------------------------------------------------- the test
 
 fn describe_now(now: i64, clock: &Clock) -> String {
@@ -583,8 +744,11 @@ fn describe_now(now: i64, clock: &Clock) -> String {
 
 /// The rule file: audience `a<i>` is expression i; banner `b<i>` shows when
 /// `a<i>` is the first audience that holds, `none` when none does.
-fn rule_file(expressions: &[String], zone: &str) -> String {
-    let mut file = format!("shop: {SHOP}\ntimezone: {zone}\naudiences:\n");
+fn rule_file(expressions: &[String], zone: &str, tiers: Option<&TiersSpec>) -> String {
+    let mut file = format!(
+        "shop: {SHOP}\ntimezone: {zone}\n{}audiences:\n",
+        tiers.map(TiersSpec::yaml).unwrap_or_default()
+    );
     for (i, text) in expressions.iter().enumerate() {
         file += &format!("  a{i}: '{text}'\n");
     }
@@ -602,8 +766,14 @@ fn check(sc: &Scenario) -> Result<(), TestCaseError> {
             .map_err(|e| TestCaseError::fail(format!("generated expression `{text}` does not parse: {e:?}")))?;
         parsed.push(e);
     }
-    let file = rule_file(&sc.expressions, sc.zone);
+    let file = rule_file(&sc.expressions, sc.zone, sc.tiers.as_ref());
     let clock = Clock::of(sc.zone);
+    let lang = Lang {
+        tiers: sc.tiers.as_ref(),
+        ctx_n: sc.ctx_n.as_deref(),
+    };
+    let attributes: std::collections::HashMap<String, String> =
+        sc.ctx_n.iter().map(|v| ("n".to_string(), v.clone())).collect();
     let rules = RuleSet::load(&file).map_err(|e| TestCaseError::fail(format!("rule file rejected: {e}\n{file}")))?;
 
     let index = Index::new();
@@ -637,7 +807,10 @@ fn check(sc: &Scenario) -> Result<(), TestCaseError> {
             Vec::new()
         };
         let known = !events.is_empty();
-        let want: Vec<bool> = parsed.iter().map(|e| holds(e, &parsed, &events, now, &clock)).collect();
+        let want: Vec<bool> = parsed
+            .iter()
+            .map(|e| holds(e, &parsed, &events, now, &clock, &lang))
+            .collect();
         for (count, _) in counts.iter_mut().zip(&want).filter(|(_, w)| **w) {
             *count += u64::from(known);
         }
@@ -650,9 +823,14 @@ fn check(sc: &Scenario) -> Result<(), TestCaseError> {
                 visitor,
                 explain: true,
                 now_ms: now,
+                context: vitrine_core::Context {
+                    attributes: Some(&attributes),
+                    ..vitrine_core::Context::default()
+                },
                 ..DecideRequest::default()
             },
         );
+        check_tier_preview(&decision, lang.tiers, known, &events, now, &clock)?;
         // On a disagreement, the first expression the engine and the model disagree on.
         let listed: Vec<String> = decision.explanation.map(|x| x.audiences).unwrap_or_default();
         let wrong = names.iter().zip(&want).position(|(n, w)| listed.contains(n) != *w);
@@ -698,6 +876,18 @@ fn check(sc: &Scenario) -> Result<(), TestCaseError> {
     };
     let sizes = audience_sizes(&rules, shop.as_deref(), now);
     for (i, text) in sc.expressions.iter().enumerate() {
+        if reads_ctx(&parsed[i], &parsed) {
+            prop_assert_eq!(
+                &sizes[i],
+                &(names[i].clone(), None),
+                "an audience reading ctx. has no size"
+            );
+            prop_assert_eq!(
+                size_of(Some(&rules), shop.as_deref(), &names[i], now),
+                Err(vitrine_core::SizeError::UsesContext)
+            );
+            continue;
+        }
         let by_name = size_of(Some(&rules), shop.as_deref(), &names[i], now);
         prop_assert_eq!(
             by_name,
@@ -719,6 +909,27 @@ fn check(sc: &Scenario) -> Result<(), TestCaseError> {
             context(i)
         );
     }
+    Ok(())
+}
+
+/// A decision's tier preview: the model's tier and gap for a known visitor
+/// under a `tiers` block, absent otherwise.
+fn check_tier_preview(
+    decision: &vitrine_core::Decision<'_>,
+    tiers: Option<&TiersSpec>,
+    known: bool,
+    events: &[Ev],
+    now: i64,
+    clock: &Clock,
+) -> Result<(), TestCaseError> {
+    let got = decision.tier_preview.map(|p| (p.tier, p.gap, p.next.map(|(t, _)| t)));
+    let want = tiers.filter(|_| known).map(|t| {
+        let w = Window::parse(&t.window).unwrap_or_else(|e| panic!("generated window: {e}"));
+        let (tier, gap) = t.tier(by_value(t.metric, w, events, now, clock));
+        let next = t.levels.iter().map(|(l, _)| *l).find(|l| *l > tier);
+        (tier, gap, next)
+    });
+    prop_assert_eq!(got, want, "tier preview disagrees with the model; tiers {:?}", tiers);
     Ok(())
 }
 

@@ -92,7 +92,7 @@ fn the_contract_example_loads() {
 fn unknown_keys() {
     assert_eq!(
         one_error("shop: s\nbanner:\n  - banner: x\n"),
-        "2:1: unknown key `banner` in the rule file; expected one of: shop, audiences, banners, items, benefits, timezone"
+        "2:1: unknown key `banner` in the rule file; expected one of: shop, audiences, banners, items, benefits, timezone, tiers"
     );
     assert_eq!(
         one_error("shop: s\nbenefits:\n  - id: b\n    kind: coupon\n    budgett: 5\n"),
@@ -100,7 +100,7 @@ fn unknown_keys() {
     );
     assert_eq!(
         one_error("shop: s\nitems:\n  pools:\n    - items: [a]\n      whn: x\n"),
-        "5:7: unknown key `whn` in a pool; expected one of: when, items"
+        "5:7: unknown key `whn` in a pool; expected one of: when, items, starts, ends"
     );
 }
 

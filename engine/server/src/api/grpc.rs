@@ -251,7 +251,11 @@ fn decision_response(d: &vitrine_core::Decision<'_>, revision: u64) -> pb::Decid
     pb::DecideResponse {
         banner: d.banner.map(|id| pb::Banner {
             id: id.to_string(),
-            params: Default::default(),
+            params: d
+                .banner_params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }),
         items: d
             .items
@@ -265,12 +269,18 @@ fn decision_response(d: &vitrine_core::Decision<'_>, revision: u64) -> pb::Decid
             id: b.id.to_string(),
             kind: b.kind.to_string(),
             params: b.params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            remaining: None,
+            remaining: d.remaining,
         }),
         rule_revision: revision,
         decision_id: String::new(),
-        tier_preview: None,
-        add_on_gap: None,
+        tier_preview: d.tier_preview.map(|t| pb::TierPreview {
+            tier: t.tier,
+            name: t.name.to_string(),
+            next_tier: t.next.map_or(0, |(n, _)| n),
+            next_name: t.next.map_or_else(String::new, |(_, n)| n.to_string()),
+            gap: t.gap,
+        }),
+        add_on_gap: d.add_on_gap,
         explanation: d.explanation.as_ref().map(|e| pb::Explanation {
             audiences: e.audiences.clone(),
             steps: e
@@ -443,14 +453,16 @@ impl pb::benefits_server::Benefits for Service {
             }
         };
         self.engine.metrics.claim(outcome);
+        let mut remaining = None;
         if let Some(served) = self.engine.rules.serving(&shop) {
             (self.engine.metrics.shops).claimed(&shop, served.revision, &served.rules, &benefit, outcome);
+            remaining = vitrine_core::eval::decide::remaining(&served.rules, &benefit, &*self.engine.ledger);
         }
         Ok(Response::new(pb::ClaimResponse {
             granted: outcome == vitrine_core::ClaimOutcome::Granted,
             reason: outcome.as_str().to_string(),
             rule_revision: revision,
-            remaining: None,
+            remaining,
         }))
     }
 }

@@ -12,6 +12,7 @@ mod grpc;
 mod hostile;
 mod kafka;
 mod labels;
+mod language;
 mod logs;
 mod rules_store;
 mod support;
