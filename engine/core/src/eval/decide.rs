@@ -129,7 +129,7 @@ pub enum StepOutcome {
     NotMatched,
     /// Now is outside the benefit's starts/ends.
     OutsideWindow,
-    /// The visitor is in the benefit's control group.
+    /// The visitor is in the entry's control group (a benefit's or a banner's holdout).
     HeldOut,
     /// The visitor reached the benefit's cap.
     CapReached,
@@ -198,6 +198,10 @@ pub struct Decision<'r> {
     pub benefit: Option<&'r Benefit>,
     /// Present when asked for.
     pub explanation: Option<Explanation>,
+    /// Entries skipped because the visitor is in their holdout, in order
+    /// (banners, then benefits). Anonymous visitors hash as the empty id,
+    /// as they always have for benefits: all of them fall in or out alike.
+    pub held_out: Vec<(Slot, &'r str)>,
 }
 
 /// The leaf tests for one visitor: their profile plus the request context.
@@ -310,10 +314,17 @@ fn decide_with<'r>(
     };
     let matches = |when: Option<NodeId>, memo: &mut Memo| when.is_none_or(|w| plan.eval(w, &facts, memo));
 
-    // Banner: the first entry whose `when` holds.
+    // Banner: the first entry whose `when` holds, unless the visitor is in
+    // its holdout: then the next one, as if the entry were not there.
     let mut banner = None;
+    let mut held: Vec<(Slot, &'r str)> = Vec::new();
     for (i, b) in rules.banners.iter().enumerate() {
         if matches(b.when, &mut memo) {
+            if held_out(&rules.shop, &b.id, req.visitor, b.holdout_bp) {
+                held.push((Slot::Banner, &b.id));
+                step(Slot::Banner, &|| format!("banners[{i}] {}", b.id), StepOutcome::HeldOut);
+                continue;
+            }
             banner = Some(&*b.id);
             step(Slot::Banner, &|| format!("banners[{i}] {}", b.id), StepOutcome::Chosen);
             break;
@@ -390,6 +401,9 @@ fn decide_with<'r>(
             offer(rules, b, req.visitor, req.now_ms, ledger)
         };
         step(Slot::Benefit, &|| format!("benefits[{i}] {}", b.id), outcome);
+        if outcome == StepOutcome::HeldOut {
+            held.push((Slot::Benefit, &b.id));
+        }
         if outcome == StepOutcome::Chosen {
             benefit = Some(b);
             break;
@@ -411,6 +425,7 @@ fn decide_with<'r>(
         items: picks,
         benefit,
         explanation,
+        held_out: held,
     }
 }
 
@@ -1116,5 +1131,41 @@ benefits:
         );
         assert!(quiet.explanation.is_none());
         assert_eq!(quiet.banner, Some("your-cart"));
+    }
+
+    /// A held-out visitor gets the next eligible banner, as if the entry were
+    /// not in the file; the decision lists what it was held out of.
+    #[test]
+    fn a_held_out_visitor_falls_through_to_the_next_banner() {
+        let rules = RuleSet::load(
+            "shop: s\nbanners:\n  - banner: gold\n    holdout: 50%\n  - when: false\n    banner: never\n  - banner: plain\nbenefits:\n  - id: pts\n    kind: points\n    holdout: 50%\n  - id: open\n    kind: points\n",
+        )
+        .unwrap();
+        assert_eq!(rules.banners[0].holdout_bp, 5_000);
+        let mut seen = [false; 2];
+        for i in 0..40 {
+            let visitor = format!("v-{i}");
+            let d = decide_at(&rules, None, &visitor, Context::default());
+            let banner_out = held_out("s", "gold", &visitor, 5_000);
+            let benefit_out = held_out("s", "pts", &visitor, 5_000);
+            seen[usize::from(banner_out)] = true;
+            assert_eq!(d.banner, Some(if banner_out { "plain" } else { "gold" }));
+            assert_eq!(d.benefit.map(|b| &*b.id), Some(if benefit_out { "open" } else { "pts" }));
+            let mut want = Vec::new();
+            if banner_out {
+                want.push((Slot::Banner, "gold"));
+            }
+            if benefit_out {
+                want.push((Slot::Benefit, "pts"));
+            }
+            assert_eq!(d.held_out, want, "{visitor}");
+            let first = steps(&d, Slot::Banner)[0].clone();
+            let outcome = if banner_out { StepOutcome::HeldOut } else { StepOutcome::Chosen };
+            assert_eq!(first, ("banners[0] gold".to_string(), outcome));
+        }
+        assert_eq!(seen, [true, true], "both groups among 40 visitors");
+        let all = RuleSet::load("shop: s\nbanners:\n  - banner: gold\n    holdout: 100%\n").unwrap();
+        let d = decide_at(&all, None, "v", Context::default());
+        assert_eq!((d.banner, d.held_out), (None, vec![(Slot::Banner, "gold")]));
     }
 }

@@ -151,6 +151,8 @@ pub struct Banner {
     pub when: Option<NodeId>,
     /// The banner id handed to the renderer.
     pub id: Arc<str>,
+    /// Share of the audience held out, in basis points (0..=10000).
+    pub holdout_bp: u32,
 }
 
 /// A pool of candidate items.
@@ -299,7 +301,7 @@ struct Written<'n> {
 }
 
 const TOP_KEYS: &[&str] = &["shop", "audiences", "banners", "items", "benefits"];
-const BANNER_KEYS: &[&str] = &["when", "banner"];
+const BANNER_KEYS: &[&str] = &["when", "banner", "holdout"];
 const ITEMS_KEYS: &[&str] = &["limit", "exclude_purchased", "pools", "complements"];
 const POOL_KEYS: &[&str] = &["when", "items"];
 const BENEFIT_KEYS: &[&str] = &[
@@ -777,8 +779,16 @@ impl<'s> Loader<'s> {
                     None
                 }
             };
+            let holdout_bp = fields
+                .get("holdout")
+                .and_then(|n| self.percentage(n, "`holdout`"))
+                .unwrap_or(0);
             if let Some(id) = id {
-                banners.push(Banner { when, id: id.into() });
+                banners.push(Banner {
+                    when,
+                    id: id.into(),
+                    holdout_bp,
+                });
             }
         }
         banners

@@ -1,0 +1,422 @@
+//! Exposures: the decisions a visitor was given, as the index keeps them.
+//!
+//! Every decision is a logged offer (the server's decision log); every
+//! replica applies the log to its index with [`ShopIndex::apply_exposure`],
+//! so `offered(...)` atoms and the lift report see every replica's
+//! decisions. An exposure names the banner shown, the benefit offered and
+//! the entries the visitor was held out of (their control groups).
+//!
+//! Like behavior, exposures are kept in two shapes:
+//!
+//! * **Columns**: per entry (a benefit or a banner id, interned) and per
+//!   day of the shop, a bitmap of the visitors it was offered to and a
+//!   bitmap of the visitors held out of it. Audience sizes of `offered(Nd)`
+//!   and the lift report's candidate groups are unions of these.
+//! * **Rows**: per visitor profile, the sorted, unique facts
+//!   `(hour, entry, held_out)`. Hours, not days: `offered(12h)` and the lift
+//!   report's conversion window (a purchase within W after the first
+//!   exposure) are answered to the hour from the rows.
+//!
+//! Applying is idempotent and order-insensitive (facts and bits are sets):
+//! a record applied twice, or late, changes nothing, or the same as in
+//! order. A record is bounded ([`MAX_HELD_OUT`], [`MAX_ID_BYTES`]) and each
+//! shop interns at most [`MAX_ENTRIES`] distinct banner and benefit ids;
+//! past a bound the record is refused whole ([`Exposure::check`]).
+//! Exposures expire with the rest of the index (400 days).
+
+use std::collections::BTreeMap;
+
+use ahash::RandomState;
+use dashmap::DashMap;
+use roaring::{MultiOps, RoaringBitmap};
+
+use crate::eval::decide::Slot;
+use crate::index::{Interner, Profile, ShopIndex};
+use crate::time::{hour_of, HourRange, MAX_NOW_MS};
+
+/// Most entries one record may list as held out.
+pub const MAX_HELD_OUT: usize = 8;
+/// Longest visitor, banner or benefit id in a record, in bytes.
+pub const MAX_ID_BYTES: usize = 512;
+/// Most distinct banner ids, and most distinct benefit ids, one shop keeps
+/// exposures of (a rule file has far fewer; this bounds a hostile log).
+pub const MAX_ENTRIES: u32 = 65_536;
+
+/// The high bit of an entry key marks a banner; benefits have it clear.
+const BANNER_BIT: u32 = 1 << 31;
+
+/// One logged decision as the index applies it (the decision log's record, section "Decision log").
+#[derive(Debug, Clone, Copy)]
+pub struct Exposure<'a> {
+    /// When the decision was made (ms since the epoch).
+    pub ts_ms: i64,
+    /// The visitor; never empty (anonymous decisions are not logged).
+    pub visitor: &'a str,
+    /// The banner shown.
+    pub banner: Option<&'a str>,
+    /// The benefit offered.
+    pub benefit: Option<&'a str>,
+    /// Entries the visitor was held out of (`Slot::Banner` or `Slot::Benefit`).
+    pub held_out: &'a [(Slot, &'a str)],
+}
+
+/// Why an exposure record is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExposureError {
+    /// The visitor id is empty.
+    #[error("exposure without a visitor id")]
+    MissingVisitor,
+    /// An id is empty or longer than [`MAX_ID_BYTES`].
+    #[error("exposure {what} id is empty or longer than {MAX_ID_BYTES} bytes")]
+    BadId {
+        /// Which id: `visitor`, `banner`, `benefit` or `held_out`.
+        what: &'static str,
+    },
+    /// More than [`MAX_HELD_OUT`] held-out entries.
+    #[error("exposure lists {0} held-out entries, more than the limit of {MAX_HELD_OUT}")]
+    TooManyHeldOut(usize),
+    /// A held-out entry of the items slot, which has no holdout.
+    #[error("exposure holds a visitor out of the items slot, which has no holdout")]
+    HeldOutOfItems,
+    /// The instant is outside `0..=MAX_NOW_MS`.
+    #[error("exposure instant {0} ms is outside 0..={MAX_NOW_MS}")]
+    BadInstant(i64),
+    /// The shop already keeps exposures of [`MAX_ENTRIES`] distinct ids of that slot.
+    #[error("the shop keeps exposures of {MAX_ENTRIES} distinct ids already")]
+    TooManyEntries,
+}
+
+impl Exposure<'_> {
+    /// Checks the record's bounds (the shop-wide [`MAX_ENTRIES`] is checked when applied).
+    pub fn check(&self) -> Result<(), ExposureError> {
+        if self.visitor.is_empty() {
+            return Err(ExposureError::MissingVisitor);
+        }
+        let bad = |id: &str| id.is_empty() || id.len() > MAX_ID_BYTES;
+        if self.visitor.len() > MAX_ID_BYTES {
+            return Err(ExposureError::BadId { what: "visitor" });
+        }
+        if self.banner.is_some_and(bad) {
+            return Err(ExposureError::BadId { what: "banner" });
+        }
+        if self.benefit.is_some_and(bad) {
+            return Err(ExposureError::BadId { what: "benefit" });
+        }
+        if self.held_out.len() > MAX_HELD_OUT {
+            return Err(ExposureError::TooManyHeldOut(self.held_out.len()));
+        }
+        for (slot, id) in self.held_out {
+            if *slot == Slot::Items {
+                return Err(ExposureError::HeldOutOfItems);
+            }
+            if bad(id) {
+                return Err(ExposureError::BadId { what: "held_out" });
+            }
+        }
+        if !(0..=MAX_NOW_MS).contains(&self.ts_ms) {
+            return Err(ExposureError::BadInstant(self.ts_ms));
+        }
+        Ok(())
+    }
+}
+
+/// One exposure fact of a visitor: in `hour`, `entry` was offered to it
+/// (`held_out` false) or it was held out of `entry`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Fact {
+    pub(crate) hour: u32,
+    pub(crate) entry: u32,
+    pub(crate) held_out: bool,
+}
+
+impl Fact {
+    pub(crate) fn is_banner(&self) -> bool {
+        self.entry & BANNER_BIT != 0
+    }
+}
+
+/// Per day of the shop: the visitors offered an entry, and those held out of it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EntryDays {
+    pub(crate) offered: BTreeMap<u32, RoaringBitmap>,
+    pub(crate) held_out: BTreeMap<u32, RoaringBitmap>,
+}
+
+impl EntryDays {
+    /// The day bitmaps of one group.
+    pub(crate) fn group(&self, held_out: bool) -> &BTreeMap<u32, RoaringBitmap> {
+        if held_out {
+            &self.held_out
+        } else {
+            &self.offered
+        }
+    }
+
+    fn group_mut(&mut self, held_out: bool) -> &mut BTreeMap<u32, RoaringBitmap> {
+        if held_out {
+            &mut self.held_out
+        } else {
+            &mut self.offered
+        }
+    }
+
+    /// The union of one group's bitmaps over days `first..=last`.
+    pub(crate) fn union(&self, held_out: bool, first: u32, last: u32) -> RoaringBitmap {
+        if first > last {
+            return RoaringBitmap::new();
+        }
+        self.group(held_out).range(first..=last).map(|(_, b)| b).union()
+    }
+}
+
+/// A shop's exposure columns and entry dictionaries.
+#[derive(Debug, Default)]
+pub(crate) struct Exposures {
+    pub(crate) benefits: Interner,
+    pub(crate) banners: Interner,
+    /// Entry key -> its day bitmaps.
+    pub(crate) days: DashMap<u32, EntryDays, RandomState>,
+}
+
+impl Exposures {
+    /// The key of a known entry.
+    pub(crate) fn key(&self, slot: Slot, id: &str) -> Option<u32> {
+        match slot {
+            Slot::Banner => self.banners.get(id).map(|k| k | BANNER_BIT),
+            Slot::Benefit => self.benefits.get(id),
+            Slot::Items => None,
+        }
+    }
+
+    /// The key of an entry, interned when new; `None` past [`MAX_ENTRIES`].
+    fn intern(&self, slot: Slot, id: &str) -> Option<u32> {
+        if let Some(k) = self.key(slot, id) {
+            return Some(k);
+        }
+        let (interner, bit) = match slot {
+            Slot::Banner => (&self.banners, BANNER_BIT),
+            Slot::Benefit => (&self.benefits, 0),
+            Slot::Items => return None,
+        };
+        if interner.len() >= MAX_ENTRIES {
+            return None;
+        }
+        Some(interner.intern(id) | bit)
+    }
+
+    /// Sets the column bits of one fact.
+    pub(crate) fn set(&self, day: u32, fact: &Fact, vid: u32) {
+        self.days
+            .entry(fact.entry)
+            .or_default()
+            .group_mut(fact.held_out)
+            .entry(day)
+            .or_default()
+            .insert(vid);
+    }
+
+    /// The keys of every benefit entry (for `offered(W)` without a filter).
+    pub(crate) fn benefit_keys(&self) -> Vec<u32> {
+        (0..self.benefits.len()).collect()
+    }
+
+    /// Drops the day bitmaps before `first_day`.
+    pub(crate) fn expire(&self, first_day: u32) {
+        for mut entry in self.days.iter_mut() {
+            let EntryDays { offered, held_out } = entry.value_mut();
+            for group in [offered, held_out] {
+                let kept = group.split_off(&first_day);
+                *group = kept;
+            }
+        }
+    }
+}
+
+impl Profile {
+    /// Inserts an exposure fact; false when it was already there.
+    pub(crate) fn insert_exposure(&mut self, fact: Fact) -> bool {
+        match self.exposures.last() {
+            Some(last) if *last >= fact => match self.exposures.binary_search(&fact) {
+                Ok(_) => false,
+                Err(at) => {
+                    self.exposures.insert(at, fact);
+                    true
+                }
+            },
+            _ => {
+                self.exposures.push(fact);
+                true
+            }
+        }
+    }
+
+    /// Whether a fact in `range` passes `keep` (newest first).
+    #[inline]
+    pub(crate) fn any_exposure(&self, range: HourRange, keep: impl FnMut(&Fact) -> bool) -> bool {
+        self.exposures
+            .iter()
+            .rev()
+            .skip_while(|f| f.hour > range.last)
+            .take_while(|f| f.hour >= range.first)
+            .any(keep)
+    }
+}
+
+impl ShopIndex {
+    /// Applies one logged decision of this shop: idempotent, in any order.
+    /// Returns whether the index changed; false for a duplicate and for a
+    /// record [`Exposure::check`] refuses or that would intern more than
+    /// [`MAX_ENTRIES`] ids (the caller counts those).
+    pub fn apply_exposure(&self, e: &Exposure<'_>) -> bool {
+        if e.check().is_err() {
+            return false;
+        }
+        let columns = &self.exposures;
+        let hour = hour_of(e.ts_ms);
+        let mut facts = [Fact {
+            hour,
+            entry: 0,
+            held_out: false,
+        }; MAX_HELD_OUT + 2];
+        let mut n = 0;
+        let offered = [(Slot::Banner, e.banner), (Slot::Benefit, e.benefit)];
+        let listed = offered
+            .iter()
+            .filter_map(|&(slot, id)| Some((slot, id?, false)))
+            .chain(e.held_out.iter().map(|&(slot, id)| (slot, id, true)));
+        for (slot, id, held_out) in listed {
+            let Some(entry) = columns.intern(slot, id) else {
+                return false;
+            };
+            facts[n] = Fact { hour, entry, held_out };
+            n += 1;
+        }
+        if n == 0 {
+            return false;
+        }
+        let vid = self.visitors.intern(e.visitor);
+        let day = ShopIndex::today(e.ts_ms);
+        let mut new = [false; MAX_HELD_OUT + 2];
+        self.with_profile_mut(vid, |profile| {
+            for (fact, new) in facts[..n].iter().zip(new.iter_mut()) {
+                *new = profile.insert_exposure(*fact);
+            }
+        });
+        // A known fact means its bit is already set.
+        for (fact, _) in facts[..n].iter().zip(new).filter(|(_, new)| *new) {
+            columns.set(day, fact, vid);
+        }
+        new.iter().any(|&b| b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::DAY_MS;
+
+    const T: i64 = 20_000 * DAY_MS + 5 * 3_600_000;
+
+    fn exposure<'a>(visitor: &'a str, ts_ms: i64, held_out: &'a [(Slot, &'a str)]) -> Exposure<'a> {
+        Exposure {
+            ts_ms,
+            visitor,
+            banner: Some("gold"),
+            benefit: Some("coupon"),
+            held_out,
+        }
+    }
+
+    fn facts(shop: &ShopIndex, visitor: &str) -> Vec<Fact> {
+        let vid = shop.visitor_id(visitor).unwrap();
+        shop.with_profile(vid, |p| p.unwrap().exposures.clone())
+    }
+
+    fn column(shop: &ShopIndex, slot: Slot, id: &str, held_out: bool) -> Vec<(u32, Vec<u32>)> {
+        let key = shop.exposures.key(slot, id).unwrap();
+        let days = shop.exposures.days.get(&key).unwrap();
+        days.group(held_out).iter().map(|(d, b)| (*d, b.iter().collect())).collect()
+    }
+
+    #[test]
+    fn applying_twice_or_out_of_order_gives_the_same_index() {
+        let held = [(Slot::Benefit, "points")];
+        let records = [
+            exposure("a", T, &held),
+            exposure("a", T + DAY_MS, &[]),
+            exposure("b", T + 30 * 60_000, &[]),
+        ];
+        let forward = ShopIndex::new("s");
+        let mut changed = Vec::new();
+        for r in records.iter().chain(records.iter()) {
+            changed.push(forward.apply_exposure(r));
+        }
+        assert_eq!(changed, [true, true, true, false, false, false]);
+        let backward = ShopIndex::new("s");
+        for r in records.iter().rev() {
+            assert!(backward.apply_exposure(r));
+        }
+        for v in ["a", "b"] {
+            assert_eq!(facts(&forward, v), facts(&backward, v));
+        }
+        assert_eq!(facts(&forward, "a").len(), 5, "gold, coupon, points held out; gold, coupon a day later");
+        let day = ShopIndex::today(T);
+        let a = forward.visitor_id("a").unwrap();
+        let b = forward.visitor_id("b").unwrap();
+        assert_eq!(
+            column(&forward, Slot::Benefit, "coupon", false),
+            [(day, vec![a, b]), (day + 1, vec![a])]
+        );
+        assert_eq!(column(&forward, Slot::Benefit, "points", true), [(day, vec![a])]);
+        assert_eq!(column(&forward, Slot::Banner, "gold", false).len(), 2);
+    }
+
+    #[test]
+    fn records_past_a_bound_are_refused_whole() {
+        let shop = ShopIndex::new("s");
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        let nine = [(Slot::Benefit, "p"); MAX_HELD_OUT + 1];
+        let cases: [(Exposure<'_>, ExposureError); 6] = [
+            (exposure("", T, &[]), ExposureError::MissingVisitor),
+            (exposure(&long, T, &[]), ExposureError::BadId { what: "visitor" }),
+            (
+                Exposure {
+                    benefit: Some(&long),
+                    ..exposure("a", T, &[])
+                },
+                ExposureError::BadId { what: "benefit" },
+            ),
+            (exposure("a", T, &nine), ExposureError::TooManyHeldOut(9)),
+            (exposure("a", T, &[(Slot::Items, "x")]), ExposureError::HeldOutOfItems),
+            (exposure("a", -1, &[]), ExposureError::BadInstant(-1)),
+        ];
+        for (record, error) in cases {
+            assert_eq!(record.check(), Err(error.clone()));
+            assert!(!shop.apply_exposure(&record), "{error}");
+        }
+        assert_eq!(shop.visitor_count(), 0, "a refused record interns nothing");
+        assert_eq!(
+            ExposureError::TooManyHeldOut(9).to_string(),
+            "exposure lists 9 held-out entries, more than the limit of 8"
+        );
+        let nothing = Exposure {
+            banner: None,
+            benefit: None,
+            ..exposure("a", T, &[])
+        };
+        assert!(!shop.apply_exposure(&nothing));
+        let at_bound = [(Slot::Benefit, "p"); MAX_HELD_OUT];
+        assert!(shop.apply_exposure(&exposure("a", T, &at_bound)));
+    }
+
+    #[test]
+    fn expire_drops_exposures_older_than_400_days() {
+        let shop = ShopIndex::new("s");
+        let now = T + 1_000 * DAY_MS;
+        shop.apply_exposure(&exposure("a", now - 401 * DAY_MS, &[]));
+        shop.apply_exposure(&exposure("a", now - 399 * DAY_MS, &[]));
+        shop.expire(now);
+        assert_eq!(facts(&shop, "a").len(), 2);
+        assert_eq!(column(&shop, Slot::Benefit, "coupon", false).len(), 1);
+    }
+}
