@@ -129,6 +129,65 @@ pub trait ClaimLedger: Send + Sync {
     fn usage(&self, shop: &str, benefit: &str, visitor: &str, since_ms: Option<i64>) -> Usage;
     /// Decides and records a claim atomically.
     fn claim(&self, claim: &LedgerClaim<'_>) -> Result<ClaimOutcome, LedgerError>;
+    /// Whether `visitor` was granted one of `benefits` (any benefit of the
+    /// shop with `None`) at an instant in `[from_ms, to_ms)`: `claimed(...)`.
+    fn granted_in(&self, shop: &str, visitor: &str, benefits: Option<&[Arc<str>]>, from_ms: i64, to_ms: i64) -> bool;
+    /// Calls `f` with each visitor granted one of `benefits` (any with
+    /// `None`) in `[from_ms, to_ms)`, once per benefit it was granted: the
+    /// candidates of a `claimed(...)` audience size.
+    fn grantees(&self, shop: &str, benefits: Option<&[Arc<str>]>, from_ms: i64, to_ms: i64, f: &mut dyn FnMut(&str));
+}
+
+/// [`ClaimLedger::granted_in`] over the [`ShopsOf`] shape both ledgers
+/// share, each benefit's [`Grants`] read by `grants` under its lock.
+pub fn shops_granted_in<S>(
+    shops: &ShopsOf<S>,
+    grants: impl Fn(&S) -> &Grants,
+    (shop, visitor): (&str, &str),
+    benefits: Option<&[Arc<str>]>,
+    from_ms: i64,
+    to_ms: i64,
+) -> bool {
+    let Some(ledgers) = shops.get(shop).map(|l| l.value().clone()) else {
+        return false;
+    };
+    let hit = |state: &Mutex<S>| grants(&state.lock()).granted_in(visitor, from_ms, to_ms);
+    match benefits {
+        None => ledgers.iter().any(|b| hit(b.value())),
+        Some(ids) => ids.iter().any(|id| ledgers.get(&**id).is_some_and(|b| hit(b.value()))),
+    }
+}
+
+/// [`ClaimLedger::grantees`] over the [`ShopsOf`] shape both ledgers share.
+pub fn shops_grantees<S>(
+    shops: &ShopsOf<S>,
+    grants: impl Fn(&S) -> &Grants,
+    shop: &str,
+    benefits: Option<&[Arc<str>]>,
+    (from_ms, to_ms): (i64, i64),
+    f: &mut dyn FnMut(&str),
+) {
+    let Some(ledgers) = shops.get(shop).map(|l| l.value().clone()) else {
+        return;
+    };
+    let mut each = |state: &Mutex<S>| {
+        let state = state.lock();
+        for (visitor, times) in grants(&state).visitors() {
+            if times.iter().any(|&t| from_ms <= t && t < to_ms) {
+                f(visitor);
+            }
+        }
+    };
+    match benefits {
+        None => ledgers.iter().for_each(|b| each(b.value())),
+        Some(ids) => {
+            for id in ids {
+                if let Some(b) = ledgers.get(&**id) {
+                    each(b.value());
+                }
+            }
+        }
+    }
 }
 
 /// The grants of one benefit, and the cap and budget rules every ledger
@@ -150,6 +209,13 @@ impl Grants {
         self.by_visitor.get(visitor).map_or(0, |ts| {
             ts.iter().filter(|&&t| since_ms.is_none_or(|s| t > s)).count() as u32
         })
+    }
+
+    /// Whether `visitor` has a grant at an instant in `[from_ms, to_ms)`.
+    pub fn granted_in(&self, visitor: &str, from_ms: i64, to_ms: i64) -> bool {
+        self.by_visitor
+            .get(visitor)
+            .is_some_and(|ts| ts.iter().any(|&t| from_ms <= t && t < to_ms))
     }
 
     /// Usage as [`ClaimLedger::usage`] reports it.
@@ -239,6 +305,12 @@ impl Grants {
 struct BenefitLedger {
     grants: Grants,
     answers: HashMap<Box<str>, Answer, RandomState>,
+}
+
+impl BenefitLedger {
+    fn grants(&self) -> &Grants {
+        &self.grants
+    }
 }
 
 /// A correct, non-durable ledger: one mutex per (shop, benefit).
@@ -367,6 +439,21 @@ impl ClaimLedger for MemoryLedger {
             }
             Ok(outcome)
         })
+    }
+
+    fn granted_in(&self, shop: &str, visitor: &str, benefits: Option<&[Arc<str>]>, from_ms: i64, to_ms: i64) -> bool {
+        shops_granted_in(
+            &self.shops,
+            BenefitLedger::grants,
+            (shop, visitor),
+            benefits,
+            from_ms,
+            to_ms,
+        )
+    }
+
+    fn grantees(&self, shop: &str, benefits: Option<&[Arc<str>]>, from_ms: i64, to_ms: i64, f: &mut dyn FnMut(&str)) {
+        shops_grantees(&self.shops, BenefitLedger::grants, shop, benefits, (from_ms, to_ms), f)
     }
 }
 

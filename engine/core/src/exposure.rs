@@ -30,9 +30,11 @@ use ahash::RandomState;
 use dashmap::DashMap;
 use roaring::{MultiOps, RoaringBitmap};
 
+use crate::claims::ClaimLedger;
 use crate::eval::decide::Slot;
 use crate::index::{Interner, Profile, ShopIndex};
-use crate::time::{hour_of, HourRange, MAX_NOW_MS};
+use crate::rules::plan::Offers;
+use crate::time::{hour_of, HourRange, HOUR_MS, MAX_NOW_MS};
 
 /// Most entries one record may list as held out.
 pub const MAX_HELD_OUT: usize = 8;
@@ -215,9 +217,25 @@ impl Exposures {
             .insert(vid);
     }
 
-    /// The keys of every benefit entry (for `offered(W)` without a filter).
-    pub(crate) fn benefit_keys(&self) -> Vec<u32> {
-        (0..self.benefits.len()).collect()
+    /// The union of one group's day bitmaps over days `first..=last`, of
+    /// the entries `keys` (every benefit with `None`).
+    pub(crate) fn union(&self, keys: Option<&[u32]>, held_out: bool, first: u32, last: u32) -> RoaringBitmap {
+        let mut parts = Vec::new();
+        match keys {
+            None => {
+                for entry in self.days.iter().filter(|e| e.key() & BANNER_BIT == 0) {
+                    parts.push(entry.union(held_out, first, last));
+                }
+            }
+            Some(keys) => {
+                for key in keys {
+                    if let Some(entry) = self.days.get(key) {
+                        parts.push(entry.union(held_out, first, last));
+                    }
+                }
+            }
+        }
+        parts.union()
     }
 
     /// Drops the day bitmaps before `first_day`.
@@ -295,7 +313,7 @@ impl ShopIndex {
             return false;
         }
         let vid = self.visitors.intern(e.visitor);
-        let day = ShopIndex::today(e.ts_ms);
+        let day = day_of_hour(hour);
         let mut new = [false; MAX_HELD_OUT + 2];
         self.with_profile_mut(vid, |profile| {
             for (fact, new) in facts[..n].iter().zip(new.iter_mut()) {
@@ -308,6 +326,243 @@ impl ShopIndex {
         }
         new.iter().any(|&b| b)
     }
+}
+
+/// The shop's day of an hour: the day columns' key.
+pub(crate) fn day_of_hour(hour: u32) -> u32 {
+    ShopIndex::today(i64::from(hour) * HOUR_MS)
+}
+
+/// The instants `[from, to)` of a range of hours.
+pub(crate) fn millis_of(range: HourRange) -> (i64, i64) {
+    (i64::from(range.first) * HOUR_MS, (i64::from(range.last) + 1) * HOUR_MS)
+}
+
+/// The keys of the entries `offers` names that the shop has exposures of;
+/// `None` for any benefit.
+pub(crate) fn keys_of(shop: &ShopIndex, offers: &Offers) -> Option<Vec<u32>> {
+    let ex = &shop.exposures;
+    match offers {
+        Offers::AnyBenefit => None,
+        Offers::Benefits { ids, .. } => Some(ids.iter().filter_map(|id| ex.key(Slot::Benefit, id)).collect()),
+        Offers::Banner(id) => Some(ex.key(Slot::Banner, id).into_iter().collect()),
+    }
+}
+
+/// `offered(...)` for one visitor: a fact in `range` of an entry `offers`
+/// names, not held out.
+pub(crate) fn offered(shop: &ShopIndex, p: &Profile, range: HourRange, offers: &Offers) -> bool {
+    !p.exposures.is_empty() && offered_in(p, range, keys_of(shop, offers).as_deref())
+}
+
+/// Whether `p` was offered, within `range`, an entry of `keys` (any benefit with `None`).
+pub(crate) fn offered_in(p: &Profile, range: HourRange, keys: Option<&[u32]>) -> bool {
+    match keys {
+        None => p.any_exposure(range, |f| !f.held_out && !f.is_banner()),
+        Some(keys) => !keys.is_empty() && p.any_exposure(range, |f| !f.held_out && keys.contains(&f.entry)),
+    }
+}
+
+/// The benefit ids `claimed(...)` asks the ledger about (`None`: any);
+/// `Err(())` when it can hold for nobody.
+pub(crate) fn claimed_ids(offers: &Offers) -> Result<Option<&[std::sync::Arc<str>]>, ()> {
+    match offers {
+        Offers::AnyBenefit => Ok(None),
+        Offers::Benefits { ids, .. } if ids.is_empty() => Err(()),
+        Offers::Benefits { ids, .. } => Ok(Some(&ids[..])),
+        Offers::Banner(_) => Err(()),
+    }
+}
+
+/// `claimed(...)` for one visitor: a grant in `range` of a benefit `offers`
+/// names (any benefit without a filter); never for an anonymous visitor.
+pub(crate) fn claimed(ledger: &dyn ClaimLedger, shop: &str, visitor: &str, range: HourRange, offers: &Offers) -> bool {
+    let Ok(benefits) = claimed_ids(offers) else {
+        return false;
+    };
+    let (from, to) = millis_of(range);
+    !visitor.is_empty() && ledger.granted_in(shop, visitor, benefits, from, to)
+}
+
+// ---------------------------------------------------------------- snapshot
+
+/// The names of an interner in id order, cut at the first id not visible yet.
+fn capture(interner: &Interner) -> Vec<Box<str>> {
+    let mut slots: Vec<Option<Box<str>>> = vec![None; interner.len() as usize];
+    for pair in interner.ids.iter() {
+        if let Some(slot) = slots.get_mut(*pair.value() as usize) {
+            *slot = Some(pair.key().clone());
+        }
+    }
+    slots.into_iter().map_while(|s| s).collect()
+}
+
+/// A fact's entry as written: `id << 1 | banner`.
+fn entry_code(entry: u32) -> u64 {
+    u64::from(entry & !BANNER_BIT) << 1 | u64::from(entry & BANNER_BIT != 0)
+}
+
+/// Encodes the body of a shop's EXPOSURES snapshot section (format in
+/// `snapshot.rs`); `None` when the shop has no exposures. Like the
+/// profiles, each shard is read under its lock at its own instant; facts of
+/// entries and visitors interned after their dictionaries were captured are
+/// left out (they are newer than the snapshot).
+pub(crate) fn encode_section(shop: &ShopIndex) -> Option<Vec<u8>> {
+    use crate::codec::{begin_len, end_len, Put};
+    use crate::index::{SHARDS, SHARD_BITS};
+    let ex = &shop.exposures;
+    if ex.benefits.len() == 0 && ex.banners.len() == 0 {
+        return None;
+    }
+    let benefits = capture(&ex.benefits);
+    let banners = capture(&ex.banners);
+    let visitors = shop.visitor_count();
+    let keeps = |f: &Fact| {
+        let id = f.entry & !BANNER_BIT;
+        id < if f.is_banner() { banners.len() } else { benefits.len() } as u32
+    };
+    let mut out = Vec::new();
+    out.put_str(shop.name());
+    out.put_u32(visitors);
+    out.put_u32(benefits.len() as u32);
+    out.put_u32(banners.len() as u32);
+    for names in [&benefits, &banners] {
+        let at = begin_len(&mut out);
+        for name in names {
+            out.put_str(name);
+        }
+        end_len(&mut out, at);
+    }
+    let at = begin_len(&mut out);
+    for shard in 0..SHARDS {
+        shop.with_shard(shard, |profiles| {
+            for (slot, p) in profiles.iter().enumerate() {
+                let vid = (slot << SHARD_BITS | shard) as u64;
+                let n = p.exposures.iter().filter(|f| keeps(f)).count();
+                if n == 0 || vid >= u64::from(visitors) {
+                    continue;
+                }
+                out.put_varint(vid);
+                out.put_varint(n as u64);
+                let mut hour = 0;
+                for f in p.exposures.iter().filter(|f| keeps(f)) {
+                    out.put_varint(u64::from(f.hour - hour));
+                    hour = f.hour;
+                    out.put_varint(entry_code(f.entry) << 1 | u64::from(f.held_out));
+                }
+            }
+        });
+    }
+    end_len(&mut out, at);
+    Some(out)
+}
+
+/// Decodes an EXPOSURES section body into `index`, whose SHOP sections are
+/// already decoded; every byte is validated (ids against their
+/// dictionaries, facts sorted and unique, each visitor once).
+pub(crate) fn decode_section(
+    index: &crate::index::Index,
+    mut r: crate::codec::Reader<'_>,
+) -> Result<(), crate::codec::Error> {
+    let name = r.str()?;
+    let Some(shop) = index.shop(name) else {
+        return Err(r.error("exposures of a shop without a SHOP section"));
+    };
+    if shop.exposures.benefits.len() > 0 || shop.exposures.banners.len() > 0 {
+        return Err(r.error("duplicate EXPOSURES section"));
+    }
+    let visitors = r.u32()?;
+    let counts = [r.u32()?, r.u32()?];
+    let mut dictionaries = Vec::with_capacity(2);
+    for count in counts {
+        let mut block = block(&mut r)?;
+        let count = block.check_count(count.into(), 1)?;
+        if count > MAX_ENTRIES as usize {
+            return Err(block.error("more entries than an index keeps"));
+        }
+        let mut names = Vec::with_capacity(count);
+        for _ in 0..count {
+            names.push(block.str()?);
+        }
+        block.finish()?;
+        let interner = Interner::from_names(names.into_iter()).map_err(|_| block.error("duplicate entry id"))?;
+        dictionaries.push(interner);
+    }
+    let mut rows = block(&mut r)?;
+    r.finish()?;
+    let (Some(banners), Some(benefits)) = (dictionaries.pop(), dictionaries.pop()) else {
+        return Err(r.error("missing entry dictionaries"));
+    };
+    let known = shop.visitor_count();
+    let mut seen = RoaringBitmap::new();
+    let mut facts = Vec::new();
+    while !rows.is_empty() {
+        let vid = rows.varint()?;
+        if vid >= u64::from(visitors) || !seen.insert(vid as u32) {
+            return Err(rows.error("exposure visitor out of range or repeated"));
+        }
+        let n = rows.count(2)?;
+        facts.clear();
+        let mut hour: u32 = 0;
+        for _ in 0..n {
+            hour = hour
+                .checked_add(rows.varint_u32()?)
+                .ok_or_else(|| rows.error("exposure hour out of range"))?;
+            let code = rows.varint()?;
+            let (held_out, banner, id) = (code & 1 == 1, code >> 1 & 1 == 1, code >> 2);
+            let limit = if banner { banners.len() } else { benefits.len() };
+            if id >= u64::from(limit) {
+                return Err(rows.error("exposure entry out of range"));
+            }
+            let entry = id as u32 | if banner { BANNER_BIT } else { 0 };
+            let fact = Fact { hour, entry, held_out };
+            if facts.last().is_some_and(|last| *last >= fact) {
+                return Err(rows.error("exposure facts out of order"));
+            }
+            facts.push(fact);
+        }
+        // Visitors interned after the SHOP section's dictionary: newer than the snapshot.
+        if vid as u32 >= known {
+            continue;
+        }
+        shop.with_profile_mut(vid as u32, |p| p.exposures = facts.clone());
+    }
+    let columns = Exposures {
+        benefits,
+        banners,
+        days: DashMap::default(),
+    };
+    // Columns from the rows, as the other bitmaps are rebuilt on load.
+    for vid in seen.iter().filter(|&v| v < known) {
+        shop.with_profile(vid, |p| {
+            for f in p.map_or(&[][..], |p| &p.exposures) {
+                columns.set(day_of_hour(f.hour), f, vid);
+            }
+        });
+    }
+    // The shop is shared already: move the columns in field by field.
+    let ex = &shop.exposures;
+    for (name, id) in columns.benefits.ids.into_iter() {
+        ex.benefits.ids.insert(name, id);
+    }
+    for (name, id) in columns.banners.ids.into_iter() {
+        ex.banners.ids.insert(name, id);
+    }
+    ex.benefits.next.store(counts[0], std::sync::atomic::Ordering::Release);
+    ex.banners.next.store(counts[1], std::sync::atomic::Ordering::Release);
+    for (key, days) in columns.days.into_iter() {
+        ex.days.insert(key, days);
+    }
+    Ok(())
+}
+
+/// A u64-length-prefixed block, as a reader of its own.
+fn block<'a>(r: &mut crate::codec::Reader<'a>) -> Result<crate::codec::Reader<'a>, crate::codec::Error> {
+    let n = r.u64()?;
+    if n > r.remaining() as u64 {
+        return Err(r.error("block runs past the end of the payload"));
+    }
+    r.sub(n as usize)
 }
 
 #[cfg(test)]
@@ -335,7 +590,10 @@ mod tests {
     fn column(shop: &ShopIndex, slot: Slot, id: &str, held_out: bool) -> Vec<(u32, Vec<u32>)> {
         let key = shop.exposures.key(slot, id).unwrap();
         let days = shop.exposures.days.get(&key).unwrap();
-        days.group(held_out).iter().map(|(d, b)| (*d, b.iter().collect())).collect()
+        days.group(held_out)
+            .iter()
+            .map(|(d, b)| (*d, b.iter().collect()))
+            .collect()
     }
 
     #[test]
@@ -359,7 +617,11 @@ mod tests {
         for v in ["a", "b"] {
             assert_eq!(facts(&forward, v), facts(&backward, v));
         }
-        assert_eq!(facts(&forward, "a").len(), 5, "gold, coupon, points held out; gold, coupon a day later");
+        assert_eq!(
+            facts(&forward, "a").len(),
+            5,
+            "gold, coupon, points held out; gold, coupon a day later"
+        );
         let day = ShopIndex::today(T);
         let a = forward.visitor_id("a").unwrap();
         let b = forward.visitor_id("b").unwrap();
@@ -418,5 +680,46 @@ mod tests {
         shop.expire(now);
         assert_eq!(facts(&shop, "a").len(), 2);
         assert_eq!(column(&shop, Slot::Benefit, "coupon", false).len(), 1);
+    }
+
+    #[test]
+    fn a_snapshot_round_trip_keeps_rows_and_rebuilds_columns() {
+        let index = crate::index::Index::new();
+        let shop = index.shop_or_create("s");
+        let held = [(Slot::Benefit, "points"), (Slot::Banner, "silver")];
+        shop.apply_exposure(&exposure("a", T, &held));
+        shop.apply_exposure(&exposure("b", T + 3 * DAY_MS, &[]));
+        shop.apply_exposure(&exposure("a", T + 2 * 3_600_000, &[]));
+        index.shop_or_create("quiet");
+        let bytes = crate::snapshot::encode(&index, b"m");
+        let back = crate::snapshot::decode(&bytes).unwrap().index;
+        let restored = back.shop("s").unwrap();
+        for v in ["a", "b"] {
+            assert_eq!(facts(&restored, v), facts(&shop, v));
+        }
+        for (slot, id, held_out) in [
+            (Slot::Benefit, "coupon", false),
+            (Slot::Banner, "gold", false),
+            (Slot::Benefit, "points", true),
+            (Slot::Banner, "silver", true),
+        ] {
+            assert_eq!(column(&restored, slot, id, held_out), column(&shop, slot, id, held_out));
+        }
+        assert_eq!(back.shop("quiet").unwrap().exposures.days.len(), 0);
+        // Applying again after the load changes nothing; a new fact interns on.
+        assert!(!restored.apply_exposure(&exposure("a", T, &held)));
+        assert!(restored.apply_exposure(&Exposure {
+            benefit: Some("new"),
+            ..exposure("c", T, &[])
+        }));
+        assert_eq!(restored.exposures.key(Slot::Benefit, "new"), Some(2));
+        // Every truncation of the section is refused, never a panic.
+        let plain = crate::snapshot::encode(&crate::index::Index::new(), b"m");
+        assert!(bytes.len() > plain.len());
+        for cut in 1..40 {
+            let mut damaged = bytes[..bytes.len() - cut].to_vec();
+            crate::snapshot::reseal(&mut damaged);
+            assert!(crate::snapshot::decode(&damaged).is_err(), "cut {cut}");
+        }
     }
 }

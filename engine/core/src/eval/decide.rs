@@ -210,6 +210,8 @@ struct VisitorFacts<'a> {
     profile: Option<&'a Profile>,
     context: &'a Context<'a>,
     now_ms: i64,
+    /// For `claimed(...)`: the ledger, the shop's name and the visitor's id.
+    claims: (&'a dyn ClaimLedger, &'a str, &'a str),
 }
 
 impl Facts for VisitorFacts<'_> {
@@ -263,6 +265,14 @@ impl Facts for VisitorFacts<'_> {
                     },
                 }
             }
+            Atom::Offered { window, offers } => match (self.profile, self.shop) {
+                (Some(p), Some(shop)) => crate::exposure::offered(shop, p, window.range(self.now_ms), offers),
+                _ => false,
+            },
+            Atom::Claimed { window, offers } => {
+                let (ledger, shop, visitor) = self.claims;
+                crate::exposure::claimed(ledger, shop, visitor, window.range(self.now_ms), offers)
+            }
         }
     }
 }
@@ -299,6 +309,7 @@ fn decide_with<'r>(
         profile,
         context: &req.context,
         now_ms: req.now_ms,
+        claims: (ledger, &rules.shop, req.visitor),
     };
     let plan = &rules.plan;
     let mut memo = Memo::new(plan.audiences().len());
@@ -586,16 +597,18 @@ pub fn claim(
     ledger: &dyn ClaimLedger,
     req: &ClaimRequest<'_>,
 ) -> Result<ClaimOutcome, ClaimError> {
-    Ok(ledger.claim(&prepare_claim(rules, shop, req)?)?)
+    Ok(ledger.claim(&prepare_claim(rules, shop, ledger, req)?)?)
 }
 
 /// What only the replica that takes a claim can check (the benefit exists,
 /// the visitor is in its audience at the claim's instant, its window, the
 /// holdout), as the ledger call that decides the rest (cap, budget,
-/// `claim_id`). A failed check is the claim's `denied` outcome.
+/// `claim_id`). A failed check is the claim's `denied` outcome. `ledger`
+/// answers the audience's `claimed(...)` atoms.
 pub fn prepare_claim<'a>(
     rules: &'a RuleSet,
     shop: Option<&ShopIndex>,
+    ledger: &dyn ClaimLedger,
     req: &ClaimRequest<'a>,
 ) -> Result<LedgerClaim<'a>, ClaimError> {
     let b = rules
@@ -611,6 +624,7 @@ pub fn prepare_claim<'a>(
             profile,
             context: &req.context,
             now_ms: req.now_ms,
+            claims: (ledger, &rules.shop, req.visitor),
         };
         b.when
             .is_none_or(|w| rules.plan.eval(w, &facts, &mut Memo::new(rules.plan.audiences().len())))
@@ -726,6 +740,10 @@ benefits:
         fn claim(&self, _: &LedgerClaim<'_>) -> Result<ClaimOutcome, LedgerError> {
             unreachable!("decide never claims")
         }
+        fn granted_in(&self, _: &str, _: &str, _: Option<&[std::sync::Arc<str>]>, _: i64, _: i64) -> bool {
+            false
+        }
+        fn grantees(&self, _: &str, _: Option<&[std::sync::Arc<str>]>, _: i64, _: i64, _: &mut dyn FnMut(&str)) {}
     }
 
     fn decide_at<'r>(
@@ -1150,7 +1168,10 @@ benefits:
             let benefit_out = held_out("s", "pts", &visitor, 5_000);
             seen[usize::from(banner_out)] = true;
             assert_eq!(d.banner, Some(if banner_out { "plain" } else { "gold" }));
-            assert_eq!(d.benefit.map(|b| &*b.id), Some(if benefit_out { "open" } else { "pts" }));
+            assert_eq!(
+                d.benefit.map(|b| &*b.id),
+                Some(if benefit_out { "open" } else { "pts" })
+            );
             let mut want = Vec::new();
             if banner_out {
                 want.push((Slot::Banner, "gold"));
@@ -1160,7 +1181,11 @@ benefits:
             }
             assert_eq!(d.held_out, want, "{visitor}");
             let first = steps(&d, Slot::Banner)[0].clone();
-            let outcome = if banner_out { StepOutcome::HeldOut } else { StepOutcome::Chosen };
+            let outcome = if banner_out {
+                StepOutcome::HeldOut
+            } else {
+                StepOutcome::Chosen
+            };
             assert_eq!(first, ("banners[0] gold".to_string(), outcome));
         }
         assert_eq!(seen, [true, true], "both groups among 40 visitors");

@@ -663,6 +663,7 @@ impl<'s> Loader<'s> {
             .get("benefits")
             .map(|node| self.benefits(node, &defined, &mut plan))
             .unwrap_or_default();
+        plan.resolve_kinds(benefits.iter().map(|b| (&b.id, &*b.kind)));
 
         Some(RuleSet {
             shop: shop?.into(),

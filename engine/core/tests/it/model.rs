@@ -596,16 +596,28 @@ fn check(sc: &Scenario) -> Result<(), TestCaseError> {
             sc.stream
         )
     };
-    let sizes = audience_sizes(&rules, shop.as_deref(), now);
+    let sizes = audience_sizes(&rules, shop.as_deref(), &vitrine_core::MemoryLedger::new(), now);
     for (i, text) in sc.expressions.iter().enumerate() {
-        let by_name = size_of(Some(&rules), shop.as_deref(), &names[i], now);
+        let by_name = size_of(
+            Some(&rules),
+            shop.as_deref(),
+            &vitrine_core::MemoryLedger::new(),
+            &names[i],
+            now,
+        );
         prop_assert_eq!(
             by_name,
             Ok(counts[i]),
             "size_of by name disagrees with the model{}",
             context(i)
         );
-        let by_text = size_of(Some(&rules), shop.as_deref(), text, now);
+        let by_text = size_of(
+            Some(&rules),
+            shop.as_deref(),
+            &vitrine_core::MemoryLedger::new(),
+            text,
+            now,
+        );
         prop_assert_eq!(
             by_text,
             Ok(counts[i]),

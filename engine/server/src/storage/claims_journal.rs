@@ -261,6 +261,12 @@ pub(super) struct BenefitState {
     answers: std::collections::HashMap<Box<str>, (Answer, u64), RandomState>,
 }
 
+impl BenefitState {
+    fn grants(&self) -> &Grants {
+        &self.grants
+    }
+}
+
 pub(super) type Benefits = DashMap<Box<str>, Mutex<BenefitState>, RandomState>;
 /// Every shop's benefits.
 pub(super) type Shops = vitrine_core::claims::ShopsOf<BenefitState>;
@@ -452,6 +458,21 @@ impl DurableLedger {
 }
 
 impl ClaimLedger for DurableLedger {
+    fn granted_in(&self, shop: &str, visitor: &str, benefits: Option<&[Arc<str>]>, from_ms: i64, to_ms: i64) -> bool {
+        vitrine_core::claims::shops_granted_in(
+            &self.shops,
+            BenefitState::grants,
+            (shop, visitor),
+            benefits,
+            from_ms,
+            to_ms,
+        )
+    }
+
+    fn grantees(&self, shop: &str, benefits: Option<&[Arc<str>]>, from_ms: i64, to_ms: i64, f: &mut dyn FnMut(&str)) {
+        vitrine_core::claims::shops_grantees(&self.shops, BenefitState::grants, shop, benefits, (from_ms, to_ms), f)
+    }
+
     fn usage(&self, shop: &str, benefit: &str, visitor: &str, since_ms: Option<i64>) -> Usage {
         let Some(benefits) = self.shops.get(shop).map(|b| b.value().clone()) else {
             return Usage::default();
