@@ -9,5 +9,6 @@ mod fuzz;
 mod fuzz_decoders;
 mod golden;
 mod hardening;
+mod lift_model;
 mod model;
 mod rules;
