@@ -11,4 +11,5 @@ mod golden;
 mod hardening;
 mod lift_model;
 mod model;
+mod offers;
 mod rules;
