@@ -9,7 +9,7 @@
 //! evaluate the same plan as bitmap algebra over the whole shop. Claims
 //! ([`claims`]) count grants against caps and budgets. Decisions come back
 //! as exposures ([`exposure`]: what each visitor was offered or held out
-//! of), which `offered(...)` reads and [`lift`] compares treated visitors
+//! of), which `offered(...)` reads and [`lift`](mod@lift) compares treated visitors
 //! with held-out ones on; [`snapshot`] encodes
 //! the index for restarts; [`codec`] is the byte codec of every on-disk
 //! format (here and in the server); [`time`] and [`hash`] are the shared
