@@ -1236,4 +1236,19 @@ banners: *x
             ["16:36: invalid window `30`: expected a whole number followed by h or d, e.g. 7d or 12h"]
         );
     }
+
+    /// Offers, claims and banner holdouts: mistakes at their `line:column`.
+    #[test]
+    fn offers_claims_and_banner_holdouts_report_their_mistakes() {
+        let source = "shop: s\naudiences:\n  a: offered(7d, item=\"x\")\n  b: claimed(30d, banner=\"y\")\n  c: offered()\nbanners:\n  - banner: x\n    holdout: 101%\n";
+        assert_eq!(
+            errors(source),
+            [
+                "3:18: expected `benefit`, `kind` or `banner`, found `item`",
+                "4:19: expected `benefit` or `kind`, found `banner`",
+                "5:14: expected a window such as 7d or 12h, found `)`",
+                "8:14: invalid percentage `101%`: expected 0% to 100%, e.g. 10%",
+            ]
+        );
+    }
 }
