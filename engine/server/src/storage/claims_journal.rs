@@ -1519,4 +1519,36 @@ mod tests {
             }
         }
     }
+
+    /// `claimed(...)` reads grants by benefit and instant, also after a reopen.
+    #[test]
+    fn grants_are_found_by_benefit_and_instant_also_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |visitor, benefit, now_ms| LedgerClaim {
+            benefit,
+            now_ms,
+            ..claim(visitor, None)
+        };
+        {
+            let ledger = DurableLedger::open(dir.path()).unwrap();
+            assert_eq!(ledger.claim(&at("a", "b", 1_000)).unwrap(), ClaimOutcome::Granted);
+            assert_eq!(ledger.claim(&at("c", "other", 5_000)).unwrap(), ClaimOutcome::Granted);
+        }
+        let ledger = DurableLedger::open(dir.path()).unwrap();
+        let b: Arc<str> = Arc::from("b");
+        let only_b = Some(std::slice::from_ref(&b));
+        assert!(ledger.granted_in("s", "a", only_b, 1_000, 1_001));
+        assert!(!ledger.granted_in("s", "a", only_b, 1_001, 9_000), "from is inclusive, the grant is before");
+        assert!(!ledger.granted_in("s", "a", only_b, 0, 1_000), "to is exclusive");
+        assert!(!ledger.granted_in("s", "c", only_b, 0, 9_000));
+        assert!(ledger.granted_in("s", "c", None, 0, 9_000), "any benefit");
+        assert!(!ledger.granted_in("t", "a", None, 0, 9_000), "another shop");
+        let mut seen = Vec::new();
+        ledger.grantees("s", None, 0, 9_000, &mut |v| seen.push(v.to_string()));
+        seen.sort();
+        assert_eq!(seen, ["a", "c"]);
+        seen.clear();
+        ledger.grantees("s", only_b, 2_000, 9_000, &mut |v| seen.push(v.to_string()));
+        assert!(seen.is_empty());
+    }
 }
