@@ -302,6 +302,16 @@ impl ShopIndex {
             .iter()
             .filter_map(|&(slot, id)| Some((slot, id?, false)))
             .chain(e.held_out.iter().map(|&(slot, id)| (slot, id, true)));
+        // Refused whole past the bound on ids: nothing interned first.
+        let new = |interner: &Interner, slot| {
+            let unknown = |&(s, id, _): &(Slot, &str, bool)| s == slot && interner.get(id).is_none();
+            listed.clone().filter(unknown).count() as u32
+        };
+        if columns.benefits.len() + new(&columns.benefits, Slot::Benefit) > MAX_ENTRIES
+            || columns.banners.len() + new(&columns.banners, Slot::Banner) > MAX_ENTRIES
+        {
+            return false;
+        }
         for (slot, id, held_out) in listed {
             let Some(entry) = columns.intern(slot, id) else {
                 return false;
@@ -341,18 +351,51 @@ pub(crate) fn millis_of(range: HourRange) -> (i64, i64) {
 /// The keys of the entries `offers` names that the shop has exposures of;
 /// `None` for any benefit.
 pub(crate) fn keys_of(shop: &ShopIndex, offers: &Offers) -> Option<Vec<u32>> {
-    let ex = &shop.exposures;
-    match offers {
-        Offers::AnyBenefit => None,
-        Offers::Benefits { ids, .. } => Some(ids.iter().filter_map(|id| ex.key(Slot::Benefit, id)).collect()),
-        Offers::Banner(id) => Some(ex.key(Slot::Banner, id).into_iter().collect()),
-    }
+    let mut keys = Vec::new();
+    each_key(shop, offers, |k| keys.push(k)).then_some(keys)
 }
 
+/// Calls `f` with the key of each entry `offers` names that the shop has
+/// exposures of; false (and no call) for any benefit.
+fn each_key(shop: &ShopIndex, offers: &Offers, f: impl FnMut(u32)) -> bool {
+    let ex = &shop.exposures;
+    match offers {
+        Offers::AnyBenefit => return false,
+        Offers::Benefits { ids, .. } => ids.iter().filter_map(|id| ex.key(Slot::Benefit, id)).for_each(f),
+        Offers::Banner(id) => ex.key(Slot::Banner, id).into_iter().for_each(f),
+    }
+    true
+}
+
+/// Entries of a `kind=` that a decision checks without allocating.
+const FEW: usize = 8;
+
 /// `offered(...)` for one visitor: a fact in `range` of an entry `offers`
-/// names, not held out.
+/// names, not held out. Allocates nothing for up to [`FEW`] entries.
 pub(crate) fn offered(shop: &ShopIndex, p: &Profile, range: HourRange, offers: &Offers) -> bool {
-    !p.exposures.is_empty() && offered_in(p, range, keys_of(shop, offers).as_deref())
+    if p.exposures.is_empty() {
+        return false;
+    }
+    let mut few = [0u32; FEW];
+    let mut n = 0;
+    let mut many = Vec::new();
+    let listed = each_key(shop, offers, |k| {
+        if n < FEW {
+            few[n] = k;
+            n += 1;
+        } else {
+            if many.is_empty() {
+                many.extend_from_slice(&few);
+            }
+            many.push(k);
+        }
+    });
+    let keys = match (listed, many.is_empty()) {
+        (false, _) => None,
+        (true, true) => Some(&few[..n]),
+        (true, false) => Some(&many[..]),
+    };
+    offered_in(p, range, keys)
 }
 
 /// Whether `p` was offered, within `range`, an entry of `keys` (any benefit with `None`).
@@ -721,5 +764,62 @@ mod tests {
             crate::snapshot::reseal(&mut damaged);
             assert!(crate::snapshot::decode(&damaged).is_err(), "cut {cut}");
         }
+    }
+
+    #[test]
+    fn a_kind_of_many_benefits_is_checked_whole() {
+        let shop = ShopIndex::new("s");
+        let ids: Vec<std::sync::Arc<str>> = (0..FEW + 3).map(|i| format!("c{i}").into()).collect();
+        let offers = Offers::Benefits {
+            kind: Some("coupon".into()),
+            ids: ids.clone().into(),
+        };
+        let range = HourRange {
+            first: hour_of(T),
+            last: hour_of(T),
+        };
+        for (i, id) in ids.iter().enumerate() {
+            let visitor = format!("v{i}");
+            shop.apply_exposure(&Exposure {
+                benefit: Some(id),
+                ..exposure(&visitor, T, &[])
+            });
+            let vid = shop.visitor_id(&visitor).unwrap();
+            assert!(
+                shop.with_profile(vid, |p| offered(&shop, p.unwrap(), range, &offers)),
+                "{id}"
+            );
+        }
+        shop.apply_exposure(&Exposure {
+            benefit: Some("other"),
+            ..exposure("w", T, &[])
+        });
+        let vid = shop.visitor_id("w").unwrap();
+        assert!(!shop.with_profile(vid, |p| offered(&shop, p.unwrap(), range, &offers)));
+    }
+
+    #[test]
+    fn a_shop_keeps_at_most_max_entries_ids_per_slot() {
+        let shop = ShopIndex::new("s");
+        for i in 0..MAX_ENTRIES {
+            let id = format!("b{i}");
+            assert!(shop.apply_exposure(&Exposure {
+                banner: None,
+                benefit: Some(&id),
+                ..exposure("a", T, &[])
+            }));
+        }
+        let past = Exposure {
+            banner: Some("fresh-banner"),
+            benefit: Some("one-too-many"),
+            ..exposure("b", T, &[])
+        };
+        assert!(!shop.apply_exposure(&past));
+        assert_eq!(shop.exposures.key(Slot::Banner, "fresh-banner"), None, "refused whole");
+        assert!(shop.apply_exposure(&Exposure {
+            banner: Some("fresh-banner"),
+            benefit: Some("b7"),
+            ..exposure("b", T, &[])
+        }));
     }
 }

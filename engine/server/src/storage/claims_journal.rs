@@ -1538,7 +1538,10 @@ mod tests {
         let b: Arc<str> = Arc::from("b");
         let only_b = Some(std::slice::from_ref(&b));
         assert!(ledger.granted_in("s", "a", only_b, 1_000, 1_001));
-        assert!(!ledger.granted_in("s", "a", only_b, 1_001, 9_000), "from is inclusive, the grant is before");
+        assert!(
+            !ledger.granted_in("s", "a", only_b, 1_001, 9_000),
+            "from is inclusive, the grant is before"
+        );
         assert!(!ledger.granted_in("s", "a", only_b, 0, 1_000), "to is exclusive");
         assert!(!ledger.granted_in("s", "c", only_b, 0, 9_000));
         assert!(ledger.granted_in("s", "c", None, 0, 9_000), "any benefit");
