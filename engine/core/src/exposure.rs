@@ -779,12 +779,13 @@ mod tests {
             last: hour_of(T),
         };
         for (i, id) in ids.iter().enumerate() {
-            let visitor = format!("v{i}");
             shop.apply_exposure(&Exposure {
                 benefit: Some(id),
-                ..exposure(&visitor, T, &[])
+                ..exposure(&format!("v{i}"), T, &[])
             });
-            let vid = shop.visitor_id(&visitor).unwrap();
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let vid = shop.visitor_id(&format!("v{i}")).unwrap();
             assert!(
                 shop.with_profile(vid, |p| offered(&shop, p.unwrap(), range, &offers)),
                 "{id}"
