@@ -130,28 +130,28 @@ pub trait ClaimLedger: Send + Sync {
     /// Decides and records a claim atomically.
     fn claim(&self, claim: &LedgerClaim<'_>) -> Result<ClaimOutcome, LedgerError>;
     /// Whether `visitor` was granted one of `benefits` (any benefit of the
-    /// shop with `None`) at an instant in `[from_ms, to_ms)`: `claimed(...)`.
-    fn granted_in(&self, shop: &str, visitor: &str, benefits: Option<&[Arc<str>]>, from_ms: i64, to_ms: i64) -> bool;
+    /// shop with `None`) at an instant `at` accepts: `claimed(...)` (which
+    /// accepts the instants whose hour on the shop's clock is in its window).
+    fn granted(&self, shop: &str, visitor: &str, benefits: Option<&[Arc<str>]>, at: &dyn Fn(i64) -> bool) -> bool;
     /// Calls `f` with each visitor granted one of `benefits` (any with
-    /// `None`) in `[from_ms, to_ms)`, once per benefit it was granted: the
-    /// candidates of a `claimed(...)` audience size.
-    fn grantees(&self, shop: &str, benefits: Option<&[Arc<str>]>, from_ms: i64, to_ms: i64, f: &mut dyn FnMut(&str));
+    /// `None`) at an instant `at` accepts, once per benefit it was granted:
+    /// the candidates of a `claimed(...)` audience size.
+    fn grantees(&self, shop: &str, benefits: Option<&[Arc<str>]>, at: &dyn Fn(i64) -> bool, f: &mut dyn FnMut(&str));
 }
 
-/// [`ClaimLedger::granted_in`] over the [`ShopsOf`] shape both ledgers
+/// [`ClaimLedger::granted`] over the [`ShopsOf`] shape both ledgers
 /// share, each benefit's [`Grants`] read by `grants` under its lock.
-pub fn shops_granted_in<S>(
+pub fn shops_granted<S>(
     shops: &ShopsOf<S>,
     grants: impl Fn(&S) -> &Grants,
     (shop, visitor): (&str, &str),
     benefits: Option<&[Arc<str>]>,
-    from_ms: i64,
-    to_ms: i64,
+    at: &dyn Fn(i64) -> bool,
 ) -> bool {
     let Some(ledgers) = shops.get(shop).map(|l| l.value().clone()) else {
         return false;
     };
-    let hit = |state: &Mutex<S>| grants(&state.lock()).granted_in(visitor, from_ms, to_ms);
+    let hit = |state: &Mutex<S>| grants(&state.lock()).granted(visitor, at);
     match benefits {
         None => ledgers.iter().any(|b| hit(b.value())),
         Some(ids) => ids.iter().any(|id| ledgers.get(&**id).is_some_and(|b| hit(b.value()))),
@@ -164,7 +164,7 @@ pub fn shops_grantees<S>(
     grants: impl Fn(&S) -> &Grants,
     shop: &str,
     benefits: Option<&[Arc<str>]>,
-    (from_ms, to_ms): (i64, i64),
+    at: &dyn Fn(i64) -> bool,
     f: &mut dyn FnMut(&str),
 ) {
     let Some(ledgers) = shops.get(shop).map(|l| l.value().clone()) else {
@@ -173,7 +173,7 @@ pub fn shops_grantees<S>(
     let mut each = |state: &Mutex<S>| {
         let state = state.lock();
         for (visitor, times) in grants(&state).visitors() {
-            if times.iter().any(|&t| from_ms <= t && t < to_ms) {
+            if times.iter().any(|&t| at(t)) {
                 f(visitor);
             }
         }
@@ -211,11 +211,9 @@ impl Grants {
         })
     }
 
-    /// Whether `visitor` has a grant at an instant in `[from_ms, to_ms)`.
-    pub fn granted_in(&self, visitor: &str, from_ms: i64, to_ms: i64) -> bool {
-        self.by_visitor
-            .get(visitor)
-            .is_some_and(|ts| ts.iter().any(|&t| from_ms <= t && t < to_ms))
+    /// Whether `visitor` has a grant at an instant `at` accepts.
+    pub fn granted(&self, visitor: &str, at: &dyn Fn(i64) -> bool) -> bool {
+        self.by_visitor.get(visitor).is_some_and(|ts| ts.iter().any(|&t| at(t)))
     }
 
     /// Usage as [`ClaimLedger::usage`] reports it.
@@ -441,19 +439,12 @@ impl ClaimLedger for MemoryLedger {
         })
     }
 
-    fn granted_in(&self, shop: &str, visitor: &str, benefits: Option<&[Arc<str>]>, from_ms: i64, to_ms: i64) -> bool {
-        shops_granted_in(
-            &self.shops,
-            BenefitLedger::grants,
-            (shop, visitor),
-            benefits,
-            from_ms,
-            to_ms,
-        )
+    fn granted(&self, shop: &str, visitor: &str, benefits: Option<&[Arc<str>]>, at: &dyn Fn(i64) -> bool) -> bool {
+        shops_granted(&self.shops, BenefitLedger::grants, (shop, visitor), benefits, at)
     }
 
-    fn grantees(&self, shop: &str, benefits: Option<&[Arc<str>]>, from_ms: i64, to_ms: i64, f: &mut dyn FnMut(&str)) {
-        shops_grantees(&self.shops, BenefitLedger::grants, shop, benefits, (from_ms, to_ms), f)
+    fn grantees(&self, shop: &str, benefits: Option<&[Arc<str>]>, at: &dyn Fn(i64) -> bool, f: &mut dyn FnMut(&str)) {
+        shops_grantees(&self.shops, BenefitLedger::grants, shop, benefits, at, f)
     }
 }
 

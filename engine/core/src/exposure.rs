@@ -290,7 +290,7 @@ impl ShopIndex {
             return false;
         }
         let columns = &self.exposures;
-        let hour = hour_of(e.ts_ms);
+        let hour = hour_of(self.exposure_clock_ms(e.ts_ms));
         let mut facts = [Fact {
             hour,
             entry: 0,
@@ -343,9 +343,20 @@ pub(crate) fn day_of_hour(hour: u32) -> u32 {
     ShopIndex::today(i64::from(hour) * HOUR_MS)
 }
 
-/// The instants `[from, to)` of a range of hours.
-pub(crate) fn millis_of(range: HourRange) -> (i64, i64) {
-    (i64::from(range.first) * HOUR_MS, (i64::from(range.last) + 1) * HOUR_MS)
+impl ShopIndex {
+    /// The shop's clock reading at an instant: exposure hours (and a grant's
+    /// hour for `claimed(...)`) are counted on the same clock as the index's
+    /// events, so that windows and conversion windows compare like with like.
+    #[inline]
+    pub(crate) fn exposure_clock_ms(&self, ts_ms: i64) -> i64 {
+        ts_ms
+    }
+}
+
+/// Whether a grant at instant `t` falls in `range`, hours of `shop`'s clock
+/// (UTC without an index).
+pub(crate) fn grant_in(shop: Option<&ShopIndex>, range: HourRange, t: i64) -> bool {
+    range.contains(hour_of(shop.map_or(t, |s| s.exposure_clock_ms(t))))
 }
 
 /// The keys of the entries `offers` names that the shop has exposures of;
@@ -419,12 +430,17 @@ pub(crate) fn claimed_ids(offers: &Offers) -> Result<Option<&[std::sync::Arc<str
 
 /// `claimed(...)` for one visitor: a grant in `range` of a benefit `offers`
 /// names (any benefit without a filter); never for an anonymous visitor.
-pub(crate) fn claimed(ledger: &dyn ClaimLedger, shop: &str, visitor: &str, range: HourRange, offers: &Offers) -> bool {
+pub(crate) fn claimed(
+    ledger: &dyn ClaimLedger,
+    (index, shop): (Option<&ShopIndex>, &str),
+    visitor: &str,
+    range: HourRange,
+    offers: &Offers,
+) -> bool {
     let Ok(benefits) = claimed_ids(offers) else {
         return false;
     };
-    let (from, to) = millis_of(range);
-    !visitor.is_empty() && ledger.granted_in(shop, visitor, benefits, from, to)
+    !visitor.is_empty() && ledger.granted(shop, visitor, benefits, &|t| grant_in(index, range, t))
 }
 
 // ---------------------------------------------------------------- snapshot

@@ -154,18 +154,22 @@ pub fn lift(rules: &RuleSet, shop: Option<&ShopIndex>, q: &LiftQuery<'_>) -> Res
         return Err(LiftError::UnknownId(id.to_string()));
     }
     // Exposure hours in range: those starting in [from, to).
-    let first = hour_at_or_after(q.from_ms);
-    let last = match q.to_ms {
-        0 => Some(u32::MAX),
-        to => hour_at_or_after(to).checked_sub(1),
-    };
-    let range = last.filter(|&l| l >= first).map(|last| HourRange { first, last });
+    // On the shop's clock, like the exposures' hours.
+    let range = shop.and_then(|shop| {
+        let first = hour_at_or_after(shop.exposure_clock_ms(q.from_ms));
+        let last = match q.to_ms {
+            0 => Some(u32::MAX),
+            to => hour_at_or_after(shop.exposure_clock_ms(to)).checked_sub(1),
+        };
+        last.filter(|&l| l >= first)
+            .map(|last| (shop, HourRange { first, last }))
+    });
     Ok(entries
         .into_iter()
         .map(|(slot, id)| {
-            let (treated, control) = match (shop, range) {
-                (Some(shop), Some(range)) => groups(shop, slot, id, range, q.window),
-                _ => Default::default(),
+            let (treated, control) = match range {
+                Some((shop, range)) => groups(shop, slot, id, range, q.window),
+                None => Default::default(),
             };
             row(slot, id, treated, control)
         })

@@ -270,8 +270,9 @@ impl Facts for VisitorFacts<'_> {
                 _ => false,
             },
             Atom::Claimed { window, offers } => {
-                let (ledger, shop, visitor) = self.claims;
-                crate::exposure::claimed(ledger, shop, visitor, window.range(self.now_ms), offers)
+                let (ledger, name, visitor) = self.claims;
+                let range = window.range(self.now_ms);
+                crate::exposure::claimed(ledger, (self.shop, name), visitor, range, offers)
             }
         }
     }
@@ -740,10 +741,17 @@ benefits:
         fn claim(&self, _: &LedgerClaim<'_>) -> Result<ClaimOutcome, LedgerError> {
             unreachable!("decide never claims")
         }
-        fn granted_in(&self, _: &str, _: &str, _: Option<&[std::sync::Arc<str>]>, _: i64, _: i64) -> bool {
+        fn granted(&self, _: &str, _: &str, _: Option<&[std::sync::Arc<str>]>, _: &dyn Fn(i64) -> bool) -> bool {
             false
         }
-        fn grantees(&self, _: &str, _: Option<&[std::sync::Arc<str>]>, _: i64, _: i64, _: &mut dyn FnMut(&str)) {}
+        fn grantees(
+            &self,
+            _: &str,
+            _: Option<&[std::sync::Arc<str>]>,
+            _: &dyn Fn(i64) -> bool,
+            _: &mut dyn FnMut(&str),
+        ) {
+        }
     }
 
     fn decide_at<'r>(

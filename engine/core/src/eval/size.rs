@@ -271,9 +271,10 @@ impl<'a> SizeEval<'a> {
                 let Ok(benefits) = crate::exposure::claimed_ids(offers) else {
                     return RoaringBitmap::new();
                 };
-                let (from, to) = crate::exposure::millis_of(window.range(self.now_ms));
+                let range = window.range(self.now_ms);
+                let at = |t| crate::exposure::grant_in(Some(shop), range, t);
                 let mut ids = Vec::new();
-                self.ledger.grantees(shop.name(), benefits, from, to, &mut |v| {
+                self.ledger.grantees(shop.name(), benefits, &at, &mut |v| {
                     if let Some(id) = shop.visitor_id(v) {
                         ids.push(id);
                     }

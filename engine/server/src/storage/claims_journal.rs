@@ -458,19 +458,12 @@ impl DurableLedger {
 }
 
 impl ClaimLedger for DurableLedger {
-    fn granted_in(&self, shop: &str, visitor: &str, benefits: Option<&[Arc<str>]>, from_ms: i64, to_ms: i64) -> bool {
-        vitrine_core::claims::shops_granted_in(
-            &self.shops,
-            BenefitState::grants,
-            (shop, visitor),
-            benefits,
-            from_ms,
-            to_ms,
-        )
+    fn granted(&self, shop: &str, visitor: &str, benefits: Option<&[Arc<str>]>, at: &dyn Fn(i64) -> bool) -> bool {
+        vitrine_core::claims::shops_granted(&self.shops, BenefitState::grants, (shop, visitor), benefits, at)
     }
 
-    fn grantees(&self, shop: &str, benefits: Option<&[Arc<str>]>, from_ms: i64, to_ms: i64, f: &mut dyn FnMut(&str)) {
-        vitrine_core::claims::shops_grantees(&self.shops, BenefitState::grants, shop, benefits, (from_ms, to_ms), f)
+    fn grantees(&self, shop: &str, benefits: Option<&[Arc<str>]>, at: &dyn Fn(i64) -> bool, f: &mut dyn FnMut(&str)) {
+        vitrine_core::claims::shops_grantees(&self.shops, BenefitState::grants, shop, benefits, at, f)
     }
 
     fn usage(&self, shop: &str, benefit: &str, visitor: &str, since_ms: Option<i64>) -> Usage {
@@ -1537,21 +1530,24 @@ mod tests {
         let ledger = DurableLedger::open(dir.path()).unwrap();
         let b: Arc<str> = Arc::from("b");
         let only_b = Some(std::slice::from_ref(&b));
-        assert!(ledger.granted_in("s", "a", only_b, 1_000, 1_001));
+        assert!(ledger.granted("s", "a", only_b, &|t| (1_000..1_001).contains(&t)));
         assert!(
-            !ledger.granted_in("s", "a", only_b, 1_001, 9_000),
-            "from is inclusive, the grant is before"
+            !ledger.granted("s", "a", only_b, &|t| (1_001..9_000).contains(&t)),
+            "the grant is before"
         );
-        assert!(!ledger.granted_in("s", "a", only_b, 0, 1_000), "to is exclusive");
-        assert!(!ledger.granted_in("s", "c", only_b, 0, 9_000));
-        assert!(ledger.granted_in("s", "c", None, 0, 9_000), "any benefit");
-        assert!(!ledger.granted_in("t", "a", None, 0, 9_000), "another shop");
+        assert!(
+            !ledger.granted("s", "a", only_b, &|t| (0..1_000).contains(&t)),
+            "the grant is after"
+        );
+        assert!(!ledger.granted("s", "c", only_b, &|_| true));
+        assert!(ledger.granted("s", "c", None, &|_| true), "any benefit");
+        assert!(!ledger.granted("t", "a", None, &|_| true), "another shop");
         let mut seen = Vec::new();
-        ledger.grantees("s", None, 0, 9_000, &mut |v| seen.push(v.to_string()));
+        ledger.grantees("s", None, &|_| true, &mut |v| seen.push(v.to_string()));
         seen.sort();
         assert_eq!(seen, ["a", "c"]);
         seen.clear();
-        ledger.grantees("s", only_b, 2_000, 9_000, &mut |v| seen.push(v.to_string()));
+        ledger.grantees("s", only_b, &|t| t >= 2_000, &mut |v| seen.push(v.to_string()));
         assert!(seen.is_empty());
     }
 }
