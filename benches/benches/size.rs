@@ -26,7 +26,13 @@ const CASES: [(&str, &str); 4] = [
 
 fn main() {
     let fx = Fixture::load();
-    let size = |expr: &str| match size_of(Some(&fx.rules), Some(&fx.index), expr, NOW_MS) {
+    let size = |expr: &str| match size_of(
+        Some(&fx.rules),
+        Some(&fx.index),
+        &vitrine_core::MemoryLedger::new(),
+        expr,
+        NOW_MS,
+    ) {
         Ok(n) => n,
         Err(e) => panic!("cannot size `{expr}`: {e}"),
     };
@@ -57,7 +63,7 @@ fn main() {
     }
     println!("size_of each audience by name: {}", each.join(", "));
     let t = Instant::now();
-    let sizes = audience_sizes(&fx.rules, Some(&fx.index), NOW_MS);
+    let sizes = audience_sizes(&fx.rules, Some(&fx.index), &vitrine_core::MemoryLedger::new(), NOW_MS);
     println!(
         "audience_sizes of all 20 audiences in {:.2} ms: {sizes:?}",
         t.elapsed().as_secs_f64() * 1e3
@@ -73,7 +79,7 @@ fn main() {
         group.bench_function(name, |b| b.iter(|| size(expr)));
     }
     group.bench_function("audience_sizes_all_20", |b| {
-        b.iter(|| audience_sizes(&fx.rules, Some(&fx.index), NOW_MS))
+        b.iter(|| audience_sizes(&fx.rules, Some(&fx.index), &vitrine_core::MemoryLedger::new(), NOW_MS))
     });
     group.finish();
     c.final_summary();

@@ -178,8 +178,8 @@ fn main() {
     assert_eq!(restored.stats(), stats, "stats differ after a roundtrip");
     let rules = load_rules(RULES_20);
     assert_eq!(
-        audience_sizes(&rules, Some(&restored), NOW_MS),
-        audience_sizes(&rules, Some(&shop), NOW_MS),
+        audience_sizes(&rules, Some(&restored), &vitrine_core::MemoryLedger::new(), NOW_MS),
+        audience_sizes(&rules, Some(&shop), &vitrine_core::MemoryLedger::new(), NOW_MS),
         "audience sizes differ after a roundtrip"
     );
     let ledger = MemoryLedger::new();

@@ -927,7 +927,13 @@ mod tests {
             assert!(d.banner.is_some());
             assert!(!d.items.is_empty() && d.items.len() <= 6);
         }
-        let n = size_of(Some(&rules), Some(&index), "viewed(7d) and not purchased(30d)", NOW_MS);
+        let n = size_of(
+            Some(&rules),
+            Some(&index),
+            &vitrine_core::MemoryLedger::new(),
+            "viewed(7d) and not purchased(30d)",
+            NOW_MS,
+        );
         assert!(matches!(n, Ok(n) if n > 0 && n < 2_000), "{n:?}");
     }
 

@@ -129,6 +129,65 @@ pub trait ClaimLedger: Send + Sync {
     fn usage(&self, shop: &str, benefit: &str, visitor: &str, since_ms: Option<i64>) -> Usage;
     /// Decides and records a claim atomically.
     fn claim(&self, claim: &LedgerClaim<'_>) -> Result<ClaimOutcome, LedgerError>;
+    /// Whether `visitor` was granted one of `benefits` (any benefit of the
+    /// shop with `None`) at an instant `at` accepts: `claimed(...)` (which
+    /// accepts the instants whose hour on the shop's clock is in its window).
+    fn granted(&self, shop: &str, visitor: &str, benefits: Option<&[Arc<str>]>, at: &dyn Fn(i64) -> bool) -> bool;
+    /// Calls `f` with each visitor granted one of `benefits` (any with
+    /// `None`) at an instant `at` accepts, once per benefit it was granted:
+    /// the candidates of a `claimed(...)` audience size.
+    fn grantees(&self, shop: &str, benefits: Option<&[Arc<str>]>, at: &dyn Fn(i64) -> bool, f: &mut dyn FnMut(&str));
+}
+
+/// [`ClaimLedger::granted`] over the [`ShopsOf`] shape both ledgers
+/// share, each benefit's [`Grants`] read by `grants` under its lock.
+pub fn shops_granted<S>(
+    shops: &ShopsOf<S>,
+    grants: impl Fn(&S) -> &Grants,
+    (shop, visitor): (&str, &str),
+    benefits: Option<&[Arc<str>]>,
+    at: &dyn Fn(i64) -> bool,
+) -> bool {
+    let Some(ledgers) = shops.get(shop).map(|l| l.value().clone()) else {
+        return false;
+    };
+    let hit = |state: &Mutex<S>| grants(&state.lock()).granted(visitor, at);
+    match benefits {
+        None => ledgers.iter().any(|b| hit(b.value())),
+        Some(ids) => ids.iter().any(|id| ledgers.get(&**id).is_some_and(|b| hit(b.value()))),
+    }
+}
+
+/// [`ClaimLedger::grantees`] over the [`ShopsOf`] shape both ledgers share.
+pub fn shops_grantees<S>(
+    shops: &ShopsOf<S>,
+    grants: impl Fn(&S) -> &Grants,
+    shop: &str,
+    benefits: Option<&[Arc<str>]>,
+    at: &dyn Fn(i64) -> bool,
+    f: &mut dyn FnMut(&str),
+) {
+    let Some(ledgers) = shops.get(shop).map(|l| l.value().clone()) else {
+        return;
+    };
+    let mut each = |state: &Mutex<S>| {
+        let state = state.lock();
+        for (visitor, times) in grants(&state).visitors() {
+            if times.iter().any(|&t| at(t)) {
+                f(visitor);
+            }
+        }
+    };
+    match benefits {
+        None => ledgers.iter().for_each(|b| each(b.value())),
+        Some(ids) => {
+            for id in ids {
+                if let Some(b) = ledgers.get(&**id) {
+                    each(b.value());
+                }
+            }
+        }
+    }
 }
 
 /// The grants of one benefit, and the cap and budget rules every ledger
@@ -150,6 +209,11 @@ impl Grants {
         self.by_visitor.get(visitor).map_or(0, |ts| {
             ts.iter().filter(|&&t| since_ms.is_none_or(|s| t > s)).count() as u32
         })
+    }
+
+    /// Whether `visitor` has a grant at an instant `at` accepts.
+    pub fn granted(&self, visitor: &str, at: &dyn Fn(i64) -> bool) -> bool {
+        self.by_visitor.get(visitor).is_some_and(|ts| ts.iter().any(|&t| at(t)))
     }
 
     /// Usage as [`ClaimLedger::usage`] reports it.
@@ -239,6 +303,12 @@ impl Grants {
 struct BenefitLedger {
     grants: Grants,
     answers: HashMap<Box<str>, Answer, RandomState>,
+}
+
+impl BenefitLedger {
+    fn grants(&self) -> &Grants {
+        &self.grants
+    }
 }
 
 /// A correct, non-durable ledger: one mutex per (shop, benefit).
@@ -367,6 +437,14 @@ impl ClaimLedger for MemoryLedger {
             }
             Ok(outcome)
         })
+    }
+
+    fn granted(&self, shop: &str, visitor: &str, benefits: Option<&[Arc<str>]>, at: &dyn Fn(i64) -> bool) -> bool {
+        shops_granted(&self.shops, BenefitLedger::grants, (shop, visitor), benefits, at)
+    }
+
+    fn grantees(&self, shop: &str, benefits: Option<&[Arc<str>]>, at: &dyn Fn(i64) -> bool, f: &mut dyn FnMut(&str)) {
+        shops_grantees(&self.shops, BenefitLedger::grants, shop, benefits, at, f)
     }
 }
 

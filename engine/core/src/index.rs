@@ -128,6 +128,8 @@ pub(crate) struct Profile {
     pub(crate) tier: Option<(i64, u32)>,
     /// Per item action: 1 + the hour of its latest entry, 0 when none.
     latest: [u32; 4],
+    /// Exposure facts (decisions offered and held out), sorted, unique.
+    pub(crate) exposures: Vec<crate::exposure::Fact>,
 }
 
 impl Profile {
@@ -238,6 +240,7 @@ impl Profile {
     fn expire(&mut self, first_hour: u32) {
         self.entries.retain(|e| e.hour >= first_hour);
         self.purchases.retain(|p| p.hour >= first_hour);
+        self.exposures.retain(|f| f.hour >= first_hour);
         self.refresh_latest();
     }
 
@@ -361,6 +364,8 @@ pub struct ShopIndex {
     pub(crate) tag_visitors: DashMap<u32, RoaringBitmap, RandomState>,
     /// Visitors per member tier above 0.
     pub(crate) tier_visitors: RwLock<BTreeMap<u32, RoaringBitmap>>,
+    /// Exposure columns: per banner and benefit, day -> visitors offered / held out.
+    pub(crate) exposures: crate::exposure::Exposures,
 }
 
 impl ShopIndex {
@@ -385,6 +390,7 @@ impl ShopIndex {
             category_days: DashMap::default(),
             tag_visitors: DashMap::default(),
             tier_visitors: RwLock::default(),
+            exposures: Default::default(),
         }
     }
 
@@ -423,7 +429,7 @@ impl ShopIndex {
         f(&self.profiles[shard].read())
     }
 
-    fn with_profile_mut<R>(&self, id: u32, f: impl FnOnce(&mut Profile) -> R) -> R {
+    pub(crate) fn with_profile_mut<R>(&self, id: u32, f: impl FnOnce(&mut Profile) -> R) -> R {
         let mut shard = self.profiles[id as usize & (SHARDS - 1)].write();
         let slot = (id >> SHARD_BITS) as usize;
         if shard.len() <= slot {
@@ -566,6 +572,7 @@ impl ShopIndex {
                 profile.expire(keep.first);
             }
         }
+        self.exposures.expire(first_day);
     }
 
     /// Sizes of the index, for metrics and benches.

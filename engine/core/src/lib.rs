@@ -7,7 +7,10 @@
 //! a decision ([`eval::decide`]) evaluates the compiled plan for one visitor
 //! against that visitor's profile, while audience sizes ([`eval::size`])
 //! evaluate the same plan as bitmap algebra over the whole shop. Claims
-//! ([`claims`]) count grants against caps and budgets; [`snapshot`] encodes
+//! ([`claims`]) count grants against caps and budgets. Decisions come back
+//! as exposures ([`exposure`]: what each visitor was offered or held out
+//! of), which `offered(...)` reads and [`lift`](mod@lift) compares treated visitors
+//! with held-out ones on; [`snapshot`] encodes
 //! the index for restarts; [`codec`] is the byte codec of every on-disk
 //! format (here and in the server); [`time`] and [`hash`] are the shared
 //! arithmetic.
@@ -23,8 +26,10 @@ pub mod claims;
 pub mod codec;
 pub mod eval;
 pub mod event;
+pub mod exposure;
 pub mod hash;
 pub mod index;
+pub mod lift;
 pub mod rules;
 pub mod snapshot;
 pub mod time;
@@ -33,6 +38,8 @@ pub use claims::{ClaimLedger, ClaimOutcome, Grants, LedgerClaim, LedgerError, Le
 pub use eval::decide::{claim, decide, prepare_claim, ClaimRequest, Context, DecideRequest, Decision};
 pub use eval::size::{audience_sizes, size_of, size_of_with, SizeError};
 pub use event::{Action, Event, EventError, RejectReason};
+pub use exposure::{Exposure, ExposureError};
 pub use index::{Index, IndexStats, ShopIndex};
+pub use lift::{lift, LiftError, LiftQuery, LiftRow};
 pub use rules::{Limits, RuleError, RuleErrors, RuleSet};
 pub use snapshot::{Snapshot, SnapshotError};

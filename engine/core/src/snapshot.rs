@@ -27,10 +27,10 @@
 //! header   := "VTRNSNAP" | version u32 | flags u32 (0) | payload_len u64
 //!             | payload_crc32 u32 | header_crc32 u32          (32 bytes; the last
 //!                                                             field covers the 28 before it)
-//! payload  := section(META) section(SHOP)* section(ZONE)* section(PRICES)*
+//! payload  := section(META) section(SHOP)* section(ZONE)* section(PRICES)* section(EXPOSURES)*
 //!                                                             (shops in name order)
 //! section  := kind u8 | len u64 | body[len]                   (META = 1, SHOP = 2, ZONE = 3,
-//!                                                             PRICES = 4)
+//!                                                             PRICES = 4, EXPOSURES = 5)
 //! META     := the caller's opaque bytes (Kafka offsets, rule revisions, ...)
 //! SHOP     := name str | visitors u32 | categories u32 | tags u32 | items u32 | shard_bits u8
 //!             | block(names) | block(names) | block(names) | block(items) | block(profiles)
@@ -65,6 +65,22 @@
 //!
 //! Entries are stored sorted, their hours as deltas from the previous entry,
 //! so an entry takes about five bytes.
+//!
+//! A shop with exposures (decisions offered and held out, [`crate::exposure`])
+//! has an EXPOSURES section after all SHOP sections; a snapshot without one
+//! (every snapshot written before exposures existed) loads unchanged. Its
+//! visitor ids are those of the shop's SHOP section; `visitors` is the
+//! dictionary size when the section was written, and facts of visitors the
+//! SHOP section does not name (interned later) are left out on load. The
+//! day columns are rebuilt from the facts, like the other bitmaps.
+//!
+//! ```text
+//! EXPOSURES := shop str | visitors u32 | benefits u32 | banners u32
+//!              | block(names) | block(names) | block(rows)   (benefit ids, banner ids)
+//! rows      := (visitor varint | facts varint | fact*)*       (each visitor once)
+//! fact      := hour_delta varint | (id << 2 | banner << 1 | held_out) varint
+//!                                                             (sorted by hour, entry, held_out)
+//! ```
 //!
 //! # Decoding untrusted bytes
 //!
@@ -126,6 +142,8 @@ const SECTION_META: u8 = 1;
 const SECTION_SHOP: u8 = 2;
 const SECTION_ZONE: u8 = 3;
 const SECTION_PRICES: u8 = 4;
+/// A shop's exposures (decisions offered and held out), after every SHOP section.
+const SECTION_EXPOSURES: u8 = 5;
 
 /// Why a byte string is not a valid snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -218,6 +236,13 @@ pub fn encode(index: &Index, meta: &[u8]) -> Vec<u8> {
     for (shop, items) in shops.iter().zip(item_counts) {
         encode_prices(shop, items, &mut out);
     }
+    for shop in &shops {
+        if let Some(body) = crate::exposure::encode_section(shop) {
+            let at = begin_section(&mut out, SECTION_EXPOSURES);
+            out.extend_from_slice(&body);
+            end_len(&mut out, at);
+        }
+    }
     seal(&mut out);
     out
 }
@@ -258,6 +283,10 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
         }
         if kind == SECTION_PRICES {
             decode_prices(body, &index, &mut priced)?;
+            continue;
+        }
+        if kind == SECTION_EXPOSURES {
+            crate::exposure::decode_section(&index, body)?;
             continue;
         }
         if kind != SECTION_SHOP {
@@ -1281,13 +1310,25 @@ benefits:
                     decide(&rules, s.as_deref(), &ledger, &req)
                 ));
             }
-            out.push(format!("{:?}", audience_sizes(&rules, s.as_deref(), now)));
+            out.push(format!(
+                "{:?}",
+                audience_sizes(&rules, s.as_deref(), &crate::claims::MemoryLedger::new(), now)
+            ));
             for expr in [
                 "viewed(3h, item=\"i1\")",
                 "purchased(10d, category=\"c2\")",
                 "not tag(\"t2\")",
             ] {
-                out.push(format!("{expr}: {:?}", size_of(Some(&rules), s.as_deref(), expr, now)));
+                out.push(format!(
+                    "{expr}: {:?}",
+                    size_of(
+                        Some(&rules),
+                        s.as_deref(),
+                        &crate::claims::MemoryLedger::new(),
+                        expr,
+                        now
+                    )
+                ));
             }
         }
         out

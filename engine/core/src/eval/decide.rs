@@ -15,7 +15,7 @@ use crate::index::{Profile, ShopIndex, NONE};
 use crate::rules::plan::{Atom, CtxKey, Facts, Memo, NodeId};
 use crate::rules::tiers::{preview_tier, TierPreview, Tiers};
 use crate::rules::{Benefit, RuleSet, MAX_ITEM_LIMIT};
-use crate::time::{Unit, Window};
+use crate::time::{Unit, Window, Zone};
 
 /// How far back the visitor's carts, favorites and category views shape the ranking.
 pub const AFFINITY_WINDOW: Window = Window {
@@ -135,7 +135,7 @@ pub enum StepOutcome {
     NotMatched,
     /// Now is outside the benefit's starts/ends.
     OutsideWindow,
-    /// The visitor is in the benefit's control group.
+    /// The visitor is in the entry's control group (a benefit's or a banner's holdout).
     HeldOut,
     /// The visitor reached the benefit's cap.
     CapReached,
@@ -212,6 +212,10 @@ pub struct Decision<'r> {
     pub tier_preview: Option<TierPreview<'r>>,
     /// `threshold - cart total`, when the file's add-on applies to the request.
     pub add_on_gap: Option<f64>,
+    /// Entries skipped because the visitor is in their holdout, in order
+    /// (banners, then benefits). Anonymous visitors hash as the empty id,
+    /// as they always have for benefits: all of them fall in or out alike.
+    pub held_out: Vec<(Slot, &'r str)>,
 }
 
 /// The leaf tests for one visitor: their profile plus the request context.
@@ -224,16 +228,22 @@ struct VisitorFacts<'a> {
     clock_ms: i64,
     /// The file's tiers, for `preview_tier`.
     tiers: Option<&'a Tiers>,
+    /// For `claimed(...)`: the ledger, the shop's name, the visitor's id and
+    /// the zone whose clock the windows count (`clock_of`'s).
+    claims: (&'a dyn ClaimLedger, &'a str, &'a str, &'a Zone),
 }
 
 /// The shop's clock at `now_ms`: the index's zone (fixed when it was
 /// created), else, for a shop without an index yet, the rule set's.
 #[inline]
 fn clock_of(rules: &RuleSet, shop: Option<&ShopIndex>, now_ms: i64) -> i64 {
-    match shop {
-        Some(s) => s.clock_ms(now_ms),
-        None => rules.zone.clock_ms(now_ms),
-    }
+    zone_of(rules, shop).clock_ms(now_ms)
+}
+
+/// The zone whose clock a shop's windows count: [`clock_of`]'s.
+#[inline]
+fn zone_of<'a>(rules: &'a RuleSet, shop: Option<&'a ShopIndex>) -> &'a Zone {
+    shop.map_or(&rules.zone, ShopIndex::zone)
 }
 
 impl Facts for VisitorFacts<'_> {
@@ -300,6 +310,15 @@ impl Facts for VisitorFacts<'_> {
                     None => false,
                 }
             }
+            Atom::Offered { window, offers } => match (self.profile, self.shop) {
+                (Some(p), Some(shop)) => crate::exposure::offered(shop, p, window.range(self.clock_ms), offers),
+                _ => false,
+            },
+            Atom::Claimed { window, offers } => {
+                let (ledger, name, visitor, zone) = self.claims;
+                let range = window.range(self.clock_ms);
+                crate::exposure::claimed(ledger, (zone, name), visitor, range, offers)
+            }
         }
     }
 }
@@ -338,6 +357,7 @@ fn decide_with<'r>(
         context: &req.context,
         clock_ms,
         tiers: rules.plan.tiers.as_deref(),
+        claims: (ledger, &rules.shop, req.visitor, zone_of(rules, shop)),
     };
     let plan = &rules.plan;
     let mut memo = Memo::new(plan.audiences().len());
@@ -353,9 +373,11 @@ fn decide_with<'r>(
     };
     let matches = |when: Option<NodeId>, memo: &mut Memo| when.is_none_or(|w| plan.eval(w, &facts, memo));
 
-    // Banner: the first entry whose `when` holds.
+    // Banner: the first entry whose `when` holds, unless the visitor is in
+    // its holdout: then the next one, as if the entry were not there.
     let mut banner = None;
     let mut banner_params: &'r [(Arc<str>, Arc<str>)] = &[];
+    let mut held: Vec<(Slot, &'r str)> = Vec::new();
     for (i, b) in rules.banners.iter().enumerate() {
         if !b.in_window(req.now_ms) {
             step(
@@ -366,6 +388,11 @@ fn decide_with<'r>(
             continue;
         }
         if matches(b.when, &mut memo) {
+            if held_out(&rules.shop, &b.id, req.visitor, b.holdout_bp) {
+                held.push((Slot::Banner, &b.id));
+                step(Slot::Banner, &|| format!("banners[{i}] {}", b.id), StepOutcome::HeldOut);
+                continue;
+            }
             banner = Some(&*b.id);
             banner_params = &b.params;
             step(Slot::Banner, &|| format!("banners[{i}] {}", b.id), StepOutcome::Chosen);
@@ -460,6 +487,9 @@ fn decide_with<'r>(
             offer_with_remaining(rules, b, req.visitor, req.now_ms, ledger)
         };
         step(Slot::Benefit, &|| format!("benefits[{i}] {}", b.id), outcome);
+        if outcome == StepOutcome::HeldOut {
+            held.push((Slot::Benefit, &b.id));
+        }
         if outcome == StepOutcome::Chosen {
             benefit = Some(b);
             remaining = left;
@@ -490,6 +520,7 @@ fn decide_with<'r>(
         remaining,
         tier_preview,
         add_on_gap,
+        held_out: held,
     }
 }
 
@@ -668,16 +699,18 @@ pub fn claim(
     ledger: &dyn ClaimLedger,
     req: &ClaimRequest<'_>,
 ) -> Result<ClaimOutcome, ClaimError> {
-    Ok(ledger.claim(&prepare_claim(rules, shop, req)?)?)
+    Ok(ledger.claim(&prepare_claim(rules, shop, ledger, req)?)?)
 }
 
 /// What only the replica that takes a claim can check (the benefit exists,
 /// the visitor is in its audience at the claim's instant, its window, the
 /// holdout), as the ledger call that decides the rest (cap, budget,
-/// `claim_id`). A failed check is the claim's `denied` outcome.
+/// `claim_id`). A failed check is the claim's `denied` outcome. `ledger`
+/// answers the audience's `claimed(...)` atoms.
 pub fn prepare_claim<'a>(
     rules: &'a RuleSet,
     shop: Option<&ShopIndex>,
+    ledger: &dyn ClaimLedger,
     req: &ClaimRequest<'a>,
 ) -> Result<LedgerClaim<'a>, ClaimError> {
     let b = rules
@@ -694,6 +727,7 @@ pub fn prepare_claim<'a>(
             context: &req.context,
             clock_ms: clock_of(rules, shop, req.now_ms),
             tiers: rules.plan.tiers.as_deref(),
+            claims: (ledger, &rules.shop, req.visitor, zone_of(rules, shop)),
         };
         b.when
             .is_none_or(|w| rules.plan.eval(w, &facts, &mut Memo::new(rules.plan.audiences().len())))
@@ -823,6 +857,17 @@ benefits:
         }
         fn claim(&self, _: &LedgerClaim<'_>) -> Result<ClaimOutcome, LedgerError> {
             unreachable!("decide never claims")
+        }
+        fn granted(&self, _: &str, _: &str, _: Option<&[std::sync::Arc<str>]>, _: &dyn Fn(i64) -> bool) -> bool {
+            false
+        }
+        fn grantees(
+            &self,
+            _: &str,
+            _: Option<&[std::sync::Arc<str>]>,
+            _: &dyn Fn(i64) -> bool,
+            _: &mut dyn FnMut(&str),
+        ) {
         }
     }
 
@@ -1229,5 +1274,48 @@ benefits:
         );
         assert!(quiet.explanation.is_none());
         assert_eq!(quiet.banner, Some("your-cart"));
+    }
+
+    /// A held-out visitor gets the next eligible banner, as if the entry were
+    /// not in the file; the decision lists what it was held out of.
+    #[test]
+    fn a_held_out_visitor_falls_through_to_the_next_banner() {
+        let rules = RuleSet::load(
+            "shop: s\nbanners:\n  - banner: gold\n    holdout: 50%\n  - when: false\n    banner: never\n  - banner: plain\nbenefits:\n  - id: pts\n    kind: points\n    holdout: 50%\n  - id: open\n    kind: points\n",
+        )
+        .unwrap();
+        assert_eq!(rules.banners[0].holdout_bp, 5_000);
+        let mut seen = [false; 2];
+        for i in 0..40 {
+            let visitor = format!("v-{i}");
+            let d = decide_at(&rules, None, &visitor, Context::default());
+            let banner_out = held_out("s", "gold", &visitor, 5_000);
+            let benefit_out = held_out("s", "pts", &visitor, 5_000);
+            seen[usize::from(banner_out)] = true;
+            assert_eq!(d.banner, Some(if banner_out { "plain" } else { "gold" }));
+            assert_eq!(
+                d.benefit.map(|b| &*b.id),
+                Some(if benefit_out { "open" } else { "pts" })
+            );
+            let mut want = Vec::new();
+            if banner_out {
+                want.push((Slot::Banner, "gold"));
+            }
+            if benefit_out {
+                want.push((Slot::Benefit, "pts"));
+            }
+            assert_eq!(d.held_out, want, "{visitor}");
+            let first = steps(&d, Slot::Banner)[0].clone();
+            let outcome = if banner_out {
+                StepOutcome::HeldOut
+            } else {
+                StepOutcome::Chosen
+            };
+            assert_eq!(first, ("banners[0] gold".to_string(), outcome));
+        }
+        assert_eq!(seen, [true, true], "both groups among 40 visitors");
+        let all = RuleSet::load("shop: s\nbanners:\n  - banner: gold\n    holdout: 100%\n").unwrap();
+        let d = decide_at(&all, None, "v", Context::default());
+        assert_eq!((d.banner, d.held_out), (None, vec![(Slot::Banner, "gold")]));
     }
 }

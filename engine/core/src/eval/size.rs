@@ -13,6 +13,7 @@
 
 use roaring::{MultiOps, RoaringBitmap};
 
+use crate::claims::ClaimLedger;
 use crate::event::{Action, ActionSet};
 use crate::index::{Entry, Profile, ShopIndex, SHARDS, SHARD_BITS};
 use crate::rules::expr::{Filter, Metric};
@@ -20,10 +21,11 @@ use crate::rules::plan::{Atom, Node, NodeId, Plan};
 use crate::time::HourRange;
 
 /// Evaluates expressions of one plan to bitmaps at one instant.
-#[derive(Debug)]
 pub struct SizeEval<'a> {
     plan: &'a Plan,
     shop: &'a ShopIndex,
+    /// Answers `claimed(...)`.
+    ledger: &'a dyn ClaimLedger,
     /// The shop's clock at the instant sized for.
     now_ms: i64,
     universe: RoaringBitmap,
@@ -31,6 +33,16 @@ pub struct SizeEval<'a> {
     memo: Vec<Option<RoaringBitmap>>,
     /// The cost of each audience's expression, once computed.
     costs: Vec<Option<Cost>>,
+}
+
+impl std::fmt::Debug for SizeEval<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SizeEval")
+            .field("shop", &self.shop.name())
+            .field("now_ms", &self.now_ms)
+            .field("universe", &self.universe.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// How an operand is computed, cheapest first: `and` evaluates its operands
@@ -46,11 +58,12 @@ enum Cost {
 }
 
 impl<'a> SizeEval<'a> {
-    /// An evaluator over `shop` at `now_ms`.
-    pub fn new(plan: &'a Plan, shop: &'a ShopIndex, now_ms: i64) -> SizeEval<'a> {
+    /// An evaluator over `shop` (and its grants in `ledger`) at `now_ms`.
+    pub fn new(plan: &'a Plan, shop: &'a ShopIndex, ledger: &'a dyn ClaimLedger, now_ms: i64) -> SizeEval<'a> {
         SizeEval {
             plan,
             shop,
+            ledger,
             now_ms: shop.clock_ms(now_ms),
             universe: shop.universe(),
             memo: vec![None; plan.audiences().len()],
@@ -151,6 +164,8 @@ impl<'a> SizeEval<'a> {
                 }
             }
             Node::Atom(Atom::Metric { .. } | Atom::DaysSince { .. } | Atom::PreviewTier { .. }) => Cost::Checked,
+            Node::Atom(Atom::Offered { window, .. }) if window.range(self.now_ms).whole_days() => Cost::Exact,
+            Node::Atom(Atom::Offered { .. } | Atom::Claimed { .. }) => Cost::Checked,
             Node::Atom(_) => Cost::Exact,
         }
     }
@@ -265,6 +280,35 @@ impl<'a> SizeEval<'a> {
                 })
             }
             Atom::PreviewTier { cmp, value } => self.preview_tier(*cmp, *value, scope),
+            Atom::Offered { window, offers } => {
+                // Candidates from the day columns; exact for whole days,
+                // else checked against the hours in the profiles.
+                let range = window.range(self.now_ms);
+                let (first, last) = range.days();
+                let keys = crate::exposure::keys_of(shop, offers);
+                let mut candidates = shop.exposures.union(keys.as_deref(), false, first, last);
+                candidates &= scope;
+                if range.whole_days() {
+                    return candidates;
+                }
+                self.retain(candidates, |p| crate::exposure::offered_in(p, range, keys.as_deref()))
+            }
+            Atom::Claimed { window, offers } => {
+                let Ok(benefits) = crate::exposure::claimed_ids(offers) else {
+                    return RoaringBitmap::new();
+                };
+                let range = window.range(self.now_ms);
+                let at = |t| crate::exposure::grant_in(shop.zone(), range, t);
+                let mut ids = Vec::new();
+                self.ledger.grantees(shop.name(), benefits, &at, &mut |v| {
+                    if let Some(id) = shop.visitor_id(v) {
+                        ids.push(id);
+                    }
+                });
+                ids.sort_unstable();
+                ids.dedup();
+                RoaringBitmap::from_sorted_iter(ids).unwrap_or_default() & scope
+            }
         }
     }
 
@@ -370,16 +414,25 @@ fn column(text: &str, offset: usize) -> usize {
 pub fn size_of(
     rules: Option<&crate::RuleSet>,
     shop: Option<&ShopIndex>,
+    ledger: &dyn ClaimLedger,
     expression: &str,
     now_ms: i64,
 ) -> Result<u64, SizeError> {
-    size_of_with(rules, shop, expression, now_ms, &crate::rules::expr::Limits::default())
+    size_of_with(
+        rules,
+        shop,
+        ledger,
+        expression,
+        now_ms,
+        &crate::rules::expr::Limits::default(),
+    )
 }
 
 /// [`size_of`] with the expression within `limits`.
 pub fn size_of_with(
     rules: Option<&crate::RuleSet>,
     shop: Option<&ShopIndex>,
+    ledger: &dyn ClaimLedger,
     expression: &str,
     now_ms: i64,
     limits: &crate::rules::expr::Limits,
@@ -404,19 +457,27 @@ pub fn size_of_with(
         return Err(e);
     }
     let root = plan.compile(&expr);
+    if let Some(rules) = rules {
+        plan.resolve_kinds(rules.benefits.iter().map(|b| (&b.id, &*b.kind)));
+    }
     if plan.uses_ctx(root) {
         return Err(SizeError::UsesContext);
     }
     Ok(match shop {
-        Some(shop) => SizeEval::new(&plan, shop, now_ms).bitmap(root).len(),
+        Some(shop) => SizeEval::new(&plan, shop, ledger, now_ms).bitmap(root).len(),
         None => 0,
     })
 }
 
 /// Each audience of the rule set with its current size (`None` for one that reads `ctx.`).
-pub fn audience_sizes(rules: &crate::RuleSet, shop: Option<&ShopIndex>, now_ms: i64) -> Vec<(String, Option<u64>)> {
+pub fn audience_sizes(
+    rules: &crate::RuleSet,
+    shop: Option<&ShopIndex>,
+    ledger: &dyn ClaimLedger,
+    now_ms: i64,
+) -> Vec<(String, Option<u64>)> {
     let plan = &rules.plan;
-    let mut eval = shop.map(|s| SizeEval::new(plan, s, now_ms));
+    let mut eval = shop.map(|s| SizeEval::new(plan, s, ledger, now_ms));
     plan.audiences()
         .iter()
         .enumerate()
@@ -566,7 +627,7 @@ mod tests {
             ),
         ];
         for (expression, want) in cases {
-            let got = size_of(None, Some(&shop), expression, NOW).unwrap();
+            let got = size_of(None, Some(&shop), &MemoryLedger::new(), expression, NOW).unwrap();
             assert_eq!(
                 (got, brute_force(&shop, expression)),
                 (want, want),
@@ -582,7 +643,8 @@ mod tests {
         let mut plan = Plan::default();
         let tag = plan.compile(&crate::rules::expr::parse(r#"tag("vip")"#).unwrap());
         let not_tag = plan.compile(&crate::rules::expr::parse(r#"not tag("vip")"#).unwrap());
-        let mut eval = SizeEval::new(&plan, &shop, NOW);
+        let ledger = MemoryLedger::new();
+        let mut eval = SizeEval::new(&plan, &shop, &ledger, NOW);
         let (yes, no) = (eval.bitmap(tag), eval.bitmap(not_tag));
         assert!(yes.is_disjoint(&no));
         assert_eq!(&yes | &no, shop.universe());
@@ -590,8 +652,14 @@ mod tests {
         assert_eq!(no, ids(&["b", "d", "e", "f"]));
         // Shop t's vip is not one of s's visitors, and t has its own universe.
         let t = index.shop("t").unwrap();
-        assert_eq!(size_of(None, Some(&t), r#"not tag("vip")"#, NOW), Ok(0));
-        assert_eq!(size_of(None, None, r#"not tag("vip")"#, NOW), Ok(0));
+        assert_eq!(
+            size_of(None, Some(&t), &MemoryLedger::new(), r#"not tag("vip")"#, NOW),
+            Ok(0)
+        );
+        assert_eq!(
+            size_of(None, None, &MemoryLedger::new(), r#"not tag("vip")"#, NOW),
+            Ok(0)
+        );
     }
 
     #[test]
@@ -602,11 +670,20 @@ mod tests {
             "shop: s\naudiences:\n  vip: tag(\"vip\")\n  recent: visited(7d)\n  both: vip and recent\n  south: ctx.region == \"south\"\n",
         )
         .unwrap();
-        assert_eq!(size_of(Some(&rules), Some(&shop), "both", NOW), Ok(2));
-        assert_eq!(size_of(Some(&rules), Some(&shop), "not both", NOW), Ok(4));
-        assert_eq!(size_of(Some(&rules), Some(&shop), "vip or recent", NOW), Ok(3));
         assert_eq!(
-            audience_sizes(&rules, Some(&shop), NOW),
+            size_of(Some(&rules), Some(&shop), &MemoryLedger::new(), "both", NOW),
+            Ok(2)
+        );
+        assert_eq!(
+            size_of(Some(&rules), Some(&shop), &MemoryLedger::new(), "not both", NOW),
+            Ok(4)
+        );
+        assert_eq!(
+            size_of(Some(&rules), Some(&shop), &MemoryLedger::new(), "vip or recent", NOW),
+            Ok(3)
+        );
+        assert_eq!(
+            audience_sizes(&rules, Some(&shop), &MemoryLedger::new(), NOW),
             [
                 ("vip".to_string(), Some(2)),
                 ("recent".to_string(), Some(3)),
@@ -615,11 +692,11 @@ mod tests {
             ]
         );
         assert_eq!(
-            size_of(Some(&rules), Some(&shop), "south", NOW),
+            size_of(Some(&rules), Some(&shop), &MemoryLedger::new(), "south", NOW),
             Err(SizeError::UsesContext)
         );
         assert_eq!(
-            size_of(Some(&rules), Some(&shop), "vip and nope", NOW),
+            size_of(Some(&rules), Some(&shop), &MemoryLedger::new(), "vip and nope", NOW),
             Err(SizeError::UndefinedAudience {
                 column: 9,
                 name: "nope".into()
@@ -644,7 +721,8 @@ mod tests {
             cost_of(r#"not tag("x") or spend(7d) > 1"#),
         ];
         let shop = ShopIndex::new("s");
-        let mut eval = SizeEval::new(&plan, &shop, NOW);
+        let ledger = MemoryLedger::new();
+        let mut eval = SizeEval::new(&plan, &shop, &ledger, NOW);
         let costs: Vec<Cost> = cases.iter().map(|(id, _)| eval.cost(*id)).collect();
         assert_eq!(
             costs,
@@ -667,7 +745,7 @@ mod tests {
         assert_eq!(column("éé x", 4), 3, "two 2-byte characters before byte 4");
         assert_eq!(column("é", 1), 2, "inside a character: after it");
         // `?` is the 14th character and the 15th byte.
-        match size_of(None, None, "tag(\"é\") and ?", NOW) {
+        match size_of(None, None, &MemoryLedger::new(), "tag(\"é\") and ?", NOW) {
             Err(SizeError::Syntax { column, .. }) => assert_eq!(column, 14),
             other => panic!("expected a syntax error, got {other:?}"),
         }

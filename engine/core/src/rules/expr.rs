@@ -6,7 +6,7 @@
 //! and        := unary ("and" unary)*
 //! unary      := "not" unary | primary
 //! primary    := "(" expr ")" | "true" | "false" | behavior | metric | tag | member | context
-//!               | recency | preview | NAME
+//!               | recency | preview | offered | claimed | NAME
 //! behavior   := ("visited" | "viewed" | "carted" | "favorited" | "purchased")
 //!               "(" WINDOW [ "," ("item" | "category") "=" STRING ] ")"
 //! metric     := ("purchase_count" | "spend" | "avg_order") "(" WINDOW ")" CMP NUMBER
@@ -15,6 +15,8 @@
 //! tag        := "tag" "(" STRING ")"
 //! context    := "ctx." IDENT ( CMP STRING | CMP NUMBER | "in" "[" STRING ("," STRING)* "]" )
 //! preview    := "preview_tier" CMP NUMBER
+//! offered    := "offered" "(" WINDOW [ "," ("benefit" | "kind" | "banner") "=" STRING ] ")"
+//! claimed    := "claimed" "(" WINDOW [ "," ("benefit" | "kind") "=" STRING ] ")"
 //! WINDOW     := INTEGER ("h" | "d")              e.g. 12h, 7d, 365d (at most 400d)
 //! ACTION     := "visit" | "view" | "cart" | "favorite" | "purchase"   (visit: any of the four)
 //! CMP        := "==" | "!=" | "<" | "<=" | ">" | ">="
@@ -158,6 +160,27 @@ pub enum Expr {
     DaysSince { action: Behavior, cmp: Cmp, value: f64 },
     /// `preview_tier >= 2`
     PreviewTier { cmp: Cmp, value: f64 },
+    /// `offered(30d, kind="coupon")`: a decision offered the visitor such an entry.
+    Offered {
+        window: Window,
+        filter: Option<OfferFilter>,
+    },
+    /// `claimed(90d, benefit="x")`: the visitor was granted such a benefit.
+    Claimed {
+        window: Window,
+        filter: Option<OfferFilter>,
+    },
+}
+
+/// The optional filter of `offered(...)` and `claimed(...)`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum OfferFilter {
+    /// `benefit="x"`: that benefit.
+    Benefit(String),
+    /// `kind="coupon"`: any benefit of that kind in the rule file.
+    Kind(String),
+    /// `banner="x"`: that banner was shown (`offered` only).
+    Banner(String),
 }
 
 impl Expr {
@@ -577,6 +600,7 @@ impl Parser {
                 let value = self.number()?;
                 return Ok(Expr::PreviewTier { cmp, value });
             }
+            "offered" | "claimed" => return self.offer(&name),
             "and" | "or" | "not" | "in" => {
                 self.at -= 1;
                 return Err(self.expected("an audience expression"));
@@ -615,6 +639,40 @@ impl Parser {
             return Err(self.error_at(&token, format!("unknown function `{name}`")));
         }
         Ok(Expr::Ref { name, span: token.span })
+    }
+
+    /// The arguments of `offered(...)` or `claimed(...)`, after the name.
+    fn offer(&mut self, name: &str) -> Result<Expr, ParseError> {
+        self.expect(Tok::LParen, &format!("`(` after `{name}`"))?;
+        let window = self.window()?;
+        let mut filter = None;
+        if self.eat(&Tok::Comma) {
+            let offered = name == "offered";
+            let key = match self.next().map(|t| t.tok) {
+                Some(Tok::Ident(k)) if k == "benefit" || k == "kind" || (offered && k == "banner") => k,
+                _ => {
+                    self.at -= 1;
+                    return Err(self.expected(if offered {
+                        "`benefit`, `kind` or `banner`"
+                    } else {
+                        "`benefit` or `kind`"
+                    }));
+                }
+            };
+            self.expect(Tok::Assign, "`=`")?;
+            let value = self.string()?;
+            filter = Some(match key.as_str() {
+                "benefit" => OfferFilter::Benefit(value),
+                "kind" => OfferFilter::Kind(value),
+                _ => OfferFilter::Banner(value),
+            });
+        }
+        self.expect(Tok::RParen, "`)`")?;
+        Ok(if name == "offered" {
+            Expr::Offered { window, filter }
+        } else {
+            Expr::Claimed { window, filter }
+        })
     }
 
     fn context(&mut self, start: usize) -> Result<Expr, ParseError> {
@@ -876,6 +934,73 @@ mod tests {
             )
         );
         assert_eq!(err("spend(30d) > abc"), (13, "expected a number, found `abc`".into()));
+    }
+
+    #[test]
+    fn offered_and_claimed_parse_with_their_filters() {
+        let w = |amount| Window {
+            amount,
+            unit: Unit::Days,
+        };
+        assert_eq!(
+            parse("offered(30d, kind=\"coupon\")").unwrap(),
+            Expr::Offered {
+                window: w(30),
+                filter: Some(OfferFilter::Kind("coupon".into()))
+            }
+        );
+        assert_eq!(
+            parse("offered(7d, banner=\"gold\")").unwrap(),
+            Expr::Offered {
+                window: w(7),
+                filter: Some(OfferFilter::Banner("gold".into()))
+            }
+        );
+        assert_eq!(
+            parse("offered(12h)").unwrap(),
+            Expr::Offered {
+                window: Window {
+                    amount: 12,
+                    unit: Unit::Hours
+                },
+                filter: None
+            }
+        );
+        assert_eq!(
+            parse("claimed(90d, benefit=\"x\")").unwrap(),
+            Expr::Claimed {
+                window: w(90),
+                filter: Some(OfferFilter::Benefit("x".into()))
+            }
+        );
+        assert_eq!(
+            err("offered(7d, item=\"x\")"),
+            (12, "expected `benefit`, `kind` or `banner`, found `item`".into())
+        );
+        assert_eq!(
+            err("claimed(7d, banner=\"x\")"),
+            (12, "expected `benefit` or `kind`, found `banner`".into())
+        );
+        assert_eq!(
+            err("offered()"),
+            (8, "expected a window such as 7d or 12h, found `)`".into())
+        );
+        assert_eq!(
+            err("claimed"),
+            (
+                7,
+                "expected `(` after `claimed`, found the end of the expression".into()
+            )
+        );
+        assert_eq!(
+            err("offered(401d)"),
+            (8, "invalid window `401d`: longer than the maximum of 400d".into())
+        );
+        assert_eq!(
+            err("claimed(1d, kind=coupon)"),
+            (17, "expected a string in double quotes, found `coupon`".into())
+        );
+        assert_eq!(err("offered(1d kind)"), (11, "expected `)`, found `kind`".into()));
     }
 
     /// Regression (hardening #1): ~3,000 nested parentheses (or `not`s)

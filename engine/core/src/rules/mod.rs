@@ -164,6 +164,8 @@ pub struct Banner {
     pub starts: Option<i64>,
     /// Shown until this instant (ms), exclusive.
     pub ends: Option<i64>,
+    /// Share of the audience held out, in basis points (0..=10000).
+    pub holdout_bp: u32,
 }
 
 impl Banner {
@@ -344,7 +346,7 @@ struct Written<'n> {
 }
 
 const TOP_KEYS: &[&str] = &["shop", "audiences", "banners", "items", "benefits", "timezone", "tiers"];
-const BANNER_KEYS: &[&str] = &["when", "banner", "params", "starts", "ends"];
+const BANNER_KEYS: &[&str] = &["when", "banner", "params", "starts", "ends", "holdout"];
 const ITEMS_KEYS: &[&str] = &["limit", "exclude_purchased", "pools", "complements", "add_on"];
 const POOL_KEYS: &[&str] = &["when", "items", "starts", "ends"];
 const BENEFIT_KEYS: &[&str] = &[
@@ -724,6 +726,7 @@ impl<'s> Loader<'s> {
             .get("benefits")
             .map(|node| self.benefits(node, &defined, &mut plan))
             .unwrap_or_default();
+        plan.resolve_kinds(benefits.iter().map(|b| (&b.id, &*b.kind)));
 
         Some(RuleSet {
             shop: shop?.into(),
@@ -844,6 +847,10 @@ impl<'s> Loader<'s> {
             };
             let params = fields.get("params").map(|n| self.params(n)).unwrap_or_default();
             let (starts, ends) = self.schedule(&fields);
+            let holdout_bp = fields
+                .get("holdout")
+                .and_then(|n| self.percentage(n, "`holdout`"))
+                .unwrap_or(0);
             if let Some(id) = id {
                 banners.push(Banner {
                     when,
@@ -851,6 +858,7 @@ impl<'s> Loader<'s> {
                     params,
                     starts,
                     ends,
+                    holdout_bp,
                 });
             }
         }
@@ -1564,6 +1572,21 @@ items:
         assert_eq!(
             utc.benefit("b").unwrap().starts,
             crate::time::parse_rfc3339("2026-11-11T00:00:00Z")
+        );
+    }
+
+    /// Offers, claims and banner holdouts: mistakes at their `line:column`.
+    #[test]
+    fn offers_claims_and_banner_holdouts_report_their_mistakes() {
+        let source = "shop: s\naudiences:\n  a: offered(7d, item=\"x\")\n  b: claimed(30d, banner=\"y\")\n  c: offered()\nbanners:\n  - banner: x\n    holdout: 101%\n";
+        assert_eq!(
+            errors(source),
+            [
+                "3:18: expected `benefit`, `kind` or `banner`, found `item`",
+                "4:19: expected `benefit` or `kind`, found `banner`",
+                "5:14: expected a window such as 7d or 12h, found `)`",
+                "8:14: invalid percentage `101%`: expected 0% to 100%, e.g. 10%",
+            ]
         );
     }
 }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use crate::event::ActionSet;
-use crate::rules::expr::{Behavior, Cmp, CtxTest, Expr, Filter, Metric};
+use crate::rules::expr::{Behavior, Cmp, CtxTest, Expr, Filter, Metric, OfferFilter};
 use crate::rules::tiers::Tiers;
 use crate::time::Window;
 
@@ -61,6 +61,28 @@ pub enum Atom {
     DaysSince { actions: ActionSet, cmp: Cmp, value: f64 },
     /// The tier the visitor's history earns under the plan's `tiers`, compared with `value`.
     PreviewTier { cmp: Cmp, value: f64 },
+    /// A decision offered the visitor one of `offers` within `window`.
+    Offered { window: Window, offers: Offers },
+    /// The visitor was granted one of `offers` (benefits) within `window`.
+    Claimed { window: Window, offers: Offers },
+}
+
+/// What `offered(...)` and `claimed(...)` look for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Offers {
+    /// Any benefit (no filter).
+    AnyBenefit,
+    /// These benefits: one for `benefit=`, those of the kind for `kind=`
+    /// (resolved against the rule file's benefits when it is compiled; none
+    /// when no benefit has that kind).
+    Benefits {
+        /// The kind asked for, if any.
+        kind: Option<Arc<str>>,
+        /// The benefit ids.
+        ids: Box<[Arc<str>]>,
+    },
+    /// That banner (`offered` only).
+    Banner(Arc<str>),
 }
 
 /// Which request-context value a `ctx.` atom reads.
@@ -375,6 +397,39 @@ impl Plan {
                 cmp: *cmp,
                 value: *value,
             }),
+            Expr::Offered { window, filter } => Node::Atom(Atom::Offered {
+                window: *window,
+                offers: Offers::of(filter.as_ref()),
+            }),
+            Expr::Claimed { window, filter } => Node::Atom(Atom::Claimed {
+                window: *window,
+                offers: Offers::of(filter.as_ref()),
+            }),
+        }
+    }
+
+    /// Resolves every `kind=` of `offered`/`claimed` to the ids of the
+    /// benefits of that kind, given as (id, kind) in file order. Called once
+    /// the file's benefits are known (and by sizes, for their expression).
+    pub fn resolve_kinds<'b>(&mut self, benefits: impl Iterator<Item = (&'b Arc<str>, &'b str)> + Clone) {
+        for node in &mut self.nodes {
+            if let Node::Atom(
+                Atom::Offered {
+                    offers: Offers::Benefits { kind: Some(kind), ids },
+                    ..
+                }
+                | Atom::Claimed {
+                    offers: Offers::Benefits { kind: Some(kind), ids },
+                    ..
+                },
+            ) = node
+            {
+                *ids = benefits
+                    .clone()
+                    .filter(|(_, k)| *k == &**kind)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+            }
         }
     }
 
@@ -408,6 +463,23 @@ impl Plan {
                 memo.states[s] = if result { TRUE } else { FALSE };
                 result
             }
+        }
+    }
+}
+
+impl Offers {
+    fn of(filter: Option<&OfferFilter>) -> Offers {
+        match filter {
+            None => Offers::AnyBenefit,
+            Some(OfferFilter::Benefit(id)) => Offers::Benefits {
+                kind: None,
+                ids: Box::new([Arc::from(id.as_str())]),
+            },
+            Some(OfferFilter::Kind(kind)) => Offers::Benefits {
+                kind: Some(kind.as_str().into()),
+                ids: Box::new([]),
+            },
+            Some(OfferFilter::Banner(id)) => Offers::Banner(id.as_str().into()),
         }
     }
 }

@@ -65,7 +65,14 @@ fn decide_at<'r>(rules: &'r RuleSet, index: &Index, ledger: &MemoryLedger, visit
 
 fn size(rules: &RuleSet, index: &Index, expression: &str) -> u64 {
     let shop = index.shop(SHOP);
-    size_of(Some(rules), shop.as_deref(), expression, NOW).unwrap()
+    size_of(
+        Some(rules),
+        shop.as_deref(),
+        &vitrine_core::MemoryLedger::new(),
+        expression,
+        NOW,
+    )
+    .unwrap()
 }
 
 fn assert_distinct(d: &Decision<'_>, limit: usize, what: &str) {

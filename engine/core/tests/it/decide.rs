@@ -110,6 +110,7 @@ impl Shop {
         size_of(
             Some(&self.rules),
             self.index.shop(&self.rules.shop).as_deref(),
+            &vitrine_core::MemoryLedger::new(),
             expression,
             NOW,
         )
@@ -335,7 +336,12 @@ fn audience_sizes_count_known_visitors() {
         })
     );
     assert!(matches!(shop.size("vip and"), Err(SizeError::Syntax { column: 8, .. })));
-    let sizes = audience_sizes(&shop.rules, shop.index.shop("demo-apparel").as_deref(), NOW);
+    let sizes = audience_sizes(
+        &shop.rules,
+        shop.index.shop("demo-apparel").as_deref(),
+        &vitrine_core::MemoryLedger::new(),
+        NOW,
+    );
     assert_eq!(sizes[0], ("new_visitor".to_string(), Some(1)));
     assert_eq!(sizes[7], ("south".to_string(), None));
 }

@@ -42,9 +42,15 @@ fn load_checked(text: &str) -> Result<(), TestCaseError> {
     match RuleSet::load(text) {
         Ok(rules) => {
             let shop = shop(&rules.shop);
-            let _ = audience_sizes(&rules, Some(&shop), NOW);
+            let _ = audience_sizes(&rules, Some(&shop), &vitrine_core::MemoryLedger::new(), NOW);
             for a in rules.plan.audiences() {
-                let _ = size_of(Some(&rules), Some(&shop), &a.name, NOW);
+                let _ = size_of(
+                    Some(&rules),
+                    Some(&shop),
+                    &vitrine_core::MemoryLedger::new(),
+                    &a.name,
+                    NOW,
+                );
             }
             let index = Index::new();
             for v in ["v1", "v2", ""] {
@@ -264,7 +270,7 @@ proptest! {
         let text = tokens.join(" ");
         parse_checked(&text)?;
         let shop = shop("s");
-        let _ = size_of(None, Some(&shop), &text, NOW);
+        let _ = size_of(None, Some(&shop), &vitrine_core::MemoryLedger::new(), &text, NOW);
     }
 
     /// Nesting of parentheses and `not` up to 5,000 levels: accepted up to

@@ -55,12 +55,18 @@ impl Shop {
 
     fn size(&self, expression: &str, now_ms: i64) -> Result<u64, SizeError> {
         let shop = self.index.shop(&self.rules.shop);
-        size_of(Some(&self.rules), shop.as_deref(), expression, now_ms)
+        size_of(
+            Some(&self.rules),
+            shop.as_deref(),
+            &vitrine_core::MemoryLedger::new(),
+            expression,
+            now_ms,
+        )
     }
 
     fn sizes(&self) -> Vec<(String, Option<u64>)> {
         let shop = self.index.shop(&self.rules.shop);
-        audience_sizes(&self.rules, shop.as_deref(), 1_000)
+        audience_sizes(&self.rules, shop.as_deref(), &vitrine_core::MemoryLedger::new(), 1_000)
     }
 
     /// The audiences visitor `v` matches (from the explanation) and the banner.

@@ -9,6 +9,8 @@ mod fuzz;
 mod fuzz_decoders;
 mod golden;
 mod hardening;
+mod lift_model;
 mod model;
+mod offers;
 mod rules;
 mod timezone;

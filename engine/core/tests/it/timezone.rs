@@ -95,7 +95,7 @@ impl Shop {
         for name in AUDIENCES {
             let counted = per_visitor.iter().filter(|a| a.iter().any(|x| x == name)).count() as u64;
             assert_eq!(
-                size_of(Some(&self.rules), shop.as_deref(), name, now_ms),
+                size_of(Some(&self.rules), shop.as_deref(), &MemoryLedger::new(), name, now_ms),
                 Ok(counted),
                 "size of {name} at {at}"
             );
@@ -188,7 +188,13 @@ fn new_york_dst_days_are_whole_local_days() {
     shop.event("fold", "view", 0.0, "2026-11-01T01:30:00-04:00");
     let hour = |at| {
         let rules = RuleSet::load("shop: s\ntimezone: America/New_York\naudiences:\n  hour: visited(1h)\n").unwrap();
-        size_of(Some(&rules), shop.index.shop("s").as_deref(), "hour", ms(at))
+        size_of(
+            Some(&rules),
+            shop.index.shop("s").as_deref(),
+            &MemoryLedger::new(),
+            "hour",
+            ms(at),
+        )
     };
     assert_eq!(
         hour("2026-11-01T01:59:00-05:00"),

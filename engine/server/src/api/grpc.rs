@@ -425,7 +425,8 @@ impl pb::benefits_server::Benefits for Service {
                     engine.cluster.shops.describe()
                 )));
             }
-            let claim = vitrine_core::prepare_claim(&served.rules, index.as_deref(), &request).map_err(claim_status)?;
+            let claim = vitrine_core::prepare_claim(&served.rules, index.as_deref(), &*engine.ledger, &request)
+                .map_err(claim_status)?;
             match (claim.denied, claim.claim_id) {
                 // Nothing to record: answered at once, as a single replica does.
                 (Some(denied), None) => Ok(ClaimStep::Answered(denied, revision)),
@@ -572,7 +573,7 @@ impl pb::rules_server::Rules for Service {
         let dry_run = req.dry_run;
         blocking("Push", move || {
             let index = engine.index.shop(&shop);
-            let audiences = audience_sizes(&served.rules, index.as_deref(), now_ms)
+            let audiences = audience_sizes(&served.rules, index.as_deref(), &*engine.ledger, now_ms)
                 .into_iter()
                 .map(|(name, size)| pb::AudienceSize {
                     name,
@@ -743,6 +744,7 @@ impl pb::audiences_server::Audiences for Service {
             let size = size_of_with(
                 served.as_deref().map(|s| &s.rules),
                 index.as_deref(),
+                &*engine.ledger,
                 &req.expression,
                 now_ms,
                 &engine.rules.limits().expression(),

@@ -256,7 +256,7 @@ pub fn run(rules_dir: &Path, visitors: usize, now_ms: i64, out: &mut impl Write)
             stream.len()
         )?;
         writeln!(out, "audiences:")?;
-        for (name, size) in audience_sizes(&rules, shop.as_deref(), now_ms) {
+        for (name, size) in audience_sizes(&rules, shop.as_deref(), &ledger, now_ms) {
             match size {
                 Some(n) => writeln!(out, "  {name:<24} {n:>6} visitors")?,
                 None => writeln!(out, "  {name:<24}      - (reads the request context)")?,

@@ -261,6 +261,12 @@ pub(super) struct BenefitState {
     answers: std::collections::HashMap<Box<str>, (Answer, u64), RandomState>,
 }
 
+impl BenefitState {
+    fn grants(&self) -> &Grants {
+        &self.grants
+    }
+}
+
 pub(super) type Benefits = DashMap<Box<str>, Mutex<BenefitState>, RandomState>;
 /// Every shop's benefits.
 pub(super) type Shops = vitrine_core::claims::ShopsOf<BenefitState>;
@@ -452,6 +458,14 @@ impl DurableLedger {
 }
 
 impl ClaimLedger for DurableLedger {
+    fn granted(&self, shop: &str, visitor: &str, benefits: Option<&[Arc<str>]>, at: &dyn Fn(i64) -> bool) -> bool {
+        vitrine_core::claims::shops_granted(&self.shops, BenefitState::grants, (shop, visitor), benefits, at)
+    }
+
+    fn grantees(&self, shop: &str, benefits: Option<&[Arc<str>]>, at: &dyn Fn(i64) -> bool, f: &mut dyn FnMut(&str)) {
+        vitrine_core::claims::shops_grantees(&self.shops, BenefitState::grants, shop, benefits, at, f)
+    }
+
     fn usage(&self, shop: &str, benefit: &str, visitor: &str, since_ms: Option<i64>) -> Usage {
         let Some(benefits) = self.shops.get(shop).map(|b| b.value().clone()) else {
             return Usage::default();
@@ -1497,5 +1511,43 @@ mod tests {
                 decode_any(&bytes);
             }
         }
+    }
+
+    /// `claimed(...)` reads grants by benefit and instant, also after a reopen.
+    #[test]
+    fn grants_are_found_by_benefit_and_instant_also_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |visitor, benefit, now_ms| LedgerClaim {
+            benefit,
+            now_ms,
+            ..claim(visitor, None)
+        };
+        {
+            let ledger = DurableLedger::open(dir.path()).unwrap();
+            assert_eq!(ledger.claim(&at("a", "b", 1_000)).unwrap(), ClaimOutcome::Granted);
+            assert_eq!(ledger.claim(&at("c", "other", 5_000)).unwrap(), ClaimOutcome::Granted);
+        }
+        let ledger = DurableLedger::open(dir.path()).unwrap();
+        let b: Arc<str> = Arc::from("b");
+        let only_b = Some(std::slice::from_ref(&b));
+        assert!(ledger.granted("s", "a", only_b, &|t| (1_000..1_001).contains(&t)));
+        assert!(
+            !ledger.granted("s", "a", only_b, &|t| (1_001..9_000).contains(&t)),
+            "the grant is before"
+        );
+        assert!(
+            !ledger.granted("s", "a", only_b, &|t| (0..1_000).contains(&t)),
+            "the grant is after"
+        );
+        assert!(!ledger.granted("s", "c", only_b, &|_| true));
+        assert!(ledger.granted("s", "c", None, &|_| true), "any benefit");
+        assert!(!ledger.granted("t", "a", None, &|_| true), "another shop");
+        let mut seen = Vec::new();
+        ledger.grantees("s", None, &|_| true, &mut |v| seen.push(v.to_string()));
+        seen.sort();
+        assert_eq!(seen, ["a", "c"]);
+        seen.clear();
+        ledger.grantees("s", only_b, &|t| t >= 2_000, &mut |v| seen.push(v.to_string()));
+        assert!(seen.is_empty());
     }
 }

@@ -334,7 +334,8 @@ fn assert_index_matches(index: &Index, events: &[String]) {
             stats(&want),
             "{shop}: (visitors, day entries, profile entries)"
         );
-        let size = |s: &ShopIndex, expr: &str| size_of(None, Some(s), expr, NOW).unwrap();
+        let size =
+            |s: &ShopIndex, expr: &str| size_of(None, Some(s), &vitrine_core::MemoryLedger::new(), expr, NOW).unwrap();
         let mut exprs: Vec<String> = [
             "visited(400d)",
             "viewed(7d)",

@@ -59,7 +59,7 @@ fn errors_name_file_line_and_column_and_exit_1() {
     assert_eq!(
         stderr,
         format!(
-            "{bad}:5:11: undefined audience `vipp`\n{bad}:8:5: unknown key `colour` in a banner; expected one of: when, banner, params, starts, ends\n"
+            "{bad}:5:11: undefined audience `vipp`\n{bad}:8:5: unknown key `colour` in a banner; expected one of: when, banner, params, starts, ends, holdout\n"
         )
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("good.yaml: ok (shop g, 0 audiences"));
