@@ -25,6 +25,7 @@ pub mod eval;
 pub mod event;
 pub mod hash;
 pub mod index;
+pub mod lift;
 pub mod rules;
 pub mod snapshot;
 pub mod time;
