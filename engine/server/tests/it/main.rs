@@ -13,6 +13,7 @@ mod hostile;
 mod kafka;
 mod labels;
 mod logs;
+mod reports;
 mod rules_store;
 mod support;
 mod tls;
