@@ -47,6 +47,11 @@ pub enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Reports from a running server.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// Ask a server's gRPC health service whether it serves: exit 0 when
     /// SERVING, 1 when NOT_SERVING or unknown, 2 when it cannot be reached
     /// (a Docker HEALTHCHECK, a Kubernetes exec probe).
@@ -80,6 +85,56 @@ pub enum KafkaCommand {
         #[arg(value_name = "FILE")]
         file: Option<PathBuf>,
     },
+}
+
+/// `vitrine report ...`.
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// What each entry with a holdout does (Reports/Lift): treated vs held-out
+    /// visitors, conversions within --window after their first exposure,
+    /// lift with its 95% interval, spend per visitor.
+    ///
+    /// Exit 0 with the report, 1 when the server refuses the request (unknown
+    /// shop or id, bad window), 2 when it cannot be asked.
+    Lift(LiftArgs),
+}
+
+/// `vitrine report lift` flags.
+#[derive(Debug, Clone, Args)]
+pub struct LiftArgs {
+    /// The shop.
+    #[arg(long)]
+    pub shop: String,
+    /// One benefit or banner id; all entries with a holdout when absent.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Conversion window after a visitor's first exposure, e.g. 7d, 48h.
+    #[arg(long, default_value = "7d")]
+    pub window: String,
+    /// Only exposures from this instant (RFC 3339, or ms since the epoch).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only exposures before this instant (RFC 3339, or ms since the epoch).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// One JSON object per row instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// The server.
+    #[arg(long, env = "VITRINE_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// Dial over TLS, trusting the CAs of this PEM file.
+    #[arg(long, env = "VITRINE_REPORT_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host of --addr).
+    #[arg(long, value_name = "NAME")]
+    pub tls_name: Option<String>,
+    /// Client certificate (PEM), for a server with --tls-client-ca.
+    #[arg(long, env = "VITRINE_REPORT_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "VITRINE_REPORT_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `vitrine health` flags.

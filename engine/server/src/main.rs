@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use vitrine::cli::{Cli, Command, KafkaCommand, LogFormat, RulesCommand};
+use vitrine::cli::{Cli, Command, KafkaCommand, LogFormat, ReportCommand, RulesCommand};
 use vitrine::clock;
-use vitrine::commands::{demo, health, produce, push, serve, validate};
+use vitrine::commands::{demo, health, produce, push, report, serve, validate};
 use vitrine::config::Config;
 
 fn main() -> ExitCode {
@@ -85,6 +85,15 @@ fn main() -> ExitCode {
             }
         },
         Command::Health(args) => health::run(&args, &mut std::io::stdout()),
+        Command::Report {
+            command: ReportCommand::Lift(args),
+        } => match runtime() {
+            Ok(rt) => rt.block_on(report::lift(&args, &mut std::io::stdout())),
+            Err(e) => {
+                eprintln!("vitrine report lift: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Kafka {
             command:
                 KafkaCommand::Produce {

@@ -872,3 +872,79 @@ mod tests {
         assert!(cut.starts_with('é'));
     }
 }
+
+/// The lift window when a request names none.
+pub const DEFAULT_LIFT_WINDOW: &str = "7d";
+
+/// A lift request's `[from_ms, to_ms)`: each 0 (unbounded) or an instant, `from < to`.
+fn lift_range(from_ms: i64, to_ms: i64) -> Result<(i64, i64), Status> {
+    for (field, v) in [("from_ms", from_ms), ("to_ms", to_ms)] {
+        if !(0..=MAX_TS).contains(&v) {
+            return Err(Status::invalid_argument(format!(
+                "`{field}` must be 0 (unbounded) or an instant up to {MAX_TS} (9999-12-31T23:59:59.999Z)"
+            )));
+        }
+    }
+    if from_ms != 0 && to_ms != 0 && from_ms >= to_ms {
+        return Err(Status::invalid_argument(format!(
+            "`from_ms` ({from_ms}) must be before `to_ms` ({to_ms})"
+        )));
+    }
+    Ok((from_ms, to_ms))
+}
+
+#[tonic::async_trait]
+impl pb::reports_server::Reports for Service {
+    async fn lift(&self, request: Request<pb::LiftRequest>) -> Result<Response<pb::LiftResponse>, Status> {
+        let req = request.into_inner();
+        let engine = self.engine.clone();
+        blocking("Lift", move || {
+            let shop = required("shop", &req.shop)?;
+            let id = bounded("id", &req.id)?;
+            let window = match req.window.as_str() {
+                "" => DEFAULT_LIFT_WINDOW,
+                w => bounded("window", w)?,
+            };
+            let window = vitrine_core::time::Window::parse(window)
+                .map_err(|e| Status::invalid_argument(format!("`window`: {e}")))?;
+            let (from_ms, to_ms) = lift_range(req.from_ms, req.to_ms)?;
+            let Some(served) = engine.rules.serving(shop) else {
+                return Err(missing_shop(&engine, shop));
+            };
+            let index = engine.index.shop(shop);
+            let query = vitrine_core::lift::LiftQuery {
+                id: (!id.is_empty()).then_some(id),
+                window,
+                from_ms,
+                to_ms,
+            };
+            let rows = vitrine_core::lift::lift(&served.rules, index.as_deref(), &query).map_err(|e| match e {
+                vitrine_core::lift::LiftError::UnknownId(_) => Status::not_found(e.to_string()),
+                _ => invalid(e.to_string()),
+            })?;
+            Ok(Response::new(pb::LiftResponse {
+                shop: shop.to_string(),
+                rule_revision: served.revision,
+                rows: rows
+                    .into_iter()
+                    .map(|r| pb::LiftRow {
+                        slot: slot_name(r.slot).to_string(),
+                        id: r.id,
+                        treated: r.treated,
+                        control: r.control,
+                        treated_converted: r.treated_converted,
+                        control_converted: r.control_converted,
+                        treated_rate: r.treated_rate,
+                        control_rate: r.control_rate,
+                        lift: r.lift,
+                        ci_low: r.ci_low,
+                        ci_high: r.ci_high,
+                        treated_spend: r.treated_spend,
+                        control_spend: r.control_spend,
+                    })
+                    .collect(),
+            }))
+        })
+        .await
+    }
+}

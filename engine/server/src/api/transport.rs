@@ -161,7 +161,9 @@ where
 
 /// The method part of a gRPC path, as a metric label.
 fn method_name(path: &str) -> &'static str {
-    const KNOWN: [&str; 8] = ["Decide", "Claim", "Push", "Get", "List", "Rollback", "Size", "Track"];
+    const KNOWN: [&str; 9] = [
+        "Decide", "Claim", "Push", "Get", "List", "Rollback", "Size", "Track", "Lift",
+    ];
     let method = path.rsplit('/').next().unwrap_or("");
     KNOWN.into_iter().find(|m| *m == method).unwrap_or("other")
 }

@@ -5,5 +5,6 @@ pub mod demo;
 pub mod health;
 pub mod produce;
 pub mod push;
+pub mod report;
 pub mod serve;
 pub mod validate;

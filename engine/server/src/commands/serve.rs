@@ -80,13 +80,14 @@ pub const DATA_DIR_CHECK_INTERVAL: std::time::Duration = std::time::Duration::fr
 const INGEST_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Every service whose health is reported, with "" (the server as a whole).
-const HEALTH_SERVICES: [&str; 6] = [
+const HEALTH_SERVICES: [&str; 7] = [
     "",
     "vitrine.v1.Decision",
     "vitrine.v1.Benefits",
     "vitrine.v1.Rules",
     "vitrine.v1.Audiences",
     "vitrine.v1.Ingest",
+    "vitrine.v1.Reports",
 ];
 
 /// Reports every service SERVING or NOT_SERVING.
@@ -252,6 +253,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let benefits = pb::benefits_server::BenefitsServer::new(service.clone()).max_decoding_message_size(limit);
     let rules = pb::rules_server::RulesServer::new(service.clone()).max_decoding_message_size(limit);
     let audiences = pb::audiences_server::AudiencesServer::new(service.clone()).max_decoding_message_size(limit);
+    let reports = pb::reports_server::ReportsServer::new(service.clone()).max_decoding_message_size(limit);
     let ingest = pb::ingest_server::IngestServer::new(service).max_decoding_message_size(limit);
     // Embedded, the engine is ready now; with Kafka, once the rules topic is
     // read and seeded (events of a shop are applied only once its rules are
@@ -337,6 +339,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .add_service(benefits)
         .add_service(rules)
         .add_service(audiences)
+        .add_service(reports)
         .add_service(ingest);
     let limits = Limits {
         max_in_flight: config.max_in_flight,

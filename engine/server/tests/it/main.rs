@@ -14,6 +14,7 @@ mod kafka;
 mod labels;
 mod language;
 mod logs;
+mod reports;
 mod rules_store;
 mod support;
 mod timezone;
