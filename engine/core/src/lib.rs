@@ -23,6 +23,7 @@ pub mod claims;
 pub mod codec;
 pub mod eval;
 pub mod event;
+pub mod exposure;
 pub mod hash;
 pub mod index;
 pub mod rules;
@@ -33,6 +34,7 @@ pub use claims::{ClaimLedger, ClaimOutcome, Grants, LedgerClaim, LedgerError, Le
 pub use eval::decide::{claim, decide, prepare_claim, ClaimRequest, Context, DecideRequest, Decision};
 pub use eval::size::{audience_sizes, size_of, size_of_with, SizeError};
 pub use event::{Action, Event, EventError, RejectReason};
+pub use exposure::Exposure;
 pub use index::{Index, IndexStats, ShopIndex};
 pub use rules::{Limits, RuleError, RuleErrors, RuleSet};
 pub use snapshot::{Snapshot, SnapshotError};

@@ -106,6 +106,8 @@ pub struct Engine {
     events: Option<EventLog>,
     /// Shared by Track from journaling to applying; see the module docs.
     track_gate: RwLock<()>,
+    /// Decision ids and the decision log (`crate::decisions`).
+    pub decisions: Arc<crate::decisions::Decisions>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -156,6 +158,7 @@ impl Engine {
             cluster: crate::cluster::Cluster::default(),
             events,
             track_gate: RwLock::new(()),
+            decisions: Arc::default(),
         }
     }
 

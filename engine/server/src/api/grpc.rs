@@ -302,9 +302,43 @@ fn decide_with(
                 },
             );
             decided(shop, served, &d);
-            decision_response(&d, served.revision)
+            let mut response = decision_response(&d, served.revision);
+            response.decision_id = log_decision(engine, served, visitor, now_ms, &d, &[]);
+            response
         })
         .ok_or_else(|| missing_shop(engine, shop))
+}
+
+/// Takes the decision's id and, with a decision log running, queues its
+/// record (never blocking: a full queue drops and counts it). `held_out`:
+/// the entries the visitor was held out from.
+#[inline]
+fn log_decision(
+    engine: &Engine,
+    served: &Served,
+    visitor: &str,
+    now_ms: i64,
+    d: &vitrine_core::Decision<'_>,
+    held_out: &[(Slot, &str)],
+) -> String {
+    let decisions = &engine.decisions;
+    let seq = decisions.ids.next();
+    if decisions.logging() {
+        let rules = &served.rules;
+        let (banner, _) = entries(rules, d);
+        decisions.offer(crate::decisions::record::Record::new(
+            seq,
+            now_ms,
+            &rules.shop,
+            served.revision,
+            visitor,
+            banner.map(|i| &rules.banners[i].id),
+            d.benefit.map(|b| &b.id),
+            d.items.iter().map(|p| p.id),
+            held_out,
+        ));
+    }
+    decisions.ids.format(seq)
 }
 
 /// The entries (indices into the rule set) a decision chose: found by
