@@ -294,7 +294,8 @@ pub struct ServeArgs {
     /// Decision records queued between Decide and the decision log's
     /// drainer; when full, records are dropped and counted
     /// (vitrine_decision_log_dropped_total), never a Decide slowed or failed.
-    /// About 160 bytes per slot are reserved at start.
+    /// About 160 bytes per slot are reserved at start. 0 = no decision log
+    /// (no exposures: offered(...) and the lift report see nothing).
     #[arg(long, env = "VITRINE_DECISION_LOG_QUEUE", default_value = "65536")]
     pub decision_log_queue: String,
     /// --decision-log rotates (FILE -> FILE.1 -> ...) before it would pass this many bytes.

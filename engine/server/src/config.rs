@@ -772,4 +772,41 @@ mod tests {
         );
         assert!(parse_duration("99999999999999999999s").is_err());
     }
+
+    #[test]
+    fn decision_log_flags_are_checked_all_at_once() {
+        let c = Config::from_args(&args(&[])).unwrap();
+        assert_eq!(c.decision_log, crate::decisions::DecisionLogConfig::default());
+        assert_eq!(c.decision_log.queue, 65_536);
+        let c = Config::from_args(&args(&["--kafka-brokers", "127.0.0.1:9092"])).unwrap();
+        assert_eq!(c.kafka.unwrap().decisions_topic, "vitrine.decisions");
+        let e = Config::from_args(&args(&[
+            "--decision-log-queue",
+            "lots",
+            "--decision-log-max-bytes",
+            "100",
+            "--decision-log-keep",
+            "1001",
+            "--decision-log",
+            "/tmp",
+            "--kafka-brokers",
+            "127.0.0.1:9092",
+            "--kafka-decisions-topic",
+            "vitrine.claims",
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            e.0,
+            [
+                "--decision-log-queue: `lots` is not a whole number from 0 (off) to 16777216",
+                "--decision-log-max-bytes: `100` is not a whole number of at least 4096",
+                "--decision-log-keep: `1001` is not a whole number from 0 to 1000",
+                "--decision-log: /tmp is a directory",
+                "--decision-log: only without --kafka-brokers (with Kafka the decisions topic is the log)",
+                "--kafka-decisions-topic: must differ from --kafka-claims-topic (both `vitrine.claims`)",
+            ]
+        );
+        let e = Config::from_args(&args(&["--decision-log-queue", "0", "--decision-log", "d.jsonl"])).unwrap_err();
+        assert_eq!(e.0, ["--decision-log: needs a --decision-log-queue above 0"]);
+    }
 }

@@ -215,6 +215,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
                 for event in crate::commands::demo::events(&served.rules, visitors, now) {
                     engine.apply(&event);
                 }
+                // Decisions through the decision log, and purchases after them.
+                let (decided, bought) = crate::commands::demo_lift::seed(&engine, &shop, visitors, now);
+                tracing::info!(shop, decided, bought, "demo: decisions logged, purchases after them");
             }
         }
     }

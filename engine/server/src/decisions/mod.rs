@@ -64,7 +64,8 @@ const IDLE: Duration = Duration::from_millis(100);
 /// The decision log's settings (`--decision-log*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecisionLogConfig {
-    /// Records queued at most; more are dropped and counted.
+    /// Records queued at most; more are dropped and counted. 0: no
+    /// decision log (decisions still get ids; no exposures are recorded).
     pub queue: usize,
     /// JSON-lines file of every record (embedded mode only).
     pub file: Option<PathBuf>,
@@ -93,11 +94,14 @@ impl DecisionLogConfig {
             ..DecisionLogConfig::default()
         };
         match args.decision_log_queue.parse::<usize>() {
-            Ok(n) if (1..=MAX_QUEUE).contains(&n) => config.queue = n,
+            Ok(n) if n <= MAX_QUEUE => config.queue = n,
             _ => problems.push(format!(
-                "--decision-log-queue: `{}` is not a whole number from 1 to {MAX_QUEUE}",
+                "--decision-log-queue: `{}` is not a whole number from 0 (off) to {MAX_QUEUE}",
                 args.decision_log_queue
             )),
+        }
+        if config.queue == 0 && args.decision_log.is_some() {
+            problems.push("--decision-log: needs a --decision-log-queue above 0".to_string());
         }
         match args.decision_log_max_bytes.parse::<u64>() {
             Ok(n) if n >= MIN_MAX_BYTES => config.max_bytes = n,
@@ -454,6 +458,10 @@ pub fn start(
     kafka: Option<&crate::config::KafkaConfig>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    if config.queue == 0 {
+        tracing::warn!("--decision-log-queue 0: no decision log; offered(...) and the lift report see no decisions");
+        return Ok(());
+    }
     let sink = match kafka {
         Some(k) => Sink::Kafka(
             Publisher::new(&k.brokers, &k.options, &k.decisions_topic, engine.decisions.clone())

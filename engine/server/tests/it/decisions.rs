@@ -339,3 +339,25 @@ async fn exposures_survive_a_restart_from_the_snapshot() {
     assert_eq!(banner_of(&c, "v-1").await, "seen-coupon");
     server.shutdown().await.unwrap();
 }
+
+/// `--demo` decides for every demo visitor through the decision log, so
+/// the demo shops start with exposures (and purchases after them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_logs_a_decision_for_every_demo_visitor() {
+    let dir = temp_dir("decision-demo");
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/../../rules/demo-beauty.yaml");
+    std::fs::copy(rules, dir.path().join("rules/demo-beauty.yaml")).unwrap();
+    let server = serve::start(Config {
+        demo_visitors: Some(700),
+        ..test_config(dir.path())
+    })
+    .await
+    .unwrap();
+    let s = stats(&server);
+    assert_eq!((s.logged, s.dropped), (700, 0));
+    wait_for("every demo decision applied", || async {
+        stats(&server).exposures_applied == 700
+    })
+    .await;
+    server.shutdown().await.unwrap();
+}
