@@ -317,7 +317,7 @@ mod tests {
         let long = "x".repeat(MAX_ID_BYTES + 1);
         let many_items = format!("[{}]", vec!["\"i\""; MAX_ITEMS + 1].join(","));
         let hold = r#"{"slot":"benefit","id":"b"}"#;
-        let many_held = format!("[{}]", vec![hold; MAX_HELD_OUT + 1].join(","));
+        let many_held = format!("[{}]", [hold; MAX_HELD_OUT + 1].join(","));
         let cases: Vec<(String, RecordRejected)> = vec![
             ("not json".to_string(), RecordRejected::Malformed),
             (with(r#""ts":1,"#, ""), RecordRejected::Malformed),
