@@ -30,7 +30,7 @@ pub mod record;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -58,8 +58,9 @@ pub const MAX_KEEP: usize = 1000;
 pub const MIN_MAX_BYTES: u64 = 4096;
 /// Records the drainer takes between two checks of its stop flag and file flushes.
 const BATCH: usize = 1024;
-/// How long the drainer waits for a record before it checks its stop flag.
-const IDLE: Duration = Duration::from_millis(100);
+/// How long the drainer sleeps once the queue is empty: the most a record
+/// waits before it is applied or published (see `Drainer::run`).
+pub const POLL: Duration = Duration::from_millis(2);
 
 /// The decision log's settings (`--decision-log*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,8 +216,8 @@ impl Decisions {
             Ok(()) => {
                 self.stats.logged.fetch_add(1, Ordering::Relaxed);
                 self.metrics.logged.increment(1);
-                let depth = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
-                self.metrics.queue_depth.set(depth as f64);
+                // The gauge is set by the drainer, every few ms.
+                self.depth.fetch_add(1, Ordering::Relaxed);
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped(Dropped::QueueFull),
         }
@@ -355,42 +356,48 @@ struct Drainer {
 }
 
 impl Drainer {
+    /// Polls rather than blocks: a receiver blocked in `recv` makes every
+    /// `try_send` wake it (a futex syscall on the Decide path, and a thread
+    /// switch on a busy core; measured: Decide 11 -> 34 us server-side).
+    /// Polling every [`POLL`] keeps `try_send` to a few atomic operations.
     fn run(mut self) {
         let mut errors = crate::ingest::RateLimited::new(10);
-        loop {
-            let first = match self.records.recv_timeout(IDLE) {
-                Ok(r) => Some(r),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
+        let mut disconnected = false;
+        while !disconnected {
             let Some(engine) = self.engine.upgrade() else { break };
             let stopping = self.stop.load(Ordering::Acquire);
             let gate = self.gate.clone();
-            let _gate = gate.lock();
+            let held = gate.lock();
             let mut taken = 0u64;
-            let mut next = first;
             // Stopping: drain everything queued; else one batch at a time.
-            while let Some(r) = next {
-                self.handle(&engine, &r, &mut errors);
-                taken += 1;
-                next = if stopping || taken < BATCH as u64 {
-                    self.records.try_recv().ok()
-                } else {
-                    None
-                };
+            while stopping || taken < BATCH as u64 {
+                match self.records.try_recv() {
+                    Ok(r) => {
+                        self.handle(&engine, &r, &mut errors);
+                        taken += 1;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        disconnected = true;
+                        break;
+                    }
+                }
             }
+            let d = &engine.decisions;
             if taken > 0 {
-                let d = &engine.decisions;
                 d.stats.drained.fetch_add(taken, Ordering::Relaxed);
-                let depth = d.depth.fetch_sub(taken as i64, Ordering::Relaxed) - taken as i64;
-                d.metrics.queue_depth.set(depth.max(0) as f64);
+                d.depth.fetch_sub(taken as i64, Ordering::Relaxed);
             }
+            d.metrics.queue_depth.set(d.depth.load(Ordering::Relaxed).max(0) as f64);
             if taken < BATCH as u64 {
                 // The queue ran empty: what is buffered goes to the file.
                 self.flush(&engine, &mut errors);
-            }
-            if stopping {
-                break;
+                drop(held);
+                drop(engine);
+                if stopping {
+                    break;
+                }
+                std::thread::sleep(POLL);
             }
         }
         if let Some(engine) = self.engine.upgrade() {
