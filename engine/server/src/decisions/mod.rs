@@ -8,7 +8,8 @@
 //! bounded queue ([`DecisionLogConfig::queue`] records, preallocated). A
 //! full queue drops the record and counts it
 //! (`vitrine_decision_log_dropped_total{reason="queue_full"}`): publishing
-//! never blocks or fails a Decide. One drainer thread empties the queue:
+//! never blocks or fails a Decide. One drainer thread empties the queue
+//! every [`POLL`] (2 ms; it polls so that `try_send` never has to wake it):
 //!
 //! * **with Kafka** it publishes each record as JSON to the decisions topic
 //!   ([`kafka`]); every replica, this one included, reads the topic back
