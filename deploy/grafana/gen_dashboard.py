@@ -86,6 +86,17 @@ ROWS = [
         ("Refused or unreadable records (alert)", "short",
          [(f'sum by (instance, topic, result) (increase(vitrine_cluster_records_total{{{SEL},result=~"refused|unreadable"}}[$__range]))', "{{instance}} {{topic}} {{result}}")]),
     ]),
+    ("Decision log: is every decision measured?", [
+        ("Decisions logged / dropped per second, by replica", "ops",
+         [(f"sum by (instance) (rate(vitrine_decision_log_logged_total{{{SEL}}}[$__rate_interval]))", "{{instance}} logged"),
+          (f"sum by (instance, reason) (rate(vitrine_decision_log_dropped_total{{{SEL}}}[$__rate_interval]))", "{{instance}} dropped {{reason}}")]),
+        ("Queue depth (against --decision-log-queue)", "short",
+         [(f"vitrine_decision_log_queue_depth{{{SEL}}}", "{{instance}}")]),
+        ("Exposures applied/s (every replica applies every replica's decisions)", "ops",
+         [(f"sum by (instance) (rate(vitrine_exposures_applied_total{{{SEL}}}[$__rate_interval]))", "{{instance}}")]),
+        ("Decision records refused on read-back, by reason", "short",
+         [(f"sum by (instance, reason) (increase(vitrine_decision_log_rejected_total{{{SEL}}}[$__range]))", "{{instance}} {{reason}}")]),
+    ]),
 ]
 
 

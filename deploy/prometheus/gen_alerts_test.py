@@ -124,6 +124,11 @@ CASES = {
          (f'vitrine_rules_revision{{{J},instance="b",shop="s3"}}', "1 1 2x8")],
         [("3m", []), ("7m", [{"shop": "s2"}])],
     ),
+    "VitrineDecisionLogDropping": (
+        [(f'vitrine_decision_log_dropped_total{{{J},instance="a",reason="queue_full"}}', "0+5x40"),
+         (f'vitrine_decision_log_dropped_total{{{J},instance="b",reason="kafka"}}', "0x40")],
+        [("5m", []), ("25m", [{"instance": "a", "reason": "queue_full"}])],
+    ),
     "VitrineClusterRecordsSkipped": (
         [(f'vitrine_cluster_records_total{{{J},instance="a",topic="claims",result="refused"}}', "0 0 1x20"),
          (f'vitrine_cluster_records_total{{{J},instance="a",topic="rules",result="applied"}}', "0+5x20")],

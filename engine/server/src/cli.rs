@@ -337,6 +337,28 @@ pub struct ServeArgs {
     /// Demo visitors per shop (with --demo).
     #[arg(long, env = "VITRINE_DEMO_VISITORS", default_value = "2000")]
     pub demo_visitors: String,
+    /// Cluster topic of the decision log: with --kafka-brokers, every
+    /// Decide is published to it (JSON, key = visitor) and every replica
+    /// applies it as exposures.
+    #[arg(long, env = "VITRINE_KAFKA_DECISIONS_TOPIC", default_value = "vitrine.decisions")]
+    pub kafka_decisions_topic: String,
+    /// Without --kafka-brokers: also append every decision record to this
+    /// file as a JSON line (buffered; rotated by --decision-log-max-bytes).
+    #[arg(long, env = "VITRINE_DECISION_LOG", value_name = "FILE")]
+    pub decision_log: Option<PathBuf>,
+    /// Decision records queued between Decide and the decision log's
+    /// drainer; when full, records are dropped and counted
+    /// (vitrine_decision_log_dropped_total), never a Decide slowed or failed.
+    /// About 160 bytes per slot are reserved at start. 0 = no decision log
+    /// (no exposures: offered(...) and the lift report see nothing).
+    #[arg(long, env = "VITRINE_DECISION_LOG_QUEUE", default_value = "65536")]
+    pub decision_log_queue: String,
+    /// --decision-log rotates (FILE -> FILE.1 -> ...) before it would pass this many bytes.
+    #[arg(long, env = "VITRINE_DECISION_LOG_MAX_BYTES", default_value = "268435456")]
+    pub decision_log_max_bytes: String,
+    /// Rotated --decision-log files kept (FILE.1 newest); 0 = none.
+    #[arg(long, env = "VITRINE_DECISION_LOG_KEEP", default_value = "4")]
+    pub decision_log_keep: String,
 }
 
 #[derive(Debug, Subcommand)]

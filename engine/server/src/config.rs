@@ -55,6 +55,8 @@ pub struct Config {
     pub worker_threads: Option<usize>,
     /// TLS on both ports; `None` = plaintext.
     pub tls: Option<crate::api::tls::TlsFiles>,
+    /// The decision log (`--decision-log*`).
+    pub decision_log: crate::decisions::DecisionLogConfig,
 }
 
 /// Tokio workers when `--worker-threads` is 0: one per core but one, at
@@ -135,6 +137,11 @@ pub struct KafkaConfig {
     pub rules_topic: String,
     /// The cluster topic of claims.
     pub claims_topic: String,
+    /// The cluster topic of decisions (the decision log).
+    pub decisions_topic: String,
+    /// Which stream a consumer reads: the behavior topic, or (a second
+    /// consumer) the decisions topic.
+    pub stream: crate::ingest::Stream,
     /// The longest a call through a cluster topic waits for its answer.
     pub cluster_timeout: Duration,
     /// Extra librdkafka properties (`--kafka-option`, `--kafka-options-file`),
@@ -166,6 +173,8 @@ impl KafkaConfig {
                 .clamp(1, 8),
             rules_topic: "vitrine.rules".to_string(),
             claims_topic: "vitrine.claims".to_string(),
+            decisions_topic: "vitrine.decisions".to_string(),
+            stream: crate::ingest::Stream::Behavior,
             cluster_timeout: Duration::from_secs(5),
             options: Vec::new(),
             resume: None,
@@ -403,11 +412,14 @@ impl Config {
         }
         problems.extend(topic_problem("kafka-rules-topic", &args.kafka_rules_topic));
         problems.extend(topic_problem("kafka-claims-topic", &args.kafka_claims_topic));
+        problems.extend(topic_problem("kafka-decisions-topic", &args.kafka_decisions_topic));
+        let decision_log = crate::decisions::DecisionLogConfig::from_args(args, &mut problems);
         let topics = [
             ("kafka-topic", Some(&args.kafka_topic)),
             ("kafka-dead-letter-topic", args.kafka_dead_letter_topic.as_ref()),
             ("kafka-rules-topic", Some(&args.kafka_rules_topic)),
             ("kafka-claims-topic", Some(&args.kafka_claims_topic)),
+            ("kafka-decisions-topic", Some(&args.kafka_decisions_topic)),
         ];
         for (i, (flag, name)) in topics.iter().enumerate() {
             if let Some(name) = name {
@@ -520,6 +532,7 @@ impl Config {
                     start: ks,
                     rules_topic: args.kafka_rules_topic.clone(),
                     claims_topic: args.kafka_claims_topic.clone(),
+                    decisions_topic: args.kafka_decisions_topic.clone(),
                     cluster_timeout: ct,
                     options: kafka_options,
                     ..KafkaConfig::new("")
@@ -529,6 +542,7 @@ impl Config {
                 worker_threads: wt,
                 claims_segment_bytes: csb as u64,
                 tls,
+                decision_log,
             }),
             _ => Err(ConfigErrors(problems)),
         }
@@ -757,5 +771,42 @@ mod tests {
             "overflow is an error, not a panic"
         );
         assert!(parse_duration("99999999999999999999s").is_err());
+    }
+
+    #[test]
+    fn decision_log_flags_are_checked_all_at_once() {
+        let c = Config::from_args(&args(&[])).unwrap();
+        assert_eq!(c.decision_log, crate::decisions::DecisionLogConfig::default());
+        assert_eq!(c.decision_log.queue, 65_536);
+        let c = Config::from_args(&args(&["--kafka-brokers", "127.0.0.1:9092"])).unwrap();
+        assert_eq!(c.kafka.unwrap().decisions_topic, "vitrine.decisions");
+        let e = Config::from_args(&args(&[
+            "--decision-log-queue",
+            "lots",
+            "--decision-log-max-bytes",
+            "100",
+            "--decision-log-keep",
+            "1001",
+            "--decision-log",
+            "/tmp",
+            "--kafka-brokers",
+            "127.0.0.1:9092",
+            "--kafka-decisions-topic",
+            "vitrine.claims",
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            e.0,
+            [
+                "--decision-log-queue: `lots` is not a whole number from 0 (off) to 16777216",
+                "--decision-log-max-bytes: `100` is not a whole number of at least 4096",
+                "--decision-log-keep: `1001` is not a whole number from 0 to 1000",
+                "--decision-log: /tmp is a directory",
+                "--decision-log: only without --kafka-brokers (with Kafka the decisions topic is the log)",
+                "--kafka-decisions-topic: must differ from --kafka-claims-topic (both `vitrine.claims`)",
+            ]
+        );
+        let e = Config::from_args(&args(&["--decision-log-queue", "0", "--decision-log", "d.jsonl"])).unwrap_err();
+        assert_eq!(e.0, ["--decision-log: needs a --decision-log-queue above 0"]);
     }
 }

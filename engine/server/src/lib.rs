@@ -8,6 +8,9 @@
 //!   answered by the gRPC services ([`api::grpc`]) and the HTTP probes
 //!   ([`api::http`]).
 //! * [`ingest`]: the Kafka behavior stream applied to the index.
+//! * [`decisions`]: `decision_id` and the decision log: every Decide queued
+//!   off the request path, published to Kafka or applied in-process, and
+//!   applied on every replica as exposures.
 //! * [`state`]: the one handle every door shares: index, rule store, claim
 //!   ledger, event log.
 //! * [`rules_store`]: rule sets per shop, revisions, hot swap, the rules
@@ -32,6 +35,7 @@ pub mod clock;
 pub mod cluster;
 pub mod commands;
 pub mod config;
+pub mod decisions;
 pub mod ingest;
 pub mod kafka_options;
 pub mod metrics;

@@ -16,6 +16,7 @@ use vitrine_core::{Action, ClaimOutcome, RejectReason};
 
 use crate::rules_store::Origin;
 
+pub mod decisions;
 pub mod labels;
 
 /// `vitrine_decide_duration_seconds`
@@ -123,6 +124,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 
 fn describe() {
     labels::describe();
+    decisions::describe();
     describe_gauge!(
         CONNECTIONS_OPEN,
         "How many TCP connections does each port (grpc, http) hold open, against --max-connections / --max-http-connections?"

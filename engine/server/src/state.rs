@@ -108,6 +108,8 @@ pub struct Engine {
     track_gate: RwLock<()>,
     /// Shops whose serving rules set another zone than their index's, reported.
     zone_conflicts: crate::zones::Conflicts,
+    /// Decision ids and the decision log (`crate::decisions`).
+    pub decisions: Arc<crate::decisions::Decisions>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -159,6 +161,7 @@ impl Engine {
             events,
             track_gate: RwLock::new(()),
             zone_conflicts: crate::zones::Conflicts::default(),
+            decisions: Arc::default(),
         }
     }
 

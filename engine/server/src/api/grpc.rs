@@ -329,9 +329,42 @@ fn decide_with(
                 },
             );
             decided(shop, served, &d);
-            decision_response(&d, served.revision)
+            let mut response = decision_response(&d, served.revision);
+            response.decision_id = log_decision(engine, served, visitor, now_ms, &d);
+            response
         })
         .ok_or_else(|| missing_shop(engine, shop))
+}
+
+/// Takes the decision's id and, with a decision log running, queues its
+/// record (never blocking: a full queue drops and counts it), with the
+/// entries the visitor was held out from.
+#[inline]
+fn log_decision(
+    engine: &Engine,
+    served: &Served,
+    visitor: &str,
+    now_ms: i64,
+    d: &vitrine_core::Decision<'_>,
+) -> String {
+    let decisions = &engine.decisions;
+    let seq = decisions.ids.next();
+    if decisions.logging() {
+        let rules = &served.rules;
+        let (banner, _) = entries(rules, d);
+        decisions.offer(crate::decisions::record::Record::new(
+            seq,
+            now_ms,
+            &rules.shop,
+            served.revision,
+            visitor,
+            banner.map(|i| &rules.banners[i].id),
+            d.benefit.map(|b| &b.id),
+            d.items.iter().map(|p| p.id),
+            &d.held_out,
+        ));
+    }
+    decisions.ids.format(seq)
 }
 
 /// The entries (indices into the rule set) a decision chose: found by
@@ -827,52 +860,6 @@ fn track_response(accepted: u32, rejected: Vec<crate::state::Rejected>) -> Respo
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn encoded_len(message: &str) -> usize {
-        message
-            .chars()
-            .map(|c| {
-                if (' '..='~').contains(&c) && c != '%' {
-                    1
-                } else {
-                    3 * c.len_utf8()
-                }
-            })
-            .sum()
-    }
-
-    /// Regression (hardening #6): every rule error went into `grpc-message`;
-    /// with ~400 errors the header list passed what clients accept and the
-    /// project's own CLI failed with an HTTP/2 protocol error.
-    #[test]
-    fn status_messages_are_cut_at_a_line_to_what_a_header_can_carry() {
-        let short = "1:1: one error".to_string();
-        assert_eq!(bounded_message(short.clone()), short);
-
-        let lines: Vec<String> = (0..400).map(|i| format!("{i}:7: undefined audience `a{i}`")).collect();
-        let cut = bounded_message(lines.join("\n"));
-        assert!(encoded_len(&cut) <= MAX_STATUS_MESSAGE_BYTES, "{}", encoded_len(&cut));
-        let (kept, last) = cut.rsplit_once('\n').unwrap();
-        assert!(
-            last.starts_with("... message cut: ") && last.ends_with(" more bytes"),
-            "{last}"
-        );
-        assert!(
-            kept.lines().all(|l| lines.contains(&l.to_string())),
-            "only whole lines are kept"
-        );
-
-        // Non-ASCII text takes three bytes a byte once encoded.
-        let wide = "é".repeat(10_000);
-        let cut = bounded_message(wide);
-        assert!(encoded_len(&cut) <= MAX_STATUS_MESSAGE_BYTES);
-        assert!(cut.starts_with('é'));
-    }
-}
-
 /// The lift window when a request names none.
 pub const DEFAULT_LIFT_WINDOW: &str = "7d";
 
@@ -946,5 +933,51 @@ impl pb::reports_server::Reports for Service {
             }))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded_len(message: &str) -> usize {
+        message
+            .chars()
+            .map(|c| {
+                if (' '..='~').contains(&c) && c != '%' {
+                    1
+                } else {
+                    3 * c.len_utf8()
+                }
+            })
+            .sum()
+    }
+
+    /// Regression (hardening #6): every rule error went into `grpc-message`;
+    /// with ~400 errors the header list passed what clients accept and the
+    /// project's own CLI failed with an HTTP/2 protocol error.
+    #[test]
+    fn status_messages_are_cut_at_a_line_to_what_a_header_can_carry() {
+        let short = "1:1: one error".to_string();
+        assert_eq!(bounded_message(short.clone()), short);
+
+        let lines: Vec<String> = (0..400).map(|i| format!("{i}:7: undefined audience `a{i}`")).collect();
+        let cut = bounded_message(lines.join("\n"));
+        assert!(encoded_len(&cut) <= MAX_STATUS_MESSAGE_BYTES, "{}", encoded_len(&cut));
+        let (kept, last) = cut.rsplit_once('\n').unwrap();
+        assert!(
+            last.starts_with("... message cut: ") && last.ends_with(" more bytes"),
+            "{last}"
+        );
+        assert!(
+            kept.lines().all(|l| lines.contains(&l.to_string())),
+            "only whole lines are kept"
+        );
+
+        // Non-ASCII text takes three bytes a byte once encoded.
+        let wide = "é".repeat(10_000);
+        let cut = bounded_message(wide);
+        assert!(encoded_len(&cut) <= MAX_STATUS_MESSAGE_BYTES);
+        assert!(cut.starts_with('é'));
     }
 }

@@ -31,6 +31,8 @@ pub const BEHAVIOR_PARTITIONS: i32 = 6;
 /// Partitions of the claims topic when Vitrine creates it (a benefit's
 /// claims share one: the key is shop and benefit).
 pub const CLAIMS_PARTITIONS: i32 = 6;
+/// Partitions of the decisions topic when Vitrine creates it (keyed by visitor).
+pub const DECISIONS_PARTITIONS: i32 = 6;
 
 /// Creates the topics a cluster replica reads that are missing, where the
 /// broker allows it; logs what it did. The rules topic has one partition
@@ -63,6 +65,13 @@ pub async fn ensure_topics(kafka: &KafkaConfig, limits: &vitrine_core::rules::Li
             config: forever(Vec::new()),
         },
     ];
+    // The decision log: retention as the behavior topic's (the broker's
+    // default); a replica without a snapshot rebuilds exposures from it.
+    specs.push(TopicSpec {
+        name: kafka.decisions_topic.clone(),
+        partitions: DECISIONS_PARTITIONS,
+        config: Vec::new(),
+    });
     if let Some(dead) = &kafka.dead_letter_topic {
         specs.push(TopicSpec {
             name: dead.clone(),

@@ -309,7 +309,7 @@ pub fn run(rules_dir: &Path, visitors: usize, now_ms: i64, out: &mut impl Write)
     }
     writeln!(
         out,
-        "\nWhat to try next:\n  vitrine rules validate rules/*.yaml          # check rule files, errors as file:line:column\n  edit a file in rules/ and run the demo again  # see decisions change\n  cargo bench -p vitrine-benches              # measure decide, apply, size and compile"
+        "\nWhat to try next:\n  vitrine rules validate rules/*.yaml          # check rule files, errors as file:line:column\n  edit a file in rules/ and run the demo again  # see decisions change\n  cargo bench -p vitrine-benches              # measure decide, apply, size and compile\n  vitrine serve --demo, then: vitrine report lift --shop demo-beauty --window 7d  # did member-points make members buy more?"
     )?;
     Ok(ok)
 }
@@ -329,8 +329,12 @@ pub fn hints(grpc: std::net::SocketAddr, http: std::net::SocketAddr, shops: &[(S
     ));
     let shop = shops.first().map_or("demo-apparel", |(s, _)| s.as_str());
     out.push_str(&format!(
-        "\nWhat to try next:\n  grpcurl -plaintext {grpc} list\n  grpcurl -plaintext -d '{{\"shop\":\"{shop}\",\"visitor\":\"v-0001\",\"context\":{{\"page\":\"home\",\"region\":\"south\"}},\"explain\":true}}' {grpc} vitrine.v1.Decision/Decide\n  grpcurl -plaintext -d '{{\"shop\":\"{shop}\",\"expression\":\"visited(7d) and not purchased(30d)\"}}' {grpc} vitrine.v1.Audiences/Size\n  grpcurl -plaintext -d '{{\"events\":[{{\"shop\":\"{shop}\",\"visitor\":\"v-new\",\"action\":\"cart\",\"item\":\"sku-101\",\"ts\":{now}}}]}}' {grpc} vitrine.v1.Ingest/Track\n  grpcurl -plaintext -d '{{\"shop\":\"{shop}\"}}' {grpc} vitrine.v1.Rules/List\n  vitrine rules push rules/{shop}.yaml --addr {grpc}\n  curl -s http://{http}/metrics | grep ^vitrine_\n",
+        "\nWhat to try next:\n  grpcurl -plaintext {grpc} list\n  grpcurl -plaintext -d '{{\"shop\":\"{shop}\",\"visitor\":\"v-0001\",\"context\":{{\"page\":\"home\",\"region\":\"south\"}},\"explain\":true}}' {grpc} vitrine.v1.Decision/Decide\n  grpcurl -plaintext -d '{{\"shop\":\"{shop}\",\"expression\":\"visited(7d) and not purchased(30d)\"}}' {grpc} vitrine.v1.Audiences/Size\n  grpcurl -plaintext -d '{{\"events\":[{{\"shop\":\"{shop}\",\"visitor\":\"v-new\",\"action\":\"cart\",\"item\":\"sku-101\",\"ts\":{now}}}]}}' {grpc} vitrine.v1.Ingest/Track\n  grpcurl -plaintext -d '{{\"shop\":\"{shop}\"}}' {grpc} vitrine.v1.Rules/List\n  vitrine rules push rules/{shop}.yaml --addr {grpc}\n  curl -s http://{http}/metrics | grep ^vitrine_\n  vitrine report lift --shop {lift_shop} --window 7d --addr {grpc}\n",
         now = crate::clock::now_ms(),
+        lift_shop = shops
+            .iter()
+            .find(|(s, _)| s == "demo-beauty")
+            .map_or(shop, |(s, _)| s.as_str()),
     ));
     out
 }

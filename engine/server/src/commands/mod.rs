@@ -2,6 +2,7 @@
 //! ([`crate::cli`]) to them.
 
 pub mod demo;
+pub mod demo_lift;
 pub mod health;
 pub mod produce;
 pub mod push;

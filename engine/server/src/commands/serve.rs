@@ -199,6 +199,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         let _ = engine.cluster.claims.set(log);
     }
     let engine = Arc::new(engine);
+    crate::decisions::start(&engine, &config.decision_log, kafka_config.as_ref())?;
+    let decisions_config = kafka_config
+        .as_ref()
+        .map(|k| crate::decisions::consumer_config(k, restored.position.decisions.as_ref()));
     // Cluster mode: the rules topic (read from its beginning).
     let mut rules_seeded = None;
     if let Some(k) = &kafka_config {
@@ -222,6 +226,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
                 for event in crate::commands::demo::events(&served.rules, visitors, now) {
                     engine.apply(&event);
                 }
+                // Decisions through the decision log, and purchases after them.
+                let (decided, bought) = crate::commands::demo_lift::seed(&engine, &shop, visitors, now);
+                tracing::info!(shop, decided, bought, "demo: decisions logged, purchases after them");
             }
         }
     }
@@ -259,15 +266,18 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     // read and seeded (events of a shop are applied only once its rules are
     // known) and then the behavior consumer has caught up.
     let ingest_positions: Arc<OnceLock<KafkaPositions>> = Arc::new(OnceLock::new());
+    let decisions_positions: Arc<OnceLock<KafkaPositions>> = Arc::new(OnceLock::new());
+    let reader = |k: &crate::config::KafkaConfig, positions: &Arc<OnceLock<KafkaPositions>>| {
+        let (positions, resume) = (positions.clone(), k.resume.clone().unwrap_or_default());
+        let read: KafkaPositions = Box::new(move || positions.get().map_or_else(|| resume.clone(), |read| read()));
+        (k.topic.clone(), read)
+    };
     let snapshotter = Arc::new(Snapshotter {
         engine: engine.clone(),
         ledger,
         dir: snapshots,
-        kafka: kafka_config.as_ref().map(|k| {
-            let (positions, resume) = (ingest_positions.clone(), k.resume.clone().unwrap_or_default());
-            let read: KafkaPositions = Box::new(move || positions.get().map_or_else(|| resume.clone(), |read| read()));
-            (k.topic.clone(), read)
-        }),
+        kafka: kafka_config.as_ref().map(|k| reader(k, &ingest_positions)),
+        decisions: decisions_config.as_ref().map(|k| reader(k, &decisions_positions)),
     });
     let ready_now = kafka_config.is_none();
     set_health(&health_reporter, ready_now).await;
@@ -292,6 +302,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         tasks.push(tokio::spawn(run_ingest(
             engine.clone(),
             k,
+            decisions_config.map(|d| (d, decisions_positions)),
             seeded,
             ingest_positions,
             ready.clone(),
@@ -482,6 +493,7 @@ async fn watch_data_dir(
 async fn run_ingest(
     engine: Arc<Engine>,
     config: crate::config::KafkaConfig,
+    decisions: Option<(crate::config::KafkaConfig, Arc<OnceLock<KafkaPositions>>)>,
     mut seeded: watch::Receiver<bool>,
     positions: Arc<OnceLock<KafkaPositions>>,
     ready: Arc<AtomicBool>,
@@ -497,10 +509,27 @@ async fn run_ingest(
     let kafka = Ingest::start(engine.clone(), &config).context("starting Kafka ingest")?;
     let _ = positions.set(Box::new(kafka.positions_reader()));
     let mut caught_up = kafka.caught_up();
+    // The decisions topic: a second consumer of the same kind, applying
+    // records as exposures (crate::decisions).
+    let decisions = match decisions {
+        Some((d, positions)) => {
+            let ingest = Ingest::start(engine.clone(), &d).context("starting the decisions topic consumer")?;
+            let _ = positions.set(Box::new(ingest.positions_reader()));
+            Some(ingest)
+        }
+        None => None,
+    };
+    let mut decisions_caught_up = decisions.as_ref().map(Ingest::caught_up);
     // false: shutdown began first, or the consumer thread ended before
     // catching up (logged).
     let caught = tokio::select! {
-        up = async { caught_up.wait_for(|c| *c).await.is_ok() && engine.cluster.caught_up().await } => up,
+        up = async {
+            let decisions_up = match &mut decisions_caught_up {
+                Some(c) => c.wait_for(|c| *c).await.is_ok(),
+                None => true,
+            };
+            caught_up.wait_for(|c| *c).await.is_ok() && decisions_up && engine.cluster.caught_up().await
+        } => up,
         _ = async { stopping.wait_for(|s| *s).await.is_ok() } => false,
     };
     if caught {
@@ -513,7 +542,13 @@ async fn run_ingest(
         }
     }
     let _ = stopped.wait_for(|s| *s).await;
-    tokio::task::spawn_blocking(move || kafka.stop(INGEST_STOP_TIMEOUT)).await?;
+    tokio::task::spawn_blocking(move || {
+        kafka.stop(INGEST_STOP_TIMEOUT);
+        if let Some(d) = decisions {
+            d.stop(INGEST_STOP_TIMEOUT);
+        }
+    })
+    .await?;
     Ok(())
 }
 
@@ -606,6 +641,11 @@ impl Server {
         tokio::task::spawn_blocking(move || {
             if let Some(log) = engine.cluster.rules.get() {
                 log.stop();
+            }
+            // No Decide runs any more: drain the decision log (embedded, its
+            // exposures are then in the final snapshot).
+            if let Some(log) = engine.decisions.log() {
+                log.stop(crate::decisions::STOP_TIMEOUT);
             }
         })
         .await?;

@@ -15,20 +15,45 @@ use parking_lot::Mutex;
 use vitrine_core::Event;
 
 use super::dead_letter::{DeadLetter, Source};
-use super::RateLimited;
+use super::{RateLimited, Stream};
+use crate::metrics::decisions::RecordRejected;
 use crate::metrics::{KafkaMetrics, Rejected};
 use crate::state::Engine;
 
 /// Counting, logging (rate-limited) and dead-lettering rejected messages.
 #[derive(Debug)]
 pub(super) struct Rejects {
+    pub(super) stream: Stream,
     pub(super) engine: Arc<Engine>,
     pub(super) dead_letter: Option<DeadLetter>,
     pub(super) log: Mutex<RateLimited>,
 }
 
 impl Rejects {
+    /// Logs (rate-limited) a decision record refused; counted by the decision log.
+    pub(super) fn log_decision(&self, topic: &str, partition: i32, offset: i64, reason: RecordRejected) {
+        if self.log.lock().allow() {
+            tracing::warn!(
+                topic,
+                partition,
+                offset,
+                reason = reason.as_str(),
+                "Kafka: decision record refused, skipped"
+            );
+        }
+    }
+
     pub(super) fn reject(&self, source: Source<'_>, reason: Rejected, detail: &str) {
+        if self.stream == Stream::Decisions {
+            // Only the poll thread's rejections come here for this stream.
+            let reason = match reason {
+                Rejected::Tombstone => RecordRejected::Tombstone,
+                _ => RecordRejected::Oversized,
+            };
+            self.engine.decisions.rejected(reason);
+            self.log_decision(source.topic, source.partition, source.offset, reason);
+            return;
+        }
         self.engine.metrics.reject(reason);
         // The shop label: read (bounded, as the event decoder bounds it)
         // only from a payload that was parsed anyway, never an oversized one.
@@ -137,6 +162,7 @@ pub(super) struct Ack {
 
 /// An apply thread's loop: until the poll thread hangs up.
 pub(super) fn run(
+    stream: Stream,
     topic: Arc<str>,
     engine: Arc<Engine>,
     metrics: KafkaMetrics,
@@ -151,6 +177,16 @@ pub(super) fn run(
                 rejected += 1;
                 continue;
             };
+            if stream == Stream::Decisions {
+                match crate::decisions::apply::apply_message(&engine, Some(payload)) {
+                    Ok(_) => applied += 1,
+                    Err(reason) => {
+                        rejected += 1;
+                        rejects.log_decision(&topic, slot.partition, slot.offset, reason);
+                    }
+                }
+                continue;
+            }
             let decoded = Event::from_json(payload);
             if decoded.as_ref().is_ok_and(|e| !engine.cluster.shops.serves(&e.shop)) {
                 // Another replica group's shop (`--shops`): not an error.

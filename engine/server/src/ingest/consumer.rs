@@ -145,7 +145,7 @@ impl Worker {
         for (key, value) in &config.options {
             client.set(key, value);
         }
-        let context = ClientHooks::new(&config.topic, metrics.clone());
+        let context = ClientHooks::new(&config.topic, metrics.clone(), config.stream == super::Stream::Behavior);
         let consumer: BaseConsumer<ClientHooks> = client.create_with_context(context)?;
         let dead_letter = match &config.dead_letter_topic {
             Some(topic) => Some(DeadLetter::new(
@@ -158,6 +158,7 @@ impl Worker {
         };
         let topic: Arc<str> = config.topic.as_str().into();
         let rejects = Arc::new(Rejects {
+            stream: config.stream,
             engine: engine.clone(),
             dead_letter,
             log: Mutex::new(RateLimited::new(20)),
@@ -165,6 +166,7 @@ impl Worker {
         let (ack_tx, acks) = mpsc::channel();
         let mut appliers = Vec::new();
         let mut threads = Vec::new();
+        let stream = config.stream;
         for i in 0..config.apply_threads.max(1) {
             let (tx, rx) = mpsc::sync_channel(QUEUED_PER_THREAD);
             let (topic, engine, metrics, rejects, ack_tx) = (
@@ -176,7 +178,7 @@ impl Worker {
             );
             let thread = std::thread::Builder::new()
                 .name(format!("vitrine-apply-{i}"))
-                .spawn(move || apply::run(topic, engine, metrics, rejects, rx, ack_tx))
+                .spawn(move || apply::run(stream, topic, engine, metrics, rejects, rx, ack_tx))
                 .map_err(|e| KafkaError::ClientCreation(format!("starting an apply thread: {e}")))?;
             appliers.push(tx);
             threads.push(thread);

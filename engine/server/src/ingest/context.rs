@@ -22,6 +22,9 @@ use crate::metrics::{KafkaErrorKind, KafkaMetrics};
 pub(super) struct ClientHooks {
     topic: String,
     metrics: KafkaMetrics,
+    /// Whether the statistics set `vitrine_ingest_lag_messages` (the
+    /// behavior consumer's; the decisions consumer leaves it alone).
+    lag: bool,
     /// Whether a broker connection was up at the last statistics or error.
     up: AtomicBool,
     /// Failed commits seen.
@@ -30,11 +33,12 @@ pub(super) struct ClientHooks {
 }
 
 impl ClientHooks {
-    pub(super) fn new(topic: &str, metrics: KafkaMetrics) -> ClientHooks {
+    pub(super) fn new(topic: &str, metrics: KafkaMetrics, lag: bool) -> ClientHooks {
         metrics.up.set(0.0);
         ClientHooks {
             topic: topic.to_string(),
             metrics,
+            lag,
             up: AtomicBool::new(false),
             commit_failures: AtomicU64::new(0),
             log: Mutex::new(RateLimited::new(20)),
@@ -81,7 +85,7 @@ impl ClientContext for ClientHooks {
         // Bootstrap entries (nodeid -1) stand for the same brokers as the
         // learned ones; logical ones (the group coordinator) are reported too.
         self.set_up(stats.brokers.values().any(|b| b.state == "UP"));
-        let Some(topic) = stats.topics.get(&self.topic) else {
+        let Some(topic) = stats.topics.get(&self.topic).filter(|_| self.lag) else {
             return;
         };
         for (&id, p) in &topic.partitions {

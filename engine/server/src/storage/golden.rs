@@ -170,6 +170,7 @@ fn golden_position() -> Position {
             offsets: vec![(0, 10), (-1, -2), (3, i64::MAX)],
         }),
         revisions: vec![("demo-shöp".into(), 3), ("s".into(), u64::MAX)],
+        decisions: None,
     }
 }
 

@@ -164,6 +164,8 @@ pub struct Snapshotter {
     pub dir: SnapshotDir,
     /// The topic and a reader of the consumer's applied offsets.
     pub kafka: Option<(String, KafkaPositions)>,
+    /// The decisions topic and a reader of its consumer's applied offsets.
+    pub decisions: Option<(String, KafkaPositions)>,
 }
 
 pub type KafkaPositions = Box<dyn Fn() -> Vec<(i32, i64)> + Send + Sync>;
@@ -182,6 +184,10 @@ impl Snapshotter {
                 offsets: offsets(),
             }),
             revisions: self.engine.rules.shops(),
+            decisions: self.decisions.as_ref().map(|(topic, offsets)| KafkaPosition {
+                topic: topic.clone(),
+                offsets: offsets(),
+            }),
         };
         let written = self.dir.write(&self.engine.index, &position);
         match &written {

@@ -54,6 +54,9 @@ pub struct Position {
     pub kafka: Option<KafkaPosition>,
     /// Each shop's rule revision when the snapshot was taken.
     pub revisions: Vec<(String, u64)>,
+    /// The decisions topic and its next offsets (cluster mode): every
+    /// decision record before them is in the index as an exposure.
+    pub decisions: Option<KafkaPosition>,
 }
 
 /// Where a snapshot stands in the behavior topic.
@@ -68,7 +71,10 @@ pub struct KafkaPosition {
 impl Position {
     /// The meta bytes: `version u8 | created_ms i64 | events_lsn u64 |
     /// kafka u8 [topic str | n u32 | (partition i32 | offset i64)*] |
-    /// n u32 | (shop str | revision u64)*`, with `str` = u32 length + UTF-8.
+    /// n u32 | (shop str | revision u64)* [| decisions]`, with `str` = u32
+    /// length + UTF-8 and the optional trailer `decisions` = `topic str | n
+    /// u32 | (partition i32 | offset i64)*`, written only in cluster mode
+    /// (so a position without it encodes exactly as before it existed).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![META_VERSION];
         out.put_i64(self.created_ms);
@@ -89,6 +95,14 @@ impl Position {
         for (shop, revision) in &self.revisions {
             out.put_str32(shop);
             out.put_u64(*revision);
+        }
+        if let Some(d) = &self.decisions {
+            out.put_str32(&d.topic);
+            out.put_u32(d.offsets.len() as u32);
+            for &(p, o) in &d.offsets {
+                out.put_i32(p);
+                out.put_i64(o);
+            }
         }
         out
     }
@@ -119,12 +133,24 @@ impl Position {
         for _ in 0..n {
             revisions.push((r.str32()?.to_owned(), r.u64()?));
         }
+        let decisions = if r.is_empty() {
+            None
+        } else {
+            let topic = r.str32()?.to_owned();
+            let n = r.count32(12)?;
+            let mut offsets = Vec::with_capacity(n);
+            for _ in 0..n {
+                offsets.push((r.i32()?, r.i64()?));
+            }
+            Some(KafkaPosition { topic, offsets })
+        };
         r.finish()?;
         Ok(Position {
             created_ms,
             events_lsn,
             kafka,
             revisions,
+            decisions,
         })
     }
 }
@@ -363,6 +389,7 @@ mod tests {
                 offsets: vec![(0, 10), (1, 0), (3, 99)],
             }),
             revisions: vec![("demo-apparel".into(), 3), ("s".into(), 1)],
+            decisions: None,
         }
     }
 
@@ -384,6 +411,28 @@ mod tests {
         // The Kafka offsets count, made absurd: refused, not allocated.
         huge[18 + 4 + "vitrine.behavior".len()..][..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(Position::decode(&huge).is_err());
+    }
+
+    /// The decisions topic's offsets ride as an optional trailer: a
+    /// position without them encodes as before (the golden files), one with
+    /// them roundtrips, and a cut trailer is refused.
+    #[test]
+    fn decisions_offsets_roundtrip_as_an_optional_trailer() {
+        let old = position(42);
+        let with = Position {
+            decisions: Some(KafkaPosition {
+                topic: "vitrine.decisions".into(),
+                offsets: vec![(0, 7), (5, 1)],
+            }),
+            ..old.clone()
+        };
+        let (old_bytes, bytes) = (old.encode(), with.encode());
+        assert_eq!(Position::decode(&bytes).unwrap(), with);
+        assert_eq!(&bytes[..old_bytes.len()], &old_bytes[..]);
+        assert_eq!(Position::decode(&old_bytes).unwrap(), old);
+        for cut in old_bytes.len() + 1..bytes.len() {
+            assert!(Position::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

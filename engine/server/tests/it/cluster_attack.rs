@@ -109,6 +109,7 @@ async fn claims_log(data: &std::path::Path, brokers: &str, shops: &str) -> Claim
 async fn a_claims_state_of_other_shops_is_not_resumed() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("vitrine.claims", 6, 1).unwrap();
+    cluster.create_topic("vitrine.decisions", 2, 1).unwrap();
     let brokers = cluster.bootstrap_servers();
     let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
     let grant = br#"{"v":1,"shop":"tickets","benefit":"early","visitor":"v-1","now_ms":1795132800000,"claim_id":"c-1","cap":null,"budget":1,"denied":null}"#;

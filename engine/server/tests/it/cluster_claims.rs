@@ -45,6 +45,7 @@ fn mock() -> MockCluster<'static, DefaultProducerContext> {
     cluster.create_topic("vitrine.behavior", 1, 1).unwrap();
     // The mock cluster has no CreateTopics: the replicas' own attempt fails.
     cluster.create_topic(CLAIMS_TOPIC, 6, 1).unwrap();
+    cluster.create_topic("vitrine.decisions", 2, 1).unwrap();
     cluster
 }
 

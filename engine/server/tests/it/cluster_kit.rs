@@ -109,6 +109,7 @@ pub fn mock_cluster() -> (MockCluster<'static, DefaultProducerContext>, String) 
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic(RULES_TOPIC, 1, 1).unwrap();
     cluster.create_topic("vitrine.claims", 6, 1).unwrap();
+    cluster.create_topic("vitrine.decisions", 2, 1).unwrap();
     cluster.create_topic("vitrine.behavior", 2, 1).unwrap();
     let brokers = cluster.bootstrap_servers();
     (cluster, brokers)

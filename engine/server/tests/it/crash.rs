@@ -915,6 +915,7 @@ async fn kill_9_during_kafka_ingest_resumes_from_snapshots_with_nothing_lost_or_
     cluster.create_topic(TOPIC, PARTITIONS, 1).unwrap();
     // Cluster mode reads the claims topic too (the mock has no CreateTopics).
     cluster.create_topic("vitrine.claims", 6, 1).unwrap();
+    cluster.create_topic("vitrine.decisions", 2, 1).unwrap();
     let brokers = cluster.bootstrap_servers();
     let scene = Scene::new("crash-kafka", &rules(&[10]));
     let mut rng = SplitMix64::new(scene.seed);

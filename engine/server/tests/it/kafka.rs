@@ -33,6 +33,7 @@ fn cluster() -> MockCluster<'static, DefaultProducerContext> {
     cluster.create_topic(DEAD, 1, 1).unwrap();
     // Cluster mode reads the claims topic too (the mock has no CreateTopics).
     cluster.create_topic("vitrine.claims", 6, 1).unwrap();
+    cluster.create_topic("vitrine.decisions", 2, 1).unwrap();
     cluster
 }
 

@@ -245,7 +245,12 @@ async fn kafka_rejections_count_per_served_shop_and_fold_the_rest_into_other() {
 
     const KAFKA_SHOP: &str = "labels-kafka";
     let cluster = MockCluster::new(1).unwrap();
-    for (topic, partitions) in [("vitrine.rules", 1), ("vitrine.claims", 6), ("vitrine.behavior", 2)] {
+    for (topic, partitions) in [
+        ("vitrine.rules", 1),
+        ("vitrine.claims", 6),
+        ("vitrine.behavior", 2),
+        ("vitrine.decisions", 2),
+    ] {
         cluster.create_topic(topic, partitions, 1).unwrap();
     }
     let brokers = cluster.bootstrap_servers();

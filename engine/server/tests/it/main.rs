@@ -8,6 +8,7 @@ mod cluster_claims;
 mod cluster_kit;
 mod cluster_rules;
 mod crash;
+mod decisions;
 mod grpc;
 mod hostile;
 mod kafka;
