@@ -156,11 +156,14 @@ fn model(
             };
             let per = |g: usize| if n[g] == 0 { 0.0 } else { spend[g] as f64 / n[g] as f64 };
             let (p1, p2) = (rate(0), rate(1));
+            // Agresti-Caffo: one conversion and one non-conversion added to each group.
             let (ci_low, ci_high) = if n[0] == 0 || n[1] == 0 {
                 (-1.0, 1.0)
             } else {
-                let se = (p1 * (1.0 - p1) / n[0] as f64 + p2 * (1.0 - p2) / n[1] as f64).sqrt();
-                (p1 - p2 - 1.96 * se, p1 - p2 + 1.96 * se)
+                let q = |g: usize| (converted[g] as f64 + 1.0) / (n[g] as f64 + 2.0);
+                let (q1, q2) = (q(0), q(1));
+                let se = (q1 * (1.0 - q1) / (n[0] as f64 + 2.0) + q2 * (1.0 - q2) / (n[1] as f64 + 2.0)).sqrt();
+                ((q1 - q2 - 1.96 * se).max(-1.0), (q1 - q2 + 1.96 * se).min(1.0))
             };
             LiftRow {
                 slot,

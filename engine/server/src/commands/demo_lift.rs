@@ -3,13 +3,14 @@
 //! purchases after them, in which one kind of benefit really works.
 //!
 //! Each demo visitor gets one decision at a fixed instant three days (and a
-//! few hours) before the seed's `now`. A visitor offered a benefit that has
-//! a `holdout:` buys within the next three days with probability
-//! [`TREATED_RATE`]; every other visitor, the held-out control group
-//! included, with [`BASE_RATE`]. So `vitrine report lift --window 7d` finds
-//! about four points of lift for such a benefit (diluted by the demo
-//! personas' own purchases that fall in the window). Deterministic: a fixed
-//! seed per shop.
+//! few hours) before the seed's `now`. A visitor offered [`WORKS`] (a
+//! benefit with a 10% holdout) buys within the next three days with
+//! probability [`TREATED_RATE`]; every other visitor, its held-out control
+//! group included, with [`BASE_RATE`]. So `vitrine report lift --window 7d`
+//! finds that benefit's lift with an interval clear of 0, and no lift
+//! distinguishable from 0 for the other benefits with a holdout (their
+//! groups buy alike). The demo personas' own purchases in the window add
+//! to both groups. Deterministic: a fixed seed per shop.
 
 use std::borrow::Cow;
 
@@ -20,8 +21,10 @@ use vitrine_proto::v1 as pb;
 
 use crate::state::Engine;
 
-/// Purchase probability of a visitor offered a benefit with a holdout.
-pub const TREATED_RATE: f64 = 0.12;
+/// The benefit that really works: (shop, benefit id).
+pub const WORKS: (&str, &str) = ("demo-apparel", "win-back-20");
+/// Purchase probability of a visitor offered [`WORKS`].
+pub const TREATED_RATE: f64 = 0.30;
 /// Purchase probability of every other visitor.
 pub const BASE_RATE: f64 = 0.08;
 
@@ -32,16 +35,10 @@ const HOUR: i64 = 3_600_000;
 /// instants before `now_ms` and applies the purchases that follow; returns
 /// how many decisions were made and how many purchases applied.
 pub fn seed(engine: &Engine, shop: &str, visitors: usize, now_ms: i64) -> (usize, usize) {
-    let Some(served) = engine.rules.serving(shop) else {
+    if engine.rules.serving(shop).is_none() {
         return (0, 0);
-    };
-    let held_out_benefits: Vec<&str> = served
-        .rules
-        .benefits
-        .iter()
-        .filter(|b| b.holdout_bp > 0)
-        .map(|b| &*b.id)
-        .collect();
+    }
+    let works = (shop == WORKS.0).then_some(WORKS.1);
     let mut rng = SplitMix64::new(0x11f7 ^ shop.len() as u64);
     let (mut decided, mut bought) = (0, 0);
     for n in 0..visitors {
@@ -57,10 +54,7 @@ pub fn seed(engine: &Engine, shop: &str, visitors: usize, now_ms: i64) -> (usize
             continue;
         };
         decided += 1;
-        let treated = response
-            .benefit
-            .as_ref()
-            .is_some_and(|b| held_out_benefits.contains(&b.id.as_str()));
+        let treated = response.benefit.as_ref().is_some_and(|b| works == Some(b.id.as_str()));
         let rate = if treated { TREATED_RATE } else { BASE_RATE };
         let draw = rng.below(1_000_000) as f64 / 1_000_000.0;
         let (hours, price) = (1 + rng.below(71) as i64, 20 + rng.below(19) * 10);
