@@ -8,11 +8,13 @@
 #      the local claims journal), in the same run;
 #   3. claims/s one partition sustains (closed loop on one benefit);
 #   4. what --shops saves: RSS of a replica holding 1 of 3 shops vs all 3,
-#      both caught up with the same behavior topic.
+#      both caught up with the same behavior topic;
+#   5. decisions as exposures: Decide on replica 0 -> every replica counts
+#      the visitor in offered(...) (the decisions topic, issue 14).
 #
 # Usage: loadtest/cluster-bench.sh   (from anywhere; builds first)
 # Knobs (environment): NO_BUILD=1, KEEP=1 (keep the work dir and logs),
-# KAFKA_PORT (19092), PUSHES (50), CLAIM_DURATION (10s), MAX_DURATION (10s),
+# KAFKA_PORT (19092), PUSHES (50), OFFERS (200), CLAIM_DURATION (10s), MAX_DURATION (10s),
 # CONCURRENCY (64), EVENTS_PER_SHOP (200000), VISITORS_PER_SHOP (50000).
 # Everything the script starts is killed on exit (trap).
 set -euo pipefail
@@ -24,6 +26,7 @@ LOADTEST=$TARGET/release/vitrine-loadtest
 KAFKA_PORT=${KAFKA_PORT:-19092}
 BROKER=127.0.0.1:$KAFKA_PORT
 PUSHES=${PUSHES:-50}
+OFFERS=${OFFERS:-200}
 CLAIM_DURATION=${CLAIM_DURATION:-10s}
 MAX_DURATION=${MAX_DURATION:-10s}
 CONCURRENCY=${CONCURRENCY:-64}
@@ -127,6 +130,9 @@ REPLICAS=127.0.0.1:50161,127.0.0.1:50162,127.0.0.1:50163
 
 say "push propagation: $LOADTEST cluster --replicas $REPLICAS push --pushes $PUSHES"
 "$LOADTEST" cluster --replicas "$REPLICAS" push --pushes "$PUSHES"
+
+say "offer propagation: $LOADTEST cluster --replicas $REPLICAS offers --samples $OFFERS"
+"$LOADTEST" cluster --replicas "$REPLICAS" offers --samples "$OFFERS"
 
 for rate in 100 1000; do
     say "claims through the claims topic at $rate/s: $LOADTEST cluster --replicas $REPLICAS claims --rate $rate --duration $CLAIM_DURATION"

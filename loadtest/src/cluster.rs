@@ -13,6 +13,12 @@
 //!   should be granted. Given one embedded server (no `--kafka-brokers`) it
 //!   measures the local claims journal instead: the comparison of the two
 //!   is the point.
+//! - `offers`: Decides on the first replica, one after the other, each for a
+//!   visitor never seen; for each, the time from the call's start until
+//!   EVERY replica counts that visitor in `offered(1d, benefit="bench-claim")`
+//!   (Audiences/Size, polled about every millisecond on each replica at
+//!   once; a size reads the index without logging a decision of its own):
+//!   how long a decision takes to become an exposure everywhere.
 //! - `claims-max`: a closed loop, `--concurrency` callers each sending its
 //!   next claim when the last one answers, all on ONE benefit (one
 //!   partition of the claims topic): the claims per second one partition
@@ -105,6 +111,8 @@ fn run_tag() -> String {
 struct Replica {
     addr: String,
     rules: pb::rules_client::RulesClient<Channel>,
+    decision: pb::decision_client::DecisionClient<Channel>,
+    audiences: pb::audiences_client::AudiencesClient<Channel>,
     benefits: Vec<pb::benefits_client::BenefitsClient<Channel>>,
 }
 
@@ -121,6 +129,8 @@ async fn connect(config: &ClusterConfig) -> anyhow::Result<Vec<Replica>> {
         replicas.push(Replica {
             addr: addr.clone(),
             rules: pb::rules_client::RulesClient::new(channels[0].clone()),
+            decision: pb::decision_client::DecisionClient::new(channels[0].clone()),
+            audiences: pb::audiences_client::AudiencesClient::new(channels[0].clone()),
             benefits: channels
                 .into_iter()
                 .map(pb::benefits_client::BenefitsClient::new)
@@ -272,6 +282,139 @@ pub async fn push_propagation(config: &ClusterConfig, pushes: u64) -> anyhow::Re
         }
     }
     Ok(PushReport {
+        call: call.summary(),
+        all: all.summary(),
+        replicas: replicas.len(),
+    })
+}
+
+/// The audience `offers` counts: visitors offered the bench benefit today.
+const OFFERED: &str = "offered(1d, benefit=\"bench-claim\")";
+
+/// How many visitors `replica` counts in [`OFFERED`].
+async fn offered(replica: &Replica, shop: &str, timeout: Duration) -> Result<u64, &'static str> {
+    let mut client = replica.audiences.clone();
+    let mut request = tonic::Request::new(pb::SizeRequest {
+        shop: shop.to_string(),
+        expression: OFFERED.to_string(),
+        now_ms: 0,
+    });
+    request.set_timeout(timeout);
+    match client.size(request).await {
+        Ok(r) => Ok(r.get_ref().size),
+        Err(s) => Err(code_name(s.code())),
+    }
+}
+
+/// When each replica first counted at least `want[i]` visitors in
+/// [`OFFERED`], polled every [`POLL_EVERY`] on all replicas at once.
+async fn offered_by_all(
+    replicas: &[Replica],
+    shop: &str,
+    want: &[u64],
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<Vec<Instant>, &'static str> {
+    let mut polls = JoinSet::new();
+    for (i, replica) in replicas.iter().enumerate() {
+        let (replica, shop, want) = (replica.clone(), shop.to_string(), want[i]);
+        polls.spawn(async move {
+            loop {
+                let seen = offered(&replica, &shop, timeout).await;
+                let now = Instant::now();
+                match seen {
+                    Ok(n) if n >= want => return (i, Ok(now)),
+                    Ok(_) if now >= deadline => return (i, Err(TIMEOUT)),
+                    Ok(_) => tokio::time::sleep(POLL_EVERY).await,
+                    Err(e) => return (i, Err(e)),
+                }
+            }
+        });
+    }
+    let mut seen = vec![None; replicas.len()];
+    while let Some(joined) = polls.join_next().await {
+        let (i, at) = joined.map_err(|_| "PollTaskFailed")?;
+        seen[i] = Some(at?);
+    }
+    Ok(seen.into_iter().flatten().collect())
+}
+
+/// What `offers` measured.
+#[derive(Debug, Clone)]
+pub struct OfferReport {
+    /// Decision/Decide on the first replica.
+    pub call: Summary,
+    /// From the call's start until every replica counts the offer.
+    pub all: Summary,
+    /// Replicas.
+    pub replicas: usize,
+}
+
+impl OfferReport {
+    /// The report for people.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "cluster offers: {} decisions on replica 0, each for a new visitor; {} replica(s) polled every {} ms \
+             (Audiences/Size of {OFFERED})\n\
+             decide = the Decide call; all-offered = from its start until every replica counts the visitor\n\
+             latencies in µs\n\n",
+            self.call.requests,
+            self.replicas,
+            POLL_EVERY.as_millis()
+        );
+        out.push_str(&report::table(&[("decide", &self.call), ("all-offered", &self.all)]));
+        out
+    }
+}
+
+/// `cluster offers`: `samples` decisions, one after the other.
+pub async fn offer_propagation(config: &ClusterConfig, samples: u64) -> anyhow::Result<OfferReport> {
+    let replicas = connect(config).await?;
+    let tag = run_tag();
+    prepare(&replicas, config, &format!("o-{tag}")).await?;
+    let mut counted = Vec::with_capacity(replicas.len());
+    for r in &replicas {
+        let n = offered(r, &config.shop, config.timeout)
+            .await
+            .map_err(|e| anyhow::anyhow!("Audiences/Size on {}: {e}", r.addr))?;
+        counted.push(n);
+    }
+    let (mut call, mut all) = (Recorder::new(), Recorder::new());
+    for n in 0..samples {
+        let mut client = replicas[0].decision.clone();
+        let mut request = tonic::Request::new(pb::DecideRequest {
+            shop: config.shop.clone(),
+            visitor: format!("offer-{tag}-{n}"),
+            ..pb::DecideRequest::default()
+        });
+        request.set_timeout(config.timeout);
+        let start = Instant::now();
+        let offered_it = match client.decide(request).await {
+            Ok(r) => r.get_ref().benefit.as_ref().is_some_and(|b| b.id == BENEFIT),
+            Err(s) => {
+                let name = code_name(s.code());
+                call.record(start, Instant::now(), Err(name));
+                all.record(start, Instant::now(), Err(name));
+                continue;
+            }
+        };
+        call.record(start, Instant::now(), Ok(()));
+        if !offered_it {
+            all.record(start, Instant::now(), Err("NotOffered"));
+            continue;
+        }
+        for c in &mut counted {
+            *c += 1;
+        }
+        let deadline = Instant::now() + config.timeout;
+        let outcome = offered_by_all(&replicas, &config.shop, &counted, config.timeout, deadline).await;
+        match outcome.as_deref().map(|seen| slowest(start, seen)) {
+            Ok(Some(took)) => all.record(start, start + took, Ok(())),
+            Ok(None) => all.record(start, Instant::now(), Err("NoReplica")),
+            Err(e) => all.record(start, Instant::now(), Err(e)),
+        }
+    }
+    Ok(OfferReport {
         call: call.summary(),
         all: all.summary(),
         replicas: replicas.len(),

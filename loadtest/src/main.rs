@@ -416,6 +416,13 @@ enum ClusterCommand {
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         warmup: Duration,
     },
+    /// Decides on replica 0, each for a new visitor: the time until every
+    /// replica counts the offer in `offered(1d, benefit="bench-claim")`.
+    Offers {
+        /// How many decisions, one after the other.
+        #[arg(long, default_value_t = 200)]
+        samples: u64,
+    },
     /// Closed loop: --concurrency callers on one benefit (one partition).
     ClaimsMax {
         /// Callers, each sending its next claim when the last answers.
@@ -545,6 +552,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<i32> {
                     ClusterCommand::Claims { rate, duration, warmup } => {
                         cluster::claims_open(&config, rate, duration, warmup).await?.text()
                     }
+                    ClusterCommand::Offers { samples } => cluster::offer_propagation(&config, samples).await?.text(),
                     ClusterCommand::ClaimsMax { concurrency, duration } => {
                         cluster::claims_closed(&config, concurrency, duration).await?.text()
                     }
