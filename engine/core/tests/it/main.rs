@@ -14,3 +14,4 @@ mod model;
 mod offers;
 mod rules;
 mod timezone;
+mod attack;

@@ -1,0 +1,94 @@
+//! Hostile inputs against the rule language's second edition and the
+//! measurement work, each found by an attack and pinned here: what the
+//! input was, what it must do.
+
+use std::collections::HashMap;
+
+use vitrine_core::time::{parse_timestamp_in, Zone, MAX_NOW_MS};
+use vitrine_core::{decide, snapshot, Context, DecideRequest, Event, Index, MemoryLedger, RuleSet};
+
+/// jiff's last instant, 9999-12-30T22:00:00Z: past it the zone database
+/// has no answer, though events and requests go on to MAX_NOW_MS.
+const DATABASE_END_MS: i64 = 253_402_207_200_000;
+
+/// A purchase whose `price * quantity` overflows to infinity was accepted,
+/// stored in the profile, written to the snapshot, and the snapshot then
+/// refused to load ("purchase amount is not a finite non-negative number"):
+/// one hostile event made every later restart fail. It is refused instead.
+#[test]
+fn a_purchase_whose_amount_overflows_is_refused_and_snapshots_still_load() {
+    let hostile = br#"{"shop":"s","visitor":"v","action":"purchase","item":"i","price":1e308,"quantity":2,"ts":1794000900000}"#;
+    let err = Event::from_json(hostile).unwrap_err();
+    assert_eq!(err.message, "`price` * `quantity` must be a finite number");
+    // The largest accepted amount still round-trips through a snapshot.
+    let index = Index::new();
+    let ok = br#"{"shop":"s","visitor":"v","action":"purchase","item":"i","price":1e308,"quantity":1,"ts":1794000900000}"#;
+    index.apply(&Event::from_json(ok).unwrap());
+    let bytes = snapshot::encode(&index, b"");
+    assert!(snapshot::decode(&bytes).is_ok());
+}
+
+/// Past the zone database's last instant the offset used to fall to 0, so
+/// in a zone east of UTC a later instant read an earlier clock (Shanghai's
+/// clock went back 8 hours at 9999-12-30T22:00Z): events and decisions of
+/// the last day were bucketed out of order.
+#[test]
+fn the_shop_clock_never_runs_backwards_up_to_the_last_instant() {
+    for name in ["Asia/Shanghai", "Pacific/Kiritimati", "America/New_York", "Asia/Kathmandu"] {
+        let zone = Zone::get(name).unwrap();
+        let mut last = i64::MIN;
+        let mut ts = DATABASE_END_MS - 3 * 3_600_000;
+        while ts <= MAX_NOW_MS {
+            let clock = zone.clock_ms(ts);
+            assert!(clock >= last, "{name}: clock at {ts} is {clock}, before {last}");
+            last = clock;
+            ts += 60_000;
+        }
+        let at_end = zone.offset_ms(MAX_NOW_MS);
+        assert_eq!(at_end, zone.offset_ms(DATABASE_END_MS - 1), "{name}");
+    }
+}
+
+/// A wall time of 9999-12-31 east of UTC is an instant before MAX_NOW_MS,
+/// yet it was refused as "invalid timestamp ... expected RFC 3339".
+#[test]
+fn a_local_time_on_the_last_day_east_of_utc_is_a_timestamp() {
+    let kiritimati = Zone::get("Pacific/Kiritimati").unwrap();
+    // +14:00: 23:59:59 local is 09:59:59Z the same day.
+    assert_eq!(
+        parse_timestamp_in("9999-12-31T23:59:59", &kiritimati),
+        parse_timestamp_in("9999-12-31T09:59:59Z", &kiritimati)
+    );
+    let rules = RuleSet::load(
+        "shop: s\ntimezone: Pacific/Kiritimati\nbanners:\n  - banner: until-the-end\n    ends: 9999-12-31T23:59:59\n",
+    );
+    assert!(rules.is_ok(), "{:?}", rules.err());
+}
+
+/// `threshold: 1e308` and a cart total of `-1e308` made the add-on gap
+/// infinite: reported to the renderer as `inf` (JSON has no such number),
+/// and no price covers it. Such a request has no add-on.
+#[test]
+fn an_add_on_gap_is_always_a_finite_number() {
+    let rules = RuleSet::load("shop: s\nitems:\n  add_on:\n    threshold: 1e308\n").unwrap();
+    let index = Index::new();
+    let gap = |total: &str| {
+        let attrs: HashMap<String, String> = [("cart_total".to_string(), total.to_string())].into();
+        let req = DecideRequest {
+            visitor: "v",
+            context: Context {
+                attributes: Some(&attrs),
+                ..Context::default()
+            },
+            item_limit: 0,
+            explain: false,
+            now_ms: 1_794_000_000_000,
+        };
+        decide(&rules, index.shop("s").as_deref(), &MemoryLedger::default(), &req).add_on_gap
+    };
+    assert_eq!(gap("-1e308"), None);
+    assert_eq!(gap("1e307"), Some(1e308 - 1e307));
+    for not_a_number in ["1e309", "-1e309", "NaN", " 5", "0x5", "inf"] {
+        assert_eq!(gap(not_a_number), None, "{not_a_number:?}");
+    }
+}
