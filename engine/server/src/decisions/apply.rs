@@ -75,7 +75,12 @@ fn apply(engine: &Engine, shop: &str, e: &Exposure<'_>) -> Result<Applied, Recor
     if e.visitor.is_empty() {
         return Ok(Applied::Anonymous);
     }
-    engine.index.shop_or_create(shop).apply_exposure(e);
+    // A shop's first state may be an exposure (a Decide before any event):
+    // its index counts hours on the zone of its rule file, as for an event.
+    let index = engine
+        .index
+        .shop_or_create_in(shop, || crate::zones::zone_for(&engine.rules, shop));
+    index.apply_exposure(e);
     engine.decisions.exposure_applied();
     Ok(Applied::Exposure)
 }
