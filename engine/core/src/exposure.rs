@@ -286,9 +286,14 @@ impl ShopIndex {
     /// record [`Exposure::check`] refuses or that would intern more than
     /// [`MAX_ENTRIES`] ids (the caller counts those).
     pub fn apply_exposure(&self, e: &Exposure<'_>) -> bool {
-        if e.check().is_err() {
-            return false;
-        }
+        self.try_apply_exposure(e).unwrap_or(false)
+    }
+
+    /// [`ShopIndex::apply_exposure`], saying why a record is refused:
+    /// `Ok(changed)`, or the bound it crosses, so that the caller can count
+    /// it as rejected rather than applied.
+    pub fn try_apply_exposure(&self, e: &Exposure<'_>) -> Result<bool, ExposureError> {
+        e.check()?;
         let columns = &self.exposures;
         let hour = hour_of(self.exposure_clock_ms(e.ts_ms));
         let mut facts = [Fact {
@@ -310,17 +315,17 @@ impl ShopIndex {
         if columns.benefits.len() + new(&columns.benefits, Slot::Benefit) > MAX_ENTRIES
             || columns.banners.len() + new(&columns.banners, Slot::Banner) > MAX_ENTRIES
         {
-            return false;
+            return Err(ExposureError::TooManyEntries);
         }
         for (slot, id, held_out) in listed {
             let Some(entry) = columns.intern(slot, id) else {
-                return false;
+                return Err(ExposureError::TooManyEntries);
             };
             facts[n] = Fact { hour, entry, held_out };
             n += 1;
         }
         if n == 0 {
-            return false;
+            return Ok(false);
         }
         let vid = self.visitors.intern(e.visitor);
         let day = day_of_hour(hour);
@@ -334,7 +339,7 @@ impl ShopIndex {
         for (fact, _) in facts[..n].iter().zip(new).filter(|(_, new)| *new) {
             columns.set(day, fact, vid);
         }
-        new.iter().any(|&b| b)
+        Ok(new.iter().any(|&b| b))
     }
 }
 

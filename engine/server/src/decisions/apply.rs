@@ -3,7 +3,7 @@
 //! decisions topic (cluster), so every replica records the same offers.
 
 use vitrine_core::eval::decide::Slot;
-use vitrine_core::Exposure;
+use vitrine_core::{Exposure, ExposureError};
 
 use super::record::{self, Record, Wire};
 use crate::metrics::decisions::RecordRejected;
@@ -80,7 +80,13 @@ fn apply(engine: &Engine, shop: &str, e: &Exposure<'_>) -> Result<Applied, Recor
     let index = engine
         .index
         .shop_or_create_in(shop, || crate::zones::zone_for(&engine.rules, shop));
-    index.apply_exposure(e);
+    index.try_apply_exposure(e).map_err(|err| match err {
+        ExposureError::TooManyEntries => RecordRejected::TooManyEntries,
+        ExposureError::MissingVisitor | ExposureError::BadId { .. } => RecordRejected::BadId,
+        ExposureError::TooManyHeldOut(_) => RecordRejected::TooMany,
+        ExposureError::HeldOutOfItems => RecordRejected::BadSlot,
+        ExposureError::BadInstant(_) => RecordRejected::BadTs,
+    })?;
     engine.decisions.exposure_applied();
     Ok(Applied::Exposure)
 }
