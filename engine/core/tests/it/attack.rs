@@ -92,3 +92,61 @@ fn an_add_on_gap_is_always_a_finite_number() {
         assert_eq!(gap(not_a_number), None, "{not_a_number:?}");
     }
 }
+
+/// What held: an exposure at a local hour boundary of a +05:45 zone and of
+/// New York's repeated hour counts alike in `offered(1h)` decisions, its
+/// size, and the lift report's range.
+#[test]
+fn offered_in_hours_agrees_in_decide_size_and_lift_at_local_hour_boundaries() {
+    use vitrine_core::time::{Unit, Window};
+    use vitrine_core::{lift, size_of, Exposure, LiftQuery};
+    const HOUR: i64 = 3_600_000;
+    // 2026-11-10T18:15:00Z is 00:00 in Kathmandu; 2026-11-01T06:00Z is
+    // 01:00 EST in New York, the repeated hour (05:00Z was 01:00 EDT).
+    for (zone, boundary) in [("Asia/Kathmandu", 1_794_334_500_000_i64), ("America/New_York", 1_793_512_800_000)] {
+        let rules = RuleSet::load(&format!(
+            "shop: s\ntimezone: {zone}\naudiences:\n  recent: offered(1h, benefit=\"c\")\nbanners:\n  - banner: seen\n    when: recent\nbenefits:\n  - id: c\n    kind: coupon\n    holdout: 50%\n"
+        ))
+        .unwrap();
+        for (exposed, label) in [(boundary - 1, "just before"), (boundary, "at"), (boundary + HOUR / 2, "inside")] {
+            let index = Index::new();
+            let shop = index.shop_or_create_in("s", || rules.zone.clone());
+            assert!(shop.apply_exposure(&Exposure {
+                ts_ms: exposed,
+                visitor: "v",
+                banner: None,
+                benefit: Some("c"),
+                held_out: &[],
+            }));
+            for now in [boundary, boundary + HOUR - 1, boundary + HOUR, boundary + 2 * HOUR - 1] {
+                let req = DecideRequest {
+                    visitor: "v",
+                    context: Context::default(),
+                    item_limit: 0,
+                    explain: false,
+                    now_ms: now,
+                };
+                let decided = decide(&rules, Some(&shop), &MemoryLedger::default(), &req).banner == Some("seen");
+                let size = size_of(Some(&rules), Some(&shop), &MemoryLedger::default(), "recent", now).unwrap();
+                assert_eq!(decided, size == 1, "{zone} exposure {label} the boundary, now {now}");
+            }
+            let counted = |from_ms| {
+                let q = LiftQuery {
+                    id: Some("c"),
+                    window: Window { amount: 1, unit: Unit::Hours },
+                    from_ms,
+                    to_ms: 0,
+                };
+                lift(&rules, Some(&shop), &q).unwrap()[0].treated
+            };
+            // An exposure is in the range when its clock hour starts at or
+            // after the clock reading of `from_ms` (in New York's repeated
+            // hour, an instant of the first 01:xx has the second's clock hour).
+            let hour_start = shop.clock_ms(exposed).div_euclid(HOUR) * HOUR;
+            for from in [boundary - HOUR, boundary, boundary + 1] {
+                let expected = hour_start >= shop.clock_ms(from);
+                assert_eq!(counted(from) == 1, expected, "{zone} exposure {label} the boundary, from {from}");
+            }
+        }
+    }
+}
