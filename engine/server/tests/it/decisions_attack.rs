@@ -112,3 +112,102 @@ async fn hostile_record_shapes_are_refused_with_their_reason() {
     assert_eq!(apply_message(engine, Some(good.as_bytes())), Ok(Applied::Exposure));
     server.shutdown().await.unwrap();
 }
+
+/// What held: hostile Lift requests get precise refusals, and Lift runs
+/// while decisions and purchases flow: it never fails, and the groups only
+/// grow until every decided visitor is in one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_and_concurrent_lift_requests() {
+    use tonic::transport::Channel;
+    use tonic::Code;
+    let dir = temp_dir("attack-lift");
+    let rules = "shop: apparel\ntimezone: Asia/Kathmandu\nbenefits:\n  - id: points\n    kind: points\n    holdout: 50%\n";
+    let (server, c) = embedded(&dir, rules).await;
+    let channel = Channel::from_shared(format!("http://{}", server.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let reports = pb::reports_client::ReportsClient::new(channel);
+    let lift = |window: &str, from_ms: i64, to_ms: i64| pb::LiftRequest {
+        shop: SHOP.into(),
+        id: "points".into(),
+        window: window.into(),
+        from_ms,
+        to_ms,
+    };
+    let max_ts = vitrine_core::event::MAX_TS;
+    let cases = [
+        (lift("0d", 0, 0), Code::InvalidArgument),
+        (lift("0h", 0, 0), Code::InvalidArgument),
+        (lift("401d", 0, 0), Code::InvalidArgument),
+        (lift("99999999999999999999d", 0, 0), Code::InvalidArgument),
+        (lift("-1d", 0, 0), Code::InvalidArgument),
+        (lift(&"7".repeat(100_000), 0, 0), Code::InvalidArgument),
+        (lift("7d", -1, 0), Code::InvalidArgument),
+        (lift("7d", i64::MIN, i64::MAX), Code::InvalidArgument),
+        (lift("7d", 0, max_ts + 1), Code::InvalidArgument),
+        (lift("7d", 5, 5), Code::InvalidArgument),
+    ];
+    for (req, code) in cases {
+        let shown = format!("{:.60} {} {}", req.window, req.from_ms, req.to_ms);
+        let got = reports.clone().lift(req).await.map(|_| ()).map_err(|e| e.code());
+        assert_eq!(got, Err(code), "{shown}");
+    }
+    for (from, to) in [(0, max_ts), (max_ts - 1, max_ts), (max_ts, 0), (1, 2)] {
+        let r = reports.clone().lift(lift("400d", from, to)).await.unwrap().into_inner();
+        assert_eq!((r.rows[0].treated, r.rows[0].control), (0, 0), "{from} {to}");
+    }
+    let unknown = pb::LiftRequest {
+        shop: "nowhere".into(),
+        ..lift("7d", 0, 0)
+    };
+    assert_eq!(reports.clone().lift(unknown).await.unwrap_err().code(), Code::NotFound);
+
+    // Decisions and purchases flow while Lift runs.
+    const VISITORS: usize = 200;
+    let writer = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            for i in 0..VISITORS {
+                let visitor = format!("v-{i}");
+                let decide = pb::DecideRequest {
+                    shop: SHOP.into(),
+                    visitor: visitor.clone(),
+                    now_ms: NOW + i as i64 * 60_000,
+                    ..Default::default()
+                };
+                c.decision.clone().decide(decide).await.unwrap();
+                let purchase = pb::Event {
+                    shop: SHOP.into(),
+                    visitor,
+                    action: "purchase".into(),
+                    item: "sku-1".into(),
+                    price: Some(10.0),
+                    ts: Some(NOW + i as i64 * 60_000 + 1),
+                    ..pb::Event::default()
+                };
+                c.ingest.clone().track(pb::TrackRequest { events: vec![purchase] }).await.unwrap();
+            }
+        })
+    };
+    let mut seen = 0;
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "Lift never saw every decision: {seen}");
+        let done = writer.is_finished();
+        let r = reports.clone().lift(lift("7d", 0, 0)).await.unwrap().into_inner();
+        let row = &r.rows[0];
+        let total = row.treated + row.control;
+        assert!(total >= seen, "the groups shrank: {total} after {seen}");
+        assert!(row.treated_converted <= row.treated && row.control_converted <= row.control);
+        assert!(row.ci_low.is_finite() && row.ci_high.is_finite() && row.ci_low <= row.ci_high, "{row:?}");
+        seen = total;
+        if done && server.engine.decisions.stats().exposures_applied == VISITORS as u64 && total == VISITORS as u64 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    writer.await.unwrap();
+    server.shutdown().await.unwrap();
+}
