@@ -211,3 +211,47 @@ async fn hostile_and_concurrent_lift_requests() {
     writer.await.unwrap();
     server.shutdown().await.unwrap();
 }
+
+/// What held: a shutdown while records are queued drains them, applies
+/// each once, and the final snapshot holds their exposures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The drainer is a plain thread: holding its gate across awaits blocks no task.
+#[allow(clippy::await_holding_lock)]
+async fn a_shutdown_with_records_queued_snapshots_their_exposures() {
+    let rules = "shop: apparel\nbanners:\n  - when: offered(30d, benefit=\"coupon-10\")\n    banner: seen-coupon\n  - banner: welcome\nbenefits:\n  - id: coupon-10\n    kind: coupon\n";
+    let dir = temp_dir("attack-queued");
+    let (server, c) = embedded(&dir, rules).await;
+    let decide = |visitor: String| pb::DecideRequest {
+        shop: SHOP.into(),
+        visitor,
+        now_ms: NOW,
+        ..Default::default()
+    };
+    const N: usize = 100;
+    {
+        let held = server.engine.decisions.log().unwrap().block_drainer();
+        for i in 0..N {
+            c.decision.clone().decide(decide(format!("v-{i}"))).await.unwrap();
+        }
+        let s = server.engine.decisions.stats();
+        assert_eq!((s.logged, s.dropped), (N as u64, 0));
+        drop(held);
+    }
+    let engine = server.engine.clone();
+    server.shutdown().await.unwrap();
+    let s = engine.decisions.stats();
+    assert_eq!((s.drained, s.exposures_applied), (N as u64, N as u64), "{s:?}");
+    drop(engine);
+    let server = serve::start(Config {
+        decision_log: DecisionLogConfig::default(),
+        ..test_config(dir.path())
+    })
+    .await
+    .unwrap();
+    let c = connect(server.grpc_addr).await;
+    for i in 0..N {
+        let r = c.decision.clone().decide(decide(format!("v-{i}"))).await.unwrap().into_inner();
+        assert_eq!(r.banner.map(|b| b.id).as_deref(), Some("seen-coupon"), "v-{i}");
+    }
+    server.shutdown().await.unwrap();
+}
