@@ -213,7 +213,9 @@ async fn hostile_and_concurrent_lift_requests() {
 }
 
 /// What held: a shutdown while records are queued drains them, applies
-/// each once, and the final snapshot holds their exposures.
+/// each once, and the final snapshot holds their exposures. More records
+/// than one drainer batch are queued and the drainer is held until the
+/// shutdown has asked it to stop, so the rest drain on the stopping path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 // The drainer is a plain thread: holding its gate across awaits blocks no task.
 #[allow(clippy::await_holding_lock)]
@@ -227,18 +229,19 @@ async fn a_shutdown_with_records_queued_snapshots_their_exposures() {
         now_ms: NOW,
         ..Default::default()
     };
-    const N: usize = 100;
-    {
-        let held = server.engine.decisions.log().unwrap().block_drainer();
-        for i in 0..N {
-            c.decision.clone().decide(decide(format!("v-{i}"))).await.unwrap();
-        }
-        let s = server.engine.decisions.stats();
-        assert_eq!((s.logged, s.dropped), (N as u64, 0));
-        drop(held);
-    }
+    const N: usize = 1500;
     let engine = server.engine.clone();
-    server.shutdown().await.unwrap();
+    let log = engine.decisions.log().unwrap();
+    let held = log.block_drainer();
+    for i in 0..N {
+        c.decision.clone().decide(decide(format!("v-{i}"))).await.unwrap();
+    }
+    let s = engine.decisions.stats();
+    assert_eq!((s.logged, s.dropped), (N as u64, 0));
+    let shutdown = tokio::spawn(server.shutdown());
+    wait_for("the shutdown to stop the drainer", || async { log.stopping() }).await;
+    drop(held);
+    shutdown.await.unwrap().unwrap();
     let s = engine.decisions.stats();
     assert_eq!((s.drained, s.exposures_applied), (N as u64, N as u64), "{s:?}");
     drop(engine);
@@ -249,7 +252,7 @@ async fn a_shutdown_with_records_queued_snapshots_their_exposures() {
     .await
     .unwrap();
     let c = connect(server.grpc_addr).await;
-    for i in 0..N {
+    for i in (0..N).step_by(7) {
         let r = c.decision.clone().decide(decide(format!("v-{i}"))).await.unwrap().into_inner();
         assert_eq!(r.banner.map(|b| b.id).as_deref(), Some("seen-coupon"), "v-{i}");
     }
