@@ -150,3 +150,34 @@ fn offered_in_hours_agrees_in_decide_size_and_lift_at_local_hour_boundaries() {
         }
     }
 }
+
+/// What held: context values a client controls compare as the docs say:
+/// a value that is not a finite number makes every numeric atom false
+/// (`!=` too), `-0` equals 0, and an underflow is 0.
+#[test]
+fn hostile_context_numbers_compare_as_documented() {
+    let rules = RuleSet::load(
+        "shop: s\naudiences:\n  ge: ctx.x >= 0\n  lt: ctx.x < 0\n  eq: ctx.x == 0\n  ne: ctx.x != 0\nbanners:\n  - banner: ge\n    when: ge\n  - banner: lt\n    when: lt\n  - banner: eq\n    when: eq\n  - banner: ne\n    when: ne\n",
+    )
+    .unwrap();
+    let banner = |value: &str| {
+        let attrs: HashMap<String, String> = [("x".to_string(), value.to_string())].into();
+        let req = DecideRequest {
+            visitor: "v",
+            context: Context {
+                attributes: Some(&attrs),
+                ..Context::default()
+            },
+            item_limit: 0,
+            explain: false,
+            now_ms: 1_794_000_000_000,
+        };
+        decide(&rules, None, &MemoryLedger::default(), &req).banner
+    };
+    for not_a_number in ["1e309", "-1e309", "NaN", "inf", "-inf", " 5", "5 ", "0x5", "1_0", "", "٣"] {
+        assert_eq!(banner(not_a_number), None, "{not_a_number:?}");
+    }
+    for (value, want) in [("-0", "ge"), ("1e-400", "ge"), ("-1e-400", "ge"), ("-1e308", "lt"), ("+5", "ge"), (".5", "ge")] {
+        assert_eq!(banner(value), Some(want), "{value:?}");
+    }
+}
