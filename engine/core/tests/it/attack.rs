@@ -17,12 +17,14 @@ const DATABASE_END_MS: i64 = 253_402_207_200_000;
 /// one hostile event made every later restart fail. It is refused instead.
 #[test]
 fn a_purchase_whose_amount_overflows_is_refused_and_snapshots_still_load() {
-    let hostile = br#"{"shop":"s","visitor":"v","action":"purchase","item":"i","price":1e308,"quantity":2,"ts":1794000900000}"#;
+    let hostile =
+        br#"{"shop":"s","visitor":"v","action":"purchase","item":"i","price":1e308,"quantity":2,"ts":1794000900000}"#;
     let err = Event::from_json(hostile).unwrap_err();
     assert_eq!(err.message, "`price` * `quantity` must be a finite number");
     // The largest accepted amount still round-trips through a snapshot.
     let index = Index::new();
-    let ok = br#"{"shop":"s","visitor":"v","action":"purchase","item":"i","price":1e308,"quantity":1,"ts":1794000900000}"#;
+    let ok =
+        br#"{"shop":"s","visitor":"v","action":"purchase","item":"i","price":1e308,"quantity":1,"ts":1794000900000}"#;
     index.apply(&Event::from_json(ok).unwrap());
     let bytes = snapshot::encode(&index, b"");
     assert!(snapshot::decode(&bytes).is_ok());
@@ -34,7 +36,12 @@ fn a_purchase_whose_amount_overflows_is_refused_and_snapshots_still_load() {
 /// the last day were bucketed out of order.
 #[test]
 fn the_shop_clock_never_runs_backwards_up_to_the_last_instant() {
-    for name in ["Asia/Shanghai", "Pacific/Kiritimati", "America/New_York", "Asia/Kathmandu"] {
+    for name in [
+        "Asia/Shanghai",
+        "Pacific/Kiritimati",
+        "America/New_York",
+        "Asia/Kathmandu",
+    ] {
         let zone = Zone::get(name).unwrap();
         let mut last = i64::MIN;
         let mut ts = DATABASE_END_MS - 3 * 3_600_000;
@@ -103,12 +110,19 @@ fn offered_in_hours_agrees_in_decide_size_and_lift_at_local_hour_boundaries() {
     const HOUR: i64 = 3_600_000;
     // 2026-11-10T18:15:00Z is 00:00 in Kathmandu; 2026-11-01T06:00Z is
     // 01:00 EST in New York, the repeated hour (05:00Z was 01:00 EDT).
-    for (zone, boundary) in [("Asia/Kathmandu", 1_794_334_500_000_i64), ("America/New_York", 1_793_512_800_000)] {
+    for (zone, boundary) in [
+        ("Asia/Kathmandu", 1_794_334_500_000_i64),
+        ("America/New_York", 1_793_512_800_000),
+    ] {
         let rules = RuleSet::load(&format!(
             "shop: s\ntimezone: {zone}\naudiences:\n  recent: offered(1h, benefit=\"c\")\nbanners:\n  - banner: seen\n    when: recent\nbenefits:\n  - id: c\n    kind: coupon\n    holdout: 50%\n"
         ))
         .unwrap();
-        for (exposed, label) in [(boundary - 1, "just before"), (boundary, "at"), (boundary + HOUR / 2, "inside")] {
+        for (exposed, label) in [
+            (boundary - 1, "just before"),
+            (boundary, "at"),
+            (boundary + HOUR / 2, "inside"),
+        ] {
             let index = Index::new();
             let shop = index.shop_or_create_in("s", || rules.zone.clone());
             assert!(shop.apply_exposure(&Exposure {
@@ -133,7 +147,10 @@ fn offered_in_hours_agrees_in_decide_size_and_lift_at_local_hour_boundaries() {
             let counted = |from_ms| {
                 let q = LiftQuery {
                     id: Some("c"),
-                    window: Window { amount: 1, unit: Unit::Hours },
+                    window: Window {
+                        amount: 1,
+                        unit: Unit::Hours,
+                    },
                     from_ms,
                     to_ms: 0,
                 };
@@ -145,7 +162,11 @@ fn offered_in_hours_agrees_in_decide_size_and_lift_at_local_hour_boundaries() {
             let hour_start = shop.clock_ms(exposed).div_euclid(HOUR) * HOUR;
             for from in [boundary - HOUR, boundary, boundary + 1] {
                 let expected = hour_start >= shop.clock_ms(from);
-                assert_eq!(counted(from) == 1, expected, "{zone} exposure {label} the boundary, from {from}");
+                assert_eq!(
+                    counted(from) == 1,
+                    expected,
+                    "{zone} exposure {label} the boundary, from {from}"
+                );
             }
         }
     }
@@ -174,10 +195,19 @@ fn hostile_context_numbers_compare_as_documented() {
         };
         decide(&rules, None, &MemoryLedger::default(), &req).banner
     };
-    for not_a_number in ["1e309", "-1e309", "NaN", "inf", "-inf", " 5", "5 ", "0x5", "1_0", "", "٣"] {
+    for not_a_number in [
+        "1e309", "-1e309", "NaN", "inf", "-inf", " 5", "5 ", "0x5", "1_0", "", "٣",
+    ] {
         assert_eq!(banner(not_a_number), None, "{not_a_number:?}");
     }
-    for (value, want) in [("-0", "ge"), ("1e-400", "ge"), ("-1e-400", "ge"), ("-1e308", "lt"), ("+5", "ge"), (".5", "ge")] {
+    for (value, want) in [
+        ("-0", "ge"),
+        ("1e-400", "ge"),
+        ("-1e-400", "ge"),
+        ("-1e308", "lt"),
+        ("+5", "ge"),
+        (".5", "ge"),
+    ] {
         assert_eq!(banner(value), Some(want), "{value:?}");
     }
 }

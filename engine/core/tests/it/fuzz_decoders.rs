@@ -138,7 +138,11 @@ fn fuzz_inputs_start_valid() {
     assert_eq!(decoded.meta, b"meta");
     let sections = snapshot::decode(&valid_snapshot_with_sections()).unwrap();
     let again = snapshot::encode(&sections.index, &sections.meta);
-    assert_eq!(again, valid_snapshot_with_sections(), "every section survives a round trip");
+    assert_eq!(
+        again,
+        valid_snapshot_with_sections(),
+        "every section survives a round trip"
+    );
     for json in EVENTS {
         Event::from_json(json.as_bytes()).unwrap();
     }

@@ -82,7 +82,10 @@ async fn records_past_the_bound_on_entry_ids_are_rejected_and_counted() {
     let s = engine.decisions.stats();
     assert_eq!((s.exposures_applied, s.rejected), (bound as u64, extra as u64));
     // A known id still applies.
-    assert_eq!(apply_message(engine, Some(record("w", "b0").as_bytes())), Ok(Applied::Exposure));
+    assert_eq!(
+        apply_message(engine, Some(record("w", "b0").as_bytes())),
+        Ok(Applied::Exposure)
+    );
     server.shutdown().await.unwrap();
 }
 
@@ -93,18 +96,39 @@ async fn hostile_record_shapes_are_refused_with_their_reason() {
     let (server, _c) = embedded(&dir, "shop: apparel\nbanners:\n  - banner: welcome\n").await;
     let engine = &server.engine;
     let good = record("v", "welcome");
-    let deep = good.replace(r#""replica":"x""#, &format!(r#""replica":"x","f":{}1{}"#, "[".repeat(10_000), "]".repeat(10_000)));
+    let deep = good.replace(
+        r#""replica":"x""#,
+        &format!(r#""replica":"x","f":{}1{}"#, "[".repeat(10_000), "]".repeat(10_000)),
+    );
     // Deep nesting in an unknown field is skipped without recursion (and
     // bounded by the record's size); in a known field it is a type error.
     assert_eq!(apply_message(engine, Some(deep.as_bytes())), Ok(Applied::Exposure));
-    let deep_items = good.replace(r#""items":[]"#, &format!(r#""items":{}1{}"#, "[".repeat(10_000), "]".repeat(10_000)));
+    let deep_items = good.replace(
+        r#""items":[]"#,
+        &format!(r#""items":{}1{}"#, "[".repeat(10_000), "]".repeat(10_000)),
+    );
     let cases = [
         (deep_items, RecordRejected::Malformed),
-        (good.replace(r#""visitor":"v""#, &format!(r#""visitor":"{}""#, "v".repeat(513))), RecordRejected::BadId),
-        (good.replace(r#""visitor":"v""#, r#""visitor":7"#), RecordRejected::Malformed),
-        (good.replace(&format!(r#""ts":{NOW}"#), r#""ts":253402300800000"#), RecordRejected::BadTs),
-        (good.replace(&format!(r#""ts":{NOW}"#), r#""ts":1e300"#), RecordRejected::Malformed),
-        (good.replace(r#""held_out":[]"#, r#""held_out":[{"slot":"items","id":"x"}]"#), RecordRejected::BadSlot),
+        (
+            good.replace(r#""visitor":"v""#, &format!(r#""visitor":"{}""#, "v".repeat(513))),
+            RecordRejected::BadId,
+        ),
+        (
+            good.replace(r#""visitor":"v""#, r#""visitor":7"#),
+            RecordRejected::Malformed,
+        ),
+        (
+            good.replace(&format!(r#""ts":{NOW}"#), r#""ts":253402300800000"#),
+            RecordRejected::BadTs,
+        ),
+        (
+            good.replace(&format!(r#""ts":{NOW}"#), r#""ts":1e300"#),
+            RecordRejected::Malformed,
+        ),
+        (
+            good.replace(r#""held_out":[]"#, r#""held_out":[{"slot":"items","id":"x"}]"#),
+            RecordRejected::BadSlot,
+        ),
     ];
     for (text, reason) in cases {
         assert_eq!(apply_message(engine, Some(text.as_bytes())), Err(reason), "{text:.120}");
@@ -121,7 +145,8 @@ async fn hostile_and_concurrent_lift_requests() {
     use tonic::transport::Channel;
     use tonic::Code;
     let dir = temp_dir("attack-lift");
-    let rules = "shop: apparel\ntimezone: Asia/Kathmandu\nbenefits:\n  - id: points\n    kind: points\n    holdout: 50%\n";
+    let rules =
+        "shop: apparel\ntimezone: Asia/Kathmandu\nbenefits:\n  - id: points\n    kind: points\n    holdout: 50%\n";
     let (server, c) = embedded(&dir, rules).await;
     let channel = Channel::from_shared(format!("http://{}", server.grpc_addr))
         .unwrap()
@@ -187,21 +212,31 @@ async fn hostile_and_concurrent_lift_requests() {
                     ts: Some(NOW + i as i64 * 60_000 + 1),
                     ..pb::Event::default()
                 };
-                c.ingest.clone().track(pb::TrackRequest { events: vec![purchase] }).await.unwrap();
+                c.ingest
+                    .clone()
+                    .track(pb::TrackRequest { events: vec![purchase] })
+                    .await
+                    .unwrap();
             }
         })
     };
     let mut seen = 0;
     let deadline = std::time::Instant::now() + crate::support::WAIT;
     loop {
-        assert!(std::time::Instant::now() < deadline, "Lift never saw every decision: {seen}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Lift never saw every decision: {seen}"
+        );
         let done = writer.is_finished();
         let r = reports.clone().lift(lift("7d", 0, 0)).await.unwrap().into_inner();
         let row = &r.rows[0];
         let total = row.treated + row.control;
         assert!(total >= seen, "the groups shrank: {total} after {seen}");
         assert!(row.treated_converted <= row.treated && row.control_converted <= row.control);
-        assert!(row.ci_low.is_finite() && row.ci_high.is_finite() && row.ci_low <= row.ci_high, "{row:?}");
+        assert!(
+            row.ci_low.is_finite() && row.ci_high.is_finite() && row.ci_low <= row.ci_high,
+            "{row:?}"
+        );
         seen = total;
         if done && server.engine.decisions.stats().exposures_applied == VISITORS as u64 && total == VISITORS as u64 {
             break;
@@ -253,7 +288,13 @@ async fn a_shutdown_with_records_queued_snapshots_their_exposures() {
     .unwrap();
     let c = connect(server.grpc_addr).await;
     for i in (0..N).step_by(7) {
-        let r = c.decision.clone().decide(decide(format!("v-{i}"))).await.unwrap().into_inner();
+        let r = c
+            .decision
+            .clone()
+            .decide(decide(format!("v-{i}")))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(r.banner.map(|b| b.id).as_deref(), Some("seen-coupon"), "v-{i}");
     }
     server.shutdown().await.unwrap();
