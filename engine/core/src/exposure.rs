@@ -36,8 +36,9 @@ use crate::index::{Interner, Profile, ShopIndex};
 use crate::rules::plan::Offers;
 use crate::time::{hour_of, HourRange, Zone, HOUR_MS, MAX_NOW_MS};
 
-/// Most entries one record may list as held out.
-pub const MAX_HELD_OUT: usize = 8;
+/// Most entries one record may list as held out: as many as a rule file
+/// may give a holdout, so a decision's record always lists them all.
+pub const MAX_HELD_OUT: usize = crate::rules::MAX_HOLDOUT_ENTRIES;
 /// Longest visitor, banner or benefit id in a record, in bytes.
 pub const MAX_ID_BYTES: usize = 512;
 /// Most distinct banner ids, and most distinct benefit ids, one shop keeps

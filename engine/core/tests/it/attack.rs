@@ -211,3 +211,77 @@ fn hostile_context_numbers_compare_as_documented() {
         assert_eq!(banner(value), Some(want), "{value:?}");
     }
 }
+
+/// A visitor held out of more than 8 entries (nine banners with a holdout,
+/// all matching) got a decision whose held-out list no record could carry:
+/// the decision log cut it to 8 and the index refused more, so the later
+/// entries (the benefits last) lost the visitor from their control groups
+/// and the lift report undercounted them. Every held-out entry now reaches
+/// the index, and a file may give at most 64 entries a holdout.
+#[test]
+fn every_entry_a_visitor_is_held_out_of_reaches_its_control_group() {
+    use vitrine_core::time::{Unit, Window};
+    use vitrine_core::{lift, Exposure, LiftQuery};
+    let mut src = String::from("shop: s\nbanners:\n");
+    for i in 0..9 {
+        src.push_str(&format!("  - banner: b{i}\n    holdout: 100%\n"));
+    }
+    src.push_str("benefits:\n  - id: c\n    kind: coupon\n    holdout: 100%\n");
+    let rules = RuleSet::load(&src).unwrap();
+    let index = Index::new();
+    let shop = index.shop_or_create("s");
+    let req = DecideRequest {
+        visitor: "v",
+        context: Context::default(),
+        item_limit: 0,
+        explain: false,
+        now_ms: 1_794_000_000_000,
+    };
+    let d = decide(&rules, Some(&shop), &MemoryLedger::default(), &req);
+    assert_eq!(d.held_out.len(), 10);
+    let exposure = Exposure {
+        ts_ms: req.now_ms,
+        visitor: "v",
+        banner: d.banner,
+        benefit: d.benefit.map(|b| &*b.id),
+        held_out: &d.held_out,
+    };
+    assert_eq!(exposure.check(), Ok(()));
+    assert!(shop.apply_exposure(&exposure));
+    let q = LiftQuery {
+        id: None,
+        window: Window {
+            amount: 7,
+            unit: Unit::Days,
+        },
+        from_ms: 0,
+        to_ms: 0,
+    };
+    let rows = lift(&rules, Some(&shop), &q).unwrap();
+    assert_eq!(rows.len(), 10);
+    for row in rows {
+        assert_eq!((row.treated, row.control), (0, 1), "{}", row.id);
+    }
+}
+
+#[test]
+fn a_file_gives_at_most_64_entries_a_holdout() {
+    let entries = |n: usize| {
+        let mut src = String::from("shop: s\nbanners:\n  - banner: zero\n    holdout: 0%\n");
+        for i in 0..n {
+            src.push_str(&format!("  - banner: b{i}\n    holdout: 1%\n"));
+        }
+        src
+    };
+    assert!(RuleSet::load(&entries(64)).is_ok());
+    let errors: Vec<String> = RuleSet::load(&entries(66))
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        errors,
+        ["134:14: more than 64 banners and benefits have a holdout (a decision record lists each entry a visitor is held out of)"]
+    );
+}
