@@ -702,7 +702,7 @@ mod tests {
     fn records_past_a_bound_are_refused_whole() {
         let shop = ShopIndex::new("s");
         let long = "x".repeat(MAX_ID_BYTES + 1);
-        let nine = [(Slot::Benefit, "p"); MAX_HELD_OUT + 1];
+        let over = [(Slot::Benefit, "p"); MAX_HELD_OUT + 1];
         let cases: [(Exposure<'_>, ExposureError); 6] = [
             (exposure("", T, &[]), ExposureError::MissingVisitor),
             (exposure(&long, T, &[]), ExposureError::BadId { what: "visitor" }),
@@ -713,7 +713,7 @@ mod tests {
                 },
                 ExposureError::BadId { what: "benefit" },
             ),
-            (exposure("a", T, &nine), ExposureError::TooManyHeldOut(9)),
+            (exposure("a", T, &over), ExposureError::TooManyHeldOut(MAX_HELD_OUT + 1)),
             (exposure("a", T, &[(Slot::Items, "x")]), ExposureError::HeldOutOfItems),
             (exposure("a", -1, &[]), ExposureError::BadInstant(-1)),
         ];
@@ -723,8 +723,8 @@ mod tests {
         }
         assert_eq!(shop.visitor_count(), 0, "a refused record interns nothing");
         assert_eq!(
-            ExposureError::TooManyHeldOut(9).to_string(),
-            "exposure lists 9 held-out entries, more than the limit of 8"
+            ExposureError::TooManyHeldOut(65).to_string(),
+            "exposure lists 65 held-out entries, more than the limit of 64"
         );
         let nothing = Exposure {
             banner: None,
