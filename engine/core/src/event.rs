@@ -403,6 +403,14 @@ impl<'a> Event<'a> {
                             "`quantity` must be between 1 and 4294967295",
                         ));
                     }
+                    // 1e308 x 2 is infinite: a stored amount must be finite
+                    // (sums, averages and the snapshot decoder rely on it).
+                    if !(price * quantity as f64).is_finite() {
+                        return Err(EventError::new(
+                            RejectReason::InvalidValue,
+                            "`price` * `quantity` must be a finite number",
+                        ));
+                    }
                     event.price = price;
                     event.quantity = quantity as u32;
                 }

@@ -36,8 +36,9 @@ use crate::index::{Interner, Profile, ShopIndex};
 use crate::rules::plan::Offers;
 use crate::time::{hour_of, HourRange, Zone, HOUR_MS, MAX_NOW_MS};
 
-/// Most entries one record may list as held out.
-pub const MAX_HELD_OUT: usize = 8;
+/// Most entries one record may list as held out: as many as a rule file
+/// may give a holdout, so a decision's record always lists them all.
+pub const MAX_HELD_OUT: usize = crate::rules::MAX_HOLDOUT_ENTRIES;
 /// Longest visitor, banner or benefit id in a record, in bytes.
 pub const MAX_ID_BYTES: usize = 512;
 /// Most distinct banner ids, and most distinct benefit ids, one shop keeps
@@ -286,9 +287,14 @@ impl ShopIndex {
     /// record [`Exposure::check`] refuses or that would intern more than
     /// [`MAX_ENTRIES`] ids (the caller counts those).
     pub fn apply_exposure(&self, e: &Exposure<'_>) -> bool {
-        if e.check().is_err() {
-            return false;
-        }
+        self.try_apply_exposure(e).unwrap_or(false)
+    }
+
+    /// [`ShopIndex::apply_exposure`], saying why a record is refused:
+    /// `Ok(changed)`, or the bound it crosses, so that the caller can count
+    /// it as rejected rather than applied.
+    pub fn try_apply_exposure(&self, e: &Exposure<'_>) -> Result<bool, ExposureError> {
+        e.check()?;
         let columns = &self.exposures;
         let hour = hour_of(self.exposure_clock_ms(e.ts_ms));
         let mut facts = [Fact {
@@ -310,17 +316,17 @@ impl ShopIndex {
         if columns.benefits.len() + new(&columns.benefits, Slot::Benefit) > MAX_ENTRIES
             || columns.banners.len() + new(&columns.banners, Slot::Banner) > MAX_ENTRIES
         {
-            return false;
+            return Err(ExposureError::TooManyEntries);
         }
         for (slot, id, held_out) in listed {
             let Some(entry) = columns.intern(slot, id) else {
-                return false;
+                return Err(ExposureError::TooManyEntries);
             };
             facts[n] = Fact { hour, entry, held_out };
             n += 1;
         }
         if n == 0 {
-            return false;
+            return Ok(false);
         }
         let vid = self.visitors.intern(e.visitor);
         let day = day_of_hour(hour);
@@ -334,7 +340,7 @@ impl ShopIndex {
         for (fact, _) in facts[..n].iter().zip(new).filter(|(_, new)| *new) {
             columns.set(day, fact, vid);
         }
-        new.iter().any(|&b| b)
+        Ok(new.iter().any(|&b| b))
     }
 }
 
@@ -696,7 +702,7 @@ mod tests {
     fn records_past_a_bound_are_refused_whole() {
         let shop = ShopIndex::new("s");
         let long = "x".repeat(MAX_ID_BYTES + 1);
-        let nine = [(Slot::Benefit, "p"); MAX_HELD_OUT + 1];
+        let over = [(Slot::Benefit, "p"); MAX_HELD_OUT + 1];
         let cases: [(Exposure<'_>, ExposureError); 6] = [
             (exposure("", T, &[]), ExposureError::MissingVisitor),
             (exposure(&long, T, &[]), ExposureError::BadId { what: "visitor" }),
@@ -707,7 +713,7 @@ mod tests {
                 },
                 ExposureError::BadId { what: "benefit" },
             ),
-            (exposure("a", T, &nine), ExposureError::TooManyHeldOut(9)),
+            (exposure("a", T, &over), ExposureError::TooManyHeldOut(MAX_HELD_OUT + 1)),
             (exposure("a", T, &[(Slot::Items, "x")]), ExposureError::HeldOutOfItems),
             (exposure("a", -1, &[]), ExposureError::BadInstant(-1)),
         ];
@@ -717,8 +723,8 @@ mod tests {
         }
         assert_eq!(shop.visitor_count(), 0, "a refused record interns nothing");
         assert_eq!(
-            ExposureError::TooManyHeldOut(9).to_string(),
-            "exposure lists 9 held-out entries, more than the limit of 8"
+            ExposureError::TooManyHeldOut(65).to_string(),
+            "exposure lists 65 held-out entries, more than the limit of 64"
         );
         let nothing = Exposure {
             banner: None,

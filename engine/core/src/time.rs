@@ -227,10 +227,16 @@ impl Zone {
         if self.utc {
             return 0;
         }
-        match jiff::Timestamp::from_millisecond(ts_ms) {
-            Ok(ts) => i64::from(self.tz.to_offset(ts).seconds()) * 1000,
-            Err(_) => 0,
-        }
+        // Past the last instant the zone database covers (9999-12-30T22:00Z,
+        // before MAX_NOW_MS) the offset in force then still holds: an offset
+        // of 0 there would turn the clock back by hours in a zone east of
+        // UTC, so a later instant would read an earlier clock.
+        let ts = jiff::Timestamp::from_millisecond(ts_ms).unwrap_or(if ts_ms < 0 {
+            jiff::Timestamp::MIN
+        } else {
+            jiff::Timestamp::MAX
+        });
+        i64::from(self.tz.to_offset(ts).seconds()) * 1000
     }
 
     /// The shop's clock at an instant, as milliseconds since the epoch of
@@ -264,8 +270,15 @@ impl Zone {
             0,
         )
         .ok()?;
-        let ts = self.tz.to_ambiguous_timestamp(dt).compatible().ok()?;
-        Some(ts.as_millisecond() + extra)
+        match self.tz.to_ambiguous_timestamp(dt).compatible() {
+            Ok(ts) => Some(ts.as_millisecond() + extra),
+            // A wall time past the database's last instant (the last hours of
+            // 9999-12-31 east of UTC): the offset in force then, as `offset_ms`.
+            Err(_) => {
+                let naive = wall.naive_ms();
+                Some(naive - self.offset_ms(naive))
+            }
+        }
     }
 }
 

@@ -33,7 +33,9 @@ impl AddOn {
     /// below the threshold; `None` when the add-on does not apply.
     pub fn gap(&self, cart_total: &str) -> Option<f64> {
         let total = super::plan::number(cart_total)?;
-        (total < self.threshold).then_some(self.threshold - total)
+        // A finite gap only: 1e308 minus -1e308 is infinite, which no price
+        // covers and a JSON renderer cannot print.
+        Some(self.threshold - total).filter(|gap| *gap > 0.0 && gap.is_finite())
     }
 }
 

@@ -277,6 +277,10 @@ pub struct RuleSet {
 pub const DEFAULT_ITEM_LIMIT: u32 = 10;
 /// The largest item limit a file or request may ask for.
 pub const MAX_ITEM_LIMIT: u32 = 100;
+/// Most entries of a file (banners and benefits together) with a holdout
+/// above 0%: a decision holds a visitor out of at most this many, and its
+/// decision record lists every one (`crate::exposure::MAX_HELD_OUT`).
+pub const MAX_HOLDOUT_ENTRIES: usize = 64;
 
 impl RuleSet {
     /// Parses, validates and compiles a rule file within the default [`Limits`].
@@ -295,6 +299,7 @@ impl RuleSet {
             omitted: 0,
             depths: Vec::new(),
             zone: Zone::utc(),
+            holdouts: 0,
         };
         let result = loader.load();
         let mut errors = loader.errors;
@@ -325,6 +330,8 @@ struct Loader<'s> {
     depths: Vec<Option<Depth>>,
     /// The file's `timezone:`, read before anything that reads a timestamp.
     zone: Zone,
+    /// Entries with a holdout above 0% so far (at most [`MAX_HOLDOUT_ENTRIES`]).
+    holdouts: usize,
 }
 
 /// How deep an expression nests with its audience references inlined.
@@ -498,6 +505,23 @@ impl<'s> Loader<'s> {
             self.error(node.pos(), format!("unknown time zone `{shown}`"));
         }
         zone
+    }
+
+    /// A `holdout:` percentage, counting the entries that have one.
+    fn holdout(&mut self, node: &Node) -> u32 {
+        let bp = self.percentage(node, "`holdout`").unwrap_or(0);
+        if bp > 0 {
+            self.holdouts += 1;
+            if self.holdouts == MAX_HOLDOUT_ENTRIES + 1 {
+                self.error(
+                    node.pos(),
+                    format!(
+                        "more than {MAX_HOLDOUT_ENTRIES} banners and benefits have a holdout (a decision record lists each entry a visitor is held out of)"
+                    ),
+                );
+            }
+        }
+        bp
     }
 
     fn percentage(&mut self, node: &Node, what: &str) -> Option<u32> {
@@ -847,10 +871,7 @@ impl<'s> Loader<'s> {
             };
             let params = fields.get("params").map(|n| self.params(n)).unwrap_or_default();
             let (starts, ends) = self.schedule(&fields);
-            let holdout_bp = fields
-                .get("holdout")
-                .and_then(|n| self.percentage(n, "`holdout`"))
-                .unwrap_or(0);
+            let holdout_bp = fields.get("holdout").map_or(0, |n| self.holdout(n));
             if let Some(id) = id {
                 banners.push(Banner {
                     when,
@@ -1011,10 +1032,7 @@ impl<'s> Loader<'s> {
                     window: window?,
                 })
             });
-            let holdout_bp = fields
-                .get("holdout")
-                .and_then(|n| self.percentage(n, "`holdout`"))
-                .unwrap_or(0);
+            let holdout_bp = fields.get("holdout").map_or(0, |n| self.holdout(n));
             if let (Some((id, _)), Some(kind)) = (id, kind) {
                 benefits.push(Benefit {
                     id: id.into(),

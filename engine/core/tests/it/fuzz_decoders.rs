@@ -10,7 +10,9 @@
 //! one: `PROPTEST_CASES=200000 cargo test --release -p vitrine-core --test it fuzz_`.
 
 use proptest::prelude::*;
-use vitrine_core::{snapshot, Event, Index};
+use vitrine_core::eval::decide::Slot;
+use vitrine_core::time::Zone;
+use vitrine_core::{snapshot, Event, Exposure, Index};
 use vitrine_testkit::{apply, config, mutations};
 
 const EVENTS: [&str; 6] = [
@@ -31,8 +33,44 @@ fn valid_snapshot() -> Vec<u8> {
     snapshot::encode(&index, b"meta")
 }
 
+/// A valid snapshot with every optional section: a shop on a non-UTC
+/// clock (ZONE), item prices (PRICES) and offers and hold-outs (EXPOSURES).
+fn valid_snapshot_with_sections() -> Vec<u8> {
+    let index = Index::new();
+    let zone = || Zone::get("Asia/Kathmandu").unwrap();
+    for json in EVENTS {
+        index.apply_in(&Event::from_json(json.as_bytes()).unwrap(), zone);
+    }
+    let shop = index.shop_or_create_in("s", zone);
+    for (i, visitor) in ["v1", "v2", "v3"].into_iter().enumerate() {
+        let held: &[(Slot, &str)] = if i == 1 { &[(Slot::Benefit, "c10")] } else { &[] };
+        shop.apply_exposure(&Exposure {
+            ts_ms: 1_794_000_000_000 + i as i64 * 3_600_000,
+            visitor,
+            banner: Some("gold"),
+            benefit: (i != 1).then_some("c10"),
+            held_out: held,
+        });
+    }
+    snapshot::encode(&index, b"meta")
+}
+
 proptest! {
     #![proptest_config(config(256))]
+
+    #[test]
+    fn fuzz_snapshot_sections_mutated_valid(mutations in mutations(), seal in any::<bool>()) {
+        let mut bytes = valid_snapshot_with_sections();
+        apply(&mut bytes, &mutations, 0);
+        if seal {
+            snapshot::reseal(&mut bytes);
+        }
+        let _ = snapshot::peek_meta(&bytes);
+        if let Ok(decoded) = snapshot::decode(&bytes) {
+            let again = snapshot::encode(&decoded.index, &decoded.meta);
+            prop_assert!(snapshot::decode(&again).is_ok());
+        }
+    }
 
     #[test]
     fn fuzz_snapshot_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512), seal in any::<bool>()) {
@@ -98,6 +136,13 @@ fn fuzz_inputs_start_valid() {
     assert_eq!(resealed, bytes, "reseal of a valid snapshot changes nothing");
     let decoded = snapshot::decode(&bytes).unwrap();
     assert_eq!(decoded.meta, b"meta");
+    let sections = snapshot::decode(&valid_snapshot_with_sections()).unwrap();
+    let again = snapshot::encode(&sections.index, &sections.meta);
+    assert_eq!(
+        again,
+        valid_snapshot_with_sections(),
+        "every section survives a round trip"
+    );
     for json in EVENTS {
         Event::from_json(json.as_bytes()).unwrap();
     }

@@ -3,6 +3,7 @@
 // Tests may panic on what they did not expect: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod attack;
 mod concurrent;
 mod decide;
 mod fuzz;

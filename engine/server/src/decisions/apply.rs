@@ -3,7 +3,7 @@
 //! decisions topic (cluster), so every replica records the same offers.
 
 use vitrine_core::eval::decide::Slot;
-use vitrine_core::Exposure;
+use vitrine_core::{Exposure, ExposureError};
 
 use super::record::{self, Record, Wire};
 use crate::metrics::decisions::RecordRejected;
@@ -75,7 +75,18 @@ fn apply(engine: &Engine, shop: &str, e: &Exposure<'_>) -> Result<Applied, Recor
     if e.visitor.is_empty() {
         return Ok(Applied::Anonymous);
     }
-    engine.index.shop_or_create(shop).apply_exposure(e);
+    // A shop's first state may be an exposure (a Decide before any event):
+    // its index counts hours on the zone of its rule file, as for an event.
+    let index = engine
+        .index
+        .shop_or_create_in(shop, || crate::zones::zone_for(&engine.rules, shop));
+    index.try_apply_exposure(e).map_err(|err| match err {
+        ExposureError::TooManyEntries => RecordRejected::TooManyEntries,
+        ExposureError::MissingVisitor | ExposureError::BadId { .. } => RecordRejected::BadId,
+        ExposureError::TooManyHeldOut(_) => RecordRejected::TooMany,
+        ExposureError::HeldOutOfItems => RecordRejected::BadSlot,
+        ExposureError::BadInstant(_) => RecordRejected::BadTs,
+    })?;
     engine.decisions.exposure_applied();
     Ok(Applied::Exposure)
 }

@@ -325,6 +325,12 @@ impl DecisionLog {
         self.gate.lock()
     }
 
+    /// Whether [`DecisionLog::stop`] was called (tests: to open a held
+    /// drainer only once the shutdown asked it to stop).
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
     /// Stops the drainer after it has drained the queue, flushed the file
     /// and (with Kafka) waited for deliveries, all within `timeout`; false
     /// if it did not finish in time.

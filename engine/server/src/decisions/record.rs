@@ -40,9 +40,9 @@ use crate::metrics::decisions::RecordRejected;
 pub const MAX_RECORD_BYTES: usize = 128 << 10;
 /// The most items a record may list (a decision's items limit).
 pub const MAX_ITEMS: usize = vitrine_core::rules::MAX_ITEM_LIMIT as usize;
-/// The most hold-outs a record may list (one per slot that has a holdout
-/// is the usual; 8 leaves room).
-pub const MAX_HELD_OUT: usize = 8;
+/// The most hold-outs a record may list: as many entries as a rule file
+/// may give a holdout, so a decision is never cut short.
+pub const MAX_HELD_OUT: usize = vitrine_core::exposure::MAX_HELD_OUT;
 
 /// One decision, owned, as the Decide path queues it: shared ids where the
 /// rule set has them (`Arc`), the visitor and item ids in one buffer.

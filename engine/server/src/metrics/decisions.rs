@@ -62,11 +62,14 @@ pub enum RecordRejected {
     BadTs,
     /// A shop no rule set on this replica serves.
     UnknownShop,
+    /// A banner or benefit id past the shop's bound on distinct ids
+    /// (`vitrine_core::exposure::MAX_ENTRIES`): the index keeps no more.
+    TooManyEntries,
 }
 
 impl RecordRejected {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [RecordRejected; 8] = [
+    pub const ALL: [RecordRejected; 9] = [
         RecordRejected::Oversized,
         RecordRejected::Tombstone,
         RecordRejected::Malformed,
@@ -75,6 +78,7 @@ impl RecordRejected {
         RecordRejected::BadSlot,
         RecordRejected::BadTs,
         RecordRejected::UnknownShop,
+        RecordRejected::TooManyEntries,
     ];
 
     /// The label value.
@@ -88,6 +92,7 @@ impl RecordRejected {
             RecordRejected::BadSlot => "bad_slot",
             RecordRejected::BadTs => "bad_ts",
             RecordRejected::UnknownShop => "unknown_shop",
+            RecordRejected::TooManyEntries => "too_many_entries",
         }
     }
 }
@@ -127,7 +132,7 @@ pub struct DecisionMetrics {
     /// Records queued and not yet drained.
     pub queue_depth: Gauge,
     /// Records read back and skipped, by reason.
-    pub rejected: ByLabel<RecordRejected, 8>,
+    pub rejected: ByLabel<RecordRejected, 9>,
     /// Records applied as exposures.
     pub exposures_applied: Counter,
 }

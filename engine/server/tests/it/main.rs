@@ -9,6 +9,7 @@ mod cluster_kit;
 mod cluster_rules;
 mod crash;
 mod decisions;
+mod decisions_attack;
 mod grpc;
 mod hostile;
 mod kafka;
