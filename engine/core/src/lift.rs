@@ -33,10 +33,10 @@
 
 use roaring::RoaringBitmap;
 
-use crate::eval::decide::Slot;
 use crate::exposure::day_of_hour;
 use crate::index::{ShopIndex, SHARDS, SHARD_BITS};
 use crate::rules::RuleSet;
+use crate::rules::Slot;
 use crate::time::{HourRange, Window, HOUR_MS, MAX_WINDOW_HOURS};
 
 /// The z value of a two-sided 95% interval.

@@ -1,6 +1,6 @@
 //! The smart add-on's share of the items slot (see [`crate::rules::addon`]).
 
-use crate::eval::decide::{ItemReason, Pick, Signals};
+use crate::eval::items::{ItemReason, Pick, Signals};
 use crate::index::ShopIndex;
 use crate::rules::{Pool, RuleSet};
 

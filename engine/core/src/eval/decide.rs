@@ -9,19 +9,16 @@ use std::sync::Arc;
 
 use crate::claims::{ClaimLedger, ClaimOutcome, LedgerClaim, LedgerError};
 use crate::eval::addon::add_on_picks;
+use crate::eval::items::Signals;
+pub use crate::eval::items::{ItemReason, Pick, AFFINITY_WINDOW};
 use crate::event::Action;
 use crate::hash::held_out;
-use crate::index::{Profile, ShopIndex, NONE};
+use crate::index::{Profile, ShopIndex};
 use crate::rules::plan::{Atom, CtxKey, Facts, Memo, NodeId};
 use crate::rules::tiers::{preview_tier, TierPreview, Tiers};
+pub use crate::rules::Slot;
 use crate::rules::{Benefit, RuleSet, MAX_ITEM_LIMIT};
-use crate::time::{Unit, Window, Zone};
-
-/// How far back the visitor's carts, favorites and category views shape the ranking.
-pub const AFFINITY_WINDOW: Window = Window {
-    amount: 30,
-    unit: Unit::Days,
-};
+use crate::time::Zone;
 
 /// The request's context (the `Context` message of `proto/vitrine/v1/vitrine.proto`);
 /// a missing value is "".
@@ -68,60 +65,6 @@ pub struct DecideRequest<'a> {
     pub explain: bool,
     /// The instant to decide at (ms since the epoch).
     pub now_ms: i64,
-}
-
-/// Why an item is in the decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ItemReason {
-    /// Completes the item in the request's context.
-    Complement,
-    /// The visitor carted it (within 30 days) and has not bought it.
-    InCart,
-    /// The visitor favorited it (within 30 days) and has not bought it.
-    Favorited,
-    /// The visitor viewed its category within 30 days.
-    ViewedCategory,
-    /// Bought by the shop's buyers in the last 7 days.
-    Popular,
-    /// From a matching pool, in the author's order.
-    Pool,
-    /// Its known price covers what the cart lacks to reach the add-on threshold.
-    AddOn,
-}
-
-impl ItemReason {
-    /// The short reason sent to the renderer.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ItemReason::Complement => "complement",
-            ItemReason::InCart => "in_cart",
-            ItemReason::Favorited => "favorited",
-            ItemReason::ViewedCategory => "viewed_category",
-            ItemReason::Popular => "popular",
-            ItemReason::Pool => "pool",
-            ItemReason::AddOn => "add_on",
-        }
-    }
-}
-
-/// One recommended item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pick<'r> {
-    /// Item id.
-    pub id: &'r str,
-    /// Why it is there.
-    pub reason: ItemReason,
-}
-
-/// Which part of the answer an explanation step is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Slot {
-    /// The banner.
-    Banner,
-    /// The items.
-    Items,
-    /// The benefit.
-    Benefit,
 }
 
 /// What happened to one entry of the rule file.
@@ -557,103 +500,6 @@ fn offer_with_remaining(
     (StepOutcome::Chosen, remaining)
 }
 
-/// What the visitor's recent history says about items.
-#[derive(Default)]
-pub(super) struct Signals<'a> {
-    shop: Option<&'a ShopIndex>,
-    today: u32,
-    /// (item id, bit 0 carted, bit 1 favorited, bit 2 bought) within the affinity window.
-    items: Vec<(u32, u8)>,
-    /// (category id, views) within the affinity window.
-    categories: Vec<(u32, u32)>,
-    /// Item ids bought within `exclude_purchased`.
-    excluded: Vec<u32>,
-}
-
-const CARTED: u8 = 1;
-const FAVORITED: u8 = 2;
-const BOUGHT: u8 = 4;
-
-impl<'a> Signals<'a> {
-    /// The signals at clock reading `now_ms` (the shop's clock, `clock_of`).
-    fn of(shop: Option<&'a ShopIndex>, profile: Option<&Profile>, exclude: Option<Window>, now_ms: i64) -> Signals<'a> {
-        let mut s = Signals {
-            shop,
-            today: ShopIndex::today(now_ms),
-            ..Signals::default()
-        };
-        let Some(p) = profile else { return s };
-        if let Some(w) = exclude {
-            let range = w.range(now_ms);
-            s.excluded = p
-                .purchases
-                .iter()
-                .filter(|b| range.contains(b.hour))
-                .map(|b| b.item)
-                .collect();
-        }
-        let range = AFFINITY_WINDOW.range(now_ms);
-        p.any_entry(range, |e| {
-            let flag = match Action::BEHAVIORS[e.action as usize] {
-                Action::Cart => CARTED,
-                Action::Favorite => FAVORITED,
-                Action::Purchase => BOUGHT,
-                _ => 0,
-            };
-            if flag != 0 {
-                s.items.push((e.item, flag));
-            } else if e.category != NONE {
-                match s.categories.iter_mut().find(|(c, _)| *c == e.category) {
-                    Some((_, n)) => *n += 1,
-                    None => s.categories.push((e.category, 1)),
-                }
-            }
-            false
-        });
-        // Sorted by item with flags merged, for binary search.
-        s.items.sort_unstable_by_key(|(i, _)| *i);
-        s.items.dedup_by(|(item, flag), (kept, kept_flag)| {
-            let same = item == kept;
-            if same {
-                *kept_flag |= *flag;
-            }
-            same
-        });
-        s
-    }
-
-    /// The item's rank class and strength within the class, or `None` when
-    /// the visitor bought it within `exclude_purchased`. One index lookup.
-    pub(super) fn judge(&self, item: &str) -> Option<(ItemReason, u32)> {
-        let Some(info) = self.shop.and_then(|s| s.item(item)) else {
-            return Some((ItemReason::Pool, 0));
-        };
-        if self.excluded.contains(&info.id) {
-            return None;
-        }
-        let flags = self
-            .items
-            .binary_search_by_key(&info.id, |(i, _)| *i)
-            .map_or(0, |at| self.items[at].1);
-        if flags & BOUGHT == 0 {
-            if flags & CARTED != 0 {
-                return Some((ItemReason::InCart, 0));
-            }
-            if flags & FAVORITED != 0 {
-                return Some((ItemReason::Favorited, 0));
-            }
-        }
-        let category = info.category();
-        if let Some((_, views)) = self.categories.iter().find(|(c, _)| *c == category && category != NONE) {
-            return Some((ItemReason::ViewedCategory, *views));
-        }
-        Some(match info.popularity(self.today) {
-            0 => (ItemReason::Pool, 0),
-            n => (ItemReason::Popular, n),
-        })
-    }
-}
-
 /// Whole days of the shop's calendar between clock reading `clock_ms` and
 /// the visitor's latest entry of `actions` at or before its hour; `None`
 /// without one.
@@ -774,6 +620,7 @@ mod tests {
     use super::*;
     use crate::claims::{MemoryLedger, Usage};
     use crate::event::{Event, Fields};
+    use crate::time::{Unit, Window};
 
     const DAY: i64 = 86_400_000;
     /// 2026-11-10T15:45:00Z.

@@ -151,6 +151,18 @@ impl Limits {
     }
 }
 
+/// A part of a decision, and the section of the rule file that decides it:
+/// what an explanation step, a held-out entry or an exposure is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Slot {
+    /// The banner (`banners`).
+    Banner,
+    /// The items (`items`).
+    Items,
+    /// The benefit (`benefits`).
+    Benefit,
+}
+
 /// A banner entry: the first whose `when` holds wins.
 #[derive(Debug, Clone)]
 pub struct Banner {

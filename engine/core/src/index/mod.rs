@@ -27,6 +27,8 @@
 //! take a profile shard lock first and bitmap locks second; readers never
 //! hold a bitmap lock while they take a profile lock.
 
+pub(crate) mod exposures;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -129,7 +131,7 @@ pub(crate) struct Profile {
     /// Per item action: 1 + the hour of its latest entry, 0 when none.
     latest: [u32; 4],
     /// Exposure facts (decisions offered and held out), sorted, unique.
-    pub(crate) exposures: Vec<crate::exposure::Fact>,
+    pub(crate) exposures: Vec<exposures::Fact>,
 }
 
 impl Profile {
@@ -365,7 +367,7 @@ pub struct ShopIndex {
     /// Visitors per member tier above 0.
     pub(crate) tier_visitors: RwLock<BTreeMap<u32, RoaringBitmap>>,
     /// Exposure columns: per banner and benefit, day -> visitors offered / held out.
-    pub(crate) exposures: crate::exposure::Exposures,
+    pub(crate) exposures: exposures::Exposures,
 }
 
 impl ShopIndex {
