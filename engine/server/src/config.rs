@@ -56,7 +56,7 @@ pub struct Config {
     /// TLS on both ports; `None` = plaintext.
     pub tls: Option<crate::api::tls::TlsFiles>,
     /// The decision log (`--decision-log*`).
-    pub decision_log: crate::decisions::DecisionLogConfig,
+    pub decision_log: DecisionLogConfig,
 }
 
 /// Tokio workers when `--worker-threads` is 0: one per core but one, at
@@ -113,6 +113,19 @@ pub enum KafkaStart {
     Committed,
 }
 
+/// Which topic a consumer reads, and so how its messages are decoded and
+/// applied. A replica runs one consumer per stream, each with its own
+/// partitions, offsets, readiness and snapshot position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stream {
+    /// Behavior events (`--kafka-topic`), applied as events.
+    #[default]
+    Behavior,
+    /// Decision records (`--kafka-decisions-topic`), applied as exposures
+    /// ([`crate::decisions::apply`]).
+    Decisions,
+}
+
 /// Kafka ingest settings (`--kafka-*`).
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -141,7 +154,7 @@ pub struct KafkaConfig {
     pub decisions_topic: String,
     /// Which stream a consumer reads: the behavior topic, or (a second
     /// consumer) the decisions topic.
-    pub stream: crate::ingest::Stream,
+    pub stream: Stream,
     /// The longest a call through a cluster topic waits for its answer.
     pub cluster_timeout: Duration,
     /// Extra librdkafka properties (`--kafka-option`, `--kafka-options-file`),
@@ -174,7 +187,7 @@ impl KafkaConfig {
             rules_topic: "vitrine.rules".to_string(),
             claims_topic: "vitrine.claims".to_string(),
             decisions_topic: "vitrine.decisions".to_string(),
-            stream: crate::ingest::Stream::Behavior,
+            stream: Stream::Behavior,
             cluster_timeout: Duration::from_secs(5),
             options: Vec::new(),
             resume: None,
@@ -413,7 +426,7 @@ impl Config {
         problems.extend(topic_problem("kafka-rules-topic", &args.kafka_rules_topic));
         problems.extend(topic_problem("kafka-claims-topic", &args.kafka_claims_topic));
         problems.extend(topic_problem("kafka-decisions-topic", &args.kafka_decisions_topic));
-        let decision_log = crate::decisions::DecisionLogConfig::from_args(args, &mut problems);
+        let decision_log = DecisionLogConfig::from_args(args, &mut problems);
         let topics = [
             ("kafka-topic", Some(&args.kafka_topic)),
             ("kafka-dead-letter-topic", args.kafka_dead_letter_topic.as_ref()),
@@ -546,6 +559,94 @@ impl Config {
             }),
             _ => Err(ConfigErrors(problems)),
         }
+    }
+}
+
+/// The decision log's settings (`--decision-log*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionLogConfig {
+    /// Records queued at most; more are dropped and counted. 0: no
+    /// decision log (decisions still get ids; no exposures are recorded).
+    pub queue: usize,
+    /// JSON-lines file of every record (embedded mode only).
+    pub file: Option<PathBuf>,
+    /// The file rotates before it would pass this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`FILE.1` newest ... `FILE.<keep>`).
+    pub keep: usize,
+}
+
+impl Default for DecisionLogConfig {
+    fn default() -> DecisionLogConfig {
+        DecisionLogConfig {
+            queue: DecisionLogConfig::DEFAULT_QUEUE,
+            file: None,
+            max_bytes: DecisionLogConfig::DEFAULT_MAX_BYTES,
+            keep: DecisionLogConfig::DEFAULT_KEEP,
+        }
+    }
+}
+
+impl DecisionLogConfig {
+    /// Default of `--decision-log-queue`.
+    pub const DEFAULT_QUEUE: usize = 65_536;
+    /// Default of `--decision-log-max-bytes` (256 MiB).
+    pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
+    /// Default of `--decision-log-keep`.
+    pub const DEFAULT_KEEP: usize = 4;
+    /// The largest `--decision-log-queue` (each slot reserves about 160 bytes
+    /// at start: 16M slots would be 2.5 GiB).
+    pub const MAX_QUEUE: usize = 16 << 20;
+    /// The most `--decision-log-keep`.
+    pub const MAX_KEEP: usize = 1000;
+    /// The smallest `--decision-log-max-bytes`.
+    pub const MIN_MAX_BYTES: u64 = 4096;
+
+    /// Checks the flags' values; problems go to `problems` (all at once).
+    pub fn from_args(args: &ServeArgs, problems: &mut Vec<String>) -> DecisionLogConfig {
+        let mut config = DecisionLogConfig {
+            file: args.decision_log.clone(),
+            ..DecisionLogConfig::default()
+        };
+        match args.decision_log_queue.parse::<usize>() {
+            Ok(n) if n <= Self::MAX_QUEUE => config.queue = n,
+            _ => problems.push(format!(
+                "--decision-log-queue: `{}` is not a whole number from 0 (off) to {}",
+                args.decision_log_queue,
+                Self::MAX_QUEUE
+            )),
+        }
+        if config.queue == 0 && args.decision_log.is_some() {
+            problems.push("--decision-log: needs a --decision-log-queue above 0".to_string());
+        }
+        match args.decision_log_max_bytes.parse::<u64>() {
+            Ok(n) if n >= Self::MIN_MAX_BYTES => config.max_bytes = n,
+            _ => problems.push(format!(
+                "--decision-log-max-bytes: `{}` is not a whole number of at least {}",
+                args.decision_log_max_bytes,
+                Self::MIN_MAX_BYTES
+            )),
+        }
+        match args.decision_log_keep.parse::<usize>() {
+            Ok(n) if n <= Self::MAX_KEEP => config.keep = n,
+            _ => problems.push(format!(
+                "--decision-log-keep: `{}` is not a whole number from 0 to {}",
+                args.decision_log_keep,
+                Self::MAX_KEEP
+            )),
+        }
+        if let Some(file) = &args.decision_log {
+            if file.is_dir() {
+                problems.push(format!("--decision-log: {} is a directory", file.display()));
+            }
+            if args.kafka_brokers.is_some() {
+                problems.push(
+                    "--decision-log: only without --kafka-brokers (with Kafka the decisions topic is the log)"
+                        .to_string(),
+                );
+            }
+        }
+        config
     }
 }
 
@@ -776,7 +877,7 @@ mod tests {
     #[test]
     fn decision_log_flags_are_checked_all_at_once() {
         let c = Config::from_args(&args(&[])).unwrap();
-        assert_eq!(c.decision_log, crate::decisions::DecisionLogConfig::default());
+        assert_eq!(c.decision_log, DecisionLogConfig::default());
         assert_eq!(c.decision_log.queue, 65_536);
         let c = Config::from_args(&args(&["--kafka-brokers", "127.0.0.1:9092"])).unwrap();
         assert_eq!(c.kafka.unwrap().decisions_topic, "vitrine.decisions");

@@ -199,7 +199,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         let _ = engine.cluster.claims.set(log);
     }
     let engine = Arc::new(engine);
-    crate::decisions::start(&engine, &config.decision_log, kafka_config.as_ref())?;
+    crate::decisions::drain::start(&engine, &config.decision_log, kafka_config.as_ref())?;
     let decisions_config = kafka_config
         .as_ref()
         .map(|k| crate::decisions::consumer_config(k, restored.position.decisions.as_ref()));
@@ -645,7 +645,7 @@ impl Server {
             // No Decide runs any more: drain the decision log (embedded, its
             // exposures are then in the final snapshot).
             if let Some(log) = engine.decisions.log() {
-                log.stop(crate::decisions::STOP_TIMEOUT);
+                log.stop(crate::decisions::drain::STOP_TIMEOUT);
             }
         })
         .await?;

@@ -15,7 +15,8 @@ use parking_lot::Mutex;
 use vitrine_core::Event;
 
 use super::dead_letter::{DeadLetter, Source};
-use super::{RateLimited, Stream};
+use super::RateLimited;
+use crate::config::Stream;
 use crate::metrics::decisions::RecordRejected;
 use crate::metrics::{KafkaMetrics, Rejected};
 use crate::state::Engine;

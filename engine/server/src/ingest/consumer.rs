@@ -20,7 +20,7 @@ use super::dead_letter::DeadLetter;
 use super::dead_letter::Source;
 use super::{Progress, RateLimited, BATCH};
 use crate::clock::now_ms;
-use crate::config::{KafkaConfig, KafkaStart};
+use crate::config::{KafkaConfig, KafkaStart, Stream};
 use crate::metrics::{KafkaErrorKind, KafkaMetrics, Rejected};
 use crate::state::Engine;
 
@@ -145,7 +145,7 @@ impl Worker {
         for (key, value) in &config.options {
             client.set(key, value);
         }
-        let context = ClientHooks::new(&config.topic, metrics.clone(), config.stream == super::Stream::Behavior);
+        let context = ClientHooks::new(&config.topic, metrics.clone(), config.stream == Stream::Behavior);
         let consumer: BaseConsumer<ClientHooks> = client.create_with_context(context)?;
         let dead_letter = match &config.dead_letter_topic {
             Some(topic) => Some(DeadLetter::new(

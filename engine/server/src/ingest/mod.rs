@@ -66,19 +66,6 @@ use crate::state::Engine;
 /// The most messages applied between two offset stores.
 pub const BATCH: usize = 4096;
 
-/// Which topic a consumer reads, and so how its messages are decoded and
-/// applied. A replica runs one consumer per stream, each with its own
-/// partitions, offsets, readiness and snapshot position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Stream {
-    /// Behavior events (`--kafka-topic`), applied as events.
-    #[default]
-    Behavior,
-    /// Decision records (`--kafka-decisions-topic`), applied as exposures
-    /// ([`crate::decisions::apply`]).
-    Decisions,
-}
-
 /// What the consumer has done so far (also for tests and tools).
 #[derive(Debug, Default)]
 pub struct Progress {
