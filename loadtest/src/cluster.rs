@@ -155,26 +155,25 @@ async fn serving(replica: &Replica, shop: &str, timeout: Duration) -> Result<u64
     }
 }
 
-/// When each replica first served `revision` (or a later one), polled
-/// every [`POLL_EVERY`] on all replicas at once, until `deadline`.
-async fn served_by_all(
-    replicas: &[Replica],
-    shop: &str,
-    revision: u64,
-    timeout: Duration,
-    deadline: Instant,
-) -> Result<Vec<Instant>, &'static str> {
+/// When each replica first passed `probe` (given its index and its
+/// clients), polled every [`POLL_EVERY`] on all replicas at once, until
+/// `deadline`.
+async fn until_all<F, Fut>(replicas: &[Replica], deadline: Instant, probe: F) -> Result<Vec<Instant>, &'static str>
+where
+    F: Fn(usize, Replica) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<bool, &'static str>> + Send + 'static,
+{
     let mut polls = JoinSet::new();
     for (i, replica) in replicas.iter().enumerate() {
-        let (replica, shop) = (replica.clone(), shop.to_string());
+        let (replica, probe) = (replica.clone(), probe.clone());
         polls.spawn(async move {
             loop {
-                let seen = serving(&replica, &shop, timeout).await;
+                let passed = probe(i, replica.clone()).await;
                 let now = Instant::now();
-                match seen {
-                    Ok(r) if r >= revision => return (i, Ok(now)),
-                    Ok(_) if now >= deadline => return (i, Err(TIMEOUT)),
-                    Ok(_) => tokio::time::sleep(POLL_EVERY).await,
+                match passed {
+                    Ok(true) => return (i, Ok(now)),
+                    Ok(false) if now >= deadline => return (i, Err(TIMEOUT)),
+                    Ok(false) => tokio::time::sleep(POLL_EVERY).await,
                     Err(e) => return (i, Err(e)),
                 }
             }
@@ -186,6 +185,22 @@ async fn served_by_all(
         seen[i] = Some(at?);
     }
     Ok(seen.into_iter().flatten().collect())
+}
+
+/// When each replica first served `revision` (or a later one).
+async fn served_by_all(
+    replicas: &[Replica],
+    shop: &str,
+    revision: u64,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<Vec<Instant>, &'static str> {
+    let shop: Arc<str> = shop.into();
+    until_all(replicas, deadline, move |_, replica| {
+        let shop = shop.clone();
+        async move { Ok(serving(&replica, &shop, timeout).await? >= revision) }
+    })
+    .await
 }
 
 /// The latest of the instants, as a time after `start`.
@@ -306,8 +321,7 @@ async fn offered(replica: &Replica, shop: &str, timeout: Duration) -> Result<u64
     }
 }
 
-/// When each replica first counted at least `want[i]` visitors in
-/// [`OFFERED`], polled every [`POLL_EVERY`] on all replicas at once.
+/// When each replica `i` first counted at least `want[i]` visitors in [`OFFERED`].
 async fn offered_by_all(
     replicas: &[Replica],
     shop: &str,
@@ -315,28 +329,12 @@ async fn offered_by_all(
     timeout: Duration,
     deadline: Instant,
 ) -> Result<Vec<Instant>, &'static str> {
-    let mut polls = JoinSet::new();
-    for (i, replica) in replicas.iter().enumerate() {
-        let (replica, shop, want) = (replica.clone(), shop.to_string(), want[i]);
-        polls.spawn(async move {
-            loop {
-                let seen = offered(&replica, &shop, timeout).await;
-                let now = Instant::now();
-                match seen {
-                    Ok(n) if n >= want => return (i, Ok(now)),
-                    Ok(_) if now >= deadline => return (i, Err(TIMEOUT)),
-                    Ok(_) => tokio::time::sleep(POLL_EVERY).await,
-                    Err(e) => return (i, Err(e)),
-                }
-            }
-        });
-    }
-    let mut seen = vec![None; replicas.len()];
-    while let Some(joined) = polls.join_next().await {
-        let (i, at) = joined.map_err(|_| "PollTaskFailed")?;
-        seen[i] = Some(at?);
-    }
-    Ok(seen.into_iter().flatten().collect())
+    let (shop, want): (Arc<str>, Arc<[u64]>) = (shop.into(), want.into());
+    until_all(replicas, deadline, move |i, replica| {
+        let (shop, want) = (shop.clone(), want[i]);
+        async move { Ok(offered(&replica, &shop, timeout).await? >= want) }
+    })
+    .await
 }
 
 /// What `offers` measured.

@@ -68,6 +68,28 @@ pub struct KafkaPosition {
     pub offsets: Vec<(i32, i64)>,
 }
 
+impl KafkaPosition {
+    /// `topic str | n u32 | (partition i32 | offset i64)*`.
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.put_str32(&self.topic);
+        out.put_u32(self.offsets.len() as u32);
+        for &(p, o) in &self.offsets {
+            out.put_i32(p);
+            out.put_i64(o);
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<KafkaPosition, codec::Error> {
+        let topic = r.str32()?.to_owned();
+        let n = r.count32(12)?;
+        let mut offsets = Vec::with_capacity(n);
+        for _ in 0..n {
+            offsets.push((r.i32()?, r.i64()?));
+        }
+        Ok(KafkaPosition { topic, offsets })
+    }
+}
+
 impl Position {
     /// The meta bytes: `version u8 | created_ms i64 | events_lsn u64 |
     /// kafka u8 [topic str | n u32 | (partition i32 | offset i64)*] |
@@ -83,12 +105,7 @@ impl Position {
             None => out.put_u8(0),
             Some(k) => {
                 out.put_u8(1);
-                out.put_str32(&k.topic);
-                out.put_u32(k.offsets.len() as u32);
-                for &(p, o) in &k.offsets {
-                    out.put_i32(p);
-                    out.put_i64(o);
-                }
+                k.encode(&mut out);
             }
         }
         out.put_u32(self.revisions.len() as u32);
@@ -97,12 +114,7 @@ impl Position {
             out.put_u64(*revision);
         }
         if let Some(d) = &self.decisions {
-            out.put_str32(&d.topic);
-            out.put_u32(d.offsets.len() as u32);
-            for &(p, o) in &d.offsets {
-                out.put_i32(p);
-                out.put_i64(o);
-            }
+            d.encode(&mut out);
         }
         out
     }
@@ -117,15 +129,7 @@ impl Position {
         let events_lsn = r.u64()?;
         let kafka = match r.u8()? {
             0 => None,
-            1 => {
-                let topic = r.str32()?.to_owned();
-                let n = r.count32(12)?;
-                let mut offsets = Vec::with_capacity(n);
-                for _ in 0..n {
-                    offsets.push((r.i32()?, r.i64()?));
-                }
-                Some(KafkaPosition { topic, offsets })
-            }
+            1 => Some(KafkaPosition::decode(&mut r)?),
             _ => return Err(r.error("bad Kafka flag in snapshot meta")),
         };
         let n = r.count32(12)?;
@@ -136,13 +140,7 @@ impl Position {
         let decisions = if r.is_empty() {
             None
         } else {
-            let topic = r.str32()?.to_owned();
-            let n = r.count32(12)?;
-            let mut offsets = Vec::with_capacity(n);
-            for _ in 0..n {
-                offsets.push((r.i32()?, r.i64()?));
-            }
-            Some(KafkaPosition { topic, offsets })
+            Some(KafkaPosition::decode(&mut r)?)
         };
         r.finish()?;
         Ok(Position {
