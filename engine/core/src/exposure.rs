@@ -29,7 +29,7 @@ use roaring::RoaringBitmap;
 
 use crate::claims::ClaimLedger;
 use crate::index::exposures::{Exposures, Fact, BANNER_BIT};
-use crate::index::{Interner, Profile, ShopIndex};
+use crate::index::{insert_sorted, Interner, Profile, ShopIndex};
 use crate::rules::plan::Offers;
 use crate::rules::Slot;
 use crate::time::{hour_of, HourRange, Zone, HOUR_MS, MAX_NOW_MS};
@@ -119,19 +119,7 @@ impl Exposure<'_> {
 impl Profile {
     /// Inserts an exposure fact; false when it was already there.
     pub(crate) fn insert_exposure(&mut self, fact: Fact) -> bool {
-        match self.exposures.last() {
-            Some(last) if *last >= fact => match self.exposures.binary_search(&fact) {
-                Ok(_) => false,
-                Err(at) => {
-                    self.exposures.insert(at, fact);
-                    true
-                }
-            },
-            _ => {
-                self.exposures.push(fact);
-                true
-            }
-        }
+        insert_sorted(&mut self.exposures, fact)
     }
 
     /// Whether a fact in `range` passes `keep` (newest first).
@@ -161,7 +149,9 @@ impl ShopIndex {
     pub fn try_apply_exposure(&self, e: &Exposure<'_>) -> Result<bool, ExposureError> {
         e.check()?;
         let columns = &self.exposures;
-        let hour = hour_of(self.exposure_clock_ms(e.ts_ms));
+        // On the shop's clock, as its events are: windows and conversion
+        // windows compare like with like.
+        let hour = hour_of(self.clock_ms(e.ts_ms));
         let mut facts = [Fact {
             hour,
             entry: 0,
@@ -212,16 +202,6 @@ impl ShopIndex {
 /// The shop's day of an hour: the day columns' key.
 pub(crate) fn day_of_hour(hour: u32) -> u32 {
     ShopIndex::today(i64::from(hour) * HOUR_MS)
-}
-
-impl ShopIndex {
-    /// The shop's clock reading at an instant: exposure hours (and a grant's
-    /// hour for `claimed(...)`) are counted on the same clock as the index's
-    /// events, so that windows and conversion windows compare like with like.
-    #[inline]
-    pub(crate) fn exposure_clock_ms(&self, ts_ms: i64) -> i64 {
-        self.clock_ms(ts_ms)
-    }
 }
 
 /// Whether a grant at instant `t` falls in `range`, hours of the shop's

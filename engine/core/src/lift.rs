@@ -161,10 +161,10 @@ pub fn lift(rules: &RuleSet, shop: Option<&ShopIndex>, q: &LiftQuery<'_>) -> Res
     // Exposure hours in range: those starting in [from, to).
     // On the shop's clock, like the exposures' hours.
     let range = shop.and_then(|shop| {
-        let first = hour_at_or_after(shop.exposure_clock_ms(q.from_ms));
+        let first = hour_at_or_after(shop.clock_ms(q.from_ms));
         let last = match q.to_ms {
             0 => Some(u32::MAX),
-            to => hour_at_or_after(shop.exposure_clock_ms(to)).checked_sub(1),
+            to => hour_at_or_after(shop.clock_ms(to)).checked_sub(1),
         };
         last.filter(|&l| l >= first)
             .map(|last| (shop, HourRange { first, last }))

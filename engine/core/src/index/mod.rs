@@ -94,6 +94,21 @@ impl Interner {
     }
 }
 
+/// Inserts `x` into the sorted, unique `v`; false when it was already there.
+/// Facts mostly arrive in time order, so the end is checked first.
+#[inline]
+pub(crate) fn insert_sorted<T: Ord>(v: &mut Vec<T>, x: T) -> bool {
+    match v.last() {
+        None => v.push(x),
+        Some(last) if *last < x => v.push(x),
+        _ => match v.binary_search(&x) {
+            Ok(_) => return false,
+            Err(at) => v.insert(at, x),
+        },
+    }
+    true
+}
+
 /// One de-duplicated behavior fact of a visitor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Entry {
@@ -139,24 +154,7 @@ impl Profile {
     fn insert(&mut self, entry: Entry) -> bool {
         let latest = &mut self.latest[entry.action as usize];
         *latest = (*latest).max(entry.hour + 1);
-        // Events mostly arrive in time order: check the end first.
-        match self.entries.last() {
-            Some(last) if *last < entry => {
-                self.entries.push(entry);
-                true
-            }
-            None => {
-                self.entries.push(entry);
-                true
-            }
-            _ => match self.entries.binary_search(&entry) {
-                Ok(_) => false,
-                Err(at) => {
-                    self.entries.insert(at, entry);
-                    true
-                }
-            },
-        }
+        insert_sorted(&mut self.entries, entry)
     }
 
     fn add_purchase(&mut self, purchase: Purchase) -> bool {
