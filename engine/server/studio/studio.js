@@ -832,7 +832,8 @@
       const dd = el('dd', { class: differs ? 'changed' : '', 'data-facet': key }, node || el('span', { text }));
       dl.append(dt, dd);
     }
-    body.append(el('p', { class: 'muted', text: `Rule revision ${d.revision === undefined ? '?' : d.revision}` }), dl);
+    const rev = Number(d.revision) > 0 ? `Decided by rule revision ${d.revision}.` : 'Decided by the draft (not published).';
+    body.append(el('p', { class: 'muted', text: rev }), dl);
     return changed;
   }
 
@@ -945,8 +946,8 @@
       svg('pattern', { id: 'hatch', width: 6, height: 6, patternUnits: 'userSpaceOnUse', patternTransform: 'rotate(45)' },
         svg('rect', { width: 6, height: 6, class: 'hatch-bg' }), svg('line', { x1: 0, y1: 0, x2: 0, y2: 6, class: 'hatch-line' })));
     root.append(defs);
-    root.append(svg('text', { x: LABEL, y: 16, class: 'axis-title' }, 'Conversion rate: treated (solid), control (hatched)'));
-    root.append(svg('text', { x: CI_X, y: 16, class: 'axis-title' }, 'Lift and 95% interval (points)'));
+    root.append(svg('text', { x: LABEL, y: 16, class: 'axis-title' }, 'Conversion rate'));
+    root.append(svg('text', { x: CI_X, y: 16, class: 'axis-title' }, 'Lift, 95% interval'));
     const zero = cx(0);
     root.append(svg('line', { x1: zero, y1: TOP - 4, x2: zero, y2: H - 6, class: 'zero' }));
     root.append(svg('text', { x: zero, y: H - 0, class: 'tick', 'text-anchor': 'middle' }, '0'));
