@@ -52,6 +52,8 @@
       this.code = code;
       this.detail = message;
       this.errors = (body && Array.isArray(body.errors)) ? body.errors : [];
+      /** Errors past the server's bound (--max-rule-errors), only counted. */
+      this.omitted = (body && Number.isInteger(body.omitted)) ? body.omitted : 0;
     }
     /** "UNAUTHENTICATED (HTTP 401): missing admin token". */
     describe() {
@@ -389,10 +391,10 @@
       if (e && e.name === 'AbortError') return;
       if (seq !== state.checkSeq) return;
       if (e instanceof ApiError && e.errors.length > 0) {
-        showMarks(e.errors, []);
-        const n = e.errors.length;
+        showMarks(e.errors, [], e.omitted);
+        const n = e.errors.length + e.omitted;
         $('check-summary').textContent = `${n} error${n === 1 ? '' : 's'} in the file (${e.code}). `
-          + 'Each is marked at its line; the list below jumps to it.';
+          + 'Each is marked at its line; the list beside the editor jumps to it.';
         $('check-summary').className = 'check bad';
       } else {
         showMarks(e instanceof ApiError && e.code === 'INVALID_ARGUMENT'
@@ -415,7 +417,7 @@
     $('sizes').tBodies[0].replaceChildren();
   }
 
-  function showMarks(errors, audiences) {
+  function showMarks(errors, audiences, omitted) {
     clearMarks();
     const gutter = $('gutter-inner');
     const bands = $('bands-inner');
@@ -451,9 +453,13 @@
       if (line) item.addEventListener('click', () => gotoLine(line, col || 1));
       list.append(el('li', { class: 'error' }, item));
     }
+    if (omitted > 0) list.append(el('li', { class: 'muted', text: `… and ${omitted} more (fix these first).` }));
     if (errors.length === 0) list.append(el('li', { class: 'muted', text: audiences.length || state.shop ? 'None.' : '' }));
 
     const tbody = $('sizes').tBodies[0];
+    if (errors.length > 0) {
+      tbody.append(el('tr', {}, el('td', { colspan: 3, class: 'muted', text: 'Sizes come back once the file has no error.' })));
+    }
     for (const a of audiences) {
       const line = Number.isInteger(a.line) && a.line > 0 ? a.line : null;
       const size = a.sizable === false ? 'per request' : fmtInt(a.size);
@@ -774,7 +780,9 @@
   });
 
   /** The parts of a decision, as [key, label, text, node] to compare and show. */
-  function facets(d) {
+  function facets(d, other) {
+    const otherSteps = other && other.explanation && Array.isArray(other.explanation.steps) ? other.explanation.steps : null;
+    const stepKey = (s) => (s ? `${s.slot} ${s.entry} ${s.outcome}` : '');
     const out = [];
     const b = d.banner;
     out.push(['banner', 'Banner', b ? `${b.id}${fmtParams(b.params) ? ` (${fmtParams(b.params)})` : ''}` : 'none']);
@@ -801,14 +809,17 @@
     const stepsNode = steps.length
       ? el('table', { class: 'steps' },
         el('thead', {}, el('tr', {}, el('th', { scope: 'col', text: 'Slot' }), el('th', { scope: 'col', text: 'Entry' }), el('th', { scope: 'col', text: 'Outcome' }))),
-        el('tbody', {}, steps.map((s) => el('tr', { class: s.outcome === 'chosen' ? 'chosen' : '' },
-          el('td', { text: s.slot }), el('td', { text: s.entry }), el('td', { text: s.outcome })))))
+        el('tbody', {}, steps.map((s, i) => {
+          const differs = otherSteps !== null && stepKey(otherSteps[i]) !== stepKey(s);
+          return el('tr', { class: `${s.outcome === 'chosen' ? 'chosen' : ''} ${differs ? 'changed' : ''}`.trim(), title: differs ? 'differs from the other side' : null },
+            el('td', { text: `${differs ? '≠ ' : ''}${s.slot}` }), el('td', { text: s.entry }), el('td', { text: s.outcome }));
+        })))
       : null;
     out.push(['steps', 'Explanation', steps.length ? stepsText : 'none', stepsNode]);
     return out;
   }
 
-  function renderDecision(container, d, other, errors) {
+  function renderDecision(container, d, other, errors, isDraft) {
     const body = container.querySelector('.body');
     body.replaceChildren();
     if (!d) {
@@ -824,7 +835,7 @@
     const theirs = other ? new Map(facets(other).map((f) => [f[0], f[2]])) : null;
     let changed = 0;
     const dl = el('dl', { class: 'facets' });
-    for (const [key, label, text, node] of facets(d)) {
+    for (const [key, label, text, node] of facets(d, other)) {
       const differs = theirs !== null && theirs.get(key) !== text;
       if (differs) changed++;
       const dt = el('dt', { class: differs ? 'changed' : '', 'data-facet': key }, label,
@@ -832,7 +843,7 @@
       const dd = el('dd', { class: differs ? 'changed' : '', 'data-facet': key }, node || el('span', { text }));
       dl.append(dt, dd);
     }
-    const rev = Number(d.revision) > 0 ? `Decided by rule revision ${d.revision}.` : 'Decided by the draft (not published).';
+    const rev = isDraft ? 'Decided by the draft in the editor (not published).' : `Decided by rule revision ${d.revision}.`;
     body.append(el('p', { class: 'muted', text: rev }), dl);
     return changed;
   }
@@ -843,8 +854,8 @@
     const draft = data && data.draft;
     $('try-serving-title').textContent = serving ? `Serving (revision ${serving.revision})` : 'Serving';
     $('try-draft-title').textContent = 'Draft (the editor)';
-    const changed = renderDecision($('try-draft'), draft, serving, data && data.draft_errors);
-    renderDecision($('try-serving'), serving, draft, null);
+    const changed = renderDecision($('try-draft'), draft, serving, data && data.draft_errors, true);
+    renderDecision($('try-serving'), serving, draft, null, false);
     const s = $('try-summary');
     if (!draft) {
       s.textContent = `The draft has errors; showing the serving decision for ${visitor}.`;
