@@ -250,6 +250,17 @@ def run(base, grpc_addr, shots):
         page.screenshot(path=str(shots / "try.png"))
         ok("try a visitor: draft and serving side by side (screenshot try.png)")
 
+        # The optional instant is sent as now_ms (the browser runs in UTC here).
+        instant = int(time.time()) - 86_400
+        page.fill("#try-instant", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(instant)))
+        with page.expect_request("**/studio/api/try") as sent:
+            page.click("#try-run")
+        if sent.value.post_data_json.get("now_ms") != instant * 1000:
+            fail(f"the instant was sent as {sent.value.post_data_json.get('now_ms')}, expected {instant * 1000}")
+        expect(page.locator("#try-summary")).to_contain_text("The draft changes banner")
+        page.fill("#try-instant", "")
+        ok("the instant is sent as now_ms")
+
         # A second author opens the same file before the publish below.
         other_ctx, other = second_author(browser, base)
         expect(other.locator("#edit-meta")).to_contain_text(f"Opened at revision {start_rev}")

@@ -118,6 +118,7 @@
   const fmtInt = (n) => (Number.isFinite(Number(n)) ? Number(n).toLocaleString() : '—');
   const fmtPct = (x) => (Number.isFinite(x) ? `${(x * 100).toFixed(1)}%` : '—');
   const fmtPts = (x) => (Number.isFinite(x) ? `${x >= 0 ? '+' : '−'}${Math.abs(x * 100).toFixed(1)} pts` : '—');
+  const fmtNum = (x) => (Number.isFinite(Number(x)) ? String(Math.round(Number(x) * 100) / 100) : '—');
   const fmtMoney = (x) => (Number.isFinite(x) ? x.toFixed(2) : '—');
   const fmtTime = (ms) => {
     const n = Number(ms);
@@ -798,9 +799,9 @@
       : 'none']);
     const t = d.tier_preview;
     out.push(['tier', 'Tier preview', t
-      ? `${t.name || `tier ${t.tier}`}${t.next_name ? ` → ${t.next_name} in ${t.gap}` : ' (top level)'}`
+      ? `${t.name || `tier ${t.tier}`}${t.next_name ? ` → ${t.next_name}, ${fmtNum(t.gap)} to go` : ' (top level)'}`
       : 'none']);
-    out.push(['addon', 'Add-on gap', d.add_on_gap === null || d.add_on_gap === undefined ? 'none' : String(d.add_on_gap)]);
+    out.push(['addon', 'Add-on gap', d.add_on_gap === null || d.add_on_gap === undefined ? 'none' : fmtNum(d.add_on_gap)]);
     const ex = d.explanation || {};
     const auds = Array.isArray(ex.audiences) ? ex.audiences : [];
     out.push(['audiences', 'Audiences matched', auds.length ? auds.join(', ') : 'none']);
@@ -880,11 +881,11 @@
   async function loadLift() {
     const shop = state.shop;
     if (!shop) return;
-    const window = $('lift-window').value;
+    const win = $('lift-window').value;
     $('lift-summary').textContent = 'Loading the lift report…';
     let data;
     try {
-      data = await api('GET', `/studio/api/lift?${q({ shop, window })}`);
+      data = await api('GET', `/studio/api/lift?${q({ shop, window: win })}`);
     } catch (e) {
       $('lift-summary').textContent = `Could not load the lift report: ${e instanceof ApiError ? e.describe() : String(e)}`;
       return;
@@ -892,9 +893,9 @@
     if (shop !== state.shop) return;
     const rows = Array.isArray(data && data.rows) ? data.rows : [];
     $('lift-summary').textContent = rows.length
-      ? `${rows.length} entr${rows.length === 1 ? 'y' : 'ies'} with a holdout, window ${window}, rule revision ${data.rule_revision}. `
+      ? `${rows.length} entr${rows.length === 1 ? 'y' : 'ies'} with a holdout, window ${win}, rule revision ${data.rule_revision}. `
         + 'Lift = treated conversion rate − control conversion rate, with its 95% interval.'
-      : `No entry of ${shop} has exposures in the last ${window} (only entries with a holdout have a control group).`;
+      : `No entry of ${shop} has exposures in the last ${win} (only entries with a holdout have a control group).`;
     renderLiftTable(rows);
     renderLiftChart(rows);
   }
