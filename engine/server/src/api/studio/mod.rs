@@ -17,9 +17,9 @@
 //! Hostile input: a POST body is read only when its `Content-Type` is
 //! `application/json` (415 otherwise: an HTML form cannot send one, so a
 //! page elsewhere cannot make a logged-in browser publish) and only up to
-//! `--studio-max-body` (413); JSON nests at most 128 levels (serde_json),
-//! unknown fields are ignored, and every field is then bounded by the gRPC
-//! call it feeds. Compiling and sizing run on the blocking pool. The page's
+//! `--studio-max-body` (413); unknown fields are skipped (serde_json does
+//! so without recursing, and the request types nest two levels), and every
+//! field is then bounded by the gRPC call it feeds. Compiling and sizing run on the blocking pool. The page's
 //! files are compiled into the binary and served with a strict
 //! Content-Security-Policy: the page loads nothing from elsewhere.
 
