@@ -129,6 +129,32 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
 
+# Runs in the page: diffLines(a, b) must rebuild a (' ' and '-') and b
+# (' ' and '+') and keep a longest common subsequence of lines.
+DIFF_PROPERTY = """() => {
+  const lcs = (a, b) => {
+    const d = Array.from({ length: a.length + 1 }, () => new Array(b.length + 1).fill(0));
+    for (let i = a.length - 1; i >= 0; i--) for (let j = b.length - 1; j >= 0; j--)
+      d[i][j] = a[i] === b[j] ? d[i + 1][j + 1] + 1 : Math.max(d[i + 1][j], d[i][j + 1]);
+    return d[0][0];
+  };
+  let seed = 18;
+  const rnd = (n) => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n; };
+  const file = () => Array.from({ length: rnd(14) }, () => 'abcd'[rnd(4)]);
+  const bad = [];
+  for (let t = 0; t < 500 && bad.length < 3; t++) {
+    const a = file(); const b = file();
+    const ops = window.vitrineStudio.diffLines(a, b, 1000);
+    const ra = ops.filter((o) => o[0] !== '+').map((o) => o[1]).join('');
+    const rb = ops.filter((o) => o[0] !== '-').map((o) => o[1]).join('');
+    const same = ops.filter((o) => o[0] === ' ').length;
+    if (ra !== a.join('') || rb !== b.join('') || same !== lcs(a, b)) bad.push([a.join(''), b.join('')]);
+  }
+  if (window.vitrineStudio.diffLines(['x', 'y'], ['p', 'q', 'r'], 2) !== null) bad.push('no bound');
+  return bad;
+}"""
+
+
 def line_of(text, needle):
     for i, line in enumerate(text.split("\n"), 1):
         if line == needle:
@@ -282,7 +308,11 @@ def run(base, grpc_addr, shots):
         expect(page.locator("#diff-summary")).to_have_text(re.compile(r"^1 line removed, 1 added"))
         expect(page.locator("#diff-body .d-del")).to_contain_text("banner: your-cart-is-waiting")
         expect(page.locator("#diff-body .d-add")).to_contain_text("banner: your-cart-misses-you")
-        ok("diff between revisions")
+        # The diff is minimal and complete: random files against a plain LCS.
+        bad_cases = page.evaluate(DIFF_PROPERTY)
+        if bad_cases:
+            fail(f"line diff disagrees with LCS: {bad_cases}")
+        ok("diff between revisions (and 500 random line diffs agree with LCS)")
 
         # The second author's publish is refused: expected_revision is stale (409).
         other.fill("#editor", rules + "# edited by a second author\n")

@@ -1005,5 +1005,9 @@
     if (state.info.token_required && !state.token) askToken();
   }
 
+  // For the browser test (.ci/studio_e2e.py): the line diff, checked there
+  // against a plain LCS on random files. Read-only, nothing else exposed.
+  Object.defineProperty(window, 'vitrineStudio', { value: Object.freeze({ diffLines }) });
+
   start();
 })();
