@@ -138,8 +138,13 @@ DIFF_PROPERTY = """() => {
       d[i][j] = a[i] === b[j] ? d[i + 1][j + 1] + 1 : Math.max(d[i + 1][j], d[i][j + 1]);
     return d[0][0];
   };
-  let seed = 18;
-  const rnd = (n) => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n; };
+  let seed = 18; // mulberry32: reproducible, and its low bits are as random as its high ones
+  const rnd = (n) => {
+    seed = (seed + 0x6D2B79F5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return (((t ^ (t >>> 14)) >>> 0) % n);
+  };
   const file = () => Array.from({ length: rnd(14) }, () => 'abcd'[rnd(4)]);
   const bad = [];
   for (let t = 0; t < 500 && bad.length < 3; t++) {
