@@ -569,11 +569,14 @@
     };
     $('diff-from').replaceChildren(...opts(false));
     $('diff-to').replaceChildren(...opts(true));
-    $('rollback-to').replaceChildren(...state.revisions.filter((r) => !r.serving)
-      .map((r) => el('option', { value: String(r.revision), text: `revision ${r.revision} (${r.origin || '?'})` })));
+    const older = state.revisions.filter((r) => !r.serving);
+    $('rollback-to').replaceChildren(...(older.length
+      ? older.map((r) => el('option', { value: String(r.revision), text: `revision ${r.revision} (${r.origin || '?'})` }))
+      : [el('option', { value: '', text: 'no other revision' })]));
+    $('rollback-to').disabled = older.length === 0;
     if (state.revisions.length > 1) $('diff-from').value = String(state.revisions[1].revision);
     $('diff-to').value = state.revisions.length ? String(state.revisions[0].revision) : 'draft';
-    $('rollback').disabled = $('rollback-to').options.length === 0;
+    $('rollback').disabled = older.length === 0;
   }
 
   async function revisionContent(shop, revision) {
@@ -963,6 +966,8 @@
     const zero = cx(0);
     root.append(svg('line', { x1: zero, y1: TOP - 4, x2: zero, y2: H - 6, class: 'zero' }));
     root.append(svg('text', { x: zero, y: H - 0, class: 'tick', 'text-anchor': 'middle' }, '0'));
+    root.append(svg('text', { x: CI_X, y: H - 0, class: 'tick', 'text-anchor': 'start' }, fmtPts(-extent)));
+    root.append(svg('text', { x: CI_X + CI_W, y: H - 0, class: 'tick', 'text-anchor': 'end' }, fmtPts(extent)));
     rows.forEach((r, i) => {
       const y = TOP + i * ROW;
       const g = svg('g', { class: `lift-row ${verdict(r).replace(/ /g, '-')}`, 'data-entry': `${r.slot}:${r.id}` });
