@@ -932,4 +932,18 @@ mod tests {
         let e = Config::from_args(&args(&["--decision-log-queue", "0", "--decision-log", "d.jsonl"])).unwrap_err();
         assert_eq!(e.0, ["--decision-log: needs a --decision-log-queue above 0"]);
     }
+
+    #[test]
+    fn the_studio_is_on_by_default_and_its_body_limit_follows_the_rule_file_limit() {
+        let c = Config::from_args(&args(&[])).unwrap();
+        assert!(c.studio);
+        assert_eq!(c.studio_max_body, 2 * (1 << 20) + 64 * 1024);
+        let c = Config::from_args(&args(&["--no-studio", "--max-rule-file-bytes", "1000"])).unwrap();
+        assert!(!c.studio);
+        assert_eq!(c.studio_max_body, 2000 + STUDIO_BODY_SLACK);
+        let c = Config::from_args(&args(&["--studio-max-body", "5000"])).unwrap();
+        assert_eq!(c.studio_max_body, 5000);
+        let e = Config::from_args(&args(&["--studio-max-body", "0"])).unwrap_err();
+        assert_eq!(e.0, ["--studio-max-body: `0` is not a whole number above 0"]);
+    }
 }

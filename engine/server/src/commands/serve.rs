@@ -257,7 +257,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let service = Service::new(engine.clone(), config.admin_token.clone());
     let studio = config
         .studio
-        .then(|| crate::api::studio::Studio::new(service.clone(), config.studio_max_body));
+        .then(|| crate::api::studio::Studio::new(service.clone(), config.studio_max_body, config.request_timeout));
     let limit = config.max_request_bytes;
     let decision = pb::decision_server::DecisionServer::new(service.clone()).max_decoding_message_size(limit);
     let benefits = pb::benefits_server::BenefitsServer::new(service.clone()).max_decoding_message_size(limit);

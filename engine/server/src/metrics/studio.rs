@@ -8,7 +8,7 @@ pub const STUDIO_REQUESTS: &str = "vitrine_studio_requests_total";
 pub(super) fn describe() {
     metrics::describe_counter!(
         STUDIO_REQUESTS,
-        "Is the rule studio used, and does it fail? Studio requests on the HTTP port by route (static, info, shops, rules, revisions, validate, publish, rollback, try, lift, unknown) and code (the HTTP status: 200, 400, 401, 409, 413, 415, ...)."
+        "Is the rule studio used, and does it fail? Studio requests on the HTTP port by route (static, info, shops, rules, revisions, validate, publish, rollback, try, lift, unknown) and code (the HTTP status: 200, 400, 401, 404, 408, 409, 412, 413, 415, ...)."
     );
 }
 
@@ -26,6 +26,7 @@ fn status_label(status: http::StatusCode) -> &'static str {
         403 => "403",
         404 => "404",
         405 => "405",
+        408 => "408",
         409 => "409",
         412 => "412",
         413 => "413",

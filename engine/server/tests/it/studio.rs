@@ -9,7 +9,7 @@ use vitrine::commands::serve;
 use vitrine::config::Config;
 use vitrine_proto::v1 as pb;
 
-use crate::support::{connect, http_get, metric_value, temp_dir, test_config, wait_for, Clients};
+use crate::support::{connect, http_get, metric_value, temp_dir, test_config, wait_for, Clients, WAIT};
 
 const SHOP: &str = "studio-shop";
 /// 2026-11-20T00:00:00Z.
@@ -78,13 +78,17 @@ async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
-    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
     s.write_all(request.as_bytes()).await.unwrap();
     // A server that answers before reading all of a large body may close
     // the connection under the rest of it: the answer is still there.
     let _ = s.write_all(body).await;
     let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out).await;
+    let read = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "no answer to {method} {path} within {WAIT:?}");
     let out = String::from_utf8(out).unwrap();
     let (head, body) = out
         .split_once("\r\n\r\n")
@@ -760,6 +764,7 @@ async fn hostile_bodies_are_refused_precisely() {
     let dir = temp_dir("studio-hostile");
     let server = serve::start(Config {
         studio_max_body: 4096,
+        request_timeout: std::time::Duration::from_millis(300),
         ..test_config(dir.path())
     })
     .await
@@ -833,8 +838,20 @@ async fn hostile_bodies_are_refused_precisely() {
     let a = http(addr, "POST", "/studio/api/rollback", &json_type, b"[]").await;
     assert_eq!(a.error(), (400, "INVALID_ARGUMENT".into()));
 
+    // A body that never arrives whole: 408 once --request-timeout passes,
+    // and the connection is freed.
+    let a = http(
+        addr,
+        "POST",
+        "/studio/api/try",
+        &[("Content-Type", "application/json"), ("Content-Length", "100")],
+        b"{",
+    )
+    .await;
+    assert_eq!(a.error(), (408, "DEADLINE_EXCEEDED".into()));
+
     let metrics = http_get(addr, "/metrics").await;
-    for (route, code) in [("validate", "413"), ("publish", "415"), ("try", "400")] {
+    for (route, code) in [("validate", "413"), ("publish", "415"), ("try", "400"), ("try", "408")] {
         let series = format!(r#"vitrine_studio_requests_total{{route="{route}",code="{code}"}}"#);
         assert!(metric_value(&metrics, &series) >= 1.0, "{series}");
     }

@@ -16,14 +16,16 @@
 //!
 //! Hostile input: a POST body is read only when its `Content-Type` is
 //! `application/json` (415 otherwise: an HTML form cannot send one, so a
-//! page elsewhere cannot make a logged-in browser publish) and only up to
-//! `--studio-max-body` (413); unknown fields are skipped (serde_json does
+//! page elsewhere cannot make a logged-in browser publish), only up to
+//! `--studio-max-body` (413) and only within `--request-timeout` (408); unknown fields are skipped (serde_json does
 //! so without recursing, and the request types nest two levels), and every
 //! field is then bounded by the gRPC call it feeds. Compiling and sizing run on the blocking pool. The page's
 //! files are compiled into the binary and served with a strict
 //! Content-Security-Policy: the page loads nothing from elsewhere.
 
 pub mod json;
+
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, RawQuery, Request, State};
@@ -57,12 +59,18 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' da
 pub struct Studio {
     service: Service,
     max_body: usize,
+    body_timeout: Duration,
 }
 
 impl Studio {
-    /// The studio over `service`, reading request bodies up to `max_body` bytes.
-    pub fn new(service: Service, max_body: usize) -> Studio {
-        Studio { service, max_body }
+    /// The studio over `service`, reading request bodies of up to
+    /// `max_body` bytes that arrive within `body_timeout`.
+    pub fn new(service: Service, max_body: usize, body_timeout: Duration) -> Studio {
+        Studio {
+            service,
+            max_body,
+            body_timeout,
+        }
     }
 
     fn engine(&self) -> &crate::state::Engine {
@@ -168,8 +176,11 @@ fn grpc_request<T>(authorization: Option<&HeaderValue>, message: T) -> tonic::Re
 }
 
 /// A POST's JSON body, with its `Authorization` header: 415 unless it is
-/// `application/json`, 413 past `--studio-max-body`, 400 when malformed.
-async fn json_body<T: DeserializeOwned>(request: Request) -> Result<(Option<HeaderValue>, T), ApiError> {
+/// `application/json`, 413 past `--studio-max-body`, 408 when it has not
+/// arrived within `--request-timeout` (a body trickled in would otherwise
+/// hold one of the HTTP port's connections, which the probes share), 400
+/// when malformed.
+async fn json_body<T: DeserializeOwned>(s: &Studio, request: Request) -> Result<(Option<HeaderValue>, T), ApiError> {
     let headers: &HeaderMap = request.headers();
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -184,7 +195,15 @@ async fn json_body<T: DeserializeOwned>(request: Request) -> Result<(Option<Head
         ));
     }
     let authorization = headers.get(header::AUTHORIZATION).cloned();
-    let bytes = Bytes::from_request(request, &()).await.map_err(|rejection| {
+    let read = tokio::time::timeout(s.body_timeout, Bytes::from_request(request, &()));
+    let bytes = read.await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "DEADLINE_EXCEEDED",
+            "the request body did not arrive within --request-timeout",
+        )
+    })?;
+    let bytes = bytes.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -302,7 +321,7 @@ async fn publish(State(s): State<Studio>, request: Request) -> Response {
 /// Rules/Push (a dry run for validate), its audiences placed at their lines;
 /// a rejected file answers 400 with every error at its position.
 async fn push(s: &Studio, request: Request, dry_run: bool) -> Result<Value, ApiError> {
-    let (authorization, body): (_, json::ContentBody) = json_body(request).await?;
+    let (authorization, body): (_, json::ContentBody) = json_body(s, request).await?;
     let content = body.content.unwrap_or_default();
     let request = pb::PushRequest {
         content: content.clone(),
@@ -342,7 +361,7 @@ async fn push(s: &Studio, request: Request, dry_run: bool) -> Result<Value, ApiE
 
 async fn rollback(State(s): State<Studio>, request: Request) -> Response {
     let result = async {
-        let (authorization, body): (_, json::RollbackBody) = json_body(request).await?;
+        let (authorization, body): (_, json::RollbackBody) = json_body(&s, request).await?;
         let request = pb::RollbackRequest {
             shop: body.shop.unwrap_or_default(),
             revision: body.revision.unwrap_or(0),
@@ -367,7 +386,7 @@ async fn rollback(State(s): State<Studio>, request: Request) -> Response {
 /// errors in `draft_errors` (the serving side still decided).
 async fn try_visitor(State(s): State<Studio>, request: Request) -> Response {
     let result = async {
-        let (_, mut body): (_, json::TryBody) = json_body(request).await?;
+        let (_, mut body): (_, json::TryBody) = json_body(&s, request).await?;
         let request = body.decide_request();
         let draft = body.draft.take().filter(|d| !d.trim().is_empty());
         let engine = s.service.engine().clone();
