@@ -47,12 +47,17 @@ TIMEOUT_MS = 60_000
 expect.set_options(timeout=TIMEOUT_MS)
 
 
+PASSED = []
+
+
 def fail(msg):
     print(f"studio-e2e: FAILED: {msg}", file=sys.stderr)
+    print(f"studio-e2e: {len(PASSED)} passed, 1 failed", flush=True)
     raise SystemExit(1)
 
 
 def ok(name):
+    PASSED.append(name)
     print(f"ok: {name}", flush=True)
 
 
@@ -117,7 +122,12 @@ def main():
         wait_ready(proc, f"{base}/readyz", err_path)
         ok("server ready")
         run(base, grpc_addr, shots)
-    except (SystemExit, Exception):
+        print(f"studio-e2e: {len(PASSED)} passed, 0 failed", flush=True)
+    except Exception:
+        print(f"studio-e2e: {len(PASSED)} passed, 1 failed", flush=True)
+        sys.stderr.write(f"--- server log (tail)\n{err_path.read_text()[-3000:]}\n")
+        raise
+    except SystemExit:
         sys.stderr.write(f"--- server log (tail)\n{err_path.read_text()[-3000:]}\n")
         raise
     finally:
@@ -197,6 +207,12 @@ def run(base, grpc_addr, shots):
         page.click("#token-save")
         expect(page.locator("#token-state")).to_have_text("token set for this tab")
         ok("token entered")
+        # Every form control has an accessible name (a label or aria-label).
+        unnamed = page.evaluate("""() => [...document.querySelectorAll('input, select, textarea')]
+            .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map((e) => e.id)""")
+        if unnamed:
+            fail(f"form controls without a label: {unnamed}")
+        ok("every form control is labelled")
 
         # Pick the shop: the editor gets its serving file, sizes come with the first check.
         expect(page.locator(f'#shop option[value="{SHOP}"]')).to_have_count(1)
