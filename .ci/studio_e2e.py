@@ -312,15 +312,18 @@ def run(base, grpc_addr, shots):
         other_ctx, other = second_author(browser, base)
         expect(other.locator("#edit-meta")).to_contain_text(f"Opened at revision {start_rev}")
 
-        # Publish: the new revision is what Decide serves.
-        page.click("#publish")
+        # Publish with the keyboard: the new revision is what Decide serves,
+        # and the focus stays on the button.
+        page.focus("#publish")
+        page.keyboard.press("Enter")
         published = start_rev + 1
         expect(page.locator("#status")).to_have_text(f"Published: {SHOP} now serves revision {published}.")
+        expect(page.locator("#publish")).to_be_focused()
         rev, answer = decide_revision(grpc_addr)
         if rev != published or answer.get("banner", {}).get("id") != "your-cart-misses-you":
             fail(f"after publish Decide answered revision {rev}: {answer}")
         expect(page.locator(f'#history tbody tr[data-revision="{published}"]')).to_contain_text("serving")
-        ok(f"published revision {published}, served by Decide")
+        ok(f"published revision {published} (keyboard), served by Decide")
 
         # The diff between the two revisions shows the changed line.
         page.select_option("#diff-from", str(start_rev))

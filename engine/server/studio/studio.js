@@ -39,6 +39,7 @@
     revisions: [],
     contentCache: new Map(), // "shop@revision" -> content (revisions never change)
     trySeq: 0,
+    publishing: false,
   };
 
   // ---------------------------------------------------------------- API
@@ -487,9 +488,12 @@
 
   async function publish() {
     if (!state.shop) return;
+    if (state.publishing) return;
     const content = editor.value;
-    const btn = $('publish');
-    btn.disabled = true;
+    // Not `disabled` while in flight: a disabled button drops keyboard focus.
+    state.publishing = true;
+    $('publish').setAttribute('aria-busy', 'true');
+    setStatus(`Publishing ${state.shop}…`);
     try {
       const data = await api('POST', '/studio/api/publish', { content, expected_revision: state.openedRevision });
       state.openedRevision = Number(data.revision);
@@ -509,7 +513,8 @@
         report(e, 'Not published');
       }
     } finally {
-      btn.disabled = !state.shop;
+      state.publishing = false;
+      $('publish').removeAttribute('aria-busy');
     }
   }
 
