@@ -383,6 +383,13 @@ def run(base, grpc_addr, shots):
         expect(page.locator("#token-state")).to_have_text("no token: read only")
         page.select_option("#shop", SHOP)
         expect(page.locator("#editor")).to_have_value(rules)
+        # The address keeps the shop: a reload opens it again.
+        if not page.url.endswith(f"#shop={SHOP}"):
+            fail(f"the address does not name the shop: {page.url}")
+        page.reload()
+        expect(page.locator("#shop")).to_have_value(SHOP)
+        expect(page.locator("#editor")).to_have_value(rules)
+        expect(page.locator("#token-dialog")).to_be_hidden()  # asked once per tab
         page.fill("#editor", draft)
         page.click("#publish")
         expect(page.locator("#status")).to_contain_text("UNAUTHENTICATED (HTTP 401)")

@@ -22,6 +22,7 @@
   /** At most this many extra attributes in "try a visitor". */
   const MAX_ATTRIBUTES = 64;
   const TOKEN_KEY = 'vitrine.studio.token';
+  const ASKED_KEY = 'vitrine.studio.token-asked';
 
   const state = {
     info: null,
@@ -165,6 +166,7 @@
   $('token-button').addEventListener('click', askToken);
   $('token-dialog').addEventListener('close', () => {
     const how = $('token-dialog').returnValue;
+    sessionStorage.setItem(ASKED_KEY, '1');
     if (how === 'save') {
       const t = $('token-input').value.trim();
       if (t) {
@@ -228,6 +230,8 @@
       $('edit-meta').textContent = `Opened at revision ${state.openedRevision}; publishing replaces it only if it is still the serving one.`;
       $('try-serving-title').textContent = 'Serving';
       $('publish').disabled = false;
+      // The address names the shop, so a reload or a shared link opens it again.
+      history.replaceState(null, '', `#shop=${encodeURIComponent(shop)}`);
       setStatus(`Opened ${shop}, revision ${state.openedRevision}.`);
       scheduleCheck(0);
       loadHistory();
@@ -1012,7 +1016,10 @@
     document.title = `Vitrine studio ${state.info.version || ''}`.trim();
     await loadShops(false);
     setStatus(state.shops.length ? 'Choose a shop to open its rule file.' : 'This server serves no shop yet.');
-    if (state.info.token_required && !state.token) askToken();
+    // Asked once per tab: a reload after "Cancel" does not ask again.
+    if (state.info.token_required && !state.token && !sessionStorage.getItem(ASKED_KEY)) askToken();
+    const wanted = new URLSearchParams(location.hash.slice(1)).get('shop');
+    if (wanted && state.shops.some((s) => s.shop === wanted)) await openShop(wanted);
   }
 
   // For the browser test (.ci/studio_e2e.py): the line diff, checked there
