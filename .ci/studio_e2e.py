@@ -263,10 +263,22 @@ def run(base, grpc_addr, shots):
         page.keyboard.press("Tab")
         if page.input_value("#editor") != before[:want] + "  " + before[want:]:
             fail("Tab did not insert two spaces at the caret")
+        # With lines selected, Tab indents each of them and Shift+Tab undoes it.
+        indented = page.input_value("#editor")
+        lines = indented.split("\n")
+        a = sum(len(x) + 1 for x in lines[: l1 - 1])
+        page.evaluate(f"() => document.getElementById('editor').setSelectionRange({a + 3}, {a + len(lines[l1 - 1]) + 3})")
+        page.keyboard.press("Tab")
+        got = page.input_value("#editor").split("\n")
+        if got[l1 - 1] != "  " + lines[l1 - 1] or got[l1] != "  " + lines[l1] or got[l1 + 1] != lines[l1 + 1]:
+            fail(f"Tab on two selected lines gave {got[l1 - 1:l1 + 2]}")
+        page.keyboard.press("Shift+Tab")
+        if page.input_value("#editor") != indented:
+            fail("Shift+Tab did not undo the indent of the selected lines")
         page.keyboard.press("Escape")
         page.keyboard.press("Tab")
         expect(page.locator("#editor")).not_to_be_focused()
-        ok("Tab indents, Escape then Tab leaves the editor")
+        ok("Tab indents (a line or the selected lines), Shift+Tab outdents, Escape then Tab leaves the editor")
 
         # Fix the file and change what cart abandoners see: sizes beside each audience.
         draft = rules.replace("    banner: your-cart-is-waiting\n", "    banner: your-cart-misses-you\n", 1)

@@ -300,7 +300,9 @@
     }
     if (ev.key === 'Tab' && !state.escArmed && !ev.ctrlKey && !ev.altKey && !ev.metaKey) {
       ev.preventDefault();
-      if (ev.shiftKey) outdentLine();
+      const multiline = editor.value.slice(editor.selectionStart, editor.selectionEnd).includes('\n');
+      if (multiline) shiftLines(ev.shiftKey ? -1 : 1);
+      else if (ev.shiftKey) outdentLine();
       else insertText('  ');
       return;
     }
@@ -329,6 +331,21 @@
     insertText('');
     const back = Math.max(start, caret - n);
     editor.setSelectionRange(back, back);
+  }
+
+  /** Indents (dir 1) or outdents (dir -1) by two spaces every line the selection touches. */
+  function shiftLines(dir) {
+    const v = editor.value;
+    const start = v.lastIndexOf('\n', editor.selectionStart - 1) + 1;
+    let end = editor.selectionEnd;
+    if (end > start && v[end - 1] === '\n') end--; // a selection ending at a line start leaves that line alone
+    const nl = v.indexOf('\n', end);
+    const stop = nl < 0 ? v.length : nl;
+    const lines = v.slice(start, stop).split('\n');
+    const shifted = lines.map((l) => (dir > 0 ? `  ${l}` : l.replace(/^ {1,2}/, ''))).join('\n');
+    editor.setSelectionRange(start, stop);
+    insertText(shifted);
+    editor.setSelectionRange(start, start + shifted.length);
   }
 
   /** Character offset of a 1-based line:column in the editor. */
