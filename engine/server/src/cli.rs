@@ -359,6 +359,15 @@ pub struct ServeArgs {
     /// Rotated --decision-log files kept (FILE.1 newest); 0 = none.
     #[arg(long, env = "VITRINE_DECISION_LOG_KEEP", default_value = "4")]
     pub decision_log_keep: String,
+    /// Do not serve the rule studio (the page at /studio on the HTTP port
+    /// and its JSON API at /studio/api/); by default it is served.
+    #[arg(long = "no-studio", env = "VITRINE_NO_STUDIO")]
+    pub no_studio: bool,
+    /// Largest studio request body, in bytes; larger ones get 413. Default:
+    /// twice --max-rule-file-bytes plus 64 KiB (a rule file's text inside
+    /// JSON, where a quote, backslash or newline takes two bytes).
+    #[arg(long, env = "VITRINE_STUDIO_MAX_BODY", value_name = "BYTES")]
+    pub studio_max_body: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -57,6 +57,20 @@ pub struct Config {
     pub tls: Option<crate::api::tls::TlsFiles>,
     /// The decision log (`--decision-log*`).
     pub decision_log: DecisionLogConfig,
+    /// Serve the rule studio at `/studio` on the HTTP port (`--no-studio`: not).
+    pub studio: bool,
+    /// Largest studio request body, in bytes (`--studio-max-body`).
+    pub studio_max_body: usize,
+}
+
+/// Slack of the default `--studio-max-body` over twice the largest rule file.
+pub const STUDIO_BODY_SLACK: usize = 64 * 1024;
+
+/// The default `--studio-max-body` for rule files of at most `max_file_bytes`:
+/// the file's text as a JSON string (a quote, backslash or newline takes two
+/// bytes) and the request's other fields.
+pub fn default_studio_max_body(max_file_bytes: usize) -> usize {
+    max_file_bytes.saturating_mul(2).saturating_add(STUDIO_BODY_SLACK)
 }
 
 /// Tokio workers when `--worker-threads` is 0: one per core but one, at
@@ -383,6 +397,12 @@ impl Config {
             _ => None,
         };
         let max_request_bytes = positive("max-request-bytes", &args.max_request_bytes);
+        let studio_max_body = match &args.studio_max_body {
+            Some(v) => positive("studio-max-body", v),
+            None => Some(default_studio_max_body(
+                rule_limits.map_or(vitrine_core::rules::DEFAULT_MAX_FILE_BYTES, |l| l.max_file_bytes),
+            )),
+        };
         let demo_visitors = positive("demo-visitors", &args.demo_visitors);
         let kafka_max_message_bytes = positive("kafka-max-message-bytes", &args.kafka_max_message_bytes);
         let snapshot_keep = positive("snapshot-keep", &args.snapshot_keep);
@@ -556,6 +576,8 @@ impl Config {
                 claims_segment_bytes: csb as u64,
                 tls,
                 decision_log,
+                studio: !args.no_studio,
+                studio_max_body: studio_max_body.unwrap_or_default(),
             }),
             _ => Err(ConfigErrors(problems)),
         }
@@ -909,5 +931,19 @@ mod tests {
         );
         let e = Config::from_args(&args(&["--decision-log-queue", "0", "--decision-log", "d.jsonl"])).unwrap_err();
         assert_eq!(e.0, ["--decision-log: needs a --decision-log-queue above 0"]);
+    }
+
+    #[test]
+    fn the_studio_is_on_by_default_and_its_body_limit_follows_the_rule_file_limit() {
+        let c = Config::from_args(&args(&[])).unwrap();
+        assert!(c.studio);
+        assert_eq!(c.studio_max_body, 2 * (1 << 20) + 64 * 1024);
+        let c = Config::from_args(&args(&["--no-studio", "--max-rule-file-bytes", "1000"])).unwrap();
+        assert!(!c.studio);
+        assert_eq!(c.studio_max_body, 2000 + STUDIO_BODY_SLACK);
+        let c = Config::from_args(&args(&["--studio-max-body", "5000"])).unwrap();
+        assert_eq!(c.studio_max_body, 5000);
+        let e = Config::from_args(&args(&["--studio-max-body", "0"])).unwrap_err();
+        assert_eq!(e.0, ["--studio-max-body: `0` is not a whole number above 0"]);
     }
 }

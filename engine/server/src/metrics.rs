@@ -18,6 +18,7 @@ use crate::rules_store::Origin;
 
 pub mod decisions;
 pub mod labels;
+pub mod studio;
 
 /// `vitrine_decide_duration_seconds`
 pub const DECIDE_DURATION: &str = "vitrine_decide_duration_seconds";
@@ -125,6 +126,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 fn describe() {
     labels::describe();
     decisions::describe();
+    studio::describe();
     describe_gauge!(
         CONNECTIONS_OPEN,
         "How many TCP connections does each port (grpc, http) hold open, against --max-connections / --max-http-connections?"

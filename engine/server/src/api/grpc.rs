@@ -936,6 +936,98 @@ impl pb::reports_server::Reports for Service {
     }
 }
 
+/// What the studio needs of the services beyond their RPCs (`api::studio`).
+impl Service {
+    /// The engine the services answer from.
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Whether admin calls need a bearer token (`--admin-token`).
+    pub(crate) fn token_required(&self) -> bool {
+        self.admin_token.is_some()
+    }
+}
+
+/// A rule store error as the Rules service reports it.
+pub(crate) fn rule_store_status(e: StoreError) -> Status {
+    store_status(e)
+}
+
+/// Runs engine work on the blocking pool, as the services do; a panic
+/// becomes INTERNAL without its text.
+pub(crate) async fn run_blocking<R: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<R, Status> + Send + 'static,
+) -> Result<R, Status> {
+    blocking(what, f).await
+}
+
+/// The serving decision, and with `draft` the draft's, for one request as
+/// Decide checks it, both explained and at the same instant (`now_ms` 0 is
+/// the server clock, read once), against the shop's live index and claims
+/// ledger. Nothing is logged or counted and no `decision_id` is taken: no
+/// decision record, so no exposure, and no Decide metric (the studio's "try
+/// a visitor" must not pollute the lift). The draft must be the shop's rule
+/// file; its decision has revision 0. `serving` is `None` only for a shop
+/// with no rules yet, tried with a draft.
+pub fn decide_unlogged(
+    engine: &Engine,
+    req: &pb::DecideRequest,
+    draft: Option<&vitrine_core::RuleSet>,
+) -> Result<Tried, Status> {
+    let shop = required("shop", &req.shop)?;
+    let visitor = bounded("visitor", &req.visitor)?;
+    let now_ms = instant(req.now_ms)?;
+    if !engine.cluster.shops.serves(shop) {
+        return Err(missing_shop(engine, shop));
+    }
+    if let Some(rules) = draft {
+        if *rules.shop != *shop {
+            return Err(invalid(format!(
+                "the draft is the rule file of shop `{}`, not of `{shop}`",
+                rules.shop
+            )));
+        }
+        // As Push refuses it: the index counts hours in its own zone.
+        crate::zones::check(&engine.index, rules).map_err(store_status)?;
+    }
+    let index = engine.index.shop(shop);
+    let request = DecideRequest {
+        visitor,
+        context: context(req.context.as_ref()),
+        item_limit: req.item_limit,
+        explain: true,
+        now_ms,
+    };
+    let decide = |rules: &vitrine_core::RuleSet, revision: u64| {
+        let d = vitrine_core::decide(rules, index.as_deref(), &*engine.ledger, &request);
+        decision_response(&d, revision)
+    };
+    let serving = engine
+        .rules
+        .with_serving(shop, |served| decide(&served.rules, served.revision));
+    if serving.is_none() && draft.is_none() {
+        return Err(missing_shop(engine, shop));
+    }
+    Ok(Tried {
+        serving,
+        draft: draft.map(|rules| decide(rules, 0)),
+        now_ms,
+    })
+}
+
+/// What [`decide_unlogged`] decided.
+#[derive(Debug, Clone)]
+pub struct Tried {
+    /// By the serving rule set (`None`: the shop has none yet).
+    pub serving: Option<pb::DecideResponse>,
+    /// By the draft, when one was given.
+    pub draft: Option<pb::DecideResponse>,
+    /// The instant both were decided at (ms).
+    pub now_ms: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
 //! The operational HTTP surface beside gRPC: `/metrics` (Prometheus text),
-//! `/healthz` (the process answers) and `/readyz` (it should get traffic).
+//! `/healthz` (the process answers) and `/readyz` (it should get traffic),
+//! and the rule studio at `/studio` (`crate::api::studio`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,15 +29,22 @@ pub struct Probes {
     pub metrics: PrometheusHandle,
     /// Decide latency, kept outside the recorder (see `LatencyHistogram`).
     pub decide_latency: Arc<LatencyHistogram>,
+    /// The rule studio at `/studio` (`None`: `--no-studio`).
+    pub studio: Option<crate::api::studio::Studio>,
 }
 
 /// The router of the metrics address.
 pub fn router(probes: Probes) -> Router {
-    Router::new()
+    let studio = probes.studio.clone();
+    let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(probes)
+        .with_state(probes);
+    match studio {
+        Some(studio) => router.merge(crate::api::studio::routes(studio)),
+        None => router,
+    }
 }
 
 async fn metrics(State(p): State<Probes>) -> impl IntoResponse {

@@ -18,6 +18,7 @@ mod language;
 mod logs;
 mod reports;
 mod rules_store;
+mod studio;
 mod support;
 mod timezone;
 mod tls;
