@@ -154,6 +154,7 @@ fn init_logging(format: LogFormat) {
 
 async fn run_server(config: Config) -> anyhow::Result<()> {
     let rules_topic = config.kafka.as_ref().map(|k| k.rules_topic.clone());
+    let studio = config.studio;
     let server = serve::start(config).await?;
     match rules_topic {
         // Cluster mode: the rules arrive from the topic after start.
@@ -163,7 +164,12 @@ async fn run_server(config: Config) -> anyhow::Result<()> {
         ),
         None => println!(
             "{}",
-            demo::hints(server.grpc_addr, server.metrics_addr, &server.engine.rules.shops())
+            demo::hints(
+                server.grpc_addr,
+                server.metrics_addr,
+                &server.engine.rules.shops(),
+                studio
+            )
         ),
     }
     server.run_until(shutdown_signal()).await

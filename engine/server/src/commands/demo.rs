@@ -316,7 +316,8 @@ pub fn run(rules_dir: &Path, visitors: usize, now_ms: i64, out: &mut impl Write)
 
 /// What a newcomer can try against a running server: real commands with the
 /// server's real addresses and shops.
-pub fn hints(grpc: std::net::SocketAddr, http: std::net::SocketAddr, shops: &[(String, u64)]) -> String {
+/// With `studio`, the rule studio's page comes second.
+pub fn hints(grpc: std::net::SocketAddr, http: std::net::SocketAddr, shops: &[(String, u64)], studio: bool) -> String {
     let mut out = String::new();
     let listing: Vec<String> = shops.iter().map(|(s, r)| format!("{s} (revision {r})")).collect();
     out.push_str(&format!(
@@ -328,8 +329,13 @@ pub fn hints(grpc: std::net::SocketAddr, http: std::net::SocketAddr, shops: &[(S
         }
     ));
     let shop = shops.first().map_or("demo-apparel", |(s, _)| s.as_str());
+    let studio = if studio {
+        format!("  open http://{http}/studio#shop={shop}   # the rule studio: edit, check, try a visitor, publish, roll back\n")
+    } else {
+        String::new()
+    };
     out.push_str(&format!(
-        "\nWhat to try next:\n  grpcurl -plaintext {grpc} list\n  grpcurl -plaintext -d '{{\"shop\":\"{shop}\",\"visitor\":\"v-0001\",\"context\":{{\"page\":\"home\",\"region\":\"south\"}},\"explain\":true}}' {grpc} vitrine.v1.Decision/Decide\n  grpcurl -plaintext -d '{{\"shop\":\"{shop}\",\"expression\":\"visited(7d) and not purchased(30d)\"}}' {grpc} vitrine.v1.Audiences/Size\n  grpcurl -plaintext -d '{{\"events\":[{{\"shop\":\"{shop}\",\"visitor\":\"v-new\",\"action\":\"cart\",\"item\":\"sku-101\",\"ts\":{now}}}]}}' {grpc} vitrine.v1.Ingest/Track\n  grpcurl -plaintext -d '{{\"shop\":\"{shop}\"}}' {grpc} vitrine.v1.Rules/List\n  vitrine rules push rules/{shop}.yaml --addr {grpc}\n  curl -s http://{http}/metrics | grep ^vitrine_\n  vitrine report lift --shop {lift_shop} --window 7d --addr {grpc}\n",
+        "\nWhat to try next:\n  grpcurl -plaintext {grpc} list\n{studio}  grpcurl -plaintext -d '{{\"shop\":\"{shop}\",\"visitor\":\"v-0001\",\"context\":{{\"page\":\"home\",\"region\":\"south\"}},\"explain\":true}}' {grpc} vitrine.v1.Decision/Decide\n  grpcurl -plaintext -d '{{\"shop\":\"{shop}\",\"expression\":\"visited(7d) and not purchased(30d)\"}}' {grpc} vitrine.v1.Audiences/Size\n  grpcurl -plaintext -d '{{\"events\":[{{\"shop\":\"{shop}\",\"visitor\":\"v-new\",\"action\":\"cart\",\"item\":\"sku-101\",\"ts\":{now}}}]}}' {grpc} vitrine.v1.Ingest/Track\n  grpcurl -plaintext -d '{{\"shop\":\"{shop}\"}}' {grpc} vitrine.v1.Rules/List\n  vitrine rules push rules/{shop}.yaml --addr {grpc}\n  curl -s http://{http}/metrics | grep ^vitrine_\n  vitrine report lift --shop {lift_shop} --window 7d --addr {grpc}\n",
         now = crate::clock::now_ms(),
         lift_shop = shops
             .iter()
@@ -346,6 +352,17 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+
+    /// The hints name the studio second, at the HTTP address, opened on the first shop.
+    #[test]
+    fn the_hints_open_the_studio_when_it_is_served() {
+        let (grpc, http) = ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
+        let shops = [("demo-apparel".to_string(), 1)];
+        let with = hints(grpc, http, &shops, true);
+        let lines: Vec<&str> = with.lines().skip_while(|l| *l != "What to try next:").collect();
+        assert!(lines[2].starts_with("  open http://127.0.0.1:2/studio#shop=demo-apparel"), "{with}");
+        assert!(!hints(grpc, http, &shops, false).contains("/studio"));
+    }
 
     /// Regression (hardening #18): `--demo` seeds a bounded vocabulary per
     /// shop, so a rule file naming 3,000 tags and 3,000 items does not make
