@@ -220,7 +220,8 @@ impl Facts for VisitorFacts<'_> {
                 cmp.test(v, *value)
             }
             Atom::Tag(tag) => match (self.profile, self.shop) {
-                (Some(p), Some(shop)) => shop.tags.get(tag).is_some_and(|id| p.has_tag(id)),
+                // Most visitors carry no tag: no need to look its name up.
+                (Some(p), Some(shop)) => p.has_any_tag() && shop.tags.get(tag).is_some_and(|id| p.has_tag(id)),
                 _ => false,
             },
             Atom::Behavior {
@@ -236,6 +237,9 @@ impl Facts for VisitorFacts<'_> {
                 let of_action = |e: &crate::index::Entry| actions.contains(Action::BEHAVIORS[e.action as usize]);
                 match filter {
                     None => p.has_action_in(actions, range),
+                    // Without any entry of the actions in the window, no
+                    // entry of the item or category: no need to look it up.
+                    Some(_) if !p.has_action_in(actions, range) => false,
                     Some(Filter::Item(item)) => match shop.item(item).map(|i| i.id) {
                         Some(id) => p.any_entry(range, |e| e.item == id && of_action(e)),
                         None => false,
@@ -313,6 +317,8 @@ pub(crate) struct Scratch {
     ranked: Vec<(ItemReason, u32, u32, ItemAt)>,
     /// (price, order of appearance, where): the add-on's candidates.
     pub(crate) priced: Vec<(f64, u32, ItemAt)>,
+    /// A bit per rule-local item id ([`crate::rules::catalog`]): placed or judged already.
+    seen: Vec<u64>,
 }
 
 impl Scratch {
@@ -321,6 +327,7 @@ impl Scratch {
         self.signals.trim(SCRATCH_KEEP);
         self.ranked.shrink_to(SCRATCH_KEEP);
         self.priced.shrink_to(SCRATCH_KEEP);
+        self.seen.shrink_to(SCRATCH_KEEP);
     }
 }
 
@@ -374,6 +381,27 @@ impl ItemAt {
     }
 }
 
+/// Sets `id`'s bit; false when it was set already.
+#[inline]
+fn mark(seen: &mut [u64], id: u32) -> bool {
+    match seen.get_mut((id / 64) as usize) {
+        Some(word) => {
+            let bit = 1u64 << (id % 64);
+            let new = *word & bit == 0;
+            *word |= bit;
+            new
+        }
+        None => true,
+    }
+}
+
+/// Whether `id`'s bit is set.
+#[inline]
+fn marked(seen: &[u64], id: u32) -> bool {
+    seen.get((id / 64) as usize)
+        .is_some_and(|word| word & (1u64 << (id % 64)) != 0)
+}
+
 /// A step's entry text, written into a string of its final size (one allocation).
 fn entry_text(args: std::fmt::Arguments<'_>, len_hint: usize) -> String {
     use std::fmt::Write;
@@ -395,6 +423,7 @@ fn decide_in<'r>(
         signals: signal_buffers,
         ranked,
         priced,
+        seen,
     } = scratch;
     let clock_ms = clock_of(rules, shop, req.now_ms);
     let facts = VisitorFacts {
@@ -471,13 +500,15 @@ fn decide_in<'r>(
         std::mem::take(signal_buffers),
     );
     let context_item = req.context.item;
-    let complements_of = match context_item {
-        "" => None,
-        item => items.complements.get(item),
-    };
-    let complements: &'r [Arc<str>] = complements_of.map_or(&[], |c| &c[..]);
+    // Candidates are compared by rule-local id: the context item's, if the
+    // section names it, and a bit per id placed or judged already.
+    let catalog = &items.catalog;
+    let context_id = catalog.id(context_item);
+    let complements_of = context_id.and_then(|id| catalog.complements(id));
+    let complements: &'r [Arc<str>] = complements_of.map_or(&[], |(_, items)| items);
+    seen.clear();
+    seen.resize(catalog.len().div_ceil(64), 0);
     let mut picks: Vec<Pick<'r>> = Vec::with_capacity(limit);
-    let taken = |picks: &[Pick<'_>], id: &str| picks.iter().any(|p| p.id == id);
     let add_on_gap = items
         .add_on
         .as_ref()
@@ -493,11 +524,17 @@ fn decide_in<'r>(
             limit,
         };
         add_on_picks(rules, shop, &pick, &mut picks, priced, |pool| pool_matches(pool, memo));
+        for p in &picks {
+            if let Some(id) = catalog.id(p.id) {
+                mark(seen, id);
+            }
+        }
         step(Slot::Items, &|| "add_on".to_string(), StepOutcome::Contributed);
     }
-    if complements_of.is_some() {
-        for id in complements {
-            if picks.len() < limit && id.as_ref() != context_item && !taken(&picks, id) && signals.judge(id).is_some() {
+    if let Some((ids, _)) = complements_of {
+        for (id, &rid) in complements.iter().zip(ids) {
+            if picks.len() < limit && Some(rid) != context_id && !marked(seen, rid) && signals.judge(id).is_some() {
+                mark(seen, rid);
                 picks.push(Pick {
                     id,
                     reason: ItemReason::Complement,
@@ -522,11 +559,9 @@ fn decide_in<'r>(
             continue;
         }
         step(Slot::Items, &text, StepOutcome::Contributed);
-        for (pos, id) in pool.items.iter().enumerate() {
-            if id.as_ref() == context_item
-                || taken(&picks, id)
-                || ranked.iter().any(|r| r.3.id(rules, complements) == id.as_ref())
-            {
+        // An item judged once is judged alike again: skipping it is exact.
+        for ((pos, id), &rid) in pool.items.iter().enumerate().zip(catalog.pool(i)) {
+            if Some(rid) == context_id || !mark(seen, rid) {
                 continue;
             }
             let Some((reason, strength)) = signals.judge(id) else {
