@@ -17,6 +17,8 @@
 //! `claimed(WINDOW, kind=...)` and `benefit=` look benefits up by id and
 //! allocate nothing.
 
+#![allow(clippy::expect_used)]
+
 use std::alloc::System;
 use std::collections::HashMap;
 

@@ -1,8 +1,17 @@
 //! Decisions: banner, items and benefit for one visitor, and claims.
 //!
 //! A decision reads the rule set and the visitor's profile under one shard
-//! read lock and allocates only its answer (and, with `explain`, the
-//! explanation). Everything it returns borrows from the rule set.
+//! read lock and allocates only its answer: the items and held-out lists
+//! and, with `explain`, the explanation's lists and strings, each once at
+//! its final size. Its working memory (the audience memo, the visitor's
+//! item signals, the ranked candidates) is a per-thread [`Scratch`] reused
+//! from decision to decision, trimmed back to [`SCRATCH_KEEP`] elements per
+//! buffer after one that needed more; candidates are compared by the
+//! rule-local ids of [`crate::rules::catalog`], not by string.
+//! `benches/tests/alloc.rs` counts the allocations with a counting global
+//! allocator. One exception: `claimed(WINDOW)` without a filter iterates the
+//! claim ledger's map of benefits, whose iterator allocates (see that test).
+//! Everything a decision returns borrows from the rule set.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -19,8 +19,11 @@ pub struct ItemCatalog {
     /// Per id, the index into `complements` of its complement list.
     complements_of: Vec<Option<u32>>,
     /// Complement lists: their ids and their items.
-    complements: Vec<(Box<[u32]>, Vec<Arc<str>>)>,
+    complements: Vec<ComplementList>,
 }
+
+/// One complement list: its items' ids and the items.
+type ComplementList = (Box<[u32]>, Vec<Arc<str>>);
 
 impl ItemCatalog {
     /// The catalog of `pools` (each pool's items) and `complements`.
