@@ -88,6 +88,9 @@ impl SignalBuffers {
     }
 }
 
+/// Category ids below this are counted in an array on the stack.
+const FEW_CATEGORIES: usize = 64;
+
 const CARTED: u8 = 1;
 const FAVORITED: u8 = 2;
 const BOUGHT: u8 = 4;
@@ -136,7 +139,10 @@ impl<'a> Signals<'a> {
                 .extend(p.purchases.iter().filter(|b| range.contains(b.hour)).map(|b| b.item));
         }
         let range = AFFINITY_WINDOW.range(now_ms);
-        p.any_entry(range, |e| {
+        // Views per category: the first `FEW_CATEGORIES` ids counted in
+        // place, any other in the list (each category once either way).
+        let mut few = [0u32; FEW_CATEGORIES];
+        for e in p.entries_in(range) {
             let flag = match Action::BEHAVIORS[e.action as usize] {
                 Action::Cart => CARTED,
                 Action::Favorite => FAVORITED,
@@ -145,14 +151,21 @@ impl<'a> Signals<'a> {
             };
             if flag != 0 {
                 s.items.push((e.item, flag));
+            } else if let Some(n) = few.get_mut(e.category as usize) {
+                *n += 1;
             } else if e.category != NONE {
                 match s.categories.iter_mut().find(|(c, _)| *c == e.category) {
                     Some((_, n)) => *n += 1,
                     None => s.categories.push((e.category, 1)),
                 }
             }
-            false
-        });
+        }
+        s.categories.extend(
+            few.iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(c, n)| (c as u32, *n)),
+        );
         // Sorted by item with flags merged, for binary search.
         s.items.sort_unstable_by_key(|(i, _)| *i);
         s.items.dedup_by(|(item, flag), (kept, kept_flag)| {
