@@ -142,6 +142,7 @@ impl<'a> Signals<'a> {
         // Views per category: the first `FEW_CATEGORIES` ids counted in
         // place, any other in the list (each category once either way).
         let mut few = [0u32; FEW_CATEGORIES];
+        let mut few_used = 0;
         for e in p.entries_in(range) {
             let flag = match Action::BEHAVIORS[e.action as usize] {
                 Action::Cart => CARTED,
@@ -153,6 +154,7 @@ impl<'a> Signals<'a> {
                 s.items.push((e.item, flag));
             } else if let Some(n) = few.get_mut(e.category as usize) {
                 *n += 1;
+                few_used = few_used.max(e.category as usize + 1);
             } else if e.category != NONE {
                 match s.categories.iter_mut().find(|(c, _)| *c == e.category) {
                     Some((_, n)) => *n += 1,
@@ -161,7 +163,8 @@ impl<'a> Signals<'a> {
             }
         }
         s.categories.extend(
-            few.iter()
+            few[..few_used]
+                .iter()
                 .enumerate()
                 .filter(|(_, n)| **n > 0)
                 .map(|(c, n)| (c as u32, *n)),
