@@ -4,12 +4,15 @@
 //! shop's size). Under callgrind, count only the decisions:
 //!
 //! ```text
-//! VITRINE_BENCH_VISITORS=20000 valgrind --tool=callgrind \
-//!   --toggle-collect='vitrine_core::eval::decide::decide*' \
-//!   target/release/examples/decide_calls known 20000
+//! cargo build --release -p vitrine-benches --example decide_calls
+//! VITRINE_BENCH_VISITORS=5000 valgrind --tool=callgrind \
+//!   --toggle-collect='vitrine_core::eval::decide::decide' \
+//!   target/release/examples/decide_calls known 5000
 //! ```
 //!
-//! and divide the total by CALLS.
+//! and divide the instructions collected by CALLS: a count that other
+//! processes on the machine do not disturb, where timings would. (Under
+//! valgrind, 20,000 visitors ran out of its heap on this machine.)
 
 use std::hint::black_box;
 
