@@ -1,53 +1,59 @@
 //! The smart add-on's share of the items slot (see [`crate::rules::addon`]).
 
-use crate::eval::items::{ItemReason, Pick, Signals};
+use crate::eval::decide::{AddOnPick, ItemAt};
+use crate::eval::items::{ItemReason, Pick};
 use crate::index::ShopIndex;
 use crate::rules::{Pool, RuleSet};
 
-/// Starts `picks` with the add-on items: from the complements of
-/// `context_item` and the pools `pool_matches` accepts (in file order),
-/// those with a known price of at least `gap`, cheapest first (ties in
-/// that order), never the context item, an item already picked or one
-/// `signals` excludes (bought within `exclude_purchased`); at most `limit`.
-#[allow(clippy::too_many_arguments)]
+/// Starts `picks` with the add-on items: from the complements of the
+/// context item and the pools `pool_matches` accepts (in file order),
+/// those with a known price of at least the gap, cheapest first (ties in
+/// that order), never the context item, an item already picked or one the
+/// signals exclude (bought within `exclude_purchased`); at most `limit`.
+/// `priced` is scratch memory (cleared first).
 pub(super) fn add_on_picks<'r>(
     rules: &'r RuleSet,
     shop: &ShopIndex,
-    signals: &Signals<'_>,
-    context_item: &str,
-    gap: f64,
-    limit: usize,
+    pick: &AddOnPick<'_, 'r>,
     picks: &mut Vec<Pick<'r>>,
+    priced: &mut Vec<(f64, u32, ItemAt)>,
     mut pool_matches: impl FnMut(&Pool) -> bool,
 ) {
-    let items = &rules.items;
-    let complements = match context_item {
-        "" => None,
-        item => items.complements.get(item),
-    };
-    let pools = items.pools.iter().filter(|pool| pool_matches(pool));
-    let candidates = complements
-        .into_iter()
-        .flatten()
-        .chain(pools.flat_map(|pool| pool.items.iter()));
-    // (price, order of appearance, id)
-    let mut priced: Vec<(f64, usize, &'r str)> = Vec::new();
-    for (order, id) in candidates.enumerate() {
-        let id: &'r str = id;
-        if id == context_item || picks.iter().any(|p| p.id == id) || priced.iter().any(|c| c.2 == id) {
+    let AddOnPick {
+        signals,
+        context_item,
+        complements,
+        gap,
+        limit,
+    } = *pick;
+    let at = |list: u32| move |(pos, id): (usize, &'r std::sync::Arc<str>)| (ItemAt { list, pos: pos as u32 }, &**id);
+    let pools = rules
+        .items
+        .pools
+        .iter()
+        .enumerate()
+        .filter(|(_, pool)| pool_matches(pool))
+        .flat_map(|(i, pool)| pool.items.iter().enumerate().map(at(i as u32)));
+    let candidates = complements.iter().enumerate().map(at(ItemAt::COMPLEMENTS)).chain(pools);
+    priced.clear();
+    for (order, (where_, id)) in candidates.enumerate() {
+        if id == context_item
+            || picks.iter().any(|p| p.id == id)
+            || priced.iter().any(|c| c.2.id(rules, complements) == id)
+        {
             continue;
         }
         let Some(price) = shop.item(id).and_then(|info| info.price).map(|(_, p)| p) else {
             continue;
         };
         if price >= gap && signals.judge(id).is_some() {
-            priced.push((price, order, id));
+            priced.push((price, order as u32, where_));
         }
     }
     priced.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let room = limit.saturating_sub(picks.len());
-    picks.extend(priced.into_iter().take(room).map(|(_, _, id)| Pick {
-        id,
+    picks.extend(priced.iter().take(room).map(|(_, _, where_)| Pick {
+        id: where_.id(rules, complements),
         reason: ItemReason::AddOn,
     }));
 }

@@ -1,16 +1,25 @@
 //! Decisions: banner, items and benefit for one visitor, and claims.
 //!
 //! A decision reads the rule set and the visitor's profile under one shard
-//! read lock and allocates only its answer (and, with `explain`, the
-//! explanation). Everything it returns borrows from the rule set.
+//! read lock and allocates only its answer: the items and held-out lists
+//! and, with `explain`, the explanation's lists and strings, each once at
+//! its final size. Its working memory (the audience memo, the visitor's
+//! item signals, the ranked candidates) is a per-thread [`Scratch`] reused
+//! from decision to decision, trimmed back to [`SCRATCH_KEEP`] elements per
+//! buffer after one that needed more; candidates are compared by the
+//! rule-local ids of [`crate::rules::catalog`], not by string.
+//! `benches/tests/alloc.rs` counts the allocations with a counting global
+//! allocator. One exception: `claimed(WINDOW)` without a filter iterates the
+//! claim ledger's map of benefits, whose iterator allocates (see that test).
+//! Everything a decision returns borrows from the rule set.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::claims::{ClaimLedger, ClaimOutcome, LedgerClaim, LedgerError};
 use crate::eval::addon::add_on_picks;
-use crate::eval::items::Signals;
 pub use crate::eval::items::{ItemReason, Pick, AFFINITY_WINDOW};
+use crate::eval::items::{SignalBuffers, Signals};
 use crate::event::Action;
 use crate::hash::held_out;
 use crate::index::{Profile, ShopIndex};
@@ -220,7 +229,8 @@ impl Facts for VisitorFacts<'_> {
                 cmp.test(v, *value)
             }
             Atom::Tag(tag) => match (self.profile, self.shop) {
-                (Some(p), Some(shop)) => shop.tags.get(tag).is_some_and(|id| p.has_tag(id)),
+                // Most visitors carry no tag: no need to look its name up.
+                (Some(p), Some(shop)) => p.has_any_tag() && shop.tags.get(tag).is_some_and(|id| p.has_tag(id)),
                 _ => false,
             },
             Atom::Behavior {
@@ -236,12 +246,19 @@ impl Facts for VisitorFacts<'_> {
                 let of_action = |e: &crate::index::Entry| actions.contains(Action::BEHAVIORS[e.action as usize]);
                 match filter {
                     None => p.has_action_in(actions, range),
+                    // Without any entry of the actions in the window, no
+                    // entry of the item or category: no need to look it up.
+                    Some(_) if !p.has_action_in(actions, range) => false,
                     Some(Filter::Item(item)) => match shop.item(item).map(|i| i.id) {
-                        Some(id) => p.any_entry(range, |e| e.item == id && of_action(e)),
+                        Some(id) => p.entries_in(range).iter().rev().any(|e| e.item == id && of_action(e)),
                         None => false,
                     },
                     Some(Filter::Category(cat)) => match shop.categories.get(cat) {
-                        Some(id) => p.any_entry(range, |e| e.category == id && of_action(e)),
+                        Some(id) => p
+                            .entries_in(range)
+                            .iter()
+                            .rev()
+                            .any(|e| e.category == id && of_action(e)),
                         None => false,
                     },
                 }
@@ -293,6 +310,134 @@ fn decide_with<'r>(
     ledger: &dyn ClaimLedger,
     req: &DecideRequest<'_>,
 ) -> Decision<'r> {
+    with_scratch(|scratch| decide_in(rules, shop, profile, ledger, req, scratch))
+}
+
+/// Elements each buffer of a thread's [`Scratch`] keeps between decisions;
+/// a decision that needed more gives the rest back when it ends.
+pub const SCRATCH_KEEP: usize = 4096;
+
+/// A decision's working memory, kept per thread between decisions so that a
+/// decision allocates only its answer: the audience memo, the visitor's
+/// item signals, the ranked pool candidates and the add-on's priced ones.
+/// Candidates are kept as positions in the rule file (see [`ItemAt`]), not
+/// as borrowed ids, so the buffers outlive any one rule set.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    memo: Memo,
+    signals: SignalBuffers,
+    /// (reason, `u32::MAX - strength`, order of appearance, where).
+    ranked: Vec<(ItemReason, u32, u32, ItemAt)>,
+    /// (price, order of appearance, where): the add-on's candidates.
+    pub(crate) priced: Vec<(f64, u32, ItemAt)>,
+    /// A bit per rule-local item id ([`crate::rules::catalog`]): placed or judged already.
+    seen: Vec<u64>,
+}
+
+impl Scratch {
+    fn trim(&mut self) {
+        self.memo.trim(SCRATCH_KEEP);
+        self.signals.trim(SCRATCH_KEEP);
+        self.ranked.shrink_to(SCRATCH_KEEP);
+        self.priced.shrink_to(SCRATCH_KEEP);
+        self.seen.shrink_to(SCRATCH_KEEP);
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's scratch, or a fresh one when it is in use
+/// (a decision inside a decision, which nothing does today) or gone (the
+/// thread is ending).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    let mut f = Some(f);
+    let mut run = |scratch: &mut Scratch| f.take().map(|f| f(scratch));
+    let done = SCRATCH
+        .try_with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => {
+                let r = run(&mut scratch);
+                scratch.trim();
+                r
+            }
+            Err(_) => None,
+        })
+        .ok()
+        .flatten();
+    match done {
+        Some(r) => r,
+        None => run(&mut Scratch::default()).unwrap_or_else(|| unreachable!("`f` runs once")),
+    }
+}
+
+/// Where an item of the rule file sits: `list` is a pool's index, or
+/// [`ItemAt::COMPLEMENTS`] for the context item's complements; `pos` its
+/// place in that list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ItemAt {
+    pub(crate) list: u32,
+    pub(crate) pos: u32,
+}
+
+impl ItemAt {
+    pub(crate) const COMPLEMENTS: u32 = u32::MAX;
+
+    /// The item's id.
+    #[inline]
+    pub(crate) fn id<'r>(self, rules: &'r RuleSet, complements: &'r [Arc<str>]) -> &'r str {
+        let list = match self.list {
+            ItemAt::COMPLEMENTS => complements,
+            pool => rules.items.pools.get(pool as usize).map_or(&[][..], |p| &p.items[..]),
+        };
+        list.get(self.pos as usize).map_or("", |id| &**id)
+    }
+}
+
+/// Sets `id`'s bit; false when it was set already.
+#[inline]
+fn mark(seen: &mut [u64], id: u32) -> bool {
+    match seen.get_mut((id / 64) as usize) {
+        Some(word) => {
+            let bit = 1u64 << (id % 64);
+            let new = *word & bit == 0;
+            *word |= bit;
+            new
+        }
+        None => true,
+    }
+}
+
+/// Whether `id`'s bit is set.
+#[inline]
+fn marked(seen: &[u64], id: u32) -> bool {
+    seen.get((id / 64) as usize)
+        .is_some_and(|word| word & (1u64 << (id % 64)) != 0)
+}
+
+/// A step's entry text, written into a string of its final size (one allocation).
+fn entry_text(args: std::fmt::Arguments<'_>, len_hint: usize) -> String {
+    use std::fmt::Write;
+    let mut text = String::with_capacity(len_hint + 24);
+    let _ = text.write_fmt(args);
+    text
+}
+
+fn decide_in<'r>(
+    rules: &'r RuleSet,
+    shop: Option<&ShopIndex>,
+    profile: Option<&Profile>,
+    ledger: &dyn ClaimLedger,
+    req: &DecideRequest<'_>,
+    scratch: &mut Scratch,
+) -> Decision<'r> {
+    let Scratch {
+        memo,
+        signals: signal_buffers,
+        ranked,
+        priced,
+        seen,
+    } = scratch;
     let clock_ms = clock_of(rules, shop, req.now_ms);
     let facts = VisitorFacts {
         shop,
@@ -303,8 +448,11 @@ fn decide_with<'r>(
         claims: (ledger, &rules.shop, req.visitor, zone_of(rules, shop)),
     };
     let plan = &rules.plan;
-    let mut memo = Memo::new(plan.audiences().len());
-    let mut steps = req.explain.then(Vec::new);
+    memo.reset(plan.audiences().len());
+    let items = &rules.items;
+    // Every step an explanation can list, so its list is allocated once.
+    let most_steps = rules.banners.len() + items.pools.len() + rules.benefits.len() + 2;
+    let mut steps = req.explain.then(|| Vec::with_capacity(most_steps));
     let mut step = |slot: Slot, entry: &dyn Fn() -> String, outcome: StepOutcome| {
         if let Some(steps) = steps.as_mut() {
             steps.push(Step {
@@ -315,49 +463,65 @@ fn decide_with<'r>(
         }
     };
     let matches = |when: Option<NodeId>, memo: &mut Memo| when.is_none_or(|w| plan.eval(w, &facts, memo));
+    let mut held: Vec<(Slot, &'r str)> = Vec::new();
+    let mut hold = |slot: Slot, id: &'r str| {
+        if held.capacity() == 0 {
+            let entries = rules
+                .banners
+                .iter()
+                .map(|b| b.holdout_bp)
+                .chain(rules.benefits.iter().map(|b| b.holdout_bp));
+            held.reserve_exact(entries.filter(|bp| *bp > 0).count());
+        }
+        held.push((slot, id));
+    };
 
     // Banner: the first entry whose `when` holds, unless the visitor is in
     // its holdout: then the next one, as if the entry were not there.
     let mut banner = None;
     let mut banner_params: &'r [(Arc<str>, Arc<str>)] = &[];
-    let mut held: Vec<(Slot, &'r str)> = Vec::new();
     for (i, b) in rules.banners.iter().enumerate() {
+        let text = || entry_text(format_args!("banners[{i}] {}", b.id), 10 + b.id.len());
         if !b.in_window(req.now_ms) {
-            step(
-                Slot::Banner,
-                &|| format!("banners[{i}] {}", b.id),
-                StepOutcome::OutsideWindow,
-            );
+            step(Slot::Banner, &text, StepOutcome::OutsideWindow);
             continue;
         }
-        if matches(b.when, &mut memo) {
+        if matches(b.when, memo) {
             if held_out(&rules.shop, &b.id, req.visitor, b.holdout_bp) {
-                held.push((Slot::Banner, &b.id));
-                step(Slot::Banner, &|| format!("banners[{i}] {}", b.id), StepOutcome::HeldOut);
+                hold(Slot::Banner, &b.id);
+                step(Slot::Banner, &text, StepOutcome::HeldOut);
                 continue;
             }
             banner = Some(&*b.id);
             banner_params = &b.params;
-            step(Slot::Banner, &|| format!("banners[{i}] {}", b.id), StepOutcome::Chosen);
+            step(Slot::Banner, &text, StepOutcome::Chosen);
             break;
         }
-        step(
-            Slot::Banner,
-            &|| format!("banners[{i}] {}", b.id),
-            StepOutcome::NotMatched,
-        );
+        step(Slot::Banner, &text, StepOutcome::NotMatched);
     }
 
     // Items: complements, then the matching pools' items, ranked.
-    let items = &rules.items;
     let limit = match req.item_limit {
         0 => items.limit,
         n => n.min(MAX_ITEM_LIMIT),
     } as usize;
-    let signals = Signals::of(shop, profile, items.exclude_purchased, clock_ms);
+    let signals = Signals::reusing(
+        shop,
+        profile,
+        items.exclude_purchased,
+        clock_ms,
+        std::mem::take(signal_buffers),
+    );
     let context_item = req.context.item;
+    // Candidates are compared by rule-local id: the context item's, if the
+    // section names it, and a bit per id placed or judged already.
+    let catalog = &items.catalog;
+    let context_id = catalog.id(context_item);
+    let complements_of = context_id.and_then(|id| catalog.complements(id));
+    let complements: &'r [Arc<str>] = complements_of.map_or(&[], |(_, items)| items);
+    seen.clear();
+    seen.resize(catalog.len().div_ceil(64), 0);
     let mut picks: Vec<Pick<'r>> = Vec::with_capacity(limit);
-    let taken = |picks: &[Pick<'_>], id: &str| picks.iter().any(|p| p.id == id);
     let add_on_gap = items
         .add_on
         .as_ref()
@@ -365,73 +529,88 @@ fn decide_with<'r>(
     if let (Some(gap), Some(shop)) = (add_on_gap, shop) {
         let pool_matches =
             |pool: &crate::rules::Pool, memo: &mut Memo| pool.in_window(req.now_ms) && matches(pool.when, memo);
-        add_on_picks(rules, shop, &signals, context_item, gap, limit, &mut picks, |pool| {
-            pool_matches(pool, &mut memo)
-        });
+        let pick = AddOnPick {
+            signals: &signals,
+            context_item,
+            complements,
+            gap,
+            limit,
+        };
+        add_on_picks(rules, shop, &pick, &mut picks, priced, |pool| pool_matches(pool, memo));
+        for p in &picks {
+            if let Some(id) = catalog.id(p.id) {
+                mark(seen, id);
+            }
+        }
         step(Slot::Items, &|| "add_on".to_string(), StepOutcome::Contributed);
     }
-    if !context_item.is_empty() {
-        if let Some(complements) = items.complements.get(context_item) {
-            for id in complements {
-                if picks.len() < limit
-                    && id.as_ref() != context_item
-                    && !taken(&picks, id)
-                    && signals.judge(id).is_some()
-                {
-                    picks.push(Pick {
-                        id,
-                        reason: ItemReason::Complement,
-                    });
-                }
+    if let Some((ids, _)) = complements_of {
+        for (id, &rid) in complements.iter().zip(ids) {
+            if picks.len() < limit && Some(rid) != context_id && !marked(seen, rid) && signals.judge(id).is_some() {
+                mark(seen, rid);
+                picks.push(Pick {
+                    id,
+                    reason: ItemReason::Complement,
+                });
             }
-            step(
-                Slot::Items,
-                &|| format!("complements of {context_item}"),
-                StepOutcome::Contributed,
-            );
         }
+        step(
+            Slot::Items,
+            &|| entry_text(format_args!("complements of {context_item}"), context_item.len()),
+            StepOutcome::Contributed,
+        );
     }
-    let mut ranked: Vec<(ItemReason, u32, usize, &'r str)> = Vec::new();
+    ranked.clear();
     for (i, pool) in items.pools.iter().enumerate() {
+        let text = || entry_text(format_args!("pools[{i}]"), 8);
         if !pool.in_window(req.now_ms) {
-            step(Slot::Items, &|| format!("pools[{i}]"), StepOutcome::OutsideWindow);
+            step(Slot::Items, &text, StepOutcome::OutsideWindow);
             continue;
         }
-        if !matches(pool.when, &mut memo) {
-            step(Slot::Items, &|| format!("pools[{i}]"), StepOutcome::NotMatched);
+        if !matches(pool.when, memo) {
+            step(Slot::Items, &text, StepOutcome::NotMatched);
             continue;
         }
-        step(Slot::Items, &|| format!("pools[{i}]"), StepOutcome::Contributed);
-        for id in &pool.items {
-            if id.as_ref() == context_item || taken(&picks, id) || ranked.iter().any(|r| r.3 == id.as_ref()) {
+        step(Slot::Items, &text, StepOutcome::Contributed);
+        // An item judged once is judged alike again: skipping it is exact.
+        for ((pos, id), &rid) in pool.items.iter().enumerate().zip(catalog.pool(i)) {
+            if Some(rid) == context_id || !mark(seen, rid) {
                 continue;
             }
             let Some((reason, strength)) = signals.judge(id) else {
                 continue;
             };
-            ranked.push((reason, u32::MAX - strength, ranked.len(), id));
+            let at = ItemAt {
+                list: i as u32,
+                pos: pos as u32,
+            };
+            ranked.push((reason, u32::MAX - strength, ranked.len() as u32, at));
         }
     }
+    *signal_buffers = signals.into_buffers();
     ranked.sort_unstable();
-    picks.extend(
-        ranked
-            .into_iter()
-            .take(limit.saturating_sub(picks.len()))
-            .map(|(reason, _, _, id)| Pick { id, reason }),
-    );
+    let room = limit.saturating_sub(picks.len());
+    picks.extend(ranked.iter().take(room).map(|&(reason, _, _, at)| Pick {
+        id: at.id(rules, complements),
+        reason,
+    }));
 
     // Benefit: the first eligible one.
     let mut benefit = None;
     let mut remaining = None;
     for (i, b) in rules.benefits.iter().enumerate() {
-        let (outcome, left) = if !matches(b.when, &mut memo) {
+        let (outcome, left) = if !matches(b.when, memo) {
             (StepOutcome::NotMatched, None)
         } else {
             offer_with_remaining(rules, b, req.visitor, req.now_ms, ledger)
         };
-        step(Slot::Benefit, &|| format!("benefits[{i}] {}", b.id), outcome);
+        step(
+            Slot::Benefit,
+            &|| entry_text(format_args!("benefits[{i}] {}", b.id), 11 + b.id.len()),
+            outcome,
+        );
         if outcome == StepOutcome::HeldOut {
-            held.push((Slot::Benefit, &b.id));
+            hold(Slot::Benefit, &b.id);
         }
         if outcome == StepOutcome::Chosen {
             benefit = Some(b);
@@ -444,15 +623,16 @@ fn decide_with<'r>(
         _ => None,
     };
 
-    let explanation = steps.map(|steps| Explanation {
-        audiences: plan
-            .audiences()
-            .iter()
-            .enumerate()
-            .filter(|(slot, _)| plan.eval_audience(*slot as u32, &facts, &mut memo))
-            .map(|(_, a)| a.name.to_string())
-            .collect(),
-        steps,
+    let explanation = steps.map(|steps| {
+        let matched = |slot: usize, memo: &mut Memo| plan.eval_audience(slot as u32, &facts, memo);
+        let count = (0..plan.audiences().len()).filter(|&slot| matched(slot, memo)).count();
+        let mut audiences = Vec::with_capacity(count);
+        for (slot, a) in plan.audiences().iter().enumerate() {
+            if matched(slot, memo) {
+                audiences.push(a.name.to_string());
+            }
+        }
+        Explanation { audiences, steps }
     });
     Decision {
         banner,
@@ -465,6 +645,15 @@ fn decide_with<'r>(
         add_on_gap,
         held_out: held,
     }
+}
+
+/// What the add-on needs of the decision in progress.
+pub(crate) struct AddOnPick<'a, 'r> {
+    pub(crate) signals: &'a Signals<'a>,
+    pub(crate) context_item: &'a str,
+    pub(crate) complements: &'r [Arc<str>],
+    pub(crate) gap: f64,
+    pub(crate) limit: usize,
 }
 
 /// Whether a matching benefit can be offered now, short of its audience,

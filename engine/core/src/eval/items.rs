@@ -69,35 +69,81 @@ pub(crate) struct Signals<'a> {
     excluded: Vec<u32>,
 }
 
+/// The memory of [`Signals`], handed back by [`Signals::into_buffers`]
+/// for the next decision.
+#[derive(Debug, Default)]
+pub(crate) struct SignalBuffers {
+    items: Vec<(u32, u8)>,
+    categories: Vec<(u32, u32)>,
+    excluded: Vec<u32>,
+}
+
+impl SignalBuffers {
+    /// Gives back memory beyond `keep` elements per buffer, so one visitor
+    /// with a huge history does not leave a thread holding it.
+    pub(crate) fn trim(&mut self, keep: usize) {
+        self.items.shrink_to(keep);
+        self.categories.shrink_to(keep);
+        self.excluded.shrink_to(keep);
+    }
+}
+
+/// Category ids below this are counted in an array on the stack.
+const FEW_CATEGORIES: usize = 64;
+
 const CARTED: u8 = 1;
 const FAVORITED: u8 = 2;
 const BOUGHT: u8 = 4;
 
 impl<'a> Signals<'a> {
     /// The signals at clock reading `now_ms` (the shop's clock, `clock_of`).
+    #[cfg(test)]
     pub(super) fn of(
         shop: Option<&'a ShopIndex>,
         profile: Option<&Profile>,
         exclude: Option<Window>,
         now_ms: i64,
     ) -> Signals<'a> {
+        Signals::reusing(shop, profile, exclude, now_ms, SignalBuffers::default())
+    }
+
+    /// [`Signals::of`] in `buffers`' memory (cleared first): what a
+    /// decision's scratch keeps between decisions, so that reading the
+    /// signals allocates nothing once the buffers have grown.
+    pub(super) fn reusing(
+        shop: Option<&'a ShopIndex>,
+        profile: Option<&Profile>,
+        exclude: Option<Window>,
+        now_ms: i64,
+        buffers: SignalBuffers,
+    ) -> Signals<'a> {
+        let SignalBuffers {
+            mut items,
+            mut categories,
+            mut excluded,
+        } = buffers;
+        items.clear();
+        categories.clear();
+        excluded.clear();
         let mut s = Signals {
             shop,
             today: ShopIndex::today(now_ms),
-            ..Signals::default()
+            items,
+            categories,
+            excluded,
         };
         let Some(p) = profile else { return s };
         if let Some(w) = exclude {
             let range = w.range(now_ms);
-            s.excluded = p
-                .purchases
-                .iter()
-                .filter(|b| range.contains(b.hour))
-                .map(|b| b.item)
-                .collect();
+            s.excluded
+                .extend(p.purchases.iter().filter(|b| range.contains(b.hour)).map(|b| b.item));
         }
         let range = AFFINITY_WINDOW.range(now_ms);
-        p.any_entry(range, |e| {
+        // Views per category: the first `FEW_CATEGORIES` ids counted in
+        // place, any other in the list (each category once either way).
+        let mut few = [0u32; FEW_CATEGORIES];
+        let mut few_used = 0;
+        for e in p.entries_in(range) {
             let flag = match Action::BEHAVIORS[e.action as usize] {
                 Action::Cart => CARTED,
                 Action::Favorite => FAVORITED,
@@ -106,14 +152,23 @@ impl<'a> Signals<'a> {
             };
             if flag != 0 {
                 s.items.push((e.item, flag));
+            } else if let Some(n) = few.get_mut(e.category as usize) {
+                *n += 1;
+                few_used = few_used.max(e.category as usize + 1);
             } else if e.category != NONE {
                 match s.categories.iter_mut().find(|(c, _)| *c == e.category) {
                     Some((_, n)) => *n += 1,
                     None => s.categories.push((e.category, 1)),
                 }
             }
-            false
-        });
+        }
+        s.categories.extend(
+            few[..few_used]
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(c, n)| (c as u32, *n)),
+        );
         // Sorted by item with flags merged, for binary search.
         s.items.sort_unstable_by_key(|(i, _)| *i);
         s.items.dedup_by(|(item, flag), (kept, kept_flag)| {
@@ -124,6 +179,15 @@ impl<'a> Signals<'a> {
             same
         });
         s
+    }
+
+    /// The buffers, for the next decision's [`Signals::reusing`].
+    pub(super) fn into_buffers(self) -> SignalBuffers {
+        SignalBuffers {
+            items: self.items,
+            categories: self.categories,
+            excluded: self.excluded,
+        }
     }
 
     /// The item's rank class and strength within the class, or `None` when

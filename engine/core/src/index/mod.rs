@@ -28,6 +28,7 @@
 //! hold a bitmap lock while they take a profile lock.
 
 pub(crate) mod exposures;
+mod read;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};

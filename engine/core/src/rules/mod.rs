@@ -13,6 +13,7 @@
 //! `params`, `starts` and `ends`, pools `starts` and `ends`, as benefits do.
 
 pub mod addon;
+pub mod catalog;
 pub mod expr;
 pub mod plan;
 pub mod tiers;
@@ -226,6 +227,9 @@ pub struct ItemRules {
     pub complements: HashMap<Box<str>, Vec<Arc<str>>>,
     /// The smart add-on, if the file has one.
     pub add_on: Option<addon::AddOn>,
+    /// The pools' and complements' items by rule-local id, computed when
+    /// the file is loaded (so the section is not edited afterwards).
+    pub(crate) catalog: catalog::ItemCatalog,
 }
 
 /// The per-visitor cap of a benefit.
@@ -774,6 +778,7 @@ impl<'s> Loader<'s> {
                 pools: Vec::new(),
                 complements: HashMap::new(),
                 add_on: None,
+                catalog: catalog::ItemCatalog::default(),
             }),
             benefits,
             zone: self.zone.clone(),
@@ -958,12 +963,14 @@ impl<'s> Loader<'s> {
             }
         }
         let add_on = fields.get("add_on").and_then(|n| self.add_on(n));
+        let catalog = catalog::ItemCatalog::of(pools.iter().map(|p| &p.items[..]), &complements);
         Some(ItemRules {
             limit: limit?,
             exclude_purchased,
             pools,
             complements,
             add_on,
+            catalog,
         })
     }
 

@@ -181,6 +181,11 @@ impl Memo {
         self.states.clear();
         self.states.resize(audiences, UNKNOWN);
     }
+
+    /// Gives back memory beyond `keep` audiences (a memo reused across decisions).
+    pub fn trim(&mut self, keep: usize) {
+        self.states.shrink_to(keep);
+    }
 }
 
 impl Plan {
