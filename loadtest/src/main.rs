@@ -5,7 +5,9 @@
 //!   and streams Zipf-skewed behavior of `v-0..` through Ingest/Track;
 //! - `run` sends Decide at a constant rate and, as the baseline, the same
 //!   schedule of `grpc.health.v1.Health/Check`, and prints both latency
-//!   distributions;
+//!   distributions; with `--procs N`, N processes of this binary share the
+//!   rate and their histograms are merged (`procs`): one client process runs
+//!   out of CPU before the server does;
 //! - `sweep` repeats the decide phase at increasing rates to find the
 //!   highest one whose p99 stays under 1 ms;
 //! - `soak` mixes Decide, Track, Claim and Rules/Push for a long time and
@@ -24,6 +26,7 @@ mod client;
 mod cluster;
 mod dataset;
 mod pacer;
+mod procs;
 mod report;
 mod run;
 mod seed;
@@ -227,6 +230,10 @@ struct RunArgs {
     /// Print exactly one JSON object on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// Load-generator processes sharing the rate, their histograms merged
+    /// (one client runs out of CPU before the server; see `procs.rs`).
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
 }
 
 #[derive(Debug, Args)]
@@ -508,7 +515,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<i32> {
                 Ok(0)
             }
             Command::Run(a) => {
-                let report = run::run(RunConfig {
+                let config = RunConfig {
                     load: a.load.config()?,
                     rate: a.rate,
                     duration: a.duration,
@@ -516,8 +523,18 @@ fn run_cli(cli: Cli) -> anyhow::Result<i32> {
                         ModeArg::Sequential => Mode::Sequential,
                         ModeArg::Interleaved => Mode::Interleaved,
                     },
-                })
-                .await?;
+                };
+                procs::check(&config, a.procs)?;
+                if let Some(part) = procs::part_from_env()? {
+                    println!("{}", procs::run_part(config, part).await?);
+                    return Ok(0);
+                }
+                let report = if a.procs > 1 {
+                    let procs = a.procs;
+                    tokio::task::spawn_blocking(move || procs::run_procs(&config, procs)).await??
+                } else {
+                    run::run(config).await?
+                };
                 if a.json {
                     println!("{}", report.json());
                 } else {

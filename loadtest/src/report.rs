@@ -145,6 +145,42 @@ impl Recorder {
         };
     }
 
+    /// Everything recorded, for another process to merge
+    /// ([`Recorder::from_part`]): the histogram as `[value_us, count]`
+    /// pairs, requests, errors, and the span from the first intended send
+    /// to the last answer.
+    pub fn to_part(&self) -> Value {
+        let counts: Vec<[u64; 2]> = self
+            .latency_us
+            .iter_recorded()
+            .map(|v| [v.value_iterated_to(), v.count_at_value()])
+            .collect();
+        let span_us = match (self.first_intended, self.last_done) {
+            (Some(first), Some(last)) => Some(last.saturating_duration_since(first).as_micros() as u64),
+            _ => None,
+        };
+        json!({"counts": counts, "requests": self.requests, "errors": self.errors, "span_us": span_us})
+    }
+
+    /// A recorder from [`Recorder::to_part`]'s object, its span laid from
+    /// `start`; `None` if the object is not one.
+    pub fn from_part(part: &Value, start: Instant) -> Option<Recorder> {
+        let mut r = Recorder::new();
+        for pair in part.get("counts")?.as_array()? {
+            let (value, count) = (pair.get(0)?.as_u64()?, pair.get(1)?.as_u64()?);
+            r.latency_us.saturating_record_n(value.max(1), count);
+        }
+        r.requests = part.get("requests")?.as_u64()?;
+        for (name, n) in part.get("errors")?.as_object()? {
+            r.error(name, n.as_u64()?);
+        }
+        if let Some(span) = part.get("span_us")?.as_u64() {
+            r.first_intended = Some(start);
+            r.last_done = start.checked_add(Duration::from_micros(span));
+        }
+        Some(r)
+    }
+
     /// Percentiles, achieved rate and errors.
     pub fn summary(&self) -> Summary {
         let h = &self.latency_us;

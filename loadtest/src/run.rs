@@ -122,6 +122,8 @@ pub enum Target {
 pub struct PhaseResult {
     /// One summary per target, in the order asked.
     pub summaries: Vec<Summary>,
+    /// What each target recorded, in the same order (for merging processes).
+    pub recorders: Vec<Recorder>,
     /// The pacer thread's observations.
     pub pacer: PacerStats,
     /// The background load, if the phase had it.
@@ -466,9 +468,10 @@ impl Load {
             Some(handle) => Some(handle.await.context("background load task failed")?),
             None => None,
         };
-        let summaries = (0..targets.len()).map(|i| sinks.finish(i).summary()).collect();
+        let recorders: Vec<Recorder> = (0..targets.len()).map(|i| sinks.finish(i)).collect();
         Ok(PhaseResult {
-            summaries,
+            summaries: recorders.iter().map(Recorder::summary).collect(),
+            recorders,
             pacer,
             background,
         })
@@ -673,17 +676,32 @@ async fn background_pushes(
 
 /// `vitrine-loadtest run`: baseline and decide at the same rate.
 pub async fn run(config: RunConfig) -> anyhow::Result<RunReport> {
+    Ok(run_recorded(config, 0).await?.0)
+}
+
+/// [`run`], also returning what the baseline and decide calls recorded;
+/// `stream` picks the request mix's random stream (one per process of
+/// `run --procs`, so they do not send the same calls).
+pub async fn run_recorded(config: RunConfig, stream: u64) -> anyhow::Result<(RunReport, [Recorder; 2])> {
     if !config.rate.is_finite() || config.rate <= 0.0 || config.duration.is_zero() {
         bail!("--rate and --duration must be positive");
     }
     let load = Load::connect(config.load).await?;
+    load.phases.store(stream << 32, Ordering::Relaxed);
     let (rate, duration) = (config.rate, config.duration);
-    let (baseline, decide, background, lag) = match config.mode {
+    let (baseline, decide, background, lag, recorders) = match config.mode {
         Mode::Sequential => {
             let b = load.phase("baseline", rate, duration, &[Target::Health], false).await?;
             let d = load.phase("decide", rate, duration, &[Target::Decide], true).await?;
             let lag = b.pacer.max_lag.max(d.pacer.max_lag);
-            (b.summaries[0].clone(), d.summaries[0].clone(), d.background, lag)
+            let recorders = [b.recorders[0].clone(), d.recorders[0].clone()];
+            (
+                b.summaries[0].clone(),
+                d.summaries[0].clone(),
+                d.background,
+                lag,
+                recorders,
+            )
         }
         Mode::Interleaved => {
             let r = load
@@ -700,12 +718,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunReport> {
                 r.summaries[1].clone(),
                 r.background,
                 r.pacer.max_lag,
+                [r.recorders[0].clone(), r.recorders[1].clone()],
             )
         }
     };
     let c = load.config();
     let has_background = c.events_rate > 0.0 || c.push_every.is_some_and(|d| !d.is_zero());
-    Ok(RunReport {
+    let report = RunReport {
         addr: c.addr.clone(),
         mode: config.mode.name(),
         rate,
@@ -716,5 +735,6 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunReport> {
         baseline,
         background: background.filter(|_| has_background),
         pacer_max_lag: lag,
-    })
+    };
+    Ok((report, recorders))
 }

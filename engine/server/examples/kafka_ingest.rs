@@ -9,7 +9,7 @@
 //!   validate, apply, store offsets) until each has read every event.
 //!   Reports events/s of both and their ratio.
 //! * `freshness`: Vitrine's ingest on a fresh topic while a producer
-//!   (`linger.ms` 5, acks 1) sends `--rate` events/s for `--seconds`; one
+//!   (`linger.ms` 5, `--linger-ms`; acks 1) sends `--rate` events/s for `--seconds`; one
 //!   event in 50 tags a new visitor, and a prober runs the Decide RPC's
 //!   synchronous path (`vitrine::api::grpc::decide`) every 0.5 ms for each pending
 //!   probe until the decision shows the tag's banner. Reports p50/p99/max of
@@ -99,6 +99,10 @@ enum What {
         rate: u64,
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// The producer's `linger.ms`: how long it holds a message to batch
+        /// it with the next ones (part of every latency measured).
+        #[arg(long, default_value_t = 5)]
+        linger_ms: u32,
     },
 }
 
@@ -257,7 +261,7 @@ fn noop_consume(broker: &Broker, topic: &str, n: usize) -> Duration {
         .set("group.id", format!("noop-{}", now_ms()))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", vitrine::ingest::FETCH_WAIT_MAX_MS)
         .set("statistics.interval.ms", "1000")
         .create()
         .unwrap();
@@ -294,7 +298,8 @@ fn noop_consume(broker: &Broker, topic: &str, n: usize) -> Duration {
 }
 
 fn vitrine_consume(broker: &Broker, topic: &str, n: usize, round: usize, tuning: &Tuning) -> Duration {
-    let engine = engine(&format!("throughput-{round}"), None);
+    // The shop must be served: events of shops without rules are rejected.
+    let engine = engine(&format!("throughput-{round}"), Some(vitrine_benches::RULES_20));
     let start = Instant::now();
     let group = format!("bench-{}-{round}", now_ms());
     let ingest = Ingest::start(engine, &config(&broker.brokers, topic, &group, tuning)).unwrap();
@@ -440,7 +445,7 @@ banners:
   - banner: default
 ";
 
-fn freshness(broker: &Broker, rate: u64, seconds: u64, tuning: &Tuning) {
+fn freshness(broker: &Broker, rate: u64, seconds: u64, linger_ms: u32, tuning: &Tuning) {
     let topic = format!("bench.freshness.{}", now_ms());
     broker.create_topic(&topic);
     let engine = engine("freshness", Some(FRESH_RULES));
@@ -492,7 +497,7 @@ fn freshness(broker: &Broker, rate: u64, seconds: u64, tuning: &Tuning) {
         })
     };
 
-    let p = producer(&broker.brokers, "5");
+    let p = producer(&broker.brokers, &linger_ms.to_string());
     let total = rate * seconds;
     let start = Instant::now();
     let mut buf = String::new();
@@ -585,7 +590,11 @@ fn main() {
     );
     match args.what {
         What::Throughput { events, rounds } => throughput(&broker, events, rounds, &tuning),
-        What::Freshness { rate, seconds } => freshness(&broker, rate, seconds, &tuning),
+        What::Freshness {
+            rate,
+            seconds,
+            linger_ms,
+        } => freshness(&broker, rate, seconds, linger_ms, &tuning),
         What::Apply { events } => apply(events),
     }
     let _ = std::fs::remove_dir_all(scratch());

@@ -259,4 +259,19 @@ impl Engine {
             }
         }
     }
+
+    /// [`Engine::apply`] without counting the event: for a caller that
+    /// counts a whole batch at once with [`Engine::count_applied`] (Kafka's
+    /// apply threads: one counter update per action per batch).
+    pub fn apply_uncounted(&self, event: &Event<'_>) {
+        self.index
+            .apply_in(event, || crate::zones::zone_for(&self.rules, &event.shop));
+    }
+
+    /// Counts `n` events of `action` applied by [`Engine::apply_uncounted`].
+    pub fn count_applied(&self, action: vitrine_core::Action, n: u64) {
+        if let Some(counter) = self.metrics.applied.get(action).filter(|_| n > 0) {
+            counter.increment(n);
+        }
+    }
 }

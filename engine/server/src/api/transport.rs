@@ -207,9 +207,12 @@ pub async fn serve(
     });
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     // A client never needs more streams on one connection than the server
-    // admits; header lists are bounded as gRPC clients bound theirs.
+    // admits; header lists are bounded as gRPC clients bound theirs. No
+    // `date` header: gRPC clients do not read it, and it is one more header
+    // to encode on every response.
     http2
         .timer(TokioTimer::new())
+        .auto_date_header(false)
         .max_concurrent_streams(u32::try_from(limits.max_in_flight).unwrap_or(u32::MAX))
         .max_header_list_size(MAX_HEADER_LIST_BYTES);
     accept_loop(

@@ -7,12 +7,18 @@
 //! so a partition's messages are applied in offset order by one thread. An
 //! [`Ack`] returns each sub-batch, with the next offset of every partition in
 //! it, once all of it is applied: only then are those offsets stored.
+//!
+//! Per event, an apply thread only decodes (`Event::from_json`'s scanner,
+//! strings borrowed from the sub-batch) and applies; what can be done once
+//! per sub-batch is: the shop's rule-set and `--shops` checks run once per
+//! run of events of one shop, and `vitrine_ingest_events_applied_total` is
+//! counted once per action per sub-batch.
 
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use vitrine_core::Event;
+use vitrine_core::{Action, Event};
 
 use super::dead_letter::{DeadLetter, Source};
 use super::RateLimited;
@@ -171,8 +177,16 @@ pub(super) fn run(
     batches: Receiver<SubBatch>,
     acks: Sender<Ack>,
 ) {
+    // The shop of the last event admitted in this sub-batch: events of one
+    // shop come in runs, so the rule-set and `--shops` checks run once per
+    // run, not per event. Cleared per sub-batch, so a rules change is seen
+    // within one.
+    let mut admitted = String::new();
     while let Ok(batch) = batches.recv() {
         let (mut applied, mut rejected) = (0, 0);
+        // Events applied by action, counted once per sub-batch.
+        let mut by_action = [0u64; 7];
+        admitted.clear();
         for slot in &batch.slots {
             let Some(payload) = batch.slice(slot.payload) else {
                 rejected += 1;
@@ -188,15 +202,23 @@ pub(super) fn run(
                 }
                 continue;
             }
-            let decoded = Event::from_json(payload);
-            if decoded.as_ref().is_ok_and(|e| !engine.cluster.shops.serves(&e.shop)) {
-                // Another replica group's shop (`--shops`): not an error.
-                crate::metrics::ingest_skipped_other_shop();
-                continue;
-            }
-            match decoded.and_then(|e| engine.admit(e)) {
+            let decoded = match Event::from_json(payload) {
+                Ok(e) if !admitted.is_empty() && *e.shop == *admitted => Ok(e),
+                Ok(e) if !engine.cluster.shops.serves(&e.shop) => {
+                    // Another replica group's shop (`--shops`): not an error.
+                    crate::metrics::ingest_skipped_other_shop();
+                    continue;
+                }
+                Ok(e) => engine.admit(e).inspect(|e| {
+                    admitted.clear();
+                    admitted.push_str(&e.shop);
+                }),
+                Err(e) => Err(e),
+            };
+            match decoded {
                 Ok(event) => {
-                    engine.apply(&event);
+                    engine.apply_uncounted(&event);
+                    by_action[event.action as usize] += 1;
                     let age_ms = batch.now_ms.saturating_sub(event.ts).max(0);
                     metrics.event_age.record(age_ms as f64 / 1000.0);
                     applied += 1;
@@ -214,6 +236,9 @@ pub(super) fn run(
                 }
             }
         }
+        for action in Action::ALL {
+            engine.count_applied(action, by_action[action as usize]);
+        }
         if acks
             .send(Ack {
                 batch,
@@ -223,6 +248,119 @@ pub(super) fn run(
             .is_err()
         {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::rules_store::{Origin, RuleStore};
+
+    const NOW: i64 = 1_790_000_000_000;
+
+    fn push(store: &RuleStore, shop: &str) {
+        store
+            .push(
+                &format!("shop: {shop}\nbanners:\n  - banner: default\n"),
+                Origin::Push,
+                false,
+                NOW,
+            )
+            .unwrap();
+    }
+
+    fn series(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// The per-sub-batch shortcuts change nothing: within one sub-batch,
+    /// events of a served shop around events of a shop without rules are
+    /// applied and the others rejected as `unknown_shop`, and the applied
+    /// counter counts each action exactly; a shop whose rules arrive later
+    /// is served from the next sub-batch on.
+    #[test]
+    fn a_sub_batch_mixing_shops_is_admitted_event_by_event_and_counted_per_action() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let store = RuleStore::new(&dir.path().join("rules"), &dir.path().join("data"));
+        push(&store, "a");
+        push(&store, "c");
+        let (engine, metrics) = metrics::with_local_recorder(&recorder, || {
+            (Arc::new(Engine::new(store, Metrics::new())), KafkaMetrics::new())
+        });
+        let rejects = Arc::new(Rejects {
+            stream: Stream::Behavior,
+            engine: engine.clone(),
+            dead_letter: None,
+            log: Mutex::new(RateLimited::new(20)),
+        });
+        let (batch_tx, batch_rx) = mpsc::channel();
+        let (ack_tx, ack_rx) = mpsc::channel();
+        let thread = {
+            let (engine, rejects) = (engine.clone(), rejects.clone());
+            std::thread::spawn(move || run(Stream::Behavior, "t".into(), engine, metrics, rejects, batch_rx, ack_tx))
+        };
+        let event = |shop: &str, visitor: &str, rest: &str| {
+            format!(r#"{{"shop":"{shop}","visitor":"{visitor}","ts":{NOW},{rest}}}"#)
+        };
+        let view = r#""action":"view","item":"i-1""#;
+        let mut batch = SubBatch::default();
+        for (offset, payload) in [
+            event("a", "v-1", view),
+            event("b", "v-2", view),
+            event("a", "v-1", r#""action":"cart","item":"i-1""#),
+            event("a", "v-3", view),
+            event("c", "v-4", r#""action":"tag","tag":"t""#),
+            event("b", "v-5", r#""action":"purchase","item":"i-2","price":5"#),
+            event("a", "v-1", r#""action":"purchase","item":"i-2","price":5"#),
+            "not json".to_string(),
+            event("b", "v-6", view),
+        ]
+        .iter()
+        .enumerate()
+        {
+            batch.push(0, offset as i64, None, payload.as_bytes());
+        }
+        batch_tx.send(batch).unwrap();
+        let ack = ack_rx.recv().unwrap();
+        assert_eq!((ack.applied, ack.rejected), (5, 4));
+
+        let mut batch = ack.batch;
+        batch.clear();
+        push(&engine.rules, "b");
+        batch.push(0, 9, None, event("b", "v-7", view).as_bytes());
+        batch.push(0, 10, None, event("a", "v-8", view).as_bytes());
+        batch_tx.send(batch).unwrap();
+        let ack = ack_rx.recv().unwrap();
+        assert_eq!((ack.applied, ack.rejected), (2, 0));
+        drop(batch_tx);
+        thread.join().unwrap();
+
+        let text = handle.render();
+        let applied = |action: &str| {
+            series(
+                &text,
+                &format!("vitrine_ingest_events_applied_total{{action=\"{action}\"}}"),
+            )
+        };
+        assert_eq!(
+            [applied("view"), applied("cart"), applied("purchase"), applied("tag")],
+            [4.0, 1.0, 1.0, 1.0]
+        );
+        let rejected = |reason: &str| series(&text, &format!("vitrine_ingest_rejected_total{{reason=\"{reason}\"}}"));
+        assert_eq!([rejected("unknown_shop"), rejected("invalid_json")], [3.0, 1.0]);
+        for (shop, visitors) in [("a", 3), ("b", 1), ("c", 1)] {
+            let known = engine.index.shop(shop).map_or(0, |s| s.visitor_count());
+            assert_eq!(known, visitors, "{shop}");
         }
     }
 }

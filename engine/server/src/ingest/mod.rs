@@ -66,6 +66,10 @@ use crate::state::Engine;
 /// The most messages applied between two offset stores.
 pub const BATCH: usize = 4096;
 
+/// librdkafka's `fetch.wait.max.ms` for the behavior consumer: the longest
+/// a broker may hold a fetch while it waits for data (see `consumer.rs`).
+pub const FETCH_WAIT_MAX_MS: &str = "3";
+
 /// What the consumer has done so far (also for tests and tools).
 #[derive(Debug, Default)]
 pub struct Progress {
