@@ -127,8 +127,8 @@ use roaring::RoaringBitmap;
 
 use crate::codec::{self, begin_len, end_len, Put, Reader};
 use crate::index::{
-    DayBitmaps, Entry, Index, Interner, ItemInfo, Profile, Purchase, ShopIndex, TagState, NONE, POPULARITY_DAYS,
-    SHARDS, SHARD_BITS,
+    DayBitmaps, Entry, Index, Interner, ItemInfo, Profile, Purchase, ShopIndex, TagState, MAX_ENTRY_HOUR, NONE,
+    POPULARITY_DAYS, SHARDS, SHARD_BITS,
 };
 
 /// The first eight bytes of every snapshot.
@@ -423,15 +423,15 @@ impl Names {
     fn capture(interner: &Interner) -> Names {
         let mut slots = vec![(0, usize::MAX); interner.len() as usize];
         let mut text = String::new();
-        for pair in interner.ids.iter() {
-            let id = *pair.value() as usize;
+        interner.for_each(|name, id| {
+            let id = id as usize;
             if id >= slots.len() {
                 slots.resize(id + 1, (0, usize::MAX));
             }
             let start = text.len();
-            text.push_str(pair.key());
+            text.push_str(name);
             slots[id] = (start, text.len());
-        }
+        });
         let visible = slots.iter().position(|s| s.1 == usize::MAX).unwrap_or(slots.len());
         slots.truncate(visible);
         Names { text, spans: slots }
@@ -539,9 +539,9 @@ fn encode_shop(shop: &ShopIndex, out: &mut Vec<u8>) -> u32 {
 }
 
 fn encode_profile(p: &Profile, limits: &Limits, out: &mut Vec<u8>) {
-    out.put_varint(p.entries.iter().filter(|e| limits.keeps_entry(e)).count() as u64);
+    out.put_varint(p.entries().filter(|e| limits.keeps_entry(e)).count() as u64);
     let mut hour = 0;
-    for e in p.entries.iter().filter(|e| limits.keeps_entry(e)) {
+    for e in p.entries().filter(|e| limits.keeps_entry(e)) {
         out.put_varint(u64::from(e.hour - hour) << 2 | u64::from(e.action));
         out.put_varint(u64::from(e.item));
         out.put_varint(if e.category == NONE {
@@ -551,7 +551,7 @@ fn encode_profile(p: &Profile, limits: &Limits, out: &mut Vec<u8>) {
         });
         hour = e.hour;
     }
-    let purchases = || p.purchases.iter().filter(|b| b.item < limits.items);
+    let purchases = || p.purchases().iter().filter(|b| b.item < limits.items);
     out.put_varint(purchases().count() as u64);
     for b in purchases() {
         out.put_u64(b.key);
@@ -559,14 +559,14 @@ fn encode_profile(p: &Profile, limits: &Limits, out: &mut Vec<u8>) {
         out.put_varint(u64::from(b.item));
         out.put_f64(b.amount);
     }
-    let tags = || p.tags.iter().filter(|t| t.tag < limits.tags);
+    let tags = || p.tags().iter().filter(|t| t.tag < limits.tags);
     out.put_varint(tags().count() as u64);
     for t in tags() {
         out.put_varint(u64::from(t.tag));
         out.put_i64(t.ts);
         out.put_u8(u8::from(t.present));
     }
-    match p.tier {
+    match p.tier_state() {
         Some((ts, tier)) => {
             out.put_u8(1);
             out.put_i64(ts);
@@ -645,7 +645,7 @@ fn decode_items<'a>(mut r: Reader<'a>, limits: &Limits) -> Decoded<(Vec<&'a str>
 
 fn decode_profiles(mut r: Reader<'_>, limits: &Limits) -> Decoded<Vec<Vec<Profile>>> {
     let mut shards = Vec::with_capacity(SHARDS);
-    let mut scratch = Vec::new();
+    let mut scratch = Scratch::default();
     for shard in 0..SHARDS {
         // An empty profile takes 4 bytes.
         let slots = r.count(4)?;
@@ -668,16 +668,26 @@ fn distinct(keys: &mut [u64]) -> bool {
     keys.windows(2).all(|w| w[0] != w[1])
 }
 
-fn decode_profile(r: &mut Reader<'_>, limits: &Limits, scratch: &mut Vec<u64>) -> Decoded<Profile> {
+/// Buffers [`decode_profile`] reuses from one profile to the next.
+#[derive(Default)]
+struct Scratch {
+    entries: Vec<Entry>,
+    keys: Vec<u64>,
+}
+
+fn decode_profile(r: &mut Reader<'_>, limits: &Limits, scratch: &mut Scratch) -> Decoded<Profile> {
     let mut profile = Profile::default();
     let n = r.count(3)?;
-    profile.entries.reserve_exact(n);
+    let entries = &mut scratch.entries;
+    entries.clear();
+    entries.reserve(n);
     let mut hour = 0u64;
     let mut previous: Option<Entry> = None;
     for _ in 0..n {
         let head = r.varint()?;
         hour += head >> 2;
-        if hour > u64::from(u32::MAX) {
+        // No event's clock hour comes near: a larger one is no index's.
+        if hour > u64::from(MAX_ENTRY_HOUR) {
             return Err(malformed(r, "entry hour out of range"));
         }
         let entry = Entry {
@@ -694,10 +704,11 @@ fn decode_profile(r: &mut Reader<'_>, limits: &Limits, scratch: &mut Vec<u64>) -
             return Err(malformed(r, "entries not sorted or repeated"));
         }
         previous = Some(entry);
-        profile.entries.push(entry);
+        entries.push(entry);
     }
+    profile.set_entries(entries);
     let n = r.count(18)?;
-    profile.purchases.reserve_exact(n);
+    let mut purchases = Vec::with_capacity(n);
     for _ in 0..n {
         let key = r.u64()?;
         let hour = u32v(r, "purchase hour out of range")?;
@@ -706,20 +717,22 @@ fn decode_profile(r: &mut Reader<'_>, limits: &Limits, scratch: &mut Vec<u64>) -
         if !(amount.is_finite() && amount >= 0.0) {
             return Err(malformed(r, "purchase amount is not a finite non-negative number"));
         }
-        profile.purchases.push(Purchase {
+        purchases.push(Purchase {
             key,
             hour,
             item,
             amount,
         });
     }
-    scratch.clear();
-    scratch.extend(profile.purchases.iter().map(|p| p.key));
-    if !distinct(scratch) {
+    let keys = &mut scratch.keys;
+    keys.clear();
+    keys.extend(purchases.iter().map(|p| p.key));
+    if !distinct(keys) {
         return Err(malformed(r, "purchase key repeated"));
     }
+    profile.set_purchases(purchases);
     let n = r.count(10)?;
-    profile.tags.reserve_exact(n);
+    let mut tags = Vec::with_capacity(n);
     for _ in 0..n {
         let tag = id(r, limits.tags, "tag out of range")?;
         let ts = r.i64()?;
@@ -728,14 +741,15 @@ fn decode_profile(r: &mut Reader<'_>, limits: &Limits, scratch: &mut Vec<u64>) -
             1 => true,
             _ => return Err(malformed(r, "tag presence is not 0 or 1")),
         };
-        profile.tags.push(TagState { tag, ts, present });
+        tags.push(TagState { tag, ts, present });
     }
-    scratch.clear();
-    scratch.extend(profile.tags.iter().map(|t| u64::from(t.tag)));
-    if !distinct(scratch) {
+    keys.clear();
+    keys.extend(tags.iter().map(|t| u64::from(t.tag)));
+    if !distinct(keys) {
         return Err(malformed(r, "tag repeated"));
     }
-    profile.tier = match r.u8()? {
+    profile.set_tags(tags);
+    let tier = match r.u8()? {
         0 => None,
         1 => {
             let ts = r.i64()?;
@@ -743,7 +757,7 @@ fn decode_profile(r: &mut Reader<'_>, limits: &Limits, scratch: &mut Vec<u64>) -
         }
         _ => return Err(malformed(r, "tier flag is not 0 or 1")),
     };
-    profile.refresh_latest();
+    profile.set_tier_state(tier);
     Ok(profile)
 }
 
@@ -922,7 +936,7 @@ impl Derived {
         let first_key = limits.items as usize;
         let mut groups: std::collections::HashMap<u64, u32, RandomState> = Default::default();
         let mut keys: Vec<u64> = Vec::new();
-        let entries: usize = shards.iter().flatten().map(|p| p.entries.len()).sum();
+        let entries: usize = shards.iter().flatten().map(|p| p.entry_count()).sum();
         let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(entries * 2);
         // Per visitor, each group once.
         let (mut seen_items, mut seen_keys) = (Vec::new(), Vec::new());
@@ -932,7 +946,7 @@ impl Derived {
             };
             seen_items.clear();
             seen_keys.clear();
-            for e in &p.entries {
+            for e in p.entries() {
                 // Days fit in 28 bits (u32 hours / 24), so the key packs.
                 let day_action = u64::from(e.hour / 24) << 2 | u64::from(e.action);
                 seen_items.push(e.item);
@@ -953,10 +967,10 @@ impl Derived {
                 });
                 pairs.push((group, vid));
             }
-            for b in &p.purchases {
+            for b in p.purchases() {
                 items[b.item as usize].add_buy(b.hour / 24);
             }
-            for t in p.tags.iter().filter(|t| t.present) {
+            for t in p.tags().iter().filter(|t| t.present) {
                 d.tags[t.tag as usize].push_last(vid);
             }
             if p.tier() > 0 {
@@ -1204,7 +1218,11 @@ benefits:
     }
 
     fn names(interner: &Interner) -> BTreeMap<u32, String> {
-        interner.ids.iter().map(|p| (*p.value(), p.key().to_string())).collect()
+        let mut names = BTreeMap::new();
+        interner.for_each(|name, id| {
+            names.insert(id, name.to_string());
+        });
+        names
     }
 
     fn model(shop: &ShopIndex) -> Model {
@@ -1219,24 +1237,23 @@ benefits:
                 let Some(p) = p else { return ProfileModel::default() };
                 ProfileModel {
                     entries: p
-                        .entries
-                        .iter()
+                        .entries()
                         .map(|e| {
                             let cat = (e.category != NONE).then(|| categories[&e.category].clone());
                             (e.hour, e.action, items[&e.item].clone(), cat)
                         })
                         .collect(),
                     purchases: p
-                        .purchases
+                        .purchases()
                         .iter()
                         .map(|b| (b.key, (b.hour, items[&b.item].clone(), b.amount.to_bits())))
                         .collect(),
                     tags: p
-                        .tags
+                        .tags()
                         .iter()
                         .map(|t| (tags[&t.tag].clone(), (t.ts, t.present)))
                         .collect(),
-                    tier: p.tier,
+                    tier: p.tier_state(),
                 }
             });
             profiles.insert(name.clone(), p);

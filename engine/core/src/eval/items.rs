@@ -90,7 +90,7 @@ impl<'a> Signals<'a> {
         if let Some(w) = exclude {
             let range = w.range(now_ms);
             s.excluded = p
-                .purchases
+                .purchases()
                 .iter()
                 .filter(|b| range.contains(b.hour))
                 .map(|b| b.item)

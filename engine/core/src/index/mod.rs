@@ -28,6 +28,9 @@
 //! hold a bitmap lock while they take a profile lock.
 
 pub(crate) mod exposures;
+mod interner;
+
+pub(crate) use interner::Interner;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -49,51 +52,6 @@ pub(crate) const SHARDS: usize = 1 << SHARD_BITS;
 /// Days of purchase counts kept per item for popularity.
 pub(crate) const POPULARITY_DAYS: usize = 8;
 
-/// Strings to dense `u32` ids.
-#[derive(Debug, Default)]
-pub(crate) struct Interner {
-    pub(crate) ids: DashMap<Box<str>, u32, RandomState>,
-    pub(crate) next: AtomicU32,
-}
-
-impl Interner {
-    pub(crate) fn get(&self, key: &str) -> Option<u32> {
-        self.ids.get(key).map(|id| *id)
-    }
-
-    /// The id of `key`, assigning the next one if it is new.
-    pub(crate) fn intern(&self, key: &str) -> u32 {
-        if let Some(id) = self.get(key) {
-            return id;
-        }
-        *self
-            .ids
-            .entry(key.into())
-            .or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed))
-    }
-
-    pub(crate) fn len(&self) -> u32 {
-        self.next.load(Ordering::Acquire)
-    }
-
-    /// An interner holding `names` under ids `0..n` in order; `Err(i)` when
-    /// name `i` repeats an earlier one.
-    pub(crate) fn from_names<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> Result<Interner, u32> {
-        let ids = DashMap::with_capacity_and_hasher(names.len(), RandomState::default());
-        let mut next = 0u32;
-        for name in names {
-            if ids.insert(name.into(), next).is_some() {
-                return Err(next);
-            }
-            next += 1;
-        }
-        Ok(Interner {
-            ids,
-            next: AtomicU32::new(next),
-        })
-    }
-}
-
 /// Inserts `x` into the sorted, unique `v`; false when it was already there.
 /// Facts mostly arrive in time order, so the end is checked first.
 #[inline]
@@ -109,13 +67,40 @@ pub(crate) fn insert_sorted<T: Ord>(v: &mut Vec<T>, x: T) -> bool {
     true
 }
 
-/// One de-duplicated behavior fact of a visitor.
+/// One de-duplicated behavior fact of a visitor, as readers see it (a
+/// profile stores it packed in 12 bytes: `hour << 2 | action`, item, category).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Entry {
     pub(crate) hour: u32,
     pub(crate) action: u8,
     pub(crate) item: u32,
     pub(crate) category: u32,
+}
+
+/// Hours an entry can hold: `hour << 2 | action` fits a `u32`. Every event's
+/// clock hour is far below (year 9999 is hour ~70.4M < 2^27).
+pub(crate) const MAX_ENTRY_HOUR: u32 = (1 << 30) - 1;
+
+/// Words of a profile's `facts` before its entries: the latest hours.
+const HEAD: usize = 4;
+/// Words per packed entry.
+const ENTRY_WORDS: usize = 3;
+
+impl Entry {
+    #[inline]
+    fn pack(&self) -> [u32; ENTRY_WORDS] {
+        [self.hour << 2 | u32::from(self.action & 3), self.item, self.category]
+    }
+
+    #[inline]
+    fn unpack(w: &[u32]) -> Entry {
+        Entry {
+            hour: w[0] >> 2,
+            action: (w[0] & 3) as u8,
+            item: w[1],
+            category: w[2],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -133,43 +118,199 @@ pub(crate) struct TagState {
     pub(crate) present: bool,
 }
 
-/// Everything the index knows about one visitor of one shop.
+/// A profile's `tier` word: no member event yet.
+const NO_TIER: u64 = 0;
+/// A profile's `tier` word: the (ts, tier) pair is in `More::tier`.
+const TIER_IN_MORE: u64 = u64::MAX;
+
+/// The facts most visitors never have, boxed apart (one pointer in a profile).
+#[derive(Debug, Clone, Default)]
+struct More {
+    /// Unique by key.
+    purchases: Vec<Purchase>,
+    tags: Vec<TagState>,
+    /// Exposure facts (decisions offered and held out), sorted, unique.
+    exposures: Vec<exposures::Fact>,
+    /// (ts, tier) when it does not pack into the profile's `tier` word.
+    tier: Option<(i64, u32)>,
+}
+
+/// Everything the index knows about one visitor of one shop, in 32 bytes
+/// plus two exact-size heap blocks, only when there is something to hold.
+///
+/// * `facts`: empty, or the latest hour + 1 of each item action (4 words,
+///   0 when none) followed by the entries, sorted and unique, 3 words each.
+///   Re-allocated at its exact size on every new entry: a profile holds a few
+///   to a few hundred entries, so the copy is small, and no slack is kept.
+/// * `tier`: the latest member event packed as `(ts + 1) << 16 | tier`
+///   ([`NO_TIER`] before one; [`TIER_IN_MORE`] when the ts is outside
+///   `0..=MAX_TS` or the tier does not fit 16 bits).
+/// * `more`: purchases, tags, exposure facts, a wide tier.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Profile {
-    /// Sorted, unique.
-    pub(crate) entries: Vec<Entry>,
-    /// Unique by key.
-    pub(crate) purchases: Vec<Purchase>,
-    pub(crate) tags: Vec<TagState>,
-    /// (ts, tier) of the latest member event; tier 0 when none.
-    pub(crate) tier: Option<(i64, u32)>,
-    /// Per item action: 1 + the hour of its latest entry, 0 when none.
-    latest: [u32; 4],
-    /// Exposure facts (decisions offered and held out), sorted, unique.
-    pub(crate) exposures: Vec<exposures::Fact>,
+    facts: Box<[u32]>,
+    tier: u64,
+    more: Option<Box<More>>,
 }
 
 impl Profile {
+    /// How many entries the profile holds.
+    #[inline]
+    pub(crate) fn entry_count(&self) -> usize {
+        self.facts.len().saturating_sub(HEAD) / ENTRY_WORDS
+    }
+
+    /// The entries, sorted (oldest first).
+    #[inline]
+    pub(crate) fn entries(&self) -> impl DoubleEndedIterator<Item = Entry> + ExactSizeIterator + Clone + '_ {
+        self.facts.get(HEAD..).unwrap_or_default().chunks_exact(ENTRY_WORDS).map(Entry::unpack)
+    }
+
+    #[inline]
+    fn latest(&self, action: u8) -> u32 {
+        self.facts.get(action as usize).copied().unwrap_or(0)
+    }
+
+    /// Distinct purchases (unique by key).
+    #[inline]
+    pub(crate) fn purchases(&self) -> &[Purchase] {
+        self.more.as_deref().map_or(&[], |m| &m.purchases)
+    }
+
+    /// Tag states, one per tag ever applied.
+    #[inline]
+    pub(crate) fn tags(&self) -> &[TagState] {
+        self.more.as_deref().map_or(&[], |m| &m.tags)
+    }
+
+    /// Exposure facts, sorted and unique.
+    #[inline]
+    pub(crate) fn exposures(&self) -> &[exposures::Fact] {
+        self.more.as_deref().map_or(&[], |m| &m.exposures)
+    }
+
+    /// The exposure facts, to change (allocating the rare part when absent).
+    pub(crate) fn exposures_mut(&mut self) -> &mut Vec<exposures::Fact> {
+        &mut self.more_mut().exposures
+    }
+
+    fn more_mut(&mut self) -> &mut More {
+        self.more.get_or_insert_with(Box::default)
+    }
+
+    /// (ts, tier) of the latest member event, `None` before one.
+    pub(crate) fn tier_state(&self) -> Option<(i64, u32)> {
+        match self.tier {
+            NO_TIER => None,
+            TIER_IN_MORE => self.more.as_deref().and_then(|m| m.tier),
+            word => Some(((word >> 16) as i64 - 1, (word & 0xFFFF) as u32)),
+        }
+    }
+
+    pub(crate) fn set_tier_state(&mut self, state: Option<(i64, u32)>) {
+        if let Some(more) = self.more.as_deref_mut() {
+            more.tier = None;
+        }
+        self.tier = match state {
+            None => NO_TIER,
+            Some((ts, tier)) if (0..=crate::event::MAX_TS).contains(&ts) && tier < 0xFFFF => {
+                (ts as u64 + 1) << 16 | u64::from(tier)
+            }
+            Some(wide) => {
+                self.more_mut().tier = Some(wide);
+                TIER_IN_MORE
+            }
+        };
+    }
+
     /// Inserts an entry; false when it was already there.
-    fn insert(&mut self, entry: Entry) -> bool {
-        let latest = &mut self.latest[entry.action as usize];
+    pub(crate) fn insert(&mut self, entry: Entry) -> bool {
+        if entry.hour > MAX_ENTRY_HOUR {
+            return false;
+        }
+        let key = entry.pack();
+        let n = self.entry_count();
+        let word = |i: usize| -> [u32; ENTRY_WORDS] {
+            let at = HEAD + i * ENTRY_WORDS;
+            [self.facts[at], self.facts[at + 1], self.facts[at + 2]]
+        };
+        // Facts mostly arrive in time order: the end first.
+        let at = if n == 0 || word(n - 1) < key {
+            n
+        } else {
+            let (mut lo, mut hi) = (0, n);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                match word(mid).cmp(&key) {
+                    std::cmp::Ordering::Less => lo = mid + 1,
+                    std::cmp::Ordering::Greater => hi = mid,
+                    std::cmp::Ordering::Equal => return false,
+                }
+            }
+            lo
+        };
+        let split = HEAD + at * ENTRY_WORDS;
+        let mut facts = Vec::with_capacity(HEAD + (n + 1) * ENTRY_WORDS);
+        if n == 0 {
+            facts.extend_from_slice(&[0; HEAD]);
+        } else {
+            facts.extend_from_slice(&self.facts[..split]);
+        }
+        facts.extend_from_slice(&key);
+        facts.extend_from_slice(self.facts.get(split..).unwrap_or_default());
+        let latest = &mut facts[entry.action as usize & 3];
         *latest = (*latest).max(entry.hour + 1);
-        insert_sorted(&mut self.entries, entry)
+        self.facts = facts.into_boxed_slice();
+        true
+    }
+
+    /// Replaces the entries with `entries` (sorted, unique, hours at most
+    /// [`MAX_ENTRY_HOUR`]: the caller checked) and recomputes the latest hours.
+    pub(crate) fn set_entries(&mut self, entries: &[Entry]) {
+        if entries.is_empty() {
+            self.facts = Box::default();
+            return;
+        }
+        let mut facts = Vec::with_capacity(HEAD + entries.len() * ENTRY_WORDS);
+        facts.extend_from_slice(&[0; HEAD]);
+        for e in entries {
+            facts.extend_from_slice(&e.pack());
+            let latest = &mut facts[e.action as usize & 3];
+            *latest = (*latest).max(e.hour + 1);
+        }
+        self.facts = facts.into_boxed_slice();
     }
 
     fn add_purchase(&mut self, purchase: Purchase) -> bool {
-        if self.purchases.iter().any(|p| p.key == purchase.key) {
+        if self.purchases().iter().any(|p| p.key == purchase.key) {
             return false;
         }
-        self.purchases.push(purchase);
+        let purchases = &mut self.more_mut().purchases;
+        purchases.reserve_exact(1);
+        purchases.push(purchase);
         true
+    }
+
+    /// Replaces the purchases (unique by key: the caller checked).
+    pub(crate) fn set_purchases(&mut self, purchases: Vec<Purchase>) {
+        if !purchases.is_empty() || self.more.is_some() {
+            self.more_mut().purchases = purchases;
+        }
+    }
+
+    /// Replaces the tag states (one per tag: the caller checked).
+    pub(crate) fn set_tags(&mut self, tags: Vec<TagState>) {
+        if !tags.is_empty() || self.more.is_some() {
+            self.more_mut().tags = tags;
+        }
     }
 
     /// Applies a tag or untag; returns the new presence when it changed.
     fn set_tag(&mut self, tag: u32, ts: i64, present: bool) -> Option<bool> {
         // At equal timestamps the removal wins, whatever the arrival order.
         let newer = |old: &TagState| (ts, !present) > (old.ts, !old.present);
-        match self.tags.iter_mut().find(|t| t.tag == tag) {
+        let tags = &mut self.more_mut().tags;
+        match tags.iter_mut().find(|t| t.tag == tag) {
             Some(state) if newer(state) => {
                 let was = state.present;
                 state.ts = ts;
@@ -178,7 +319,8 @@ impl Profile {
             }
             Some(_) => None,
             None => {
-                self.tags.push(TagState { tag, ts, present });
+                tags.reserve_exact(1);
+                tags.push(TagState { tag, ts, present });
                 present.then_some(true)
             }
         }
@@ -186,37 +328,39 @@ impl Profile {
 
     /// Applies a member event; returns (old tier, new tier) when the tier changed.
     fn set_tier(&mut self, ts: i64, tier: u32) -> Option<(u32, u32)> {
-        let old = self.tier.map_or(0, |(_, t)| t);
+        let current = self.tier_state();
+        let old = current.map_or(0, |(_, t)| t);
         // At equal timestamps the higher tier wins, whatever the arrival order.
-        if self.tier.is_none_or(|cur| (ts, tier) > cur) {
-            self.tier = Some((ts, tier));
+        if current.is_none_or(|cur| (ts, tier) > cur) {
+            self.set_tier_state(Some((ts, tier)));
             return (old != tier).then_some((old, tier));
         }
         None
     }
 
     pub(crate) fn tier(&self) -> u32 {
-        self.tier.map_or(0, |(_, t)| t)
+        self.tier_state().map_or(0, |(_, t)| t)
     }
 
     pub(crate) fn has_tag(&self, tag: u32) -> bool {
-        self.tags.iter().any(|t| t.tag == tag && t.present)
+        self.tags().iter().any(|t| t.tag == tag && t.present)
     }
 
     /// Whether an entry of `actions` lies in `range` and passes `keep`.
     #[inline]
-    pub(crate) fn any_entry(&self, range: HourRange, keep: impl FnMut(&Entry) -> bool) -> bool {
-        self.entries
-            .iter()
-            .rev()
-            .skip_while(|e| e.hour > range.last)
-            .take_while(|e| e.hour >= range.first)
-            .any(keep)
+    pub(crate) fn any_entry(&self, range: HourRange, mut keep: impl FnMut(&Entry) -> bool) -> bool {
+        self.facts
+            .get(HEAD..)
+            .unwrap_or_default()
+            .rchunks_exact(ENTRY_WORDS)
+            .skip_while(|w| w[0] >> 2 > range.last)
+            .take_while(|w| w[0] >> 2 >= range.first)
+            .any(|w| keep(&Entry::unpack(w)))
     }
 
     /// Distinct purchases in `range`: (count, spend).
     pub(crate) fn purchases_in(&self, range: HourRange) -> (u32, f64) {
-        self.purchases
+        self.purchases()
             .iter()
             .filter(|p| range.contains(p.hour))
             .fold((0, 0.0), |(n, s), p| (n + 1, s + p.amount))
@@ -228,7 +372,7 @@ impl Profile {
     pub(crate) fn has_action_in(&self, actions: ActionSet, range: HourRange) -> bool {
         let mut maybe = false;
         for action in actions.iter() {
-            match self.latest[action as usize] {
+            match self.latest(action as u8) {
                 0 => {}
                 l if range.contains(l - 1) => return true,
                 l => maybe |= l - 1 > range.last,
@@ -238,18 +382,13 @@ impl Profile {
     }
 
     fn expire(&mut self, first_hour: u32) {
-        self.entries.retain(|e| e.hour >= first_hour);
-        self.purchases.retain(|p| p.hour >= first_hour);
-        self.exposures.retain(|f| f.hour >= first_hour);
-        self.refresh_latest();
-    }
-
-    /// Recomputes the latest hour of each action from the entries.
-    pub(crate) fn refresh_latest(&mut self) {
-        self.latest = [0; 4];
-        for e in &self.entries {
-            let latest = &mut self.latest[e.action as usize];
-            *latest = (*latest).max(e.hour.saturating_add(1));
+        if self.entries().next().is_some_and(|e| e.hour < first_hour) {
+            let kept: Vec<Entry> = self.entries().filter(|e| e.hour >= first_hour).collect();
+            self.set_entries(&kept);
+        }
+        if let Some(more) = self.more.as_deref_mut() {
+            more.purchases.retain(|p| p.hour >= first_hour);
+            more.exposures.retain(|f| f.hour >= first_hour);
         }
     }
 
@@ -260,7 +399,7 @@ impl Profile {
         let mut best: Option<u32> = None;
         let mut later = false;
         for action in actions.iter() {
-            match self.latest[action as usize] {
+            match self.latest(action as u8) {
                 0 => {}
                 l if l - 1 <= now_hour => best = best.max(Some(l - 1)),
                 _ => later = true,
@@ -268,8 +407,7 @@ impl Profile {
         }
         if later {
             let found = self
-                .entries
-                .iter()
+                .entries()
                 .rev()
                 .skip_while(|e| e.hour > now_hour)
                 .find(|e| actions.contains(Action::BEHAVIORS[e.action as usize]));
@@ -433,6 +571,12 @@ impl ShopIndex {
         let mut shard = self.profiles[id as usize & (SHARDS - 1)].write();
         let slot = (id >> SHARD_BITS) as usize;
         if shard.len() <= slot {
+            // Grown by a quarter, not doubled: a shard holds millions of profiles.
+            let more = slot + 1 - shard.len();
+            if shard.capacity() - shard.len() < more {
+                let quarter = shard.len() / 4;
+                shard.reserve_exact(more.max(quarter).max(16));
+            }
             shard.resize_with(slot + 1, Profile::default);
         }
         f(&mut shard[slot])
@@ -608,7 +752,7 @@ impl ShopIndex {
             add(b);
         }
         for shard in self.profiles.iter() {
-            stats.profile_entries += shard.read().iter().map(|p| p.entries.len() as u64).sum::<u64>();
+            stats.profile_entries += shard.read().iter().map(|p| p.entry_count() as u64).sum::<u64>();
         }
         stats
     }
@@ -818,7 +962,7 @@ mod tests {
         assert_eq!(stats.day_entries, 1);
         assert_eq!(stats.profile_entries, 1);
         let vid = shop.visitor_id("a").unwrap();
-        assert!(shop.with_profile(vid, |p| p.unwrap().purchases.is_empty()));
+        assert!(shop.with_profile(vid, |p| p.unwrap().purchases().is_empty()));
         assert_eq!(stats.visitors, 1, "visitors stay known");
     }
 
