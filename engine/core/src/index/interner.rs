@@ -3,11 +3,10 @@
 //! A shop interns every visitor it hears of, so this table is the one part
 //! of the index that grows with visitors who did nothing else. It is split
 //! into [`SHARDS`] shards by a few middle bits of the name's hash, each
-//! behind its own `RwLock`; a shard keeps its names' bytes in one arena
-//! (`text`, no allocation per name), the end offset and the id of each
-//! name in two `u32` columns, and a hash table of `u32` positions into those
-//! columns whose keys are compared in the arena (hashbrown's `HashTable`: 4
-//! bytes and one control byte a slot). The columns grow by a quarter at a
+//! behind its own `RwLock`; a shard keeps one arena of records (id, name
+//! length, name: no allocation per name) and a hash table of `u32` arena
+//! offsets whose keys are compared in the arena (hashbrown's `HashTable`: 4
+//! bytes and one control byte a slot). The arena grows by a quarter at a
 //! time, not double (apply pays a few more copies, the index less slack).
 //!
 //! Ids are dense and assigned in arrival order (`0..len()`) across shards,
@@ -26,65 +25,88 @@ const SHARDS: usize = 64;
 /// bucket of a small table, below its 7-bit control tag.
 const SHARD_SHIFT: u32 = 40;
 
-/// One shard: names in an arena, their positions in a hash table.
+/// One shard: names in an arena, their offsets in a hash table.
 #[derive(Default)]
 struct Shard {
-    /// Positions into `ends` and `ids`, hashed by name.
+    /// Offsets into `arena` of the records, hashed by name.
     table: HashTable<u32>,
-    /// Every name of the shard, back to back.
-    text: String,
-    /// Where each name ends in `text` (it starts where the one before ends).
-    ends: Vec<u32>,
-    /// The id of each name.
-    ids: Vec<u32>,
+    /// Records back to back: id u32 (little-endian) | name length varint | name.
+    arena: Vec<u8>,
+}
+
+/// The id and the name of the record at `at` (empty for a bad offset,
+/// which the shard never makes).
+#[inline]
+fn record(arena: &[u8], at: u32) -> (u32, &[u8]) {
+    let rest = arena.get(at as usize..).unwrap_or_default();
+    let Some((id, rest)) = rest.split_first_chunk::<4>() else {
+        return (u32::MAX, &[]);
+    };
+    let (mut len, mut shift, mut used) = (0usize, 0, 0);
+    for &b in rest.iter().take(5) {
+        len |= usize::from(b & 0x7F) << shift;
+        shift += 7;
+        used += 1;
+        if b < 0x80 {
+            break;
+        }
+    }
+    let name = rest.get(used..used + len).unwrap_or_default();
+    (u32::from_le_bytes(*id), name)
 }
 
 impl Shard {
     #[inline]
-    fn name(&self, at: u32) -> &str {
-        let at = at as usize;
-        let start = if at == 0 { 0 } else { self.ends[at - 1] as usize };
-        self.text.get(start..self.ends[at] as usize).unwrap_or_default()
-    }
-
-    #[inline]
     fn find(&self, hash: u64, key: &str) -> Option<u32> {
         self.table
-            .find(hash, |&at| self.name(at) == key)
-            .map(|&at| self.ids[at as usize])
+            .find(hash, |&at| record(&self.arena, at).1 == key.as_bytes())
+            .map(|&at| record(&self.arena, at).0)
     }
 
     /// Appends `key` under `id` (the caller checked it is absent).
     fn push(&mut self, hasher: &RandomState, hash: u64, key: &str, id: u32) {
-        grow(&mut self.ends, 1);
-        grow(&mut self.ids, 1);
-        if self.text.capacity() - self.text.len() < key.len() {
-            let more = key.len().max(self.text.len() / 4).max(64);
-            self.text.reserve_exact(more);
+        let need = 4 + 5 + key.len();
+        if self.arena.capacity() - self.arena.len() < need {
+            let more = need.max(self.arena.len() / 4).max(64);
+            self.arena.reserve_exact(more);
         }
-        self.text.push_str(key);
         // A shard's arena past 4 GiB (256 GiB of names per interner) is far
         // beyond any memory this runs in; the offset saturates rather than panic.
-        let end = u32::try_from(self.text.len()).unwrap_or(u32::MAX);
-        let at = self.ends.len() as u32;
-        self.ends.push(end);
-        self.ids.push(id);
-        let Shard { table, text, ends, .. } = self;
-        let name = |at: u32| {
-            let at = at as usize;
-            let start = if at == 0 { 0 } else { ends[at - 1] as usize };
-            text.get(start..ends[at] as usize).unwrap_or_default()
-        };
-        table.insert_unique(hash, at, |&at| hasher.hash_one(name(at)));
+        let at = u32::try_from(self.arena.len()).unwrap_or(u32::MAX);
+        self.arena.extend_from_slice(&id.to_le_bytes());
+        let mut len = key.len();
+        while len >= 0x80 {
+            self.arena.push(len as u8 | 0x80);
+            len >>= 7;
+        }
+        self.arena.push(len as u8);
+        self.arena.extend_from_slice(key.as_bytes());
+        let arena = &self.arena;
+        self.table
+            .insert_unique(hash, at, |&at| hasher.hash_one(name_str(record(arena, at).1)));
+    }
+
+    /// Every (name, id), in arrival order.
+    fn each(&self, mut f: impl FnMut(&str, u32)) {
+        let mut at = 0;
+        while at < self.arena.len() {
+            let (id, name) = record(&self.arena, at as u32);
+            f(name_str(name), id);
+            let mut varint = name.len() >> 7;
+            let mut len_bytes = 1;
+            while varint > 0 {
+                varint >>= 7;
+                len_bytes += 1;
+            }
+            at += 4 + len_bytes + name.len();
+        }
     }
 }
 
-/// Makes room for `n` more elements, growing by a quarter (not double) when full.
+/// A record's name as text (it was copied from a `&str`).
 #[inline]
-fn grow<T>(v: &mut Vec<T>, n: usize) {
-    if v.capacity() - v.len() < n {
-        v.reserve_exact(n.max(v.len() / 4).max(16));
-    }
+fn name_str(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap_or_default()
 }
 
 /// Strings to dense `u32` ids.
@@ -150,10 +172,7 @@ impl Interner {
     /// read lock), in no particular order.
     pub(crate) fn for_each(&self, mut f: impl FnMut(&str, u32)) {
         for lock in self.shards.iter() {
-            let shard = lock.read();
-            for (at, &id) in shard.ids.iter().enumerate() {
-                f(shard.name(at as u32), id);
-            }
+            lock.read().each(&mut f);
         }
     }
 
@@ -165,9 +184,7 @@ impl Interner {
         let mut shards: Vec<Shard> = (0..SHARDS)
             .map(|_| Shard {
                 table: HashTable::with_capacity(per_shard),
-                ends: Vec::with_capacity(per_shard),
-                ids: Vec::with_capacity(per_shard),
-                ..Shard::default()
+                arena: Vec::new(),
             })
             .collect();
         let mut next = 0u32;
@@ -213,6 +230,26 @@ mod tests {
             seen[id as usize] = true;
         });
         assert!(seen.iter().all(|&s| s));
+    }
+
+    /// Names of every length class of the record's varint, and ones that
+    /// share prefixes, come back whole (iteration walks the arena by them).
+    #[test]
+    fn long_names_and_prefixes_round_trip() {
+        let interner = Interner::default();
+        let names: Vec<String> = [0, 1, 127, 128, 300, 20_000]
+            .iter()
+            .flat_map(|&n| ["x".repeat(n), format!("{}y", "x".repeat(n))])
+            .collect();
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(interner.intern(name), i as u32);
+        }
+        let mut back = vec![String::new(); names.len()];
+        interner.for_each(|name, id| back[id as usize] = name.to_string());
+        assert_eq!(back, names);
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(interner.get(name), Some(i as u32));
+        }
     }
 
     #[test]

@@ -77,28 +77,74 @@ pub(crate) struct Entry {
     pub(crate) category: u32,
 }
 
-/// Hours an entry can hold: `hour << 2 | action` fits a `u32`. Every event's
-/// clock hour is far below (year 9999 is hour ~70.4M < 2^27).
+/// Hours an entry can hold (a wide entry's `hour << 2 | action` fits a
+/// `u32`). Every event's clock hour is far below: year 9999 is hour ~70.4M.
 pub(crate) const MAX_ENTRY_HOUR: u32 = (1 << 30) - 1;
 
 /// Words of a profile's `facts` before its entries: the latest hours.
 const HEAD: usize = 4;
-/// Words per packed entry.
-const ENTRY_WORDS: usize = 3;
+/// The bit of `facts[0]` (a latest hour + 1, below 2^30) that marks wide entries.
+const WIDE: u32 = 1 << 31;
+/// Words of a narrow entry (one `u64`, high word first, so that comparing
+/// word slices compares the `u64`s): `hour << 37 | action << 35 | item << 11 | category`.
+const NARROW: usize = 2;
+/// Words of a wide entry: `hour << 2 | action`, item, category.
+const WIDE_WORDS: usize = 3;
+/// Narrow bounds: hour below 2^27 (every event's hour), item below 2^24,
+/// category below 2047; the code 2047 is "no category" (it sorts last, as
+/// [`NONE`] does, so narrow and wide entries sort alike).
+const NARROW_HOURS: u32 = 1 << 27;
+const NARROW_ITEMS: u32 = 1 << 24;
+const NARROW_NONE: u32 = 0x7FF;
 
 impl Entry {
+    /// The entry in `width` words, `None` when it does not fit them.
     #[inline]
-    fn pack(&self) -> [u32; ENTRY_WORDS] {
-        [self.hour << 2 | u32::from(self.action & 3), self.item, self.category]
+    fn pack(&self, width: usize) -> Option<[u32; WIDE_WORDS]> {
+        let action = u32::from(self.action & 3);
+        if width == WIDE_WORDS {
+            return Some([self.hour << 2 | action, self.item, self.category]);
+        }
+        let category = match self.category {
+            NONE => NARROW_NONE,
+            c if c < NARROW_NONE => c,
+            _ => return None,
+        };
+        if self.hour >= NARROW_HOURS || self.item >= NARROW_ITEMS {
+            return None;
+        }
+        let v = u64::from(self.hour) << 37 | u64::from(action) << 35 | u64::from(self.item) << 11 | u64::from(category);
+        Some([(v >> 32) as u32, v as u32, 0])
     }
 
+    /// The entry packed in `w` (its length is its width).
     #[inline]
     fn unpack(w: &[u32]) -> Entry {
+        if let [hour_action, item, category] = *w {
+            return Entry {
+                hour: hour_action >> 2,
+                action: (hour_action & 3) as u8,
+                item,
+                category,
+            };
+        }
+        let v = u64::from(w[0]) << 32 | u64::from(w.get(1).copied().unwrap_or(0));
+        let category = (v & 0x7FF) as u32;
         Entry {
-            hour: w[0] >> 2,
-            action: (w[0] & 3) as u8,
-            item: w[1],
-            category: w[2],
+            hour: (v >> 37) as u32,
+            action: (v >> 35 & 3) as u8,
+            item: (v >> 11 & 0xFF_FFFF) as u32,
+            category: if category == NARROW_NONE { NONE } else { category },
+        }
+    }
+
+    /// The hour of the entry packed in `w`.
+    #[inline]
+    fn hour_of(w: &[u32]) -> u32 {
+        if w.len() == WIDE_WORDS {
+            w[0] >> 2
+        } else {
+            w[0] >> 5
         }
     }
 }
@@ -139,7 +185,10 @@ struct More {
 /// plus two exact-size heap blocks, only when there is something to hold.
 ///
 /// * `facts`: empty, or the latest hour + 1 of each item action (4 words,
-///   0 when none) followed by the entries, sorted and unique, 3 words each.
+///   0 when none; [`WIDE`] set in the first when the entries are wide)
+///   followed by the entries, sorted and unique: narrow (8 bytes: every
+///   entry of a shop with fewer than 16.7M items and 2047 categories) or,
+///   once one entry does not fit 8 bytes, all wide (12 bytes).
 ///   Re-allocated at its exact size on every new entry: a profile holds a few
 ///   to a few hundred entries, so the copy is small, and no slack is kept.
 /// * `tier`: the latest member event packed as `(ts + 1) << 16 | tier`
@@ -154,21 +203,36 @@ pub(crate) struct Profile {
 }
 
 impl Profile {
+    /// Words per entry: narrow or wide.
+    #[inline]
+    fn width(&self) -> usize {
+        match self.facts.first() {
+            Some(w) if w & WIDE != 0 => WIDE_WORDS,
+            _ => NARROW,
+        }
+    }
+
+    /// The packed entries.
+    #[inline]
+    fn packed(&self) -> std::slice::ChunksExact<'_, u32> {
+        self.facts.get(HEAD..).unwrap_or_default().chunks_exact(self.width())
+    }
+
     /// How many entries the profile holds.
     #[inline]
     pub(crate) fn entry_count(&self) -> usize {
-        self.facts.len().saturating_sub(HEAD) / ENTRY_WORDS
+        self.packed().len()
     }
 
     /// The entries, sorted (oldest first).
     #[inline]
     pub(crate) fn entries(&self) -> impl DoubleEndedIterator<Item = Entry> + ExactSizeIterator + Clone + '_ {
-        self.facts.get(HEAD..).unwrap_or_default().chunks_exact(ENTRY_WORDS).map(Entry::unpack)
+        self.packed().map(Entry::unpack)
     }
 
     #[inline]
     fn latest(&self, action: u8) -> u32 {
-        self.facts.get(action as usize).copied().unwrap_or(0)
+        self.facts.get(action as usize).map_or(0, |w| w & !WIDE)
     }
 
     /// Distinct purchases (unique by key).
@@ -228,11 +292,25 @@ impl Profile {
         if entry.hour > MAX_ENTRY_HOUR {
             return false;
         }
-        let key = entry.pack();
+        let mut width = self.width();
+        let key = match entry.pack(width) {
+            Some(key) => key,
+            None => {
+                // The first entry that does not fit 8 bytes: every entry goes wide.
+                let entries: Vec<Entry> = self.entries().collect();
+                self.pack_entries(&entries, WIDE_WORDS);
+                width = WIDE_WORDS;
+                match entry.pack(width) {
+                    Some(key) => key,
+                    None => return false,
+                }
+            }
+        };
+        let key = &key[..width];
         let n = self.entry_count();
-        let word = |i: usize| -> [u32; ENTRY_WORDS] {
-            let at = HEAD + i * ENTRY_WORDS;
-            [self.facts[at], self.facts[at + 1], self.facts[at + 2]]
+        let word = |i: usize| {
+            let at = HEAD + i * width;
+            &self.facts[at..at + width]
         };
         // Facts mostly arrive in time order: the end first.
         let at = if n == 0 || word(n - 1) < key {
@@ -241,7 +319,7 @@ impl Profile {
             let (mut lo, mut hi) = (0, n);
             while lo < hi {
                 let mid = (lo + hi) / 2;
-                match word(mid).cmp(&key) {
+                match word(mid).cmp(key) {
                     std::cmp::Ordering::Less => lo = mid + 1,
                     std::cmp::Ordering::Greater => hi = mid,
                     std::cmp::Ordering::Equal => return false,
@@ -249,17 +327,20 @@ impl Profile {
             }
             lo
         };
-        let split = HEAD + at * ENTRY_WORDS;
-        let mut facts = Vec::with_capacity(HEAD + (n + 1) * ENTRY_WORDS);
+        let split = HEAD + at * width;
+        let mut facts = Vec::with_capacity(HEAD + (n + 1) * width);
         if n == 0 {
             facts.extend_from_slice(&[0; HEAD]);
+            if width == WIDE_WORDS {
+                facts[0] = WIDE;
+            }
         } else {
             facts.extend_from_slice(&self.facts[..split]);
         }
-        facts.extend_from_slice(&key);
+        facts.extend_from_slice(key);
         facts.extend_from_slice(self.facts.get(split..).unwrap_or_default());
         let latest = &mut facts[entry.action as usize & 3];
-        *latest = (*latest).max(entry.hour + 1);
+        *latest = (*latest & !WIDE).max(entry.hour + 1) | (*latest & WIDE);
         self.facts = facts.into_boxed_slice();
         true
     }
@@ -267,16 +348,27 @@ impl Profile {
     /// Replaces the entries with `entries` (sorted, unique, hours at most
     /// [`MAX_ENTRY_HOUR`]: the caller checked) and recomputes the latest hours.
     pub(crate) fn set_entries(&mut self, entries: &[Entry]) {
+        let narrow = entries.iter().all(|e| e.pack(NARROW).is_some());
+        self.pack_entries(entries, if narrow { NARROW } else { WIDE_WORDS });
+    }
+
+    /// Stores `entries` (that fit) `width` words each.
+    fn pack_entries(&mut self, entries: &[Entry], width: usize) {
         if entries.is_empty() {
             self.facts = Box::default();
             return;
         }
-        let mut facts = Vec::with_capacity(HEAD + entries.len() * ENTRY_WORDS);
+        let mut facts = Vec::with_capacity(HEAD + entries.len() * width);
         facts.extend_from_slice(&[0; HEAD]);
         for e in entries {
-            facts.extend_from_slice(&e.pack());
-            let latest = &mut facts[e.action as usize & 3];
-            *latest = (*latest).max(e.hour + 1);
+            if let Some(key) = e.pack(width) {
+                facts.extend_from_slice(&key[..width]);
+                let latest = &mut facts[e.action as usize & 3];
+                *latest = (*latest).max(e.hour + 1);
+            }
+        }
+        if width == WIDE_WORDS {
+            facts[0] |= WIDE;
         }
         self.facts = facts.into_boxed_slice();
     }
@@ -349,12 +441,10 @@ impl Profile {
     /// Whether an entry of `actions` lies in `range` and passes `keep`.
     #[inline]
     pub(crate) fn any_entry(&self, range: HourRange, mut keep: impl FnMut(&Entry) -> bool) -> bool {
-        self.facts
-            .get(HEAD..)
-            .unwrap_or_default()
-            .rchunks_exact(ENTRY_WORDS)
-            .skip_while(|w| w[0] >> 2 > range.last)
-            .take_while(|w| w[0] >> 2 >= range.first)
+        self.packed()
+            .rev()
+            .skip_while(|w| Entry::hour_of(w) > range.last)
+            .take_while(|w| Entry::hour_of(w) >= range.first)
             .any(|w| keep(&Entry::unpack(w)))
     }
 
@@ -571,11 +661,12 @@ impl ShopIndex {
         let mut shard = self.profiles[id as usize & (SHARDS - 1)].write();
         let slot = (id >> SHARD_BITS) as usize;
         if shard.len() <= slot {
-            // Grown by a quarter, not doubled: a shard holds millions of profiles.
+            // Grown by an eighth, not doubled: the copies are cheap next to
+            // applying the events that add visitors, and slack is memory.
             let more = slot + 1 - shard.len();
             if shard.capacity() - shard.len() < more {
-                let quarter = shard.len() / 4;
-                shard.reserve_exact(more.max(quarter).max(16));
+                let eighth = shard.len() / 8;
+                shard.reserve_exact(more.max(eighth).max(16));
             }
             shard.resize_with(slot + 1, Profile::default);
         }
@@ -964,6 +1055,64 @@ mod tests {
         let vid = shop.visitor_id("a").unwrap();
         assert!(shop.with_profile(vid, |p| p.unwrap().purchases().is_empty()));
         assert_eq!(stats.visitors, 1, "visitors stay known");
+    }
+
+    /// A profile's packed entries (narrow, then all wide once one does not
+    /// fit 8 bytes) read back as the set a plain model holds, in any insert
+    /// order, with the latest hour of each action and every read method.
+    #[test]
+    fn packed_entries_match_a_sorted_set() {
+        use std::collections::BTreeSet;
+        let mut rng = crate::hash::SplitMix64::new(17);
+        for round in 0..200 {
+            let mut profile = Profile::default();
+            let mut model = BTreeSet::new();
+            let wide_from = if round % 2 == 0 { usize::MAX } else { (rng.next_u64() % 40) as usize };
+            for i in 0..(rng.next_u64() % 60) as usize {
+                let r = rng.next_u64();
+                let mut entry = Entry {
+                    hour: 400_000 + (r % 500) as u32,
+                    action: (r >> 10 & 3) as u8,
+                    item: (r >> 12) as u32 % 5,
+                    category: if r >> 20 & 3 == 0 { NONE } else { (r >> 22) as u32 % 3 },
+                };
+                if i == wide_from {
+                    match r >> 30 & 3 {
+                        0 => entry.category = NARROW_NONE,
+                        1 => entry.item = NARROW_ITEMS,
+                        2 => entry.hour = NARROW_HOURS,
+                        _ => entry.category = u32::MAX - 1,
+                    }
+                }
+                assert_eq!(profile.insert(entry), model.insert(entry), "round {round}, entry {i}");
+                assert!(!profile.insert(entry), "again");
+            }
+            let back: Vec<Entry> = profile.entries().collect();
+            assert_eq!(back, model.iter().copied().collect::<Vec<_>>(), "round {round}");
+            assert_eq!(profile.entry_count(), model.len());
+            assert_eq!(profile.width() == WIDE_WORDS, back.iter().any(|e| e.pack(NARROW).is_none()));
+            for action in 0..4u8 {
+                let latest = model.iter().filter(|e| e.action == action).map(|e| e.hour + 1).max().unwrap_or(0);
+                assert_eq!(profile.latest(action), latest, "round {round}, action {action}");
+            }
+            let range = HourRange { first: 400_100, last: 400_300 };
+            let in_range = |e: &&Entry| range.contains(e.hour);
+            for action in Action::BEHAVIORS {
+                let set = ActionSet::one(action);
+                let want = model.iter().filter(in_range).any(|e| e.action == action as u8);
+                assert_eq!(profile.has_action_in(set, range), want);
+                let until = model.iter().filter(|e| e.hour <= 400_200 && e.action == action as u8).map(|e| e.hour).max();
+                assert_eq!(profile.latest_until(set, 400_200), until);
+            }
+            assert_eq!(
+                profile.any_entry(range, |e| e.item == 3),
+                model.iter().filter(in_range).any(|e| e.item == 3)
+            );
+            let mut copy = Profile::default();
+            copy.set_entries(&back);
+            assert_eq!(copy.entries().collect::<Vec<_>>(), back);
+            assert_eq!(copy.facts, profile.facts, "set_entries packs as inserts do");
+        }
     }
 
     #[test]
