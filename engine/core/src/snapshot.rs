@@ -923,7 +923,51 @@ impl Derived {
     /// every (bitmap, visitor) pair is listed, a counting sort groups the
     /// pairs by bitmap (stable, so each group stays in visitor order), and
     /// each bitmap is built from its sorted group in one sequential pass.
+    /// The item bitmaps and the day and category bitmaps are two such
+    /// passes, on two threads.
     fn rebuild(shards: &[Vec<Profile>], items: &mut [ItemInfo], limits: &Limits) -> Derived {
+        let visitors = || {
+            (0..limits.visitors).filter_map(|vid| {
+                let p = shards[vid as usize & (SHARDS - 1)].get((vid >> SHARD_BITS) as usize)?;
+                Some((vid, p))
+            })
+        };
+        let entries: usize = shards.iter().flatten().map(|p| p.entry_count()).sum();
+        let item_bitmaps = || {
+            let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(entries);
+            let mut seen = Vec::new();
+            for (vid, p) in visitors() {
+                seen.clear();
+                seen.extend(p.entries().map(|e| e.item));
+                seen.sort_unstable();
+                seen.dedup();
+                pairs.extend(seen.iter().map(|&item| (item, vid)));
+            }
+            grouped_bitmaps(&pairs, limits.items as usize)
+        };
+        let (item_sets, mut d) = std::thread::scope(|s| {
+            let thread = std::thread::Builder::new()
+                .name("snapshot-items".into())
+                .spawn_scoped(s, item_bitmaps);
+            let d = Derived::day_bitmaps(visitors(), entries, items, limits);
+            // No thread to be had (or it died): do it here.
+            let item_sets = match thread {
+                Ok(thread) => thread.join().unwrap_or_else(|_| item_bitmaps()),
+                Err(_) => item_bitmaps(),
+            };
+            (item_sets, d)
+        });
+        d.items = item_sets;
+        d
+    }
+
+    /// The day and category bitmaps, tag and tier bitmaps and popularity rings.
+    fn day_bitmaps<'a>(
+        visitors: impl Iterator<Item = (u32, &'a Profile)>,
+        entries: usize,
+        items: &mut [ItemInfo],
+        limits: &Limits,
+    ) -> Derived {
         let mut d = Derived {
             days: Default::default(),
             items: Vec::new(),
@@ -931,39 +975,29 @@ impl Derived {
             tags: vec![RoaringBitmap::new(); limits.tags as usize],
             tiers: BTreeMap::new(),
         };
-        // Group ids: items first (0..items), then one per distinct key
-        // category << 32 | day << 2 | action (category NONE: the day bitmaps).
-        let first_key = limits.items as usize;
+        // Group ids: one per distinct key category << 32 | day << 2 | action
+        // (category NONE: the day bitmaps).
         let mut groups: std::collections::HashMap<u64, u32, RandomState> = Default::default();
         let mut keys: Vec<u64> = Vec::new();
-        let entries: usize = shards.iter().flatten().map(|p| p.entry_count()).sum();
-        let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(entries * 2);
+        let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(entries);
         // Per visitor, each group once.
-        let (mut seen_items, mut seen_keys) = (Vec::new(), Vec::new());
-        for vid in 0..limits.visitors {
-            let Some(p) = shards[vid as usize & (SHARDS - 1)].get((vid >> SHARD_BITS) as usize) else {
-                continue;
-            };
-            seen_items.clear();
+        let mut seen_keys = Vec::new();
+        for (vid, p) in visitors {
             seen_keys.clear();
             for e in p.entries() {
                 // Days fit in 28 bits (u32 hours / 24), so the key packs.
                 let day_action = u64::from(e.hour / 24) << 2 | u64::from(e.action);
-                seen_items.push(e.item);
                 seen_keys.push(u64::from(NONE) << 32 | day_action);
                 if e.category != NONE {
                     seen_keys.push(u64::from(e.category) << 32 | day_action);
                 }
             }
-            seen_items.sort_unstable();
-            seen_items.dedup();
             seen_keys.sort_unstable();
             seen_keys.dedup();
-            pairs.extend(seen_items.iter().map(|&item| (item, vid)));
             for &key in &seen_keys {
                 let group = *groups.entry(key).or_insert_with(|| {
                     keys.push(key);
-                    (first_key + keys.len() - 1) as u32
+                    (keys.len() - 1) as u32
                 });
                 pairs.push((group, vid));
             }
@@ -977,26 +1011,10 @@ impl Derived {
                 d.tiers.entry(p.tier()).or_default().push_last(vid);
             }
         }
-        // Counting sort by group.
-        let mut starts = vec![0usize; first_key + keys.len() + 1];
-        for &(group, _) in &pairs {
-            starts[group as usize + 1] += 1;
-        }
-        for i in 1..starts.len() {
-            starts[i] += starts[i - 1];
-        }
-        let mut next = starts.clone();
-        let mut vids = vec![0u32; pairs.len()];
-        for &(group, vid) in &pairs {
-            vids[next[group as usize]] = vid;
-            next[group as usize] += 1;
-        }
+        let sets = grouped_bitmaps(&pairs, keys.len());
         drop(pairs);
-        let bitmap = |group: usize| sorted_bitmap(&vids[starts[group]..starts[group + 1]]);
-        d.items = (0..first_key).map(bitmap).collect();
-        for (i, &key) in keys.iter().enumerate() {
+        for (&key, set) in keys.iter().zip(sets) {
             let (day, action) = ((key as u32) >> 2, (key & 3) as usize);
-            let set = bitmap(first_key + i);
             if (key >> 32) as u32 == NONE {
                 d.days[action].insert(day, set);
             } else {
@@ -1019,6 +1037,26 @@ impl Derived {
         shop.category_days = categories;
         shop.tier_visitors = RwLock::new(self.tiers);
     }
+}
+
+/// One bitmap per group `0..groups` from (group, id) pairs listed in
+/// ascending id order: a stable counting sort by group, then one
+/// sequential pass per bitmap.
+fn grouped_bitmaps(pairs: &[(u32, u32)], groups: usize) -> Vec<RoaringBitmap> {
+    let mut starts = vec![0usize; groups + 1];
+    for &(group, _) in pairs {
+        starts[group as usize + 1] += 1;
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut next = starts.clone();
+    let mut ids = vec![0u32; pairs.len()];
+    for &(group, id) in pairs {
+        ids[next[group as usize]] = id;
+        next[group as usize] += 1;
+    }
+    (0..groups).map(|g| sorted_bitmap(&ids[starts[g]..starts[g + 1]])).collect()
 }
 
 /// A bitmap of ascending ids.
