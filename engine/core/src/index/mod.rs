@@ -81,10 +81,16 @@ pub(crate) struct Entry {
 /// `u32`). Every event's clock hour is far below: year 9999 is hour ~70.4M.
 pub(crate) const MAX_ENTRY_HOUR: u32 = (1 << 30) - 1;
 
-/// Words of a profile's `facts` before its entries: the latest hours.
-const HEAD: usize = 4;
-/// The bit of `facts[0]` (a latest hour + 1, below 2^30) that marks wide entries.
-const WIDE: u32 = 1 << 31;
+/// Words of a profile's `facts` before its entries: a `u64` (high word
+/// first) holding [`WIDE`] and, 15 bits per item action, how many hours the
+/// action's latest entry lies before the last entry ([`LATEST_NONE`]: no
+/// entry of the action; [`LATEST_FAR`]: 32,766 hours or more, found by a scan).
+const HEAD: usize = 2;
+/// The bit of the head that marks wide entries.
+const WIDE: u64 = 1 << 63;
+const LATEST_BITS: u32 = 15;
+const LATEST_NONE: u64 = (1 << LATEST_BITS) - 1;
+const LATEST_FAR: u64 = LATEST_NONE - 1;
 /// Words of a narrow entry (one `u64`, high word first, so that comparing
 /// word slices compares the `u64`s): `hour << 37 | action << 35 | item << 11 | category`.
 const NARROW: usize = 2;
@@ -184,8 +190,8 @@ struct More {
 /// Everything the index knows about one visitor of one shop, in 32 bytes
 /// plus two exact-size heap blocks, only when there is something to hold.
 ///
-/// * `facts`: empty, or the latest hour + 1 of each item action (4 words,
-///   0 when none; [`WIDE`] set in the first when the entries are wide)
+/// * `facts`: empty, or a head (the latest hour of each item action
+///   as hours before the last entry, 15 bits each, and [`WIDE`]: 2 words)
 ///   followed by the entries, sorted and unique: narrow (8 bytes: every
 ///   entry of a shop with fewer than 16.7M items and 2047 categories) or,
 ///   once one entry does not fit 8 bytes, all wide (12 bytes).
@@ -203,12 +209,22 @@ pub(crate) struct Profile {
 }
 
 impl Profile {
+    /// The head word pair as a `u64` (0 when there are no entries).
+    #[inline]
+    fn head(&self) -> u64 {
+        match *self.facts {
+            [high, low, ..] => u64::from(high) << 32 | u64::from(low),
+            _ => 0,
+        }
+    }
+
     /// Words per entry: narrow or wide.
     #[inline]
     fn width(&self) -> usize {
-        match self.facts.first() {
-            Some(w) if w & WIDE != 0 => WIDE_WORDS,
-            _ => NARROW,
+        if self.head() & WIDE != 0 {
+            WIDE_WORDS
+        } else {
+            NARROW
         }
     }
 
@@ -230,9 +246,33 @@ impl Profile {
         self.packed().map(Entry::unpack)
     }
 
+    /// 1 + the hour of the latest entry of `action`, 0 when none.
     #[inline]
     fn latest(&self, action: u8) -> u32 {
-        self.facts.get(action as usize).map_or(0, |w| w & !WIDE)
+        let code = self.head() >> (LATEST_BITS * u32::from(action & 3)) & LATEST_NONE;
+        match code {
+            LATEST_NONE => 0,
+            LATEST_FAR => self
+                .entries()
+                .rev()
+                .find(|e| e.action == action)
+                .map_or(0, |e| e.hour + 1),
+            d => self.packed().next_back().map_or(0, |w| Entry::hour_of(w) + 1 - d as u32),
+        }
+    }
+
+    /// The head of entries whose last one is in `last_hour`, with the latest
+    /// hours + 1 `latest` (0: none).
+    fn make_head(latest: [u32; 4], last_hour: u32, width: usize) -> [u32; HEAD] {
+        let mut head = if width == WIDE_WORDS { WIDE } else { 0 };
+        for (action, l) in latest.into_iter().enumerate() {
+            let code = match l {
+                0 => LATEST_NONE,
+                l => u64::from(last_hour + 1 - l).min(LATEST_FAR),
+            };
+            head |= code << (LATEST_BITS * action as u32);
+        }
+        [(head >> 32) as u32, head as u32]
     }
 
     /// Distinct purchases (unique by key).
@@ -327,20 +367,22 @@ impl Profile {
             }
             lo
         };
+        let mut latest = [0u32; 4];
+        for (action, l) in latest.iter_mut().enumerate() {
+            *l = self.latest(action as u8);
+        }
+        let mine = &mut latest[entry.action as usize & 3];
+        *mine = (*mine).max(entry.hour + 1);
+        let last_hour = match self.packed().next_back() {
+            Some(w) if at < n => Entry::hour_of(w),
+            _ => entry.hour,
+        };
         let split = HEAD + at * width;
         let mut facts = Vec::with_capacity(HEAD + (n + 1) * width);
-        if n == 0 {
-            facts.extend_from_slice(&[0; HEAD]);
-            if width == WIDE_WORDS {
-                facts[0] = WIDE;
-            }
-        } else {
-            facts.extend_from_slice(&self.facts[..split]);
-        }
+        facts.extend_from_slice(&Profile::make_head(latest, last_hour, width));
+        facts.extend_from_slice(self.facts.get(HEAD..split).unwrap_or_default());
         facts.extend_from_slice(key);
         facts.extend_from_slice(self.facts.get(split..).unwrap_or_default());
-        let latest = &mut facts[entry.action as usize & 3];
-        *latest = (*latest & !WIDE).max(entry.hour + 1) | (*latest & WIDE);
         self.facts = facts.into_boxed_slice();
         true
     }
@@ -360,16 +402,17 @@ impl Profile {
         }
         let mut facts = Vec::with_capacity(HEAD + entries.len() * width);
         facts.extend_from_slice(&[0; HEAD]);
+        let mut latest = [0u32; 4];
+        let mut last_hour = 0;
         for e in entries {
             if let Some(key) = e.pack(width) {
                 facts.extend_from_slice(&key[..width]);
-                let latest = &mut facts[e.action as usize & 3];
-                *latest = (*latest).max(e.hour + 1);
+                let l = &mut latest[e.action as usize & 3];
+                *l = (*l).max(e.hour + 1);
+                last_hour = last_hour.max(e.hour);
             }
         }
-        if width == WIDE_WORDS {
-            facts[0] |= WIDE;
-        }
+        facts[..HEAD].copy_from_slice(&Profile::make_head(latest, last_hour, width));
         self.facts = facts.into_boxed_slice();
     }
 
