@@ -88,7 +88,9 @@
 //! first, then validates everything it reads: every count against the bytes
 //! left (so no allocation is larger than a small multiple of the input),
 //! every id against its dictionary, names for UTF-8 and uniqueness, entries
-//! for order, purchase keys and tags for uniqueness. It never panics; any
+//! for order and their hours against `index::MAX_ENTRY_HOUR` (2^30 - 1,
+//! which no event's clock hour comes near), purchase keys and tags for
+//! uniqueness. It never panics; any
 //! defect is a [`SnapshotError`].
 //!
 //! # Consistency while writers apply events

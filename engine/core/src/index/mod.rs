@@ -21,6 +21,15 @@
 //! into another zone is not possible exactly (an hour bucket does not keep
 //! its events' minutes), which is why the zone cannot change after creation.
 //!
+//! Memory: a shop may know tens of millions of visitors, most of whom did
+//! little, so a visitor costs what it holds. Its id lives in an arena
+//! interner (`index/interner.rs`: about 22 bytes plus the id's own), its profile in
+//! 32 bytes inline in its shard's array (which grows by an eighth, not
+//! double) with the entries in one exact-size block (8 bytes an entry in
+//! every shop below 16.7M items and 2047 categories, else 12) and purchases,
+//! tags and exposure facts boxed apart, allocated only for the visitors who
+//! have them. `cargo bench -p vitrine-benches --bench memory` measures it.
+//!
 //! Concurrency: visitor profiles live in 256 shards, each behind its own
 //! `RwLock`; bitmaps sit behind per-action locks and sharded maps. A decision
 //! takes one shared shard lock; nothing on the read path is global. Writers
@@ -1155,6 +1164,39 @@ mod tests {
             copy.set_entries(&back);
             assert_eq!(copy.entries().collect::<Vec<_>>(), back);
             assert_eq!(copy.facts, profile.facts, "set_entries packs as inserts do");
+        }
+    }
+
+    /// Tiers that do not pack into the profile's word (16 bits or more, or
+    /// an instant outside the events' range) keep the same order rules.
+    #[test]
+    fn wide_tiers_and_instants_keep_the_latest() {
+        let states = [
+            (5, 0xFFFE),
+            (5, 0xFFFF),
+            (7, u32::MAX),
+            (crate::event::MAX_TS, 2),
+            (-1, 9),
+            (-1, 0),
+            (0, 0),
+        ];
+        let orders: [&[usize]; 4] = [&[0, 1, 2, 3, 4, 5, 6], &[6, 5, 4, 3, 2, 1, 0], &[2, 0, 4, 1, 6, 5, 3], &[5, 6, 4]];
+        for order in orders {
+            let mut p = Profile::default();
+            let mut model: Option<(i64, u32)> = None;
+            for &i in order {
+                let (ts, tier) = states[i];
+                let old = model.map_or(0, |(_, t)| t);
+                let changed = if model.is_none_or(|cur| (ts, tier) > cur) {
+                    model = Some((ts, tier));
+                    (old != tier).then_some((old, tier))
+                } else {
+                    None
+                };
+                assert_eq!(p.set_tier(ts, tier), changed, "{order:?} at {i}");
+                assert_eq!(p.tier_state(), model);
+                assert_eq!(p.tier(), model.map_or(0, |(_, t)| t));
+            }
         }
     }
 
