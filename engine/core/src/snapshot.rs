@@ -937,13 +937,15 @@ impl Derived {
         let entries: usize = shards.iter().flatten().map(|p| p.entry_count()).sum();
         let item_bitmaps = || {
             let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(entries);
-            let mut seen = Vec::new();
+            // Per item, the last visitor listed: each visitor lists an item once.
+            let mut last = vec![u32::MAX; limits.items as usize];
             for (vid, p) in visitors() {
-                seen.clear();
-                seen.extend(p.entries().map(|e| e.item));
-                seen.sort_unstable();
-                seen.dedup();
-                pairs.extend(seen.iter().map(|&item| (item, vid)));
+                for e in p.entries() {
+                    if let Some(l) = last.get_mut(e.item as usize).filter(|l| **l != vid) {
+                        *l = vid;
+                        pairs.push((e.item, vid));
+                    }
+                }
             }
             grouped_bitmaps(&pairs, limits.items as usize)
         };
@@ -965,7 +967,7 @@ impl Derived {
 
     /// The day and category bitmaps, tag and tier bitmaps and popularity rings.
     fn day_bitmaps<'a>(
-        visitors: impl Iterator<Item = (u32, &'a Profile)>,
+        visitors: impl Iterator<Item = (u32, &'a Profile)> + Clone,
         entries: usize,
         items: &mut [ItemInfo],
         limits: &Limits,
@@ -978,30 +980,21 @@ impl Derived {
             tiers: BTreeMap::new(),
         };
         // Group ids: one per distinct key category << 32 | day << 2 | action
-        // (category NONE: the day bitmaps).
-        let mut groups: std::collections::HashMap<u64, u32, RandomState> = Default::default();
+        // (category NONE: the day bitmaps), each listed once per visitor.
+        let mut groups = Groups::new(visitors.clone(), limits.categories);
         let mut keys: Vec<u64> = Vec::new();
         let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(entries);
-        // Per visitor, each group once.
-        let mut seen_keys = Vec::new();
         for (vid, p) in visitors {
-            seen_keys.clear();
             for e in p.entries() {
-                // Days fit in 28 bits (u32 hours / 24), so the key packs.
-                let day_action = u64::from(e.hour / 24) << 2 | u64::from(e.action);
-                seen_keys.push(u64::from(NONE) << 32 | day_action);
-                if e.category != NONE {
-                    seen_keys.push(u64::from(e.category) << 32 | day_action);
+                let (day, action) = (e.hour / 24, u32::from(e.action));
+                for category in [NONE, e.category] {
+                    if let Some(group) = groups.first_for(category, day, action, vid, &mut keys) {
+                        pairs.push((group, vid));
+                    }
+                    if e.category == NONE {
+                        break;
+                    }
                 }
-            }
-            seen_keys.sort_unstable();
-            seen_keys.dedup();
-            for &key in &seen_keys {
-                let group = *groups.entry(key).or_insert_with(|| {
-                    keys.push(key);
-                    (keys.len() - 1) as u32
-                });
-                pairs.push((group, vid));
             }
             for b in p.purchases() {
                 items[b.item as usize].add_buy(b.hour / 24);
@@ -1041,6 +1034,72 @@ impl Derived {
     }
 }
 
+/// Most cells of the dense table [`Groups`] uses (16 MiB of them): past
+/// it, a hash map.
+const DENSE_GROUP_CELLS: usize = 1 << 22;
+
+/// Group ids of (category, day, action) keys, and which visitor listed each
+/// last, so that each visitor lists a group once: a dense table over the
+/// categories (plus none) x the days the entries span x 4 actions when that
+/// is small (every index a 400-day retention leaves), else a hash map.
+enum Groups {
+    Dense {
+        /// Per cell: group id + 1 (0: none yet), and the last visitor.
+        cells: Vec<(u32, u32)>,
+        first_day: u32,
+        days: usize,
+    },
+    Sparse(std::collections::HashMap<u64, (u32, u32), RandomState>),
+}
+
+impl Groups {
+    fn new<'a>(visitors: impl Iterator<Item = (u32, &'a Profile)>, categories: u32) -> Groups {
+        let (mut first, mut last) = (u32::MAX, 0);
+        for (_, p) in visitors {
+            // Entries are sorted by hour.
+            if let (Some(a), Some(b)) = (p.entries().next(), p.entries().next_back()) {
+                first = first.min(a.hour / 24);
+                last = last.max(b.hour / 24);
+            }
+        }
+        let days = last.saturating_sub(first) as usize + 1;
+        let cells = (categories as usize + 1).saturating_mul(days).saturating_mul(4);
+        if first <= last && cells <= DENSE_GROUP_CELLS {
+            return Groups::Dense {
+                cells: vec![(0, u32::MAX); cells],
+                first_day: first,
+                days,
+            };
+        }
+        Groups::Sparse(Default::default())
+    }
+
+    /// The group of the key, when `vid` lists it for the first time; a new
+    /// key gets the next id and is pushed onto `keys`.
+    #[inline]
+    fn first_for(&mut self, category: u32, day: u32, action: u32, vid: u32, keys: &mut Vec<u64>) -> Option<u32> {
+        // Days fit in 28 bits (u32 hours / 24), so the key packs.
+        let key = u64::from(category) << 32 | u64::from(day) << 2 | u64::from(action);
+        let cell = match self {
+            Groups::Dense { cells, first_day, days } => {
+                let row = if category == NONE { 0 } else { category as usize + 1 };
+                let at = (row * *days + (day - *first_day) as usize) * 4 + action as usize;
+                &mut cells[at]
+            }
+            Groups::Sparse(map) => map.entry(key).or_insert((0, u32::MAX)),
+        };
+        if cell.1 == vid {
+            return None;
+        }
+        cell.1 = vid;
+        if cell.0 == 0 {
+            keys.push(key);
+            cell.0 = keys.len() as u32;
+        }
+        Some(cell.0 - 1)
+    }
+}
+
 /// One bitmap per group `0..groups` from (group, id) pairs listed in
 /// ascending id order: a stable counting sort by group, then one
 /// sequential pass per bitmap.
@@ -1058,7 +1117,9 @@ fn grouped_bitmaps(pairs: &[(u32, u32)], groups: usize) -> Vec<RoaringBitmap> {
         ids[next[group as usize]] = id;
         next[group as usize] += 1;
     }
-    (0..groups).map(|g| sorted_bitmap(&ids[starts[g]..starts[g + 1]])).collect()
+    (0..groups)
+        .map(|g| sorted_bitmap(&ids[starts[g]..starts[g + 1]]))
+        .collect()
 }
 
 /// A bitmap of ascending ids.
@@ -1428,6 +1489,39 @@ benefits:
             }
             assert_same(&index, &snapshot.index, 120);
         }
+    }
+
+    /// Entries over the whole range of event instants (the bitmaps' groups
+    /// outgrow the dense table: the hash map path) and entries too wide for
+    /// 8 bytes (3,000 categories) restore every fact, bitmap and decision.
+    #[test]
+    fn roundtrip_of_wide_entries_and_a_sparse_day_range() {
+        // Categories past 2047 first, so later entries of every visitor do not fit 8 bytes.
+        let mut events: Vec<Event<'static>> = (0..2_100)
+            .map(|k| Event {
+                item: Some(Cow::Borrowed("filler")),
+                category: Some(Cow::Owned(format!("fill-{k}"))),
+                ..Event::new("a", "filler", Action::View, T0 - k)
+            })
+            .collect();
+        events.extend(stream(11, 1_500, 30, 6, false));
+        for (i, e) in events.iter_mut().enumerate().skip(2_100) {
+            if e.action.is_behavior() {
+                if i % 3 == 0 {
+                    e.ts = [0, crate::event::MAX_TS, 1_000 * DAY][i % 9 / 3];
+                }
+                if i % 5 == 0 {
+                    e.category = Some(Cow::Owned(format!("wide-{i}")));
+                }
+            }
+        }
+        let index = build(&events);
+        let a = index.shop("a").unwrap();
+        assert!(a.categories.len() > 2_047, "{} categories", a.categories.len());
+        let bytes = encode(&index, b"");
+        let snapshot = decode(&bytes).unwrap();
+        assert_same(&index, &snapshot.index, 30);
+        assert_eq!(encode(&snapshot.index, b""), bytes);
     }
 
     #[test]

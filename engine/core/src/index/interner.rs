@@ -128,7 +128,9 @@ impl Default for Interner {
 
 impl fmt::Debug for Interner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Interner").field("len", &self.len()).finish_non_exhaustive()
+        f.debug_struct("Interner")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -255,7 +257,10 @@ mod tests {
     #[test]
     fn from_names_keeps_order_and_refuses_repeats() {
         let rebuilt = Interner::from_names(["b", "a", "c"].into_iter()).unwrap();
-        assert_eq!((rebuilt.get("b"), rebuilt.get("a"), rebuilt.get("c")), (Some(0), Some(1), Some(2)));
+        assert_eq!(
+            (rebuilt.get("b"), rebuilt.get("a"), rebuilt.get("c")),
+            (Some(0), Some(1), Some(2))
+        );
         assert_eq!(rebuilt.intern("d"), 3);
         assert_eq!(Interner::from_names(["x", "y", "x"].into_iter()).err(), Some(2));
     }

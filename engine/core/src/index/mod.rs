@@ -266,7 +266,10 @@ impl Profile {
                 .rev()
                 .find(|e| e.action == action)
                 .map_or(0, |e| e.hour + 1),
-            d => self.packed().next_back().map_or(0, |w| Entry::hour_of(w) + 1 - d as u32),
+            d => self
+                .packed()
+                .next_back()
+                .map_or(0, |w| Entry::hour_of(w) + 1 - d as u32),
         }
     }
 
@@ -1119,7 +1122,11 @@ mod tests {
         for round in 0..200 {
             let mut profile = Profile::default();
             let mut model = BTreeSet::new();
-            let wide_from = if round % 2 == 0 { usize::MAX } else { (rng.next_u64() % 40) as usize };
+            let wide_from = if round % 2 == 0 {
+                usize::MAX
+            } else {
+                (rng.next_u64() % 40) as usize
+            };
             for i in 0..(rng.next_u64() % 60) as usize {
                 let r = rng.next_u64();
                 let mut entry = Entry {
@@ -1142,18 +1149,33 @@ mod tests {
             let back: Vec<Entry> = profile.entries().collect();
             assert_eq!(back, model.iter().copied().collect::<Vec<_>>(), "round {round}");
             assert_eq!(profile.entry_count(), model.len());
-            assert_eq!(profile.width() == WIDE_WORDS, back.iter().any(|e| e.pack(NARROW).is_none()));
+            assert_eq!(
+                profile.width() == WIDE_WORDS,
+                back.iter().any(|e| e.pack(NARROW).is_none())
+            );
             for action in 0..4u8 {
-                let latest = model.iter().filter(|e| e.action == action).map(|e| e.hour + 1).max().unwrap_or(0);
+                let latest = model
+                    .iter()
+                    .filter(|e| e.action == action)
+                    .map(|e| e.hour + 1)
+                    .max()
+                    .unwrap_or(0);
                 assert_eq!(profile.latest(action), latest, "round {round}, action {action}");
             }
-            let range = HourRange { first: 400_100, last: 400_300 };
+            let range = HourRange {
+                first: 400_100,
+                last: 400_300,
+            };
             let in_range = |e: &&Entry| range.contains(e.hour);
             for action in Action::BEHAVIORS {
                 let set = ActionSet::one(action);
                 let want = model.iter().filter(in_range).any(|e| e.action == action as u8);
                 assert_eq!(profile.has_action_in(set, range), want);
-                let until = model.iter().filter(|e| e.hour <= 400_200 && e.action == action as u8).map(|e| e.hour).max();
+                let until = model
+                    .iter()
+                    .filter(|e| e.hour <= 400_200 && e.action == action as u8)
+                    .map(|e| e.hour)
+                    .max();
                 assert_eq!(profile.latest_until(set, 400_200), until);
             }
             assert_eq!(
@@ -1180,7 +1202,12 @@ mod tests {
             (-1, 0),
             (0, 0),
         ];
-        let orders: [&[usize]; 4] = [&[0, 1, 2, 3, 4, 5, 6], &[6, 5, 4, 3, 2, 1, 0], &[2, 0, 4, 1, 6, 5, 3], &[5, 6, 4]];
+        let orders: [&[usize]; 4] = [
+            &[0, 1, 2, 3, 4, 5, 6],
+            &[6, 5, 4, 3, 2, 1, 0],
+            &[2, 0, 4, 1, 6, 5, 3],
+            &[5, 6, 4],
+        ];
         for order in orders {
             let mut p = Profile::default();
             let mut model: Option<(i64, u32)> = None;
