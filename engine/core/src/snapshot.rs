@@ -15,7 +15,9 @@
 //! whereas a bitmap serialized a moment before or after its profiles would
 //! disagree with them, and idempotent replay could not repair it (an entry
 //! already in a profile does not set its bits again). The load stays well
-//! inside the 5-second restart budget.
+//! inside the 5-second restart budget. While the profiles decode, another
+//! thread builds the visitor dictionary; then the item bitmaps and the
+//! day and category bitmaps are rebuilt on two threads (`Derived::rebuild`).
 //!
 //! # Format (version 1)
 //!
