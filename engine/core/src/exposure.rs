@@ -119,13 +119,13 @@ impl Exposure<'_> {
 impl Profile {
     /// Inserts an exposure fact; false when it was already there.
     pub(crate) fn insert_exposure(&mut self, fact: Fact) -> bool {
-        insert_sorted(&mut self.exposures, fact)
+        insert_sorted(self.exposures_mut(), fact)
     }
 
     /// Whether a fact in `range` passes `keep` (newest first).
     #[inline]
     pub(crate) fn any_exposure(&self, range: HourRange, keep: impl FnMut(&Fact) -> bool) -> bool {
-        self.exposures
+        self.exposures()
             .iter()
             .rev()
             .skip_while(|f| f.hour > range.last)
@@ -235,7 +235,7 @@ const FEW: usize = 8;
 /// `offered(...)` for one visitor: a fact in `range` of an entry `offers`
 /// names, not held out. Allocates nothing for up to [`FEW`] entries.
 pub(crate) fn offered(shop: &ShopIndex, p: &Profile, range: HourRange, offers: &Offers) -> bool {
-    if p.exposures.is_empty() {
+    if p.exposures().is_empty() {
         return false;
     }
     let mut few = [0u32; FEW];
@@ -299,11 +299,11 @@ pub(crate) fn claimed(
 /// The names of an interner in id order, cut at the first id not visible yet.
 fn capture(interner: &Interner) -> Vec<Box<str>> {
     let mut slots: Vec<Option<Box<str>>> = vec![None; interner.len() as usize];
-    for pair in interner.ids.iter() {
-        if let Some(slot) = slots.get_mut(*pair.value() as usize) {
-            *slot = Some(pair.key().clone());
+    interner.for_each(|name, id| {
+        if let Some(slot) = slots.get_mut(id as usize) {
+            *slot = Some(name.into());
         }
-    }
+    });
     slots.into_iter().map_while(|s| s).collect()
 }
 
@@ -348,14 +348,14 @@ pub(crate) fn encode_section(shop: &ShopIndex) -> Option<Vec<u8>> {
         shop.with_shard(shard, |profiles| {
             for (slot, p) in profiles.iter().enumerate() {
                 let vid = (slot << SHARD_BITS | shard) as u64;
-                let n = p.exposures.iter().filter(|f| keeps(f)).count();
+                let n = p.exposures().iter().filter(|f| keeps(f)).count();
                 if n == 0 || vid >= u64::from(visitors) {
                     continue;
                 }
                 out.put_varint(vid);
                 out.put_varint(n as u64);
                 let mut hour = 0;
-                for f in p.exposures.iter().filter(|f| keeps(f)) {
+                for f in p.exposures().iter().filter(|f| keeps(f)) {
                     out.put_varint(u64::from(f.hour - hour));
                     hour = f.hour;
                     out.put_varint(entry_code(f.entry) << 1 | u64::from(f.held_out));
@@ -435,7 +435,7 @@ pub(crate) fn decode_section(
         if vid as u32 >= known {
             continue;
         }
-        shop.with_profile_mut(vid as u32, |p| p.exposures = facts.clone());
+        shop.with_profile_mut(vid as u32, |p| *p.exposures_mut() = facts.clone());
     }
     let columns = Exposures {
         benefits,
@@ -445,21 +445,20 @@ pub(crate) fn decode_section(
     // Columns from the rows, as the other bitmaps are rebuilt on load.
     for vid in seen.iter().filter(|&v| v < known) {
         shop.with_profile(vid, |p| {
-            for f in p.map_or(&[][..], |p| &p.exposures) {
+            for f in p.map_or(&[][..], |p| p.exposures()) {
                 columns.set(day_of_hour(f.hour), f, vid);
             }
         });
     }
     // The shop is shared already: move the columns in field by field.
     let ex = &shop.exposures;
-    for (name, id) in columns.benefits.ids.into_iter() {
-        ex.benefits.ids.insert(name, id);
+    // Both shop dictionaries are empty (checked above): interning the names
+    // in id order gives each its id.
+    for (from, to) in [(&columns.benefits, &ex.benefits), (&columns.banners, &ex.banners)] {
+        for name in capture(from) {
+            to.intern(&name);
+        }
     }
-    for (name, id) in columns.banners.ids.into_iter() {
-        ex.banners.ids.insert(name, id);
-    }
-    ex.benefits.next.store(counts[0], std::sync::atomic::Ordering::Release);
-    ex.banners.next.store(counts[1], std::sync::atomic::Ordering::Release);
     for (key, days) in columns.days.into_iter() {
         ex.days.insert(key, days);
     }
@@ -494,7 +493,7 @@ mod tests {
 
     fn facts(shop: &ShopIndex, visitor: &str) -> Vec<Fact> {
         let vid = shop.visitor_id(visitor).unwrap();
-        shop.with_profile(vid, |p| p.unwrap().exposures.clone())
+        shop.with_profile(vid, |p| p.unwrap().exposures().to_vec())
     }
 
     fn column(shop: &ShopIndex, slot: Slot, id: &str, held_out: bool) -> Vec<(u32, Vec<u32>)> {

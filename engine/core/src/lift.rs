@@ -208,7 +208,7 @@ fn groups(shop: &ShopIndex, slot: Slot, id: &str, range: HourRange, window: Wind
                 // Facts are sorted by hour: the first match is the first exposure
                 // (offered before held out within one hour).
                 let Some(first) = p
-                    .exposures
+                    .exposures()
                     .iter()
                     .skip_while(|f| f.hour < range.first)
                     .take_while(|f| f.hour <= range.last)

@@ -250,15 +250,14 @@ impl Facts for VisitorFacts<'_> {
                     // entry of the item or category: no need to look it up.
                     Some(_) if !p.has_action_in(actions, range) => false,
                     Some(Filter::Item(item)) => match shop.item(item).map(|i| i.id) {
-                        Some(id) => p.entries_in(range).iter().rev().any(|e| e.item == id && of_action(e)),
+                        Some(id) => p.entries_in(range).rev().any(|e| e.item == id && of_action(&e)),
                         None => false,
                     },
                     Some(Filter::Category(cat)) => match shop.categories.get(cat) {
                         Some(id) => p
                             .entries_in(range)
-                            .iter()
                             .rev()
-                            .any(|e| e.category == id && of_action(e)),
+                            .any(|e| e.category == id && of_action(&e)),
                         None => false,
                     },
                 }

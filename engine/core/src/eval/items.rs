@@ -136,7 +136,7 @@ impl<'a> Signals<'a> {
         if let Some(w) = exclude {
             let range = w.range(now_ms);
             s.excluded
-                .extend(p.purchases.iter().filter(|b| range.contains(b.hour)).map(|b| b.item));
+                .extend(p.purchases().iter().filter(|b| range.contains(b.hour)).map(|b| b.item));
         }
         let range = AFFINITY_WINDOW.range(now_ms);
         // Views per category: the first `FEW_CATEGORIES` ids counted in

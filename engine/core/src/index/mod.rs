@@ -21,6 +21,15 @@
 //! into another zone is not possible exactly (an hour bucket does not keep
 //! its events' minutes), which is why the zone cannot change after creation.
 //!
+//! Memory: a shop may know tens of millions of visitors, most of whom did
+//! little, so a visitor costs what it holds. Its id lives in an arena
+//! interner (`index/interner.rs`: about 22 bytes plus the id's own), its profile in
+//! 32 bytes inline in its shard's array (which grows by an eighth, not
+//! double) with the entries in one exact-size block (8 bytes an entry in
+//! every shop below 16.7M items and 2047 categories, else 12) and purchases,
+//! tags and exposure facts boxed apart, allocated only for the visitors who
+//! have them. `cargo bench -p vitrine-benches --bench memory` measures it.
+//!
 //! Concurrency: visitor profiles live in 256 shards, each behind its own
 //! `RwLock`; bitmaps sit behind per-action locks and sharded maps. A decision
 //! takes one shared shard lock; nothing on the read path is global. Writers
@@ -28,7 +37,10 @@
 //! hold a bitmap lock while they take a profile lock.
 
 pub(crate) mod exposures;
+mod interner;
 mod read;
+
+pub(crate) use interner::Interner;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -50,51 +62,6 @@ pub(crate) const SHARDS: usize = 1 << SHARD_BITS;
 /// Days of purchase counts kept per item for popularity.
 pub(crate) const POPULARITY_DAYS: usize = 8;
 
-/// Strings to dense `u32` ids.
-#[derive(Debug, Default)]
-pub(crate) struct Interner {
-    pub(crate) ids: DashMap<Box<str>, u32, RandomState>,
-    pub(crate) next: AtomicU32,
-}
-
-impl Interner {
-    pub(crate) fn get(&self, key: &str) -> Option<u32> {
-        self.ids.get(key).map(|id| *id)
-    }
-
-    /// The id of `key`, assigning the next one if it is new.
-    pub(crate) fn intern(&self, key: &str) -> u32 {
-        if let Some(id) = self.get(key) {
-            return id;
-        }
-        *self
-            .ids
-            .entry(key.into())
-            .or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed))
-    }
-
-    pub(crate) fn len(&self) -> u32 {
-        self.next.load(Ordering::Acquire)
-    }
-
-    /// An interner holding `names` under ids `0..n` in order; `Err(i)` when
-    /// name `i` repeats an earlier one.
-    pub(crate) fn from_names<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> Result<Interner, u32> {
-        let ids = DashMap::with_capacity_and_hasher(names.len(), RandomState::default());
-        let mut next = 0u32;
-        for name in names {
-            if ids.insert(name.into(), next).is_some() {
-                return Err(next);
-            }
-            next += 1;
-        }
-        Ok(Interner {
-            ids,
-            next: AtomicU32::new(next),
-        })
-    }
-}
-
 /// Inserts `x` into the sorted, unique `v`; false when it was already there.
 /// Facts mostly arrive in time order, so the end is checked first.
 #[inline]
@@ -110,13 +77,92 @@ pub(crate) fn insert_sorted<T: Ord>(v: &mut Vec<T>, x: T) -> bool {
     true
 }
 
-/// One de-duplicated behavior fact of a visitor.
+/// One de-duplicated behavior fact of a visitor, as readers see it (a
+/// profile stores it packed in 12 bytes: `hour << 2 | action`, item, category).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Entry {
     pub(crate) hour: u32,
     pub(crate) action: u8,
     pub(crate) item: u32,
     pub(crate) category: u32,
+}
+
+/// Hours an entry can hold (a wide entry's `hour << 2 | action` fits a
+/// `u32`). Every event's clock hour is far below: year 9999 is hour ~70.4M.
+pub(crate) const MAX_ENTRY_HOUR: u32 = (1 << 30) - 1;
+
+/// Words of a profile's `facts` before its entries: a `u64` (high word
+/// first) holding [`WIDE`] and, 15 bits per item action, how many hours the
+/// action's latest entry lies before the last entry ([`LATEST_NONE`]: no
+/// entry of the action; [`LATEST_FAR`]: 32,766 hours or more, found by a scan).
+const HEAD: usize = 2;
+/// The bit of the head that marks wide entries.
+const WIDE: u64 = 1 << 63;
+const LATEST_BITS: u32 = 15;
+const LATEST_NONE: u64 = (1 << LATEST_BITS) - 1;
+const LATEST_FAR: u64 = LATEST_NONE - 1;
+/// Words of a narrow entry (one `u64`, high word first, so that comparing
+/// word slices compares the `u64`s): `hour << 37 | action << 35 | item << 11 | category`.
+const NARROW: usize = 2;
+/// Words of a wide entry: `hour << 2 | action`, item, category.
+const WIDE_WORDS: usize = 3;
+/// Narrow bounds: hour below 2^27 (every event's hour), item below 2^24,
+/// category below 2047; the code 2047 is "no category" (it sorts last, as
+/// [`NONE`] does, so narrow and wide entries sort alike).
+const NARROW_HOURS: u32 = 1 << 27;
+const NARROW_ITEMS: u32 = 1 << 24;
+const NARROW_NONE: u32 = 0x7FF;
+
+impl Entry {
+    /// The entry in `width` words, `None` when it does not fit them.
+    #[inline]
+    fn pack(&self, width: usize) -> Option<[u32; WIDE_WORDS]> {
+        let action = u32::from(self.action & 3);
+        if width == WIDE_WORDS {
+            return Some([self.hour << 2 | action, self.item, self.category]);
+        }
+        let category = match self.category {
+            NONE => NARROW_NONE,
+            c if c < NARROW_NONE => c,
+            _ => return None,
+        };
+        if self.hour >= NARROW_HOURS || self.item >= NARROW_ITEMS {
+            return None;
+        }
+        let v = u64::from(self.hour) << 37 | u64::from(action) << 35 | u64::from(self.item) << 11 | u64::from(category);
+        Some([(v >> 32) as u32, v as u32, 0])
+    }
+
+    /// The entry packed in `w` (its length is its width).
+    #[inline]
+    fn unpack(w: &[u32]) -> Entry {
+        if let [hour_action, item, category] = *w {
+            return Entry {
+                hour: hour_action >> 2,
+                action: (hour_action & 3) as u8,
+                item,
+                category,
+            };
+        }
+        let v = u64::from(w[0]) << 32 | u64::from(w.get(1).copied().unwrap_or(0));
+        let category = (v & 0x7FF) as u32;
+        Entry {
+            hour: (v >> 37) as u32,
+            action: (v >> 35 & 3) as u8,
+            item: (v >> 11 & 0xFF_FFFF) as u32,
+            category: if category == NARROW_NONE { NONE } else { category },
+        }
+    }
+
+    /// The hour of the entry packed in `w`.
+    #[inline]
+    fn hour_of(w: &[u32]) -> u32 {
+        if w.len() == WIDE_WORDS {
+            w[0] >> 2
+        } else {
+            w[0] >> 5
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -134,43 +180,285 @@ pub(crate) struct TagState {
     pub(crate) present: bool,
 }
 
-/// Everything the index knows about one visitor of one shop.
+/// A profile's `tier` word: no member event yet.
+const NO_TIER: u64 = 0;
+/// A profile's `tier` word: the (ts, tier) pair is in `More::tier`.
+const TIER_IN_MORE: u64 = u64::MAX;
+
+/// The facts most visitors never have, boxed apart (one pointer in a profile).
+#[derive(Debug, Clone, Default)]
+struct More {
+    /// Unique by key.
+    purchases: Vec<Purchase>,
+    tags: Vec<TagState>,
+    /// Exposure facts (decisions offered and held out), sorted, unique.
+    exposures: Vec<exposures::Fact>,
+    /// (ts, tier) when it does not pack into the profile's `tier` word.
+    tier: Option<(i64, u32)>,
+}
+
+/// Everything the index knows about one visitor of one shop, in 32 bytes
+/// plus two exact-size heap blocks, only when there is something to hold.
+///
+/// * `facts`: empty, or a head (the latest hour of each item action
+///   as hours before the last entry, 15 bits each, and [`WIDE`]: 2 words)
+///   followed by the entries, sorted and unique: narrow (8 bytes: every
+///   entry of a shop with fewer than 16.7M items and 2047 categories) or,
+///   once one entry does not fit 8 bytes, all wide (12 bytes).
+///   Re-allocated at its exact size on every new entry: a profile holds a few
+///   to a few hundred entries, so the copy is small, and no slack is kept.
+/// * `tier`: the latest member event packed as `(ts + 1) << 16 | tier`
+///   ([`NO_TIER`] before one; [`TIER_IN_MORE`] when the ts is outside
+///   `0..=MAX_TS` or the tier does not fit 16 bits).
+/// * `more`: purchases, tags, exposure facts, a wide tier.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Profile {
-    /// Sorted, unique.
-    pub(crate) entries: Vec<Entry>,
-    /// Unique by key.
-    pub(crate) purchases: Vec<Purchase>,
-    pub(crate) tags: Vec<TagState>,
-    /// (ts, tier) of the latest member event; tier 0 when none.
-    pub(crate) tier: Option<(i64, u32)>,
-    /// Per item action: 1 + the hour of its latest entry, 0 when none.
-    latest: [u32; 4],
-    /// Exposure facts (decisions offered and held out), sorted, unique.
-    pub(crate) exposures: Vec<exposures::Fact>,
+    facts: Box<[u32]>,
+    tier: u64,
+    more: Option<Box<More>>,
 }
 
 impl Profile {
+    /// The head word pair as a `u64` (0 when there are no entries).
+    #[inline]
+    fn head(&self) -> u64 {
+        match *self.facts {
+            [high, low, ..] => u64::from(high) << 32 | u64::from(low),
+            _ => 0,
+        }
+    }
+
+    /// Words per entry: narrow or wide.
+    #[inline]
+    fn width(&self) -> usize {
+        if self.head() & WIDE != 0 {
+            WIDE_WORDS
+        } else {
+            NARROW
+        }
+    }
+
+    /// The packed entries.
+    #[inline]
+    fn packed(&self) -> std::slice::ChunksExact<'_, u32> {
+        self.facts.get(HEAD..).unwrap_or_default().chunks_exact(self.width())
+    }
+
+    /// How many entries the profile holds.
+    #[inline]
+    pub(crate) fn entry_count(&self) -> usize {
+        self.packed().len()
+    }
+
+    /// The entries, sorted (oldest first).
+    #[inline]
+    pub(crate) fn entries(&self) -> impl DoubleEndedIterator<Item = Entry> + ExactSizeIterator + Clone + '_ {
+        self.packed().map(Entry::unpack)
+    }
+
+    /// 1 + the hour of the latest entry of `action`, 0 when none.
+    #[inline]
+    fn latest(&self, action: u8) -> u32 {
+        let code = self.head() >> (LATEST_BITS * u32::from(action & 3)) & LATEST_NONE;
+        match code {
+            LATEST_NONE => 0,
+            LATEST_FAR => self
+                .entries()
+                .rev()
+                .find(|e| e.action == action)
+                .map_or(0, |e| e.hour + 1),
+            d => self
+                .packed()
+                .next_back()
+                .map_or(0, |w| Entry::hour_of(w) + 1 - d as u32),
+        }
+    }
+
+    /// The head of entries whose last one is in `last_hour`, with the latest
+    /// hours + 1 `latest` (0: none).
+    fn make_head(latest: [u32; 4], last_hour: u32, width: usize) -> [u32; HEAD] {
+        let mut head = if width == WIDE_WORDS { WIDE } else { 0 };
+        for (action, l) in latest.into_iter().enumerate() {
+            let code = match l {
+                0 => LATEST_NONE,
+                l => u64::from(last_hour + 1 - l).min(LATEST_FAR),
+            };
+            head |= code << (LATEST_BITS * action as u32);
+        }
+        [(head >> 32) as u32, head as u32]
+    }
+
+    /// Distinct purchases (unique by key).
+    #[inline]
+    pub(crate) fn purchases(&self) -> &[Purchase] {
+        self.more.as_deref().map_or(&[], |m| &m.purchases)
+    }
+
+    /// Tag states, one per tag ever applied.
+    #[inline]
+    pub(crate) fn tags(&self) -> &[TagState] {
+        self.more.as_deref().map_or(&[], |m| &m.tags)
+    }
+
+    /// Exposure facts, sorted and unique.
+    #[inline]
+    pub(crate) fn exposures(&self) -> &[exposures::Fact] {
+        self.more.as_deref().map_or(&[], |m| &m.exposures)
+    }
+
+    /// The exposure facts, to change (allocating the rare part when absent).
+    pub(crate) fn exposures_mut(&mut self) -> &mut Vec<exposures::Fact> {
+        &mut self.more_mut().exposures
+    }
+
+    fn more_mut(&mut self) -> &mut More {
+        self.more.get_or_insert_with(Box::default)
+    }
+
+    /// (ts, tier) of the latest member event, `None` before one.
+    pub(crate) fn tier_state(&self) -> Option<(i64, u32)> {
+        match self.tier {
+            NO_TIER => None,
+            TIER_IN_MORE => self.more.as_deref().and_then(|m| m.tier),
+            word => Some(((word >> 16) as i64 - 1, (word & 0xFFFF) as u32)),
+        }
+    }
+
+    pub(crate) fn set_tier_state(&mut self, state: Option<(i64, u32)>) {
+        if let Some(more) = self.more.as_deref_mut() {
+            more.tier = None;
+        }
+        self.tier = match state {
+            None => NO_TIER,
+            Some((ts, tier)) if (0..=crate::event::MAX_TS).contains(&ts) && tier < 0xFFFF => {
+                (ts as u64 + 1) << 16 | u64::from(tier)
+            }
+            Some(wide) => {
+                self.more_mut().tier = Some(wide);
+                TIER_IN_MORE
+            }
+        };
+    }
+
     /// Inserts an entry; false when it was already there.
-    fn insert(&mut self, entry: Entry) -> bool {
-        let latest = &mut self.latest[entry.action as usize];
-        *latest = (*latest).max(entry.hour + 1);
-        insert_sorted(&mut self.entries, entry)
+    pub(crate) fn insert(&mut self, entry: Entry) -> bool {
+        if entry.hour > MAX_ENTRY_HOUR {
+            return false;
+        }
+        let mut width = self.width();
+        let key = match entry.pack(width) {
+            Some(key) => key,
+            None => {
+                // The first entry that does not fit 8 bytes: every entry goes wide.
+                let entries: Vec<Entry> = self.entries().collect();
+                self.pack_entries(&entries, WIDE_WORDS);
+                width = WIDE_WORDS;
+                match entry.pack(width) {
+                    Some(key) => key,
+                    None => return false,
+                }
+            }
+        };
+        let key = &key[..width];
+        let n = self.entry_count();
+        let word = |i: usize| {
+            let at = HEAD + i * width;
+            &self.facts[at..at + width]
+        };
+        // Facts mostly arrive in time order: the end first.
+        let at = if n == 0 || word(n - 1) < key {
+            n
+        } else {
+            let (mut lo, mut hi) = (0, n);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                match word(mid).cmp(key) {
+                    std::cmp::Ordering::Less => lo = mid + 1,
+                    std::cmp::Ordering::Greater => hi = mid,
+                    std::cmp::Ordering::Equal => return false,
+                }
+            }
+            lo
+        };
+        let mut latest = [0u32; 4];
+        for (action, l) in latest.iter_mut().enumerate() {
+            *l = self.latest(action as u8);
+        }
+        let mine = &mut latest[entry.action as usize & 3];
+        *mine = (*mine).max(entry.hour + 1);
+        let last_hour = match self.packed().next_back() {
+            Some(w) if at < n => Entry::hour_of(w),
+            _ => entry.hour,
+        };
+        let split = HEAD + at * width;
+        let mut facts = Vec::with_capacity(HEAD + (n + 1) * width);
+        facts.extend_from_slice(&Profile::make_head(latest, last_hour, width));
+        facts.extend_from_slice(self.facts.get(HEAD..split).unwrap_or_default());
+        facts.extend_from_slice(key);
+        facts.extend_from_slice(self.facts.get(split..).unwrap_or_default());
+        self.facts = facts.into_boxed_slice();
+        true
+    }
+
+    /// Replaces the entries with `entries` (sorted, unique, hours at most
+    /// [`MAX_ENTRY_HOUR`]: the caller checked) and recomputes the latest hours.
+    pub(crate) fn set_entries(&mut self, entries: &[Entry]) {
+        let narrow = entries.iter().all(|e| e.pack(NARROW).is_some());
+        self.pack_entries(entries, if narrow { NARROW } else { WIDE_WORDS });
+    }
+
+    /// Stores `entries` (that fit) `width` words each.
+    fn pack_entries(&mut self, entries: &[Entry], width: usize) {
+        if entries.is_empty() {
+            self.facts = Box::default();
+            return;
+        }
+        let mut facts = Vec::with_capacity(HEAD + entries.len() * width);
+        facts.extend_from_slice(&[0; HEAD]);
+        let mut latest = [0u32; 4];
+        let mut last_hour = 0;
+        for e in entries {
+            if let Some(key) = e.pack(width) {
+                facts.extend_from_slice(&key[..width]);
+                let l = &mut latest[e.action as usize & 3];
+                *l = (*l).max(e.hour + 1);
+                last_hour = last_hour.max(e.hour);
+            }
+        }
+        facts[..HEAD].copy_from_slice(&Profile::make_head(latest, last_hour, width));
+        self.facts = facts.into_boxed_slice();
     }
 
     fn add_purchase(&mut self, purchase: Purchase) -> bool {
-        if self.purchases.iter().any(|p| p.key == purchase.key) {
+        if self.purchases().iter().any(|p| p.key == purchase.key) {
             return false;
         }
-        self.purchases.push(purchase);
+        let purchases = &mut self.more_mut().purchases;
+        purchases.reserve_exact(1);
+        purchases.push(purchase);
         true
+    }
+
+    /// Replaces the purchases (unique by key: the caller checked).
+    pub(crate) fn set_purchases(&mut self, purchases: Vec<Purchase>) {
+        if !purchases.is_empty() || self.more.is_some() {
+            self.more_mut().purchases = purchases;
+        }
+    }
+
+    /// Replaces the tag states (one per tag: the caller checked).
+    pub(crate) fn set_tags(&mut self, tags: Vec<TagState>) {
+        if !tags.is_empty() || self.more.is_some() {
+            self.more_mut().tags = tags;
+        }
     }
 
     /// Applies a tag or untag; returns the new presence when it changed.
     fn set_tag(&mut self, tag: u32, ts: i64, present: bool) -> Option<bool> {
         // At equal timestamps the removal wins, whatever the arrival order.
         let newer = |old: &TagState| (ts, !present) > (old.ts, !old.present);
-        match self.tags.iter_mut().find(|t| t.tag == tag) {
+        let tags = &mut self.more_mut().tags;
+        match tags.iter_mut().find(|t| t.tag == tag) {
             Some(state) if newer(state) => {
                 let was = state.present;
                 state.ts = ts;
@@ -179,7 +467,8 @@ impl Profile {
             }
             Some(_) => None,
             None => {
-                self.tags.push(TagState { tag, ts, present });
+                tags.reserve_exact(1);
+                tags.push(TagState { tag, ts, present });
                 present.then_some(true)
             }
         }
@@ -187,37 +476,37 @@ impl Profile {
 
     /// Applies a member event; returns (old tier, new tier) when the tier changed.
     fn set_tier(&mut self, ts: i64, tier: u32) -> Option<(u32, u32)> {
-        let old = self.tier.map_or(0, |(_, t)| t);
+        let current = self.tier_state();
+        let old = current.map_or(0, |(_, t)| t);
         // At equal timestamps the higher tier wins, whatever the arrival order.
-        if self.tier.is_none_or(|cur| (ts, tier) > cur) {
-            self.tier = Some((ts, tier));
+        if current.is_none_or(|cur| (ts, tier) > cur) {
+            self.set_tier_state(Some((ts, tier)));
             return (old != tier).then_some((old, tier));
         }
         None
     }
 
     pub(crate) fn tier(&self) -> u32 {
-        self.tier.map_or(0, |(_, t)| t)
+        self.tier_state().map_or(0, |(_, t)| t)
     }
 
     pub(crate) fn has_tag(&self, tag: u32) -> bool {
-        self.tags.iter().any(|t| t.tag == tag && t.present)
+        self.tags().iter().any(|t| t.tag == tag && t.present)
     }
 
     /// Whether an entry of `actions` lies in `range` and passes `keep`.
     #[inline]
-    pub(crate) fn any_entry(&self, range: HourRange, keep: impl FnMut(&Entry) -> bool) -> bool {
-        self.entries
-            .iter()
+    pub(crate) fn any_entry(&self, range: HourRange, mut keep: impl FnMut(&Entry) -> bool) -> bool {
+        self.packed()
             .rev()
-            .skip_while(|e| e.hour > range.last)
-            .take_while(|e| e.hour >= range.first)
-            .any(keep)
+            .skip_while(|w| Entry::hour_of(w) > range.last)
+            .take_while(|w| Entry::hour_of(w) >= range.first)
+            .any(|w| keep(&Entry::unpack(w)))
     }
 
     /// Distinct purchases in `range`: (count, spend).
     pub(crate) fn purchases_in(&self, range: HourRange) -> (u32, f64) {
-        self.purchases
+        self.purchases()
             .iter()
             .filter(|p| range.contains(p.hour))
             .fold((0, 0.0), |(n, s), p| (n + 1, s + p.amount))
@@ -229,7 +518,7 @@ impl Profile {
     pub(crate) fn has_action_in(&self, actions: ActionSet, range: HourRange) -> bool {
         let mut maybe = false;
         for action in actions.iter() {
-            match self.latest[action as usize] {
+            match self.latest(action as u8) {
                 0 => {}
                 l if range.contains(l - 1) => return true,
                 l => maybe |= l - 1 > range.last,
@@ -239,18 +528,13 @@ impl Profile {
     }
 
     fn expire(&mut self, first_hour: u32) {
-        self.entries.retain(|e| e.hour >= first_hour);
-        self.purchases.retain(|p| p.hour >= first_hour);
-        self.exposures.retain(|f| f.hour >= first_hour);
-        self.refresh_latest();
-    }
-
-    /// Recomputes the latest hour of each action from the entries.
-    pub(crate) fn refresh_latest(&mut self) {
-        self.latest = [0; 4];
-        for e in &self.entries {
-            let latest = &mut self.latest[e.action as usize];
-            *latest = (*latest).max(e.hour.saturating_add(1));
+        if self.entries().next().is_some_and(|e| e.hour < first_hour) {
+            let kept: Vec<Entry> = self.entries().filter(|e| e.hour >= first_hour).collect();
+            self.set_entries(&kept);
+        }
+        if let Some(more) = self.more.as_deref_mut() {
+            more.purchases.retain(|p| p.hour >= first_hour);
+            more.exposures.retain(|f| f.hour >= first_hour);
         }
     }
 
@@ -261,7 +545,7 @@ impl Profile {
         let mut best: Option<u32> = None;
         let mut later = false;
         for action in actions.iter() {
-            match self.latest[action as usize] {
+            match self.latest(action as u8) {
                 0 => {}
                 l if l - 1 <= now_hour => best = best.max(Some(l - 1)),
                 _ => later = true,
@@ -269,8 +553,7 @@ impl Profile {
         }
         if later {
             let found = self
-                .entries
-                .iter()
+                .entries()
                 .rev()
                 .skip_while(|e| e.hour > now_hour)
                 .find(|e| actions.contains(Action::BEHAVIORS[e.action as usize]));
@@ -434,6 +717,13 @@ impl ShopIndex {
         let mut shard = self.profiles[id as usize & (SHARDS - 1)].write();
         let slot = (id >> SHARD_BITS) as usize;
         if shard.len() <= slot {
+            // Grown by an eighth, not doubled: the copies are cheap next to
+            // applying the events that add visitors, and slack is memory.
+            let more = slot + 1 - shard.len();
+            if shard.capacity() - shard.len() < more {
+                let eighth = shard.len() / 8;
+                shard.reserve_exact(more.max(eighth).max(16));
+            }
             shard.resize_with(slot + 1, Profile::default);
         }
         f(&mut shard[slot])
@@ -609,7 +899,7 @@ impl ShopIndex {
             add(b);
         }
         for shard in self.profiles.iter() {
-            stats.profile_entries += shard.read().iter().map(|p| p.entries.len() as u64).sum::<u64>();
+            stats.profile_entries += shard.read().iter().map(|p| p.entry_count() as u64).sum::<u64>();
         }
         stats
     }
@@ -819,8 +1109,123 @@ mod tests {
         assert_eq!(stats.day_entries, 1);
         assert_eq!(stats.profile_entries, 1);
         let vid = shop.visitor_id("a").unwrap();
-        assert!(shop.with_profile(vid, |p| p.unwrap().purchases.is_empty()));
+        assert!(shop.with_profile(vid, |p| p.unwrap().purchases().is_empty()));
         assert_eq!(stats.visitors, 1, "visitors stay known");
+    }
+
+    /// A profile's packed entries (narrow, then all wide once one does not
+    /// fit 8 bytes) read back as the set a plain model holds, in any insert
+    /// order, with the latest hour of each action and every read method.
+    #[test]
+    fn packed_entries_match_a_sorted_set() {
+        use std::collections::BTreeSet;
+        let mut rng = crate::hash::SplitMix64::new(17);
+        for round in 0..200 {
+            let mut profile = Profile::default();
+            let mut model = BTreeSet::new();
+            let wide_from = if round % 2 == 0 {
+                usize::MAX
+            } else {
+                (rng.next_u64() % 40) as usize
+            };
+            for i in 0..(rng.next_u64() % 60) as usize {
+                let r = rng.next_u64();
+                let mut entry = Entry {
+                    hour: 400_000 + (r % 500) as u32,
+                    action: (r >> 10 & 3) as u8,
+                    item: (r >> 12) as u32 % 5,
+                    category: if r >> 20 & 3 == 0 { NONE } else { (r >> 22) as u32 % 3 },
+                };
+                if i == wide_from {
+                    match r >> 30 & 3 {
+                        0 => entry.category = NARROW_NONE,
+                        1 => entry.item = NARROW_ITEMS,
+                        2 => entry.hour = NARROW_HOURS,
+                        _ => entry.category = u32::MAX - 1,
+                    }
+                }
+                assert_eq!(profile.insert(entry), model.insert(entry), "round {round}, entry {i}");
+                assert!(!profile.insert(entry), "again");
+            }
+            let back: Vec<Entry> = profile.entries().collect();
+            assert_eq!(back, model.iter().copied().collect::<Vec<_>>(), "round {round}");
+            assert_eq!(profile.entry_count(), model.len());
+            assert_eq!(
+                profile.width() == WIDE_WORDS,
+                back.iter().any(|e| e.pack(NARROW).is_none())
+            );
+            for action in 0..4u8 {
+                let latest = model
+                    .iter()
+                    .filter(|e| e.action == action)
+                    .map(|e| e.hour + 1)
+                    .max()
+                    .unwrap_or(0);
+                assert_eq!(profile.latest(action), latest, "round {round}, action {action}");
+            }
+            let range = HourRange {
+                first: 400_100,
+                last: 400_300,
+            };
+            let in_range = |e: &&Entry| range.contains(e.hour);
+            for action in Action::BEHAVIORS {
+                let set = ActionSet::one(action);
+                let want = model.iter().filter(in_range).any(|e| e.action == action as u8);
+                assert_eq!(profile.has_action_in(set, range), want);
+                let until = model
+                    .iter()
+                    .filter(|e| e.hour <= 400_200 && e.action == action as u8)
+                    .map(|e| e.hour)
+                    .max();
+                assert_eq!(profile.latest_until(set, 400_200), until);
+            }
+            assert_eq!(
+                profile.any_entry(range, |e| e.item == 3),
+                model.iter().filter(in_range).any(|e| e.item == 3)
+            );
+            let mut copy = Profile::default();
+            copy.set_entries(&back);
+            assert_eq!(copy.entries().collect::<Vec<_>>(), back);
+            assert_eq!(copy.facts, profile.facts, "set_entries packs as inserts do");
+        }
+    }
+
+    /// Tiers that do not pack into the profile's word (16 bits or more, or
+    /// an instant outside the events' range) keep the same order rules.
+    #[test]
+    fn wide_tiers_and_instants_keep_the_latest() {
+        let states = [
+            (5, 0xFFFE),
+            (5, 0xFFFF),
+            (7, u32::MAX),
+            (crate::event::MAX_TS, 2),
+            (-1, 9),
+            (-1, 0),
+            (0, 0),
+        ];
+        let orders: [&[usize]; 4] = [
+            &[0, 1, 2, 3, 4, 5, 6],
+            &[6, 5, 4, 3, 2, 1, 0],
+            &[2, 0, 4, 1, 6, 5, 3],
+            &[5, 6, 4],
+        ];
+        for order in orders {
+            let mut p = Profile::default();
+            let mut model: Option<(i64, u32)> = None;
+            for &i in order {
+                let (ts, tier) = states[i];
+                let old = model.map_or(0, |(_, t)| t);
+                let changed = if model.is_none_or(|cur| (ts, tier) > cur) {
+                    model = Some((ts, tier));
+                    (old != tier).then_some((old, tier))
+                } else {
+                    None
+                };
+                assert_eq!(p.set_tier(ts, tier), changed, "{order:?} at {i}");
+                assert_eq!(p.tier_state(), model);
+                assert_eq!(p.tier(), model.map_or(0, |(_, t)| t));
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,267 @@
+//! Strings to dense `u32` ids, in about 30 bytes a name beyond its own bytes.
+//!
+//! A shop interns every visitor it hears of, so this table is the one part
+//! of the index that grows with visitors who did nothing else. It is split
+//! into [`SHARDS`] shards by a few middle bits of the name's hash, each
+//! behind its own `RwLock`; a shard keeps one arena of records (id, name
+//! length, name: no allocation per name) and a hash table of `u32` arena
+//! offsets whose keys are compared in the arena (hashbrown's `HashTable`: 4
+//! bytes and one control byte a slot). The arena grows by a quarter at a
+//! time, not double (apply pays a few more copies, the index less slack).
+//!
+//! Ids are dense and assigned in arrival order (`0..len()`) across shards,
+//! so the other parts of the index can hold them in arrays and bitmaps.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ahash::RandomState;
+use hashbrown::HashTable;
+use parking_lot::RwLock;
+
+/// Shards of an interner: a power of two.
+const SHARDS: usize = 64;
+/// The hash bits that pick a shard: above those hashbrown uses for the
+/// bucket of a small table, below its 7-bit control tag.
+const SHARD_SHIFT: u32 = 40;
+
+/// One shard: names in an arena, their offsets in a hash table.
+#[derive(Default)]
+struct Shard {
+    /// Offsets into `arena` of the records, hashed by name.
+    table: HashTable<u32>,
+    /// Records back to back: id u32 (little-endian) | name length varint | name.
+    arena: Vec<u8>,
+}
+
+/// The id and the name of the record at `at` (empty for a bad offset,
+/// which the shard never makes).
+#[inline]
+fn record(arena: &[u8], at: u32) -> (u32, &[u8]) {
+    let rest = arena.get(at as usize..).unwrap_or_default();
+    let Some((id, rest)) = rest.split_first_chunk::<4>() else {
+        return (u32::MAX, &[]);
+    };
+    let (mut len, mut shift, mut used) = (0usize, 0, 0);
+    for &b in rest.iter().take(5) {
+        len |= usize::from(b & 0x7F) << shift;
+        shift += 7;
+        used += 1;
+        if b < 0x80 {
+            break;
+        }
+    }
+    let name = rest.get(used..used + len).unwrap_or_default();
+    (u32::from_le_bytes(*id), name)
+}
+
+impl Shard {
+    #[inline]
+    fn find(&self, hash: u64, key: &str) -> Option<u32> {
+        self.table
+            .find(hash, |&at| record(&self.arena, at).1 == key.as_bytes())
+            .map(|&at| record(&self.arena, at).0)
+    }
+
+    /// Appends `key` under `id` (the caller checked it is absent).
+    fn push(&mut self, hasher: &RandomState, hash: u64, key: &str, id: u32) {
+        let need = 4 + 5 + key.len();
+        if self.arena.capacity() - self.arena.len() < need {
+            let more = need.max(self.arena.len() / 4).max(64);
+            self.arena.reserve_exact(more);
+        }
+        // A shard's arena past 4 GiB (256 GiB of names per interner) is far
+        // beyond any memory this runs in; the offset saturates rather than panic.
+        let at = u32::try_from(self.arena.len()).unwrap_or(u32::MAX);
+        self.arena.extend_from_slice(&id.to_le_bytes());
+        let mut len = key.len();
+        while len >= 0x80 {
+            self.arena.push(len as u8 | 0x80);
+            len >>= 7;
+        }
+        self.arena.push(len as u8);
+        self.arena.extend_from_slice(key.as_bytes());
+        let arena = &self.arena;
+        self.table
+            .insert_unique(hash, at, |&at| hasher.hash_one(name_str(record(arena, at).1)));
+    }
+
+    /// Every (name, id), in arrival order.
+    fn each(&self, mut f: impl FnMut(&str, u32)) {
+        let mut at = 0;
+        while at < self.arena.len() {
+            let (id, name) = record(&self.arena, at as u32);
+            f(name_str(name), id);
+            let mut varint = name.len() >> 7;
+            let mut len_bytes = 1;
+            while varint > 0 {
+                varint >>= 7;
+                len_bytes += 1;
+            }
+            at += 4 + len_bytes + name.len();
+        }
+    }
+}
+
+/// A record's name as text (it was copied from a `&str`).
+#[inline]
+fn name_str(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap_or_default()
+}
+
+/// Strings to dense `u32` ids.
+pub(crate) struct Interner {
+    hasher: RandomState,
+    shards: Box<[RwLock<Shard>]>,
+    pub(crate) next: AtomicU32,
+}
+
+impl Default for Interner {
+    fn default() -> Interner {
+        Interner {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            next: AtomicU32::new(0),
+        }
+    }
+}
+
+impl fmt::Debug for Interner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Interner")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Interner {
+    #[inline]
+    fn shard(&self, hash: u64) -> &RwLock<Shard> {
+        &self.shards[(hash >> SHARD_SHIFT) as usize & (SHARDS - 1)]
+    }
+
+    /// The id of `key`, if interned.
+    #[inline]
+    pub(crate) fn get(&self, key: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(key);
+        self.shard(hash).read().find(hash, key)
+    }
+
+    /// The id of `key`, assigning the next one if it is new.
+    pub(crate) fn intern(&self, key: &str) -> u32 {
+        let hash = self.hasher.hash_one(key);
+        let lock = self.shard(hash);
+        if let Some(id) = lock.read().find(hash, key) {
+            return id;
+        }
+        let mut shard = lock.write();
+        if let Some(id) = shard.find(hash, key) {
+            return id;
+        }
+        // Assigned under the shard's write lock: a reader that sees the id
+        // in a shard sees its name there too.
+        let id = self.next.fetch_add(1, Ordering::AcqRel);
+        shard.push(&self.hasher, hash, key, id);
+        id
+    }
+
+    /// How many ids are assigned (`0..len()`).
+    pub(crate) fn len(&self) -> u32 {
+        self.next.load(Ordering::Acquire)
+    }
+
+    /// Calls `f` with every name and its id, shard by shard (each under its
+    /// read lock), in no particular order.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&str, u32)) {
+        for lock in self.shards.iter() {
+            lock.read().each(&mut f);
+        }
+    }
+
+    /// An interner holding `names` under ids `0..n` in order; `Err(i)` when
+    /// name `i` repeats an earlier one.
+    pub(crate) fn from_names<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> Result<Interner, u32> {
+        let interner = Interner::default();
+        let per_shard = names.len() / SHARDS + names.len() / SHARDS / 8 + 1;
+        let mut shards: Vec<Shard> = (0..SHARDS)
+            .map(|_| Shard {
+                table: HashTable::with_capacity(per_shard),
+                arena: Vec::new(),
+            })
+            .collect();
+        let mut next = 0u32;
+        for name in names {
+            let hash = interner.hasher.hash_one(name);
+            let shard = &mut shards[(hash >> SHARD_SHIFT) as usize & (SHARDS - 1)];
+            if shard.find(hash, name).is_some() {
+                return Err(next);
+            }
+            shard.push(&interner.hasher, hash, name, next);
+            next += 1;
+        }
+        Ok(Interner {
+            shards: shards.into_iter().map(RwLock::new).collect(),
+            next: AtomicU32::new(next),
+            ..interner
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_dense_and_stable() {
+        let interner = Interner::default();
+        let names: Vec<String> = (0..5_000).map(|i| format!("v-{i}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(interner.intern(name), i as u32);
+        }
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(interner.intern(name), i as u32, "again");
+            assert_eq!(interner.get(name), Some(i as u32));
+        }
+        assert_eq!(interner.get("v-5000"), None);
+        assert_eq!(interner.get(""), None);
+        assert_eq!(interner.intern(""), 5_000, "the empty name is a name");
+        assert_eq!(interner.len(), 5_001);
+        let mut seen = vec![false; 5_001];
+        interner.for_each(|name, id| {
+            assert_eq!(interner.get(name), Some(id));
+            seen[id as usize] = true;
+        });
+        assert!(seen.iter().all(|&s| s));
+    }
+
+    /// Names of every length class of the record's varint, and ones that
+    /// share prefixes, come back whole (iteration walks the arena by them).
+    #[test]
+    fn long_names_and_prefixes_round_trip() {
+        let interner = Interner::default();
+        let names: Vec<String> = [0, 1, 127, 128, 300, 20_000]
+            .iter()
+            .flat_map(|&n| ["x".repeat(n), format!("{}y", "x".repeat(n))])
+            .collect();
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(interner.intern(name), i as u32);
+        }
+        let mut back = vec![String::new(); names.len()];
+        interner.for_each(|name, id| back[id as usize] = name.to_string());
+        assert_eq!(back, names);
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(interner.get(name), Some(i as u32));
+        }
+    }
+
+    #[test]
+    fn from_names_keeps_order_and_refuses_repeats() {
+        let rebuilt = Interner::from_names(["b", "a", "c"].into_iter()).unwrap();
+        assert_eq!(
+            (rebuilt.get("b"), rebuilt.get("a"), rebuilt.get("c")),
+            (Some(0), Some(1), Some(2))
+        );
+        assert_eq!(rebuilt.intern("d"), 3);
+        assert_eq!(Interner::from_names(["x", "y", "x"].into_iter()).err(), Some(2));
+    }
+}
