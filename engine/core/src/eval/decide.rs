@@ -254,10 +254,7 @@ impl Facts for VisitorFacts<'_> {
                         None => false,
                     },
                     Some(Filter::Category(cat)) => match shop.categories.get(cat) {
-                        Some(id) => p
-                            .entries_in(range)
-                            .rev()
-                            .any(|e| e.category == id && of_action(&e)),
+                        Some(id) => p.entries_in(range).rev().any(|e| e.category == id && of_action(&e)),
                         None => false,
                     },
                 }

@@ -360,7 +360,10 @@ mod tests {
         let shops = [("demo-apparel".to_string(), 1)];
         let with = hints(grpc, http, &shops, true);
         let lines: Vec<&str> = with.lines().skip_while(|l| *l != "What to try next:").collect();
-        assert!(lines[2].starts_with("  open http://127.0.0.1:2/studio#shop=demo-apparel"), "{with}");
+        assert!(
+            lines[2].starts_with("  open http://127.0.0.1:2/studio#shop=demo-apparel"),
+            "{with}"
+        );
         assert!(!hints(grpc, http, &shops, false).contains("/studio"));
     }
 
