@@ -452,9 +452,10 @@ def hostile_text(browser, base):
     ok("a CRLF file opens unedited and diffs equal to the editor")
 
     # Columns are characters: after a tab and an emoji (two UTF-16 units),
-    # the error link lands on the error and its caret mark sits under it.
+    # the error link lands on the error and its caret mark sits under it
+    # (the tab starts at an even column, so it takes two).
     at = rules.index("audiences:\n") + len("audiences:\n")
-    bad = rules[:at] + '  emoji_page: ctx.page == "\t\U0001F6D2" or no_such_audience\n' + rules[at:]
+    bad = rules[:at] + '  emoji_page: ctx.page == "a\t\U0001F6D2" or no_such_audience\n' + rules[at:]
     line = bad[: bad.index("no_such_audience")].count("\n") + 1
     text = bad.split("\n")[line - 1]
     col = text.index("no_such_audience") + 1  # Python counts code points, as the compiler does
@@ -473,6 +474,25 @@ def hostile_text(browser, base):
     if f"+ {screen}ch)" not in left:
         fail(f"the caret mark of {line}:{col} is drawn at `{left}`, expected column {screen} (tabs stop every 2)")
     ok(f"an error after a tab and an emoji: the link lands on {line}:{col}, the mark under it")
+
+    # Another shop's file pasted into this shop's editor is not published
+    # over that shop, even when its revision is the one this shop was opened at.
+    other = "demo-beauty"
+    theirs = (ROOT / "rules" / f"{other}.yaml").read_text()
+    auth = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+    answer = page.request.post(f"{base}/studio/api/publish", headers=auth,
+                               data=json.dumps({"content": theirs + "# via the API\n"}))
+    if answer.status != 200 or answer.json()["revision"] != crlf_rev:
+        fail(f"{other} should be at revision {crlf_rev} like {shop}: {answer.status} {answer.text()}")
+    page.fill("#editor", theirs + "# pasted into the wrong shop\n")
+    page.click("#publish")
+    expect(page.locator("#status")).to_contain_text(f"the rule file of shop `{other}`, not of `{shop}`")
+    shop_line = line_of(theirs, f"shop: {other}")
+    expect(page.locator(f'#gutter .g-mark[data-line="{shop_line}"]')).to_have_count(1)
+    newest = page.request.get(f"{base}/studio/api/revisions?shop={other}").json()["revisions"][0]["revision"]
+    if newest != crlf_rev:
+        fail(f"publishing {other}'s file from {shop}'s editor made {other} revision {newest}")
+    ok(f"{other}'s file pasted into {shop}'s editor is refused at its shop line, {other} unchanged")
 
     # A token no header can carry is refused in the dialog, the old one kept.
     page.click("#token-button")

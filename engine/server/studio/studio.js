@@ -441,7 +441,8 @@
     $('check-summary').textContent = 'Checking…';
     $('check-summary').className = 'check busy';
     try {
-      const data = await api('POST', '/studio/api/validate', { content }, abort.signal);
+      // `shop`: a file naming another shop is refused at its `shop:` line.
+      const data = await api('POST', '/studio/api/validate', { content, shop: state.shop }, abort.signal);
       if (seq !== state.checkSeq) return; // a newer check is running: this answer is stale
       const audiences = Array.isArray(data && data.audiences) ? data.audiences : [];
       showMarks([], audiences);
@@ -556,7 +557,8 @@
     $('publish').setAttribute('aria-busy', 'true');
     setStatus(`Publishing ${state.shop}…`);
     try {
-      const data = await api('POST', '/studio/api/publish', { content, expected_revision: state.openedRevision });
+      // `shop`: the opened revision is this shop's; a file naming another is refused.
+      const data = await api('POST', '/studio/api/publish', { content, expected_revision: state.openedRevision, shop: state.shop });
       state.openedRevision = Number(data.revision);
       state.servingRevision = Number(data.revision);
       state.openedContent = content;
@@ -793,7 +795,7 @@
   $('try-form').addEventListener('submit', async (ev) => {
     ev.preventDefault();
     if (!state.shop) { setStatus('Choose a shop first.', 'error'); return; }
-    const attributes = {};
+    const attributes = Object.create(null); // `__proto__=x` is an attribute like any other
     const lines = $('try-attributes').value.split('\n');
     for (let i = 0; i < lines.length; i++) {
       const line = lines[i].trim();
