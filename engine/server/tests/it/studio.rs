@@ -905,3 +905,27 @@ async fn a_file_naming_another_shop_is_not_published_over_it() {
     assert_eq!((a.status, a.json()["shop"].clone()), (200, json!("other-shop")));
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_answers_what_publish_would_for_a_shop_outside_shops() {
+    let dir = temp_dir("studio-shops");
+    let server = serve::start(Config {
+        shops: vitrine::cluster::shops::Shops::parse(SHOP).unwrap(),
+        ..test_config(dir.path())
+    })
+    .await
+    .unwrap();
+    let addr = server.metrics_addr;
+    let elsewhere = json!({ "content": "shop: elsewhere\nbanners:\n  - banner: x\n" });
+    let message = "shop `elsewhere` is not served by this replica (--shops studio-shop): send it to the replica group that serves it";
+    // The dry run said "revision 1" where the push itself is refused.
+    for route in ["/studio/api/validate", "/studio/api/publish"] {
+        let a = post(addr, route, &elsewhere, None).await;
+        assert_eq!(a.error(), (412, "FAILED_PRECONDITION".into()), "{route}: {a:?}");
+        assert_eq!(a.json()["message"], message, "{route}");
+    }
+    let own = json!({ "content": SERVING });
+    let a = post(addr, "/studio/api/validate", &own, None).await;
+    assert_eq!((a.status, a.json()["revision"].clone()), (200, json!(1)), "{a:?}");
+    server.shutdown().await.unwrap();
+}
