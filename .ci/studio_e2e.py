@@ -494,6 +494,19 @@ def hostile_text(browser, base):
         fail(f"publishing {other}'s file from {shop}'s editor made {other} revision {newest}")
     ok(f"{other}'s file pasted into {shop}'s editor is refused at its shop line, {other} unchanged")
 
+    # A decision tried on one shop is not left on screen under the next one.
+    page.fill("#editor", rules)
+    expect(page.locator("#dirty")).to_have_text("No edits.")
+    page.fill("#try-visitor", "v-switch")
+    page.click("#try-run")
+    expect(page.locator("#try-summary")).to_contain_text("The draft decides the same as the serving file for v-switch")
+    expect(page.locator("#try-result")).to_be_visible()
+    page.select_option("#shop", SHOP)
+    expect(page.locator("#edit-title")).to_have_text(f"Rule file of {SHOP}")
+    expect(page.locator("#try-result")).to_be_hidden()
+    expect(page.locator("#try-summary")).to_have_text("")
+    ok(f"switching to {SHOP} clears the decision tried on {shop}")
+
     # A token no header can carry is refused in the dialog, the old one kept.
     page.click("#token-button")
     page.fill("#token-input", "s\u00e9cret")

@@ -239,6 +239,11 @@
       $('edit-title').textContent = `Rule file of ${shop}`;
       $('edit-meta').textContent = `Opened at revision ${state.openedRevision}; publishing replaces it only if it is still the serving one.`;
       $('try-serving-title').textContent = 'Serving';
+      // A decision of the shop left behind (shown, or still on its way) is not this shop's.
+      state.trySeq++;
+      $('try-result').hidden = true;
+      $('try-summary').textContent = '';
+      $('try-summary').className = 'check';
       $('publish').disabled = false;
       // The address names the shop, so a reload or a shared link opens it again.
       history.replaceState(null, '', `#shop=${encodeURIComponent(shop)}`);
