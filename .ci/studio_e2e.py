@@ -410,6 +410,7 @@ def run(base, grpc_addr, shots):
             fail(f"a publish without the token changed the serving revision to {rev}")
         ok("without the token publishing is refused (401 shown)")
         ctx.close()
+        hostile_text(browser, base)
         browser.close()
 
     if foreign:
@@ -418,6 +419,104 @@ def run(base, grpc_addr, shots):
     if problems:
         fail("the browser reported: " + "; ".join(problems))
     ok("no script error, no CSP violation")
+
+
+def hostile_text(browser, base):
+    """Text a careless author or another tool leaves in a rule file: CRLF
+    line ends, a tab, an emoji before an error, a token with an accent."""
+    shop = "demo-electronics"
+    rules = (ROOT / "rules" / f"{shop}.yaml").read_text()
+    ctx = browser.new_context(viewport={"width": 1366, "height": 768}, locale="en-US", timezone_id="UTC")
+    ctx.set_default_timeout(TIMEOUT_MS)
+    ctx.add_init_script(f"sessionStorage.setItem('vitrine.studio.token', {json.dumps(TOKEN)})")
+    page = ctx.new_page()
+    page.goto(f"{base}/studio")
+
+    # A file with CRLF line ends (published by another tool) opens unedited:
+    # the textarea holds LF, the page compares and diffs in that form.
+    crlf = rules.replace("\n", "\r\n")
+    answer = page.request.post(f"{base}/studio/api/publish", data=json.dumps({"content": crlf}),
+                               headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+    if answer.status != 200:
+        fail(f"publishing the CRLF file answered {answer.status}: {answer.text()}")
+    crlf_rev = answer.json()["revision"]
+    page.select_option("#shop", shop)
+    expect(page.locator("#edit-meta")).to_contain_text(f"Opened at revision {crlf_rev}")
+    expect(page.locator("#dirty")).to_have_text("No edits.")
+    expect(page.locator("#revert")).to_be_disabled()
+    expect(page.locator(f'#diff-to option[value="{crlf_rev}"]')).to_have_count(1)
+    page.select_option("#diff-from", str(crlf_rev))
+    page.select_option("#diff-to", "draft")
+    page.click("#diff-show")
+    expect(page.locator("#diff-summary")).to_have_text("The two files are identical.")
+    ok("a CRLF file opens unedited and diffs equal to the editor")
+
+    # Columns are characters: after a tab and an emoji (two UTF-16 units),
+    # the error link lands on the error and its caret mark sits under it
+    # (the tab starts at an even column, so it takes two).
+    at = rules.index("audiences:\n") + len("audiences:\n")
+    bad = rules[:at] + '  emoji_page: ctx.page == "a\t\U0001F6D2" or no_such_audience\n' + rules[at:]
+    line = bad[: bad.index("no_such_audience")].count("\n") + 1
+    text = bad.split("\n")[line - 1]
+    col = text.index("no_such_audience") + 1  # Python counts code points, as the compiler does
+    page.fill("#editor", bad)
+    link = page.locator(f'#errors button[data-line="{line}"]')
+    expect(link).to_have_text(f"{line}:{col} undefined audience `no_such_audience`")
+    link.click()
+    caret = page.evaluate("() => document.getElementById('editor').selectionStart")
+    want = page.evaluate("() => document.getElementById('editor').value.indexOf('no_such_audience')")
+    if caret != want:
+        fail(f"the error link after an emoji put the caret at {caret}, expected {want}")
+    screen = 0
+    for ch in text[: col - 1]:
+        screen = screen + 2 - screen % 2 if ch == "\t" else screen + 1
+    left = page.locator("#bands .caret-mark").first.get_attribute("style")
+    if f"+ {screen}ch)" not in left:
+        fail(f"the caret mark of {line}:{col} is drawn at `{left}`, expected column {screen} (tabs stop every 2)")
+    ok(f"an error after a tab and an emoji: the link lands on {line}:{col}, the mark under it")
+
+    # Another shop's file pasted into this shop's editor is not published
+    # over that shop, even when its revision is the one this shop was opened at.
+    other = "demo-beauty"
+    theirs = (ROOT / "rules" / f"{other}.yaml").read_text()
+    auth = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+    answer = page.request.post(f"{base}/studio/api/publish", headers=auth,
+                               data=json.dumps({"content": theirs + "# via the API\n"}))
+    if answer.status != 200 or answer.json()["revision"] != crlf_rev:
+        fail(f"{other} should be at revision {crlf_rev} like {shop}: {answer.status} {answer.text()}")
+    page.fill("#editor", theirs + "# pasted into the wrong shop\n")
+    page.click("#publish")
+    expect(page.locator("#status")).to_contain_text(f"the rule file of shop `{other}`, not of `{shop}`")
+    shop_line = line_of(theirs, f"shop: {other}")
+    expect(page.locator(f'#gutter .g-mark[data-line="{shop_line}"]')).to_have_count(1)
+    newest = page.request.get(f"{base}/studio/api/revisions?shop={other}").json()["revisions"][0]["revision"]
+    if newest != crlf_rev:
+        fail(f"publishing {other}'s file from {shop}'s editor made {other} revision {newest}")
+    ok(f"{other}'s file pasted into {shop}'s editor is refused at its shop line, {other} unchanged")
+
+    # A decision tried on one shop is not left on screen under the next one.
+    page.fill("#editor", rules)
+    expect(page.locator("#dirty")).to_have_text("No edits.")
+    page.fill("#try-visitor", "v-switch")
+    page.click("#try-run")
+    expect(page.locator("#try-summary")).to_contain_text("The draft decides the same as the serving file for v-switch")
+    expect(page.locator("#try-result")).to_be_visible()
+    page.select_option("#shop", SHOP)
+    expect(page.locator("#edit-title")).to_have_text(f"Rule file of {SHOP}")
+    expect(page.locator("#try-result")).to_be_hidden()
+    expect(page.locator("#try-summary")).to_have_text("")
+    ok(f"switching to {SHOP} clears the decision tried on {shop}")
+
+    # A token no header can carry is refused in the dialog, the old one kept.
+    page.click("#token-button")
+    page.fill("#token-input", "s\u00e9cret")
+    page.click("#token-save")
+    expect(page.locator("#status")).to_contain_text("printable ASCII only")
+    if page.evaluate("() => sessionStorage.getItem('vitrine.studio.token')") != TOKEN:
+        fail("a non-ASCII token replaced the saved one")
+    expect(page.locator("#token-state")).to_have_text("token set for this tab")
+    ok("a non-ASCII token is refused, the saved one kept")
+    ctx.close()
 
 
 def second_author(browser, base):

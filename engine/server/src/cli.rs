@@ -235,7 +235,8 @@ pub struct ServeArgs {
     /// its record to be written and applied; past it, UNAVAILABLE.
     #[arg(long, env = "VITRINE_CLUSTER_TIMEOUT", default_value = "5s")]
     pub cluster_timeout: String,
-    /// Bearer token required by Rules/Push, Rules/Rollback and Ingest/Track when set.
+    /// Bearer token required by Rules/Push, Rules/Rollback and Ingest/Track when set:
+    /// printable ASCII, no space at either end, at most 4096 bytes (it travels in a header).
     #[arg(long, env = "VITRINE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Largest rule file (push, --rules-dir), in bytes.

@@ -73,6 +73,27 @@ pub fn default_studio_max_body(max_file_bytes: usize) -> usize {
     max_file_bytes.saturating_mul(2).saturating_add(STUDIO_BODY_SLACK)
 }
 
+/// Longest `--admin-token`, in bytes: it travels in one header, and HTTP/2
+/// peers bound a request's headers at 16 KiB.
+pub const MAX_ADMIN_TOKEN_BYTES: usize = 4096;
+
+/// Why no client could ever send `token` as `authorization: Bearer <token>`
+/// (every admin call would then be refused): header values are ASCII
+/// without control characters, and a space at either end is trimmed away.
+fn admin_token_problem(token: &str) -> Option<String> {
+    if token.len() > MAX_ADMIN_TOKEN_BYTES {
+        Some(format!(
+            "longer than {MAX_ADMIN_TOKEN_BYTES} bytes: it must fit in one request header"
+        ))
+    } else if !token.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        Some("only printable ASCII (no control character, no accented letter): it is sent in a header".to_string())
+    } else if token.starts_with(' ') || token.ends_with(' ') {
+        Some("must not begin or end with a space: a header value loses them on the way".to_string())
+    } else {
+        None
+    }
+}
+
 /// Tokio workers when `--worker-threads` is 0: one per core but one, at
 /// least 1. Measured on 2 cores with the load generator beside the server
 /// (`vitrine-loadtest run --rate 10000`, server CPU time per request): 1
@@ -420,6 +441,8 @@ impl Config {
         };
         if args.admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             problems.push("--admin-token: must not be empty when set".to_string());
+        } else if let Some(problem) = args.admin_token.as_deref().and_then(admin_token_problem) {
+            problems.push(format!("--admin-token: {problem}"));
         }
         if args.rules_dir.exists() && !args.rules_dir.is_dir() {
             problems.push(format!("--rules-dir: {} is not a directory", args.rules_dir.display()));
@@ -741,6 +764,33 @@ mod tests {
                 "--admin-token: must not be empty when set",
             ]
         );
+    }
+
+    #[test]
+    fn an_admin_token_no_header_can_carry_is_refused() {
+        for (token, why) in [
+            ("sécret", "only printable ASCII"),
+            ("tab\there", "only printable ASCII"),
+            ("trailing ", "must not begin or end with a space"),
+            (" leading", "must not begin or end with a space"),
+        ] {
+            let e = Config::from_args(&args(&["--admin-token", token])).unwrap_err();
+            assert!(
+                e.0.len() == 1 && e.0[0].starts_with("--admin-token: ") && e.0[0].contains(why),
+                "{token:?}: {:?}",
+                e.0
+            );
+        }
+        let long = "x".repeat(MAX_ADMIN_TOKEN_BYTES + 1);
+        let e = Config::from_args(&args(&["--admin-token", &long])).unwrap_err();
+        assert_eq!(
+            e.0,
+            ["--admin-token: longer than 4096 bytes: it must fit in one request header"]
+        );
+        for token in ["s3cret", "with inner space", &"x".repeat(MAX_ADMIN_TOKEN_BYTES)] {
+            let c = Config::from_args(&args(&["--admin-token", token])).unwrap();
+            assert_eq!(c.admin_token.as_deref(), Some(token));
+        }
     }
 
     #[test]

@@ -634,6 +634,13 @@ impl RuleStore {
         let rules = self.compile(content)?;
         check(&rules)?;
         if dry_run {
+            // What the push would answer: refused for a shop outside --shops.
+            if !self.served_shops.serves(&rules.shop) {
+                return Err(StoreError::NotServed {
+                    shop: rules.shop.to_string(),
+                    shops: self.served_shops.describe(),
+                });
+            }
             let revision = self.shops.get(&*rules.shop).map_or(1, |s| s.history.lock().next);
             return Ok(Arc::new(Served {
                 rules,

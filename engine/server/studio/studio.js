@@ -117,6 +117,13 @@
     return node;
   }
 
+  /**
+   * A rule file's text as the editor holds it: a textarea turns CRLF and a
+   * lone CR into LF, so the server's text is compared and diffed in that
+   * form (a CRLF file would otherwise look edited the moment it is opened).
+   */
+  const editorText = (s) => String(s || '').replace(/\r\n?/g, '\n');
+
   const fmtInt = (n) => (Number.isFinite(Number(n)) ? Number(n).toLocaleString() : '—');
   const fmtPct = (x) => (Number.isFinite(x) ? `${(x * 100).toFixed(1)}%` : '—');
   const fmtPts = (x) => (Number.isFinite(x) ? `${x >= 0 ? '+' : '−'}${Math.abs(x * 100).toFixed(1)} pts` : '—');
@@ -169,7 +176,10 @@
     sessionStorage.setItem(ASKED_KEY, '1');
     if (how === 'save') {
       const t = $('token-input').value.trim();
-      if (t) {
+      if (t && !/^[\x20-\x7e]+$/.test(t)) {
+        // fetch cannot send it (or sends other bytes): the server's token is printable ASCII.
+        setStatus('Not saved: an admin token is printable ASCII only (no accented letter, no emoji).', 'error');
+      } else if (t) {
         state.token = t;
         sessionStorage.setItem(TOKEN_KEY, t);
         setStatus('Admin token saved for this tab.');
@@ -222,13 +232,18 @@
       state.shop = shop;
       state.openedRevision = Number(data.revision);
       state.servingRevision = Number(data.revision);
-      state.openedContent = String(data.content || '');
+      state.openedContent = editorText(data.content);
       $('shop').value = shop;
       setEditor(state.openedContent);
       $('conflict').hidden = true;
       $('edit-title').textContent = `Rule file of ${shop}`;
       $('edit-meta').textContent = `Opened at revision ${state.openedRevision}; publishing replaces it only if it is still the serving one.`;
       $('try-serving-title').textContent = 'Serving';
+      // A decision of the shop left behind (shown, or still on its way) is not this shop's.
+      state.trySeq++;
+      $('try-result').hidden = true;
+      $('try-summary').textContent = '';
+      $('try-summary').className = 'check';
       $('publish').disabled = false;
       // The address names the shop, so a reload or a shared link opens it again.
       history.replaceState(null, '', `#shop=${encodeURIComponent(shop)}`);
@@ -348,18 +363,48 @@
     editor.setSelectionRange(start, start + shifted.length);
   }
 
-  /** Character offset of a 1-based line:column in the editor. */
-  function offsetOf(line, column) {
+  /** The text of 1-based line `line` of the editor ('' past the end) and its offset. */
+  function lineAt(line) {
     const v = editor.value;
     let off = 0;
     for (let l = 1; l < line; l++) {
       const nl = v.indexOf('\n', off);
-      if (nl < 0) return v.length;
+      if (nl < 0) return { off: v.length, text: '' };
       off = nl + 1;
     }
     const end = v.indexOf('\n', off);
-    const lineLen = (end < 0 ? v.length : end) - off;
-    return off + Math.min(Math.max(0, (column || 1) - 1), lineLen);
+    return { off, text: v.slice(off, end < 0 ? v.length : end) };
+  }
+
+  /**
+   * The editor offset (UTF-16 units) of a 1-based line:column, the column
+   * counted in characters as the compiler counts it: a character outside
+   * the BMP (an emoji) is one column but two units. Past the line's end:
+   * its end.
+   */
+  function offsetOf(line, column) {
+    const { off, text } = lineAt(line);
+    let units = 0;
+    let chars = Math.max(0, (column || 1) - 1);
+    for (const ch of text) {
+      if (chars === 0) break;
+      units += ch.length;
+      chars--;
+    }
+    return off + units;
+  }
+
+  /** The on-screen column (0-based, in ch) of a 1-based line:column: tabs stop every 2 (tab-size in studio.css). */
+  function screenColumn(line, column) {
+    const { text } = lineAt(line);
+    let x = 0;
+    let chars = Math.max(0, (column || 1) - 1);
+    for (const ch of text) {
+      if (chars === 0) break;
+      x = ch === '\t' ? x + 2 - (x % 2) : x + 1;
+      chars--;
+    }
+    return x + chars;
   }
 
   function gotoLine(line, column) {
@@ -401,7 +446,8 @@
     $('check-summary').textContent = 'Checking…';
     $('check-summary').className = 'check busy';
     try {
-      const data = await api('POST', '/studio/api/validate', { content }, abort.signal);
+      // `shop`: a file naming another shop is refused at its `shop:` line.
+      const data = await api('POST', '/studio/api/validate', { content, shop: state.shop }, abort.signal);
       if (seq !== state.checkSeq) return; // a newer check is running: this answer is stale
       const audiences = Array.isArray(data && data.audiences) ? data.audiences : [];
       showMarks([], audiences);
@@ -465,7 +511,7 @@
         if (col) {
           const caret = el('div', { class: 'caret-mark' });
           caret.style.top = `${(line - 1) * LINE_HEIGHT}px`;
-          caret.style.left = `calc(var(--pad) + ${col - 1}ch)`;
+          caret.style.left = `calc(var(--pad) + ${screenColumn(line, col)}ch)`;
           bands.append(caret);
         }
       }
@@ -516,7 +562,8 @@
     $('publish').setAttribute('aria-busy', 'true');
     setStatus(`Publishing ${state.shop}…`);
     try {
-      const data = await api('POST', '/studio/api/publish', { content, expected_revision: state.openedRevision });
+      // `shop`: the opened revision is this shop's; a file naming another is refused.
+      const data = await api('POST', '/studio/api/publish', { content, expected_revision: state.openedRevision, shop: state.shop });
       state.openedRevision = Number(data.revision);
       state.servingRevision = Number(data.revision);
       state.openedContent = content;
@@ -555,7 +602,7 @@
   $('conflict-diff').addEventListener('click', () => {
     const s = state.conflictServing;
     if (!s) return;
-    showDiff(`revision ${s.revision} (serving)`, String(s.content || ''), 'your draft', editor.value);
+    showDiff(`revision ${s.revision} (serving)`, editorText(s.content), 'your draft', editor.value);
   });
   $('conflict-reload').addEventListener('click', async () => {
     if (window.confirm('Drop your edits and load the serving file?')) {
@@ -609,7 +656,7 @@
     const key = `${shop}@${revision}`;
     if (state.contentCache.has(key)) return state.contentCache.get(key);
     const data = await api('GET', `/studio/api/rules?${q({ shop, revision })}`);
-    const content = String(data.content || '');
+    const content = editorText(data.content);
     state.contentCache.set(key, content);
     return content;
   }
@@ -753,7 +800,7 @@
   $('try-form').addEventListener('submit', async (ev) => {
     ev.preventDefault();
     if (!state.shop) { setStatus('Choose a shop first.', 'error'); return; }
-    const attributes = {};
+    const attributes = Object.create(null); // `__proto__=x` is an attribute like any other
     const lines = $('try-attributes').value.split('\n');
     for (let i = 0; i < lines.length; i++) {
       const line = lines[i].trim();

@@ -859,3 +859,73 @@ async fn hostile_bodies_are_refused_precisely() {
     assert!(http_get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_naming_another_shop_is_not_published_over_it() {
+    let dir = temp_dir("studio-other-shop");
+    let server = serve::start(test_config(dir.path())).await.unwrap();
+    let addr = server.metrics_addr;
+    let mut c = connect(server.grpc_addr).await;
+    push(&mut c, SERVING).await;
+    const OTHER: &str = "shop: other-shop\nbanners:\n  - banner: theirs\n";
+    push(&mut c, OTHER).await;
+    // An author with studio-shop open at revision 1 pastes other-shop's
+    // file (also at revision 1): expected_revision alone would let it through.
+    let pasted = format!("# pasted\n{OTHER}  - banner: pasted\n");
+    let wrong = json!({ "content": pasted, "expected_revision": 1, "shop": SHOP });
+    let message = "the file is the rule file of shop `other-shop`, not of `studio-shop` (the shop it is published for): nothing changed";
+    for route in ["/studio/api/publish", "/studio/api/validate"] {
+        let a = post(addr, route, &wrong, None).await;
+        assert_eq!(a.error(), (400, "INVALID_ARGUMENT".into()), "{route}: {a:?}");
+        assert_eq!(
+            a.json()["errors"],
+            json!([{"line": 2, "column": 7, "message": message}]),
+            "{route}: placed at the `shop:` value"
+        );
+    }
+    let a = get(addr, "/studio/api/rules?shop=other-shop").await;
+    assert_eq!(
+        (a.json()["revision"].clone(), a.json()["content"].clone()),
+        (json!(1), json!(OTHER))
+    );
+    // The shop's own file, or a file that does not compile, is not held up.
+    let own = json!({ "content": DRAFT, "expected_revision": 1, "shop": SHOP });
+    assert_eq!(post(addr, "/studio/api/publish", &own, None).await.status, 200);
+    let broken = json!({ "content": "shop: other-shop\nbanners: 3\n", "shop": SHOP });
+    let a = post(addr, "/studio/api/validate", &broken, None).await;
+    assert_eq!(
+        a.json()["errors"][0]["line"],
+        2,
+        "the compiler's own errors: {}",
+        a.body
+    );
+    // Without `shop` the API is as before (a client that names no shop).
+    let unnamed = json!({ "content": pasted, "expected_revision": 1 });
+    let a = post(addr, "/studio/api/publish", &unnamed, None).await;
+    assert_eq!((a.status, a.json()["shop"].clone()), (200, json!("other-shop")));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_answers_what_publish_would_for_a_shop_outside_shops() {
+    let dir = temp_dir("studio-shops");
+    let server = serve::start(Config {
+        shops: vitrine::cluster::shops::Shops::parse(SHOP).unwrap(),
+        ..test_config(dir.path())
+    })
+    .await
+    .unwrap();
+    let addr = server.metrics_addr;
+    let elsewhere = json!({ "content": "shop: elsewhere\nbanners:\n  - banner: x\n" });
+    let message = "shop `elsewhere` is not served by this replica (--shops studio-shop): send it to the replica group that serves it";
+    // The dry run said "revision 1" where the push itself is refused.
+    for route in ["/studio/api/validate", "/studio/api/publish"] {
+        let a = post(addr, route, &elsewhere, None).await;
+        assert_eq!(a.error(), (412, "FAILED_PRECONDITION".into()), "{route}: {a:?}");
+        assert_eq!(a.json()["message"], message, "{route}");
+    }
+    let own = json!({ "content": SERVING });
+    let a = post(addr, "/studio/api/validate", &own, None).await;
+    assert_eq!((a.status, a.json()["revision"].clone()), (200, json!(1)), "{a:?}");
+    server.shutdown().await.unwrap();
+}

@@ -117,7 +117,7 @@ pub fn status_of(code: Code) -> (StatusCode, &'static str) {
     }
 }
 
-/// `{"content"}` (validate) and `{"content","expected_revision"}` (publish).
+/// `{"content","shop"}` (validate) and `{"content","expected_revision","shop"}` (publish).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct ContentBody {
@@ -125,6 +125,11 @@ pub struct ContentBody {
     pub content: Option<String>,
     /// Publish only over this revision (0 or absent: any).
     pub expected_revision: Option<u64>,
+    /// Validate or publish only if the file is this shop's (absent or empty: any). A
+    /// revision number means something only for its shop: without this, a
+    /// file whose `shop:` names another shop would be published over that
+    /// shop whenever its revision happened to equal `expected_revision`.
+    pub shop: Option<String>,
 }
 
 /// `{"shop","revision","expected_revision"}` (rollback).
@@ -329,6 +334,27 @@ pub fn rule_file_errors(e: &StoreError, content: &str, max_depth: usize) -> Opti
         }
         _ => None,
     }
+}
+
+/// The refusal of a validate or publish meant for `opened` of a file whose `shop:` names
+/// `named`, placed at the `shop:` value.
+pub fn other_shop(opened: &str, named: &str, content: &str, max_depth: usize) -> ApiError {
+    let message = format!(
+        "the file is the rule file of shop `{named}`, not of `{opened}` (the shop it is published for): nothing changed"
+    );
+    let pos = top_level(content, max_depth)
+        .and_then(|top| {
+            top.iter()
+                .find(|(k, _)| k.as_str() == Some("shop"))
+                .map(|(_, v)| v.pos())
+        })
+        .unwrap_or(yaml::Pos { line: 1, column: 1 });
+    let mut error = ApiError::invalid(message.clone());
+    error.errors = Some(RuleFileErrors {
+        errors: vec![(pos.line, pos.column, message)],
+        omitted: 0,
+    });
+    error
 }
 
 /// The parameters of a query string, percent-decoded (`+` is a space), in

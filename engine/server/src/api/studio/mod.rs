@@ -323,6 +323,9 @@ async fn publish(State(s): State<Studio>, request: Request) -> Response {
 async fn push(s: &Studio, request: Request, dry_run: bool) -> Result<Value, ApiError> {
     let (authorization, body): (_, json::ContentBody) = json_body(s, request).await?;
     let content = body.content.unwrap_or_default();
+    if let Some(opened) = body.shop.filter(|shop| !shop.is_empty()) {
+        same_shop(s, &opened, &content).await?;
+    }
     let request = pb::PushRequest {
         content: content.clone(),
         dry_run,
@@ -357,6 +360,22 @@ async fn push(s: &Studio, request: Request, dry_run: bool) -> Result<Value, ApiE
         }
         Err(status) => Err(status.into()),
     }
+}
+
+/// Refuses a publish (or its dry run) for shop `opened` of a file that names another shop.
+/// A file that does not compile passes: Push then answers with its errors
+/// (or the token it lacks).
+async fn same_shop(s: &Studio, opened: &str, content: &str) -> Result<(), ApiError> {
+    let engine = s.service.engine().clone();
+    let max_depth = s.max_yaml_depth();
+    let (opened, content) = (opened.to_string(), content.to_string());
+    grpc::run_blocking("Studio", move || {
+        Ok(match engine.rules.compile(&content) {
+            Ok(rules) if *rules.shop != *opened => Err(json::other_shop(&opened, &rules.shop, &content, max_depth)),
+            _ => Ok(()),
+        })
+    })
+    .await?
 }
 
 async fn rollback(State(s): State<Studio>, request: Request) -> Response {
