@@ -369,6 +369,10 @@ pub struct ServeArgs {
     /// JSON, where a quote, backslash or newline takes two bytes).
     #[arg(long, env = "VITRINE_STUDIO_MAX_BODY", value_name = "BYTES")]
     pub studio_max_body: Option<String>,
+    /// Rule files the studio compiles at once (validate, publish, try); a
+    /// call past it waits up to --request-timeout for a turn, then gets 429.
+    #[arg(long, env = "VITRINE_STUDIO_MAX_COMPILES", default_value = "2")]
+    pub studio_max_compiles: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -61,6 +61,8 @@ pub struct Config {
     pub studio: bool,
     /// Largest studio request body, in bytes (`--studio-max-body`).
     pub studio_max_body: usize,
+    /// Rule files the studio compiles at once (`--studio-max-compiles`).
+    pub studio_max_compiles: usize,
 }
 
 /// Slack of the default `--studio-max-body` over twice the largest rule file.
@@ -424,6 +426,7 @@ impl Config {
                 rule_limits.map_or(vitrine_core::rules::DEFAULT_MAX_FILE_BYTES, |l| l.max_file_bytes),
             )),
         };
+        let studio_max_compiles = positive("studio-max-compiles", &args.studio_max_compiles);
         let demo_visitors = positive("demo-visitors", &args.demo_visitors);
         let kafka_max_message_bytes = positive("kafka-max-message-bytes", &args.kafka_max_message_bytes);
         let snapshot_keep = positive("snapshot-keep", &args.snapshot_keep);
@@ -601,6 +604,7 @@ impl Config {
                 decision_log,
                 studio: !args.no_studio,
                 studio_max_body: studio_max_body.unwrap_or_default(),
+                studio_max_compiles: studio_max_compiles.unwrap_or(1),
             }),
             _ => Err(ConfigErrors(problems)),
         }
@@ -995,5 +999,10 @@ mod tests {
         assert_eq!(c.studio_max_body, 5000);
         let e = Config::from_args(&args(&["--studio-max-body", "0"])).unwrap_err();
         assert_eq!(e.0, ["--studio-max-body: `0` is not a whole number above 0"]);
+        assert_eq!(c.studio_max_compiles, 2);
+        let c = Config::from_args(&args(&["--studio-max-compiles", "1"])).unwrap();
+        assert_eq!(c.studio_max_compiles, 1);
+        let e = Config::from_args(&args(&["--studio-max-compiles", "0"])).unwrap_err();
+        assert_eq!(e.0, ["--studio-max-compiles: `0` is not a whole number above 0"]);
     }
 }

@@ -255,9 +255,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let service = Service::new(engine.clone(), config.admin_token.clone());
-    let studio = config
-        .studio
-        .then(|| crate::api::studio::Studio::new(service.clone(), config.studio_max_body, config.request_timeout));
+    let studio = config.studio.then(|| {
+        crate::api::studio::Studio::new(
+            service.clone(),
+            config.studio_max_body,
+            config.request_timeout,
+            config.studio_max_compiles,
+        )
+    });
     let limit = config.max_request_bytes;
     let decision = pb::decision_server::DecisionServer::new(service.clone()).max_decoding_message_size(limit);
     let benefits = pb::benefits_server::BenefitsServer::new(service.clone()).max_decoding_message_size(limit);

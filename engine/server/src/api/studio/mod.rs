@@ -25,6 +25,7 @@
 
 pub mod json;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -35,6 +36,7 @@ use axum::routing::{any, get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 use vitrine_proto::v1 as pb;
 use vitrine_proto::v1::reports_server::Reports as _;
@@ -60,17 +62,30 @@ pub struct Studio {
     service: Service,
     max_body: usize,
     body_timeout: Duration,
+    /// Rule files being compiled for validate, publish and try at once
+    /// (`--studio-max-compiles`): a try needs no token, so without a bound
+    /// anyone reaching the HTTP port could keep every core compiling
+    /// 1 MiB drafts while Decide waits.
+    compiles: Arc<Semaphore>,
 }
 
 impl Studio {
     /// The studio over `service`, reading request bodies of up to
-    /// `max_body` bytes that arrive within `body_timeout`.
-    pub fn new(service: Service, max_body: usize, body_timeout: Duration) -> Studio {
+    /// `max_body` bytes that arrive within `body_timeout`, compiling at
+    /// most `max_compiles` files at once.
+    pub fn new(service: Service, max_body: usize, body_timeout: Duration, max_compiles: usize) -> Studio {
         Studio {
             service,
             max_body,
             body_timeout,
+            compiles: Arc::new(Semaphore::new(max_compiles.max(1))),
         }
+    }
+
+    /// A turn to compile: waits up to `--request-timeout` for one of the
+    /// `--studio-max-compiles` turns, then 429 RESOURCE_EXHAUSTED.
+    async fn compile_turn(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        compile_turn(&self.compiles, self.body_timeout).await
     }
 
     fn engine(&self) -> &crate::state::Engine {
@@ -79,6 +94,17 @@ impl Studio {
 
     fn max_yaml_depth(&self) -> usize {
         self.engine().rules.limits().max_yaml_depth
+    }
+}
+
+async fn compile_turn(compiles: &Arc<Semaphore>, wait: Duration) -> Result<OwnedSemaphorePermit, ApiError> {
+    match tokio::time::timeout(wait, compiles.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RESOURCE_EXHAUSTED",
+            "the studio is compiling as many rule files as --studio-max-compiles allows; try again",
+        )),
     }
 }
 
@@ -322,6 +348,7 @@ async fn publish(State(s): State<Studio>, request: Request) -> Response {
 /// a rejected file answers 400 with every error at its position.
 async fn push(s: &Studio, request: Request, dry_run: bool) -> Result<Value, ApiError> {
     let (authorization, body): (_, json::ContentBody) = json_body(s, request).await?;
+    let _turn = s.compile_turn().await?;
     let content = body.content.unwrap_or_default();
     if let Some(opened) = body.shop.filter(|shop| !shop.is_empty()) {
         same_shop(s, &opened, &content).await?;
@@ -406,6 +433,7 @@ async fn rollback(State(s): State<Studio>, request: Request) -> Response {
 async fn try_visitor(State(s): State<Studio>, request: Request) -> Response {
     let result = async {
         let (_, mut body): (_, json::TryBody) = json_body(&s, request).await?;
+        let _turn = s.compile_turn().await?;
         let request = body.decide_request();
         let draft = body.draft.take().filter(|d| !d.trim().is_empty());
         let engine = s.service.engine().clone();
@@ -441,4 +469,26 @@ async fn try_visitor(State(s): State<Studio>, request: Request) -> Response {
         .map_err(ApiError::from)
     };
     reply("try", result.await)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// With every turn taken, a compile waits its bound and gets 429; a
+    /// turn given back is taken again.
+    #[tokio::test]
+    async fn compiles_past_the_bound_wait_then_get_429() {
+        let compiles = Arc::new(Semaphore::new(1));
+        let held = compile_turn(&compiles, Duration::from_secs(5)).await.unwrap();
+        let refused = compile_turn(&compiles, Duration::from_millis(1)).await.unwrap_err();
+        assert_eq!(
+            (refused.status, refused.code),
+            (StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED")
+        );
+        drop(held);
+        compile_turn(&compiles, Duration::from_secs(5)).await.unwrap();
+    }
 }
