@@ -489,6 +489,6 @@ mod tests {
             (StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED")
         );
         drop(held);
-        compile_turn(&compiles, Duration::from_secs(5)).await.unwrap();
+        let _again = compile_turn(&compiles, Duration::from_secs(5)).await.unwrap();
     }
 }
