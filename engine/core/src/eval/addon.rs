@@ -1,7 +1,8 @@
 //! The smart add-on's share of the items slot (see [`crate::rules::addon`]).
 
-use crate::eval::decide::{AddOnPick, ItemAt};
-use crate::eval::items::{ItemReason, Pick};
+use std::sync::Arc;
+
+use crate::eval::items::{ItemAt, ItemReason, Pick, Signals};
 use crate::index::ShopIndex;
 use crate::rules::{Pool, RuleSet};
 
@@ -60,6 +61,15 @@ pub(super) fn add_on_picks<'r>(
 
 /// Decisions under the second edition of the language: the add-on, banner
 /// params and schedules, pool schedules, the tier preview, the budget left.
+/// What the add-on needs of the decision in progress.
+pub(crate) struct AddOnPick<'a, 'r> {
+    pub(crate) signals: &'a Signals<'a>,
+    pub(crate) context_item: &'a str,
+    pub(crate) complements: &'r [Arc<str>],
+    pub(crate) gap: f64,
+    pub(crate) limit: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

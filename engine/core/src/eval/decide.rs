@@ -17,9 +17,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::claims::{ClaimLedger, ClaimOutcome, LedgerClaim, LedgerError};
-use crate::eval::addon::add_on_picks;
+use crate::eval::addon::{add_on_picks, AddOnPick};
+use crate::eval::items::{ItemAt, SignalBuffers, Signals};
 pub use crate::eval::items::{ItemReason, Pick, AFFINITY_WINDOW};
-use crate::eval::items::{SignalBuffers, Signals};
 use crate::event::Action;
 use crate::hash::held_out;
 use crate::index::{Profile, ShopIndex};
@@ -367,29 +367,6 @@ fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     }
 }
 
-/// Where an item of the rule file sits: `list` is a pool's index, or
-/// [`ItemAt::COMPLEMENTS`] for the context item's complements; `pos` its
-/// place in that list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct ItemAt {
-    pub(crate) list: u32,
-    pub(crate) pos: u32,
-}
-
-impl ItemAt {
-    pub(crate) const COMPLEMENTS: u32 = u32::MAX;
-
-    /// The item's id.
-    #[inline]
-    pub(crate) fn id<'r>(self, rules: &'r RuleSet, complements: &'r [Arc<str>]) -> &'r str {
-        let list = match self.list {
-            ItemAt::COMPLEMENTS => complements,
-            pool => rules.items.pools.get(pool as usize).map_or(&[][..], |p| &p.items[..]),
-        };
-        list.get(self.pos as usize).map_or("", |id| &**id)
-    }
-}
-
 /// Sets `id`'s bit; false when it was set already.
 #[inline]
 fn mark(seen: &mut [u64], id: u32) -> bool {
@@ -641,15 +618,6 @@ fn decide_in<'r>(
         add_on_gap,
         held_out: held,
     }
-}
-
-/// What the add-on needs of the decision in progress.
-pub(crate) struct AddOnPick<'a, 'r> {
-    pub(crate) signals: &'a Signals<'a>,
-    pub(crate) context_item: &'a str,
-    pub(crate) complements: &'r [Arc<str>],
-    pub(crate) gap: f64,
-    pub(crate) limit: usize,
 }
 
 /// Whether a matching benefit can be offered now, short of its audience,

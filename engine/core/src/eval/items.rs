@@ -3,8 +3,11 @@
 //! popularity), and the reasons the renderer is given. Shared by the
 //! ranking in [`crate::eval::decide`] and the add-on in [`crate::eval::addon`].
 
+use std::sync::Arc;
+
 use crate::event::Action;
 use crate::index::{Profile, ShopIndex, NONE};
+use crate::rules::RuleSet;
 use crate::time::{Unit, Window};
 
 /// How far back the visitor's carts, favorites and category views shape the ranking.
@@ -219,5 +222,28 @@ impl<'a> Signals<'a> {
             0 => (ItemReason::Pool, 0),
             n => (ItemReason::Popular, n),
         })
+    }
+}
+
+/// Where an item of the rule file sits: `list` is a pool's index, or
+/// [`ItemAt::COMPLEMENTS`] for the context item's complements; `pos` its
+/// place in that list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ItemAt {
+    pub(crate) list: u32,
+    pub(crate) pos: u32,
+}
+
+impl ItemAt {
+    pub(crate) const COMPLEMENTS: u32 = u32::MAX;
+
+    /// The item's id.
+    #[inline]
+    pub(crate) fn id<'r>(self, rules: &'r RuleSet, complements: &'r [Arc<str>]) -> &'r str {
+        let list = match self.list {
+            ItemAt::COMPLEMENTS => complements,
+            pool => rules.items.pools.get(pool as usize).map_or(&[][..], |p| &p.items[..]),
+        };
+        list.get(self.pos as usize).map_or("", |id| &**id)
     }
 }
