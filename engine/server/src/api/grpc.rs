@@ -95,7 +95,7 @@ pub fn guarded<R>(what: &str, f: impl FnOnce() -> Result<R, Status>) -> Result<R
 }
 
 /// Runs engine work on the blocking pool (file I/O, bitmap algebra, batches).
-async fn blocking<R: Send + 'static>(
+pub(crate) async fn blocking<R: Send + 'static>(
     what: &'static str,
     f: impl FnOnce() -> Result<R, Status> + Send + 'static,
 ) -> Result<R, Status> {
@@ -203,7 +203,7 @@ fn missing_shop(engine: &Engine, shop: &str) -> Status {
     }
 }
 
-fn store_status(e: StoreError) -> Status {
+pub(crate) fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::Invalid(errors) => invalid(errors.to_string()),
         StoreError::InvalidShop(message) => invalid(message),
@@ -947,20 +947,6 @@ impl Service {
     pub(crate) fn token_required(&self) -> bool {
         self.admin_token.is_some()
     }
-}
-
-/// A rule store error as the Rules service reports it.
-pub(crate) fn rule_store_status(e: StoreError) -> Status {
-    store_status(e)
-}
-
-/// Runs engine work on the blocking pool, as the services do; a panic
-/// becomes INTERNAL without its text.
-pub(crate) async fn run_blocking<R: Send + 'static>(
-    what: &'static str,
-    f: impl FnOnce() -> Result<R, Status> + Send + 'static,
-) -> Result<R, Status> {
-    blocking(what, f).await
 }
 
 /// The serving decision, and with `draft` the draft's, for one request as

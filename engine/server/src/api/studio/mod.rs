@@ -368,13 +368,13 @@ async fn push(s: &Studio, request: Request, dry_run: bool) -> Result<Value, ApiE
     match pushed {
         Ok(r) => {
             let r = r.into_inner();
-            let lines = grpc::run_blocking("Studio", move || Ok(json::audience_lines(&content, max_depth))).await?;
+            let lines = grpc::blocking("Studio", move || Ok(json::audience_lines(&content, max_depth))).await?;
             Ok(json::pushed(&r, &lines))
         }
         // The compiler's errors again, now with their positions: the
         // status carries them as text only.
         Err(status) if status.code() == Code::InvalidArgument && !content.trim().is_empty() => {
-            let errors = grpc::run_blocking("Studio", move || {
+            let errors = grpc::blocking("Studio", move || {
                 Ok(match engine.rules.compile(&content) {
                     Err(e) => json::rule_file_errors(&e, &content, max_depth),
                     Ok(_) => None,
@@ -396,7 +396,7 @@ async fn same_shop(s: &Studio, opened: &str, content: &str) -> Result<(), ApiErr
     let engine = s.service.engine().clone();
     let max_depth = s.max_yaml_depth();
     let (opened, content) = (opened.to_string(), content.to_string());
-    grpc::run_blocking("Studio", move || {
+    grpc::blocking("Studio", move || {
         Ok(match engine.rules.compile(&content) {
             Ok(rules) if *rules.shop != *opened => Err(json::other_shop(&opened, &rules.shop, &content, max_depth)),
             _ => Ok(()),
@@ -438,7 +438,7 @@ async fn try_visitor(State(s): State<Studio>, request: Request) -> Response {
         let draft = body.draft.take().filter(|d| !d.trim().is_empty());
         let engine = s.service.engine().clone();
         let max_depth = s.max_yaml_depth();
-        grpc::run_blocking("Studio", move || {
+        grpc::blocking("Studio", move || {
             let mut draft_errors = None;
             let compiled = match &draft {
                 None => None,
@@ -449,7 +449,7 @@ async fn try_visitor(State(s): State<Studio>, request: Request) -> Response {
                             draft_errors = Some(errors);
                             None
                         }
-                        None => return Err(grpc::rule_store_status(e)),
+                        None => return Err(grpc::store_status(e)),
                     },
                 },
             };
