@@ -203,6 +203,7 @@ fn missing_shop(engine: &Engine, shop: &str) -> Status {
     }
 }
 
+/// A rule store error as the Rules service reports it.
 pub(crate) fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::Invalid(errors) => invalid(errors.to_string()),
