@@ -9,7 +9,7 @@
 # upward and, for every run, prints one line:
 #
 #   step  try  sent  answered  non200  shed  p50  p99  p99.9 (us)
-#   server_cpu_us_per_call  server_core%  others%  client_core%
+#   server_cpu_us_per_call  server_core%  others%  client_core%  cothers%
 #   load_average  rate/s
 #
 # Two modes (MODE):
@@ -45,7 +45,9 @@
 #   server's core saturated). `others%` is the rest of the server core's
 #   busy time (/proc/stat cpuSERVER_CPU minus the server): other processes
 #   and interrupts that took the server's core, the noise of a shared
-#   machine. `client_core%` is h2load's (user+sys)/wall.
+#   machine. `client_core%` is h2load's (user+sys)/wall, `cothers%` the
+#   same as others% for the client's core (CLIENT_CPU): a process there
+#   delays every answer the client has not read yet.
 #
 # A step passes when, in most of its tries, p99 < the bound and no error
 # (in rate mode also no shortfall); the sweep stops at the first step that
@@ -67,6 +69,9 @@
 #   MODE=closed  DURATION=10 (s)  TRIES=3  CONNS=4  STREAMS=64 (rate mode)
 #   CLIENT_CPU=1 (taskset for h2load; empty = no pinning)
 #   SERVER_CPU=0 (the core the server is pinned to, for others%)
+#   CLIENT_NICE= (e.g. -10: h2load's nice value; with the server's threads
+#   reniced too, `renice -n -10 -p $(ls /proc/$SERVER_PID/task)`, other
+#   work on a shared machine takes far less of either core)
 #   KEEP_GOING=  P99_BOUND_US=1000  SHOP=load-0  VISITOR=v-4242  ITEM=sku-0001
 #   OUT=/tmp/h2load-sweep (logs and the request body)
 #
@@ -85,6 +90,7 @@ TRIES=${TRIES:-3}
 CONNS=${CONNS:-4}
 STREAMS=${STREAMS:-64}
 CLIENT_CPU=${CLIENT_CPU-1}
+CLIENT_NICE=${CLIENT_NICE:-}
 SERVER_CPU=${SERVER_CPU:-0}
 P99_BOUND_US=${P99_BOUND_US:-1000}
 KEEP_GOING=${KEEP_GOING:-}
@@ -122,8 +128,11 @@ metric() {
         '$1 == name || index($1, name "{") == 1 { s += $NF } END { printf "%d\n", s }'
 }
 server_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"; }
-# Busy ticks of the server's core (all but idle and iowait).
-core_ticks() { awk -v c="cpu$SERVER_CPU" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+# Busy ticks of core $1 (all but idle and iowait); 0 without a core.
+core_ticks() {
+    if [ -z "$1" ]; then echo 0; return; fi
+    awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+}
 HZ=$(getconf CLK_TCK)
 
 # One run of `step`; prints its line, writes its rate to FILE.rate and
@@ -137,13 +146,15 @@ run() {
         streams=$step
     fi
     local log="$OUT/$MODE-$step-t$try.log" txt="$OUT/$MODE-$step-t$try.txt"
-    local load c0 s0 t0 k0 w0 c1 s1 t1 k1 w1 pin=()
+    local load c0 s0 t0 k0 j0 w0 c1 s1 t1 k1 j1 w1 pin=()
     load=$(cut -d' ' -f1 /proc/loadavg)
-    [ -n "$CLIENT_CPU" ] && pin=(taskset -c "$CLIENT_CPU")
+    if [ -n "$CLIENT_CPU" ]; then pin=(taskset -c "$CLIENT_CPU"); fi
+    if [ -n "$CLIENT_NICE" ]; then pin=(nice -n "$CLIENT_NICE" "${pin[@]}"); fi
     c0=$(metric vitrine_decide_duration_seconds_count)
     s0=$(metric vitrine_requests_shed_total)
     t0=$(server_ticks)
-    k0=$(core_ticks)
+    k0=$(core_ticks "$SERVER_CPU")
+    j0=$(core_ticks "$CLIENT_CPU")
     w0=$(date +%s.%N)
     "${pin[@]}" /usr/bin/time -f 'CLIENT_CPU %U %S %e' h2load -t 1 -c "$CONNS" -m "$streams" \
         "${load_args[@]}" -D "$DURATION" \
@@ -151,13 +162,14 @@ run() {
         --log-file "$log" "http://$GRPC/vitrine.v1.Decision/Decide" >"$txt" 2>&1 || true
     w1=$(date +%s.%N)
     t1=$(server_ticks)
-    k1=$(core_ticks)
+    k1=$(core_ticks "$SERVER_CPU")
+    j1=$(core_ticks "$CLIENT_CPU")
     c1=$(metric vitrine_decide_duration_seconds_count)
     s1=$(metric vitrine_requests_shed_total)
     python3 - "$log" "$txt" "$step" "$rate" "$try" "$DURATION" "$P99_BOUND_US" "$((CONNS * streams))" \
-        $((c1 - c0)) $((s1 - s0)) $((t1 - t0)) $((k1 - k0)) "$HZ" "$w0" "$w1" "$load" <<'PY'
+        $((c1 - c0)) $((s1 - s0)) $((t1 - t0)) $((k1 - k0)) $((j1 - j0)) "$HZ" "$w0" "$w1" "$load" <<'PY'
 import re, sys
-log, txt, step, rate, tr, dur, bound, open_max, calls, shed, ticks, core, hz, w0, w1, load = sys.argv[1:]
+log, txt, step, rate, tr, dur, bound, open_max, calls, shed, ticks, core, ccore, hz, w0, w1, load = sys.argv[1:]
 rate, dur, bound, open_max = int(rate), float(dur), float(bound), int(open_max)
 calls, shed, ticks, hz = int(calls), int(shed), int(ticks), int(hz)
 wall = float(w1) - float(w0)
@@ -179,9 +191,11 @@ if m:
     succeeded, failed = int(m.group(4)), int(m.group(5)) + int(m.group(6)) + int(m.group(7))
 cu = re.search(r"CLIENT_CPU ([\d.]+) ([\d.]+) ([\d.]+)", out)
 client = (float(cu.group(1)) + float(cu.group(2))) / float(cu.group(3)) * 100 if cu else float("nan")
+client_s = float(cu.group(1)) + float(cu.group(2)) if cu else 0.0
 cpu_us = ticks / hz * 1e6 / calls if calls else float("nan")
 server_core = ticks / hz / wall * 100
 others = max(0, int(core) - ticks) / hz / wall * 100
+cothers = max(0.0, int(ccore) / hz - client_s) / wall * 100 if int(ccore) else float("nan")
 sent = len(lat)
 schedule = rate * dur if rate else sent
 # Every call h2load saw answered must be a successful decision on the
@@ -192,7 +206,7 @@ errors = unmatched + shed + failed
 ok = sent > 0 and sent >= 0.99 * schedule and non200 == 0 and errors == 0 and q(0.99) < bound
 achieved = sent / dur
 print(f"{step:>6} {tr} {sent:>7} {calls:>7} {non200:>4} {shed:>4} {q(0.5):>6} {q(0.99):>6} {q(0.999):>6}"
-      f" {cpu_us:8.1f} {server_core:5.1f}% {others:5.1f}% {client:5.1f}% {load:>5} {achieved:8.0f} {'pass' if ok else 'FAIL'}"
+      f" {cpu_us:8.1f} {server_core:5.1f}% {others:5.1f}% {client:5.1f}% {cothers:5.1f}% {load:>5} {achieved:8.0f} {'pass' if ok else 'FAIL'}"
       + ("" if errors == 0 else f" (h2load succeeded {succeeded}, failed {failed}; server decisions {calls}, shed {shed})"),
       flush=True)
 open(txt + ".rate", "w").write(f"{achieved:.0f}\n")
@@ -200,7 +214,7 @@ sys.exit(0 if ok else 1)
 PY
 }
 
-echo "  step t    sent answered n200 shed    p50    p99  p99.9 cpu/call server others client  load   rate/s"
+echo "  step t    sent answered n200 shed    p50    p99  p99.9 cpu/call server others client cothers  load   rate/s"
 best=0
 for step in "$@"; do
     passes=0
