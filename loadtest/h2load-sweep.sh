@@ -63,6 +63,9 @@
 #   target/release/vitrine-loadtest seed --addr 127.0.0.1:52051 --shops 3 --visitors 100000
 #   SERVER_PID=$SERVER_PID loadtest/h2load-sweep.sh 1 2 4 8 16 32          # closed: streams/connection
 #   SERVER_PID=$SERVER_PID MODE=rate loadtest/h2load-sweep.sh 5000 10000   # fixed rates
+#   # on a shared machine: the server's threads and h2load at nice -10
+#   renice -n -10 -p $(ls /proc/$SERVER_PID/task)
+#   SERVER_PID=$SERVER_PID CLIENT_NICE=-10 KEEP_GOING=1 loadtest/h2load-sweep.sh 1 2 4 8
 #
 # Settings (environment, with defaults):
 #   GRPC=127.0.0.1:52051  METRICS=127.0.0.1:19988  SERVER_PID (required)
@@ -77,7 +80,7 @@
 #
 # The request is one visitor's item-page Decide (a seeded, known visitor
 # with history): every call decides the same visitor, so the index lookups
-# stay in cache; decision code is a few us of a call's ~35-45 us of server
+# stay in cache; decision code is a few us of a call's 20-50 us of server
 # CPU (README "Performance"), so the transport dominates either way.
 set -euo pipefail
 
