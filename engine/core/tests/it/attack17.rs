@@ -258,3 +258,33 @@ fn concurrent_interning_gives_dense_unique_ids() {
         assert_eq!(again.visitor_id(&name), shop.visitor_id(&name), "{name}");
     }
 }
+
+/// A rule set's `items` section is public and may be edited after loading
+/// (a pool added, an item replaced or appended, a complement list added or
+/// changed): decisions under the edited rule set are those of a file
+/// saying the same. The rule-local item ids computed at load time used to
+/// go stale: appended and added pool items were silently dropped (`x9`,
+/// `x1`), complement lists added after loading were ignored, and a replaced
+/// item kept the id of the one it replaced (so it was de-duplicated as that
+/// one).
+#[test]
+fn an_edited_items_section_decides_as_the_file_it_equals() {
+    let index = shop();
+    let base = "shop: s\naudiences:\n  viewers: viewed(30d)\nitems:\n  limit: 40\n  add_on:\n    threshold: 100\n    cart_total: ctx.cart_total\n\
+                \x20 pools:\n    - items: [i3, i2, i1]\n";
+    let edited_text = "shop: s\naudiences:\n  viewers: viewed(30d)\nitems:\n  limit: 40\n  add_on:\n    threshold: 100\n    cart_total: ctx.cart_total\n\
+                \x20 pools:\n    - items: [i3, i7, i1, i20, x9]\n    - items: [i13, i26, i3, x1]\n\
+                \x20 complements:\n    x1: [i0, i39, i7]\n    i7: [i8, i1]\n";
+    let want = fresh(&RuleSet::load(edited_text).unwrap(), &index);
+    let mut edited = RuleSet::load(base).unwrap();
+    let pools = &mut edited.items.pools;
+    pools[0].items[1] = "i7".into();
+    pools[0].items.extend(["i20".into(), "x9".into()]);
+    let mut second = pools[0].clone();
+    second.items = vec!["i13".into(), "i26".into(), "i3".into(), "x1".into()];
+    second.when = None;
+    pools.push(second);
+    edited.items.complements.insert("x1".into(), vec!["i0".into(), "i39".into(), "i7".into()]);
+    edited.items.complements.insert("i7".into(), vec!["i8".into(), "i1".into()]);
+    assert_eq!(fresh(&edited, &index), want);
+}
