@@ -23,10 +23,10 @@ pub use crate::eval::items::{ItemReason, Pick, AFFINITY_WINDOW};
 use crate::event::Action;
 use crate::hash::held_out;
 use crate::index::{Profile, ShopIndex};
+use crate::rules::catalog::ItemCatalog;
 use crate::rules::plan::{Atom, CtxKey, Facts, Memo, NodeId};
 use crate::rules::tiers::{preview_tier, TierPreview, Tiers};
 pub use crate::rules::Slot;
-use crate::rules::catalog::ItemCatalog;
 use crate::rules::{Benefit, RuleSet, MAX_ITEM_LIMIT};
 use crate::time::Zone;
 
@@ -497,17 +497,20 @@ fn decide_in<'r>(
     };
     let complements = context_list.unwrap_or_default();
     let rebuilt;
-    let catalog = if items
-        .catalog
-        .describes(&items.pools, items.complements.len(), context_item, context_list)
-    {
-        &items.catalog
-    } else {
+    let mut catalog = &items.catalog;
+    let mut context_id = catalog.id(context_item);
+    let mut complements_of = context_id.and_then(|id| catalog.complements(id));
+    if !catalog.describes(
+        &items.pools,
+        items.complements.len(),
+        context_list,
+        complements_of.map(|(_, list)| list),
+    ) {
         rebuilt = ItemCatalog::of(items.pools.iter().map(|p| &p.items[..]), &items.complements);
-        &rebuilt
-    };
-    let context_id = catalog.id(context_item);
-    let complements_of = context_id.and_then(|id| catalog.complements(id));
+        catalog = &rebuilt;
+        context_id = catalog.id(context_item);
+        complements_of = context_id.and_then(|id| catalog.complements(id));
+    }
     seen.clear();
     seen.resize(catalog.len().div_ceil(64), 0);
     let mut picks: Vec<Pick<'r>> = Vec::with_capacity(limit);

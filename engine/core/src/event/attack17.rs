@@ -24,22 +24,80 @@ fn hostile_events_decode_as_serde_json_decodes_them() {
     let mut cases: Vec<Vec<u8>> = Vec::new();
     let with = |cases: &mut Vec<Vec<u8>>, tail: &str| cases.push(format!("{{{HEAD},{tail}}}").into_bytes());
     for price in [
-        "1e400", "-1e400", "1e-400", "-0", "-0.0", "0e0", "0E+0", "1.0", "1.", ".5", "+1", "01", "00", "1e", "1e+",
-        "4.9e-324", "2.2250738585072014e-308", "1.7976931348623157e308", "1.7976931348623159e308",
-        "18446744073709551615", "18446744073709551616", "-9223372036854775808", "-9223372036854775809",
-        "123456789012345678901234567890", "0.1000000000000000055511151231257827", "NaN", "Infinity", "-Infinity",
-        "true", "null", "\"1\"", "[1]", "{}", "1 2", "1,", "9007199254740993",
+        "1e400",
+        "-1e400",
+        "1e-400",
+        "-0",
+        "-0.0",
+        "0e0",
+        "0E+0",
+        "1.0",
+        "1.",
+        ".5",
+        "+1",
+        "01",
+        "00",
+        "1e",
+        "1e+",
+        "4.9e-324",
+        "2.2250738585072014e-308",
+        "1.7976931348623157e308",
+        "1.7976931348623159e308",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "123456789012345678901234567890",
+        "0.1000000000000000055511151231257827",
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "true",
+        "null",
+        "\"1\"",
+        "[1]",
+        "{}",
+        "1 2",
+        "1,",
+        "9007199254740993",
     ] {
         with(&mut cases, &format!(r#""price":{price},"ts":1"#));
     }
     for int in [
-        "0", "-0", "-1", "1.0", "1e0", "1E2", "01", "-01", "999999999999999999", "-999999999999999999",
-        "1000000000000000000", "9223372036854775807", "9223372036854775808", "-9223372036854775808",
-        "4294967295", "4294967296", "253402300799999", "253402300800000", "null", "\"1\"", "true", "1e400",
-        "-", "- 1", "1-", "0x10", "1_000",
+        "0",
+        "-0",
+        "-1",
+        "1.0",
+        "1e0",
+        "1E2",
+        "01",
+        "-01",
+        "999999999999999999",
+        "-999999999999999999",
+        "1000000000000000000",
+        "9223372036854775807",
+        "9223372036854775808",
+        "-9223372036854775808",
+        "4294967295",
+        "4294967296",
+        "253402300799999",
+        "253402300800000",
+        "null",
+        "\"1\"",
+        "true",
+        "1e400",
+        "-",
+        "- 1",
+        "1-",
+        "0x10",
+        "1_000",
     ] {
         for field in ["ts", "quantity", "tier"] {
-            let rest = if field == "ts" { String::new() } else { ",\"ts\":1".to_string() };
+            let rest = if field == "ts" {
+                String::new()
+            } else {
+                ",\"ts\":1".to_string()
+            };
             with(&mut cases, &format!(r#""price":1,"{field}":{int}{rest}"#));
         }
         cases.push(format!(r#"{{"shop":"s","visitor":"v","action":"member","tier":{int},"ts":1}}"#).into_bytes());
@@ -96,7 +154,11 @@ fn hostile_events_decode_as_serde_json_decodes_them() {
     }
     // Whitespace of every kind (and one that is not JSON's) between tokens.
     for ws in [" ", "\t", "\n", "\r", "\x0c", "\x0b", "\u{a0}", "\u{2028}"] {
-        cases.push(ok.replace(',', &format!("{ws},{ws}")).replace(':', &format!("{ws}:{ws}")).into_bytes());
+        cases.push(
+            ok.replace(',', &format!("{ws},{ws}"))
+                .replace(':', &format!("{ws}:{ws}"))
+                .into_bytes(),
+        );
     }
     // Raw control characters, NUL and DEL inside strings.
     for c in ['\0', '\x01', '\x1f', '\x7f', '\t'] {
@@ -105,11 +167,22 @@ fn hostile_events_decode_as_serde_json_decodes_them() {
     // Deep nesting in an unknown field: serde_json's recursion limit.
     for depth in [1, 127, 128, 129, 1_000] {
         let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
-        cases.push(format!(r#"{{"shop":"s","visitor":"v","action":"view","item":"i","ts":1,"x":{nested}}}"#).into_bytes());
+        cases.push(
+            format!(r#"{{"shop":"s","visitor":"v","action":"view","item":"i","ts":1,"x":{nested}}}"#).into_bytes(),
+        );
     }
     // Invalid UTF-8 and overlong forms, in values and keys.
-    for bad in [&b"\xc0\xaf"[..], b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xff", b"\xe2\x82"] {
-        for template in [&b"{\"shop\":\"s@\",\"visitor\":\"v\",\"action\":\"view\",\"item\":\"i\",\"ts\":1}"[..], b"{\"@\":1,\"shop\":\"s\",\"visitor\":\"v\",\"action\":\"view\",\"item\":\"i\",\"ts\":1}"] {
+    for bad in [
+        &b"\xc0\xaf"[..],
+        b"\xed\xa0\x80",
+        b"\xf4\x90\x80\x80",
+        b"\xff",
+        b"\xe2\x82",
+    ] {
+        for template in [
+            &b"{\"shop\":\"s@\",\"visitor\":\"v\",\"action\":\"view\",\"item\":\"i\",\"ts\":1}"[..],
+            b"{\"@\":1,\"shop\":\"s\",\"visitor\":\"v\",\"action\":\"view\",\"item\":\"i\",\"ts\":1}",
+        ] {
             let at = template.iter().position(|&b| b == b'@').unwrap();
             let mut bytes = template[..at].to_vec();
             bytes.extend_from_slice(bad);

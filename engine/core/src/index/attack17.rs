@@ -78,7 +78,12 @@ fn check(p: &Profile, model: &BTreeSet<Entry>, ranges: &[HourRange]) -> Result<(
     prop_assert_eq!(&entries, &expected);
     prop_assert_eq!(p.entry_count(), model.len());
     for action in 0..4u8 {
-        let latest = model.iter().filter(|e| e.action == action).map(|e| e.hour + 1).max().unwrap_or(0);
+        let latest = model
+            .iter()
+            .filter(|e| e.action == action)
+            .map(|e| e.hour + 1)
+            .max()
+            .unwrap_or(0);
         prop_assert_eq!(p.latest(action), latest, "latest of action {}", action);
     }
     for &range in ranges {
@@ -98,8 +103,18 @@ fn check(p: &Profile, model: &BTreeSet<Entry>, ranges: &[HourRange]) -> Result<(
                 mask,
                 range
             );
-            let until = model.iter().filter(|e| e.hour <= range.last && of(e)).map(|e| e.hour).max();
-            prop_assert_eq!(p.latest_until(set, range.last), until, "latest_until {:?} {:?}", mask, range);
+            let until = model
+                .iter()
+                .filter(|e| e.hour <= range.last && of(e))
+                .map(|e| e.hour)
+                .max();
+            prop_assert_eq!(
+                p.latest_until(set, range.last),
+                until,
+                "latest_until {:?} {:?}",
+                mask,
+                range
+            );
         }
     }
     Ok(())
@@ -159,12 +174,15 @@ proptest! {
     }
 }
 
+/// A visitor's name, entries and member state.
+type Expected = (String, Vec<Entry>, Option<(i64, u32)>);
+
 /// A shop whose visitors hold entries at every boundary the packing has
 /// (hours 2^27 - 1, 2^27 and 2^30 - 1, latest hours 32,766 and more
 /// before the last entry, categories 2046 to 2049, a profile going wide
 /// in the middle and entries arriving before its first) and member states
 /// at the edges of the packed tier word.
-fn boundary_index() -> (crate::Index, Vec<(String, Vec<Entry>, Option<(i64, u32)>)>) {
+fn boundary_index() -> (crate::Index, Vec<Expected>) {
     let index = crate::Index::new();
     let shop = index.shop_or_create("s");
     for c in 0..2_050 {

@@ -62,19 +62,20 @@ impl ItemCatalog {
     }
 
     /// Whether the catalog still describes a section whose pools are
-    /// `pools` and whose complement list for `context_item` is `context_list`
-    /// (among `complement_keys` lists): the same pools of the very same item
-    /// `Arc`s, and the same list for the context item. One pointer
-    /// comparison per pool item, no allocation.
+    /// `pools`, with `complement_keys` complement lists of which the context
+    /// item's is `context_list`, given the catalog's own list for the
+    /// context item, `mine`: the same pools of the very same item `Arc`s,
+    /// and the same list for the context item. One pointer comparison per
+    /// pool item, no allocation.
     pub(crate) fn describes(
         &self,
         pools: &[super::Pool],
         complement_keys: usize,
-        context_item: &str,
         context_list: Option<&[Arc<str>]>,
+        mine: Option<&[Arc<str>]>,
     ) -> bool {
-        let same = |a: &[Arc<str>], b: &[Arc<str>]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y));
-        let mine = self.id(context_item).and_then(|id| self.complements(id)).map(|(_, items)| items);
+        let same =
+            |a: &[Arc<str>], b: &[Arc<str>]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y));
         pools.len() == self.sources.len()
             && pools.iter().zip(&self.sources).all(|(p, s)| same(&p.items, s))
             && complement_keys == self.complement_keys

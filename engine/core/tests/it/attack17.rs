@@ -42,7 +42,10 @@ items:\n  limit: 3\n  pools:\n    - items: [x2, i1, x1]\n  complements:\n    x1:
 fn shop() -> Index {
     let index = Index::new();
     for v in 0..6 {
-        for (k, action) in ["view", "cart", "favorite", "purchase", "view", "view"].iter().enumerate() {
+        for (k, action) in ["view", "cart", "favorite", "purchase", "view", "view"]
+            .iter()
+            .enumerate()
+        {
             let item = format!("i{}", (v * 13 + k * 7) % 60);
             let json = format!(
                 r#"{{"shop":"s","visitor":"v{v}","action":"{action}","item":"{item}","category":"c{}","price":{},"ts":{}}}"#,
@@ -92,7 +95,11 @@ fn decisions(rules: &RuleSet, index: &Index, ledger: &dyn ClaimLedger) -> Vec<St
 
 /// The decisions of each rule set on a thread that never decided before.
 fn fresh(rules: &RuleSet, index: &Index) -> Vec<String> {
-    std::thread::scope(|s| s.spawn(|| decisions(rules, index, &MemoryLedger::new())).join().unwrap())
+    std::thread::scope(|s| {
+        s.spawn(|| decisions(rules, index, &MemoryLedger::new()))
+            .join()
+            .unwrap()
+    })
 }
 
 /// One thread deciding under a large rule set, then a small one, then the
@@ -105,7 +112,10 @@ fn a_thread_switching_rule_sets_decides_as_fresh_threads() {
     let small = RuleSet::load(SMALL_RULES).unwrap();
     let (want_large, want_small) = (fresh(&large, &index), fresh(&small, &index));
     assert!(want_large.iter().any(|d| d.contains("AddOn")), "the add-on contributes");
-    assert!(want_large.iter().any(|d| d.contains("Complement")), "complements contribute");
+    assert!(
+        want_large.iter().any(|d| d.contains("Complement")),
+        "complements contribute"
+    );
     let ledger = MemoryLedger::new();
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -169,10 +179,15 @@ fn a_decision_that_panicked_leaves_the_scratch_usable() {
         s.spawn(|| {
             for rules in [&large, &small, &large] {
                 ledger.armed.store(true, Ordering::Relaxed);
-                let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decisions(&large, &index, &ledger)));
+                let panicked =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decisions(&large, &index, &ledger)));
                 assert!(panicked.is_err(), "the ledger was asked");
                 ledger.armed.store(false, Ordering::Relaxed);
-                let want = if std::ptr::eq(rules, &large) { &want_large } else { &want_small };
+                let want = if std::ptr::eq(rules, &large) {
+                    &want_large
+                } else {
+                    &want_small
+                };
                 assert_eq!(&decisions(rules, &index, &ledger), want);
             }
         })
@@ -284,7 +299,13 @@ fn an_edited_items_section_decides_as_the_file_it_equals() {
     second.items = vec!["i13".into(), "i26".into(), "i3".into(), "x1".into()];
     second.when = None;
     pools.push(second);
-    edited.items.complements.insert("x1".into(), vec!["i0".into(), "i39".into(), "i7".into()]);
-    edited.items.complements.insert("i7".into(), vec!["i8".into(), "i1".into()]);
+    edited
+        .items
+        .complements
+        .insert("x1".into(), vec!["i0".into(), "i39".into(), "i7".into()]);
+    edited
+        .items
+        .complements
+        .insert("i7".into(), vec!["i8".into(), "i1".into()]);
     assert_eq!(fresh(&edited, &index), want);
 }
