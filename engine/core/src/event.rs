@@ -11,6 +11,9 @@ use serde::Deserialize;
 
 mod scan;
 
+#[cfg(test)]
+mod attack17;
+
 /// The latest event time accepted: 9999-12-31T23:59:59.999Z. Keeps hour
 /// numbers far from `u32::MAX`, so the index's hour arithmetic cannot overflow.
 pub const MAX_TS: i64 = 253_402_300_799_999;

@@ -23,6 +23,7 @@ pub use crate::eval::items::{ItemReason, Pick, AFFINITY_WINDOW};
 use crate::event::Action;
 use crate::hash::held_out;
 use crate::index::{Profile, ShopIndex};
+use crate::rules::catalog::ItemCatalog;
 use crate::rules::plan::{Atom, CtxKey, Facts, Memo, NodeId};
 use crate::rules::tiers::{preview_tier, TierPreview, Tiers};
 pub use crate::rules::Slot;
@@ -488,10 +489,28 @@ fn decide_in<'r>(
     let context_item = req.context.item;
     // Candidates are compared by rule-local id: the context item's, if the
     // section names it, and a bit per id placed or judged already.
-    let catalog = &items.catalog;
-    let context_id = catalog.id(context_item);
-    let complements_of = context_id.and_then(|id| catalog.complements(id));
-    let complements: &'r [Arc<str>] = complements_of.map_or(&[], |(_, items)| items);
+    // The section's fields are public: a rule set edited after loading
+    // gets a catalog built afresh (see `crate::rules::catalog`).
+    let context_list: Option<&'r [Arc<str>]> = match context_item {
+        "" => None,
+        item => items.complements.get(item).map(|list| &list[..]),
+    };
+    let complements = context_list.unwrap_or_default();
+    let rebuilt;
+    let mut catalog = &items.catalog;
+    let mut context_id = catalog.id(context_item);
+    let mut complements_of = context_id.and_then(|id| catalog.complements(id));
+    if !catalog.describes(
+        &items.pools,
+        items.complements.len(),
+        context_list,
+        complements_of.map(|(_, list)| list),
+    ) {
+        rebuilt = ItemCatalog::of(items.pools.iter().map(|p| &p.items[..]), &items.complements);
+        catalog = &rebuilt;
+        context_id = catalog.id(context_item);
+        complements_of = context_id.and_then(|id| catalog.complements(id));
+    }
     seen.clear();
     seen.resize(catalog.len().div_ceil(64), 0);
     let mut picks: Vec<Pick<'r>> = Vec::with_capacity(limit);

@@ -40,6 +40,9 @@ pub(crate) mod exposures;
 mod interner;
 mod read;
 
+#[cfg(test)]
+mod attack17;
+
 pub(crate) use interner::Interner;
 
 use std::collections::BTreeMap;

@@ -3,6 +3,13 @@
 //! distinct item id of the pools, the complement lists and the complement
 //! keys gets a dense `u32`, and a decision keeps a bitset of the ones it
 //! has already placed instead of comparing strings.
+//!
+//! The section's fields are public, so a caller may edit a loaded rule set
+//! (add a pool, replace an item, change a complement list). A decision
+//! therefore checks that the catalog still describes the section
+//! ([`ItemCatalog::describes`]: the pools' items are the very `Arc`s it was
+//! built from, and the context item's complement list too) and, when it
+//! does not, decides with a catalog built afresh from the edited section.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +27,10 @@ pub struct ItemCatalog {
     complements_of: Vec<Option<u32>>,
     /// Complement lists: their ids and their items.
     complements: Vec<ComplementList>,
+    /// Per pool, the items it was built from (compared by address).
+    sources: Vec<Box<[Arc<str>]>>,
+    /// How many complement lists the section had.
+    complement_keys: usize,
 }
 
 /// One complement list: its items' ids and the items.
@@ -28,9 +39,10 @@ type ComplementList = (Box<[u32]>, Vec<Arc<str>>);
 impl ItemCatalog {
     /// The catalog of `pools` (each pool's items) and `complements`.
     pub(crate) fn of<'a>(
-        pools: impl Iterator<Item = &'a [Arc<str>]>,
+        pools: impl Iterator<Item = &'a [Arc<str>]> + Clone,
         complements: &HashMap<Box<str>, Vec<Arc<str>>>,
     ) -> ItemCatalog {
+        let pools_again = pools.clone();
         let mut catalog = ItemCatalog::default();
         catalog.pools = pools
             .map(|items| items.iter().map(|id| catalog.intern(id)).collect())
@@ -44,7 +56,34 @@ impl ItemCatalog {
             catalog.complements_of[key as usize] = Some(at);
         }
         catalog.complements_of.resize(catalog.ids.len(), None);
+        catalog.sources = pools_again.map(|items| items.into()).collect();
+        catalog.complement_keys = complements.len();
         catalog
+    }
+
+    /// Whether the catalog still describes a section whose pools are
+    /// `pools`, with `complement_keys` complement lists of which the context
+    /// item's is `context_list`, given the catalog's own list for the
+    /// context item, `mine`: the same pools of the very same item `Arc`s,
+    /// and the same list for the context item. One pointer comparison per
+    /// pool item, no allocation.
+    pub(crate) fn describes(
+        &self,
+        pools: &[super::Pool],
+        complement_keys: usize,
+        context_list: Option<&[Arc<str>]>,
+        mine: Option<&[Arc<str>]>,
+    ) -> bool {
+        let same =
+            |a: &[Arc<str>], b: &[Arc<str>]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y));
+        pools.len() == self.sources.len()
+            && pools.iter().zip(&self.sources).all(|(p, s)| same(&p.items, s))
+            && complement_keys == self.complement_keys
+            && match (context_list, mine) {
+                (None, None) => true,
+                (Some(a), Some(b)) => same(a, b),
+                _ => false,
+            }
     }
 
     fn intern(&mut self, item: &str) -> u32 {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod attack;
+mod attack17;
 mod concurrent;
 mod decide;
 mod fuzz;

@@ -1,0 +1,300 @@
+//! Attacks on the packed profile (issue 17's second round): entries at
+//! the packing boundaries (hours near 2^27 and 2^30, items near 2^24,
+//! categories near 2047, the switch from 8- to 12-byte entries in the
+//! middle of a profile, entries arriving out of order around it, latest
+//! hours more than 15 bits before the last entry), checked against a
+//! plain sorted set; tiers at the 16-bit and timestamp edges; and
+//! snapshots of all of them, whole and with bits flipped.
+
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::time::HourRange;
+
+/// Hours at and around every boundary the packing has.
+fn hour() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        prop::sample::select(vec![
+            0,
+            1,
+            32_765,
+            32_766,
+            32_767,
+            32_768,
+            65_535,
+            70_400_000,
+            NARROW_HOURS - 32_767,
+            NARROW_HOURS - 1,
+            NARROW_HOURS,
+            NARROW_HOURS + 1,
+            MAX_ENTRY_HOUR - 32_766,
+            MAX_ENTRY_HOUR - 1,
+            MAX_ENTRY_HOUR,
+            MAX_ENTRY_HOUR + 1,
+            u32::MAX - 1,
+            u32::MAX,
+        ]),
+        0u32..100,
+        32_700u32..32_900,
+    ]
+}
+
+fn item() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        prop::sample::select(vec![0, 1, NARROW_ITEMS - 1, NARROW_ITEMS, u32::MAX - 1, u32::MAX]),
+        0u32..4,
+    ]
+}
+
+fn category() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        prop::sample::select(vec![0, 2_045, 2_046, 2_047, 2_048, NONE - 1, NONE]),
+        0u32..3,
+    ]
+}
+
+fn entry() -> impl Strategy<Value = Entry> {
+    (hour(), 0u8..4, item(), category()).prop_map(|(hour, action, item, category)| Entry {
+        hour,
+        action,
+        item,
+        category,
+    })
+}
+
+fn range() -> impl Strategy<Value = HourRange> {
+    (hour(), hour()).prop_map(|(a, b)| HourRange {
+        first: a.min(b),
+        last: a.max(b),
+    })
+}
+
+/// Every read of `p` agrees with the sorted set `model`.
+fn check(p: &Profile, model: &BTreeSet<Entry>, ranges: &[HourRange]) -> Result<(), TestCaseError> {
+    let entries: Vec<Entry> = p.entries().collect();
+    let expected: Vec<Entry> = model.iter().copied().collect();
+    prop_assert_eq!(&entries, &expected);
+    prop_assert_eq!(p.entry_count(), model.len());
+    for action in 0..4u8 {
+        let latest = model
+            .iter()
+            .filter(|e| e.action == action)
+            .map(|e| e.hour + 1)
+            .max()
+            .unwrap_or(0);
+        prop_assert_eq!(p.latest(action), latest, "latest of action {}", action);
+    }
+    for &range in ranges {
+        let inside: Vec<Entry> = model.iter().filter(|e| range.contains(e.hour)).copied().collect();
+        prop_assert_eq!(p.entries_in(range).collect::<Vec<_>>(), inside.clone(), "{:?}", range);
+        // Each action alone, and all four (`visited`).
+        for mask in [1u8, 2, 4, 8, 15] {
+            let set = match mask {
+                15 => ActionSet::ALL,
+                m => ActionSet::one(Action::BEHAVIORS[m.trailing_zeros() as usize]),
+            };
+            let of = |e: &Entry| mask >> e.action & 1 == 1;
+            prop_assert_eq!(
+                p.has_action_in(set, range),
+                inside.iter().any(of),
+                "has_action_in {:?} {:?}",
+                mask,
+                range
+            );
+            let until = model
+                .iter()
+                .filter(|e| e.hour <= range.last && of(e))
+                .map(|e| e.hour)
+                .max();
+            prop_assert_eq!(
+                p.latest_until(set, range.last),
+                until,
+                "latest_until {:?} {:?}",
+                mask,
+                range
+            );
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    /// Inserting entries in any order, repeats included, keeps exactly the
+    /// set of those whose hour an entry can hold, and every read agrees;
+    /// expiring, repacking and a snapshot round trip keep agreeing.
+    #[test]
+    fn a_profile_is_the_set_of_its_entries(
+        entries in prop::collection::vec(entry(), 0..24),
+        ranges in prop::collection::vec(range(), 1..4),
+        expire_at in hour(),
+    ) {
+        let mut p = Profile::default();
+        let mut model = BTreeSet::new();
+        for e in &entries {
+            let fits = e.hour <= MAX_ENTRY_HOUR;
+            let new = fits && model.insert(*e);
+            prop_assert_eq!(p.insert(*e), new, "insert {:?}", e);
+            check(&p, &model, &ranges)?;
+        }
+        let all: Vec<Entry> = model.iter().copied().collect();
+        let mut q = Profile::default();
+        q.set_entries(&all);
+        check(&q, &model, &ranges)?;
+        p.expire(expire_at);
+        model.retain(|e| e.hour >= expire_at);
+        check(&p, &model, &ranges)?;
+    }
+
+    /// A member state at the edges of the packed tier word reads back as set.
+    #[test]
+    fn tier_states_read_back(
+        ts in prop_oneof![
+            prop::sample::select(vec![i64::MIN, -2, -1, 0, 1, crate::event::MAX_TS - 1, crate::event::MAX_TS, crate::event::MAX_TS + 1, i64::MAX]),
+            any::<i64>(),
+        ],
+        tier in prop_oneof![prop::sample::select(vec![0u32, 1, 0xFFFE, 0xFFFF, 0x1_0000, u32::MAX]), any::<u32>()],
+        with_more in any::<bool>(),
+    ) {
+        let mut p = Profile::default();
+        if with_more {
+            p.exposures_mut();
+        }
+        prop_assert_eq!(p.tier_state(), None);
+        p.set_tier_state(Some((ts, tier)));
+        prop_assert_eq!(p.tier_state(), Some((ts, tier)));
+        prop_assert_eq!(p.tier(), tier);
+        p.set_tier_state(Some((0, 1)));
+        prop_assert_eq!(p.tier_state(), Some((0, 1)));
+        p.set_tier_state(None);
+        prop_assert_eq!(p.tier_state(), None);
+    }
+}
+
+/// A visitor's name, entries and member state.
+type Expected = (String, Vec<Entry>, Option<(i64, u32)>);
+
+/// A shop whose visitors hold entries at every boundary the packing has
+/// (hours 2^27 - 1, 2^27 and 2^30 - 1, latest hours 32,766 and more
+/// before the last entry, categories 2046 to 2049, a profile going wide
+/// in the middle and entries arriving before its first) and member states
+/// at the edges of the packed tier word.
+fn boundary_index() -> (crate::Index, Vec<Expected>) {
+    let index = crate::Index::new();
+    let shop = index.shop_or_create("s");
+    for c in 0..2_050 {
+        shop.categories.intern(&format!("c{c}"));
+    }
+    for i in 0..4 {
+        shop.intern_item(&format!("i{i}"), None, None);
+    }
+    let hours = [
+        0,
+        32_766,
+        32_767,
+        70_400_000,
+        NARROW_HOURS - 1,
+        NARROW_HOURS,
+        MAX_ENTRY_HOUR - 32_767,
+        MAX_ENTRY_HOUR,
+    ];
+    let tiers = [
+        None,
+        Some((-1, 3)),
+        Some((0, 0xFFFE)),
+        Some((0, 0xFFFF)),
+        Some((crate::event::MAX_TS, u32::MAX)),
+        Some((crate::event::MAX_TS + 1, 1)),
+        Some((i64::MIN, 0)),
+        Some((i64::MAX, 7)),
+    ];
+    let mut expected = Vec::new();
+    for v in 0..24usize {
+        let name = format!("v{v}");
+        let vid = shop.visitors.intern(&name);
+        let mut model = BTreeSet::new();
+        // Each visitor its own order: some go wide in the middle, some get
+        // entries older than their first afterwards.
+        for k in 0..12usize {
+            let at = (v * 7 + k * 5) % hours.len();
+            let e = Entry {
+                hour: hours[at] - (v % 3) as u32 * u32::from(hours[at] > 2),
+                action: ((v + k) % 4) as u8,
+                item: ((v + k) % 4) as u32,
+                category: match (v + k) % 5 {
+                    0 => NONE,
+                    1 => 2_046,
+                    2 => 2_047,
+                    3 => 2_049,
+                    _ => (k % 3) as u32,
+                },
+            };
+            if v % 2 == 0 && e.category >= 2_047 && e.category != NONE {
+                continue;
+            }
+            shop.with_profile_mut(vid, |p| p.insert(e));
+            model.insert(e);
+        }
+        let tier = tiers[v % tiers.len()];
+        shop.with_profile_mut(vid, |p| p.set_tier_state(tier));
+        expected.push((name, model.into_iter().collect(), tier));
+    }
+    (index, expected)
+}
+
+/// The boundary profiles survive a snapshot: same entries, same latest
+/// hours, same member state, and the same bytes when encoded again.
+#[test]
+fn boundary_profiles_round_trip_through_a_snapshot() {
+    let (index, expected) = boundary_index();
+    let bytes = crate::snapshot::encode(&index, b"");
+    let back = crate::snapshot::decode(&bytes).unwrap().index;
+    let shop = back.shop("s").unwrap();
+    for (name, entries, tier) in &expected {
+        let vid = shop.visitor_id(name).unwrap();
+        shop.with_profile(vid, |p| {
+            let p = p.unwrap();
+            assert_eq!(&p.entries().collect::<Vec<_>>(), entries, "{name}");
+            for action in 0..4u8 {
+                let latest = entries.iter().filter(|e| e.action == action).map(|e| e.hour + 1).max();
+                assert_eq!(p.latest(action), latest.unwrap_or(0), "{name} action {action}");
+            }
+            assert_eq!(p.tier_state(), *tier, "{name}");
+        });
+    }
+    assert_eq!(crate::snapshot::encode(&back, b""), bytes);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3_000))]
+
+    /// Bits flipped (and the checksums made to match) anywhere in the
+    /// snapshot of the boundary profiles: the decoder returns an error or
+    /// an index, never panics, and what it returns encodes and decodes again.
+    #[test]
+    fn a_damaged_snapshot_of_boundary_profiles_never_panics(
+        flips in prop::collection::vec((any::<prop::sample::Index>(), 0u8..8), 1..4),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+    ) {
+        thread_local! {
+            static BYTES: Vec<u8> = crate::snapshot::encode(&boundary_index().0, b"");
+        }
+        let mut bytes = BYTES.with(Clone::clone);
+        for (at, bit) in flips {
+            // The header is checked by its own checksum: damage the payload.
+            let i = 32 + at.index(bytes.len() - 32);
+            bytes[i] ^= 1 << bit;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(32 + cut.index(bytes.len() - 32));
+        }
+        crate::snapshot::reseal(&mut bytes);
+        if let Ok(snapshot) = crate::snapshot::decode(&bytes) {
+            let again = crate::snapshot::encode(&snapshot.index, b"");
+            prop_assert!(crate::snapshot::decode(&again).is_ok());
+        }
+    }
+}

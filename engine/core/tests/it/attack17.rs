@@ -1,0 +1,311 @@
+//! Attacks on the second round's speed and memory work (issue 17): the
+//! per-thread decision scratch (reused across rule sets of other sizes,
+//! after a decision that panicked, while the thread's locals are being
+//! destroyed) and the arena interner under concurrent interning.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use vitrine_core::claims::Usage;
+use vitrine_core::{
+    decide, ClaimLedger, ClaimOutcome, Context, DecideRequest, Event, Index, LedgerClaim, LedgerError, MemoryLedger,
+    RuleSet,
+};
+
+const HOUR: i64 = 3_600_000;
+const NOW: i64 = 1_794_000_000_000;
+
+/// A large rule file: one pool of 5,000 items (more than a scratch keeps),
+/// complements, the add-on, audiences and a benefit with a budget (so a
+/// decision asks the ledger).
+fn large_rules() -> String {
+    let items: Vec<String> = (0..5_000).map(|i| format!("i{i}")).collect();
+    format!(
+        "shop: s\naudiences:\n  carts: carted(30d)\n  viewers: viewed(30d)\n  tagged: tag(\"t\")\n\
+         banners:\n  - when: carts\n    banner: b-carts\n  - banner: b-default\n\
+         items:\n  limit: 40\n  exclude_purchased: 30d\n  add_on:\n    threshold: 100\n    cart_total: ctx.cart_total\n\
+         \x20 pools:\n    - when: viewers\n      items: [{}]\n    - items: [i3, i2, i1, i0, x1, x2]\n\
+         \x20 complements:\n    i7: [i8, i9, i7, x1, x3]\n\
+         benefits:\n  - id: bn\n    when: carts\n    kind: coupon\n    budget: 5\n",
+        items.join(", ")
+    )
+}
+
+/// A small rule file naming some of the same items in another order.
+const SMALL_RULES: &str = "shop: s\naudiences:\n  viewers: viewed(30d)\n\
+banners:\n  - when: viewers\n    banner: b-small\n\
+items:\n  limit: 3\n  pools:\n    - items: [x2, i1, x1]\n  complements:\n    x1: [i0]\n";
+
+/// A shop whose visitors carted, viewed, favorited and bought some of the
+/// items, with prices, categories and a tag.
+fn shop() -> Index {
+    let index = Index::new();
+    for v in 0..6 {
+        for (k, action) in ["view", "cart", "favorite", "purchase", "view", "view"]
+            .iter()
+            .enumerate()
+        {
+            let item = format!("i{}", (v * 13 + k * 7) % 60);
+            let json = format!(
+                r#"{{"shop":"s","visitor":"v{v}","action":"{action}","item":"{item}","category":"c{}","price":{},"ts":{}}}"#,
+                k % 3,
+                50 + (v * 31 + k * 17) % 90,
+                NOW - (k as i64 + 1) * HOUR
+            );
+            index.apply(&Event::from_json(json.as_bytes()).unwrap());
+        }
+    }
+    let tag = format!(r#"{{"shop":"s","visitor":"v1","action":"tag","tag":"t","ts":{NOW}}}"#);
+    index.apply(&Event::from_json(tag.as_bytes()).unwrap());
+    index
+}
+
+/// The requests asked: each visitor (and an anonymous one and a stranger),
+/// with and without a context item and a cart total, explained.
+fn requests(attributes: &HashMap<String, String>) -> Vec<DecideRequest<'_>> {
+    let mut out = Vec::new();
+    for visitor in ["v0", "v1", "v2", "v3", "v4", "v5", "", "stranger"] {
+        for item in ["", "i7", "x1", "nope"] {
+            out.push(DecideRequest {
+                visitor,
+                context: Context {
+                    item,
+                    attributes: Some(attributes),
+                    ..Context::default()
+                },
+                item_limit: 0,
+                explain: true,
+                now_ms: NOW,
+            });
+        }
+    }
+    out
+}
+
+/// Every request's decision, as text, under `rules`.
+fn decisions(rules: &RuleSet, index: &Index, ledger: &dyn ClaimLedger) -> Vec<String> {
+    let attributes = HashMap::from([("cart_total".to_string(), "30".to_string())]);
+    let shop = index.shop("s");
+    requests(&attributes)
+        .iter()
+        .map(|req| format!("{:?}", decide(rules, shop.as_deref(), ledger, req)))
+        .collect()
+}
+
+/// The decisions of each rule set on a thread that never decided before.
+fn fresh(rules: &RuleSet, index: &Index) -> Vec<String> {
+    std::thread::scope(|s| {
+        s.spawn(|| decisions(rules, index, &MemoryLedger::new()))
+            .join()
+            .unwrap()
+    })
+}
+
+/// One thread deciding under a large rule set, then a small one, then the
+/// large one again (its scratch sized by each in turn) decides exactly as
+/// threads that decide under one rule set only.
+#[test]
+fn a_thread_switching_rule_sets_decides_as_fresh_threads() {
+    let index = shop();
+    let large = RuleSet::load(&large_rules()).unwrap();
+    let small = RuleSet::load(SMALL_RULES).unwrap();
+    let (want_large, want_small) = (fresh(&large, &index), fresh(&small, &index));
+    assert!(want_large.iter().any(|d| d.contains("AddOn")), "the add-on contributes");
+    assert!(
+        want_large.iter().any(|d| d.contains("Complement")),
+        "complements contribute"
+    );
+    let ledger = MemoryLedger::new();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for round in 0..3 {
+                assert_eq!(decisions(&large, &index, &ledger), want_large, "large, round {round}");
+                assert_eq!(decisions(&small, &index, &ledger), want_small, "small, round {round}");
+            }
+        })
+        .join()
+        .unwrap();
+    });
+}
+
+/// A ledger that panics in the middle of a decision when told to.
+struct Exploding {
+    inner: MemoryLedger,
+    armed: AtomicBool,
+}
+
+impl Exploding {
+    fn check(&self) {
+        if self.armed.load(Ordering::Relaxed) {
+            panic!("the ledger exploded");
+        }
+    }
+}
+
+impl ClaimLedger for Exploding {
+    fn usage(&self, shop: &str, benefit: &str, visitor: &str, since_ms: Option<i64>) -> Usage {
+        self.check();
+        self.inner.usage(shop, benefit, visitor, since_ms)
+    }
+    fn claim(&self, claim: &LedgerClaim<'_>) -> Result<ClaimOutcome, LedgerError> {
+        self.check();
+        self.inner.claim(claim)
+    }
+    fn granted(&self, shop: &str, visitor: &str, benefits: Option<&[Arc<str>]>, at: &dyn Fn(i64) -> bool) -> bool {
+        self.check();
+        self.inner.granted(shop, visitor, benefits, at)
+    }
+    fn grantees(&self, shop: &str, benefits: Option<&[Arc<str>]>, at: &dyn Fn(i64) -> bool, f: &mut dyn FnMut(&str)) {
+        self.check();
+        self.inner.grantees(shop, benefits, at, f)
+    }
+}
+
+/// A decision that panics half-way (its ledger panics while the benefit
+/// is judged, with the scratch in use) leaves the thread's scratch usable:
+/// the next decisions on that thread are exactly those of a fresh thread.
+#[test]
+fn a_decision_that_panicked_leaves_the_scratch_usable() {
+    let index = shop();
+    let large = RuleSet::load(&large_rules()).unwrap();
+    let small = RuleSet::load(SMALL_RULES).unwrap();
+    let (want_large, want_small) = (fresh(&large, &index), fresh(&small, &index));
+    let ledger = Exploding {
+        inner: MemoryLedger::new(),
+        armed: AtomicBool::new(false),
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for rules in [&large, &small, &large] {
+                ledger.armed.store(true, Ordering::Relaxed);
+                let panicked =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decisions(&large, &index, &ledger)));
+                assert!(panicked.is_err(), "the ledger was asked");
+                ledger.armed.store(false, Ordering::Relaxed);
+                let want = if std::ptr::eq(rules, &large) {
+                    &want_large
+                } else {
+                    &want_small
+                };
+                assert_eq!(&decisions(rules, &index, &ledger), want);
+            }
+        })
+        .join()
+        .unwrap();
+    });
+}
+
+/// A decision made while the thread's locals are destroyed (from another
+/// thread-local's destructor, after the scratch may be gone) decides as
+/// any other.
+#[test]
+fn a_decision_while_the_thread_ends_decides_as_any_other() {
+    let index = Arc::new(shop());
+    let large = Arc::new(RuleSet::load(&large_rules()).unwrap());
+    let want = fresh(&large, &index);
+    struct DecideOnDrop {
+        index: Arc<Index>,
+        rules: Arc<RuleSet>,
+        out: std::sync::mpsc::Sender<Vec<String>>,
+    }
+    impl Drop for DecideOnDrop {
+        fn drop(&mut self) {
+            let _ = self.out.send(decisions(&self.rules, &self.index, &MemoryLedger::new()));
+        }
+    }
+    thread_local! {
+        static LATE: std::cell::RefCell<Option<DecideOnDrop>> = const { std::cell::RefCell::new(None) };
+    }
+    for decide_first in [false, true] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (index, rules) = (index.clone(), large.clone());
+        std::thread::spawn(move || {
+            // Registered before the scratch (whose destructor then runs
+            // first) or after it (run last), depending on the first use.
+            if decide_first {
+                decisions(&rules, &index, &MemoryLedger::new());
+            }
+            LATE.with(|late| *late.borrow_mut() = Some(DecideOnDrop { index, rules, out: tx }));
+            if !decide_first {
+                let _ = decisions(&large_rules_loaded(), &shop(), &MemoryLedger::new());
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(rx.recv().unwrap(), want, "decided first: {decide_first}");
+    }
+}
+
+fn large_rules_loaded() -> RuleSet {
+    RuleSet::load(&large_rules()).unwrap()
+}
+
+/// Visitors interned from eight threads at once, each name by several
+/// threads: ids are dense (`0..n`), one per name, and every name finds its
+/// id; a snapshot taken afterwards holds them all.
+#[test]
+fn concurrent_interning_gives_dense_unique_ids() {
+    let index = Index::new();
+    let names = 4_000;
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let index = &index;
+            s.spawn(move || {
+                for k in 0..names {
+                    // Each thread walks the names from another place.
+                    let v = (k * 7 + t * 501) % names;
+                    let json = format!(r#"{{"shop":"s","visitor":"v{v}","action":"tag","tag":"t","ts":{NOW}}}"#);
+                    index.apply(&Event::from_json(json.as_bytes()).unwrap());
+                }
+            });
+        }
+    });
+    let shop = index.shop("s").unwrap();
+    assert_eq!(shop.visitor_count(), names as u32);
+    let mut ids: Vec<u32> = (0..names).map(|v| shop.visitor_id(&format!("v{v}")).unwrap()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..names as u32).collect::<Vec<_>>());
+    let back = vitrine_core::snapshot::decode(&vitrine_core::snapshot::encode(&index, b"")).unwrap();
+    let again = back.index.shop("s").unwrap();
+    for v in 0..names {
+        let name = format!("v{v}");
+        assert_eq!(again.visitor_id(&name), shop.visitor_id(&name), "{name}");
+    }
+}
+
+/// A rule set's `items` section is public and may be edited after loading
+/// (a pool added, an item replaced or appended, a complement list added or
+/// changed): decisions under the edited rule set are those of a file
+/// saying the same. The rule-local item ids computed at load time used to
+/// go stale: appended and added pool items were silently dropped (`x9`,
+/// `x1`), complement lists added after loading were ignored, and a replaced
+/// item kept the id of the one it replaced (so it was de-duplicated as that
+/// one).
+#[test]
+fn an_edited_items_section_decides_as_the_file_it_equals() {
+    let index = shop();
+    let base = "shop: s\naudiences:\n  viewers: viewed(30d)\nitems:\n  limit: 40\n  add_on:\n    threshold: 100\n    cart_total: ctx.cart_total\n\
+                \x20 pools:\n    - items: [i3, i2, i1]\n";
+    let edited_text = "shop: s\naudiences:\n  viewers: viewed(30d)\nitems:\n  limit: 40\n  add_on:\n    threshold: 100\n    cart_total: ctx.cart_total\n\
+                \x20 pools:\n    - items: [i3, i7, i1, i20, x9]\n    - items: [i13, i26, i3, x1]\n\
+                \x20 complements:\n    x1: [i0, i39, i7]\n    i7: [i8, i1]\n";
+    let want = fresh(&RuleSet::load(edited_text).unwrap(), &index);
+    let mut edited = RuleSet::load(base).unwrap();
+    let pools = &mut edited.items.pools;
+    pools[0].items[1] = "i7".into();
+    pools[0].items.extend(["i20".into(), "x9".into()]);
+    let mut second = pools[0].clone();
+    second.items = vec!["i13".into(), "i26".into(), "i3".into(), "x1".into()];
+    second.when = None;
+    pools.push(second);
+    edited
+        .items
+        .complements
+        .insert("x1".into(), vec!["i0".into(), "i39".into(), "i7".into()]);
+    edited
+        .items
+        .complements
+        .insert("i7".into(), vec!["i8".into(), "i1".into()]);
+    assert_eq!(fresh(&edited, &index), want);
+}
