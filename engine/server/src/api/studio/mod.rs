@@ -350,8 +350,19 @@ async fn push(s: &Studio, request: Request, dry_run: bool) -> Result<Value, ApiE
     let (authorization, body): (_, json::ContentBody) = json_body(s, request).await?;
     let _turn = s.compile_turn().await?;
     let content = body.content.unwrap_or_default();
+    // Compiled here at most once: for the opened shop's check before the
+    // push, and for a rejected file's positions after it.
+    let mut checked = None;
     if let Some(opened) = body.shop.filter(|shop| !shop.is_empty()) {
-        same_shop(s, &opened, &content).await?;
+        let compiled = compile(s, &content).await?;
+        if let Ok(named) = &compiled {
+            // A file that does not compile passes: Push then answers with
+            // its errors (or the token it lacks).
+            if **named != *opened {
+                return Err(json::other_shop(&opened, named, &content, s.max_yaml_depth()));
+            }
+        }
+        checked = Some(compiled);
     }
     let request = pb::PushRequest {
         content: content.clone(),
@@ -363,46 +374,42 @@ async fn push(s: &Studio, request: Request, dry_run: bool) -> Result<Value, ApiE
         },
     };
     let pushed = s.service.push(grpc_request(authorization.as_ref(), request)).await;
-    let engine = s.service.engine().clone();
-    let max_depth = s.max_yaml_depth();
     match pushed {
         Ok(r) => {
             let r = r.into_inner();
+            let max_depth = s.max_yaml_depth();
             let lines = grpc::blocking("Studio", move || Ok(json::audience_lines(&content, max_depth))).await?;
             Ok(json::pushed(&r, &lines))
         }
-        // The compiler's errors again, now with their positions: the
-        // status carries them as text only.
+        // The compiler's errors with their positions: the status carries
+        // them as text only.
         Err(status) if status.code() == Code::InvalidArgument && !content.trim().is_empty() => {
-            let errors = grpc::blocking("Studio", move || {
-                Ok(match engine.rules.compile(&content) {
-                    Err(e) => json::rule_file_errors(&e, &content, max_depth),
-                    Ok(_) => None,
-                })
-            })
-            .await?;
+            let compiled = match checked {
+                Some(compiled) => compiled,
+                None => compile(s, &content).await?,
+            };
             let mut error = ApiError::from(status);
-            error.errors = errors;
+            error.errors = compiled.err().flatten();
             Err(error)
         }
         Err(status) => Err(status.into()),
     }
 }
 
-/// Refuses a publish (or its dry run) for shop `opened` of a file that names another shop.
-/// A file that does not compile passes: Push then answers with its errors
-/// (or the token it lacks).
-async fn same_shop(s: &Studio, opened: &str, content: &str) -> Result<(), ApiError> {
+/// `content` compiled by the store's compiler: the shop it names, or its
+/// errors at their positions (`None` for a refusal that is not the file's).
+async fn compile(s: &Studio, content: &str) -> Result<Result<Arc<str>, Option<json::RuleFileErrors>>, ApiError> {
     let engine = s.service.engine().clone();
     let max_depth = s.max_yaml_depth();
-    let (opened, content) = (opened.to_string(), content.to_string());
-    grpc::blocking("Studio", move || {
+    let content = content.to_string();
+    let compiled = grpc::blocking("Studio", move || {
         Ok(match engine.rules.compile(&content) {
-            Ok(rules) if *rules.shop != *opened => Err(json::other_shop(&opened, &rules.shop, &content, max_depth)),
-            _ => Ok(()),
+            Ok(rules) => Ok(rules.shop.clone()),
+            Err(e) => Err(json::rule_file_errors(&e, &content, max_depth)),
         })
     })
-    .await?
+    .await?;
+    Ok(compiled)
 }
 
 async fn rollback(State(s): State<Studio>, request: Request) -> Response {
