@@ -188,16 +188,33 @@ const NO_TIER: u64 = 0;
 /// A profile's `tier` word: the (ts, tier) pair is in `More::tier`.
 const TIER_IN_MORE: u64 = u64::MAX;
 
-/// The facts most visitors never have, boxed apart (one pointer in a profile).
+/// The facts most visitors never have, boxed apart (one pointer in a
+/// profile): 40 bytes plus exact-size blocks of purchases and tags (a
+/// visitor with one purchase pays 40 + 24 bytes, not a `Vec`'s 4 slots).
 #[derive(Debug, Clone, Default)]
 struct More {
     /// Unique by key.
-    purchases: Vec<Purchase>,
-    tags: Vec<TagState>,
+    purchases: Box<[Purchase]>,
+    tags: Box<[TagState]>,
+    /// Exposure facts and a wide tier: rarer still, boxed once more.
+    rare: Option<Box<Rare>>,
+}
+
+/// The rarest facts of a visitor.
+#[derive(Debug, Clone, Default)]
+struct Rare {
     /// Exposure facts (decisions offered and held out), sorted, unique.
     exposures: Vec<exposures::Fact>,
     /// (ts, tier) when it does not pack into the profile's `tier` word.
     tier: Option<(i64, u32)>,
+}
+
+/// `items` with `item` appended, re-allocated at its exact size.
+fn push_exact<T>(items: &mut Box<[T]>, item: T) {
+    let mut v = std::mem::take(items).into_vec();
+    v.reserve_exact(1);
+    v.push(item);
+    *items = v.into_boxed_slice();
 }
 
 /// Everything the index knows about one visitor of one shop, in 32 bytes
@@ -306,30 +323,38 @@ impl Profile {
     /// Exposure facts, sorted and unique.
     #[inline]
     pub(crate) fn exposures(&self) -> &[exposures::Fact] {
-        self.more.as_deref().map_or(&[], |m| &m.exposures)
+        self.rare().map_or(&[], |r| &r.exposures)
     }
 
     /// The exposure facts, to change (allocating the rare part when absent).
     pub(crate) fn exposures_mut(&mut self) -> &mut Vec<exposures::Fact> {
-        &mut self.more_mut().exposures
+        &mut self.rare_mut().exposures
     }
 
     fn more_mut(&mut self) -> &mut More {
         self.more.get_or_insert_with(Box::default)
     }
 
+    fn rare(&self) -> Option<&Rare> {
+        self.more.as_deref().and_then(|m| m.rare.as_deref())
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.more_mut().rare.get_or_insert_with(Box::default)
+    }
+
     /// (ts, tier) of the latest member event, `None` before one.
     pub(crate) fn tier_state(&self) -> Option<(i64, u32)> {
         match self.tier {
             NO_TIER => None,
-            TIER_IN_MORE => self.more.as_deref().and_then(|m| m.tier),
+            TIER_IN_MORE => self.rare().and_then(|r| r.tier),
             word => Some(((word >> 16) as i64 - 1, (word & 0xFFFF) as u32)),
         }
     }
 
     pub(crate) fn set_tier_state(&mut self, state: Option<(i64, u32)>) {
-        if let Some(more) = self.more.as_deref_mut() {
-            more.tier = None;
+        if let Some(rare) = self.more.as_deref_mut().and_then(|m| m.rare.as_deref_mut()) {
+            rare.tier = None;
         }
         self.tier = match state {
             None => NO_TIER,
@@ -337,7 +362,7 @@ impl Profile {
                 (ts as u64 + 1) << 16 | u64::from(tier)
             }
             Some(wide) => {
-                self.more_mut().tier = Some(wide);
+                self.rare_mut().tier = Some(wide);
                 TIER_IN_MORE
             }
         };
@@ -436,23 +461,21 @@ impl Profile {
         if self.purchases().iter().any(|p| p.key == purchase.key) {
             return false;
         }
-        let purchases = &mut self.more_mut().purchases;
-        purchases.reserve_exact(1);
-        purchases.push(purchase);
+        push_exact(&mut self.more_mut().purchases, purchase);
         true
     }
 
     /// Replaces the purchases (unique by key: the caller checked).
     pub(crate) fn set_purchases(&mut self, purchases: Vec<Purchase>) {
         if !purchases.is_empty() || self.more.is_some() {
-            self.more_mut().purchases = purchases;
+            self.more_mut().purchases = purchases.into_boxed_slice();
         }
     }
 
     /// Replaces the tag states (one per tag: the caller checked).
     pub(crate) fn set_tags(&mut self, tags: Vec<TagState>) {
         if !tags.is_empty() || self.more.is_some() {
-            self.more_mut().tags = tags;
+            self.more_mut().tags = tags.into_boxed_slice();
         }
     }
 
@@ -470,8 +493,7 @@ impl Profile {
             }
             Some(_) => None,
             None => {
-                tags.reserve_exact(1);
-                tags.push(TagState { tag, ts, present });
+                push_exact(tags, TagState { tag, ts, present });
                 present.then_some(true)
             }
         }
@@ -536,8 +558,18 @@ impl Profile {
             self.set_entries(&kept);
         }
         if let Some(more) = self.more.as_deref_mut() {
-            more.purchases.retain(|p| p.hour >= first_hour);
-            more.exposures.retain(|f| f.hour >= first_hour);
+            if more.purchases.iter().any(|p| p.hour < first_hour) {
+                let kept: Vec<Purchase> = more
+                    .purchases
+                    .iter()
+                    .filter(|p| p.hour >= first_hour)
+                    .copied()
+                    .collect();
+                more.purchases = kept.into_boxed_slice();
+            }
+            if let Some(rare) = more.rare.as_deref_mut() {
+                rare.exposures.retain(|f| f.hour >= first_hour);
+            }
         }
     }
 
@@ -653,6 +685,8 @@ pub struct ShopIndex {
     pub(crate) tier_visitors: RwLock<BTreeMap<u32, RoaringBitmap>>,
     /// Exposure columns: per banner and benefit, day -> visitors offered / held out.
     pub(crate) exposures: exposures::Exposures,
+    /// Days before this one have had their bitmaps compacted ([`ShopIndex::compact`]).
+    compacted_days: AtomicU32,
 }
 
 impl ShopIndex {
@@ -678,6 +712,7 @@ impl ShopIndex {
             tag_visitors: DashMap::default(),
             tier_visitors: RwLock::default(),
             exposures: Default::default(),
+            compacted_days: AtomicU32::new(0),
         }
     }
 
@@ -869,6 +904,46 @@ impl ShopIndex {
         self.exposures.expire(first_day);
     }
 
+    /// Re-allocates bitmaps at their exact size, run-length encoding the
+    /// containers where that is smaller (roaring's `optimize`): the day,
+    /// category and exposure bitmaps of the days closed since the last call
+    /// (each closed day once: only late events change it afterwards), and
+    /// every item, tag and tier bitmap (these keep changing, so each call
+    /// copies them again). Roaring grows a container's array by doubling,
+    /// so a bitmap that stopped changing holds up to half its bytes as
+    /// slack. The server calls this every `INDEX_COMPACT_INTERVAL`
+    /// (`commands/serve.rs`); it costs about what copying those bitmaps
+    /// costs and takes each lock for one map shard or one action at a time.
+    /// Returns how many bitmaps it compacted.
+    pub fn compact(&self, now_ms: i64) -> u64 {
+        let today = day_of(self.clock_ms(now_ms));
+        let from = self.compacted_days.load(Ordering::Relaxed);
+        let mut n = 0;
+        if from < today {
+            for days in &self.days {
+                n += compact_days(&mut days.write(), from, today);
+            }
+            for mut category in self.category_days.iter_mut() {
+                for days in category.value_mut().iter_mut() {
+                    n += compact_days(days, from, today);
+                }
+            }
+            n += self.exposures.compact(from, today);
+            self.compacted_days.fetch_max(today, Ordering::Relaxed);
+        }
+        for map in [&self.item_visitors, &self.tag_visitors] {
+            for mut b in map.iter_mut() {
+                compact_bitmap(b.value_mut());
+                n += 1;
+            }
+        }
+        for b in self.tier_visitors.write().values_mut() {
+            compact_bitmap(b);
+            n += 1;
+        }
+        n
+    }
+
     /// Sizes of the index, for metrics and benches.
     pub fn stats(&self) -> IndexStats {
         let mut stats = IndexStats {
@@ -934,6 +1009,22 @@ impl ShopIndex {
     pub(crate) fn set_zone(&mut self, zone: Zone) {
         self.zone = zone;
     }
+}
+
+/// `b` at its exact size, in run containers where they are smaller.
+pub(crate) fn compact_bitmap(b: &mut RoaringBitmap) {
+    b.optimize();
+    *b = b.clone();
+}
+
+/// Compacts the bitmaps of days `from..to`; returns how many.
+pub(crate) fn compact_days(days: &mut BTreeMap<u32, RoaringBitmap>, from: u32, to: u32) -> u64 {
+    let mut n = 0;
+    for (_, b) in days.range_mut(from..to) {
+        compact_bitmap(b);
+        n += 1;
+    }
+    n
 }
 
 /// The de-duplication key of a purchase: its id, else its item and timestamp.
@@ -1229,6 +1320,71 @@ mod tests {
                 assert_eq!(p.tier(), model.map_or(0, |(_, t)| t));
             }
         }
+    }
+
+    /// Every bitmap the index holds, as (what, sorted members).
+    fn bitmaps(shop: &ShopIndex) -> Vec<(String, Vec<u32>)> {
+        let mut out = Vec::new();
+        for (a, days) in shop.days.iter().enumerate() {
+            for (day, b) in days.read().iter() {
+                out.push((format!("day {a} {day}"), b.iter().collect()));
+            }
+        }
+        for c in shop.category_days.iter() {
+            for (a, days) in c.value().iter().enumerate() {
+                for (day, b) in days {
+                    out.push((format!("category {} {a} {day}", c.key()), b.iter().collect()));
+                }
+            }
+        }
+        for (what, map) in [("item", &shop.item_visitors), ("tag", &shop.tag_visitors)] {
+            for b in map.iter() {
+                out.push((format!("{what} {}", b.key()), b.value().iter().collect()));
+            }
+        }
+        for (tier, b) in shop.tier_visitors.read().iter() {
+            out.push((format!("tier {tier}"), b.iter().collect()));
+        }
+        out.sort();
+        out
+    }
+
+    /// Compaction changes no bitmap's members, compacts each closed day
+    /// once, and the bitmaps keep taking events afterwards.
+    #[test]
+    fn compaction_keeps_every_bitmap_and_closed_days_once() {
+        let shop = ShopIndex::new("s");
+        let now = 100 * DAY_MS;
+        let events = |from: u32, to: u32| {
+            (from..to).flat_map(move |v| {
+                let visitor = format!("v{}", v * 37 % 5000);
+                let ts = now - i64::from(v / 4 % 4) * DAY_MS;
+                [
+                    ev(&visitor, ["view", "cart", "favorite", "purchase"][v as usize % 4], ts),
+                    ev(&visitor, if v % 3 == 0 { "untag" } else { "tag" }, ts),
+                    Fields {
+                        tier: Some(i64::from(v % 3)),
+                        ..ev(&visitor, "member", ts + i64::from(v))
+                    },
+                ]
+            })
+        };
+        for f in events(0, 3000) {
+            apply(&shop, f);
+        }
+        let before = bitmaps(&shop);
+        // 3 closed days x (4 day bitmaps + 4 of the one category) + item, tag, tiers 1 and 2.
+        assert_eq!(shop.compact(now), 3 * 8 + 4);
+        assert_eq!(bitmaps(&shop), before);
+        assert_eq!(shop.compact(now), 4, "closed days are compacted once");
+        for f in events(3000, 6000) {
+            apply(&shop, f);
+        }
+        let fresh = ShopIndex::new("s");
+        for f in events(0, 6000) {
+            apply(&fresh, f);
+        }
+        assert_eq!(bitmaps(&shop), bitmaps(&fresh));
     }
 
     #[test]
