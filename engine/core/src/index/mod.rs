@@ -81,7 +81,7 @@ pub(crate) fn insert_sorted<T: Ord>(v: &mut Vec<T>, x: T) -> bool {
 }
 
 /// One de-duplicated behavior fact of a visitor, as readers see it (a
-/// profile stores it packed in 12 bytes: `hour << 2 | action`, item, category).
+/// profile stores it packed in 6, 8 or 12 bytes: see [`Profile`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Entry {
     pub(crate) hour: u32,
@@ -94,76 +94,143 @@ pub(crate) struct Entry {
 /// `u32`). Every event's clock hour is far below: year 9999 is hour ~70.4M.
 pub(crate) const MAX_ENTRY_HOUR: u32 = (1 << 30) - 1;
 
-/// Words of a profile's `facts` before its entries: a `u64` (high word
-/// first) holding [`WIDE`] and, 15 bits per item action, how many hours the
-/// action's latest entry lies before the last entry ([`LATEST_NONE`]: no
-/// entry of the action; [`LATEST_FAR`]: 32,766 hours or more, found by a scan).
-const HEAD: usize = 2;
-/// The bit of the head that marks wide entries.
+/// A profile's `facts` are `u16` words, every packed value high word first,
+/// so that comparing word slices compares the values (and the entries).
+/// Words before the entries: a `u64` holding [`WIDE`] or [`EIGHT`] (the
+/// entries' width; neither: 6 bytes) and, 15 bits per item action, how many
+/// hours the action's latest entry lies before the last entry
+/// ([`LATEST_NONE`]: no entry of the action; [`LATEST_FAR`]: 32,766 hours
+/// or more, found by a scan).
+const HEAD: usize = 4;
+/// The bit of the head that marks wide (12-byte) entries.
 const WIDE: u64 = 1 << 63;
+/// The bit of the head that marks narrow (8-byte) entries.
+const EIGHT: u64 = 1 << 62;
 const LATEST_BITS: u32 = 15;
 const LATEST_NONE: u64 = (1 << LATEST_BITS) - 1;
 const LATEST_FAR: u64 = LATEST_NONE - 1;
-/// Words of a narrow entry (one `u64`, high word first, so that comparing
-/// word slices compares the `u64`s): `hour << 37 | action << 35 | item << 11 | category`.
-const NARROW: usize = 2;
-/// Words of a wide entry: `hour << 2 | action`, item, category.
-const WIDE_WORDS: usize = 3;
+/// Words of a compact entry (48 bits):
+/// `hour << 27 | action << 25 | item << 8 | category`.
+const COMPACT: usize = 3;
+/// Words of a narrow entry (a `u64`): `hour << 37 | action << 35 | item << 11 | category`.
+const NARROW: usize = 4;
+/// Words of a wide entry: the `u32`s `hour << 2 | action`, item, category.
+const WIDE_WORDS: usize = 6;
+/// Compact bounds: hour below 2^21 (clock hours until the year 2209), item
+/// below 2^17 (131,072), category below 255; the code 255 is "no category".
+const COMPACT_HOURS: u32 = 1 << 21;
+const COMPACT_ITEMS: u32 = 1 << 17;
+const COMPACT_NONE: u32 = 0xFF;
 /// Narrow bounds: hour below 2^27 (every event's hour), item below 2^24,
-/// category below 2047; the code 2047 is "no category" (it sorts last, as
-/// [`NONE`] does, so narrow and wide entries sort alike).
+/// category below 2047; the code 2047 is "no category" (the "no category"
+/// codes sort last, as [`NONE`] does, so entries of every width sort alike).
 const NARROW_HOURS: u32 = 1 << 27;
 const NARROW_ITEMS: u32 = 1 << 24;
 const NARROW_NONE: u32 = 0x7FF;
 
+/// The `u64` whose low `16 * w.len()` bits the words `w` hold (high word first).
+#[inline]
+fn join(w: &[u16]) -> u64 {
+    w.iter().fold(0, |v, &x| v << 16 | u64::from(x))
+}
+
 impl Entry {
     /// The entry in `width` words, `None` when it does not fit them.
     #[inline]
-    fn pack(&self, width: usize) -> Option<[u32; WIDE_WORDS]> {
-        let action = u32::from(self.action & 3);
-        if width == WIDE_WORDS {
-            return Some([self.hour << 2 | action, self.item, self.category]);
-        }
-        let category = match self.category {
-            NONE => NARROW_NONE,
-            c if c < NARROW_NONE => c,
-            _ => return None,
+    fn pack(&self, width: usize) -> Option<[u16; WIDE_WORDS]> {
+        let action = self.action & 3;
+        let code = |none: u32| match self.category {
+            NONE => Some(none),
+            c if c < none => Some(c),
+            _ => None,
         };
-        if self.hour >= NARROW_HOURS || self.item >= NARROW_ITEMS {
-            return None;
+        let split = |v: u64| {
+            let mut w = [0u16; WIDE_WORDS];
+            for (i, x) in w[..width.min(NARROW)].iter_mut().rev().enumerate() {
+                *x = (v >> (16 * i)) as u16;
+            }
+            w
+        };
+        match width {
+            WIDE_WORDS => {
+                let hour_action = self.hour << 2 | u32::from(action);
+                let mut w = [0u16; WIDE_WORDS];
+                for (i, x) in [hour_action, self.item, self.category].into_iter().enumerate() {
+                    w[2 * i] = (x >> 16) as u16;
+                    w[2 * i + 1] = x as u16;
+                }
+                Some(w)
+            }
+            NARROW => {
+                let category = code(NARROW_NONE)?;
+                if self.hour >= NARROW_HOURS || self.item >= NARROW_ITEMS {
+                    return None;
+                }
+                Some(split(
+                    u64::from(self.hour) << 37
+                        | u64::from(action) << 35
+                        | u64::from(self.item) << 11
+                        | u64::from(category),
+                ))
+            }
+            _ => {
+                let category = code(COMPACT_NONE)?;
+                if self.hour >= COMPACT_HOURS || self.item >= COMPACT_ITEMS {
+                    return None;
+                }
+                Some(split(
+                    u64::from(self.hour) << 27
+                        | u64::from(action) << 25
+                        | u64::from(self.item) << 8
+                        | u64::from(category),
+                ))
+            }
         }
-        let v = u64::from(self.hour) << 37 | u64::from(action) << 35 | u64::from(self.item) << 11 | u64::from(category);
-        Some([(v >> 32) as u32, v as u32, 0])
     }
 
     /// The entry packed in `w` (its length is its width).
     #[inline]
-    fn unpack(w: &[u32]) -> Entry {
-        if let [hour_action, item, category] = *w {
-            return Entry {
-                hour: hour_action >> 2,
-                action: (hour_action & 3) as u8,
-                item,
-                category,
-            };
-        }
-        let v = u64::from(w[0]) << 32 | u64::from(w.get(1).copied().unwrap_or(0));
-        let category = (v & 0x7FF) as u32;
-        Entry {
-            hour: (v >> 37) as u32,
-            action: (v >> 35 & 3) as u8,
-            item: (v >> 11 & 0xFF_FFFF) as u32,
-            category: if category == NARROW_NONE { NONE } else { category },
+    fn unpack(w: &[u16]) -> Entry {
+        let v = join(w);
+        match w.len() {
+            WIDE_WORDS => {
+                let hour_action = join(&w[..2]) as u32;
+                Entry {
+                    hour: hour_action >> 2,
+                    action: (hour_action & 3) as u8,
+                    item: join(&w[2..4]) as u32,
+                    category: v as u32,
+                }
+            }
+            NARROW => {
+                let category = (v & 0x7FF) as u32;
+                Entry {
+                    hour: (v >> 37) as u32,
+                    action: (v >> 35 & 3) as u8,
+                    item: (v >> 11 & 0xFF_FFFF) as u32,
+                    category: if category == NARROW_NONE { NONE } else { category },
+                }
+            }
+            _ => {
+                let category = (v & 0xFF) as u32;
+                Entry {
+                    hour: (v >> 27) as u32,
+                    action: (v >> 25 & 3) as u8,
+                    item: (v >> 8 & 0x1_FFFF) as u32,
+                    category: if category == COMPACT_NONE { NONE } else { category },
+                }
+            }
         }
     }
 
     /// The hour of the entry packed in `w`.
     #[inline]
-    fn hour_of(w: &[u32]) -> u32 {
-        if w.len() == WIDE_WORDS {
-            w[0] >> 2
-        } else {
-            w[0] >> 5
+    fn hour_of(w: &[u16]) -> u32 {
+        let high = join(&w[..2]) as u32;
+        match w.len() {
+            WIDE_WORDS => high >> 2,
+            NARROW => high >> 5,
+            _ => high >> 11,
         }
     }
 }
@@ -221,10 +288,13 @@ fn push_exact<T>(items: &mut Box<[T]>, item: T) {
 /// plus two exact-size heap blocks, only when there is something to hold.
 ///
 /// * `facts`: empty, or a head (the latest hour of each item action
-///   as hours before the last entry, 15 bits each, and [`WIDE`]: 2 words)
-///   followed by the entries, sorted and unique: narrow (8 bytes: every
-///   entry of a shop with fewer than 16.7M items and 2047 categories) or,
-///   once one entry does not fit 8 bytes, all wide (12 bytes).
+///   as hours before the last entry, 15 bits each, and the width: 8 bytes)
+///   followed by the entries, sorted and unique, all of one width, the
+///   smallest that holds every one: compact (6 bytes: an hour before the
+///   year 2209, an item below 131,072, a category below 255), narrow (8
+///   bytes: an item below 16.7M, a category below 2047) or wide (12 bytes).
+///   An entry that does not fit the profile's width re-packs the profile in
+///   the next width that holds it; only expiry narrows it again.
 ///   Re-allocated at its exact size on every new entry: a profile holds a few
 ///   to a few hundred entries, so the copy is small, and no slack is kept.
 /// * `tier`: the latest member event packed as `(ts + 1) << 16 | tier`
@@ -233,34 +303,34 @@ fn push_exact<T>(items: &mut Box<[T]>, item: T) {
 /// * `more`: purchases, tags, exposure facts, a wide tier.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Profile {
-    facts: Box<[u32]>,
+    facts: Box<[u16]>,
     tier: u64,
     more: Option<Box<More>>,
 }
 
 impl Profile {
-    /// The head word pair as a `u64` (0 when there are no entries).
+    /// The head words as a `u64` (0 when there are no entries).
     #[inline]
     fn head(&self) -> u64 {
-        match *self.facts {
-            [high, low, ..] => u64::from(high) << 32 | u64::from(low),
-            _ => 0,
-        }
+        self.facts.get(..HEAD).map_or(0, join)
     }
 
-    /// Words per entry: narrow or wide.
+    /// Words per entry: compact (also when empty), narrow or wide.
     #[inline]
     fn width(&self) -> usize {
-        if self.head() & WIDE != 0 {
+        let head = self.head();
+        if head & WIDE != 0 {
             WIDE_WORDS
-        } else {
+        } else if head & EIGHT != 0 {
             NARROW
+        } else {
+            COMPACT
         }
     }
 
     /// The packed entries.
     #[inline]
-    fn packed(&self) -> std::slice::ChunksExact<'_, u32> {
+    fn packed(&self) -> std::slice::ChunksExact<'_, u16> {
         self.facts.get(HEAD..).unwrap_or_default().chunks_exact(self.width())
     }
 
@@ -296,8 +366,12 @@ impl Profile {
 
     /// The head of entries whose last one is in `last_hour`, with the latest
     /// hours + 1 `latest` (0: none).
-    fn make_head(latest: [u32; 4], last_hour: u32, width: usize) -> [u32; HEAD] {
-        let mut head = if width == WIDE_WORDS { WIDE } else { 0 };
+    fn make_head(latest: [u32; 4], last_hour: u32, width: usize) -> [u16; HEAD] {
+        let mut head = match width {
+            WIDE_WORDS => WIDE,
+            NARROW => EIGHT,
+            _ => 0,
+        };
         for (action, l) in latest.into_iter().enumerate() {
             let code = match l {
                 0 => LATEST_NONE,
@@ -305,7 +379,12 @@ impl Profile {
             };
             head |= code << (LATEST_BITS * action as u32);
         }
-        [(head >> 32) as u32, head as u32]
+        [
+            (head >> 48) as u16,
+            (head >> 32) as u16,
+            (head >> 16) as u16,
+            head as u16,
+        ]
     }
 
     /// Distinct purchases (unique by key).
@@ -377,10 +456,15 @@ impl Profile {
         let key = match entry.pack(width) {
             Some(key) => key,
             None => {
-                // The first entry that does not fit 8 bytes: every entry goes wide.
+                // The first entry that does not fit the profile's width:
+                // every entry goes to the next width that holds it.
+                width = if width < NARROW && entry.pack(NARROW).is_some() {
+                    NARROW
+                } else {
+                    WIDE_WORDS
+                };
                 let entries: Vec<Entry> = self.entries().collect();
-                self.pack_entries(&entries, WIDE_WORDS);
-                width = WIDE_WORDS;
+                self.pack_entries(&entries, width);
                 match entry.pack(width) {
                     Some(key) => key,
                     None => return false,
@@ -431,8 +515,9 @@ impl Profile {
     /// Replaces the entries with `entries` (sorted, unique, hours at most
     /// [`MAX_ENTRY_HOUR`]: the caller checked) and recomputes the latest hours.
     pub(crate) fn set_entries(&mut self, entries: &[Entry]) {
-        let narrow = entries.iter().all(|e| e.pack(NARROW).is_some());
-        self.pack_entries(entries, if narrow { NARROW } else { WIDE_WORDS });
+        let fits = |width| entries.iter().all(|e| e.pack(width).is_some());
+        let width = [COMPACT, NARROW].into_iter().find(|&w| fits(w)).unwrap_or(WIDE_WORDS);
+        self.pack_entries(entries, width);
     }
 
     /// Stores `entries` (that fit) `width` words each.
