@@ -25,10 +25,15 @@
 //! little, so a visitor costs what it holds. Its id lives in an arena
 //! interner (`index/interner.rs`: about 22 bytes plus the id's own), its profile in
 //! 32 bytes inline in its shard's array (which grows by an eighth, not
-//! double) with the entries in one exact-size block (8 bytes an entry in
-//! every shop below 16.7M items and 2047 categories, else 12) and purchases,
-//! tags and exposure facts boxed apart, allocated only for the visitors who
-//! have them. `cargo bench -p vitrine-benches --bench memory` measures it.
+//! double) with the entries in one exact-size block (6 bytes an entry while
+//! its items are below 131,072 and categories below 255, 8 bytes below 16.7M
+//! items and 2047 categories, else 12) and purchases and tags boxed apart in
+//! exact-size blocks, allocated only for the visitors who have them
+//! (exposure facts and a wide tier one box further). Roaring grows a
+//! container by doubling; [`ShopIndex::compact`], which the server runs
+//! every few minutes, re-allocates the bitmaps that stopped changing at
+//! their exact size. `cargo bench -p vitrine-benches --bench memory`
+//! measures it.
 //!
 //! Concurrency: visitor profiles live in 256 shards, each behind its own
 //! `RwLock`; bitmaps sit behind per-action locks and sharded maps. A decision
