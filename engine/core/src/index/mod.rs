@@ -133,12 +133,6 @@ const NARROW_HOURS: u32 = 1 << 27;
 const NARROW_ITEMS: u32 = 1 << 24;
 const NARROW_NONE: u32 = 0x7FF;
 
-/// The `u64` whose low `16 * w.len()` bits the words `w` hold (high word first).
-#[inline]
-fn join(w: &[u16]) -> u64 {
-    w.iter().fold(0, |v, &x| v << 16 | u64::from(x))
-}
-
 impl Entry {
     /// The entry in `width` words, `None` when it does not fit them.
     #[inline]
@@ -149,12 +143,14 @@ impl Entry {
             c if c < none => Some(c),
             _ => None,
         };
+        // The low `16 * width` bits of `v`, high word first.
         let split = |v: u64| {
-            let mut w = [0u16; WIDE_WORDS];
-            for (i, x) in w[..width.min(NARROW)].iter_mut().rev().enumerate() {
-                *x = (v >> (16 * i)) as u16;
+            let w = [(v >> 48) as u16, (v >> 32) as u16, (v >> 16) as u16, v as u16, 0, 0];
+            if width == NARROW {
+                w
+            } else {
+                [w[1], w[2], w[3], 0, 0, 0]
             }
-            w
         };
         match width {
             WIDE_WORDS => {
@@ -196,27 +192,10 @@ impl Entry {
     /// The entry packed in `w` (its length is its width).
     #[inline]
     fn unpack(w: &[u16]) -> Entry {
-        let v = join(w);
-        match w.len() {
-            WIDE_WORDS => {
-                let hour_action = join(&w[..2]) as u32;
-                Entry {
-                    hour: hour_action >> 2,
-                    action: (hour_action & 3) as u8,
-                    item: join(&w[2..4]) as u32,
-                    category: v as u32,
-                }
-            }
-            NARROW => {
-                let category = (v & 0x7FF) as u32;
-                Entry {
-                    hour: (v >> 37) as u32,
-                    action: (v >> 35 & 3) as u8,
-                    item: (v >> 11 & 0xFF_FFFF) as u32,
-                    category: if category == NARROW_NONE { NONE } else { category },
-                }
-            }
-            _ => {
+        let two = |a: u16, b: u16| u32::from(a) << 16 | u32::from(b);
+        match *w {
+            [a, b, c] => {
+                let v = u64::from(two(a, b)) << 16 | u64::from(c);
                 let category = (v & 0xFF) as u32;
                 Entry {
                     hour: (v >> 27) as u32,
@@ -225,17 +204,58 @@ impl Entry {
                     category: if category == COMPACT_NONE { NONE } else { category },
                 }
             }
+            [a, b, c, d] => {
+                let v = u64::from(two(a, b)) << 32 | u64::from(two(c, d));
+                let category = (v & 0x7FF) as u32;
+                Entry {
+                    hour: (v >> 37) as u32,
+                    action: (v >> 35 & 3) as u8,
+                    item: (v >> 11 & 0xFF_FFFF) as u32,
+                    category: if category == NARROW_NONE { NONE } else { category },
+                }
+            }
+            [a, b, c, d, e, f] => {
+                let hour_action = two(a, b);
+                Entry {
+                    hour: hour_action >> 2,
+                    action: (hour_action & 3) as u8,
+                    item: two(c, d),
+                    category: two(e, f),
+                }
+            }
+            // Profiles hold only the widths above.
+            _ => Entry {
+                hour: 0,
+                action: 0,
+                item: 0,
+                category: NONE,
+            },
         }
     }
 
     /// The hour of the entry packed in `w`.
     #[inline]
     fn hour_of(w: &[u16]) -> u32 {
-        let high = join(&w[..2]) as u32;
+        let high = match *w {
+            [a, b, ..] => u32::from(a) << 16 | u32::from(b),
+            _ => 0,
+        };
         match w.len() {
             WIDE_WORDS => high >> 2,
             NARROW => high >> 5,
             _ => high >> 11,
+        }
+    }
+
+    /// The entry packed in `w` as a number that orders entries as they sort.
+    #[inline]
+    fn rank(w: &[u16]) -> u128 {
+        let two = |a: u16, b: u16| u128::from(a) << 16 | u128::from(b);
+        match *w {
+            [a, b, c] => two(a, b) << 16 | u128::from(c),
+            [a, b, c, d] => two(a, b) << 32 | two(c, d),
+            [a, b, c, d, e, f] => two(a, b) << 64 | two(c, d) << 32 | two(e, f),
+            _ => 0,
         }
     }
 }
@@ -317,7 +337,10 @@ impl Profile {
     /// The head words as a `u64` (0 when there are no entries).
     #[inline]
     fn head(&self) -> u64 {
-        self.facts.get(..HEAD).map_or(0, join)
+        match *self.facts {
+            [a, b, c, d, ..] => u64::from(a) << 48 | u64::from(b) << 32 | u64::from(c) << 16 | u64::from(d),
+            _ => 0,
+        }
     }
 
     /// Words per entry: compact (also when empty), narrow or wide.
@@ -367,6 +390,21 @@ impl Profile {
                 .next_back()
                 .map_or(0, |w| Entry::hour_of(w) + 1 - d as u32),
         }
+    }
+
+    /// 1 + the hour of the latest entry of each action, 0 when none.
+    fn latest_all(&self) -> [u32; 4] {
+        let head = self.head();
+        let last = self.packed().next_back().map(Entry::hour_of);
+        let mut latest = [0; 4];
+        for (action, l) in latest.iter_mut().enumerate() {
+            *l = match head >> (LATEST_BITS * action as u32) & LATEST_NONE {
+                LATEST_NONE => 0,
+                LATEST_FAR => self.latest(action as u8),
+                d => last.map_or(0, |h| h + 1 - d as u32),
+            };
+        }
+        latest
     }
 
     /// The head of entries whose last one is in `last_hour`, with the latest
@@ -476,20 +514,30 @@ impl Profile {
                 }
             }
         };
-        let key = &key[..width];
-        let n = self.entry_count();
-        let word = |i: usize| {
-            let at = HEAD + i * width;
-            &self.facts[at..at + width]
-        };
+        match width {
+            COMPACT => self.insert_packed::<COMPACT>(&entry, &key),
+            NARROW => self.insert_packed::<NARROW>(&entry, &key),
+            _ => self.insert_packed::<WIDE_WORDS>(&entry, &key),
+        }
+    }
+
+    /// [`Profile::insert`] of `entry`, packed in `key`, into a profile of
+    /// `W`-word entries (so every slice below has a length known when compiled).
+    #[inline]
+    fn insert_packed<const W: usize>(&mut self, entry: &Entry, key: &[u16; WIDE_WORDS]) -> bool {
+        let key = &key[..W];
+        let rank = Entry::rank(key);
+        let words = self.facts.get(HEAD..).unwrap_or_default();
+        let n = words.len() / W;
+        let word = |i: usize| Entry::rank(&words[i * W..i * W + W]);
         // Facts mostly arrive in time order: the end first.
-        let at = if n == 0 || word(n - 1) < key {
+        let at = if n == 0 || word(n - 1) < rank {
             n
         } else {
             let (mut lo, mut hi) = (0, n);
             while lo < hi {
                 let mid = (lo + hi) / 2;
-                match word(mid).cmp(key) {
+                match word(mid).cmp(&rank) {
                     std::cmp::Ordering::Less => lo = mid + 1,
                     std::cmp::Ordering::Greater => hi = mid,
                     std::cmp::Ordering::Equal => return false,
@@ -497,19 +545,16 @@ impl Profile {
             }
             lo
         };
-        let mut latest = [0u32; 4];
-        for (action, l) in latest.iter_mut().enumerate() {
-            *l = self.latest(action as u8);
-        }
+        let mut latest = self.latest_all();
         let mine = &mut latest[entry.action as usize & 3];
         *mine = (*mine).max(entry.hour + 1);
-        let last_hour = match self.packed().next_back() {
-            Some(w) if at < n => Entry::hour_of(w),
+        let last_hour = match n.checked_sub(1) {
+            Some(last) if at < n => Entry::hour_of(&words[last * W..last * W + W]),
             _ => entry.hour,
         };
-        let split = HEAD + at * width;
-        let mut facts = Vec::with_capacity(HEAD + (n + 1) * width);
-        facts.extend_from_slice(&Profile::make_head(latest, last_hour, width));
+        let split = HEAD + at * W;
+        let mut facts = Vec::with_capacity(HEAD + (n + 1) * W);
+        facts.extend_from_slice(&Profile::make_head(latest, last_hour, W));
         facts.extend_from_slice(self.facts.get(HEAD..split).unwrap_or_default());
         facts.extend_from_slice(key);
         facts.extend_from_slice(self.facts.get(split..).unwrap_or_default());
