@@ -371,7 +371,19 @@ impl Profile {
     /// The entries, sorted (oldest first).
     #[inline]
     pub(crate) fn entries(&self) -> impl DoubleEndedIterator<Item = Entry> + ExactSizeIterator + Clone + '_ {
-        self.packed().map(Entry::unpack)
+        self.unpacked(None)
+    }
+
+    /// The entries (only those whose hour lies in `range`, found by two
+    /// binary searches, with a range), oldest first.
+    #[inline]
+    pub(crate) fn unpacked(&self, range: Option<HourRange>) -> Entries<'_> {
+        let words = self.facts.get(HEAD..).unwrap_or_default();
+        match self.width() {
+            COMPACT => Entries::Compact(window(words, range).iter()),
+            NARROW => Entries::Narrow(window(words, range).iter()),
+            _ => Entries::Wide(window(words, range).iter()),
+        }
     }
 
     /// 1 + the hour of the latest entry of `action`, 0 when none.
@@ -657,11 +669,7 @@ impl Profile {
     /// Whether an entry of `actions` lies in `range` and passes `keep`.
     #[inline]
     pub(crate) fn any_entry(&self, range: HourRange, mut keep: impl FnMut(&Entry) -> bool) -> bool {
-        self.packed()
-            .rev()
-            .skip_while(|w| Entry::hour_of(w) > range.last)
-            .take_while(|w| Entry::hour_of(w) >= range.first)
-            .any(|w| keep(&Entry::unpack(w)))
+        self.unpacked(Some(range)).rev().any(|e| keep(&e))
     }
 
     /// Distinct purchases in `range`: (count, spend).
@@ -732,6 +740,65 @@ impl Profile {
         best
     }
 }
+
+/// The `W`-word entries in `words` (those whose hour lies in `range`, with one).
+#[inline]
+fn window<const W: usize>(words: &[u16], range: Option<HourRange>) -> &[[u16; W]] {
+    let (chunks, _) = words.as_chunks::<W>();
+    match range {
+        None => chunks,
+        Some(range) => {
+            let start = chunks.partition_point(|w| Entry::hour_of(w) < range.first);
+            let end = chunks.partition_point(|w| Entry::hour_of(w) <= range.last).max(start);
+            &chunks[start..end]
+        }
+    }
+}
+
+/// A profile's entries, unpacked as they are read: one arm per width, so
+/// each unpacks words of a size known when compiled.
+#[derive(Debug, Clone)]
+pub(crate) enum Entries<'a> {
+    Compact(std::slice::Iter<'a, [u16; COMPACT]>),
+    Narrow(std::slice::Iter<'a, [u16; NARROW]>),
+    Wide(std::slice::Iter<'a, [u16; WIDE_WORDS]>),
+}
+
+impl Iterator for Entries<'_> {
+    type Item = Entry;
+
+    #[inline]
+    fn next(&mut self) -> Option<Entry> {
+        match self {
+            Entries::Compact(it) => it.next().map(|w| Entry::unpack(w)),
+            Entries::Narrow(it) => it.next().map(|w| Entry::unpack(w)),
+            Entries::Wide(it) => it.next().map(|w| Entry::unpack(w)),
+        }
+    }
+
+    #[inline]
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = match self {
+            Entries::Compact(it) => it.len(),
+            Entries::Narrow(it) => it.len(),
+            Entries::Wide(it) => it.len(),
+        };
+        (n, Some(n))
+    }
+}
+
+impl DoubleEndedIterator for Entries<'_> {
+    #[inline]
+    fn next_back(&mut self) -> Option<Entry> {
+        match self {
+            Entries::Compact(it) => it.next_back().map(|w| Entry::unpack(w)),
+            Entries::Narrow(it) => it.next_back().map(|w| Entry::unpack(w)),
+            Entries::Wide(it) => it.next_back().map(|w| Entry::unpack(w)),
+        }
+    }
+}
+
+impl ExactSizeIterator for Entries<'_> {}
 
 /// Per item action (view, cart, favorite, purchase): day -> visitors.
 pub(crate) type DayBitmaps = [BTreeMap<u32, RoaringBitmap>; 4];
