@@ -1115,28 +1115,42 @@ impl ShopIndex {
     /// so a bitmap that stopped changing holds up to half its bytes as
     /// slack. The server calls this every `INDEX_COMPACT_INTERVAL`
     /// (`commands/serve.rs`); it costs about what copying those bitmaps
-    /// costs and takes each lock for one map shard or one action at a time.
+    /// costs and holds each lock for one bitmap (a category: its days).
     /// Returns how many bitmaps it compacted.
     pub fn compact(&self, now_ms: i64) -> u64 {
         let today = day_of(self.clock_ms(now_ms));
         let from = self.compacted_days.load(Ordering::Relaxed);
         let mut n = 0;
         if from < today {
+            // One bitmap (or one category) per lock taken, so applying
+            // events waits for one copy at most.
             for days in &self.days {
-                n += compact_days(&mut days.write(), from, today);
+                let keys: Vec<u32> = days.read().range(from..today).map(|(day, _)| *day).collect();
+                for day in keys {
+                    if let Some(b) = days.write().get_mut(&day) {
+                        compact_bitmap(b);
+                        n += 1;
+                    }
+                }
             }
-            for mut category in self.category_days.iter_mut() {
-                for days in category.value_mut().iter_mut() {
-                    n += compact_days(days, from, today);
+            let categories: Vec<u32> = self.category_days.iter().map(|c| *c.key()).collect();
+            for category in categories {
+                if let Some(mut days) = self.category_days.get_mut(&category) {
+                    for days in days.iter_mut() {
+                        n += compact_days(days, from, today);
+                    }
                 }
             }
             n += self.exposures.compact(from, today);
             self.compacted_days.fetch_max(today, Ordering::Relaxed);
         }
         for map in [&self.item_visitors, &self.tag_visitors] {
-            for mut b in map.iter_mut() {
-                compact_bitmap(b.value_mut());
-                n += 1;
+            let keys: Vec<u32> = map.iter().map(|b| *b.key()).collect();
+            for key in keys {
+                if let Some(mut b) = map.get_mut(&key) {
+                    compact_bitmap(&mut b);
+                    n += 1;
+                }
             }
         }
         for b in self.tier_visitors.write().values_mut() {
