@@ -310,14 +310,16 @@ fn push_exact<T>(items: &mut Box<[T]>, item: T) {
 }
 
 /// Everything the index knows about one visitor of one shop, in 32 bytes
-/// plus two exact-size heap blocks, only when there is something to hold.
+/// plus exact-size heap blocks, only when there is something to hold.
 ///
 /// * `facts`: empty, or a head (the latest hour of each item action
 ///   as hours before the last entry, 15 bits each, and the width: 8 bytes)
 ///   followed by the entries, sorted and unique, all of one width, the
 ///   smallest that holds every one: compact (6 bytes: an hour before the
 ///   year 2209, an item below 131,072, a category below 255), narrow (8
-///   bytes: an item below 16.7M, a category below 2047) or wide (12 bytes).
+///   bytes: an hour below 2^27, an item below 16.7M, a category below 2047)
+///   or wide (12 bytes). Items are numbered as a shop first sees them, so
+///   a shop's first 131,072 items (and 255 categories) fit 6 bytes.
 ///   An entry that does not fit the profile's width re-packs the profile in
 ///   the next width that holds it; only expiry narrows it again.
 ///   Re-allocated at its exact size on every new entry: a profile holds a few
@@ -325,7 +327,8 @@ fn push_exact<T>(items: &mut Box<[T]>, item: T) {
 /// * `tier`: the latest member event packed as `(ts + 1) << 16 | tier`
 ///   ([`NO_TIER`] before one; [`TIER_IN_MORE`] when the ts is outside
 ///   `0..=MAX_TS` or the tier does not fit 16 bits).
-/// * `more`: purchases, tags, exposure facts, a wide tier.
+/// * `more`: purchases and tags (exact-size blocks), and one box further
+///   exposure facts and a wide tier.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Profile {
     facts: Box<[u16]>,
