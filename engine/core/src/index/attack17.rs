@@ -298,3 +298,83 @@ proptest! {
         }
     }
 }
+
+/// Hours, items and categories at and around the 6-byte entries' bounds
+/// (and a few of the 8-byte ones, so profiles cross both switches).
+fn compact_entry() -> impl Strategy<Value = Entry> {
+    let hour = prop_oneof![
+        prop::sample::select(vec![
+            0,
+            COMPACT_HOURS - 32_767,
+            COMPACT_HOURS - 2,
+            COMPACT_HOURS - 1,
+            COMPACT_HOURS,
+            COMPACT_HOURS + 1,
+            COMPACT_HOURS + 32_767,
+            NARROW_HOURS,
+        ]),
+        COMPACT_HOURS - 40..COMPACT_HOURS + 40,
+    ];
+    let item = prop_oneof![
+        prop::sample::select(vec![
+            0,
+            COMPACT_ITEMS - 1,
+            COMPACT_ITEMS,
+            COMPACT_ITEMS + 1,
+            NARROW_ITEMS
+        ]),
+        0u32..3,
+    ];
+    let category = prop_oneof![
+        prop::sample::select(vec![0, 253, 254, 255, 256, NARROW_NONE, NONE]),
+        0u32..3,
+    ];
+    (hour, 0u8..4, item, category).prop_map(|(hour, action, item, category)| Entry {
+        hour,
+        action,
+        item,
+        category,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    /// 6-byte entries: inserting entries at their bounds in any order keeps
+    /// exactly the set inserted, every read agrees, the profile's width is
+    /// the smallest that holds every entry (as `set_entries` packs it), and
+    /// expiry re-packs what is left in the smallest width again.
+    #[test]
+    fn six_byte_entries_are_the_set_of_their_entries(
+        entries in prop::collection::vec(compact_entry(), 0..24),
+        first in 0u32..COMPACT_HOURS + 64,
+    ) {
+        let ranges = [
+            HourRange { first, last: first + 50 },
+            HourRange { first: 0, last: COMPACT_HOURS - 1 },
+            HourRange { first: COMPACT_HOURS - 1, last: NARROW_HOURS },
+        ];
+        let smallest = |model: &BTreeSet<Entry>| {
+            [COMPACT, NARROW]
+                .into_iter()
+                .find(|&w| model.iter().all(|e| e.pack(w).is_some()))
+                .unwrap_or(WIDE_WORDS)
+        };
+        let mut p = Profile::default();
+        let mut model = BTreeSet::new();
+        for e in &entries {
+            prop_assert_eq!(p.insert(*e), model.insert(*e), "insert {:?}", e);
+            check(&p, &model, &ranges)?;
+            prop_assert_eq!(p.width(), smallest(&model));
+        }
+        let mut q = Profile::default();
+        q.set_entries(&model.iter().copied().collect::<Vec<_>>());
+        prop_assert_eq!(&q.facts, &p.facts);
+        p.expire(first);
+        model.retain(|e| e.hour >= first);
+        check(&p, &model, &ranges)?;
+        if !model.is_empty() {
+            prop_assert_eq!(p.width(), smallest(&model));
+        }
+    }
+}

@@ -144,4 +144,14 @@ impl Exposures {
             }
         }
     }
+
+    /// Compacts the day bitmaps of days `from..to` (`ShopIndex::compact`); returns how many.
+    pub(crate) fn compact(&self, from: u32, to: u32) -> u64 {
+        let mut n = 0;
+        for mut entry in self.days.iter_mut() {
+            let EntryDays { offered, held_out } = entry.value_mut();
+            n += crate::index::compact_days(offered, from, to) + crate::index::compact_days(held_out, from, to);
+        }
+        n
+    }
 }

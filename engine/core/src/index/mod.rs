@@ -25,10 +25,15 @@
 //! little, so a visitor costs what it holds. Its id lives in an arena
 //! interner (`index/interner.rs`: about 22 bytes plus the id's own), its profile in
 //! 32 bytes inline in its shard's array (which grows by an eighth, not
-//! double) with the entries in one exact-size block (8 bytes an entry in
-//! every shop below 16.7M items and 2047 categories, else 12) and purchases,
-//! tags and exposure facts boxed apart, allocated only for the visitors who
-//! have them. `cargo bench -p vitrine-benches --bench memory` measures it.
+//! double) with the entries in one exact-size block (6 bytes an entry while
+//! its items are below 131,072 and categories below 255, 8 bytes below 16.7M
+//! items and 2047 categories, else 12) and purchases and tags boxed apart in
+//! exact-size blocks, allocated only for the visitors who have them
+//! (exposure facts and a wide tier one box further). Roaring grows a
+//! container by doubling; [`ShopIndex::compact`], which the server runs
+//! every few minutes, re-allocates the bitmaps that stopped changing at
+//! their exact size. `cargo bench -p vitrine-benches --bench memory`
+//! measures it.
 //!
 //! Concurrency: visitor profiles live in 256 shards, each behind its own
 //! `RwLock`; bitmaps sit behind per-action locks and sharded maps. A decision
@@ -81,7 +86,7 @@ pub(crate) fn insert_sorted<T: Ord>(v: &mut Vec<T>, x: T) -> bool {
 }
 
 /// One de-duplicated behavior fact of a visitor, as readers see it (a
-/// profile stores it packed in 12 bytes: `hour << 2 | action`, item, category).
+/// profile stores it packed in 6, 8 or 12 bytes: see [`Profile`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Entry {
     pub(crate) hour: u32,
@@ -94,24 +99,36 @@ pub(crate) struct Entry {
 /// `u32`). Every event's clock hour is far below: year 9999 is hour ~70.4M.
 pub(crate) const MAX_ENTRY_HOUR: u32 = (1 << 30) - 1;
 
-/// Words of a profile's `facts` before its entries: a `u64` (high word
-/// first) holding [`WIDE`] and, 15 bits per item action, how many hours the
-/// action's latest entry lies before the last entry ([`LATEST_NONE`]: no
-/// entry of the action; [`LATEST_FAR`]: 32,766 hours or more, found by a scan).
-const HEAD: usize = 2;
-/// The bit of the head that marks wide entries.
+/// A profile's `facts` are `u16` words, every packed value high word first,
+/// so that comparing word slices compares the values (and the entries).
+/// Words before the entries: a `u64` holding [`WIDE`] or [`EIGHT`] (the
+/// entries' width; neither: 6 bytes) and, 15 bits per item action, how many
+/// hours the action's latest entry lies before the last entry
+/// ([`LATEST_NONE`]: no entry of the action; [`LATEST_FAR`]: 32,766 hours
+/// or more, found by a scan).
+const HEAD: usize = 4;
+/// The bit of the head that marks wide (12-byte) entries.
 const WIDE: u64 = 1 << 63;
+/// The bit of the head that marks narrow (8-byte) entries.
+const EIGHT: u64 = 1 << 62;
 const LATEST_BITS: u32 = 15;
 const LATEST_NONE: u64 = (1 << LATEST_BITS) - 1;
 const LATEST_FAR: u64 = LATEST_NONE - 1;
-/// Words of a narrow entry (one `u64`, high word first, so that comparing
-/// word slices compares the `u64`s): `hour << 37 | action << 35 | item << 11 | category`.
-const NARROW: usize = 2;
-/// Words of a wide entry: `hour << 2 | action`, item, category.
-const WIDE_WORDS: usize = 3;
+/// Words of a compact entry (48 bits):
+/// `hour << 27 | action << 25 | item << 8 | category`.
+const COMPACT: usize = 3;
+/// Words of a narrow entry (a `u64`): `hour << 37 | action << 35 | item << 11 | category`.
+const NARROW: usize = 4;
+/// Words of a wide entry: the `u32`s `hour << 2 | action`, item, category.
+const WIDE_WORDS: usize = 6;
+/// Compact bounds: hour below 2^21 (clock hours until the year 2209), item
+/// below 2^17 (131,072), category below 255; the code 255 is "no category".
+const COMPACT_HOURS: u32 = 1 << 21;
+const COMPACT_ITEMS: u32 = 1 << 17;
+const COMPACT_NONE: u32 = 0xFF;
 /// Narrow bounds: hour below 2^27 (every event's hour), item below 2^24,
-/// category below 2047; the code 2047 is "no category" (it sorts last, as
-/// [`NONE`] does, so narrow and wide entries sort alike).
+/// category below 2047; the code 2047 is "no category" (the "no category"
+/// codes sort last, as [`NONE`] does, so entries of every width sort alike).
 const NARROW_HOURS: u32 = 1 << 27;
 const NARROW_ITEMS: u32 = 1 << 24;
 const NARROW_NONE: u32 = 0x7FF;
@@ -119,51 +136,126 @@ const NARROW_NONE: u32 = 0x7FF;
 impl Entry {
     /// The entry in `width` words, `None` when it does not fit them.
     #[inline]
-    fn pack(&self, width: usize) -> Option<[u32; WIDE_WORDS]> {
-        let action = u32::from(self.action & 3);
-        if width == WIDE_WORDS {
-            return Some([self.hour << 2 | action, self.item, self.category]);
-        }
-        let category = match self.category {
-            NONE => NARROW_NONE,
-            c if c < NARROW_NONE => c,
-            _ => return None,
+    fn pack(&self, width: usize) -> Option<[u16; WIDE_WORDS]> {
+        let action = self.action & 3;
+        let code = |none: u32| match self.category {
+            NONE => Some(none),
+            c if c < none => Some(c),
+            _ => None,
         };
-        if self.hour >= NARROW_HOURS || self.item >= NARROW_ITEMS {
-            return None;
+        // The low `16 * width` bits of `v`, high word first.
+        let split = |v: u64| {
+            let w = [(v >> 48) as u16, (v >> 32) as u16, (v >> 16) as u16, v as u16, 0, 0];
+            if width == NARROW {
+                w
+            } else {
+                [w[1], w[2], w[3], 0, 0, 0]
+            }
+        };
+        match width {
+            WIDE_WORDS => {
+                let hour_action = self.hour << 2 | u32::from(action);
+                let mut w = [0u16; WIDE_WORDS];
+                for (i, x) in [hour_action, self.item, self.category].into_iter().enumerate() {
+                    w[2 * i] = (x >> 16) as u16;
+                    w[2 * i + 1] = x as u16;
+                }
+                Some(w)
+            }
+            NARROW => {
+                let category = code(NARROW_NONE)?;
+                if self.hour >= NARROW_HOURS || self.item >= NARROW_ITEMS {
+                    return None;
+                }
+                Some(split(
+                    u64::from(self.hour) << 37
+                        | u64::from(action) << 35
+                        | u64::from(self.item) << 11
+                        | u64::from(category),
+                ))
+            }
+            _ => {
+                let category = code(COMPACT_NONE)?;
+                if self.hour >= COMPACT_HOURS || self.item >= COMPACT_ITEMS {
+                    return None;
+                }
+                Some(split(
+                    u64::from(self.hour) << 27
+                        | u64::from(action) << 25
+                        | u64::from(self.item) << 8
+                        | u64::from(category),
+                ))
+            }
         }
-        let v = u64::from(self.hour) << 37 | u64::from(action) << 35 | u64::from(self.item) << 11 | u64::from(category);
-        Some([(v >> 32) as u32, v as u32, 0])
     }
 
     /// The entry packed in `w` (its length is its width).
     #[inline]
-    fn unpack(w: &[u32]) -> Entry {
-        if let [hour_action, item, category] = *w {
-            return Entry {
-                hour: hour_action >> 2,
-                action: (hour_action & 3) as u8,
-                item,
-                category,
-            };
-        }
-        let v = u64::from(w[0]) << 32 | u64::from(w.get(1).copied().unwrap_or(0));
-        let category = (v & 0x7FF) as u32;
-        Entry {
-            hour: (v >> 37) as u32,
-            action: (v >> 35 & 3) as u8,
-            item: (v >> 11 & 0xFF_FFFF) as u32,
-            category: if category == NARROW_NONE { NONE } else { category },
+    fn unpack(w: &[u16]) -> Entry {
+        let two = |a: u16, b: u16| u32::from(a) << 16 | u32::from(b);
+        match *w {
+            [a, b, c] => {
+                let v = u64::from(two(a, b)) << 16 | u64::from(c);
+                let category = (v & 0xFF) as u32;
+                Entry {
+                    hour: (v >> 27) as u32,
+                    action: (v >> 25 & 3) as u8,
+                    item: (v >> 8 & 0x1_FFFF) as u32,
+                    category: if category == COMPACT_NONE { NONE } else { category },
+                }
+            }
+            [a, b, c, d] => {
+                let v = u64::from(two(a, b)) << 32 | u64::from(two(c, d));
+                let category = (v & 0x7FF) as u32;
+                Entry {
+                    hour: (v >> 37) as u32,
+                    action: (v >> 35 & 3) as u8,
+                    item: (v >> 11 & 0xFF_FFFF) as u32,
+                    category: if category == NARROW_NONE { NONE } else { category },
+                }
+            }
+            [a, b, c, d, e, f] => {
+                let hour_action = two(a, b);
+                Entry {
+                    hour: hour_action >> 2,
+                    action: (hour_action & 3) as u8,
+                    item: two(c, d),
+                    category: two(e, f),
+                }
+            }
+            // Profiles hold only the widths above.
+            _ => Entry {
+                hour: 0,
+                action: 0,
+                item: 0,
+                category: NONE,
+            },
         }
     }
 
     /// The hour of the entry packed in `w`.
     #[inline]
-    fn hour_of(w: &[u32]) -> u32 {
-        if w.len() == WIDE_WORDS {
-            w[0] >> 2
-        } else {
-            w[0] >> 5
+    fn hour_of(w: &[u16]) -> u32 {
+        let high = match *w {
+            [a, b, ..] => u32::from(a) << 16 | u32::from(b),
+            _ => 0,
+        };
+        match w.len() {
+            WIDE_WORDS => high >> 2,
+            NARROW => high >> 5,
+            _ => high >> 11,
+        }
+    }
+
+    /// The entry packed in `w` as a number that orders entries as they sort.
+    #[inline]
+    fn rank(w: &[u16]) -> u128 {
+        let two = |a: u16, b: u16| u128::from(a) << 16 | u128::from(b);
+        match *w {
+            [a, b, c] => two(a, b) << 16 | u128::from(c),
+            [a, b, c, d] => two(a, b) << 32 | two(c, d),
+            [a, b, c, d, e, f] => two(a, b) << 64 | two(c, d) << 32 | two(e, f),
+            _ => 0,
         }
     }
 }
@@ -188,62 +280,88 @@ const NO_TIER: u64 = 0;
 /// A profile's `tier` word: the (ts, tier) pair is in `More::tier`.
 const TIER_IN_MORE: u64 = u64::MAX;
 
-/// The facts most visitors never have, boxed apart (one pointer in a profile).
+/// The facts most visitors never have, boxed apart (one pointer in a
+/// profile): 40 bytes plus exact-size blocks of purchases and tags (a
+/// visitor with one purchase pays 40 + 24 bytes, not a `Vec`'s 4 slots).
 #[derive(Debug, Clone, Default)]
 struct More {
     /// Unique by key.
-    purchases: Vec<Purchase>,
-    tags: Vec<TagState>,
+    purchases: Box<[Purchase]>,
+    tags: Box<[TagState]>,
+    /// Exposure facts and a wide tier: rarer still, boxed once more.
+    rare: Option<Box<Rare>>,
+}
+
+/// The rarest facts of a visitor.
+#[derive(Debug, Clone, Default)]
+struct Rare {
     /// Exposure facts (decisions offered and held out), sorted, unique.
     exposures: Vec<exposures::Fact>,
     /// (ts, tier) when it does not pack into the profile's `tier` word.
     tier: Option<(i64, u32)>,
 }
 
+/// `items` with `item` appended, re-allocated at its exact size.
+fn push_exact<T>(items: &mut Box<[T]>, item: T) {
+    let mut v = std::mem::take(items).into_vec();
+    v.reserve_exact(1);
+    v.push(item);
+    *items = v.into_boxed_slice();
+}
+
 /// Everything the index knows about one visitor of one shop, in 32 bytes
-/// plus two exact-size heap blocks, only when there is something to hold.
+/// plus exact-size heap blocks, only when there is something to hold.
 ///
 /// * `facts`: empty, or a head (the latest hour of each item action
-///   as hours before the last entry, 15 bits each, and [`WIDE`]: 2 words)
-///   followed by the entries, sorted and unique: narrow (8 bytes: every
-///   entry of a shop with fewer than 16.7M items and 2047 categories) or,
-///   once one entry does not fit 8 bytes, all wide (12 bytes).
+///   as hours before the last entry, 15 bits each, and the width: 8 bytes)
+///   followed by the entries, sorted and unique, all of one width, the
+///   smallest that holds every one: compact (6 bytes: an hour before the
+///   year 2209, an item below 131,072, a category below 255), narrow (8
+///   bytes: an hour below 2^27, an item below 16.7M, a category below 2047)
+///   or wide (12 bytes). Items are numbered as a shop first sees them, so
+///   a shop's first 131,072 items (and 255 categories) fit 6 bytes.
+///   An entry that does not fit the profile's width re-packs the profile in
+///   the next width that holds it; only expiry narrows it again.
 ///   Re-allocated at its exact size on every new entry: a profile holds a few
 ///   to a few hundred entries, so the copy is small, and no slack is kept.
 /// * `tier`: the latest member event packed as `(ts + 1) << 16 | tier`
 ///   ([`NO_TIER`] before one; [`TIER_IN_MORE`] when the ts is outside
 ///   `0..=MAX_TS` or the tier does not fit 16 bits).
-/// * `more`: purchases, tags, exposure facts, a wide tier.
+/// * `more`: purchases and tags (exact-size blocks), and one box further
+///   exposure facts and a wide tier.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Profile {
-    facts: Box<[u32]>,
+    facts: Box<[u16]>,
     tier: u64,
     more: Option<Box<More>>,
 }
 
 impl Profile {
-    /// The head word pair as a `u64` (0 when there are no entries).
+    /// The head words as a `u64` (0 when there are no entries).
     #[inline]
     fn head(&self) -> u64 {
         match *self.facts {
-            [high, low, ..] => u64::from(high) << 32 | u64::from(low),
+            [a, b, c, d, ..] => u64::from(a) << 48 | u64::from(b) << 32 | u64::from(c) << 16 | u64::from(d),
             _ => 0,
         }
     }
 
-    /// Words per entry: narrow or wide.
+    /// Words per entry: compact (also when empty), narrow or wide.
     #[inline]
     fn width(&self) -> usize {
-        if self.head() & WIDE != 0 {
+        let head = self.head();
+        if head & WIDE != 0 {
             WIDE_WORDS
-        } else {
+        } else if head & EIGHT != 0 {
             NARROW
+        } else {
+            COMPACT
         }
     }
 
     /// The packed entries.
     #[inline]
-    fn packed(&self) -> std::slice::ChunksExact<'_, u32> {
+    fn packed(&self) -> std::slice::ChunksExact<'_, u16> {
         self.facts.get(HEAD..).unwrap_or_default().chunks_exact(self.width())
     }
 
@@ -256,7 +374,19 @@ impl Profile {
     /// The entries, sorted (oldest first).
     #[inline]
     pub(crate) fn entries(&self) -> impl DoubleEndedIterator<Item = Entry> + ExactSizeIterator + Clone + '_ {
-        self.packed().map(Entry::unpack)
+        self.unpacked(None)
+    }
+
+    /// The entries (only those whose hour lies in `range`, found by two
+    /// binary searches, with a range), oldest first.
+    #[inline]
+    pub(crate) fn unpacked(&self, range: Option<HourRange>) -> Entries<'_> {
+        let words = self.facts.get(HEAD..).unwrap_or_default();
+        match self.width() {
+            COMPACT => Entries::Compact(window(words, range).iter()),
+            NARROW => Entries::Narrow(window(words, range).iter()),
+            _ => Entries::Wide(window(words, range).iter()),
+        }
     }
 
     /// 1 + the hour of the latest entry of `action`, 0 when none.
@@ -277,10 +407,29 @@ impl Profile {
         }
     }
 
+    /// 1 + the hour of the latest entry of each action, 0 when none.
+    fn latest_all(&self) -> [u32; 4] {
+        let head = self.head();
+        let last = self.packed().next_back().map(Entry::hour_of);
+        let mut latest = [0; 4];
+        for (action, l) in latest.iter_mut().enumerate() {
+            *l = match head >> (LATEST_BITS * action as u32) & LATEST_NONE {
+                LATEST_NONE => 0,
+                LATEST_FAR => self.latest(action as u8),
+                d => last.map_or(0, |h| h + 1 - d as u32),
+            };
+        }
+        latest
+    }
+
     /// The head of entries whose last one is in `last_hour`, with the latest
     /// hours + 1 `latest` (0: none).
-    fn make_head(latest: [u32; 4], last_hour: u32, width: usize) -> [u32; HEAD] {
-        let mut head = if width == WIDE_WORDS { WIDE } else { 0 };
+    fn make_head(latest: [u32; 4], last_hour: u32, width: usize) -> [u16; HEAD] {
+        let mut head = match width {
+            WIDE_WORDS => WIDE,
+            NARROW => EIGHT,
+            _ => 0,
+        };
         for (action, l) in latest.into_iter().enumerate() {
             let code = match l {
                 0 => LATEST_NONE,
@@ -288,7 +437,12 @@ impl Profile {
             };
             head |= code << (LATEST_BITS * action as u32);
         }
-        [(head >> 32) as u32, head as u32]
+        [
+            (head >> 48) as u16,
+            (head >> 32) as u16,
+            (head >> 16) as u16,
+            head as u16,
+        ]
     }
 
     /// Distinct purchases (unique by key).
@@ -306,30 +460,38 @@ impl Profile {
     /// Exposure facts, sorted and unique.
     #[inline]
     pub(crate) fn exposures(&self) -> &[exposures::Fact] {
-        self.more.as_deref().map_or(&[], |m| &m.exposures)
+        self.rare().map_or(&[], |r| &r.exposures)
     }
 
     /// The exposure facts, to change (allocating the rare part when absent).
     pub(crate) fn exposures_mut(&mut self) -> &mut Vec<exposures::Fact> {
-        &mut self.more_mut().exposures
+        &mut self.rare_mut().exposures
     }
 
     fn more_mut(&mut self) -> &mut More {
         self.more.get_or_insert_with(Box::default)
     }
 
+    fn rare(&self) -> Option<&Rare> {
+        self.more.as_deref().and_then(|m| m.rare.as_deref())
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.more_mut().rare.get_or_insert_with(Box::default)
+    }
+
     /// (ts, tier) of the latest member event, `None` before one.
     pub(crate) fn tier_state(&self) -> Option<(i64, u32)> {
         match self.tier {
             NO_TIER => None,
-            TIER_IN_MORE => self.more.as_deref().and_then(|m| m.tier),
+            TIER_IN_MORE => self.rare().and_then(|r| r.tier),
             word => Some(((word >> 16) as i64 - 1, (word & 0xFFFF) as u32)),
         }
     }
 
     pub(crate) fn set_tier_state(&mut self, state: Option<(i64, u32)>) {
-        if let Some(more) = self.more.as_deref_mut() {
-            more.tier = None;
+        if let Some(rare) = self.more.as_deref_mut().and_then(|m| m.rare.as_deref_mut()) {
+            rare.tier = None;
         }
         self.tier = match state {
             None => NO_TIER,
@@ -337,7 +499,7 @@ impl Profile {
                 (ts as u64 + 1) << 16 | u64::from(tier)
             }
             Some(wide) => {
-                self.more_mut().tier = Some(wide);
+                self.rare_mut().tier = Some(wide);
                 TIER_IN_MORE
             }
         };
@@ -352,30 +514,45 @@ impl Profile {
         let key = match entry.pack(width) {
             Some(key) => key,
             None => {
-                // The first entry that does not fit 8 bytes: every entry goes wide.
+                // The first entry that does not fit the profile's width:
+                // every entry goes to the next width that holds it.
+                width = if width < NARROW && entry.pack(NARROW).is_some() {
+                    NARROW
+                } else {
+                    WIDE_WORDS
+                };
                 let entries: Vec<Entry> = self.entries().collect();
-                self.pack_entries(&entries, WIDE_WORDS);
-                width = WIDE_WORDS;
+                self.pack_entries(&entries, width);
                 match entry.pack(width) {
                     Some(key) => key,
                     None => return false,
                 }
             }
         };
-        let key = &key[..width];
-        let n = self.entry_count();
-        let word = |i: usize| {
-            let at = HEAD + i * width;
-            &self.facts[at..at + width]
-        };
+        match width {
+            COMPACT => self.insert_packed::<COMPACT>(&entry, &key),
+            NARROW => self.insert_packed::<NARROW>(&entry, &key),
+            _ => self.insert_packed::<WIDE_WORDS>(&entry, &key),
+        }
+    }
+
+    /// [`Profile::insert`] of `entry`, packed in `key`, into a profile of
+    /// `W`-word entries (so every slice below has a length known when compiled).
+    #[inline]
+    fn insert_packed<const W: usize>(&mut self, entry: &Entry, key: &[u16; WIDE_WORDS]) -> bool {
+        let key = &key[..W];
+        let rank = Entry::rank(key);
+        let words = self.facts.get(HEAD..).unwrap_or_default();
+        let n = words.len() / W;
+        let word = |i: usize| Entry::rank(&words[i * W..i * W + W]);
         // Facts mostly arrive in time order: the end first.
-        let at = if n == 0 || word(n - 1) < key {
+        let at = if n == 0 || word(n - 1) < rank {
             n
         } else {
             let (mut lo, mut hi) = (0, n);
             while lo < hi {
                 let mid = (lo + hi) / 2;
-                match word(mid).cmp(key) {
+                match word(mid).cmp(&rank) {
                     std::cmp::Ordering::Less => lo = mid + 1,
                     std::cmp::Ordering::Greater => hi = mid,
                     std::cmp::Ordering::Equal => return false,
@@ -383,19 +560,16 @@ impl Profile {
             }
             lo
         };
-        let mut latest = [0u32; 4];
-        for (action, l) in latest.iter_mut().enumerate() {
-            *l = self.latest(action as u8);
-        }
+        let mut latest = self.latest_all();
         let mine = &mut latest[entry.action as usize & 3];
         *mine = (*mine).max(entry.hour + 1);
-        let last_hour = match self.packed().next_back() {
-            Some(w) if at < n => Entry::hour_of(w),
+        let last_hour = match n.checked_sub(1) {
+            Some(last) if at < n => Entry::hour_of(&words[last * W..last * W + W]),
             _ => entry.hour,
         };
-        let split = HEAD + at * width;
-        let mut facts = Vec::with_capacity(HEAD + (n + 1) * width);
-        facts.extend_from_slice(&Profile::make_head(latest, last_hour, width));
+        let split = HEAD + at * W;
+        let mut facts = Vec::with_capacity(HEAD + (n + 1) * W);
+        facts.extend_from_slice(&Profile::make_head(latest, last_hour, W));
         facts.extend_from_slice(self.facts.get(HEAD..split).unwrap_or_default());
         facts.extend_from_slice(key);
         facts.extend_from_slice(self.facts.get(split..).unwrap_or_default());
@@ -406,8 +580,9 @@ impl Profile {
     /// Replaces the entries with `entries` (sorted, unique, hours at most
     /// [`MAX_ENTRY_HOUR`]: the caller checked) and recomputes the latest hours.
     pub(crate) fn set_entries(&mut self, entries: &[Entry]) {
-        let narrow = entries.iter().all(|e| e.pack(NARROW).is_some());
-        self.pack_entries(entries, if narrow { NARROW } else { WIDE_WORDS });
+        let fits = |width| entries.iter().all(|e| e.pack(width).is_some());
+        let width = [COMPACT, NARROW].into_iter().find(|&w| fits(w)).unwrap_or(WIDE_WORDS);
+        self.pack_entries(entries, width);
     }
 
     /// Stores `entries` (that fit) `width` words each.
@@ -436,23 +611,21 @@ impl Profile {
         if self.purchases().iter().any(|p| p.key == purchase.key) {
             return false;
         }
-        let purchases = &mut self.more_mut().purchases;
-        purchases.reserve_exact(1);
-        purchases.push(purchase);
+        push_exact(&mut self.more_mut().purchases, purchase);
         true
     }
 
     /// Replaces the purchases (unique by key: the caller checked).
     pub(crate) fn set_purchases(&mut self, purchases: Vec<Purchase>) {
         if !purchases.is_empty() || self.more.is_some() {
-            self.more_mut().purchases = purchases;
+            self.more_mut().purchases = purchases.into_boxed_slice();
         }
     }
 
     /// Replaces the tag states (one per tag: the caller checked).
     pub(crate) fn set_tags(&mut self, tags: Vec<TagState>) {
         if !tags.is_empty() || self.more.is_some() {
-            self.more_mut().tags = tags;
+            self.more_mut().tags = tags.into_boxed_slice();
         }
     }
 
@@ -470,8 +643,7 @@ impl Profile {
             }
             Some(_) => None,
             None => {
-                tags.reserve_exact(1);
-                tags.push(TagState { tag, ts, present });
+                push_exact(tags, TagState { tag, ts, present });
                 present.then_some(true)
             }
         }
@@ -500,11 +672,7 @@ impl Profile {
     /// Whether an entry of `actions` lies in `range` and passes `keep`.
     #[inline]
     pub(crate) fn any_entry(&self, range: HourRange, mut keep: impl FnMut(&Entry) -> bool) -> bool {
-        self.packed()
-            .rev()
-            .skip_while(|w| Entry::hour_of(w) > range.last)
-            .take_while(|w| Entry::hour_of(w) >= range.first)
-            .any(|w| keep(&Entry::unpack(w)))
+        self.unpacked(Some(range)).rev().any(|e| keep(&e))
     }
 
     /// Distinct purchases in `range`: (count, spend).
@@ -536,8 +704,18 @@ impl Profile {
             self.set_entries(&kept);
         }
         if let Some(more) = self.more.as_deref_mut() {
-            more.purchases.retain(|p| p.hour >= first_hour);
-            more.exposures.retain(|f| f.hour >= first_hour);
+            if more.purchases.iter().any(|p| p.hour < first_hour) {
+                let kept: Vec<Purchase> = more
+                    .purchases
+                    .iter()
+                    .filter(|p| p.hour >= first_hour)
+                    .copied()
+                    .collect();
+                more.purchases = kept.into_boxed_slice();
+            }
+            if let Some(rare) = more.rare.as_deref_mut() {
+                rare.exposures.retain(|f| f.hour >= first_hour);
+            }
         }
     }
 
@@ -565,6 +743,65 @@ impl Profile {
         best
     }
 }
+
+/// The `W`-word entries in `words` (those whose hour lies in `range`, with one).
+#[inline]
+fn window<const W: usize>(words: &[u16], range: Option<HourRange>) -> &[[u16; W]] {
+    let (chunks, _) = words.as_chunks::<W>();
+    match range {
+        None => chunks,
+        Some(range) => {
+            let start = chunks.partition_point(|w| Entry::hour_of(w) < range.first);
+            let end = chunks.partition_point(|w| Entry::hour_of(w) <= range.last).max(start);
+            &chunks[start..end]
+        }
+    }
+}
+
+/// A profile's entries, unpacked as they are read: one arm per width, so
+/// each unpacks words of a size known when compiled.
+#[derive(Debug, Clone)]
+pub(crate) enum Entries<'a> {
+    Compact(std::slice::Iter<'a, [u16; COMPACT]>),
+    Narrow(std::slice::Iter<'a, [u16; NARROW]>),
+    Wide(std::slice::Iter<'a, [u16; WIDE_WORDS]>),
+}
+
+impl Iterator for Entries<'_> {
+    type Item = Entry;
+
+    #[inline]
+    fn next(&mut self) -> Option<Entry> {
+        match self {
+            Entries::Compact(it) => it.next().map(|w| Entry::unpack(w)),
+            Entries::Narrow(it) => it.next().map(|w| Entry::unpack(w)),
+            Entries::Wide(it) => it.next().map(|w| Entry::unpack(w)),
+        }
+    }
+
+    #[inline]
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = match self {
+            Entries::Compact(it) => it.len(),
+            Entries::Narrow(it) => it.len(),
+            Entries::Wide(it) => it.len(),
+        };
+        (n, Some(n))
+    }
+}
+
+impl DoubleEndedIterator for Entries<'_> {
+    #[inline]
+    fn next_back(&mut self) -> Option<Entry> {
+        match self {
+            Entries::Compact(it) => it.next_back().map(|w| Entry::unpack(w)),
+            Entries::Narrow(it) => it.next_back().map(|w| Entry::unpack(w)),
+            Entries::Wide(it) => it.next_back().map(|w| Entry::unpack(w)),
+        }
+    }
+}
+
+impl ExactSizeIterator for Entries<'_> {}
 
 /// Per item action (view, cart, favorite, purchase): day -> visitors.
 pub(crate) type DayBitmaps = [BTreeMap<u32, RoaringBitmap>; 4];
@@ -653,6 +890,8 @@ pub struct ShopIndex {
     pub(crate) tier_visitors: RwLock<BTreeMap<u32, RoaringBitmap>>,
     /// Exposure columns: per banner and benefit, day -> visitors offered / held out.
     pub(crate) exposures: exposures::Exposures,
+    /// Days before this one have had their bitmaps compacted ([`ShopIndex::compact`]).
+    compacted_days: AtomicU32,
 }
 
 impl ShopIndex {
@@ -678,6 +917,7 @@ impl ShopIndex {
             tag_visitors: DashMap::default(),
             tier_visitors: RwLock::default(),
             exposures: Default::default(),
+            compacted_days: AtomicU32::new(0),
         }
     }
 
@@ -869,6 +1109,60 @@ impl ShopIndex {
         self.exposures.expire(first_day);
     }
 
+    /// Re-allocates bitmaps at their exact size, run-length encoding the
+    /// containers where that is smaller (roaring's `optimize`): the day,
+    /// category and exposure bitmaps of the days closed since the last call
+    /// (each closed day once: only late events change it afterwards), and
+    /// every item, tag and tier bitmap (these keep changing, so each call
+    /// copies them again). Roaring grows a container's array by doubling,
+    /// so a bitmap that stopped changing holds up to half its bytes as
+    /// slack. The server calls this every `INDEX_COMPACT_INTERVAL`
+    /// (`commands/serve.rs`); it costs about what copying those bitmaps
+    /// costs and holds each lock for one bitmap (a category: its days).
+    /// Returns how many bitmaps it compacted.
+    pub fn compact(&self, now_ms: i64) -> u64 {
+        let today = day_of(self.clock_ms(now_ms));
+        let from = self.compacted_days.load(Ordering::Relaxed);
+        let mut n = 0;
+        if from < today {
+            // One bitmap (or one category) per lock taken, so applying
+            // events waits for one copy at most.
+            for days in &self.days {
+                let keys: Vec<u32> = days.read().range(from..today).map(|(day, _)| *day).collect();
+                for day in keys {
+                    if let Some(b) = days.write().get_mut(&day) {
+                        compact_bitmap(b);
+                        n += 1;
+                    }
+                }
+            }
+            let categories: Vec<u32> = self.category_days.iter().map(|c| *c.key()).collect();
+            for category in categories {
+                if let Some(mut days) = self.category_days.get_mut(&category) {
+                    for days in days.iter_mut() {
+                        n += compact_days(days, from, today);
+                    }
+                }
+            }
+            n += self.exposures.compact(from, today);
+            self.compacted_days.fetch_max(today, Ordering::Relaxed);
+        }
+        for map in [&self.item_visitors, &self.tag_visitors] {
+            let keys: Vec<u32> = map.iter().map(|b| *b.key()).collect();
+            for key in keys {
+                if let Some(mut b) = map.get_mut(&key) {
+                    compact_bitmap(&mut b);
+                    n += 1;
+                }
+            }
+        }
+        for b in self.tier_visitors.write().values_mut() {
+            compact_bitmap(b);
+            n += 1;
+        }
+        n
+    }
+
     /// Sizes of the index, for metrics and benches.
     pub fn stats(&self) -> IndexStats {
         let mut stats = IndexStats {
@@ -934,6 +1228,22 @@ impl ShopIndex {
     pub(crate) fn set_zone(&mut self, zone: Zone) {
         self.zone = zone;
     }
+}
+
+/// `b` at its exact size, in run containers where they are smaller.
+pub(crate) fn compact_bitmap(b: &mut RoaringBitmap) {
+    b.optimize();
+    *b = b.clone();
+}
+
+/// Compacts the bitmaps of days `from..to`; returns how many.
+pub(crate) fn compact_days(days: &mut BTreeMap<u32, RoaringBitmap>, from: u32, to: u32) -> u64 {
+    let mut n = 0;
+    for (_, b) in days.range_mut(from..to) {
+        compact_bitmap(b);
+        n += 1;
+    }
+    n
 }
 
 /// The de-duplication key of a purchase: its id, else its item and timestamp.
@@ -1229,6 +1539,71 @@ mod tests {
                 assert_eq!(p.tier(), model.map_or(0, |(_, t)| t));
             }
         }
+    }
+
+    /// Every bitmap the index holds, as (what, sorted members).
+    fn bitmaps(shop: &ShopIndex) -> Vec<(String, Vec<u32>)> {
+        let mut out = Vec::new();
+        for (a, days) in shop.days.iter().enumerate() {
+            for (day, b) in days.read().iter() {
+                out.push((format!("day {a} {day}"), b.iter().collect()));
+            }
+        }
+        for c in shop.category_days.iter() {
+            for (a, days) in c.value().iter().enumerate() {
+                for (day, b) in days {
+                    out.push((format!("category {} {a} {day}", c.key()), b.iter().collect()));
+                }
+            }
+        }
+        for (what, map) in [("item", &shop.item_visitors), ("tag", &shop.tag_visitors)] {
+            for b in map.iter() {
+                out.push((format!("{what} {}", b.key()), b.value().iter().collect()));
+            }
+        }
+        for (tier, b) in shop.tier_visitors.read().iter() {
+            out.push((format!("tier {tier}"), b.iter().collect()));
+        }
+        out.sort();
+        out
+    }
+
+    /// Compaction changes no bitmap's members, compacts each closed day
+    /// once, and the bitmaps keep taking events afterwards.
+    #[test]
+    fn compaction_keeps_every_bitmap_and_closed_days_once() {
+        let shop = ShopIndex::new("s");
+        let now = 100 * DAY_MS;
+        let events = |from: u32, to: u32| {
+            (from..to).flat_map(move |v| {
+                let visitor = format!("v{}", v * 37 % 5000);
+                let ts = now - i64::from(v / 4 % 4) * DAY_MS;
+                [
+                    ev(&visitor, ["view", "cart", "favorite", "purchase"][v as usize % 4], ts),
+                    ev(&visitor, if v % 3 == 0 { "untag" } else { "tag" }, ts),
+                    Fields {
+                        tier: Some(i64::from(v % 3)),
+                        ..ev(&visitor, "member", ts + i64::from(v))
+                    },
+                ]
+            })
+        };
+        for f in events(0, 3000) {
+            apply(&shop, f);
+        }
+        let before = bitmaps(&shop);
+        // 3 closed days x (4 day bitmaps + 4 of the one category) + item, tag, tiers 1 and 2.
+        assert_eq!(shop.compact(now), 3 * 8 + 4);
+        assert_eq!(bitmaps(&shop), before);
+        assert_eq!(shop.compact(now), 4, "closed days are compacted once");
+        for f in events(3000, 6000) {
+            apply(&shop, f);
+        }
+        let fresh = ShopIndex::new("s");
+        for f in events(0, 6000) {
+            apply(&fresh, f);
+        }
+        assert_eq!(bitmaps(&shop), bitmaps(&fresh));
     }
 
     #[test]

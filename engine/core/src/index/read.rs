@@ -1,7 +1,7 @@
 //! Read-only questions a decision asks of a profile, beyond those in
 //! `index/mod.rs`, built on the profile's fields so the layout stays there.
 
-use super::{Entry, Profile, HEAD};
+use super::{Entry, Profile};
 use crate::time::HourRange;
 
 impl Profile {
@@ -18,28 +18,6 @@ impl Profile {
     /// a window unpacks only that window's entries and tests nothing per entry.
     #[inline]
     pub(crate) fn entries_in(&self, range: HourRange) -> impl DoubleEndedIterator<Item = Entry> + '_ {
-        let words = self.facts.get(HEAD..).unwrap_or_default();
-        let width = self.width();
-        let hour = |i: usize| Entry::hour_of(&words[i * width..(i + 1) * width]);
-        let n = words.len() / width;
-        let start = partition_point(n, |i| hour(i) < range.first);
-        let end = partition_point(n, |i| hour(i) <= range.last).max(start);
-        words[start * width..end * width].chunks_exact(width).map(Entry::unpack)
+        self.unpacked(Some(range))
     }
-}
-
-/// The first index in `0..n` where `before` turns false (`before` is true
-/// then false over the range, as `slice::partition_point` asks).
-#[inline]
-fn partition_point(n: usize, before: impl Fn(usize) -> bool) -> usize {
-    let (mut low, mut high) = (0, n);
-    while low < high {
-        let mid = low + (high - low) / 2;
-        if before(mid) {
-            low = mid + 1;
-        } else {
-            high = mid;
-        }
-    }
-    low
 }

@@ -79,6 +79,11 @@ pub const DATA_DIR_CHECK_INTERVAL: std::time::Duration = std::time::Duration::fr
 /// How long a shutdown waits for the Kafka consumer's final commit and close.
 const INGEST_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How often the background task compacts the index's bitmaps
+/// (`ShopIndex::compact`: closed days once, item, tag and tier bitmaps
+/// every time); the first tick after start compacts a restored index.
+pub const INDEX_COMPACT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Every service whose health is reported, with "" (the server as a whole).
 const HEALTH_SERVICES: [&str; 7] = [
     "",
@@ -561,8 +566,9 @@ async fn run_ingest(
     Ok(())
 }
 
-/// Periodic work: pick up edited rule files, refresh index gauges, and run
-/// the exporter's upkeep.
+/// Periodic work: pick up edited rule files, refresh index gauges, compact
+/// the index's bitmaps every [`INDEX_COMPACT_INTERVAL`], and run the
+/// exporter's upkeep.
 async fn background(
     engine: Arc<Engine>,
     handle: PrometheusHandle,
@@ -572,6 +578,7 @@ async fn background(
     let mut ticker = tokio::time::interval(poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
+    let mut compacted_at: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -580,6 +587,10 @@ async fn background(
         let e = engine.clone();
         let refresh_stats = ticks.is_multiple_of(5);
         ticks += 1;
+        let compact = compacted_at.is_none_or(|t| t.elapsed() >= INDEX_COMPACT_INTERVAL);
+        if compact {
+            compacted_at = Some(std::time::Instant::now());
+        }
         let scan = !e.rules.is_clustered() || e.cluster.rules.get().is_some_and(|_| e.rules.scanned());
         let report = tokio::task::spawn_blocking(move || {
             let report = if scan {
@@ -591,6 +602,12 @@ async fn background(
             if refresh_stats {
                 for shop in e.index.shops() {
                     metrics::index_stats(shop.name(), &shop.stats());
+                }
+            }
+            if compact {
+                for shop in e.index.shops() {
+                    let bitmaps = shop.compact(now_ms());
+                    tracing::debug!(shop = shop.name(), bitmaps, "index bitmaps compacted");
                 }
             }
             report
