@@ -38,6 +38,7 @@
 
 pub(crate) mod exposures;
 mod interner;
+pub(crate) mod items;
 mod read;
 
 #[cfg(test)]
@@ -46,7 +47,6 @@ mod attack17;
 pub(crate) use interner::Interner;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use ahash::RandomState;
@@ -635,8 +635,8 @@ pub struct ShopIndex {
     /// The zone whose clock hours the index counts; fixed at creation.
     zone: Zone,
     pub(crate) visitors: Interner,
-    pub(crate) items: DashMap<Box<str>, ItemInfo, RandomState>,
-    pub(crate) next_item: AtomicU32,
+    /// Item names -> ids, and each item's facts by id.
+    pub(crate) items: items::ItemTable,
     pub(crate) categories: Interner,
     pub(crate) tags: Interner,
     /// Shard `id & (SHARDS - 1)`, slot `id >> SHARD_BITS`.
@@ -667,8 +667,7 @@ impl ShopIndex {
             name: name.into(),
             zone,
             visitors: Interner::default(),
-            items: DashMap::default(),
-            next_item: AtomicU32::new(0),
+            items: items::ItemTable::default(),
             categories: Interner::default(),
             tags: Interner::default(),
             profiles: (0..SHARDS).map(|_| RwLock::new(Vec::new())).collect(),
@@ -732,33 +731,34 @@ impl ShopIndex {
         f(&mut shard[slot])
     }
 
-    /// The id and facts of an item seen in events.
-    pub(crate) fn item(&self, item: &str) -> Option<dashmap::mapref::one::Ref<'_, Box<str>, ItemInfo>> {
-        self.items.get(item)
+    /// The facts of an item seen in events, copied.
+    #[cfg(test)]
+    pub(crate) fn item(&self, item: &str) -> Option<ItemInfo> {
+        let id = self.items.id(item)?;
+        self.items.facts(id, ItemInfo::clone)
+    }
+
+    /// The id of an item seen in events.
+    #[inline]
+    pub(crate) fn item_id(&self, item: &str) -> Option<u32> {
+        self.items.id(item)
     }
 
     fn intern_item(&self, item: &str, category: Option<(u32, i64)>, price: Option<(i64, f64)>) -> u32 {
-        let update = |info: &mut ItemInfo| {
-            if let Some((cat, ts)) = category {
-                if info.category.is_none_or(|cur| (ts, cat) > cur) {
-                    info.category = Some((ts, cat));
+        let id = self.items.intern(item);
+        if category.is_some() || price.is_some() {
+            self.items.update(id, |info| {
+                if let Some((cat, ts)) = category {
+                    if info.category.is_none_or(|cur| (ts, cat) > cur) {
+                        info.category = Some((ts, cat));
+                    }
                 }
-            }
-            if let Some((ts, p)) = price {
-                info.learn_price(ts, p);
-            }
-            info.id
-        };
-        if let Some(mut info) = self.items.get_mut(item) {
-            return update(&mut info);
+                if let Some((ts, p)) = price {
+                    info.learn_price(ts, p);
+                }
+            });
         }
-        let mut info = self.items.entry(item.into()).or_insert_with(|| ItemInfo {
-            id: self.next_item.fetch_add(1, Ordering::Relaxed),
-            category: None,
-            buys: [(0, 0); POPULARITY_DAYS],
-            price: None,
-        });
-        update(&mut info)
+        id
     }
 
     /// Applies one validated event of this shop. Idempotent.
@@ -799,9 +799,7 @@ impl ShopIndex {
                     }
                 }
                 if new_purchase {
-                    if let Some(mut info) = self.items.get_mut(item_name) {
-                        info.add_buy(hour / 24);
-                    }
+                    self.items.update(item, |info| info.add_buy(hour / 24));
                 }
             }
             Action::Tag | Action::Untag => {
@@ -909,7 +907,8 @@ impl ShopIndex {
 
     /// The known price of an item: the latest `price` events told.
     pub fn item_price(&self, item: &str) -> Option<f64> {
-        self.items.get(item).and_then(|info| info.price).map(|(_, p)| p)
+        let id = self.items.id(item)?;
+        self.items.facts(id, |info| info.price).flatten().map(|(_, p)| p)
     }
 
     /// Today's day number at clock reading `clock_ms` (for popularity).
