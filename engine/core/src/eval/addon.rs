@@ -58,7 +58,7 @@ pub(super) fn add_on_picks<'r>(
             continue;
         }
         let item = shop_ids.get(rid as usize).copied().unwrap_or(UNKNOWN);
-        let Some(price) = shop.items.facts(item, |info| info.price).flatten().map(|(_, p)| p) else {
+        let Some(price) = shop.items.view(item).and_then(|info| info.price()) else {
             continue;
         };
         if price >= gap && signals.judge_id(item).is_some() {

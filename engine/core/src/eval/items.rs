@@ -197,7 +197,7 @@ impl<'a> Signals<'a> {
     /// The rank class and strength within the class of the item with id
     /// `item` in the shop's item table (or [`UNKNOWN`] for an item the shop
     /// has not seen), or `None` when the visitor bought it within
-    /// `exclude_purchased`. The item's facts are read by id, under one lock.
+    /// `exclude_purchased`. The item's facts are read by id, without a lock.
     pub(super) fn judge_id(&self, item: u32) -> Option<(ItemReason, u32)> {
         let Some(shop) = self.shop.filter(|_| item != UNKNOWN) else {
             return Some((ItemReason::Pool, 0));
@@ -217,17 +217,17 @@ impl<'a> Signals<'a> {
                 return Some((ItemReason::Favorited, 0));
             }
         }
-        let judged = shop.items.facts(item, |info| {
-            let category = info.category();
-            if let Some((_, views)) = self.categories.iter().find(|(c, _)| *c == category && category != NONE) {
-                return (ItemReason::ViewedCategory, *views);
-            }
-            match info.popularity(self.today) {
-                0 => (ItemReason::Pool, 0),
-                n => (ItemReason::Popular, n),
-            }
-        });
-        Some(judged.unwrap_or((ItemReason::Pool, 0)))
+        let Some(info) = shop.items.view(item) else {
+            return Some((ItemReason::Pool, 0));
+        };
+        let category = info.category();
+        if let Some((_, views)) = self.categories.iter().find(|(c, _)| *c == category && category != NONE) {
+            return Some((ItemReason::ViewedCategory, *views));
+        }
+        Some(match info.popularity(self.today) {
+            0 => (ItemReason::Pool, 0),
+            n => (ItemReason::Popular, n),
+        })
     }
 }
 

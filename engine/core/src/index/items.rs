@@ -10,6 +10,15 @@
 //! keeps them per table), a decision reads their facts without hashing a
 //! string. Items are only ever added, and an id never changes.
 //!
+//! A decision does not even take those locks: what it reads of an item
+//! (category, price, purchases per day) is copied into an [`ItemView`] of
+//! atomics by the writer that changed the facts, under the facts' lock, and
+//! read with plain loads. Views sit in buckets of doubling size allocated
+//! as ids are handed out (`OnceLock`s: no lock to find one either). A
+//! decision judging ~25 items thus does no read-modify-write per item, which
+//! a lock does twice (and each is a fence that waits for the decision's
+//! outstanding cache misses).
+//!
 //! A resolution can be cached: [`ItemTable::serial`] tells tables apart (a
 //! snapshot load builds a new one) and [`ItemTable::added`] counts the items
 //! whose names can be found, bumped only after an item's name is in the map.
@@ -19,15 +28,95 @@
 //! unknown names only when `added()` has moved.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use ahash::RandomState;
 use dashmap::DashMap;
 use parking_lot::RwLock;
 
-use super::{ItemInfo, POPULARITY_DAYS};
+use super::{ItemInfo, NONE, POPULARITY_DAYS};
 
 /// Shards of the facts table (a power of two).
 pub(crate) const ITEM_SHARDS: usize = 16;
+
+/// Items in the first bucket of views (`1 << FIRST_BUCKET_BITS`); bucket `b`
+/// holds twice as many as bucket `b - 1`.
+const FIRST_BUCKET_BITS: u32 = 5;
+/// Buckets of views: enough for every `u32` id.
+const BUCKETS: usize = 28;
+
+/// The price word of an item without a price (a NaN, never a valid price).
+const NO_PRICE: u64 = u64::MAX;
+
+/// What a decision reads of an item (category, price, purchases per day),
+/// copied from its [`ItemInfo`] by the writer that changed it, under that
+/// item's shard lock, and read with plain atomic loads: no lock, no
+/// read-modify-write on the decision's path. Each word is the latest
+/// value written; a reader racing a writer sees each word old or new.
+#[derive(Debug)]
+pub(crate) struct ItemView {
+    category: AtomicU32,
+    price: AtomicU64,
+    /// `day << 32 | purchases`, one per slot of `ItemInfo::buys`.
+    buys: [AtomicU64; POPULARITY_DAYS],
+}
+
+impl Default for ItemView {
+    fn default() -> ItemView {
+        ItemView {
+            category: AtomicU32::new(NONE),
+            price: AtomicU64::new(NO_PRICE),
+            buys: Default::default(),
+        }
+    }
+}
+
+impl ItemView {
+    fn publish(&self, info: &ItemInfo) {
+        self.category.store(info.category(), Ordering::Relaxed);
+        let price = info.price.map_or(NO_PRICE, |(_, p)| p.to_bits());
+        self.price.store(price, Ordering::Relaxed);
+        for (word, (day, n)) in self.buys.iter().zip(info.buys) {
+            word.store(u64::from(day) << 32 | u64::from(n), Ordering::Relaxed);
+        }
+    }
+
+    /// The item's category ([`NONE`] without one).
+    #[inline]
+    pub(crate) fn category(&self) -> u32 {
+        self.category.load(Ordering::Relaxed)
+    }
+
+    /// The item's known price.
+    #[inline]
+    pub(crate) fn price(&self) -> Option<f64> {
+        match self.price.load(Ordering::Relaxed) {
+            NO_PRICE => None,
+            bits => Some(f64::from_bits(bits)),
+        }
+    }
+
+    /// Distinct purchases over the 7 days ending with `today`, as
+    /// `ItemInfo::popularity` counts them.
+    #[inline]
+    pub(crate) fn popularity(&self, today: u32) -> u32 {
+        self.buys
+            .iter()
+            .map(|word| word.load(Ordering::Relaxed))
+            .map(|word| ((word >> 32) as u32, word as u32))
+            .filter(|(day, _)| *day <= today && day + 7 > today)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// The bucket of views holding `id`, and its place there.
+#[inline]
+fn bucket_of(id: u32) -> (usize, usize) {
+    let n = u64::from(id) + (1 << FIRST_BUCKET_BITS);
+    let bucket = 63 - n.leading_zeros() - FIRST_BUCKET_BITS;
+    (bucket as usize, (n - (1u64 << (bucket + FIRST_BUCKET_BITS))) as usize)
+}
 
 /// Serials of item tables: each table gets the next one (0 is never used).
 static SERIALS: AtomicU64 = AtomicU64::new(1);
@@ -43,6 +132,9 @@ pub(crate) struct ItemTable {
     /// Items whose names are in `ids` (bumped after the insert).
     added: AtomicU32,
     serial: u64,
+    /// What decisions read, by id: bucket `b` holds `32 << b` items,
+    /// allocated when its first id is handed out (see [`ItemView`]).
+    views: [OnceLock<Box<[ItemView]>>; BUCKETS],
 }
 
 impl Default for ItemTable {
@@ -53,6 +145,7 @@ impl Default for ItemTable {
             next: AtomicU32::new(0),
             added: AtomicU32::new(0),
             serial: SERIALS.fetch_add(1, Ordering::Relaxed),
+            views: Default::default(),
         }
     }
 }
@@ -88,6 +181,7 @@ impl ItemTable {
         }
         for (i, mut info) in infos.into_iter().take(count).enumerate() {
             info.id = i as u32;
+            table.view_slot(info.id).publish(&info);
             let (shard, _) = place(i as u32);
             table.facts[shard].get_mut().push(info);
         }
@@ -126,12 +220,33 @@ impl ItemTable {
         self.facts.get(shard)?.read().get(slot).map(f)
     }
 
-    /// Runs `f` on the facts of item `id` to change them (nothing for an unknown id).
+    /// Runs `f` on the facts of item `id` to change them, then publishes
+    /// them to its [`ItemView`] (nothing for an unknown id).
     pub(crate) fn update(&self, id: u32, f: impl FnOnce(&mut ItemInfo)) {
         let (shard, slot) = place(id);
         if let Some(shard) = self.facts.get(shard) {
-            shard.write().get_mut(slot).map(f);
+            let mut facts = shard.write();
+            if let Some(info) = facts.get_mut(slot) {
+                f(info);
+                self.view_slot(id).publish(info);
+            }
         }
+    }
+
+    /// What a decision reads of item `id`, without a lock (`None` for an id
+    /// not handed out).
+    #[inline]
+    pub(crate) fn view(&self, id: u32) -> Option<&ItemView> {
+        let (bucket, at) = bucket_of(id);
+        self.views.get(bucket)?.get()?.get(at)
+    }
+
+    /// The view of item `id`, its bucket allocated if need be.
+    fn view_slot(&self, id: u32) -> &ItemView {
+        let (bucket, at) = bucket_of(id);
+        let size = 1usize << (bucket as u32 + FIRST_BUCKET_BITS);
+        let views = self.views[bucket].get_or_init(|| (0..size).map(|_| ItemView::default()).collect());
+        &views[at]
     }
 
     /// The id of `item`, added when new.
@@ -142,7 +257,8 @@ impl ItemTable {
         let mut fresh_id = None;
         let id = *self.ids.entry(item.into()).or_insert_with(|| {
             let id = self.next.fetch_add(1, Ordering::AcqRel);
-            // The facts' slot exists before the name can be found.
+            // The facts' and view's slots exist before the name can be found.
+            self.view_slot(id);
             let (shard, slot) = place(id);
             let mut facts = self.facts[shard].write();
             if facts.len() <= slot {
@@ -214,8 +330,67 @@ mod tests {
             Some((33, Some((1, 2.5))))
         );
         assert_eq!(table.facts(40, |info| info.id), None);
+        table.update(33, |info| {
+            info.category = Some((5, 9));
+            info.add_buy(100);
+            info.add_buy(96);
+            info.add_buy(90);
+        });
+        let view = |id| table.view(id).map(|v| (v.category(), v.price(), v.popularity(100)));
+        assert_eq!(view(33), Some((9, Some(2.5), 2)));
+        assert_eq!(view(39), Some((NONE, None, 0)));
         assert_eq!(table.id("i33"), Some(33));
         assert_eq!(table.id("nope"), None);
+    }
+
+    /// Threads interning overlapping names get one dense id per name, every
+    /// id's facts slot names that id, and a reader never finds a name whose
+    /// item `added` does not count yet (what the rule catalogs' cache relies on).
+    #[test]
+    fn concurrent_interning_gives_dense_ids_counted_once_findable() {
+        let table = ItemTable::default();
+        let names: Vec<String> = (0..600).map(|i| format!("item-{i}")).collect();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (table, names) = (&table, &names);
+                s.spawn(move || {
+                    for k in 0..names.len() {
+                        table.intern(&names[(k * 7 + t * 151) % names.len()]);
+                    }
+                });
+            }
+            s.spawn(|| {
+                for name in names.iter().cycle().take(5_000) {
+                    let added = table.added();
+                    if let Some(id) = table.id(name) {
+                        assert!(table.facts(id, |info| info.id) == Some(id), "{name}");
+                    } else {
+                        // Not findable: `added` has not counted it yet.
+                        assert!(added < names.len() as u32);
+                    }
+                }
+            });
+        });
+        assert_eq!((table.len(), table.added()), (600, 600));
+        let mut ids: Vec<u32> = names.iter().map(|n| table.id(n).unwrap_or(u32::MAX)).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..600).collect::<Vec<_>>());
+        for id in 0..600 {
+            assert_eq!(table.facts(id, |info| info.id), Some(id));
+        }
+    }
+
+    /// Views sit at every id, bucket boundaries included, each id once.
+    #[test]
+    fn buckets_cover_every_id_once() {
+        let mut next = (0, 0);
+        for id in 0..5_000u32 {
+            let (bucket, at) = bucket_of(id);
+            assert_eq!((bucket, at), next, "{id}");
+            let size = 1usize << (bucket as u32 + FIRST_BUCKET_BITS);
+            next = if at + 1 == size { (bucket + 1, 0) } else { (bucket, at + 1) };
+        }
+        assert_eq!(bucket_of(u32::MAX).0, BUCKETS - 1);
     }
 
     #[test]

@@ -34,7 +34,10 @@
 //! `RwLock`; bitmaps sit behind per-action locks and sharded maps. A decision
 //! takes one shared shard lock; nothing on the read path is global. Writers
 //! take a profile shard lock first and bitmap locks second; readers never
-//! hold a bitmap lock while they take a profile lock.
+//! hold a bitmap lock while they take a profile lock. Items (`index/items.rs`)
+//! are names -> ids in one map and facts by id in locked shards; apply takes
+//! an item's locks outside any profile lock, a decision reads an item's facts
+//! by id under its profile's shard lock.
 
 pub(crate) mod exposures;
 mod interner;
@@ -594,7 +597,9 @@ impl ItemInfo {
         self.category.map_or(NONE, |(_, c)| c)
     }
 
-    /// Distinct purchases of the item over the 7 days ending with `today`.
+    /// Distinct purchases of the item over the 7 days ending with `today`
+    /// (what `items::ItemView::popularity` reads for decisions).
+    #[cfg(test)]
     pub(crate) fn popularity(&self, today: u32) -> u32 {
         self.buys
             .iter()
