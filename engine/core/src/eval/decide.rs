@@ -7,7 +7,10 @@
 //! item signals, the ranked candidates) is a per-thread [`Scratch`] reused
 //! from decision to decision, trimmed back to [`SCRATCH_KEEP`] elements per
 //! buffer after one that needed more; candidates are compared by the
-//! rule-local ids of [`crate::rules::catalog`], not by string.
+//! rule-local ids of [`crate::rules::catalog`], not by string, and an
+//! item's facts are read through the id the catalog caches for it in the
+//! shop's item table (`crate::index::items`), without hashing its name or
+//! taking a lock.
 //! `benches/tests/alloc.rs` counts the allocations with a counting global
 //! allocator. One exception: `claimed(WINDOW)` without a filter iterates the
 //! claim ledger's map of benefits, whose iterator allocates (see that test).

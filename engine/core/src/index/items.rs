@@ -388,7 +388,11 @@ mod tests {
             let (bucket, at) = bucket_of(id);
             assert_eq!((bucket, at), next, "{id}");
             let size = 1usize << (bucket as u32 + FIRST_BUCKET_BITS);
-            next = if at + 1 == size { (bucket + 1, 0) } else { (bucket, at + 1) };
+            next = if at + 1 == size {
+                (bucket + 1, 0)
+            } else {
+                (bucket, at + 1)
+            };
         }
         assert_eq!(bucket_of(u32::MAX).0, BUCKETS - 1);
     }
