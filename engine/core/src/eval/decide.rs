@@ -298,12 +298,7 @@ pub fn decide<'r>(
         shop.and_then(|s| s.visitor_id(req.visitor))
     };
     match (shop, vid) {
-        (Some(s), Some(id)) => s.with_profile(id, |profile| {
-            if let Some(p) = profile {
-                p.touch();
-            }
-            decide_with(rules, shop, profile, ledger, req)
-        }),
+        (Some(s), Some(id)) => s.with_profile(id, |profile| decide_with(rules, shop, profile, ledger, req)),
         _ => decide_with(rules, shop, None, ledger, req),
     }
 }

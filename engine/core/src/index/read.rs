@@ -13,23 +13,6 @@ impl Profile {
         self.tags().iter().any(|t| t.present)
     }
 
-    /// Starts loading what a decision reads of the profile beyond its 32
-    /// bytes (the entries block's head and newest words, the rare part's
-    /// purchases and tags) at once, so that those cache misses overlap
-    /// instead of following one another as the decision reaches each. Plain
-    /// loads whose values go to `black_box`: the processor goes on past them.
-    #[inline]
-    pub(crate) fn touch(&self) {
-        let facts = &self.facts;
-        let more = self.more.as_deref();
-        std::hint::black_box((
-            facts.first().copied(),
-            facts.last().copied(),
-            more.and_then(|m| m.purchases.first().map(|p| p.hour)),
-            more.and_then(|m| m.tags.first().map(|t| t.tag)),
-        ));
-    }
-
     /// The entries whose hour lies in `range`, oldest first: two binary
     /// searches over the packed entries (sorted by hour first), so a scan of
     /// a window unpacks only that window's entries and tests nothing per entry.
