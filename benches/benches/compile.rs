@@ -19,7 +19,7 @@ fn main() {
         rules_50.lines().count(),
         loaded.plan.audiences().len(),
         loaded.banners.len(),
-        loaded.items.pools.len(),
+        loaded.items().pools.len(),
         loaded.benefits.len()
     );
     load_rules(RULES_20);

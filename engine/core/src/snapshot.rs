@@ -121,7 +121,6 @@
 //! Neither changes a decision or an audience size.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use ahash::RandomState;
@@ -131,8 +130,8 @@ use roaring::RoaringBitmap;
 
 use crate::codec::{self, begin_len, end_len, Put, Reader};
 use crate::index::{
-    DayBitmaps, Entry, Index, Interner, ItemInfo, Profile, Purchase, ShopIndex, TagState, MAX_ENTRY_HOUR, NONE,
-    POPULARITY_DAYS, SHARDS, SHARD_BITS,
+    items::ItemTable, DayBitmaps, Entry, Index, Interner, ItemInfo, Profile, Purchase, ShopIndex, TagState,
+    MAX_ENTRY_HOUR, NONE, POPULARITY_DAYS, SHARDS, SHARD_BITS,
 };
 
 /// The first eight bytes of every snapshot.
@@ -458,12 +457,13 @@ type CapturedItem = (Box<str>, Option<(i64, u32)>);
 /// The item table in id order, cut at the first id not visible yet.
 fn capture_items(shop: &ShopIndex) -> Vec<CapturedItem> {
     let mut slots: Vec<Option<CapturedItem>> = Vec::new();
-    for pair in shop.items.iter() {
-        let id = pair.value().id as usize;
+    for (name, id) in shop.items.names() {
+        let id = id as usize;
         if id >= slots.len() {
             slots.resize_with(id + 1, || None);
         }
-        slots[id] = Some((pair.key().clone(), pair.value().category));
+        let category = shop.items.facts(id as u32, |info| info.category).flatten();
+        slots[id] = Some((name, category));
     }
     slots.into_iter().map_while(|s| s).collect()
 }
@@ -827,17 +827,10 @@ fn decode_shop(mut r: Reader<'_>) -> Decoded<ShopIndex> {
     shop.visitors = interned?;
     let (profiles, derived) = decoded?;
 
-    let item_map = DashMap::with_capacity_and_hasher(item_infos.len(), RandomState::default());
-    for (name, info) in item_names.into_iter().zip(item_infos) {
-        if item_map.insert(Box::<str>::from(name), info).is_some() {
-            return Err(SnapshotError::Malformed {
-                offset: item_at,
-                what: "duplicate item",
-            });
-        }
-    }
-    shop.items = item_map;
-    shop.next_item = AtomicU32::new(items);
+    shop.items = ItemTable::from_parts(item_names, item_infos).map_err(|_| SnapshotError::Malformed {
+        offset: item_at,
+        what: "duplicate item",
+    })?;
     for (lock, shard) in shop.profiles.iter_mut().zip(profiles) {
         *lock.get_mut() = shard;
     }
@@ -848,12 +841,12 @@ fn decode_shop(mut r: Reader<'_>) -> Decoded<ShopIndex> {
 /// The PRICES section of `shop`, for its first `items` items (those its
 /// SHOP section holds); nothing when none of them has a price.
 fn encode_prices(shop: &ShopIndex, items: u32, out: &mut Vec<u8>) {
-    let mut prices: Vec<(u32, i64, f64)> = shop
-        .items
-        .iter()
-        .filter(|pair| pair.value().id < items)
-        .filter_map(|pair| pair.value().price.map(|(ts, p)| (pair.value().id, ts, p)))
-        .collect();
+    let mut prices: Vec<(u32, i64, f64)> = Vec::new();
+    shop.items.each_below(items, |info| {
+        if let Some((ts, p)) = info.price {
+            prices.push((info.id, ts, p));
+        }
+    });
     if prices.is_empty() {
         return;
     }
@@ -879,7 +872,7 @@ fn decode_prices<'a>(mut r: Reader<'a>, index: &Index, priced: &mut std::collect
     if !priced.insert(name) {
         return Err(malformed(&r, "duplicate PRICES section"));
     }
-    let items = shop.next_item.load(std::sync::atomic::Ordering::Acquire);
+    let items = shop.items.len();
     // Each price takes at least 17 bytes.
     let count = r.count(17)?;
     if count > items as usize {
@@ -901,9 +894,9 @@ fn decode_prices<'a>(mut r: Reader<'a>, index: &Index, priced: &mut std::collect
         by_id[item as usize] = Some((ts, price));
     }
     r.finish()?;
-    for mut info in shop.items.iter_mut() {
-        if let Some(price) = by_id.get(info.id as usize).copied().flatten() {
-            info.price = Some(price);
+    for (id, price) in by_id.into_iter().enumerate() {
+        if let Some(price) = price {
+            shop.items.update(id as u32, |info| info.price = Some(price));
         }
     }
     Ok(())
@@ -1591,7 +1584,7 @@ benefits:
         // A writer has taken id 2 of each dictionary but not published it yet.
         shop.visitors.next.fetch_add(1, Ordering::Relaxed);
         shop.categories.next.fetch_add(1, Ordering::Relaxed);
-        shop.next_item.fetch_add(1, Ordering::Relaxed);
+        shop.items.next.fetch_add(1, Ordering::Relaxed);
         index.apply(&ev("v0", "i3", "c0")); // a newer item in an old profile
         index.apply(&ev("v1", "i0", "c3")); // a newer category in an old profile
         index.apply(&ev("v3", "i0", "c0")); // a newer visitor

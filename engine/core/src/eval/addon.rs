@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::eval::items::{ItemAt, ItemReason, Pick, Signals};
 use crate::index::ShopIndex;
+use crate::rules::catalog::UNKNOWN;
 use crate::rules::{Pool, RuleSet};
 
 /// Starts `picks` with the add-on items: from the complements of the
@@ -24,30 +25,43 @@ pub(super) fn add_on_picks<'r>(
         signals,
         context_item,
         complements,
+        complement_ids,
+        shop_ids,
         gap,
         limit,
     } = *pick;
-    let at = |list: u32| move |(pos, id): (usize, &'r std::sync::Arc<str>)| (ItemAt { list, pos: pos as u32 }, &**id);
+    let catalog = &rules.items.catalog;
+    let at = |list: u32, rids: &'r [u32]| {
+        move |(pos, id): (usize, &'r std::sync::Arc<str>)| {
+            let rid = rids.get(pos).copied().unwrap_or(UNKNOWN);
+            (ItemAt { list, pos: pos as u32 }, &**id, rid)
+        }
+    };
     let pools = rules
         .items
         .pools
         .iter()
         .enumerate()
         .filter(|(_, pool)| pool_matches(pool))
-        .flat_map(|(i, pool)| pool.items.iter().enumerate().map(at(i as u32)));
-    let candidates = complements.iter().enumerate().map(at(ItemAt::COMPLEMENTS)).chain(pools);
+        .flat_map(|(i, pool)| pool.items.iter().enumerate().map(at(i as u32, catalog.pool(i))));
+    let candidates = complements
+        .iter()
+        .enumerate()
+        .map(at(ItemAt::COMPLEMENTS, complement_ids))
+        .chain(pools);
     priced.clear();
-    for (order, (where_, id)) in candidates.enumerate() {
+    for (order, (where_, id, rid)) in candidates.enumerate() {
         if id == context_item
             || picks.iter().any(|p| p.id == id)
             || priced.iter().any(|c| c.2.id(rules, complements) == id)
         {
             continue;
         }
-        let Some(price) = shop.item(id).and_then(|info| info.price).map(|(_, p)| p) else {
+        let item = shop_ids.get(rid as usize).copied().unwrap_or(UNKNOWN);
+        let Some(price) = shop.items.view(item).and_then(|info| info.price()) else {
             continue;
         };
-        if price >= gap && signals.judge(id).is_some() {
+        if price >= gap && signals.judge_id(item).is_some() {
             priced.push((price, order as u32, where_));
         }
     }
@@ -66,6 +80,10 @@ pub(crate) struct AddOnPick<'a, 'r> {
     pub(crate) signals: &'a Signals<'a>,
     pub(crate) context_item: &'a str,
     pub(crate) complements: &'r [Arc<str>],
+    /// The complements' rule-local ids (`crate::rules::catalog`).
+    pub(crate) complement_ids: &'r [u32],
+    /// Per rule-local id, its id in the shop's item table.
+    pub(crate) shop_ids: &'a [u32],
     pub(crate) gap: f64,
     pub(crate) limit: usize,
 }

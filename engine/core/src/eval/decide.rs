@@ -7,7 +7,10 @@
 //! item signals, the ranked candidates) is a per-thread [`Scratch`] reused
 //! from decision to decision, trimmed back to [`SCRATCH_KEEP`] elements per
 //! buffer after one that needed more; candidates are compared by the
-//! rule-local ids of [`crate::rules::catalog`], not by string.
+//! rule-local ids of [`crate::rules::catalog`], not by string, and an
+//! item's facts are read through the id the catalog caches for it in the
+//! shop's item table (`crate::index::items`), without hashing its name or
+//! taking a lock.
 //! `benches/tests/alloc.rs` counts the allocations with a counting global
 //! allocator. One exception: `claimed(WINDOW)` without a filter iterates the
 //! claim ledger's map of benefits, whose iterator allocates (see that test).
@@ -23,7 +26,7 @@ pub use crate::eval::items::{ItemReason, Pick, AFFINITY_WINDOW};
 use crate::event::Action;
 use crate::hash::held_out;
 use crate::index::{Profile, ShopIndex};
-use crate::rules::catalog::ItemCatalog;
+use crate::rules::catalog::UNKNOWN;
 use crate::rules::plan::{Atom, CtxKey, Facts, Memo, NodeId};
 use crate::rules::tiers::{preview_tier, TierPreview, Tiers};
 pub use crate::rules::Slot;
@@ -250,7 +253,7 @@ impl Facts for VisitorFacts<'_> {
                     // Without any entry of the actions in the window, no
                     // entry of the item or category: no need to look it up.
                     Some(_) if !p.has_action_in(actions, range) => false,
-                    Some(Filter::Item(item)) => match shop.item(item).map(|i| i.id) {
+                    Some(Filter::Item(item)) => match shop.item_id(item) {
                         Some(id) => p.entries_in(range).rev().any(|e| e.item == id && of_action(&e)),
                         None => false,
                     },
@@ -488,29 +491,21 @@ fn decide_in<'r>(
     );
     let context_item = req.context.item;
     // Candidates are compared by rule-local id: the context item's, if the
-    // section names it, and a bit per id placed or judged already.
-    // The section's fields are public: a rule set edited after loading
-    // gets a catalog built afresh (see `crate::rules::catalog`).
+    // section names it, and a bit per id placed or judged already. The
+    // section cannot change after loading, so the catalog describes it.
     let context_list: Option<&'r [Arc<str>]> = match context_item {
         "" => None,
         item => items.complements.get(item).map(|list| &list[..]),
     };
     let complements = context_list.unwrap_or_default();
-    let rebuilt;
-    let mut catalog = &items.catalog;
-    let mut context_id = catalog.id(context_item);
-    let mut complements_of = context_id.and_then(|id| catalog.complements(id));
-    if !catalog.describes(
-        &items.pools,
-        items.complements.len(),
-        context_list,
-        complements_of.map(|(_, list)| list),
-    ) {
-        rebuilt = ItemCatalog::of(items.pools.iter().map(|p| &p.items[..]), &items.complements);
-        catalog = &rebuilt;
-        context_id = catalog.id(context_item);
-        complements_of = context_id.and_then(|id| catalog.complements(id));
-    }
+    let catalog = &items.catalog;
+    let context_id = catalog.id(context_item);
+    let complements_of = context_id.and_then(|id| catalog.complements(id));
+    // Each rule-local id's id in the shop's item table, held only while the
+    // items are chosen.
+    let resolved = catalog.shop_ids(shop.map(|s| &s.items));
+    let shop_ids = resolved.as_deref().unwrap_or_default();
+    let shop_id = |rid: u32| shop_ids.get(rid as usize).copied().unwrap_or(UNKNOWN);
     seen.clear();
     seen.resize(catalog.len().div_ceil(64), 0);
     let mut picks: Vec<Pick<'r>> = Vec::with_capacity(limit);
@@ -525,6 +520,8 @@ fn decide_in<'r>(
             signals: &signals,
             context_item,
             complements,
+            complement_ids: complements_of.map_or(&[][..], |(ids, _)| ids),
+            shop_ids,
             gap,
             limit,
         };
@@ -538,7 +535,11 @@ fn decide_in<'r>(
     }
     if let Some((ids, _)) = complements_of {
         for (id, &rid) in complements.iter().zip(ids) {
-            if picks.len() < limit && Some(rid) != context_id && !marked(seen, rid) && signals.judge(id).is_some() {
+            if picks.len() < limit
+                && Some(rid) != context_id
+                && !marked(seen, rid)
+                && signals.judge_id(shop_id(rid)).is_some()
+            {
                 mark(seen, rid);
                 picks.push(Pick {
                     id,
@@ -565,11 +566,11 @@ fn decide_in<'r>(
         }
         step(Slot::Items, &text, StepOutcome::Contributed);
         // An item judged once is judged alike again: skipping it is exact.
-        for ((pos, id), &rid) in pool.items.iter().enumerate().zip(catalog.pool(i)) {
+        for (pos, &rid) in catalog.pool(i).iter().enumerate() {
             if Some(rid) == context_id || !mark(seen, rid) {
                 continue;
             }
-            let Some((reason, strength)) = signals.judge(id) else {
+            let Some((reason, strength)) = signals.judge_id(shop_id(rid)) else {
                 continue;
             };
             let at = ItemAt {
@@ -579,6 +580,7 @@ fn decide_in<'r>(
             ranked.push((reason, u32::MAX - strength, ranked.len() as u32, at));
         }
     }
+    drop(resolved);
     *signal_buffers = signals.into_buffers();
     ranked.sort_unstable();
     let room = limit.saturating_sub(picks.len());

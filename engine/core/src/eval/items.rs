@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::event::Action;
 use crate::index::{Profile, ShopIndex, NONE};
+use crate::rules::catalog::UNKNOWN;
 use crate::rules::RuleSet;
 use crate::time::{Unit, Window};
 
@@ -193,18 +194,20 @@ impl<'a> Signals<'a> {
         }
     }
 
-    /// The item's rank class and strength within the class, or `None` when
-    /// the visitor bought it within `exclude_purchased`. One index lookup.
-    pub(super) fn judge(&self, item: &str) -> Option<(ItemReason, u32)> {
-        let Some(info) = self.shop.and_then(|s| s.item(item)) else {
+    /// The rank class and strength within the class of the item with id
+    /// `item` in the shop's item table (or [`UNKNOWN`] for an item the shop
+    /// has not seen), or `None` when the visitor bought it within
+    /// `exclude_purchased`. The item's facts are read by id, without a lock.
+    pub(super) fn judge_id(&self, item: u32) -> Option<(ItemReason, u32)> {
+        let Some(shop) = self.shop.filter(|_| item != UNKNOWN) else {
             return Some((ItemReason::Pool, 0));
         };
-        if self.excluded.contains(&info.id) {
+        if self.excluded.contains(&item) {
             return None;
         }
         let flags = self
             .items
-            .binary_search_by_key(&info.id, |(i, _)| *i)
+            .binary_search_by_key(&item, |(i, _)| *i)
             .map_or(0, |at| self.items[at].1);
         if flags & BOUGHT == 0 {
             if flags & CARTED != 0 {
@@ -214,6 +217,9 @@ impl<'a> Signals<'a> {
                 return Some((ItemReason::Favorited, 0));
             }
         }
+        let Some(info) = shop.items.view(item) else {
+            return Some((ItemReason::Pool, 0));
+        };
         let category = info.category();
         if let Some((_, views)) = self.categories.iter().find(|(c, _)| *c == category && category != NONE) {
             return Some((ItemReason::ViewedCategory, *views));
@@ -222,6 +228,14 @@ impl<'a> Signals<'a> {
             0 => (ItemReason::Pool, 0),
             n => (ItemReason::Popular, n),
         })
+    }
+}
+
+#[cfg(test)]
+impl Signals<'_> {
+    /// [`Signals::judge_id`] of the item named `item`.
+    pub(super) fn judge(&self, item: &str) -> Option<(ItemReason, u32)> {
+        self.judge_id(self.shop.and_then(|s| s.item_id(item)).unwrap_or(UNKNOWN))
     }
 }
 

@@ -202,7 +202,7 @@ impl<'a> SizeEval<'a> {
                         self.retain(candidates, |p| p.any_entry(range, |e| e.category == id && is_action(e)))
                     }
                     Some(Filter::Item(item)) => {
-                        let Some(id) = shop.item(item).map(|info| info.id) else {
+                        let Some(id) = shop.item_id(item) else {
                             return RoaringBitmap::new();
                         };
                         let mut candidates = match shop.item_visitors.get(&id) {

@@ -39,10 +39,14 @@
 //! `RwLock`; bitmaps sit behind per-action locks and sharded maps. A decision
 //! takes one shared shard lock; nothing on the read path is global. Writers
 //! take a profile shard lock first and bitmap locks second; readers never
-//! hold a bitmap lock while they take a profile lock.
+//! hold a bitmap lock while they take a profile lock. Items (`index/items.rs`)
+//! are names -> ids in one map and facts by id in locked shards; apply takes
+//! an item's locks outside any profile lock, a decision reads an item's facts
+//! by id under its profile's shard lock.
 
 pub(crate) mod exposures;
 mod interner;
+pub(crate) mod items;
 mod read;
 
 #[cfg(test)]
@@ -51,7 +55,6 @@ mod attack17;
 pub(crate) use interner::Interner;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use ahash::RandomState;
@@ -831,7 +834,9 @@ impl ItemInfo {
         self.category.map_or(NONE, |(_, c)| c)
     }
 
-    /// Distinct purchases of the item over the 7 days ending with `today`.
+    /// Distinct purchases of the item over the 7 days ending with `today`
+    /// (what `items::ItemView::popularity` reads for decisions).
+    #[cfg(test)]
     pub(crate) fn popularity(&self, today: u32) -> u32 {
         self.buys
             .iter()
@@ -872,8 +877,8 @@ pub struct ShopIndex {
     /// The zone whose clock hours the index counts; fixed at creation.
     zone: Zone,
     pub(crate) visitors: Interner,
-    pub(crate) items: DashMap<Box<str>, ItemInfo, RandomState>,
-    pub(crate) next_item: AtomicU32,
+    /// Item names -> ids, and each item's facts by id.
+    pub(crate) items: items::ItemTable,
     pub(crate) categories: Interner,
     pub(crate) tags: Interner,
     /// Shard `id & (SHARDS - 1)`, slot `id >> SHARD_BITS`.
@@ -906,8 +911,7 @@ impl ShopIndex {
             name: name.into(),
             zone,
             visitors: Interner::default(),
-            items: DashMap::default(),
-            next_item: AtomicU32::new(0),
+            items: items::ItemTable::default(),
             categories: Interner::default(),
             tags: Interner::default(),
             profiles: (0..SHARDS).map(|_| RwLock::new(Vec::new())).collect(),
@@ -972,33 +976,34 @@ impl ShopIndex {
         f(&mut shard[slot])
     }
 
-    /// The id and facts of an item seen in events.
-    pub(crate) fn item(&self, item: &str) -> Option<dashmap::mapref::one::Ref<'_, Box<str>, ItemInfo>> {
-        self.items.get(item)
+    /// The facts of an item seen in events, copied.
+    #[cfg(test)]
+    pub(crate) fn item(&self, item: &str) -> Option<ItemInfo> {
+        let id = self.items.id(item)?;
+        self.items.facts(id, ItemInfo::clone)
+    }
+
+    /// The id of an item seen in events.
+    #[inline]
+    pub(crate) fn item_id(&self, item: &str) -> Option<u32> {
+        self.items.id(item)
     }
 
     fn intern_item(&self, item: &str, category: Option<(u32, i64)>, price: Option<(i64, f64)>) -> u32 {
-        let update = |info: &mut ItemInfo| {
-            if let Some((cat, ts)) = category {
-                if info.category.is_none_or(|cur| (ts, cat) > cur) {
-                    info.category = Some((ts, cat));
+        let id = self.items.intern(item);
+        if category.is_some() || price.is_some() {
+            self.items.update(id, |info| {
+                if let Some((cat, ts)) = category {
+                    if info.category.is_none_or(|cur| (ts, cat) > cur) {
+                        info.category = Some((ts, cat));
+                    }
                 }
-            }
-            if let Some((ts, p)) = price {
-                info.learn_price(ts, p);
-            }
-            info.id
-        };
-        if let Some(mut info) = self.items.get_mut(item) {
-            return update(&mut info);
+                if let Some((ts, p)) = price {
+                    info.learn_price(ts, p);
+                }
+            });
         }
-        let mut info = self.items.entry(item.into()).or_insert_with(|| ItemInfo {
-            id: self.next_item.fetch_add(1, Ordering::Relaxed),
-            category: None,
-            buys: [(0, 0); POPULARITY_DAYS],
-            price: None,
-        });
-        update(&mut info)
+        id
     }
 
     /// Applies one validated event of this shop. Idempotent.
@@ -1039,9 +1044,7 @@ impl ShopIndex {
                     }
                 }
                 if new_purchase {
-                    if let Some(mut info) = self.items.get_mut(item_name) {
-                        info.add_buy(hour / 24);
-                    }
+                    self.items.update(item, |info| info.add_buy(hour / 24));
                 }
             }
             Action::Tag | Action::Untag => {
@@ -1203,7 +1206,8 @@ impl ShopIndex {
 
     /// The known price of an item: the latest `price` events told.
     pub fn item_price(&self, item: &str) -> Option<f64> {
-        self.items.get(item).and_then(|info| info.price).map(|(_, p)| p)
+        let id = self.items.id(item)?;
+        self.items.facts(id, |info| info.price).flatten().map(|(_, p)| p)
     }
 
     /// Today's day number at clock reading `clock_ms` (for popularity).

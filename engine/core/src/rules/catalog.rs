@@ -4,33 +4,80 @@
 //! keys gets a dense `u32`, and a decision keeps a bitset of the ones it
 //! has already placed instead of comparing strings.
 //!
-//! The section's fields are public, so a caller may edit a loaded rule set
-//! (add a pool, replace an item, change a complement list). A decision
-//! therefore checks that the catalog still describes the section
-//! ([`ItemCatalog::describes`]: the pools' items are the very `Arc`s it was
-//! built from, and the context item's complement list too) and, when it
-//! does not, decides with a catalog built afresh from the edited section.
+//! A loaded rule set's `items` section cannot change (`RuleSet::items`
+//! hands out a shared reference only, and a `RuleSet` cannot be built
+//! outside this crate but by loading a file), so the catalog always
+//! describes the section it was built from: a decision does not check.
+//!
+//! The catalog also keeps, for the shop's item table a decision last used
+//! ([`ItemCatalog::shop_ids`]), each rule-local id's id in that table, so
+//! that a decision reads an item's facts without hashing its name. Items
+//! are only ever added to a table: a name the table did not know is looked
+//! up again only once the table has added items since (see
+//! `crate::index::items`), and a different table (another shop's index, a
+//! snapshot loaded) is resolved afresh.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use ahash::RandomState;
+use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::index::items::ItemTable;
+
+/// A rule item the shop's item table does not know (yet).
+pub(crate) const UNKNOWN: u32 = u32::MAX;
 
 /// The items of an `items` section by rule-local id (see the module docs).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct ItemCatalog {
     /// Every named item (and complement key) -> its id.
     ids: HashMap<Box<str>, u32, RandomState>,
+    /// Per id, the item's name.
+    names: Vec<Arc<str>>,
     /// Per pool, in file order, the ids of its items in order.
     pools: Vec<Box<[u32]>>,
     /// Per id, the index into `complements` of its complement list.
     complements_of: Vec<Option<u32>>,
     /// Complement lists: their ids and their items.
     complements: Vec<ComplementList>,
-    /// Per pool, the items it was built from (compared by address).
-    sources: Vec<Box<[Arc<str>]>>,
-    /// How many complement lists the section had.
-    complement_keys: usize,
+    /// Per id, its id in the item table a decision last used.
+    resolved: RwLock<Resolved>,
+}
+
+impl Clone for ItemCatalog {
+    /// The same catalog; the clone resolves item ids afresh.
+    fn clone(&self) -> ItemCatalog {
+        ItemCatalog {
+            ids: self.ids.clone(),
+            names: self.names.clone(),
+            pools: self.pools.clone(),
+            complements_of: self.complements_of.clone(),
+            complements: self.complements.clone(),
+            resolved: RwLock::default(),
+        }
+    }
+}
+
+/// The rule-local ids resolved against one shop's item table.
+#[derive(Debug, Default)]
+struct Resolved {
+    /// The table's serial (0: none yet).
+    table: u64,
+    /// `ItemTable::added` read before the last resolution.
+    added: u32,
+    /// How many ids the table did not know.
+    unknown: usize,
+    /// Per rule-local id, the table's id or [`UNKNOWN`].
+    ids: Vec<u32>,
+}
+
+impl Resolved {
+    /// Whether the ids hold for `table` whose `added()` reads `added`.
+    #[inline]
+    fn holds(&self, table: &ItemTable, added: u32, len: usize) -> bool {
+        self.table == table.serial() && self.ids.len() == len && (self.unknown == 0 || self.added == added)
+    }
 }
 
 /// One complement list: its items' ids and the items.
@@ -39,16 +86,15 @@ type ComplementList = (Box<[u32]>, Vec<Arc<str>>);
 impl ItemCatalog {
     /// The catalog of `pools` (each pool's items) and `complements`.
     pub(crate) fn of<'a>(
-        pools: impl Iterator<Item = &'a [Arc<str>]> + Clone,
+        pools: impl Iterator<Item = &'a [Arc<str>]>,
         complements: &HashMap<Box<str>, Vec<Arc<str>>>,
     ) -> ItemCatalog {
-        let pools_again = pools.clone();
         let mut catalog = ItemCatalog::default();
         catalog.pools = pools
             .map(|items| items.iter().map(|id| catalog.intern(id)).collect())
             .collect();
         for (key, list) in complements {
-            let key = catalog.intern(key);
+            let key = catalog.intern(&Arc::from(&**key));
             let ids = list.iter().map(|id| catalog.intern(id)).collect();
             let at = catalog.complements.len() as u32;
             catalog.complements.push((ids, list.clone()));
@@ -56,39 +102,16 @@ impl ItemCatalog {
             catalog.complements_of[key as usize] = Some(at);
         }
         catalog.complements_of.resize(catalog.ids.len(), None);
-        catalog.sources = pools_again.map(|items| items.into()).collect();
-        catalog.complement_keys = complements.len();
         catalog
     }
 
-    /// Whether the catalog still describes a section whose pools are
-    /// `pools`, with `complement_keys` complement lists of which the context
-    /// item's is `context_list`, given the catalog's own list for the
-    /// context item, `mine`: the same pools of the very same item `Arc`s,
-    /// and the same list for the context item. One pointer comparison per
-    /// pool item, no allocation.
-    pub(crate) fn describes(
-        &self,
-        pools: &[super::Pool],
-        complement_keys: usize,
-        context_list: Option<&[Arc<str>]>,
-        mine: Option<&[Arc<str>]>,
-    ) -> bool {
-        let same =
-            |a: &[Arc<str>], b: &[Arc<str>]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y));
-        pools.len() == self.sources.len()
-            && pools.iter().zip(&self.sources).all(|(p, s)| same(&p.items, s))
-            && complement_keys == self.complement_keys
-            && match (context_list, mine) {
-                (None, None) => true,
-                (Some(a), Some(b)) => same(a, b),
-                _ => false,
-            }
-    }
-
-    fn intern(&mut self, item: &str) -> u32 {
+    fn intern(&mut self, item: &Arc<str>) -> u32 {
         let next = self.ids.len() as u32;
-        *self.ids.entry(item.into()).or_insert(next)
+        let names = &mut self.names;
+        *self.ids.entry((**item).into()).or_insert_with(|| {
+            names.push(item.clone());
+            next
+        })
     }
 
     /// How many distinct ids there are (ids are `0..len`).
@@ -120,5 +143,40 @@ impl ItemCatalog {
         self.complements
             .get(at as usize)
             .map(|(ids, items)| (&ids[..], &items[..]))
+    }
+
+    /// Each rule-local id's id in `table` ([`UNKNOWN`] for an item it does
+    /// not know), indexed by rule-local id; empty without a table. Resolves
+    /// names only when the cached ids are not `table`'s, or some were
+    /// unknown and the table has added items since (see the module docs).
+    pub(crate) fn shop_ids(&self, table: Option<&ItemTable>) -> Option<MappedRwLockReadGuard<'_, [u32]>> {
+        let table = table?;
+        let added = table.added();
+        let len = self.names.len();
+        let cached = self.resolved.read();
+        if cached.holds(table, added, len) {
+            return Some(RwLockReadGuard::map(cached, |r| &r.ids[..]));
+        }
+        drop(cached);
+        let mut r = self.resolved.write();
+        // Read again: another thread may have resolved in between.
+        let added = table.added();
+        if !r.holds(table, added, len) {
+            if r.table != table.serial() || r.ids.len() != len {
+                r.table = table.serial();
+                r.ids.clear();
+                r.ids.resize(len, UNKNOWN);
+            }
+            let mut unknown = 0;
+            for (id, name) in r.ids.iter_mut().zip(&self.names) {
+                if *id == UNKNOWN {
+                    *id = table.id(name).unwrap_or(UNKNOWN);
+                    unknown += usize::from(*id == UNKNOWN);
+                }
+            }
+            r.unknown = unknown;
+            r.added = added;
+        }
+        Some(RwLockReadGuard::map(RwLockWriteGuard::downgrade(r), |r| &r.ids[..]))
     }
 }

@@ -280,8 +280,9 @@ pub struct RuleSet {
     pub plan: Plan,
     /// Banner entries, in order.
     pub banners: Vec<Banner>,
-    /// The items section.
-    pub items: ItemRules,
+    /// The items section: read-only once loaded ([`RuleSet::items`]), so
+    /// the rule-local item catalog built with it always describes it.
+    pub(crate) items: ItemRules,
     /// Benefits, by priority.
     pub benefits: Vec<Benefit>,
     /// The shop's time zone (`timezone:`, UTC by default): day windows,
@@ -299,6 +300,23 @@ pub const MAX_ITEM_LIMIT: u32 = 100;
 pub const MAX_HOLDOUT_ENTRIES: usize = 64;
 
 impl RuleSet {
+    /// The items section, as loaded: read-only, so that the rule-local
+    /// item ids computed with it (`rules::catalog`) always describe it.
+    ///
+    /// ```
+    /// let rules = vitrine_core::RuleSet::load("shop: s\nitems:\n  pools:\n    - items: [a, b]\n").unwrap();
+    /// assert_eq!(rules.items().pools[0].items.len(), 2);
+    /// ```
+    ///
+    /// ```compile_fail
+    /// let mut rules = vitrine_core::RuleSet::load("shop: s\nitems:\n  pools:\n    - items: [a, b]\n").unwrap();
+    /// rules.items.pools[0].items.push("c".into()); // the section cannot be edited
+    /// ```
+    #[inline]
+    pub fn items(&self) -> &ItemRules {
+        &self.items
+    }
+
     /// Parses, validates and compiles a rule file within the default [`Limits`].
     pub fn load(source: &str) -> Result<RuleSet, RuleErrors> {
         RuleSet::load_with(source, &Limits::default())

@@ -274,38 +274,74 @@ fn concurrent_interning_gives_dense_unique_ids() {
     }
 }
 
-/// A rule set's `items` section is public and may be edited after loading
-/// (a pool added, an item replaced or appended, a complement list added or
-/// changed): decisions under the edited rule set are those of a file
-/// saying the same. The rule-local item ids computed at load time used to
-/// go stale: appended and added pool items were silently dropped (`x9`,
-/// `x1`), complement lists added after loading were ignored, and a replaced
-/// item kept the id of the one it replaced (so it was de-duplicated as that
-/// one).
+/// A rule set's `items` section used to be public and editable after
+/// loading, and the rule-local item ids computed at load time went stale
+/// (appended pool items dropped, added complement lists ignored); decisions
+/// then checked the catalog against the section every time. The section is
+/// now read-only once loaded (`RuleSet::items` hands out `&ItemRules`, the
+/// field is private, and a `RuleSet` is only built by loading a file): an
+/// edit no longer compiles (the `compile_fail` example on `RuleSet::items`
+/// pins it), so the test that edited it cannot be written any more.
+///
+/// What can still change under a loaded rule set is the shop's item table:
+/// items it learns after a decision resolved the rule items' ids (the
+/// catalog caches them per table), and another table (another index, a
+/// snapshot loaded). Decisions must be those of a rule set that never
+/// decided before.
 #[test]
-fn an_edited_items_section_decides_as_the_file_it_equals() {
+fn rule_items_the_shop_learns_later_or_another_index_decide_as_a_fresh_rule_set() {
+    let text = "shop: s\naudiences:\n  viewers: viewed(30d)\nitems:\n  limit: 40\n  add_on:\n    threshold: 100\n    cart_total: ctx.cart_total\n\
+                \x20 pools:\n    - items: [i3, i7, x7, i1, i20, x9]\n    - items: [i13, x8, i26, i3, x1]\n\
+                \x20 complements:\n    x1: [i0, x9, i39, i7]\n    i7: [x8, i8, i1]\n";
+    let rules = RuleSet::load(text).unwrap();
     let index = shop();
-    let base = "shop: s\naudiences:\n  viewers: viewed(30d)\nitems:\n  limit: 40\n  add_on:\n    threshold: 100\n    cart_total: ctx.cart_total\n\
-                \x20 pools:\n    - items: [i3, i2, i1]\n";
-    let edited_text = "shop: s\naudiences:\n  viewers: viewed(30d)\nitems:\n  limit: 40\n  add_on:\n    threshold: 100\n    cart_total: ctx.cart_total\n\
-                \x20 pools:\n    - items: [i3, i7, i1, i20, x9]\n    - items: [i13, i26, i3, x1]\n\
-                \x20 complements:\n    x1: [i0, i39, i7]\n    i7: [i8, i1]\n";
-    let want = fresh(&RuleSet::load(edited_text).unwrap(), &index);
-    let mut edited = RuleSet::load(base).unwrap();
-    let pools = &mut edited.items.pools;
-    pools[0].items[1] = "i7".into();
-    pools[0].items.extend(["i20".into(), "x9".into()]);
-    let mut second = pools[0].clone();
-    second.items = vec!["i13".into(), "i26".into(), "i3".into(), "x1".into()];
-    second.when = None;
-    pools.push(second);
-    edited
-        .items
-        .complements
-        .insert("x1".into(), vec!["i0".into(), "i39".into(), "i7".into()]);
-    edited
-        .items
-        .complements
-        .insert("i7".into(), vec!["i8".into(), "i1".into()]);
-    assert_eq!(fresh(&edited, &index), want);
+    let ledger = MemoryLedger::new();
+    assert_eq!(
+        decisions(&rules, &index, &ledger),
+        fresh(&RuleSet::load(text).unwrap(), &index)
+    );
+    // The shop learns x1, x7, x8 and x9 (bought, carted, priced, categorised).
+    for (k, (item, action)) in [("x9", "purchase"), ("x8", "cart"), ("x1", "view"), ("x7", "purchase")]
+        .iter()
+        .enumerate()
+    {
+        for v in 0..3 {
+            let json = format!(
+                r#"{{"shop":"s","visitor":"v{v}","action":"{action}","item":"{item}","category":"c{k}","price":{},"ts":{}}}"#,
+                110 + k * 10,
+                NOW - (k as i64 + 2) * HOUR
+            );
+            index.apply(&Event::from_json(json.as_bytes()).unwrap());
+        }
+        let want = fresh(&RuleSet::load(text).unwrap(), &index);
+        assert_eq!(decisions(&rules, &index, &ledger), want, "after {item}");
+    }
+    // Another index (a snapshot of this one, and a shop that numbered the
+    // items otherwise), then this one again.
+    let back = vitrine_core::snapshot::decode(&vitrine_core::snapshot::encode(&index, b""))
+        .unwrap()
+        .index;
+    // The same items as `index`, numbered in the opposite order.
+    let mut names: Vec<String> = (0..6)
+        .flat_map(|v| (0..6).map(move |k| format!("i{}", (v * 13 + k * 7) % 60)))
+        .chain(["x9", "x8", "x1", "x7"].map(String::from))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    let other = Index::new();
+    for (k, item) in names.iter().rev().enumerate() {
+        let json = format!(
+            r#"{{"shop":"s","visitor":"v{}","action":"{}","item":"{item}","category":"c{}","price":{},"ts":{}}}"#,
+            k % 4,
+            ["purchase", "cart", "view", "favorite"][k % 4],
+            k % 3,
+            100 + k * 7,
+            NOW - (k as i64 + 1) * HOUR
+        );
+        other.apply(&Event::from_json(json.as_bytes()).unwrap());
+    }
+    for ix in [&back, &other, &index, &other] {
+        assert_eq!(decisions(&rules, ix, &ledger), fresh(&RuleSet::load(text).unwrap(), ix));
+    }
+    assert_eq!(decisions(&rules.clone(), &index, &ledger), fresh(&rules, &index));
 }

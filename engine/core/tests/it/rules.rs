@@ -73,8 +73,8 @@ fn the_contract_example_loads() {
     assert_eq!(&*rules.shop, "demo-apparel");
     assert_eq!(rules.plan.audiences().len(), 8);
     assert_eq!(rules.banners.len(), 3);
-    assert_eq!(rules.items.limit, 6);
-    assert_eq!(rules.items.pools.len(), 2);
+    assert_eq!(rules.items().limit, 6);
+    assert_eq!(rules.items().pools.len(), 2);
     assert_eq!(rules.benefits.len(), 3);
     let coupon = rules.benefit("cart-coupon-10").unwrap();
     assert_eq!(coupon.holdout_bp, 1000);

@@ -57,12 +57,12 @@ impl Vocabulary {
         let mut items = BTreeSet::new();
         let mut categories = BTreeSet::new();
         let mut tags = BTreeSet::new();
-        for pool in &rules.items.pools {
+        for pool in &rules.items().pools {
             for i in pool.items.iter() {
                 keep_first(&mut items, i.to_string(), MAX_DEMO_ITEMS);
             }
         }
-        for (item, complements) in &rules.items.complements {
+        for (item, complements) in &rules.items().complements {
             keep_first(&mut items, item.to_string(), MAX_DEMO_ITEMS);
             for i in complements.iter() {
                 keep_first(&mut items, i.to_string(), MAX_DEMO_ITEMS);

@@ -36,7 +36,7 @@ pub fn run(files: &[PathBuf], out: &mut impl Write, err: &mut impl Write) -> Exi
                     rules.shop,
                     rules.plan.audiences().len(),
                     rules.banners.len(),
-                    rules.items.pools.len(),
+                    rules.items().pools.len(),
                     rules.benefits.len()
                 );
             }
