@@ -55,6 +55,7 @@ mod attack17;
 pub(crate) use interner::Interner;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use ahash::RandomState;
