@@ -32,6 +32,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::sync::mpsc;
@@ -254,7 +255,8 @@ fn config(brokers: &str, topic: &str, group: &str, tuning: &Tuning) -> KafkaConf
 
 /// Reads `n` messages and does nothing with them: Vitrine's consumer
 /// settings and poll loop, without decoding, applying or storing offsets.
-fn noop_consume(broker: &Broker, topic: &str, n: usize) -> Duration {
+fn noop_consume(broker: &Broker, topic: &str, n: usize) -> (Duration, Cpu) {
+    let cpu = thread_cpu();
     let start = Instant::now();
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker.brokers)
@@ -294,12 +296,14 @@ fn noop_consume(broker: &Broker, topic: &str, n: usize) -> Duration {
         );
     }
     black_box(bytes);
-    start.elapsed()
+    let took = start.elapsed();
+    (took, Cpu::since(&cpu))
 }
 
-fn vitrine_consume(broker: &Broker, topic: &str, n: usize, round: usize, tuning: &Tuning) -> Duration {
+fn vitrine_consume(broker: &Broker, topic: &str, n: usize, round: usize, tuning: &Tuning) -> (Duration, Cpu) {
     // The shop must be served: events of shops without rules are rejected.
     let engine = engine(&format!("throughput-{round}"), Some(vitrine_benches::RULES_20));
+    let cpu = thread_cpu();
     let start = Instant::now();
     let group = format!("bench-{}-{round}", now_ms());
     let ingest = Ingest::start(engine, &config(&broker.brokers, topic, &group, tuning)).unwrap();
@@ -312,10 +316,75 @@ fn vitrine_consume(broker: &Broker, topic: &str, n: usize, round: usize, tuning:
         );
     }
     let took = start.elapsed();
+    // Before the stop: the apply threads end with it.
+    let cpu = Cpu::since(&cpu);
     let p = ingest.progress();
     assert_eq!((p.messages as usize, p.applied as usize), (n, n), "{p:?}");
     ingest.stop(Duration::from_secs(10));
-    took
+    (took, cpu)
+}
+
+/// CPU time per thread of this process (ns on a CPU, from
+/// `/proc/self/task/*/schedstat`): thread id -> (name, ns).
+fn thread_cpu() -> HashMap<u32, (String, u64)> {
+    let mut threads = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return threads;
+    };
+    for task in dir.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let ns = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        threads.insert(tid, (comm.trim().to_string(), ns));
+    }
+    threads
+}
+
+/// CPU seconds a consumer's threads used in a round, by role: the thread
+/// that applies (Vitrine's apply threads), the one that polls (Vitrine's
+/// poll thread, or the main thread for the do-nothing consumer),
+/// librdkafka's own threads, and the rest. Noise-proof beside the wall
+/// clock on a busy machine: a thread's CPU time per event is its cost,
+/// whatever else ran.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    apply: f64,
+    poll: f64,
+    librdkafka: f64,
+    other: f64,
+}
+
+impl Cpu {
+    fn since(before: &HashMap<u32, (String, u64)>) -> Cpu {
+        let main = std::process::id();
+        let mut cpu = Cpu::default();
+        for (tid, (name, ns)) in thread_cpu() {
+            let start = before.get(&tid).map_or(0, |b| b.1);
+            let s = ns.saturating_sub(start) as f64 / 1e9;
+            if name.starts_with("vitrine-apply") {
+                cpu.apply += s;
+            } else if name == "vitrine-kafka" || tid == main {
+                cpu.poll += s;
+            } else if name.starts_with("rdk:") {
+                cpu.librdkafka += s;
+            } else {
+                cpu.other += s;
+            }
+        }
+        cpu
+    }
+
+    /// Microseconds per event, "apply/poll/librdkafka".
+    fn per_event(&self, n: usize) -> String {
+        let us = |s: f64| s * 1e6 / n as f64;
+        format!("{:.2}/{:.2}/{:.2}", us(self.apply), us(self.poll), us(self.librdkafka))
+    }
 }
 
 fn throughput(broker: &Broker, events: usize, rounds: usize, tuning: &Tuning) {
@@ -370,19 +439,30 @@ fn throughput(broker: &Broker, events: usize, rounds: usize, tuning: &Tuning) {
     drop(probe);
     let mut noop = Vec::new();
     let mut vitrine = Vec::new();
+    let mut busiest = Vec::new();
     for round in 0..rounds {
-        let d = noop_consume(broker, &topic, events);
+        let (d, noop_cpu) = noop_consume(broker, &topic, events);
         noop.push(events as f64 / d.as_secs_f64());
-        let d = vitrine_consume(broker, &topic, events, round, tuning);
+        let (d, cpu) = vitrine_consume(broker, &topic, events, round, tuning);
         vitrine.push(events as f64 / d.as_secs_f64());
+        busiest.push(cpu.apply.max(cpu.poll) * 1e6 / events as f64);
         println!(
-            "round {}: do-nothing consumer {:>9.0} events/s, Vitrine ingest {:>9.0} events/s, ratio {:.2}",
+            "round {}: do-nothing consumer {:>9.0} events/s, Vitrine ingest {:>9.0} events/s, ratio {:.2}; \
+             CPU us/event apply/poll/librdkafka: do-nothing {}, Vitrine {} (other {:.2})",
             round + 1,
             noop[round],
             vitrine[round],
-            vitrine[round] / noop[round]
+            vitrine[round] / noop[round],
+            noop_cpu.per_event(events),
+            cpu.per_event(events),
+            cpu.other * 1e6 / events as f64,
         );
     }
+    busiest.sort_by(f64::total_cmp);
+    println!(
+        "Vitrine's busiest thread (apply or poll): median {:.2} us of CPU per event",
+        busiest[busiest.len() / 2]
+    );
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     let mut ratios: Vec<f64> = vitrine.iter().zip(&noop).map(|(v, n)| v / n).collect();
     ratios.sort_by(f64::total_cmp);
