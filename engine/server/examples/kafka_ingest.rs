@@ -44,7 +44,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use vitrine::clock::now_ms;
@@ -69,6 +69,10 @@ struct Args {
     /// A librdkafka property for Vitrine's consumer, e.g. `fetch.wait.max.ms=500`.
     #[arg(long = "kafka-option", value_name = "KEY=VALUE", global = true)]
     kafka_options: Vec<String>,
+    /// The broker's process id (a local Tansu): its CPU time is reported
+    /// beside the consumers'.
+    #[arg(long, global = true)]
+    broker_pid: Option<u32>,
     #[command(subcommand)]
     what: What,
 }
@@ -78,6 +82,8 @@ struct Args {
 struct Tuning {
     apply_threads: Option<usize>,
     options: Vec<(String, String)>,
+    /// Not Vitrine's: the broker process to report the CPU of.
+    broker_pid: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,14 +172,14 @@ impl Broker {
     }
 }
 
-fn producer(brokers: &str, linger_ms: &str) -> BaseProducer<Deliveries> {
+fn producer<C: ProducerContext + Default>(brokers: &str, linger_ms: &str) -> BaseProducer<C> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", linger_ms)
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "1000000")
         .set("acks", "1")
-        .create_with_context(Deliveries::default())
+        .create_with_context(C::default())
         .unwrap()
 }
 
@@ -185,7 +191,11 @@ fn flush(p: &BaseProducer<Deliveries>, sent: u64) {
 }
 
 fn send(p: &BaseProducer<Deliveries>, topic: &str, key: &str, payload: &[u8]) {
-    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    send_record(p, BaseRecord::to(topic).key(key).payload(payload));
+}
+
+/// Sends, waiting while the local queue is full.
+fn send_record<C: ProducerContext>(p: &BaseProducer<C>, mut record: BaseRecord<'_, str, [u8], C::DeliveryOpaque>) {
     loop {
         match p.send(record) {
             Ok(()) => return,
@@ -194,6 +204,30 @@ fn send(p: &BaseProducer<Deliveries>, topic: &str, key: &str, payload: &[u8]) {
                 p.poll(Duration::from_millis(5));
             }
             Err((e, _)) => panic!("produce: {e}"),
+        }
+    }
+}
+
+/// The freshness producer's context: when the broker acknowledged each
+/// probe (its delivery report, taken by the producer's next poll, at most
+/// 0.1 ms later at 10,000 events/s).
+#[derive(Debug, Default)]
+struct ProbeAcks {
+    failed: std::sync::atomic::AtomicU64,
+    acked: std::sync::Mutex<HashMap<u64, Instant>>,
+}
+
+impl rdkafka::client::ClientContext for ProbeAcks {}
+
+impl ProducerContext for ProbeAcks {
+    /// The probe's number + 1; 0 for other events.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, probe: usize) {
+        if result.is_err() {
+            self.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else if probe > 0 {
+            self.acked.lock().unwrap().insert(probe as u64 - 1, Instant::now());
         }
     }
 }
@@ -324,6 +358,35 @@ fn vitrine_consume(broker: &Broker, topic: &str, n: usize, round: usize, tuning:
     (took, cpu)
 }
 
+/// CPU seconds all threads of process `pid` have used (0 without one).
+fn process_cpu(pid: Option<u32>) -> f64 {
+    let Some(dir) = pid.and_then(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).ok()) else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            stat.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum::<u64>() as f64
+        / 1e9
+}
+
+/// Seconds in which some runnable task of the machine waited for a CPU
+/// (`/proc/pressure/cpu`, "some"): how busy the machine was with others.
+fn cpu_pressure() -> f64 {
+    std::fs::read_to_string("/proc/pressure/cpu")
+        .ok()
+        .and_then(|s| {
+            let some = s.lines().find(|l| l.starts_with("some"))?;
+            some.split_whitespace()
+                .find_map(|f| f.strip_prefix("total="))?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0.0, |us| us as f64 / 1e6)
+}
+
 /// CPU time per thread of this process (ns on a CPU, from
 /// `/proc/self/task/*/schedstat`): thread id -> (name, ns).
 fn thread_cpu() -> HashMap<u32, (String, u64)> {
@@ -441,14 +504,22 @@ fn throughput(broker: &Broker, events: usize, rounds: usize, tuning: &Tuning) {
     let mut vitrine = Vec::new();
     let mut busiest = Vec::new();
     for round in 0..rounds {
+        let (b, w) = (process_cpu(tuning.broker_pid), cpu_pressure());
         let (d, noop_cpu) = noop_consume(broker, &topic, events);
         noop.push(events as f64 / d.as_secs_f64());
+        let noop_others = format!(
+            "broker {:.2} us/event, CPU pressure {:.0}%",
+            (process_cpu(tuning.broker_pid) - b) * 1e6 / events as f64,
+            (cpu_pressure() - w) * 100.0 / d.as_secs_f64()
+        );
+        let (b, w) = (process_cpu(tuning.broker_pid), cpu_pressure());
         let (d, cpu) = vitrine_consume(broker, &topic, events, round, tuning);
         vitrine.push(events as f64 / d.as_secs_f64());
         busiest.push(cpu.apply.max(cpu.poll) * 1e6 / events as f64);
         println!(
-            "round {}: do-nothing consumer {:>9.0} events/s, Vitrine ingest {:>9.0} events/s, ratio {:.2}; \
-             CPU us/event apply/poll/librdkafka: do-nothing {}, Vitrine {} (other {:.2})",
+            "round {}: do-nothing consumer {:>9.0} events/s, Vitrine ingest {:>9.0} events/s, ratio {:.2}\n  \
+             CPU us/event apply/poll/librdkafka: do-nothing {} ({noop_others}); Vitrine {} (other {:.2}; \
+             broker {:.2} us/event, CPU pressure {:.0}%)",
             round + 1,
             noop[round],
             vitrine[round],
@@ -456,6 +527,8 @@ fn throughput(broker: &Broker, events: usize, rounds: usize, tuning: &Tuning) {
             noop_cpu.per_event(events),
             cpu.per_event(events),
             cpu.other * 1e6 / events as f64,
+            (process_cpu(tuning.broker_pid) - b) * 1e6 / events as f64,
+            (cpu_pressure() - w) * 100.0 / d.as_secs_f64()
         );
     }
     busiest.sort_by(f64::total_cmp);
@@ -536,6 +609,44 @@ fn freshness(broker: &Broker, rate: u64, seconds: u64, linger_ms: u32, tuning: &
         std::thread::sleep(Duration::from_millis(5));
     }
 
+    // The witness: a plain consumer of the same topic with the same fetch
+    // settings, noting when each probe reaches it. A late probe it also saw
+    // late was late before any consumer could have it (producer, broker or
+    // the machine); one it saw in time was late in Vitrine.
+    let witness_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let witness = {
+        let (brokers, topic, partitions) = (broker.brokers.clone(), topic.clone(), broker.partitions);
+        let stop = witness_stop.clone();
+        std::thread::spawn(move || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", format!("witness-{}", now_ms()))
+                .set("enable.auto.commit", "false")
+                .set("fetch.wait.max.ms", vitrine::ingest::FETCH_WAIT_MAX_MS)
+                .create()
+                .unwrap();
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..partitions {
+                tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+            }
+            consumer.incremental_assign(&tpl).unwrap();
+            let mut seen = HashMap::new();
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                    let probe = m
+                        .key()
+                        .and_then(|k| std::str::from_utf8(k).ok()?.strip_prefix("p-")?.parse::<u64>().ok());
+                    if let Some(probe) = probe {
+                        seen.entry(probe).or_insert_with(Instant::now);
+                    }
+                }
+            }
+            seen
+        })
+    };
+    let pressure = cpu_pressure();
+    let broker_cpu = process_cpu(tuning.broker_pid);
+    let mut sent_at = Vec::new();
     let (tx, rx) = mpsc::channel::<(u64, Instant)>();
     let prober = {
         let engine = engine.clone();
@@ -562,10 +673,10 @@ fn freshness(broker: &Broker, rate: u64, seconds: u64, linger_ms: u32, tuning: &
                         }
                     }
                 }
-                pending.retain(|(_, at, req)| {
+                pending.retain(|&(i, at, ref req)| {
                     let d = vitrine::api::grpc::decide(&engine, req).unwrap();
                     if d.banner.is_some_and(|b| b.id == "probe") {
-                        latencies.push(at.elapsed());
+                        latencies.push((at.elapsed(), i));
                         false
                     } else {
                         at.elapsed() < Duration::from_secs(30)
@@ -577,7 +688,7 @@ fn freshness(broker: &Broker, rate: u64, seconds: u64, linger_ms: u32, tuning: &
         })
     };
 
-    let p = producer(&broker.brokers, &linger_ms.to_string());
+    let p: BaseProducer<ProbeAcks> = producer(&broker.brokers, &linger_ms.to_string());
     let total = rate * seconds;
     let start = Instant::now();
     let mut buf = String::new();
@@ -597,8 +708,10 @@ fn freshness(broker: &Broker, rate: u64, seconds: u64, linger_ms: u32, tuning: &
                 r#"{{"shop":"bench-fresh","visitor":"{visitor}","action":"tag","tag":"probe","ts":{ts}}}"#
             );
             let at = Instant::now();
-            send(&p, &topic, &visitor, buf.as_bytes());
+            let record = BaseRecord::with_opaque_to(&topic, probes as usize + 1);
+            send_record(&p, record.key(visitor.as_str()).payload(buf.as_bytes()));
             tx.send((probes, at)).unwrap();
+            sent_at.push(at);
             probes += 1;
         } else {
             let visitor = format!("f-{}", k % 100_000);
@@ -608,28 +721,98 @@ fn freshness(broker: &Broker, rate: u64, seconds: u64, linger_ms: u32, tuning: &
                 r#"{{"shop":"bench-fresh","visitor":"{visitor}","action":"view","item":"sku-{}","ts":{ts}}}"#,
                 k % 1000
             );
-            send(&p, &topic, &visitor, buf.as_bytes());
+            send_record(
+                &p,
+                BaseRecord::with_opaque_to(&topic, 0)
+                    .key(visitor.as_str())
+                    .payload(buf.as_bytes()),
+            );
         }
         p.poll(Duration::ZERO);
     }
     let sent_in = start.elapsed();
-    flush(&p, total);
+    p.flush(Duration::from_secs(300)).unwrap();
+    let failed = p.context().failed.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(failed, 0, "{failed} of {total} messages not delivered");
     drop(tx);
     let mut latencies = prober.join().unwrap();
-    latencies.sort();
-    let pct = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1))
-            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+    let elapsed = start.elapsed().as_secs_f64();
+    let pressure = (cpu_pressure() - pressure) * 100.0 / elapsed;
+    let broker_cpu = (process_cpu(tuning.broker_pid) - broker_cpu) * 100.0 / elapsed;
+    witness_stop.store(true, std::sync::atomic::Ordering::Release);
+    let witnessed = witness.join().unwrap();
+    // Produce -> the witness, per probe.
+    let witness_ms = |i: u64| -> Option<f64> {
+        let seen = witnessed.get(&i)?;
+        Some(seen.checked_duration_since(*sent_at.get(i as usize)?)?.as_secs_f64() * 1000.0)
     };
+    latencies.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let pct = |v: &[f64], q: f64| {
+        v.get(((v.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let acked = std::mem::take(&mut *p.context().acked.lock().unwrap());
+    let ack_ms = |i: u64| -> Option<f64> {
+        Some(
+            acked
+                .get(&i)?
+                .checked_duration_since(*sent_at.get(i as usize)?)?
+                .as_secs_f64()
+                * 1000.0,
+        )
+    };
+    let mut acks: Vec<f64> = (0..probes).filter_map(ack_ms).collect();
+    acks.sort_by(f64::total_cmp);
+    let decide: Vec<f64> = latencies.iter().map(|&(d, _)| ms(d)).collect();
+    // What comes after the broker has the event: its fetch and Vitrine.
+    let mut after_ack: Vec<f64> = latencies
+        .iter()
+        .filter_map(|&(d, i)| Some(ms(d) - ack_ms(i)?))
+        .collect();
+    after_ack.sort_by(f64::total_cmp);
+    let mut seen: Vec<f64> = (0..probes).filter_map(witness_ms).collect();
+    seen.sort_by(f64::total_cmp);
     println!(
         "freshness at {:.0} events/s for {:.1}s: {} of {probes} probes seen; produce -> first Decide reflecting it: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         total as f64 / sent_in.as_secs_f64(),
         sent_in.as_secs_f64(),
         latencies.len(),
-        pct(0.5),
-        pct(0.99),
-        pct(1.0)
+        pct(&decide, 0.5),
+        pct(&decide, 0.99),
+        pct(&decide, 1.0)
+    );
+    println!(
+        "  produce -> the broker's acknowledgement (acks=1, linger {linger_ms} ms): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(&acks, 0.5),
+        pct(&acks, 0.99),
+        pct(&acks, 1.0)
+    );
+    println!(
+        "  acknowledged -> first Decide reflecting it (the broker's fetch and Vitrine): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(&after_ack, 0.5),
+        pct(&after_ack, 0.99),
+        pct(&after_ack, 1.0)
+    );
+    println!(
+        "  produce -> a plain consumer (the witness, same fetch settings): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(&seen, 0.5),
+        pct(&seen, 0.99),
+        pct(&seen, 1.0)
+    );
+    // The slowest 1% of decisions: how late the witness saw the same probes.
+    let slow = &latencies[latencies.len() - latencies.len().div_ceil(100).min(latencies.len())..];
+    let late_at_witness: Vec<String> = slow
+        .iter()
+        .map(|&(d, i)| {
+            let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+            format!("{:.0}/{}/{}", ms(d), opt(witness_ms(i)), opt(ack_ms(i)))
+        })
+        .collect();
+    println!(
+        "  slowest 1% as Decide/witness/ack ms: {}; CPU pressure (some task waiting) {pressure:.0}% of the time, broker CPU {broker_cpu:.0}% of a core",
+        late_at_witness.join(" ")
     );
     ingest.stop(Duration::from_secs(10));
 }
@@ -649,6 +832,7 @@ fn main() {
     };
     let tuning = Tuning {
         apply_threads: args.apply_threads,
+        broker_pid: args.broker_pid,
         options: args
             .kafka_options
             .iter()

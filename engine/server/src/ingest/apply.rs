@@ -295,18 +295,30 @@ pub(super) fn decode_into(
     sub: &mut SubBatch,
     admission: &mut Admission,
     rejects: &Rejects,
+    metrics: &KafkaMetrics,
     source: Source<'_>,
     payload: &[u8],
 ) {
     let (p, offset) = (source.partition, source.offset);
     match Event::from_json(payload).and_then(|e| admission.admit(&rejects.engine, e)) {
-        Ok(Some(event)) => sub.push_event(p, offset, &event),
+        Ok(Some(event)) => {
+            // The age at the batch's poll, as the apply thread would record it.
+            record_age(metrics, sub.now_ms, &event);
+            sub.push_event(p, offset, &event);
+        }
         Ok(None) => sub.push_skipped(p, offset),
         Err(e) => {
             rejects.reject(source, Rejected::Event(e.reason), &e.message);
             sub.push_rejected(p, offset);
         }
     }
+}
+
+/// Records an applied event's age: the server clock when its batch was
+/// polled minus its `ts`.
+fn record_age(metrics: &KafkaMetrics, now_ms: i64, event: &Event<'_>) {
+    let age_ms = now_ms.saturating_sub(event.ts).max(0);
+    metrics.event_age.record(age_ms as f64 / 1000.0);
 }
 
 /// A sub-batch applied: returned to the poll thread with its counts.
@@ -336,8 +348,6 @@ pub(super) fn run(
         let mut apply = |event: &Event<'_>| {
             engine.apply_uncounted(event);
             by_action[event.action as usize] += 1;
-            let age_ms = batch.now_ms.saturating_sub(event.ts).max(0);
-            metrics.event_age.record(age_ms as f64 / 1000.0);
         };
         for slot in &batch.slots {
             let (key, payload) = match slot.held {
@@ -347,6 +357,7 @@ pub(super) fn run(
                 }
                 Held::Skipped => continue,
                 Held::Event(index) => {
+                    // Its age was recorded by the poll thread.
                     if let Some(event) = batch.event(index) {
                         apply(&event);
                         applied += 1;
@@ -368,6 +379,7 @@ pub(super) fn run(
             match Event::from_json(payload).and_then(|e| admission.admit(&engine, e)) {
                 Ok(Some(event)) => {
                     apply(&event);
+                    record_age(&metrics, batch.now_ms, &event);
                     applied += 1;
                 }
                 Ok(None) => {}
@@ -431,13 +443,13 @@ mod tests {
 
     /// Fills `batch` with `payloads` from `first` on, as the poll thread
     /// does: raw messages for the apply thread to decode, or decoded here.
-    fn fill(batch: &mut SubBatch, on_poll: Option<&Rejects>, first: i64, payloads: &[String]) {
+    fn fill(batch: &mut SubBatch, on_poll: Option<(&Rejects, &KafkaMetrics)>, first: i64, payloads: &[String]) {
         let mut admission = Admission::default();
         for (i, payload) in payloads.iter().enumerate() {
             let offset = first + i as i64;
             match on_poll {
                 None => batch.push(0, offset, None, payload.as_bytes()),
-                Some(rejects) => {
+                Some((rejects, metrics)) => {
                     let source = Source {
                         topic: "t",
                         partition: 0,
@@ -445,7 +457,7 @@ mod tests {
                         key: None,
                         payload: Some(payload.as_bytes()),
                     };
-                    decode_into(batch, &mut admission, rejects, source, payload.as_bytes());
+                    decode_into(batch, &mut admission, rejects, metrics, source, payload.as_bytes());
                 }
             }
         }
@@ -487,6 +499,7 @@ mod tests {
         });
         let (batch_tx, batch_rx) = mpsc::channel();
         let (ack_tx, ack_rx) = mpsc::channel();
+        let poll_metrics = metrics.clone();
         let thread = {
             let (engine, rejects) = (engine.clone(), rejects.clone());
             std::thread::spawn(move || run(Stream::Behavior, "t".into(), engine, metrics, rejects, batch_rx, ack_tx))
@@ -496,7 +509,7 @@ mod tests {
         };
         let view = r#""action":"view","item":"i-1""#;
         let mut batch = SubBatch::default();
-        let poller = decode_on_poll.then_some(&*rejects);
+        let poller = decode_on_poll.then_some((&*rejects, &poll_metrics));
         let payloads = [
             event("a", "v-1", view),
             event("b", "v-2", view),
@@ -556,6 +569,8 @@ mod tests {
             [applied("member"), applied("untag"), applied("favorite")],
             [1.0, 1.0, 1.0]
         );
+        // One age per event applied, whichever thread decoded it.
+        assert_eq!(series(&text, "vitrine_ingest_event_age_seconds_count"), 11.0);
         let rejected = |reason: &str| series(&text, &format!("vitrine_ingest_rejected_total{{reason=\"{reason}\"}}"));
         assert_eq!([rejected("unknown_shop"), rejected("invalid_json")], [3.0, 1.0]);
         for (shop, visitors) in [("a", 4), ("b", 1), ("c", 1)] {

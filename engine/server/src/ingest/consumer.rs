@@ -289,6 +289,7 @@ impl Worker {
                     let p = message.partition();
                     let sub = subs[p.unsigned_abs() as usize % threads]
                         .get_or_insert_with(|| self.state.pool.pop().unwrap_or_default());
+                    sub.now_ms = now;
                     self.state.dispatch(&message, sub);
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
@@ -543,7 +544,7 @@ impl State {
                 sub.push_rejected(p, offset);
             }
             Some(payload) if self.decode_on_poll => {
-                apply::decode_into(sub, &mut self.admission, &self.rejects, source, payload);
+                apply::decode_into(sub, &mut self.admission, &self.rejects, &self.metrics, source, payload);
             }
             Some(payload) => sub.push(p, offset, message.key(), payload),
         }
