@@ -156,7 +156,7 @@ impl Worker {
             // next fetch by this much (default 1 s), and the drained queue
             // would leave the apply threads idle: 10 ms keeps them fed
             // (measured from a pre-filled topic: 129k -> 650k events/s).
-            .set("fetch.queue.backoff.ms", "10")
+            .set("fetch.queue.backoff.ms", super::FETCH_QUEUE_BACKOFF_MS)
             // Lag and connectivity metrics.
             .set("statistics.interval.ms", "1000")
             // A recovered broker is found within 2 s (default backoff up to 10 s).

@@ -72,6 +72,11 @@ pub const BATCH: usize = 4096;
 /// a broker may hold a fetch while it waits for data (see `consumer.rs`).
 pub const FETCH_WAIT_MAX_MS: &str = "3";
 
+/// librdkafka's `fetch.queue.backoff.ms` for the behavior consumer: how long
+/// a partition's next fetch waits when its prefetch queue is full (see
+/// `consumer.rs`).
+pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+
 /// What the consumer has done so far (also for tests and tools).
 #[derive(Debug, Default)]
 pub struct Progress {
