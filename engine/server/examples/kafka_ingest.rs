@@ -13,7 +13,17 @@
 //!   event in 50 tags a new visitor, and a prober runs the Decide RPC's
 //!   synchronous path (`vitrine::api::grpc::decide`) every 0.5 ms for each pending
 //!   probe until the decision shows the tag's banner. Reports p50/p99/max of
-//!   produce -> first Decide reflecting the event.
+//!   produce -> first Decide reflecting the event, and, to say where a tail
+//!   comes from, per probe: produce -> the broker's acknowledgement,
+//!   acknowledgement -> Decide, and produce -> a plain "witness" consumer of
+//!   the same topic with the same fetch settings (a probe the witness also
+//!   saw late was late before any consumer could read it); the slowest 1%
+//!   listed with all three; the machine's CPU pressure (`/proc/pressure/cpu`).
+//!
+//! Both report CPU time per event of each consumer's threads (apply, poll,
+//! librdkafka; from `/proc/self/task/*/schedstat`), which the machine's other
+//! load does not change the way it changes the wall clock, and with
+//! `--broker-pid PID` the broker's CPU.
 //! * `apply`: decode and apply alone, from payloads in memory, on one thread:
 //!   the ceiling of one apply thread.
 //!
@@ -619,6 +629,7 @@ fn freshness(broker: &Broker, rate: u64, seconds: u64, linger_ms: u32, tuning: &
     // late was late before any consumer could have it (producer, broker or
     // the machine); one it saw in time was late in Vitrine.
     let witness_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (fetching_tx, fetching) = mpsc::channel();
     let witness = {
         let (brokers, topic, partitions) = (broker.brokers.clone(), topic.clone(), broker.partitions);
         let stop = witness_stop.clone();
@@ -627,6 +638,7 @@ fn freshness(broker: &Broker, rate: u64, seconds: u64, linger_ms: u32, tuning: &
                 .set("bootstrap.servers", &brokers)
                 .set("group.id", format!("witness-{}", now_ms()))
                 .set("enable.auto.commit", "false")
+                .set("enable.partition.eof", "true")
                 .set("fetch.wait.max.ms", vitrine::ingest::FETCH_WAIT_MAX_MS)
                 .create()
                 .unwrap();
@@ -636,19 +648,31 @@ fn freshness(broker: &Broker, rate: u64, seconds: u64, linger_ms: u32, tuning: &
             }
             consumer.incremental_assign(&tpl).unwrap();
             let mut seen = HashMap::new();
+            // Fetching once every partition's (empty) end was reached.
+            let mut at_end = std::collections::HashSet::new();
             while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                    let probe = m
-                        .key()
-                        .and_then(|k| std::str::from_utf8(k).ok()?.strip_prefix("p-")?.parse::<u64>().ok());
-                    if let Some(probe) = probe {
-                        seen.entry(probe).or_insert_with(Instant::now);
+                match consumer.poll(Duration::from_millis(100)) {
+                    Some(Ok(m)) => {
+                        let probe = m
+                            .key()
+                            .and_then(|k| std::str::from_utf8(k).ok()?.strip_prefix("p-")?.parse::<u64>().ok());
+                        if let Some(probe) = probe {
+                            seen.entry(probe).or_insert_with(Instant::now);
+                        }
                     }
+                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(p)))
+                        if at_end.insert(p) && at_end.len() == partitions as usize =>
+                    {
+                        let _ = fetching_tx.send(());
+                    }
+                    _ => {}
                 }
             }
             seen
         })
     };
+    // Measured from when the witness fetches, as Vitrine (caught up) does.
+    fetching.recv_timeout(Duration::from_secs(60)).unwrap();
     let pressure = cpu_pressure();
     let broker_cpu = process_cpu(tuning.broker_pid);
     let mut sent_at = Vec::new();
