@@ -13,7 +13,17 @@
 //!   event in 50 tags a new visitor, and a prober runs the Decide RPC's
 //!   synchronous path (`vitrine::api::grpc::decide`) every 0.5 ms for each pending
 //!   probe until the decision shows the tag's banner. Reports p50/p99/max of
-//!   produce -> first Decide reflecting the event.
+//!   produce -> first Decide reflecting the event, and, to say where a tail
+//!   comes from, per probe: produce -> the broker's acknowledgement,
+//!   acknowledgement -> Decide, and produce -> a plain "witness" consumer of
+//!   the same topic with the same fetch settings (a probe the witness also
+//!   saw late was late before any consumer could read it); the slowest 1%
+//!   listed with all three; the machine's CPU pressure (`/proc/pressure/cpu`).
+//!
+//! Both report CPU time per event of each consumer's threads (apply, poll,
+//! librdkafka; from `/proc/self/task/*/schedstat`), which the machine's other
+//! load does not change the way it changes the wall clock, and with
+//! `--broker-pid PID` the broker's CPU.
 //! * `apply`: decode and apply alone, from payloads in memory, on one thread:
 //!   the ceiling of one apply thread.
 //!
@@ -32,6 +42,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::sync::mpsc;
@@ -43,7 +54,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use vitrine::clock::now_ms;
@@ -68,6 +79,10 @@ struct Args {
     /// A librdkafka property for Vitrine's consumer, e.g. `fetch.wait.max.ms=500`.
     #[arg(long = "kafka-option", value_name = "KEY=VALUE", global = true)]
     kafka_options: Vec<String>,
+    /// The broker's process id (a local Tansu): its CPU time is reported
+    /// beside the consumers'.
+    #[arg(long, global = true)]
+    broker_pid: Option<u32>,
     #[command(subcommand)]
     what: What,
 }
@@ -77,6 +92,8 @@ struct Args {
 struct Tuning {
     apply_threads: Option<usize>,
     options: Vec<(String, String)>,
+    /// Not Vitrine's: the broker process to report the CPU of.
+    broker_pid: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,14 +182,14 @@ impl Broker {
     }
 }
 
-fn producer(brokers: &str, linger_ms: &str) -> BaseProducer<Deliveries> {
+fn producer<C: ProducerContext + Default>(brokers: &str, linger_ms: &str) -> BaseProducer<C> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", linger_ms)
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "1000000")
         .set("acks", "1")
-        .create_with_context(Deliveries::default())
+        .create_with_context(C::default())
         .unwrap()
 }
 
@@ -184,7 +201,11 @@ fn flush(p: &BaseProducer<Deliveries>, sent: u64) {
 }
 
 fn send(p: &BaseProducer<Deliveries>, topic: &str, key: &str, payload: &[u8]) {
-    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    send_record(p, BaseRecord::to(topic).key(key).payload(payload));
+}
+
+/// Sends, waiting while the local queue is full.
+fn send_record<C: ProducerContext>(p: &BaseProducer<C>, mut record: BaseRecord<'_, str, [u8], C::DeliveryOpaque>) {
     loop {
         match p.send(record) {
             Ok(()) => return,
@@ -193,6 +214,30 @@ fn send(p: &BaseProducer<Deliveries>, topic: &str, key: &str, payload: &[u8]) {
                 p.poll(Duration::from_millis(5));
             }
             Err((e, _)) => panic!("produce: {e}"),
+        }
+    }
+}
+
+/// The freshness producer's context: when the broker acknowledged each
+/// probe (its delivery report, taken by the producer's next poll, at most
+/// 0.1 ms later at 10,000 events/s).
+#[derive(Debug, Default)]
+struct ProbeAcks {
+    failed: std::sync::atomic::AtomicU64,
+    acked: std::sync::Mutex<HashMap<u64, Instant>>,
+}
+
+impl rdkafka::client::ClientContext for ProbeAcks {}
+
+impl ProducerContext for ProbeAcks {
+    /// The probe's number + 1; 0 for other events.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, probe: usize) {
+        if result.is_err() {
+            self.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else if probe > 0 {
+            self.acked.lock().unwrap().insert(probe as u64 - 1, Instant::now());
         }
     }
 }
@@ -253,8 +298,10 @@ fn config(brokers: &str, topic: &str, group: &str, tuning: &Tuning) -> KafkaConf
 }
 
 /// Reads `n` messages and does nothing with them: Vitrine's consumer
-/// settings and poll loop, without decoding, applying or storing offsets.
-fn noop_consume(broker: &Broker, topic: &str, n: usize) -> Duration {
+/// settings (its fetch wait and fetch queue backoff) and poll loop, without
+/// decoding, applying or storing offsets.
+fn noop_consume(broker: &Broker, topic: &str, n: usize) -> (Duration, Cpu) {
+    let cpu = thread_cpu();
     let start = Instant::now();
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker.brokers)
@@ -262,6 +309,10 @@ fn noop_consume(broker: &Broker, topic: &str, n: usize) -> Duration {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("fetch.wait.max.ms", vitrine::ingest::FETCH_WAIT_MAX_MS)
+        // As Vitrine's: with librdkafka's default (1 s), a full prefetch
+        // queue postpones the next fetch by a second, and this consumer
+        // measured 200-500k events/s in such rounds against ~1M in others.
+        .set("fetch.queue.backoff.ms", vitrine::ingest::FETCH_QUEUE_BACKOFF_MS)
         .set("statistics.interval.ms", "1000")
         .create()
         .unwrap();
@@ -294,12 +345,14 @@ fn noop_consume(broker: &Broker, topic: &str, n: usize) -> Duration {
         );
     }
     black_box(bytes);
-    start.elapsed()
+    let took = start.elapsed();
+    (took, Cpu::since(&cpu))
 }
 
-fn vitrine_consume(broker: &Broker, topic: &str, n: usize, round: usize, tuning: &Tuning) -> Duration {
+fn vitrine_consume(broker: &Broker, topic: &str, n: usize, round: usize, tuning: &Tuning) -> (Duration, Cpu) {
     // The shop must be served: events of shops without rules are rejected.
     let engine = engine(&format!("throughput-{round}"), Some(vitrine_benches::RULES_20));
+    let cpu = thread_cpu();
     let start = Instant::now();
     let group = format!("bench-{}-{round}", now_ms());
     let ingest = Ingest::start(engine, &config(&broker.brokers, topic, &group, tuning)).unwrap();
@@ -312,10 +365,104 @@ fn vitrine_consume(broker: &Broker, topic: &str, n: usize, round: usize, tuning:
         );
     }
     let took = start.elapsed();
+    // Before the stop: the apply threads end with it.
+    let cpu = Cpu::since(&cpu);
     let p = ingest.progress();
     assert_eq!((p.messages as usize, p.applied as usize), (n, n), "{p:?}");
     ingest.stop(Duration::from_secs(10));
-    took
+    (took, cpu)
+}
+
+/// CPU seconds all threads of process `pid` have used (0 without one).
+fn process_cpu(pid: Option<u32>) -> f64 {
+    let Some(dir) = pid.and_then(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).ok()) else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            stat.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum::<u64>() as f64
+        / 1e9
+}
+
+/// Seconds in which some runnable task of the machine waited for a CPU
+/// (`/proc/pressure/cpu`, "some"): how busy the machine was with others.
+fn cpu_pressure() -> f64 {
+    std::fs::read_to_string("/proc/pressure/cpu")
+        .ok()
+        .and_then(|s| {
+            let some = s.lines().find(|l| l.starts_with("some"))?;
+            some.split_whitespace()
+                .find_map(|f| f.strip_prefix("total="))?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0.0, |us| us as f64 / 1e6)
+}
+
+/// CPU time per thread of this process (ns on a CPU, from
+/// `/proc/self/task/*/schedstat`): thread id -> (name, ns).
+fn thread_cpu() -> HashMap<u32, (String, u64)> {
+    let mut threads = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return threads;
+    };
+    for task in dir.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let ns = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        threads.insert(tid, (comm.trim().to_string(), ns));
+    }
+    threads
+}
+
+/// CPU seconds a consumer's threads used in a round, by role: the thread
+/// that applies (Vitrine's apply threads), the one that polls (Vitrine's
+/// poll thread, or the main thread for the do-nothing consumer),
+/// librdkafka's own threads, and the rest. Noise-proof beside the wall
+/// clock on a busy machine: a thread's CPU time per event is its cost,
+/// whatever else ran.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    apply: f64,
+    poll: f64,
+    librdkafka: f64,
+    other: f64,
+}
+
+impl Cpu {
+    fn since(before: &HashMap<u32, (String, u64)>) -> Cpu {
+        let main = std::process::id();
+        let mut cpu = Cpu::default();
+        for (tid, (name, ns)) in thread_cpu() {
+            let start = before.get(&tid).map_or(0, |b| b.1);
+            let s = ns.saturating_sub(start) as f64 / 1e9;
+            if name.starts_with("vitrine-apply") {
+                cpu.apply += s;
+            } else if name == "vitrine-kafka" || tid == main {
+                cpu.poll += s;
+            } else if name.starts_with("rdk:") {
+                cpu.librdkafka += s;
+            } else {
+                cpu.other += s;
+            }
+        }
+        cpu
+    }
+
+    /// Microseconds per event, "apply/poll/librdkafka".
+    fn per_event(&self, n: usize) -> String {
+        let us = |s: f64| s * 1e6 / n as f64;
+        format!("{:.2}/{:.2}/{:.2}", us(self.apply), us(self.poll), us(self.librdkafka))
+    }
 }
 
 fn throughput(broker: &Broker, events: usize, rounds: usize, tuning: &Tuning) {
@@ -370,19 +517,40 @@ fn throughput(broker: &Broker, events: usize, rounds: usize, tuning: &Tuning) {
     drop(probe);
     let mut noop = Vec::new();
     let mut vitrine = Vec::new();
+    let mut busiest = Vec::new();
     for round in 0..rounds {
-        let d = noop_consume(broker, &topic, events);
+        let (b, w) = (process_cpu(tuning.broker_pid), cpu_pressure());
+        let (d, noop_cpu) = noop_consume(broker, &topic, events);
         noop.push(events as f64 / d.as_secs_f64());
-        let d = vitrine_consume(broker, &topic, events, round, tuning);
+        let noop_others = format!(
+            "broker {:.2} us/event, CPU pressure {:.0}%",
+            (process_cpu(tuning.broker_pid) - b) * 1e6 / events as f64,
+            (cpu_pressure() - w) * 100.0 / d.as_secs_f64()
+        );
+        let (b, w) = (process_cpu(tuning.broker_pid), cpu_pressure());
+        let (d, cpu) = vitrine_consume(broker, &topic, events, round, tuning);
         vitrine.push(events as f64 / d.as_secs_f64());
+        busiest.push(cpu.apply.max(cpu.poll) * 1e6 / events as f64);
         println!(
-            "round {}: do-nothing consumer {:>9.0} events/s, Vitrine ingest {:>9.0} events/s, ratio {:.2}",
+            "round {}: do-nothing consumer {:>9.0} events/s, Vitrine ingest {:>9.0} events/s, ratio {:.2}\n  \
+             CPU us/event apply/poll/librdkafka: do-nothing {} ({noop_others}); Vitrine {} (other {:.2}; \
+             broker {:.2} us/event, CPU pressure {:.0}%)",
             round + 1,
             noop[round],
             vitrine[round],
-            vitrine[round] / noop[round]
+            vitrine[round] / noop[round],
+            noop_cpu.per_event(events),
+            cpu.per_event(events),
+            cpu.other * 1e6 / events as f64,
+            (process_cpu(tuning.broker_pid) - b) * 1e6 / events as f64,
+            (cpu_pressure() - w) * 100.0 / d.as_secs_f64()
         );
     }
+    busiest.sort_by(f64::total_cmp);
+    println!(
+        "Vitrine's busiest thread (apply or poll): median {:.2} us of CPU per event",
+        busiest[busiest.len() / 2]
+    );
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     let mut ratios: Vec<f64> = vitrine.iter().zip(&noop).map(|(v, n)| v / n).collect();
     ratios.sort_by(f64::total_cmp);
@@ -456,6 +624,58 @@ fn freshness(broker: &Broker, rate: u64, seconds: u64, linger_ms: u32, tuning: &
         std::thread::sleep(Duration::from_millis(5));
     }
 
+    // The witness: a plain consumer of the same topic with the same fetch
+    // settings, noting when each probe reaches it. A late probe it also saw
+    // late was late before any consumer could have it (producer, broker or
+    // the machine); one it saw in time was late in Vitrine.
+    let witness_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (fetching_tx, fetching) = mpsc::channel();
+    let witness = {
+        let (brokers, topic, partitions) = (broker.brokers.clone(), topic.clone(), broker.partitions);
+        let stop = witness_stop.clone();
+        std::thread::spawn(move || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", format!("witness-{}", now_ms()))
+                .set("enable.auto.commit", "false")
+                .set("enable.partition.eof", "true")
+                .set("fetch.wait.max.ms", vitrine::ingest::FETCH_WAIT_MAX_MS)
+                .create()
+                .unwrap();
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..partitions {
+                tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+            }
+            consumer.incremental_assign(&tpl).unwrap();
+            let mut seen = HashMap::new();
+            // Fetching once every partition's (empty) end was reached.
+            let mut at_end = std::collections::HashSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                match consumer.poll(Duration::from_millis(100)) {
+                    Some(Ok(m)) => {
+                        let probe = m
+                            .key()
+                            .and_then(|k| std::str::from_utf8(k).ok()?.strip_prefix("p-")?.parse::<u64>().ok());
+                        if let Some(probe) = probe {
+                            seen.entry(probe).or_insert_with(Instant::now);
+                        }
+                    }
+                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(p)))
+                        if at_end.insert(p) && at_end.len() == partitions as usize =>
+                    {
+                        let _ = fetching_tx.send(());
+                    }
+                    _ => {}
+                }
+            }
+            seen
+        })
+    };
+    // Measured from when the witness fetches, as Vitrine (caught up) does.
+    fetching.recv_timeout(Duration::from_secs(60)).unwrap();
+    let pressure = cpu_pressure();
+    let broker_cpu = process_cpu(tuning.broker_pid);
+    let mut sent_at = Vec::new();
     let (tx, rx) = mpsc::channel::<(u64, Instant)>();
     let prober = {
         let engine = engine.clone();
@@ -482,10 +702,10 @@ fn freshness(broker: &Broker, rate: u64, seconds: u64, linger_ms: u32, tuning: &
                         }
                     }
                 }
-                pending.retain(|(_, at, req)| {
+                pending.retain(|&(i, at, ref req)| {
                     let d = vitrine::api::grpc::decide(&engine, req).unwrap();
                     if d.banner.is_some_and(|b| b.id == "probe") {
-                        latencies.push(at.elapsed());
+                        latencies.push((at.elapsed(), i));
                         false
                     } else {
                         at.elapsed() < Duration::from_secs(30)
@@ -497,7 +717,7 @@ fn freshness(broker: &Broker, rate: u64, seconds: u64, linger_ms: u32, tuning: &
         })
     };
 
-    let p = producer(&broker.brokers, &linger_ms.to_string());
+    let p: BaseProducer<ProbeAcks> = producer(&broker.brokers, &linger_ms.to_string());
     let total = rate * seconds;
     let start = Instant::now();
     let mut buf = String::new();
@@ -517,8 +737,10 @@ fn freshness(broker: &Broker, rate: u64, seconds: u64, linger_ms: u32, tuning: &
                 r#"{{"shop":"bench-fresh","visitor":"{visitor}","action":"tag","tag":"probe","ts":{ts}}}"#
             );
             let at = Instant::now();
-            send(&p, &topic, &visitor, buf.as_bytes());
+            let record = BaseRecord::with_opaque_to(&topic, probes as usize + 1);
+            send_record(&p, record.key(visitor.as_str()).payload(buf.as_bytes()));
             tx.send((probes, at)).unwrap();
+            sent_at.push(at);
             probes += 1;
         } else {
             let visitor = format!("f-{}", k % 100_000);
@@ -528,28 +750,98 @@ fn freshness(broker: &Broker, rate: u64, seconds: u64, linger_ms: u32, tuning: &
                 r#"{{"shop":"bench-fresh","visitor":"{visitor}","action":"view","item":"sku-{}","ts":{ts}}}"#,
                 k % 1000
             );
-            send(&p, &topic, &visitor, buf.as_bytes());
+            send_record(
+                &p,
+                BaseRecord::with_opaque_to(&topic, 0)
+                    .key(visitor.as_str())
+                    .payload(buf.as_bytes()),
+            );
         }
         p.poll(Duration::ZERO);
     }
     let sent_in = start.elapsed();
-    flush(&p, total);
+    p.flush(Duration::from_secs(300)).unwrap();
+    let failed = p.context().failed.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(failed, 0, "{failed} of {total} messages not delivered");
     drop(tx);
     let mut latencies = prober.join().unwrap();
-    latencies.sort();
-    let pct = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1))
-            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+    let elapsed = start.elapsed().as_secs_f64();
+    let pressure = (cpu_pressure() - pressure) * 100.0 / elapsed;
+    let broker_cpu = (process_cpu(tuning.broker_pid) - broker_cpu) * 100.0 / elapsed;
+    witness_stop.store(true, std::sync::atomic::Ordering::Release);
+    let witnessed = witness.join().unwrap();
+    // Produce -> the witness, per probe.
+    let witness_ms = |i: u64| -> Option<f64> {
+        let seen = witnessed.get(&i)?;
+        Some(seen.checked_duration_since(*sent_at.get(i as usize)?)?.as_secs_f64() * 1000.0)
     };
+    latencies.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let pct = |v: &[f64], q: f64| {
+        v.get(((v.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let acked = std::mem::take(&mut *p.context().acked.lock().unwrap());
+    let ack_ms = |i: u64| -> Option<f64> {
+        Some(
+            acked
+                .get(&i)?
+                .checked_duration_since(*sent_at.get(i as usize)?)?
+                .as_secs_f64()
+                * 1000.0,
+        )
+    };
+    let mut acks: Vec<f64> = (0..probes).filter_map(ack_ms).collect();
+    acks.sort_by(f64::total_cmp);
+    let decide: Vec<f64> = latencies.iter().map(|&(d, _)| ms(d)).collect();
+    // What comes after the broker has the event: its fetch and Vitrine.
+    let mut after_ack: Vec<f64> = latencies
+        .iter()
+        .filter_map(|&(d, i)| Some(ms(d) - ack_ms(i)?))
+        .collect();
+    after_ack.sort_by(f64::total_cmp);
+    let mut seen: Vec<f64> = (0..probes).filter_map(witness_ms).collect();
+    seen.sort_by(f64::total_cmp);
     println!(
         "freshness at {:.0} events/s for {:.1}s: {} of {probes} probes seen; produce -> first Decide reflecting it: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         total as f64 / sent_in.as_secs_f64(),
         sent_in.as_secs_f64(),
         latencies.len(),
-        pct(0.5),
-        pct(0.99),
-        pct(1.0)
+        pct(&decide, 0.5),
+        pct(&decide, 0.99),
+        pct(&decide, 1.0)
+    );
+    println!(
+        "  produce -> the broker's acknowledgement (acks=1, linger {linger_ms} ms): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(&acks, 0.5),
+        pct(&acks, 0.99),
+        pct(&acks, 1.0)
+    );
+    println!(
+        "  acknowledged -> first Decide reflecting it (the broker's fetch and Vitrine): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(&after_ack, 0.5),
+        pct(&after_ack, 0.99),
+        pct(&after_ack, 1.0)
+    );
+    println!(
+        "  produce -> a plain consumer (the witness, same fetch settings): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(&seen, 0.5),
+        pct(&seen, 0.99),
+        pct(&seen, 1.0)
+    );
+    // The slowest 1% of decisions: how late the witness saw the same probes.
+    let slow = &latencies[latencies.len() - latencies.len().div_ceil(100).min(latencies.len())..];
+    let late_at_witness: Vec<String> = slow
+        .iter()
+        .map(|&(d, i)| {
+            let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+            format!("{:.0}/{}/{}", ms(d), opt(witness_ms(i)), opt(ack_ms(i)))
+        })
+        .collect();
+    println!(
+        "  slowest 1% as Decide/witness/ack ms: {}; CPU pressure (some task waiting) {pressure:.0}% of the time, broker CPU {broker_cpu:.0}% of a core",
+        late_at_witness.join(" ")
     );
     ingest.stop(Duration::from_secs(10));
 }
@@ -569,6 +861,7 @@ fn main() {
     };
     let tuning = Tuning {
         apply_threads: args.apply_threads,
+        broker_pid: args.broker_pid,
         options: args
             .kafka_options
             .iter()

@@ -14,7 +14,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use super::apply::{self, Ack, Rejects, SubBatch};
+use super::apply::{self, Ack, Admission, Rejects, SubBatch};
 use super::context::ClientHooks;
 use super::dead_letter::DeadLetter;
 use super::dead_letter::Source;
@@ -36,6 +36,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const CLOSE_COMMIT_TIMEOUT_MS: &str = "5000";
 /// Sub-batches queued per apply thread before the poll thread waits.
 const QUEUED_PER_THREAD: usize = 4;
+/// The longest a poll waits for the first message of a batch while
+/// sub-batches are out with the apply threads: their acknowledgements (and
+/// so the offsets stored, the progress counted and readiness) are taken in
+/// between polls, so a [`POLL_WAIT`] after the last message of a burst
+/// would hold them back up to 100 ms. Polls that find nothing while work is
+/// in flight cost at most 1,000 wake-ups a second.
+const ACK_WAIT: Duration = Duration::from_millis(1);
 
 /// Per partition: where the consumer stands.
 #[derive(Debug, Clone)]
@@ -91,6 +98,13 @@ struct State {
     pool: Vec<SubBatch>,
     /// Sub-batches handed out and not yet acknowledged.
     in_flight: usize,
+    /// Whether this thread decodes and admits behavior events itself, so
+    /// the apply thread only applies: with one apply thread (two cores or
+    /// fewer), decoding here splits the per-event work between the two
+    /// threads; with more, the apply threads decode in parallel.
+    decode_on_poll: bool,
+    /// The shop checks of the events this thread decodes.
+    admission: Admission,
 }
 
 /// The consumer's threads: this one polls, the apply threads apply.
@@ -142,7 +156,7 @@ impl Worker {
             // next fetch by this much (default 1 s), and the drained queue
             // would leave the apply threads idle: 10 ms keeps them fed
             // (measured from a pre-filled topic: 129k -> 650k events/s).
-            .set("fetch.queue.backoff.ms", "10")
+            .set("fetch.queue.backoff.ms", super::FETCH_QUEUE_BACKOFF_MS)
             // Lag and connectivity metrics.
             .set("statistics.interval.ms", "1000")
             // A recovered broker is found within 2 s (default backoff up to 10 s).
@@ -207,6 +221,8 @@ impl Worker {
                 error_log: RateLimited::new(10),
                 pool: Vec::new(),
                 in_flight: 0,
+                decode_on_poll: stream == Stream::Behavior && config.apply_threads.max(1) == 1,
+                admission: Admission::default(),
             },
             appliers,
             threads,
@@ -251,8 +267,13 @@ impl Worker {
         let mut subs: Vec<Option<SubBatch>> = (0..threads).map(|_| None).collect();
         let mut messages = 0usize;
         let mut now = 0;
+        self.state.admission.clear();
         while messages < BATCH {
-            let wait = if messages == 0 { POLL_WAIT } else { Duration::ZERO };
+            let wait = match (messages, self.state.in_flight) {
+                (0, 0) => POLL_WAIT,
+                (0, _) => ACK_WAIT,
+                _ => Duration::ZERO,
+            };
             match self.consumer.poll(wait) {
                 None => {
                     if messages == 0 {
@@ -268,6 +289,7 @@ impl Worker {
                     let p = message.partition();
                     let sub = subs[p.unsigned_abs() as usize % threads]
                         .get_or_insert_with(|| self.state.pool.pop().unwrap_or_default());
+                    sub.now_ms = now;
                     self.state.dispatch(&message, sub);
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
@@ -520,6 +542,9 @@ impl State {
                 );
                 self.rejects.reject(source, Rejected::Oversized, &detail);
                 sub.push_rejected(p, offset);
+            }
+            Some(payload) if self.decode_on_poll => {
+                apply::decode_into(sub, &mut self.admission, &self.rejects, &self.metrics, source, payload);
             }
             Some(payload) => sub.push(p, offset, message.key(), payload),
         }

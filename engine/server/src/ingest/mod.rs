@@ -3,10 +3,12 @@
 //!
 //! The key design choice: one dedicated OS thread runs a librdkafka
 //! `BaseConsumer` poll loop, polling batches of up to [`BATCH`] messages and
-//! handing each message (key and payload copied once into the batch) to the
-//! apply thread that owns its partition (`partition % apply_threads`); the
-//! apply threads decode (borrowing strings from the batch), validate and
-//! apply to the index, and hand the batch back. Only then does the poll
+//! handing each message to the apply thread that owns its partition
+//! (`partition % apply_threads`); the apply threads apply to the index and
+//! hand the batch back. With one apply thread the poll thread decodes and
+//! validates each event and hands over its strings; with more, it hands
+//! over key and payload (copied once) and the apply threads decode
+//! (`apply.rs`). Only then does the poll
 //! thread store the next offsets of what was applied
 //! (`enable.auto.offset.store=false` + `store_offsets`), and librdkafka's
 //! auto-commit commits stored offsets every second. So an offset is never
@@ -69,6 +71,11 @@ pub const BATCH: usize = 4096;
 /// librdkafka's `fetch.wait.max.ms` for the behavior consumer: the longest
 /// a broker may hold a fetch while it waits for data (see `consumer.rs`).
 pub const FETCH_WAIT_MAX_MS: &str = "3";
+
+/// librdkafka's `fetch.queue.backoff.ms` for the behavior consumer: how long
+/// a partition's next fetch waits when its prefetch queue is full (see
+/// `consumer.rs`).
+pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
 /// What the consumer has done so far (also for tests and tools).
 #[derive(Debug, Default)]
