@@ -999,90 +999,62 @@ impl Derived {
     /// nearly every push. Instead the visitors are visited in id order and
     /// every (bitmap, visitor) pair is listed, a counting sort groups the
     /// pairs by bitmap (stable, so each group stays in visitor order), and
-    /// each bitmap is built from its sorted group in one sequential pass.
-    /// The item bitmaps and the day and category bitmaps are two such
-    /// passes, on two threads.
+    /// each bitmap is built from its sorted groups in sequential passes
+    /// ([`Grouper`]). The visitors are split in two halves at a multiple of
+    /// 65,536 (a roaring container's span), each half built on its own
+    /// thread in one pass over its profiles, and the halves' bitmaps joined:
+    /// their containers are disjoint, so joining moves them.
     fn rebuild(shards: &[Vec<Profile>], items: &mut [ItemInfo], limits: &Limits) -> Derived {
-        let visitors = || {
-            (0..limits.visitors).filter_map(|vid| {
-                let p = shards[vid as usize & (SHARDS - 1)].get((vid >> SHARD_BITS) as usize)?;
-                Some((vid, p))
+        let split = (limits.visitors / 2) & !0xffff;
+        let (low, high) = if split == 0 {
+            (Part::build(shards, 0..limits.visitors, limits), None)
+        } else {
+            std::thread::scope(|s| {
+                let high = || Part::build(shards, split..limits.visitors, limits);
+                let thread = std::thread::Builder::new()
+                    .name("snapshot-bitmaps".into())
+                    .spawn_scoped(s, high);
+                let low = Part::build(shards, 0..split, limits);
+                // No thread to be had (or it died): do it here.
+                let high = match thread {
+                    Ok(thread) => thread.join().unwrap_or_else(|_| high()),
+                    Err(_) => high(),
+                };
+                (low, Some(high))
             })
         };
-        let item_bitmaps = || {
-            let mut grouper = Grouper::new(limits.items as usize);
-            // Per item, the last visitor listed: each visitor lists an item once.
-            let mut last = vec![u32::MAX; limits.items as usize];
-            for (vid, p) in visitors() {
-                grouper.visitor(limits.items as usize);
-                for e in p.entries() {
-                    if let Some(l) = last.get_mut(e.item as usize).filter(|l| **l != vid) {
-                        *l = vid;
-                        grouper.push(e.item, vid);
-                    }
-                }
-            }
-            grouper.finish(limits.items as usize)
-        };
-        let (item_sets, mut d) = std::thread::scope(|s| {
-            let thread = std::thread::Builder::new()
-                .name("snapshot-items".into())
-                .spawn_scoped(s, item_bitmaps);
-            let d = Derived::day_bitmaps(visitors(), items, limits);
-            // No thread to be had (or it died): do it here.
-            let item_sets = match thread {
-                Ok(thread) => thread.join().unwrap_or_else(|_| item_bitmaps()),
-                Err(_) => item_bitmaps(),
-            };
-            (item_sets, d)
-        });
-        d.items = item_sets;
-        d
-    }
-
-    /// The day and category bitmaps, tag and tier bitmaps and popularity rings.
-    fn day_bitmaps<'a>(
-        visitors: impl Iterator<Item = (u32, &'a Profile)> + Clone,
-        items: &mut [ItemInfo],
-        limits: &Limits,
-    ) -> Derived {
         let mut d = Derived {
             days: Default::default(),
-            items: Vec::new(),
+            items: low.items,
             categories: vec![DayBitmaps::default(); limits.categories as usize],
-            tags: vec![RoaringBitmap::new(); limits.tags as usize],
-            tiers: BTreeMap::new(),
+            tags: low.tags,
+            tiers: low.tiers,
         };
-        // Group ids: one per distinct key category << 32 | day << 2 | action
-        // (category NONE: the day bitmaps), each listed once per visitor.
-        let mut groups = Groups::new(visitors.clone(), limits.categories);
-        let mut keys: Vec<u64> = Vec::new();
-        let mut grouper = Grouper::new(0);
-        for (vid, p) in visitors {
-            grouper.visitor(keys.len());
-            for e in p.entries() {
-                let (day, action) = (e.hour / 24, u32::from(e.action));
-                for category in [NONE, e.category] {
-                    if let Some(group) = groups.first_for(category, day, action, vid, &mut keys) {
-                        grouper.push(group, vid);
-                    }
-                    if e.category == NONE {
-                        break;
-                    }
-                }
+        let mut days: std::collections::HashMap<u64, RoaringBitmap, RandomState> =
+            low.keys.into_iter().zip(low.sets).collect();
+        for &(item, day) in &low.buys {
+            items[item as usize].add_buy(day);
+        }
+        if let Some(high) = high {
+            for (mine, theirs) in d
+                .items
+                .iter_mut()
+                .chain(d.tags.iter_mut())
+                .zip(high.items.into_iter().chain(high.tags))
+            {
+                *mine |= theirs;
             }
-            for b in p.purchases() {
-                items[b.item as usize].add_buy(b.hour / 24);
+            for (tier, set) in high.tiers {
+                *d.tiers.entry(tier).or_default() |= set;
             }
-            for t in p.tags().iter().filter(|t| t.present) {
-                d.tags[t.tag as usize].push_last(vid);
+            for (key, set) in high.keys.into_iter().zip(high.sets) {
+                *days.entry(key).or_default() |= set;
             }
-            if p.tier() > 0 {
-                d.tiers.entry(p.tier()).or_default().push_last(vid);
+            for &(item, day) in &high.buys {
+                items[item as usize].add_buy(day);
             }
         }
-        let sets = grouper.finish(keys.len());
-        for (&key, set) in keys.iter().zip(sets) {
+        for (key, set) in days {
             let (day, action) = ((key as u32) >> 2, (key & 3) as usize);
             if (key >> 32) as u32 == NONE {
                 d.days[action].insert(day, set);
@@ -1105,6 +1077,75 @@ impl Derived {
         }
         shop.category_days = categories;
         shop.tier_visitors = RwLock::new(self.tiers);
+    }
+}
+
+/// The bitmaps of a range of visitors, and their purchases (item, day).
+struct Part {
+    items: Vec<RoaringBitmap>,
+    /// Keys of the day and category bitmaps (see [`Groups`]), and the bitmaps.
+    keys: Vec<u64>,
+    sets: Vec<RoaringBitmap>,
+    tags: Vec<RoaringBitmap>,
+    tiers: BTreeMap<u32, RoaringBitmap>,
+    buys: Vec<(u32, u32)>,
+}
+
+impl Part {
+    /// One pass over the profiles of `vids`: each visitor lists every item,
+    /// day and category bitmap it belongs to once.
+    fn build(shards: &[Vec<Profile>], vids: std::ops::Range<u32>, limits: &Limits) -> Part {
+        let visitors = || {
+            vids.clone().filter_map(|vid| {
+                let p = shards[vid as usize & (SHARDS - 1)].get((vid >> SHARD_BITS) as usize)?;
+                Some((vid, p))
+            })
+        };
+        let item_count = limits.items as usize;
+        let mut part = Part {
+            items: Vec::new(),
+            keys: Vec::new(),
+            sets: Vec::new(),
+            tags: vec![RoaringBitmap::new(); limits.tags as usize],
+            tiers: BTreeMap::new(),
+            buys: Vec::new(),
+        };
+        let mut item_grouper = Grouper::new(item_count);
+        // Per item, the last visitor listed.
+        let mut last = vec![u32::MAX; item_count];
+        // Group ids: one per distinct key category << 32 | day << 2 | action
+        // (category NONE: the day bitmaps).
+        let mut groups = Groups::new(visitors(), limits.categories);
+        let mut day_grouper = Grouper::new(0);
+        for (vid, p) in visitors() {
+            item_grouper.visitor(item_count);
+            day_grouper.visitor(part.keys.len());
+            for e in p.entries() {
+                if let Some(l) = last.get_mut(e.item as usize).filter(|l| **l != vid) {
+                    *l = vid;
+                    item_grouper.push(e.item, vid);
+                }
+                let (day, action) = (e.hour / 24, u32::from(e.action));
+                for category in [NONE, e.category] {
+                    if let Some(group) = groups.first_for(category, day, action, vid, &mut part.keys) {
+                        day_grouper.push(group, vid);
+                    }
+                    if e.category == NONE {
+                        break;
+                    }
+                }
+            }
+            part.buys.extend(p.purchases().iter().map(|b| (b.item, b.hour / 24)));
+            for t in p.tags().iter().filter(|t| t.present) {
+                part.tags[t.tag as usize].push_last(vid);
+            }
+            if p.tier() > 0 {
+                part.tiers.entry(p.tier()).or_default().push_last(vid);
+            }
+        }
+        part.items = item_grouper.finish(item_count);
+        part.sets = day_grouper.finish(part.keys.len());
+        part
     }
 }
 
