@@ -51,8 +51,9 @@ fn main() {
         let decode = t.elapsed().as_secs_f64();
         let visitors: u64 = loaded.index.shops().iter().map(|s| s.stats().visitors).sum();
         println!(
-            "run {run}: read {read:.3} s, decode {decode:.3} s ({} bytes, {visitors} visitors)",
-            bytes.len()
+            "run {run}: read {read:.3} s, decode {decode:.3} s ({} bytes, {visitors} visitors), RSS {} MB",
+            bytes.len(),
+            rss_kib() / 1024
         );
         times.push(decode);
         if let Some(out) = write.as_deref().filter(|_| run == runs) {
@@ -69,4 +70,14 @@ fn main() {
     }
     times.sort_by(f64::total_cmp);
     println!("decode median {:.3} s of {runs}", times[times.len() / 2]);
+}
+
+/// This process's resident set in KiB (0 where /proc does not say).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
