@@ -1233,7 +1233,7 @@ struct Grouper {
     /// The run's pairs, (group, id).
     pairs: Vec<(u32, u32)>,
     /// Per group, where its ids start in `ids` (counting sort scratch).
-    starts: Vec<u32>,
+    starts: Vec<usize>,
     ids: Vec<u32>,
 }
 
@@ -1290,17 +1290,17 @@ impl Grouper {
         // ends at the start of group g + 1.
         for &(group, id) in &self.pairs {
             let at = &mut starts[group as usize];
-            self.ids[*at as usize] = id;
+            self.ids[*at] = id;
             *at += 1;
         }
         let mut from = 0;
         for (bitmap, &end) in self.bitmaps.iter_mut().zip(starts.iter()) {
-            let ids = &self.ids[from..end as usize];
+            let ids = &self.ids[from..end];
             if !ids.is_empty() && bitmap.append(ids.iter().copied()).is_err() {
                 // Not ascending (no caller lists so): insert them one by one.
                 bitmap.extend(ids.iter().copied());
             }
-            from = end as usize;
+            from = end;
         }
         self.pairs.clear();
     }
