@@ -74,7 +74,7 @@
 //! Version 1 differs only in `profiles`: the shards back to back without
 //! their lengths (`profiles := shard*`), so they could only be decoded one
 //! after the other. This build reads both and writes version 2; the lengths
-//! cost 8 bytes a shard (512 bytes a shop).
+//! cost 8 bytes a shard (2 KiB a shop).
 //!
 //! A shop with exposures (decisions offered and held out, [`crate::exposure`])
 //! has an EXPOSURES section after all SHOP sections; a snapshot without one
