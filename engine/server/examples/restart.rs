@@ -19,6 +19,9 @@
 //!
 //! `--bin PATH` names the binary (default `target/release/vitrine`),
 //! `--dir PATH` where the data directory goes (default: the system temp dir).
+//! `--keep` leaves the data directory in place and prints its path;
+//! `--reuse PATH` skips building and writing and restarts on the root a
+//! `--keep` run left (for A/B runs of two binaries on the same snapshot).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -65,6 +68,8 @@ fn main() {
     let mut extra_days = 8u32;
     let mut bin = PathBuf::from("target/release/vitrine");
     let mut base = std::env::temp_dir();
+    let mut keep = false;
+    let mut reuse: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -74,6 +79,8 @@ fn main() {
             "--extra-days" => extra_days = value().parse().unwrap(),
             "--bin" => bin = value().into(),
             "--dir" => base = value().into(),
+            "--keep" => keep = true,
+            "--reuse" => reuse = Some(value().into()),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -83,6 +90,77 @@ fn main() {
         bin.display()
     );
 
+    let (root, size, writes) = match reuse {
+        Some(root) => {
+            let size = std::fs::read_dir(root.join("data/snapshots"))
+                .unwrap()
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .max()
+                .unwrap_or(0);
+            (root, size, vec![0.0])
+        }
+        None => build(visitors, extra_days, &base),
+    };
+    let (data, rules) = (root.join("data"), root.join("rules"));
+    let mut times = Vec::new();
+    for round in 1..=rounds {
+        let (grpc, metrics) = (free_port(), free_port());
+        let started = Instant::now();
+        let mut child = Command::new(&bin)
+            .args(["serve", "--grpc-addr", &format!("127.0.0.1:{grpc}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--rules-dir")
+            .arg(&rules)
+            .env("VITRINE_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        while !ready(metrics) {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the server exited: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let rss = rss_kib(child.id());
+        println!(
+            "round {round}: spawn -> /readyz 200 in {secs:.3} s, RSS {:.0} MB",
+            rss as f64 / 1024.0
+        );
+        times.push(secs);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    println!(
+        "summary: snapshot {:.1} MiB, write median {:.3} s; restart-to-ready median {:.3} s of {rounds} (target <= 5 s)",
+        size as f64 / (1 << 20) as f64,
+        median(writes),
+        median(times)
+    );
+    if keep {
+        println!("kept {}", root.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
+
+/// The server's resident set in KiB (0 where /proc does not say).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Builds the index, writes it three times as a snapshot into a fresh data
+/// directory under `base`; returns the root, the snapshot's bytes and the
+/// write times.
+fn build(visitors: u32, extra_days: u32, base: &std::path::Path) -> (PathBuf, u64, Vec<f64>) {
     let t = Instant::now();
     let dataset = Dataset::generate(visitors);
     let index = Index::new();
@@ -143,39 +221,5 @@ fn main() {
         size = w.bytes;
     }
     drop(index);
-
-    let mut times = Vec::new();
-    for round in 1..=rounds {
-        let (grpc, metrics) = (free_port(), free_port());
-        let started = Instant::now();
-        let mut child = Command::new(&bin)
-            .args(["serve", "--grpc-addr", &format!("127.0.0.1:{grpc}")])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--rules-dir")
-            .arg(&rules)
-            .env("VITRINE_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        while !ready(metrics) {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("the server exited: {status}");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let secs = started.elapsed().as_secs_f64();
-        println!("round {round}: spawn -> /readyz 200 in {secs:.3} s");
-        times.push(secs);
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-    println!(
-        "summary: snapshot {:.1} MiB, write median {:.3} s; restart-to-ready median {:.3} s of {rounds} (target <= 5 s)",
-        size as f64 / (1 << 20) as f64,
-        median(writes),
-        median(times)
-    );
-    let _ = std::fs::remove_dir_all(&root);
+    (root, size, writes)
 }
