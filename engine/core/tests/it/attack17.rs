@@ -345,3 +345,256 @@ fn rule_items_the_shop_learns_later_or_another_index_decide_as_a_fresh_rule_set(
     }
     assert_eq!(decisions(&rules.clone(), &index, &ledger), fresh(&rules, &index));
 }
+
+const DAY: i64 = 24 * HOUR;
+
+/// Rules whose audiences read every kind of bitmap compaction touches:
+/// day bitmaps per action, category and item filters, tags, tiers.
+const COMPACTION_RULES: &str = r#"shop: s
+audiences:
+  viewers: viewed(7d)
+  carts_c1: carted(7d, category="c1")
+  buyers: purchased(30d)
+  fav_i3: favorited(30d, item="i3")
+  tagged: tag("t1")
+  gold: member_tier >= 2
+  recent: visited(2d)
+  mixed: (viewed(3d) or tag("t2")) and not purchased(1d) and member_tier < 3
+banners:
+  - when: gold
+    banner: b-gold
+  - when: carts_c1
+    banner: b-carts
+  - banner: b-default
+items:
+  limit: 6
+  pools:
+    - when: viewers
+      items: [i0, i1, i2, i3, i4, i5, i6, i7, i8, i9]
+    - items: [i10, i11, i12, i3]
+"#;
+
+/// Event `k` of visitor `v` (each visitor's events in one fixed order):
+/// behavior over the last 6 days, tags and untags, tier changes.
+fn compaction_event(v: u32, k: u32) -> String {
+    let ts = NOW - i64::from((v * 5 + k * 11) % 144) * HOUR - i64::from(k);
+    let item = (v * 3 + k * 7) % 40;
+    match (v + k) % 7 {
+        0..=2 => format!(
+            r#"{{"shop":"s","visitor":"v{v}","action":"{}","item":"i{item}","category":"c{}","price":{},"ts":{ts}}}"#,
+            ["view", "cart", "favorite"][((v + k) % 3) as usize],
+            item % 6,
+            10 + item
+        ),
+        3 => format!(
+            r#"{{"shop":"s","visitor":"v{v}","action":"purchase","item":"i{item}","category":"c{}","price":{},"id":"o{v}-{k}","ts":{ts}}}"#,
+            item % 6,
+            10 + item
+        ),
+        4 | 5 => format!(
+            r#"{{"shop":"s","visitor":"v{v}","action":"{}","tag":"t{}","ts":{ts}}}"#,
+            if k % 3 == 0 { "untag" } else { "tag" },
+            k % 3
+        ),
+        _ => format!(
+            r#"{{"shop":"s","visitor":"v{v}","action":"member","tier":{},"ts":{ts}}}"#,
+            k % 4
+        ),
+    }
+}
+
+fn apply_json(index: &Index, json: &str) {
+    index.apply(&Event::from_json(json.as_bytes()).unwrap());
+}
+
+/// Every name (visitors, items, categories, tags) interned in one order, so
+/// that two indexes fed the same events number them alike.
+fn seeded() -> Index {
+    let index = Index::new();
+    for v in 0..VISITORS {
+        apply_json(
+            &index,
+            &format!(
+                r#"{{"shop":"s","visitor":"v{v}","action":"tag","tag":"seed","ts":{}}}"#,
+                NOW - 20 * DAY
+            ),
+        );
+    }
+    for t in 0..3 {
+        apply_json(
+            &index,
+            &format!(
+                r#"{{"shop":"s","visitor":"v0","action":"tag","tag":"t{t}","ts":{}}}"#,
+                NOW - 20 * DAY
+            ),
+        );
+    }
+    for i in 0..40 {
+        apply_json(
+            &index,
+            &format!(
+                r#"{{"shop":"s","visitor":"v0","action":"view","item":"i{i}","category":"c{}","ts":{}}}"#,
+                i % 6,
+                NOW - 20 * DAY
+            ),
+        );
+    }
+    index
+}
+
+const VISITORS: u32 = 240;
+const EVENTS_PER_VISITOR: u32 = 30;
+
+/// Everything two indexes must agree on: snapshot bytes, audience sizes,
+/// every visitor's decision, and the index's counts.
+fn observe(index: &Index, rules: &RuleSet, now: i64) -> (Vec<u8>, Vec<(String, Option<u64>)>, Vec<String>, [u64; 3]) {
+    let shop = index.shop("s").unwrap();
+    let ledger = MemoryLedger::new();
+    let sizes = vitrine_core::audience_sizes(rules, Some(&shop), &ledger, now);
+    let decisions = (0..VISITORS)
+        .map(|v| {
+            let visitor = format!("v{v}");
+            let req = DecideRequest {
+                visitor: &visitor,
+                context: Context::default(),
+                item_limit: 0,
+                explain: true,
+                now_ms: now,
+            };
+            format!("{:?}", decide(rules, Some(&shop), &ledger, &req))
+        })
+        .collect();
+    let stats = shop.stats();
+    (
+        vitrine_core::snapshot::encode(index, b""),
+        sizes,
+        decisions,
+        [stats.visitors, stats.day_entries, stats.profile_entries],
+    )
+}
+
+/// Compaction running again and again (closing day after day) while three
+/// threads apply events and a fourth asks audience sizes: afterwards the
+/// index equals one fed the same events without compaction (snapshot
+/// bytes, sizes, decisions, counts) and its bitmaps take no more bytes;
+/// late events for closed, compacted days, untags and tier changes (bits
+/// taken out of run containers) and expiry keep the two equal.
+#[test]
+fn compaction_during_apply_changes_nothing_but_bytes() {
+    let rules = RuleSet::load(COMPACTION_RULES).unwrap();
+    let (compacted, plain) = (seeded(), seeded());
+    let shop = compacted.shop("s").unwrap();
+    let passes = std::sync::atomic::AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let mut appliers = Vec::new();
+        for t in 0..3 {
+            let (compacted, passes) = (&compacted, &passes);
+            appliers.push(s.spawn(move || {
+                let mut seen = 0;
+                for k in 0..EVENTS_PER_VISITOR {
+                    for v in (t..VISITORS).step_by(3) {
+                        apply_json(compacted, &compaction_event(v, k));
+                    }
+                    // Let a compaction pass run between each round of events.
+                    while passes.load(Ordering::Acquire) == seen {
+                        std::thread::yield_now();
+                    }
+                    seen = passes.load(Ordering::Acquire);
+                }
+            }));
+        }
+        let (shop, passes, done) = (&shop, &passes, &done);
+        s.spawn(move || {
+            let mut pass = 0i64;
+            while !done.load(Ordering::Acquire) {
+                // Close the days one quarter-day at a time, then stay at NOW.
+                shop.compact((NOW - 7 * DAY + pass * 6 * HOUR).min(NOW));
+                pass += 1;
+                passes.fetch_add(1, Ordering::AcqRel);
+            }
+        });
+        s.spawn(move || {
+            let ledger = MemoryLedger::new();
+            while !done.load(Ordering::Acquire) {
+                for expr in [
+                    "viewed(7d)",
+                    "carted(7d, category=\"c1\") or tag(\"t1\")",
+                    "member_tier >= 2",
+                ] {
+                    vitrine_core::size_of(None, Some(shop), &ledger, expr, NOW).unwrap();
+                }
+            }
+        });
+        for a in appliers {
+            a.join().unwrap();
+        }
+        done.store(true, Ordering::Release);
+    });
+    for k in 0..EVENTS_PER_VISITOR {
+        for v in 0..VISITORS {
+            apply_json(&plain, &compaction_event(v, k));
+        }
+    }
+    assert!(passes.load(Ordering::Acquire) >= u64::from(EVENTS_PER_VISITOR));
+    let want = observe(&plain, &rules, NOW);
+    assert_eq!(observe(&compacted, &rules, NOW), want);
+    assert!(
+        want.1.iter().all(|(_, size)| size.is_some_and(|n| n > 0)),
+        "{:?}",
+        want.1
+    );
+    let bytes = |index: &Index| index.shop("s").unwrap().stats().bitmap_bytes;
+    assert!(
+        bytes(&compacted) <= bytes(&plain),
+        "{} > {}",
+        bytes(&compacted),
+        bytes(&plain)
+    );
+
+    // Late events for closed, compacted days; untags and tier changes.
+    shop.compact(NOW);
+    for index in [&compacted, &plain] {
+        for v in 0..VISITORS {
+            let late = NOW - i64::from(3 + v % 3) * DAY - i64::from(v) * 1000;
+            apply_json(
+                index,
+                &format!(r#"{{"shop":"s","visitor":"v{v}","action":"cart","item":"i3","category":"c1","ts":{late}}}"#),
+            );
+            apply_json(
+                index,
+                &format!(
+                    r#"{{"shop":"s","visitor":"v{v}","action":"favorite","item":"i3","category":"c3","ts":{late}}}"#
+                ),
+            );
+            apply_json(
+                index,
+                &format!(
+                    r#"{{"shop":"s","visitor":"v{v}","action":"untag","tag":"t{}","ts":{NOW}}}"#,
+                    v % 3
+                ),
+            );
+            apply_json(
+                index,
+                &format!(
+                    r#"{{"shop":"s","visitor":"v{v}","action":"member","tier":{},"ts":{NOW}}}"#,
+                    v % 5
+                ),
+            );
+        }
+    }
+    assert_eq!(observe(&compacted, &rules, NOW), observe(&plain, &rules, NOW));
+    shop.compact(NOW + DAY);
+    assert_eq!(
+        observe(&compacted, &rules, NOW + DAY),
+        observe(&plain, &rules, NOW + DAY)
+    );
+    for index in [&compacted, &plain] {
+        index.expire(NOW + 40 * DAY);
+    }
+    shop.compact(NOW + 41 * DAY);
+    assert_eq!(
+        observe(&compacted, &rules, NOW + 41 * DAY),
+        observe(&plain, &rules, NOW + 41 * DAY)
+    );
+}
