@@ -580,3 +580,108 @@ fn concurrent_item_views_show_only_their_own_items_values() {
         );
     }
 }
+
+/// A shop past every 6-byte bound (131,073 items, 300 categories) whose
+/// visitors hold entries at those bounds, inserted in scrambled orders:
+/// a snapshot round trip gives every profile back word for word (so in the
+/// same, smallest width), encodes to the same bytes, and after expiry
+/// narrows some profiles back to 6 bytes, a second round trip agrees again.
+#[test]
+fn six_byte_bounds_round_trip_through_snapshots_before_and_after_expiry() {
+    let index = crate::Index::new();
+    let shop = index.shop_or_create("s");
+    for c in 0..300 {
+        shop.categories.intern(&format!("c{c}"));
+    }
+    for i in 0..=COMPACT_ITEMS {
+        shop.items.intern(&format!("i{i}"));
+    }
+    let hours = [
+        0,
+        5,
+        COMPACT_HOURS - 40_000,
+        COMPACT_HOURS - 2,
+        COMPACT_HOURS - 1,
+        COMPACT_HOURS,
+        COMPACT_HOURS + 1,
+    ];
+    let items = [0, 1, COMPACT_ITEMS - 2, COMPACT_ITEMS - 1, COMPACT_ITEMS];
+    let categories = [0, 253, 254, 255, 256, 299, NONE];
+    let mut models = Vec::new();
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    for v in 0..96 {
+        let vid = shop.visitors.intern(&format!("v{v}"));
+        let mut model = BTreeSet::new();
+        // Some visitors only within the 6-byte bounds, some past one bound.
+        let (h, i, c) = match v % 4 {
+            0 => (4, 4, 3),
+            1 => (7, 4, 3),
+            2 => (4, 5, 3),
+            _ => (7, 5, 7),
+        };
+        for _ in 0..1 + next(14) {
+            let e = Entry {
+                hour: hours[next(h)],
+                action: next(4) as u8,
+                item: items[next(i)],
+                category: categories[next(c)],
+            };
+            let new = model.insert(e);
+            assert_eq!(shop.with_profile_mut(vid, |p| p.insert(e)), new, "v{v} {e:?}");
+        }
+        models.push(model);
+    }
+    let smallest = |model: &BTreeSet<Entry>| {
+        [COMPACT, NARROW]
+            .into_iter()
+            .find(|&w| model.iter().all(|e| e.pack(w).is_some()))
+            .unwrap_or(WIDE_WORDS)
+    };
+    let round_trip = |index: &crate::Index, models: &[BTreeSet<Entry>]| {
+        let shop = index.shop("s").unwrap_or_else(|| unreachable!());
+        let bytes = crate::snapshot::encode(index, b"");
+        let back = crate::snapshot::decode(&bytes).map(|s| s.index).unwrap_or_else(|e| panic!("{e:?}"));
+        let again = back.shop("s").unwrap_or_else(|| unreachable!());
+        assert_eq!(again.items.len(), COMPACT_ITEMS + 1);
+        for (v, model) in models.iter().enumerate() {
+            let name = format!("v{v}");
+            let (vid, back_vid) = (shop.visitor_id(&name), again.visitor_id(&name));
+            let facts = shop.with_profile(vid.unwrap_or(u32::MAX), |p| p.map(|p| (p.facts.clone(), p.width())));
+            let back = again.with_profile(back_vid.unwrap_or(u32::MAX), |p| {
+                p.map(|p| (p.facts.clone(), p.width(), p.entries().collect::<Vec<_>>()))
+            });
+            let entries: Vec<Entry> = model.iter().copied().collect();
+            match (facts, back) {
+                (Some((words, width)), Some((back_words, back_width, back_entries))) => {
+                    assert_eq!(back_entries, entries, "{name}");
+                    assert_eq!(back_words, words, "{name}");
+                    if !model.is_empty() {
+                        assert_eq!((width, back_width), (smallest(model), smallest(model)), "{name}");
+                    }
+                }
+                (facts, back) => assert!(
+                    model.is_empty() && facts.is_none_or(|f| f.0.is_empty()) && back.is_none_or(|b| b.0.is_empty()),
+                    "{name}"
+                ),
+            }
+        }
+        assert_eq!(crate::snapshot::encode(&back, b""), bytes);
+    };
+    round_trip(&index, &models);
+    // Expiry from the hour 6-byte entries end: what is left of the profiles
+    // that went wider for an hour alone packs in 6 bytes again, if it can.
+    for first in [6, COMPACT_HOURS - 1, COMPACT_HOURS] {
+        for (v, model) in models.iter_mut().enumerate() {
+            let vid = shop.visitor_id(&format!("v{v}")).unwrap_or(u32::MAX);
+            shop.with_profile_mut(vid, |p| p.expire(first));
+            model.retain(|e| e.hour >= first);
+        }
+        round_trip(&index, &models);
+    }
+}

@@ -598,3 +598,90 @@ fn compaction_during_apply_changes_nothing_but_bytes() {
         observe(&plain, &rules, NOW + 41 * DAY)
     );
 }
+
+/// Item names the item table must keep apart or refuse: the same letter
+/// composed and decomposed (NFC "é" and NFD "e\u{301}" are two items, as
+/// their bytes differ), a name of exactly `MAX_ID_BYTES` (kept, one more
+/// byte refused), an empty one (refused). Decisions under rules naming
+/// some of them read the right item's facts, before and after a snapshot
+/// round trip, and a rule set that resolved them before the shop knew
+/// them decides as a fresh one afterwards.
+#[test]
+fn item_names_equal_modulo_normalisation_or_at_the_length_bound_stay_apart() {
+    let nfc = "caf\u{e9}";
+    let nfd = "cafe\u{301}";
+    let long = "\u{e9}".repeat(vitrine_core::event::MAX_ID_BYTES / 2);
+    assert_eq!(long.len(), vitrine_core::event::MAX_ID_BYTES);
+    let too_long = format!("{long}x");
+    let event = |visitor: &str, action: &str, item: &str, price: u32, hours: i64| {
+        format!(
+            r#"{{"shop":"s","visitor":"{visitor}","action":"{action}","item":"{item}","category":"c-{}","price":{price},"ts":{}}}"#,
+            item.len(),
+            NOW - hours * HOUR
+        )
+    };
+    assert!(Event::from_json(event("v0", "view", &too_long, 5, 1).as_bytes()).is_err());
+    assert!(Event::from_json(event("v0", "view", "", 5, 1).as_bytes()).is_err());
+    let text = format!(
+        "shop: s\nitems:\n  limit: 5\n  exclude_purchased: 30d\n  add_on:\n    threshold: 100\n    cart_total: ctx.cart_total\n  pools:\n    - items: [\"{nfc}\", \"{long}\", plain]\n  complements:\n    \"{nfd}\": [\"{nfc}\", \"{long}\"]\n"
+    );
+    let rules = RuleSet::load(&text).unwrap();
+    let index = Index::new();
+    let ledger = MemoryLedger::new();
+    let attributes = HashMap::from([("cart_total".to_string(), "30".to_string())]);
+    let decide_all = |index: &Index, rules: &RuleSet| -> Vec<String> {
+        let shop = index.shop("s");
+        ["v0", "v1", "v2"]
+            .iter()
+            .flat_map(|visitor| [nfc, nfd, long.as_str(), ""].map(|item| (*visitor, item)))
+            .flat_map(|(visitor, item)| [(visitor, item, true), (visitor, item, false)])
+            .map(|(visitor, item, add_on)| {
+                let req = DecideRequest {
+                    visitor,
+                    context: Context {
+                        item,
+                        attributes: add_on.then_some(&attributes),
+                        ..Context::default()
+                    },
+                    item_limit: 0,
+                    explain: false,
+                    now_ms: NOW,
+                };
+                format!("{:?}", decide(rules, shop.as_deref(), &ledger, &req))
+            })
+            .collect()
+    };
+    let before = decide_all(&index, &rules);
+    // The shop learns the items: v0 carted the decomposed one (only), v1
+    // bought the long one, prices differ per item.
+    for json in [
+        event("v0", "cart", nfd, 80, 3),
+        event("v1", "purchase", &long, 90, 2),
+        event("v2", "view", nfc, 95, 1),
+        event("v2", "view", "plain", 70, 1),
+    ] {
+        apply_json(&index, &json);
+    }
+    let shop = index.shop("s").unwrap();
+    assert_eq!(shop.item_price(nfc), Some(95.0));
+    assert_eq!(shop.item_price(nfd), Some(80.0));
+    assert_eq!(shop.item_price(&long), Some(90.0));
+    let after = decide_all(&index, &rules);
+    assert_ne!(after, before);
+    assert_eq!(after, decide_all(&index, &RuleSet::load(&text).unwrap()));
+    // Without the add-on (odd rows): v0 carted the decomposed item, so the
+    // composed one is a plain pool item; v1 bought the long one (excluded);
+    // v2 viewed the composed one's category.
+    let pick = |item: &str, reason: &str| format!("Pick {{ id: {item:?}, reason: {reason} }}");
+    assert!(after[7].contains(&pick(nfc, "Pool")), "{}", after[7]);
+    assert!(!after[15].contains(&format!("{long:?}")), "{}", after[15]);
+    assert!(after[23].contains(&pick(nfc, "ViewedCategory")), "{}", after[23]);
+    let back = vitrine_core::snapshot::decode(&vitrine_core::snapshot::encode(&index, b""))
+        .unwrap()
+        .index;
+    let again = back.shop("s").unwrap();
+    for item in [nfc, nfd, long.as_str()] {
+        assert_eq!(again.item_price(item), shop.item_price(item), "{item}");
+    }
+    assert_eq!(decide_all(&back, &rules), after);
+}
