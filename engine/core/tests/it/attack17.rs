@@ -651,8 +651,10 @@ fn item_names_equal_modulo_normalisation_or_at_the_length_bound_stay_apart() {
             })
             .collect()
     };
+    // The shop exists (so the rule items are resolved, all unknown) ...
+    apply_json(&index, &event("v9", "view", "other", 1, 9));
     let before = decide_all(&index, &rules);
-    // The shop learns the items: v0 carted the decomposed one (only), v1
+    // ... then learns the items: v0 carted the decomposed one (only), v1
     // bought the long one, prices differ per item.
     for json in [
         event("v0", "cart", nfd, 80, 3),
