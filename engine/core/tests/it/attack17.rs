@@ -687,3 +687,71 @@ fn item_names_equal_modulo_normalisation_or_at_the_length_bound_stay_apart() {
     }
     assert_eq!(decide_all(&back, &rules), after);
 }
+
+/// One rule set deciding from six threads at once against two indexes
+/// that number the same items differently (its cached item ids flip from
+/// one table to the other under the threads' feet), while a seventh thread
+/// teaches one index items the rules name: every decision against the
+/// index that does not change equals a fresh rule set's, and once the
+/// teaching is done, so does every decision against the other.
+#[test]
+fn one_rule_set_deciding_against_two_changing_indexes_from_many_threads() {
+    let text = "shop: s\naudiences:\n  viewers: viewed(30d)\nitems:\n  limit: 40\n  exclude_purchased: 30d\n  add_on:\n    threshold: 100\n    cart_total: ctx.cart_total\n\
+                \x20 pools:\n    - when: viewers\n      items: [i3, i7, x7, i1, i20, x9, y0, y1, y2, y3]\n    - items: [i13, x8, i26, i3, x1, y4, y5]\n\
+                \x20 complements:\n    x1: [i0, x9, i39, i7, y6]\n    i7: [x8, i8, i1, y7]\n";
+    let rules = RuleSet::load(text).unwrap();
+    let (steady, learning) = (shop(), shop());
+    // `steady` numbers the x items before the shop's own items were all seen.
+    for (k, item) in ["x9", "x8", "x1", "x7"].iter().enumerate() {
+        let json = format!(
+            r#"{{"shop":"s","visitor":"v{k}","action":"cart","item":"{item}","category":"c{k}","price":{},"ts":{}}}"#,
+            120 + k,
+            NOW - 2 * HOUR
+        );
+        apply_json(&steady, &json);
+    }
+    let want_steady = fresh(&RuleSet::load(text).unwrap(), &steady);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for t in 0..6 {
+            let (rules, steady, learning, want_steady, done) = (&rules, &steady, &learning, &want_steady, &done);
+            s.spawn(move || {
+                let ledger = MemoryLedger::new();
+                let mut rounds = 0;
+                while rounds < 3 || !done.load(Ordering::Acquire) {
+                    if t % 2 == 0 {
+                        assert_eq!(&decisions(rules, steady, &ledger), want_steady, "thread {t}");
+                    } else {
+                        let _ = decisions(rules, learning, &ledger);
+                    }
+                    rounds += 1;
+                }
+            });
+        }
+        s.spawn(|| {
+            for k in 0..8 {
+                for (item, action) in [("x9", "purchase"), ("x8", "cart"), ("x1", "view"), ("x7", "favorite")] {
+                    let json = format!(
+                        r#"{{"shop":"s","visitor":"v{}","action":"{action}","item":"{item}","category":"c{k}","price":{},"ts":{}}}"#,
+                        k % 6,
+                        105 + k * 3,
+                        NOW - (k as i64 + 1) * HOUR
+                    );
+                    apply_json(&learning, &json);
+                }
+                let json = format!(
+                    r#"{{"shop":"s","visitor":"v{}","action":"view","item":"y{k}","category":"c1","price":{},"ts":{}}}"#,
+                    k % 6,
+                    140 + k,
+                    NOW - HOUR
+                );
+                apply_json(&learning, &json);
+                std::thread::yield_now();
+            }
+            done.store(true, Ordering::Release);
+        });
+    });
+    let ledger = MemoryLedger::new();
+    assert_eq!(decisions(&rules, &learning, &ledger), fresh(&RuleSet::load(text).unwrap(), &learning));
+    assert_eq!(decisions(&rules, &steady, &ledger), want_steady);
+}
