@@ -701,10 +701,13 @@ fn one_rule_set_deciding_against_two_changing_indexes_from_many_threads() {
                 \x20 complements:\n    x1: [i0, x9, i39, i7, y6]\n    i7: [x8, i8, i1, y7]\n";
     let rules = RuleSet::load(text).unwrap();
     let (steady, learning) = (shop(), shop());
-    // `steady` numbers the x items before the shop's own items were all seen.
-    for (k, item) in ["x9", "x8", "x1", "x7"].iter().enumerate() {
+    // `steady` numbers the rule's x and y items otherwise than `learning` will.
+    let others = ["z0", "z1", "z2", "x7", "x1", "x8", "x9", "y7", "y6", "y5", "y4", "y3", "y2", "y1", "y0"];
+    for (k, item) in others.iter().enumerate() {
         let json = format!(
-            r#"{{"shop":"s","visitor":"v{k}","action":"cart","item":"{item}","category":"c{k}","price":{},"ts":{}}}"#,
+            r#"{{"shop":"s","visitor":"v{}","action":"cart","item":"{item}","category":"c{}","price":{},"ts":{}}}"#,
+            k % 6,
+            k % 3,
             120 + k,
             NOW - 2 * HOUR
         );
