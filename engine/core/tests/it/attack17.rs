@@ -758,3 +758,40 @@ fn one_rule_set_deciding_against_two_changing_indexes_from_many_threads() {
     assert_eq!(decisions(&rules, &learning, &ledger), fresh(&RuleSet::load(text).unwrap(), &learning));
     assert_eq!(decisions(&rules, &steady, &ledger), want_steady);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Random events over the last 9 days with compaction passes at random
+    /// points and clock readings (days closing in any order, a pass at an
+    /// earlier clock after a later one, late events after a day closed):
+    /// the index equals one fed the same events without compaction.
+    #[test]
+    fn compaction_anywhere_in_a_random_stream_changes_nothing(
+        stream in proptest::collection::vec(
+            (0u32..24, 0u32..60, 0u32..216, proptest::option::of(0i64..12)),
+            1..160,
+        ),
+    ) {
+        let rules = RuleSet::load(COMPACTION_RULES).unwrap();
+        let (compacted, plain) = (seeded(), seeded());
+        let shop = compacted.shop("s").unwrap();
+        for (v, k, hours_ago, compact_at) in stream {
+            let mut json = compaction_event(v, k);
+            // Re-time the event: `hours_ago` before NOW.
+            let ts = NOW - i64::from(hours_ago) * HOUR - i64::from(k);
+            let at = json.rfind("\"ts\":").unwrap_or(0);
+            json.replace_range(at.., &format!("\"ts\":{ts}}}"));
+            apply_json(&compacted, &json);
+            apply_json(&plain, &json);
+            if let Some(days) = compact_at {
+                shop.compact(NOW - 9 * DAY + days * DAY);
+            }
+        }
+        let (a, b) = (observe(&compacted, &rules, NOW), observe(&plain, &rules, NOW));
+        proptest::prop_assert_eq!(a.0, b.0);
+        proptest::prop_assert_eq!(a.1, b.1);
+        proptest::prop_assert_eq!(a.2, b.2);
+        proptest::prop_assert_eq!(a.3, b.3);
+    }
+}
