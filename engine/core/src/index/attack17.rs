@@ -646,7 +646,9 @@ fn six_byte_bounds_round_trip_through_snapshots_before_and_after_expiry() {
     let round_trip = |index: &crate::Index, models: &[BTreeSet<Entry>]| {
         let shop = index.shop("s").unwrap_or_else(|| unreachable!());
         let bytes = crate::snapshot::encode(index, b"");
-        let back = crate::snapshot::decode(&bytes).map(|s| s.index).unwrap_or_else(|e| panic!("{e:?}"));
+        let back = crate::snapshot::decode(&bytes)
+            .map(|s| s.index)
+            .unwrap_or_else(|e| panic!("{e:?}"));
         let again = back.shop("s").unwrap_or_else(|| unreachable!());
         assert_eq!(again.items.len(), COMPACT_ITEMS + 1);
         for (v, model) in models.iter().enumerate() {

@@ -393,7 +393,7 @@ fn compaction_event(v: u32, k: u32) -> String {
         ),
         4 | 5 => format!(
             r#"{{"shop":"s","visitor":"v{v}","action":"{}","tag":"t{}","ts":{ts}}}"#,
-            if k % 3 == 0 { "untag" } else { "tag" },
+            if k.is_multiple_of(3) { "untag" } else { "tag" },
             k % 3
         ),
         _ => format!(
@@ -447,7 +447,10 @@ const EVENTS_PER_VISITOR: u32 = 30;
 
 /// Everything two indexes must agree on: snapshot bytes, audience sizes,
 /// every visitor's decision, and the index's counts.
-fn observe(index: &Index, rules: &RuleSet, now: i64) -> (Vec<u8>, Vec<(String, Option<u64>)>, Vec<String>, [u64; 3]) {
+/// Snapshot bytes, audience sizes, decisions, counts.
+type Observed = (Vec<u8>, Vec<(String, Option<u64>)>, Vec<String>, [u64; 3]);
+
+fn observe(index: &Index, rules: &RuleSet, now: i64) -> Observed {
     let shop = index.shop("s").unwrap();
     let ledger = MemoryLedger::new();
     let sizes = vitrine_core::audience_sizes(rules, Some(&shop), &ledger, now);
@@ -702,7 +705,9 @@ fn one_rule_set_deciding_against_two_changing_indexes_from_many_threads() {
     let rules = RuleSet::load(text).unwrap();
     let (steady, learning) = (shop(), shop());
     // `steady` numbers the rule's x and y items otherwise than `learning` will.
-    let others = ["z0", "z1", "z2", "x7", "x1", "x8", "x9", "y7", "y6", "y5", "y4", "y3", "y2", "y1", "y0"];
+    let others = [
+        "z0", "z1", "z2", "x7", "x1", "x8", "x9", "y7", "y6", "y5", "y4", "y3", "y2", "y1", "y0",
+    ];
     for (k, item) in others.iter().enumerate() {
         let json = format!(
             r#"{{"shop":"s","visitor":"v{}","action":"cart","item":"{item}","category":"c{}","price":{},"ts":{}}}"#,
@@ -755,7 +760,10 @@ fn one_rule_set_deciding_against_two_changing_indexes_from_many_threads() {
         });
     });
     let ledger = MemoryLedger::new();
-    assert_eq!(decisions(&rules, &learning, &ledger), fresh(&RuleSet::load(text).unwrap(), &learning));
+    assert_eq!(
+        decisions(&rules, &learning, &ledger),
+        fresh(&RuleSet::load(text).unwrap(), &learning)
+    );
     assert_eq!(decisions(&rules, &steady, &ledger), want_steady);
 }
 
