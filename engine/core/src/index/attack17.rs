@@ -4,7 +4,12 @@
 //! middle of a profile, entries arriving out of order around it, latest
 //! hours more than 15 bits before the last entry), checked against a
 //! plain sorted set; tiers at the 16-bit and timestamp edges; and
-//! snapshots of all of them, whole and with bits flipped.
+//! snapshots of all of them, whole and with bits flipped. Then the 6-byte
+//! entries (items 131,071/131,072, categories 254/255/256, hours around
+//! 2^21) through snapshots before and after expiry narrows them, compacted
+//! bitmaps (run containers) against plain sets under every operation
+//! audience sizes use, and the item table's lock-free views under
+//! concurrent interning and updates.
 
 use std::collections::BTreeSet;
 

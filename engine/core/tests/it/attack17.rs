@@ -1,7 +1,11 @@
 //! Attacks on the second round's speed and memory work (issue 17): the
 //! per-thread decision scratch (reused across rule sets of other sizes,
 //! after a decision that panicked, while the thread's locals are being
-//! destroyed) and the arena interner under concurrent interning.
+//! destroyed) and the arena interner under concurrent interning; bitmap
+//! compaction during apply and anywhere in a random stream against an
+//! index never compacted; item names equal modulo normalisation or at the
+//! length bound; one rule set's cached item ids under many threads and
+//! two indexes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
