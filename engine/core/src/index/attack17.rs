@@ -4,7 +4,12 @@
 //! middle of a profile, entries arriving out of order around it, latest
 //! hours more than 15 bits before the last entry), checked against a
 //! plain sorted set; tiers at the 16-bit and timestamp edges; and
-//! snapshots of all of them, whole and with bits flipped.
+//! snapshots of all of them, whole and with bits flipped. Then the 6-byte
+//! entries (items 131,071/131,072, categories 254/255/256, hours around
+//! 2^21) through snapshots before and after expiry narrows them, compacted
+//! bitmaps (run containers) against plain sets under every operation
+//! audience sizes use, and the item table's lock-free views under
+//! concurrent interning and updates.
 
 use std::collections::BTreeSet;
 
@@ -376,5 +381,314 @@ proptest! {
         if !model.is_empty() {
             prop_assert_eq!(p.width(), smallest(&model));
         }
+    }
+}
+
+/// Sets with runs (what compaction turns into run containers), scattered
+/// members, and members on both sides of a container boundary (65,536).
+fn run_set() -> impl Strategy<Value = BTreeSet<u32>> {
+    let run = (
+        prop_oneof![0u32..300, 65_000u32..66_000, 130_000u32..132_000],
+        1u32..5_000,
+    );
+    (
+        prop::collection::vec(run, 0..6),
+        prop::collection::vec(0u32..200_000, 0..40),
+    )
+        .prop_map(|(runs, scattered)| {
+            let mut set: BTreeSet<u32> = scattered.into_iter().collect();
+            for (start, len) in runs {
+                set.extend(start..start + len);
+            }
+            set
+        })
+}
+
+/// What the index does to a bitmap after compaction: add a visitor
+/// (`true`) or take one out (untag, a tier change).
+fn edits() -> impl Strategy<Value = Vec<(bool, u32)>> {
+    prop::collection::vec(
+        (
+            any::<bool>(),
+            prop_oneof![0u32..300, 65_530u32..65_545, 0u32..200_000, 131_070u32..131_080],
+        ),
+        0..60,
+    )
+}
+
+use roaring::MultiOps;
+
+fn bitmap_of(set: &BTreeSet<u32>) -> RoaringBitmap {
+    set.iter().copied().collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(600))]
+
+    /// A compacted bitmap (run containers, exact size) is the same set as
+    /// before, keeps taking inserts and removals, and every operation
+    /// audience sizes use (`&=`, `|=`, `-`, unions of many, `len`,
+    /// `contains`, `is_empty`, iteration, the universe minus a union)
+    /// gives what the plain sets give, compacted operands on either side.
+    #[test]
+    fn compacted_bitmaps_are_the_same_sets(
+        a in run_set(),
+        b in run_set(),
+        c in run_set(),
+        edits_a in edits(),
+        edits_b in edits(),
+    ) {
+        let (mut ma, mut mb) = (a.clone(), b.clone());
+        let (mut xa, mut xb, xc) = (bitmap_of(&a), bitmap_of(&b), bitmap_of(&c));
+        let (mut pa, mut pb) = (xa.clone(), xb.clone());
+        compact_bitmap(&mut xa);
+        compact_bitmap(&mut xb);
+        let mut xc_compact = xc.clone();
+        compact_bitmap(&mut xc_compact);
+        prop_assert_eq!(xa.iter().collect::<Vec<_>>(), ma.iter().copied().collect::<Vec<_>>());
+        for (edits, model, compacted, plain) in [(&edits_a, &mut ma, &mut xa, &mut pa), (&edits_b, &mut mb, &mut xb, &mut pb)] {
+            for &(add, v) in edits {
+                if add {
+                    prop_assert_eq!(compacted.insert(v), model.insert(v), "insert {}", v);
+                    plain.insert(v);
+                } else {
+                    prop_assert_eq!(compacted.remove(v), model.remove(&v), "remove {}", v);
+                    plain.remove(v);
+                }
+            }
+            prop_assert_eq!(compacted.len(), model.len() as u64);
+            prop_assert_eq!(compacted.is_empty(), model.is_empty());
+            prop_assert_eq!(compacted.iter().collect::<Vec<_>>(), model.iter().copied().collect::<Vec<_>>());
+            prop_assert_eq!(&*compacted, &*plain);
+            for v in [0u32, 1, 299, 65_535, 65_536, 131_071, 131_072, 199_999] {
+                prop_assert_eq!(compacted.contains(v), model.contains(&v), "contains {}", v);
+            }
+            // Compacting again after edits keeps the set too.
+            compact_bitmap(compacted);
+            prop_assert_eq!(&*compacted, &*plain);
+        }
+        let set = |b: &RoaringBitmap| b.iter().collect::<BTreeSet<u32>>();
+        let and: BTreeSet<u32> = ma.intersection(&mb).copied().collect();
+        let or: BTreeSet<u32> = ma.union(&mb).copied().collect();
+        let minus: BTreeSet<u32> = ma.difference(&mb).copied().collect();
+        for (l, r) in [(&xa, &xb), (&pa, &xb), (&xa, &pb)] {
+            let mut x = l.clone();
+            x &= r;
+            prop_assert_eq!(set(&x), and.clone());
+            prop_assert_eq!(x.len(), and.len() as u64);
+            let mut x = l.clone();
+            x |= r;
+            prop_assert_eq!(set(&x), or.clone());
+            prop_assert_eq!(x.len(), or.len() as u64);
+            let x = l.clone() - r;
+            prop_assert_eq!(set(&x), minus.clone());
+            prop_assert_eq!(x.len(), minus.len() as u64);
+        }
+        let all: BTreeSet<u32> = ma.iter().chain(&mb).chain(&c).copied().collect();
+        let union = [&xa, &xb, &xc_compact].into_iter().union();
+        prop_assert_eq!(set(&union), all.clone());
+        prop_assert_eq!(union.len(), all.len() as u64);
+        let mut universe = RoaringBitmap::new();
+        universe.insert_range(0..200_000);
+        let rest = universe - [&xa, &xb, &xc_compact].into_iter().union();
+        prop_assert_eq!(rest.len(), 200_000 - all.iter().filter(|&&v| v < 200_000).count() as u64);
+    }
+}
+
+/// Items interned from several threads, each item's category and price
+/// changed by several writers, while readers look items up by name and
+/// read their views: a view only ever shows a category or a price its own
+/// item was given (never another item's, never a torn value), ids are
+/// dense and unique, and once the writers are done every view equals the
+/// item's facts.
+#[test]
+fn concurrent_item_views_show_only_their_own_items_values() {
+    use super::items::ItemTable;
+    use std::sync::atomic::AtomicBool;
+
+    const ITEMS: u32 = 700; // past several view buckets (32, 64, 128, 256, 512)
+    let table = ItemTable::default();
+    let done = AtomicBool::new(false);
+    // Item k's category values are k << 8 | j, its prices k * 1000 + j.
+    let own = |k: u32, category: u32, price: Option<f64>| {
+        (category == NONE || category >> 8 == k) && price.is_none_or(|p| p.fract() == 0.0 && (p as u32) / 1000 == k)
+    };
+    std::thread::scope(|s| {
+        let mut writers = Vec::new();
+        for t in 0..3u32 {
+            let table = &table;
+            writers.push(s.spawn(move || {
+                for round in 0..4u32 {
+                    for n in 0..ITEMS {
+                        let k = (n * 3 + t * 233 + round * 101) % ITEMS;
+                        let id = table.intern(&format!("item-{k}"));
+                        let j = t * 4 + round;
+                        table.update(id, |info| {
+                            let ts = i64::from(j);
+                            if info.category.is_none_or(|cur| (ts, k << 8 | j) > cur) {
+                                info.category = Some((ts, k << 8 | j));
+                            }
+                            info.learn_price(ts, f64::from(k * 1000 + j));
+                            info.add_buy(100 + j % 7);
+                        });
+                    }
+                }
+            }));
+        }
+        let (table, done) = (&table, &done);
+        for _ in 0..2 {
+            s.spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    for k in 0..ITEMS {
+                        let Some(id) = table.id(&format!("item-{k}")) else {
+                            continue;
+                        };
+                        assert!(id < table.len(), "item-{k}: id {id} not handed out");
+                        let view = table.view(id).expect("a found item has a view");
+                        assert!(
+                            own(k, view.category(), view.price()),
+                            "item-{k} (id {id}) shows another's values"
+                        );
+                        assert!(view.popularity(106) <= 3 * 4);
+                    }
+                }
+            });
+        }
+        // Stop the readers once every writer is done.
+        for w in writers {
+            w.join().expect("a writer panicked");
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+    });
+    assert_eq!((table.len(), table.added()), (ITEMS, ITEMS));
+    let mut ids: Vec<u32> = (0..ITEMS)
+        .map(|k| table.id(&format!("item-{k}")).unwrap_or(u32::MAX))
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..ITEMS).collect::<Vec<_>>());
+    for k in 0..ITEMS {
+        let id = table.id(&format!("item-{k}")).unwrap_or(u32::MAX);
+        let facts = table.facts(id, |info| {
+            (
+                info.id,
+                info.category(),
+                info.price.map(|(_, p)| p),
+                info.popularity(106),
+            )
+        });
+        let view = table.view(id).map(|v| (id, v.category(), v.price(), v.popularity(106)));
+        assert_eq!(facts, view, "item-{k}");
+        // Every writer's latest value won: category k << 8 | 11, price k * 1000 + 11.
+        assert_eq!(
+            facts.map(|f| (f.1, f.2)),
+            Some((k << 8 | 11, Some(f64::from(k * 1000 + 11))))
+        );
+    }
+}
+
+/// A shop past every 6-byte bound (131,073 items, 300 categories) whose
+/// visitors hold entries at those bounds, inserted in scrambled orders:
+/// a snapshot round trip gives every profile back word for word (so in the
+/// same, smallest width), encodes to the same bytes, and after expiry
+/// narrows some profiles back to 6 bytes, a second round trip agrees again.
+#[test]
+fn six_byte_bounds_round_trip_through_snapshots_before_and_after_expiry() {
+    let index = crate::Index::new();
+    let shop = index.shop_or_create("s");
+    for c in 0..300 {
+        shop.categories.intern(&format!("c{c}"));
+    }
+    for i in 0..=COMPACT_ITEMS {
+        shop.items.intern(&format!("i{i}"));
+    }
+    let hours = [
+        0,
+        5,
+        COMPACT_HOURS - 40_000,
+        COMPACT_HOURS - 2,
+        COMPACT_HOURS - 1,
+        COMPACT_HOURS,
+        COMPACT_HOURS + 1,
+    ];
+    let items = [0, 1, COMPACT_ITEMS - 2, COMPACT_ITEMS - 1, COMPACT_ITEMS];
+    let categories = [0, 253, 254, 255, 256, 299, NONE];
+    let mut models = Vec::new();
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    for v in 0..96 {
+        let vid = shop.visitors.intern(&format!("v{v}"));
+        let mut model = BTreeSet::new();
+        // Some visitors only within the 6-byte bounds, some past one bound.
+        let (h, i, c) = match v % 4 {
+            0 => (4, 4, 3),
+            1 => (7, 4, 3),
+            2 => (4, 5, 3),
+            _ => (7, 5, 7),
+        };
+        for _ in 0..1 + next(14) {
+            let e = Entry {
+                hour: hours[next(h)],
+                action: next(4) as u8,
+                item: items[next(i)],
+                category: categories[next(c)],
+            };
+            let new = model.insert(e);
+            assert_eq!(shop.with_profile_mut(vid, |p| p.insert(e)), new, "v{v} {e:?}");
+        }
+        models.push(model);
+    }
+    let smallest = |model: &BTreeSet<Entry>| {
+        [COMPACT, NARROW]
+            .into_iter()
+            .find(|&w| model.iter().all(|e| e.pack(w).is_some()))
+            .unwrap_or(WIDE_WORDS)
+    };
+    let round_trip = |index: &crate::Index, models: &[BTreeSet<Entry>]| {
+        let shop = index.shop("s").unwrap_or_else(|| unreachable!());
+        let bytes = crate::snapshot::encode(index, b"");
+        let back = crate::snapshot::decode(&bytes)
+            .map(|s| s.index)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let again = back.shop("s").unwrap_or_else(|| unreachable!());
+        assert_eq!(again.items.len(), COMPACT_ITEMS + 1);
+        for (v, model) in models.iter().enumerate() {
+            let name = format!("v{v}");
+            let (vid, back_vid) = (shop.visitor_id(&name), again.visitor_id(&name));
+            let facts = shop.with_profile(vid.unwrap_or(u32::MAX), |p| p.map(|p| (p.facts.clone(), p.width())));
+            let back = again.with_profile(back_vid.unwrap_or(u32::MAX), |p| {
+                p.map(|p| (p.facts.clone(), p.width(), p.entries().collect::<Vec<_>>()))
+            });
+            let entries: Vec<Entry> = model.iter().copied().collect();
+            match (facts, back) {
+                (Some((words, width)), Some((back_words, back_width, back_entries))) => {
+                    assert_eq!(back_entries, entries, "{name}");
+                    assert_eq!(back_words, words, "{name}");
+                    if !model.is_empty() {
+                        assert_eq!((width, back_width), (smallest(model), smallest(model)), "{name}");
+                    }
+                }
+                (facts, back) => assert!(
+                    model.is_empty() && facts.is_none_or(|f| f.0.is_empty()) && back.is_none_or(|b| b.0.is_empty()),
+                    "{name}"
+                ),
+            }
+        }
+        assert_eq!(crate::snapshot::encode(&back, b""), bytes);
+    };
+    round_trip(&index, &models);
+    // Expiry from the hour 6-byte entries end: what is left of the profiles
+    // that went wider for an hour alone packs in 6 bytes again, if it can.
+    for first in [6, COMPACT_HOURS - 1, COMPACT_HOURS] {
+        for (v, model) in models.iter_mut().enumerate() {
+            let vid = shop.visitor_id(&format!("v{v}")).unwrap_or(u32::MAX);
+            shop.with_profile_mut(vid, |p| p.expire(first));
+            model.retain(|e| e.hour >= first);
+        }
+        round_trip(&index, &models);
     }
 }

@@ -1,7 +1,11 @@
 //! Attacks on the second round's speed and memory work (issue 17): the
 //! per-thread decision scratch (reused across rule sets of other sizes,
 //! after a decision that panicked, while the thread's locals are being
-//! destroyed) and the arena interner under concurrent interning.
+//! destroyed) and the arena interner under concurrent interning; bitmap
+//! compaction during apply and anywhere in a random stream against an
+//! index never compacted; item names equal modulo normalisation or at the
+//! length bound; one rule set's cached item ids under many threads and
+//! two indexes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -344,4 +348,462 @@ fn rule_items_the_shop_learns_later_or_another_index_decide_as_a_fresh_rule_set(
         assert_eq!(decisions(&rules, ix, &ledger), fresh(&RuleSet::load(text).unwrap(), ix));
     }
     assert_eq!(decisions(&rules.clone(), &index, &ledger), fresh(&rules, &index));
+}
+
+const DAY: i64 = 24 * HOUR;
+
+/// Rules whose audiences read every kind of bitmap compaction touches:
+/// day bitmaps per action, category and item filters, tags, tiers.
+const COMPACTION_RULES: &str = r#"shop: s
+audiences:
+  viewers: viewed(7d)
+  carts_c1: carted(7d, category="c1")
+  buyers: purchased(30d)
+  fav_i3: favorited(30d, item="i3")
+  tagged: tag("t1")
+  gold: member_tier >= 2
+  recent: visited(2d)
+  mixed: (viewed(3d) or tag("t2")) and not purchased(1d) and member_tier < 3
+banners:
+  - when: gold
+    banner: b-gold
+  - when: carts_c1
+    banner: b-carts
+  - banner: b-default
+items:
+  limit: 6
+  pools:
+    - when: viewers
+      items: [i0, i1, i2, i3, i4, i5, i6, i7, i8, i9]
+    - items: [i10, i11, i12, i3]
+"#;
+
+/// Event `k` of visitor `v` (each visitor's events in one fixed order):
+/// behavior over the last 6 days, tags and untags, tier changes.
+fn compaction_event(v: u32, k: u32) -> String {
+    let ts = NOW - i64::from((v * 5 + k * 11) % 144) * HOUR - i64::from(k);
+    let item = (v * 3 + k * 7) % 40;
+    match (v + k) % 7 {
+        0..=2 => format!(
+            r#"{{"shop":"s","visitor":"v{v}","action":"{}","item":"i{item}","category":"c{}","price":{},"ts":{ts}}}"#,
+            ["view", "cart", "favorite"][((v + k) % 3) as usize],
+            item % 6,
+            10 + item
+        ),
+        3 => format!(
+            r#"{{"shop":"s","visitor":"v{v}","action":"purchase","item":"i{item}","category":"c{}","price":{},"id":"o{v}-{k}","ts":{ts}}}"#,
+            item % 6,
+            10 + item
+        ),
+        4 | 5 => format!(
+            r#"{{"shop":"s","visitor":"v{v}","action":"{}","tag":"t{}","ts":{ts}}}"#,
+            if k.is_multiple_of(3) { "untag" } else { "tag" },
+            k % 3
+        ),
+        _ => format!(
+            r#"{{"shop":"s","visitor":"v{v}","action":"member","tier":{},"ts":{ts}}}"#,
+            k % 4
+        ),
+    }
+}
+
+fn apply_json(index: &Index, json: &str) {
+    index.apply(&Event::from_json(json.as_bytes()).unwrap());
+}
+
+/// Every name (visitors, items, categories, tags) interned in one order, so
+/// that two indexes fed the same events number them alike.
+fn seeded() -> Index {
+    let index = Index::new();
+    for v in 0..VISITORS {
+        apply_json(
+            &index,
+            &format!(
+                r#"{{"shop":"s","visitor":"v{v}","action":"tag","tag":"seed","ts":{}}}"#,
+                NOW - 20 * DAY
+            ),
+        );
+    }
+    for t in 0..3 {
+        apply_json(
+            &index,
+            &format!(
+                r#"{{"shop":"s","visitor":"v0","action":"tag","tag":"t{t}","ts":{}}}"#,
+                NOW - 20 * DAY
+            ),
+        );
+    }
+    for i in 0..40 {
+        apply_json(
+            &index,
+            &format!(
+                r#"{{"shop":"s","visitor":"v0","action":"view","item":"i{i}","category":"c{}","ts":{}}}"#,
+                i % 6,
+                NOW - 20 * DAY
+            ),
+        );
+    }
+    index
+}
+
+const VISITORS: u32 = 240;
+const EVENTS_PER_VISITOR: u32 = 30;
+
+/// Everything two indexes must agree on: snapshot bytes, audience sizes,
+/// every visitor's decision, and the index's counts.
+/// Snapshot bytes, audience sizes, decisions, counts.
+type Observed = (Vec<u8>, Vec<(String, Option<u64>)>, Vec<String>, [u64; 3]);
+
+fn observe(index: &Index, rules: &RuleSet, now: i64) -> Observed {
+    let shop = index.shop("s").unwrap();
+    let ledger = MemoryLedger::new();
+    let sizes = vitrine_core::audience_sizes(rules, Some(&shop), &ledger, now);
+    let decisions = (0..VISITORS)
+        .map(|v| {
+            let visitor = format!("v{v}");
+            let req = DecideRequest {
+                visitor: &visitor,
+                context: Context::default(),
+                item_limit: 0,
+                explain: true,
+                now_ms: now,
+            };
+            format!("{:?}", decide(rules, Some(&shop), &ledger, &req))
+        })
+        .collect();
+    let stats = shop.stats();
+    (
+        vitrine_core::snapshot::encode(index, b""),
+        sizes,
+        decisions,
+        [stats.visitors, stats.day_entries, stats.profile_entries],
+    )
+}
+
+/// Compaction running again and again (closing day after day) while three
+/// threads apply events and a fourth asks audience sizes: afterwards the
+/// index equals one fed the same events without compaction (snapshot
+/// bytes, sizes, decisions, counts) and its bitmaps take no more bytes;
+/// late events for closed, compacted days, untags and tier changes (bits
+/// taken out of run containers) and expiry keep the two equal.
+#[test]
+fn compaction_during_apply_changes_nothing_but_bytes() {
+    let rules = RuleSet::load(COMPACTION_RULES).unwrap();
+    let (compacted, plain) = (seeded(), seeded());
+    let shop = compacted.shop("s").unwrap();
+    let passes = std::sync::atomic::AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let mut appliers = Vec::new();
+        for t in 0..3 {
+            let (compacted, passes) = (&compacted, &passes);
+            appliers.push(s.spawn(move || {
+                let mut seen = 0;
+                for k in 0..EVENTS_PER_VISITOR {
+                    for v in (t..VISITORS).step_by(3) {
+                        apply_json(compacted, &compaction_event(v, k));
+                    }
+                    // Let a compaction pass run between each round of events.
+                    while passes.load(Ordering::Acquire) == seen {
+                        std::thread::yield_now();
+                    }
+                    seen = passes.load(Ordering::Acquire);
+                }
+            }));
+        }
+        let (shop, passes, done) = (&shop, &passes, &done);
+        s.spawn(move || {
+            let mut pass = 0i64;
+            while !done.load(Ordering::Acquire) {
+                // Close the days one quarter-day at a time, then stay at NOW.
+                shop.compact((NOW - 7 * DAY + pass * 6 * HOUR).min(NOW));
+                pass += 1;
+                passes.fetch_add(1, Ordering::AcqRel);
+            }
+        });
+        s.spawn(move || {
+            let ledger = MemoryLedger::new();
+            while !done.load(Ordering::Acquire) {
+                for expr in [
+                    "viewed(7d)",
+                    "carted(7d, category=\"c1\") or tag(\"t1\")",
+                    "member_tier >= 2",
+                ] {
+                    vitrine_core::size_of(None, Some(shop), &ledger, expr, NOW).unwrap();
+                }
+            }
+        });
+        for a in appliers {
+            a.join().unwrap();
+        }
+        done.store(true, Ordering::Release);
+    });
+    for k in 0..EVENTS_PER_VISITOR {
+        for v in 0..VISITORS {
+            apply_json(&plain, &compaction_event(v, k));
+        }
+    }
+    assert!(passes.load(Ordering::Acquire) >= u64::from(EVENTS_PER_VISITOR));
+    let want = observe(&plain, &rules, NOW);
+    assert_eq!(observe(&compacted, &rules, NOW), want);
+    assert!(
+        want.1.iter().all(|(_, size)| size.is_some_and(|n| n > 0)),
+        "{:?}",
+        want.1
+    );
+    let bytes = |index: &Index| index.shop("s").unwrap().stats().bitmap_bytes;
+    assert!(
+        bytes(&compacted) <= bytes(&plain),
+        "{} > {}",
+        bytes(&compacted),
+        bytes(&plain)
+    );
+
+    // Late events for closed, compacted days; untags and tier changes.
+    shop.compact(NOW);
+    for index in [&compacted, &plain] {
+        for v in 0..VISITORS {
+            let late = NOW - i64::from(3 + v % 3) * DAY - i64::from(v) * 1000;
+            apply_json(
+                index,
+                &format!(r#"{{"shop":"s","visitor":"v{v}","action":"cart","item":"i3","category":"c1","ts":{late}}}"#),
+            );
+            apply_json(
+                index,
+                &format!(
+                    r#"{{"shop":"s","visitor":"v{v}","action":"favorite","item":"i3","category":"c3","ts":{late}}}"#
+                ),
+            );
+            apply_json(
+                index,
+                &format!(
+                    r#"{{"shop":"s","visitor":"v{v}","action":"untag","tag":"t{}","ts":{NOW}}}"#,
+                    v % 3
+                ),
+            );
+            apply_json(
+                index,
+                &format!(
+                    r#"{{"shop":"s","visitor":"v{v}","action":"member","tier":{},"ts":{NOW}}}"#,
+                    v % 5
+                ),
+            );
+        }
+    }
+    assert_eq!(observe(&compacted, &rules, NOW), observe(&plain, &rules, NOW));
+    shop.compact(NOW + DAY);
+    assert_eq!(
+        observe(&compacted, &rules, NOW + DAY),
+        observe(&plain, &rules, NOW + DAY)
+    );
+    for index in [&compacted, &plain] {
+        index.expire(NOW + 40 * DAY);
+    }
+    shop.compact(NOW + 41 * DAY);
+    assert_eq!(
+        observe(&compacted, &rules, NOW + 41 * DAY),
+        observe(&plain, &rules, NOW + 41 * DAY)
+    );
+}
+
+/// Item names the item table must keep apart or refuse: the same letter
+/// composed and decomposed (NFC "é" and NFD "e\u{301}" are two items, as
+/// their bytes differ), a name of exactly `MAX_ID_BYTES` (kept, one more
+/// byte refused), an empty one (refused). Decisions under rules naming
+/// some of them read the right item's facts, before and after a snapshot
+/// round trip, and a rule set that resolved them before the shop knew
+/// them decides as a fresh one afterwards.
+#[test]
+fn item_names_equal_modulo_normalisation_or_at_the_length_bound_stay_apart() {
+    let nfc = "caf\u{e9}";
+    let nfd = "cafe\u{301}";
+    let long = "\u{e9}".repeat(vitrine_core::event::MAX_ID_BYTES / 2);
+    assert_eq!(long.len(), vitrine_core::event::MAX_ID_BYTES);
+    let too_long = format!("{long}x");
+    let event = |visitor: &str, action: &str, item: &str, price: u32, hours: i64| {
+        format!(
+            r#"{{"shop":"s","visitor":"{visitor}","action":"{action}","item":"{item}","category":"c-{}","price":{price},"ts":{}}}"#,
+            item.len(),
+            NOW - hours * HOUR
+        )
+    };
+    assert!(Event::from_json(event("v0", "view", &too_long, 5, 1).as_bytes()).is_err());
+    assert!(Event::from_json(event("v0", "view", "", 5, 1).as_bytes()).is_err());
+    let text = format!(
+        "shop: s\nitems:\n  limit: 5\n  exclude_purchased: 30d\n  add_on:\n    threshold: 100\n    cart_total: ctx.cart_total\n  pools:\n    - items: [\"{nfc}\", \"{long}\", plain]\n  complements:\n    \"{nfd}\": [\"{nfc}\", \"{long}\"]\n"
+    );
+    let rules = RuleSet::load(&text).unwrap();
+    let index = Index::new();
+    let ledger = MemoryLedger::new();
+    let attributes = HashMap::from([("cart_total".to_string(), "30".to_string())]);
+    let decide_all = |index: &Index, rules: &RuleSet| -> Vec<String> {
+        let shop = index.shop("s");
+        ["v0", "v1", "v2"]
+            .iter()
+            .flat_map(|visitor| [nfc, nfd, long.as_str(), ""].map(|item| (*visitor, item)))
+            .flat_map(|(visitor, item)| [(visitor, item, true), (visitor, item, false)])
+            .map(|(visitor, item, add_on)| {
+                let req = DecideRequest {
+                    visitor,
+                    context: Context {
+                        item,
+                        attributes: add_on.then_some(&attributes),
+                        ..Context::default()
+                    },
+                    item_limit: 0,
+                    explain: false,
+                    now_ms: NOW,
+                };
+                format!("{:?}", decide(rules, shop.as_deref(), &ledger, &req))
+            })
+            .collect()
+    };
+    // The shop exists (so the rule items are resolved, all unknown) ...
+    apply_json(&index, &event("v9", "view", "other", 1, 9));
+    let before = decide_all(&index, &rules);
+    // ... then learns the items: v0 carted the decomposed one (only), v1
+    // bought the long one, prices differ per item.
+    for json in [
+        event("v0", "cart", nfd, 80, 3),
+        event("v1", "purchase", &long, 90, 2),
+        event("v2", "view", nfc, 95, 1),
+        event("v2", "view", "plain", 70, 1),
+    ] {
+        apply_json(&index, &json);
+    }
+    let shop = index.shop("s").unwrap();
+    assert_eq!(shop.item_price(nfc), Some(95.0));
+    assert_eq!(shop.item_price(nfd), Some(80.0));
+    assert_eq!(shop.item_price(&long), Some(90.0));
+    let after = decide_all(&index, &rules);
+    assert_ne!(after, before);
+    assert_eq!(after, decide_all(&index, &RuleSet::load(&text).unwrap()));
+    // Without the add-on (odd rows): v0 carted the decomposed item, so the
+    // composed one is a plain pool item; v1 bought the long one (excluded);
+    // v2 viewed the composed one's category.
+    let pick = |item: &str, reason: &str| format!("Pick {{ id: {item:?}, reason: {reason} }}");
+    assert!(after[7].contains(&pick(nfc, "Pool")), "{}", after[7]);
+    assert!(!after[15].contains(&format!("{long:?}")), "{}", after[15]);
+    assert!(after[23].contains(&pick(nfc, "ViewedCategory")), "{}", after[23]);
+    let back = vitrine_core::snapshot::decode(&vitrine_core::snapshot::encode(&index, b""))
+        .unwrap()
+        .index;
+    let again = back.shop("s").unwrap();
+    for item in [nfc, nfd, long.as_str()] {
+        assert_eq!(again.item_price(item), shop.item_price(item), "{item}");
+    }
+    assert_eq!(decide_all(&back, &rules), after);
+}
+
+/// One rule set deciding from six threads at once against two indexes
+/// that number the same items differently (its cached item ids flip from
+/// one table to the other under the threads' feet), while a seventh thread
+/// teaches one index items the rules name: every decision against the
+/// index that does not change equals a fresh rule set's, and once the
+/// teaching is done, so does every decision against the other.
+#[test]
+fn one_rule_set_deciding_against_two_changing_indexes_from_many_threads() {
+    let text = "shop: s\naudiences:\n  viewers: viewed(30d)\nitems:\n  limit: 40\n  exclude_purchased: 30d\n  add_on:\n    threshold: 100\n    cart_total: ctx.cart_total\n\
+                \x20 pools:\n    - when: viewers\n      items: [i3, i7, x7, i1, i20, x9, y0, y1, y2, y3]\n    - items: [i13, x8, i26, i3, x1, y4, y5]\n\
+                \x20 complements:\n    x1: [i0, x9, i39, i7, y6]\n    i7: [x8, i8, i1, y7]\n";
+    let rules = RuleSet::load(text).unwrap();
+    let (steady, learning) = (shop(), shop());
+    // `steady` numbers the rule's x and y items otherwise than `learning` will.
+    let others = [
+        "z0", "z1", "z2", "x7", "x1", "x8", "x9", "y7", "y6", "y5", "y4", "y3", "y2", "y1", "y0",
+    ];
+    for (k, item) in others.iter().enumerate() {
+        let json = format!(
+            r#"{{"shop":"s","visitor":"v{}","action":"cart","item":"{item}","category":"c{}","price":{},"ts":{}}}"#,
+            k % 6,
+            k % 3,
+            120 + k,
+            NOW - 2 * HOUR
+        );
+        apply_json(&steady, &json);
+    }
+    let want_steady = fresh(&RuleSet::load(text).unwrap(), &steady);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for t in 0..6 {
+            let (rules, steady, learning, want_steady, done) = (&rules, &steady, &learning, &want_steady, &done);
+            s.spawn(move || {
+                let ledger = MemoryLedger::new();
+                let mut rounds = 0;
+                while rounds < 3 || !done.load(Ordering::Acquire) {
+                    if t % 2 == 0 {
+                        assert_eq!(&decisions(rules, steady, &ledger), want_steady, "thread {t}");
+                    } else {
+                        let _ = decisions(rules, learning, &ledger);
+                    }
+                    rounds += 1;
+                }
+            });
+        }
+        s.spawn(|| {
+            for k in 0..8 {
+                for (item, action) in [("x9", "purchase"), ("x8", "cart"), ("x1", "view"), ("x7", "favorite")] {
+                    let json = format!(
+                        r#"{{"shop":"s","visitor":"v{}","action":"{action}","item":"{item}","category":"c{k}","price":{},"ts":{}}}"#,
+                        k % 6,
+                        105 + k * 3,
+                        NOW - (k as i64 + 1) * HOUR
+                    );
+                    apply_json(&learning, &json);
+                }
+                let json = format!(
+                    r#"{{"shop":"s","visitor":"v{}","action":"view","item":"y{k}","category":"c1","price":{},"ts":{}}}"#,
+                    k % 6,
+                    140 + k,
+                    NOW - HOUR
+                );
+                apply_json(&learning, &json);
+                std::thread::yield_now();
+            }
+            done.store(true, Ordering::Release);
+        });
+    });
+    let ledger = MemoryLedger::new();
+    assert_eq!(
+        decisions(&rules, &learning, &ledger),
+        fresh(&RuleSet::load(text).unwrap(), &learning)
+    );
+    assert_eq!(decisions(&rules, &steady, &ledger), want_steady);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Random events over the last 9 days with compaction passes at random
+    /// points and clock readings (days closing in any order, a pass at an
+    /// earlier clock after a later one, late events after a day closed):
+    /// the index equals one fed the same events without compaction.
+    #[test]
+    fn compaction_anywhere_in_a_random_stream_changes_nothing(
+        stream in proptest::collection::vec(
+            (0u32..24, 0u32..60, 0u32..216, proptest::option::of(0i64..12)),
+            1..160,
+        ),
+    ) {
+        let rules = RuleSet::load(COMPACTION_RULES).unwrap();
+        let (compacted, plain) = (seeded(), seeded());
+        let shop = compacted.shop("s").unwrap();
+        for (v, k, hours_ago, compact_at) in stream {
+            let mut json = compaction_event(v, k);
+            // Re-time the event: `hours_ago` before NOW.
+            let ts = NOW - i64::from(hours_ago) * HOUR - i64::from(k);
+            let at = json.rfind("\"ts\":").unwrap_or(0);
+            json.replace_range(at.., &format!("\"ts\":{ts}}}"));
+            apply_json(&compacted, &json);
+            apply_json(&plain, &json);
+            if let Some(days) = compact_at {
+                shop.compact(NOW - 9 * DAY + days * DAY);
+            }
+        }
+        let (a, b) = (observe(&compacted, &rules, NOW), observe(&plain, &rules, NOW));
+        proptest::prop_assert_eq!(a.0, b.0);
+        proptest::prop_assert_eq!(a.1, b.1);
+        proptest::prop_assert_eq!(a.2, b.2);
+        proptest::prop_assert_eq!(a.3, b.3);
+    }
 }
