@@ -193,6 +193,7 @@ impl ShopIndex {
         });
         // A known fact means its bit is already set.
         for (fact, _) in facts[..n].iter().zip(new).filter(|(_, new)| *new) {
+            self.note_day(day);
             columns.set(day, fact, vid);
         }
         Ok(new.iter().any(|&b| b))

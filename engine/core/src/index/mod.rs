@@ -898,6 +898,9 @@ pub struct ShopIndex {
     pub(crate) exposures: exposures::Exposures,
     /// Days before this one have had their bitmaps compacted ([`ShopIndex::compact`]).
     compacted_days: AtomicU32,
+    /// The earliest compacted day a bit was set in since the last
+    /// compaction (`u32::MAX`: none), so that the next one copies it again.
+    late_day: AtomicU32,
 }
 
 impl ShopIndex {
@@ -923,6 +926,7 @@ impl ShopIndex {
             tier_visitors: RwLock::default(),
             exposures: Default::default(),
             compacted_days: AtomicU32::new(0),
+            late_day: AtomicU32::new(u32::MAX),
         }
     }
 
@@ -1037,6 +1041,7 @@ impl ShopIndex {
                 // A known entry means every bit below is already set.
                 if new_entry {
                     let (action, day) = (event.action as usize, hour / 24);
+                    self.note_day(day);
                     self.days[action].write().entry(day).or_default().insert(vid);
                     self.item_visitors.entry(item).or_default().insert(vid);
                     if let Some(category) = category {
@@ -1116,7 +1121,7 @@ impl ShopIndex {
     /// Re-allocates bitmaps at their exact size, run-length encoding the
     /// containers where that is smaller (roaring's `optimize`): the day,
     /// category and exposure bitmaps of the days closed since the last call
-    /// (each closed day once: only late events change it afterwards), and
+    /// (each closed day once, and again after late events set bits in it), and
     /// every item, tag and tier bitmap (these keep changing, so each call
     /// copies them again). Roaring grows a container's array by doubling,
     /// so a bitmap that stopped changing holds up to half its bytes as
@@ -1126,7 +1131,10 @@ impl ShopIndex {
     /// Returns how many bitmaps it compacted.
     pub fn compact(&self, now_ms: i64) -> u64 {
         let today = day_of(self.clock_ms(now_ms));
-        let from = self.compacted_days.load(Ordering::Relaxed);
+        // Days already compacted that late events (a backlog applied after
+        // a restart, say) have set bits in since are copied again.
+        let late = self.late_day.swap(u32::MAX, Ordering::Relaxed);
+        let from = self.compacted_days.load(Ordering::Relaxed).min(late);
         let mut n = 0;
         if from < today {
             // One bitmap (or one category) per lock taken, so applying
@@ -1165,6 +1173,15 @@ impl ShopIndex {
             n += 1;
         }
         n
+    }
+
+    /// Marks `day` for the next [`ShopIndex::compact`] when its bitmaps were
+    /// already compacted: one load per new entry, a write only for late ones.
+    #[inline]
+    pub(crate) fn note_day(&self, day: u32) {
+        if day < self.compacted_days.load(Ordering::Relaxed) {
+            self.late_day.fetch_min(day, Ordering::Relaxed);
+        }
     }
 
     /// Sizes of the index, for metrics and benches.
@@ -1604,6 +1621,9 @@ mod tests {
         for f in events(3000, 6000) {
             apply(&shop, f);
         }
+        // Those events set bits in every closed day: copied again, once.
+        assert_eq!(shop.compact(now), 3 * 8 + 4, "late events' days are compacted again");
+        assert_eq!(shop.compact(now), 4);
         let fresh = ShopIndex::new("s");
         for f in events(0, 6000) {
             apply(&fresh, f);
