@@ -80,8 +80,9 @@ pub const DATA_DIR_CHECK_INTERVAL: std::time::Duration = std::time::Duration::fr
 const INGEST_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often the background task compacts the index's bitmaps
-/// (`ShopIndex::compact`: closed days once and again after late events, item, tag and tier bitmaps
-/// every time); the first tick after start compacts a restored index.
+/// (`ShopIndex::compact`: closed days once, and again after late events;
+/// item, tag and tier bitmaps every time); the first tick after start
+/// compacts a restored index.
 pub const INDEX_COMPACT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Every service whose health is reported, with "" (the server as a whole).
