@@ -443,14 +443,58 @@ impl Plan {
     /// Recursive, which keeps the hot path lean: the loader bounds the
     /// nesting depth of every expression with its audiences inlined
     /// ([`crate::rules::Limits::max_inlined_depth`]), and so the stack.
+    /// The operands of `and`, `or` and `not` that are leaves (an atom, a
+    /// constant, an audience already in the memo, or the `not` of one) are
+    /// answered in the operator's own loop, without a call per operand;
+    /// every operand is still evaluated in order and only until one settles
+    /// the result, so the atoms asked are exactly those of a plain walk.
     pub fn eval(&self, id: NodeId, facts: &impl Facts, memo: &mut Memo) -> bool {
         match self.node(id) {
             Node::Const(b) => *b,
-            Node::And(xs) => xs.iter().all(|&x| self.eval(x, facts, memo)),
-            Node::Or(xs) => xs.iter().any(|&x| self.eval(x, facts, memo)),
-            Node::Not(x) => !self.eval(*x, facts, memo),
+            Node::And(xs) => {
+                for &x in xs.iter() {
+                    if !self.operand(x, facts, memo) {
+                        return false;
+                    }
+                }
+                true
+            }
+            Node::Or(xs) => {
+                for &x in xs.iter() {
+                    if self.operand(x, facts, memo) {
+                        return true;
+                    }
+                }
+                false
+            }
+            Node::Not(x) => !self.settle(*x, facts, memo),
             Node::Audience(slot) => self.eval_audience(*slot, facts, memo),
             Node::Atom(atom) => facts.atom(atom),
+        }
+    }
+
+    /// An operand of `and` / `or`: a `not` of a leaf answered here, anything else by [`Plan::settle`].
+    #[inline(always)]
+    fn operand(&self, id: NodeId, facts: &impl Facts, memo: &mut Memo) -> bool {
+        match self.node(id) {
+            Node::Not(x) => !self.settle(*x, facts, memo),
+            _ => self.settle(id, facts, memo),
+        }
+    }
+
+    /// A leaf answered in place (an atom, a constant, a memoized audience);
+    /// anything else through [`Plan::eval`] / [`Plan::eval_audience`].
+    #[inline(always)]
+    fn settle(&self, id: NodeId, facts: &impl Facts, memo: &mut Memo) -> bool {
+        match self.node(id) {
+            Node::Atom(atom) => facts.atom(atom),
+            Node::Const(b) => *b,
+            Node::Audience(slot) => match memo.states.get(*slot as usize) {
+                Some(&TRUE) => true,
+                Some(&FALSE) => false,
+                _ => self.eval_audience(*slot, facts, memo),
+            },
+            _ => self.eval(id, facts, memo),
         }
     }
 
@@ -460,12 +504,14 @@ impl Plan {
         if memo.states.len() <= s {
             memo.states.resize(self.audiences.len(), UNKNOWN);
         }
-        match memo.states[s] {
-            TRUE => true,
-            FALSE => false,
+        match memo.states.get(s) {
+            Some(&TRUE) => true,
+            Some(&FALSE) => false,
             _ => {
                 let result = self.eval(self.audiences[s].root, facts, memo);
-                memo.states[s] = if result { TRUE } else { FALSE };
+                if let Some(state) = memo.states.get_mut(s) {
+                    *state = if result { TRUE } else { FALSE };
+                }
                 result
             }
         }
