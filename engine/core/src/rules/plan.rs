@@ -448,7 +448,23 @@ impl Plan {
     /// answered in the operator's own loop, without a call per operand;
     /// every operand is still evaluated in order and only until one settles
     /// the result, so the atoms asked are exactly those of a plain walk.
+    ///
+    /// A `when` that names an audience already in the memo is answered here,
+    /// inlined at the caller.
+    #[inline]
     pub fn eval(&self, id: NodeId, facts: &impl Facts, memo: &mut Memo) -> bool {
+        if let Some(Node::Audience(slot)) = self.nodes.get(id as usize) {
+            match memo.states.get(*slot as usize) {
+                Some(&TRUE) => return true,
+                Some(&FALSE) => return false,
+                _ => {}
+            }
+        }
+        self.eval_node(id, facts, memo)
+    }
+
+    /// [`Plan::eval`] past its memo check: the one frame an operator costs.
+    fn eval_node(&self, id: NodeId, facts: &impl Facts, memo: &mut Memo) -> bool {
         match self.node(id) {
             Node::Const(b) => *b,
             Node::And(xs) => {
@@ -494,7 +510,7 @@ impl Plan {
                 Some(&FALSE) => false,
                 _ => self.eval_audience(*slot, facts, memo),
             },
-            _ => self.eval(id, facts, memo),
+            _ => self.eval_node(id, facts, memo),
         }
     }
 
@@ -508,7 +524,7 @@ impl Plan {
             Some(&TRUE) => true,
             Some(&FALSE) => false,
             _ => {
-                let result = self.eval(self.audiences[s].root, facts, memo);
+                let result = self.eval_node(self.audiences[s].root, facts, memo);
                 if let Some(state) = memo.states.get_mut(s) {
                     *state = if result { TRUE } else { FALSE };
                 }
