@@ -51,3 +51,57 @@ impl Profile {
         maybe && self.any_entry(range, |e| actions.contains(Action::BEHAVIORS[e.action as usize]))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::MAX_ENTRY_HOUR;
+
+    /// `has_action_in_given` with the decoded latest hours answers as
+    /// `has_action_in` does, for profiles of every packing width, latest
+    /// hours near and far (the head's 15-bit offsets and their `FAR` code),
+    /// and windows before, around and after the entries.
+    #[test]
+    fn latest_hours_answer_as_has_action_in() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let sets = Action::BEHAVIORS.map(ActionSet::one);
+        for case in 0..300 {
+            let base = next(1 << 20) as u32;
+            let spread = [24, 2_000, 40_000, 200_000][case % 4];
+            let items = [1_000, 1 << 20, 1 << 25][case % 3];
+            let mut entries: Vec<Entry> = (0..1 + next(40))
+                .map(|_| Entry {
+                    hour: (base + next(spread) as u32).min(MAX_ENTRY_HOUR),
+                    action: next(4) as u8,
+                    item: next(items) as u32,
+                    category: next(300) as u32,
+                })
+                .collect();
+            entries.sort();
+            entries.dedup();
+            let mut p = Profile::default();
+            p.set_entries(&entries);
+            let latest = p.latest_hours();
+            for _ in 0..40 {
+                let first = (base + next(spread + 48) as u32).saturating_sub(24);
+                let range = HourRange {
+                    first,
+                    last: first + next(spread) as u32,
+                };
+                for actions in sets.into_iter().chain([ActionSet::ALL]) {
+                    assert_eq!(
+                        p.has_action_in_given(&latest, actions, range),
+                        p.has_action_in(actions, range),
+                        "case {case}, {actions:?}, {range:?}"
+                    );
+                }
+            }
+        }
+    }
+}

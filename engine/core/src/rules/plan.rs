@@ -603,6 +603,87 @@ mod tests {
         assert!(plan.uses_ctx(top));
     }
 
+    /// Records the tags asked, in order; `y...` tags hold.
+    struct Recording<'a> {
+        asked: &'a std::cell::RefCell<Vec<String>>,
+    }
+
+    impl Facts for Recording<'_> {
+        fn atom(&self, atom: &Atom) -> bool {
+            let Atom::Tag(t) = atom else { return false };
+            self.asked.borrow_mut().push(t.to_string());
+            t.starts_with('y')
+        }
+    }
+
+    /// The plain recursive walk `Plan::eval` replaced: every node one call.
+    fn reference(plan: &Plan, id: NodeId, facts: &impl Facts, memo: &mut Vec<Option<bool>>) -> bool {
+        match plan.node(id) {
+            Node::Const(b) => *b,
+            Node::And(xs) => xs.iter().all(|&x| reference(plan, x, facts, memo)),
+            Node::Or(xs) => xs.iter().any(|&x| reference(plan, x, facts, memo)),
+            Node::Not(x) => !reference(plan, *x, facts, memo),
+            Node::Audience(slot) => match memo[*slot as usize] {
+                Some(b) => b,
+                None => {
+                    let b = reference(plan, plan.audiences[*slot as usize].root, facts, memo);
+                    memo[*slot as usize] = Some(b);
+                    b
+                }
+            },
+            Node::Atom(atom) => facts.atom(atom),
+        }
+    }
+
+    /// `eval` answers leaves in the operators' loops and memoized audiences
+    /// at the caller: the same answers, and the same atoms asked in the same
+    /// order, as a walk that calls itself for every node.
+    #[test]
+    fn eval_asks_the_atoms_a_plain_walk_asks_in_its_order() {
+        let audiences = [
+            ("a", "tag(\"y1\") and not tag(\"n1\")"),
+            ("b", "not a or (tag(\"n2\") and a)"),
+            ("c", "(a or tag(\"y2\")) and not (b or not tag(\"y3\"))"),
+            ("d", "not not c or true and not false"),
+        ];
+        let whens = [
+            "a",
+            "not a",
+            "b and c",
+            "d or a",
+            "not b and not tag(\"n3\") and (c or d)",
+            "tag(\"n4\") or not (a and b) or c",
+            "true",
+            "not (false)",
+            "c and (tag(\"y4\") or d) and not (tag(\"n5\") or b)",
+        ];
+        let names: Vec<Arc<str>> = audiences.iter().map(|(n, _)| Arc::from(*n)).collect();
+        let mut plan = Plan::default();
+        plan.declare_audiences(&names);
+        for (slot, (_, text)) in audiences.iter().enumerate() {
+            let root = plan.compile(&crate::rules::expr::parse(text).unwrap());
+            plan.define_audience(slot as u32, root);
+        }
+        plan.finish();
+        let roots: Vec<NodeId> = whens
+            .iter()
+            .map(|w| plan.compile(&crate::rules::expr::parse(w).unwrap()))
+            .collect();
+        // Every order of three `when`s, so audiences are met memoized and not.
+        let n = roots.len();
+        for (i, j, k) in (0..n).flat_map(|i| (0..n).flat_map(move |j| (0..n).map(move |k| (i, j, k)))) {
+            let (got, want) = (std::cell::RefCell::new(Vec::new()), std::cell::RefCell::new(Vec::new()));
+            let mut memo = Memo::new(audiences.len());
+            let mut plain = vec![None; audiences.len()];
+            for r in [roots[i], roots[j], roots[k]] {
+                let a = plan.eval(r, &Recording { asked: &got }, &mut memo);
+                let b = reference(&plan, r, &Recording { asked: &want }, &mut plain);
+                assert_eq!(a, b, "whens {i} {j} {k}");
+            }
+            assert_eq!(got.borrow().as_slice(), want.borrow().as_slice(), "whens {i} {j} {k}");
+        }
+    }
+
     #[test]
     fn compile_keeps_children_before_parents() {
         let mut plan = Plan::default();
