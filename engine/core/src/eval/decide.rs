@@ -11,6 +11,9 @@
 //! item's facts are read through the id the catalog caches for it in the
 //! shop's item table (`crate::index::items`), without hashing its name or
 //! taking a lock.
+//! The visitor's latest hour of each action (what most behavior atoms need
+//! to answer) is decoded from the profile's head by the first behavior atom
+//! of a decision and kept for its other atoms.
 //! `benches/tests/alloc.rs` counts the allocations with a counting global
 //! allocator. One exception: `claimed(WINDOW)` without a filter iterates the
 //! claim ledger's map of benefits, whose iterator allocates (see that test).

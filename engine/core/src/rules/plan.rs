@@ -6,6 +6,13 @@
 //! visitor memoizes each audience in a [`Memo`], so an audience that several
 //! expressions use is evaluated at most once per decision, and `and` / `or`
 //! stop at the first operand that settles the result.
+//!
+//! [`Plan::eval`] is a recursive walk that spends a call only on operators:
+//! an operand that is an atom, a constant, an audience (its memo, or its
+//! root's operator), or the `not` of one of these is answered in its
+//! operator's loop, and a `when` that names an audience already in the memo
+//! is answered at the caller. The atoms asked, and their order, are those of
+//! a walk that calls itself for every node (a unit test compares the two).
 
 use std::sync::Arc;
 
