@@ -11,11 +11,15 @@
 //! item's facts are read through the id the catalog caches for it in the
 //! shop's item table (`crate::index::items`), without hashing its name or
 //! taking a lock.
+//! The visitor's latest hour of each action (what most behavior atoms need
+//! to answer) is decoded from the profile's head by the first behavior atom
+//! of a decision and kept for its other atoms.
 //! `benches/tests/alloc.rs` counts the allocations with a counting global
 //! allocator. One exception: `claimed(WINDOW)` without a filter iterates the
 //! claim ledger's map of benefits, whose iterator allocates (see that test).
 //! Everything a decision returns borrows from the rule set.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -187,6 +191,9 @@ struct VisitorFacts<'a> {
     /// For `claimed(...)`: the ledger, the shop's name, the visitor's id and
     /// the zone whose clock the windows count (`clock_of`'s).
     claims: (&'a dyn ClaimLedger, &'a str, &'a str, &'a Zone),
+    /// The profile's latest hour of each action, decoded by the first
+    /// behavior atom that asks and kept for the decision's others.
+    latest: Cell<Option<[u32; 4]>>,
 }
 
 /// The shop's clock at `now_ms`: the index's zone (fixed when it was
@@ -248,11 +255,20 @@ impl Facts for VisitorFacts<'_> {
                 let range = window.range(self.clock_ms);
                 let actions = *actions;
                 let of_action = |e: &crate::index::Entry| actions.contains(Action::BEHAVIORS[e.action as usize]);
+                let latest = match self.latest.get() {
+                    Some(latest) => latest,
+                    None => {
+                        let latest = p.latest_hours();
+                        self.latest.set(Some(latest));
+                        latest
+                    }
+                };
+                let any = p.has_action_in_given(&latest, actions, range);
                 match filter {
-                    None => p.has_action_in(actions, range),
+                    None => any,
                     // Without any entry of the actions in the window, no
                     // entry of the item or category: no need to look it up.
-                    Some(_) if !p.has_action_in(actions, range) => false,
+                    Some(_) if !any => false,
                     Some(Filter::Item(item)) => match shop.item_id(item) {
                         Some(id) => p.entries_in(range).rev().any(|e| e.item == id && of_action(&e)),
                         None => false,
@@ -423,6 +439,7 @@ fn decide_in<'r>(
         clock_ms,
         tiers: rules.plan.tiers.as_deref(),
         claims: (ledger, &rules.shop, req.visitor, zone_of(rules, shop)),
+        latest: Cell::new(None),
     };
     let plan = &rules.plan;
     memo.reset(plan.audiences().len());
@@ -748,6 +765,7 @@ pub fn prepare_claim<'a>(
             clock_ms: clock_of(rules, shop, req.now_ms),
             tiers: rules.plan.tiers.as_deref(),
             claims: (ledger, &rules.shop, req.visitor, zone_of(rules, shop)),
+            latest: Cell::new(None),
         };
         b.when
             .is_none_or(|w| rules.plan.eval(w, &facts, &mut Memo::new(rules.plan.audiences().len())))

@@ -6,6 +6,13 @@
 //! visitor memoizes each audience in a [`Memo`], so an audience that several
 //! expressions use is evaluated at most once per decision, and `and` / `or`
 //! stop at the first operand that settles the result.
+//!
+//! [`Plan::eval`] is a recursive walk that spends a call only on operators:
+//! an operand that is an atom, a constant, an audience (its memo, or its
+//! root's operator), or the `not` of one of these is answered in its
+//! operator's loop, and a `when` that names an audience already in the memo
+//! is answered at the caller. The atoms asked, and their order, are those of
+//! a walk that calls itself for every node (a unit test compares the two).
 
 use std::sync::Arc;
 
@@ -443,14 +450,74 @@ impl Plan {
     /// Recursive, which keeps the hot path lean: the loader bounds the
     /// nesting depth of every expression with its audiences inlined
     /// ([`crate::rules::Limits::max_inlined_depth`]), and so the stack.
+    /// The operands of `and`, `or` and `not` that are leaves (an atom, a
+    /// constant, an audience already in the memo, or the `not` of one) are
+    /// answered in the operator's own loop, without a call per operand;
+    /// every operand is still evaluated in order and only until one settles
+    /// the result, so the atoms asked are exactly those of a plain walk.
+    ///
+    /// A `when` that names an audience already in the memo is answered here,
+    /// inlined at the caller.
+    #[inline]
     pub fn eval(&self, id: NodeId, facts: &impl Facts, memo: &mut Memo) -> bool {
+        if let Some(Node::Audience(slot)) = self.nodes.get(id as usize) {
+            match memo.states.get(*slot as usize) {
+                Some(&TRUE) => return true,
+                Some(&FALSE) => return false,
+                _ => {}
+            }
+        }
+        self.eval_node(id, facts, memo)
+    }
+
+    /// [`Plan::eval`] past its memo check: the one frame an operator costs.
+    fn eval_node(&self, id: NodeId, facts: &impl Facts, memo: &mut Memo) -> bool {
         match self.node(id) {
             Node::Const(b) => *b,
-            Node::And(xs) => xs.iter().all(|&x| self.eval(x, facts, memo)),
-            Node::Or(xs) => xs.iter().any(|&x| self.eval(x, facts, memo)),
-            Node::Not(x) => !self.eval(*x, facts, memo),
+            Node::And(xs) => {
+                for &x in xs.iter() {
+                    if !self.operand(x, facts, memo) {
+                        return false;
+                    }
+                }
+                true
+            }
+            Node::Or(xs) => {
+                for &x in xs.iter() {
+                    if self.operand(x, facts, memo) {
+                        return true;
+                    }
+                }
+                false
+            }
+            Node::Not(x) => !self.settle(*x, facts, memo),
             Node::Audience(slot) => self.eval_audience(*slot, facts, memo),
             Node::Atom(atom) => facts.atom(atom),
+        }
+    }
+
+    /// An operand of `and` / `or`: a `not` of a leaf answered here, anything else by [`Plan::settle`].
+    #[inline(always)]
+    fn operand(&self, id: NodeId, facts: &impl Facts, memo: &mut Memo) -> bool {
+        match self.node(id) {
+            Node::Not(x) => !self.settle(*x, facts, memo),
+            _ => self.settle(id, facts, memo),
+        }
+    }
+
+    /// A leaf answered in place (an atom, a constant, a memoized audience);
+    /// anything else through [`Plan::eval`] / [`Plan::eval_audience`].
+    #[inline(always)]
+    fn settle(&self, id: NodeId, facts: &impl Facts, memo: &mut Memo) -> bool {
+        match self.node(id) {
+            Node::Atom(atom) => facts.atom(atom),
+            Node::Const(b) => *b,
+            Node::Audience(slot) => match memo.states.get(*slot as usize) {
+                Some(&TRUE) => true,
+                Some(&FALSE) => false,
+                _ => self.eval_audience(*slot, facts, memo),
+            },
+            _ => self.eval_node(id, facts, memo),
         }
     }
 
@@ -460,12 +527,14 @@ impl Plan {
         if memo.states.len() <= s {
             memo.states.resize(self.audiences.len(), UNKNOWN);
         }
-        match memo.states[s] {
-            TRUE => true,
-            FALSE => false,
+        match memo.states.get(s) {
+            Some(&TRUE) => true,
+            Some(&FALSE) => false,
             _ => {
-                let result = self.eval(self.audiences[s].root, facts, memo);
-                memo.states[s] = if result { TRUE } else { FALSE };
+                let result = self.eval_node(self.audiences[s].root, facts, memo);
+                if let Some(state) = memo.states.get_mut(s) {
+                    *state = if result { TRUE } else { FALSE };
+                }
                 result
             }
         }
@@ -539,6 +608,87 @@ mod tests {
         assert!(plan.audiences().iter().all(|a| a.uses_ctx));
         let top = plan.compile(&crate::rules::expr::parse("tag(\"t\") and a0").unwrap());
         assert!(plan.uses_ctx(top));
+    }
+
+    /// Records the tags asked, in order; `y...` tags hold.
+    struct Recording<'a> {
+        asked: &'a std::cell::RefCell<Vec<String>>,
+    }
+
+    impl Facts for Recording<'_> {
+        fn atom(&self, atom: &Atom) -> bool {
+            let Atom::Tag(t) = atom else { return false };
+            self.asked.borrow_mut().push(t.to_string());
+            t.starts_with('y')
+        }
+    }
+
+    /// The plain recursive walk `Plan::eval` replaced: every node one call.
+    fn reference(plan: &Plan, id: NodeId, facts: &impl Facts, memo: &mut Vec<Option<bool>>) -> bool {
+        match plan.node(id) {
+            Node::Const(b) => *b,
+            Node::And(xs) => xs.iter().all(|&x| reference(plan, x, facts, memo)),
+            Node::Or(xs) => xs.iter().any(|&x| reference(plan, x, facts, memo)),
+            Node::Not(x) => !reference(plan, *x, facts, memo),
+            Node::Audience(slot) => match memo[*slot as usize] {
+                Some(b) => b,
+                None => {
+                    let b = reference(plan, plan.audiences[*slot as usize].root, facts, memo);
+                    memo[*slot as usize] = Some(b);
+                    b
+                }
+            },
+            Node::Atom(atom) => facts.atom(atom),
+        }
+    }
+
+    /// `eval` answers leaves in the operators' loops and memoized audiences
+    /// at the caller: the same answers, and the same atoms asked in the same
+    /// order, as a walk that calls itself for every node.
+    #[test]
+    fn eval_asks_the_atoms_a_plain_walk_asks_in_its_order() {
+        let audiences = [
+            ("a", "tag(\"y1\") and not tag(\"n1\")"),
+            ("b", "not a or (tag(\"n2\") and a)"),
+            ("c", "(a or tag(\"y2\")) and not (b or not tag(\"y3\"))"),
+            ("d", "not not c or true and not false"),
+        ];
+        let whens = [
+            "a",
+            "not a",
+            "b and c",
+            "d or a",
+            "not b and not tag(\"n3\") and (c or d)",
+            "tag(\"n4\") or not (a and b) or c",
+            "true",
+            "not (false)",
+            "c and (tag(\"y4\") or d) and not (tag(\"n5\") or b)",
+        ];
+        let names: Vec<Arc<str>> = audiences.iter().map(|(n, _)| Arc::from(*n)).collect();
+        let mut plan = Plan::default();
+        plan.declare_audiences(&names);
+        for (slot, (_, text)) in audiences.iter().enumerate() {
+            let root = plan.compile(&crate::rules::expr::parse(text).unwrap());
+            plan.define_audience(slot as u32, root);
+        }
+        plan.finish();
+        let roots: Vec<NodeId> = whens
+            .iter()
+            .map(|w| plan.compile(&crate::rules::expr::parse(w).unwrap()))
+            .collect();
+        // Every order of three `when`s, so audiences are met memoized and not.
+        let n = roots.len();
+        for (i, j, k) in (0..n).flat_map(|i| (0..n).flat_map(move |j| (0..n).map(move |k| (i, j, k)))) {
+            let (got, want) = (std::cell::RefCell::new(Vec::new()), std::cell::RefCell::new(Vec::new()));
+            let mut memo = Memo::new(audiences.len());
+            let mut plain = vec![None; audiences.len()];
+            for r in [roots[i], roots[j], roots[k]] {
+                let a = plan.eval(r, &Recording { asked: &got }, &mut memo);
+                let b = reference(&plan, r, &Recording { asked: &want }, &mut plain);
+                assert_eq!(a, b, "whens {i} {j} {k}");
+            }
+            assert_eq!(got.borrow().as_slice(), want.borrow().as_slice(), "whens {i} {j} {k}");
+        }
     }
 
     #[test]
