@@ -10,6 +10,12 @@
 //!    The figures are after `ShopIndex::compact` (bitmaps re-allocated at
 //!    their exact size), which a server runs every `INDEX_COMPACT_INTERVAL`;
 //!    the heap before it is printed too.
+//! 3. Items: an index of `VITRINE_BENCH_ITEMS` distinct items (default
+//!    1,000,000; 2,000 in a smoke test), each viewed once (with a category
+//!    and a price) by a visitor of its own: the heap it adds per item is
+//!    everything such an item costs (its name, name entry, facts and view,
+//!    its visitor bitmap, the visitor and their one-entry profile); the
+//!    item table's share is what changes when the table does.
 //!
 //! `cargo bench -p vitrine-benches --bench memory`
 
@@ -121,6 +127,46 @@ fn main() {
         "bytes per profile entry (same numerator): {:.1}; profile entries per day entry: {:.2}",
         entries_part as f64 / stats.profile_entries.max(1) as f64,
         stats.profile_entries as f64 / stats.day_entries.max(1) as f64
+    );
+    drop(index);
+
+    items_only();
+}
+
+/// Part 3: bytes per item of an index holding only items (see the docs).
+fn items_only() {
+    let items: u32 = if vitrine_benches::benchmarking() {
+        match std::env::var("VITRINE_BENCH_ITEMS") {
+            Ok(text) => match text.replace('_', "").trim().parse::<u32>() {
+                Ok(n) if n > 0 => n,
+                _ => panic!("VITRINE_BENCH_ITEMS must be a positive whole number, found `{text}`"),
+            },
+            Err(_) => 1_000_000,
+        }
+    } else {
+        2_000
+    };
+    let names: Vec<String> = (0..items).map(|i| format!("sku-{i:08}")).collect();
+    let name_bytes: i64 = names.iter().map(|n| n.len() as i64).sum();
+    let base = live();
+    let index = ShopIndex::new(SHOP);
+    let empty = live() - base;
+    let mut event = Event::new(SHOP, "v", Action::View, NOW_MS - 1);
+    event.category = Some("tops".into());
+    event.price = 19.5;
+    for (i, name) in names.iter().enumerate() {
+        index.apply(&Event {
+            visitor: format!("v{i}").into(),
+            item: Some(name.as_str().into()),
+            ..event.clone()
+        });
+    }
+    let added = live() - base - empty;
+    println!(
+        "items: {items} items, each viewed once by its own visitor: heap {:.1} MiB over the empty index; {:.1} bytes per item ({:.1} of them the name's own)",
+        mib(added),
+        added as f64 / f64::from(items),
+        name_bytes as f64 / f64::from(items)
     );
     drop(index);
 }

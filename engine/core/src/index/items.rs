@@ -11,9 +11,13 @@
 //! string. Items are only ever added, and an id never changes.
 //!
 //! A decision does not even take those locks: what it reads of an item
-//! (category, price, purchases per day) is copied into an [`ItemView`] of
-//! atomics by the writer that changed the facts, under the facts' lock, and
-//! read with plain loads. Views sit in buckets of doubling size allocated
+//! (category, price, purchases per day) lives only in an [`ItemView`] of
+//! atomics, written by the writer that changes the item, under the item's
+//! shard lock, and read with plain loads. The facts table keeps only what
+//! the view cannot hold: when the category and the price were told (a
+//! [`Told`], 16 bytes an item; a writer rebuilds the whole [`ItemInfo`] from
+//! it and the view under the lock, changes it and writes both back, so
+//! read-modify-writes stay serialized). Facts shards grow by an eighth. Views sit in buckets of doubling size allocated
 //! as ids are handed out (`OnceLock`s: no lock to find one either). A
 //! decision judging ~25 items thus does no read-modify-write per item, which
 //! a lock does twice (and each is a fence that waits for the decision's
@@ -72,12 +76,30 @@ impl Default for ItemView {
 }
 
 impl ItemView {
+    /// Writes `info` to the view; called under the item's shard lock.
     fn publish(&self, info: &ItemInfo) {
         self.category.store(info.category(), Ordering::Relaxed);
         let price = info.price.map_or(NO_PRICE, |(_, p)| p.to_bits());
         self.price.store(price, Ordering::Relaxed);
         for (word, (day, n)) in self.buys.iter().zip(info.buys) {
             word.store(u64::from(day) << 32 | u64::from(n), Ordering::Relaxed);
+        }
+    }
+
+    /// The facts of item `id`, whose told times are `told`: the view holds
+    /// the rest (read under the item's shard lock, so exact).
+    fn facts(&self, id: u32, told: Told) -> ItemInfo {
+        let category = self.category();
+        let mut buys = [(0, 0); POPULARITY_DAYS];
+        for (slot, word) in buys.iter_mut().zip(&self.buys) {
+            let word = word.load(Ordering::Relaxed);
+            *slot = ((word >> 32) as u32, word as u32);
+        }
+        ItemInfo {
+            id,
+            category: (category != NONE).then_some((told.category, category)),
+            buys,
+            price: self.price().map(|price| (told.price, price)),
         }
     }
 
@@ -118,6 +140,26 @@ fn bucket_of(id: u32) -> (usize, usize) {
     (bucket as usize, (n - (1u64 << (bucket + FIRST_BUCKET_BITS))) as usize)
 }
 
+/// What the table keeps of an item beside its [`ItemView`]: when its
+/// category and its price were told (meaningful only while the view has
+/// them), which decides whether a later event's value wins. The view holds
+/// the values themselves and the purchases per day, so an item's facts
+/// take 16 bytes here instead of a whole [`ItemInfo`] (120 bytes).
+#[derive(Debug, Clone, Copy, Default)]
+struct Told {
+    category: i64,
+    price: i64,
+}
+
+impl Told {
+    fn of(info: &ItemInfo) -> Told {
+        Told {
+            category: info.category.map_or(0, |(ts, _)| ts),
+            price: info.price.map_or(0, |(ts, _)| ts),
+        }
+    }
+}
+
 /// Serials of item tables: each table gets the next one (0 is never used).
 static SERIALS: AtomicU64 = AtomicU64::new(1);
 
@@ -125,8 +167,9 @@ static SERIALS: AtomicU64 = AtomicU64::new(1);
 #[derive(Debug)]
 pub(crate) struct ItemTable {
     ids: DashMap<Box<str>, u32, RandomState>,
-    /// Shard `id % ITEM_SHARDS`, slot `id / ITEM_SHARDS`.
-    facts: Box<[RwLock<Vec<ItemInfo>>]>,
+    /// Shard `id % ITEM_SHARDS`, slot `id / ITEM_SHARDS`: the told times;
+    /// the lock also serializes the writers of the item's view.
+    facts: Box<[RwLock<Vec<Told>>]>,
     /// The next id to hand out.
     pub(crate) next: AtomicU32,
     /// Items whose names are in `ids` (bumped after the insert).
@@ -151,6 +194,7 @@ impl Default for ItemTable {
 }
 
 /// A fresh item's facts.
+#[cfg(test)]
 fn fresh(id: u32) -> ItemInfo {
     ItemInfo {
         id,
@@ -179,11 +223,13 @@ impl ItemTable {
                 return Err(i);
             }
         }
-        for (i, mut info) in infos.into_iter().take(count).enumerate() {
-            info.id = i as u32;
-            table.view_slot(info.id).publish(&info);
+        for shard in table.facts.iter_mut() {
+            shard.get_mut().reserve_exact(count.div_ceil(ITEM_SHARDS));
+        }
+        for (i, info) in infos.iter().take(count).enumerate() {
+            table.view_slot(i as u32).publish(info);
             let (shard, _) = place(i as u32);
-            table.facts[shard].get_mut().push(info);
+            table.facts[shard].get_mut().push(Told::of(info));
         }
         table.next.store(count as u32, Ordering::Relaxed);
         table.added.store(count as u32, Ordering::Release);
@@ -214,10 +260,11 @@ impl ItemTable {
     }
 
     /// Runs `f` on the facts of item `id` (`None` for an unknown id).
-    #[inline]
     pub(crate) fn facts<R>(&self, id: u32, f: impl FnOnce(&ItemInfo) -> R) -> Option<R> {
         let (shard, slot) = place(id);
-        self.facts.get(shard)?.read().get(slot).map(f)
+        let facts = self.facts.get(shard)?.read();
+        let told = *facts.get(slot)?;
+        Some(f(&self.view(id)?.facts(id, told)))
     }
 
     /// Runs `f` on the facts of item `id` to change them, then publishes
@@ -226,9 +273,12 @@ impl ItemTable {
         let (shard, slot) = place(id);
         if let Some(shard) = self.facts.get(shard) {
             let mut facts = shard.write();
-            if let Some(info) = facts.get_mut(slot) {
-                f(info);
-                self.view_slot(id).publish(info);
+            if let Some(told) = facts.get_mut(slot) {
+                let view = self.view_slot(id);
+                let mut info = view.facts(id, *told);
+                f(&mut info);
+                *told = Told::of(&info);
+                view.publish(&info);
             }
         }
     }
@@ -262,8 +312,13 @@ impl ItemTable {
             let (shard, slot) = place(id);
             let mut facts = self.facts[shard].write();
             if facts.len() <= slot {
-                let from = facts.len() as u32;
-                facts.extend((from..=slot as u32).map(|s| fresh(s * ITEM_SHARDS as u32 + shard as u32)));
+                // Grown by an eighth, not doubled (as profiles are).
+                let more = slot + 1 - facts.len();
+                if facts.capacity() - facts.len() < more {
+                    let eighth = facts.len() / 8;
+                    facts.reserve_exact(more.max(eighth).max(16));
+                }
+                facts.resize(slot + 1, Told::default());
             }
             fresh_id = Some(id);
             id
@@ -281,9 +336,13 @@ impl ItemTable {
 
     /// Runs `f` on the facts of every item with an id below `below`, by shard.
     pub(crate) fn each_below(&self, below: u32, mut f: impl FnMut(&ItemInfo)) {
-        for shard in self.facts.iter() {
-            for info in shard.read().iter().filter(|info| info.id < below) {
-                f(info);
+        for (shard, lock) in self.facts.iter().enumerate() {
+            let facts = lock.read();
+            for (slot, told) in facts.iter().enumerate() {
+                let id = (slot * ITEM_SHARDS + shard) as u32;
+                if let Some(view) = self.view(id).filter(|_| id < below) {
+                    f(&view.facts(id, *told));
+                }
             }
         }
     }

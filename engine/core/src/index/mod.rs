@@ -810,7 +810,10 @@ impl ExactSizeIterator for Entries<'_> {}
 /// Per item action (view, cart, favorite, purchase): day -> visitors.
 pub(crate) type DayBitmaps = [BTreeMap<u32, RoaringBitmap>; 4];
 
-/// Catalog facts about one item, learned from events.
+/// Catalog facts about one item, learned from events: the whole of them,
+/// as writers change them and snapshots read them. The item table
+/// (`items.rs`) does not store this struct: it keeps the told times apart
+/// and the values in the item's view, and rebuilds it when asked.
 #[derive(Debug, Clone)]
 pub(crate) struct ItemInfo {
     pub(crate) id: u32,
