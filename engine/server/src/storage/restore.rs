@@ -1,7 +1,11 @@
 //! The durable state's life: [`restore`] at start (the newest valid
 //! snapshot, then the events journal after its position and the claims
 //! journal), and the [`Snapshotter`] that writes snapshots periodically and
-//! at shutdown, so that the next start replays little.
+//! at shutdown, so that the next start replays little. A start runs
+//! [`restore`]'s two halves apart: [`load_snapshot`] (most of a restart)
+//! begins right after the data directory's lock, beside the metrics
+//! recorder's installation and the rule files' reading, and
+//! [`restore_from`] replays the journals once both are done.
 
 use std::path::Path;
 use std::sync::Arc;
