@@ -17,7 +17,8 @@
 //! already in a profile does not set its bits again). The load stays well
 //! inside the 5-second restart budget. While the profiles decode (the
 //! shards split between two threads, which version 2's per-shard lengths
-//! allow), another thread builds the visitor dictionary; then the bitmaps
+//! allow), another thread builds the visitor dictionary (each of its
+//! shards' arenas reserved once, from the names' total length); then the bitmaps
 //! are rebuilt on two threads, each taking half of the visitors in one pass
 //! over their profiles (`Derived::rebuild`) and grouping their (bitmap,
 //! visitor) pairs a cache-sized run of visitors at a time (`Grouper`).
@@ -638,11 +639,15 @@ fn section<'a>(r: &mut Reader<'a>) -> Decoded<(u8, Reader<'a>)> {
 
 fn decode_names(mut r: Reader<'_>, count: u32, duplicate: &'static str) -> Decoded<Interner> {
     let mut names = Vec::with_capacity(count as usize);
+    // At most the block's length: the arenas reserved for it are bounded by the input.
+    let mut bytes = 0usize;
     for _ in 0..count {
-        names.push(r.str()?);
+        let name = r.str()?;
+        bytes += name.len();
+        names.push(name);
     }
     r.finish()?;
-    Interner::from_names(names.into_iter()).map_err(|_| malformed(&r, duplicate))
+    Interner::from_names_sized(names.into_iter(), bytes).map_err(|_| malformed(&r, duplicate))
 }
 
 fn decode_items<'a>(mut r: Reader<'a>, limits: &Limits) -> Decoded<(Vec<&'a str>, Vec<ItemInfo>)> {

@@ -181,12 +181,30 @@ impl Interner {
     /// An interner holding `names` under ids `0..n` in order; `Err(i)` when
     /// name `i` repeats an earlier one.
     pub(crate) fn from_names<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> Result<Interner, u32> {
+        Interner::from_names_sized(names, 0)
+    }
+
+    /// [`from_names`](Self::from_names) for names of `name_bytes` bytes in
+    /// all: each shard's arena is reserved once for its share of the
+    /// records (and 1/32 more, for the hash's uneven split), so that
+    /// filling it copies no arena over. The caller bounds `name_bytes` (a
+    /// snapshot's: by the bytes of its block).
+    pub(crate) fn from_names_sized<'a>(
+        names: impl ExactSizeIterator<Item = &'a str>,
+        name_bytes: usize,
+    ) -> Result<Interner, u32> {
         let interner = Interner::default();
         let per_shard = names.len() / SHARDS + names.len() / SHARDS / 8 + 1;
+        // A record: id (4 bytes), length varint (1 byte below 128), name.
+        let records = name_bytes.saturating_add(names.len().saturating_mul(5)) / SHARDS;
+        let arena = match name_bytes {
+            0 => 0,
+            _ => records + records / 32 + 64,
+        };
         let mut shards: Vec<Shard> = (0..SHARDS)
             .map(|_| Shard {
                 table: HashTable::with_capacity(per_shard),
-                arena: Vec::new(),
+                arena: Vec::with_capacity(arena),
             })
             .collect();
         let mut next = 0u32;
@@ -263,5 +281,28 @@ mod tests {
         );
         assert_eq!(rebuilt.intern("d"), 3);
         assert_eq!(Interner::from_names(["x", "y", "x"].into_iter()).err(), Some(2));
+    }
+
+    #[test]
+    fn sized_arenas_are_filled_without_growing() {
+        let names: Vec<String> = (0..100_000).map(|i| format!("v-{i}")).collect();
+        let bytes = names.iter().map(|n| n.len()).sum();
+        let sized = Interner::from_names_sized(names.iter().map(|n| n.as_str()), bytes).unwrap();
+        let records = (bytes + 5 * names.len()) / SHARDS;
+        let reserved = records + records / 32 + 64;
+        let mut kept = 0;
+        for shard in &sized.shards {
+            let shard = shard.read();
+            // A shard the hash gave more than its share may have grown once.
+            if shard.arena.len() <= reserved {
+                assert_eq!(shard.arena.capacity(), reserved, "reserved once, never grown");
+                kept += 1;
+            }
+        }
+        assert!(kept > SHARDS / 2, "{kept} shards within their share");
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(sized.get(name), Some(i as u32));
+        }
+        assert_eq!(sized.intern("new"), 100_000);
     }
 }

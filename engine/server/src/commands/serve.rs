@@ -26,7 +26,7 @@ use crate::ingest::Ingest;
 use crate::metrics::{self, Metrics, PushResult};
 use crate::rules_store::{Origin, RuleStore, SyncReport};
 use crate::state::{Engine, StorageHealth};
-use crate::storage::restore::{lock_data_dir, restore, snapshot_loop, KafkaPositions, Snapshotter};
+use crate::storage::restore::{load_snapshot, lock_data_dir, restore_from, snapshot_loop, KafkaPositions, Snapshotter};
 use crate::storage::snapshots::{SnapshotDir, Written};
 
 /// The process-wide Prometheus recorder (installed once, shared by every
@@ -125,12 +125,25 @@ fn log_sync(report: &SyncReport) {
 /// Starts everything; returns once the state is restored, both listeners
 /// are bound and the rules (and the demo stream, with `--demo`) are loaded.
 pub async fn start(config: Config) -> anyhow::Result<Server> {
-    let handle = recorder()?;
     std::fs::create_dir_all(&config.rules_dir)
         .with_context(|| format!("creating --rules-dir {}", config.rules_dir.display()))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating --data-dir {}", config.data_dir.display()))?;
     let data_lock = Arc::new(lock_data_dir(&config.data_dir)?);
+    let snapshots = SnapshotDir::open(&config.data_dir, config.snapshot_keep)
+        .with_context(|| format!("opening {}/snapshots", config.data_dir.display()))?;
+    // The snapshot loads (most of a restart) while the recorder is
+    // installed (its clock calibrates for up to 200 ms) and the rules
+    // directory is read: loading records no metric and needs no rules. The
+    // task holds the data directory's lock for as long as it reads.
+    let loading = {
+        let lock = data_lock.clone();
+        tokio::task::spawn_blocking(move || {
+            let _held = lock;
+            load_snapshot(&snapshots).map(|s| (s, snapshots))
+        })
+    };
+    let handle = recorder()?;
     let storage = StorageHealth::default();
     let mut store = RuleStore::new(&config.rules_dir, &config.data_dir)
         .with_limits(config.rule_limits)
@@ -142,8 +155,6 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     } else {
         log_sync(&store.rescan(now_ms()));
     }
-    let snapshots = SnapshotDir::open(&config.data_dir, config.snapshot_keep)
-        .with_context(|| format!("opening {}/snapshots", config.data_dir.display()))?;
     let data_dir = config.data_dir.clone();
     let (claims_segment_bytes, restore_storage) = (config.claims_segment_bytes, storage.clone());
     // Journal replay creates shops' indexes on their rules' zones (the
@@ -156,8 +167,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             (shop, zone)
         })
         .collect();
-    let (restored, snapshots) = tokio::task::spawn_blocking(move || {
-        restore(&data_dir, &snapshots, claims_segment_bytes, &restore_storage, &zones).map(|r| (r, snapshots))
+    let (snapshot, snapshots) = loading.await.context("loading the snapshot")??;
+    let restored = tokio::task::spawn_blocking(move || {
+        restore_from(snapshot, &data_dir, claims_segment_bytes, &restore_storage, &zones)
     })
     .await
     .context("restoring state")??;

@@ -1,7 +1,11 @@
 //! The durable state's life: [`restore`] at start (the newest valid
 //! snapshot, then the events journal after its position and the claims
 //! journal), and the [`Snapshotter`] that writes snapshots periodically and
-//! at shutdown, so that the next start replays little.
+//! at shutdown, so that the next start replays little. A start runs
+//! [`restore`]'s two halves apart: [`load_snapshot`] (most of a restart)
+//! begins right after the data directory's lock, beside the metrics
+//! recorder's installation and the rule files' reading, and
+//! [`restore_from`] replays the journals once both are done.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,7 +20,7 @@ use crate::metrics;
 use crate::state::{Engine, StorageHealth};
 use crate::storage::claims_journal::{DurableLedger, LedgerOptions};
 use crate::storage::event_log::EventLog;
-use crate::storage::snapshots::{KafkaPosition, Position, SnapshotDir, Written};
+use crate::storage::snapshots::{Damaged, KafkaPosition, Loaded, Position, SnapshotDir, Written};
 
 /// Takes `data-dir/vitrine.lock`, so that a second server on the same data
 /// directory stops before it reads (or sets aside) anything. Held until the
@@ -63,10 +67,50 @@ pub fn restore(
     storage: &StorageHealth,
     zones: &std::collections::HashMap<String, vitrine_core::time::Zone>,
 ) -> anyhow::Result<Restored> {
+    let snapshot = load_snapshot(snapshots)?;
+    restore_from(snapshot, data_dir, claims_segment_bytes, storage, zones)
+}
+
+/// The newest valid snapshot in `snapshots` (damaged ones set aside), the
+/// first half of [`restore`]: it records no metric and needs no rules, so
+/// a start runs it while it installs the metrics recorder and reads the
+/// rules directory (`commands/serve.rs`), then hands it to [`restore_from`].
+/// Blocking.
+pub fn load_snapshot(snapshots: &SnapshotDir) -> anyhow::Result<SnapshotLoad> {
     let started = Instant::now();
     let (loaded, damaged) = snapshots
         .load_newest()
         .with_context(|| format!("reading snapshots in {}", snapshots.dir().display()))?;
+    Ok(SnapshotLoad {
+        loaded,
+        damaged,
+        started,
+    })
+}
+
+/// What [`load_snapshot`] found.
+pub struct SnapshotLoad {
+    loaded: Option<Loaded>,
+    damaged: Vec<Damaged>,
+    /// When the load began (the restore's duration counts from there).
+    started: Instant,
+}
+
+/// The second half of [`restore`]: logs what [`load_snapshot`] found, then
+/// replays the events journal after the snapshot's position and opens the
+/// claims journal. Blocking.
+pub fn restore_from(
+    snapshot: SnapshotLoad,
+    data_dir: &Path,
+    claims_segment_bytes: u64,
+    storage: &StorageHealth,
+    zones: &std::collections::HashMap<String, vitrine_core::time::Zone>,
+) -> anyhow::Result<Restored> {
+    let SnapshotLoad {
+        loaded,
+        damaged,
+        started,
+    } = snapshot;
     for d in &damaged {
         tracing::error!(path = %d.path.display(), reason = %d.reason, "snapshot is damaged: set aside as *.damaged, never loaded");
     }
@@ -288,6 +332,15 @@ impl std::fmt::Debug for Restored {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Restored")
             .field("position", &self.position)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for SnapshotLoad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotLoad")
+            .field("loaded", &self.loaded.as_ref().map(|l| &l.path))
+            .field("damaged", &self.damaged.len())
             .finish_non_exhaustive()
     }
 }
