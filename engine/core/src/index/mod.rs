@@ -66,6 +66,7 @@ use roaring::RoaringBitmap;
 use crate::event::{Action, ActionSet, Event};
 use crate::hash::stable_hash;
 use crate::time::{day_of, HourRange, Window, Zone, MAX_WINDOW_HOURS};
+use read::Latest;
 
 /// Marks "no category" in an entry.
 pub(crate) const NONE: u32 = u32::MAX;
@@ -411,8 +412,11 @@ impl Profile {
         }
     }
 
-    /// 1 + the hour of the latest entry of each action, 0 when none.
-    fn latest_all(&self) -> [u32; 4] {
+    /// 1 + the hour of the latest entry of each action, 0 when none: decoded
+    /// once for a decision whose atoms ask it several times (see
+    /// [`Profile::has_action_in_given`]).
+    #[inline]
+    pub(crate) fn latest_hours(&self) -> Latest {
         let head = self.head();
         let last = self.packed().next_back().map(Entry::hour_of);
         let mut latest = [0; 4];
@@ -564,7 +568,7 @@ impl Profile {
             }
             lo
         };
-        let mut latest = self.latest_all();
+        let mut latest = self.latest_hours();
         let mine = &mut latest[entry.action as usize & 3];
         *mine = (*mine).max(entry.hour + 1);
         let last_hour = match n.checked_sub(1) {
@@ -691,15 +695,7 @@ impl Profile {
     /// entry of each action settles it, a scan otherwise.
     #[inline]
     pub(crate) fn has_action_in(&self, actions: ActionSet, range: HourRange) -> bool {
-        let mut maybe = false;
-        for action in actions.iter() {
-            match self.latest(action as u8) {
-                0 => {}
-                l if range.contains(l - 1) => return true,
-                l => maybe |= l - 1 > range.last,
-            }
-        }
-        maybe && self.any_entry(range, |e| actions.contains(Action::BEHAVIORS[e.action as usize]))
+        self.has_action_by(|action| self.latest(action), actions, range)
     }
 
     fn expire(&mut self, first_hour: u32) {
