@@ -1,11 +1,11 @@
-//! The durable state's life: [`restore`] at start (the newest valid
+//! The durable state's life: the restore at start (the newest valid
 //! snapshot, then the events journal after its position and the claims
 //! journal), and the [`Snapshotter`] that writes snapshots periodically and
-//! at shutdown, so that the next start replays little. A start runs
-//! [`restore`]'s two halves apart: [`load_snapshot`] (most of a restart)
-//! begins right after the data directory's lock, beside the metrics
-//! recorder's installation and the rule files' reading, and
-//! [`restore_from`] replays the journals once both are done.
+//! at shutdown, so that the next start replays little. The restore is two
+//! halves a start runs apart: [`load_snapshot`] (most of a restart) begins
+//! right after the data directory's lock, beside the metrics recorder's
+//! installation and the rule files' reading, and [`restore_from`] replays
+//! the journals once both are done.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -55,25 +55,9 @@ pub struct Restored {
     pub position: Position,
 }
 
-/// Restores the state `--data-dir` holds: the newest valid snapshot (damaged
-/// ones set aside), the events journal after its position, the claims
-/// journal. A shop whose index the journal creates counts hours on
-/// `zones[shop]` (UTC when absent). Blocking; fails on damage that would lose acknowledged claims
-/// or events (the error says which file and where).
-pub fn restore(
-    data_dir: &Path,
-    snapshots: &SnapshotDir,
-    claims_segment_bytes: u64,
-    storage: &StorageHealth,
-    zones: &std::collections::HashMap<String, vitrine_core::time::Zone>,
-) -> anyhow::Result<Restored> {
-    let snapshot = load_snapshot(snapshots)?;
-    restore_from(snapshot, data_dir, claims_segment_bytes, storage, zones)
-}
-
 /// The newest valid snapshot in `snapshots` (damaged ones set aside), the
-/// first half of [`restore`]: it records no metric and needs no rules, so
-/// a start runs it while it installs the metrics recorder and reads the
+/// restore's first half: it records no metric and needs no rules, so a
+/// start runs it while it installs the metrics recorder and reads the
 /// rules directory (`commands/serve.rs`), then hands it to [`restore_from`].
 /// Blocking.
 pub fn load_snapshot(snapshots: &SnapshotDir) -> anyhow::Result<SnapshotLoad> {
@@ -96,9 +80,12 @@ pub struct SnapshotLoad {
     started: Instant,
 }
 
-/// The second half of [`restore`]: logs what [`load_snapshot`] found, then
+/// The restore's second half: logs what [`load_snapshot`] found, then
 /// replays the events journal after the snapshot's position and opens the
-/// claims journal. Blocking.
+/// claims journal, restoring the state `--data-dir` holds. A shop whose
+/// index the journal creates counts hours on `zones[shop]` (UTC when
+/// absent). Blocking; fails on damage that would lose acknowledged claims
+/// or events (the error says which file and where).
 pub fn restore_from(
     snapshot: SnapshotLoad,
     data_dir: &Path,
