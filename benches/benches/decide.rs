@@ -13,6 +13,10 @@
 //! "known visitor, Asia/Shanghai" compare the two rule sets (the second index
 //! doubles the bench's memory).
 //!
+//! Like `vitrine serve`, the bench first restarts itself with glibc's
+//! malloc on transparent huge pages (`VITRINE_BENCH_HUGE_PAGES=off` keeps
+//! 4 KiB pages, for an A/B run).
+//!
 //! `cargo bench -p vitrine-benches --bench decide`
 //! (`VITRINE_BENCH_VISITORS=100000` for a quicker run).
 
@@ -99,7 +103,17 @@ fn outcomes(fx: &Fixture, ledger: &MemoryLedger, specs: &[RequestSpec]) {
     );
 }
 
+// The server's own start-up step (`vitrine serve --huge-pages`), so that
+// the bench measures the heap the server runs on.
+#[path = "../../engine/server/src/huge_pages.rs"]
+mod huge_pages;
+
 fn main() {
+    // Off for an A/B run: `VITRINE_BENCH_HUGE_PAGES=off`.
+    match std::env::var("VITRINE_BENCH_HUGE_PAGES").as_deref() {
+        Ok("off") => println!("huge pages: off (VITRINE_BENCH_HUGE_PAGES)"),
+        _ => println!("huge pages: {}", huge_pages::reexec()),
+    }
     let fx = Fixture::load();
     let ledger = MemoryLedger::new();
     let calls = if benchmarking() { LATENCY_CALLS } else { 2_000 };

@@ -21,6 +21,8 @@
 //!   validate`, `rules push`, `kafka produce`).
 //! * [`cli`], [`config`], [`clock`], [`metrics`]: flags, their validated form,
 //!   the wall clock, and every metric the process exports.
+//! * [`huge_pages`]: the heap on transparent huge pages (`serve` restarts
+//!   itself once with glibc's tunable).
 //! * [`zones`]: shop time zones: which zone a new index counts hours in, and
 //!   rule changes that would move an existing one.
 //!
@@ -36,6 +38,7 @@ pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod decisions;
+pub mod huge_pages;
 pub mod ingest;
 pub mod kafka_options;
 pub mod metrics;

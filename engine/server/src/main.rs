@@ -21,6 +21,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if args.huge_pages {
+                // Returns only when the process goes on as it is.
+                let pages = vitrine::huge_pages::reexec();
+                tracing::info!(%pages, "huge pages");
+            }
             let workers = config
                 .worker_threads
                 .unwrap_or_else(vitrine::config::default_worker_threads);

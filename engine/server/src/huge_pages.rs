@@ -1,0 +1,145 @@
+//! The heap on transparent huge pages.
+//!
+//! A decision reads a handful of places scattered over the whole index (the
+//! visitor's name in the interner, its profile, its entries): at a million
+//! visitors each is a cache miss, and with 4 KiB pages each is a TLB miss as
+//! well. On 2 MiB pages the TLB covers the index, and a decision at 1M
+//! visitors takes about 15% less time (README, "Speed and memory: the fourth
+//! round").
+//!
+//! Most kernels give huge pages only to memory that asks for them
+//! (`/sys/kernel/mm/transparent_hugepage/enabled` = `madvise`), and the
+//! index is millions of small allocations made by glibc's malloc, which asks
+//! only when its tunable `glibc.malloc.hugetlb=1` is set, and then only for
+//! its main heap and its large blocks, not for the per-thread arenas where
+//! the apply and restore threads would allocate the index. glibc reads
+//! tunables once, when the process starts. So [`reexec`] starts the same
+//! binary again, in place (same process id, name, arguments and open files),
+//! with `glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1` added to
+//! `GLIBC_TUNABLES`, before any thread or allocation of note exists: every
+//! thread allocates from the main heap (per-thread caches still serve most
+//! small allocations without its lock). Measured on a restored 1M-visitor
+//! index: 10 MB on huge pages with the first tunable alone, 296 MB of the
+//! 330 MB resident with both.
+//!
+//! It does nothing when `GLIBC_TUNABLES` already names `hugetlb` (the
+//! process itself, one exec earlier, or the operator, whose choice wins),
+//! when the kernel gives huge pages to every allocation anyway (`always`) or
+//! to none (`never`, or no such file), and off glibc. The benches share this
+//! file (`#[path]`), so that they measure what the server runs.
+
+use std::fmt;
+
+/// The glibc tunable (glibc 2.35 and later; older ones ignore it).
+const TUNABLE: &str = "glibc.malloc.hugetlb";
+/// One malloc arena, so that every thread allocates from the heap that
+/// `hugetlb` advises (an operator's own `arena_max` is kept).
+const ARENAS: &str = "glibc.malloc.arena_max";
+/// Where the kernel says which memory gets transparent huge pages.
+const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+
+/// Why the process runs as it does; [`reexec`] returns only these.
+#[derive(Debug)]
+pub enum HugePages {
+    /// `GLIBC_TUNABLES` names the tunable: malloc asks for huge pages (or
+    /// the operator chose otherwise; their value is kept).
+    Tunable(String),
+    /// The kernel's setting, when it is not `madvise`: `always` gives huge
+    /// pages without asking, `never` gives none.
+    Kernel(String),
+    /// Not Linux with glibc: nothing to do.
+    Unsupported,
+    /// The exec failed (e.g. the binary was replaced on disk): the process
+    /// goes on without huge pages.
+    ExecFailed(std::io::Error),
+}
+
+impl fmt::Display for HugePages {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HugePages::Tunable(v) => write!(f, "GLIBC_TUNABLES={v}"),
+            HugePages::Kernel(mode) => write!(f, "kernel transparent huge pages: {mode}"),
+            HugePages::Unsupported => f.write_str("not Linux with glibc: left to the allocator"),
+            HugePages::ExecFailed(e) => write!(f, "could not restart with {TUNABLE}=1 ({e}): 4 KiB pages"),
+        }
+    }
+}
+
+/// Replaces the process by itself with `glibc.malloc.hugetlb=1` and one
+/// arena when that gives the heap huge pages (see the module doc); returns,
+/// without exec, why not otherwise. Call it first thing in `main`, before
+/// any thread starts.
+pub fn reexec() -> HugePages {
+    if !cfg!(all(target_os = "linux", target_env = "gnu")) {
+        return HugePages::Unsupported;
+    }
+    let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    let names = |name: &str| current.split(':').any(|t| t.split('=').next() == Some(name));
+    if names(TUNABLE) {
+        return HugePages::Tunable(current);
+    }
+    let enabled = std::fs::read_to_string(THP_ENABLED).unwrap_or_default();
+    let mode = kernel_mode(&enabled);
+    if mode != "madvise" {
+        return HugePages::Kernel(mode.to_string());
+    }
+    let mut tunables = current.clone();
+    let mut add = |tunable: String| {
+        if !tunables.is_empty() {
+            tunables.push(':');
+        }
+        tunables.push_str(&tunable);
+    };
+    add(format!("{TUNABLE}=1"));
+    if !names(ARENAS) {
+        add(format!("{ARENAS}=1"));
+    }
+    HugePages::ExecFailed(exec_self(&tunables))
+}
+
+/// The bracketed choice of the kernel's `enabled` file ("always [madvise]
+/// never" -> "madvise"); "never" when there is none.
+fn kernel_mode(enabled: &str) -> &str {
+    enabled
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))
+        .unwrap_or("never")
+}
+
+#[cfg(unix)]
+fn exec_self(tunables: &str) -> std::io::Error {
+    use std::ffi::OsString;
+    use std::os::unix::process::CommandExt;
+    // The binary's own path, not /proc/self/exe, so that the process keeps
+    // its name (`ps`, `pgrep vitrine`); a binary deleted or replaced since
+    // it started fails here or in the exec, and the process goes on.
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return e,
+    };
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| OsString::from("vitrine"));
+    std::process::Command::new(exe)
+        .arg0(arg0)
+        .args(args)
+        .env("GLIBC_TUNABLES", tunables)
+        .exec()
+}
+
+#[cfg(not(unix))]
+fn exec_self(_: &str) -> std::io::Error {
+    std::io::Error::from(std::io::ErrorKind::Unsupported)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_kernels_choice() {
+        use super::kernel_mode;
+        assert_eq!(kernel_mode("always [madvise] never\n"), "madvise");
+        assert_eq!(kernel_mode("[always] madvise never\n"), "always");
+        assert_eq!(kernel_mode("always madvise [never]\n"), "never");
+        assert_eq!(kernel_mode(""), "never");
+        assert_eq!(kernel_mode("always madvise never"), "never");
+    }
+}
