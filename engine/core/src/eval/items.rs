@@ -37,6 +37,17 @@ pub enum ItemReason {
 }
 
 impl ItemReason {
+    /// Every reason, in declaration (and rank) order: `ALL[r as usize] == r`.
+    pub const ALL: [ItemReason; 7] = [
+        ItemReason::Complement,
+        ItemReason::InCart,
+        ItemReason::Favorited,
+        ItemReason::ViewedCategory,
+        ItemReason::Popular,
+        ItemReason::Pool,
+        ItemReason::AddOn,
+    ];
+
     /// The short reason sent to the renderer.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -87,7 +87,12 @@ impl Popular {
     /// popularity on the latest day with purchases (or day 0), which holds
     /// until the first of the days counted in it leaves the 7-day window.
     fn of(buys: impl Iterator<Item = (u32, u32)> + Clone) -> u64 {
-        let latest = buys.clone().filter(|(_, n)| *n > 0).map(|(day, _)| day).max().unwrap_or(0);
+        let latest = buys
+            .clone()
+            .filter(|(_, n)| *n > 0)
+            .map(|(day, _)| day)
+            .max()
+            .unwrap_or(0);
         let counted = buys.filter(|(day, n)| *n > 0 && day.saturating_add(7) > latest);
         let value: u64 = counted.clone().map(|(_, n)| u64::from(n)).sum();
         // A slot counted on `latest` leaves the window on its day + 7; days
@@ -141,7 +146,8 @@ impl ItemView {
         for (word, (day, n)) in self.buys.iter().zip(info.buys) {
             word.store(u64::from(day) << 32 | u64::from(n), Ordering::Relaxed);
         }
-        self.popular.store(Popular::of(info.buys.into_iter()), Ordering::Relaxed);
+        self.popular
+            .store(Popular::of(info.buys.into_iter()), Ordering::Relaxed);
     }
 
     /// The facts of item `id`, whose told times are `told`: the view holds
