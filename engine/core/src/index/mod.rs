@@ -46,6 +46,7 @@
 
 pub(crate) mod exposures;
 mod interner;
+mod line_table;
 pub(crate) mod items;
 mod read;
 
