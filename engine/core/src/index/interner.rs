@@ -122,11 +122,7 @@ pub(crate) struct Interner {
 
 impl Default for Interner {
     fn default() -> Interner {
-        Interner {
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            next: AtomicU32::new(0),
-        }
+        Interner::with_hasher(RandomState::new())
     }
 }
 
@@ -139,6 +135,15 @@ impl fmt::Debug for Interner {
 }
 
 impl Interner {
+    /// An empty interner hashing with `hasher` (tests fix its seeds).
+    fn with_hasher(hasher: RandomState) -> Interner {
+        Interner {
+            hasher,
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            next: AtomicU32::new(0),
+        }
+    }
+
     #[inline]
     fn shard(&self, hash: u64) -> &RwLock<Shard> {
         &self.shards[(hash >> SHARD_SHIFT) as usize & (SHARDS - 1)]
@@ -308,5 +313,129 @@ mod tests {
             assert_eq!(sized.get(name), Some(i as u32));
         }
         assert_eq!(sized.intern("new"), 100_000);
+    }
+
+    /// Against a map: names crowded into one shard, many of them with one
+    /// tag (found by brute force under fixed seeds), so that their table
+    /// doubles a dozen times and its groups hold several equal tags and
+    /// overflow; plus names spread over every shard, and absent names with
+    /// the same tag.
+    #[test]
+    fn model_with_names_that_share_shard_and_tag() {
+        use std::collections::HashMap;
+
+        let hasher = RandomState::with_seeds(1, 2, 3, 4);
+        let interner = Interner::with_hasher(hasher.clone());
+        let shard = |name: &str| (hasher.hash_one(name) >> SHARD_SHIFT) as usize & (SHARDS - 1);
+        let tag = |name: &str| (hasher.hash_one(name) >> 56) as u8;
+        let (mut crowded, mut same_tag, mut absent) = (vec![], vec![], vec![]);
+        for i in 0..1_200_000 {
+            let name = format!("c-{i}");
+            if shard(&name) == 5 {
+                if tag(&name) == 0x33 {
+                    match i % 2 {
+                        0 => same_tag.push(name),
+                        _ => absent.push(name),
+                    }
+                } else if crowded.len() < 12_000 {
+                    crowded.push(name);
+                }
+            }
+        }
+        assert!(same_tag.len() > 20 && absent.len() > 20, "{} {}", same_tag.len(), absent.len());
+        let mut model: HashMap<String, u32> = HashMap::new();
+        let spread = (0..3_000).map(|i| format!("s-{i}"));
+        let all: Vec<String> = crowded.into_iter().chain(same_tag).chain(spread).collect();
+        for (n, name) in all.iter().enumerate() {
+            // Every other name interned now, the rest later among repeats.
+            let id = interner.intern(name);
+            assert_eq!(model.insert(name.clone(), id), None);
+            assert_eq!(id as usize, n);
+            if n % 1_000 == 0 {
+                for (name, &id) in &model {
+                    assert_eq!(interner.get(name), Some(id), "{name}");
+                }
+            }
+        }
+        for (name, &id) in &model {
+            assert_eq!(interner.get(name), Some(id), "{name}");
+            assert_eq!(interner.intern(name), id, "{name} again");
+        }
+        for name in &absent {
+            assert_eq!(interner.get(name), None, "{name}");
+        }
+        assert_eq!(interner.len() as usize, model.len());
+        let mut seen = 0;
+        interner.for_each(|name, id| {
+            assert_eq!(model.get(name), Some(&id));
+            seen += 1;
+        });
+        assert_eq!(seen, model.len());
+        assert!(interner.shards[5].read().table.capacity() >= 12_000);
+    }
+
+    /// Threads interning the same names in different orders, and reading
+    /// them back meanwhile, agree on one id per name, and the ids are
+    /// `0..n`, each once.
+    #[test]
+    fn concurrent_interning_gives_one_dense_id_per_name() {
+        use std::sync::Barrier;
+
+        const THREADS: usize = 4;
+        const NAMES: usize = 20_000;
+        let interner = Interner::default();
+        let names: Vec<String> = (0..NAMES).map(|i| format!("v-{i}")).collect();
+        let start = Barrier::new(THREADS);
+        let seen: Vec<Vec<u32>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (interner, names, start) = (&interner, &names, &start);
+                    scope.spawn(move || {
+                        start.wait();
+                        let mut ids = vec![u32::MAX; NAMES];
+                        for k in 0..NAMES {
+                            // Each thread its own order of all the names.
+                            let i = match t {
+                                0 => k,
+                                1 => NAMES - 1 - k,
+                                2 => k * 7_919 % NAMES,
+                                _ => (k * 9_973 + 123) % NAMES,
+                            };
+                            let id = interner.intern(&names[i]);
+                            assert_eq!(interner.get(&names[i]), Some(id));
+                            ids[i] = id;
+                        }
+                        ids
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for ids in &seen[1..] {
+            assert_eq!(ids, &seen[0], "every thread saw the same id per name");
+        }
+        let mut sorted = seen[0].clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..NAMES as u32).collect::<Vec<_>>(), "dense, each once");
+        assert_eq!(interner.len() as usize, NAMES);
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(interner.get(name), Some(seen[0][i]));
+        }
+    }
+
+    /// A snapshot's interner is sized up front: its tables never double
+    /// while it loads. (2,400 names a shard fit 256 groups; with the 1/8
+    /// added for the uneven split they take 512, which the interner would
+    /// not have grown to.)
+    #[test]
+    fn sized_tables_are_filled_without_growing() {
+        let names: Vec<String> = (0..153_600).map(|i| format!("v-{i}")).collect();
+        let sized = Interner::from_names(names.iter().map(|n| n.as_str())).unwrap();
+        let per_shard = names.len() / SHARDS + names.len() / SHARDS / 8 + 1;
+        let reserved = LineTable::with_capacity(per_shard).capacity();
+        assert_eq!(reserved, 5_120);
+        for shard in &sized.shards {
+            assert_eq!(shard.read().table.capacity(), reserved);
+        }
     }
 }
