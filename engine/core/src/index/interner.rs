@@ -374,52 +374,45 @@ mod tests {
         assert!(interner.shards[5].read().table.capacity() >= 12_000);
     }
 
-    /// Threads interning the same names in different orders, and reading
-    /// them back meanwhile, agree on one id per name, and the ids are
-    /// `0..n`, each once.
+    /// Threads interning the same names (two forwards, in step, two
+    /// backwards), and reading them back meanwhile, agree on one id per
+    /// name, and the ids are `0..n`, each once; over fresh interners.
     #[test]
     fn concurrent_interning_gives_one_dense_id_per_name() {
         use std::sync::Barrier;
 
         const THREADS: usize = 4;
-        const NAMES: usize = 20_000;
-        let interner = Interner::default();
+        const NAMES: usize = 10_000;
         let names: Vec<String> = (0..NAMES).map(|i| format!("v-{i}")).collect();
-        let start = Barrier::new(THREADS);
-        let seen: Vec<Vec<u32>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..THREADS)
-                .map(|t| {
-                    let (interner, names, start) = (&interner, &names, &start);
-                    scope.spawn(move || {
-                        start.wait();
-                        let mut ids = vec![u32::MAX; NAMES];
-                        for k in 0..NAMES {
-                            // Each thread its own order of all the names.
-                            let i = match t {
-                                0 => k,
-                                1 => NAMES - 1 - k,
-                                2 => k * 7_919 % NAMES,
-                                _ => (k * 9_973 + 123) % NAMES,
-                            };
-                            let id = interner.intern(&names[i]);
-                            assert_eq!(interner.get(&names[i]), Some(id));
-                            ids[i] = id;
-                        }
-                        ids
+        for round in 0..10 {
+            let interner = Interner::default();
+            let start = Barrier::new(THREADS);
+            let seen: Vec<Vec<u32>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..THREADS)
+                    .map(|t| {
+                        let (interner, names, start) = (&interner, &names, &start);
+                        scope.spawn(move || {
+                            start.wait();
+                            let mut ids = vec![u32::MAX; NAMES];
+                            for k in 0..NAMES {
+                                let i = if t % 2 == 0 { k } else { NAMES - 1 - k };
+                                let id = interner.intern(&names[i]);
+                                assert_eq!(interner.get(&names[i]), Some(id));
+                                ids[i] = id;
+                            }
+                            ids
+                        })
                     })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        for ids in &seen[1..] {
-            assert_eq!(ids, &seen[0], "every thread saw the same id per name");
-        }
-        let mut sorted = seen[0].clone();
-        sorted.sort_unstable();
-        assert_eq!(sorted, (0..NAMES as u32).collect::<Vec<_>>(), "dense, each once");
-        assert_eq!(interner.len() as usize, NAMES);
-        for (i, name) in names.iter().enumerate() {
-            assert_eq!(interner.get(name), Some(seen[0][i]));
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for ids in &seen[1..] {
+                assert_eq!(ids, &seen[0], "round {round}: every thread saw the same id per name");
+            }
+            let mut sorted = seen[0].clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..NAMES as u32).collect::<Vec<_>>(), "dense, each once");
+            assert_eq!(interner.len() as usize, NAMES);
         }
     }
 
