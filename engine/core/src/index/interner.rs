@@ -1,4 +1,6 @@
-//! Strings to dense `u32` ids, in about 25 bytes a name beyond its own bytes.
+//! Strings to dense `u32` ids, in about 11 to 21 bytes a name beyond its
+//! own: 5 in its record, 6.4 to 12.8 in the table (8.4 at a million names),
+//! the rest the arena's slack.
 //!
 //! A shop interns every visitor it hears of, so this table is the one part
 //! of the index that grows with visitors who did nothing else. It is split
