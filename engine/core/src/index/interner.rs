@@ -69,16 +69,31 @@ impl Shard {
             .map(|at| record(&self.arena, at).0)
     }
 
-    /// Appends `key` under `id` (the caller checked it is absent).
-    fn push(&mut self, hasher: &RandomState, hash: u64, key: &str, id: u32) {
-        let need = 4 + 5 + key.len();
+    /// `Err` with the id of `key` if it is here, else `Ok` with the id
+    /// `next` gives, under which `key` is appended (one probe for both).
+    fn add(&mut self, hasher: &RandomState, hash: u64, key: &str, next: impl FnOnce() -> u32) -> Result<u32, u32> {
+        // A shard's arena past 4 GiB (256 GiB of names per interner) is far
+        // beyond any memory this runs in; the offset saturates rather than panic.
+        let at = u32::try_from(self.arena.len()).unwrap_or(u32::MAX);
+        let arena = &self.arena;
+        let added = self.table.insert_new(
+            hash,
+            at,
+            |held| record(arena, held).1 == key.as_bytes(),
+            |held| hasher.hash_one(name_str(record(arena, held).1)),
+        );
+        if let Err(held) = added {
+            return Err(record(arena, held).0);
+        }
+        let id = next();
+        // The record's exact size, so that an arena reserved for its
+        // records (`from_names_sized`) is filled without growing.
+        let varint = (usize::BITS - (key.len() | 1).leading_zeros()).div_ceil(7) as usize;
+        let need = 4 + varint + key.len();
         if self.arena.capacity() - self.arena.len() < need {
             let more = need.max(self.arena.len() / 4).max(64);
             self.arena.reserve_exact(more);
         }
-        // A shard's arena past 4 GiB (256 GiB of names per interner) is far
-        // beyond any memory this runs in; the offset saturates rather than panic.
-        let at = u32::try_from(self.arena.len()).unwrap_or(u32::MAX);
         self.arena.extend_from_slice(&id.to_le_bytes());
         let mut len = key.len();
         while len >= 0x80 {
@@ -87,9 +102,7 @@ impl Shard {
         }
         self.arena.push(len as u8);
         self.arena.extend_from_slice(key.as_bytes());
-        let arena = &self.arena;
-        self.table
-            .insert(hash, at, |at| hasher.hash_one(name_str(record(arena, at).1)));
+        Ok(id)
     }
 
     /// Every (name, id), in arrival order.
@@ -165,15 +178,12 @@ impl Interner {
         if let Some(id) = lock.read().find(hash, key) {
             return id;
         }
-        let mut shard = lock.write();
-        if let Some(id) = shard.find(hash, key) {
-            return id;
-        }
         // Assigned under the shard's write lock: a reader that sees the id
         // in a shard sees its name there too.
-        let id = self.next.fetch_add(1, Ordering::AcqRel);
-        shard.push(&self.hasher, hash, key, id);
-        id
+        let next = || self.next.fetch_add(1, Ordering::AcqRel);
+        match lock.write().add(&self.hasher, hash, key, next) {
+            Ok(id) | Err(id) => id,
+        }
     }
 
     /// How many ids are assigned (`0..len()`).
@@ -222,10 +232,9 @@ impl Interner {
         for name in names {
             let hash = interner.hasher.hash_one(name);
             let shard = &mut shards[(hash >> SHARD_SHIFT) as usize & (SHARDS - 1)];
-            if shard.find(hash, name).is_some() {
+            if shard.add(&interner.hasher, hash, name, || next).is_err() {
                 return Err(next);
             }
-            shard.push(&interner.hasher, hash, name, next);
             next += 1;
         }
         Ok(Interner {
@@ -344,7 +353,12 @@ mod tests {
                 }
             }
         }
-        assert!(same_tag.len() > 20 && absent.len() > 20, "{} {}", same_tag.len(), absent.len());
+        assert!(
+            same_tag.len() > 20 && absent.len() > 20,
+            "{} {}",
+            same_tag.len(),
+            absent.len()
+        );
         let mut model: HashMap<String, u32> = HashMap::new();
         let spread = (0..3_000).map(|i| format!("s-{i}"));
         let all: Vec<String> = crowded.into_iter().chain(same_tag).chain(spread).collect();

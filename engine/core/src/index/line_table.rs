@@ -12,6 +12,8 @@
 //! - Hash bits: the group is picked by the low bits, the tag is the top
 //!   byte (0 becomes 1: a zero tag marks a free slot), and the interner
 //!   picks its shard from bits 40..46, so the three are independent.
+//! - A group fills its slots in order and counts them: an insert checks
+//!   only the slots in use for an equal value and takes the next one.
 //! - Probing goes to the next group (wrapping) when a group is full. Each
 //!   group counts the inserts that went past it (saturating at 255):
 //!   nothing is ever removed, so a group with a zero count was never full
@@ -34,12 +36,13 @@ const SLOTS: usize = 12;
 /// The most values a table holds per group on average before it doubles.
 pub(crate) const LOAD_PER_GROUP: usize = 10;
 
-/// One 64-byte line: 12 tags (0: free), the count of inserts that probed
-/// past it, and 12 values.
+/// One 64-byte line: 12 tags, how many slots are in use (the first ones),
+/// the count of inserts that probed past it, and 12 values.
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
 struct Group {
     tags: [u8; SLOTS],
+    used: u8,
     overflow: u8,
     at: [u32; SLOTS],
 }
@@ -48,11 +51,12 @@ const _: () = assert!(std::mem::size_of::<Group>() == 64);
 
 const EMPTY: Group = Group {
     tags: [0; SLOTS],
+    used: 0,
     overflow: 0,
     at: [0; SLOTS],
 };
 
-/// The tag of a hash: its top byte, never 0.
+/// The tag of a hash: its top byte, never 0 (the tag of a free slot).
 #[inline]
 fn tag(hash: u64) -> u8 {
     ((hash >> 56) as u8).max(1)
@@ -99,6 +103,7 @@ impl LineTable {
         let mut g = hash as usize & mask;
         for _ in 0..self.groups.len() {
             let group = self.groups.get(g)?;
+            // All 12: a fixed count compiles to less than the slots in use.
             for (&t, &at) in group.tags.iter().zip(&group.at) {
                 if t == tag && eq(at) {
                     return Some(at);
@@ -112,18 +117,50 @@ impl LineTable {
         None
     }
 
-    /// Adds `at` under `hash` (the caller checked that no equal value is
-    /// held); `rehash` gives the hash of a held value when the table grows.
-    pub(crate) fn insert(&mut self, hash: u64, at: u32, rehash: impl Fn(u32) -> u64) {
+    /// Adds `at` under `hash`, unless a value under `hash` for which `eq`
+    /// holds is there: then `Err` with that value, and nothing added (one
+    /// probe for both: the first group with a free slot ends the search).
+    /// `rehash` gives the hash of a held value when the table grows.
+    pub(crate) fn insert_new(
+        &mut self,
+        hash: u64,
+        at: u32,
+        mut eq: impl FnMut(u32) -> bool,
+        rehash: impl Fn(u32) -> u64,
+    ) -> Result<(), u32> {
         if self.len >= self.capacity() {
             self.grow(&rehash);
         }
-        while !self.place(hash, at) {
-            // Past the load limit a free slot always exists; this only
+        loop {
+            let mask = self.groups.len().wrapping_sub(1);
+            let tag = tag(hash);
+            let mut g = hash as usize & mask;
+            for _ in 0..self.groups.len() {
+                let Some(group) = self.groups.get_mut(g) else {
+                    break;
+                };
+                let used = usize::from(group.used).min(SLOTS);
+                for (&t, &held) in group.tags[..used].iter().zip(&group.at[..used]) {
+                    if t == tag && eq(held) {
+                        return Err(held);
+                    }
+                }
+                if let (Some(t), Some(a)) = (group.tags.get_mut(used), group.at.get_mut(used)) {
+                    *t = tag;
+                    *a = at;
+                    group.used += 1;
+                    self.len += 1;
+                    return Ok(());
+                }
+                // Counted even when a later group holds an equal value: a
+                // count only makes lookups look further.
+                group.overflow = group.overflow.saturating_add(1);
+                g = (g + 1) & mask;
+            }
+            // Below the load limit a free slot always exists; this only
             // guards the invariant instead of trusting it.
             self.grow(&rehash);
         }
-        self.len += 1;
     }
 
     /// Puts `at` in the first free slot of its probe; false if every group
@@ -136,9 +173,11 @@ impl LineTable {
             let Some(group) = self.groups.get_mut(g) else {
                 return false;
             };
-            if let Some(i) = group.tags.iter().position(|&t| t == 0) {
-                group.tags[i] = tag;
-                group.at[i] = at;
+            let i = usize::from(group.used);
+            if let (Some(t), Some(a)) = (group.tags.get_mut(i), group.at.get_mut(i)) {
+                *t = tag;
+                *a = at;
+                group.used += 1;
                 return true;
             }
             group.overflow = group.overflow.saturating_add(1);
@@ -152,12 +191,11 @@ impl LineTable {
         let groups = (self.groups.len() * 2).max(1);
         let old = std::mem::replace(&mut self.groups, vec![EMPTY; groups]);
         for group in &old {
-            for (&t, &at) in group.tags.iter().zip(&group.at) {
-                if t != 0 {
-                    // Twice the groups hold every value of a table that
-                    // held them all.
-                    self.place(rehash(at), at);
-                }
+            let used = usize::from(group.used).min(SLOTS);
+            for &at in &group.at[..used] {
+                // Twice the groups hold every value of a table that held
+                // them all.
+                self.place(rehash(at), at);
             }
         }
     }
@@ -195,11 +233,11 @@ mod tests {
             let tags = 1 + round as u64 % 4;
             let groups = 1 + round as u64 * 3;
             for key in 0..2_000u32 {
-                // Tags 0..tags (0 is stored as 1: shares a tag with 1).
+                // Tag 0 is stored as 1: it shares a tag with 1.
                 let hash = crafted((next() % tags) as u8, next() % groups);
                 let key_hash = |k: u32| model.get(&k).copied().unwrap_or(hash);
                 assert_eq!(table.find(hash, |at| at == key), None, "absent before insert");
-                table.insert(hash, key, key_hash);
+                assert_eq!(table.insert_new(hash, key, |at| at == key, key_hash), Ok(()));
                 model.insert(key, hash);
                 assert_eq!(table.len(), model.len());
                 if key % 97 == 0 {
@@ -211,7 +249,14 @@ mod tests {
             for (&k, &h) in &model {
                 assert_eq!(table.find(h, |at| at == k), Some(k));
                 assert_eq!(table.find(h, |at| at == k + 10_000), None);
+                let rehash = |_| unreachable!("a repeat adds nothing");
+                assert_eq!(
+                    table.insert_new(h, k + 10_000, |at| at == k, rehash),
+                    Err(k),
+                    "a repeat"
+                );
             }
+            assert_eq!(table.len(), model.len());
             assert!(table.len() <= table.capacity());
         }
     }
@@ -227,7 +272,7 @@ mod tests {
         let hash = crafted(7, 1);
         let rehash = |_| unreachable!("no growth within capacity");
         for at in 0..13 {
-            table.insert(hash, at, rehash);
+            assert_eq!(table.insert_new(hash, at, |_| false, rehash), Ok(()));
         }
         assert_eq!(table.groups[1].overflow, 1);
         assert_eq!(table.groups[2].overflow, 0);
@@ -235,7 +280,13 @@ mod tests {
             assert_eq!(table.find(hash, |a| a == at), Some(at));
         }
         let mut compared = 0;
-        assert_eq!(table.find(hash, |_| { compared += 1; false }), None);
+        assert_eq!(
+            table.find(hash, |_| {
+                compared += 1;
+                false
+            }),
+            None
+        );
         assert_eq!(compared, 13, "both groups' matching tags compared");
         assert_eq!(table.find(crafted(7, 2), |a| a == 0), None);
     }
@@ -250,11 +301,18 @@ mod tests {
         let hash = crafted(9, 0);
         for (g, group) in table.groups.iter_mut().enumerate() {
             group.tags = [tag(hash); SLOTS];
+            group.used = SLOTS as u8;
             group.at = std::array::from_fn(|i| (g * SLOTS + i) as u32);
             group.overflow = 255;
         }
         let mut compared = 0;
-        assert_eq!(table.find(hash, |_| { compared += 1; false }), None);
+        assert_eq!(
+            table.find(hash, |_| {
+                compared += 1;
+                false
+            }),
+            None
+        );
         assert_eq!(compared, n * SLOTS, "every slot once");
         assert_eq!(table.find(crafted(9, 3), |a| a == 5), Some(5), "found after wrapping");
         assert!(!table.place(hash, 1_000), "no free slot");
@@ -268,7 +326,7 @@ mod tests {
         let hash = |at: u32| u64::from(at).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut sizes = vec![];
         for at in 0..50_000 {
-            table.insert(hash(at), at, hash);
+            assert_eq!(table.insert_new(hash(at), at, |_| false, hash), Ok(()));
             if sizes.last() != Some(&table.groups.len()) {
                 sizes.push(table.groups.len());
             }
@@ -285,7 +343,10 @@ mod tests {
         for n in [1, 9, 10, 11, 100, 10_240, 10_241] {
             let table = LineTable::with_capacity(n);
             assert!(table.capacity() >= n, "{n}");
-            assert!(table.capacity() < 2 * n + 2 * LOAD_PER_GROUP, "{n}: not more than double");
+            assert!(
+                table.capacity() < 2 * n + 2 * LOAD_PER_GROUP,
+                "{n}: not more than double"
+            );
         }
         assert_eq!(LineTable::with_capacity(0).groups.len(), 0);
     }

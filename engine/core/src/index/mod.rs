@@ -46,8 +46,8 @@
 
 pub(crate) mod exposures;
 mod interner;
-mod line_table;
 pub(crate) mod items;
+mod line_table;
 mod read;
 
 #[cfg(test)]
