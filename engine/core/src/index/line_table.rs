@@ -15,11 +15,13 @@
 //! - A group fills its slots in order and counts them: an insert checks
 //!   only the slots in use for an equal value and takes the next one.
 //! - Probing goes to the next group (wrapping) when a group is full. Each
-//!   group counts the inserts that went past it (saturating at 255):
-//!   nothing is ever removed, so a group with a zero count was never full
-//!   when an insert came by, and a lookup that finds no match in it stops
-//!   there. A probe visits each group at most once, so it ends even in a
-//!   table with every group overflowed.
+//!   group counts the inserts that went past it (saturating at 255): an
+//!   insert only goes past a full group and nothing is ever removed, so a
+//!   value whose probe starts at or before a group with a zero count is in
+//!   a group up to it, and a lookup that finds no match there stops. A
+//!   probe visits each group at most once, so it ends even in a table with
+//!   every group overflowed. (Names are hashed with per-process random
+//!   seeds, so a client cannot aim them at one group.)
 //! - Load: at most [`LOAD_PER_GROUP`] values per group on average (10 of
 //!   12, 83%, near hashbrown's 87.5%); one more doubles the groups and
 //!   re-inserts every value by its key's hash, which the caller gives
