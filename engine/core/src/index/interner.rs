@@ -25,6 +25,10 @@ use parking_lot::RwLock;
 
 use super::line_table::LineTable;
 
+/// Names `from_names_sized` hashes, and whose groups it reads, before it
+/// inserts them.
+const LOAD_BATCH: usize = 16;
+
 /// Shards of an interner: a power of two.
 const SHARDS: usize = 64;
 /// The hash bits that pick a shard: above those the table uses for the
@@ -229,13 +233,26 @@ impl Interner {
             })
             .collect();
         let mut next = 0u32;
-        for name in names {
-            let hash = interner.hasher.hash_one(name);
-            let shard = &mut shards[(hash >> SHARD_SHIFT) as usize & (SHARDS - 1)];
-            if shard.add(&interner.hasher, hash, name, || next).is_err() {
-                return Err(next);
+        let mut batch: Vec<(&str, u64)> = Vec::with_capacity(LOAD_BATCH);
+        let mut names = names.peekable();
+        while names.peek().is_some() {
+            // Hash a batch and read each name's group first: the reads miss
+            // the cache together, then the inserts find their lines loaded.
+            batch.clear();
+            let mut seen = 0u8;
+            for name in names.by_ref().take(LOAD_BATCH) {
+                let hash = interner.hasher.hash_one(name);
+                seen ^= shards[(hash >> SHARD_SHIFT) as usize & (SHARDS - 1)].table.touch(hash);
+                batch.push((name, hash));
             }
-            next += 1;
+            std::hint::black_box(seen);
+            for &(name, hash) in &batch {
+                let shard = &mut shards[(hash >> SHARD_SHIFT) as usize & (SHARDS - 1)];
+                if shard.add(&interner.hasher, hash, name, || next).is_err() {
+                    return Err(next);
+                }
+                next += 1;
+            }
         }
         Ok(Interner {
             shards: shards.into_iter().map(RwLock::new).collect(),
@@ -301,6 +318,19 @@ mod tests {
         );
         assert_eq!(rebuilt.intern("d"), 3);
         assert_eq!(Interner::from_names(["x", "y", "x"].into_iter()).err(), Some(2));
+        // Names are inserted in batches: repeats at and across their bounds.
+        let names: Vec<String> = (0..100).map(|i| format!("n-{i}")).collect();
+        for (first, repeat) in [(0, 15), (0, 16), (3, 40), (15, 16), (99, 100)] {
+            let mut with = names.clone();
+            with.insert(repeat, names[first].clone());
+            let rebuilt = Interner::from_names(with.iter().map(|n| n.as_str()));
+            assert_eq!(rebuilt.err(), Some(repeat as u32), "{first} repeated at {repeat}");
+        }
+        let whole = Interner::from_names(names.iter().map(|n| n.as_str())).unwrap();
+        assert_eq!(whole.len(), 100);
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(whole.get(name), Some(i as u32));
+        }
     }
 
     #[test]

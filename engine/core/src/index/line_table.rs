@@ -119,6 +119,14 @@ impl LineTable {
         None
     }
 
+    /// Reads the group a probe for `hash` starts at (to have its line
+    /// loaded before an insert needs it); returns its used slots.
+    #[inline]
+    pub(crate) fn touch(&self, hash: u64) -> u8 {
+        let mask = self.groups.len().wrapping_sub(1);
+        self.groups.get(hash as usize & mask).map_or(0, |group| group.used)
+    }
+
     /// Adds `at` under `hash`, unless a value under `hash` for which `eq`
     /// holds is there: then `Err` with that value, and nothing added (one
     /// probe for both: the first group with a free slot ends the search).
