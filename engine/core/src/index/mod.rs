@@ -47,6 +47,7 @@
 pub(crate) mod exposures;
 mod interner;
 pub(crate) mod items;
+mod line_table;
 mod read;
 
 #[cfg(test)]
