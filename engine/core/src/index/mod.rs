@@ -23,7 +23,7 @@
 //!
 //! Memory: a shop may know tens of millions of visitors, most of whom did
 //! little, so a visitor costs what it holds. Its id lives in an arena
-//! interner (`index/interner.rs`: about 22 bytes plus the id's own), its profile in
+//! interner (`index/interner.rs`: 11-21 bytes plus the id's own), its profile in
 //! 32 bytes inline in its shard's array (which grows by an eighth, not
 //! double) with the entries in one exact-size block (6 bytes an entry while
 //! its items are below 131,072 and categories below 255, 8 bytes below 16.7M
