@@ -891,12 +891,10 @@ fn decode_shop(mut r: Reader<'_>, version: u32) -> Decoded<ShopIndex> {
             (profiles, derived)
         });
         let interned = match interned {
-            Ok(thread) => thread.join().unwrap_or_else(|_| {
-                Err(SnapshotError::Malformed {
-                    offset: 0,
-                    what: "visitor dictionary decoder panicked",
-                })
-            }),
+            Ok(thread) => thread.join().unwrap_or(Err(SnapshotError::Malformed {
+                offset: 0,
+                what: "visitor dictionary decoder panicked",
+            })),
             // No thread to be had: do it here.
             Err(_) => names(),
         };
