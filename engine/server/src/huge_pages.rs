@@ -22,11 +22,14 @@
 //! index: 10 MB on huge pages with the first tunable alone, 296 MB of the
 //! 330 MB resident with both.
 //!
-//! It does nothing when `GLIBC_TUNABLES` already names `hugetlb` (the
-//! process itself, one exec earlier, or the operator, whose choice wins),
-//! when the kernel gives huge pages to every allocation anyway (`always`) or
-//! to none (`never`, or no such file), and off glibc. The benches share this
-//! file (`#[path]`), so that they measure what the server runs.
+//! It does nothing when `GLIBC_TUNABLES` already names `hugetlb` or is not
+//! UTF-8 (set by the process itself, one exec earlier, or by the operator,
+//! whose choice wins), when the kernel gives huge pages to every allocation
+//! anyway (`always`) or to none (`never`, or no such file), and off glibc.
+//! The benches share this file (`#[path]`), so that they measure what the
+//! server runs. The price is restart time: the kernel compacts memory to
+//! find 2 MiB pages as a restore faults the index in (README, the fourth
+//! round); `--huge-pages off` skips all this.
 
 use std::fmt;
 
@@ -73,7 +76,12 @@ pub fn reexec() -> HugePages {
     if !cfg!(all(target_os = "linux", target_env = "gnu")) {
         return HugePages::Unsupported;
     }
-    let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    // A value that is not UTF-8 is the operator's own: left as it is.
+    let current = match std::env::var_os("GLIBC_TUNABLES").map(|v| v.into_string()) {
+        None => String::new(),
+        Some(Ok(v)) => v,
+        Some(Err(v)) => return HugePages::Tunable(v.to_string_lossy().into_owned()),
+    };
     let names = |name: &str| current.split(':').any(|t| t.split('=').next() == Some(name));
     if names(TUNABLE) {
         return HugePages::Tunable(current);
