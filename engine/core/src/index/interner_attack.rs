@@ -185,7 +185,11 @@ fn hostile_visitor_names_through_snapshots() {
             });
             assert_eq!(model.len(), k + 1);
             agrees(&back.visitors, &model, "decoded");
-            assert_eq!(crate::snapshot::encode(&decoded.index, b"meta"), bytes, "encode(decode(x)) == x");
+            assert_eq!(
+                crate::snapshot::encode(&decoded.index, b"meta"),
+                bytes,
+                "encode(decode(x)) == x"
+            );
             let next = back.visitors.intern("a name never seen before, after the round trip");
             assert_eq!(next as usize, k + 1);
         }

@@ -104,10 +104,16 @@ fn readers_see_only_sequential_popularities_while_writers_add() {
                 assert!(r.join().unwrap_or_else(|_| panic!("a reader failed")) > 0);
             }
         });
-        let info = table.facts(id, |info| info.clone()).unwrap_or_else(|| panic!("no facts"));
+        let info = table
+            .facts(id, |info| info.clone())
+            .unwrap_or_else(|| panic!("no facts"));
         let view = table.view(id).unwrap_or_else(|| panic!("no view"));
         for &today in &todays {
-            assert_eq!(view.popularity(today), counted(&info, today), "base {base}, today {today}");
+            assert_eq!(
+                view.popularity(today),
+                counted(&info, today),
+                "base {base}, today {today}"
+            );
         }
         // The final ring is the one any order of the same purchases gives.
         let mut sequential = info.clone();
@@ -133,7 +139,9 @@ fn popularity_on_every_clock_around_the_purchases() {
                     table.update(id, |info| info.add_buy(day));
                 }
             }
-            let info = table.facts(id, |info| info.clone()).unwrap_or_else(|| panic!("no facts"));
+            let info = table
+                .facts(id, |info| info.clone())
+                .unwrap_or_else(|| panic!("no facts"));
             let view = table.view(id).unwrap_or_else(|| panic!("no view"));
             let from = base.saturating_sub(3);
             let to = base.saturating_add(20).min(u32::MAX - 7);

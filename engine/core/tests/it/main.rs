@@ -13,7 +13,7 @@ mod golden;
 mod hardening;
 mod lift_model;
 mod model;
-mod rank_attack;
 mod offers;
+mod rank_attack;
 mod rules;
 mod timezone;

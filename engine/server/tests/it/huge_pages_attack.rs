@@ -178,7 +178,11 @@ impl Served {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
             }
-            assert!(start.elapsed() < WAIT, "no exit {WAIT:?} after SIGTERM:\n{}", self.log());
+            assert!(
+                start.elapsed() < WAIT,
+                "no exit {WAIT:?} after SIGTERM:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         assert!(status.success(), "exit after SIGTERM: {status}\n{}", self.log());
