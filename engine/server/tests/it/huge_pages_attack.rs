@@ -64,11 +64,17 @@ impl Served {
     /// Spawns `vitrine serve` with `extra` flags and only the environment
     /// given (`GLIBC_TUNABLES` and `VITRINE_*` of the test's own removed).
     fn spawn(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Served {
-        let dir = temp_dir(name);
+        Served::spawn_as(temp_dir(name), &[BIN.to_string()], extra, env)
+    }
+
+    /// [`Served::spawn`] in `dir`, the command being `program` (a program
+    /// and its first arguments, the binary among them).
+    fn spawn_as(dir: TempDir, program: &[String], extra: &[&str], env: &[(&str, &str)]) -> Served {
         let log = dir.path().join("serve.log");
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(&program[0]);
+        cmd.args(&program[1..]);
         for (key, _) in std::env::vars_os() {
             if key.to_str().is_some_and(|k| k.starts_with("VITRINE_")) {
                 cmd.env_remove(key);
@@ -292,4 +298,70 @@ fn a_bad_value_exits_2_before_any_exec() {
         assert!(!log.contains("huge pages"), "{log}");
         assert!(!log.contains("vitrine serving"), "{log}");
     }
+}
+
+/// With file capabilities (`setcap cap_net_bind_service=+ep`, to bind a
+/// low port as a plain user) glibc runs the process in secure mode and
+/// erases `glibc.malloc.*` from `GLIBC_TUNABLES`: the server must not
+/// restart itself then (it used to exec itself forever, at 100% CPU, and
+/// never serve). Needs root (to set the capability and drop to `nobody`),
+/// `setcap` and `setpriv`; skipped otherwise.
+#[test]
+fn file_capabilities_do_not_loop_the_exec() {
+    if !madvise_kernel("file_capabilities_do_not_loop_the_exec") {
+        return;
+    }
+    let tool = |name: &str| {
+        ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .map(|d| PathBuf::from(d).join(name))
+            .find(|p| p.exists())
+    };
+    let (Some(setcap), Some(setpriv)) = (tool("setcap"), tool("setpriv")) else {
+        eprintln!("file_capabilities_do_not_loop_the_exec: skipped: no setcap or setpriv");
+        return;
+    };
+    let root = fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if !root {
+        eprintln!("file_capabilities_do_not_loop_the_exec: skipped: not root");
+        return;
+    }
+    let dir = temp_dir("huge-pages-caps");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(dir.path().join("rules"), fs::Permissions::from_mode(0o777)).unwrap();
+    let bin = dir.path().join("vitrine");
+    fs::copy(BIN, &bin).unwrap();
+    let set = Command::new(&setcap)
+        .arg("cap_net_bind_service+ep")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    if !set.status.success() {
+        eprintln!("file_capabilities_do_not_loop_the_exec: skipped: setcap failed: {set:?}");
+        return;
+    }
+    let program = [
+        setpriv.display().to_string(),
+        "--reuid=65534".into(),
+        "--regid=65534".into(),
+        "--clear-groups".into(),
+        bin.display().to_string(),
+    ];
+    let mut served = Served::spawn_as(dir, &program, &[], &[]);
+    // The log file is the test's (root's): the child writes through the
+    // descriptor it inherited.
+    if let Err(status) = served.wait_ready() {
+        panic!("exited before ready ({status}):\n{}", served.log());
+    }
+    assert_eq!(served.comm(), "vitrine");
+    assert_eq!(served.tunables(), Vec::<String>::new(), "no restart with tunables");
+    let log = served.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("huge pages")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("file capabilities"), "says why: {log}");
+    served.terminate();
 }
