@@ -334,7 +334,9 @@ pub struct ServeArgs {
     /// on request (`madvise`): the process restarts itself once, in place,
     /// with glibc's `glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1`
     /// (decisions at 1M visitors ~15% faster). A `GLIBC_TUNABLES` that
-    /// already names `glibc.malloc.hugetlb` is left as it is. on|off.
+    /// already names `glibc.malloc.hugetlb` is left as it is; no restart
+    /// under setuid or file capabilities (glibc ignores the tunables there).
+    /// on|off.
     // `Set`: a `bool` field is otherwise a flag that takes no value, and
     // `--huge-pages off` would be refused as an unexpected argument.
     #[arg(

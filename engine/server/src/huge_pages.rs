@@ -25,8 +25,8 @@
 //! It does nothing in glibc's secure mode (setuid, setgid or file
 //! capabilities such as `cap_net_bind_service`): glibc erases its malloc
 //! tunables from `GLIBC_TUNABLES` there, and the restarted process, not
-//! seeing its own, would restart again forever.
-//! It does nothing when `GLIBC_TUNABLES` already names `hugetlb` or is not
+//! seeing its own, would restart again forever. Nor does it when
+//! `GLIBC_TUNABLES` already names `hugetlb` or is not
 //! UTF-8 (set by the process itself, one exec earlier, or by the operator,
 //! whose choice wins), when the kernel gives huge pages to every allocation
 //! anyway (`always`) or to none (`never`, or no such file), and off glibc.
