@@ -107,14 +107,19 @@ impl Served {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits until `/readyz` answers 200; the exit status if it ends first.
+    /// Waits until `/readyz` answers 200 and this process logged that it
+    /// serves (a port picked free may have been taken by a parallel test's
+    /// server, whose `/readyz` would answer first); the exit status if it
+    /// ends first.
     fn wait_ready(&mut self) -> Result<(), ExitStatus> {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return Err(status);
             }
-            if http_get(self.metrics, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            if self.log().contains("vitrine serving")
+                && http_get(self.metrics, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+            {
                 return Ok(());
             }
             assert!(start.elapsed() < WAIT, "not ready after {WAIT:?}:\n{}", self.log());
