@@ -334,8 +334,18 @@ pub struct ServeArgs {
     /// on request (`madvise`): the process restarts itself once, in place,
     /// with glibc's `glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1`
     /// (decisions at 1M visitors ~15% faster). A `GLIBC_TUNABLES` that
-    /// already names `glibc.malloc.hugetlb` is left as it is. on|off.
-    #[arg(long, env = "VITRINE_HUGE_PAGES", default_value = "on", value_parser = clap::builder::BoolishValueParser::new())]
+    /// already names `glibc.malloc.hugetlb` is left as it is; no restart
+    /// under setuid or file capabilities (glibc ignores the tunables there).
+    /// on|off.
+    // `Set`: a `bool` field is otherwise a flag that takes no value, and
+    // `--huge-pages off` would be refused as an unexpected argument.
+    #[arg(
+        long,
+        env = "VITRINE_HUGE_PAGES",
+        default_value = "on",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub huge_pages: bool,
     /// Seed every shop of --rules-dir with a generated demo stream of behavior
     /// (per shop at most the first 200 items, 50 categories and 32 tags its

@@ -22,7 +22,11 @@
 //! index: 10 MB on huge pages with the first tunable alone, 296 MB of the
 //! 330 MB resident with both.
 //!
-//! It does nothing when `GLIBC_TUNABLES` already names `hugetlb` or is not
+//! It does nothing in glibc's secure mode (setuid, setgid or file
+//! capabilities such as `cap_net_bind_service`): glibc erases its malloc
+//! tunables from `GLIBC_TUNABLES` there, and the restarted process, not
+//! seeing its own, would restart again forever. Nor does it when
+//! `GLIBC_TUNABLES` already names `hugetlb` or is not
 //! UTF-8 (set by the process itself, one exec earlier, or by the operator,
 //! whose choice wins), when the kernel gives huge pages to every allocation
 //! anyway (`always`) or to none (`never`, or no such file), and off glibc.
@@ -52,6 +56,12 @@ pub enum HugePages {
     Kernel(String),
     /// Not Linux with glibc: nothing to do.
     Unsupported,
+    /// The process runs in glibc's secure mode (setuid, setgid or file
+    /// capabilities, e.g. `setcap cap_net_bind_service=+ep` to bind a low
+    /// port): glibc erases `glibc.malloc.*` from `GLIBC_TUNABLES` there, so
+    /// the restarted process would not see its tunable and restart again,
+    /// forever. No restart: 4 KiB pages.
+    Secure,
     /// The exec failed (e.g. the binary was replaced on disk): the process
     /// goes on without huge pages.
     ExecFailed(std::io::Error),
@@ -63,6 +73,7 @@ impl fmt::Display for HugePages {
             HugePages::Tunable(v) => write!(f, "GLIBC_TUNABLES={v}"),
             HugePages::Kernel(mode) => write!(f, "kernel transparent huge pages: {mode}"),
             HugePages::Unsupported => f.write_str("not Linux with glibc: left to the allocator"),
+            HugePages::Secure => f.write_str("setuid or file capabilities: glibc ignores GLIBC_TUNABLES, 4 KiB pages"),
             HugePages::ExecFailed(e) => write!(f, "could not restart with {TUNABLE}=1 ({e}): 4 KiB pages"),
         }
     }
@@ -91,6 +102,9 @@ pub fn reexec() -> HugePages {
     if mode != "madvise" {
         return HugePages::Kernel(mode.to_string());
     }
+    if secure_mode() {
+        return HugePages::Secure;
+    }
     let mut tunables = current.clone();
     let mut add = |tunable: String| {
         if !tunables.is_empty() {
@@ -112,6 +126,24 @@ fn kernel_mode(enabled: &str) -> &str {
         .split_whitespace()
         .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))
         .unwrap_or("never")
+}
+
+/// `AT_SECURE` in the auxiliary vector: the kernel sets it when an exec
+/// gave the process privilege (setuid, setgid, file capabilities).
+const AT_SECURE: usize = 23;
+
+/// Whether glibc runs this process in secure mode (`AT_SECURE` set in
+/// `/proc/self/auxv`; unreadable counts as not).
+fn secure_mode() -> bool {
+    const WORD: usize = std::mem::size_of::<usize>();
+    let Ok(auxv) = std::fs::read("/proc/self/auxv") else {
+        return false;
+    };
+    let word = |bytes: &[u8]| usize::from_ne_bytes(bytes.try_into().unwrap_or([0; WORD]));
+    auxv.chunks_exact(2 * WORD).any(|pair| {
+        let (key, value) = pair.split_at(WORD);
+        word(key) == AT_SECURE && word(value) != 0
+    })
 }
 
 #[cfg(unix)]

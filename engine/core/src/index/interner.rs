@@ -478,3 +478,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "interner_attack.rs"]
+mod attack;

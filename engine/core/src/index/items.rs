@@ -581,3 +581,7 @@ mod tests {
         });
     }
 }
+
+#[cfg(test)]
+#[path = "items_attack.rs"]
+mod attack;

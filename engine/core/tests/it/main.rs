@@ -14,5 +14,6 @@ mod hardening;
 mod lift_model;
 mod model;
 mod offers;
+mod rank_attack;
 mod rules;
 mod timezone;

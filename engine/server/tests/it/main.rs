@@ -12,6 +12,7 @@ mod decisions;
 mod decisions_attack;
 mod grpc;
 mod hostile;
+mod huge_pages_attack;
 mod kafka;
 mod labels;
 mod language;

@@ -1,0 +1,372 @@
+//! `vitrine serve` on transparent huge pages, through the real binary: the
+//! re-exec keeps the process (its id, its name), it serves and shuts down
+//! as before, the tunables are in its environment once, an operator's
+//! `GLIBC_TUNABLES` is kept or merged as `huge_pages.rs` says, `off`
+//! leaves the environment alone, and a bad flag value stops it before any
+//! exec.
+//!
+//! The re-exec happens only where the kernel gives huge pages on request
+//! (`madvise`); elsewhere these tests print why and pass.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{temp_dir, TempDir, WAIT};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vitrine");
+const THP: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+const ADDED: &str = "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1";
+
+/// True when the kernel gives huge pages on request; else prints why not.
+fn madvise_kernel(test: &str) -> bool {
+    let enabled = fs::read_to_string(THP).unwrap_or_default();
+    if enabled.contains("[madvise]") {
+        return true;
+    }
+    eprintln!("{test}: skipped: {THP} says {enabled:?}, not [madvise]: the server does not re-exec");
+    false
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// A `vitrine serve` child; killed on drop.
+struct Served {
+    child: Child,
+    grpc: SocketAddr,
+    metrics: SocketAddr,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    /// Spawns `vitrine serve` with `extra` flags and only the environment
+    /// given (`GLIBC_TUNABLES` and `VITRINE_*` of the test's own removed).
+    fn spawn(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Served {
+        Served::spawn_as(temp_dir(name), &[BIN.to_string()], extra, env)
+    }
+
+    /// [`Served::spawn`] in `dir`, the command being `program` (a program
+    /// and its first arguments, the binary among them).
+    fn spawn_as(dir: TempDir, program: &[String], extra: &[&str], env: &[(&str, &str)]) -> Served {
+        let log = dir.path().join("serve.log");
+        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(&program[0]);
+        cmd.args(&program[1..]);
+        for (key, _) in std::env::vars_os() {
+            if key.to_str().is_some_and(|k| k.starts_with("VITRINE_")) {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env_remove("GLIBC_TUNABLES")
+            .arg("serve")
+            .arg(format!("--grpc-addr={grpc}"))
+            .arg(format!("--metrics-addr={metrics}"))
+            .arg(format!("--rules-dir={}", dir.path().join("rules").display()))
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg("--shutdown-grace=0s")
+            .args(extra)
+            .env("VITRINE_LOG", "info")
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap());
+        Served {
+            child: cmd.spawn().unwrap(),
+            grpc,
+            metrics,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `/readyz` answers 200 and this process logged that it
+    /// serves (a port picked free may have been taken by a parallel test's
+    /// server, whose `/readyz` would answer first); the exit status if it
+    /// ends first.
+    fn wait_ready(&mut self) -> Result<(), ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Err(status);
+            }
+            if self.log().contains("vitrine serving")
+                && http_get(self.metrics, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+            {
+                return Ok(());
+            }
+            assert!(start.elapsed() < WAIT, "not ready after {WAIT:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts and waits for ready, retrying on ports lost to others.
+    fn start(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Served {
+        for _ in 0..5 {
+            let mut served = Served::spawn(name, extra, env);
+            match served.wait_ready() {
+                Ok(()) => return served,
+                Err(status) => {
+                    let log = served.log();
+                    assert!(log.contains("binding --"), "exited before ready ({status}):\n{log}");
+                }
+            }
+        }
+        panic!("no free ports in 5 attempts");
+    }
+
+    /// `GLIBC_TUNABLES` entries in the environment the running process was
+    /// started (exec'd) with. /proc/PID/environ shows that block as the
+    /// process's memory holds it now, and glibc (2.36 here) ends each
+    /// tunable it parses with a NUL in place, so `a=1:b=2` reads as `a=1`,
+    /// `b=2`: the pieces after an entry that start with `glibc.` (no
+    /// variable's name has a dot) are joined back with `:`.
+    fn tunables(&self) -> Vec<String> {
+        let environ = fs::read(format!("/proc/{}/environ", self.child.id())).unwrap();
+        let mut out: Vec<String> = Vec::new();
+        let mut open = false;
+        for var in environ.split(|&b| b == 0) {
+            let var = String::from_utf8_lossy(var);
+            if let Some(value) = var.strip_prefix("GLIBC_TUNABLES=") {
+                out.push(value.to_string());
+                open = true;
+            } else if open && var.starts_with("glibc.") {
+                if let Some(last) = out.last_mut() {
+                    last.push(':');
+                    last.push_str(&var);
+                }
+            } else {
+                open = false;
+            }
+        }
+        out
+    }
+
+    fn comm(&self) -> String {
+        fs::read_to_string(format!("/proc/{}/comm", self.child.id()))
+            .unwrap()
+            .trim_end()
+            .to_string()
+    }
+
+    /// SIGTERM to the pid the test spawned; waits for a clean exit.
+    fn terminate(mut self) {
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "no exit {WAIT:?} after SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "exit after SIGTERM: {status}\n{}", self.log());
+    }
+}
+
+/// The re-exec'd server: same pid and name, serving, health answers,
+/// tunables in its environment exactly once, one "huge pages" log line
+/// (from the second start only), and SIGTERM ends it cleanly.
+#[test]
+fn reexec_keeps_pid_and_name_serves_and_stops_on_sigterm() {
+    if !madvise_kernel("reexec_keeps_pid_and_name") {
+        return;
+    }
+    let served = Served::start("huge-pages-on", &[], &[]);
+    // The child's pid is the one spawned: the exec replaced it in place.
+    assert_eq!(served.comm(), "vitrine", "the process keeps its name");
+    assert_eq!(served.tunables(), vec![ADDED.to_string()], "the tunables, once");
+    let log = served.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("huge pages")).collect();
+    assert_eq!(lines.len(), 1, "one start logs, after the exec: {log}");
+    assert!(lines[0].contains(&format!("GLIBC_TUNABLES={ADDED}")), "{log}");
+    assert_eq!(log.matches("vitrine serving").count(), 1, "{log}");
+    let health = Command::new(BIN)
+        .args(["health", "--addr", &served.grpc.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(health.status.code(), Some(0), "{health:?}");
+    assert!(http_get(served.metrics, "/healthz").is_some_and(|r| r.starts_with("HTTP/1.1 200")));
+    served.terminate();
+}
+
+/// An operator's `GLIBC_TUNABLES`: one naming `hugetlb` is kept as it is
+/// (no exec); others get the two tunables appended (an `arena_max` of
+/// theirs is kept and not repeated).
+#[test]
+fn an_operators_tunables_are_kept_or_merged() {
+    if !madvise_kernel("an_operators_tunables_are_kept_or_merged") {
+        return;
+    }
+    let cases = [
+        ("glibc.malloc.hugetlb=0", "glibc.malloc.hugetlb=0"),
+        ("glibc.malloc.hugetlb=2", "glibc.malloc.hugetlb=2"),
+        (
+            "glibc.malloc.tcache_count=0:glibc.malloc.hugetlb=0",
+            "glibc.malloc.tcache_count=0:glibc.malloc.hugetlb=0",
+        ),
+        (
+            "glibc.malloc.tcache_count=0",
+            "glibc.malloc.tcache_count=0:glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1",
+        ),
+        (
+            "glibc.malloc.arena_max=4",
+            "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1",
+        ),
+        ("", ADDED),
+    ];
+    for (given, expected) in cases {
+        let served = Served::start("huge-pages-operator", &[], &[("GLIBC_TUNABLES", given)]);
+        assert_eq!(served.comm(), "vitrine");
+        assert_eq!(served.tunables(), vec![expected.to_string()], "given {given:?}");
+        let log = served.log();
+        assert_eq!(
+            log.lines().filter(|l| l.contains("huge pages")).count(),
+            1,
+            "given {given:?}: {log}"
+        );
+        served.terminate();
+    }
+}
+
+/// `--huge-pages off` (and its environment variable) leaves the
+/// environment alone: no tunables, or the operator's untouched.
+#[test]
+fn off_leaves_the_environment_alone() {
+    for (extra, env, expected) in [
+        (&["--huge-pages", "off"][..], &[][..], vec![]),
+        (&["--huge-pages=false"][..], &[][..], vec![]),
+        (&[][..], &[("VITRINE_HUGE_PAGES", "off")][..], vec![]),
+        (
+            &["--huge-pages", "off"][..],
+            &[("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")][..],
+            vec!["glibc.malloc.tcache_count=0".to_string()],
+        ),
+    ] {
+        let served = Served::start("huge-pages-off", extra, env);
+        assert_eq!(served.tunables(), expected, "{extra:?} {env:?}");
+        assert!(!served.log().contains("huge pages"), "{}", served.log());
+        served.terminate();
+    }
+}
+
+/// A value that is neither on nor off: exit 2 naming the flag and the
+/// value, before anything starts (no exec, no serving line).
+#[test]
+fn a_bad_value_exits_2_before_any_exec() {
+    for (extra, env) in [
+        (&["--huge-pages", "maybe"][..], &[][..]),
+        (&[][..], &[("VITRINE_HUGE_PAGES", "maybe")][..]),
+    ] {
+        let mut served = Served::spawn("huge-pages-bad", extra, env);
+        let status = served.wait_ready().expect_err("started with a bad --huge-pages");
+        assert_eq!(status.code(), Some(2), "{}", served.log());
+        let log = served.log();
+        assert!(log.contains("--huge-pages"), "names the flag: {log}");
+        assert!(log.contains("'maybe'"), "names the value: {log}");
+        assert!(!log.contains("huge pages"), "{log}");
+        assert!(!log.contains("vitrine serving"), "{log}");
+    }
+}
+
+/// With file capabilities (`setcap cap_net_bind_service=+ep`, to bind a
+/// low port as a plain user) glibc runs the process in secure mode and
+/// erases `glibc.malloc.*` from `GLIBC_TUNABLES`: the server must not
+/// restart itself then (it used to exec itself forever, at 100% CPU, and
+/// never serve). Needs root (to set the capability and drop to `nobody`),
+/// `setcap` and `setpriv`; skipped otherwise.
+#[test]
+fn file_capabilities_do_not_loop_the_exec() {
+    if !madvise_kernel("file_capabilities_do_not_loop_the_exec") {
+        return;
+    }
+    let tool = |name: &str| {
+        ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .map(|d| PathBuf::from(d).join(name))
+            .find(|p| p.exists())
+    };
+    let (Some(setcap), Some(setpriv)) = (tool("setcap"), tool("setpriv")) else {
+        eprintln!("file_capabilities_do_not_loop_the_exec: skipped: no setcap or setpriv");
+        return;
+    };
+    let root = fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if !root {
+        eprintln!("file_capabilities_do_not_loop_the_exec: skipped: not root");
+        return;
+    }
+    let dir = temp_dir("huge-pages-caps");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(dir.path().join("rules"), fs::Permissions::from_mode(0o777)).unwrap();
+    let bin = dir.path().join("vitrine");
+    fs::copy(BIN, &bin).unwrap();
+    let set = Command::new(&setcap)
+        .arg("cap_net_bind_service+ep")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    if !set.status.success() {
+        eprintln!("file_capabilities_do_not_loop_the_exec: skipped: setcap failed: {set:?}");
+        return;
+    }
+    let program = [
+        setpriv.display().to_string(),
+        "--reuid=65534".into(),
+        "--regid=65534".into(),
+        "--clear-groups".into(),
+        bin.display().to_string(),
+    ];
+    let mut served = Served::spawn_as(dir, &program, &[], &[]);
+    // The log file is the test's (root's): the child writes through the
+    // descriptor it inherited.
+    if let Err(status) = served.wait_ready() {
+        panic!("exited before ready ({status}):\n{}", served.log());
+    }
+    assert_eq!(served.comm(), "vitrine");
+    assert_eq!(served.tunables(), Vec::<String>::new(), "no restart with tunables");
+    let log = served.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("huge pages")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("file capabilities"), "says why: {log}");
+    served.terminate();
+}
