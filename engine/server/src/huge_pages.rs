@@ -25,8 +25,9 @@
 //! It does nothing in glibc's secure mode (setuid, setgid or file
 //! capabilities such as `cap_net_bind_service`): glibc erases its malloc
 //! tunables from `GLIBC_TUNABLES` there, and the restarted process, not
-//! seeing its own, would restart again forever. Nor does it when
-//! `GLIBC_TUNABLES` already names `hugetlb` or is not
+//! seeing its own, would restart again forever. Nor does it a second time
+//! ([`RESTARTED`] marks the restarted process, whatever dropped the
+//! tunable), nor when `GLIBC_TUNABLES` already names `hugetlb` or is not
 //! UTF-8 (set by the process itself, one exec earlier, or by the operator,
 //! whose choice wins), when the kernel gives huge pages to every allocation
 //! anyway (`always`) or to none (`never`, or no such file), and off glibc.
@@ -62,10 +63,19 @@ pub enum HugePages {
     /// the restarted process would not see its tunable and restart again,
     /// forever. No restart: 4 KiB pages.
     Secure,
+    /// The process was restarted once already ([`RESTARTED`] is set) and
+    /// still does not see its tunable: whatever dropped it (a secure mode
+    /// the auxiliary vector did not show, a wrapper that filters the
+    /// environment) would drop it again. No second restart: 4 KiB pages.
+    Dropped,
     /// The exec failed (e.g. the binary was replaced on disk): the process
     /// goes on without huge pages.
     ExecFailed(std::io::Error),
 }
+
+/// Set in the restarted process's environment: the guard that makes a
+/// second restart impossible, whatever happens to `GLIBC_TUNABLES`.
+pub const RESTARTED: &str = "VITRINE_HUGE_PAGES_RESTARTED";
 
 impl fmt::Display for HugePages {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -74,6 +84,12 @@ impl fmt::Display for HugePages {
             HugePages::Kernel(mode) => write!(f, "kernel transparent huge pages: {mode}"),
             HugePages::Unsupported => f.write_str("not Linux with glibc: left to the allocator"),
             HugePages::Secure => f.write_str("setuid or file capabilities: glibc ignores GLIBC_TUNABLES, 4 KiB pages"),
+            HugePages::Dropped => {
+                write!(
+                    f,
+                    "restarted once, but {TUNABLE} did not reach the process: 4 KiB pages"
+                )
+            }
             HugePages::ExecFailed(e) => write!(f, "could not restart with {TUNABLE}=1 ({e}): 4 KiB pages"),
         }
     }
@@ -101,6 +117,9 @@ pub fn reexec() -> HugePages {
     let mode = kernel_mode(&enabled);
     if mode != "madvise" {
         return HugePages::Kernel(mode.to_string());
+    }
+    if std::env::var_os(RESTARTED).is_some() {
+        return HugePages::Dropped;
     }
     if secure_mode() {
         return HugePages::Secure;
@@ -163,6 +182,7 @@ fn exec_self(tunables: &str) -> std::io::Error {
         .arg0(arg0)
         .args(args)
         .env("GLIBC_TUNABLES", tunables)
+        .env(RESTARTED, "1")
         .exec()
 }
 

@@ -193,7 +193,7 @@ impl ItemView {
             .iter()
             .map(|word| word.load(Ordering::Relaxed))
             .map(|word| ((word >> 32) as u32, word as u32))
-            .filter(|(day, _)| *day <= today && day + 7 > today)
+            .filter(|(day, _)| *day <= today && today - day < 7)
             .map(|(_, n)| n)
             .sum()
     }

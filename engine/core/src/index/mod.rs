@@ -841,7 +841,7 @@ impl ItemInfo {
     pub(crate) fn popularity(&self, today: u32) -> u32 {
         self.buys
             .iter()
-            .filter(|(day, _)| *day <= today && day + 7 > today)
+            .filter(|(day, _)| *day <= today && today - day < 7)
             .map(|(_, n)| n)
             .sum()
     }

@@ -286,6 +286,20 @@ fn off_leaves_the_environment_alone() {
     }
 }
 
+/// A process that was restarted once and still lacks its tunable (what a
+/// secure mode the auxiliary vector did not show would do) does not
+/// restart again: it serves on 4 KiB pages and says why.
+#[test]
+fn a_second_restart_never_happens() {
+    if !madvise_kernel("a_second_restart_never_happens") {
+        return;
+    }
+    let served = Served::start("huge-pages-dropped", &[], &[("VITRINE_HUGE_PAGES_RESTARTED", "1")]);
+    assert!(served.tunables().is_empty(), "{:?}", served.tunables());
+    assert!(served.log().contains("did not reach the process"), "{}", served.log());
+    served.terminate();
+}
+
 /// A value that is neither on nor off: exit 2 naming the flag and the
 /// value, before anything starts (no exec, no serving line).
 #[test]
