@@ -3,9 +3,9 @@
 //! First, outside criterion, 200,000 individually timed decisions for random
 //! known visitors (random region and page, no explanation) give the latency
 //! distribution (p50 .. max), each timed from a request whose names are in
-//! cache, as a server's just-decoded request is; then criterion measures the mean per decision
-//! for a known visitor, with an explanation, for an activity-weighted visitor
-//! and for an anonymous visitor.
+//! cache, as a server's just-decoded request is; then criterion measures the
+//! mean per decision for a known visitor, with an explanation, for an
+//! activity-weighted visitor and for an anonymous visitor.
 //!
 //! The same run then measures [`vitrine_benches::rules_20_zoned`] (the shop
 //! on Asia/Shanghai's clock, `days_since` and `avg_order`) over a second

@@ -333,7 +333,7 @@ pub struct ServeArgs {
     /// Put the heap on transparent huge pages where the kernel gives them
     /// on request (`madvise`): the process restarts itself once, in place,
     /// with glibc's `glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1`
-    /// (decisions at 1M visitors ~15% faster). A `GLIBC_TUNABLES` that
+    /// (decisions at 1M visitors ~12% faster, restarts slower). A `GLIBC_TUNABLES` that
     /// already names `glibc.malloc.hugetlb` is left as it is; no restart
     /// under setuid or file capabilities (glibc ignores the tunables there).
     /// on|off.

@@ -4,7 +4,7 @@
 //! visitor's name in the interner, its profile, its entries): at a million
 //! visitors each is a cache miss, and with 4 KiB pages each is a TLB miss as
 //! well. On 2 MiB pages the TLB covers the index, and a decision at 1M
-//! visitors takes about 15% less time (README, "Speed and memory: the fourth
+//! visitors takes about 12% less time (README, "Speed and memory: the fourth
 //! round").
 //!
 //! Most kernels give huge pages only to memory that asks for them
