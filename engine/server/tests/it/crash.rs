@@ -11,8 +11,8 @@
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::fs;
 use std::future::Future;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -29,7 +29,7 @@ use vitrine::storage::wal::SEGMENT_HEADER_LEN;
 use vitrine_core::hash::SplitMix64;
 use vitrine_proto::v1 as pb;
 
-use crate::support::{connect, temp_dir, wait_until, Clients, TempDir, WAIT};
+use crate::support::{self, connect, free_port, http_get_blocking, temp_dir, wait_until, Clients, TempDir, WAIT};
 
 const SHOP: &str = "crash";
 /// The longest wait for a start, a catch-up or a snapshot; a timeout fails the test.
@@ -73,22 +73,6 @@ fn seed() -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(DEFAULT_SEED)
-}
-
-/// A port free right now (another process may take it before the server
-/// binds it: [`Scene::start`] retries then).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A bare HTTP/1.1 GET (status line, headers and body); `None` when nothing answers.
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
 }
 
 /// The files of `dir` whose names end with `suffix`, sorted by name.
@@ -263,7 +247,7 @@ impl Vitrine {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return Err(status);
             }
-            if http_get(self.metrics, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            if http_get_blocking(self.metrics, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
                 return Ok(());
             }
             assert!(start.elapsed() < WAIT, "not ready after {WAIT:?}:\n{}", self.log());
@@ -283,25 +267,8 @@ impl Vitrine {
 
     /// SIGTERM, a clean shutdown (with its final snapshot); waits for the exit.
     fn terminate(mut self) {
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                start.elapsed() < WAIT,
-                "no exit {WAIT:?} after SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(status.success(), "exit after SIGTERM: {status}\n{}", self.log());
+        let log = self.log.clone();
+        support::terminate(&mut self.child, || fs::read_to_string(&log).unwrap_or_default());
     }
 
     /// Snapshots this process has written so far.
@@ -316,7 +283,7 @@ impl Vitrine {
 
     /// The value of one series on /metrics.
     fn metric(&self, series: &str) -> Option<f64> {
-        let text = http_get(self.metrics, "/metrics")?;
+        let text = http_get_blocking(self.metrics, "/metrics")?;
         text.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
             .map(|v| v.trim().parse().unwrap())
@@ -1390,7 +1357,7 @@ async fn wait_not_serving(c: &mut Clients, metrics: SocketAddr, why: &str) {
         assert!(start.elapsed() < WAIT, "still SERVING after {WAIT:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let ready = tokio::task::spawn_blocking(move || http_get(metrics, "/readyz"))
+    let ready = tokio::task::spawn_blocking(move || http_get_blocking(metrics, "/readyz"))
         .await
         .unwrap()
         .unwrap();

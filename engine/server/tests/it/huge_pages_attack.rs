@@ -9,13 +9,12 @@
 //! (`madvise`); elsewhere these tests print why and pass.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{temp_dir, TempDir, WAIT};
+use crate::support::{self, free_port, http_get_blocking, temp_dir, TempDir, WAIT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vitrine");
 const THP: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
@@ -29,19 +28,6 @@ fn madvise_kernel(test: &str) -> bool {
     }
     eprintln!("{test}: skipped: {THP} says {enabled:?}, not [madvise]: the server does not re-exec");
     false
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
 }
 
 /// A `vitrine serve` child; killed on drop.
@@ -118,7 +104,7 @@ impl Served {
                 return Err(status);
             }
             if self.log().contains("vitrine serving")
-                && http_get(self.metrics, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+                && http_get_blocking(self.metrics, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
             {
                 return Ok(());
             }
@@ -178,25 +164,8 @@ impl Served {
 
     /// SIGTERM to the pid the test spawned; waits for a clean exit.
     fn terminate(mut self) {
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                start.elapsed() < WAIT,
-                "no exit {WAIT:?} after SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(status.success(), "exit after SIGTERM: {status}\n{}", self.log());
+        let log = self.log.clone();
+        support::terminate(&mut self.child, || fs::read_to_string(&log).unwrap_or_default());
     }
 }
 
@@ -222,7 +191,7 @@ fn reexec_keeps_pid_and_name_serves_and_stops_on_sigterm() {
         .output()
         .unwrap();
     assert_eq!(health.status.code(), Some(0), "{health:?}");
-    assert!(http_get(served.metrics, "/healthz").is_some_and(|r| r.starts_with("HTTP/1.1 200")));
+    assert!(http_get_blocking(served.metrics, "/healthz").is_some_and(|r| r.starts_with("HTTP/1.1 200")));
     served.terminate();
 }
 

@@ -61,6 +61,48 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
+/// A port free right now (another process may take it before a server
+/// binds it: callers that spawn `vitrine serve` retry then).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A bare HTTP/1.1 GET from a plain thread (status line, headers and
+/// body); `None` when nothing answers.
+pub fn http_get_blocking(addr: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// SIGTERM to a `vitrine serve` child, then waits (up to [`WAIT`]) for its
+/// exit, which must be clean; `log` reads its log for a failure's message.
+pub fn terminate(child: &mut std::process::Child, log: impl Fn() -> String) {
+    let sent = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < WAIT, "no exit {WAIT:?} after SIGTERM:\n{}", log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit after SIGTERM: {status}\n{}", log());
+}
+
 /// A server configuration for tests: the flag defaults on ephemeral ports
 /// over `dir`, without what makes a busy test machine flaky or slow: no
 /// queue-wait shedding, no shutdown grace, no periodic snapshots, a 100 ms
