@@ -25,8 +25,12 @@ use std::collections::HashMap;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use vitrine_core::exposure::Exposure;
 use vitrine_core::{
-    decide, Action, ClaimLedger, Context, DecideRequest, Decision, Event, LedgerClaim, MemoryLedger, RuleSet, ShopIndex,
+    decide, Action, ClaimLedger, Context, DecideRequest, Event, LedgerClaim, MemoryLedger, RuleSet, ShopIndex,
 };
+
+mod common;
+
+use common::owned_blocks;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -219,18 +223,6 @@ fn world() -> (ShopIndex, MemoryLedger) {
 
 fn jiff_zone() -> vitrine_core::time::Zone {
     RuleSet::load(RULES).expect("the rule file loads").zone.clone()
-}
-
-/// The heap blocks a decision owns: each allocation the call may make.
-fn owned_blocks(d: &Decision<'_>) -> u64 {
-    let block = |capacity: usize| u64::from(capacity > 0);
-    let mut n = block(d.items.capacity()) + block(d.held_out.capacity());
-    if let Some(e) = &d.explanation {
-        n += block(e.audiences.capacity()) + block(e.steps.capacity());
-        n += e.audiences.iter().map(|a| block(a.capacity())).sum::<u64>();
-        n += e.steps.iter().map(|s| block(s.entry.capacity())).sum::<u64>();
-    }
-    n
 }
 
 #[test]

@@ -13,7 +13,11 @@
 use std::alloc::System;
 
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
-use vitrine_core::{decide, Action, Context, DecideRequest, Decision, Event, MemoryLedger, RuleSet, ShopIndex};
+use vitrine_core::{decide, Action, Context, DecideRequest, Event, MemoryLedger, RuleSet, ShopIndex};
+
+mod common;
+
+use common::owned_blocks;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -58,17 +62,6 @@ fn shop(n: usize) -> ShopIndex {
         });
     }
     shop
-}
-
-fn owned_blocks(d: &Decision<'_>) -> u64 {
-    let block = |capacity: usize| u64::from(capacity > 0);
-    let mut n = block(d.items.capacity()) + block(d.held_out.capacity());
-    if let Some(e) = &d.explanation {
-        n += block(e.audiences.capacity()) + block(e.steps.capacity());
-        n += e.audiences.iter().map(|a| block(a.capacity())).sum::<u64>();
-        n += e.steps.iter().map(|s| block(s.entry.capacity())).sum::<u64>();
-    }
-    n
 }
 
 #[test]
