@@ -782,6 +782,15 @@ fn freshness(broker: &Broker, rate: u64, seconds: u64, linger_ms: u32, tuning: &
             .copied()
             .unwrap_or(f64::NAN)
     };
+    // One line's figures of sorted milliseconds.
+    let spread = |v: &[f64]| {
+        format!(
+            "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            pct(v, 0.5),
+            pct(v, 0.99),
+            pct(v, 1.0)
+        )
+    };
     let acked = std::mem::take(&mut *p.context().acked.lock().unwrap());
     let ack_ms = |i: u64| -> Option<f64> {
         Some(
@@ -804,31 +813,23 @@ fn freshness(broker: &Broker, rate: u64, seconds: u64, linger_ms: u32, tuning: &
     let mut seen: Vec<f64> = (0..probes).filter_map(witness_ms).collect();
     seen.sort_by(f64::total_cmp);
     println!(
-        "freshness at {:.0} events/s for {:.1}s: {} of {probes} probes seen; produce -> first Decide reflecting it: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "freshness at {:.0} events/s for {:.1}s: {} of {probes} probes seen; produce -> first Decide reflecting it: {}",
         total as f64 / sent_in.as_secs_f64(),
         sent_in.as_secs_f64(),
         latencies.len(),
-        pct(&decide, 0.5),
-        pct(&decide, 0.99),
-        pct(&decide, 1.0)
+        spread(&decide)
     );
     println!(
-        "  produce -> the broker's acknowledgement (acks=1, linger {linger_ms} ms): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        pct(&acks, 0.5),
-        pct(&acks, 0.99),
-        pct(&acks, 1.0)
+        "  produce -> the broker's acknowledgement (acks=1, linger {linger_ms} ms): {}",
+        spread(&acks)
     );
     println!(
-        "  acknowledged -> first Decide reflecting it (the broker's fetch and Vitrine): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        pct(&after_ack, 0.5),
-        pct(&after_ack, 0.99),
-        pct(&after_ack, 1.0)
+        "  acknowledged -> first Decide reflecting it (the broker's fetch and Vitrine): {}",
+        spread(&after_ack)
     );
     println!(
-        "  produce -> a plain consumer (the witness, same fetch settings): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        pct(&seen, 0.5),
-        pct(&seen, 0.99),
-        pct(&seen, 1.0)
+        "  produce -> a plain consumer (the witness, same fetch settings): {}",
+        spread(&seen)
     );
     // The slowest 1% of decisions: how late the witness saw the same probes.
     let slow = &latencies[latencies.len() - latencies.len().div_ceil(100).min(latencies.len())..];
