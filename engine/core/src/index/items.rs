@@ -140,14 +140,24 @@ impl Default for ItemView {
 impl ItemView {
     /// Writes `info` to the view; called under the item's shard lock.
     fn publish(&self, info: &ItemInfo) {
+        self.publish_values(info);
+        self.publish_buys(&info.buys);
+    }
+
+    /// Writes `info`'s category and price (see [`ItemView::publish`]).
+    fn publish_values(&self, info: &ItemInfo) {
         self.category.store(info.category(), Ordering::Relaxed);
         let price = info.price.map_or(NO_PRICE, |(_, p)| p.to_bits());
         self.price.store(price, Ordering::Relaxed);
-        for (word, (day, n)) in self.buys.iter().zip(info.buys) {
-            word.store(u64::from(day) << 32 | u64::from(n), Ordering::Relaxed);
+    }
+
+    /// Writes the purchases per day and the popularity word they give (see
+    /// [`ItemView::publish`]).
+    fn publish_buys(&self, buys: &[(u32, u32); POPULARITY_DAYS]) {
+        for (word, (day, n)) in self.buys.iter().zip(buys) {
+            word.store(u64::from(*day) << 32 | u64::from(*n), Ordering::Relaxed);
         }
-        self.popular
-            .store(Popular::of(info.buys.into_iter()), Ordering::Relaxed);
+        self.popular.store(Popular::of(buys.iter().copied()), Ordering::Relaxed);
     }
 
     /// The facts of item `id`, whose told times are `told`: the view holds
@@ -343,9 +353,15 @@ impl ItemTable {
             if let Some(told) = facts.get_mut(slot) {
                 let view = self.view_slot(id);
                 let mut info = view.facts(id, *told);
+                let buys = info.buys;
                 f(&mut info);
                 *told = Told::of(&info);
-                view.publish(&info);
+                view.publish_values(&info);
+                // Most updates tell a category or a price: the purchases
+                // and their popularity word are written only when they moved.
+                if info.buys != buys {
+                    view.publish_buys(&info.buys);
+                }
             }
         }
     }
