@@ -106,6 +106,7 @@ fn outcomes(fx: &Fixture, ledger: &MemoryLedger, specs: &[RequestSpec]) {
 // The server's own start-up step (`vitrine serve --huge-pages`), so that
 // the bench measures the heap the server runs on.
 #[path = "../../engine/server/src/huge_pages.rs"]
+#[allow(dead_code)] // the server's restore-time `hold`
 mod huge_pages;
 
 fn main() {

@@ -32,11 +32,22 @@
 //! whose choice wins), when the kernel gives huge pages to every allocation
 //! anyway (`always`) or to none (`never`, or no such file), and off glibc.
 //! The benches share this file (`#[path]`), so that they measure what the
-//! server runs. The price is restart time: the kernel compacts memory to
-//! find 2 MiB pages as a restore faults the index in (README, the fourth
-//! round); `--huge-pages off` skips all this.
+//! server runs.
+//!
+//! Restoring a snapshot faults the whole index in within a second, and for
+//! every 2 MiB of advised heap the kernel would first compact memory to find
+//! a free huge page (`defrag` = `madvise`: the faulting thread waits):
+//! restart to ready took 1.31 s instead of 0.96 s (README, the fourth
+//! round). So [`hold`] switches huge pages off for the process
+//! (`PR_SET_THP_DISABLE`) while the state is restored, and [`Held::release`]
+//! switches them back on once it is: the restored memory, still advised,
+//! is collapsed onto huge pages afterwards, in the background, by the
+//! kernel's `khugepaged` (at its own pace: minutes for a 1M-visitor index on
+//! its default settings), and memory allocated after the restore gets huge
+//! pages as it faults in. `--huge-pages off` skips all this.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The glibc tunable (glibc 2.35 and later; older ones ignore it).
 const TUNABLE: &str = "glibc.malloc.hugetlb";
@@ -111,6 +122,7 @@ pub fn reexec() -> HugePages {
     };
     let names = |name: &str| current.split(':').any(|t| t.split('=').next() == Some(name));
     if names(TUNABLE) {
+        ADVISED.store(advises(&current), Ordering::Relaxed);
         return HugePages::Tunable(current);
     }
     let enabled = std::fs::read_to_string(THP_ENABLED).unwrap_or_default();
@@ -136,6 +148,77 @@ pub fn reexec() -> HugePages {
         add(format!("{ARENAS}=1"));
     }
     HugePages::ExecFailed(exec_self(&tunables))
+}
+
+/// Whether `tunables` (a `GLIBC_TUNABLES` value) makes malloc advise
+/// transparent huge pages: `glibc.malloc.hugetlb=1`, the last one named
+/// winning as in glibc (`2` asks for hugetlbfs pages, which are reserved
+/// ahead and need no compaction).
+fn advises(tunables: &str) -> bool {
+    let value = tunables
+        .split(':')
+        .filter_map(|t| t.split_once('='))
+        .filter(|(name, _)| *name == TUNABLE)
+        .map(|(_, value)| value)
+        .last();
+    value == Some("1")
+}
+
+/// Set when this process runs with malloc advising transparent huge pages
+/// ([`reexec`] found the tunable): what [`hold`] holds back.
+static ADVISED: AtomicBool = AtomicBool::new(false);
+
+/// Huge pages held back while the state is restored (see the module doc);
+/// [`Held::release`] gives them back, and so does dropping it (a restore
+/// that failed), without the log line.
+#[derive(Debug)]
+#[must_use = "huge pages stay off for the process until it is released"]
+pub struct Held {
+    held: bool,
+}
+
+/// Switches transparent huge pages off for the process when it runs with
+/// malloc advising them, until [`Held::release`]; holds nothing otherwise
+/// (huge pages off or not asked for, or the kernel refused).
+pub fn hold() -> Held {
+    Held {
+        held: ADVISED.load(Ordering::Relaxed) && set_disabled(true).is_ok(),
+    }
+}
+
+impl Held {
+    /// Whether huge pages are held back.
+    pub fn is_held(&self) -> bool {
+        self.held
+    }
+
+    /// Switches huge pages back on, if they were held back.
+    pub fn release(mut self) -> std::io::Result<()> {
+        if std::mem::take(&mut self.held) {
+            set_disabled(false)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.held {
+            let _ = set_disabled(false);
+        }
+    }
+}
+
+/// `prctl(PR_SET_THP_DISABLE)`: the process's "no transparent huge pages"
+/// flag (shown as `THP_enabled` in `/proc/PID/status`).
+#[cfg(target_os = "linux")]
+fn set_disabled(disabled: bool) -> std::io::Result<()> {
+    rustix::thread::disable_transparent_huge_pages(disabled).map_err(std::io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_disabled(_: bool) -> std::io::Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
 /// The bracketed choice of the kernel's `enabled` file ("always [madvise]
@@ -201,5 +284,18 @@ mod tests {
         assert_eq!(kernel_mode("always madvise [never]\n"), "never");
         assert_eq!(kernel_mode(""), "never");
         assert_eq!(kernel_mode("always madvise never"), "never");
+    }
+
+    #[test]
+    fn advises_only_transparent_huge_pages() {
+        use super::advises;
+        assert!(advises("glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1"));
+        assert!(advises("glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"));
+        assert!(advises("glibc.malloc.hugetlb=0:glibc.malloc.hugetlb=1"));
+        assert!(!advises("glibc.malloc.hugetlb=1:glibc.malloc.hugetlb=0"));
+        assert!(!advises("glibc.malloc.hugetlb=2"));
+        assert!(!advises("glibc.malloc.hugetlb"));
+        assert!(!advises("glibc.malloc.arena_max=1"));
+        assert!(!advises(""));
     }
 }

@@ -136,6 +136,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     // installed (its clock calibrates for up to 200 ms) and the rules
     // directory is read: loading records no metric and needs no rules. The
     // task holds the data directory's lock for as long as it reads.
+    // Huge pages wait until the state is in memory (`huge_pages::hold`).
+    let pages = crate::huge_pages::hold();
+    if pages.is_held() {
+        tracing::info!("huge pages: held back while the state is restored");
+    }
     let loading = {
         let lock = data_lock.clone();
         tokio::task::spawn_blocking(move || {
@@ -173,6 +178,12 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     })
     .await
     .context("restoring state")??;
+    if pages.is_held() {
+        match pages.release() {
+            Ok(()) => tracing::info!("huge pages: on again; khugepaged moves the restored memory onto them"),
+            Err(e) => tracing::warn!(error = %e, "huge pages: could not switch them back on: 4 KiB pages"),
+        }
+    }
     let failpoints = Failpoints {
         events: restored.events.failpoints(),
         claims: restored.ledger.failpoints(),

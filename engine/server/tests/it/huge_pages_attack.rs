@@ -155,6 +155,17 @@ impl Served {
         out
     }
 
+    /// `THP_enabled` of `/proc/PID/status`: "0" while the process has
+    /// huge pages switched off (`PR_SET_THP_DISABLE`).
+    fn thp_enabled(&self) -> String {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no THP_enabled in the status: {status}"))
+    }
+
     fn comm(&self) -> String {
         fs::read_to_string(format!("/proc/{}/comm", self.child.id()))
             .unwrap()
@@ -182,9 +193,19 @@ fn reexec_keeps_pid_and_name_serves_and_stops_on_sigterm() {
     assert_eq!(served.comm(), "vitrine", "the process keeps its name");
     assert_eq!(served.tunables(), vec![ADDED.to_string()], "the tunables, once");
     let log = served.log();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains("huge pages")).collect();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("huge pages pages=")).collect();
     assert_eq!(lines.len(), 1, "one start logs, after the exec: {log}");
     assert!(lines[0].contains(&format!("GLIBC_TUNABLES={ADDED}")), "{log}");
+    // Held back while the state was restored, on again once it was.
+    let held = log.find("huge pages: held back while the state is restored");
+    let again = log.find("huge pages: on again");
+    assert!(held.is_some() && held < again, "held back, then on again: {log}");
+    assert_eq!(log.matches("huge pages: held back").count(), 1, "{log}");
+    assert_eq!(
+        served.thp_enabled(),
+        "1",
+        "the process's THP flag is cleared after the restore"
+    );
     assert_eq!(log.matches("vitrine serving").count(), 1, "{log}");
     let health = Command::new(BIN)
         .args(["health", "--addr", &served.grpc.to_string()])
@@ -226,10 +247,14 @@ fn an_operators_tunables_are_kept_or_merged() {
         assert_eq!(served.tunables(), vec![expected.to_string()], "given {given:?}");
         let log = served.log();
         assert_eq!(
-            log.lines().filter(|l| l.contains("huge pages")).count(),
+            log.lines().filter(|l| l.contains("huge pages pages=")).count(),
             1,
             "given {given:?}: {log}"
         );
+        // The restore holds huge pages back only where malloc advises them.
+        let advised = expected.split(':').any(|t| t == "glibc.malloc.hugetlb=1");
+        assert_eq!(log.contains("huge pages: held back"), advised, "given {given:?}: {log}");
+        assert_eq!(served.thp_enabled(), "1", "given {given:?}");
         served.terminate();
     }
 }
