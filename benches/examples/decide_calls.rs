@@ -1,6 +1,6 @@
 //! A fixed number of decisions over the bench shop, for instruction counts:
 //! `decide_calls KIND CALLS` with KIND one of `known`, `explain`, `active`,
-//! `anonymous` (`VITRINE_BENCH_VISITORS`, default 20,000 here, sets the
+//! `heavy` (the heaviest 1% of events' visitors), `anonymous` (`VITRINE_BENCH_VISITORS`, default 20,000 here, sets the
 //! shop's size). Under callgrind, count only the decisions:
 //!
 //! ```text
@@ -33,9 +33,10 @@ fn main() {
         "known" => (fx.dataset.requests(calls, 1, false), false),
         "explain" => (fx.dataset.requests(calls, 2, false), true),
         "active" => (fx.dataset.active_requests(calls, 3), false),
+        "heavy" => (fx.dataset.heavy_requests(calls, 5), false),
         "anonymous" => (fx.dataset.requests(calls, 4, true), false),
         other => {
-            eprintln!("unknown kind `{other}`: known, explain, active or anonymous");
+            eprintln!("unknown kind `{other}`: known, explain, active, heavy or anonymous");
             std::process::exit(2);
         }
     };

@@ -479,6 +479,33 @@ impl Dataset {
         specs
     }
 
+    /// Like [`Dataset::active_requests`], but only for the heaviest
+    /// visitors, those whose events are the 1% of all events with the most
+    /// events per visitor: the tail of the active visitor's latency, for
+    /// instruction counts of that tail alone.
+    pub fn heavy_requests(&self, n: usize, seed: u64) -> Vec<RequestSpec> {
+        let mut events = vec![0u32; self.visitor_count() as usize];
+        for r in &self.records {
+            events[r.visitor as usize] += 1;
+        }
+        let mut by_events: Vec<u32> = (0..self.visitor_count()).collect();
+        by_events.sort_unstable_by_key(|v| std::cmp::Reverse(events[*v as usize]));
+        let (mut heavy, mut covered) = (Vec::new(), 0usize);
+        for v in by_events {
+            if covered * 100 >= self.records.len() {
+                break;
+            }
+            covered += events[v as usize] as usize;
+            heavy.push(v);
+        }
+        let mut rng = SplitMix64::new(seed ^ 0x0ea7_7e11);
+        let mut specs = self.requests(n, seed, false);
+        for spec in &mut specs {
+            spec.visitor = rng.pick(&heavy).copied();
+        }
+        specs
+    }
+
     /// The decision request of a spec.
     #[inline]
     pub fn request(&self, spec: &RequestSpec, explain: bool) -> DecideRequest<'_> {

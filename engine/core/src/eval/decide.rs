@@ -1244,6 +1244,59 @@ benefits:
         assert_eq!(bought, None);
     }
 
+    /// A visitor's carts, favorites and purchases judge the same whether
+    /// they are few (searched one by one) or many (the signals' hash
+    /// table): every item's reason is the one its own events give, entries
+    /// past the affinity window count for nothing, and repeated entries of
+    /// an item merge.
+    #[test]
+    fn judge_reads_few_and_many_item_entries_alike() {
+        let actions = ["cart", "favorite", "purchase", "cart", "favorite"];
+        for entries in [1, 5, 16, 17, 40, 333] {
+            let shop = ShopIndex::new("s");
+            let items = entries / 2 + 1;
+            // (carted, favorited, bought) within 30 days, per item.
+            let mut flags = vec![(false, false, false); items];
+            for k in 0..entries {
+                let (item, action) = (k % items, actions[k * 7 % actions.len()]);
+                // Every third entry is 40 days old: outside the window.
+                let old = k % 3 == 2;
+                let ts = if old {
+                    NOW - 40 * DAY
+                } else {
+                    NOW - 20 * DAY + k as i64 * 1000
+                };
+                shop.apply(&event("v", action, Some(&format!("i{item}")), None, ts));
+                if !old {
+                    let f = &mut flags[item];
+                    match action {
+                        "cart" => f.0 = true,
+                        "favorite" => f.1 = true,
+                        _ => f.2 = true,
+                    }
+                }
+            }
+            let id = shop.visitor_id("v").unwrap();
+            shop.with_profile(id, |p| {
+                let s = Signals::of(Some(&shop), p, None, NOW);
+                for (item, (carted, favorited, bought)) in flags.iter().enumerate() {
+                    let expected = match (carted, favorited, bought) {
+                        (true, _, false) => ItemReason::InCart,
+                        (false, true, false) => ItemReason::Favorited,
+                        // Bought 20 days ago: not popular in the last 7 days.
+                        _ => ItemReason::Pool,
+                    };
+                    assert_eq!(
+                        s.judge(&format!("i{item}")),
+                        Some((expected, 0)),
+                        "{entries} entries, item {item}"
+                    );
+                }
+                assert_eq!(s.judge("never-seen"), Some((ItemReason::Pool, 0)));
+            });
+        }
+    }
+
     fn benefit(rules: &RuleSet, id: &str) -> Benefit {
         rules.benefit(id).unwrap().clone()
     }

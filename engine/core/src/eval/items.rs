@@ -76,8 +76,14 @@ pub struct Pick<'r> {
 pub(crate) struct Signals<'a> {
     shop: Option<&'a ShopIndex>,
     today: u32,
-    /// (item id, bit 0 carted, bit 1 favorited, bit 2 bought) within the affinity window.
+    /// (item id, bit 0 carted, bit 1 favorited, bit 2 bought) within the
+    /// affinity window: up to [`FEW_ITEMS`] entries sorted by item with
+    /// flags merged; more, in the profile's order (see [`Signals::flags`]).
     items: Vec<(u32, u8)>,
+    /// The same, an item once with its flags merged, in an open-addressing
+    /// table (`flags` 0: empty slot) of a power-of-two size at least twice
+    /// the entries, built only past [`FEW_ITEMS`] entries.
+    table: Vec<(u32, u8)>,
     /// (category id, views) within the affinity window.
     categories: Vec<(u32, u32)>,
     /// Item ids bought within `exclude_purchased`.
@@ -89,6 +95,7 @@ pub(crate) struct Signals<'a> {
 #[derive(Debug, Default)]
 pub(crate) struct SignalBuffers {
     items: Vec<(u32, u8)>,
+    table: Vec<(u32, u8)>,
     categories: Vec<(u32, u32)>,
     excluded: Vec<u32>,
 }
@@ -98,6 +105,7 @@ impl SignalBuffers {
     /// with a huge history does not leave a thread holding it.
     pub(crate) fn trim(&mut self, keep: usize) {
         self.items.shrink_to(keep);
+        self.table.shrink_to(keep);
         self.categories.shrink_to(keep);
         self.excluded.shrink_to(keep);
     }
@@ -105,6 +113,11 @@ impl SignalBuffers {
 
 /// Category ids below this are counted in an array on the stack.
 const FEW_CATEGORIES: usize = 64;
+
+/// Item entries up to this many are sorted for binary search; past it they
+/// go into [`Signals::table`] (a heavy visitor's hundreds: sorting them took
+/// a fifth of such a decision's instructions).
+const FEW_ITEMS: usize = 16;
 
 const CARTED: u8 = 1;
 const FAVORITED: u8 = 2;
@@ -134,16 +147,19 @@ impl<'a> Signals<'a> {
     ) -> Signals<'a> {
         let SignalBuffers {
             mut items,
+            mut table,
             mut categories,
             mut excluded,
         } = buffers;
         items.clear();
+        table.clear();
         categories.clear();
         excluded.clear();
         let mut s = Signals {
             shop,
             today: ShopIndex::today(now_ms),
             items,
+            table,
             categories,
             excluded,
         };
@@ -184,22 +200,45 @@ impl<'a> Signals<'a> {
                 .filter(|(_, n)| **n > 0)
                 .map(|(c, n)| (c as u32, *n)),
         );
-        // Sorted by item with flags merged, for binary search.
-        s.items.sort_unstable_by_key(|(i, _)| *i);
-        s.items.dedup_by(|(item, flag), (kept, kept_flag)| {
-            let same = item == kept;
-            if same {
-                *kept_flag |= *flag;
+        if s.items.len() <= FEW_ITEMS {
+            // Sorted by item with flags merged, for binary search.
+            s.items.sort_unstable_by_key(|(i, _)| *i);
+            s.items.dedup_by(|(item, flag), (kept, kept_flag)| {
+                let same = item == kept;
+                if same {
+                    *kept_flag |= *flag;
+                }
+                same
+            });
+        } else {
+            s.table.resize((2 * s.items.len()).next_power_of_two(), (0, 0));
+            for &(item, flag) in &s.items {
+                let at = slot(&s.table, item);
+                let (kept, kept_flag) = &mut s.table[at];
+                *kept = item;
+                *kept_flag |= flag;
             }
-            same
-        });
+        }
         s
+    }
+
+    /// The flags of `item` within the affinity window (0: none).
+    #[inline]
+    fn flags(&self, item: u32) -> u8 {
+        if self.table.is_empty() {
+            self.items
+                .binary_search_by_key(&item, |(i, _)| *i)
+                .map_or(0, |at| self.items[at].1)
+        } else {
+            self.table[slot(&self.table, item)].1
+        }
     }
 
     /// The buffers, for the next decision's [`Signals::reusing`].
     pub(super) fn into_buffers(self) -> SignalBuffers {
         SignalBuffers {
             items: self.items,
+            table: self.table,
             categories: self.categories,
             excluded: self.excluded,
         }
@@ -216,10 +255,7 @@ impl<'a> Signals<'a> {
         if self.excluded.contains(&item) {
             return None;
         }
-        let flags = self
-            .items
-            .binary_search_by_key(&item, |(i, _)| *i)
-            .map_or(0, |at| self.items[at].1);
+        let flags = self.flags(item);
         if flags & BOUGHT == 0 {
             if flags & CARTED != 0 {
                 return Some((ItemReason::InCart, 0));
@@ -240,6 +276,20 @@ impl<'a> Signals<'a> {
             n => (ItemReason::Popular, n),
         })
     }
+}
+
+/// Where `item` is in `table` (a power of two in size, at most half full,
+/// `flags` 0 marking empty slots), or the empty slot where it goes:
+/// Fibonacci hashing, then linear probing.
+#[inline]
+fn slot(table: &[(u32, u8)], item: u32) -> usize {
+    let mask = table.len() - 1;
+    let hash = u64::from(item).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut at = hash.checked_shr(64 - table.len().trailing_zeros()).unwrap_or(0) as usize & mask;
+    while table[at].1 != 0 && table[at].0 != item {
+        at = (at + 1) & mask;
+    }
+    at
 }
 
 #[cfg(test)]
