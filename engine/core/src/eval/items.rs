@@ -123,6 +123,16 @@ const CARTED: u8 = 1;
 const FAVORITED: u8 = 2;
 const BOUGHT: u8 = 4;
 
+/// The flag of each behavior (an entry's `action`, `Action::BEHAVIORS`
+/// order); views count toward their category instead.
+const ITEM_FLAG: [u8; 4] = {
+    let mut flags = [0; 4];
+    flags[Action::Cart as usize] = CARTED;
+    flags[Action::Favorite as usize] = FAVORITED;
+    flags[Action::Purchase as usize] = BOUGHT;
+    flags
+};
+
 impl<'a> Signals<'a> {
     /// The signals at clock reading `now_ms` (the shop's clock, `clock_of`).
     #[cfg(test)]
@@ -174,13 +184,8 @@ impl<'a> Signals<'a> {
         // place, any other in the list (each category once either way).
         let mut few = [0u32; FEW_CATEGORIES];
         let mut few_used = 0;
-        for e in p.entries_in(range) {
-            let flag = match Action::BEHAVIORS[e.action as usize] {
-                Action::Cart => CARTED,
-                Action::Favorite => FAVORITED,
-                Action::Purchase => BOUGHT,
-                _ => 0,
-            };
+        p.entries_in(range).for_each(|e| {
+            let flag = ITEM_FLAG[usize::from(e.action & 3)];
             if flag != 0 {
                 s.items.push((e.item, flag));
             } else if let Some(n) = few.get_mut(e.category as usize) {
@@ -192,7 +197,7 @@ impl<'a> Signals<'a> {
                     None => s.categories.push((e.category, 1)),
                 }
             }
-        }
+        });
         s.categories.extend(
             few[..few_used]
                 .iter()

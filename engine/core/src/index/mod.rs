@@ -789,6 +789,18 @@ impl Iterator for Entries<'_> {
         };
         (n, Some(n))
     }
+
+    /// Matches the width once for the whole loop, not once per entry (a
+    /// heavy visitor's 30-day scan unpacks hundreds): `for_each` and every
+    /// adapter that folds run on it.
+    #[inline]
+    fn fold<B, F: FnMut(B, Entry) -> B>(self, init: B, mut f: F) -> B {
+        match self {
+            Entries::Compact(it) => it.fold(init, |acc, w| f(acc, Entry::unpack(w))),
+            Entries::Narrow(it) => it.fold(init, |acc, w| f(acc, Entry::unpack(w))),
+            Entries::Wide(it) => it.fold(init, |acc, w| f(acc, Entry::unpack(w))),
+        }
+    }
 }
 
 impl DoubleEndedIterator for Entries<'_> {
