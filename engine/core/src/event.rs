@@ -9,6 +9,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+mod proto;
 mod scan;
 
 #[cfg(test)]
@@ -163,11 +164,14 @@ pub enum RejectReason {
     /// No rule set serves the event's shop: the server keeps no state for it
     /// (decided by the server, which knows the rule sets; never by [`Event::validate`]).
     UnknownShop,
+    /// Not a protobuf `Event`: the wire format is broken (truncated, an
+    /// overlong varint, a length past the end, a string not UTF-8, a group).
+    InvalidProto,
 }
 
 impl RejectReason {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::InvalidJson,
         RejectReason::MissingField,
         RejectReason::WrongType,
@@ -175,6 +179,7 @@ impl RejectReason {
         RejectReason::InvalidValue,
         RejectReason::TooLong,
         RejectReason::UnknownShop,
+        RejectReason::InvalidProto,
     ];
 
     /// The label value.
@@ -187,6 +192,7 @@ impl RejectReason {
             RejectReason::InvalidValue => "invalid_value",
             RejectReason::TooLong => "too_long",
             RejectReason::UnknownShop => "unknown_shop",
+            RejectReason::InvalidProto => "invalid_proto",
         }
     }
 }
@@ -334,6 +340,22 @@ impl<'a> Event<'a> {
             Some(fields) => Event::validate(fields),
             None => Event::from_json_serde(bytes),
         }
+    }
+
+    /// Decodes and validates one protobuf-encoded `vitrine.v1.Event`
+    /// (`event/proto.rs`): the fields as `Ingest/Track` reads them (an
+    /// empty string is absent), validated exactly as [`Event::from_json`]
+    /// validates, so the same event or the same error; plus
+    /// `invalid_proto` and `wrong_type` for a broken wire format.
+    pub fn from_proto(bytes: &'a [u8]) -> Result<Event<'a>, EventError> {
+        Event::validate(proto::fields(bytes)?)
+    }
+
+    /// The `shop` field of a protobuf event that failed validation, if it
+    /// has one: for a rejection's shop label, only ever compared with the
+    /// served shops.
+    pub fn proto_shop(bytes: &'a [u8]) -> Option<&'a str> {
+        proto::shop_of(bytes)
     }
 
     /// [`Event::from_json`] through serde_json alone: what the fast path
