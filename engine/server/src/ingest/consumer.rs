@@ -18,6 +18,7 @@ use super::apply::{self, Ack, Admission, Rejects, SubBatch};
 use super::context::ClientHooks;
 use super::dead_letter::DeadLetter;
 use super::dead_letter::Source;
+use super::encoding::{content_type, Encoding};
 use super::{Progress, RateLimited, BATCH};
 use crate::clock::now_ms;
 use crate::config::{KafkaConfig, KafkaStart, Stream};
@@ -521,12 +522,21 @@ impl State {
         }
         let state = &mut self.partitions[index];
         state.dispatched = state.dispatched.max(offset + 1);
+        // A behavior message's `content-type` header, read once
+        // (`encoding.rs`); decision records have one encoding of their own.
+        let behavior = self.rejects.stream == Stream::Behavior;
+        let header = if behavior {
+            content_type(message.headers())
+        } else {
+            Ok(None)
+        };
         let source = Source {
             topic: &self.topic,
             partition: p,
             offset,
             key: message.key(),
             payload: message.payload(),
+            content_type: header.as_ref().ok().copied().flatten(),
         };
         match message.payload() {
             None => {
@@ -543,10 +553,31 @@ impl State {
                 self.rejects.reject(source, Rejected::Oversized, &detail);
                 sub.push_rejected(p, offset);
             }
-            Some(payload) if self.decode_on_poll => {
-                apply::decode_into(sub, &mut self.admission, &self.rejects, &self.metrics, source, payload);
+            Some(payload) if !behavior => sub.push(p, offset, message.key(), payload),
+            Some(payload) => {
+                // The encoding the producer names; no header is JSON.
+                let encoding = match header.and_then(Encoding::from_content_type) {
+                    Ok(encoding) => encoding,
+                    Err(detail) => {
+                        self.rejects.reject(source, Rejected::UnknownContentType, &detail);
+                        sub.push_rejected(p, offset);
+                        return;
+                    }
+                };
+                if self.decode_on_poll {
+                    apply::decode_into(
+                        sub,
+                        &mut self.admission,
+                        &self.rejects,
+                        &self.metrics,
+                        source,
+                        payload,
+                        encoding,
+                    );
+                } else {
+                    sub.push_encoded(p, offset, message.key(), payload, source.content_type, encoding);
+                }
             }
-            Some(payload) => sub.push(p, offset, message.key(), payload),
         }
     }
 

@@ -49,6 +49,7 @@ mod apply;
 mod consumer;
 mod context;
 mod dead_letter;
+mod encoding;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,6 +61,7 @@ use rdkafka::error::KafkaError;
 use tokio::sync::watch;
 
 pub use dead_letter::{MESSAGE_HEADER, REASON_HEADER, SOURCE_HEADER};
+pub use encoding::{Encoding, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, PROTOBUF_CONTENT_TYPE};
 
 use crate::config::{KafkaConfig, KafkaStart};
 use crate::metrics::KafkaMetrics;
