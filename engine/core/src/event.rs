@@ -351,6 +351,19 @@ impl<'a> Event<'a> {
         Event::validate(proto::fields(bytes)?)
     }
 
+    /// The event as the protobuf `vitrine.v1.Event` `from_proto` reads:
+    /// the fields [`Event::to_json`] writes, in field-number order.
+    pub fn to_proto(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        self.write_proto(&mut out);
+        out
+    }
+
+    /// [`Event::to_proto`] appended to `out` (a producer's reused buffer).
+    pub fn write_proto(&self, out: &mut Vec<u8>) {
+        proto::encode(self, out);
+    }
+
     /// The `shop` field of a protobuf event that failed validation, if it
     /// has one: for a rejection's shop label, only ever compared with the
     /// served shops.

@@ -132,6 +132,55 @@ pub(super) fn fields(bytes: &[u8]) -> Result<Fields<'_>, EventError> {
     Ok(f)
 }
 
+/// Appends the protobuf encoding of `e` to `out`: fields in number order,
+/// the ones the action uses, as [`Event::to_json`](super::Event::to_json)
+/// writes them (`from_proto` reads it back to the same event).
+pub(super) fn encode(e: &super::Event<'_>, out: &mut Vec<u8>) {
+    use super::Action;
+    let string = |out: &mut Vec<u8>, number: u32, s: Option<&str>| {
+        if let Some(s) = s.filter(|s| !s.is_empty()) {
+            put_varint(out, u64::from(number << 3 | u32::from(LEN)));
+            put_varint(out, s.len() as u64);
+            out.extend_from_slice(s.as_bytes());
+        }
+    };
+    let int = |out: &mut Vec<u8>, number: u32, v: i64| {
+        put_varint(out, u64::from(number << 3 | u32::from(VARINT)));
+        put_varint(out, v as u64);
+    };
+    string(out, 1, Some(&e.shop));
+    string(out, 2, Some(&e.visitor));
+    string(out, 3, Some(e.action.as_str()));
+    string(out, 4, e.item.as_deref());
+    string(out, 5, e.category.as_deref());
+    let price = match e.action {
+        Action::Purchase => true,
+        Action::View | Action::Cart | Action::Favorite => e.price.to_bits() != 0,
+        Action::Tag | Action::Untag | Action::Member => false,
+    };
+    if price {
+        put_varint(out, u64::from(6 << 3 | u32::from(FIXED64)));
+        out.extend_from_slice(&e.price.to_le_bytes());
+    }
+    if e.action == Action::Purchase {
+        int(out, 7, i64::from(e.quantity));
+    }
+    string(out, 8, e.tag.as_deref());
+    if e.action == Action::Member {
+        int(out, 9, i64::from(e.tier));
+    }
+    int(out, 10, e.ts);
+    string(out, 11, e.id.as_deref());
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
 /// The `shop` of a protobuf event, if the bytes are one and name it: for
 /// the rejection metrics' shop label, only ever compared with the served
 /// shops.
@@ -266,7 +315,7 @@ mod tests {
     use prost::Message;
     use vitrine_proto::v1 as pb;
 
-    use super::super::{Event, MAX_ID_BYTES, MAX_TS};
+    use super::super::{Action, Event, MAX_ID_BYTES, MAX_TS};
     use super::*;
 
     /// Track's mapping of a decoded message (`api/grpc.rs`): what
@@ -733,6 +782,65 @@ mod tests {
             reject(&e.encode_to_vec()),
             (RejectReason::MissingField, "missing field `item`".into())
         );
+    }
+
+    /// `to_proto` writes what `from_proto` reads back to the same event,
+    /// and what prost reads as its JSON twin's fields, for every action.
+    #[test]
+    fn to_proto_round_trips_through_from_proto_and_prost() {
+        let tricky = "q\"uote\\back\nline\u{1F600}";
+        let events = [
+            Event {
+                item: Some("sku-1".into()),
+                category: Some(tricky.into()),
+                ..Event::new("s", "v", Action::View, 1_700_000_000_000)
+            },
+            Event {
+                item: Some("sku-1".into()),
+                price: 19.9,
+                ..Event::new("s", "v", Action::Cart, 0)
+            },
+            Event {
+                item: Some("sku-2".into()),
+                price: 129.5,
+                quantity: 3,
+                id: Some("order-9".into()),
+                ..Event::new(tricky, tricky, Action::Purchase, MAX_TS)
+            },
+            Event {
+                item: Some("sku-2".into()),
+                price: 0.0,
+                quantity: u32::MAX,
+                ..Event::new("s", "v", Action::Purchase, 2)
+            },
+            Event {
+                tag: Some("price_sensitive".into()),
+                ..Event::new("s", "v", Action::Tag, 3)
+            },
+            Event {
+                tag: Some(tricky.into()),
+                ..Event::new("s", "v", Action::Untag, 3)
+            },
+            Event {
+                tier: 0,
+                ..Event::new("s", "v", Action::Member, 4)
+            },
+            Event {
+                tier: u32::MAX,
+                ..Event::new("s", "v", Action::Member, 4)
+            },
+        ];
+        for event in events {
+            let bytes = event.to_proto();
+            assert_eq!(Event::from_proto(&bytes), Ok(event.clone()), "{bytes:?}");
+            let message = pb::Event::decode(&bytes[..]).unwrap();
+            let json = event.to_json();
+            assert_eq!(
+                Event::validate(track_fields(message)),
+                Event::from_json(json.as_bytes()),
+                "{json}"
+            );
+        }
     }
 
     /// A field twice on the wire: the last one counts, an unknown field
