@@ -81,6 +81,11 @@ pub enum KafkaCommand {
         /// A librdkafka property, KEY=VALUE (repeatable), as `serve --kafka-option`.
         #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
         kafka_options: Vec<String>,
+        /// How each event is sent: `json` as read, or `proto` (a protobuf
+        /// `vitrine.v1.Event` with header `content-type:
+        /// application/x-protobuf`; every line must then be a valid event).
+        #[arg(long, value_enum, default_value_t = crate::ingest::Encoding::Json)]
+        encoding: crate::ingest::Encoding,
         /// JSON lines; standard input when absent.
         #[arg(value_name = "FILE")]
         file: Option<PathBuf>,

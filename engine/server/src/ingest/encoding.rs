@@ -30,12 +30,13 @@ pub const PROTOBUF_CONTENT_TYPE: &str = "application/x-protobuf";
 const MAX_QUOTED: usize = 64;
 
 /// How a behavior message's payload is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Encoding {
     /// One JSON object (`Event::from_json`).
     #[default]
     Json,
     /// One protobuf `vitrine.v1.Event` (`Event::from_proto`).
+    #[value(name = "proto", alias = "protobuf")]
     Protobuf,
 }
 

@@ -307,3 +307,65 @@ fn json_and_protobuf_events_mix_in_one_partition_and_bad_ones_are_rejected_preci
         );
     }
 }
+
+/// `vitrine kafka produce --encoding proto` sends each JSON line as its
+/// protobuf twin, keyed by visitor, with the header the consumer reads; a
+/// line that is not a valid event cannot be encoded and stops it (exit 2).
+#[test]
+fn kafka_produce_sends_protobuf_events_with_their_content_type() {
+    use vitrine::commands::produce;
+    use vitrine::ingest::Encoding;
+
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = temp_dir("proto-produce");
+    let lines = [
+        json(r#""visitor":"v-1","action":"view","item":"sku-1","category":"tops""#),
+        json(r#""visitor":"v-2","action":"purchase","item":"sku-2","price":19.5,"quantity":3,"id":"o-1""#),
+        json(r#""visitor":"v-2","action":"member","tier":0"#),
+    ];
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n\n").unwrap();
+    let mut out = Vec::new();
+    let code = produce::run(&brokers, TOPIC, &[], Encoding::Protobuf, Some(&file), &mut out);
+    assert_eq!(code, std::process::ExitCode::SUCCESS);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        format!("produced 3 messages to {TOPIC}\n")
+    );
+
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "produce-reader")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(TOPIC, 0, Offset::Beginning).unwrap();
+    reader.assign(&tpl).unwrap();
+    let mut got = Vec::new();
+    let start = Instant::now();
+    while got.len() < lines.len() && start.elapsed() < WAIT {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
+            let content_type = m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == CONTENT_TYPE_HEADER)?
+                    .value
+                    .map(<[u8]>::to_vec)
+            });
+            assert_eq!(content_type.as_deref(), Some(PROTOBUF_CONTENT_TYPE.as_bytes()));
+            let event = Event::from_proto(m.payload().unwrap()).unwrap();
+            assert_eq!(m.key(), Some(event.visitor.as_bytes()));
+            got.push(event.to_json());
+        }
+    }
+    let want: Vec<String> = lines
+        .iter()
+        .map(|l| Event::from_json(l.as_bytes()).unwrap().to_json())
+        .collect();
+    assert_eq!(got, want);
+
+    std::fs::write(&file, format!("{}\nnot json\n", lines[0])).unwrap();
+    let code = produce::run(&brokers, TOPIC, &[], Encoding::Protobuf, Some(&file), &mut Vec::new());
+    assert_eq!(code, std::process::ExitCode::from(2));
+}
