@@ -1,8 +1,12 @@
 //! Behavior events (`docs/events.md`): decoding and validation.
 //!
-//! One JSON object per event. Decoding borrows from the input where it can,
-//! so the Kafka consumer can decode without copying strings. Unknown fields
-//! are ignored, so producers may add fields without breaking ingest.
+//! One JSON object per event ([`Event::from_json`]), or one protobuf
+//! `vitrine.v1.Event` ([`Event::from_proto`], `event/proto.rs`); both fill
+//! the same [`Fields`] and [`Event::validate`] decides, so the two
+//! encodings accept and reject alike. Decoding borrows from the input where
+//! it can, so the Kafka consumer can decode without copying strings.
+//! Unknown fields are ignored, so producers may add fields without breaking
+//! ingest.
 
 use std::borrow::Cow;
 use std::fmt;

@@ -9,8 +9,8 @@
 //!
 //! Who decodes depends on the apply threads (issue 17). With one (two cores
 //! or fewer), the poll thread decodes and admits each behavior event
-//! ([`decode_into`]: `Event::from_json` borrowing from librdkafka's
-//! payload, the shop checks, rejections counted, logged and dead-lettered
+//! ([`decode_into`]: `Event::from_json` or `Event::from_proto`, as the
+//! message's `content-type` says, borrowing from librdkafka's payload, the shop checks, rejections counted, logged and dead-lettered
 //! there) and copies only the decoded event's strings into the sub-batch;
 //! the apply thread rebuilds the borrowed [`Event`] and applies it. That
 //! splits the per-event work between the two threads, where the apply thread

@@ -35,7 +35,12 @@
 //!   watermark; it is caught up once it has applied up to those (or reached
 //!   the end of a partition), and only then do `/readyz` and gRPC health
 //!   report SERVING.
-//! * **Bad messages** (not JSON, invalid events, oversized, tombstones) are
+//! * **Encodings.** Each behavior message's `content-type` header says how
+//!   its payload is encoded: none or `application/json` is JSON,
+//!   `application/x-protobuf` a protobuf `vitrine.v1.Event`; both are
+//!   validated by the same code (`encoding.rs`, `docs/events.md`).
+//! * **Bad messages** (not JSON or protobuf, invalid events, oversized,
+//!   tombstones, an unknown `content-type`) are
 //!   counted by reason, logged at a bounded rate with topic, partition and
 //!   offset, forwarded to the dead-letter topic when one is set, and their
 //!   offsets are stored like any other: one bad message never stalls a
