@@ -66,7 +66,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use vitrine::clock::now_ms;
 use vitrine::commands::produce::Deliveries;
 use vitrine::config::KafkaConfig;
-use vitrine::ingest::{Encoding, Ingest, BATCH, CONTENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE};
+use vitrine::ingest::{Encoding, Ingest, MessageEncoding, BATCH, CONTENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE};
 use vitrine::metrics::Metrics;
 use vitrine::rules_store::{Origin, RuleStore};
 use vitrine::state::Engine;
@@ -89,6 +89,11 @@ struct Args {
     /// beside the consumers'.
     #[arg(long, global = true)]
     broker_pid: Option<u32>,
+    /// Vitrine's consumer learns each message's encoding from its
+    /// `content-type` header (`--kafka-encoding header`) instead of from
+    /// the topic (`json` or `proto`, as produced).
+    #[arg(long, global = true)]
+    by_header: bool,
     #[command(subcommand)]
     what: What,
 }
@@ -100,6 +105,8 @@ struct Tuning {
     options: Vec<(String, String)>,
     /// Not Vitrine's: the broker process to report the CPU of.
     broker_pid: Option<u32>,
+    /// `--kafka-encoding header` rather than the topic's encoding.
+    by_header: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -346,6 +353,19 @@ fn config(brokers: &str, topic: &str, group: &str, tuning: &Tuning) -> KafkaConf
     }
 }
 
+/// [`config`] for a topic of `encoding`: the consumer told the topic's
+/// encoding, or to read each message's header (`--by-header`).
+fn config_for(brokers: &str, topic: &str, group: &str, tuning: &Tuning, encoding: Encoding) -> KafkaConfig {
+    KafkaConfig {
+        encoding: match (tuning.by_header, encoding) {
+            (true, _) => MessageEncoding::Header,
+            (false, Encoding::Json) => MessageEncoding::Json,
+            (false, Encoding::Protobuf) => MessageEncoding::Protobuf,
+        },
+        ..config(brokers, topic, group, tuning)
+    }
+}
+
 /// Reads `n` messages and does nothing with them: Vitrine's consumer
 /// settings (its fetch wait and fetch queue backoff) and poll loop, without
 /// decoding, applying or storing offsets.
@@ -398,13 +418,21 @@ fn noop_consume(broker: &Broker, topic: &str, n: usize) -> (Duration, Cpu) {
     (took, Cpu::since(&cpu))
 }
 
-fn vitrine_consume(broker: &Broker, topic: &str, n: usize, round: usize, tuning: &Tuning) -> (Duration, Cpu) {
+fn vitrine_consume(
+    broker: &Broker,
+    topic: &str,
+    n: usize,
+    round: usize,
+    tuning: &Tuning,
+    encoding: Encoding,
+) -> (Duration, Cpu) {
     // The shop must be served: events of shops without rules are rejected.
     let engine = engine(&format!("throughput-{round}"), Some(vitrine_benches::RULES_20));
     let cpu = thread_cpu();
     let start = Instant::now();
     let group = format!("bench-{}-{round}", now_ms());
-    let ingest = Ingest::start(engine, &config(&broker.brokers, topic, &group, tuning)).unwrap();
+    let config = config_for(&broker.brokers, topic, &group, tuning, encoding);
+    let ingest = Ingest::start(engine, &config).unwrap();
     while (ingest.progress().messages as usize) < n {
         std::thread::sleep(Duration::from_millis(1));
         assert!(
@@ -613,7 +641,7 @@ fn throughput(broker: &Broker, events: usize, rounds: usize, encodings: Encoding
                 (cpu_pressure() - w) * 100.0 / d.as_secs_f64()
             );
             let (b, w) = (process_cpu(tuning.broker_pid), cpu_pressure());
-            let (d, cpu) = vitrine_consume(broker, topic, events, round, tuning);
+            let (d, cpu) = vitrine_consume(broker, topic, events, round, tuning, *encoding);
             f.vitrine.push(events as f64 / d.as_secs_f64());
             f.busiest.push(cpu.apply.max(cpu.poll) * 1e6 / events as f64);
             f.total
@@ -980,6 +1008,7 @@ fn main() {
     let tuning = Tuning {
         apply_threads: args.apply_threads,
         broker_pid: args.broker_pid,
+        by_header: args.by_header,
         options: args
             .kafka_options
             .iter()

@@ -15,7 +15,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use vitrine::config::KafkaConfig;
-use vitrine::ingest::{Ingest, CONTENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE, REASON_HEADER};
+use vitrine::ingest::{Ingest, MessageEncoding, CONTENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE, REASON_HEADER};
 use vitrine::metrics::Metrics;
 use vitrine::rules_store::{Origin, RuleStore};
 use vitrine::state::Engine;
@@ -246,8 +246,8 @@ fn dead_letters(brokers: &str, count: usize) -> Vec<(String, Option<String>)> {
     got
 }
 
-/// JSON and protobuf events in one partition, each read as its header
-/// says, whichever thread decodes (one apply thread: the poll thread
+/// With `--kafka-encoding header`, JSON and protobuf events in one
+/// partition, each read as its header says, whichever thread decodes (one apply thread: the poll thread
 /// decodes; two: the apply threads do): the valid ones build exactly the
 /// index their JSON twins build; a broken protobuf event, a protobuf event
 /// failing validation, a payload under the wrong header and an unknown
@@ -274,6 +274,7 @@ fn json_and_protobuf_events_mix_in_one_partition_and_bad_ones_are_rejected_preci
             group: "proto".into(),
             apply_threads,
             dead_letter_topic: Some(DEAD.to_string()),
+            encoding: MessageEncoding::Header,
             ..KafkaConfig::new(&brokers)
         };
         let ingest = metrics::with_local_recorder(&h.recorder, || Ingest::start(h.engine.clone(), &config)).unwrap();
@@ -305,6 +306,67 @@ fn json_and_protobuf_events_mix_in_one_partition_and_bad_ones_are_rejected_preci
             got, want,
             "dead letters (reason, content-type), apply_threads {apply_threads}"
         );
+    }
+}
+
+/// `--kafka-encoding json` (the default) and `proto` read no header: every
+/// message is what the operator said, whatever its `content-type`, so a
+/// mislabelled or mixed topic is rejected message by message, never
+/// guessed; decoded on the poll thread and on the apply threads alike.
+#[test]
+fn the_topic_wide_encodings_read_no_header() {
+    let view = r#""visitor":"v-1","action":"view","item":"sku-1""#;
+    let proto_view = || {
+        proto(pb::Event {
+            visitor: "v-1".into(),
+            action: "view".into(),
+            item: "sku-1".into(),
+            ..pb::Event::default()
+        })
+    };
+    let messages = [
+        (proto_view(), Some(PROTOBUF_CONTENT_TYPE)),
+        (proto_view(), None),
+        (json(view).into_bytes(), Some("application/json")),
+        (json(view).into_bytes(), Some("text/plain")),
+        (json(view).into_bytes(), None),
+    ];
+    for (mode, applied, reason) in [
+        (MessageEncoding::Json, 3, "invalid_json"),
+        (MessageEncoding::Protobuf, 2, "invalid_proto"),
+    ] {
+        for apply_threads in [1, 2] {
+            let cluster = MockCluster::new(1).unwrap();
+            cluster.create_topic(TOPIC, 1, 1).unwrap();
+            let brokers = cluster.bootstrap_servers();
+            let msgs: Vec<Msg> = messages
+                .iter()
+                .map(|(payload, content_type)| Msg {
+                    payload: payload.clone(),
+                    content_type: *content_type,
+                    applied_as: None,
+                    rejected: None,
+                })
+                .collect();
+            produce(&brokers, &msgs);
+            let h = Harness::new("proto-modes");
+            let config = KafkaConfig {
+                group: "modes".into(),
+                apply_threads,
+                encoding: mode,
+                ..KafkaConfig::new(&brokers)
+            };
+            let ingest =
+                metrics::with_local_recorder(&h.recorder, || Ingest::start(h.engine.clone(), &config)).unwrap();
+            let rx = ingest.caught_up();
+            wait_until("the consumer to catch up", || *rx.borrow());
+            let p = ingest.progress();
+            let what = format!("{mode:?}, apply_threads {apply_threads}");
+            assert_eq!((p.messages, p.applied, p.rejected), (5, applied, 5 - applied), "{what}");
+            assert_eq!(h.rejected(reason), (5 - applied) as f64, "{what}");
+            assert_eq!(h.rejected("unknown_content_type"), 0.0, "{what}");
+            assert!(ingest.stop(WAIT));
+        }
     }
 }
 
