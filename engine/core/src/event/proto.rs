@@ -278,6 +278,18 @@ impl<'a> Reader<'a> {
     /// holding only the 64th bit.
     #[inline]
     fn varint(&mut self) -> Result<u64, EventError> {
+        // Tags and string lengths: one byte.
+        if let Some(&b) = self.bytes.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.long_varint()
+    }
+
+    #[inline(never)]
+    fn long_varint(&mut self) -> Result<u64, EventError> {
         let at = self.pos;
         let mut value = 0u64;
         for i in 0..MAX_VARINT_BYTES {
