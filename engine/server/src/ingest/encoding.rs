@@ -12,11 +12,11 @@
 //!
 //! Why the topic-wide modes exist: librdkafka parses a consumed message's
 //! headers only when asked, and asking costs an allocation even for a
-//! message without any (measured with callgrind on the poll thread: ~1,070
-//! instructions for a message with no headers, ~1,690 with one, against
-//! ~1,500 that a protobuf event saves over JSON in decoding), so reading
-//! headers costs more than the binary encoding saves. `json` and `proto`
-//! never read them.
+//! message without any (measured with callgrind on the poll thread: ~1,110
+//! instructions for a message with no headers, ~2,080 with one, against
+//! ~1,750 that a protobuf event saves over JSON in decoding), so reading
+//! headers costs about what the binary encoding saves. `json` and `proto`
+//! never read them (`docs/events.md`, "Binary events").
 
 use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
