@@ -10,7 +10,9 @@
 //!   Reports events/s of both and their ratio. `--encoding proto` produces
 //!   protobuf `vitrine.v1.Event`s (header `content-type:
 //!   application/x-protobuf`) instead; `--encoding both` one topic of each,
-//!   rounds alternating between them.
+//!   rounds alternating between them. Vitrine's consumer is told each
+//!   topic's encoding (`--kafka-encoding json` or `proto`), or with
+//!   `--by-header` reads each message's header (`--kafka-encoding header`).
 //! * `freshness`: Vitrine's ingest on a fresh topic while a producer
 //!   (`linger.ms` 5, `--linger-ms`; acks 1) sends `--rate` events/s for `--seconds`; one
 //!   event in 50 tags a new visitor, and a prober runs the Decide RPC's
