@@ -1,14 +1,19 @@
 //! Behavior events (`docs/events.md`): decoding and validation.
 //!
-//! One JSON object per event. Decoding borrows from the input where it can,
-//! so the Kafka consumer can decode without copying strings. Unknown fields
-//! are ignored, so producers may add fields without breaking ingest.
+//! One JSON object per event ([`Event::from_json`]), or one protobuf
+//! `vitrine.v1.Event` ([`Event::from_proto`], `event/proto.rs`); both fill
+//! the same [`Fields`] and [`Event::validate`] decides, so the two
+//! encodings accept and reject alike. Decoding borrows from the input where
+//! it can, so the Kafka consumer can decode without copying strings.
+//! Unknown fields are ignored, so producers may add fields without breaking
+//! ingest.
 
 use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
 
+mod proto;
 mod scan;
 
 #[cfg(test)]
@@ -163,11 +168,14 @@ pub enum RejectReason {
     /// No rule set serves the event's shop: the server keeps no state for it
     /// (decided by the server, which knows the rule sets; never by [`Event::validate`]).
     UnknownShop,
+    /// Not a protobuf `Event`: the wire format is broken (truncated, an
+    /// overlong varint, a length past the end, a string not UTF-8, a group).
+    InvalidProto,
 }
 
 impl RejectReason {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::InvalidJson,
         RejectReason::MissingField,
         RejectReason::WrongType,
@@ -175,6 +183,7 @@ impl RejectReason {
         RejectReason::InvalidValue,
         RejectReason::TooLong,
         RejectReason::UnknownShop,
+        RejectReason::InvalidProto,
     ];
 
     /// The label value.
@@ -187,6 +196,7 @@ impl RejectReason {
             RejectReason::InvalidValue => "invalid_value",
             RejectReason::TooLong => "too_long",
             RejectReason::UnknownShop => "unknown_shop",
+            RejectReason::InvalidProto => "invalid_proto",
         }
     }
 }
@@ -334,6 +344,35 @@ impl<'a> Event<'a> {
             Some(fields) => Event::validate(fields),
             None => Event::from_json_serde(bytes),
         }
+    }
+
+    /// Decodes and validates one protobuf-encoded `vitrine.v1.Event`
+    /// (`event/proto.rs`): the fields as `Ingest/Track` reads them (an
+    /// empty string is absent), validated exactly as [`Event::from_json`]
+    /// validates, so the same event or the same error; plus
+    /// `invalid_proto` and `wrong_type` for a broken wire format.
+    pub fn from_proto(bytes: &'a [u8]) -> Result<Event<'a>, EventError> {
+        Event::validate(proto::fields(bytes)?)
+    }
+
+    /// The event as the protobuf `vitrine.v1.Event` `from_proto` reads:
+    /// the fields [`Event::to_json`] writes, in field-number order.
+    pub fn to_proto(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        self.write_proto(&mut out);
+        out
+    }
+
+    /// [`Event::to_proto`] appended to `out` (a producer's reused buffer).
+    pub fn write_proto(&self, out: &mut Vec<u8>) {
+        proto::encode(self, out);
+    }
+
+    /// The `shop` field of a protobuf event that failed validation, if it
+    /// has one: for a rejection's shop label, only ever compared with the
+    /// served shops.
+    pub fn proto_shop(bytes: &'a [u8]) -> Option<&'a str> {
+        proto::shop_of(bytes)
     }
 
     /// [`Event::from_json`] through serde_json alone: what the fast path

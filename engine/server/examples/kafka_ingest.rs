@@ -7,7 +7,12 @@
 //!   does nothing (the same librdkafka settings and batch poll loop, payloads
 //!   only touched) and Vitrine's ingest (copy to its apply thread, decode,
 //!   validate, apply, store offsets) until each has read every event.
-//!   Reports events/s of both and their ratio.
+//!   Reports events/s of both and their ratio. `--encoding proto` produces
+//!   protobuf `vitrine.v1.Event`s (header `content-type:
+//!   application/x-protobuf`) instead; `--encoding both` one topic of each,
+//!   rounds alternating between them. Vitrine's consumer is told each
+//!   topic's encoding (`--kafka-encoding json` or `proto`), or with
+//!   `--by-header` reads each message's header (`--kafka-encoding header`).
 //! * `freshness`: Vitrine's ingest on a fresh topic while a producer
 //!   (`linger.ms` 5, `--linger-ms`; acks 1) sends `--rate` events/s for `--seconds`; one
 //!   event in 50 tags a new visitor, and a prober runs the Decide RPC's
@@ -25,7 +30,9 @@
 //! load does not change the way it changes the wall clock, and with
 //! `--broker-pid PID` the broker's CPU.
 //! * `apply`: decode and apply alone, from payloads in memory, on one thread:
-//!   the ceiling of one apply thread.
+//!   the ceiling of one apply thread; then decode alone of the same events
+//!   as JSON and as protobuf (`decode_all_json`, `decode_all_proto`: for
+//!   `valgrind --tool=callgrind --toggle-collect=...` instruction counts).
 //!
 //! Without `--brokers` both run against librdkafka's in-process mock
 //! cluster (which then shares the CPU with the measured code); with
@@ -53,6 +60,7 @@ use clap::{Parser, Subcommand};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
@@ -60,7 +68,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use vitrine::clock::now_ms;
 use vitrine::commands::produce::Deliveries;
 use vitrine::config::KafkaConfig;
-use vitrine::ingest::{Ingest, BATCH};
+use vitrine::ingest::{Encoding, Ingest, MessageEncoding, BATCH, CONTENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE};
 use vitrine::metrics::Metrics;
 use vitrine::rules_store::{Origin, RuleStore};
 use vitrine::state::Engine;
@@ -83,6 +91,11 @@ struct Args {
     /// beside the consumers'.
     #[arg(long, global = true)]
     broker_pid: Option<u32>,
+    /// Vitrine's consumer learns each message's encoding from its
+    /// `content-type` header (`--kafka-encoding header`) instead of from
+    /// the topic (`json` or `proto`, as produced).
+    #[arg(long, global = true)]
+    by_header: bool,
     #[command(subcommand)]
     what: What,
 }
@@ -94,6 +107,8 @@ struct Tuning {
     options: Vec<(String, String)>,
     /// Not Vitrine's: the broker process to report the CPU of.
     broker_pid: Option<u32>,
+    /// `--kafka-encoding header` rather than the topic's encoding.
+    by_header: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,8 +119,15 @@ enum What {
         events: usize,
         #[arg(long, default_value_t = 2)]
         rounds: usize,
+        /// How the events are produced: `json`, `proto` (protobuf
+        /// `vitrine.v1.Event`s, header `content-type:
+        /// application/x-protobuf`), or `both`: one topic of each, rounds
+        /// alternating between them (an A/B in one run).
+        #[arg(long, value_enum, default_value_t = Encodings::Json)]
+        encoding: Encodings,
     },
-    /// Decode and apply alone, from payloads in memory (no Kafka): the ceiling.
+    /// Decode and apply alone, from payloads in memory (no Kafka): the
+    /// ceiling; then decode alone, JSON and protobuf, of the same events.
     Apply {
         #[arg(long, default_value_t = 2_000_000)]
         events: usize,
@@ -121,6 +143,32 @@ enum What {
         #[arg(long, default_value_t = 5)]
         linger_ms: u32,
     },
+}
+
+/// The encodings `throughput` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Encodings {
+    Json,
+    Proto,
+    Both,
+}
+
+impl Encodings {
+    fn list(self) -> &'static [Encoding] {
+        match self {
+            Encodings::Json => &[Encoding::Json],
+            Encodings::Proto => &[Encoding::Protobuf],
+            Encodings::Both => &[Encoding::Json, Encoding::Protobuf],
+        }
+    }
+}
+
+/// The short name of an encoding in reports.
+fn name(encoding: Encoding) -> &'static str {
+    match encoding {
+        Encoding::Json => "json",
+        Encoding::Protobuf => "proto",
+    }
 }
 
 /// Partitions of the measured topics on a real broker.
@@ -200,8 +248,18 @@ fn flush(p: &BaseProducer<Deliveries>, sent: u64) {
     assert_eq!(failed, 0, "{failed} of {sent} messages not delivered");
 }
 
-fn send(p: &BaseProducer<Deliveries>, topic: &str, key: &str, payload: &[u8]) {
-    send_record(p, BaseRecord::to(topic).key(key).payload(payload));
+fn send(p: &BaseProducer<Deliveries>, topic: &str, key: &str, payload: &[u8], encoding: Encoding) {
+    let record = BaseRecord::to(topic).key(key).payload(payload);
+    match encoding {
+        Encoding::Json => send_record(p, record),
+        Encoding::Protobuf => send_record(
+            p,
+            record.headers(OwnedHeaders::new_with_capacity(1).insert(Header {
+                key: CONTENT_TYPE_HEADER,
+                value: Some(PROTOBUF_CONTENT_TYPE),
+            })),
+        ),
+    }
 }
 
 /// Sends, waiting while the local queue is full.
@@ -297,6 +355,19 @@ fn config(brokers: &str, topic: &str, group: &str, tuning: &Tuning) -> KafkaConf
     }
 }
 
+/// [`config`] for a topic of `encoding`: the consumer told the topic's
+/// encoding, or to read each message's header (`--by-header`).
+fn config_for(brokers: &str, topic: &str, group: &str, tuning: &Tuning, encoding: Encoding) -> KafkaConfig {
+    KafkaConfig {
+        encoding: match (tuning.by_header, encoding) {
+            (true, _) => MessageEncoding::Header,
+            (false, Encoding::Json) => MessageEncoding::Json,
+            (false, Encoding::Protobuf) => MessageEncoding::Protobuf,
+        },
+        ..config(brokers, topic, group, tuning)
+    }
+}
+
 /// Reads `n` messages and does nothing with them: Vitrine's consumer
 /// settings (its fetch wait and fetch queue backoff) and poll loop, without
 /// decoding, applying or storing offsets.
@@ -349,13 +420,21 @@ fn noop_consume(broker: &Broker, topic: &str, n: usize) -> (Duration, Cpu) {
     (took, Cpu::since(&cpu))
 }
 
-fn vitrine_consume(broker: &Broker, topic: &str, n: usize, round: usize, tuning: &Tuning) -> (Duration, Cpu) {
+fn vitrine_consume(
+    broker: &Broker,
+    topic: &str,
+    n: usize,
+    round: usize,
+    tuning: &Tuning,
+    encoding: Encoding,
+) -> (Duration, Cpu) {
     // The shop must be served: events of shops without rules are rejected.
     let engine = engine(&format!("throughput-{round}"), Some(vitrine_benches::RULES_20));
     let cpu = thread_cpu();
     let start = Instant::now();
     let group = format!("bench-{}-{round}", now_ms());
-    let ingest = Ingest::start(engine, &config(&broker.brokers, topic, &group, tuning)).unwrap();
+    let config = config_for(&broker.brokers, topic, &group, tuning, encoding);
+    let ingest = Ingest::start(engine, &config).unwrap();
     while (ingest.progress().messages as usize) < n {
         std::thread::sleep(Duration::from_millis(1));
         assert!(
@@ -465,30 +544,39 @@ impl Cpu {
     }
 }
 
-fn throughput(broker: &Broker, events: usize, rounds: usize, tuning: &Tuning) {
-    let topic = format!("bench.throughput.{}", now_ms());
+/// Pre-fills a fresh topic with the dataset's first `events` events in
+/// `encoding`; returns its name once the broker has settled.
+fn prefill(broker: &Broker, dataset: &Dataset, events: usize, encoding: Encoding) -> String {
+    let topic = format!("bench.throughput.{}.{}", name(encoding), now_ms());
     broker.create_topic(&topic);
     let t = Instant::now();
-    let dataset = dataset(events);
-    eprintln!("dataset: {} events ({:.1}s)", events, t.elapsed().as_secs_f64());
-    let t = Instant::now();
     let p = producer(&broker.brokers, "50");
-    let mut buf = String::new();
+    let (mut text, mut binary) = (String::new(), Vec::new());
     let mut bytes = 0;
     for r in &dataset.records()[..events] {
         let e = dataset.event(r);
-        json(&e, &mut buf);
-        bytes += buf.len();
-        send(&p, &topic, &e.visitor, buf.as_bytes());
+        let payload = match encoding {
+            Encoding::Json => {
+                json(&e, &mut text);
+                text.as_bytes()
+            }
+            Encoding::Protobuf => {
+                binary.clear();
+                e.write_proto(&mut binary);
+                &binary[..]
+            }
+        };
+        bytes += payload.len();
+        send(&p, &topic, &e.visitor, payload, encoding);
         p.poll(Duration::ZERO);
     }
     flush(&p, events as u64);
     eprintln!(
-        "pre-filled {topic}: {events} events, {:.0} bytes each on average ({:.1}s)",
+        "pre-filled {topic}: {events} {} events, {:.0} bytes each on average ({:.1}s)",
+        name(encoding),
         bytes as f64 / events as f64,
         t.elapsed().as_secs_f64()
     );
-    drop(dataset);
     // Let the broker settle: its high watermarks stop moving. (Tansu 0.6
     // reports the last batch's base offset + 1 as the high watermark, so
     // they may stay below the event count.)
@@ -514,53 +602,82 @@ fn throughput(broker: &Broker, events: usize, rounds: usize, tuning: &Tuning) {
         assert!(t.elapsed() < Duration::from_secs(300), "the broker does not settle");
         std::thread::sleep(Duration::from_millis(100));
     }
-    drop(probe);
-    let mut noop = Vec::new();
-    let mut vitrine = Vec::new();
-    let mut busiest = Vec::new();
+    topic
+}
+
+/// One encoding's figures over the rounds.
+#[derive(Default)]
+struct Rounds {
+    noop: Vec<f64>,
+    vitrine: Vec<f64>,
+    busiest: Vec<f64>,
+    /// Vitrine's CPU per event of all its threads (apply + poll + librdkafka).
+    total: Vec<f64>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn throughput(broker: &Broker, events: usize, rounds: usize, encodings: Encodings, tuning: &Tuning) {
+    let t = Instant::now();
+    let dataset = dataset(events);
+    eprintln!("dataset: {} events ({:.1}s)", events, t.elapsed().as_secs_f64());
+    let topics: Vec<(Encoding, String)> = encodings
+        .list()
+        .iter()
+        .map(|&e| (e, prefill(broker, &dataset, events, e)))
+        .collect();
+    drop(dataset);
+    let mut figures: Vec<Rounds> = topics.iter().map(|_| Rounds::default()).collect();
     for round in 0..rounds {
-        let (b, w) = (process_cpu(tuning.broker_pid), cpu_pressure());
-        let (d, noop_cpu) = noop_consume(broker, &topic, events);
-        noop.push(events as f64 / d.as_secs_f64());
-        let noop_others = format!(
-            "broker {:.2} us/event, CPU pressure {:.0}%",
-            (process_cpu(tuning.broker_pid) - b) * 1e6 / events as f64,
-            (cpu_pressure() - w) * 100.0 / d.as_secs_f64()
-        );
-        let (b, w) = (process_cpu(tuning.broker_pid), cpu_pressure());
-        let (d, cpu) = vitrine_consume(broker, &topic, events, round, tuning);
-        vitrine.push(events as f64 / d.as_secs_f64());
-        busiest.push(cpu.apply.max(cpu.poll) * 1e6 / events as f64);
+        for ((encoding, topic), f) in topics.iter().zip(&mut figures) {
+            let (b, w) = (process_cpu(tuning.broker_pid), cpu_pressure());
+            let (d, noop_cpu) = noop_consume(broker, topic, events);
+            f.noop.push(events as f64 / d.as_secs_f64());
+            let noop_others = format!(
+                "broker {:.2} us/event, CPU pressure {:.0}%",
+                (process_cpu(tuning.broker_pid) - b) * 1e6 / events as f64,
+                (cpu_pressure() - w) * 100.0 / d.as_secs_f64()
+            );
+            let (b, w) = (process_cpu(tuning.broker_pid), cpu_pressure());
+            let (d, cpu) = vitrine_consume(broker, topic, events, round, tuning, *encoding);
+            f.vitrine.push(events as f64 / d.as_secs_f64());
+            f.busiest.push(cpu.apply.max(cpu.poll) * 1e6 / events as f64);
+            f.total
+                .push((cpu.apply + cpu.poll + cpu.librdkafka) * 1e6 / events as f64);
+            println!(
+                "round {} {}: do-nothing consumer {:>9.0} events/s, Vitrine ingest {:>9.0} events/s, ratio {:.2}\n  \
+                 CPU us/event apply/poll/librdkafka: do-nothing {} ({noop_others}); Vitrine {} (other {:.2}; \
+                 broker {:.2} us/event, CPU pressure {:.0}%)",
+                round + 1,
+                name(*encoding),
+                f.noop[round],
+                f.vitrine[round],
+                f.vitrine[round] / f.noop[round],
+                noop_cpu.per_event(events),
+                cpu.per_event(events),
+                cpu.other * 1e6 / events as f64,
+                (process_cpu(tuning.broker_pid) - b) * 1e6 / events as f64,
+                (cpu_pressure() - w) * 100.0 / d.as_secs_f64()
+            );
+        }
+    }
+    for ((encoding, _), f) in topics.iter().zip(&figures) {
+        let ratios: Vec<f64> = f.vitrine.iter().zip(&f.noop).map(|(v, n)| v / n).collect();
         println!(
-            "round {}: do-nothing consumer {:>9.0} events/s, Vitrine ingest {:>9.0} events/s, ratio {:.2}\n  \
-             CPU us/event apply/poll/librdkafka: do-nothing {} ({noop_others}); Vitrine {} (other {:.2}; \
-             broker {:.2} us/event, CPU pressure {:.0}%)",
-            round + 1,
-            noop[round],
-            vitrine[round],
-            vitrine[round] / noop[round],
-            noop_cpu.per_event(events),
-            cpu.per_event(events),
-            cpu.other * 1e6 / events as f64,
-            (process_cpu(tuning.broker_pid) - b) * 1e6 / events as f64,
-            (cpu_pressure() - w) * 100.0 / d.as_secs_f64()
+            "{}: median of {rounds}: do-nothing {:.0} events/s, Vitrine {:.0} events/s, ratio per round {:.2}; \
+             Vitrine's busiest thread (apply or poll) {:.2} us of CPU per event, all its threads {:.2}",
+            name(*encoding),
+            median(&f.noop),
+            median(&f.vitrine),
+            median(&ratios),
+            median(&f.busiest),
+            median(&f.total)
         );
     }
-    busiest.sort_by(f64::total_cmp);
-    println!(
-        "Vitrine's busiest thread (apply or poll): median {:.2} us of CPU per event",
-        busiest[busiest.len() / 2]
-    );
-    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
-    let mut ratios: Vec<f64> = vitrine.iter().zip(&noop).map(|(v, n)| v / n).collect();
-    ratios.sort_by(f64::total_cmp);
-    println!(
-        "best of {rounds}: do-nothing {:.0} events/s, Vitrine {:.0} events/s, ratio of bests {:.2}, median ratio per round {:.2}",
-        best(&noop),
-        best(&vitrine),
-        best(&vitrine) / best(&noop),
-        ratios[ratios.len() / 2]
-    );
 }
 
 fn dataset(events: usize) -> Dataset {
@@ -594,14 +711,44 @@ fn apply(events: usize) {
         "decode + apply, one thread, no Kafka: {:.0} events/s",
         events as f64 / took.as_secs_f64()
     );
-    let start = Instant::now();
-    for p in &payloads {
-        black_box(Event::from_json(p).unwrap());
+    let binary: Vec<Vec<u8>> = payloads
+        .iter()
+        .map(|p| Event::from_json(p).unwrap().to_proto())
+        .collect();
+    for round in 0..3 {
+        let start = Instant::now();
+        decode_all_json(&payloads);
+        let json = start.elapsed();
+        let start = Instant::now();
+        decode_all_proto(&binary);
+        let proto = start.elapsed();
+        println!(
+            "decode alone, round {}: JSON {:.0} events/s ({:.0} ns/event), protobuf {:.0} events/s ({:.0} ns/event)",
+            round + 1,
+            events as f64 / json.as_secs_f64(),
+            json.as_nanos() as f64 / events as f64,
+            events as f64 / proto.as_secs_f64(),
+            proto.as_nanos() as f64 / events as f64,
+        );
     }
-    println!(
-        "decode alone: {:.0} events/s",
-        events as f64 / start.elapsed().as_secs_f64()
-    );
+}
+
+/// Decodes and validates every JSON payload (a callgrind
+/// `--toggle-collect` target).
+#[inline(never)]
+fn decode_all_json(payloads: &[Vec<u8>]) {
+    for p in payloads {
+        black_box(Event::from_json(black_box(p)).unwrap());
+    }
+}
+
+/// Decodes and validates every protobuf payload (a callgrind
+/// `--toggle-collect` target).
+#[inline(never)]
+fn decode_all_proto(payloads: &[Vec<u8>]) {
+    for p in payloads {
+        black_box(Event::from_proto(black_box(p)).unwrap());
+    }
 }
 
 const FRESH_RULES: &str = "shop: bench-fresh
@@ -863,6 +1010,7 @@ fn main() {
     let tuning = Tuning {
         apply_threads: args.apply_threads,
         broker_pid: args.broker_pid,
+        by_header: args.by_header,
         options: args
             .kafka_options
             .iter()
@@ -883,7 +1031,11 @@ fn main() {
         broker.partitions
     );
     match args.what {
-        What::Throughput { events, rounds } => throughput(&broker, events, rounds, &tuning),
+        What::Throughput {
+            events,
+            rounds,
+            encoding,
+        } => throughput(&broker, events, rounds, encoding, &tuning),
         What::Freshness {
             rate,
             seconds,

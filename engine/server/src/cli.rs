@@ -81,6 +81,11 @@ pub enum KafkaCommand {
         /// A librdkafka property, KEY=VALUE (repeatable), as `serve --kafka-option`.
         #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
         kafka_options: Vec<String>,
+        /// How each event is sent: `json` as read, or `proto` (a protobuf
+        /// `vitrine.v1.Event` with header `content-type:
+        /// application/x-protobuf`; every line must then be a valid event).
+        #[arg(long, value_enum, default_value_t = crate::ingest::Encoding::Json)]
+        encoding: crate::ingest::Encoding,
         /// JSON lines; standard input when absent.
         #[arg(value_name = "FILE")]
         file: Option<PathBuf>,
@@ -196,6 +201,14 @@ pub struct ServeArgs {
     /// Kafka messages larger than this many bytes are rejected as `oversized`.
     #[arg(long, env = "VITRINE_KAFKA_MAX_MESSAGE_BYTES", default_value = "65536")]
     pub kafka_max_message_bytes: String,
+    /// How behavior messages are encoded: `json`; `proto` (protobuf
+    /// `vitrine.v1.Event`s); or `header`: each message's `content-type`
+    /// header says (none or `application/json`: JSON;
+    /// `application/x-protobuf`: protobuf; anything else is rejected as
+    /// `unknown_content_type`), at librdkafka's cost of parsing every
+    /// message's headers.
+    #[arg(long, env = "VITRINE_KAFKA_ENCODING", value_enum, default_value_t = crate::ingest::MessageEncoding::Json)]
+    pub kafka_encoding: crate::ingest::MessageEncoding,
     /// Where a starting replica reads each partition from: `earliest` rebuilds
     /// the in-memory index from the retained log; `committed` resumes from the
     /// group's committed offsets (earliest where none).

@@ -202,6 +202,9 @@ pub struct KafkaConfig {
     /// partitions the snapshot does not list read from their beginning.
     /// `None`: no snapshot of this topic; `start` decides.
     pub resume: Option<Vec<(i32, i64)>>,
+    /// How behavior payloads are encoded, or that each message's
+    /// `content-type` header says (`--kafka-encoding`).
+    pub encoding: crate::ingest::MessageEncoding,
 }
 
 impl KafkaConfig {
@@ -228,6 +231,7 @@ impl KafkaConfig {
             cluster_timeout: Duration::from_secs(5),
             options: Vec::new(),
             resume: None,
+            encoding: crate::ingest::MessageEncoding::Json,
         }
     }
 }
@@ -594,6 +598,7 @@ impl Config {
                     decisions_topic: args.kafka_decisions_topic.clone(),
                     cluster_timeout: ct,
                     options: kafka_options,
+                    encoding: args.kafka_encoding,
                     ..KafkaConfig::new("")
                 }),
                 snapshot_interval: (!si.is_zero()).then_some(si),

@@ -105,10 +105,18 @@ fn main() -> ExitCode {
                     brokers,
                     topic,
                     kafka_options,
+                    encoding,
                     file,
                 },
         } => match vitrine::kafka_options::collect(None, &kafka_options) {
-            Ok(options) => produce::run(&brokers, &topic, &options, file.as_deref(), &mut std::io::stdout()),
+            Ok(options) => produce::run(
+                &brokers,
+                &topic,
+                &options,
+                encoding,
+                file.as_deref(),
+                &mut std::io::stdout(),
+            ),
             Err(problems) => {
                 for p in problems {
                     eprintln!("vitrine kafka produce: {p}");

@@ -305,7 +305,7 @@ pub struct Metrics {
     /// Events applied, by action.
     pub applied: ByLabel<Action, 7>,
     /// Events rejected, by reason: the core's and the Kafka path's.
-    pub rejected: ByLabel<Rejected, { RejectReason::ALL.len() + 2 }>,
+    pub rejected: ByLabel<Rejected, { Rejected::ALL.len() }>,
     /// Claims, by outcome.
     pub claims: ByLabel<ClaimOutcome, { ClaimOutcome::ALL.len() }>,
     /// Decisions, claims and rejected events by shop and rule entry.
@@ -353,20 +353,28 @@ pub enum Rejected {
     Oversized,
     /// A Kafka message with no payload (a tombstone).
     Tombstone,
+    /// A Kafka message whose `content-type` header names an encoding
+    /// Vitrine does not read.
+    UnknownContentType,
 }
 
 impl Rejected {
-    /// Every reason, for pre-registering metrics.
-    pub const ALL: [Rejected; RejectReason::ALL.len() + 2] = {
-        let mut all = [Rejected::Oversized; RejectReason::ALL.len() + 2];
-        let mut i = 0;
-        while i < RejectReason::ALL.len() {
-            all[i] = Rejected::Event(RejectReason::ALL[i]);
-            i += 1;
-        }
-        all[i + 1] = Rejected::Tombstone;
-        all
-    };
+    /// Every reason, for pre-registering metrics: the core's, then the
+    /// Kafka path's (the length fails to compile when a reason is added to
+    /// the core and not here).
+    pub const ALL: [Rejected; RejectReason::ALL.len() + 3] = [
+        Rejected::Event(RejectReason::InvalidJson),
+        Rejected::Event(RejectReason::MissingField),
+        Rejected::Event(RejectReason::WrongType),
+        Rejected::Event(RejectReason::UnknownAction),
+        Rejected::Event(RejectReason::InvalidValue),
+        Rejected::Event(RejectReason::TooLong),
+        Rejected::Event(RejectReason::UnknownShop),
+        Rejected::Oversized,
+        Rejected::Tombstone,
+        Rejected::Event(RejectReason::InvalidProto),
+        Rejected::UnknownContentType,
+    ];
 
     /// The label value (also the dead-letter reason header).
     pub fn as_str(self) -> &'static str {
@@ -374,6 +382,7 @@ impl Rejected {
             Rejected::Event(r) => r.as_str(),
             Rejected::Oversized => "oversized",
             Rejected::Tombstone => "tombstone",
+            Rejected::UnknownContentType => "unknown_content_type",
         }
     }
 }

@@ -1,5 +1,6 @@
-//! `vitrine kafka produce`: JSON lines to a topic, keyed by visitor (a test
-//! and demo aid; producers in production are the storefronts' own).
+//! `vitrine kafka produce`: JSON lines to a topic, keyed by visitor, as JSON
+//! or as protobuf `vitrine.v1.Event`s (`--encoding`; a test and demo aid;
+//! producers in production are the storefronts' own).
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -9,10 +10,13 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rdkafka::client::ClientContext;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use vitrine_core::Event;
+
+use crate::ingest::{Encoding, CONTENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE};
 
 /// Counts deliveries that failed.
 #[derive(Debug, Default)]
@@ -53,15 +57,41 @@ pub fn producer(
     client.create_with_context(Deliveries::default())
 }
 
-/// Sends `payload` keyed by its visitor (unkeyed when it is not a valid
-/// event, so malformed test input goes through too), waiting while the
-/// local queue is full.
+/// Sends `payload` (a JSON event) keyed by its visitor (unkeyed when it is
+/// not a valid event, so malformed test input goes through too), waiting
+/// while the local queue is full.
 pub fn send(producer: &BaseProducer<Deliveries>, topic: &str, payload: &[u8]) -> Result<(), String> {
-    let event = Event::from_json(payload).ok();
-    let key = event.as_ref().map(|e| e.visitor.as_bytes());
-    let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
-    if let Some(key) = key {
-        record = record.key(key);
+    send_as(producer, topic, payload, Encoding::Json)
+}
+
+/// [`send`] as `encoding`: with [`Encoding::Protobuf`], the event's
+/// `to_proto` with header `content-type: application/x-protobuf`; a line
+/// that is not a valid event cannot be encoded so, and is refused.
+pub fn send_as(
+    producer: &BaseProducer<Deliveries>,
+    topic: &str,
+    payload: &[u8],
+    encoding: Encoding,
+) -> Result<(), String> {
+    let event = Event::from_json(payload);
+    let binary;
+    let mut record: BaseRecord<'_, [u8], [u8]> = match encoding {
+        Encoding::Json => BaseRecord::to(topic).payload(payload),
+        Encoding::Protobuf => {
+            let event = event
+                .as_ref()
+                .map_err(|e| format!("--encoding proto: not a valid event, cannot encode it: {e}"))?;
+            binary = event.to_proto();
+            BaseRecord::to(topic)
+                .payload(&binary[..])
+                .headers(OwnedHeaders::new_with_capacity(1).insert(Header {
+                    key: CONTENT_TYPE_HEADER,
+                    value: Some(PROTOBUF_CONTENT_TYPE),
+                }))
+        }
+    };
+    if let Ok(event) = &event {
+        record = record.key(event.visitor.as_bytes());
     }
     loop {
         match producer.send(record) {
@@ -80,6 +110,7 @@ pub fn run(
     brokers: &str,
     topic: &str,
     options: &[(String, String)],
+    encoding: Encoding,
     file: Option<&Path>,
     out: &mut impl Write,
 ) -> ExitCode {
@@ -101,7 +132,7 @@ pub fn run(
         }
     };
     let mut sent = 0u64;
-    for line in input.lines() {
+    for (number, line) in input.lines().enumerate() {
         let line = match line {
             Ok(l) => l,
             Err(e) => {
@@ -112,7 +143,16 @@ pub fn run(
         if line.trim().is_empty() {
             continue;
         }
-        if let Err(e) = send(&producer, topic, line.as_bytes()) {
+        if encoding == Encoding::Protobuf {
+            if let Err(e) = Event::from_json(line.as_bytes()) {
+                eprintln!(
+                    "vitrine kafka produce: line {}: --encoding proto: not a valid event, cannot encode it: {e}",
+                    number + 1
+                );
+                return ExitCode::from(2);
+            }
+        }
+        if let Err(e) = send_as(&producer, topic, line.as_bytes(), encoding) {
             eprintln!("vitrine kafka produce: {e}");
             return ExitCode::FAILURE;
         }

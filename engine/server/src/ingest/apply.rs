@@ -9,8 +9,8 @@
 //!
 //! Who decodes depends on the apply threads (issue 17). With one (two cores
 //! or fewer), the poll thread decodes and admits each behavior event
-//! ([`decode_into`]: `Event::from_json` borrowing from librdkafka's
-//! payload, the shop checks, rejections counted, logged and dead-lettered
+//! ([`decode_into`]: `Event::from_json` or `Event::from_proto`, as the
+//! message's `content-type` says, borrowing from librdkafka's payload, the shop checks, rejections counted, logged and dead-lettered
 //! there) and copies only the decoded event's strings into the sub-batch;
 //! the apply thread rebuilds the borrowed [`Event`] and applies it. That
 //! splits the per-event work between the two threads, where the apply thread
@@ -31,6 +31,7 @@ use parking_lot::Mutex;
 use vitrine_core::{Action, Event, EventError};
 
 use super::dead_letter::{DeadLetter, Source};
+use super::encoding::Encoding;
 use super::RateLimited;
 use crate::config::Stream;
 use crate::metrics::decisions::RecordRejected;
@@ -75,8 +76,10 @@ impl Rejects {
         // The shop label: read (bounded, as the event decoder bounds it)
         // only from a payload that was parsed anyway, never an oversized one.
         let shop = match reason {
-            Rejected::Event(_) => source.payload.and_then(crate::metrics::labels::shop_of),
-            Rejected::Oversized | Rejected::Tombstone => None,
+            Rejected::Event(_) => Encoding::from_content_type(source.content_type)
+                .ok()
+                .and_then(|encoding| encoding.shop_of(source.payload?)),
+            Rejected::Oversized | Rejected::Tombstone | Rejected::UnknownContentType => None,
         };
         (self.engine.metrics.shops).rejected(shop.as_deref(), |s| self.engine.rules.serving(s));
         if self.log.lock().allow() {
@@ -102,10 +105,14 @@ enum Held {
     /// Another replica group's shop (`--shops`), skipped and counted by the
     /// poll thread; only its offset counts.
     Skipped,
-    /// A message to decode here: byte ranges into [`SubBatch::bytes`].
+    /// A message to decode here: byte ranges into [`SubBatch::bytes`], and
+    /// how the payload is encoded (its `content-type` header kept for a
+    /// dead letter).
     Message {
         key: Option<(u32, u32)>,
         payload: (u32, u32),
+        content_type: Option<(u32, u32)>,
+        encoding: Encoding,
     },
     /// An event the poll thread decoded and admitted: an index into
     /// [`SubBatch::events`].
@@ -184,11 +191,35 @@ impl SubBatch {
         Cow::Borrowed(self.text.get(s as usize..e as usize).unwrap_or_default())
     }
 
-    /// Adds a message to decode and apply.
+    /// Adds a JSON message (no `content-type` header) to decode and apply.
     pub(super) fn push(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: &[u8]) {
+        self.push_encoded(partition, offset, key, payload, None, Encoding::Json);
+    }
+
+    /// Adds a message to decode as `encoding` and apply; `content_type` is
+    /// its header's value, kept for a dead letter.
+    pub(super) fn push_encoded(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        content_type: Option<&[u8]>,
+        encoding: Encoding,
+    ) {
         let key = key.map(|k| self.span(k));
         let payload = self.span(payload);
-        self.push_slot(partition, offset, Held::Message { key, payload });
+        let content_type = content_type.map(|c| self.span(c));
+        self.push_slot(
+            partition,
+            offset,
+            Held::Message {
+                key,
+                payload,
+                content_type,
+                encoding,
+            },
+        );
     }
 
     /// Adds an event decoded and admitted by the poll thread: to apply.
@@ -288,7 +319,7 @@ impl Admission {
     }
 }
 
-/// Decodes and admits a behavior message on the poll thread
+/// Decodes (as `encoding`) and admits a behavior message on the poll thread
 /// (`decode_on_poll`) into `sub`: an event to apply, or a rejection counted,
 /// logged and dead-lettered right here, or a skip; its offset counts either way.
 pub(super) fn decode_into(
@@ -298,9 +329,13 @@ pub(super) fn decode_into(
     metrics: &KafkaMetrics,
     source: Source<'_>,
     payload: &[u8],
+    encoding: Encoding,
 ) {
     let (p, offset) = (source.partition, source.offset);
-    match Event::from_json(payload).and_then(|e| admission.admit(&rejects.engine, e)) {
+    match encoding
+        .decode(payload)
+        .and_then(|e| admission.admit(&rejects.engine, e))
+    {
         Ok(Some(event)) => {
             // The age at the batch's poll, as the apply thread would record it.
             record_age(metrics, sub.now_ms, &event);
@@ -350,7 +385,7 @@ pub(super) fn run(
             by_action[event.action as usize] += 1;
         };
         for slot in &batch.slots {
-            let (key, payload) = match slot.held {
+            let (key, payload, content_type, encoding) = match slot.held {
                 Held::Rejected => {
                     rejected += 1;
                     continue;
@@ -364,7 +399,17 @@ pub(super) fn run(
                     }
                     continue;
                 }
-                Held::Message { key, payload } => (key, batch.slice(Some(payload)).unwrap_or_default()),
+                Held::Message {
+                    key,
+                    payload,
+                    content_type,
+                    encoding,
+                } => (
+                    key,
+                    batch.slice(Some(payload)).unwrap_or_default(),
+                    content_type,
+                    encoding,
+                ),
             };
             if stream == Stream::Decisions {
                 match crate::decisions::apply::apply_message(&engine, Some(payload)) {
@@ -376,7 +421,7 @@ pub(super) fn run(
                 }
                 continue;
             }
-            match Event::from_json(payload).and_then(|e| admission.admit(&engine, e)) {
+            match encoding.decode(payload).and_then(|e| admission.admit(&engine, e)) {
                 Ok(Some(event)) => {
                     apply(&event);
                     record_age(&metrics, batch.now_ms, &event);
@@ -391,6 +436,7 @@ pub(super) fn run(
                         offset: slot.offset,
                         key: batch.slice(key),
                         payload: Some(payload),
+                        content_type: batch.slice(content_type),
                     };
                     rejects.reject(source, Rejected::Event(e.reason), &e.message);
                 }
@@ -456,8 +502,17 @@ mod tests {
                         offset,
                         key: None,
                         payload: Some(payload.as_bytes()),
+                        content_type: None,
                     };
-                    decode_into(batch, &mut admission, rejects, metrics, source, payload.as_bytes());
+                    decode_into(
+                        batch,
+                        &mut admission,
+                        rejects,
+                        metrics,
+                        source,
+                        payload.as_bytes(),
+                        Encoding::Json,
+                    );
                 }
             }
         }

@@ -18,6 +18,7 @@ use super::apply::{self, Ack, Admission, Rejects, SubBatch};
 use super::context::ClientHooks;
 use super::dead_letter::DeadLetter;
 use super::dead_letter::Source;
+use super::encoding::{content_type, Encoding, MessageEncoding, PROTOBUF_CONTENT_TYPE};
 use super::{Progress, RateLimited, BATCH};
 use crate::clock::now_ms;
 use crate::config::{KafkaConfig, KafkaStart, Stream};
@@ -105,6 +106,8 @@ struct State {
     decode_on_poll: bool,
     /// The shop checks of the events this thread decodes.
     admission: Admission,
+    /// How behavior payloads are encoded (`--kafka-encoding`).
+    encoding: MessageEncoding,
 }
 
 /// The consumer's threads: this one polls, the apply threads apply.
@@ -223,6 +226,7 @@ impl Worker {
                 in_flight: 0,
                 decode_on_poll: stream == Stream::Behavior && config.apply_threads.max(1) == 1,
                 admission: Admission::default(),
+                encoding: config.encoding,
             },
             appliers,
             threads,
@@ -521,12 +525,23 @@ impl State {
         }
         let state = &mut self.partitions[index];
         state.dispatched = state.dispatched.max(offset + 1);
+        // A behavior message's `content-type` header, read once and only
+        // when it decides (`encoding.rs`: librdkafka allocates to read
+        // headers); decision records have one encoding of their own.
+        let behavior = self.rejects.stream == Stream::Behavior;
+        let header = match self.encoding {
+            MessageEncoding::Header if behavior => content_type(message.headers()),
+            // Said with a dead letter, so it can be decoded there.
+            MessageEncoding::Protobuf if behavior => Ok(Some(PROTOBUF_CONTENT_TYPE.as_bytes())),
+            _ => Ok(None),
+        };
         let source = Source {
             topic: &self.topic,
             partition: p,
             offset,
             key: message.key(),
             payload: message.payload(),
+            content_type: header.as_ref().ok().copied().flatten(),
         };
         match message.payload() {
             None => {
@@ -543,10 +558,36 @@ impl State {
                 self.rejects.reject(source, Rejected::Oversized, &detail);
                 sub.push_rejected(p, offset);
             }
-            Some(payload) if self.decode_on_poll => {
-                apply::decode_into(sub, &mut self.admission, &self.rejects, &self.metrics, source, payload);
+            Some(payload) if !behavior => sub.push(p, offset, message.key(), payload),
+            Some(payload) => {
+                // The encoding the operator or the producer names; no header is JSON.
+                let named = match self.encoding {
+                    MessageEncoding::Json => Ok(Encoding::Json),
+                    MessageEncoding::Protobuf => Ok(Encoding::Protobuf),
+                    MessageEncoding::Header => header.and_then(Encoding::from_content_type),
+                };
+                let encoding = match named {
+                    Ok(encoding) => encoding,
+                    Err(detail) => {
+                        self.rejects.reject(source, Rejected::UnknownContentType, &detail);
+                        sub.push_rejected(p, offset);
+                        return;
+                    }
+                };
+                if self.decode_on_poll {
+                    apply::decode_into(
+                        sub,
+                        &mut self.admission,
+                        &self.rejects,
+                        &self.metrics,
+                        source,
+                        payload,
+                        encoding,
+                    );
+                } else {
+                    sub.push_encoded(p, offset, message.key(), payload, source.content_type, encoding);
+                }
             }
-            Some(payload) => sub.push(p, offset, message.key(), payload),
         }
     }
 

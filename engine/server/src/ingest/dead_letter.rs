@@ -1,5 +1,6 @@
 //! Forwarding rejected messages to `--kafka-dead-letter-topic`: the original
-//! key and payload, with why and where from in headers.
+//! key, payload and `content-type` header, with why and where from in
+//! headers.
 //!
 //! Best effort by design: a forward is queued before the bad message's
 //! offset is stored, but its delivery is not awaited, so a dead-letter topic
@@ -28,6 +29,9 @@ pub(super) struct Source<'a> {
     pub(super) offset: i64,
     pub(super) key: Option<&'a [u8]>,
     pub(super) payload: Option<&'a [u8]>,
+    /// The message's `content-type` header value, if it had one: forwarded
+    /// with the dead letter, so it can be decoded there.
+    pub(super) content_type: Option<&'a [u8]>,
 }
 
 /// Header naming the rejection reason (a `vitrine_ingest_rejected_total` label value).
@@ -123,7 +127,7 @@ impl DeadLetter {
     /// Queues a forward of a rejected message; never blocks for long.
     pub(super) fn forward(&self, message: Source<'_>, reason: &str, detail: &str) {
         let source = format!("{}/{}/{}", message.topic, message.partition, message.offset);
-        let headers = OwnedHeaders::new_with_capacity(3)
+        let mut headers = OwnedHeaders::new_with_capacity(4)
             .insert(Header {
                 key: REASON_HEADER,
                 value: Some(reason),
@@ -136,6 +140,12 @@ impl DeadLetter {
                 key: SOURCE_HEADER,
                 value: Some(&source),
             });
+        if let Some(content_type) = message.content_type {
+            headers = headers.insert(Header {
+                key: super::encoding::CONTENT_TYPE_HEADER,
+                value: Some(content_type),
+            });
+        }
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).headers(headers);
         if let Some(key) = message.key {
             record = record.key(key);

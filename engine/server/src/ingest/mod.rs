@@ -35,7 +35,13 @@
 //!   watermark; it is caught up once it has applied up to those (or reached
 //!   the end of a partition), and only then do `/readyz` and gRPC health
 //!   report SERVING.
-//! * **Bad messages** (not JSON, invalid events, oversized, tombstones) are
+//! * **Encodings.** `--kafka-encoding` says how behavior payloads are
+//!   encoded: `json` (the default), `proto` (protobuf `vitrine.v1.Event`s),
+//!   or `header`: each message's `content-type` header says (none or
+//!   `application/json` is JSON, `application/x-protobuf` protobuf); both
+//!   are validated by the same code (`encoding.rs`, `docs/events.md`).
+//! * **Bad messages** (not JSON or protobuf, invalid events, oversized,
+//!   tombstones, an unknown `content-type`) are
 //!   counted by reason, logged at a bounded rate with topic, partition and
 //!   offset, forwarded to the dead-letter topic when one is set, and their
 //!   offsets are stored like any other: one bad message never stalls a
@@ -49,6 +55,7 @@ mod apply;
 mod consumer;
 mod context;
 mod dead_letter;
+mod encoding;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,6 +67,7 @@ use rdkafka::error::KafkaError;
 use tokio::sync::watch;
 
 pub use dead_letter::{MESSAGE_HEADER, REASON_HEADER, SOURCE_HEADER};
+pub use encoding::{Encoding, MessageEncoding, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, PROTOBUF_CONTENT_TYPE};
 
 use crate::config::{KafkaConfig, KafkaStart};
 use crate::metrics::KafkaMetrics;

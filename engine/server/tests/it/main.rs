@@ -14,6 +14,7 @@ mod grpc;
 mod hostile;
 mod huge_pages_attack;
 mod kafka;
+mod kafka_proto;
 mod labels;
 mod language;
 mod logs;
