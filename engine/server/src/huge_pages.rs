@@ -179,10 +179,12 @@ pub struct Held {
 
 /// Switches transparent huge pages off for the process when it runs with
 /// malloc advising them, until [`Held::release`]; holds nothing otherwise
-/// (huge pages off or not asked for, or the kernel refused).
+/// (huge pages off or not asked for, or the kernel refused). Huge pages
+/// already off for the process (its parent's `PR_SET_THP_DISABLE`, which
+/// fork and exec pass on) are not held, so nothing switches them on.
 pub fn hold() -> Held {
     Held {
-        held: ADVISED.load(Ordering::Relaxed) && set_disabled(true).is_ok(),
+        held: ADVISED.load(Ordering::Relaxed) && is_disabled().is_ok_and(|off| !off) && set_disabled(true).is_ok(),
     }
 }
 
@@ -214,6 +216,17 @@ impl Drop for Held {
 #[cfg(target_os = "linux")]
 fn set_disabled(disabled: bool) -> std::io::Result<()> {
     rustix::thread::disable_transparent_huge_pages(disabled).map_err(std::io::Error::from)
+}
+
+/// `prctl(PR_GET_THP_DISABLE)`: whether the process's flag is set.
+#[cfg(target_os = "linux")]
+fn is_disabled() -> std::io::Result<bool> {
+    rustix::thread::transparent_huge_pages_are_disabled().map_err(std::io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn is_disabled() -> std::io::Result<bool> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
 #[cfg(not(target_os = "linux"))]
