@@ -160,7 +160,7 @@ fn advises(tunables: &str) -> bool {
         .filter_map(|t| t.split_once('='))
         .filter(|(name, _)| *name == TUNABLE)
         .map(|(_, value)| value)
-        .last();
+        .next_back();
     value == Some("1")
 }
 
