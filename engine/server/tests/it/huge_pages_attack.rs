@@ -9,12 +9,10 @@
 //! (`madvise`); elsewhere these tests print why and pass.
 
 use std::fs;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use crate::huge_pages_kit::{madvise_kernel, Served, ADDED, BIN, THP};
+use crate::huge_pages_kit::{madvise_kernel, Served, ADDED, BIN};
 use crate::support::{http_get_blocking, temp_dir};
 
 /// The re-exec'd server: same pid and name, serving, health answers,
