@@ -44,7 +44,9 @@
 //! is collapsed onto huge pages afterwards, in the background, by the
 //! kernel's `khugepaged` (at its own pace: minutes for a 1M-visitor index on
 //! its default settings), and memory allocated after the restore gets huge
-//! pages as it faults in. `--huge-pages off` skips all this.
+//! pages as it faults in. A process whose parent switched huge pages off
+//! (`PR_SET_THP_DISABLE` passes through fork and exec) holds nothing and
+//! keeps them off. `--huge-pages off` skips all this.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
