@@ -225,8 +225,12 @@ fn jiff_zone() -> vitrine_core::time::Zone {
     RuleSet::load(RULES).expect("the rule file loads").zone.clone()
 }
 
+/// The counters are the process's: the tests of this binary take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_decision_allocates_only_its_answer() {
+    let _turn = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let rules = RuleSet::load(RULES).expect("the rule file loads");
     let (shop, ledger) = world();
     let attributes: HashMap<String, String> = [("campaign".to_string(), "bf".to_string())].into();
@@ -295,4 +299,79 @@ fn a_decision_allocates_only_its_answer() {
     assert_eq!(checked, 2_000);
     assert!(with_items > 1_000, "{with_items} decisions with items");
     assert!(with_held > 50, "{with_held} decisions with a holdout");
+}
+
+/// Heavy visitors: 17 to 2,000 carts, favorites and purchases within 30
+/// days (the signals' hash table, up to `SCRATCH_KEEP` slots, which a
+/// thread keeps). A visitor's second decision on a thread allocates only
+/// its answer, also after a light visitor's and another heavy one's in
+/// between: the table grows once, then is reused. (Past 2,048 entries the
+/// table outgrows what a thread keeps, `SCRATCH_KEEP`, and is given back
+/// after each decision: a 5,000-entry visitor's decisions made 4 blocks
+/// beyond their answer, by design.)
+#[test]
+fn a_heavy_visitors_second_decision_allocates_only_its_answer() {
+    let _turn = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    const SIZES: [usize; 5] = [17, 100, 500, 1_000, 2_000];
+    let rules = RuleSet::load(RULES).expect("the rule file loads");
+    let shop = ShopIndex::with_zone("s", jiff_zone());
+    let actions = [Action::Cart, Action::Favorite, Action::Purchase];
+    for (h, &n) in SIZES.iter().enumerate() {
+        for k in 0..n {
+            let action = actions[k % 3];
+            // One entry an hour, over the last 29 days; item ids past the
+            // rule file's pools too.
+            let ts = NOW - (k as i64 % (29 * 24)) * HOUR - (k as i64 / (29 * 24)) * 60_000;
+            shop.apply(&Event {
+                item: Some(format!("sku-{}", k % 3_000).into()),
+                category: Some(CATEGORIES[k % CATEGORIES.len()].into()),
+                price: 10.0,
+                id: (action == Action::Purchase).then(|| format!("o-heavy{h}-{k}").into()),
+                ..Event::new("s", format!("heavy{h}"), action, ts)
+            });
+        }
+    }
+    shop.apply(&Event {
+        item: Some("sku-1".into()),
+        ..Event::new("s", "light", Action::Cart, NOW - DAY)
+    });
+    let ledger = MemoryLedger::new();
+    let names: Vec<String> = (0..SIZES.len()).map(|h| format!("heavy{h}")).collect();
+    let request = |who: &'static str, explain: bool| DecideRequest {
+        visitor: who,
+        context: Context::default(),
+        item_limit: 40,
+        explain,
+        now_ms: NOW,
+    };
+    let names: Vec<&'static str> = names.into_iter().map(|n| &*Box::leak(n.into_boxed_str())).collect();
+    let mut failures = Vec::new();
+    for explain in [false, true] {
+        // The first decisions grow the scratch, the heaviest to its most.
+        for &who in names.iter().chain(&["light"]) {
+            drop(decide(&rules, Some(&shop), &ledger, &request(who, explain)));
+        }
+        // Each heavy visitor again, a light one and another heavy one between.
+        for (h, &heavy) in names.iter().enumerate() {
+            for who in [heavy, "light", names[(h + 1) % names.len()], heavy] {
+                let req = request(who, explain);
+                let region = Region::new(GLOBAL);
+                let d = decide(&rules, Some(&shop), &ledger, &req);
+                let change = region.change();
+                let made = (change.allocations + change.reallocations) as u64;
+                let owned = owned_blocks(&d);
+                if made != owned {
+                    failures.push(format!(
+                        "{who} after {heavy} (explain {explain}): {made} allocations for {owned} owned blocks"
+                    ));
+                }
+                assert!(!d.items.is_empty(), "{who}: no items");
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "decisions allocated beyond their answer:\n{}",
+        failures.join("\n")
+    );
 }

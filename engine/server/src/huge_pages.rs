@@ -44,7 +44,9 @@
 //! is collapsed onto huge pages afterwards, in the background, by the
 //! kernel's `khugepaged` (at its own pace: minutes for a 1M-visitor index on
 //! its default settings), and memory allocated after the restore gets huge
-//! pages as it faults in. `--huge-pages off` skips all this.
+//! pages as it faults in. A process whose parent switched huge pages off
+//! (`PR_SET_THP_DISABLE` passes through fork and exec) holds nothing and
+//! keeps them off. `--huge-pages off` skips all this.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -160,7 +162,7 @@ fn advises(tunables: &str) -> bool {
         .filter_map(|t| t.split_once('='))
         .filter(|(name, _)| *name == TUNABLE)
         .map(|(_, value)| value)
-        .last();
+        .next_back();
     value == Some("1")
 }
 
@@ -179,10 +181,12 @@ pub struct Held {
 
 /// Switches transparent huge pages off for the process when it runs with
 /// malloc advising them, until [`Held::release`]; holds nothing otherwise
-/// (huge pages off or not asked for, or the kernel refused).
+/// (huge pages off or not asked for, or the kernel refused). Huge pages
+/// already off for the process (its parent's `PR_SET_THP_DISABLE`, which
+/// fork and exec pass on) are not held, so nothing switches them on.
 pub fn hold() -> Held {
     Held {
-        held: ADVISED.load(Ordering::Relaxed) && set_disabled(true).is_ok(),
+        held: ADVISED.load(Ordering::Relaxed) && is_disabled().is_ok_and(|off| !off) && set_disabled(true).is_ok(),
     }
 }
 
@@ -214,6 +218,17 @@ impl Drop for Held {
 #[cfg(target_os = "linux")]
 fn set_disabled(disabled: bool) -> std::io::Result<()> {
     rustix::thread::disable_transparent_huge_pages(disabled).map_err(std::io::Error::from)
+}
+
+/// `prctl(PR_GET_THP_DISABLE)`: whether the process's flag is set.
+#[cfg(target_os = "linux")]
+fn is_disabled() -> std::io::Result<bool> {
+    rustix::thread::transparent_huge_pages_are_disabled().map_err(std::io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn is_disabled() -> std::io::Result<bool> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -9,3 +9,8 @@ mod addon;
 pub mod decide;
 pub mod items;
 pub mod size;
+
+#[cfg(test)]
+mod entries_attack;
+#[cfg(test)]
+mod signals_attack;

@@ -13,6 +13,8 @@ mod decisions_attack;
 mod grpc;
 mod hostile;
 mod huge_pages_attack;
+mod huge_pages_kit;
+mod huge_pages_restore_attack;
 mod kafka;
 mod kafka_proto;
 mod labels;
