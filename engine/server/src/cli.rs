@@ -346,10 +346,8 @@ pub struct ServeArgs {
     /// Put the heap on transparent huge pages where the kernel gives them
     /// on request (`madvise`): the process restarts itself once, in place,
     /// with glibc's `glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1`
-    /// (decisions at 1M visitors ~12% faster). Huge pages are held back
-    /// while the state is restored and the kernel's khugepaged moves the
-    /// restored index onto them afterwards, so a restart is not slowed by
-    /// memory compaction. A `GLIBC_TUNABLES` that already names
+    /// (decisions at 1M visitors ~12% faster; how the restore treats them:
+    /// --huge-pages-restore). A `GLIBC_TUNABLES` that already names
     /// `glibc.malloc.hugetlb` is left as it is; no restart under setuid or
     /// file capabilities (glibc ignores the tunables there). on|off.
     // `Set`: a `bool` field is otherwise a flag that takes no value, and
@@ -362,6 +360,18 @@ pub struct ServeArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub huge_pages: bool,
+    /// With huge pages on: how the snapshot's restore takes its memory.
+    /// `fault`: on huge pages as it faults in (the fastest restore where
+    /// the kernel has free 2 MiB blocks; where it has not, each fault waits
+    /// for memory compaction); `hold`: on 4 KiB pages, huge pages switched
+    /// off for the process until the state is restored, then the kernel's
+    /// khugepaged moves it onto them (a few minutes for 1M visitors; no
+    /// compaction stalls, but a slower restore on free memory); `auto`:
+    /// `hold` when the kernel's free 2 MiB blocks (/proc/buddyinfo) are
+    /// fewer than twice what the snapshot restores into (about four times
+    /// its size), else `fault`.
+    #[arg(long, env = "VITRINE_HUGE_PAGES_RESTORE", value_enum, default_value_t = crate::config::RestorePages::Auto)]
+    pub huge_pages_restore: crate::config::RestorePages,
     /// Seed every shop of --rules-dir with a generated demo stream of behavior
     /// (per shop at most the first 200 items, 50 categories and 32 tags its
     /// rule file names).

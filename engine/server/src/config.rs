@@ -53,6 +53,9 @@ pub struct Config {
     pub claims_segment_bytes: u64,
     /// Tokio worker threads; `None` = [`default_worker_threads`].
     pub worker_threads: Option<usize>,
+    /// How the restore takes its memory when malloc advises huge pages
+    /// (`--huge-pages-restore`).
+    pub huge_pages_restore: RestorePages,
     /// TLS on both ports; `None` = plaintext.
     pub tls: Option<crate::api::tls::TlsFiles>,
     /// The decision log (`--decision-log*`).
@@ -279,6 +282,19 @@ fn brokers_problem(brokers: &str) -> Option<String> {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigErrors(pub Vec<String>);
+
+/// How a restore takes its memory when malloc advises huge pages
+/// (`--huge-pages-restore`; `huge_pages::hold`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RestorePages {
+    /// `Hold` when the kernel lacks free 2 MiB blocks for the restore, else `Fault`.
+    #[default]
+    Auto,
+    /// Huge pages switched off for the process while the state is restored.
+    Hold,
+    /// Huge pages as the restore faults its memory in.
+    Fault,
+}
 
 /// Parses `500ms`, `10s`, `2m`, `1h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -570,6 +586,7 @@ impl Config {
                 Some(ct),
                 Some(sh),
             ) if problems.is_empty() => Ok(Config {
+                huge_pages_restore: args.huge_pages_restore,
                 grpc_addr: g,
                 metrics_addr: m,
                 rules_dir: args.rules_dir.clone(),

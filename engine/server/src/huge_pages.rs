@@ -35,12 +35,17 @@
 //! server runs.
 //!
 //! Restoring a snapshot faults the whole index in within a second, and for
-//! every 2 MiB of advised heap the kernel would first compact memory to find
-//! a free huge page (`defrag` = `madvise`: the faulting thread waits):
+//! every 2 MiB of advised heap the kernel needs a free huge page; where it
+//! has too few it first compacts memory (`defrag` = `madvise`: the faulting
+//! thread waits):
 //! restart to ready took 1.31 s instead of 0.96 s (README, the fourth
-//! round). So [`hold`] switches huge pages off for the process
+//! round). [`hold`] switches huge pages off for the process
 //! (`PR_SET_THP_DISABLE`) while the state is restored, and [`Held::release`]
-//! switches them back on once it is: the restored memory, still advised,
+//! switches them back on once it is. That costs the restore ~0.3 s where
+//! the kernel has free 2 MiB blocks (4 KiB faults under malloc's one
+//! arena: README, the fifth round), so `serve` holds only where
+//! [`free_huge_bytes`] says they are short (`--huge-pages-restore`).
+//! Held, the restored memory, still advised,
 //! is collapsed onto huge pages afterwards, in the background, by the
 //! kernel's `khugepaged` (at its own pace: minutes for a 1M-visitor index on
 //! its default settings), and memory allocated after the restore gets huge
@@ -191,6 +196,11 @@ pub fn hold() -> Held {
 }
 
 impl Held {
+    /// Nothing held (the restore faults huge pages in).
+    pub fn none() -> Held {
+        Held { held: false }
+    }
+
     /// Whether huge pages are held back.
     pub fn is_held(&self) -> bool {
         self.held
@@ -211,6 +221,30 @@ impl Drop for Held {
             let _ = set_disabled(false);
         }
     }
+}
+
+/// Free memory in blocks of 2 MiB or more, in bytes: the counts of orders
+/// 9 and up (4 KiB pages) of every zone in `/proc/buddyinfo`; `None` when
+/// it cannot be read. What a restore faulting huge pages in finds without
+/// waiting for the kernel to compact memory.
+pub fn free_huge_bytes() -> Option<u64> {
+    std::fs::read_to_string("/proc/buddyinfo")
+        .ok()
+        .map(|text| free_huge_in(&text))
+}
+
+/// [`free_huge_bytes`] of `buddyinfo`'s text: lines of `Node N, zone NAME`
+/// and then the free blocks of each order from 0.
+fn free_huge_in(buddyinfo: &str) -> u64 {
+    const HUGE_ORDER: usize = 9;
+    buddyinfo
+        .lines()
+        .flat_map(|line| line.split_whitespace().skip(4).enumerate().skip(HUGE_ORDER))
+        .map(|(order, n)| {
+            let blocks = n.parse::<u64>().unwrap_or(0);
+            blocks.saturating_mul(4096u64.checked_shl(order as u32).unwrap_or(0))
+        })
+        .fold(0u64, u64::saturating_add)
 }
 
 /// `prctl(PR_SET_THP_DISABLE)`: the process's "no transparent huge pages"
@@ -299,6 +333,21 @@ mod tests {
         assert_eq!(kernel_mode("always madvise [never]\n"), "never");
         assert_eq!(kernel_mode(""), "never");
         assert_eq!(kernel_mode("always madvise never"), "never");
+    }
+
+    #[test]
+    fn counts_free_blocks_of_two_mib_and_more() {
+        use super::free_huge_in;
+        let info = "Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      3 \n\
+                    Node 0, zone   Normal 707483   7808   4083   2625    803    305    159    109     75     84    215 \n";
+        // Orders 9 and 10: (1 + 84) 2 MiB blocks and (3 + 215) 4 MiB ones.
+        assert_eq!(free_huge_in(info), (85 * 2 + 218 * 4) << 20);
+        assert_eq!(free_huge_in(""), 0);
+        assert_eq!(free_huge_in("Node 0, zone Normal 1 2 3"), 0);
+        assert_eq!(
+            free_huge_in("Node 0, zone Normal 0 0 0 0 0 0 0 0 0 x 18446744073709551615"),
+            u64::MAX
+        );
     }
 
     #[test]

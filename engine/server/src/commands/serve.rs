@@ -122,6 +122,49 @@ fn log_sync(report: &SyncReport) {
     }
 }
 
+/// A restore faults its whole index in within a second. With malloc
+/// advising huge pages, each 2 MiB fault takes a free 2 MiB block, and
+/// where the kernel has too few it compacts memory while the restore waits
+/// (restart 0.96 -> 1.31 s on a long-running host, README "the fourth
+/// round"); on 4 KiB pages (`huge_pages::hold`) nothing waits, but with
+/// malloc's one arena the restore takes ~0.3 s longer on a host with free
+/// blocks (README "the fifth round"). `Auto` holds only when the free 2 MiB
+/// blocks are fewer than twice what the newest snapshot restores into
+/// (about four times its size).
+fn restore_pages(policy: crate::config::RestorePages, snapshots: &SnapshotDir) -> crate::huge_pages::Held {
+    use crate::config::RestorePages;
+    let hold = match policy {
+        RestorePages::Fault => false,
+        RestorePages::Hold => true,
+        RestorePages::Auto => {
+            let needed = newest_snapshot_bytes(snapshots).saturating_mul(4).saturating_mul(2);
+            let free = crate::huge_pages::free_huge_bytes();
+            needed > 0 && free.is_some_and(|free| free < needed)
+        }
+    };
+    let pages = if hold {
+        crate::huge_pages::hold()
+    } else {
+        crate::huge_pages::Held::none()
+    };
+    if pages.is_held() {
+        tracing::info!(?policy, "huge pages: held back while the state is restored");
+    }
+    pages
+}
+
+/// The size of the largest snapshot file in `snapshots` (0: none).
+fn newest_snapshot_bytes(snapshots: &SnapshotDir) -> u64 {
+    std::fs::read_dir(snapshots.dir()).map_or(0, |entries| {
+        entries
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0)
+    })
+}
+
 /// Starts everything; returns once the state is restored, both listeners
 /// are bound and the rules (and the demo stream, with `--demo`) are loaded.
 pub async fn start(config: Config) -> anyhow::Result<Server> {
@@ -136,11 +179,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     // installed (its clock calibrates for up to 200 ms) and the rules
     // directory is read: loading records no metric and needs no rules. The
     // task holds the data directory's lock for as long as it reads.
-    // Huge pages wait until the state is in memory (`huge_pages::hold`).
-    let pages = crate::huge_pages::hold();
-    if pages.is_held() {
-        tracing::info!("huge pages: held back while the state is restored");
-    }
+    // Huge pages may wait until the state is in memory (`restore_pages`).
+    let pages = restore_pages(config.huge_pages_restore, &snapshots);
     let loading = {
         let lock = data_lock.clone();
         tokio::task::spawn_blocking(move || {

@@ -213,3 +213,30 @@ fn file_capabilities_do_not_loop_the_exec() {
     assert!(lines[0].contains("file capabilities"), "says why: {log}");
     served.terminate();
 }
+
+/// `--huge-pages-restore fault` never holds; `auto` does not hold a
+/// restore with no snapshot to load (nothing to fault in); a bad value
+/// stops the start (exit 2).
+#[test]
+fn the_restore_policy_holds_only_when_it_says() {
+    if !madvise_kernel("the_restore_policy_holds_only_when_it_says") {
+        return;
+    }
+    for (flag, env) in [
+        (&["--huge-pages-restore", "fault"][..], &[][..]),
+        (&[][..], &[("VITRINE_HUGE_PAGES_RESTORE", "fault")][..]),
+        (&["--huge-pages-restore", "auto"][..], &[][..]),
+    ] {
+        let served = Served::start("huge-pages-restore-policy", flag, env);
+        let log = served.log();
+        assert!(log.contains("huge pages pages="), "{flag:?} {env:?}: {log}");
+        assert!(!log.contains("held back"), "{flag:?} {env:?}: {log}");
+        assert_eq!(served.thp_enabled(), "1", "{flag:?} {env:?}");
+        served.terminate();
+    }
+    let out = Command::new(BIN)
+        .args(["serve", "--huge-pages-restore", "sometimes"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

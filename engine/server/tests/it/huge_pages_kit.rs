@@ -70,6 +70,9 @@ impl Served {
             .args(extra)
             .env("VITRINE_LOG", "info")
             .env("NO_COLOR", "1")
+            // The hold whatever the host's free memory (`auto` decides by
+            // it); a test's own `env` may choose otherwise.
+            .env("VITRINE_HUGE_PAGES_RESTORE", "hold")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
