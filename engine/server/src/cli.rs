@@ -84,8 +84,8 @@ pub enum KafkaCommand {
         /// How each event is sent: `json` as read, or `proto` (a protobuf
         /// `vitrine.v1.Event` with header `content-type:
         /// application/x-protobuf`; every line must then be a valid event).
-        #[arg(long, value_enum, default_value_t = crate::ingest::Encoding::Json)]
-        encoding: crate::ingest::Encoding,
+        #[arg(long, value_enum, default_value_t = Encoding::Json)]
+        encoding: Encoding,
         /// JSON lines; standard input when absent.
         #[arg(value_name = "FILE")]
         file: Option<PathBuf>,
@@ -207,8 +207,8 @@ pub struct ServeArgs {
     /// `application/x-protobuf`: protobuf; anything else is rejected as
     /// `unknown_content_type`), at librdkafka's cost of parsing every
     /// message's headers.
-    #[arg(long, env = "VITRINE_KAFKA_ENCODING", value_enum, default_value_t = crate::ingest::MessageEncoding::Json)]
-    pub kafka_encoding: crate::ingest::MessageEncoding,
+    #[arg(long, env = "VITRINE_KAFKA_ENCODING", value_enum, default_value_t = MessageEncoding::Json)]
+    pub kafka_encoding: MessageEncoding,
     /// Where a starting replica reads each partition from: `earliest` rebuilds
     /// the in-memory index from the retained log; `committed` resumes from the
     /// group's committed offsets (earliest where none).
@@ -370,8 +370,8 @@ pub struct ServeArgs {
     /// `hold` when the kernel's free 2 MiB blocks (/proc/buddyinfo) are
     /// fewer than twice what the snapshot restores into (about four times
     /// its size), else `fault`.
-    #[arg(long, env = "VITRINE_HUGE_PAGES_RESTORE", value_enum, default_value_t = crate::config::RestorePages::Auto)]
-    pub huge_pages_restore: crate::config::RestorePages,
+    #[arg(long, env = "VITRINE_HUGE_PAGES_RESTORE", value_enum, default_value_t = RestorePages::Auto)]
+    pub huge_pages_restore: RestorePages,
     /// Seed every shop of --rules-dir with a generated demo stream of behavior
     /// (per shop at most the first 200 items, 50 categories and 32 tags its
     /// rule file names).
@@ -462,4 +462,44 @@ pub enum RulesCommand {
         #[arg(long, env = "VITRINE_PUSH_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
     },
+}
+
+/// How the consumer learns a behavior message's encoding (`--kafka-encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MessageEncoding {
+    /// Every message is JSON; headers are not read (the cheapest for JSON).
+    #[default]
+    Json,
+    /// Every message is a protobuf `vitrine.v1.Event`; headers are not read
+    /// (the cheapest of all).
+    #[value(name = "proto", alias = "protobuf")]
+    Protobuf,
+    /// Each message's `content-type` header says:
+    /// topics that mix both, at librdkafka's cost of parsing every
+    /// message's headers.
+    Header,
+}
+
+/// How a behavior message's payload is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Encoding {
+    /// One JSON object (`Event::from_json`).
+    #[default]
+    Json,
+    /// One protobuf `vitrine.v1.Event` (`Event::from_proto`).
+    #[value(name = "proto", alias = "protobuf")]
+    Protobuf,
+}
+
+/// How a restore takes its memory when malloc advises huge pages
+/// (`--huge-pages-restore`; `huge_pages::hold`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RestorePages {
+    /// `Hold` when the kernel lacks free 2 MiB blocks for the restore, else `Fault`.
+    #[default]
+    Auto,
+    /// Huge pages switched off for the process while the state is restored.
+    Hold,
+    /// Huge pages as the restore faults its memory in.
+    Fault,
 }

@@ -207,7 +207,7 @@ pub struct KafkaConfig {
     pub resume: Option<Vec<(i32, i64)>>,
     /// How behavior payloads are encoded, or that each message's
     /// `content-type` header says (`--kafka-encoding`).
-    pub encoding: crate::ingest::MessageEncoding,
+    pub encoding: crate::cli::MessageEncoding,
 }
 
 impl KafkaConfig {
@@ -234,7 +234,7 @@ impl KafkaConfig {
             cluster_timeout: Duration::from_secs(5),
             options: Vec::new(),
             resume: None,
-            encoding: crate::ingest::MessageEncoding::Json,
+            encoding: crate::cli::MessageEncoding::Json,
         }
     }
 }
@@ -283,18 +283,7 @@ fn brokers_problem(brokers: &str) -> Option<String> {
 #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigErrors(pub Vec<String>);
 
-/// How a restore takes its memory when malloc advises huge pages
-/// (`--huge-pages-restore`; `huge_pages::hold`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum RestorePages {
-    /// `Hold` when the kernel lacks free 2 MiB blocks for the restore, else `Fault`.
-    #[default]
-    Auto,
-    /// Huge pages switched off for the process while the state is restored.
-    Hold,
-    /// Huge pages as the restore faults its memory in.
-    Fault,
-}
+pub use crate::cli::RestorePages;
 
 /// Parses `500ms`, `10s`, `2m`, `1h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

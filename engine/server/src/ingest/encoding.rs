@@ -38,32 +38,9 @@ pub const PROTOBUF_CONTENT_TYPE: &str = "application/x-protobuf";
 /// The longest `content-type` value quoted back in a rejection message.
 const MAX_QUOTED: usize = 64;
 
-/// How the consumer learns a behavior message's encoding (`--kafka-encoding`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum MessageEncoding {
-    /// Every message is JSON; headers are not read (the cheapest for JSON).
-    #[default]
-    Json,
-    /// Every message is a protobuf `vitrine.v1.Event`; headers are not read
-    /// (the cheapest of all).
-    #[value(name = "proto", alias = "protobuf")]
-    Protobuf,
-    /// Each message's `content-type` header says ([`CONTENT_TYPE_HEADER`]):
-    /// topics that mix both, at librdkafka's cost of parsing every
-    /// message's headers.
-    Header,
-}
-
-/// How a behavior message's payload is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Encoding {
-    /// One JSON object (`Event::from_json`).
-    #[default]
-    Json,
-    /// One protobuf `vitrine.v1.Event` (`Event::from_proto`).
-    #[value(name = "proto", alias = "protobuf")]
-    Protobuf,
-}
+// The two enums are the flags' value types, so they live with the flags
+// (`cli.rs`, which imports nothing of the crate); their behavior is here.
+pub use crate::cli::{Encoding, MessageEncoding};
 
 impl Encoding {
     /// The `content-type` header value producers set for it.
