@@ -1246,7 +1246,7 @@ benefits:
     }
 
     /// A visitor's carts, favorites and purchases judge the same whether
-    /// they are few (searched one by one) or many (the signals' hash
+    /// they are few (sorted, searched by halves) or many (the signals' hash
     /// table): every item's reason is the one its own events give, entries
     /// past the affinity window count for nothing, and repeated entries of
     /// an item merge.

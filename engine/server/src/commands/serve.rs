@@ -129,15 +129,15 @@ fn log_sync(report: &SyncReport) {
 /// round"); on 4 KiB pages (`huge_pages::hold`) nothing waits, but with
 /// malloc's one arena the restore takes ~0.3 s longer on a host with free
 /// blocks (README "the fifth round"). `Auto` holds only when the free 2 MiB
-/// blocks are fewer than twice what the newest snapshot restores into
-/// (about four times its size).
+/// blocks are fewer than twice what the snapshot restores into (about four
+/// times its size).
 fn restore_pages(policy: crate::config::RestorePages, snapshots: &SnapshotDir) -> crate::huge_pages::Held {
     use crate::config::RestorePages;
     let hold = match policy {
         RestorePages::Fault => false,
         RestorePages::Hold => true,
         RestorePages::Auto => {
-            let needed = newest_snapshot_bytes(snapshots).saturating_mul(4).saturating_mul(2);
+            let needed = largest_snapshot_bytes(snapshots).saturating_mul(4).saturating_mul(2);
             let free = crate::huge_pages::free_huge_bytes();
             needed > 0 && free.is_some_and(|free| free < needed)
         }
@@ -153,8 +153,9 @@ fn restore_pages(policy: crate::config::RestorePages, snapshots: &SnapshotDir) -
     pages
 }
 
-/// The size of the largest snapshot file in `snapshots` (0: none).
-fn newest_snapshot_bytes(snapshots: &SnapshotDir) -> u64 {
+/// The size of the largest snapshot file in `snapshots` (0: none): the
+/// newest, which the restore loads, is about as large as the others kept.
+fn largest_snapshot_bytes(snapshots: &SnapshotDir) -> u64 {
     std::fs::read_dir(snapshots.dir()).map_or(0, |entries| {
         entries
             .filter_map(|e| e.ok()?.metadata().ok())
@@ -178,8 +179,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     // The snapshot loads (most of a restart) while the recorder is
     // installed (its clock calibrates for up to 200 ms) and the rules
     // directory is read: loading records no metric and needs no rules. The
-    // task holds the data directory's lock for as long as it reads.
-    // Huge pages may wait until the state is in memory (`restore_pages`).
+    // task holds the data directory's lock for as long as it reads. Huge
+    // pages may wait until the state is in memory (`restore_pages`).
     let pages = restore_pages(config.huge_pages_restore, &snapshots);
     let loading = {
         let lock = data_lock.clone();
