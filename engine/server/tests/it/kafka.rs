@@ -21,10 +21,10 @@ use vitrine_core::{size_of, Event, Index, ShopIndex};
 
 use crate::support::{http_get, metric_value, temp_dir, wait_until, TempDir, WAIT};
 
-const TOPIC: &str = "vitrine.behavior";
-const DEAD: &str = "vitrine.dead";
+pub(crate) const TOPIC: &str = "vitrine.behavior";
+pub(crate) const DEAD: &str = "vitrine.dead";
 /// 2026-11-20T00:00:00Z.
-const NOW: i64 = 1_795_132_800_000;
+pub(crate) const NOW: i64 = 1_795_132_800_000;
 const MAX_BYTES: usize = 1024;
 
 fn cluster() -> MockCluster<'static, DefaultProducerContext> {
@@ -193,16 +193,16 @@ fn interleave(a: Vec<Msg>, b: Vec<Msg>) -> Vec<Msg> {
 }
 
 /// An engine whose metric handles record into their own recorder, so counts
-/// are exact whatever other tests of this process do.
-struct Harness {
+/// are exact whatever other tests of this process do (`kafka_proto.rs` too).
+pub(crate) struct Harness {
     _dir: TempDir,
-    engine: Arc<Engine>,
+    pub(crate) engine: Arc<Engine>,
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
 }
 
 impl Harness {
-    fn new(name: &str) -> Harness {
+    pub(crate) fn new(name: &str) -> Harness {
         let dir = temp_dir(name);
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
@@ -228,7 +228,7 @@ impl Harness {
         }
     }
 
-    fn start(&self, config: &KafkaConfig) -> Ingest {
+    pub(crate) fn start(&self, config: &KafkaConfig) -> Ingest {
         metrics::with_local_recorder(&self.recorder, || Ingest::start(self.engine.clone(), config)).unwrap()
     }
 
@@ -237,7 +237,7 @@ impl Harness {
         metric_value(&self.handle.render(), series)
     }
 
-    fn rejected(&self, reason: &str) -> f64 {
+    pub(crate) fn rejected(&self, reason: &str) -> f64 {
         self.metric(&format!("vitrine_ingest_rejected_total{{reason=\"{reason}\"}}"))
     }
 

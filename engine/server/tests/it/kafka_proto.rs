@@ -4,10 +4,8 @@
 //! waits for a signal (readiness, counters), never a sleep.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
@@ -15,57 +13,12 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use vitrine::config::KafkaConfig;
-use vitrine::ingest::{Ingest, MessageEncoding, CONTENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE, REASON_HEADER};
-use vitrine::metrics::Metrics;
-use vitrine::rules_store::{Origin, RuleStore};
-use vitrine::state::Engine;
+use vitrine::ingest::{MessageEncoding, CONTENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE, REASON_HEADER};
 use vitrine_core::Event;
 use vitrine_proto::v1 as pb;
 
-use crate::support::{metric_value, temp_dir, wait_until, TempDir, WAIT};
-
-const TOPIC: &str = "vitrine.behavior";
-const DEAD: &str = "vitrine.dead";
-/// 2026-11-20T00:00:00Z.
-const NOW: i64 = 1_795_132_800_000;
-
-struct Harness {
-    _dir: TempDir,
-    engine: Arc<Engine>,
-    recorder: PrometheusRecorder,
-    handle: PrometheusHandle,
-}
-
-impl Harness {
-    fn new(name: &str) -> Harness {
-        let dir = temp_dir(name);
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        let metrics = metrics::with_local_recorder(&recorder, Metrics::new);
-        let rules = RuleStore::new(&dir.path().join("rules"), &dir.path().join("data"));
-        rules
-            .push(
-                "shop: apparel\nbanners:\n  - banner: default\n",
-                Origin::Push,
-                false,
-                NOW,
-            )
-            .unwrap();
-        Harness {
-            _dir: dir,
-            engine: Arc::new(Engine::new(rules, metrics)),
-            recorder,
-            handle,
-        }
-    }
-
-    fn rejected(&self, reason: &str) -> f64 {
-        metric_value(
-            &self.handle.render(),
-            &format!("vitrine_ingest_rejected_total{{reason=\"{reason}\"}}"),
-        )
-    }
-}
+use crate::kafka::{Harness, DEAD, NOW, TOPIC};
+use crate::support::{temp_dir, wait_until, WAIT};
 
 /// One message: payload and `content-type` header (`None`: no header).
 struct Msg {
@@ -277,7 +230,7 @@ fn json_and_protobuf_events_mix_in_one_partition_and_bad_ones_are_rejected_preci
             encoding: MessageEncoding::Header,
             ..KafkaConfig::new(&brokers)
         };
-        let ingest = metrics::with_local_recorder(&h.recorder, || Ingest::start(h.engine.clone(), &config)).unwrap();
+        let ingest = h.start(&config);
         let rx = ingest.caught_up();
         wait_until("the consumer to catch up", || *rx.borrow());
         let progress = ingest.progress();
@@ -356,8 +309,7 @@ fn the_topic_wide_encodings_read_no_header() {
                 encoding: mode,
                 ..KafkaConfig::new(&brokers)
             };
-            let ingest =
-                metrics::with_local_recorder(&h.recorder, || Ingest::start(h.engine.clone(), &config)).unwrap();
+            let ingest = h.start(&config);
             let rx = ingest.caught_up();
             wait_until("the consumer to catch up", || *rx.borrow());
             let p = ingest.progress();
