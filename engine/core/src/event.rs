@@ -521,6 +521,42 @@ impl<'a> Event<'a> {
     }
 }
 
+/// The fields of an event, as both decoders read them: the JSON scanner by
+/// name (`scan.rs`), the protobuf reader by number (`proto.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Shop,
+    Visitor,
+    Action,
+    Item,
+    Category,
+    Price,
+    Quantity,
+    Tag,
+    Tier,
+    Ts,
+    Id,
+}
+
+impl Field {
+    /// The field's name (its JSON key).
+    fn name(self) -> &'static str {
+        match self {
+            Field::Shop => "shop",
+            Field::Visitor => "visitor",
+            Field::Action => "action",
+            Field::Item => "item",
+            Field::Category => "category",
+            Field::Price => "price",
+            Field::Quantity => "quantity",
+            Field::Tag => "tag",
+            Field::Tier => "tier",
+            Field::Ts => "ts",
+            Field::Id => "id",
+        }
+    }
+}
+
 /// Event fields before validation; `None` means absent.
 #[derive(Debug, Clone, Default)]
 pub struct Fields<'a> {

@@ -24,7 +24,7 @@
 
 use std::borrow::Cow;
 
-use super::{EventError, Fields, RejectReason};
+use super::{EventError, Field, Fields, RejectReason};
 
 /// Wire types (<https://protobuf.dev/programming-guides/encoding/>).
 const VARINT: u8 = 0;
@@ -200,23 +200,8 @@ fn wire_name(wire: u8) -> &'static str {
     }
 }
 
-/// The fields of `vitrine.v1.Event`, by number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Field {
-    Shop,
-    Visitor,
-    Action,
-    Item,
-    Category,
-    Price,
-    Quantity,
-    Tag,
-    Tier,
-    Ts,
-    Id,
-}
-
 impl Field {
+    /// The field numbered `number` in `vitrine.v1.Event`.
     fn of(number: u32) -> Option<Field> {
         Some(match number {
             1 => Field::Shop,
@@ -232,22 +217,6 @@ impl Field {
             11 => Field::Id,
             _ => return None,
         })
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Field::Shop => "shop",
-            Field::Visitor => "visitor",
-            Field::Action => "action",
-            Field::Item => "item",
-            Field::Category => "category",
-            Field::Price => "price",
-            Field::Quantity => "quantity",
-            Field::Tag => "tag",
-            Field::Tier => "tier",
-            Field::Ts => "ts",
-            Field::Id => "id",
-        }
     }
 
     /// The wire type of the field's proto type.

@@ -18,7 +18,7 @@
 
 use std::borrow::Cow;
 
-use super::Fields;
+use super::{Field, Fields};
 
 /// Integers with more digits than this leave the fast path (an `i64` holds
 /// 18 digits whatever they are).
@@ -35,7 +35,7 @@ pub(super) fn scan(bytes: &[u8]) -> Option<Fields<'_>> {
         pos: 0,
     };
     let mut f = Fields::default();
-    // Fields seen, as bits in the order of `Key` (a duplicate leaves).
+    // Fields seen, as bits in the order of `Field` (a duplicate leaves).
     let mut seen = 0u16;
     s.ws();
     s.eat(b'{')?;
@@ -69,52 +69,36 @@ pub(super) fn scan(bytes: &[u8]) -> Option<Fields<'_>> {
     (s.pos == bytes.len()).then_some(f)
 }
 
-/// The fields the decoder knows.
-#[derive(Debug, Clone, Copy)]
-enum Key {
-    Shop,
-    Visitor,
-    Action,
-    Item,
-    Category,
-    Price,
-    Quantity,
-    Tag,
-    Tier,
-    Ts,
-    Id,
-}
-
-impl Key {
+impl Field {
     /// The field named `name`: its bytes (at most 8) read as one
     /// little-endian word, so a name is matched with one comparison. Names
     /// hold no NUL (control characters leave the fast path), so the zero
     /// padding cannot make two names equal.
     #[inline]
-    fn of(name: &[u8]) -> Option<Key> {
+    fn named(name: &[u8]) -> Option<Field> {
         if name.len() > 8 {
             return None;
         }
         let mut word = [0u8; 8];
         word[..name.len()].copy_from_slice(name);
         Some(match u64::from_le_bytes(word) {
-            SHOP => Key::Shop,
-            VISITOR => Key::Visitor,
-            ACTION => Key::Action,
-            ITEM => Key::Item,
-            CATEGORY => Key::Category,
-            PRICE => Key::Price,
-            QUANTITY => Key::Quantity,
-            TAG => Key::Tag,
-            TIER => Key::Tier,
-            TS => Key::Ts,
-            ID => Key::Id,
+            SHOP => Field::Shop,
+            VISITOR => Field::Visitor,
+            ACTION => Field::Action,
+            ITEM => Field::Item,
+            CATEGORY => Field::Category,
+            PRICE => Field::Price,
+            QUANTITY => Field::Quantity,
+            TAG => Field::Tag,
+            TIER => Field::Tier,
+            TS => Field::Ts,
+            ID => Field::Id,
             _ => return None,
         })
     }
 }
 
-/// A field name of at most 8 bytes as the word [`Key::of`] matches.
+/// A field name of at most 8 bytes as the word [`Field::of`] matches.
 const fn word(name: &[u8]) -> u64 {
     let mut bytes = [0u8; 8];
     let mut i = 0;
@@ -200,8 +184,8 @@ impl<'a> Scanner<'a> {
     }
 
     /// An object key: `Some(key)` for a known field, `None` inside for another.
-    fn key(&mut self) -> Option<Option<Key>> {
-        Some(Key::of(self.string()?.as_bytes()))
+    fn key(&mut self) -> Option<Option<Field>> {
+        Some(Field::named(self.string()?.as_bytes()))
     }
 
     /// `null` (absent) or a string.
@@ -283,19 +267,19 @@ impl<'a> Scanner<'a> {
         serde_json::from_slice::<f64>(text).ok().map(Some)
     }
 
-    fn field(&mut self, key: Key, f: &mut Fields<'a>) -> Option<()> {
+    fn field(&mut self, key: Field, f: &mut Fields<'a>) -> Option<()> {
         match key {
-            Key::Shop => f.shop = self.text()?,
-            Key::Visitor => f.visitor = self.text()?,
-            Key::Action => f.action = self.text()?,
-            Key::Item => f.item = self.text()?,
-            Key::Category => f.category = self.text()?,
-            Key::Tag => f.tag = self.text()?,
-            Key::Id => f.id = self.text()?,
-            Key::Price => f.price = self.float()?,
-            Key::Quantity => f.quantity = self.int()?,
-            Key::Tier => f.tier = self.int()?,
-            Key::Ts => f.ts = self.int()?,
+            Field::Shop => f.shop = self.text()?,
+            Field::Visitor => f.visitor = self.text()?,
+            Field::Action => f.action = self.text()?,
+            Field::Item => f.item = self.text()?,
+            Field::Category => f.category = self.text()?,
+            Field::Tag => f.tag = self.text()?,
+            Field::Id => f.id = self.text()?,
+            Field::Price => f.price = self.float()?,
+            Field::Quantity => f.quantity = self.int()?,
+            Field::Tier => f.tier = self.int()?,
+            Field::Ts => f.ts = self.int()?,
         }
         Some(())
     }
