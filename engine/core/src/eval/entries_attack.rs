@@ -3,28 +3,16 @@
 //! after entries were taken from the front and the back, `fold` and
 //! `for_each` yield exactly what `next()` yields, in the same order.
 
+use crate::hash::SplitMix64;
 use crate::index::{Entry, Profile, NONE};
 use crate::time::HourRange;
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) % n
-    }
-}
 
 /// Hours of the entries: from here, over 2,000 hours.
 const FIRST: u32 = 490_000;
 
 /// `n` entries whose largest item and category are `item_max` and
 /// `category_max` (both appear), hours over 2,000, actions all four.
-fn entries(rng: &mut Rng, n: usize, item_max: u32, category_max: u32) -> Vec<Entry> {
+fn entries(rng: &mut SplitMix64, n: usize, item_max: u32, category_max: u32) -> Vec<Entry> {
     let mut es: Vec<Entry> = (0..n)
         .map(|k| Entry {
             hour: FIRST + rng.below(2000) as u32,
@@ -103,7 +91,7 @@ fn check(p: &Profile, range: Option<HourRange>, what: &str) {
 
 #[test]
 fn fold_and_for_each_yield_what_next_yields_at_every_width() {
-    let mut rng = Rng(17);
+    let mut rng = SplitMix64::new(17);
     // (what, largest item, largest category): compact holds items below
     // 2^17 and categories below 255, narrow below 2^24 and 2047.
     let widths = [

@@ -13,6 +13,7 @@ use super::decide::{decide, DecideRequest, Decision};
 use super::items::{ItemReason, Signals, AFFINITY_WINDOW};
 use crate::claims::{ClaimLedger, ClaimOutcome, LedgerClaim, LedgerError, MemoryLedger, Usage};
 use crate::event::{Event, Fields};
+use crate::hash::SplitMix64;
 use crate::index::{Entry, Profile, ShopIndex, NONE};
 use crate::rules::RuleSet;
 use crate::time::HourRange;
@@ -26,23 +27,6 @@ const NOW: i64 = 1_794_325_500_000;
 const CARTED: u8 = 1;
 const FAVORITED: u8 = 2;
 const BOUGHT: u8 = 4;
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// The top 13 bits of the signals' hash: ids equal in them share their
 /// first slot in every table of up to 8,192 slots.
@@ -97,7 +81,7 @@ fn profile(entries: &mut Vec<Entry>) -> Profile {
 /// `n` entries over `ids`, actions view to purchase, hours from 32 days
 /// before now to 1 hour after, the window's edge hours and the hours
 /// beside them often.
-fn entries(rng: &mut Rng, ids: &[u32], n: usize, range: HourRange) -> Vec<Entry> {
+fn entries(rng: &mut SplitMix64, ids: &[u32], n: usize, range: HourRange) -> Vec<Entry> {
     let edges = [
         range.first - 1,
         range.first,
@@ -150,8 +134,8 @@ fn judge_matches_a_model_of_the_entries() {
     let high: Vec<u32> = (1..40).map(|k| u32::MAX - k).collect();
     let small: Vec<u32> = (0..40).collect();
     let spread: Vec<u32> = {
-        let mut rng = Rng(99);
-        (0..3000).map(|_| rng.next() as u32 & 0x00FF_FFFF).collect()
+        let mut rng = SplitMix64::new(99);
+        (0..3000).map(|_| rng.next_u64() as u32 & 0x00FF_FFFF).collect()
     };
     let kinds: [(&str, Vec<u32>); 5] = [
         ("small", small.clone()),
@@ -163,7 +147,7 @@ fn judge_matches_a_model_of_the_entries() {
         ("high", high.clone()),
         ("spread", spread),
     ];
-    let mut rng = Rng(7);
+    let mut rng = SplitMix64::new(7);
     for (kind, ids) in &kinds {
         for n in [0, 1, 2, 15, 16, 17, 18, 31, 32, 33, 100, 333, 1000, 5000] {
             for round in 0..3 {
@@ -241,7 +225,7 @@ fn the_threshold_the_edges_and_all_three_flags() {
 fn a_light_visitor_after_a_heavy_one_sees_only_its_own_flags() {
     let shop = ShopIndex::new("s");
     let range = AFFINITY_WINDOW.range(NOW);
-    let mut rng = Rng(3);
+    let mut rng = SplitMix64::new(3);
     let heavy_ids = [colliding(0x1FFF, 30), (0..300).collect()].concat();
     let mut heavy = entries(&mut rng, &heavy_ids, 2000, range);
     let heavy_profile = profile(&mut heavy);
