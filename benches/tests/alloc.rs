@@ -22,7 +22,7 @@
 use std::alloc::System;
 use std::collections::HashMap;
 
-use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 use vitrine_core::exposure::Exposure;
 use vitrine_core::{
     decide, Action, ClaimLedger, Context, DecideRequest, Event, LedgerClaim, MemoryLedger, RuleSet, ShopIndex,
@@ -30,7 +30,7 @@ use vitrine_core::{
 
 mod common;
 
-use common::owned_blocks;
+use common::decide_counted;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -272,11 +272,7 @@ fn a_decision_allocates_only_its_answer() {
         };
         // Once first, so one-time lazy set-up (if any) is not counted.
         drop(decide(&rules, Some(&shop), &ledger, &req));
-        let region = Region::new(GLOBAL);
-        let d = decide(&rules, Some(&shop), &ledger, &req);
-        let change = region.change();
-        let made = (change.allocations + change.reallocations) as u64;
-        let owned = owned_blocks(&d);
+        let (d, made, owned) = decide_counted(GLOBAL, &rules, &shop, &ledger, &req);
         if made != owned && failures.len() < 5 {
             failures.push(format!(
                 "visitor {who:?} explain {} page {page}: {made} allocations for {owned} owned blocks ({} items, {} held out)",
@@ -355,11 +351,7 @@ fn a_heavy_visitors_second_decision_allocates_only_its_answer() {
         for (h, &heavy) in names.iter().enumerate() {
             for who in [heavy, "light", names[(h + 1) % names.len()], heavy] {
                 let req = request(who, explain);
-                let region = Region::new(GLOBAL);
-                let d = decide(&rules, Some(&shop), &ledger, &req);
-                let change = region.change();
-                let made = (change.allocations + change.reallocations) as u64;
-                let owned = owned_blocks(&d);
+                let (d, made, owned) = decide_counted(GLOBAL, &rules, &shop, &ledger, &req);
                 if made != owned {
                     failures.push(format!(
                         "{who} after {heavy} (explain {explain}): {made} allocations for {owned} owned blocks"

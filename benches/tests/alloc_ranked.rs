@@ -12,12 +12,12 @@
 
 use std::alloc::System;
 
-use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 use vitrine_core::{decide, Action, Context, DecideRequest, Event, MemoryLedger, RuleSet, ShopIndex};
 
 mod common;
 
-use common::owned_blocks;
+use common::decide_counted;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -82,11 +82,7 @@ fn ranking_many_equal_candidates_allocates_only_the_answer() {
                 now_ms: NOW,
             };
             drop(decide(&rules, Some(&shop), &ledger, &req));
-            let region = Region::new(GLOBAL);
-            let d = decide(&rules, Some(&shop), &ledger, &req);
-            let change = region.change();
-            let made = (change.allocations + change.reallocations) as u64;
-            let owned = owned_blocks(&d);
+            let (d, made, owned) = decide_counted(GLOBAL, &rules, &shop, &ledger, &req);
             assert_eq!(d.items.len(), limit as usize, "{n} items: the pools fill the answer");
             if made != owned {
                 failures.push(format!(

@@ -1,7 +1,28 @@
 //! What the counting-allocator tests (`alloc.rs`, `alloc_ranked.rs`, each
 //! its own test binary) share.
 
-use vitrine_core::Decision;
+use std::alloc::System;
+
+use stats_alloc::{Region, StatsAlloc};
+use vitrine_core::{decide, ClaimLedger, DecideRequest, Decision, RuleSet, ShopIndex};
+
+/// Decides `req` counting, in `global`, the heap blocks the call makes
+/// (allocations and reallocations): (the decision, blocks made, blocks the
+/// decision owns). Equal counts mean the call allocated only its answer.
+pub fn decide_counted<'r>(
+    global: &StatsAlloc<System>,
+    rules: &'r RuleSet,
+    shop: &ShopIndex,
+    ledger: &dyn ClaimLedger,
+    req: &DecideRequest<'_>,
+) -> (Decision<'r>, u64, u64) {
+    let region = Region::new(global);
+    let d = decide(rules, Some(shop), ledger, req);
+    let change = region.change();
+    let made = (change.allocations + change.reallocations) as u64;
+    let owned = owned_blocks(&d);
+    (d, made, owned)
+}
 
 /// The heap blocks a decision owns: each allocation the call may make.
 pub fn owned_blocks(d: &Decision<'_>) -> u64 {
