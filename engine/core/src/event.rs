@@ -613,13 +613,12 @@ mod tests {
         assert_eq!(e.tag.as_deref(), Some("price_sensitive"));
     }
 
-    /// `to_json` writes what `from_json` reads back to the same event, for
-    /// every action and with strings that need escaping (a Track call in a
-    /// cluster reaches the other replicas this way).
-    #[test]
-    fn to_json_round_trips_through_from_json() {
+    /// Events of every action, with strings that need escaping and numbers
+    /// at their bounds: what the encoders (`to_json`, `to_proto`) must write
+    /// back to the same event.
+    pub(super) fn round_trip_events() -> Vec<Event<'static>> {
         let tricky = "q\"uote\\back\nline\u{1F600}";
-        let events = [
+        vec![
             Event {
                 item: Some("sku-1".into()),
                 category: Some(tricky.into()),
@@ -628,6 +627,11 @@ mod tests {
             Event {
                 item: Some(tricky.into()),
                 ..Event::new("s", "v", Action::Cart, 1)
+            },
+            Event {
+                item: Some("sku-1".into()),
+                price: 19.9,
+                ..Event::new("s", "v", Action::Cart, 0)
             },
             Event {
                 item: Some("sku-1".into()),
@@ -646,6 +650,19 @@ mod tests {
                 ..Event::new(tricky, tricky, Action::Purchase, 2)
             },
             Event {
+                item: Some("sku-2".into()),
+                price: 129.5,
+                quantity: 3,
+                id: Some("order-9".into()),
+                ..Event::new(tricky, tricky, Action::Purchase, MAX_TS)
+            },
+            Event {
+                item: Some("sku-2".into()),
+                price: 0.0,
+                quantity: u32::MAX,
+                ..Event::new("s", "v", Action::Purchase, 2)
+            },
+            Event {
                 tag: Some("price_sensitive".into()),
                 ..Event::new("s", "v", Action::Tag, 3)
             },
@@ -654,10 +671,26 @@ mod tests {
                 ..Event::new("s", "v", Action::Untag, 3)
             },
             Event {
+                tier: 0,
+                ..Event::new("s", "v", Action::Member, 4)
+            },
+            Event {
                 tier: 5,
                 ..Event::new("s", "v", Action::Member, 4)
             },
-        ];
+            Event {
+                tier: u32::MAX,
+                ..Event::new("s", "v", Action::Member, 4)
+            },
+        ]
+    }
+
+    /// `to_json` writes what `from_json` reads back to the same event, for
+    /// every action and with strings that need escaping (a Track call in a
+    /// cluster reaches the other replicas this way).
+    #[test]
+    fn to_json_round_trips_through_from_json() {
+        let events = round_trip_events();
         for event in events {
             let json = event.to_json();
             assert_eq!(Event::from_json(json.as_bytes()), Ok(event), "{json}");

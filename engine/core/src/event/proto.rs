@@ -296,7 +296,7 @@ mod tests {
     use prost::Message;
     use vitrine_proto::v1 as pb;
 
-    use super::super::{Action, Event, MAX_ID_BYTES, MAX_TS};
+    use super::super::{Event, MAX_ID_BYTES, MAX_TS};
     use super::*;
 
     /// Track's mapping of a decoded message (`api/grpc.rs`): what
@@ -769,48 +769,7 @@ mod tests {
     /// and what prost reads as its JSON twin's fields, for every action.
     #[test]
     fn to_proto_round_trips_through_from_proto_and_prost() {
-        let tricky = "q\"uote\\back\nline\u{1F600}";
-        let events = [
-            Event {
-                item: Some("sku-1".into()),
-                category: Some(tricky.into()),
-                ..Event::new("s", "v", Action::View, 1_700_000_000_000)
-            },
-            Event {
-                item: Some("sku-1".into()),
-                price: 19.9,
-                ..Event::new("s", "v", Action::Cart, 0)
-            },
-            Event {
-                item: Some("sku-2".into()),
-                price: 129.5,
-                quantity: 3,
-                id: Some("order-9".into()),
-                ..Event::new(tricky, tricky, Action::Purchase, MAX_TS)
-            },
-            Event {
-                item: Some("sku-2".into()),
-                price: 0.0,
-                quantity: u32::MAX,
-                ..Event::new("s", "v", Action::Purchase, 2)
-            },
-            Event {
-                tag: Some("price_sensitive".into()),
-                ..Event::new("s", "v", Action::Tag, 3)
-            },
-            Event {
-                tag: Some(tricky.into()),
-                ..Event::new("s", "v", Action::Untag, 3)
-            },
-            Event {
-                tier: 0,
-                ..Event::new("s", "v", Action::Member, 4)
-            },
-            Event {
-                tier: u32::MAX,
-                ..Event::new("s", "v", Action::Member, 4)
-            },
-        ];
+        let events = super::super::tests::round_trip_events();
         for event in events {
             let bytes = event.to_proto();
             assert_eq!(Event::from_proto(&bytes), Ok(event.clone()), "{bytes:?}");
