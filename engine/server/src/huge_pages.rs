@@ -42,8 +42,8 @@
 //! round). [`hold`] switches huge pages off for the process
 //! (`PR_SET_THP_DISABLE`) while the state is restored, and [`Held::release`]
 //! switches them back on once it is. That costs the restore ~0.3 s where
-//! the kernel has free 2 MiB blocks (4 KiB faults under malloc's one
-//! arena: README, the fifth round), so `serve` holds only where
+//! the kernel has free 2 MiB blocks (4 KiB faults: README, the fifth and
+//! sixth rounds), so `serve` holds only where
 //! [`free_huge_bytes`] says they are short (`--huge-pages-restore`).
 //! Held, the restored memory, still advised,
 //! is collapsed onto huge pages afterwards, in the background, by the

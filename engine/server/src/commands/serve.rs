@@ -126,9 +126,9 @@ fn log_sync(report: &SyncReport) {
 /// advising huge pages, each 2 MiB fault takes a free 2 MiB block, and
 /// where the kernel has too few it compacts memory while the restore waits
 /// (restart 0.96 -> 1.31 s on a long-running host, README "the fourth
-/// round"); on 4 KiB pages (`huge_pages::hold`) nothing waits, but with
-/// malloc's one arena the restore takes ~0.3 s longer on a host with free
-/// blocks (README "the fifth round"). `Auto` holds only when the free 2 MiB
+/// round"); on 4 KiB pages (`huge_pages::hold`) nothing waits, but the
+/// restore takes ~0.3 s longer on a host with free blocks (README "the
+/// fifth round" and "the sixth"). `Auto` holds only when the free 2 MiB
 /// blocks are fewer than twice what the snapshot restores into (about four
 /// times its size).
 fn restore_pages(policy: crate::config::RestorePages, snapshots: &SnapshotDir) -> crate::huge_pages::Held {
