@@ -765,11 +765,14 @@ fn decode_framed_profiles(mut r: Reader<'_>, limits: &Limits) -> Decoded<Vec<Vec
                 take(&mut built, parsed);
             }
         }
-        if helper.is_ok() {
+        if let Ok(helper) = helper {
             // Until the helper is done (or gone: its sender drops).
             for parsed in parsed_rx.iter() {
                 take(&mut built, parsed);
             }
+            // Joined here, a helper that panicked does not take the decode
+            // with it: the shards it left are read below.
+            let _ = helper.join();
         }
     });
     let mut shards = Vec::with_capacity(SHARDS);
