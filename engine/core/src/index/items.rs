@@ -568,8 +568,8 @@ mod tests {
         assert_eq!(view.popularity(101), 1);
         info.add_buy(103);
         info.add_buy(103);
-        // The reader read day 100's popularity for day 101; then the view
-        // holds day 103's, where index 1 is day 104's: 3.
+        // The reader has read the day (100) when the view is rewritten to
+        // day 103's, whose index 1 is day 104's popularity: 3.
         let seen = view.popularity_with(101, || view.publish(&info));
         assert_eq!(seen, 1, "day 101 counts the purchase on day 100 only");
         assert_eq!(
@@ -578,9 +578,9 @@ mod tests {
         );
     }
 
-    /// The popularity word agrees with counting the buys on every day
-    /// around the purchases: rings filled in any order, days at the word's
-    /// bounds, counts past `u32` in sum.
+    /// The view's popularity agrees with counting the buys on every day
+    /// around the purchases: rings filled in any order, days at the old
+    /// word's bounds, counts past `u32` in sum.
     #[test]
     fn the_popularity_word_agrees_with_counting_the_buys() {
         use proptest::prelude::*;

@@ -1,7 +1,7 @@
-//! The popularity word of [`ItemView`] under attack: writers (serialized by
+//! The popularity of [`ItemView`] under attack: writers (serialized by
 //! the item's shard lock, as `ShopIndex::apply` runs them) adding purchases
 //! while readers read without a lock, and clocks at day 0, before the
-//! latest purchase, at the word's bound (day 2^21) and near `u32::MAX`.
+//! latest purchase, at the old word's bound (day 2^21) and near `u32::MAX`.
 //! A reader may only see a popularity some sequential history gives: here
 //! between 0 and the purchases added in its window, and, once the writers
 //! are done, exactly the count of the ring.
@@ -125,7 +125,7 @@ fn readers_see_only_sequential_popularities_while_writers_add() {
     }
 }
 
-/// Clocks before, at and after purchases on day 0, at the word's bound and
+/// Clocks before, at and after purchases on day 0, at the old word's bound and
 /// near `u32::MAX`: the view's popularity is the ring's count.
 #[test]
 fn popularity_on_every_clock_around_the_purchases() {
