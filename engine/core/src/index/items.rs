@@ -627,3 +627,7 @@ mod tests {
 #[cfg(test)]
 #[path = "items_attack.rs"]
 mod attack;
+
+#[cfg(test)]
+#[path = "popularity_attack.rs"]
+mod popularity_attack;
