@@ -212,47 +212,55 @@ fn sums_past_u32_max_saturate_on_every_path() {
 }
 
 /// Writers serialized by the shard lock (logging each purchase, in lock
-/// order, before it is published) and readers on every clock around the
+/// order, before it is published) and readers on clocks around the
 /// purchases: each read is the popularity of some prefix of the log that
 /// was published while it ran, and at the end exactly the ring's count.
+/// Rounds with days drawn around a base (the latest day rarely moves), on
+/// one day (every rewrite keeps it) and on rising days (most rewrites move
+/// it, and readers follow the day being written).
 #[test]
 fn concurrent_reads_see_a_state_published_while_they_ran() {
     const WRITERS: usize = 2;
     const READERS: usize = 3;
     const PURCHASES: usize = 6_000;
-    for (round, (base, spread)) in [
-        (0u32, 15u64),
-        ((1 << 21) - 3, 15),
-        (u32::MAX - 20, 15),
-        (u32::MAX - 7, 15),
-        (u32::MAX - 1, 4),
-        (500, 1),
+    for (round, (base, spread, rising)) in [
+        (0u32, 15u64, false),
+        ((1 << 21) - 3, 15, false),
+        (u32::MAX - 20, 15, false),
+        (u32::MAX - 7, 15, false),
+        (u32::MAX - 1, 4, false),
+        (500, 1, false),
+        (0, 0, true),
+        (u32::MAX - (PURCHASES as u32 / 2) + 2, 0, true),
     ]
     .into_iter()
     .enumerate()
     {
         let mut rng = SplitMix64::new(round as u64 + 17);
-        // Days base - 7 ..= base + 7 (spread 1: one day, every rewrite
-        // keeps it), clamped to the u32 range, u32::MAX itself included.
+        // Days base - 7 ..= base + 7 (spread 1: one day), or rising two
+        // purchases a day; clamped to the u32 range, u32::MAX itself included.
         let days: Vec<u32> = (0..PURCHASES)
-            .map(|_| {
-                let offset = (rng.next_u64() % spread) as i64 - (spread as i64 / 2);
+            .map(|i| {
+                let offset = if rising {
+                    i as i64 / 2
+                } else {
+                    (rng.next_u64() % spread) as i64 - (spread as i64 / 2)
+                };
                 (i64::from(base) + offset).clamp(0, i64::from(u32::MAX)) as u32
             })
             .collect();
-        let mut todays: Vec<u32> = [-9i64, -1, 0, 1, 3, 6, 7, 8, 13]
+        let fixed: Vec<u32> = [-9i64, -1, 0, 1, 3, 6, 7, 8, 13]
             .iter()
             .map(|&d| (i64::from(base) + d).clamp(0, i64::from(u32::MAX)) as u32)
             .chain([u32::MAX])
             .collect();
-        todays.dedup();
         let table = ItemTable::default();
         let id = table.intern("x");
         let log = Mutex::new(Vec::with_capacity(PURCHASES));
         let logged = AtomicUsize::new(0);
         let done = AtomicBool::new(false);
         let start = Barrier::new(WRITERS + READERS);
-        let reads: Vec<Vec<(usize, usize, usize, u32)>> = std::thread::scope(|scope| {
+        let reads: Vec<Vec<(u32, usize, usize, u32)>> = std::thread::scope(|scope| {
             let writers: Vec<_> = (0..WRITERS)
                 .map(|w| {
                     let (table, days, log, logged, start) = (&table, &days, &log, &logged, &start);
@@ -271,7 +279,7 @@ fn concurrent_reads_see_a_state_published_while_they_ran() {
                 .collect();
             let readers: Vec<_> = (0..READERS)
                 .map(|r| {
-                    let (table, todays, logged, done, start) = (&table, &todays, &logged, &done, &start);
+                    let (table, days, fixed, logged, done, start) = (&table, &days, &fixed, &logged, &done, &start);
                     scope.spawn(move || {
                         start.wait();
                         let view = table.view(id).unwrap_or_else(|| panic!("no view"));
@@ -279,14 +287,20 @@ fn concurrent_reads_see_a_state_published_while_they_ran() {
                         let mut k = r;
                         loop {
                             let last = done.load(Ordering::SeqCst);
-                            for _ in 0..todays.len() {
+                            for _ in 0..fixed.len() {
                                 k += 1;
-                                let at = k % todays.len();
                                 let before = logged.load(Ordering::SeqCst);
-                                let seen = view.popularity(todays[at]);
+                                let today = if rising {
+                                    // Around the day being written now.
+                                    let day = days[before.min(PURCHASES - 1)];
+                                    day.saturating_add((k % 10) as u32).saturating_sub(1)
+                                } else {
+                                    fixed[k % fixed.len()]
+                                };
+                                let seen = view.popularity(today);
                                 let after = logged.load(Ordering::SeqCst);
                                 if reads.len() < 400_000 {
-                                    reads.push((at, before, after, seen));
+                                    reads.push((today, before, after, seen));
                                 }
                             }
                             if last {
@@ -305,32 +319,31 @@ fn concurrent_reads_see_a_state_published_while_they_ran() {
                 .map(|r| r.join().unwrap_or_else(|_| panic!("a reader failed")))
                 .collect()
         });
-        // The popularity on each clock after each prefix of the log.
+        // The ring after each prefix of the log.
         let log = log.into_inner().unwrap_or_else(|e| e.into_inner());
         assert_eq!(log.len(), PURCHASES);
         let mut info = fresh(0);
-        let mut after: Vec<Vec<u32>> = vec![todays.iter().map(|&t| expected(&info.buys, t)).collect()];
+        let mut rings = vec![info.buys];
         for &day in &log {
             info.add_buy(day);
-            after.push(todays.iter().map(|&t| expected(&info.buys, t)).collect());
+            rings.push(info.buys);
         }
         let mut checked = 0;
-        for (at, before, later, seen) in reads.into_iter().flatten() {
+        for (today, before, later, seen) in reads.into_iter().flatten() {
             // Logged `before`: the first `before - 1` are published (the
             // last may be publishing); at most `later` are.
-            let states = &after[before.saturating_sub(1)..=later];
+            let states = &rings[before.saturating_sub(1)..=later];
             assert!(
-                states.iter().any(|s| s[at] == seen),
-                "base {base}, today {}: {seen} not in {:?}",
-                todays[at],
-                states.iter().map(|s| s[at]).collect::<Vec<_>>()
+                states.iter().any(|ring| expected(ring, today) == seen),
+                "round {round}, today {today}: {seen} not in {:?}",
+                states.iter().map(|ring| expected(ring, today)).collect::<Vec<_>>()
             );
             checked += 1;
         }
         assert!(checked > 0);
         let view = table.view(id).unwrap_or_else(|| panic!("no view"));
-        for (at, &today) in todays.iter().enumerate() {
-            assert_eq!(view.popularity(today), after[PURCHASES][at], "base {base}, today {today}");
+        for today in fixed.iter().copied().chain(days.iter().copied()) {
+            assert_eq!(view.popularity(today), expected(&info.buys, today), "round {round}, today {today}");
         }
     }
 }
