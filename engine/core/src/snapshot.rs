@@ -2403,3 +2403,7 @@ benefits:
         assert!(got[7].is_empty());
     }
 }
+
+#[cfg(test)]
+#[path = "snapshot_attack.rs"]
+mod attack;

@@ -208,8 +208,9 @@ impl ItemView {
             .map(|word| word.load(Ordering::Relaxed))
             .map(|word| ((word >> 32) as u32, word as u32))
             .filter(|(day, _)| *day <= today && today - day < 7)
-            .map(|(_, n)| n)
-            .sum()
+            // Saturating, as `popularity_from` is: a plain sum overflows
+            // (a panic in debug builds, a wrapped count in release).
+            .fold(0u32, |sum, (_, n)| sum.saturating_add(n))
     }
 }
 
@@ -627,3 +628,7 @@ mod tests {
 #[cfg(test)]
 #[path = "items_attack.rs"]
 mod attack;
+
+#[cfg(test)]
+#[path = "popularity_attack.rs"]
+mod popularity_attack;
