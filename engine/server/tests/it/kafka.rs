@@ -264,6 +264,20 @@ fn wait_caught_up(ingest: &Ingest) {
     wait_until("the consumer to catch up", || *rx.borrow());
 }
 
+/// A consumer of `group` assigned to partition 0 of `topic`, from its
+/// first message.
+pub(crate) fn reader_from_start(brokers: &str, topic: &str, group: &str) -> BaseConsumer {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    reader.assign(&tpl).unwrap();
+    reader
+}
+
 /// (partition, high watermark) of every non-empty partition of [`TOPIC`].
 fn high_watermarks(brokers: &str) -> Vec<(i32, i64)> {
     let reader: BaseConsumer = ClientConfig::new()
@@ -419,14 +433,7 @@ fn valid_events_apply_and_malformed_ones_are_counted_skipped_and_dead_lettered()
 
     // The dead-letter topic holds each bad message once: original key and
     // payload, the reason in a header.
-    let dlq: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "dlq-reader")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(DEAD, 0, Offset::Beginning).unwrap();
-    dlq.assign(&tpl).unwrap();
+    let dlq = reader_from_start(&brokers, DEAD, "dlq-reader");
     let mut got: BTreeMap<String, usize> = BTreeMap::new();
     let mut payloads = HashSet::new();
     let start = Instant::now();

@@ -7,17 +7,16 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message};
 use vitrine::config::KafkaConfig;
 use vitrine::ingest::{MessageEncoding, CONTENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE, REASON_HEADER};
 use vitrine_core::Event;
 use vitrine_proto::v1 as pb;
 
-use crate::kafka::{Harness, DEAD, NOW, TOPIC};
+use crate::kafka::{reader_from_start, Harness, DEAD, NOW, TOPIC};
 use crate::support::{temp_dir, wait_until, WAIT};
 
 /// One message: payload and `content-type` header (`None`: no header).
@@ -174,14 +173,7 @@ fn reference(messages: &[Msg]) -> Vec<u8> {
 
 /// The dead letters: (reason, content-type header) of each.
 fn dead_letters(brokers: &str, count: usize) -> Vec<(String, Option<String>)> {
-    let dlq: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "dlq-reader")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(DEAD, 0, Offset::Beginning).unwrap();
-    dlq.assign(&tpl).unwrap();
+    let dlq = reader_from_start(brokers, DEAD, "dlq-reader");
     let mut got = Vec::new();
     let start = Instant::now();
     while got.len() < count && start.elapsed() < WAIT {
@@ -349,14 +341,7 @@ fn kafka_produce_sends_protobuf_events_with_their_content_type() {
         format!("produced 3 messages to {TOPIC}\n")
     );
 
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "produce-reader")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(TOPIC, 0, Offset::Beginning).unwrap();
-    reader.assign(&tpl).unwrap();
+    let reader = reader_from_start(&brokers, TOPIC, "produce-reader");
     let mut got = Vec::new();
     let start = Instant::now();
     while got.len() < lines.len() && start.elapsed() < WAIT {
