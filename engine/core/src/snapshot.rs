@@ -734,6 +734,8 @@ fn decode_framed_profiles(mut r: Reader<'_>, limits: &Limits) -> Decoded<Vec<Vec
     }
     r.finish()?;
     let mut built: Vec<Option<Decoded<Vec<Profile>>>> = (0..SHARDS).map(|_| None).collect();
+    // This thread's lists: its own shards, then any the helper left.
+    let mut own = Parsed::default();
     std::thread::scope(|s| {
         let (parsed_tx, parsed_rx) = std::sync::mpsc::sync_channel::<(usize, Decoded<Parsed>)>(PARSED_AHEAD);
         let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Parsed>();
@@ -758,7 +760,6 @@ fn decode_framed_profiles(mut r: Reader<'_>, limits: &Limits) -> Decoded<Vec<Vec
                 profiles
             }));
         };
-        let mut own = Parsed::default();
         for (shard, &r) in blocks.iter().enumerate().skip(HELPED_SHARDS) {
             built[shard] = Some(parse_shard(r, shard, limits, &mut own).map(|()| own.build()));
             while let Ok(parsed) = parsed_rx.try_recv() {
@@ -776,7 +777,6 @@ fn decode_framed_profiles(mut r: Reader<'_>, limits: &Limits) -> Decoded<Vec<Vec
         }
     });
     let mut shards = Vec::with_capacity(SHARDS);
-    let mut own = Parsed::default();
     for (shard, (built, &r)) in built.into_iter().zip(&blocks).enumerate() {
         let profiles = match built {
             Some(profiles) => profiles?,
